@@ -1,0 +1,112 @@
+"""Every error statebus raises, in one tree.
+
+    StatebusError                 (status_hint 400 unless noted)
+    ├── InvalidKey                a key path is malformed or over a limit
+    ├── InvalidValue              a value is not JSON, too large, or of the wrong kind
+    ├── InvalidRange              a Braid range (``.a[3]``) cannot be parsed or does not apply
+    ├── InvalidOp                 an op is malformed (bad parents, bad merge type, bad body)
+    ├── BadSignature        401   an op or request signature does not verify
+    ├── Forbidden           403   the author or client may not do this
+    ├── NotFound            404   no such key (never written, or deleted)
+    ├── VersionConflict     409   a version id is reused with different content
+    ├── HistoryCompacted    410   a resume needs ops that compaction folded away
+    ├── TooLarge            413   a body or value is over its limit
+    ├── QuotaExceeded       413   a namespace is over its storage quota
+    ├── RateLimited         429   too many requests; carries ``retry_after`` seconds
+    ├── SubscriberTooSlow         a subscriber's buffer overflowed; it was cut off and may resume
+    ├── PeerUnavailable     502   a remote node could not be reached
+    └── SandboxViolation          a hosted handler broke its limits
+
+Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
+``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class StatebusError(Exception):
+    """Base of all statebus errors."""
+
+    status_hint: int = 400
+
+    def __init__(self, detail: str = "", *, status_hint: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status_hint is not None:
+            self.status_hint = status_hint
+
+    @property
+    def code(self) -> str:
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+    def __str__(self) -> str:
+        return self.detail or self.code
+
+
+class InvalidKey(StatebusError):
+    pass
+
+
+class InvalidValue(StatebusError):
+    pass
+
+
+class InvalidRange(StatebusError):
+    pass
+
+
+class InvalidOp(StatebusError):
+    pass
+
+
+class BadSignature(StatebusError):
+    status_hint = 401
+
+
+class Forbidden(StatebusError):
+    status_hint = 403
+
+
+class NotFound(StatebusError):
+    status_hint = 404
+
+
+class VersionConflict(StatebusError):
+    status_hint = 409
+
+
+class HistoryCompacted(StatebusError):
+    status_hint = 410
+
+
+class TooLarge(StatebusError):
+    status_hint = 413
+
+
+class QuotaExceeded(StatebusError):
+    status_hint = 413
+
+
+class RateLimited(StatebusError):
+    status_hint = 429
+
+    def __init__(self, detail: str = "", *, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class SubscriberTooSlow(StatebusError):
+    status_hint = 503
+
+
+class PeerUnavailable(StatebusError):
+    status_hint = 502
+
+
+class SandboxViolation(StatebusError):
+    status_hint = 422
