@@ -1,0 +1,45 @@
+"""JSON values and Braid ranges: check, decode, encode, read inside, patch. Pure, no I/O."""
+
+from statebus.values.json import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    MAX_SAFE_INTEGER,
+    check_json,
+    dumps_json,
+    loads_json,
+)
+from statebus.values.ranges import (
+    MAX_RANGE_CHARS,
+    MAX_RANGE_DEPTH,
+    Field,
+    Index,
+    RangeLike,
+    Segment,
+    Slice,
+    apply_patch,
+    apply_patches,
+    format_range,
+    get_range,
+    parse_range,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_DEPTH",
+    "MAX_RANGE_CHARS",
+    "MAX_RANGE_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "Field",
+    "Index",
+    "RangeLike",
+    "Segment",
+    "Slice",
+    "apply_patch",
+    "apply_patches",
+    "check_json",
+    "dumps_json",
+    "format_range",
+    "get_range",
+    "loads_json",
+    "parse_range",
+]

@@ -1,0 +1,217 @@
+"""Plain JSON values: check, decode strictly, encode compactly.
+
+A statebus value is plain JSON as Python holds it: ``dict`` with ``str`` keys, ``list``, ``str``,
+``int``, ``float``, ``bool`` and ``None`` — exactly those types, no subclasses, tuples or bytes.
+To stay exact in JavaScript, integers satisfy ``|n| <= 2**53 - 1`` and floats are finite. Strings
+must be encodable as UTF-8 (no lone surrogates). Nesting depth counts containers: ``1`` has depth
+0, ``[1]`` depth 1, ``{"a": [1]}`` depth 2.
+
+The decoder is strict: UTF-8 only (no byte order mark), no ``NaN``/``Infinity``, no duplicate
+object keys (different parsers keep different duplicates — a classic smuggling vector), the same
+integer and float rules, and nesting is checked *before* parsing so deep input cannot exhaust the
+stack. The encoder is compact (``,`` and ``:`` without spaces), UTF-8, key order preserved.
+
+Errors: :class:`InvalidValue` (not JSON, or not allowed) and :class:`TooLarge` (over ``max_bytes``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from statebus.errors import InvalidValue, TooLarge
+from statebus.types import JSON
+from statebus.values.ranges import Field, Index, Segment, format_range
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer JavaScript holds exactly (``Number.MAX_SAFE_INTEGER``)."""
+DEFAULT_MAX_BYTES = 1024 * 1024
+"""A default limit on one encoded value, in bytes."""
+DEFAULT_MAX_DEPTH = 64
+"""A default limit on nesting depth (the same as the range depth limit)."""
+
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_NESTING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_MAX_INT_CHARS = 17
+
+_Path = tuple[Any, ...] | None
+"""A reversed linked list ``(parent_path, key_or_index)`` so the walk builds paths only on error."""
+
+
+def check_json(
+    value: object, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> int:
+    """Check that ``value`` is a plain JSON value within limits.
+
+    Args:
+        value: the Python value to check.
+        max_bytes: the largest allowed compact UTF-8 encoding.
+        max_depth: the deepest allowed nesting of arrays and objects.
+
+    Returns:
+        The size in bytes of its compact encoding (:func:`dumps_json`).
+
+    Raises:
+        InvalidValue: a type, number, string or depth is not allowed (the reason says where).
+        TooLarge: the encoding is over ``max_bytes``.
+
+    >>> check_json({"a": [1, 2.5, None]})
+    18
+    """
+    _walk(value, max_depth)
+    size = len(dumps_json(value))  # type: ignore[arg-type]
+    if size > max_bytes:
+        raise TooLarge(f"value is {size} bytes encoded; the limit is {max_bytes}")
+    return size
+
+
+def loads_json(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_depth: int = DEFAULT_MAX_DEPTH
+) -> JSON:
+    """Decode UTF-8 JSON strictly.
+
+    Args:
+        data: the encoded JSON (any top-level value).
+        max_bytes: the largest allowed input, checked before decoding.
+        max_depth: the deepest allowed nesting, checked before parsing.
+
+    Returns:
+        The value; it always passes :func:`check_json` for the same ``max_depth``.
+
+    Raises:
+        TooLarge: ``data`` is over ``max_bytes``.
+        InvalidValue: not UTF-8, not JSON, duplicate keys, NaN/Infinity, unsafe numbers, too deep.
+
+    >>> loads_json(b'{"a": [1, 2.5, null]}')
+    {'a': [1, 2.5, None]}
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidValue(f"JSON input must be bytes, not {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) > max_bytes:
+        raise TooLarge(f"JSON body is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidValue(f"JSON is not valid UTF-8 at byte {exc.start}") from None
+    if text.startswith("\ufeff"):
+        raise InvalidValue("JSON must not start with a byte order mark")
+    _check_nesting(text, max_depth)
+    try:
+        value: JSON = json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
+    except json.JSONDecodeError as exc:
+        raise InvalidValue(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidValue("JSON is nested too deeply to decode") from None
+    _walk(value, max_depth)
+    return value
+
+
+def dumps_json(value: JSON) -> bytes:
+    """Encode a JSON value compactly as UTF-8 (``{"a":[1,2]}``), keeping key order.
+
+    This encodes; it does not enforce statebus's value rules (use :func:`check_json` for that).
+
+    Raises:
+        InvalidValue: the value cannot be encoded (NaN, a non-JSON type, a cycle, a lone surrogate).
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InvalidValue(f"value cannot be encoded as JSON: {type(exc).__name__}") from None
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _walk(value: object, max_depth: int) -> None:
+    """Check types, numbers, strings and depth without recursion."""
+    stack: list[tuple[object, int, _Path]] = [(value, 0, None)]
+    while stack:
+        item, level, path = stack.pop()
+        kind = type(item)
+        if isinstance(item, str) and kind is str:
+            if _SURROGATE_RE.search(item):
+                raise InvalidValue(f"string at {_where(path)} has a lone surrogate (not UTF-8)")
+        elif isinstance(item, dict) and kind is dict:
+            if level + 1 > max_depth:
+                raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
+            for key, child in item.items():
+                if type(key) is not str:
+                    raise InvalidValue(f"object key at {_where(path)} is {type(key).__name__}, not str")
+                if _SURROGATE_RE.search(key):
+                    raise InvalidValue(f"object key at {_where(path)} has a lone surrogate (not UTF-8)")
+                stack.append((child, level + 1, (path, key)))
+        elif isinstance(item, list) and kind is list:
+            if level + 1 > max_depth:
+                raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
+            for index, child in enumerate(item):
+                stack.append((child, level + 1, (path, index)))
+        elif item is None or isinstance(item, bool):
+            pass
+        elif isinstance(item, int) and kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise InvalidValue(f"integer at {_where(path)} is beyond ±(2**53 - 1) (inexact in JS)")
+        elif isinstance(item, float) and kind is float:
+            if not math.isfinite(item):
+                raise InvalidValue(f"number at {_where(path)} is not finite")
+        else:
+            raise InvalidValue(f"{kind.__name__} at {_where(path)} is not a JSON type")
+
+
+def _where(path: _Path) -> str:
+    segments: list[Segment] = []
+    while path is not None:
+        path, step = path
+        segments.append(Index(step) if isinstance(step, int) else Field(step))
+    return format_range(reversed(segments)) or "the root"
+
+
+def _check_nesting(text: str, max_depth: int) -> None:
+    """Reject nesting deeper than ``max_depth`` before the (recursive) parser sees it."""
+    depth = 0
+    for match in _NESTING_RE.finditer(text):
+        char = text[match.start()]
+        if char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise InvalidValue(f"JSON is nested deeper than {max_depth} (at character {match.start()})")
+        elif char in "]}":
+            depth -= 1
+
+
+def _object_without_duplicates(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]:
+    obj: dict[str, JSON] = {}
+    for key, val in pairs:
+        if key in obj:
+            shown = key if len(key) <= 40 else key[:40] + "…"
+            raise InvalidValue(f"duplicate object key {shown!r}")
+        obj[key] = val
+    return obj
+
+
+def _reject_constant(name: str) -> JSON:
+    raise InvalidValue(f"{name} is not JSON")
+
+
+def _parse_int(text: str) -> int:
+    number = int(text) if len(text) <= _MAX_INT_CHARS else None
+    if number is None or not -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        raise InvalidValue(f"integer {text[:20]}{'…' if len(text) > 20 else ''} is beyond ±(2**53 - 1)")
+    return number
+
+
+def _parse_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidValue(f"number {text[:20]}{'…' if len(text) > 20 else ''} is out of range")
+    return number
