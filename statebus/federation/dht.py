@@ -1,0 +1,327 @@
+"""The DNS for public keys: find a node's current addresses from its Ed25519 public key.
+
+Other layers see only :class:`Directory`. :class:`KademliaDirectory` implements it on the
+``kademlia`` package, hardened (see :mod:`statebus.federation.dht_protocol` and
+docs/federation-dht.md)::
+
+    directory = KademliaDirectory(seed, "alpha", invite_secret)
+    await directory.start([("127.0.0.1", 4000)])       # the inviter's DHT address
+    await directory.publish(["http://127.0.0.1:8000"])  # signed, seq bumped, republished
+    record = await directory.resolve(their_pubkey)      # NodeRecord | None
+    await directory.stop()
+
+Only the owner of a key writes its record. Holders keep records until their signed expiry and
+never re-STORE them on their own; the owner republishes every ``republish_interval`` seconds
+(and well before expiry), and at once when its addresses change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from kademlia.network import Server
+from kademlia.node import Node
+from nacl.signing import SigningKey
+
+from statebus.errors import Forbidden, InvalidValue, StatebusError
+from statebus.federation.dht_crawl import NodeCrawl, RecordCrawl
+from statebus.federation.dht_protocol import (
+    NODE_ID_BYTES,
+    DirectoryProtocol,
+    RecordStorage,
+    network_tag_key,
+)
+from statebus.federation.dht_record import (
+    NodeRecord,
+    check_addrs,
+    check_dht_name,
+    dht_key,
+    make_record,
+    pubkey_of,
+    signing_key_of,
+    verify_record,
+)
+from statebus.keys.paths import decode_pubkey
+from statebus.types import PubKey
+
+log = logging.getLogger(__name__)
+
+TABLE_REFRESH_INTERVAL = 3600.0
+
+
+class Directory(Protocol):
+    """Maps public keys to node records. The only DHT interface the rest of statebus uses."""
+
+    @property
+    def port(self) -> int:
+        """The UDP port this node listens on (the real one when started on port 0)."""
+        ...
+
+    async def start(self, bootstrap: list[tuple[str, int]]) -> None:
+        """Listen, then join the DHT through ``bootstrap`` (an empty list starts a new DHT)."""
+        ...
+
+    async def publish(self, addrs: Sequence[str]) -> NodeRecord:
+        """Sign and publish a new record of this node's addresses (with a higher seq)."""
+        ...
+
+    async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
+        """The newest valid record of ``pubkey`` the DHT holds, or ``None``."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop republishing and close the socket."""
+        ...
+
+
+class _DirectoryServer(Server):  # type: ignore[misc]
+    """kademlia ``Server`` with our protocol, safe crawls, and no holder re-STOREs or pickle."""
+
+    protocol: DirectoryProtocol
+
+    def __init__(
+        self, storage: RecordStorage, *, tag_key: bytes, wait_timeout: float, ksize: int, alpha: int
+    ) -> None:
+        super().__init__(ksize=ksize, alpha=alpha, storage=storage)
+        self._tag_key = tag_key
+        self._wait_timeout = wait_timeout
+        self._refresh_task: asyncio.Task[None] | None = None
+
+    def _create_protocol(self) -> DirectoryProtocol:
+        return DirectoryProtocol(
+            self.node, self.storage, self.ksize, tag_key=self._tag_key, wait_timeout=self._wait_timeout
+        )
+
+    def refresh_table(self, interval: float = TABLE_REFRESH_INTERVAL) -> None:
+        # upstream re-arms itself without ``interval``, falling back to 3600 s after the first run
+        self._refresh_task = asyncio.ensure_future(self._refresh_table())
+        self.refresh_loop = asyncio.get_running_loop().call_later(interval, self.refresh_table, interval)
+
+    async def _refresh_table(self) -> None:
+        """Refresh lonely buckets. Unlike upstream, holders do not re-STORE every record hourly."""
+        crawls = []
+        for node_id in self.protocol.get_refresh_ids():
+            node = Node(node_id)
+            nearest = self.protocol.router.find_neighbors(node, self.alpha)
+            crawls.append(NodeCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find())
+        await asyncio.gather(*crawls)
+
+    async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
+        found = await asyncio.gather(*(self.bootstrap_node(addr) for addr in addrs))
+        nodes = [node for node in found if node is not None]
+        result: list[Node] = await NodeCrawl(self.protocol, self.node, nodes, self.ksize, self.alpha).find()
+        return result
+
+    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        ok, node_id = await self.protocol.ping(addr, self.node.id)
+        if not ok or not isinstance(node_id, bytes) or len(node_id) != NODE_ID_BYTES:
+            return None
+        if node_id == self.node.id:
+            return None
+        return Node(node_id, addr[0], addr[1])
+
+    def stop(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        if self.protocol is not None:
+            self.protocol.close()
+        super().stop()
+
+    def save_state(self, fname: Any) -> None:
+        raise Forbidden("kademlia state files use pickle; statebus never writes or reads them")
+
+    @classmethod
+    async def load_state(cls, fname: Any, port: Any, interface: Any = None) -> Any:
+        raise Forbidden("kademlia state files use pickle; statebus never writes or reads them")
+
+
+class KademliaDirectory:
+    """A :class:`Directory` node on a kademlia DHT (one per DHT a statebus node joins).
+
+    Args:
+        signing_key: this node's Ed25519 key (nacl ``SigningKey`` or 32-byte seed).
+        dht_name: the DHT's name; it is part of every record and of every DHT key.
+        invite_secret: the DHT's shared secret; with the name it keys the datagram tag.
+        interface: the IP address to bind (default loopback).
+        port: the UDP port (0: any free port; read :attr:`port`).
+        ksize: kademlia k (bucket size and replication factor).
+        alpha: kademlia alpha (parallel requests per lookup round).
+        wait_timeout: seconds to wait for one RPC reply.
+        record_ttl: lifetime of each published record, in seconds.
+        republish_interval: the owner republishes this often (and at least twice per ``record_ttl``).
+        clock: unix-seconds clock (tests inject one).
+    """
+
+    def __init__(
+        self,
+        signing_key: SigningKey | bytes,
+        dht_name: str,
+        invite_secret: bytes,
+        *,
+        interface: str = "127.0.0.1",
+        port: int = 0,
+        ksize: int = 20,
+        alpha: int = 3,
+        wait_timeout: float = 1.0,
+        record_ttl: int = 3600,
+        republish_interval: float = 1800.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = signing_key_of(signing_key)
+        self.pubkey: PubKey = pubkey_of(self._key)
+        self.dht_name = check_dht_name(dht_name)
+        if not isinstance(invite_secret, bytes):
+            raise InvalidValue("the invite secret is bytes")
+        if record_ttl < 60 or republish_interval <= 0:
+            raise InvalidValue("record_ttl is at least 60 s and republish_interval is positive")
+        self.interface = interface
+        self.record_ttl = record_ttl
+        self.republish_interval = min(republish_interval, record_ttl / 2)
+        self.clock = clock
+        self._requested_port = port
+        self._storage = RecordStorage(self.dht_name, clock=clock)
+        self._server = _DirectoryServer(
+            self._storage,
+            tag_key=network_tag_key(self.dht_name, invite_secret),
+            wait_timeout=wait_timeout,
+            ksize=ksize,
+            alpha=alpha,
+        )
+        self._addrs: tuple[str, ...] | None = None
+        self._seq = 0
+        self._republisher: asyncio.Task[None] | None = None
+        self.record: NodeRecord | None = None
+        """The record this node last published."""
+        self.last_acks = 0
+        """How many nodes accepted the last publish."""
+
+    def __repr__(self) -> str:
+        return f"KademliaDirectory(dht={self.dht_name!r}, pubkey={self.pubkey[:8]}…, port={self.port})"
+
+    @property
+    def port(self) -> int:
+        transport = self._server.transport
+        if transport is None:
+            return 0
+        port: int = transport.get_extra_info("sockname")[1]
+        return port
+
+    @property
+    def protocol(self) -> DirectoryProtocol:
+        """The underlying kademlia protocol (for diagnostics: ``dropped``, ``storage.rejected``)."""
+        if self._server.protocol is None:
+            raise InvalidValue("the directory is not started")
+        return self._server.protocol
+
+    async def start(self, bootstrap: list[tuple[str, int]]) -> None:
+        """Listen on ``interface:port``, then join the DHT through ``bootstrap`` (may be empty).
+
+        Raises:
+            InvalidValue: a bootstrap address is not an ``(ip, port)`` pair.
+        """
+        for host, port in bootstrap:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise InvalidValue("a bootstrap address is an (ip, port) pair") from exc
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise InvalidValue("a bootstrap port is 1-65535")
+        await self._server.listen(self._requested_port, interface=self.interface)
+        peers = [(h, p) for h, p in bootstrap if (h, p) != (self.interface, self.port)]
+        if peers:
+            await self._server.bootstrap(peers)
+
+    def neighbours(self) -> int:
+        """How many contacts the routing table holds."""
+        return sum(len(b) for b in self.protocol.router.buckets)
+
+    async def publish(self, addrs: Sequence[str]) -> NodeRecord:
+        """Sign a record of ``addrs`` with a higher seq, store it on the k closest nodes.
+
+        The seq is the clock in milliseconds (so it keeps growing across restarts), and is always
+        above the seq of any record of ours found in the DHT.
+
+        Raises:
+            InvalidValue / TooLarge: ``addrs`` is malformed or the record would be over 1 KB.
+        """
+        addrs = check_addrs(addrs)
+        if self._seq == 0:
+            held = await self.resolve(self.pubkey)
+            self._seq = held.seq if held is not None else 0
+        self._seq = max(self._seq + 1, int(self.clock() * 1000))
+        expires = int(self.clock()) + self.record_ttl
+        blob = make_record(self._key, addrs, seq=self._seq, expires=expires, dht_name=self.dht_name)
+        record = verify_record(blob, self.clock(), self.dht_name)
+        key = record.key
+        self._storage[key] = blob
+        protocol = self.protocol
+        nearest = protocol.router.find_neighbors(Node(key))
+        acks = 0
+        if nearest:
+            crawl = NodeCrawl(protocol, Node(key), nearest, self._server.ksize, self._server.alpha)
+            nodes = await crawl.find()
+            results = await asyncio.gather(*(protocol.call_store(n, key, blob) for n in nodes))
+            acks = sum(1 for ok, accepted in results if ok and accepted is True)
+        self._addrs, self.record, self.last_acks = addrs, record, acks
+        if self._republisher is None:
+            self._republisher = asyncio.ensure_future(self._republish_loop())
+        log.debug("published seq %d to %d nodes", record.seq, acks)
+        return record
+
+    async def _republish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.republish_interval)
+            if self._addrs is None:
+                continue
+            try:
+                await self.publish(self._addrs)
+            except StatebusError as exc:
+                log.warning("republish failed: %s", exc)
+
+    async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
+        """Ask the DHT for ``pubkey``'s newest valid record (the local copy competes by seq).
+
+        Raises:
+            InvalidKey: ``pubkey`` is not a 52-character public key.
+        """
+        decode_pubkey(pubkey)
+        key = dht_key(self.dht_name, pubkey)
+        protocol = self.protocol
+        local = self._storage.record(key)
+        nearest = protocol.router.find_neighbors(Node(key))
+        if not nearest:
+            return local
+        crawl = RecordCrawl(
+            protocol,
+            Node(key),
+            nearest,
+            self._server.ksize,
+            self._server.alpha,
+            dht_name=self.dht_name,
+            clock=self.clock,
+        )
+        found = await crawl.find_record()
+        if found is None:
+            return local
+        record, blob = found
+        if local is not None and local.seq >= record.seq:
+            return local
+        if local is not None:
+            with contextlib.suppress(StatebusError):
+                self._storage[key] = blob  # we hold this key: keep our copy current
+        return record
+
+    async def stop(self) -> None:
+        """Stop republishing and close the socket. Idempotent."""
+        if self._republisher is not None:
+            self._republisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._republisher
+            self._republisher = None
+        self._server.stop()

@@ -1,0 +1,98 @@
+"""Iterative lookups over the DHT, reading every reply defensively.
+
+:class:`NodeCrawl` finds the k nodes closest to a key (upstream ``NodeSpiderCrawl``, with contact
+validation). :class:`RecordCrawl` finds a record: unlike upstream ``ValueSpiderCrawl``, which stops
+at the first round that returns any value and keeps the *most common* value, it visits the k
+closest nodes, keeps the valid record with the *highest seq*, and repairs nodes that answered with
+nothing or with an older record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
+from kademlia.node import Node
+
+from statebus.errors import StatebusError
+from statebus.federation.dht_protocol import DirectoryProtocol, parse_contacts
+from statebus.federation.dht_record import NodeRecord, verify_record
+
+
+class NodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]
+    """Find the closest nodes to a key; malformed contacts in replies are skipped."""
+
+    async def _nodes_found(self, responses: dict[bytes, Any]) -> list[Node]:
+        toremove = []
+        for peerid, response in responses.items():
+            if not response[0]:
+                toremove.append(peerid)
+            else:
+                self.nearest.push(parse_contacts(response[1], self.ksize * 2))
+        self.nearest.remove(toremove)
+        if self.nearest.have_contacted_all():
+            return list(self.nearest)
+        result: list[Node] = await self.find()
+        return result
+
+
+class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
+    """Find the newest valid record under a key among the k closest nodes."""
+
+    protocol: DirectoryProtocol
+
+    def __init__(
+        self,
+        protocol: DirectoryProtocol,
+        node: Node,
+        peers: list[Node],
+        ksize: int,
+        alpha: int,
+        *,
+        dht_name: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.dht_name = dht_name
+        self.clock = clock
+        self.found: dict[bytes, tuple[NodeRecord, bytes]] = {}
+        self.without_value: list[Node] = []
+
+    async def find_record(self) -> tuple[NodeRecord, bytes] | None:
+        """Crawl, then return the newest valid (record, wire bytes), or ``None``."""
+        await self.find()
+        if not self.found:
+            return None
+        best = max(self.found.values(), key=lambda found: found[0].seq)
+        stale = [self.nearest.get_node(pid) for pid, (rec, _) in self.found.items() if rec.seq < best[0].seq]
+        closest_empty = sorted(self.without_value, key=self.node.distance_to)[:1]
+        for peer in [*closest_empty, *stale]:
+            if peer is not None:
+                self.protocol.spawn(self.protocol.call_store(peer, self.node.id, best[1]))
+        return best
+
+    async def _nodes_found(self, responses: dict[bytes, Any]) -> None:
+        toremove = []
+        for peerid, response in responses.items():
+            ok, payload = response[0], response[1]
+            if not ok:
+                toremove.append(peerid)
+            elif isinstance(payload, dict):
+                self._take_value(peerid, payload.get("value"))
+            else:
+                peer = self.nearest.get_node(peerid)
+                if peer is not None:
+                    self.without_value.append(peer)
+                self.nearest.push(parse_contacts(payload, self.ksize * 2))
+        self.nearest.remove(toremove)
+        if not self.nearest.have_contacted_all():
+            await self.find()
+
+    def _take_value(self, peerid: bytes, value: Any) -> None:
+        try:
+            record = verify_record(value, self.clock(), self.dht_name, key=self.node.id)
+        except StatebusError:
+            return  # a peer that serves garbage is treated as having nothing
+        self.found[peerid] = (record, value)

@@ -1,0 +1,304 @@
+"""The kademlia wire layer, hardened: network tag, validating storage, safe RPC handling.
+
+Built on ``kademlia`` 2.2.3 / ``rpcudp`` 5.0.1 by subclassing (see docs/federation-dht.md for the
+list of faults this fixes):
+
+* :class:`TaggedTransport` appends ``HMAC-SHA256(tag_key, datagram)[:16]`` to every datagram sent;
+  :meth:`DirectoryProtocol.datagram_received` drops any datagram whose tag is wrong *before*
+  msgpack decoding, so nodes outside the DHT (other name, or no invite secret) are not heard.
+* :class:`RecordStorage` validates every record on write (signature, DHT, key hash, expiry,
+  seq newer than the stored one), which covers every write path of the library, and drops
+  records whose signed expiry has passed.
+* :class:`DirectoryProtocol` parses requests itself, checks argument types, answers ``False`` to a
+  STORE the storage refused, never sends to a malformed address, and keeps its tasks referenced.
+* :func:`parse_contacts` turns a FIND_NODE reply into nodes, skipping malformed contacts (upstream,
+  one ``(id, None, None)`` contact closed the node's socket for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import umsgpack
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.storage import ForgetfulStorage
+
+from statebus.errors import InvalidValue, StatebusError
+from statebus.federation.dht_record import NodeRecord, verify_record
+
+log = logging.getLogger(__name__)
+
+TAG_BYTES = 16
+NODE_ID_BYTES = 20
+MAX_CONTACTS = 64
+_RPC_ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2}
+
+
+def network_tag_key(dht_name: str, invite_secret: bytes) -> bytes:
+    """The HMAC key that tags this DHT's datagrams (derived from its name and invite secret)."""
+    return hashlib.sha256(b"statebus-kdns1-net|" + dht_name.encode() + b"|" + invite_secret).digest()
+
+
+def tag_datagram(tag_key: bytes, data: bytes) -> bytes:
+    """Return ``data`` with its network tag appended."""
+    return data + hmac.new(tag_key, data, "sha256").digest()[:TAG_BYTES]
+
+
+def untag_datagram(tag_key: bytes, data: bytes) -> bytes | None:
+    """Return the datagram without its tag, or ``None`` if the tag is missing or wrong."""
+    if len(data) <= TAG_BYTES:
+        return None
+    body, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
+    if not hmac.compare_digest(tag, hmac.new(tag_key, body, "sha256").digest()[:TAG_BYTES]):
+        return None
+    return body
+
+
+def valid_address(addr: Any) -> bool:
+    """True if ``addr`` is an ``(ip, port)`` pair we may send a datagram to."""
+    if not isinstance(addr, tuple | list) or len(addr) != 2:
+        return False
+    ip, port = addr
+    if not isinstance(ip, str) or not isinstance(port, int) or isinstance(port, bool):
+        return False
+    if not 0 < port < 65536:
+        return False
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_contacts(payload: Any, limit: int = MAX_CONTACTS) -> list[Node]:
+    """The well-formed contacts of a FIND_NODE reply: ``[(id20, ip, port), ...]``; the rest is skipped."""
+    if not isinstance(payload, list | tuple):
+        return []
+    nodes = []
+    for item in payload[:limit]:
+        if not isinstance(item, list | tuple) or len(item) != 3:
+            continue
+        node_id, ip, port = item
+        if isinstance(node_id, bytes) and len(node_id) == NODE_ID_BYTES and valid_address((ip, port)):
+            nodes.append(Node(node_id, ip, port))
+    return nodes
+
+
+class TaggedTransport:
+    """Wraps the UDP transport: tags every datagram and refuses malformed destinations."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, tag_key: bytes) -> None:
+        self._transport = transport
+        self._tag_key = tag_key
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if not valid_address(addr) or self._transport.is_closing():
+            log.debug("not sending a datagram to a malformed address")
+            return
+        try:
+            self._transport.sendto(tag_datagram(self._tag_key, data), tuple(addr))
+        except (OSError, TypeError, ValueError) as exc:  # never let one send close the socket
+            log.debug("sendto failed: %s", exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
+    """Holds only valid records of one DHT; a write that is not a valid, newer record raises.
+
+    Raises (from ``__setitem__``): BadSignature, InvalidValue or TooLarge, from
+    :func:`~statebus.federation.dht_record.verify_record`, and InvalidValue for a stale seq.
+    """
+
+    def __init__(
+        self, dht_name: str, *, clock: Callable[[], float] = time.time, max_records: int = 10_000
+    ) -> None:
+        super().__init__(ttl=7 * 24 * 3600)
+        self.dht_name = dht_name
+        self.clock = clock
+        self.max_records = max_records
+        self.records: dict[bytes, NodeRecord] = {}
+        self.rejected = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        try:
+            if not isinstance(key, bytes) or len(key) != NODE_ID_BYTES:
+                raise InvalidValue("a DHT key is 20 bytes")
+            record = verify_record(value, self.clock(), self.dht_name, key=key)
+            self._check_newer(key, record, value)
+        except StatebusError:
+            self.rejected += 1
+            raise
+        self.records[key] = record
+        super().__setitem__(key, value)
+        while len(self.data) > self.max_records:
+            old_key, _ = self.data.popitem(last=False)
+            self.records.pop(old_key, None)
+
+    def _check_newer(self, key: bytes, record: NodeRecord, value: bytes) -> None:
+        self.cull()
+        held = self.records.get(key)
+        if held is None:
+            return
+        if record.seq < held.seq:
+            raise _stale(record.seq, held.seq)
+        if record.seq == held.seq and self.data[key][1] != value:
+            raise _stale(record.seq, held.seq)  # same seq, other content: keep the first one
+
+    def cull(self) -> None:
+        super().cull()
+        now = self.clock()
+        for key in [k for k, r in self.records.items() if r.expires <= now or k not in self.data]:
+            self.records.pop(key, None)
+            self.data.pop(key, None)
+
+    def record(self, key: bytes) -> NodeRecord | None:
+        """The valid record held under ``key``, if any."""
+        self.cull()
+        return self.records.get(key)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(super().__iter__()))
+
+
+def _stale(seq: int, held: int) -> StatebusError:
+    return InvalidValue(f"stale record: seq {seq} is not newer than the held seq {held}")
+
+
+class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
+    """KademliaProtocol with the network tag, validated RPCs and no unbounded fire-and-forget tasks."""
+
+    storage: RecordStorage
+
+    def __init__(
+        self, source_node: Node, storage: RecordStorage, ksize: int, *, tag_key: bytes, wait_timeout: float
+    ) -> None:
+        super().__init__(source_node, storage, ksize)
+        self._wait_timeout = wait_timeout
+        self._tag_key = tag_key
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.dropped = 0
+        """Datagrams dropped: wrong network tag, or not a well-formed rpcudp message."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(TaggedTransport(transport, self._tag_key))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in a task the protocol keeps a reference to (and cancels on close)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("DHT task failed: %r", task.exception())
+
+    def close(self) -> None:
+        """Cancel pending tasks and fail outstanding requests (the caller closes the transport)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for future, timer in list(self._outstanding.values()):
+            timer.cancel()
+            if not future.done():
+                future.set_result((False, None))
+        self._outstanding.clear()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        body = untag_datagram(self._tag_key, data)
+        if body is None or len(body) < 22 or not valid_address(addr):
+            self.dropped += 1
+            return
+        kind, msg_id = body[:1], body[1:21]
+        try:
+            message = umsgpack.unpackb(body[21:])
+        except Exception:  # untrusted bytes: umsgpack raises many types
+            self.dropped += 1
+            return
+        if kind == b"\x01":
+            self._accept_response(msg_id, message, addr)
+        elif kind == b"\x00" and self._valid_request(message):
+            self.spawn(self._accept_request(msg_id, message, tuple(addr)))
+        else:
+            self.dropped += 1
+
+    def _valid_request(self, message: Any) -> bool:
+        if not isinstance(message, list) or len(message) != 2:
+            return False
+        name, args = message
+        if not isinstance(name, str) or not isinstance(args, list | tuple):
+            return False
+        if _RPC_ARITY.get(name) != len(args):
+            return False
+        if not all(isinstance(a, bytes) and len(a) == NODE_ID_BYTES for a in args[:2]):
+            return False
+        return bool(args[0] != self.source_node.id)  # a peer claiming our own id is lying
+
+    def _node_ok(self, node: Node) -> bool:
+        return isinstance(node.id, bytes) and len(node.id) == NODE_ID_BYTES and node.id != self.source_node.id
+
+    def rpc_store(self, sender: Any, nodeid: bytes, key: bytes, value: Any) -> bool:
+        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        try:
+            self.storage[key] = value
+        except StatebusError as exc:
+            log.debug("refused a STORE from %s:%s: %s", sender[0], sender[1], exc)
+            return False
+        return True
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add a new contact and hand it the records it should hold (kademlia paper §2.5).
+
+        Upstream hashes the already-hashed storage key again here; this uses the key itself.
+        """
+        if not self._node_ok(node) or not self.router.is_new_node(node):
+            return
+        for key, value in self.storage:
+            keynode = Node(key)
+            neighbors = self.router.find_neighbors(keynode)
+            if neighbors:
+                new_node_close = node.distance_to(keynode) < neighbors[-1].distance_to(keynode)
+                this_closest = self.source_node.distance_to(keynode) < neighbors[0].distance_to(keynode)
+            if not neighbors or (new_node_close and this_closest):
+                self.spawn(self.call_store(node, key, value))
+        self.router.add_contact(node)
+
+    def handle_call_response(self, result: Any, node: Node) -> Any:
+        if not result[0]:
+            self.router.remove_contact(node)
+            return result
+        self.welcome_if_new(node)
+        return result
+
+    async def _call(self, name: str, node: Node, *args: Any) -> Any:
+        if not self._node_ok(node) or not valid_address((node.ip, node.port)):
+            return (False, None)
+        result = await getattr(self, name)((node.ip, node.port), self.source_node.id, *args)
+        return self.handle_call_response(result, node)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        return await self._call("find_node", node_to_ask, node_to_find.id)
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        return await self._call("find_value", node_to_ask, node_to_find.id)
+
+    async def call_ping(self, node_to_ask: Node) -> Any:
+        return await self._call("ping", node_to_ask)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> Any:
+        return await self._call("store", node_to_ask, key, value)
