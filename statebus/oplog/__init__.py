@@ -3,4 +3,14 @@
 from statebus.oplog.codec import decode_op, encode_op, mint_version, op_hash, signing_bytes
 from statebus.oplog.events import DELETE, KINDS, Op, Patch
 
-__all__ = ["DELETE", "KINDS", "Op", "Patch", "decode_op", "encode_op", "mint_version", "op_hash", "signing_bytes"]
+__all__ = [
+    "DELETE",
+    "KINDS",
+    "Op",
+    "Patch",
+    "decode_op",
+    "encode_op",
+    "mint_version",
+    "op_hash",
+    "signing_bytes",
+]

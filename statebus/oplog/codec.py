@@ -28,7 +28,9 @@ MAX_PARENTS = 64
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def _fields(op: Op) -> dict[str, Any]:
@@ -119,10 +121,13 @@ def decode_op(data: bytes | str) -> Op:
     unknown = set(d) - {"k", "v", "p", "a", "c", "m", "t", "b", "bb", "ct", "s"}
     if unknown:
         raise InvalidOp(f"op has unknown fields: {sorted(unknown)}")
-    key, author, merge, kind = d.get("k"), d.get("a"), d.get("m"), d.get("t")
-    for name, val in (("k", key), ("a", author), ("m", merge), ("t", kind)):
-        if not isinstance(val, str) or not val:
+    for name in ("k", "a", "m", "t"):
+        if not isinstance(d.get(name), str) or not d[name]:
             raise InvalidOp(f"op field {name!r} must be a non-empty string")
+    key: str = d["k"]
+    author: str = d["a"]
+    merge: str = d["m"]
+    kind: str = d["t"]
     if kind not in KINDS:
         raise InvalidOp(f"op kind must be one of {KINDS}")
     version = check_version(d.get("v"))

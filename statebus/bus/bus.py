@@ -1,0 +1,646 @@
+"""The bus: statebus's core. Reads, writes, remote ops, subscriptions and reactive keys.
+
+Rules:
+
+1. The bus does no I/O of its own. It reads through the injected :class:`Storage` (synchronous
+   calls) and never writes to it directly: every stored op goes to an outbox, and the owner of the
+   bus (the runtime's group committer, or :meth:`Bus.flush` in plain code) makes it durable, then
+   calls :meth:`Bus.mark_durable`.
+2. Every change gets the next node sequence number; subscribers see changes in that order,
+   exactly once, synchronously.
+3. A write that fails validation raises a :class:`StatebusError` and changes nothing: no seq is
+   taken, nothing reaches the outbox, no subscriber hears of it.
+4. Ops made here are signed by the injected ``signer``; ops from outside go through ``verifier``
+   first. Both belong to the identity layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from statebus.bus.changes import Change
+from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
+from statebus.bus.reactive import Reactive, ReactiveFn
+from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
+from statebus.errors import HistoryCompacted, InvalidKey, InvalidOp, NotFound, VersionConflict
+from statebus.keys import is_subtree, key_matches, parse_key
+from statebus.merge import MergeState, load_state, new_state
+from statebus.oplog.codec import check_version, decode_op, encode_op, mint_version
+from statebus.oplog.events import Op, Patch
+from statebus.oplog.log import OpLog
+from statebus.storage.base import Snapshot, Storage, StoredOp
+from statebus.types import Key, PubKey, Seq, Version
+from statebus.values import get_range, parse_range
+
+Signer = Callable[[Op], Op]
+BatchSigner = Callable[[list[Op]], list[Op]]
+Verifier = Callable[[Op], None]
+
+MAX_RESUME_OPS = 100_000
+
+
+class _Entry:
+    """One key in memory: its merge state, its op log and the base they were loaded from."""
+
+    __slots__ = ("base", "last_seq", "log", "merge", "state")
+
+    def __init__(self, merge: str, state: MergeState, log: OpLog, base: dict[str, Any] | None) -> None:
+        self.merge = merge
+        self.state = state
+        self.log = log
+        self.base = base
+        self.last_seq: Seq = log.base_seq
+
+
+def _encode_snapshot(entry: _Entry) -> bytes:
+    return json.dumps(
+        {"merge": entry.merge, "state": entry.state.encode(), "log": entry.log.encode()},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+class Bus:
+    """The in-process store.
+
+    >>> from statebus.storage.memory import MemoryStorage
+    >>> bus = Bus(MemoryStorage(), local="a" * 51 + "q")
+    >>> bus.save("/~/hello", {"n": 1}).value
+    {'n': 1}
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        local: PubKey,
+        *,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+        keep_ops: int = 1000,
+        cache_keys: int = 50_000,
+    ) -> None:
+        self.storage = storage
+        self.local = local
+        self.signer = signer
+        self.verifier = verifier
+        self.keep_ops = keep_ops
+        self.cache_keys = cache_keys
+        self._seq: Seq = storage.max_seq()
+        self._durable: Seq = self._seq
+        self._taken: Seq = self._seq
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._outbox: list[tuple[Seq, Op, bool]] = []
+        self._snapshots: list[Snapshot] = []
+        self._fresh: dict[Key, bool] = {}
+        self.subscriptions = Subscriptions()
+        self.handlers = Handlers()
+        self.reactive_keys = Reactive(self)
+
+    # ------------------------------------------------------------------ keys and entries
+
+    @property
+    def seq(self) -> Seq:
+        """The cursor of the newest change."""
+        return self._seq
+
+    def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
+        return parse_key(key, self.local, allow_subtree=allow_subtree)
+
+    def _entry(self, key: Key) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry
+        record = self.storage.load(key)
+        if record is None:
+            return None
+        if record.snapshot is not None:
+            snap = json.loads(record.snapshot.data)
+            merge = snap["merge"]
+            base = snap["state"]
+            state = load_state(merge, base)
+            log = OpLog(snap["log"])
+        elif record.ops:
+            first = decode_op(record.ops[0].data)
+            merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
+        else:
+            return None
+        entry = _Entry(merge, state, log, base)
+        for stored in record.ops:
+            op = decode_op(stored.data)
+            entry.state.apply(op)
+            entry.log.add(op, stored.seq)
+            entry.last_seq = stored.seq
+        self._entries[key] = entry
+        self._evict()
+        return entry
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.cache_keys:
+            key, entry = next(iter(self._entries.items()))
+            if entry.last_seq > self._durable:
+                return  # the oldest entry still has ops on their way to disk
+            del self._entries[key]
+
+    # ------------------------------------------------------------------ reads
+
+    def fetch(self, key: str, rng: str | None = None) -> Change:
+        """The current state of ``key`` as a ``snapshot`` change. Raises NotFound."""
+        snap = self.fetch_or_none(key)
+        if snap is None or not snap.exists:
+            raise NotFound(f"no value at {key}")
+        if rng:
+            if snap.content_type is not None:
+                raise InvalidKey("a range applies to JSON values, not to bytes")
+            snap = dataclasses.replace(snap, value=get_range(snap.value, rng))
+        return snap
+
+    def fetch_or_none(self, key: str) -> Change | None:
+        k = self.parse(key, allow_subtree=False)
+        if self.handlers:
+            found, value = self.handlers.fetch(k)
+            if found:
+                return Change(k, self._seq, "snapshot", True, value, None, (), ())
+        computed = self.reactive_keys.get(k)
+        if computed is not None:
+            version = (f"derived-{computed.generation}",)
+            return Change(k, self._seq, "derived", computed.exists, computed.value, None, version, ())
+        entry = self._entry(k)
+        if entry is None:
+            return None
+        return self._snapshot(k, entry)
+
+    def _snapshot(self, key: Key, entry: _Entry, *, last: bool = True) -> Change:
+        st = entry.state
+        return Change(
+            key,
+            entry.last_seq,
+            "snapshot",
+            st.exists,
+            st.value,
+            st.content_type,
+            entry.log.sorted_frontier(),
+            (),
+            entry.merge,
+            last=last,
+        )
+
+    def merge_state(self, key: str) -> MergeState | None:
+        entry = self._entry(self.parse(key, allow_subtree=False))
+        return None if entry is None else entry.state
+
+    def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
+        """Names directly under the subtree ``prefix`` ("name", or "name/" for a deeper subtree)."""
+        p = self.parse(prefix)
+        if not is_subtree(p):
+            p += "/"
+        names = set(self.storage.children(p, after, limit))
+        for key, exists in self._fresh.items():
+            if exists and key.startswith(p):
+                rest = key[len(p) :]
+                cut = rest.find("/")
+                name = rest if cut == -1 else rest[: cut + 1]
+                if name > after:
+                    names.add(name)
+        return sorted(names)[:limit]
+
+    def walk(self, prefix: Key, limit: int) -> list[Key]:
+        """Every existing key under ``prefix``, depth first, at most ``limit`` of them."""
+        out: list[Key] = []
+        stack = [prefix]
+        while stack and len(out) < limit:
+            p = stack.pop()
+            after = ""
+            while len(out) < limit:
+                names = self.children(p, after, 500)
+                if not names:
+                    break
+                for name in names:
+                    if name.endswith("/"):
+                        stack.append(p + name)
+                    else:
+                        out.append(p + name)
+                after = names[-1]
+        return out[:limit]
+
+    # ------------------------------------------------------------------ local writes
+
+    def save(
+        self,
+        key: str,
+        value: Any,
+        *,
+        content_type: str | None = None,
+        version: Version | None = None,
+        parents: Sequence[Version] | None = None,
+        merge: str | None = None,
+        author: PubKey | None = None,
+        peer: str | None = None,
+    ) -> Change:
+        """Replace the value of ``key`` (JSON, or bytes with a ``content_type``)."""
+        if isinstance(value, bytes | bytearray):
+            if not content_type:
+                raise InvalidOp("a bytes value needs a content type")
+            value = bytes(value)
+        elif content_type is not None:
+            raise InvalidOp("a JSON value takes no content type")
+        return self._write(key, "set", value, content_type, version, parents, merge, author, peer)
+
+    def patch(
+        self,
+        key: str,
+        patches: Iterable[Patch],
+        *,
+        version: Version | None = None,
+        parents: Sequence[Version] | None = None,
+        author: PubKey | None = None,
+        peer: str | None = None,
+    ) -> Change:
+        """Apply Braid range patches to the JSON value of ``key``, all or nothing."""
+        body = tuple(patches)
+        if not body:
+            raise InvalidOp("a patch needs at least one range patch")
+        return self._write(key, "patch", body, None, version, parents, None, author, peer)
+
+    def crdt_update(
+        self,
+        key: str,
+        update: bytes,
+        *,
+        merge: str = "yjs",
+        version: Version | None = None,
+        parents: Sequence[Version] | None = None,
+        author: PubKey | None = None,
+        peer: str | None = None,
+    ) -> Change:
+        """Merge a CRDT update (Yjs update bytes) into ``key``."""
+        return self._write(key, "crdt", bytes(update), None, version, parents, merge, author, peer)
+
+    def delete(
+        self,
+        key: str,
+        *,
+        version: Version | None = None,
+        parents: Sequence[Version] | None = None,
+        author: PubKey | None = None,
+        peer: str | None = None,
+    ) -> Change:
+        """Delete ``key``. Raises NotFound if it holds no value."""
+        k = self.parse(key, allow_subtree=False)
+        entry = self._entry(k)
+        if entry is None or not entry.state.exists:
+            raise NotFound(f"no value at {k}")
+        return self._write(k, "delete", None, None, version, parents, None, author, peer)
+
+    def _write(
+        self,
+        key: str,
+        kind: str,
+        body: Any,
+        content_type: str | None,
+        version: Version | None,
+        parents: Sequence[Version] | None,
+        merge: str | None,
+        author: PubKey | None,
+        peer: str | None,
+    ) -> Change:
+        k = self.parse(key, allow_subtree=False)
+        entry = self._entry(k)
+        if entry is not None:
+            if merge is not None and merge != entry.merge:
+                raise InvalidOp(f"{k} has merge type {entry.merge!r}, not {merge!r}")
+            merge = entry.merge
+        elif merge is None:
+            merge = "yjs" if kind == "crdt" else "lww"
+        if parents is None:
+            ps: tuple[Version, ...] = entry.log.sorted_frontier() if entry else ()
+        else:
+            ps = tuple(sorted({check_version(p) for p in parents}))
+            if entry is None and ps:
+                raise InvalidOp("unknown parents: this key has no history")
+            if entry is not None and entry.log.ancestors(ps) is None:
+                raise InvalidOp("unknown parents: not versions of this key")
+        clock = (entry.log.clock if entry else 0) + 1
+        op = Op(k, "", ps, author or self.local, clock, merge, kind, body, content_type)
+        op = dataclasses.replace(op, version=check_version(version) if version else mint_version(op))
+        if entry is not None and op.version in entry.log:
+            existing = entry.log.get(op.version)
+            assert existing is not None
+            if encode_op(dataclasses.replace(existing[1], sig=b"")) == encode_op(op):
+                return self._snapshot(k, entry)  # the same write again: a no-op
+            raise VersionConflict(f"version {op.version!r} of {k} already names another op")
+        if self.handlers:
+            op = self.handlers.before_save(op)
+        state = entry.state if entry is not None else new_state(merge)
+        state.check(op)
+        if self.signer is not None:
+            op = self.signer(op)
+        return self._commit(k, entry, state, op, peer)
+
+    # ------------------------------------------------------------------ remote ops
+
+    def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
+        """Apply an op that came from outside (a peer, a signed request). Returns None if this
+        replica already had it. The verifier runs first; a rejected op changes nothing."""
+        k = parse_key(op.key, None, allow_subtree=False)
+        if k != op.key:
+            raise InvalidKey("an op's key must be in normal form")
+        check_version(op.version)
+        entry = self._entry(k)
+        if entry is not None:
+            if op.merge != entry.merge:
+                raise InvalidOp(f"{k} has merge type {entry.merge!r}, not {op.merge!r}")
+            known = entry.log.get(op.version)
+            if known is not None:
+                if encode_op(dataclasses.replace(known[1], sig=b"")) != encode_op(
+                    dataclasses.replace(op, sig=b"")
+                ):
+                    raise VersionConflict(f"version {op.version!r} of {k} already names another op")
+                return None
+            if op.clock <= self._horizon_clock(entry):
+                return None  # older than the compacted base: seen already, or superseded
+        state = entry.state if entry is not None else new_state(op.merge)
+        if op.merge != "lww":
+            state.check(op)
+        elif op.kind not in ("set", "patch", "delete"):
+            raise InvalidOp(f"lww keys take set, patch and delete ops, not {op.kind!r}")
+        elif op.kind == "patch":
+            for p in op.body:
+                parse_range(p.range)
+        if self.verifier is not None:
+            self.verifier(op)
+        if self.handlers:
+            op = self.handlers.before_save(op)
+        return self._commit(k, entry, state, op, peer)
+
+    @staticmethod
+    def _horizon_clock(entry: _Entry) -> int:
+        horizon = entry.base.get("horizon") if entry.base else None
+        return int(horizon[0]) if horizon else -1
+
+    # ------------------------------------------------------------------ commit and notify
+
+    def _commit(self, key: Key, entry: _Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
+        if entry is None:
+            entry = _Entry(op.merge, state, OpLog(), None)
+            self._entries[key] = entry
+            self._evict()
+        before = entry.log.sorted_frontier()
+        in_order = entry.state.apply(op)
+        self._seq += 1
+        seq = self._seq
+        entry.log.add(op, seq)
+        entry.last_seq = seq
+        exists = entry.state.exists
+        self._outbox.append((seq, op, exists))
+        self._fresh[key] = exists
+        change = Change(
+            key,
+            seq,
+            "op",
+            exists,
+            entry.state.value,
+            entry.state.content_type,
+            entry.log.sorted_frontier(),
+            before,
+            entry.merge,
+            op,
+            linear=in_order and op.parents == before,
+            peer=peer,
+        )
+        self._notify(change)
+        if len(entry.log) >= 2 * self.keep_ops:
+            self.compact(key)
+        return change
+
+    def _notify(self, change: Change) -> None:
+        self.subscriptions.deliver(change)
+        if self.handlers:
+            self.handlers.after_save(change)
+        for dkey, computed in self.reactive_keys.invalidated_by(change.key):
+            derived = Change(
+                dkey,
+                self._seq,
+                "derived",
+                computed.exists,
+                computed.value,
+                None,
+                (f"derived-{computed.generation}",),
+                (),
+            )
+            self._notify(derived)
+
+    # ------------------------------------------------------------------ durability
+
+    def take_outbox(self, batch_signer: BatchSigner | None = None) -> tuple[list[StoredOp], list[Snapshot]]:
+        """Hand the ops (and compaction snapshots) waiting for disk to the caller, who must store
+        them in this order and then call :meth:`mark_durable`. ``batch_signer`` may sign the ops
+        as one commit; the signed ops replace the unsigned ones in memory too."""
+        items, self._outbox = self._outbox, []
+        snaps, self._snapshots = self._snapshots, []
+        ops = [op for _, op, _ in items]
+        if batch_signer is not None and ops:
+            ops = batch_signer(ops)
+            for signed in ops:
+                entry = self._entries.get(signed.key)
+                found = entry.log.get(signed.version) if entry else None
+                if entry is not None and found is not None:
+                    entry.log.add(signed, found[0])
+        stored = [
+            StoredOp(seq, op.key, op.version, encode_op(op), exists)
+            for (seq, _, exists), op in zip(items, ops, strict=True)
+        ]
+        if items:
+            self._taken = items[-1][0]
+        return stored, snaps
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox) + len(self._snapshots)
+
+    def mark_durable(self, seq: Seq) -> None:
+        """Everything up to ``seq`` is on disk: listings and eviction may rely on storage now."""
+        if seq > self._durable:
+            self._durable = seq
+            if self._fresh and seq >= self._taken and not self._outbox:
+                self._fresh.clear()
+
+    def flush(self, batch_signer: BatchSigner | None = None) -> None:
+        """Store everything pending, synchronously (plain code and tests; the runtime batches)."""
+        stored, snaps = self.take_outbox(batch_signer)
+        if stored:
+            self.storage.append(stored)
+        for snap in snaps:
+            self.storage.compact(snap)
+        self.mark_durable(self._taken)
+
+    def compact(self, key: str, keep: int | None = None) -> Snapshot | None:
+        """Fold the oldest ops of ``key`` into its base snapshot, keeping ``keep`` (default
+        ``keep_ops``) recent ones for resumes. Only ops already handed to storage are folded. The
+        snapshot is queued for storage like an op."""
+        k = self.parse(key, allow_subtree=False)
+        entry = self._entry(k)
+        if entry is None:
+            return None
+        keep = self.keep_ops if keep is None else keep
+        items = [(s, op) for s, op in entry.log.ops() if s <= self._taken]
+        ops = [op for _, op in items]
+        recent = len(entry.log) - len(items)
+        n = len(ops) - max(0, keep - recent)
+        if entry.merge == "lww":
+            from statebus.merge.lww import LwwState
+
+            assert isinstance(entry.state, LwwState)
+            n = entry.state.foldable(ops, max(0, keep - recent))
+        if n <= 0:
+            return None
+        folded = ops[:n]
+        seq = items[n - 1][0]
+        entry.state.compact(folded)
+        entry.log.drop({op.version for op in folded}, entry.log.frontier_of(folded), seq)
+        entry.base = entry.state.encode()
+        snap = Snapshot(k, seq, _encode_snapshot(entry))
+        self._snapshots.append(snap)
+        return snap
+
+    # ------------------------------------------------------------------ history and resume
+
+    def history(self, key: str, parents: Sequence[Version]) -> list[Change]:
+        """The changes a replica holding ``parents`` of ``key`` lacks, in order (per-key resume,
+        as Braid's ``Parents`` asks). Raises HistoryCompacted when they were folded away."""
+        k = self.parse(key, allow_subtree=False)
+        entry = self._entry(k)
+        if entry is None:
+            if parents:
+                raise HistoryCompacted(f"{k} has no history for those parents")
+            return []
+        missing = entry.log.since(parents)
+        return self._replay(k, entry, [s for s, _ in missing])
+
+    def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
+        """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,
+        in sequence order. Raises HistoryCompacted if some were compacted away (or if more than
+        ``limit`` are missing: a fresh snapshot is cheaper then)."""
+        p = self.parse(pattern)
+        if after > self._seq:
+            raise HistoryCompacted(f"cursor {after} is from the future of this node (at {self._seq})")
+        if after < self.storage.horizon(p):
+            raise HistoryCompacted(f"changes after cursor {after} were compacted")
+        found: dict[Seq, StoredOp] = {s.seq: s for s in self.storage.scan(p, after, limit + 1)}
+        for seq, op, exists in self._outbox:
+            if seq > after and key_matches(p, op.key):
+                found[seq] = StoredOp(seq, op.key, op.version, b"", exists)
+        if len(found) > limit:
+            raise HistoryCompacted(f"more than {limit} changes since cursor {after}; take a fresh snapshot")
+        by_key: dict[Key, list[Seq]] = {}
+        for seq in sorted(found):
+            by_key.setdefault(found[seq].key, []).append(seq)
+        out: list[Change] = []
+        for k, seqs in by_key.items():
+            entry = self._entry(k)
+            if entry is None or seqs[0] <= entry.log.base_seq:
+                raise HistoryCompacted(f"changes of {k} after cursor {after} were compacted")
+            out.extend(self._replay(k, entry, seqs))
+        out.sort(key=lambda c: c.seq)
+        return out
+
+    def _replay(self, key: Key, entry: _Entry, seqs: list[Seq]) -> list[Change]:
+        """Rebuild the value after each of the ops ``seqs`` by folding the log from its base."""
+        if not seqs:
+            return []
+        wanted = set(seqs)
+        state = load_state(entry.merge, entry.base) if entry.base else new_state(entry.merge)
+        log = OpLog(entry.log.encode())
+        out: list[Change] = []
+        for seq, op in entry.log.ops():
+            before = log.sorted_frontier()
+            in_order = state.apply(op)
+            log.add(op, seq)
+            if seq in wanted:
+                out.append(
+                    Change(
+                        key,
+                        seq,
+                        "op",
+                        state.exists,
+                        state.value,
+                        state.content_type,
+                        log.sorted_frontier(),
+                        before,
+                        entry.merge,
+                        op,
+                        linear=in_order and op.parents == before,
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def observe(
+        self,
+        pattern: str,
+        callback: Callback,
+        *,
+        since: Seq | None = None,
+        parents: Sequence[Version] | None = None,
+        snapshot: bool = True,
+        max_snapshot_keys: int = 10_000,
+    ) -> Subscription:
+        """Watch a key or a subtree: ``callback`` gets the current state (unless ``snapshot`` is
+        False), or the changes after cursor ``since`` / after versions ``parents`` (one key), then
+        every change, in order, exactly once.
+
+        Raises HistoryCompacted (before subscribing) when the resume point is gone.
+        """
+        p = self.parse(pattern)
+        if since is not None:
+            backlog = self.changes_since(p, since)
+        elif parents is not None:
+            if is_subtree(p):
+                raise InvalidKey("parents name versions of one key, not of a subtree")
+            backlog = self.history(p, parents)
+        elif not snapshot:
+            backlog = []
+        elif is_subtree(p):
+            keys = self.walk(p, max_snapshot_keys)
+            backlog = [c for c in (self.fetch_or_none(k) for k in keys) if c is not None and c.exists]
+            backlog = [dataclasses.replace(c, seq=self._seq, last=False) for c in backlog]
+            backlog.append(Change(p, self._seq, "snapshot", False, None, None, (), (), last=True))
+        else:
+            snap = self.fetch_or_none(p)
+            backlog = [
+                dataclasses.replace(snap, seq=self._seq)
+                if snap is not None
+                else Change(p, self._seq, "snapshot", False, None, None, (), ())
+            ]
+        sub = self.subscriptions.add(p, callback)
+        for change in backlog:
+            if sub.closed:
+                break
+            try:
+                callback(change)
+            except Exception as exc:
+                sub.close(f"observer failed: {type(exc).__name__}: {exc}")
+        return sub
+
+    # ------------------------------------------------------------------ handlers and reactive
+
+    def handle(
+        self,
+        pattern: str,
+        *,
+        to_fetch: ToFetch | None = None,
+        to_save: ToSave | None = None,
+        to_delete: ToSave | None = None,
+        on_save: OnSave | None = None,
+    ) -> Handler:
+        """Hook into reads and writes of keys matching ``pattern`` (see bus/handlers.py)."""
+        return self.handlers.add(Handler(pattern, to_fetch, to_save, to_delete, on_save))
+
+    def reactive(self, pattern: str, fn: ReactiveFn) -> None:
+        """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)``."""
+        self.reactive_keys.add(pattern, fn)

@@ -1,0 +1,32 @@
+"""The merge types a node knows, by name (the ``Merge-Type`` header's value)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from statebus.errors import InvalidOp
+from statebus.merge.base import MergeState
+from statebus.merge.lww import LwwState
+from statebus.merge.yjs import YjsState
+
+MERGE_TYPES: dict[str, Callable[[dict[str, Any] | None], MergeState]] = {
+    "lww": LwwState,
+    "yjs": YjsState,
+}
+
+
+def new_state(merge: str) -> MergeState:
+    try:
+        factory = MERGE_TYPES[merge]
+    except KeyError:
+        raise InvalidOp(f"unknown merge type {merge!r}; known: {sorted(MERGE_TYPES)}") from None
+    return factory(None)
+
+
+def load_state(merge: str, base: dict[str, Any]) -> MergeState:
+    try:
+        factory = MERGE_TYPES[merge]
+    except KeyError:
+        raise InvalidOp(f"unknown merge type {merge!r}") from None
+    return factory(base)
