@@ -1,0 +1,112 @@
+"""The Node: the bus plus durability and async streams, as the transports use it.
+
+Every write method returns only once the write is durable (group commit); every stream is
+bounded. All bus calls happen on the event loop's thread; storage writes happen in the
+committer's writer thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from statebus.bus import Bus, Change
+from statebus.bus.bus import BatchSigner
+from statebus.errors import StatebusError
+from statebus.oplog.events import Op, Patch
+from statebus.runtime.committer import GroupCommitter
+from statebus.runtime.streams import EventStream
+from statebus.types import Seq, Version
+
+
+class Node:
+    def __init__(self, bus: Bus, *, batch_signer: BatchSigner | None = None, max_buffer: int = 1000) -> None:
+        self.bus = bus
+        self.committer = GroupCommitter(bus, batch_signer=batch_signer)
+        self.max_buffer = max_buffer
+        self._streams: set[EventStream] = set()
+        self.closing = False
+
+    @property
+    def local(self) -> str:
+        return self.bus.local
+
+    # ------------------------------------------------------------------ reads
+
+    def fetch(self, key: str, rng: str | None = None) -> Change:
+        return self.bus.fetch(key, rng)
+
+    def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
+        return self.bus.children(prefix, after, limit)
+
+    # ------------------------------------------------------------------ durable writes
+
+    async def _durable(self, change: Change) -> Change:
+        await self.committer.durable(change.seq)
+        return change
+
+    async def save(self, key: str, value: Any, **kw: Any) -> Change:
+        return await self._durable(self.bus.save(key, value, **kw))
+
+    async def patch(self, key: str, patches: Iterable[Patch], **kw: Any) -> Change:
+        return await self._durable(self.bus.patch(key, patches, **kw))
+
+    async def crdt_update(self, key: str, update: bytes, **kw: Any) -> Change:
+        return await self._durable(self.bus.crdt_update(key, update, **kw))
+
+    async def delete(self, key: str, **kw: Any) -> Change:
+        return await self._durable(self.bus.delete(key, **kw))
+
+    async def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
+        change = self.bus.apply(op, peer=peer)
+        if change is not None:
+            await self.committer.durable(change.seq)
+        return change
+
+    async def flush(self) -> None:
+        await self.committer.durable(self.bus.seq)
+
+    # ------------------------------------------------------------------ streams
+
+    def events(
+        self,
+        patterns: str | Sequence[str],
+        *,
+        since: Seq | None = None,
+        parents: Sequence[Version] | None = None,
+        snapshot: bool = True,
+        max_buffer: int | None = None,
+    ) -> EventStream:
+        """An async stream of the changes to one or more keys/subtrees (see ``Bus.observe``).
+
+        With several patterns, the initial snapshots or backlogs of all come first, then live
+        changes in node order. Raises HistoryCompacted when a resume point is gone.
+        """
+        if self.closing:
+            raise StatebusError("node is shutting down", status_hint=503)
+        stream = EventStream(self, max_buffer or self.max_buffer)
+        pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        try:
+            for p in pats:
+                stream._subs.append(
+                    self.bus.observe(p, stream._push, since=since, parents=parents, snapshot=snapshot)
+                )
+        except BaseException:
+            stream.close()
+            raise
+        self._streams.add(stream)
+        return stream
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close every stream, write everything acknowledged-to-be, close storage."""
+        self.closing = True
+        for stream in list(self._streams):
+            stream.close()
+        await self.committer.aclose()
+        self.bus.storage.close()

@@ -1,0 +1,97 @@
+"""Async event streams: the second tier of subscriptions, built on ``Bus.observe``.
+
+Rules:
+
+1. Each stream has a bounded buffer. When a change arrives and the buffer is full, the stream is
+   cut off with a reason (``SubscriberTooSlow``) and its bus subscription closed: a slow reader
+   never blocks the writer or other readers, and it resumes later from its last cursor.
+2. A stream yields a change only once it is durable (its seq is on disk), so a cursor a client
+   holds always names stored history, even across a crash.
+3. Iteration ends (StopAsyncIteration) when the stream is closed by its owner, and raises the
+   stored error when it was cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from statebus.bus import Change, Subscription
+from statebus.errors import StatebusError, SubscriberTooSlow
+
+if TYPE_CHECKING:
+    from statebus.runtime.node import Node
+
+
+class EventStream:
+    def __init__(self, node: Node, max_buffer: int) -> None:
+        self._node = node
+        self.max_buffer = max_buffer
+        self._queue: deque[Change] = deque()
+        self._wake = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self.error: StatebusError | None = None
+        self.closed = False
+        self.cursor: int | None = None
+
+    def _push(self, change: Change) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self.max_buffer:
+            self.cut(SubscriberTooSlow(f"subscriber fell {self.max_buffer} changes behind and was cut off"))
+            return
+        self._queue.append(change)
+        self._wake.set()
+
+    def cut(self, error: StatebusError) -> None:
+        """End the stream with ``error`` (for the reader to see after the buffered changes)."""
+        if self.closed:
+            return
+        self.error = error
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for sub in self._subs:
+            sub.close("stream closed")
+        self._node._streams.discard(self)
+        self._wake.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Change:
+        committer = self._node.committer
+        while True:
+            if self._queue:
+                head = self._queue[0]
+                if head.seq <= committer.durable_seq or head.kind == "derived":
+                    self._queue.popleft()
+                    if head.last:
+                        self.cursor = head.seq
+                    return head
+                committer.kick()
+                await committer.wait_durable_change()
+                continue
+            if self.closed:
+                if self.error is not None:
+                    raise self.error
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+
+    def drain_ready(self) -> list[Change]:
+        """Take every buffered change that is already durable, without waiting (for batching)."""
+        out: list[Change] = []
+        durable = self._node.committer.durable_seq
+        q = self._queue
+        while q and (q[0].seq <= durable or q[0].kind == "derived"):
+            c = q.popleft()
+            if c.last:
+                self.cursor = c.seq
+            out.append(c)
+        return out
