@@ -1,0 +1,331 @@
+"""The node's settings: one frozen, typed :class:`Settings`, loaded once by the server and passed down.
+
+Precedence, highest first: CLI flags (``cli_overrides``) > ``STATEBUS_<NAME>`` environment variables >
+the TOML config file (``config_file``, else ``$STATEBUS_CONFIG``) > the defaults below. Every value
+is parsed and checked; a bad one raises :class:`InvalidValue` naming where it came from
+(``STATEBUS_PORT``, ``config.toml: port``, ``--port``). Core code never reads ``os.environ``.
+
+Sizes take ``1048576``, ``512KiB``, ``1MiB``, ``1MB``; durations ``15``, ``15s``, ``500ms``, ``2m``,
+``1h``; rates ``100/second`` or ``10 per minute`` (the ``limits`` package's notation); lists (env)
+are comma-separated. Secrets are held in :class:`Secret`, whose ``repr`` and ``str`` are masked.
+
+Imports: stdlib and ``statebus.errors`` only (the bottom layer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from statebus.errors import InvalidValue
+
+SECONDS: Final = 1.0
+MILLISECONDS: Final = 0.001
+MINUTES: Final = 60.0
+HOURS: Final = 3600.0
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+
+ENV_PREFIX: Final = "STATEBUS_"
+CONFIG_ENV: Final = "STATEBUS_CONFIG"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class Secret:
+    """A secret string whose ``repr`` and ``str`` never show it; call :meth:`reveal` where it is used."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself. Never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_DATA_HOME/statebus``, else ``~/.local/share/statebus`` (``$HOME`` from ``env``)."""
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "statebus"
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share" / "statebus"
+
+
+def _setting(default: Any, kind: str, doc: str, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"kind": kind, "doc": doc, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a node can be configured with. Construct directly (tests) or with :meth:`load`."""
+
+    host: str = _setting("127.0.0.1", "host", "Address the HTTP server binds to (loopback by default).")
+    port: int = _setting(8765, "int", "TCP port of the HTTP server (0 picks a free port).", 0, 65535)
+    data_dir: Path = field(
+        default_factory=lambda: default_data_dir(os.environ),
+        metadata={
+            "kind": "path",
+            "doc": "Folder for the database and the node identity.",
+            "lo": None,
+            "hi": None,
+        },
+    )
+    log_level: str = _setting("info", "log_level", "One of debug, info, warning, error, critical.")
+    max_body_bytes: int = _setting(1 * MiB, "bytes", "Largest request body.", 1, 1 * GiB)
+    max_value_bytes: int = _setting(1 * MiB, "bytes", "Largest stored value (encoded).", 1, 1 * GiB)
+    max_key_bytes: int = _setting(1 * KiB, "bytes", "Longest key path in UTF-8 bytes.", 16, 64 * KiB)
+    max_key_depth: int = _setting(32, "int", "Most segments in a key path.", 1, 1024)
+    max_json_depth: int = _setting(64, "int", "Deepest nesting of a JSON value.", 1, 1024)
+    rate_limit_per_client: str = _setting("100/second", "rate", "Requests per authenticated client key.")
+    rate_limit_per_ip: str = _setting("300/second", "rate", "Requests per remote IP address.")
+    max_subscriptions_per_client: int = _setting(256, "int", "Open subscriptions per client.", 1, 1_000_000)
+    quota_bytes_per_remote_namespace: int = _setting(
+        256 * MiB, "bytes", "Storage a remote namespace may use on this node.", 0, 1024 * GiB
+    )
+    subscriber_buffer: int = _setting(
+        1000, "int", "Events buffered per subscriber before it is cut off.", 1, 10**7
+    )
+    sse_ping_interval: float = _setting(
+        15 * SECONDS, "seconds", "Idle SSE/Braid streams get a ping this often.", 0.1, 3600
+    )
+    history_keep_ops: int = _setting(
+        1000, "int", "Ops kept per key after compaction, for resuming.", 0, 10**9
+    )
+    group_commit_max_batch: int = _setting(
+        256, "int", "Most writes committed in one transaction.", 1, 100_000
+    )
+    group_commit_max_delay: float = _setting(
+        2 * MILLISECONDS, "seconds", "Longest a write waits for others to share its commit.", 0, 1
+    )
+    dht_name: str = _setting("default", "name", "Name of the DHT this node joins.")
+    dht_secret: Secret | None = _setting(None, "secret", "Shared secret of an invite-only DHT.")  # noqa: RUF009
+    dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
+    dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.name))
+
+    @classmethod
+    def load(
+        cls,
+        cli_overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+    ) -> Settings:
+        """Load settings: CLI flags > ``STATEBUS_*`` environment > TOML file > defaults.
+
+        Args:
+            cli_overrides: setting name → value (typed, or text as typed on a command line); None
+                values are skipped, so argparse defaults of None fall through.
+            env: the environment (``os.environ`` when None).
+            config_file: a TOML file of ``name = value`` lines; else ``$STATEBUS_CONFIG`` if set.
+
+        Raises:
+            InvalidValue: an unknown setting in the file or the overrides, a missing or malformed
+                file, or a bad value; the detail names the variable, key or flag.
+
+        Example:
+            >>> Settings.load({"port": 0}, env={"STATEBUS_LOG_LEVEL": "debug", "HOME": "/h"}).log_level
+            'debug'
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+        if path is not None:
+            values.update(_from_toml(Path(path)))
+        values.update(_from_env(env))
+        for name, raw in (cli_overrides or {}).items():
+            if name not in _FIELDS:
+                raise InvalidValue(f"unknown setting --{name.replace('_', '-')}")
+            if raw is not None:
+                values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
+        values.setdefault("data_dir", default_data_dir(env))
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``STATEBUS_*`` variables only."""
+        env = os.environ if env is None else env
+        return cls(**{"data_dir": default_data_dir(env), **_from_env(env)})
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Settings:
+        """Defaults overridden by a TOML file only."""
+        return cls(**_from_toml(Path(path)))
+
+
+_FIELDS: Final = {f.name: f for f in fields(Settings)}
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a setting: ``port`` → ``STATEBUS_PORT``."""
+    return ENV_PREFIX + name.upper()
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        var = env_var(name)
+        if var in env:
+            out[name] = _coerce(name, env[var], var)
+    return out
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidValue(f"config file {path} cannot be read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidValue(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in _FIELDS:
+            raise InvalidValue(f"config file {path}: unknown setting {name!r}")
+        out[name] = _coerce(name, raw, f"{path.name}: {name}")
+    return out
+
+
+_SIZE_RE = re.compile(r"(\d{1,15})\s*(b|kib|mib|gib|kb|mb|gb)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*(ms|s|m|h)?", re.IGNORECASE)
+_DURATION_UNITS = {"": SECONDS, "s": SECONDS, "ms": MILLISECONDS, "m": MINUTES, "h": HOURS}
+_RATE_RE = re.compile(r"[1-9]\d{0,8}\s*(?:/|per)\s*(?:[1-9]\d{0,5}\s*)?(second|minute|hour|day)s?", re.I)
+_HOST_RE = re.compile(r"[A-Za-z0-9.:\-\[\]%_]{1,253}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
+_BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9.:\-\[\]_]{1,253}:\d{1,5}")
+
+
+def _show(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _coerce(name: str, raw: Any, label: str) -> Any:
+    meta = _FIELDS[name].metadata
+    kind: str = meta["kind"]
+    value = _PARSERS[kind](raw, label)
+    lo, hi = meta["lo"], meta["hi"]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise InvalidValue(f"{label}: must be between {lo:g} and {hi:g}, got {_show(raw)}")
+    return value
+
+
+def _int(raw: Any, label: str) -> int:
+    if type(raw) is int:
+        return raw
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit() and len(raw.strip()) <= 15:
+        return int(raw.strip())
+    raise InvalidValue(f"{label}: must be a whole number, got {_show(raw)}")
+
+
+def _size(raw: Any, label: str) -> int:
+    if type(raw) is int:
+        return raw
+    m = _SIZE_RE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if m is None:
+        raise InvalidValue(f"{label}: must be a size such as 1048576, 512KiB or 1MiB, got {_show(raw)}")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+
+
+def _seconds(raw: Any, label: str) -> float:
+    if type(raw) in (int, float):
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidValue(f"{label}: must be a finite number of seconds")
+        return value
+    m = _DURATION_RE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if m is None:
+        raise InvalidValue(f"{label}: must be a duration such as 15, 15s, 500ms or 2m, got {_show(raw)}")
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def _rate(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or not _RATE_RE.fullmatch(raw.strip()):
+        raise InvalidValue(f"{label}: must be a rate such as 100/second or 10 per minute, got {_show(raw)}")
+    return raw.strip()
+
+
+def _host(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or not _HOST_RE.fullmatch(raw.strip()):
+        raise InvalidValue(f"{label}: must be a host name or IP address, got {_show(raw)}")
+    return raw.strip()
+
+
+def _name(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or not _NAME_RE.fullmatch(raw.strip()):
+        raise InvalidValue(f"{label}: must be 1-64 letters, digits, '.', '_' or '-', got {_show(raw)}")
+    return raw.strip()
+
+
+def _log_level(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in LOG_LEVELS:
+        raise InvalidValue(f"{label}: must be one of {', '.join(LOG_LEVELS)}, got {_show(raw)}")
+    return raw.strip().lower()
+
+
+def _path(raw: Any, label: str) -> Path:
+    if isinstance(raw, Path):
+        return raw
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        raise InvalidValue(f"{label}: must be a folder path, got {_show(raw)}")
+    return Path(raw.strip()).expanduser()
+
+
+def _secret(raw: Any, label: str) -> Secret | None:
+    if raw is None or isinstance(raw, Secret):
+        return raw
+    if not isinstance(raw, str) or not raw:
+        raise InvalidValue(f"{label}: must be a non-empty string")  # never echo a secret
+    return Secret(raw)
+
+
+def _list(raw: Any, label: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise InvalidValue(f"{label}: must be a list of host:port, got {_show(raw)}")
+    for item in items:
+        if not isinstance(item, str) or not _BOOTSTRAP_RE.fullmatch(item):
+            raise InvalidValue(f"{label}: each entry must be host:port, got {_show(item)}")
+    return tuple(items)
+
+
+_PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
+    "int": _int,
+    "bytes": _size,
+    "seconds": _seconds,
+    "rate": _rate,
+    "host": _host,
+    "name": _name,
+    "log_level": _log_level,
+    "path": _path,
+    "secret": _secret,
+    "list": _list,
+}
