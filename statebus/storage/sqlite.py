@@ -1,0 +1,332 @@
+"""SqliteStorage: the durable storage adapter, one SQLite file in the node's data folder.
+
+Layout: the node keeps ``<data>/store.sqlite3`` plus SQLite's ``store.sqlite3-wal`` and
+``store.sqlite3-shm`` beside it while open (see docs/storage.md).
+
+Durability: WAL journal with ``synchronous=FULL``, so a commit is fsynced to the WAL before
+``append`` returns; an acknowledged batch survives ``kill -9`` and power loss. The database is
+created with ``auto_vacuum=INCREMENTAL`` and every ``compact`` runs ``incremental_vacuum``, so
+folded ops give their pages back to the file system (at the next WAL checkpoint).
+
+Threads: one write connection behind a lock serves ``append`` and ``compact``; reads borrow a
+connection from a small pool and run in a read transaction, so they see one consistent state and
+never wait for the writer (WAL lets readers and one writer run at once).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from statebus.errors import NotFound, StatebusError, VersionConflict
+from statebus.storage.base import KeyRecord, Snapshot, StoredOp
+from statebus.storage.ranges import check_batch, pattern_bounds, walk_children
+from statebus.types import Key, Seq
+
+STORE_FILE = "store.sqlite3"
+"""The database's file name inside a node's data folder."""
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ops (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    data BLOB NOT NULL,
+    "exists" INTEGER NOT NULL,
+    UNIQUE (key, version)
+);
+CREATE INDEX IF NOT EXISTS ops_key_seq ON ops (key, seq);
+CREATE TABLE IF NOT EXISTS snapshots (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    "exists" INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_live ON keys (key) WHERE "exists" = 1;
+"""
+
+_INSERT_OP = 'INSERT INTO ops (seq, key, version, data, "exists") VALUES (?, ?, ?, ?, ?)'
+_UPSERT_KEY = (
+    'INSERT INTO keys (key, "exists", last_seq) VALUES (?, ?, ?) '
+    'ON CONFLICT (key) DO UPDATE SET "exists" = excluded."exists", last_seq = excluded.last_seq'
+)
+_UPSERT_SNAPSHOT = (
+    "INSERT INTO snapshots (key, seq, data) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, data = excluded.data"
+)
+_OP_COLUMNS = 'seq, key, version, data, "exists"'
+
+OpRow = tuple[int, str, str, bytes, int]
+
+_SEQ_WALK_MAX = 10_000
+"""A subtree scan whose cursor is at most this far behind walks the log by sequence number."""
+_SMALL_SUBTREE = 1_000
+"""Below this many keys, a subtree scan from far back walks the subtree's keys instead."""
+
+
+class SqliteStorage:
+    """A durable :class:`~statebus.storage.base.Storage` in one SQLite database file.
+
+    >>> import tempfile
+    >>> store = SqliteStorage.open_folder(tempfile.mkdtemp())
+    >>> store.append([StoredOp(seq=1, key="/ns/a/b", version="1-x", data=b"op")])
+    >>> store.children("/ns/", after="", limit=10)
+    ['a/']
+    >>> store.close()
+
+    Args:
+        path: The database file; created (with its schema) if missing.
+        timeout: Seconds a connection waits for a lock held by another connection.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self._timeout = timeout
+        self._write_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._all_readers: list[sqlite3.Connection] = []
+        self._closed = False
+        self._writer = self._connect()
+        self._create_schema()
+        row = self._writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
+        self._max_seq: Seq = int(row[0] or 0)
+
+    @classmethod
+    def open_folder(cls, data_dir: str | os.PathLike[str]) -> SqliteStorage:
+        """Open (creating it if needed) the store of a node's data folder: ``<data>/store.sqlite3``."""
+        folder = Path(data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(folder / STORE_FILE)
+
+    def append(self, batch: Sequence[StoredOp]) -> None:
+        """Store a batch of ops in one transaction, fsynced before this returns.
+
+        Raises:
+            VersionConflict: a ``(key, version)`` is already stored or repeats in the batch;
+                nothing of the batch is written.
+            InvalidOp: sequence numbers do not increase past :meth:`max_seq`.
+        """
+        if not batch:
+            return
+        with self._write_lock:
+            self._check_open()
+            check_batch(batch, self._max_seq)
+            latest = {op.key: (op.key, int(op.exists), op.seq) for op in batch}
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    _INSERT_OP, [(op.seq, op.key, op.version, op.data, int(op.exists)) for op in batch]
+                )
+                conn.executemany(_UPSERT_KEY, list(latest.values()))
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                raise VersionConflict(self._conflict_detail(batch)) from None
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._max_seq = batch[-1].seq
+
+    def load(self, key: Key) -> KeyRecord | None:
+        """The snapshot and later ops of ``key`` (one consistent read); None if never written."""
+        with self._reading() as conn:
+            if conn.execute("SELECT 1 FROM keys WHERE key = ?", (key,)).fetchone() is None:
+                return None
+            row = conn.execute("SELECT seq, data FROM snapshots WHERE key = ?", (key,)).fetchone()
+            rows = conn.execute(
+                f"SELECT {_OP_COLUMNS} FROM ops WHERE key = ? ORDER BY seq", (key,)
+            ).fetchall()
+        snapshot = Snapshot(key=key, seq=row[0], data=row[1]) if row else None
+        return KeyRecord(snapshot=snapshot, ops=[_op(r) for r in rows])
+
+    def scan(self, pattern: str, after: Seq, limit: int) -> list[StoredOp]:
+        """Ops with ``seq > after`` whose key matches ``pattern``, in sequence order (indexed)."""
+        if limit <= 0:
+            return []
+        select = f"SELECT {_OP_COLUMNS} FROM ops"
+        bounds = pattern_bounds(pattern)
+        with self._reading() as conn:
+            if pattern == "":
+                rows = conn.execute(f"{select} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+            elif bounds is None:
+                rows = conn.execute(
+                    f"{select} WHERE key = ? AND seq > ? ORDER BY seq LIMIT ?", (pattern, after, limit)
+                )
+            else:
+                # Walk the log from the cursor when it is recent or the subtree is big; walk the
+                # subtree's keys (then sort) when it is small and the cursor is far back.
+                by_key = self._max_seq - after > _SEQ_WALK_MAX and _is_small(conn, bounds)
+                index = "INDEXED BY ops_key_seq" if by_key else ""
+                rows = conn.execute(
+                    f"{select} {index} WHERE key > ? AND key < ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (*bounds, after, limit),
+                )
+            return [_op(r) for r in rows.fetchall()]
+
+    def children(self, prefix: Key, after: str, limit: int) -> list[str]:
+        """The names directly under ``prefix`` holding an existing key: one indexed query each.
+
+        Raises:
+            InvalidKey: ``prefix`` does not end in ``/``.
+        """
+        with self._reading() as conn:
+
+            def first_live(low: str, inclusive: bool, high: str) -> str | None:
+                op = ">=" if inclusive else ">"
+                row = conn.execute(
+                    f'SELECT key FROM keys WHERE "exists" = 1 AND key {op} ? AND key < ? '
+                    "ORDER BY key LIMIT 1",
+                    (low, high),
+                ).fetchone()
+                return None if row is None else str(row[0])
+
+            return walk_children(prefix, after, limit, first_live)
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Replace the ops of ``snapshot.key`` up to ``snapshot.seq`` by the snapshot and give
+        their pages back (``incremental_vacuum``). An older snapshot than the stored one changes
+        nothing.
+
+        Raises:
+            NotFound: the key was never written.
+        """
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM keys WHERE key = ?", (snapshot.key,)).fetchone() is None:
+                    raise NotFound(f"cannot compact {snapshot.key!r}: it was never written")
+                row = conn.execute("SELECT seq FROM snapshots WHERE key = ?", (snapshot.key,)).fetchone()
+                if row is None or row[0] <= snapshot.seq:
+                    conn.execute(_UPSERT_SNAPSHOT, (snapshot.key, snapshot.seq, snapshot.data))
+                    conn.execute("DELETE FROM ops WHERE key = ? AND seq <= ?", (snapshot.key, snapshot.seq))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            # executescript steps the pragma to the end (``execute`` frees one page per call).
+            if conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                conn.executescript("PRAGMA incremental_vacuum;")
+
+    def horizon(self, pattern: str) -> Seq:
+        """The highest snapshot sequence number among keys matching ``pattern`` (0 if none)."""
+        bounds = pattern_bounds(pattern)
+        with self._reading() as conn:
+            if pattern == "":
+                row = conn.execute("SELECT MAX(seq) FROM snapshots").fetchone()
+            elif bounds is None:
+                row = conn.execute("SELECT MAX(seq) FROM snapshots WHERE key = ?", (pattern,)).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT MAX(seq) FROM snapshots WHERE key > ? AND key < ?", bounds
+                ).fetchone()
+        return int(row[0] or 0)
+
+    def max_seq(self) -> Seq:
+        """The highest sequence number ever appended (0 when empty); survives compaction."""
+        return self._max_seq
+
+    def close(self) -> None:
+        """Close every connection; the last close checkpoints the WAL into the main file."""
+        with self._write_lock, self._pool_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for conn in self._all_readers:
+                conn.close()
+            self._idle.clear()
+            self._all_readers.clear()
+            try:
+                self._writer.execute("PRAGMA optimize")
+            finally:
+                self._writer.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _create_schema(self) -> None:
+        conn = self._writer
+        # auto_vacuum only takes effect before the first table exists: set it first, always.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StatebusError(f"{self.path} cannot use WAL mode (journal_mode is {mode})", status_hint=500)
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a read connection and hold one read transaction (one snapshot) on it."""
+        with self._pool_lock:
+            self._check_open()
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = 1")
+                self._all_readers.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        finally:
+            with self._pool_lock:
+                if not self._closed:
+                    self._idle.append(conn)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StatebusError(f"the store {self.path.name} is closed", status_hint=503)
+
+    def _conflict_detail(self, batch: Sequence[StoredOp]) -> str:
+        for op in batch:
+            found = self._writer.execute(
+                "SELECT 1 FROM ops WHERE key = ? AND version = ?", (op.key, op.version)
+            ).fetchone()
+            if found is not None:
+                return f"version {op.version!r} of {op.key!r} is already stored"
+        return "a version in the batch is already stored"
+
+
+def _is_small(conn: sqlite3.Connection, bounds: tuple[str, str]) -> bool:
+    """Whether the subtree holds fewer than ``_SMALL_SUBTREE`` keys (a bounded index count)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM keys WHERE key > ? AND key < ? LIMIT ?)",
+        (*bounds, _SMALL_SUBTREE),
+    ).fetchone()
+    return int(row[0]) < _SMALL_SUBTREE
+
+
+def _op(row: OpRow) -> StoredOp:
+    seq, key, version, data, exists = row
+    return StoredOp(seq=seq, key=key, version=version, data=bytes(data), exists=bool(exists))
