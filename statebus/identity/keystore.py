@@ -1,0 +1,245 @@
+"""The node identity on disk, in ``<data>/identity/`` (directory mode 0700, every file 0600).
+
+Files::
+
+    <data>/identity/               0700
+        node_key.json              0600  {"v": 1, "secret": b64, "chain_code": b64|null,
+                                          "path": "m/44'/7433'/0'", "pubkey": "<52 chars>"}
+        owner_token                0600  43 characters: 32 random bytes, urlsafe base64, no padding
+
+The seed phrase is **not stored**: it is shown once by :func:`init` and is needed only by
+:func:`recover`. The node keeps the namespace root's secret key and chain code, enough to sign and to
+derive the node's sub-keys, but not the BIP39 seed, so a stolen data folder cannot derive keys for
+other purposes (wallets, other coin types) that share the phrase.
+
+Files are created with ``os.open(O_CREAT | O_EXCL, 0o600)`` under a temporary name, fsynced, then
+linked into place (``os.link`` fails if the target exists; ``os.replace`` when forced). :func:`load`
+refuses a key file that the group or others can read, as ssh does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+from statebus.errors import Forbidden, InvalidValue, NotFound
+from statebus.identity.keys import ROOT_PATH, Identity, identity_from_mnemonic, new_mnemonic
+
+IDENTITY_DIR = "identity"
+KEY_FILE = "node_key.json"
+TOKEN_FILE = "owner_token"
+FORMAT_VERSION = 1
+
+
+def identity_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data>/identity``."""
+    return Path(data_dir) / IDENTITY_DIR
+
+
+def _ensure_dir(data_dir: str | os.PathLike[str]) -> Path:
+    d = identity_dir(data_dir)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_secret_file(path: Path, data: bytes, *, force: bool) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically; refuse to replace unless ``force``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise Forbidden(f"{path} already exists; pass force=True to replace it") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist; run init or recover first") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Forbidden(f"{path} is not a regular file")
+        if mode & 0o077:
+            raise Forbidden(f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _b64e(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _b64d(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidValue(f"identity file: {what} is missing")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidValue(f"identity file: {what} is not base64") from None
+
+
+def save(data_dir: str | os.PathLike[str], identity: Identity, *, force: bool = False) -> Path:
+    """Write ``identity`` to ``<data>/identity/node_key.json`` (0600).
+
+    Raises:
+        Forbidden: an identity exists already and ``force`` is false.
+    """
+    d = _ensure_dir(data_dir)
+    secret, chain = identity.export_secret()
+    doc = {
+        "v": FORMAT_VERSION,
+        "secret": _b64e(secret),
+        "chain_code": _b64e(chain) if chain is not None else None,
+        "path": identity.path,
+        "pubkey": identity.pubkey,
+    }
+    path = d / KEY_FILE
+    _write_secret_file(path, json.dumps(doc, sort_keys=True).encode(), force=force)
+    return path
+
+
+def load(data_dir: str | os.PathLike[str]) -> Identity:
+    """Read the node identity.
+
+    Raises:
+        NotFound: there is none yet.
+        Forbidden: the file is readable by others.
+        InvalidValue: the file is corrupt (the detail never contains the secret).
+    """
+    raw = _read_secret_file(identity_dir(data_dir) / KEY_FILE)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValue("identity file is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+        raise InvalidValue(f"identity file has an unknown format (expected v={FORMAT_VERSION})")
+    chain_text = doc.get("chain_code")
+    chain = None if chain_text is None else _b64d(chain_text, "chain_code")
+    path = doc.get("path")
+    identity = Identity(
+        _b64d(doc.get("secret"), "secret"),
+        chain_code=chain,
+        path=path if isinstance(path, str) else None,
+    )
+    if doc.get("pubkey") != identity.pubkey:
+        raise InvalidValue("identity file is inconsistent: its public key does not match its secret key")
+    return identity
+
+
+def exists(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether a node identity has been saved."""
+    return (identity_dir(data_dir) / KEY_FILE).exists()
+
+
+def new_owner_token(data_dir: str | os.PathLike[str], *, force: bool = True) -> str:
+    """Create (or, by default, replace) the owner token: 32 random bytes, urlsafe base64."""
+    d = _ensure_dir(data_dir)
+    token = secrets.token_urlsafe(32)
+    _write_secret_file(d / TOKEN_FILE, token.encode("ascii"), force=force)
+    return token
+
+
+def load_owner_token(data_dir: str | os.PathLike[str]) -> str:
+    """The owner token. Raises :class:`NotFound` or :class:`Forbidden` like :func:`load`."""
+    return _read_secret_file(identity_dir(data_dir) / TOKEN_FILE).decode("ascii").strip()
+
+
+def check_owner_token(data_dir: str | os.PathLike[str], presented: str) -> bool:
+    """Constant-time comparison of a presented token with the stored one."""
+    try:
+        expected = load_owner_token(data_dir)
+    except NotFound:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "replace"))
+
+
+def init(
+    data_dir: str | os.PathLike[str], *, force: bool = False, passphrase: str = ""
+) -> tuple[Identity, str]:
+    """Create a new identity from a fresh 24-word phrase, and a new owner token.
+
+    Returns:
+        ``(identity, phrase)``: show the phrase to the user once; it is not stored.
+
+    Raises:
+        Forbidden: an identity exists already and ``force`` is false.
+    """
+    if exists(data_dir) and not force:
+        raise Forbidden(f"{identity_dir(data_dir) / KEY_FILE} already exists; pass force=True to replace it")
+    phrase = new_mnemonic()
+    identity = identity_from_mnemonic(phrase, passphrase)
+    save(data_dir, identity, force=force)
+    new_owner_token(data_dir, force=True)
+    return identity, phrase
+
+
+def recover(
+    data_dir: str | os.PathLike[str], phrase: str, *, passphrase: str = "", force: bool = False
+) -> Identity:
+    """Rebuild the identity from its phrase (same phrase, same pubkey) and issue a new owner token.
+
+    Raises:
+        InvalidValue: the phrase is malformed.
+        Forbidden: an identity exists already and ``force`` is false (an identical one is accepted).
+    """
+    identity = identity_from_mnemonic(phrase, passphrase)
+    if exists(data_dir) and not force:
+        current = load(data_dir)
+        if current.pubkey != identity.pubkey:
+            raise Forbidden("a different identity exists in this data folder; pass force=True to replace it")
+        return current
+    save(data_dir, identity, force=force)
+    new_owner_token(data_dir, force=True)
+    return identity
+
+
+__all__ = [
+    "ROOT_PATH",
+    "check_owner_token",
+    "exists",
+    "identity_dir",
+    "init",
+    "load",
+    "load_owner_token",
+    "new_owner_token",
+    "recover",
+    "save",
+]
