@@ -13,6 +13,7 @@ from statebus.values.ranges import (
     MAX_RANGE_DEPTH,
     Field,
     Index,
+    PatchLike,
     RangeLike,
     Segment,
     Slice,
@@ -20,6 +21,7 @@ from statebus.values.ranges import (
     apply_patches,
     format_range,
     get_range,
+    is_delete,
     parse_range,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "MAX_SAFE_INTEGER",
     "Field",
     "Index",
+    "PatchLike",
     "RangeLike",
     "Segment",
     "Slice",
@@ -40,6 +43,7 @@ __all__ = [
     "dumps_json",
     "format_range",
     "get_range",
+    "is_delete",
     "loads_json",
     "parse_range",
 ]

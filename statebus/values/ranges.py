@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Protocol, TypeAlias, cast
 
 from statebus.errors import InvalidRange, InvalidValue, NotFound, StatebusError
-from statebus.oplog.events import DELETE, Patch, _Delete
 from statebus.types import JSON
 
 MAX_RANGE_CHARS = 1024
@@ -111,6 +111,27 @@ Segment: TypeAlias = Field | Index | Slice
 RangeLike: TypeAlias = "str | Sequence[Segment]"
 
 
+class PatchLike(Protocol):
+    """What :func:`apply_patches` reads from a patch (:class:`statebus.oplog.Patch` fits)."""
+
+    @property
+    def range(self) -> str: ...
+
+    @property
+    def content(self) -> object: ...
+
+
+def is_delete(content: object) -> bool:
+    """True when ``content`` is :data:`statebus.oplog.DELETE` (remove the addressed part).
+
+    The sentinel is found by identity in the loaded op-log module rather than imported: values sit
+    below the op log in the layering (the op log decodes values with this package). If that module
+    is not loaded, no ``DELETE`` can exist yet.
+    """
+    events = sys.modules.get("statebus.oplog.events")
+    return events is not None and content is getattr(events, "DELETE", None)
+
+
 def parse_range(text: str) -> tuple[Segment, ...]:
     """Parse range text into segments.
 
@@ -182,7 +203,7 @@ def get_range(value: JSON, rng: RangeLike) -> JSON:
     return current
 
 
-def apply_patch(value: JSON, rng: RangeLike, content: JSON | _Delete) -> JSON:
+def apply_patch(value: JSON, rng: RangeLike, content: object) -> JSON:
     """Return a new value with the part ``rng`` addresses replaced by ``content`` (statebus.js semantics).
 
     * object field: set it (created if missing) or, with ``DELETE``, remove it (missing: no change);
@@ -201,24 +222,26 @@ def apply_patch(value: JSON, rng: RangeLike, content: JSON | _Delete) -> JSON:
             non-string into a string).
     """
     segments = _segments(rng)
+    deleting = is_delete(content)
     if not segments:
-        if content is DELETE:
+        if deleting:
             raise InvalidRange("cannot DELETE the whole value with a patch; delete the key instead")
-        return content  # type: ignore[return-value]
-    return _patch(value, segments, 0, content)
+        return cast(JSON, content)
+    return _patch(value, segments, 0, None if deleting else cast(JSON, content), deleting)
 
 
-def apply_patches(value: JSON, patches: Iterable[Patch]) -> JSON:
+def apply_patches(value: JSON, patches: Iterable[PatchLike]) -> JSON:
     """Apply patches in order; all or nothing (on error ``value`` is untouched and nothing returns).
 
     Raises:
         InvalidRange | InvalidValue: from the first patch that fails; the detail names its number.
     """
     for n, patch in enumerate(patches):
-        if not isinstance(patch, Patch):
+        rng, content = getattr(patch, "range", None), getattr(patch, "content", None)
+        if not isinstance(rng, str):
             raise InvalidValue(f"patch {n}: expected a Patch, got {type(patch).__name__}")
         try:
-            value = apply_patch(value, patch.range, patch.content)
+            value = apply_patch(value, rng, content)
         except (InvalidRange, InvalidValue) as exc:
             raise type(exc)(f"patch {n}: {exc.detail}") from exc
     return value
@@ -323,11 +346,11 @@ def _segments(rng: RangeLike) -> tuple[Segment, ...]:
 # --- applying --------------------------------------------------------------------------------
 
 
-def _patch(current: JSON, segments: tuple[Segment, ...], i: int, content: JSON | _Delete) -> JSON:
+def _patch(current: JSON, segments: tuple[Segment, ...], i: int, content: JSON, deleting: bool) -> JSON:
     seg = segments[i]
     where = _where(segments, i)
     if i == len(segments) - 1:
-        return _patch_last(current, seg, content, where)
+        return _patch_last(current, seg, content, deleting, where)
     if isinstance(current, dict):
         key = _field(seg, where, "an object")
         if key not in current:
@@ -335,42 +358,41 @@ def _patch(current: JSON, segments: tuple[Segment, ...], i: int, content: JSON |
                 f"no field {_short(key)} at {where}; patches do not create intermediate fields"
             )
         new_dict = dict(current)
-        new_dict[key] = _patch(current[key], segments, i + 1, content)
+        new_dict[key] = _patch(current[key], segments, i + 1, content, deleting)
         return new_dict
     if isinstance(current, list):
         idx = _index(seg, len(current), where, InvalidRange, allow_end=False)
         new_list = list(current)
-        new_list[idx] = _patch(current[idx], segments, i + 1, content)
+        new_list[idx] = _patch(current[idx], segments, i + 1, content, deleting)
         return new_list
     raise InvalidRange(f"cannot address {seg} inside {_kind(current)} at {where}")
 
 
-def _patch_last(current: JSON, seg: Segment, content: JSON | _Delete, where: str) -> JSON:
+def _patch_last(current: JSON, seg: Segment, content: JSON, deleting: bool, where: str) -> JSON:
     if isinstance(current, dict):
         key = _field(seg, where, "an object")
-        if content is DELETE:
+        if deleting:
             if key not in current:
                 return current
             new_dict = dict(current)
             del new_dict[key]
             return new_dict
         new_dict = dict(current)
-        new_dict[key] = content  # type: ignore[assignment]
+        new_dict[key] = content
         return new_dict
     if isinstance(current, list):
         if isinstance(seg, Slice):
-            if content is DELETE:
+            if deleting:
                 content = []
             if not isinstance(content, list):
                 raise InvalidValue(f"splicing the array at {where} needs array content, not {_kind(content)}")
             start, end = _slice_bounds(seg, len(current), where, InvalidRange)
             return current[:start] + content + current[end:]
-        idx = _index(seg, len(current), where, InvalidRange, allow_end=content is not DELETE)
-        if content is DELETE:
+        idx = _index(seg, len(current), where, InvalidRange, allow_end=not deleting)
+        if deleting:
             return current[:idx] + current[idx + 1 :]
-        return [*current[:idx], content, *current[idx + 1 :]]  # type: ignore[list-item]
+        return [*current[:idx], content, *current[idx + 1 :]]
     if isinstance(current, str) and not isinstance(seg, Field):
-        deleting = content is DELETE
         if deleting:
             content = ""
         if not isinstance(content, str):

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import string
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from statebus.values import (
     apply_patches,
     format_range,
     get_range,
+    is_delete,
     parse_range,
 )
 
@@ -307,6 +310,19 @@ def test_apply_patches_all_or_nothing() -> None:
     with pytest.raises(InvalidValue, match="patch 0: expected a Patch"):
         apply_patches(value, [(".a", 1)])  # type: ignore[list-item]
     assert apply_patches(value, []) == value
+
+
+def test_is_delete() -> None:
+    assert is_delete(DELETE)
+    assert not is_delete(None)
+    assert not is_delete("DELETE")
+    assert not is_delete([])
+
+
+@pytest.mark.parametrize("module", ["statebus.values", "statebus.values.ranges", "statebus.oplog"])
+def test_imports_alone_without_cycle(module: str) -> None:
+    # values sit below the op log: each must import first in a fresh interpreter
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)
 
 
 # --- properties ------------------------------------------------------------------------------
