@@ -220,6 +220,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 _BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9.:\-\[\]_]{1,253}:\d{1,5}")
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _show(raw: Any) -> str:
     text = repr(raw)
     return text if len(text) <= 60 else text[:60] + "…"
@@ -231,7 +235,7 @@ def _coerce(name: str, raw: Any, label: str) -> Any:
     value = _PARSERS[kind](raw, label)
     lo, hi = meta["lo"], meta["hi"]
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise InvalidValue(f"{label}: must be between {lo:g} and {hi:g}, got {_show(raw)}")
+        raise InvalidValue(f"{label}: must be between {_num(lo)} and {_num(hi)}, got {_show(raw)}")
     return value
 
 
