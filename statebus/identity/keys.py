@@ -12,6 +12,8 @@ The hierarchy (all derivation steps hardened, as SLIP-0010 requires for ed25519)
 the same phrase never yields the same key as a wallet would. A sub-key is named by a relative path of
 hardened indices (``"0'/5'"``) or by a label (``"device/laptop"``): each label segment becomes the
 hardened index ``0x80000000 | (first 4 bytes of sha256("statebus-label\\n" + segment) & 0x7fffffff)``.
+A label is 1–64 characters of ``[A-Za-z0-9._~-]``, not all digits, and not ``m`` (which starts an
+absolute path).
 
 Secrets never appear in ``repr``/``str`` or in error messages (not even a misspelt phrase word).
 """
@@ -184,6 +186,8 @@ def parse_path(path: str) -> tuple[bool, list[int]]:
             if n >= HARDENED:
                 raise InvalidValue(f"a path index is below 2^31, not {n}")
             indices.append(HARDENED | n)
+        elif part == "m":
+            raise InvalidValue("'m' starts an absolute path and is not a label")
         elif part.isdigit():
             raise InvalidValue(f"ed25519 derivation is hardened only: write {part}' not {part}")
         elif _LABEL_RE.match(part):

@@ -179,3 +179,18 @@ def test_batch_proofs_property(n: int, data: st.DataObject) -> None:
     if j != i:
         with pytest.raises(BadSignature):
             verify_op(dataclasses.replace(signed[j], sig=signed[i].sig))
+
+
+def test_keyring_rejects_unsigned_record() -> None:
+    rec = delegate(OWNER, DEVICE.pubkey, issued=1)
+    forged = dataclasses.replace(rec, sig=DEVICE.sign(rec.signing_bytes()))
+    with pytest.raises(BadSignature):
+        Keyring().add(forged)
+
+
+def test_bench_runs() -> None:
+    from statebus.identity.bench import measure
+
+    rates = measure(256)
+    assert set(rates) >= {"sign_op", "sign_batch(32)", "sign_batch(256)", "verify_op single"}
+    assert all(rate > 0 for rate in rates.values())
