@@ -10,10 +10,12 @@ statebus events (one JSON object per event, compact, UTF-8)::
     id: <cursor>
     data: {"key": "/…/posts/42", "version": ["v2"], "parents": ["v1"], <body>, "content_type": "…"}
 
-* ``snapshot``: the state of a key when the stream starts (or resumes without history), ``update``:
-  a later change, ``delete``: the key was deleted, ``reset``: the client's cursor is too old (the
-  history it needs was compacted), so the server sends fresh state; the client should drop what it
-  holds for the stream's keys and treat the events that follow as snapshots.
+* ``snapshot``: the state of a key when the stream starts; ``update``: a later change; ``delete``:
+  the key was deleted (body ``"deleted": true``); ``reset``: the client's cursor is too old (the
+  history it needs was compacted), so fresh state follows. A ``reset`` carries a snapshot payload
+  like ``snapshot`` (or ``"deleted": true`` for the subscribed key when nothing is left); the client
+  drops everything it holds for the stream, applies it, and treats the ``snapshot`` events that follow
+  as the rest of the fresh state.
 * ``<body>`` is exactly one of ``"value": <JSON>`` (the whole value), ``"value_base64": "…"`` (a bytes
   value; ``content_type`` says what it is), ``"patches": [[range, content], …]`` (``[range]`` removes
   what the range addresses) or ``"deleted": true``.
