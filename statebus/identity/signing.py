@@ -125,6 +125,11 @@ def _commit_ok(author: str, message: bytes, sig: bytes) -> bool:
     return verify_signature(author, message, sig)
 
 
+def clear_commit_cache() -> None:
+    """Forget which batch commits were verified (for measurements and tests)."""
+    _commit_ok.cache_clear()
+
+
 def check_signature(op: Op) -> None:
     """Check ``op.sig`` (either format) against ``op.author``.
 
