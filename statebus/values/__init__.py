@@ -8,20 +8,15 @@ from statebus.values.json import (
     dumps_json,
     loads_json,
 )
-from statebus.values.ranges import (
+from statebus.values.ranges import PatchLike, RangeLike, apply_patch, apply_patches, get_range, is_delete
+from statebus.values.segments import (
     MAX_RANGE_CHARS,
     MAX_RANGE_DEPTH,
     Field,
     Index,
-    PatchLike,
-    RangeLike,
     Segment,
     Slice,
-    apply_patch,
-    apply_patches,
     format_range,
-    get_range,
-    is_delete,
     parse_range,
 )
 

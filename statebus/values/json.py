@@ -23,7 +23,7 @@ from typing import Any
 
 from statebus.errors import InvalidValue, TooLarge
 from statebus.types import JSON
-from statebus.values.ranges import Field, Index, Segment, format_range
+from statebus.values.segments import Field, Index, Segment, format_range
 
 MAX_SAFE_INTEGER = 2**53 - 1
 """The largest integer JavaScript holds exactly (``Number.MAX_SAFE_INTEGER``)."""
