@@ -97,8 +97,11 @@ class SqliteStorage:
         self._idle: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._closed = False
+        is_new = not self.path.exists()
         self._writer = self._connect()
         self._create_schema()
+        if is_new:
+            _fsync_dir(self.path.parent)  # the new file's directory entry survives power loss too
         row = self._writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
         self._max_seq: Seq = int(row[0] or 0)
 
@@ -316,6 +319,14 @@ class SqliteStorage:
             if found is not None:
                 return f"version {op.version!r} of {op.key!r} is already stored"
         return "a version in the batch is already stored"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_small(conn: sqlite3.Connection, bounds: tuple[str, str]) -> bool:

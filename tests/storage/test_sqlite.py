@@ -6,6 +6,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
+import statebus.storage.sqlite as sqlite_module
 from statebus.storage.base import Snapshot, Storage
 from statebus.storage.sqlite import STORE_FILE, SqliteStorage
 from statebus.testing.storage_suite import NS, StorageSuite, op
@@ -18,6 +21,14 @@ class TestSqliteStorage(StorageSuite):
     def reopen(self, storage: Storage, tmp_path: Path) -> Storage:
         storage.close()
         return SqliteStorage(tmp_path / STORE_FILE)
+
+
+class TestSqliteStorageWalkingKeys(TestSqliteStorage):
+    """The suite again, with subtree scans forced onto the (key, seq) index path."""
+
+    @pytest.fixture(autouse=True)
+    def _walk_keys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sqlite_module, "_SEQ_WALK_MAX", -1)
 
 
 def _pragma(path: Path, name: str) -> object:
