@@ -210,11 +210,13 @@ def _from_toml(path: Path) -> dict[str, Any]:
     return out
 
 
-_SIZE_RE = re.compile(r"(\d{1,15})\s*(b|kib|mib|gib|kb|mb|gb)?", re.IGNORECASE)
+_SIZE_RE = re.compile(r"(\d{1,15})\s*(b|kib|mib|gib|kb|mb|gb)?", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
-_DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*(ms|s|m|h)?", re.IGNORECASE)
+_DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*(ms|s|m|h)?", re.IGNORECASE | re.ASCII)
 _DURATION_UNITS = {"": SECONDS, "s": SECONDS, "ms": MILLISECONDS, "m": MINUTES, "h": HOURS}
-_RATE_RE = re.compile(r"[1-9]\d{0,8}\s*(?:/|per)\s*(?:[1-9]\d{0,5}\s*)?(second|minute|hour|day)s?", re.I)
+_RATE_RE = re.compile(
+    r"[1-9]\d{0,8}\s*(?:/|per)\s*(?:[1-9]\d{0,5}\s*)?(second|minute|hour|day)s?", re.I | re.ASCII
+)
 _HOST_RE = re.compile(r"[A-Za-z0-9.:\-\[\]%_]{1,253}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 _BOOTSTRAP_RE = re.compile(r"[A-Za-z0-9.:\-\[\]_]{1,253}:\d{1,5}")

@@ -70,6 +70,8 @@ def test_env_values_are_parsed(name: str, raw: str, expected: object) -> None:
         ("host", "a b"),
         ("host", ""),
         ("max_body_bytes", "lots"),
+        ("max_body_bytes", "\u0661\u0660KiB"),
+        ("sse_ping_interval", "\u0661s"),
         ("max_body_bytes", "0"),
         ("max_body_bytes", "2TiB"),
         ("sse_ping_interval", "soon"),

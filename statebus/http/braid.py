@@ -57,7 +57,7 @@ RANGE_HEADERS: tuple[tuple[str, str], ...] = (
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTENT_RANGE_RE = re.compile(r"(\S+)(?: (.*))?", re.DOTALL)
-_HEARTBEATS_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*(s|ms)?", re.IGNORECASE)
+_HEARTBEATS_RE = re.compile(r"(\d{1,9}(?:\.\d{1,9})?|\.\d{1,9})\s*(s|ms)?", re.IGNORECASE | re.ASCII)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _STATUS_LINES: dict[str, bytes] = {}
 

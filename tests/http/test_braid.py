@@ -145,7 +145,7 @@ def test_parse_heartbeats(header: str | None, expected: float | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["", "abc", "-1s", "0s", "0.01s", "3601", "1e3", "nan", "inf", "5 min", "1s2"]
+    "header", ["", "abc", "-1s", "0s", "0.01s", "3601", "1e3", "nan", "inf", "5 min", "1s2", "\u0661s"]
 )
 def test_parse_heartbeats_rejects(header: str) -> None:
     with pytest.raises(InvalidValue, match="Heartbeats"):
@@ -460,3 +460,36 @@ def test_header_parsers_raise_typed_errors_only(text: str) -> None:
             parse(text)
         except StatebusError:
             pass
+
+
+update_specs = st.tuples(
+    st.lists(versions, min_size=1, max_size=3, unique=True),
+    st.lists(versions, max_size=3, unique=True),
+    st.one_of(
+        st.binary(max_size=40).map(lambda b: ("body", b)),
+        st.lists(st.tuples(ranges, st.binary(max_size=20)), max_size=3).map(lambda p: ("patches", p)),
+    ),
+    st.sampled_from([None, "200", "404"]),
+    st.integers(0, 4),
+)
+
+
+@given(st.lists(update_specs, max_size=5), st.integers(1, 17))
+def test_stream_parser_reads_any_format_update_output(specs: list, chunk: int) -> None:
+    stream = b""
+    for version, parents, (what, payload), status, beats in specs:
+        kwargs = {"body": payload} if what == "body" else {"patches": payload}
+        stream += HEARTBEAT * beats + format_update(version, parents, status=status, **kwargs)
+    parser = BraidStreamParser()
+    got = [u for i in range(0, len(stream), chunk) for u in parser.feed(stream[i : i + chunk])]
+    assert len(got) == len(specs)
+    for update, (version, parents, (what, payload), status, _) in zip(got, specs, strict=True):
+        assert (update.version, update.parents or (), update.status) == (
+            tuple(version),
+            tuple(parents),
+            status,
+        )
+        if what == "body":
+            assert update.body == payload and update.patches is None
+        else:
+            assert [(p.range, p.content) for p in update.patches or ()] == payload
