@@ -6,16 +6,15 @@ may not hold CR, LF or NUL (an ``id`` with NUL is ignored by browsers), so they 
 
 statebus events (one JSON object per event, compact, UTF-8)::
 
-    event: snapshot | update | delete | reset
+    event: snapshot | update | delete
     id: <cursor>
     data: {"key": "/…/posts/42", "version": ["v2"], "parents": ["v1"], <body>, "content_type": "…"}
 
 * ``snapshot``: the state of a key when the stream starts; ``update``: a later change; ``delete``:
-  the key was deleted (body ``"deleted": true``); ``reset``: the client's cursor is too old (the
-  history it needs was compacted), so fresh state follows. A ``reset`` carries a snapshot payload
-  like ``snapshot`` (or ``"deleted": true`` for the subscribed key when nothing is left); the client
-  drops everything it holds for the stream, applies it, and treats the ``snapshot`` events that follow
-  as the rest of the fresh state.
+  the key was deleted (body ``"deleted": true``).
+* ``reset`` (no ``id``, ``data: {"reason": "…"}``): the client's cursor is too old (the history it
+  needs was compacted). The client drops everything it holds for the stream; fresh ``snapshot``
+  events of every key follow (:func:`encode_reset_event`).
 * ``<body>`` is exactly one of ``"value": <JSON>`` (the whole value), ``"value_base64": "…"`` (a bytes
   value; ``content_type`` says what it is), ``"patches": [[range, content], …]`` (``[range]`` removes
   what the range addresses) or ``"deleted": true``.
@@ -37,7 +36,7 @@ from statebus.errors import InvalidValue
 from statebus.oplog import DELETE, Patch
 from statebus.types import JSON
 
-EVENT_KINDS: Final = ("snapshot", "update", "delete", "reset")
+EVENT_KINDS: Final = ("snapshot", "update", "delete")
 PING: Final = b": ping\n\n"
 
 _MISSING: Any = object()
@@ -164,7 +163,7 @@ def encode_update_event(
         version: its new version(s).
         parents: the versions the change follows.
         cursor: the stream position after this event (becomes ``id``), or None.
-        kind: ``snapshot``, ``update``, ``delete`` or ``reset``.
+        kind: ``snapshot``, ``update`` or ``delete``.
         value: the whole new value (JSON, or bytes with ``content_type``).
         patches: range patches instead of a value.
         deleted: True for a deleted key.
@@ -192,3 +191,13 @@ def encode_update_event(
         parts += ("id: ", _field_value("id", str(cursor)), "\n")
     parts += ("data: ", data, "\n\n")
     return _utf8("".join(parts))
+
+
+def encode_reset_event(reason: str) -> bytes:
+    """Encode ``event: reset``, ``data: {"reason": …}``: the client's cursor is too old; fresh state follows.
+
+    Example:
+        >>> encode_reset_event("history compacted")
+        b'event: reset\\ndata: {"reason":"history compacted"}\\n\\n'
+    """
+    return encode_event(_encoder.encode({"reason": reason}), event="reset")

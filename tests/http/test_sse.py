@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statebus.errors import InvalidValue
-from statebus.http.sse import PING, encode_comment, encode_event, encode_update_event, update_payload
+from statebus.http.sse import (
+    PING,
+    encode_comment,
+    encode_event,
+    encode_reset_event,
+    encode_update_event,
+    update_payload,
+)
 from statebus.oplog import DELETE, Patch
 
 
@@ -100,8 +107,9 @@ def test_update_event_bodies() -> None:
     assert read_events(snap) == [
         {"event": "snapshot", "data": '{"key":"/k","version":["v"],"parents":[],"value":null}'}
     ]
-    reset = encode_update_event("/k", ["v"], kind="reset", cursor="c9", value="é")
-    assert read_events(reset)[0]["id"] == "c9" and json.loads(read_events(reset)[0]["data"])["value"] == "é"
+    update = encode_update_event("/k", ["v"], cursor="c9", value="é")
+    assert read_events(update)[0]["id"] == "c9" and json.loads(read_events(update)[0]["data"])["value"] == "é"
+    assert read_events(encode_reset_event("too old")) == [{"event": "reset", "data": '{"reason":"too old"}'}]
 
 
 @pytest.mark.parametrize(
@@ -115,6 +123,7 @@ def test_update_event_bodies() -> None:
         {"value": {1j: 2}},
         {"value": "\ud800"},
         {"value": 1, "kind": "bogus"},
+        {"value": 1, "kind": "reset"},
         {"value": 1, "cursor": "a\nb"},
     ],
 )
