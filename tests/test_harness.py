@@ -22,7 +22,7 @@ from statebus.testing.node_harness import (
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     with ref_server() as url:
         yield url
@@ -35,9 +35,9 @@ def put(url: str, *args: str) -> dict[str, object]:
 
 
 def test_put_then_get_roundtrip(base: str) -> None:
-    res = put(f"{base}/doc", "--put", '{"a": 1}', "--version", '"v1"')
+    res = put(f"{base}/roundtrip", "--put", '{"a": 1}', "--version", '"v1"')
     assert res["status"] == 200
-    lines = run_braid_client([f"{base}/doc"], timeout=10)
+    lines = run_braid_client([f"{base}/roundtrip"], timeout=10)
     assert [line["type"] for line in lines] == ["response", "end"]
     assert lines[0]["status"] == 200
     assert json.loads(lines[0]["body"]) == {"a": 1}
@@ -50,9 +50,9 @@ def test_get_missing_key_is_404(base: str) -> None:
 
 
 def test_subscribe_snapshot_live_update_and_resume(base: str) -> None:
-    put(f"{base}/doc", "--put", '{"a": 1, "list": [1, 2]}', "--version", '"v1"')
+    put(f"{base}/live", "--put", '{"a": 1, "list": [1, 2]}', "--version", '"v1"')
     with start_braid_client(
-        [f"{base}/doc", "--subscribe", "--heartbeats", "0.5", "--timeout-ms", "8000"]
+        [f"{base}/live", "--subscribe", "--heartbeats", "0.5", "--timeout-ms", "8000"]
     ) as sub:
         first = sub.wait_for(lambda line: line["type"] == "response", timeout=8)
         assert first["status"] == 209
@@ -63,12 +63,12 @@ def test_subscribe_snapshot_live_update_and_resume(base: str) -> None:
         assert json.loads(snap["body"]) == {"a": 1, "list": [1, 2]}
 
         # One patch: braid-http sends it as Content-Range; two: as Patches: 2.
-        put(f"{base}/doc", "--patches", '[{"unit":"json","range":".a","content":"2"}]', "--version", '"v2"')
+        put(f"{base}/live", "--patches", '[{"unit":"json","range":".a","content":"2"}]', "--version", '"v2"')
         two = [
             {"unit": "json", "range": ".b", "content": '"x"'},
             {"unit": "json", "range": ".list[1:1]", "content": "9"},
         ]
-        put(f"{base}/doc", "--patches", json.dumps(two), "--version", '"v3"')
+        put(f"{base}/live", "--patches", json.dumps(two), "--version", '"v3"')
         u2 = sub.wait_for(lambda line: line["type"] == "update", timeout=8)
         u3 = sub.wait_for(lambda line: line["type"] == "update", timeout=8)
     assert (u2["version"], u2["parents"]) == (["v2"], ["v1"])
@@ -76,12 +76,12 @@ def test_subscribe_snapshot_live_update_and_resume(base: str) -> None:
     assert (u3["version"], u3["parents"], u3["patches"]) == (["v3"], ["v2"], two)
 
     resumed = run_braid_client(
-        [f"{base}/doc", "--subscribe", "--parents", '"v2"', "--max-updates", "1"], timeout=10
+        [f"{base}/live", "--subscribe", "--parents", '"v2"', "--max-updates", "1"], timeout=10
     )
     assert [u["version"] for u in updates(resumed)] == [["v3"]]
     assert resumed[-1] == {"type": "end", "reason": "max-updates"}
 
-    final = run_braid_client([f"{base}/doc"], timeout=10)
+    final = run_braid_client([f"{base}/live"], timeout=10)
     assert json.loads(final[0]["body"]) == {"a": 2, "list": [1, 9, 2], "b": "x"}
 
 
@@ -109,23 +109,23 @@ def test_ref_server_process_is_stopped() -> None:
 
 
 def test_browser_runs_real_braid_fetch_in_chromium(base: str, tmp_path: Path) -> None:
-    put(f"{base}/doc", "--put", '{"a": 1}', "--version", '"v1"')
+    put(f"{base}/browser", "--put", '{"a": 1}', "--version", '"v1"')
     script = """
     (async () => {
       const got = []
-      const res = await braid_fetch('/doc', {subscribe: true})
+      const res = await braid_fetch('/browser', {subscribe: true})
       res.subscribe(u => {
         got.push({version: u.version, body: u.body_text ?? null,
                   patches: (u.patches || []).map(p => [p.range, p.content_text])})
         if (got.length === 1)
-          braid_fetch('/doc', {method: 'PUT', version: ['v2'],
+          braid_fetch('/browser', {method: 'PUT', version: ['v2'],
                                patches: [{unit: 'json', range: '.a', content: '5'}]})
         if (got.length === 2) { console.log('two updates'); window.__result = got; window.__done = true }
       }, e => { window.__result = {error: String(e)}; window.__done = true })
     })()
     """
     shot = tmp_path / "page.png"
-    out = run_browser(f"{base}/doc", script, timeout=30, inject_braid=True, screenshot=shot)
+    out = run_browser(f"{base}/browser", script, timeout=30, inject_braid=True, screenshot=shot)
     assert out["ok"], out
     assert out["result"] == [
         {"version": ["v1"], "body": '{"a":1}', "patches": []},
@@ -133,12 +133,19 @@ def test_browser_runs_real_braid_fetch_in_chromium(base: str, tmp_path: Path) ->
     ]
     assert {"type": "log", "text": "two updates"} in out["console"]
     assert shot.read_bytes().startswith(b"\x89PNG")
-    final = run_braid_client([f"{base}/doc"], timeout=10)
+    final = run_braid_client([f"{base}/browser"], timeout=10)
     assert json.loads(final[0]["body"]) == {"a": 5}
 
 
-def test_browser_reports_timeout_and_page_errors(base: str) -> None:
-    out = run_browser(f"{base}/nothing", "throw new Error('boom')", timeout=4.5)
+def test_browser_reports_page_errors(base: str) -> None:
+    out = run_browser(f"{base}/nothing", "window.__done = true; throw new Error('boom')", timeout=20)
+    assert out["ok"], out
+    assert any("boom" in e for e in out["page_errors"]), out
+
+
+def test_browser_reports_timeout(base: str) -> None:
+    started = time.monotonic()
+    out = run_browser(f"{base}/nothing", "window.__result = 'partial'", timeout=4.5)
     assert out["ok"] is False
     assert "Timeout" in out["error"]
-    assert any("boom" in e for e in out["page_errors"])
+    assert time.monotonic() - started < 4.5
