@@ -245,6 +245,13 @@ class Keyring:
         """Take a record as stored at ``key`` (see :func:`parse_record`)."""
         return self.add(parse_record(value, key))
 
+    def forget(self, owner: PubKey, delegate_key: PubKey) -> None:
+        """Drop what is known about ``delegate_key`` (its record key was deleted): it loses all rights.
+
+        Feed the keyring the *merged current value* of each ``/<owner>/.keys/…`` key, not raw ops.
+        """
+        self._records.pop((owner, delegate_key), None)
+
     def get(self, owner: PubKey, delegate_key: PubKey) -> Record | None:
         """The newest record about ``delegate_key`` in ``owner``'s namespace."""
         return self._records.get((owner, delegate_key))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,9 +168,7 @@ def sign_request(
     """
     msg = _Request(method.upper(), url, _Headers(_lines(headers)))
     before = {k.lower() for k in msg.headers}
-    when = datetime.datetime.fromtimestamp(
-        created if created is not None else datetime.datetime.now(datetime.UTC).timestamp(), datetime.UTC
-    )
+    when = datetime.datetime.fromtimestamp(created if created is not None else time.time(), datetime.UTC)
     signer = HTTPMessageSigner(signature_algorithm=_Ed25519)
     try:
         prepared = signer.prepare(

@@ -31,7 +31,7 @@ import nacl.signing
 from mnemonic import Mnemonic
 from slip10 import SLIP10
 
-from statebus.errors import InvalidKey, InvalidValue
+from statebus.errors import InvalidValue
 from statebus.keys import decode_pubkey, encode_pubkey
 from statebus.types import PubKey
 
@@ -234,11 +234,3 @@ def derive(source: Identity | bytes, path: str) -> Identity:
     child = node.get_child_from_path(indices)
     full = base + ("/" + _format(indices) if indices else "")
     return Identity(bytes(child.privkey), chain_code=bytes(child.chaincode), path=full)
-
-
-def pubkey_raw(pubkey: PubKey) -> bytes:
-    """The 32 raw bytes of a namespace, with :class:`InvalidValue` on a malformed one."""
-    try:
-        return decode_pubkey(pubkey)
-    except InvalidKey as exc:
-        raise InvalidValue(str(exc)) from exc

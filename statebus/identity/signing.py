@@ -28,7 +28,7 @@ from functools import lru_cache
 from statebus.errors import BadSignature, Forbidden, InvalidOp
 from statebus.identity.delegation import Keyring
 from statebus.identity.keys import Identity, verify_signature
-from statebus.keys import is_pubkey
+from statebus.keys import is_pubkey, namespace_of
 from statebus.oplog.codec import op_hash, signing_bytes
 from statebus.oplog.events import Op
 
@@ -167,9 +167,15 @@ def verify_op(op: Op, keyring: Keyring | None = None, now: float | None = None) 
 
     Raises:
         BadSignature: the signature is missing, malformed or invalid.
+        InvalidOp: the key is not inside a namespace.
         Forbidden: the signature is good but the author may not write this key.
     """
     check_signature(op)
-    reason = (keyring or Keyring()).why_not(op.author, op.key, now)
+    owner = namespace_of(op.key) if isinstance(op.key, str) else ""
+    if not (op.key.startswith("/") and is_pubkey(owner) and op.key[1 + len(owner) : 2 + len(owner)] == "/"):
+        raise InvalidOp("op key is not inside a namespace: /<pubkey>/…")
+    if op.author == owner:
+        return
+    reason = (keyring if keyring is not None else Keyring()).why_not(op.author, op.key, now)
     if reason is not None:
         raise Forbidden(f"{op.author} may not write {op.key}: {reason}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statebus.errors import BadSignature
 from statebus.identity.httpsig import sign_request, verify_request
@@ -151,3 +153,22 @@ def test_usable_from_starlette() -> None:
     ok, bad = asyncio.run(main())
     assert ok.status_code == 200 and ok.text == PEER.pubkey
     assert bad.status_code == 401 and "Content-Digest" in bad.text
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=512),
+    st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,12}", fullmatch=True), min_size=1, max_size=4),
+    st.sampled_from(["GET", "PUT", "POST", "DELETE", "PATCH"]),
+    st.integers(min_value=0),
+)
+def test_round_trip_and_any_body_change_fails(
+    body: bytes, segments: list[str], method: str, flip: int
+) -> None:
+    url = "https://node.example:8443/" + "/".join(segments)
+    headers = sign_request(method, url, {}, body, PEER, created=NOW)
+    assert verify_request(method, url, headers, body, NOW) == PEER.pubkey
+    changed = bytearray(body)
+    changed[flip % len(body)] ^= 0x01
+    with pytest.raises(BadSignature, match="Content-Digest"):
+        verify_request(method, url, headers, bytes(changed), NOW)

@@ -194,3 +194,19 @@ def test_bench_runs() -> None:
     rates = measure(256)
     assert set(rates) >= {"sign_op", "sign_batch(32)", "sign_batch(256)", "verify_op single"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_key_outside_any_namespace() -> None:
+    for key in ("relative/key", "/short/x", f"/{OWNER.pubkey}x/y"):
+        op = sign_op(make(OWNER, key), OWNER)
+        with pytest.raises(InvalidOp, match="namespace"):
+            verify_op(op)
+
+
+def test_forgotten_delegation_loses_rights() -> None:
+    ring = keyring_with(delegate(OWNER, DEVICE.pubkey, issued=1))
+    op = sign_op(make(DEVICE, k("x")), DEVICE)
+    verify_op(op, ring, NOW)
+    ring.forget(OWNER.pubkey, DEVICE.pubkey)
+    with pytest.raises(Forbidden):
+        verify_op(op, ring, NOW)
