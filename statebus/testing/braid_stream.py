@@ -29,6 +29,7 @@ _STATUS_RE = re.compile(r"^HTTP/?\d*\.?\d* (\d\d\d)[^\r\n]*\r?\n", re.ASCII)
 _HEADER_RE = re.compile(r"(:?[\w\-_]+):\s?([^\r\n]*)[\r\n]*", re.ASCII)
 _ENCODING_RE = re.compile(r"Encoding:\s*(\w+)\r?\nLength:\s*(\d+)\r?\n", re.IGNORECASE)
 _RANGE_RE = re.compile(r"(\S+)( (.*))?", re.DOTALL)
+_INT_RE = re.compile(r"\s*[-+]?\d+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class StreamUpdate:
 def _versions(text: str) -> tuple[str, ...]:
     try:
         items = json.loads("[" + text + "]")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidOp(f"cannot parse version list {text!r}: {exc}") from None
     return tuple(items)
 
@@ -106,6 +107,17 @@ def _parse_headers(buf: bytes, pos: int, encoding_blocks: bool) -> tuple[dict[st
         headers[m.group(1).lower()] = m.group(2)
         at = m.end()
     return headers, start
+
+
+def _js_int(text: str | None) -> int | None:
+    """``parseInt``: leading digits after optional blanks, or None (NaN). Negative lengths are errors."""
+    m = _INT_RE.match(text or "")
+    if m is None:
+        return None
+    value = int(m.group(0))
+    if value < 0:
+        raise InvalidOp(f"negative length {text!r}")
+    return value
 
 
 def _content_range(text: str) -> tuple[str, str]:
@@ -148,14 +160,17 @@ class BraidStreamParser:
         parents = _versions(headers["parents"]) if "parents" in headers else None
         status = headers.get(":status")
         if "encoding" in headers and ":status" not in headers and len(headers) == 2:
-            length = int(headers["length"])
+            length = int(headers["length"])  # the encoding-block regex guarantees digits
             if pos + length > len(buf):
                 return None
             body = buf[pos : pos + length]
             return StreamUpdate(None, headers, body=body, encoding=headers["encoding"]), pos + length
-        raw_length = headers.get("content-length")
-        if raw_length is not None:
-            length = int(raw_length)
+        length_text = headers.get("content-length")
+        if length_text is None and "patches" not in headers:
+            length_text = headers.get("length")
+        body_length = _js_int(length_text)
+        if body_length is not None:
+            length = body_length
             if pos + length > len(buf):
                 return None
             content = buf[pos : pos + length]
@@ -166,7 +181,12 @@ class BraidStreamParser:
             return StreamUpdate(status, headers, version, parents, body=content), pos + length
         if "patches" in headers:
             patches: list[StreamPatch] = []
-            count = int(json.loads(headers["patches"]))
+            try:
+                count = json.loads(headers["patches"])
+            except ValueError:
+                raise InvalidOp(f"cannot parse Patches: {headers['patches']!r}") from None
+            if type(count) is not int or count < 0:
+                raise InvalidOp(f"Patches must be a whole number, got {headers['patches']!r}")
             while len(patches) < count:
                 block = _parse_headers(buf, pos, encoding_blocks=False)
                 if block is None:
@@ -176,7 +196,10 @@ class BraidStreamParser:
                     raise InvalidOp("no content-length in patch")
                 if "content-range" not in patch_headers:
                     raise InvalidOp("no content-range in patch")
-                length = int(patch_headers.pop("content-length"))
+                patch_length = _js_int(patch_headers.pop("content-length"))
+                if patch_length is None:
+                    raise InvalidOp("patch content-length is not a number")
+                length = patch_length
                 if pos + length > len(buf):
                     return None
                 unit, rng = _content_range(patch_headers.pop("content-range"))

@@ -493,3 +493,20 @@ def test_stream_parser_reads_any_format_update_output(specs: list, chunk: int) -
             assert update.body == payload and update.patches is None
         else:
             assert [(p.range, p.content) for p in update.patches or ()] == payload
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.binary(max_size=40)
+        | st.sampled_from([b"HTTP 200 OK\r\n", b"Patches: 2\r\n", b"\r\n", b"Content-Length: 3\r\n"]),
+        max_size=8,
+    )
+)
+def test_stream_parser_hostile_input_raises_typed_errors_only(chunks: list[bytes]) -> None:
+    parser = BraidStreamParser()
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+    except StatebusError:
+        pass
