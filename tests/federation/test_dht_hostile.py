@@ -12,8 +12,10 @@ from typing import Any, cast
 import anyio
 import pytest
 import umsgpack
+from kademlia.node import Node
 
 from statebus.federation.dht import KademliaDirectory
+from statebus.federation.dht_crawl import RecordCrawl
 from statebus.federation.dht_protocol import network_tag_key, tag_datagram, untag_datagram
 from statebus.federation.dht_record import dht_key, make_record
 
@@ -191,17 +193,25 @@ async def test_malicious_find_node_replies_are_survived(
     liar = await raw_peer({"find_node": bogus_contacts, "find_value": bogus_contacts, "store": True})
     junk_values = await raw_peer({"find_node": "not a list", "find_value": {"value": b"junk" * 10}})
     weird = await raw_peer({"find_node": {"value": 1}, "find_value": {"no value": 1}})
-    victim = KademliaDirectory(os.urandom(32), "alpha", SECRET, ksize=4, wait_timeout=0.3)
+    fakes = (liar, junk_values, weird)
+    # alpha=4: the first bootstrap round asks all four contacts, so every fake gets a FIND_NODE
+    victim = KademliaDirectory(os.urandom(32), "alpha", SECRET, ksize=4, alpha=4, wait_timeout=0.3)
     try:
-        await victim.start(
-            [("127.0.0.1", p.port) for p in (liar, junk_values, weird)] + [("127.0.0.1", nodes[0].port)]
-        )
-        assert liar.requests["find_node"] >= 1
-        assert junk_values.requests["find_node"] >= 1
+        await victim.start([("127.0.0.1", p.port) for p in fakes] + [("127.0.0.1", nodes[0].port)])
+        assert all(p.requests["find_node"] >= 1 for p in fakes)
+        assert victim.neighbours() >= 4
+        # a record lookup that starts at the fakes: they answer FIND_VALUE with junk
+        target = nodes[5].record
+        assert target is not None
+        start = [Node(p.node_id, "127.0.0.1", p.port) for p in fakes]
+        start.append(Node(nodes[0].protocol.source_node.id, "127.0.0.1", nodes[0].port))
+        crawl = RecordCrawl(victim.protocol, Node(target.key), start, 4, 4, dht_name="alpha")
+        found = await crawl.find_record()
+        assert found is not None and found[0] == target
+        assert all(p.requests["find_value"] >= 1 for p in fakes)
+        assert not victim.protocol.transport.is_closing()
         await victim.publish(["http://127.0.0.1:4242"])
         await _all_resolve(victim, nodes)
-        assert liar.requests["find_value"] + junk_values.requests["find_value"] >= 1
-        assert not victim.protocol.transport.is_closing()
         assert (await nodes[3].resolve(victim.pubkey)) == victim.record
     finally:
         await victim.stop()
