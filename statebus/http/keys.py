@@ -1,0 +1,414 @@
+"""HTTP on keys: the URL path is the key (percent-decoded; ``/~/…`` is the local namespace).
+
+    GET     a key → its value (JSON, or bytes with their content type), ``Version`` and ``ETag``;
+            a subtree (path ending in ``/``) → its children, paginated; with ``Accept:
+            text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`)
+    PUT     replace the value, or patch it (``Content-Range: json <range>`` or ``Patches: N``)
+    PATCH   patch a JSON value, or merge a Yjs update (``Content-Type: application/vnd.yjs.update``)
+    DELETE  delete the key
+
+Every failure is a 4xx JSON error raised before anything changes (see :mod:`statebus.http.errors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import HTTPConnection
+from starlette.responses import FileResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from statebus.bus import Change
+from statebus.config import Settings
+from statebus.errors import InvalidKey, InvalidOp, InvalidRange, InvalidValue, StatebusError, TooLarge
+from statebus.http import braid
+from statebus.http.auth import Client, OwnerAuth, require_read, require_write
+from statebus.http.encode import EncodeCache
+from statebus.http.errors import (
+    error_response,
+    internal_error_response,
+    method_not_allowed,
+    statebus_error_response,
+)
+from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
+from statebus.keys import is_subtree
+from statebus.runtime import Node
+from statebus.types import JSON, Key, Version
+from statebus.values import dumps_json, loads_json, parse_range
+
+ALLOW = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
+MERGE_TYPES = ("lww", "yjs")
+YJS_TYPES = ("application/vnd.yjs.update", "application/octet-stream")
+MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 100
+MAX_STREAM_KEYS = 256
+JSON_TYPE = "application/json"
+
+
+def _range_headers() -> dict[str, str]:
+    return dict(braid.RANGE_HEADERS)
+
+
+def etag_of(version: Sequence[Version], rng: str | None = None) -> str | None:
+    """A strong ETag derived from a version frontier (and the range read), or None without a version."""
+    if not version:
+        return None
+    h = hashlib.sha256("\x00".join(version).encode("utf-8") + b"\x01" + (rng or "").encode("utf-8"))
+    return '"' + h.hexdigest()[:32] + '"'
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def media_type(headers: Headers) -> str | None:
+    """The request's content type without parameters, lowercased; None when absent."""
+    raw = headers.get("content-type")
+    if raw is None:
+        return None
+    return raw.split(";", 1)[0].strip().lower() or None
+
+
+def parse_range_header(header: str) -> str:
+    """``Range: json .a.b`` → ``.a.b``.
+
+    Raises:
+        InvalidRange: another unit, or a malformed range.
+    """
+    unit, _, rng = header.strip().partition(" ")
+    if unit.lower() != "json":
+        raise InvalidRange("Range must be 'json <range>', e.g. Range: json .a.b")
+    rng = rng.strip()
+    parse_range(rng)
+    return rng
+
+
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """Read the request body, refusing (413) more than ``limit`` bytes before reading them all.
+
+    Raises:
+        TooLarge: the declared or actual length is over ``limit``.
+        InvalidValue: a malformed Content-Length.
+    """
+    declared = headers.get("content-length")
+    if declared is not None:
+        text = declared.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 15:
+            raise InvalidValue("Content-Length must be a whole number")
+        if int(text) > limit:
+            raise TooLarge(f"the body is {int(text)} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidValue("the client went away while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class KeyEndpoint:
+    """The ASGI app behind every key path (methods dispatched here, so unknown ones get JSON 405)."""
+
+    def __init__(
+        self,
+        node: Node,
+        settings: Settings,
+        auth: OwnerAuth,
+        registry: StreamRegistry,
+        cache: EncodeCache,
+        index_file: Path | None = None,
+    ) -> None:
+        self.node = node
+        self.settings = settings
+        self.auth = auth
+        self.registry = registry
+        self.cache = cache
+        self.index_file = index_file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        conn = HTTPConnection(scope)
+        try:
+            response = await self.dispatch(conn, scope, receive, send)
+        except StatebusError as exc:
+            response = statebus_error_response(exc)
+        except Exception as exc:
+            response = internal_error_response(exc)
+        if response is not None:
+            await response(scope, receive, send)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def dispatch(
+        self, conn: HTTPConnection, scope: Scope, receive: Receive, send: Send
+    ) -> Response | None:
+        method = scope["method"].upper()
+        if method not in ALLOW.split(", "):
+            return method_not_allowed(method, ALLOW)
+        if method == "OPTIONS":
+            return Response(status_code=204, headers={"allow": ALLOW, **_range_headers()})
+        path: str = scope["path"]
+        client = self.auth.authenticate(conn)
+        headers = conn.headers
+        if method in ("GET", "HEAD"):
+            streaming = braid.parse_subscribe(headers.get("subscribe")) or (
+                "text/event-stream" in headers.get("accept", "")
+            )
+            if streaming and method == "GET":
+                return await self.stream(conn, client, path, receive, send)
+            if path == "/":
+                return self.index(client)
+            key = self.parse_key(path)
+            require_read(client, key)
+            if is_subtree(key):
+                return self.list_children(key, conn.query_params)
+            return self.get(key, conn)
+        key = self.parse_key(path)
+        if is_subtree(key):
+            raise InvalidKey("writes name one key, not a subtree (no trailing '/')")
+        require_write(client, key)
+        if method == "DELETE":
+            change = await self.node.delete(key, **self.write_options(headers, merge=False))
+            return self.written(change)
+        body = await read_body(receive, headers, self.settings.max_body_bytes)
+        if method == "PUT":
+            return await self.put(key, headers, body)
+        return await self.patch(key, headers, body)
+
+    def parse_key(self, path: str) -> Key:
+        if len(path.encode("utf-8", "replace")) > self.settings.max_key_bytes:
+            raise InvalidKey(f"a key is at most {self.settings.max_key_bytes} bytes")
+        key = self.node.bus.parse(path)
+        if key.count("/") - (1 if is_subtree(key) else 0) > self.settings.max_key_depth:
+            raise InvalidKey(f"a key has at most {self.settings.max_key_depth} segments")
+        return key
+
+    # ------------------------------------------------------------------ reads
+
+    def index(self, client: Client) -> Response:
+        if self.index_file is not None and self.index_file.is_file():
+            return FileResponse(self.index_file, media_type="text/html; charset=utf-8")
+        body: dict[str, JSON] = {"statebus": True, "node": self.node.local, "owner": client.owner}
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_range_headers())
+
+    def get(self, key: Key, conn: HTTPConnection) -> Response:
+        headers = conn.headers
+        rng: str | None = None
+        if "range" in conn.query_params:
+            rng = conn.query_params["range"]
+            parse_range(rng)
+        elif headers.get("range") is not None:
+            rng = parse_range_header(headers["range"])
+        change = self.node.fetch(key, rng or None)
+        out = _range_headers()
+        if change.version:
+            out["version"] = braid.format_version_list(change.version)
+        etag = etag_of(change.version, rng)
+        if etag is not None:
+            out["etag"] = etag
+            inm = headers.get("if-none-match")
+            if inm is not None and _etag_matches(inm, etag):
+                return Response(status_code=304, headers=out)
+        status = 200
+        if rng is not None:
+            status = 206
+            out["content-range"] = f"json {rng}"
+        if change.content_type is not None:
+            return Response(
+                bytes(change.value), status_code=status, media_type=change.content_type, headers=out
+            )
+        return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
+
+    def list_children(self, key: Key, query: QueryParams) -> Response:
+        after = query.get("after", "")
+        raw = query.get("limit", str(DEFAULT_LIST_LIMIT))
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+            raise InvalidValue(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        limit = int(raw)
+        if len(after.encode("utf-8", "replace")) > 1024:
+            raise InvalidValue("after is at most 1024 bytes")
+        names = self.node.children(key, after, limit + 1)
+        more = len(names) > limit
+        names = names[:limit]
+        body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_range_headers())
+
+    # ------------------------------------------------------------------ streams
+
+    def stream_patterns(self, path: str, query: QueryParams) -> list[Key]:
+        raw: list[str] = [] if path == "/" else [path]
+        for item in query.getlist("keys"):
+            raw.extend(k for k in item.split(",") if k)
+        raw.extend(query.getlist("key"))
+        if not raw:
+            raise InvalidKey("name a key or a subtree to stream: the path, ?keys=/a,/b or ?key=…")
+        if len(raw) > MAX_STREAM_KEYS:
+            raise InvalidValue(f"a stream follows at most {MAX_STREAM_KEYS} keys")
+        out: list[Key] = []
+        for item in raw:
+            key = self.parse_key(item)
+            if key not in out:
+                out.append(key)
+        return out
+
+    async def stream(
+        self, conn: HTTPConnection, client: Client, path: str, receive: Receive, send: Send
+    ) -> Response | None:
+        headers = conn.headers
+        settings = self.settings
+        if braid.parse_subscribe(headers.get("subscribe")):
+            if path == "/":
+                raise InvalidKey("a Braid subscription names one key in the path")
+            key = self.parse_key(path)
+            require_read(client, key)
+            raw_parents = headers.get("parents")
+            parents = (
+                braid.parse_version_list(raw_parents, name="Parents") if raw_parents is not None else None
+            )
+            raw_beats = headers.get("heartbeats")
+            beats = braid.parse_heartbeats(raw_beats)
+            await serve_braid(
+                send,
+                receive,
+                node=self.node,
+                registry=self.registry,
+                cache=self.cache,
+                key=key,
+                parents=parents or None,
+                peer=braid.parse_peer(headers.get("peer")),
+                heartbeats=(beats, raw_beats.strip())
+                if beats is not None and raw_beats is not None
+                else None,
+                buffer=settings.subscriber_buffer,
+                ping_interval=settings.sse_ping_interval,
+            )
+            return None
+        patterns = self.stream_patterns(path, conn.query_params)
+        for key in patterns:
+            require_read(client, key)
+        await serve_sse(
+            send,
+            receive,
+            node=self.node,
+            registry=self.registry,
+            cache=self.cache,
+            patterns=patterns,
+            since=self.resume_cursor(conn),
+            buffer=settings.subscriber_buffer,
+            ping_interval=settings.sse_ping_interval,
+        )
+        return None
+
+    @staticmethod
+    def resume_cursor(conn: HTTPConnection) -> int | None:
+        raw = conn.headers.get("last-event-id")
+        what = "Last-Event-ID"
+        if raw is None or not raw.strip():
+            raw, what = conn.query_params.get("since"), "since"
+        if raw is None or not raw.strip():
+            return None
+        text = raw.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            raise InvalidValue(f"{what} must be a cursor (a whole number) from an earlier event id")
+        return int(text)
+
+    # ------------------------------------------------------------------ writes
+
+    def write_options(self, headers: Headers, *, merge: bool) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        raw_version = headers.get("version")
+        if raw_version is not None:
+            versions = braid.parse_version_list(raw_version, name="Version")
+            if len(versions) > 1:
+                raise InvalidValue("a write names one Version")
+            if versions:
+                opts["version"] = versions[0]
+        raw_parents = headers.get("parents")
+        if raw_parents is not None:
+            opts["parents"] = braid.parse_version_list(raw_parents, name="Parents")
+        raw_merge = headers.get("merge-type")
+        if raw_merge is not None:
+            name = raw_merge.strip().lower()
+            if name not in MERGE_TYPES:
+                raise InvalidOp(f"Merge-Type must be one of {', '.join(MERGE_TYPES)}")
+            if merge:
+                opts["merge"] = name
+            else:
+                opts["_merge"] = name
+        opts["peer"] = braid.parse_peer(headers.get("peer"))
+        return {k: v for k, v in opts.items() if not k.startswith("_")}
+
+    def patches_of(self, headers: Headers, body: bytes) -> list[Any] | None:
+        return braid.parse_patch_request(
+            body, content_range=headers.get("content-range"), patches=headers.get("patches")
+        )
+
+    async def put(self, key: Key, headers: Headers, body: bytes) -> Response:
+        opts = self.write_options(headers, merge=True)
+        patches = self.patches_of(headers, body)
+        ctype = media_type(headers)
+        if patches is not None:
+            merge = opts.pop("merge", None)
+            self.check_merge(key, merge)
+            change = await self.node.patch(key, patches, **opts)
+        elif opts.get("merge") == "yjs" and ctype in YJS_TYPES:
+            change = await self.node.crdt_update(key, body, **opts)
+        elif ctype is None or ctype == JSON_TYPE or ctype.endswith("+json"):
+            value = loads_json(
+                body, max_bytes=self.settings.max_value_bytes, max_depth=self.settings.max_json_depth
+            )
+            change = await self.node.save(key, value, **opts)
+        else:
+            if len(body) > self.settings.max_value_bytes:
+                raise TooLarge(
+                    f"the value is {len(body)} bytes; the limit is {self.settings.max_value_bytes}"
+                )
+            change = await self.node.save(key, body, content_type=headers["content-type"].strip(), **opts)
+        return self.written(change)
+
+    async def patch(self, key: Key, headers: Headers, body: bytes) -> Response:
+        opts = self.write_options(headers, merge=True)
+        ctype = media_type(headers)
+        if ctype in YJS_TYPES and headers.get("content-range") is None and headers.get("patches") is None:
+            if not body:
+                raise InvalidOp("a Yjs update is not empty")
+            opts.setdefault("merge", "yjs")
+            change = await self.node.crdt_update(key, body, **opts)
+            return self.written(change)
+        patches = self.patches_of(headers, body)
+        if patches is None:
+            raise InvalidOp("PATCH needs Content-Range: json <range>, Patches: N, or a Yjs update body")
+        self.check_merge(key, opts.pop("merge", None))
+        change = await self.node.patch(key, patches, **opts)
+        return self.written(change)
+
+    def check_merge(self, key: Key, merge: str | None) -> None:
+        """Range patches apply to ``lww`` JSON keys: refuse a Merge-Type that says otherwise."""
+        if merge is not None and merge != "lww":
+            raise InvalidOp(f"range patches apply to Merge-Type lww keys, not {merge!r}")
+
+    @staticmethod
+    def written(change: Change) -> Response:
+        body = dumps_json({"version": list(change.version), "seq": change.seq})
+        headers = _range_headers()
+        if change.version:
+            headers["version"] = braid.format_version_list(change.version)
+        return Response(body, media_type=JSON_TYPE, headers=headers)
+
+
+__all__ = ["KeyEndpoint", "error_response", "etag_of", "parse_range_header", "read_body"]

@@ -1,0 +1,162 @@
+"""The composition root: settings → identity, storage, bus, node → Starlette app → uvicorn.
+
+    build_node(settings)   the Node on <data>/store.sqlite3, signed by the node identity
+    create_app(settings)   the ASGI app (its lifespan closes the node: streams ended, writes on disk)
+    serve(settings)        run it with uvicorn until SIGTERM/SIGINT
+
+On first start the node identity and owner token are created in ``<data>/identity/``. The recovery
+phrase of a new identity is handed to ``on_new_identity`` (the CLI shows it once); it is never stored
+or logged here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from statebus.bus import Bus
+from statebus.config import Settings
+from statebus.errors import NotFound
+from statebus.http.app import build_app
+from statebus.identity import keystore
+from statebus.identity.keys import Identity
+from statebus.identity.signing import sign_batch
+from statebus.oplog import Op
+from statebus.runtime import Node
+from statebus.storage.sqlite import SqliteStorage
+
+log = logging.getLogger("statebus.server")
+
+STORE_FILE = "store.sqlite3"
+GRACEFUL_SHUTDOWN_SECONDS = 10.0
+
+NewIdentityHook = Callable[[Identity, str], None]
+
+
+def ensure_identity(data_dir: Path, on_new_identity: NewIdentityHook | None = None) -> Identity:
+    """Load the node identity, creating it (and the owner token) on first start."""
+    if not keystore.exists(data_dir):
+        identity, phrase = keystore.init(data_dir)
+        if on_new_identity is not None:
+            on_new_identity(identity, phrase)
+        log.info("created node identity %s", identity.pubkey)
+        return identity
+    identity = keystore.load(data_dir)
+    try:
+        keystore.load_owner_token(data_dir)
+    except NotFound:
+        keystore.new_owner_token(data_dir)
+    return identity
+
+
+def owner_token(settings: Settings) -> str:
+    """The owner token of the node in ``settings.data_dir`` (secret: never log it)."""
+    return keystore.load_owner_token(settings.data_dir)
+
+
+def login_url(settings: Settings, port: int | None = None) -> str:
+    """The link that logs the owner in to the web UI (secret: show it to the owner only)."""
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    return f"http://{host}:{port if port is not None else settings.port}/login?token={owner_token(settings)}"
+
+
+def batch_signer_for(identity: Identity) -> Callable[[list[Op]], list[Op]]:
+    """Sign each commit's local, unsigned ops with one signature; ops of other authors pass as they are."""
+
+    def sign(ops: list[Op]) -> list[Op]:
+        mine = [i for i, op in enumerate(ops) if op.author == identity.pubkey and not op.sig]
+        if not mine:
+            return ops
+        signed = sign_batch([ops[i] for i in mine], identity)
+        out = list(ops)
+        for i, op in zip(mine, signed, strict=True):
+            out[i] = op
+        return out
+
+    return sign
+
+
+def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Node:
+    """The node of ``settings.data_dir``: identity (created on first start), SQLite store, bus, Node.
+
+    Ops written here are signed by the node identity, one signature per group commit.
+    """
+    data = Path(settings.data_dir)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    identity = ensure_identity(data, on_new_identity)
+    storage = SqliteStorage(data / STORE_FILE)
+    bus = Bus(storage, local=identity.pubkey, keep_ops=settings.history_keep_ops)
+    return Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
+
+
+def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Starlette:
+    """The ASGI app of the node in ``settings.data_dir``; its lifespan shutdown ends every stream and
+    closes the node (everything acknowledged is on disk)."""
+    node = build_node(settings, on_new_identity=on_new_identity)
+    return build_app(node, settings, owner_token=owner_token(settings))
+
+
+class StatebusServer(uvicorn.Server):
+    """uvicorn's server that ends open streams first on shutdown, so connections close promptly."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.statebus_app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.statebus_app.state.streams.close_all()
+        await super().shutdown(sockets)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0), once started."""
+        for server in self.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise NotFound("the server is not listening yet")
+
+
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn settings for a node: uvloop and httptools when installed, no proxy headers."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "lifespan": "on",
+        "log_level": settings.log_level,
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "ws": "none" if importlib.util.find_spec("statebus.http.websocket") is None else "auto",
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def _show_phrase(identity: Identity, phrase: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(
+            f"New node identity {identity.pubkey}.\n"
+            f"Write down its recovery phrase; it is shown only now:\n\n    {phrase}\n\n"
+        )
+
+
+def make_server(settings: Settings, **overrides: Any) -> StatebusServer:
+    """A ready-to-run server for ``settings`` (``overrides`` go to ``uvicorn.Config``)."""
+    app = create_app(settings, on_new_identity=_show_phrase)
+    return StatebusServer(uvicorn_config(app, settings, **overrides), app)
+
+
+def serve(settings: Settings, **overrides: Any) -> None:
+    """Run the node's HTTP server until SIGTERM or SIGINT, then shut down cleanly."""
+    os.umask(0o077)
+    make_server(settings, **overrides).run()
