@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER NOT NULL,
     data BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS snapshots_seq ON snapshots (seq);
 CREATE TABLE IF NOT EXISTS keys (
     key TEXT PRIMARY KEY,
     "exists" INTEGER NOT NULL,
@@ -272,6 +273,8 @@ class SqliteStorage:
         if str(mode).lower() != "wal":
             raise StatebusError(f"{self.path} cannot use WAL mode (journal_mode is {mode})", status_hint=500)
         conn.execute("PRAGMA synchronous = FULL")
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            conn.execute("VACUUM")  # a file made without it: convert once (rewrites the file)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):

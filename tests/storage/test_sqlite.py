@@ -125,3 +125,14 @@ def test_children_use_the_live_key_index(tmp_path: Path) -> None:
         assert "keys_live" in str(plan)
     finally:
         store.close()
+
+
+def test_a_file_made_without_auto_vacuum_is_converted(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.commit()
+    conn.close()
+    assert _pragma(path, "auto_vacuum") == 0
+    SqliteStorage(path).close()
+    assert _pragma(path, "auto_vacuum") == 2
