@@ -14,9 +14,9 @@ checks the body against the digest, rejects a ``created`` older than ``max_age``
 ``MAX_SKEW`` seconds ahead, and asks ``seen_nonce`` whether the nonce was used before.
 
 Use from httpx: ``request.headers.update(sign_request(request.method, str(request.url),
-dict(request.headers), request.content, identity))``. From Starlette:
-``verify_request(request.method, str(request.url), request.headers.items(), await request.body(), now)``.
-Behind a reverse proxy, pass the URL the client used.
+request.headers, request.content, identity))``. From Starlette: ``verify_request(request.method,
+asgi_target_uri(request.scope), request.headers, await request.body(), now)`` (not
+``str(request.url)``, whose path is decoded). Behind a reverse proxy, pass the URL the client used.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,31 @@ class _Verifier(HTTPMessageVerifier):
         expires = sig_input.params.get("expires")
         if expires is not None and (type(expires) is not int or expires < self.now - MAX_SKEW):
             raise InvalidSignature("signature has expired")
+
+
+def asgi_target_uri(scope: Mapping[str, Any]) -> str:
+    """The request URL as the client sent it (still percent-encoded), from an ASGI scope.
+
+    Starlette's ``str(request.url)`` decodes the path, which breaks ``@target-uri``; use
+    ``asgi_target_uri(request.scope)`` instead. The authority comes from the ``Host`` header (else the
+    scope's ``server``), the path from ``raw_path`` (else ``path``, re-quoted), then ``query_string``.
+    """
+    scheme = str(scope.get("scheme") or "http")
+    host = ""
+    for name, value in scope.get("headers") or ():
+        if bytes(name).lower() == b"host":
+            host = bytes(value).decode("latin-1")
+            break
+    if not host:
+        server = scope.get("server")
+        if server:
+            h, port = server[0], server[1]
+            default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+            host = str(h) if port in (None, default) else f"{h}:{port}"
+    raw = scope.get("raw_path")
+    path = bytes(raw).decode("latin-1") if raw else urllib.parse.quote(str(scope.get("path") or "/"))
+    query = bytes(scope.get("query_string") or b"").decode("latin-1")
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
 
 
 def sign_request(

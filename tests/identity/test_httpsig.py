@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statebus.errors import BadSignature
-from statebus.identity.httpsig import sign_request, verify_request
+from statebus.identity.httpsig import asgi_target_uri, sign_request, verify_request
 from statebus.identity.keys import Identity
 
 PEER = Identity.generate()
@@ -134,14 +134,18 @@ def test_usable_from_starlette() -> None:
     async def endpoint(request: Request) -> PlainTextResponse:
         try:
             who = verify_request(
-                request.method, str(request.url), request.headers, await request.body(), time.time()
+                request.method,
+                asgi_target_uri(request.scope),
+                request.headers,
+                await request.body(),
+                time.time(),
             )
         except BadSignature as exc:
             return PlainTextResponse(exc.detail, status_code=exc.status_hint)
         return PlainTextResponse(who)
 
     app = Starlette(routes=[Route("/{rest:path}", endpoint, methods=["PUT"])])
-    url = "http://testserver/" + PEER.pubkey + "/chirp/1?since=3"
+    url = "http://testserver/" + PEER.pubkey + "/chirp/a%20b/%C3%A9/%2F?since=3&q=a%20b"
 
     async def main() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
@@ -151,7 +155,8 @@ def test_usable_from_starlette() -> None:
             return ok, bad
 
     ok, bad = asyncio.run(main())
-    assert ok.status_code == 200 and ok.text == PEER.pubkey
+    assert ok.status_code == 200, ok.text
+    assert ok.text == PEER.pubkey
     assert bad.status_code == 401 and "Content-Digest" in bad.text
 
 
@@ -172,3 +177,19 @@ def test_round_trip_and_any_body_change_fails(
     changed[flip % len(body)] ^= 0x01
     with pytest.raises(BadSignature, match="Content-Digest"):
         verify_request(method, url, headers, bytes(changed), NOW)
+
+
+def test_asgi_target_uri() -> None:
+    scope = {
+        "type": "http",
+        "scheme": "https",
+        "headers": [(b"host", b"node.example:8443")],
+        "server": ("10.0.0.1", 8443),
+        "path": "/a b/é",
+        "raw_path": b"/a%20b/%C3%A9",
+        "query_string": b"x=%2F",
+    }
+    assert asgi_target_uri(scope) == "https://node.example:8443/a%20b/%C3%A9?x=%2F"
+    bare = {"scheme": "http", "server": ("127.0.0.1", 80), "path": "/a b", "query_string": b""}
+    assert asgi_target_uri(bare) == "http://127.0.0.1/a%20b"
+    assert asgi_target_uri(dict(bare, server=("127.0.0.1", 8080))) == "http://127.0.0.1:8080/a%20b"
