@@ -216,7 +216,7 @@ async def test_holders_do_not_restore_records(make_network: MakeNetwork) -> None
             sent.append(args)
             return await _original(*args)  # type: ignore[operator]
 
-        node.protocol.call_store = spy  # type: ignore[method-assign]
+        node.protocol.call_store = spy  # type: ignore[method-assign,assignment]
     for node in nodes:
         await node._server._refresh_table()
     assert sent == []
