@@ -6,7 +6,7 @@ Pure modules (no network, no asyncio); ``keystore`` alone touches files. See doc
 from __future__ import annotations
 
 from statebus.identity.delegation import Keyring, Record, delegate, parse_record, record_key, revoke
-from statebus.identity.httpsig import sign_request, verify_request
+from statebus.identity.httpsig import asgi_target_uri, sign_request, verify_request
 from statebus.identity.keys import (
     ROOT_PATH,
     Identity,
@@ -22,6 +22,7 @@ __all__ = [
     "Identity",
     "Keyring",
     "Record",
+    "asgi_target_uri",
     "check_signature",
     "delegate",
     "derive",
