@@ -18,19 +18,28 @@ import hashlib
 import json
 from typing import Any
 
-from statebus.errors import InvalidOp
+from statebus.errors import InvalidOp, InvalidValue, TooLarge
 from statebus.oplog.events import DELETE, KINDS, Op, Patch
 from statebus.types import Version
+from statebus.values.json import DEFAULT_MAX_DEPTH, loads_json
 
 SIGNING_DOMAIN = b"statebus-op-v1\n"
 MAX_VERSION_CHARS = 128
 MAX_PARENTS = 64
+MAX_OP_BYTES = 8 * 1024 * 1024
+"""The largest encoded op :func:`decode_op` reads (a 1 MiB value is ~1.4 MiB as base64)."""
+_OP_DEPTH = DEFAULT_MAX_DEPTH + 3
+"""A value's nesting limit plus the op object and the ``[[range, content]]`` patch wrapping."""
+_BODY_FIELDS = {"set": {"b", "bb", "ct"}, "patch": {"b"}, "delete": set(), "crdt": {"bb"}}
+"""The optional fields each kind may carry; any other is non-canonical and rejected."""
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InvalidOp(f"op body is not canonical JSON: {type(exc).__name__}") from None
 
 
 def _fields(op: Op) -> dict[str, Any]:
@@ -49,8 +58,12 @@ def _fields(op: Op) -> dict[str, Any]:
         else:
             d["b"] = op.body
     elif op.kind == "patch":
+        if not isinstance(op.body, tuple | list) or not all(isinstance(p, Patch) for p in op.body):
+            raise InvalidOp("a patch op's body is a sequence of Patch")
         d["b"] = [[p.range] if p.content is DELETE else [p.range, p.content] for p in op.body]
     elif op.kind == "crdt":
+        if not isinstance(op.body, bytes | bytearray):
+            raise InvalidOp("a crdt op's body is update bytes")
         d["bb"] = base64.b64encode(op.body).decode("ascii")
     if op.content_type is not None:
         d["ct"] = op.content_type
@@ -59,20 +72,15 @@ def _fields(op: Op) -> dict[str, Any]:
 
 def signing_bytes(op: Op) -> bytes:
     """The bytes a signature covers: everything in the op but the signature."""
-    try:
-        return SIGNING_DOMAIN + _dumps(_fields(op))
-    except (TypeError, ValueError) as exc:
-        raise InvalidOp(f"op body is not canonical JSON: {exc}") from exc
+    return SIGNING_DOMAIN + _dumps(_fields(op))
 
 
 def encode_op(op: Op) -> bytes:
+    """The canonical bytes of ``op``, signature included. Raises InvalidOp if the body is not JSON."""
     d = _fields(op)
     if op.sig:
         d["s"] = base64.b64encode(op.sig).decode("ascii")
-    try:
-        return _dumps(d)
-    except (TypeError, ValueError) as exc:
-        raise InvalidOp(f"op body is not canonical JSON: {exc}") from exc
+    return _dumps(d)
 
 
 def op_hash(op: Op) -> bytes:
@@ -83,10 +91,13 @@ def op_hash(op: Op) -> bytes:
 def mint_version(op: Op) -> Version:
     """A version for an op its writer did not name: ``<clock>-<16 base32 chars of its hash>``.
 
-    The hash covers key, parents, author, clock and body, so two replicas never mint the same
-    version for different ops.
+    The hash covers key, parents, author, clock, merge type, kind, body and content type (not the
+    version the op may already carry, nor its signature), so two replicas never mint the same
+    version for different ops, and minting is repeatable.
     """
-    digest = hashlib.sha256(signing_bytes(op)).digest()
+    fields = _fields(op)
+    fields["v"] = ""  # whatever version the op already names does not matter
+    digest = hashlib.sha256(SIGNING_DOMAIN + _dumps(fields)).digest()
     return f"{op.clock}-{base64.b32encode(digest).decode('ascii').lower()[:16]}"
 
 
@@ -113,9 +124,10 @@ def decode_op(data: bytes | str) -> Op:
     Key syntax is checked by the caller (it knows the local namespace); here only types are.
     """
     try:
-        d = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidOp(f"op is not JSON: {exc}") from exc
+        text = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        d: Any = loads_json(text, max_bytes=MAX_OP_BYTES, max_depth=_OP_DEPTH)
+    except (InvalidValue, TooLarge, UnicodeEncodeError, TypeError) as exc:
+        raise InvalidOp(f"op is not strict JSON: {exc}") from None
     if not isinstance(d, dict):
         raise InvalidOp("op is a JSON object")
     unknown = set(d) - {"k", "v", "p", "a", "c", "m", "t", "b", "bb", "ct", "s"}
@@ -130,11 +142,14 @@ def decode_op(data: bytes | str) -> Op:
     kind: str = d["t"]
     if kind not in KINDS:
         raise InvalidOp(f"op kind must be one of {KINDS}")
+    extra = set(d) - {"k", "v", "p", "a", "c", "m", "t", "s"} - _BODY_FIELDS[kind]
+    if extra:
+        raise InvalidOp(f"a {kind} op may not carry the fields {sorted(extra)}")
     version = check_version(d.get("v"))
     parents = d.get("p", [])
     if not isinstance(parents, list) or len(parents) > MAX_PARENTS:
         raise InvalidOp(f"op parents must be a list of at most {MAX_PARENTS} versions")
-    parents_t = tuple(sorted(check_version(p) for p in parents))
+    parents_t = tuple(sorted([check_version(p) for p in parents]))
     if len(set(parents_t)) != len(parents_t) or version in parents_t:
         raise InvalidOp("op parents must be distinct and may not include the op's own version")
     clock = d.get("c")
@@ -146,12 +161,12 @@ def decode_op(data: bytes | str) -> Op:
     body: Any = None
     if kind == "set":
         if "bb" in d:
-            if ct is None:
-                raise InvalidOp("a bytes value needs a content type")
+            if ct is None or "b" in d:
+                raise InvalidOp("a bytes value needs a content type and no JSON body")
             body = _b64(d["bb"], "op bytes body")
         else:
-            if "b" not in d:
-                raise InvalidOp("a set op needs a body")
+            if "b" not in d or ct is not None:
+                raise InvalidOp("a set op needs a body (a JSON body takes no content type)")
             body = d["b"]
     elif kind == "patch":
         raw = d.get("b")

@@ -62,6 +62,12 @@ class Op:
     content_type: str | None = None
     sig: bytes = field(default=b"", compare=False)
 
+    def __post_init__(self) -> None:
+        # parents are a set: keep them sorted so equal ops compare (and encode) equal
+        parents = tuple(sorted(self.parents))
+        if parents != self.parents:
+            object.__setattr__(self, "parents", parents)
+
     @property
     def order(self) -> tuple[int, str, str]:
         """The total order last-writer-wins uses: Lamport clock, then author, then version."""

@@ -8,6 +8,10 @@ Rules:
 3. ``since(parents)`` answers "what does a replica that has ``parents`` lack?": every op that is not
    an ancestor of ``parents``. If ``parents`` reach below the base (into compacted history), and are
    not exactly the base frontier, it raises :class:`HistoryCompacted`.
+4. Compaction keeps the frontier exact: a version that a folded op named as a parent but that
+   this replica has not seen yet stays "referenced" (``pending``), so when it arrives it does not
+   reappear in the frontier. When asked (``remember=True``, merge types whose late ops still
+   apply, like yjs), the log also remembers the folded versions so a re-sent op is recognised.
 """
 
 from __future__ import annotations
@@ -21,18 +25,32 @@ from statebus.types import Seq, Version
 
 
 class OpLog:
-    __slots__ = ("_ops", "_referenced", "base_frontier", "base_seq", "clock", "frontier")
+    __slots__ = (
+        "_folded",
+        "_ops",
+        "_pending",
+        "_referenced",
+        "base_frontier",
+        "base_seq",
+        "clock",
+        "frontier",
+    )
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
         self._ops: dict[Version, tuple[Seq, Op]] = {}
         self._referenced: set[Version] = set()
         self.base_frontier: tuple[Version, ...] = ()
         self.base_seq: Seq = 0
+        self._folded: set[Version] = set()
+        self._pending: set[Version] = set()
         self.clock = 0
         if base:
             self.base_frontier = tuple(base.get("frontier", ()))
             self.base_seq = int(base.get("seq", 0))
             self.clock = int(base.get("clock", 0))
+            self._pending = set(base.get("pending", ()))
+            self._referenced = set(self._pending)
+            self._folded = set(base.get("folded", ()))
         self.frontier: set[Version] = set(self.base_frontier)
 
     def __len__(self) -> int:
@@ -40,6 +58,10 @@ class OpLog:
 
     def __contains__(self, version: object) -> bool:
         return version in self._ops
+
+    def folded(self, version: Version) -> bool:
+        """Whether ``version`` was folded into the base by a compaction that remembered it."""
+        return version in self._folded
 
     def get(self, version: Version) -> tuple[Seq, Op] | None:
         return self._ops.get(version)
@@ -92,13 +114,29 @@ class OpLog:
             raise HistoryCompacted("the history after those parents was compacted")
         return [item for item in self.ops() if item[1].version not in known]
 
-    def drop(self, versions: set[Version], frontier: tuple[Version, ...], seq: Seq) -> None:
-        """Forget folded ops: they now live in the base snapshot."""
+    def drop(
+        self, versions: set[Version], frontier: tuple[Version, ...], seq: Seq, *, remember: bool = False
+    ) -> None:
+        """Forget folded ops: they now live in the base snapshot.
+
+        Versions named as parents but never seen stay referenced (see rule 4); with ``remember``
+        the folded versions are kept as a set so :meth:`folded` recognises them later.
+        """
+        refs = set(self._pending)
         for v in versions:
-            self._ops.pop(v, None)
+            item = self._ops.pop(v, None)
+            if item is not None:
+                refs.update(item[1].parents)
         self.base_frontier = frontier
         self.base_seq = seq
-        self._referenced = {p for _, op in self._ops.values() for p in op.parents}
+        if remember:
+            self._folded |= versions
+        # a parent of a folded op that is still in the log, or (when remembering) not seen yet;
+        # an unseen parent of a folded lww op sorts below the horizon, so it can never apply
+        self._pending = {
+            p for p in refs if p not in versions and p not in self._folded and (remember or p in self._ops)
+        }
+        self._referenced = {p for _, op in self._ops.values() for p in op.parents} | self._pending
 
     def frontier_of(self, ops: Iterable[Op]) -> tuple[Version, ...]:
         """The frontier of the base plus ``ops`` (what the base will hold after folding them)."""
@@ -109,4 +147,10 @@ class OpLog:
         return tuple(sorted(front))
 
     def encode(self) -> dict[str, Any]:
-        return {"frontier": list(self.base_frontier), "seq": self.base_seq, "clock": self.clock}
+        """The base as JSON-able data (what a snapshot stores)."""
+        d: dict[str, Any] = {"frontier": list(self.base_frontier), "seq": self.base_seq, "clock": self.clock}
+        if self._pending:
+            d["pending"] = sorted(self._pending)
+        if self._folded:
+            d["folded"] = sorted(self._folded)
+        return d
