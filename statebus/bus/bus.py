@@ -26,15 +26,23 @@ from statebus.bus.changes import Change
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.reactive import Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
-from statebus.errors import HistoryCompacted, InvalidKey, InvalidOp, NotFound, VersionConflict
+from statebus.errors import (
+    HistoryCompacted,
+    InvalidKey,
+    InvalidOp,
+    InvalidRange,
+    NotFound,
+    StatebusError,
+    VersionConflict,
+)
 from statebus.keys import is_subtree, key_matches, parse_key
 from statebus.merge import MergeState, load_state, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, mint_version
-from statebus.oplog.events import Op, Patch
+from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
 from statebus.storage.base import Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
-from statebus.values import get_range, parse_range
+from statebus.values import check_json, dumps_json, get_range, loads_json, parse_range
 
 Signer = Callable[[Op], Op]
 BatchSigner = Callable[[list[Op]], list[Op]]
@@ -54,6 +62,24 @@ class _Entry:
         self.log = log
         self.base = base
         self.last_seq: Seq = log.base_seq
+
+
+def _own_json(value: Any) -> Any:
+    """Check a caller's JSON value and return a private copy, so later mutation by the caller
+    cannot change a stored op behind the bus's back. Raises InvalidValue / TooLarge."""
+    check_json(value)
+    return loads_json(dumps_json(value))
+
+
+def _canonical(op: Op) -> Op:
+    """Reject an op that would not survive encode → decode unchanged (what storage and peers see)."""
+    try:
+        same = decode_op(encode_op(op)) == op
+    except StatebusError as exc:
+        raise InvalidOp(f"op is not canonical: {exc.detail}") from None
+    if not same:
+        raise InvalidOp("op is not canonical: it does not survive encoding (non-JSON body or stray fields)")
+    return op
 
 
 def _encode_snapshot(entry: _Entry) -> bytes:
@@ -140,7 +166,8 @@ class Bus:
         return entry
 
     def _evict(self) -> None:
-        while len(self._entries) > self.cache_keys:
+        # never evict the newest entry: the caller is about to use (and maybe write to) it
+        while len(self._entries) > max(1, self.cache_keys):
             key, entry = next(iter(self._entries.items()))
             if entry.last_seq > self._durable:
                 return  # the oldest entry still has ops on their way to disk
@@ -155,7 +182,7 @@ class Bus:
             raise NotFound(f"no value at {key}")
         if rng:
             if snap.content_type is not None:
-                raise InvalidKey("a range applies to JSON values, not to bytes")
+                raise InvalidRange("a range applies to JSON values, not to bytes")
             snap = dataclasses.replace(snap, value=get_range(snap.value, rng))
         return snap
 
@@ -248,6 +275,8 @@ class Bus:
             value = bytes(value)
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
+        else:
+            value = _own_json(value)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)
 
     def patch(
@@ -261,7 +290,7 @@ class Bus:
         peer: str | None = None,
     ) -> Change:
         """Apply Braid range patches to the JSON value of ``key``, all or nothing."""
-        body = tuple(patches)
+        body = tuple(p if p.content is DELETE else Patch(p.range, _own_json(p.content)) for p in patches)
         if not body:
             raise InvalidOp("a patch needs at least one range patch")
         return self._write(key, "patch", body, None, version, parents, None, author, peer)
@@ -292,7 +321,8 @@ class Bus:
         """Delete ``key``. Raises NotFound if it holds no value."""
         k = self.parse(key, allow_subtree=False)
         entry = self._entry(k)
-        if entry is None or not entry.state.exists:
+        retry = version is not None and entry is not None and version in entry.log
+        if (entry is None or not entry.state.exists) and not retry:
             raise NotFound(f"no value at {k}")
         return self._write(k, "delete", None, None, version, parents, None, author, peer)
 
@@ -316,6 +346,10 @@ class Bus:
             merge = entry.merge
         elif merge is None:
             merge = "yjs" if kind == "crdt" else "lww"
+        if version is not None:
+            check_version(version)
+            if entry is not None and (entry.log.get(version) is not None or entry.log.folded(version)):
+                return self._rewrite(k, entry, version, kind, body, content_type, parents)
         if parents is None:
             ps: tuple[Version, ...] = entry.log.sorted_frontier() if entry else ()
         else:
@@ -324,22 +358,53 @@ class Bus:
                 raise InvalidOp("unknown parents: this key has no history")
             if entry is not None and entry.log.ancestors(ps) is None:
                 raise InvalidOp("unknown parents: not versions of this key")
+            if version is not None and version in ps:
+                raise InvalidOp("an op cannot name its own version as a parent")
         clock = (entry.log.clock if entry else 0) + 1
         op = Op(k, "", ps, author or self.local, clock, merge, kind, body, content_type)
-        op = dataclasses.replace(op, version=check_version(version) if version else mint_version(op))
+        op = dataclasses.replace(op, version=version if version else mint_version(op))
         if entry is not None and op.version in entry.log:
-            existing = entry.log.get(op.version)
-            assert existing is not None
-            if encode_op(dataclasses.replace(existing[1], sig=b"")) == encode_op(op):
-                return self._snapshot(k, entry)  # the same write again: a no-op
-            raise VersionConflict(f"version {op.version!r} of {k} already names another op")
+            return self._snapshot(k, entry)  # a minted version repeats only for the same op
         if self.handlers:
-            op = self.handlers.before_save(op)
+            op = self._handled(op)
         state = entry.state if entry is not None else new_state(merge)
         state.check(op)
         if self.signer is not None:
             op = self.signer(op)
         return self._commit(k, entry, state, op, peer)
+
+    def _rewrite(
+        self,
+        key: Key,
+        entry: _Entry,
+        version: Version,
+        kind: str,
+        body: Any,
+        content_type: str | None,
+        parents: Sequence[Version] | None,
+    ) -> Change:
+        """A local write naming a version this key already has: the same write again is a no-op
+        (a client retrying), anything else is a VersionConflict."""
+        found = entry.log.get(version)
+        if found is not None:
+            old = found[1]
+            same = (old.kind, old.content_type) == (kind, content_type) and (
+                parents is None or tuple(sorted(set(parents))) == old.parents
+            )
+            if same:
+                probe = dataclasses.replace(old, body=body, sig=b"")
+                same = encode_op(probe) == encode_op(dataclasses.replace(old, sig=b""))
+            if same:
+                return self._snapshot(key, entry)
+        raise VersionConflict(f"version {version!r} of {key} already names another op")
+
+    def _handled(self, op: Op) -> Op:
+        """Run the ``to_save``/``to_delete`` handlers; a replacement op must stay on the same key,
+        version and merge type (a handler transforms a write, it cannot redirect it)."""
+        new = self.handlers.before_save(op)
+        if (new.key, new.version, new.merge) != (op.key, op.version, op.merge):
+            raise InvalidOp("a to_save handler may not change an op's key, version or merge type")
+        return new
 
     # ------------------------------------------------------------------ remote ops
 
@@ -349,7 +414,7 @@ class Bus:
         k = parse_key(op.key, None, allow_subtree=False)
         if k != op.key:
             raise InvalidKey("an op's key must be in normal form")
-        check_version(op.version)
+        _canonical(op)
         entry = self._entry(k)
         if entry is not None:
             if op.merge != entry.merge:
@@ -361,9 +426,23 @@ class Bus:
                 ):
                     raise VersionConflict(f"version {op.version!r} of {k} already names another op")
                 return None
-            if op.clock <= self._horizon_clock(entry):
-                return None  # older than the compacted base: seen already, or superseded
+            if entry.log.folded(op.version):
+                return None  # folded into the base by compaction: seen already
+            horizon = getattr(entry.state, "horizon", None)
+            if horizon is not None and op.order <= horizon:
+                return None  # sorts below the compacted base (lww): seen already, or superseded
         state = entry.state if entry is not None else new_state(op.merge)
+        if self.verifier is not None:
+            self.verifier(op)
+        if self.handlers:
+            op = _canonical(self._handled(op))
+        self._check_remote(state, op)
+        return self._commit(k, entry, state, op, peer)
+
+    @staticmethod
+    def _check_remote(state: MergeState, op: Op) -> None:
+        """Validate an op from outside without requiring it to apply to *this* value (it may be
+        concurrent with what we have: lww skips a patch that no longer applies, on every replica)."""
         if op.merge != "lww":
             state.check(op)
         elif op.kind not in ("set", "patch", "delete"):
@@ -371,16 +450,6 @@ class Bus:
         elif op.kind == "patch":
             for p in op.body:
                 parse_range(p.range)
-        if self.verifier is not None:
-            self.verifier(op)
-        if self.handlers:
-            op = self.handlers.before_save(op)
-        return self._commit(k, entry, state, op, peer)
-
-    @staticmethod
-    def _horizon_clock(entry: _Entry) -> int:
-        horizon = entry.base.get("horizon") if entry.base else None
-        return int(horizon[0]) if horizon else -1
 
     # ------------------------------------------------------------------ commit and notify
 
@@ -388,7 +457,6 @@ class Bus:
         if entry is None:
             entry = _Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
-            self._evict()
         before = entry.log.sorted_frontier()
         in_order = entry.state.apply(op)
         self._seq += 1
@@ -396,6 +464,9 @@ class Bus:
         entry.log.add(op, seq)
         entry.last_seq = seq
         exists = entry.state.exists
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self._evict()
         self._outbox.append((seq, op, exists))
         self._fresh[key] = exists
         change = Change(
@@ -468,6 +539,7 @@ class Bus:
             self._durable = seq
             if self._fresh and seq >= self._taken and not self._outbox:
                 self._fresh.clear()
+            self._evict()
 
     def flush(self, batch_signer: BatchSigner | None = None) -> None:
         """Store everything pending, synchronously (plain code and tests; the runtime batches)."""
@@ -501,7 +573,9 @@ class Bus:
         folded = ops[:n]
         seq = items[n - 1][0]
         entry.state.compact(folded)
-        entry.log.drop({op.version for op in folded}, entry.log.frontier_of(folded), seq)
+        entry.log.drop(
+            {op.version for op in folded}, entry.log.frontier_of(folded), seq, remember=entry.merge != "lww"
+        )
         entry.base = entry.state.encode()
         snap = Snapshot(k, seq, _encode_snapshot(entry))
         self._snapshots.append(snap)
@@ -638,9 +712,10 @@ class Bus:
         to_delete: ToSave | None = None,
         on_save: OnSave | None = None,
     ) -> Handler:
-        """Hook into reads and writes of keys matching ``pattern`` (see bus/handlers.py)."""
-        return self.handlers.add(Handler(pattern, to_fetch, to_save, to_delete, on_save))
+        """Hook into reads and writes of keys matching ``pattern`` (see bus/handlers.py): a key, a
+        subtree ``/ns/a/`` or a prefix ``/ns/a*``; ``/~/`` names the local namespace."""
+        return self.handlers.add(Handler(self.parse(pattern), to_fetch, to_save, to_delete, on_save))
 
     def reactive(self, pattern: str, fn: ReactiveFn) -> None:
         """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)``."""
-        self.reactive_keys.add(pattern, fn)
+        self.reactive_keys.add(self.parse(pattern), fn)

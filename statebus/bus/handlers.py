@@ -6,7 +6,8 @@ Later layers (hosted apps, federation) hook into storage through them:
 * ``to_save(op) -> Op | None`` sees every op (local or remote) before it is applied, and may raise
   a :class:`StatebusError` to reject it or return a replacement op;
 * ``to_delete(op) -> Op | None`` the same, for deletes;
-* ``on_save(change)`` runs after a change was applied.
+* ``on_save(change)`` runs after a change was applied (an exception there is recorded on the
+  handler as ``last_error``; it cannot undo the write).
 
 A handler is bound to a pattern: an exact key, a subtree ``/ns/a/``, or a prefix ``/ns/posts/*``.
 Handlers run in the order they were added.
@@ -35,6 +36,8 @@ class Handler:
     to_save: ToSave | None = None
     to_delete: ToSave | None = None
     on_save: OnSave | None = None
+    last_error: str | None = None
+    """Why the last ``on_save`` call failed (None if it never did)."""
 
 
 class Handlers:
@@ -70,6 +73,11 @@ class Handlers:
         return op
 
     def after_save(self, change: Change) -> None:
+        """Run the ``on_save`` hooks. The change is already applied, so a hook that raises cannot
+        undo it: the error is kept on the handler (``last_error``) and the other hooks still run."""
         for h in self._handlers:
             if h.on_save is not None and key_matches(h.pattern, change.key):
-                h.on_save(change)
+                try:
+                    h.on_save(change)
+                except Exception as exc:
+                    h.last_error = f"{type(exc).__name__}: {exc}"

@@ -81,6 +81,8 @@ class Reactive:
             value, exists = fn(key, get), True
         except StatebusError as exc:
             value, exists = {"error": exc.code, "detail": exc.detail}, False
+        except Exception as exc:  # a broken function must not break the write that triggered it
+            value, exists = {"error": "reactive_failed", "detail": type(exc).__name__}, False
         finally:
             self._depth -= 1
         if old is not None:

@@ -7,8 +7,10 @@ So concurrent patches to different fields both survive, and concurrent sets reso
 greatest order. A patch that does not apply to the value it lands on (its field vanished in a
 concurrent write) is skipped on every replica alike.
 
-An op that sorts below the base's horizon (it arrived after compaction folded later ops) cannot
-be placed in the fold any more; it is recorded and has no effect (see docs/merge.md).
+An op that sorts at or below the base's horizon (it arrived after compaction folded ops that
+order after it) cannot be placed in the fold any more: the bus ignores it (it is not stored and
+does not enter the frontier). So replicas converge whatever the arrival order as long as no op
+reaches a replica after that replica compacted past it (see docs/merge.md).
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class LwwState:
     @property
     def exists(self) -> bool:
         return self._exists
+
+    @property
+    def horizon(self) -> Order | None:
+        """The order of the last op folded into the base: ops at or below it no longer apply."""
+        return self._horizon
 
     @property
     def value(self) -> Any:
