@@ -196,6 +196,7 @@ class KademliaDirectory:
         self._addrs: tuple[str, ...] | None = None
         self._seq = 0
         self._republisher: asyncio.Task[None] | None = None
+        self._publishing = asyncio.Lock()
         self.record: NodeRecord | None = None
         """The record this node last published."""
         self.last_acks = 0
@@ -251,6 +252,10 @@ class KademliaDirectory:
             InvalidValue / TooLarge: ``addrs`` is malformed or the record would be over 1 KB.
         """
         addrs = check_addrs(addrs)
+        async with self._publishing:
+            return await self._publish(addrs)
+
+    async def _publish(self, addrs: tuple[str, ...]) -> NodeRecord:
         if self._seq == 0:
             held = await self.resolve(self.pubkey)
             self._seq = held.seq if held is not None else 0
