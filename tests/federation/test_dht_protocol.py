@@ -1,0 +1,123 @@
+"""The wire-layer pieces as plain objects: record storage rules, contact parsing, the network tag."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from statebus.errors import BadSignature, InvalidValue
+from statebus.federation.dht_protocol import (
+    RecordStorage,
+    network_tag_key,
+    parse_contacts,
+    tag_datagram,
+    untag_datagram,
+    valid_address,
+)
+from statebus.federation.dht_record import dht_key, make_record, pubkey_of
+
+SEED = b"\x05" * 32
+PK = pubkey_of(SEED)
+KEY = dht_key("alpha", PK)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _blob(seq: int, expires: float, addr: str = "127.0.0.1:1", seed: bytes = SEED) -> bytes:
+    return make_record(seed, [addr], seq=seq, expires=int(expires), dht_name="alpha")
+
+
+def test_storage_keeps_the_newest_record_and_refuses_older_ones() -> None:
+    clock = Clock()
+    storage = RecordStorage("alpha", clock=clock)
+    storage[KEY] = _blob(2, clock.now + 100)
+    with pytest.raises(InvalidValue, match="stale"):
+        storage[KEY] = _blob(1, clock.now + 100)
+    with pytest.raises(InvalidValue, match="stale"):  # same seq, other content: the first one stays
+        storage[KEY] = _blob(2, clock.now + 100, addr="127.0.0.1:2")
+    storage[KEY] = _blob(2, clock.now + 100)  # the very same record again: fine (refresh)
+    storage[KEY] = _blob(3, clock.now + 100)
+    assert storage.record(KEY).seq == 3  # type: ignore[union-attr]
+    assert storage.rejected == 2
+    assert [k for k, _ in storage] == [KEY]
+
+
+def test_storage_drops_records_at_their_signed_expiry() -> None:
+    clock = Clock()
+    storage = RecordStorage("alpha", clock=clock)
+    storage[KEY] = _blob(1, clock.now + 10)
+    assert storage.get(KEY) is not None
+    clock.now += 11
+    assert storage.get(KEY) is None
+    assert storage.record(KEY) is None
+    assert list(storage) == []
+
+
+def test_storage_refuses_invalid_writes_and_changes_nothing() -> None:
+    clock = Clock()
+    storage = RecordStorage("alpha", clock=clock)
+    other = b"\x06" * 32
+    with pytest.raises(InvalidValue):
+        storage[KEY] = _blob(1, clock.now + 10, seed=other)  # valid record, wrong key
+    with pytest.raises(InvalidValue):
+        storage[b"short"] = _blob(1, clock.now + 10)
+    with pytest.raises(InvalidValue):
+        storage[KEY] = b"\x00" * 100
+    with pytest.raises(BadSignature):
+        storage[KEY] = b"\x00" * 64 + _blob(1, clock.now + 10)[64:]
+    with pytest.raises(InvalidValue):
+        storage[KEY] = _blob(1, clock.now - 1)
+    assert list(storage) == []
+    assert storage.rejected == 5
+
+
+def test_storage_is_bounded() -> None:
+    clock = Clock()
+    storage = RecordStorage("alpha", clock=clock, max_records=3)
+    seeds = [os.urandom(32) for _ in range(5)]
+    for seed in seeds:
+        storage[dht_key("alpha", pubkey_of(seed))] = _blob(1, clock.now + 10, seed=seed)
+    assert len(list(storage)) == 3
+    assert len(storage.records) == 3
+
+
+def test_parse_contacts_keeps_only_well_formed_ones() -> None:
+    good = [os.urandom(20), "127.0.0.1", 4000]
+    payload = [
+        good,
+        [os.urandom(20), None, None],
+        [os.urandom(19), "127.0.0.1", 1],
+        [os.urandom(20), "localhost", 1],
+        [os.urandom(20), "127.0.0.1", 0],
+        [os.urandom(20), "127.0.0.1", False],
+        "junk",
+        None,
+    ]
+    nodes = parse_contacts(payload)
+    assert [(n.id, n.ip, n.port) for n in nodes] == [tuple(good)]
+    assert parse_contacts({"value": 1}) == []
+    assert len(parse_contacts([good] * 100, limit=8)) == 8
+
+
+def test_valid_address() -> None:
+    assert valid_address(("127.0.0.1", 1))
+    assert valid_address(("::1", 65535))
+    for bad in [None, ("127.0.0.1",), ("127.0.0.1", 65536), ("127.0.0.1", "1"), (None, None), ("x", 1)]:
+        assert not valid_address(bad)
+
+
+def test_network_tag() -> None:
+    key = network_tag_key("alpha", b"secret")
+    assert key != network_tag_key("alpha", b"other") != network_tag_key("beta", b"secret")
+    tagged = tag_datagram(key, b"hello")
+    assert untag_datagram(key, tagged) == b"hello"
+    assert untag_datagram(network_tag_key("beta", b"secret"), tagged) is None
+    assert untag_datagram(key, tagged[:-1] + bytes([tagged[-1] ^ 1])) is None
+    assert untag_datagram(key, b"short") is None
