@@ -233,6 +233,8 @@ class KademliaDirectory:
                 raise InvalidValue("a bootstrap address is an (ip, port) pair") from exc
             if not isinstance(port, int) or not 0 < port < 65536:
                 raise InvalidValue("a bootstrap port is 1-65535")
+        if self._server.transport is not None:
+            raise InvalidValue("the directory is already started")
         await self._server.listen(self._requested_port, interface=self.interface)
         peers = [(h, p) for h, p in bootstrap if (h, p) != (self.interface, self.port)]
         if peers:

@@ -134,6 +134,7 @@ class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
         self.max_records = max_records
         self.records: dict[bytes, NodeRecord] = {}
         self.rejected = 0
+        self._next_sweep = 0.0
 
     def __setitem__(self, key: Any, value: Any) -> None:
         try:
@@ -151,8 +152,7 @@ class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
             self.records.pop(old_key, None)
 
     def _check_newer(self, key: bytes, record: NodeRecord, value: bytes) -> None:
-        self.cull()
-        held = self.records.get(key)
+        held = self.record(key)
         if held is None:
             return
         if record.seq < held.seq:
@@ -161,8 +161,12 @@ class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
             raise _stale(record.seq, held.seq)  # same seq, other content: keep the first one
 
     def cull(self) -> None:
+        """Drop records past the storage ttl and, at most once a second, those past their ``exp``."""
         super().cull()
         now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
         for key in [k for k, r in self.records.items() if r.expires <= now or k not in self.data]:
             self.records.pop(key, None)
             self.data.pop(key, None)
@@ -170,7 +174,10 @@ class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
     def record(self, key: bytes) -> NodeRecord | None:
         """The valid record held under ``key``, if any."""
         self.cull()
-        return self.records.get(key)
+        record = self.records.get(key)
+        if record is None or key not in self.data or record.expires <= self.clock():
+            return None
+        return record
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(super().__iter__()))

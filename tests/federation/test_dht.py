@@ -30,16 +30,16 @@ async def test_twenty_nodes_resolve_each_other(make_network: MakeNetwork) -> Non
     assert len({node.port for node in nodes}) == 20
     await _publish_all(nodes)
     assert all(node.last_acks >= 1 for node in nodes[1:])
+    # ksize=4: each record sits on a handful of the 20 nodes, so most lookups cross the network
+    copies = [
+        sum(1 for node in nodes if t.record and t.record.key in node.protocol.storage.records) for t in nodes
+    ]
+    assert max(copies) <= 12
     for resolver in nodes:
         for target in nodes:
             record = await resolver.resolve(target.pubkey)
             assert record is not None
             assert record == target.record
-    # ksize=4 with 20 nodes: a record lives on a few nodes only, so most lookups are remote
-    holders = [
-        sum(1 for n in nodes if n.record and n.record.key in node.protocol.storage.records) for node in nodes
-    ]
-    assert max(holders) < 20
 
 
 async def test_kademlia_directory_is_a_directory(make_network: MakeNetwork) -> None:
@@ -55,6 +55,8 @@ async def test_kademlia_directory_is_a_directory(make_network: MakeNetwork) -> N
         await directory.publish(["not an address"])
     with pytest.raises(Forbidden):
         node._server.save_state("/tmp/never")
+    with pytest.raises(InvalidValue, match="already started"):
+        await node.start([])
 
 
 async def test_address_change_bumps_seq_everywhere(make_network: MakeNetwork) -> None:
