@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pathlib
+import re
 
+import kademlia
 import pytest
 
-from statebus.errors import BadSignature, InvalidValue
+import statebus.federation
+from statebus.errors import BadSignature, Forbidden, InvalidValue
+from statebus.federation.dht import _DirectoryServer
 from statebus.federation.dht_protocol import (
     RecordStorage,
     network_tag_key,
@@ -121,3 +127,22 @@ def test_network_tag() -> None:
     assert untag_datagram(network_tag_key("beta", b"secret"), tagged) is None
     assert untag_datagram(key, tagged[:-1] + bytes([tagged[-1] ^ 1])) is None
     assert untag_datagram(key, b"short") is None
+
+
+def test_no_pickle_anywhere_in_the_dht() -> None:
+    uses_pickle = re.compile(r"^\s*(import|from)\s+pickle\b|\bpickle\.(loads?|dumps?)\b", re.M)
+    ours = list(pathlib.Path(statebus.federation.__file__).parent.glob("dht*.py"))
+    assert len(ours) >= 4
+    assert [path.name for path in ours if uses_pickle.search(path.read_text())] == []
+    # upstream uses pickle only in Server.save_state/load_state, which the directory overrides
+    theirs = pathlib.Path(kademlia.__file__).parent.glob("*.py")
+    assert [path.name for path in theirs if uses_pickle.search(path.read_text())] == ["network.py"]
+
+
+async def _load_state() -> None:
+    await _DirectoryServer.load_state("/tmp/never", 0)
+
+
+def test_pickle_state_files_are_refused() -> None:
+    with pytest.raises(Forbidden):
+        asyncio.run(_load_state())
