@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,30 @@ def login_url(settings: Settings, port: int | None = None) -> str:
     """The link that logs the owner in to the web UI (secret: show it to the owner only)."""
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     return f"http://{host}:{port if port is not None else settings.port}/login?token={owner_token(settings)}"
+
+
+_TOKEN_RE = re.compile(r"([?&]token=)[^&\s]*")
+
+
+class RedactTokens(logging.Filter):
+    """Masks ``token=…`` in log records (uvicorn's access log would print the login link)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                _TOKEN_RE.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = _TOKEN_RE.sub(r"\1***", record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    """Add :class:`RedactTokens` to uvicorn's loggers (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error", "uvicorn"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def batch_signer_for(identity: Identity) -> Callable[[list[Op]], list[Op]]:
@@ -153,7 +178,9 @@ def _show_phrase(identity: Identity, phrase: str) -> None:
 def make_server(settings: Settings, **overrides: Any) -> StatebusServer:
     """A ready-to-run server for ``settings`` (``overrides`` go to ``uvicorn.Config``)."""
     app = create_app(settings, on_new_identity=_show_phrase)
-    return StatebusServer(uvicorn_config(app, settings, **overrides), app)
+    server = StatebusServer(uvicorn_config(app, settings, **overrides), app)
+    install_log_redaction()
+    return server
 
 
 def serve(settings: Settings, **overrides: Any) -> None:

@@ -28,7 +28,7 @@ from statebus.bus import Change
 from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
 from statebus.http.braid import HEARTBEAT, RANGE_HEADERS, SUBSCRIPTION_HEADERS, format_version_list
 from statebus.http.encode import EncodeCache, braid_update, sse_event
-from statebus.http.sse import PING, encode_event
+from statebus.http.sse import PING, encode_event, encode_reset_event
 from statebus.keys import is_subtree
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream
@@ -270,7 +270,7 @@ async def serve_sse(
             stream = open_stream(node, patterns, since=since, buffer=buffer)
         except HistoryCompacted as exc:
             stream = open_stream(node, patterns, buffer=buffer)
-            head.append(encode_event(json.dumps({"reason": exc.detail}), event="reset"))
+            head.append(encode_reset_event(exc.detail))
             reset = True
         encoder = SseEncoder(cache, len(stream), reset=reset)
         pump = Pump(send, receive, stop, stream)

@@ -9,12 +9,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from statebus.config import Settings
 from statebus.errors import StatebusError
@@ -65,3 +68,67 @@ def live_server(data_dir: Path, timeout: float = 10.0, **settings: Any) -> Itera
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+class SseReader:
+    """Reads SSE events from a streaming httpx response, as an EventSource would."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.iter_raw()
+        self._buf = b""
+        self.last_id: str | None = None
+        self.comments: list[str] = []
+        self.retry: int | None = None
+
+    def _block(self) -> bytes:
+        while b"\n\n" not in self._buf:
+            self._buf += next(self._chunks)
+        block, _, self._buf = self._buf.partition(b"\n\n")
+        return block
+
+    def next_event(self) -> dict[str, Any]:
+        """The next dispatched event: {"event", "id", "data"} (data parsed as JSON)."""
+        while True:
+            event = self.next_event_or_comment()
+            if event is not None:
+                return event
+
+    def wait_comment(self, text: str) -> None:
+        """Read until a comment line ``: <text>`` arrives (events read meanwhile are dropped)."""
+        while text not in self.comments:
+            self.next_event_or_comment()
+
+    def next_event_or_comment(self) -> dict[str, Any] | None:
+        """Like :meth:`next_event`, but returns None after a block without data (a comment, a bare id)."""
+        event: dict[str, Any] = {"event": "message", "id": None, "data": None}
+        data: list[str] = []
+        for line in self._block().decode("utf-8").split("\n"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "":
+                self.comments.append(value)
+            elif name == "event":
+                event["event"] = value
+            elif name == "id":
+                event["id"] = value
+                self.last_id = value
+            elif name == "data":
+                data.append(value)
+            elif name == "retry":
+                self.retry = int(value)
+        if not data:
+            return None
+        event["data"] = json.loads("\n".join(data))
+        return event
+
+    def events(self, n: int) -> list[dict[str, Any]]:
+        return [self.next_event() for _ in range(n)]
+
+
+def sse_headers(srv: LiveServer, last_event_id: str | None = None) -> dict[str, str]:
+    """Owner headers asking for an event stream (resuming after ``last_event_id``)."""
+    headers = {**srv.auth, "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    return headers
