@@ -1,0 +1,264 @@
+"""The ``statebus`` command: set up a node, run it, and read/write/watch its keys over HTTP.
+
+    statebus init [--recover]          create (or restore) the node identity and owner token
+    statebus serve [--host --port]     run the node; prints its pubkey, URL and login link
+    statebus token                     print the owner token
+    statebus info                      node identity, URL, data folder, key count, version
+    statebus get KEY [--range R]       print a value (or a subtree's children)
+    statebus put KEY VALUE|-           write a JSON value (or bytes with --content-type)
+    statebus delete KEY                delete a key
+    statebus watch KEY|SUBTREE/        print every change live (resumes after a dropped connection)
+
+Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
+(:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default
+``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
+Every expected failure is one line on stderr and exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from statebus.cli_client import (
+    Client,
+    client_for,
+    cmd_delete,
+    cmd_get,
+    cmd_info,
+    cmd_put,
+    cmd_watch,
+)
+from statebus.config import Settings
+from statebus.errors import InvalidValue, StatebusError
+from statebus.identity import keystore
+
+EXIT_ERROR = 1
+PHRASE_WARNING = (
+    "This recovery phrase is shown ONCE and is not stored anywhere. Write it down and keep it secret:\n"
+    "anyone who has it can act as this node. `statebus init --recover` restores the identity from it."
+)
+
+
+class CliError(StatebusError):
+    """An expected failure of a command, shown as one line."""
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": getattr(args, "data", None)}
+    for name in ("host", "port", "log_level"):
+        if hasattr(args, name):
+            overrides[name] = getattr(args, name)
+    return Settings.load(overrides, config_file=getattr(args, "config", None))
+
+
+# ---------------------------------------------------------------------- node-side commands
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    data = Path(settings.data_dir)
+    if args.recover:
+        phrase = _read_phrase()
+        identity = keystore.recover(data, phrase, force=args.force)
+        print(f"Restored node identity {identity.pubkey} in {data}")
+        print("A new owner token was issued (`statebus token` prints it).")
+        return 0
+    identity, phrase = keystore.init(data, force=args.force)
+    print(f"Created node identity {identity.pubkey} in {data}")
+    print()
+    print(f"    {phrase}")
+    print()
+    print(PHRASE_WARNING)
+    return 0
+
+
+def _read_phrase() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        text = getpass.getpass("Recovery phrase (24 words, not shown): ")
+    else:
+        text = sys.stdin.read()
+    phrase = " ".join(text.split())
+    if not phrase:
+        raise CliError("no recovery phrase given (pass it on stdin or type it at the prompt)")
+    return phrase
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    data = Path(settings.data_dir)
+    if not keystore.exists(data):
+        raise CliError(f"no node identity in {data}: run `statebus init` or `statebus serve` first")
+    print(keystore.load_owner_token(data))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from statebus.cli_serve import run_server
+
+    run_server(settings)
+    return 0
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, client: bool) -> None:
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="data folder (default: $STATEBUS_DATA_DIR, else ~/.local/share/statebus)",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: $STATEBUS_CONFIG)")
+    if client:
+        p.add_argument("--url", help="base URL of the node (default: http://<host>:<port> from the settings)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``statebus`` command."""
+    parser = argparse.ArgumentParser(
+        prog="statebus",
+        description="A reactive key-value node: pubkey-namespaced keys, live subscriptions over SSE, "
+        "Braid-HTTP and websockets. Keys are /~/path (this node's namespace), /<pubkey>/path, or a bare "
+        "path meaning /~/path.",
+        epilog="Run `statebus COMMAND --help` for a command's options. Docs: docs/cli.md",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "init",
+        help="create the node identity and owner token",
+        description=(
+            "Create the node identity (an Ed25519 key from a fresh 24-word BIP39 phrase) and the owner token "
+            "in the data folder. The phrase is printed once and never stored."
+        ),
+    )
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="restore an identity from its phrase (read from stdin or a prompt)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing, different identity (its keys are lost)"
+    )
+    _add_common(p, client=False)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the node",
+        description=(
+            "Run the node's HTTP server. Creates the identity on first start. Prints the pubkey, the URL and "
+            "a login link for the web page (keep the link secret: it holds the owner token)."
+        ),
+    )
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", help="TCP port (default 8765; 0 picks a free one, the real URL is printed)")
+    p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
+    _add_common(p, client=False)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "token",
+        help="print the owner token",
+        description=("Print the owner token (send it as `Authorization: Bearer <token>`). Keep it secret."),
+    )
+    _add_common(p, client=False)
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("info", help="show the node's identity, URL, data folder, key count and version")
+    _add_common(p, client=True)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "get",
+        help="print a key's value, or a subtree's children",
+        description=(
+            "Print a key's JSON value on one line (bytes values are written as they are). A KEY ending in"
+            " '/' lists the subtree's children, one per line (names ending in '/' are subtrees)."
+        ),
+    )
+    p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
+    p.add_argument("--range", metavar="R", help="read part of a JSON value, e.g. .a.b or [0]")
+    p.add_argument("--show-version", action="store_true", help="print the Version on stderr")
+    _add_common(p, client=True)
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser(
+        "put",
+        help="write a JSON value (or bytes)",
+        description=(
+            "Write VALUE (JSON text; '-' reads it from stdin) to KEY. With --range, replace only that part "
+            "of the JSON value. With --content-type, VALUE is stored as bytes of that type. Prints the new "
+            "version."
+        ),
+    )
+    p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
+    p.add_argument("value", metavar="VALUE", help="JSON text, e.g. '{\"a\": 1}' or '\"text\"'; '-' for stdin")
+    p.add_argument(
+        "--range", metavar="R", help="patch this range of the value (PATCH, Content-Range: json R)"
+    )
+    p.add_argument("--version", dest="version", metavar="V", help="version id of this write")
+    p.add_argument("--parents", metavar="V[,V]", help="versions this write is based on (comma-separated)")
+    p.add_argument("--merge-type", dest="merge_type", choices=("lww", "yjs"), help="merge type of the key")
+    p.add_argument(
+        "--content-type", dest="content_type", metavar="TYPE", help="store VALUE as bytes of this type"
+    )
+    _add_common(p, client=True)
+    p.set_defaults(func=cmd_put)
+
+    p = sub.add_parser("delete", help="delete a key")
+    p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
+    _add_common(p, client=True)
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser(
+        "watch",
+        help="print changes to a key or subtree live",
+        description=(
+            "Follow KEY (or every key under SUBTREE/) over SSE and print one line per change: "
+            "`EVENT KEY JSON`. Reconnects by itself and resumes where it left off. Ctrl-C stops."
+        ),
+    )
+    p.add_argument("key", metavar="KEY|SUBTREE/", help="a key, or a subtree ending in '/'")
+    p.add_argument("--since", metavar="CURSOR", help="start after this cursor (an event id)")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    p.add_argument("--json", action="store_true", help="print each event as a JSON object")
+    _add_common(p, client=True)
+    p.set_defaults(func=cmd_watch)
+    return parser
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``statebus: <message>`` on stderr (one line) and exit with status 1."""
+    line = " ".join(message.split()) or "failed"
+    sys.stderr.write(f"statebus: error: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``statebus`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    func: Callable[..., int] = args.func
+    try:
+        settings = _load_settings(args)
+        if func in (cmd_info, cmd_get, cmd_put, cmd_delete, cmd_watch):
+            client: Client = client_for(settings, args.url)
+            with client:
+                return func(args, settings, client)
+        return func(args, settings)
+    except StatebusError as exc:
+        fail(exc.detail or exc.code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+
+
+__all__ = ["CliError", "InvalidValue", "build_parser", "fail", "main"]

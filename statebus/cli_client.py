@@ -1,0 +1,302 @@
+"""The HTTP side of the ``statebus`` command: get, put, delete, watch and info against a running node.
+
+Every failure becomes a :class:`~statebus.errors.StatebusError` whose detail is one clear line
+(connection refused, the server's ``{"error", "detail"}``, bad JSON on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from statebus.config import Settings
+from statebus.errors import InvalidKey, InvalidValue, NotFound, StatebusError
+from statebus.identity import keystore
+
+INFO_PATH = "/.well-known/statebus"
+TIMEOUT = 10.0
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+class Client:
+    """An httpx client for one node: base ``url`` and, when the data folder has one, the owner token."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT, trust_env=False)
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Send a request; raise a one-line StatebusError for transport failures and 4xx/5xx answers."""
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.url, exc) from None
+        check(response)
+        return response
+
+
+def transport_error(url: str, exc: httpx.HTTPError) -> StatebusError:
+    """A one-line error for a request that got no answer."""
+    if isinstance(exc, httpx.ConnectError):
+        return StatebusError(f"cannot connect to {url} (is `statebus serve` running there?)", status_hint=503)
+    if isinstance(exc, httpx.TimeoutException):
+        return StatebusError(f"{url} did not answer in time", status_hint=504)
+    return StatebusError(f"request to {url} failed: {type(exc).__name__}", status_hint=502)
+
+
+def check(response: httpx.Response) -> None:
+    """Raise the server's ``{"error", "detail"}`` as one line when the status is not a success."""
+    if response.status_code < 400:
+        return
+    try:
+        response.read()
+        body = response.json()
+        detail, code = str(body.get("detail") or ""), str(body.get("error") or "")
+    except (ValueError, AttributeError):
+        detail, code = "", ""
+    reason = detail or response.reason_phrase
+    raise StatebusError(
+        f"{reason} (HTTP {response.status_code}{' ' + code if code else ''})",
+        status_hint=response.status_code,
+    )
+
+
+def client_for(settings: Settings, url: str | None) -> Client:
+    """A client for ``url`` (default: the settings' host and port) with the data folder's owner token."""
+    if url is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{settings.port}"
+    if not url.startswith(("http://", "https://")):
+        raise InvalidValue(f"--url must start with http:// or https://, got {url!r}")
+    token: str | None = None
+    try:
+        token = keystore.load_owner_token(settings.data_dir)
+    except NotFound:
+        token = None
+    return Client(url, token)
+
+
+def key_path(key: str) -> str:
+    """The URL path of a key: ``/~/a`` and ``/<pubkey>/a`` as they are, a bare ``a/b`` → ``/~/a/b``."""
+    key = key.strip()
+    if not key:
+        raise InvalidKey("name a key, e.g. /~/notes/1")
+    if not key.startswith("/"):
+        key = "/" + key if key == "~" or key.startswith("~/") else "/~/" + key
+    return quote(key, safe="/~")
+
+
+def parse_value(text: str) -> Any:
+    """The JSON value typed on the command line (``-`` reads stdin)."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidValue(
+            f"VALUE is not valid JSON ({exc.msg} at character {exc.pos}); quote text as '\"text\"'"
+        ) from None
+
+
+def _write_headers(args: argparse.Namespace) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if args.version:
+        headers["Version"] = json.dumps(args.version)
+    if args.parents:
+        headers["Parents"] = ", ".join(json.dumps(p.strip()) for p in args.parents.split(",") if p.strip())
+    if args.merge_type:
+        headers["Merge-Type"] = args.merge_type
+    return headers
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_get(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    path = key_path(args.key)
+    params = {"range": args.range} if args.range else None
+    response = client.request("GET", path, params=params)
+    if args.show_version and response.headers.get("version"):
+        sys.stderr.write(f"version: {response.headers['version']}\n")
+    if path.endswith("/"):
+        body = response.json()
+        for name in body.get("children", []):
+            sys.stdout.write(name + "\n")
+        while body.get("next"):
+            body = client.request("GET", path, params={"after": body["next"]}).json()
+            for name in body.get("children", []):
+                sys.stdout.write(name + "\n")
+        return 0
+    ctype = response.headers.get("content-type", "")
+    if ctype.split(";")[0].strip() == "application/json":
+        _print_json(response.json())
+    else:
+        sys.stdout.buffer.write(response.content)
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_put(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    path = key_path(args.key)
+    headers = _write_headers(args)
+    if args.content_type:
+        if args.range:
+            raise InvalidValue("--range patches JSON values; it cannot be used with --content-type")
+        body = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
+        headers["Content-Type"] = args.content_type
+        response = client.request("PUT", path, content=body, headers=headers)
+    else:
+        data = json.dumps(parse_value(args.value), ensure_ascii=False).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+        if args.range:
+            headers["Content-Range"] = f"json {args.range}"
+            response = client.request("PATCH", path, content=data, headers=headers)
+        else:
+            response = client.request("PUT", path, content=data, headers=headers)
+    sys.stdout.write(" ".join(response.json().get("version", [])) + "\n")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    path = key_path(args.key)
+    if path.endswith("/"):
+        raise InvalidKey("delete names one key, not a subtree (no trailing '/')")
+    client.request("DELETE", path)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    info = client.request("GET", INFO_PATH).json()
+    try:
+        cli_version = metadata.version("statebus-server")
+    except metadata.PackageNotFoundError:
+        cli_version = "unknown"
+    rows = [
+        ("node", info.get("node")),
+        ("url", client.url),
+        ("data", str(Path(settings.data_dir))),
+        ("owner", "yes" if info.get("owner") else "no (no owner token for this node in the data folder)"),
+        ("keys", info.get("keys") if info.get("keys") is not None else "(owner only)"),
+        ("server version", info.get("version")),
+        ("cli version", cli_version),
+    ]
+    for name, value in rows:
+        sys.stdout.write(f"{name + ':':16}{value}\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- watch
+
+
+def _format_event(event: str, data: dict[str, Any]) -> str:
+    key = data.get("key", "")
+    if event == "reset":
+        return f"reset {data.get('reason', '')}"
+    if event == "delete" or data.get("deleted"):
+        return f"{event} {key}"
+    if "patches" in data:
+        parts = []
+        for patch in data["patches"]:
+            parts.append(
+                f"{patch[0]} = {json.dumps(patch[1], ensure_ascii=False)}"
+                if len(patch) > 1
+                else f"{patch[0]} removed"
+            )
+        return f"{event} {key} patch " + "; ".join(parts)
+    if "value_base64" in data:
+        return f"{event} {key} <{data.get('content_type', 'bytes')}, base64 {data['value_base64'][:40]}>"
+    return f"{event} {key} {json.dumps(data.get('value'), ensure_ascii=False)}"
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    path = key_path(args.key)
+    last_id: str | None = args.since
+    seen = 0
+    connected_once = False
+    failures = 0
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        try:
+            with client.http.stream(
+                "GET", path, headers=headers, timeout=httpx.Timeout(TIMEOUT, read=None)
+            ) as r:
+                check(r)
+                connected_once, failures = True, 0
+                for event, ident, data in _sse_events(r):
+                    if ident is not None:
+                        last_id = ident
+                    if data is None:
+                        continue
+                    if event == "error":
+                        sys.stderr.write(f"statebus: stream cut off: {data.get('detail', '')}; resuming\n")
+                        continue
+                    line = (
+                        json.dumps({"event": event, "id": ident, **data})
+                        if args.json
+                        else _format_event(event, data)
+                    )
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        return 0
+        except httpx.HTTPError as exc:
+            if not connected_once:
+                raise transport_error(client.url, exc) from None
+        delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+        failures += 1
+        sys.stderr.write(
+            f"statebus: connection lost; reconnecting in {delay:g}s (resuming after {last_id})\n"
+        )
+        sys.stderr.flush()
+        time.sleep(delay)
+
+
+def _sse_events(response: httpx.Response) -> Iterator[tuple[str, str | None, Any]]:
+    """Yield ``(event, id, data)`` for each dispatched SSE block (data parsed as JSON, None if none)."""
+    event: str = "message"
+    ident: str | None = None
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data or ident is not None:
+                yield event, ident, json.loads("\n".join(data)) if data else None
+            event, ident, data = "message", None, []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "id":
+            ident = value
+        elif name == "data":
+            data.append(value)

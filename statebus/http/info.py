@@ -1,0 +1,79 @@
+"""``GET /.well-known/statebus``: who this node is (for the web page, the CLI's ``info`` and peers).
+
+Anyone gets ``{"statebus": true, "node": <pubkey>, "owner": false, "version": <package version>}``;
+the owner also gets ``keys`` (how many keys the node's namespace holds, counted up to
+:data:`MAX_COUNT`; ``keys_truncated`` says when there are more) and ``streams`` (open event streams).
+Nothing secret is ever in it.
+
+Mount it with ``routes(node, settings)`` (a list of Starlette routes, placed before the key routes).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from statebus.config import Settings
+from statebus.errors import NotFound, StatebusError
+from statebus.http.auth import OwnerAuth
+from statebus.http.errors import statebus_error_response
+from statebus.identity import keystore
+from statebus.runtime import Node
+from statebus.values import dumps_json
+
+INFO_PATH: Final = "/.well-known/statebus"
+MAX_COUNT: Final = 100_000
+
+
+def package_version() -> str:
+    """The installed statebus version (``unknown`` when run from a source tree without metadata)."""
+    try:
+        return metadata.version("statebus-server")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def owner_auth(settings: Settings) -> OwnerAuth:
+    """The owner check of the node in ``settings.data_dir`` (no owner if it has no token)."""
+    try:
+        return OwnerAuth(keystore.load_owner_token(settings.data_dir))
+    except NotFound:
+        return OwnerAuth(None)
+
+
+def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
+    """The info document; ``owner`` adds the key and stream counts."""
+    body: dict[str, Any] = {
+        "statebus": True,
+        "node": node.local,
+        "owner": owner,
+        "version": package_version(),
+    }
+    if owner:
+        keys = node.bus.walk(node.bus.parse("/~/"), MAX_COUNT + 1)
+        body["keys"] = min(len(keys), MAX_COUNT)
+        body["keys_truncated"] = len(keys) > MAX_COUNT
+        body["streams"] = node.stream_count
+    return body
+
+
+def routes(node: Node, settings: Settings) -> list[BaseRoute]:
+    """The info route for ``node``."""
+    auth = owner_auth(settings)
+
+    async def info(request: Request) -> Response:
+        try:
+            client = auth.authenticate(request)
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        return Response(
+            dumps_json(node_info(node, owner=client.owner)),
+            media_type="application/json",
+            headers={"cache-control": "no-store"},
+        )
+
+    return [Route(INFO_PATH, info, methods=["GET", "HEAD"])]

@@ -1,0 +1,304 @@
+"""The statebus websocket protocol (statebus 7's ``/_connect_to_statebus_/websocket``), on a Node.
+
+One JSON object per text frame. Client → server::
+
+    {"get": "notes/1"}                                  subscribe (until forget): current value, then changes
+    {"set": {"key": "notes/1", "val": {...}}, "version"?: "v2", "parents"?: ["v1"]}
+    {"set": "notes/1", "patches": [[".title", "hi"], [".old"]], "version"?, "parents"?}
+    {"forget": "notes/1"}                               end the subscription
+    {"delete": "notes/1"}
+    {"token": "<owner token>"}                          log in on this connection (statebus extension)
+
+Server → client::
+
+    {"set": {"key": "notes/1", "val": {...}}, "version": "v2", "parents": ["v1"]}
+    {"set": {"key": "notes/1"}}                         the key does not exist (never written, or deleted)
+    {"error": "<code>", "detail": "…", "key"?: "notes/1"}   a refused message (statebus extension)
+
+**Keys.** statebus clients name keys without a leading slash; they live in this node's namespace:
+``notes/1`` ↔ ``/~/notes/1``. A key starting with ``/`` is a full node key (``/~/a``, ``/<pubkey>/a``).
+Answers carry the key exactly as the client wrote it. Subtrees (``notes/``) cannot be subscribed here
+(use SSE). ``current_user`` is answered locally with ``{"client": <connection id>, "owner": bool}``
+and never stored.
+
+**Auth.** Same rules as HTTP (:mod:`statebus.http.auth`): the ``statebus_token`` cookie, an
+``Authorization: Bearer`` header, ``?token=`` in the URL, or a ``{"token": …}`` message make the
+connection the owner's; anonymous connections may read ``/<ns>/public/…`` keys only.
+
+**Back-pressure.** Each subscription is an event stream with the node's bounded buffer, and the
+connection has a bounded outgoing queue (``subscriber_buffer`` frames): a socket that does not keep up
+is closed with code 1013 (try again later). Changes made by this connection are not echoed back to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from typing import Any, Final
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from statebus.bus import Change
+from statebus.config import Settings
+from statebus.errors import Forbidden, InvalidKey, InvalidOp, InvalidValue, StatebusError, TooLarge
+from statebus.http.auth import ANONYMOUS, OWNER, Client, OwnerAuth, require_read, require_write
+from statebus.http.info import owner_auth
+from statebus.http.info import routes as info_routes
+from statebus.keys import is_subtree
+from statebus.oplog import DELETE, Patch
+from statebus.runtime import Node
+from statebus.types import Key
+from statebus.values import loads_json, parse_range
+
+WS_PATH: Final = "/_connect_to_statebus_/websocket"
+CURRENT_USER: Final = "current_user"
+CLOSE_TOO_SLOW: Final = 1013
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+MAX_PATCHES: Final = 1000
+
+
+def node_key(node: Node, key: Any) -> Key:
+    """The node key of a statebus client's key: ``a/b`` → ``/~/a/b``; ``/…`` as it is (checked)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey('a key is a non-empty string, e.g. "notes/1"')
+    parsed = node.bus.parse(key if key.startswith("/") else "/~/" + key)
+    if is_subtree(parsed):
+        raise InvalidKey("the websocket protocol names single keys; follow a subtree with SSE")
+    return parsed
+
+
+def set_message(key: str, change: Change) -> dict[str, Any]:
+    """The server's ``set`` frame for ``change`` of the client's ``key`` (whole values, as statebus 7)."""
+    if not change.exists:
+        return {"set": {"key": key}}
+    if change.content_type is not None:
+        return {
+            "set": {"key": key},
+            "error": "not_json",
+            "detail": f"the value is {change.content_type} bytes",
+        }
+    msg: dict[str, Any] = {"set": {"key": key, "val": change.value}}
+    if change.version:
+        msg["version"] = change.version[0] if len(change.version) == 1 else list(change.version)
+    msg["parents"] = list(change.parents)
+    return msg
+
+
+def parse_patches(raw: Any) -> list[Patch]:
+    """``[[range, value], [range]]`` (``[range]`` removes) or braid-style ``[{"range", "content"}]``
+    (``content`` is JSON text; empty removes)."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_PATCHES:
+        raise InvalidOp(f"patches is a list of 1 to {MAX_PATCHES} patches")
+    out: list[Patch] = []
+    for i, item in enumerate(raw, 1):
+        if isinstance(item, list) and len(item) in (1, 2) and isinstance(item[0], str):
+            parse_range(item[0])
+            out.append(Patch(item[0], item[1] if len(item) == 2 else DELETE))
+        elif (
+            isinstance(item, dict)
+            and isinstance(item.get("range"), str)
+            and isinstance(item.get("content", ""), str)
+        ):
+            rng, content = item["range"], item.get("content", "")
+            if rng.startswith("json "):
+                rng = rng[5:]
+            parse_range(rng)
+            out.append(Patch(rng, loads_json(content.encode("utf-8")) if content else DELETE))
+        else:
+            raise InvalidOp(f'patch {i}: write [range, value], [range] or {{"range", "content"}}')
+    return out
+
+
+def _key_of(msg: Any) -> Any:
+    if not isinstance(msg, dict):
+        return None
+    for name in ("get", "forget", "delete"):
+        if name in msg:
+            return msg[name]
+    target = msg.get("set")
+    return target.get("key") if isinstance(target, dict) else target
+
+
+class Connection:
+    """One websocket client: its subscriptions and its bounded outgoing queue."""
+
+    def __init__(self, ws: WebSocket, node: Node, settings: Settings, auth: OwnerAuth) -> None:
+        self.ws = ws
+        self.node = node
+        self.settings = settings
+        self.auth = auth
+        self.client: Client = ANONYMOUS
+        self.peer = "ws-" + secrets.token_hex(8)
+        self.out: asyncio.Queue[str] = asyncio.Queue(maxsize=settings.subscriber_buffer)
+        self.subs: dict[str, asyncio.Task[None]] = {}
+        self.closed = asyncio.Event()
+        self.close_code = 1000
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self.out.put_nowait(json.dumps(msg, ensure_ascii=False, separators=(",", ":")))
+        except asyncio.QueueFull:
+            self.close(CLOSE_TOO_SLOW)
+
+    def close(self, code: int) -> None:
+        if not self.closed.is_set():
+            self.close_code = code
+            self.closed.set()
+
+    def error(self, exc: StatebusError, key: Any = None) -> None:
+        msg: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
+        if isinstance(key, str):
+            msg["key"] = key
+        self.send(msg)
+
+    async def writer(self) -> None:
+        while True:
+            text = await self.out.get()
+            await self.ws.send_text(text)
+
+    async def reader(self) -> None:
+        limit = self.settings.max_body_bytes
+        while not self.closed.is_set():
+            try:
+                text = await self.ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError, KeyError):
+                self.close(1000)
+                return
+            if len(text) > limit:
+                self.error(TooLarge(f"a message is at most {limit} bytes"))
+                self.close(CLOSE_TOO_BIG)
+                return
+            msg: Any = None
+            try:
+                msg = loads_json(
+                    text.encode("utf-8"), max_bytes=limit, max_depth=self.settings.max_json_depth
+                )
+                if not isinstance(msg, dict):
+                    raise InvalidValue('a message is a JSON object such as {"get": "notes/1"}')
+                await self.handle(msg)
+            except StatebusError as exc:
+                self.error(exc, _key_of(msg))
+                if isinstance(exc, Forbidden) and "token" in msg:
+                    self.close(CLOSE_POLICY)
+
+    async def handle(self, msg: dict[str, Any]) -> None:
+        if "token" in msg:
+            if not isinstance(msg["token"], str) or not self.auth.check_token(msg["token"]):
+                raise Forbidden("the token is not the owner token", status_hint=401)
+            self.client = OWNER
+        elif "get" in msg:
+            self.subscribe(msg["get"])
+        elif "forget" in msg:
+            task = self.subs.pop(msg["forget"], None) if isinstance(msg["forget"], str) else None
+            if task is not None:
+                task.cancel()
+        elif "delete" in msg:
+            key = node_key(self.node, msg["delete"])
+            require_write(self.client, key)
+            await self.node.delete(key, peer=self.peer)
+        elif "set" in msg:
+            await self.write(msg)
+        else:
+            raise InvalidOp("a message has one of get, set, forget, delete, token")
+
+    async def write(self, msg: dict[str, Any]) -> None:
+        target = msg["set"]
+        opts: dict[str, Any] = {"peer": self.peer}
+        version, parents = msg.get("version"), msg.get("parents")
+        if version is not None:
+            if not isinstance(version, str):
+                raise InvalidValue("version is a string")
+            opts["version"] = version
+        if parents is not None:
+            if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+                raise InvalidValue("parents is a list of version strings")
+            opts["parents"] = tuple(parents)
+        if "patches" in msg:
+            key_name = (
+                target if isinstance(target, str) else target.get("key") if isinstance(target, dict) else None
+            )
+            key = node_key(self.node, key_name)
+            require_write(self.client, key)
+            await self.node.patch(key, parse_patches(msg["patches"]), **opts)
+            return
+        if not isinstance(target, dict) or "key" not in target:
+            raise InvalidOp('set is {"key": …, "val": …}')
+        if target["key"] == CURRENT_USER:
+            return  # statebus 7 clients announce themselves; nothing to store
+        key = node_key(self.node, target["key"])
+        require_write(self.client, key)
+        if "val" not in target:
+            raise InvalidOp('set needs a val (use {"delete": key} to delete)')
+        await self.node.save(key, target["val"], **opts)
+
+    def subscribe(self, name: Any) -> None:
+        if name == CURRENT_USER:
+            self.send(
+                {"set": {"key": CURRENT_USER, "val": {"client": self.peer, "owner": self.client.owner}}}
+            )
+            return
+        key = node_key(self.node, name)
+        require_read(self.client, key)
+        if name in self.subs:
+            return
+        stream = self.node.events(key, snapshot=True)
+        self.subs[name] = asyncio.create_task(self.follow(name, key, stream))
+
+    async def follow(self, name: str, key: Key, stream: Any) -> None:
+        sent_first = False
+        try:
+            if len(stream) == 0 and self.node.bus.fetch_or_none(key) is None:
+                self.send({"set": {"key": name}})
+                sent_first = True
+            async for change in stream:
+                if sent_first and change.kind == "op" and change.peer == self.peer:
+                    continue
+                sent_first = True
+                self.send(set_message(name, change))
+        except StatebusError as exc:
+            self.error(exc, name)
+            self.close(CLOSE_TOO_SLOW)
+        finally:
+            stream.close()
+
+    async def run(self) -> None:
+        try:
+            self.client = self.auth.authenticate(self.ws)
+        except StatebusError:
+            await self.ws.close(CLOSE_POLICY)
+            return
+        token = self.ws.query_params.get("token")
+        if token:
+            if not self.auth.check_token(token):
+                await self.ws.close(CLOSE_POLICY)
+                return
+            self.client = OWNER
+        await self.ws.accept()
+        tasks = [asyncio.create_task(self.writer()), asyncio.create_task(self.reader())]
+        waiter = asyncio.create_task(self.closed.wait())
+        try:
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [waiter, *tasks, *self.subs.values()]:
+                task.cancel()
+            for task in [waiter, *tasks, *self.subs.values()]:
+                with contextlib.suppress(BaseException):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.ws.close(self.close_code)
+
+
+def routes(node: Node, settings: Settings) -> list[BaseRoute]:
+    """The websocket route (and, until the app mounts it itself, the info route)."""
+    auth = owner_auth(settings)
+
+    async def endpoint(ws: WebSocket) -> None:
+        await Connection(ws, node, settings, auth).run()
+
+    return [WebSocketRoute(WS_PATH, endpoint), *info_routes(node, settings)]
