@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,31 @@ SEND_POLL = 0.25
 """How often a blocked send checks whether its stream was cut off."""
 SSE_RETRY_MS = 2000
 UNBOUNDED = 10**9
+
+
+log = logging.getLogger("statebus.http")
+
+_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class _AbandonedResponses(logging.Filter):
+    """Silences uvicorn's error about an incomplete response when we abandoned it on purpose (a
+    subscriber that stopped reading was cut off while its socket was full): leaving the response
+    incomplete is how an ASGI app gets the server to close such a connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.expected > 0 and record.getMessage() == _INCOMPLETE:
+            self.expected -= 1
+            return False
+        return True
+
+
+ABANDONED = _AbandonedResponses()
+logging.getLogger("uvicorn.error").addFilter(ABANDONED)
 
 
 class StreamRegistry:
@@ -120,6 +146,10 @@ class Pump:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
+                if not self.disconnected.done():
+                    ABANDONED.expected += 1
+                    reason = self.stream.error or "server shutdown"
+                    log.info("closing a stream whose client stopped reading (%s)", reason)
                 return False
 
     async def finish(self, data: bytes = b"") -> None:
