@@ -39,7 +39,8 @@ def test_bytes_values() -> None:
     c = b.save("/~/img", b"\x89PNG", content_type="image/png")
     (u,) = BraidStreamParser().feed(braid_update(c))
     assert u.body == b"\x89PNG" and u.headers["content-type"] == "image/png"
-    assert b'"value_base64":"iVBORw=="' in sse_event(c, None) and b'"content_type":"image/png"' in sse_event(c, None)
+    event = sse_event(c, None)
+    assert b'"value_base64":"iVBORw=="' in event and b'"content_type":"image/png"' in event
 
 
 def test_cache_encodes_once_per_format() -> None:
