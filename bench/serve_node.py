@@ -1,0 +1,41 @@
+"""Run a statebus node for the benchmark: ``python -m bench.serve_node --data DIR [--keep-ops N]``.
+
+It raises its open-file limit, binds 127.0.0.1 port 0 with a deep accept backlog, prints one JSON line
+``{"port": …, "pid": …}`` and serves (``statebus.server.make_server``: uvloop + httptools) until
+SIGTERM. uvicorn's options are :data:`bench.serve_common.UVICORN_OPTIONS`, shared with the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from bench.procs import raise_fd_limit
+from bench.serve_common import UVICORN_OPTIONS, announce, listen
+from statebus.config import Settings
+from statebus.server import make_server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--keep-ops", type=int, default=None, help="history_keep_ops (default: the node's)")
+    parser.add_argument("--buffer", type=int, default=None, help="subscriber_buffer (default: the node's)")
+    args = parser.parse_args()
+    raise_fd_limit()
+    os.umask(0o077)
+    settings = replace(Settings(data_dir=args.data), host="127.0.0.1", port=0, log_level="warning")
+    if args.keep_ops is not None:
+        settings = replace(settings, history_keep_ops=args.keep_ops)
+    if args.buffer is not None:
+        settings = replace(settings, subscriber_buffer=args.buffer)
+    sock = listen()
+    server = make_server(settings, **UVICORN_OPTIONS)
+    announce(sock)
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
