@@ -2,6 +2,17 @@
 
 Yjs updates commute and are idempotent, so any order of the same updates gives the same
 document. The JSON view of the document is ``{root name: root.to_py()}`` (Text becomes a string).
+Root types are untyped in a Yjs update, so the view probes each root as a Map, then a Text, then
+an Array (the first that is not empty wins; an empty root shows as ``None``) on a scratch copy,
+never typing the roots of the merged document itself.
+Updates may arrive before the updates they build on (ops travel in any order). The Yjs engine
+keeps such updates "pending", but it loses all but one of them when several are missing at once,
+so this state keeps its own stash. It follows the op DAG: while some op names a parent this state
+has not seen (``missing``), every update is merged into the stash (``merge_updates`` is lossless
+and order-insensitive) and the document is rebuilt from the last complete state plus the stash;
+when the gap closes the stash is dropped. Compaction merges updates the same way, and the base
+keeps the versions it folded (``known``) and any still missing parents.
+
 A ``delete`` op marks the key deleted (the document is kept, so a late update still merges);
 a later ``crdt`` op brings it back.
 """
@@ -12,7 +23,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Doc
+from pycrdt import Array, Doc, Map, Text, merge_updates
 
 from statebus.errors import InvalidOp
 from statebus.oplog.events import Op
@@ -33,6 +44,18 @@ def _order(raw: Any) -> tuple[int, str, str] | None:
     return (int(raw[0]), str(raw[1]), str(raw[2]))
 
 
+def _root_view(update: bytes, name: str) -> Any:
+    """The JSON view of one untyped root: probed as Map, Text, then Array on scratch copies."""
+    for kind in (Map, Text, Array):
+        scratch: Doc[Any] = Doc()
+        scratch.apply_update(update)
+        root = scratch.get(name, type=kind)
+        view = str(root) if kind is Text else root.to_py()
+        if view:
+            return view
+    return None
+
+
 class YjsState:
     name = "yjs"
     content_type = None
@@ -50,6 +73,14 @@ class YjsState:
             self._updated_at = _order(base.get("updated_at"))
         self._cache: Any = None
         self._dirty = True
+        self._base_known: set[str] = set(base.get("known", ())) if base else set()
+        self._known: set[str] = set(self._base_known)
+        self._missing: set[str] = set(base.get("missing", ())) if base else set()
+        self._stash = b""
+        self._clean = b""
+        # the base may hold updates that wait for ops still in the log: the first op applied after
+        # loading rebuilds the document from the base merged with it (see _integrate)
+        self._stash = self._base_update
 
     @property
     def exists(self) -> bool:
@@ -67,9 +98,13 @@ class YjsState:
             return None
         if self._dirty:
             out: dict[str, Any] = {}
-            for name in sorted(self._doc.keys()):
-                root = self._doc[name]
-                out[name] = root.to_py() if hasattr(root, "to_py") else str(root)
+            update = b""
+            for name, root in sorted(self._doc.items()):
+                if root is not None:  # typed by a local user of .doc
+                    out[name] = str(root) if isinstance(root, Text) else root.to_py()
+                    continue
+                update = update or bytes(self._doc.get_update())
+                out[name] = _root_view(update, name)
             self._cache, self._dirty = out, False
         return self._cache
 
@@ -85,28 +120,49 @@ class YjsState:
 
     def apply(self, op: Op) -> bool:
         order = op.order
+        self._known.add(op.version)
+        self._missing.discard(op.version)
+        self._missing.update(p for p in op.parents if p not in self._known)
         if op.kind == "delete":
             if self._deleted_at is None or order > self._deleted_at:
                 self._deleted_at = order
         else:
-            self._doc.apply_update(bytes(op.body))
+            self._integrate(bytes(op.body))
             if self._updated_at is None or order > self._updated_at:
                 self._updated_at = order
             self._dirty = True
         return True
 
+    def _integrate(self, update: bytes) -> None:
+        if not self._stash and not self._missing:
+            self._doc.apply_update(update)
+            return
+        if not self._stash:
+            self._clean = bytes(self._doc.get_update())
+            self._stash = update
+        else:
+            self._stash = bytes(merge_updates(self._stash, update))
+        fresh: Doc[Any] = Doc()
+        if self._clean:
+            fresh.apply_update(self._clean)
+        fresh.apply_update(self._stash)
+        self._doc = fresh
+        if not self._missing:
+            self._stash = self._clean = b""
+
     def compact(self, ops: Sequence[Op]) -> None:
-        doc: Doc[Any] = Doc()
+        updates = [bytes(op.body) for op in ops if op.kind == "crdt"]
         if self._base_update:
-            doc.apply_update(self._base_update)
-        for op in ops:
-            if op.kind == "crdt":
-                doc.apply_update(bytes(op.body))
-        self._base_update = bytes(doc.get_update())
+            updates.insert(0, self._base_update)
+        if updates:
+            self._base_update = bytes(merge_updates(*updates)) if len(updates) > 1 else updates[0]
+        self._base_known.update(op.version for op in ops)
 
     def encode(self) -> dict[str, Any]:
         return {
             "update": base64.b64encode(self._base_update).decode("ascii"),
             "deleted_at": list(self._deleted_at) if self._deleted_at else None,
             "updated_at": list(self._updated_at) if self._updated_at else None,
+            "known": sorted(self._base_known),
+            "missing": sorted(self._missing),
         }

@@ -143,7 +143,8 @@ class OpLog:
         ops = list(ops)
         refs = {p for op in ops for p in op.parents}
         front = {v for v in self.base_frontier if v not in refs}
-        front |= {op.version for op in ops if op.version not in refs}
+        # an op that an earlier-folded op names as parent (it arrived late) is not a head either
+        front |= {op.version for op in ops if op.version not in refs and op.version not in self._pending}
         return tuple(sorted(front))
 
     def encode(self) -> dict[str, Any]:
