@@ -1,0 +1,143 @@
+"""A federated node in one asyncio loop: HTTP node + peer endpoints + DHT + followers.
+
+This composes what ``statebus.server`` builds (node, app, uvicorn) with ``statebus.federation``
+(DHT directory, :class:`~statebus.federation.service.Federation`) and ``statebus.http.peers`` (the
+server-to-server routes). Devnet, the federation tests and the benchmarks run nodes through it::
+
+    node = await start_node(tmp / "a", dht_name="devnet", dht_secret=b"…", bootstrap=[])
+    print(node.url, node.pubkey)
+    await node.stop()
+
+Signals are left to the caller (uvicorn's own handlers are not installed), so many nodes can share a
+process and stop in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+
+from statebus.config import Settings
+from statebus.errors import PeerUnavailable
+from statebus.federation.dht import KademliaDirectory
+from statebus.federation.service import Federation
+from statebus.http.app import build_app
+from statebus.http.peers import PeerEndpoints, routes
+from statebus.identity import Identity, keystore
+from statebus.runtime import Node
+from statebus.server import StatebusServer, build_node, login_url, owner_token, uvicorn_config
+
+START_TIMEOUT = 10.0
+
+
+class EmbeddedServer(StatebusServer):
+    """uvicorn without its signal handlers: the process owner decides when nodes stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def federated_app(node: Node, settings: Settings, federation: Federation) -> tuple[Starlette, PeerEndpoints]:
+    """The node's app with the peer routes mounted first (what ``create_app`` should do)."""
+    app = build_app(node, settings, owner_token=owner_token(settings), close_node=False)
+    peer_routes, endpoints = routes(node, settings, federation)
+    app.router.routes[0:0] = peer_routes
+    app.state.peers = endpoints
+    app.state.federation = federation
+    return app, endpoints
+
+
+@dataclass
+class FederatedNode:
+    settings: Settings
+    identity: Identity
+    node: Node
+    federation: Federation
+    server: EmbeddedServer
+    endpoints: PeerEndpoints
+    directory: KademliaDirectory | None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def pubkey(self) -> str:
+        return self.identity.pubkey
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.server.port}"
+
+    @property
+    def login_url(self) -> str:
+        """The owner's login link (secret)."""
+        return login_url(self.settings, self.server.port)
+
+    @property
+    def token(self) -> str:
+        return owner_token(self.settings)
+
+    async def stop(self) -> None:
+        """Stop following, end peer streams, stop HTTP, write everything, leave the DHT."""
+        await self.federation.stop()
+        self.endpoints.close_all()
+        self.server.statebus_app.state.streams.close_all()
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+        await self.node.aclose()
+        if self.directory is not None:
+            await self.directory.stop()
+
+
+async def start_node(
+    data_dir: Path,
+    *,
+    dht_name: str | None = "devnet",
+    dht_secret: bytes = b"",
+    bootstrap: Sequence[tuple[str, int]] = (),
+    backoff_base: float = 0.25,
+    backoff_cap: float = 30.0,
+    **settings: Any,
+) -> FederatedNode:
+    """Start a federated node on ``data_dir`` (created on first use; the identity is kept there).
+
+    ``dht_name=None`` runs without a DHT (peers then come from ``via`` addresses only). Settings
+    default to 127.0.0.1, port 0, DHT port 0, log level warning.
+    """
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "dht_port": 0, "log_level": "warning"}
+    options.update(settings)
+    config = dataclasses.replace(Settings(data_dir=data_dir), **options)
+    node = build_node(config)
+    identity = keystore.load(config.data_dir)
+    directory = None
+    if dht_name is not None:
+        seed, _ = identity.export_secret()
+        directory = KademliaDirectory(
+            seed, dht_name, dht_secret, interface=config.host, port=config.dht_port, wait_timeout=0.5
+        )
+        await directory.start(list(bootstrap))
+    fed = Federation(
+        node, identity, config, directory=directory, backoff_base=backoff_base, backoff_cap=backoff_cap
+    )
+    app, endpoints = federated_app(node, config, fed)
+    server = EmbeddedServer(uvicorn_config(app, config, loop="asyncio"), app)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while not server.started:
+        if task.done() or asyncio.get_running_loop().time() > deadline:
+            server.should_exit = True
+            await node.aclose()
+            if directory is not None:
+                await directory.stop()
+            raise PeerUnavailable("the node's HTTP server did not start")
+        await asyncio.sleep(0.01)
+    fnode = FederatedNode(config, identity, node, fed, server, endpoints, directory, task)
+    await fed.start([fnode.url])
+    return fnode

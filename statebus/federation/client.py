@@ -1,0 +1,171 @@
+"""The calling side of the server-to-server protocol: signed requests to another node.
+
+Every request is signed with this node's identity (RFC 9421, ``statebus.identity.httpsig``). Nothing a
+peer answers is trusted: ops go to :class:`statebus.federation.ingest.Ingest`, which verifies each one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from statebus.errors import InvalidValue, PeerUnavailable, StatebusError
+from statebus.federation.sync import SyncRequest, SyncResponse, SyncSession
+from statebus.identity import Identity, sign_request
+from statebus.keys import is_pubkey
+from statebus.types import PubKey, Seq
+
+WELL_KNOWN = "/.well-known/statebus"
+MAX_LINE = 9 * 1024 * 1024
+MAX_SYNC_ROUNDS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class StreamItem:
+    """One line of an ops stream: ``kind`` is "op", "live", "ping" or "reset"."""
+
+    kind: str
+    seq: Seq
+    op: bytes = b""
+    reason: str = ""
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_line(line: bytes) -> StreamItem:
+    """Parse one NDJSON line of an ops stream. Raises InvalidValue."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValue("an ops stream line is not JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidValue("an ops stream line is a JSON object")
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidValue("an ops stream line carries a cursor 'seq'")
+    if isinstance(obj.get("op"), dict):
+        return StreamItem("op", seq, _dumps(obj["op"]))
+    if obj.get("live") is True:
+        return StreamItem("live", seq)
+    if obj.get("ping") is True:
+        return StreamItem("ping", seq)
+    if isinstance(obj.get("reset"), str):
+        return StreamItem("reset", seq, reason=obj["reset"])
+    raise InvalidValue("an ops stream line is an op, live, ping or reset")
+
+
+class PeerClient:
+    """Signed HTTP calls from this node to other nodes.
+
+    Args:
+        identity: this node's key (signs every request).
+        timeout: connect timeout; ``read_timeout`` bounds the wait for a stream line (pings keep a
+            healthy stream well inside it).
+    """
+
+    def __init__(self, identity: Identity, *, timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+        self.identity = identity
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, read=read_timeout), follow_redirects=False, trust_env=False
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _signed(self, method: str, url: str, params: dict[str, str | list[str]] | None, body: bytes) -> httpx.Request:
+        headers = {"content-type": "application/json"} if body else {}
+        request = self._http.build_request(method, url, params=params, content=body or None, headers=headers)
+        request.headers.update(
+            sign_request(request.method, str(request.url), request.headers, body, self.identity)
+        )
+        return request
+
+    @staticmethod
+    def _unavailable(url: str, exc: BaseException) -> PeerUnavailable:
+        return PeerUnavailable(f"{url}: {type(exc).__name__}")
+
+    @staticmethod
+    def _check(response: httpx.Response, body: bytes) -> None:
+        if response.status_code != 200:
+            detail = ""
+            try:
+                detail = str(json.loads(body).get("detail", ""))
+            except (ValueError, AttributeError):
+                pass
+            err = StatebusError(f"peer answered {response.status_code}: {detail}"[:300])
+            err.status_hint = response.status_code
+            raise err
+
+    async def node_info(self, base: str) -> PubKey:
+        """The public key the node at ``base`` says it has (unverified: a hint, not a proof)."""
+        try:
+            response = await self._http.get(base.rstrip("/") + f"{WELL_KNOWN}/node")
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        self._check(response, response.content)
+        pk = (
+            response.json().get("pubkey")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
+        if not isinstance(pk, str) or not is_pubkey(pk):
+            raise PeerUnavailable(f"{base} is not a statebus node")
+        return pk
+
+    async def ops(
+        self, base: str, patterns: Sequence[str], since: Seq, *, live: bool = True
+    ) -> AsyncIterator[list[StreamItem]]:
+        """The signed ops stream of ``patterns`` after cursor ``since``: the lines as they arrive, in
+        batches (every complete line received so far)."""
+        params: dict[str, str | list[str]] = {
+            "pattern": list(patterns),
+            "since": str(since),
+            "live": "1" if live else "0",
+        }
+        request = self._signed("GET", base.rstrip("/") + f"{WELL_KNOWN}/ops", params, b"")
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        try:
+            if response.status_code != 200:
+                body = await response.aread()
+                self._check(response, body)
+            buf = b""
+            async for chunk in response.aiter_raw():
+                buf += chunk
+                if b"\n" in buf:
+                    lines, _, buf = buf.rpartition(b"\n")
+                    yield [parse_line(line) for line in lines.split(b"\n") if line]
+                if len(buf) > MAX_LINE:
+                    raise InvalidValue("an ops stream line is too long")
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        finally:
+            await response.aclose()
+
+    async def sync_round(self, base: str, request: SyncRequest) -> tuple[SyncResponse, int]:
+        """One anti-entropy round; returns the answer and its size on the wire."""
+        body = request.encode()
+        req = self._signed("POST", base.rstrip("/") + f"{WELL_KNOWN}/sync", None, body)
+        try:
+            response = await self._http.send(req)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        self._check(response, response.content)
+        return SyncResponse.decode(response.content), len(response.content)
+
+    async def sync(self, base: str, session: SyncSession) -> SyncSession:
+        """Run a whole exchange; ``session.received`` then holds the ops this side lacked."""
+        request: SyncRequest | None = session.start()
+        while request is not None:
+            if session.rounds >= MAX_SYNC_ROUNDS:
+                raise InvalidValue("anti-entropy did not settle (peer misbehaving?)")
+            response, size = await self.sync_round(base, request)
+            request = session.receive(response, size)
+        return session

@@ -1,0 +1,232 @@
+"""Following: keep a local replica of another node's subtree, live, verified, resumable.
+
+One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
+
+1. locate the owner: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then
+   the addresses the node was told about; re-located on every (re)connect, so a moved owner is found;
+2. on each connection, run anti-entropy on ``/<owner>/.keys/`` then on the pattern (only the ops we
+   lack move), so nothing missed while away is lost even if the cursor is stale or from another relay;
+3. stream the signed ops after the cursor this node holds *for that server* (cursors are per server
+   node: a relay's sequence numbers are not the owner's);
+4. hand every op to :class:`~statebus.federation.ingest.Ingest` (consent, signature, delegation,
+   quota) — the server is never trusted;
+5. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
+   with the reason.
+
+The follower's state (cursors, status, last reason) is kept at ``/~/.federation/follows/<id>`` so the
+owner's web page and ``statebus peers`` can show it, and so a restarted node resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from statebus.errors import PeerUnavailable, QuotaExceeded, StatebusError
+from statebus.federation.opset import op_set
+from statebus.federation.policy import Follow
+from statebus.federation.sync import SyncSession
+from statebus.identity.delegation import keys_prefix
+from statebus.types import JSON, PubKey, Seq
+
+if TYPE_CHECKING:
+    from statebus.federation.service import Federation
+
+log = logging.getLogger("statebus.federation")
+
+STATE_SEGMENT = ".federation/follows"
+PERSIST_INTERVAL = 1.0
+
+
+def state_key(local: PubKey, fid: str) -> str:
+    return f"/{local}/{STATE_SEGMENT}/{fid}"
+
+
+def backoff(attempt: int, base: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with "equal jitter": half the step fixed, half random, capped."""
+    step = min(cap, base * (2 ** min(attempt, 30)))
+    return float(step / 2 + step / 2 * rnd())
+
+
+class Follower:
+    """Follows one pattern for a :class:`~statebus.federation.service.Federation`."""
+
+    def __init__(self, fed: Federation, follow: Follow) -> None:
+        self.fed = fed
+        self.follow = follow
+        self.status = "starting"
+        self.reason = ""
+        self.server: PubKey | None = None
+        self.url: str | None = None
+        self.cursors: dict[PubKey, Seq] = {}
+        self.applied = 0
+        self.rejected = 0
+        self.synced_ops = 0
+        self.connections = 0
+        self.live = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._persisted = 0.0
+        self._load_state()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def patterns(self) -> list[str]:
+        return [keys_prefix(self.follow.owner), self.follow.pattern]
+
+    def _load_state(self) -> None:
+        change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
+        value: Any = change.value if change is not None and change.exists else None
+        if isinstance(value, dict) and isinstance(value.get("cursors"), dict):
+            self.cursors = {
+                k: v for k, v in value["cursors"].items() if isinstance(v, int) and not isinstance(v, bool)
+            }
+
+    def state(self) -> dict[str, JSON]:
+        return {
+            "pattern": self.follow.pattern,
+            "status": self.status,
+            "reason": self.reason,
+            "server": self.server,
+            "url": self.url,
+            "cursors": dict(self.cursors),
+            "applied": self.applied,
+            "rejected": self.rejected,
+            "updated": round(time.time(), 3),
+        }
+
+    async def persist(self, *, force: bool = False) -> None:
+        """Store the state (at most once a second unless ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._persisted < PERSIST_INTERVAL:
+            return
+        if self.fed.node.closing:
+            return
+        self._persisted = now
+        try:
+            await self.fed.node.save(state_key(self.fed.node.local, self.follow.id), self.state())
+        except StatebusError as exc:  # pragma: no cover - the node is going away
+            log.warning("could not store follow state: %s", exc.detail)
+
+    async def _set(self, status: str, reason: str = "") -> None:
+        changed = (status, reason) != (self.status, self.reason)
+        self.status, self.reason = status, reason
+        if status == "live":
+            self.live.set()
+        else:
+            self.live.clear()
+        if changed:
+            await self.persist(force=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"follow {self.follow.pattern}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.status != "stopped":
+            self.status = "stopped"
+            self.reason = self.reason or "unfollowed or node stopping"
+        await self.persist(force=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await self._connect_any()
+                attempt = 0
+                reason = "server closed the stream"
+            except QuotaExceeded as exc:
+                await self._set("stopped", f"quota_exceeded: {exc.detail}")
+                log.warning("stopped following %s: %s", self.follow.pattern, exc.detail)
+                return
+            except StatebusError as exc:
+                reason = f"{exc.code}: {exc.detail}"
+            delay = backoff(attempt, self.fed.backoff_base, self.fed.backoff_cap)
+            attempt += 1
+            await self._set("retrying", reason)
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _connect_any(self) -> None:
+        urls = await self.fed.locate(self.follow)
+        if not urls:
+            raise PeerUnavailable(f"no address known for {self.follow.owner} (not in the DHT, no 'via')")
+        last: StatebusError | None = None
+        for url in urls:
+            try:
+                await self._session(url)
+                return
+            except (QuotaExceeded, asyncio.CancelledError):
+                raise
+            except StatebusError as exc:
+                last = exc
+                log.info("follow %s via %s: %s", self.follow.pattern, url, exc.detail)
+        assert last is not None
+        raise last
+
+    async def _session(self, url: str) -> None:
+        client = self.fed.client
+        self.url = url
+        self.server = await client.node_info(url)
+        await self._set("syncing")
+        for pattern in self.patterns:  # delegation records first
+            local = op_set(self.fed.node.bus, pattern)
+            session = await client.sync(url, SyncSession(pattern, local.index))
+            await self._ingest(session.received)
+            self.synced_ops += len(session.received)
+        self.connections += 1
+        cursor = self.cursors.get(self.server, 0)
+        async for items in client.ops(url, self.patterns, cursor):
+            ops = [item.op for item in items if item.kind == "op"]
+            if ops:
+                await self._ingest(ops)
+            for item in items:
+                if item.kind == "reset":
+                    self.cursors[self.server] = item.seq
+                    await self.persist(force=True)
+                    raise PeerUnavailable(f"resume point gone ({item.reason}); reconnecting for anti-entropy")
+                if item.kind == "live" and self.status != "live":
+                    await self._set("live")
+            self.cursors[self.server] = items[-1].seq if items else cursor
+            cursor = self.cursors[self.server]
+            await self.persist()
+            if self._stop.is_set():
+                return
+
+    async def _ingest(self, ops: list[bytes]) -> None:
+        if not ops:
+            return
+        result = await self.fed.ingest.take(ops, peer=self.server)
+        self.applied += result.applied
+        if result.rejected:
+            self.rejected += len(result.rejected)
+            self.reason = f"refused {len(result.rejected)} op(s) from {self.url}: {result.rejected[0]}"
+            log.warning("follow %s: %s", self.follow.pattern, self.reason)
+            await self.persist(force=True)
+        for hook in self.fed.on_ingest:
+            await hook(self, result.applied)
+
+
+IngestHook = Callable[[Follower, int], Awaitable[None]]

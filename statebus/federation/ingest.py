@@ -1,0 +1,172 @@
+"""The one gate remote ops pass through: consent, signature, delegation, quota, then ``node.apply``.
+
+Rules:
+
+1. Consent: an op is taken only for a namespace this node follows, or one allowed by
+   :meth:`Ingest.allow_namespace` (an invite). Anything else is ``Forbidden`` and changes nothing.
+2. Every op is checked with :func:`statebus.identity.verify_op` against the namespace owner's key and
+   its delegations. The delegation records (``/<owner>/.keys/…``) are replicated ops themselves, only
+   the owner may write them, and they are applied first in every batch; the keyring is fed the merged
+   value of each record key after it changes. Whoever relayed the op is never trusted.
+3. Quota: the bytes of stored ops per remote namespace never exceed
+   ``quota_bytes_per_remote_namespace``; an op that would is refused with ``QuotaExceeded`` (413).
+4. A bad op is refused alone: the ops before it stay applied (each is valid on its own), the caller
+   learns the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from statebus.errors import Forbidden, QuotaExceeded, StatebusError
+from statebus.federation.opset import scan_all
+from statebus.identity import Keyring, verify_op
+from statebus.identity.delegation import keys_prefix
+from statebus.keys import namespace_of
+from statebus.oplog import Op, decode_op, encode_op
+from statebus.runtime import Node
+from statebus.types import PubKey, Seq
+
+log = logging.getLogger("statebus.federation")
+
+Consent = Callable[[PubKey], bool]
+
+
+@dataclass
+class IngestResult:
+    applied: int = 0
+    duplicates: int = 0
+    rejected: list[str] = field(default_factory=list)
+    """The reasons of refused ops (first few)."""
+    last_seq: Seq = 0
+
+
+class Ingest:
+    """Verifies and applies remote ops for one node.
+
+    Args:
+        node: the node the ops go into.
+        quota_bytes: the most bytes of stored ops one remote namespace may use here.
+        consent: says whether a namespace is followed (checked on every op).
+    """
+
+    def __init__(self, node: Node, quota_bytes: int, consent: Consent | None = None) -> None:
+        self.node = node
+        self.quota_bytes = quota_bytes
+        self.consent = consent
+        self._allowed: set[PubKey] = set()
+        self._keyrings: dict[PubKey, Keyring] = {}
+        self._usage: dict[PubKey, int] = {}
+
+    # ------------------------------------------------------------------ consent
+
+    def allow_namespace(self, ns: PubKey) -> None:
+        """Accept ops of ``ns`` even if this node does not follow it (e.g. it was invited)."""
+        self._allowed.add(ns)
+
+    def disallow_namespace(self, ns: PubKey) -> None:
+        self._allowed.discard(ns)
+
+    def accepts(self, ns: PubKey) -> bool:
+        if ns == self.node.local:
+            return False  # our own namespace is written here, never taken from peers
+        return ns in self._allowed or (self.consent is not None and self.consent(ns))
+
+    # ------------------------------------------------------------------ quota
+
+    def usage(self, ns: PubKey) -> int:
+        """Bytes of stored ops of ``ns`` on this node (counted once from storage, then kept)."""
+        if ns not in self._usage:
+            self._usage[ns] = sum(len(s.data) for s in scan_all(self.node.bus, f"/{ns}/"))
+        return self._usage[ns]
+
+    # ------------------------------------------------------------------ keyrings
+
+    def keyring(self, ns: PubKey) -> Keyring:
+        """The verified delegations of ``ns`` held here (built from the stored records once)."""
+        ring = self._keyrings.get(ns)
+        if ring is None:
+            ring = Keyring()
+            for key in self.node.bus.walk(keys_prefix(ns), 10_000):
+                self._feed(ring, key)
+            self._keyrings[ns] = ring
+        return ring
+
+    def _feed(self, ring: Keyring, key: str) -> None:
+        change = self.node.bus.fetch_or_none(key)
+        owner = namespace_of(key)
+        delegate = key.rsplit("/", 1)[-1]
+        if change is None or not change.exists:
+            ring.forget(owner, delegate)
+            return
+        try:
+            ring.add_stored(key, change.value)
+        except StatebusError as exc:
+            log.warning("ignoring a delegation record at %s: %s", key, exc.detail)
+
+    # ------------------------------------------------------------------ taking ops
+
+    def check(self, op: Op) -> int:
+        """Check one op without applying it; return its encoded size. Raises the reason."""
+        if not isinstance(op.key, str) or not op.key.startswith("/"):
+            raise Forbidden("an op's key is /<pubkey>/…")
+        ns = namespace_of(op.key)
+        if not self.accepts(ns):
+            raise Forbidden(f"this node does not follow {ns} and was not invited to it")
+        verify_op(op, self.keyring(ns))
+        size = len(encode_op(op))
+        if self.usage(ns) + size > self.quota_bytes:
+            raise QuotaExceeded(
+                f"namespace {ns} would use more than its quota of {self.quota_bytes} bytes on this node"
+            )
+        return size
+
+    async def take(self, ops: Iterable[Op | bytes], *, peer: str | None = None) -> IngestResult:
+        """Verify and apply ``ops`` (delegation records first); wait until they are durable.
+
+        Raises:
+            QuotaExceeded: a namespace reached its quota (the ops before it are applied).
+        """
+        result = IngestResult()
+        decoded: list[Op] = []
+        for item in ops:
+            try:
+                decoded.append(decode_op(item) if isinstance(item, bytes) else item)
+            except StatebusError as exc:
+                result.rejected.append(f"{exc.code}: {exc.detail}")
+        records: list[Op] = []
+        rest: list[Op] = []
+        for op in decoded:
+            is_record = isinstance(op.key, str) and op.key.startswith(keys_prefix(namespace_of(op.key)))
+            (records if is_record else rest).append(op)
+        rest.sort(key=lambda op: op.clock)
+        try:
+            for op in records + rest:
+                self._take_one(op, result, peer)
+        finally:
+            if result.last_seq:
+                await self.node.committer.durable(result.last_seq)
+        return result
+
+    def _take_one(self, op: Op, result: IngestResult, peer: str | None) -> None:
+        ns = namespace_of(op.key) if isinstance(op.key, str) else ""
+        try:
+            size = self.check(op)
+            change = self.node.bus.apply(op, peer=peer)
+        except QuotaExceeded:
+            raise
+        except StatebusError as exc:
+            if len(result.rejected) < 20:
+                result.rejected.append(f"{exc.code}: {exc.detail}")
+            log.info("refused a remote op for %s: %s", op.key, exc.detail)
+            return
+        if change is None:
+            result.duplicates += 1
+            return
+        result.applied += 1
+        result.last_seq = change.seq
+        self._usage[ns] = self.usage(ns) + size
+        if op.key.startswith(keys_prefix(ns)):
+            self._feed(self.keyring(ns), op.key)

@@ -1,0 +1,49 @@
+"""The set of stored ops under a pattern, as anti-entropy sees it: op hash → canonical bytes.
+
+Reads only durable ops (``Storage.scan``): what a peer is told we hold is on disk. Ops folded into
+a compaction snapshot are no longer in the set (see docs/federation.md, "Limits").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from statebus.bus import Bus
+from statebus.federation.sync import OpIndex
+from statebus.oplog import decode_op, op_hash
+from statebus.storage.base import StoredOp
+from statebus.types import Seq
+
+SCAN_CHUNK = 5000
+
+
+def scan_all(bus: Bus, pattern: str, after: Seq = 0) -> list[StoredOp]:
+    """Every stored op matching ``pattern`` after cursor ``after``, in sequence order."""
+    out: list[StoredOp] = []
+    while True:
+        chunk = bus.storage.scan(pattern, after, SCAN_CHUNK)
+        out.extend(chunk)
+        if len(chunk) < SCAN_CHUNK:
+            return out
+        after = chunk[-1].seq
+
+
+@dataclass(frozen=True, slots=True)
+class OpSet:
+    """The ops under one pattern: an index for summaries and the bytes to send."""
+
+    index: OpIndex
+    ops: dict[bytes, bytes]
+
+    @property
+    def total_bytes(self) -> int:
+        """What sending every op would cost (the "full resend" baseline)."""
+        return sum(len(b) for b in self.ops.values())
+
+
+def op_set(bus: Bus, pattern: str) -> OpSet:
+    """The durable ops of ``bus`` under ``pattern`` (a subtree)."""
+    ops: dict[bytes, bytes] = {}
+    for stored in scan_all(bus, pattern):
+        ops[op_hash(decode_op(stored.data))] = stored.data
+    return OpSet(OpIndex(ops), ops)

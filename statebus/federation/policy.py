@@ -1,0 +1,142 @@
+"""What peers may read, what this node follows and shares: the records the owner keeps in its store.
+
+Owner-written records (plain JSON values in the node's own namespace, so the web page can edit them):
+
+    /~/.follows/<id>   {"pattern": "/<their-pubkey>/chirp/", "added": <unix s>, "via": ["http://…"]}
+    /~/.shares/<id>    {"pattern": "/<my-pubkey>/chirp/"}
+
+Until the ACL work lands, :func:`peer_may_read` is the whole read policy for peers (one function):
+a peer may read a subtree when it lies under
+
+1. ``/<ns>/public/`` (what anonymous clients may read) or ``/<ns>/.keys/`` (delegation records: signed,
+   needed to verify anything of ``ns``);
+2. a pattern the owner shared (``/~/.shares/…``), for this node's own namespace;
+3. a pattern this node follows, for another namespace (relaying): it reached us because its owner made
+   it readable by peers, so serving it on exposes nothing new, and every op keeps the owner's signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from statebus.bus import Bus
+from statebus.errors import InvalidValue, StatebusError
+from statebus.keys import is_subtree, namespace_of, parse_key, segments
+from statebus.types import JSON, Key, PubKey
+
+FOLLOWS = ".follows"
+SHARES = ".shares"
+PUBLIC = "public"
+KEYS = ".keys"
+MAX_VIA = 8
+MAX_LISTED = 10_000
+
+
+def follow_id(pattern: Key) -> str:
+    """The record id of a follow: stable per pattern, so following twice is one record."""
+    return hashlib.sha256(pattern.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """One thing this node follows."""
+
+    id: str
+    pattern: Key
+    added: float = 0.0
+    via: tuple[str, ...] = ()
+    """Addresses to try besides the DHT (an invite, a relay)."""
+
+    @property
+    def owner(self) -> PubKey:
+        return namespace_of(self.pattern)
+
+    def to_json(self) -> dict[str, JSON]:
+        out: dict[str, JSON] = {"pattern": self.pattern, "added": self.added}
+        if self.via:
+            out["via"] = list(self.via)
+        return out
+
+
+def check_pattern(pattern: str, local: PubKey | None = None) -> Key:
+    """A normalised subtree pattern ``/<pubkey>/…/``. Raises InvalidKey / InvalidValue."""
+    p = parse_key(pattern, local)
+    if not is_subtree(p):
+        raise InvalidValue("a pattern is a subtree: it ends in '/'")
+    return p
+
+
+def parse_follow(local: PubKey, fid: str, value: object) -> Follow:
+    """Validate a ``/~/.follows/<id>`` value. Raises InvalidValue / InvalidKey."""
+    if not isinstance(value, dict):
+        raise InvalidValue('a follow is {"pattern": "/<pubkey>/…/", "added": <unix s>}')
+    p = check_pattern(str(value.get("pattern", "")), local)
+    if namespace_of(p) == local:
+        raise InvalidValue("a node does not follow its own namespace")
+    added = value.get("added", 0)
+    if not isinstance(added, int | float) or isinstance(added, bool):
+        raise InvalidValue("a follow's 'added' is a Unix time")
+    via = value.get("via", [])
+    if not isinstance(via, list) or len(via) > MAX_VIA or not all(isinstance(v, str) for v in via):
+        raise InvalidValue(f"a follow's 'via' is a list of at most {MAX_VIA} URLs")
+    if any(not v.startswith(("http://", "https://")) or len(v) > 200 for v in via):
+        raise InvalidValue("a 'via' address is an http(s) URL")
+    return Follow(fid, p, float(added), tuple(via))
+
+
+def new_follow(local: PubKey, pattern: str, via: tuple[str, ...] = ()) -> Follow:
+    p = check_pattern(pattern, local)
+    return parse_follow(local, follow_id(p), {"pattern": p, "added": time.time(), "via": list(via)})
+
+
+def _records(bus: Bus, segment: str) -> dict[str, object]:
+    prefix = f"/{bus.local}/{segment}/"
+    out: dict[str, object] = {}
+    for key in bus.walk(prefix, MAX_LISTED):
+        rest = key[len(prefix) :]
+        if "/" in rest:
+            continue
+        change = bus.fetch_or_none(key)
+        if change is not None and change.exists:
+            out[rest] = change.value
+    return out
+
+
+def follows(bus: Bus) -> dict[str, Follow]:
+    """The valid follow records of this node (invalid ones are ignored)."""
+    out: dict[str, Follow] = {}
+    for fid, value in _records(bus, FOLLOWS).items():
+        try:
+            out[fid] = parse_follow(bus.local, fid, value)
+        except StatebusError:
+            continue
+    return out
+
+
+def shares(bus: Bus) -> list[Key]:
+    """The patterns of this node's namespace the owner marked readable by peers."""
+    out: list[Key] = []
+    for value in _records(bus, SHARES).values():
+        try:
+            p = check_pattern(str(value.get("pattern", "")) if isinstance(value, dict) else "", bus.local)
+        except StatebusError:
+            continue
+        if namespace_of(p) == bus.local:
+            out.append(p)
+    return out
+
+
+def peer_may_read(bus: Bus, peer: PubKey, pattern: Key) -> bool:
+    """May the node ``peer`` read the subtree ``pattern`` from ``bus``? (The interim peer policy.)"""
+    if not is_subtree(pattern):
+        return False
+    parts = segments(pattern)
+    ns = parts[0]
+    if len(parts) >= 2 and parts[1] in (PUBLIC, KEYS):
+        return True
+    if ns == peer:
+        return True  # a node reads its own namespace back from anyone holding it
+    allowed = shares(bus) if ns == bus.local else [f.pattern for f in follows(bus).values()]
+    return any(pattern.startswith(p) for p in allowed)

@@ -1,0 +1,186 @@
+"""Federation of one node: its DHT presence, the peer endpoints' policy, and its followers.
+
+    fed = Federation(node, identity, settings, directory=dht)   # dht: a started Directory, or None
+    await fed.start(["http://127.0.0.1:8000"])                   # publish where we are; start following
+    ...
+    await fed.stop()
+
+The owner follows by writing ``/~/.follows/<id>`` (``statebus follow``, or the web page); the
+federation watches that subtree and starts or stops :class:`~statebus.federation.follow.Follower`\\ s.
+It implements ``statebus.http.peers.PeerService`` for the server-to-server endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from statebus.bus import Change, Subscription
+from statebus.config import Settings
+from statebus.errors import Forbidden, StatebusError
+from statebus.federation.client import PeerClient
+from statebus.federation.dht import Directory
+from statebus.federation.follow import Follower, IngestHook
+from statebus.federation.ingest import Ingest
+from statebus.federation.opset import OpSet, op_set
+from statebus.federation.policy import FOLLOWS, Follow, follows, peer_may_read
+from statebus.federation.sync import SyncRequest, answer
+from statebus.identity import Identity
+from statebus.runtime import Node
+from statebus.types import Key, PubKey
+
+log = logging.getLogger("statebus.federation")
+
+RESOLVE_TIMEOUT = 5.0
+
+
+def as_url(addr: str) -> str:
+    """A DHT address as a base URL (``host:port`` → ``http://host:port``)."""
+    return addr if addr.startswith(("http://", "https://")) else f"http://{addr}"
+
+
+class Federation:
+    """Everything one node does with other nodes.
+
+    Args:
+        node: the node.
+        identity: the node's key (signs requests; the DHT record is signed by the directory).
+        settings: ``quota_bytes_per_remote_namespace`` is read from here.
+        directory: a started DHT directory, or None (then only ``via`` and known addresses are used).
+        backoff_base, backoff_cap: reconnect delays in seconds (exponential, with jitter).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        identity: Identity,
+        settings: Settings,
+        *,
+        directory: Directory | None = None,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 30.0,
+        read_timeout: float | None = None,
+    ) -> None:
+        if identity.pubkey != node.local:
+            raise Forbidden("the federation identity must be the node's own key")
+        self.node = node
+        self.identity = identity
+        self.settings = settings
+        self.directory = directory
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.ingest = Ingest(node, settings.quota_bytes_per_remote_namespace, self.is_followed)
+        timeout = read_timeout if read_timeout is not None else max(10.0, 3 * settings.sse_ping_interval)
+        self.client = PeerClient(identity, read_timeout=timeout)
+        self.known: dict[PubKey, list[str]] = {}
+        self.urls: tuple[str, ...] = ()
+        self.followers: dict[str, Follower] = {}
+        self.on_ingest: list[IngestHook] = []
+        self._followed: set[PubKey] = set()
+        self._watch: Subscription | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self._pending: asyncio.Task[None] | None = None
+        self._opsets: dict[Key, tuple[int, OpSet]] = {}
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, urls: Sequence[str] = ()) -> None:
+        """Publish ``urls`` in the DHT (if any), then start following what the owner follows."""
+        self.urls = tuple(urls)
+        if self.directory is not None and self.urls:
+            await self.directory.publish(list(self.urls))
+        self.started = True
+        prefix = f"/{self.node.local}/{FOLLOWS}/"
+        self._watch = self.node.bus.observe(prefix, self._follows_changed, snapshot=False)
+        await self.reconcile()
+
+    async def stop(self) -> None:
+        """Stop every follower (their state is stored) and close the HTTP client."""
+        self.started = False
+        if self._watch is not None:
+            self._watch.close("federation stopping")
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
+        for follower in list(self.followers.values()):
+            await follower.stop()
+        self.followers.clear()
+        await self.client.aclose()
+
+    def _follows_changed(self, change: Change) -> None:
+        if self.started and (self._pending is None or self._pending.done()):
+            self._pending = asyncio.get_running_loop().create_task(self.reconcile())
+
+    async def reconcile(self) -> None:
+        """Start followers for new follow records, stop those whose record is gone."""
+        async with self._reconcile_lock:
+            await asyncio.sleep(0)  # let the write that woke us finish its commit
+            wanted = follows(self.node.bus)
+            self._followed = {f.owner for f in wanted.values()}
+            for fid in list(self.followers):
+                if fid not in wanted or wanted[fid] != self.followers[fid].follow:
+                    await self.followers.pop(fid).stop()
+            for fid, follow in wanted.items():
+                if fid not in self.followers and self.started:
+                    follower = Follower(self, follow)
+                    self.followers[fid] = follower
+                    follower.start()
+
+    # ------------------------------------------------------------------ consent and addresses
+
+    def is_followed(self, ns: PubKey) -> bool:
+        return ns in self._followed
+
+    def allow_namespace(self, ns: PubKey) -> None:
+        """Accept ops of ``ns`` without following it (an invitation)."""
+        self.ingest.allow_namespace(ns)
+
+    def add_peer(self, pubkey: PubKey, urls: Sequence[str]) -> None:
+        """Remember where ``pubkey`` can be reached (an invite, a configured peer)."""
+        known = self.known.setdefault(pubkey, [])
+        known.extend(u for u in urls if u not in known)
+
+    async def locate(self, follow: Follow) -> list[str]:
+        """Where to fetch ``follow`` from, best first: the owner (DHT), ``via``, known addresses."""
+        urls: list[str] = []
+        if self.directory is not None:
+            try:
+                record = await asyncio.wait_for(self.directory.resolve(follow.owner), RESOLVE_TIMEOUT)
+            except (TimeoutError, StatebusError, OSError) as exc:
+                log.info("DHT lookup of %s failed: %s", follow.owner, type(exc).__name__)
+                record = None
+            if record is not None:
+                urls.extend(as_url(a) for a in record.addrs)
+        urls.extend(follow.via)
+        urls.extend(self.known.get(follow.owner, ()))
+        own = set(self.urls)
+        return [u for u in dict.fromkeys(urls) if u not in own]
+
+    # ------------------------------------------------------------------ PeerService
+
+    def may_read(self, peer: PubKey, pattern: Key) -> bool:
+        return peer_may_read(self.node.bus, peer, pattern)
+
+    def op_set(self, pattern: Key) -> OpSet:
+        """The stored ops under ``pattern`` (cached until the next write)."""
+        seq = self.node.committer.durable_seq
+        cached = self._opsets.get(pattern)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        found = op_set(self.node.bus, pattern)
+        if len(self._opsets) > 64:
+            self._opsets.clear()
+        self._opsets[pattern] = (seq, found)
+        return found
+
+    async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
+        """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept
+        them anyway (a followed namespace, verified); our own namespace never is."""
+        request = SyncRequest.decode(body)
+        if not self.may_read(peer, request.pattern):
+            raise Forbidden(f"node {peer} may not read {request.pattern} here")
+        if request.ops:
+            await self.ingest.take(request.ops, peer=peer)
+        found = self.op_set(request.pattern)
+        return answer(found.index, found.ops, request).encode()

@@ -1,0 +1,238 @@
+"""Server-to-server endpoints: what a node serves to other nodes (followers, relays).
+
+    GET  /.well-known/statebus/node                       {"v": 1, "pubkey": …}   (unsigned)
+    GET  /.well-known/statebus/ops?pattern=P&since=N      NDJSON stream of signed ops (signed request)
+    POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
+
+Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
+by the calling node's key; a missing or bad signature, an old ``created`` or a replayed nonce is 401.
+The caller may read a pattern only when the service says so (``PeerService.may_read``, the interim
+policy in ``statebus.federation.policy``); otherwise 403.
+
+The ops stream, one JSON object a line (``application/x-ndjson``)::
+
+    {"op": {…canonical op, signature included…}, "seq": 41}   an op; 41 is the cursor after it
+    {"live": true, "seq": 41}                                    caught up; live ops follow
+    {"ping": true, "seq": 41}                                    heartbeat (every sse_ping_interval)
+    {"reset": "compacted" | "cursor_ahead", "seq": 41}           resume impossible: run anti-entropy,
+                                                                 then resume from seq
+Cursors are this node's sequence numbers (``Statebus-Node`` names the node). ``live=0`` ends the
+stream after the backlog. This module does not import ``statebus.federation`` (layering): the server
+passes a :class:`PeerService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from statebus.config import Settings
+from statebus.errors import Forbidden, InvalidValue, StatebusError, TooLarge
+from statebus.http.errors import statebus_error_response
+from statebus.identity import asgi_target_uri, verify_request
+from statebus.keys import is_subtree, parse_key
+from statebus.runtime import Node
+from statebus.storage.base import StoredOp
+from statebus.types import Key, PubKey, Seq
+
+WELL_KNOWN = "/.well-known/statebus"
+MAX_PATTERNS = 8
+SCAN_CHUNK = 500
+MAX_SYNC_BODY = 16 * 1024 * 1024
+SIGNATURE_MAX_AGE = 300.0
+NDJSON = "application/x-ndjson"
+
+
+class PeerService(Protocol):
+    """What the endpoints need from federation (``statebus.federation.service.Federation``)."""
+
+    def may_read(self, peer: PubKey, pattern: Key) -> bool:
+        """May node ``peer`` read the subtree ``pattern`` here?"""
+        ...
+
+    async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
+        """Answer one anti-entropy round (``statebus.federation.sync.SyncRequest`` bytes)."""
+        ...
+
+
+class NonceCache:
+    """Nonces seen within the signature max age, per key (bounded): a replayed request is refused."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[PubKey, str], float] = OrderedDict()
+
+    def __call__(self, pubkey: PubKey, nonce: str) -> bool:
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) < now - SIGNATURE_MAX_AGE:
+            self._seen.popitem(last=False)
+        if (pubkey, nonce) in self._seen:
+            return True
+        self._seen[(pubkey, nonce)] = now
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        return False
+
+
+def _line(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def _op_line(stored: StoredOp) -> bytes:
+    return b'{"op":' + stored.data + b',"seq":' + str(stored.seq).encode() + b"}\n"
+
+
+def scan_patterns(node: Node, patterns: list[Key], after: Seq) -> list[StoredOp]:
+    """The next stored ops after ``after`` under any of ``patterns``, merged in sequence order."""
+    found: dict[Seq, StoredOp] = {}
+    limit: Seq | None = None
+    for p in patterns:
+        chunk = node.bus.storage.scan(p, after, SCAN_CHUNK)
+        for s in chunk:
+            found[s.seq] = s
+        if len(chunk) == SCAN_CHUNK:
+            limit = chunk[-1].seq if limit is None else min(limit, chunk[-1].seq)
+    return [found[s] for s in sorted(found) if limit is None or s <= limit]
+
+
+class PeerEndpoints:
+    """The handlers; one per app."""
+
+    def __init__(self, node: Node, settings: Settings, service: PeerService) -> None:
+        self.node = node
+        self.settings = settings
+        self.service = service
+        self.nonces = NonceCache()
+        self.stopping = asyncio.Event()
+
+    def close_all(self) -> None:
+        """End every open ops stream (call before a graceful shutdown)."""
+        self.stopping.set()
+
+    async def authenticate(self, request: Request, body: bytes) -> PubKey:
+        """The calling node's public key. Raises BadSignature (401)."""
+        return verify_request(
+            request.method,
+            asgi_target_uri(request.scope),
+            request.headers,
+            body,
+            time.time(),
+            max_age=SIGNATURE_MAX_AGE,
+            seen_nonce=self.nonces,
+        )
+
+    async def node_info(self, request: Request) -> Response:
+        return JSONResponse({"v": 1, "pubkey": self.node.local})
+
+    def _patterns(self, request: Request, peer: PubKey) -> list[Key]:
+        raw = request.query_params.getlist("pattern")
+        if not 1 <= len(raw) <= MAX_PATTERNS:
+            raise InvalidValue(f"give 1 to {MAX_PATTERNS} pattern parameters")
+        out = []
+        for text in raw:
+            p = parse_key(text, self.node.local)
+            if not is_subtree(p):
+                raise InvalidValue("a pattern is a subtree: it ends in '/'")
+            if not self.service.may_read(peer, p):
+                raise Forbidden(f"node {peer} may not read {p} here")
+            out.append(p)
+        return out
+
+    async def ops(self, request: Request) -> Response:
+        try:
+            peer = await self.authenticate(request, b"")
+            patterns = self._patterns(request, peer)
+            since_text = request.query_params.get("since", "0")
+            if not since_text.isdigit() or len(since_text) > 16:
+                raise InvalidValue("since is a cursor (a non-negative integer)")
+            since = int(since_text)
+            live = request.query_params.get("live", "1") != "0"
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        headers = {"statebus-node": self.node.local, "cache-control": "no-store", "x-accel-buffering": "no"}
+        return StreamingResponse(self._stream(patterns, since, live), media_type=NDJSON, headers=headers)
+
+    async def _stream(self, patterns: list[Key], since: Seq, live: bool) -> AsyncIterator[bytes]:
+        node = self.node
+        horizon = max(node.bus.storage.horizon(p) for p in patterns)
+        if since > node.committer.durable_seq:
+            yield _line({"reset": "cursor_ahead", "seq": node.committer.durable_seq})
+            return
+        if since < horizon:
+            yield _line({"reset": "compacted", "seq": node.committer.durable_seq})
+            return
+        wake = asyncio.Event()
+
+        def durable(seq: Seq) -> None:
+            wake.set()
+
+        node.committer.on_durable.append(durable)
+        cursor = since
+        announced = False
+        try:
+            while not self.stopping.is_set() and not node.closing:
+                wake.clear()
+                upto = node.committer.durable_seq
+                batch = scan_patterns(node, patterns, cursor)
+                if batch:
+                    cursor = batch[-1].seq
+                    yield b"".join(_op_line(s) for s in batch)
+                    continue
+                cursor = max(cursor, upto)  # nothing under the patterns up to here
+                if not live:
+                    return
+                if not announced:
+                    announced = True
+                    yield _line({"live": True, "seq": cursor})
+                try:
+                    await asyncio.wait_for(self._woken(wake), self.settings.sse_ping_interval)
+                except TimeoutError:
+                    yield _line({"ping": True, "seq": cursor})
+        finally:
+            if durable in node.committer.on_durable:
+                node.committer.on_durable.remove(durable)
+
+    async def _woken(self, wake: asyncio.Event) -> None:
+        stop = asyncio.ensure_future(self.stopping.wait())
+        woke = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({stop, woke}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            woke.cancel()
+
+    async def sync(self, request: Request) -> Response:
+        try:
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_SYNC_BODY):
+                raise TooLarge(f"a sync message is at most {MAX_SYNC_BODY} bytes")
+            body = await request.body()
+            if len(body) > MAX_SYNC_BODY:
+                raise TooLarge(f"a sync message is at most {MAX_SYNC_BODY} bytes")
+            peer = await self.authenticate(request, body)
+            out = await self.service.answer_sync(peer, body)
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        return Response(out, media_type="application/json", headers={"statebus-node": self.node.local})
+
+
+def routes(node: Node, settings: Settings, service: PeerService) -> tuple[list[BaseRoute], PeerEndpoints]:
+    """The peer routes (mount them before the catch-all key route) and their endpoints object
+    (call ``close_all()`` on shutdown so open ops streams end)."""
+    ep = PeerEndpoints(node, settings, service)
+    return (
+        [
+            Route(f"{WELL_KNOWN}/node", ep.node_info, methods=["GET"]),
+            Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),
+            Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
+        ],
+        ep,
+    )
