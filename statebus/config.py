@@ -104,6 +104,15 @@ class Settings:
     quota_bytes_per_remote_namespace: int = _setting(
         256 * MiB, "bytes", "Storage a remote namespace may use on this node.", 0, 1024 * GiB
     )
+    signature_max_age: float = _setting(
+        300 * SECONDS, "seconds", "Oldest signed request accepted (its nonce is kept this long).", 1, 86400
+    )
+    signature_max_nonces: int = _setting(
+        100_000, "int", "Nonces of signed requests remembered (full: new signed requests get 429).", 1, 10**8
+    )
+    public_addresses: tuple[str, ...] = _setting(
+        (), "list", "host:port names clients reach this node by (signed requests must name one)."
+    )
     subscriber_buffer: int = _setting(
         1000, "int", "Events buffered per subscriber before it is cut off.", 1, 10**7
     )

@@ -24,10 +24,13 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from statebus.access.control import access_control
+from statebus.access.gate import SignatureGate
 from statebus.config import Settings
 from statebus.http.auth import OwnerAuth, login
 from statebus.http.encode import EncodeCache
 from statebus.http.keys import KeyEndpoint
+from statebus.http.openapi import routes as openapi_routes
 from statebus.http.subscribe import StreamRegistry
 from statebus.runtime import Node
 
@@ -65,7 +68,8 @@ def build_app(
     The app's ``state`` holds ``node``, ``settings``, ``streams`` (a :class:`StreamRegistry`; call
     ``close_all()`` before a graceful shutdown so open streams end) and ``encode_cache``.
     """
-    auth = OwnerAuth(owner_token)
+    access = access_control(node, settings)
+    auth = OwnerAuth(owner_token, access=access)
     registry = StreamRegistry()
     cache = EncodeCache()
     static = static_dir if static_dir is not None and static_dir.is_dir() else None
@@ -86,7 +90,8 @@ def build_app(
             routes.append(Route("/statebus.js", statebus_js, methods=["GET", "HEAD"]))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
     routes.extend(extension_routes(node, settings))
-    routes.append(Route("/{path:path}", keys))
+    routes.extend(openapi_routes())
+    routes.append(Route("/{path:path}", SignatureGate(keys, access.signatures, settings.max_body_bytes)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

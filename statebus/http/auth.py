@@ -4,24 +4,29 @@ The owner presents the owner token (``<data>/identity/owner_token``) as
 ``Authorization: Bearer <token>`` or in the ``statebus_token`` cookie that ``GET /login?token=…`` sets
 (HttpOnly, SameSite=Strict). Tokens are compared in constant time and never logged or echoed.
 
-Until the ACL rules land, :func:`can_read` and :func:`can_write` are the whole policy: the owner may do
-anything; anyone may read keys under ``/<namespace>/public/``; nobody else may write. The ACL work
-replaces these two functions.
+With an :class:`~statebus.access.control.AccessControl` (``OwnerAuth(token, access=…)``, as the app
+builds it) a client is also identified by its request signature (the gate in
+:mod:`statebus.access.gate` verifies it), counted against the rate limits, and every decision is the
+namespace's ACL (docs/access-control.md). Without one (unit tests), the placeholder rule holds: the
+owner may do anything; anyone may read keys under ``/<namespace>/public/``; nobody else may write.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
 
+from statebus.access.control import AccessControl
+from statebus.access.gate import SIGNER
 from statebus.errors import Forbidden
 from statebus.http.errors import statebus_error_response
 from statebus.keys import segments
-from statebus.types import Key
+from statebus.runtime import Node
+from statebus.types import Key, PubKey
 
 COOKIE_NAME = "statebus_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -34,11 +39,24 @@ class Client:
     """The party behind a request."""
 
     owner: bool = False
-    """True when the request carried the owner token."""
+    """True when the request carried the owner token (or was signed with the node key)."""
+    pubkey: PubKey | None = None
+    """The client's key: the node key for the owner, the signer of a signed request, else None."""
+    address: str | None = None
+    """The remote IP address (rate limits and subscription counts of anonymous clients)."""
+    access: AccessControl | None = field(default=None, compare=False, repr=False)
+    """The node's access control (None: the placeholder rule below)."""
 
     @property
     def anonymous(self) -> bool:
-        return not self.owner
+        return not self.owner and self.pubkey is None
+
+    def stream_node(self, node: Node) -> Node:
+        """The node this client's streams are opened on: ACL-filtered and counted under access control."""
+        if self.access is None:
+            return node
+        counted = None if self.owner else self.pubkey or f"ip:{self.address}"
+        return self.access.node_for(self.pubkey, counted)
 
 
 ANONYMOUS = Client(owner=False)
@@ -52,8 +70,9 @@ class OwnerAuth:
         token: the owner token, or None when the node has none (then nobody is the owner).
     """
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, access: AccessControl | None = None) -> None:
         self._token = token.encode("utf-8") if token else None
+        self.access = access
 
     def __repr__(self) -> str:
         return "OwnerAuth(token=***)" if self._token else "OwnerAuth(token=None)"
@@ -64,23 +83,40 @@ class OwnerAuth:
             return False
         return hmac.compare_digest(self._token, presented.encode("utf-8", "replace"))
 
+    def owner_client(self, address: str | None = None) -> Client:
+        """The owner as a client (with the access control, when there is one)."""
+        if self.access is None:
+            return OWNER
+        return Client(owner=True, pubkey=self.access.local, address=address, access=self.access)
+
     def authenticate(self, conn: HTTPConnection) -> Client:
-        """The client of a request or websocket.
+        """The client of a request or websocket, counted against the rate limits (owner exempt).
 
         Raises:
             Forbidden: (401) an ``Authorization`` header that is not a valid owner token. A stale
                 cookie is ignored (the client is anonymous) so public pages keep working.
+            RateLimited: (429) the client's key or address is over its rate.
         """
+        owner = self._is_owner(conn)
+        if self.access is None:
+            return OWNER if owner else ANONYMOUS
+        address = conn.client.host if conn.client is not None else None
+        signer = conn.scope.get(SIGNER)
+        pubkey = self.access.local if owner else signer if isinstance(signer, str) else None
+        self.access.hit(pubkey, address)
+        if pubkey == self.access.local:
+            return self.owner_client(address)
+        return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
+
+    def _is_owner(self, conn: HTTPConnection) -> bool:
         header = conn.headers.get("authorization")
         if header is not None:
             scheme, _, credentials = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not self.check_token(credentials.strip()):
                 raise Forbidden("the Authorization header does not hold a valid owner token", status_hint=401)
-            return OWNER
+            return True
         cookie = conn.cookies.get(COOKIE_NAME)
-        if cookie and self.check_token(cookie):
-            return OWNER
-        return ANONYMOUS
+        return bool(cookie and self.check_token(cookie))
 
 
 def is_public(key: Key) -> bool:
@@ -90,12 +126,16 @@ def is_public(key: Key) -> bool:
 
 
 def can_read(client: Client, key: Key) -> bool:
-    """May ``client`` read ``key`` (a key or a subtree)? The ACL work replaces this."""
+    """May ``client`` read ``key`` (``list`` rights for a subtree)? The namespace's ACL decides."""
+    if client.access is not None:
+        return client.access.may_read(client.pubkey, key)
     return client.owner or is_public(key)
 
 
 def can_write(client: Client, key: Key) -> bool:
-    """May ``client`` write ``key``? The ACL work replaces this."""
+    """May ``client`` write ``key`` (ops authored by its key)? The namespace's ACL decides."""
+    if client.access is not None:
+        return client.access.may_write(client.pubkey, key)
     return client.owner
 
 
@@ -107,13 +147,17 @@ def _denied(client: Client, what: str) -> Forbidden:
 
 def require_read(client: Client, key: Key) -> None:
     """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may read ``key``."""
-    if not can_read(client, key):
+    if client.access is not None:
+        client.access.require(client.access.action_of(key), client.pubkey, key)
+    elif not can_read(client, key):
         raise _denied(client, f"read {key}")
 
 
 def require_write(client: Client, key: Key) -> None:
     """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may write ``key``."""
-    if not can_write(client, key):
+    if client.access is not None:
+        client.access.require("write", client.pubkey, key)
+    elif not can_write(client, key):
         raise _denied(client, f"write {key}")
 
 

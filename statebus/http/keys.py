@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from statebus.access.control import OP_MEDIA_TYPE
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import InvalidKey, InvalidOp, InvalidRange, InvalidValue, StatebusError, TooLarge
@@ -176,12 +177,17 @@ class KeyEndpoint:
             key = self.parse_key(path)
             require_read(client, key)
             if is_subtree(key):
-                return self.list_children(key, conn.query_params)
+                return self.list_children(key, conn.query_params, client)
             return self.get(key, conn)
         key = self.parse_key(path)
         if is_subtree(key):
             raise InvalidKey("writes name one key, not a subtree (no trailing '/')")
         require_write(client, key)
+        if client.access is not None and (not client.owner or media_type(headers) == OP_MEDIA_TYPE):
+            body = await read_body(receive, headers, self.settings.max_body_bytes)
+            return self.written(
+                await client.access.submit(client.pubkey, method, media_type(headers), key, body)
+            )
         if method == "DELETE":
             change = await self.node.delete(key, **self.write_options(headers, merge=False))
             return self.written(change)
@@ -234,7 +240,7 @@ class KeyEndpoint:
             )
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
 
-    def list_children(self, key: Key, query: QueryParams) -> Response:
+    def list_children(self, key: Key, query: QueryParams, client: Client | None = None) -> Response:
         after = query.get("after", "")
         raw = query.get("limit", str(DEFAULT_LIST_LIMIT))
         if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
@@ -242,7 +248,10 @@ class KeyEndpoint:
         limit = int(raw)
         if len(after.encode("utf-8", "replace")) > 1024:
             raise InvalidValue("after is at most 1024 bytes")
-        names = self.node.children(key, after, limit + 1)
+        if client is not None and client.access is not None:
+            names = client.access.children(client.pubkey, key, after, limit + 1)
+        else:
+            names = self.node.children(key, after, limit + 1)
         more = len(names) > limit
         names = names[:limit]
         body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
@@ -285,7 +294,7 @@ class KeyEndpoint:
             await serve_braid(
                 send,
                 receive,
-                node=self.node,
+                node=client.stream_node(self.node),
                 registry=self.registry,
                 cache=self.cache,
                 key=key,
@@ -304,7 +313,7 @@ class KeyEndpoint:
         await serve_sse(
             send,
             receive,
-            node=self.node,
+            node=client.stream_node(self.node),
             registry=self.registry,
             cache=self.cache,
             patterns=patterns,

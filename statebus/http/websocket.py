@@ -41,10 +41,11 @@ from typing import Any, Final
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from statebus.access.control import access_control
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidKey, InvalidOp, InvalidValue, StatebusError, TooLarge
-from statebus.http.auth import ANONYMOUS, OWNER, Client, OwnerAuth, require_read, require_write
+from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
 from statebus.http.info import owner_auth
 from statebus.http.info import routes as info_routes
 from statebus.keys import is_subtree
@@ -191,7 +192,7 @@ class Connection:
         if "token" in msg:
             if not isinstance(msg["token"], str) or not self.auth.check_token(msg["token"]):
                 raise Forbidden("the token is not the owner token", status_hint=401)
-            self.client = OWNER
+            self.client = self.auth.owner_client(self.client.address)
         elif "get" in msg:
             self.subscribe(msg["get"])
         elif "forget" in msg:
@@ -247,7 +248,7 @@ class Connection:
         require_read(self.client, key)
         if name in self.subs:
             return
-        stream = self.node.events(key, snapshot=True)
+        stream = self.client.stream_node(self.node).events(key, snapshot=True)
         self.subs[name] = asyncio.create_task(self.follow(name, key, stream))
 
     async def follow(self, name: str, key: Key, stream: Any) -> None:
@@ -278,7 +279,7 @@ class Connection:
             if not self.auth.check_token(token):
                 await self.ws.close(CLOSE_POLICY)
                 return
-            self.client = OWNER
+            self.client = self.auth.owner_client(self.client.address)
         await self.ws.accept()
         tasks = [asyncio.create_task(self.writer()), asyncio.create_task(self.reader())]
         waiter = asyncio.create_task(self.closed.wait())
@@ -297,6 +298,7 @@ class Connection:
 def routes(node: Node, settings: Settings) -> list[BaseRoute]:
     """The websocket route (and, until the app mounts it itself, the info route)."""
     auth = owner_auth(settings)
+    auth.access = access_control(node, settings)
 
     async def endpoint(ws: WebSocket) -> None:
         await Connection(ws, node, settings, auth).run()

@@ -1,0 +1,356 @@
+"""Access control for a whole node: one policy per namespace, enforced on reads, writes and streams.
+
+:class:`AccessControl` is what the transports call. Clients are public keys (``None`` = anonymous);
+the node owner (owner token, or a request signed with the node key) is the local namespace's key.
+
+* ``why_not`` / ``require`` decide reads (``read`` for a key, ``list`` for a subtree) and writes
+  with the namespace's :class:`AccessPolicy`. The node owner may also read (not write) the remote
+  namespaces stored on its node.
+* :meth:`children` filters a listing down to the names the client may see.
+* :meth:`events` opens a stream that only delivers keys the client may read, counts against the
+  client's subscription limit, and is cut off (``Forbidden``) the moment a rule, list or delegation
+  change takes its read access away.
+* :meth:`apply_op` stores an op written by a non-owner key: it must be that key's signed op (see
+  docs/trust-model.md), is verified before anything happens, and is refused with a clear error
+  (401 bad signature, 403 not allowed, 413 quota) changing nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from statebus.access.acl import acl_prefix, check_acl_value
+from statebus.access.limits import QuotaTracker, RateLimiter, SubscriptionCounter
+from statebus.access.policy import AccessPolicy
+from statebus.access.signatures import RequestVerifier
+from statebus.bus import Change
+from statebus.config import Settings
+from statebus.errors import Forbidden, InvalidOp, StatebusError
+from statebus.identity.delegation import keys_prefix, parse_record
+from statebus.identity.signing import check_signature
+from statebus.keys import is_pubkey, is_subtree, namespace_of
+from statebus.oplog import Op, decode_op, encode_op
+from statebus.runtime import Node
+from statebus.runtime.streams import EventStream
+from statebus.types import Key, PubKey, Seq, Version
+
+log = logging.getLogger("statebus.access")
+
+OP_MEDIA_TYPE = "application/vnd.statebus.op+json"
+MAX_POLICIES = 4096
+"""Namespaces whose policy is held in memory at once (the local one is never dropped)."""
+
+
+@dataclass(eq=False)
+class _Watch:
+    client: PubKey | None
+    patterns: tuple[Key, ...]
+    stream: EventStream
+
+
+class AccessControl:
+    """The access layer of one node.
+
+    Args:
+        node: the node (its bus holds the rules).
+        settings: rate limits, subscription limit, quota, signature settings.
+    """
+
+    def __init__(self, node: Node, settings: Settings) -> None:
+        self.node = node
+        self.bus = node.bus
+        self.local: PubKey = node.bus.local
+        self.settings = settings
+        self.rates = RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_ip)
+        self.subscriptions = SubscriptionCounter(settings.max_subscriptions_per_client)
+        self.quota = QuotaTracker(settings.quota_bytes_per_remote_namespace, self._measure)
+        self.signatures = RequestVerifier(
+            settings.signature_max_age, settings.signature_max_nonces, settings.public_addresses
+        )
+        self._policies: dict[PubKey, AccessPolicy] = {}
+        self._watches: list[_Watch] = []
+        self.bus.handle(acl_prefix(self.local), to_save=_check_acl_op)
+        self.bus.handle(keys_prefix(self.local), to_save=_check_keys_op)
+        self.local_policy = self.policy(self.local)
+
+    def __repr__(self) -> str:
+        return f"AccessControl({self.local!r}, namespaces={len(self._policies)})"
+
+    # ------------------------------------------------------------------ policies
+
+    def policy(self, namespace: PubKey) -> AccessPolicy:
+        """The live policy of ``namespace`` (created on first use, following the bus)."""
+        policy = self._policies.get(namespace)
+        if policy is None:
+            if len(self._policies) >= MAX_POLICIES:
+                for ns in [n for n in self._policies if n != self.local][: MAX_POLICIES // 4]:
+                    self._policies.pop(ns).close()
+            policy = AccessPolicy(self.bus, namespace)
+            policy.listen(self._policy_changed)
+            self._policies[namespace] = policy
+        return policy
+
+    def why_not(self, action: str, client: PubKey | None, key: Key) -> str | None:
+        """None when ``client`` may ``action`` (read, write, list) ``key``; otherwise the reason."""
+        namespace = namespace_of(key)
+        if client == self.local and action != "write":
+            return None  # the node owner reads whatever its node stores
+        return self.policy(namespace).why_not(action, client, key)
+
+    def action_of(self, key: Key) -> str:
+        """``list`` for a subtree, ``read`` for a key."""
+        return "list" if is_subtree(key) else "read"
+
+    def may_read(self, client: PubKey | None, key: Key) -> bool:
+        return self.why_not(self.action_of(key), client, key) is None
+
+    def may_write(self, client: PubKey | None, key: Key) -> bool:
+        return self.why_not("write", client, key) is None
+
+    def require(self, action: str, client: PubKey | None, key: Key) -> None:
+        """Raise :class:`Forbidden` (401 for an anonymous client, else 403) with the reason."""
+        reason = self.why_not(action, client, key)
+        if reason is not None:
+            raise Forbidden(reason, status_hint=401 if client is None else 403)
+
+    def hit(self, client: PubKey | None, address: str | None) -> None:
+        """Count a request against the rate limits (the node owner is exempt). Raises RateLimited."""
+        if client != self.local:
+            self.rates.hit(client, address)
+
+    # ------------------------------------------------------------------ listings
+
+    def children(self, client: PubKey | None, prefix: Key, after: str, limit: int) -> list[str]:
+        """The names under ``prefix`` that ``client`` may see (readable keys, listable subtrees),
+        at most ``limit``, after ``after`` (paging as ``Node.children``)."""
+        out: list[str] = []
+        base = prefix if is_subtree(prefix) else prefix + "/"
+        while len(out) < limit:
+            names = self.node.children(base, after, max(limit, 100))
+            if not names:
+                break
+            out.extend(n for n in names if self.may_read(client, base + n))
+            after = names[-1]
+        return out[:limit]
+
+    # ------------------------------------------------------------------ streams
+
+    def events(
+        self, client: PubKey | None, counted_as: str | None, patterns: str | Sequence[str], **kw: Any
+    ) -> EventStream:
+        """``node.events(patterns, **kw)`` for ``client``: each pattern checked, only readable keys
+        delivered, cut off with ``Forbidden`` when read access is withdrawn. ``counted_as`` names the
+        client for the subscription limit (None: not counted, e.g. the node owner).
+
+        Raises:
+            Forbidden: a pattern the client may not read.
+            RateLimited: the client holds ``max_subscriptions_per_client`` open streams.
+        """
+        self._watches = [w for w in self._watches if not w.stream.closed]
+        pats = tuple(self.bus.parse(p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+        for p in pats:
+            self.require(self.action_of(p), client, p)
+        if counted_as is not None:
+            self.subscriptions.check(counted_as)
+        stream = self.node.events(list(pats), **kw)
+
+        def readable(change: Change) -> bool:
+            return change.key in pats or self.why_not("read", client, change.key) is None
+
+        if client != self.local:
+            stream._queue = deque(c for c in stream._queue if readable(c))
+            for sub in stream._subs:
+                sub.callback = _filtered(sub.callback, readable)
+        if counted_as is not None:
+            self.subscriptions.add(counted_as, stream)
+        if client != self.local:
+            self._watches.append(_Watch(client, pats, stream))
+        return stream
+
+    def node_for(self, client: PubKey | None, counted_as: str | None) -> Node:
+        """The node as ``client`` sees it for streams: its ``events`` go through :meth:`events`."""
+        return GuardedNode(self, client, counted_as)
+
+    def _policy_changed(self, policy: AccessPolicy) -> None:
+        """A rule, list or delegation changed: cut the streams that lost read access."""
+        alive: list[_Watch] = []
+        for watch in self._watches:
+            if watch.stream.closed:
+                continue
+            for p in watch.patterns:
+                if namespace_of(p) != policy.owner:
+                    continue
+                reason = self.why_not(self.action_of(p), watch.client, p)
+                if reason is not None:
+                    watch.stream.cut(Forbidden(f"read access to {p} was withdrawn: {reason}"))
+                    break
+            if not watch.stream.closed:
+                alive.append(watch)
+        self._watches = alive
+
+    @property
+    def open_streams(self) -> int:
+        self._watches = [w for w in self._watches if not w.stream.closed]
+        return len(self._watches)
+
+    # ------------------------------------------------------------------ ops from outside
+
+    def check_op(self, submitter: PubKey | None, key: Key, op: Op) -> None:
+        """Verify an op a client submitted for ``key`` before anything is stored.
+
+        Raises:
+            InvalidOp: the op names another key than the URL, or is not in normal form.
+            BadSignature: (401) the op's signature does not verify for its author.
+            Forbidden: (403) the submitter is not the author, the author may not write the key
+                (unknown or revoked key, outside its delegation or rules), or the node does not
+                host that namespace.
+        """
+        if op.key != key:
+            raise InvalidOp(f"the op is for {op.key!r}, but was sent to {key}")
+        check_signature(op)
+        if submitter != op.author and submitter != self.local:
+            raise Forbidden("an op is submitted by its author: sign the request with the op's key")
+        self.require("write", op.author, key)
+        namespace = namespace_of(key)
+        if namespace != self.local and not self.local_policy.may_host(namespace):
+            raise Forbidden(
+                f"this node does not host namespace {namespace}; its owner lists hosted keys in "
+                f"{acl_prefix(self.local)}.host"
+            )
+
+    async def submit(
+        self, submitter: PubKey | None, method: str, content_type: str | None, key: Key, body: bytes
+    ) -> Change:
+        """A write sent by a client that is not the node owner (or any client sending an op): the body
+        must be a signed op (``PUT``/``PATCH`` with ``Content-Type: application/vnd.statebus.op+json``).
+
+        Raises:
+            InvalidOp: another method or content type (the reason says what to send).
+        """
+        if method not in ("PUT", "PATCH") or content_type != OP_MEDIA_TYPE:
+            raise InvalidOp(
+                f"a client other than the node owner writes by sending its signed op: PUT with "
+                f"Content-Type: {OP_MEDIA_TYPE} (a delete is an op of kind 'delete'); see docs/trust-model.md"
+            )
+        return await self.apply_op(submitter, key, body)
+
+    async def apply_op(self, submitter: PubKey | None, key: Key, body: bytes) -> Change:
+        """Verify and store a signed op (``application/vnd.statebus.op+json``) sent for ``key``.
+
+        Returns the change (the current state when the op was already stored). Nothing is stored
+        when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace).
+        """
+        op = decode_op(body)
+        self.check_op(submitter, key, op)
+        namespace = namespace_of(key)
+        size = len(encode_op(op))
+        remote = namespace != self.local
+        if remote:
+            self.quota.charge(namespace, size)
+        try:
+            change = await self.node.apply(op, peer=submitter)
+        except BaseException:
+            if remote:
+                self.quota.release(namespace, size)
+            raise
+        if change is None:
+            if remote:
+                self.quota.release(namespace, size)
+            current = self.bus.fetch_or_none(key)
+            if current is None:
+                raise InvalidOp("the op was already stored and its key no longer exists")
+            return current
+        return change
+
+    def _measure(self, namespace: PubKey) -> int:
+        total, after = 0, 0
+        while True:
+            batch = self.bus.storage.scan(f"/{namespace}/", after, 10_000)
+            total += sum(len(s.data) for s in batch)
+            if len(batch) < 10_000:
+                return total
+            after = batch[-1].seq
+
+
+class GuardedNode(Node):
+    """A view of a node for one client's streams: ``events`` is :meth:`AccessControl.events`, every
+    other attribute is the node's own (the transports' stream code takes it in place of the node)."""
+
+    def __init__(self, control: AccessControl, client: PubKey | None, counted_as: str | None) -> None:
+        # deliberately not calling Node.__init__: every other attribute comes from the real node
+        self._control = control
+        self._client = client
+        self._counted_as = counted_as
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_control", "_client", "_counted_as"):
+            raise AttributeError(name)
+        return getattr(self._control.node, name)
+
+    def events(
+        self,
+        patterns: str | Sequence[str],
+        *,
+        since: Seq | None = None,
+        parents: Sequence[Version] | None = None,
+        snapshot: bool = True,
+        max_buffer: int | None = None,
+    ) -> EventStream:
+        return self._control.events(
+            self._client,
+            self._counted_as,
+            patterns,
+            since=since,
+            parents=parents,
+            snapshot=snapshot,
+            max_buffer=max_buffer,
+        )
+
+
+def _filtered(callback: Callable[[Change], None], ok: Callable[[Change], bool]) -> Callable[[Change], None]:
+    def deliver(change: Change) -> None:
+        if ok(change):
+            callback(change)
+
+    return deliver
+
+
+def _check_acl_op(op: Op) -> Op | None:
+    """``to_save`` of ``/<local>/.acl/``: only whole, valid rules and lists are stored."""
+    if op.kind == "delete":
+        return None
+    if op.kind != "set" or op.content_type is not None:
+        raise InvalidOp("write an access rule or list whole, as JSON (PUT); patches are not taken here")
+    check_acl_value(op.key, op.body)
+    return None
+
+
+def _check_keys_op(op: Op) -> Op | None:
+    """``to_save`` of ``/<local>/.keys/``: only valid, owner-signed records at their own key."""
+    if op.kind == "delete":
+        return None
+    delegate = op.key[len(keys_prefix(namespace_of(op.key))) :]
+    if op.kind != "set" or op.content_type is not None or not is_pubkey(delegate):
+        raise InvalidOp("a .keys entry is a whole delegation record at /<owner>/.keys/<delegate>")
+    try:
+        parse_record(op.body, op.key)
+    except StatebusError as exc:
+        raise InvalidOp(f"not a valid delegation record: {exc.detail}") from None
+    return None
+
+
+_controls: weakref.WeakKeyDictionary[Node, AccessControl] = weakref.WeakKeyDictionary()
+
+
+def access_control(node: Node, settings: Settings) -> AccessControl:
+    """The one :class:`AccessControl` of ``node`` (made on first call; every transport shares it)."""
+    control = _controls.get(node)
+    if control is None:
+        control = AccessControl(node, settings)
+        _controls[node] = control
+    return control
