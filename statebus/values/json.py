@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from statebus.errors import InvalidValue, TooLarge
@@ -33,8 +34,8 @@ DEFAULT_MAX_DEPTH = 64
 """A default limit on nesting depth (the same as the range depth limit)."""
 
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
-_NESTING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
-_MAX_INT_CHARS = 17
+_NESTING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
+"""A string token (possessive, so unterminated strings cannot backtrack) or a bracket."""
 
 _Path = tuple[Any, ...] | None
 """A reversed linked list ``(parent_path, key_or_index)`` so the walk builds paths only on error."""
@@ -107,13 +108,13 @@ def loads_json(
             text,
             object_pairs_hook=_object_without_duplicates,
             parse_constant=_reject_constant,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
         )
     except json.JSONDecodeError as exc:
         raise InvalidValue(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidValue("JSON is nested too deeply to decode") from None
+    except ValueError:  # int() refuses numbers of more than 4300 digits
+        raise InvalidValue("JSON has a number with too many digits") from None
     _walk(value, max_depth)
     return value
 
@@ -137,45 +138,54 @@ def dumps_json(value: JSON) -> bytes:
 
 
 def _walk(value: object, max_depth: int) -> None:
-    """Check types, numbers, strings and depth without recursion."""
-    stack: list[tuple[object, int, _Path]] = [(value, 0, None)]
+    """Check types, numbers, strings and depth without recursion; paths are built only on error."""
+    if type(value) is not dict and type(value) is not list:
+        _check_leaf(value, None, None)
+        return
+    stack: list[tuple[dict[Any, Any] | list[Any], int, _Path]] = [(value, 1, None)]
     while stack:
-        item, level, path = stack.pop()
-        kind = type(item)
-        if isinstance(item, str) and kind is str:
-            if _SURROGATE_RE.search(item):
-                raise InvalidValue(f"string at {_where(path)} has a lone surrogate (not UTF-8)")
-        elif isinstance(item, dict) and kind is dict:
-            if level + 1 > max_depth:
-                raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
-            for key, child in item.items():
+        item, depth, path = stack.pop()
+        if depth > max_depth:
+            raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
+        children: Iterable[tuple[Any, Any]]
+        if type(item) is dict:
+            for key in item:
                 if type(key) is not str:
                     raise InvalidValue(f"object key at {_where(path)} is {type(key).__name__}, not str")
-                if _SURROGATE_RE.search(key):
+                if not key.isascii() and _SURROGATE_RE.search(key):
                     raise InvalidValue(f"object key at {_where(path)} has a lone surrogate (not UTF-8)")
-                stack.append((child, level + 1, (path, key)))
-        elif isinstance(item, list) and kind is list:
-            if level + 1 > max_depth:
-                raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
-            for index, child in enumerate(item):
-                stack.append((child, level + 1, (path, index)))
-        elif item is None or isinstance(item, bool):
-            pass
-        elif isinstance(item, int) and kind is int:
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                raise InvalidValue(f"integer at {_where(path)} is beyond ±(2**53 - 1) (inexact in JS)")
-        elif isinstance(item, float) and kind is float:
-            if not math.isfinite(item):
-                raise InvalidValue(f"number at {_where(path)} is not finite")
+            children = item.items()
         else:
-            raise InvalidValue(f"{kind.__name__} at {_where(path)} is not a JSON type")
+            children = enumerate(item)
+        for step, child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1, (path, step)))
+            elif kind is not str or not child.isascii():
+                _check_leaf(child, path, step)
+
+
+def _check_leaf(item: object, path: _Path, step: object) -> None:
+    kind = type(item)
+    if kind is str:
+        if _SURROGATE_RE.search(item):  # type: ignore[call-overload]
+            raise InvalidValue(f"string at {_where((path, step))} has a lone surrogate (not UTF-8)")
+    elif kind is int:
+        if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+            raise InvalidValue(f"integer at {_where((path, step))} is beyond ±(2**53 - 1) (inexact in JS)")
+    elif kind is float:
+        if not math.isfinite(item):  # type: ignore[arg-type]
+            raise InvalidValue(f"number at {_where((path, step))} is not finite")
+    elif item is not None and kind is not bool:
+        raise InvalidValue(f"{kind.__name__} at {_where((path, step))} is not a JSON type")
 
 
 def _where(path: _Path) -> str:
     segments: list[Segment] = []
     while path is not None:
         path, step = path
-        segments.append(Index(step) if isinstance(step, int) else Field(step))
+        if step is not None:
+            segments.append(Index(step) if isinstance(step, int) else Field(step))
     return format_range(reversed(segments)) or "the root"
 
 
@@ -204,17 +214,3 @@ def _object_without_duplicates(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]
 
 def _reject_constant(name: str) -> JSON:
     raise InvalidValue(f"{name} is not JSON")
-
-
-def _parse_int(text: str) -> int:
-    number = int(text) if len(text) <= _MAX_INT_CHARS else None
-    if number is None or not -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-        raise InvalidValue(f"integer {text[:20]}{'…' if len(text) > 20 else ''} is beyond ±(2**53 - 1)")
-    return number
-
-
-def _parse_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise InvalidValue(f"number {text[:20]}{'…' if len(text) > 20 else ''} is out of range")
-    return number

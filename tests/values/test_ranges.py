@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statebus.errors import InvalidRange, InvalidValue, NotFound
@@ -247,6 +247,7 @@ def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object,
     return out
 
 
+@settings(deadline=None)
 @given(_json, _json, st.data())
 def test_patch_then_get_returns_content(value: object, content: object, data: st.DataObject) -> None:
     before = copy.deepcopy(value)
@@ -258,6 +259,7 @@ def test_patch_then_get_returns_content(value: object, content: object, data: st
     assert get_range(result, format_range(path)) == content  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(st.lists(_scalars, max_size=8), st.lists(_scalars, max_size=4), st.data())
 def test_array_splice_matches_python_slicing(
     items: list[object], content: list[object], data: st.DataObject
@@ -271,6 +273,7 @@ def test_array_splice_matches_python_slicing(
     assert apply_patch(items, negative, content) == expected  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(st.text(max_size=12), st.text(max_size=4), st.data())
 def test_string_splice_matches_python_slicing(text: str, content: str, data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(text)))
