@@ -122,7 +122,13 @@ class AccessPolicy:
 
     def why_not(self, action: str, client: PubKey | None, key: Key) -> str | None:
         """None when ``client`` may ``action`` (``read``, ``write`` or ``list``) ``key``; else the reason."""
-        return self.rules.decide(action, client, key, self.is_delegate(client, key))
+        reason = self.rules.decide(action, client, key, self.is_delegate(client, key))
+        if reason is not None and client is not None and self.keyring.get(self.owner, client) is not None:
+            probe = key + "_" if is_subtree(key) else key
+            why = self.keyring.why_not(client, probe, self.clock())
+            if why is not None:  # a delegation that does not apply: say why (revoked, expired, scope)
+                reason = f"{reason}; {why}"
+        return reason
 
     def may_read(self, client: PubKey | None, key: Key) -> bool:
         """Whether ``client`` may read the value of ``key`` (or stream it)."""
