@@ -1,8 +1,8 @@
 """Live streams: Server-Sent Events and Braid-HTTP subscriptions, written at the ASGI level.
 
 Each stream is one :class:`~statebus.runtime.streams.EventStream` (bounded) pumped into the response
-by :func:`pump`, which races the next change against the client's ``http.disconnect``, the server's
-shutdown and a heartbeat timer. When several changes are ready they go out in one
+by :class:`Pump`, which waits for the next change under a heartbeat timeout and is interrupted by the
+client's ``http.disconnect`` or the server's shutdown. When several changes are ready they go out in one
 ``http.response.body`` message. A client that stops reading blocks the socket; its stream then fills
 up and is cut off (``SubscriberTooSlow``): the pending send is abandoned and the connection closed,
 so writers and other readers never wait for it and nothing is buffered without bound.
@@ -21,9 +21,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 from statebus.bus import Change
 from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
@@ -71,24 +70,30 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self.closing = False
-        self._stops: set[asyncio.Event] = set()
+        self._stops: dict[asyncio.Event, Callable[[], None] | None] = {}
 
-    def open(self) -> asyncio.Event:
-        """Register a stream; returns the event that says "stop". Raises 503 while shutting down."""
+    def open(self, on_stop: Callable[[], None] | None = None) -> asyncio.Event:
+        """Register a stream; returns the event that says "stop" (``on_stop`` is called too).
+
+        Raises:
+            StatebusError: (503) the server is shutting down.
+        """
         if self.closing:
             raise StatebusError("the server is shutting down", status_hint=503)
         stop = asyncio.Event()
-        self._stops.add(stop)
+        self._stops[stop] = on_stop
         return stop
 
     def release(self, stop: asyncio.Event) -> None:
-        self._stops.discard(stop)
+        self._stops.pop(stop, None)
 
     def close_all(self) -> None:
         """End every open stream (their responses complete) and refuse new ones."""
         self.closing = True
-        for stop in list(self._stops):
+        for stop, on_stop in list(self._stops.items()):
             stop.set()
+            if on_stop is not None:
+                on_stop()
 
     def __len__(self) -> int:
         return len(self._stops)
@@ -117,44 +122,52 @@ def open_stream(
 
 
 class Pump:
-    """One streaming response body: guarded sends and the main loop."""
+    """One streaming response body, written by the task serving the request.
 
-    def __init__(self, send: Send, receive: Receive, stop: asyncio.Event, stream: EventStream) -> None:
+    The task is interrupted (cancelled, then un-cancelled here) when the client disconnects, the
+    server stops, or its stream is cut off while a send is stuck on a full socket; waiting and sending
+    need no extra task per change, which keeps fan-out to many subscribers cheap.
+    """
+
+    def __init__(self, send: Send, receive: Receive, stream: EventStream) -> None:
         self._send = send
         self.stream = stream
-        self.disconnected = asyncio.ensure_future(_wait_disconnect(receive))
-        self.stopped = asyncio.ensure_future(stop.wait())
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self.ending: str | None = None
+        self._sending = False
+        self._timer: asyncio.TimerHandle | None = None
         self.completed = False
+        self.abandoned = False
+        self.disconnected = asyncio.ensure_future(_wait_disconnect(receive))
+        self.disconnected.add_done_callback(lambda _: self.interrupt("disconnect"))
 
-    async def write(self, data: bytes, *, more: bool = True) -> bool:
-        """Send ``data``; False (abandon the response) if the client left or its stream was cut off
-        while the socket was full."""
-        message: Message = {"type": "http.response.body", "body": data, "more_body": more}
-        task = asyncio.ensure_future(self._send(message))
-        while True:
-            done, _ = await asyncio.wait(
-                {task, self.disconnected, self.stopped},
-                timeout=SEND_POLL,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if task in done:
-                task.result()
-                if not more:
-                    self.completed = True
-                return True
-            if self.disconnected in done or self.stopped in done or self.stream.error is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-                if not self.disconnected.done():
-                    ABANDONED.expected += 1
-                    reason = self.stream.error or "server shutdown"
-                    log.info("closing a stream whose client stopped reading (%s)", reason)
-                return False
+    def interrupt(self, why: str) -> None:
+        """End the response soon: ``disconnect``, ``stop`` (graceful) or ``cut`` (abandon it)."""
+        if self.ending is None and self._task is not None and not self.completed:
+            self.ending = why
+            self.abandoned = self._sending and why != "disconnect"
+            self._task.cancel()
 
-    async def finish(self, data: bytes = b"") -> None:
-        if not self.completed and not self.disconnected.done():
-            await self.write(data, more=False)
+    def _check_send(self) -> None:
+        if not self._sending:
+            return
+        if self.stream.error is not None:
+            self.interrupt("cut")
+        else:
+            self._timer = self._loop.call_later(SEND_POLL, self._check_send)
+
+    async def write(self, data: bytes, *, more: bool = True) -> None:
+        """Send ``data`` (interruptible: a send stuck on a full socket is abandoned on cut-off)."""
+        self._sending = True
+        self._timer = self._loop.call_later(SEND_POLL, self._check_send)
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        finally:
+            self._sending = False
+            self._timer.cancel()
+        if not more:
+            self.completed = True
 
     async def run(
         self,
@@ -167,50 +180,42 @@ class Pump:
         """Send ``initial``, then each ready batch of changes as one body message, a ``ping`` when
         idle, until the client leaves, the server stops or the stream ends."""
         stream = self.stream
-        next_task: asyncio.Future[Change] | None = None
         try:
-            if initial and not await self.write(initial):
-                return
-            while True:
-                if next_task is None:
-                    next_task = asyncio.ensure_future(stream.__anext__())
-                waiting: set[asyncio.Future[Any]] = {next_task, self.disconnected, self.stopped}
-                done, _ = await asyncio.wait(
-                    waiting,
-                    timeout=interval,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if self.disconnected in done:
-                    return
-                if self.stopped in done:
-                    await self.finish()
-                    return
-                if next_task not in done:
-                    if not await self.write(ping):
+            try:
+                if initial:
+                    await self.write(initial)
+                while True:
+                    try:
+                        async with asyncio.timeout(interval):
+                            first = await stream.__anext__()
+                    except TimeoutError:
+                        await self.write(ping)
+                        continue
+                    except StopAsyncIteration:
+                        await self.write(b"", more=False)
                         return
-                    continue
-                try:
-                    first = next_task.result()
-                except StopAsyncIteration:
-                    await self.finish()
-                    return
-                except StatebusError as exc:
-                    await self.finish(on_cut(exc))
-                    return
-                next_task = None
-                data = encode([first, *stream.drain_ready()])
-                if data and not await self.write(data):
-                    return
+                    except StatebusError as exc:
+                        await self.write(on_cut(exc), more=False)
+                        return
+                    data = encode([first, *stream.drain_ready()])
+                    if data:
+                        await self.write(data)
+            except asyncio.CancelledError:
+                if self.ending is None or self._task is None:
+                    raise
+                self._task.uncancel()
+            if self.ending == "stop" and not self.abandoned:
+                await self.write(b"", more=False)
+            elif self.abandoned:
+                ABANDONED.expected += 1
+                reason = stream.error or "server shutdown"
+                log.info("closing a stream whose client stopped reading (%s)", reason)
         finally:
-            if next_task is not None:
-                next_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, StatebusError):
-                    await next_task
+            self.ending = self.ending or "done"
             stream.close()
-            for task in (self.disconnected, self.stopped):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            self.disconnected.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.disconnected
 
 
 class SseEncoder:
@@ -292,7 +297,8 @@ async def serve_sse(
     ping_interval: float,
 ) -> None:
     """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live."""
-    stop = registry.open()
+    pump: Pump | None = None
+    stop = registry.open(lambda: pump.interrupt("stop") if pump is not None else None)
     try:
         head = [b"retry: %d\n\n" % SSE_RETRY_MS]
         reset = False
@@ -303,8 +309,12 @@ async def serve_sse(
             head.append(encode_reset_event(exc.detail))
             reset = True
         encoder = SseEncoder(cache, len(stream), reset=reset)
-        pump = Pump(send, receive, stop, stream)
-        await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
+        except BaseException:
+            stream.close()
+            raise
+        pump = Pump(send, receive, stream)
         await pump.run(encoder, PING, ping_interval, sse_cut_event, b"".join(head))
     finally:
         registry.release(stop)
@@ -332,7 +342,8 @@ async def serve_braid(
     """
     if is_subtree(key):
         raise InvalidKey("a Braid subscription names one key; subscribe to a subtree with SSE")
-    stop = registry.open()
+    pump: Pump | None = None
+    stop = registry.open(lambda: pump.interrupt("stop") if pump is not None else None)
     try:
         stream = open_stream(node, [key], parents=parents, buffer=buffer)
         current = node.bus.fetch_or_none(key)
@@ -362,8 +373,12 @@ async def serve_braid(
                     out.append(cache.braid(change))
             return b"".join(out)
 
-        pump = Pump(send, receive, stop, stream)
-        await send({"type": "http.response.start", "status": 209, "headers": headers})
+        try:
+            await send({"type": "http.response.start", "status": 209, "headers": headers})
+        except BaseException:
+            stream.close()
+            raise
+        pump = Pump(send, receive, stream)
         await pump.run(encode, HEARTBEAT, interval, lambda exc: b"")
     finally:
         registry.release(stop)
