@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from statebus.config import Settings
 from statebus.errors import PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
+from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, follow_id, new_follow
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.peers import PeerEndpoints, routes
@@ -82,6 +83,20 @@ class FederatedNode:
     @property
     def token(self) -> str:
         return owner_token(self.settings)
+
+    async def share(self, pattern: str) -> None:
+        """Let peers read ``pattern`` of this node's namespace (``/~/.shares/<id>``)."""
+        p = check_pattern(pattern, self.pubkey)
+        await self.node.save(f"/~/{SHARES}/{follow_id(p)}", {"pattern": p})
+
+    async def follow(self, pattern: str, via: Sequence[str] = ()) -> Follow:
+        """Follow ``pattern`` (``/~/.follows/<id>``), trying ``via`` addresses besides the DHT."""
+        f = new_follow(self.pubkey, pattern, tuple(via))
+        await self.node.save(f"/~/{FOLLOWS}/{f.id}", f.to_json())
+        return f
+
+    async def unfollow(self, pattern: str) -> None:
+        await self.node.delete(f"/~/{FOLLOWS}/{follow_id(check_pattern(pattern, self.pubkey))}")
 
     async def stop(self) -> None:
         """Stop following, end peer streams, stop HTTP, write everything, leave the DHT."""
@@ -141,3 +156,44 @@ async def start_node(
     fnode = FederatedNode(config, identity, node, fed, server, endpoints, directory, task)
     await fed.start([fnode.url])
     return fnode
+
+
+class Cluster:
+    """Many federated nodes in one process, in one DHT (tests, benchmarks, in-process devnets).
+
+    ``await cluster.add("a")`` starts a node in ``base/a`` (the first one starts the DHT, later ones
+    join through any running node); ``await cluster.stop("a")`` takes it down (its data stays) and
+    ``await cluster.add("a")`` brings it back on a new port; ``await cluster.aclose()`` stops them all.
+    """
+
+    def __init__(self, base: Path, *, dht_name: str = "devnet", dht_secret: bytes = b"", **settings: Any):
+        self.base = base
+        self.dht_name = dht_name
+        self.dht_secret = dht_secret
+        self.settings = settings
+        self.nodes: dict[str, FederatedNode] = {}
+
+    def __getitem__(self, name: str) -> FederatedNode:
+        return self.nodes[name]
+
+    async def add(self, name: str, **settings: Any) -> FederatedNode:
+        bootstrap = [
+            (n.settings.host, n.directory.port) for n in self.nodes.values() if n.directory is not None
+        ][:3]
+        options = {**self.settings, **settings}
+        node = await start_node(
+            self.base / name,
+            dht_name=self.dht_name,
+            dht_secret=self.dht_secret,
+            bootstrap=bootstrap,
+            **options,
+        )
+        self.nodes[name] = node
+        return node
+
+    async def stop(self, name: str) -> None:
+        await self.nodes.pop(name).stop()
+
+    async def aclose(self) -> None:
+        for name in list(self.nodes):
+            await self.stop(name)

@@ -226,6 +226,14 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
                 future.set_result((False, None))
         self._outstanding.clear()
 
+    def _timeout(self, msg_id: bytes) -> None:
+        """A request got no reply in time. Upstream sets the result unconditionally, which raises
+        InvalidStateError in the timer callback when the waiting lookup was cancelled meanwhile."""
+        entry = self._outstanding.pop(msg_id, None)
+        if entry is not None and not entry[0].done():
+            log.debug("no reply to a DHT request within %.1fs", self._wait_timeout)
+            entry[0].set_result((False, None))
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         body = untag_datagram(self._tag_key, data)
         if body is None or len(body) < 22 or not valid_address(addr):

@@ -66,7 +66,9 @@ class Follower:
         self.cursors: dict[PubKey, Seq] = {}
         self.applied = 0
         self.rejected = 0
+        self.last_rejection = ""
         self.synced_ops = 0
+        self.sync_bytes = 0
         self.connections = 0
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
@@ -98,6 +100,7 @@ class Follower:
             "cursors": dict(self.cursors),
             "applied": self.applied,
             "rejected": self.rejected,
+            "last_rejection": self.last_rejection,
             "updated": round(time.time(), 3),
         }
 
@@ -196,6 +199,7 @@ class Follower:
             session = await client.sync(url, SyncSession(pattern, local.index))
             await self._ingest(session.received)
             self.synced_ops += len(session.received)
+            self.sync_bytes += session.bytes_sent + session.bytes_received
         self.connections += 1
         cursor = self.cursors.get(self.server, 0)
         async for items in client.ops(url, self.patterns, cursor):
@@ -222,8 +226,10 @@ class Follower:
         self.applied += result.applied
         if result.rejected:
             self.rejected += len(result.rejected)
-            self.reason = f"refused {len(result.rejected)} op(s) from {self.url}: {result.rejected[0]}"
-            log.warning("follow %s: %s", self.follow.pattern, self.reason)
+            self.last_rejection = (
+                f"refused {len(result.rejected)} op(s) from {self.url}: {result.rejected[0]}"
+            )
+            log.warning("follow %s: %s", self.follow.pattern, self.last_rejection)
             await self.persist(force=True)
         for hook in self.fed.on_ingest:
             await hook(self, result.applied)

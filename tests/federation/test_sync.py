@@ -149,7 +149,7 @@ def test_reconciliation_finds_exactly_the_difference(
     a, b = OpIndex(a_ids), OpIndex(b_ids)
     a_need: set[bytes] = set()
     b_need: set[bytes] = set()
-    ranges = summarize(a, leaf=leaf)
+    ranges: list[RangeSummary] = list(summarize(a, leaf=leaf))
     turn = [b, a]
     needs = [b_need, a_need]
     rounds = 0

@@ -1,0 +1,176 @@
+"""Following between real nodes: uvicorn on 127.0.0.1 port 0, a real DHT, signed peer requests."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from statebus.federated import Cluster, FederatedNode
+from statebus.federation.follow import state_key
+from statebus.federation.opset import op_set
+from statebus.identity import sign_request
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4}
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def has(node: FederatedNode, key: str, value: object = None) -> bool:
+    change = node.node.bus.fetch_or_none(key)
+    return change is not None and change.exists and (value is None or change.value == value)
+
+
+def live(node: FederatedNode) -> bool:
+    """Every follower of ``node`` has caught up (its anti-entropy and backlog are applied)."""
+    fs = node.federation.followers.values()
+    return bool(fs) and all(f.live.is_set() for f in fs)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def test_follow_live_then_owner_down_followers_still_serve(cluster: Cluster) -> None:
+    a, b, c = await cluster.add("a"), await cluster.add("b"), await cluster.add("c")
+    await a.share("/~/chirp/")
+    for i in range(20):
+        a.node.bus.save(f"/~/chirp/{i}", {"text": f"post {i}"})
+    await a.node.delete("/~/chirp/3")
+    await a.node.save("/~/private/diary", "not for peers")
+    chirp = f"/{a.pubkey}/chirp/"
+    await b.follow(chirp)
+    await c.follow(chirp)
+    for n in (b, c):
+        await wait_until(functools.partial(has, n, chirp + "19"), what="the backlog")
+        assert not has(n, chirp + "3")
+        assert not has(n, f"/{a.pubkey}/private/diary")
+    follower = next(iter(c.federation.followers.values()))
+    await wait_until(lambda: follower.status == "live", what="live")
+    # live: a new write reaches both followers
+    await a.node.save("/~/chirp/new", {"text": "live"})
+    await wait_until(lambda: has(b, chirp + "new") and has(c, chirp + "new"), what="the live write")
+    # the owner goes away; C still serves the data to its own clients over HTTP
+    await cluster.stop("a")
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {c.token}"}) as http:
+        r = await http.get(f"{c.url}{chirp}new")
+        assert r.status_code == 200 and r.json() == {"text": "live"}
+        r = await http.get(f"{c.url}{chirp}3")
+        assert r.status_code == 404
+    await wait_until(lambda: follower.status == "retrying", what="the follower to notice")
+    assert follower.reason
+
+
+async def test_resume_from_cursor_and_find_a_moved_owner(cluster: Cluster) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await a.share("/~/chirp/")
+    chirp = f"/{a.pubkey}/chirp/"
+    await a.node.save("/~/chirp/1", 1)
+    await b.follow(chirp)
+    await wait_until(lambda: has(b, chirp + "1"))
+    follower = next(iter(b.federation.followers.values()))
+    await wait_until(lambda: follower.status == "live")
+    await cluster.stop("b")  # its cursor is stored in /~/.federation/follows/<id>
+    for i in range(2, 12):
+        a.node.bus.save(f"/~/chirp/{i}", i)
+    await a.node.flush()
+    b = await cluster.add("b")
+    stored = b.node.bus.fetch(state_key(b.pubkey, follower.follow.id)).value
+    assert isinstance(stored, dict) and stored["cursors"][a.pubkey] > 0
+    await wait_until(lambda: live(b), what="resume after restart")
+    assert has(b, chirp + "11", 11)
+    resumed = next(iter(b.federation.followers.values()))
+    assert resumed.synced_ops == 10  # anti-entropy moved exactly the ops it lacked
+    # the owner moves: new port, same key; the follower re-resolves it through the DHT
+    old_url = a.url
+    await cluster.stop("a")
+    a = await cluster.add("a")
+    assert a.url != old_url
+    await a.node.save("/~/chirp/moved", "here now")
+    await wait_until(lambda: has(b, chirp + "moved"), timeout=15, what="the moved owner")
+    assert resumed.url == a.url
+
+
+async def test_partition_heal_moves_only_the_missing_ops(cluster: Cluster) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await a.share("/~/chirp/")
+    chirp = f"/{a.pubkey}/chirp/"
+    for i in range(300):
+        a.node.bus.save(f"/~/chirp/{i}", {"text": "x" * 80, "n": i})
+    await a.node.flush()  # one group commit
+    await b.follow(chirp)
+    await wait_until(lambda: live(b))
+    assert has(b, chirp + "299")
+    await cluster.stop("b")
+    for i in range(10):
+        a.node.bus.save(f"/~/chirp/{i}", {"text": "edited", "n": i})
+    for i in range(290, 295):
+        a.node.bus.delete(f"/~/chirp/{i}")
+    await a.node.flush()
+    b = await cluster.add("b")  # anti-entropy runs first on every (re)connect
+    await wait_until(lambda: live(b))
+    follower = next(iter(b.federation.followers.values()))
+    assert has(b, chirp + "0", {"text": "edited", "n": 0}) and not has(b, chirp + "294")
+    assert follower.synced_ops == 15, (follower.state(), follower.applied, len(b.federation.followers))
+    assert op_set(a.node.bus, chirp).ops == op_set(b.node.bus, chirp).ops
+    full = op_set(a.node.bus, chirp).total_bytes
+    assert follower.sync_bytes < full / 4, (follower.sync_bytes, full)
+
+
+async def test_peer_requests_are_signed_and_checked(cluster: Cluster) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await a.node.save("/~/private/x", 1)
+    await a.node.save("/~/public/y", 2)
+    url = f"{a.url}/.well-known/statebus/ops"
+    async with httpx.AsyncClient() as http:
+        r = await http.get(url, params={"pattern": f"/{a.pubkey}/public/", "live": "0"})
+        assert r.status_code == 401  # unsigned
+
+        async def signed(pattern: str, nonce: str | None = None) -> httpx.Response:
+            req = http.build_request("GET", url, params={"pattern": pattern, "live": "0"})
+            req.headers.update(sign_request("GET", str(req.url), req.headers, b"", b.identity, nonce=nonce))
+            return await http.send(req)
+
+        r = await signed(f"/{a.pubkey}/public/")
+        assert r.status_code == 200 and r.headers["statebus-node"] == a.pubkey
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert [line["op"]["k"] for line in lines] == [f"/{a.pubkey}/public/y"]
+        assert (await signed(f"/{a.pubkey}/private/")).status_code == 403
+        assert (await signed(f"/{a.pubkey}/public/", nonce="n1")).status_code == 200
+        assert (await signed(f"/{a.pubkey}/public/", nonce="n1")).status_code == 401  # replay
+
+
+async def test_quota_stops_a_follow_with_a_reason(cluster: Cluster) -> None:
+    a = await cluster.add("a")
+    b = await cluster.add("b", quota_bytes_per_remote_namespace=6000)
+    await a.share("/~/chirp/")
+    for i in range(60):
+        a.node.bus.save(f"/~/chirp/{i}", {"text": "y" * 100})
+    await a.node.flush()
+    await b.follow(f"/{a.pubkey}/chirp/")
+    follower = next(iter(b.federation.followers.values()))
+    await wait_until(lambda: follower.status == "stopped")
+    assert follower.reason.startswith("quota_exceeded")
+    assert 0 < b.federation.ingest.usage(a.pubkey) <= 6000
+    assert sum(len(v) for v in op_set(b.node.bus, f"/{a.pubkey}/").ops.values()) <= 6000
