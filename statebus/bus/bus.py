@@ -49,6 +49,9 @@ BatchSigner = Callable[[list[Op]], list[Op]]
 Verifier = Callable[[Op], None]
 
 MAX_RESUME_OPS = 100_000
+MAX_CLOCK_JUMP = 2**32
+"""A remote op's Lamport clock may run at most this far ahead of what the key has seen: a peer
+cannot push a key's clock to the 2^53 limit and make every later write unencodable."""
 
 
 class _Entry:
@@ -361,6 +364,8 @@ class Bus:
             if version is not None and version in ps:
                 raise InvalidOp("an op cannot name its own version as a parent")
         clock = (entry.log.clock if entry else 0) + 1
+        if clock >= 2**53:
+            raise InvalidOp("this key's Lamport clock is exhausted")
         op = Op(k, "", ps, author or self.local, clock, merge, kind, body, content_type)
         op = dataclasses.replace(op, version=version if version else mint_version(op))
         if entry is not None and op.version in entry.log:
@@ -431,6 +436,8 @@ class Bus:
             horizon = getattr(entry.state, "horizon", None)
             if horizon is not None and op.order <= horizon:
                 return None  # sorts below the compacted base (lww): seen already, or superseded
+        if op.clock > (entry.log.clock if entry is not None else 0) + MAX_CLOCK_JUMP:
+            raise InvalidOp(f"op clock {op.clock} is too far ahead of this key's history")
         state = entry.state if entry is not None else new_state(op.merge)
         if self.verifier is not None:
             self.verifier(op)
@@ -691,14 +698,20 @@ class Bus:
                 if snap is not None
                 else Change(p, self._seq, "snapshot", False, None, None, (), ())
             ]
-        sub = self.subscriptions.add(p, callback)
-        for change in backlog:
-            if sub.closed:
-                break
-            try:
-                callback(change)
-            except Exception as exc:
-                sub.close(f"observer failed: {type(exc).__name__}: {exc}")
+        # changes made while the backlog is delivered (a callback may write) wait behind it
+        queued: list[Change] = []
+        sub = self.subscriptions.add(p, queued.append)
+        pending = list(backlog)
+        while pending and not sub.closed:
+            for change in pending:
+                if sub.closed:
+                    break
+                try:
+                    callback(change)
+                except Exception as exc:
+                    sub.close(f"observer failed: {type(exc).__name__}: {exc}")
+            pending, queued[:] = list(queued), []
+        sub.callback = callback
         return sub
 
     # ------------------------------------------------------------------ handlers and reactive

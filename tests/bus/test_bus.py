@@ -674,3 +674,28 @@ def test_reactive_function_errors_do_not_break_writes() -> None:
     assert rec.changes[-1].exists is False
     bus.save("/~/a", 4)
     assert rec.changes[-1].value == 0.25
+
+
+def test_remote_clock_cannot_run_away() -> None:
+    bus = local_bus()
+    op = remote_ops(1)[0]
+    with pytest.raises(InvalidOp):
+        bus.apply(dataclasses.replace(op, clock=2**40, version="far"))
+    assert bus.fetch_or_none(f"/{OTHER}/doc") is None
+    assert bus.apply(dataclasses.replace(op, clock=2**31, version="near")) is not None
+
+
+def test_observer_writing_during_its_backlog_still_sees_changes_in_order() -> None:
+    bus = local_bus()
+    for i in range(3):
+        bus.save(f"/~/app/k{i}", i)
+    seqs: list[int] = []
+
+    def writer(change: Change) -> None:
+        seqs.append(change.seq)
+        if change.kind == "op" and change.value == 0:
+            bus.save("/~/app/k9", "written from a callback")
+
+    bus.observe("/~/app/", writer, since=0)
+    bus.save("/~/app/k1", "after")
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == 5
