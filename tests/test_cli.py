@@ -1,0 +1,265 @@
+"""The ``statebus`` command: init/recover/token in a temp data folder, and the client commands against a
+real ``statebus serve --port 0`` process (its printed URL is read from stdout)."""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statebus.cli import main
+from statebus.identity import keystore
+
+PUBKEY_RE = re.compile(r"[a-z2-7]{52}")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit status, stdout, stderr)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def phrase_of(stdout: str) -> str:
+    words = [line.strip() for line in stdout.splitlines() if len(line.split()) == 24]
+    assert len(words) == 1, stdout
+    return words[0]
+
+
+# ---------------------------------------------------------------------- init / recover / token
+
+
+def test_init_creates_private_files_and_prints_the_phrase_once(tmp_path, capsys):
+    code, out, err = run(capsys, "init", "--data", str(tmp_path))
+    assert code == 0, err
+    phrase = phrase_of(out)
+    assert out.count(phrase) == 1
+    assert "shown ONCE" in out
+    pubkey = keystore.load(tmp_path).pubkey
+    assert pubkey in out
+    for f in (tmp_path / "identity").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        assert phrase.encode() not in f.read_bytes()  # the phrase is not stored
+
+
+def test_init_twice_is_one_clear_error(tmp_path, capsys):
+    assert run(capsys, "init", "--data", str(tmp_path))[0] == 0
+    code, out, err = run(capsys, "init", "--data", str(tmp_path))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("statebus: error:") and "already exists" in err
+
+
+def test_recover_gives_the_same_pubkey(tmp_path, capsys, monkeypatch):
+    _, out, _ = run(capsys, "init", "--data", str(tmp_path / "a"))
+    phrase = phrase_of(out)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(phrase + "\n"))
+    code, out, err = run(capsys, "init", "--recover", "--data", str(tmp_path / "b"))
+    assert code == 0, err
+    assert keystore.load(tmp_path / "b").pubkey == keystore.load(tmp_path / "a").pubkey
+    assert phrase not in out
+
+
+def test_recover_rejects_a_bad_phrase(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("not a phrase at all\n"))
+    code, _, err = run(capsys, "init", "--recover", "--data", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1 and "not a phrase" not in err
+    assert not keystore.exists(tmp_path)
+
+
+def test_token_prints_the_owner_token(tmp_path, capsys, monkeypatch):
+    run(capsys, "init", "--data", str(tmp_path))
+    code, out, _ = run(capsys, "token", "--data", str(tmp_path))
+    assert code == 0 and out.strip() == keystore.load_owner_token(tmp_path)
+    # the data folder can come from the environment too (flags > env > file > defaults)
+    monkeypatch.setenv("STATEBUS_DATA_DIR", str(tmp_path))
+    assert run(capsys, "token")[1] == out
+
+
+def test_token_without_identity_is_one_line(tmp_path, capsys):
+    code, out, err = run(capsys, "token", "--data", str(tmp_path / "none"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "statebus init" in err
+
+
+def test_bad_setting_is_one_line(tmp_path, capsys):
+    code, _, err = run(capsys, "serve", "--port", "nope", "--data", str(tmp_path))
+    assert code == 1 and err.count("\n") == 1 and "--port" in err
+
+
+# ---------------------------------------------------------------------- against a live node
+
+
+class Served:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("STATEBUS_DATA_DIR", None)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statebus",
+                "serve",
+                "--port",
+                "0",
+                "--log-level",
+                "warning",
+                "--data",
+                str(data),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        self.pump = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        self.pump.start()
+        self.banner: list[str] = []
+        deadline = time.monotonic() + 20
+        while not any("/login?token=" in line for line in self.banner):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise AssertionError("statebus serve did not start")
+            try:
+                self.banner.append(self.lines.get(timeout=0.2))
+            except queue.Empty:
+                pass
+        self.url = re.search(r"serving at\s+(http://\S+)/", "".join(self.banner)).group(1)  # type: ignore[union-attr]
+
+    def _pump(self, stream: io.TextIOBase) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.pump.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(tmp_path_factory.mktemp("node"))
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def test_serve_prints_pubkey_url_and_login_link(node):
+    text = "".join(node.banner)
+    pubkey = keystore.load(node.data).pubkey
+    assert pubkey in text
+    assert f"{node.url}/login?token={keystore.load_owner_token(node.data)}" in text
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", node.url) and not node.url.endswith(":0")
+
+
+def test_put_get_delete(node, capsys):
+    args = ("--url", node.url, "--data", str(node.data))
+    code, out, err = run(capsys, "put", "notes/1", '{"title": "hi", "n": [1, 2]}', *args)
+    assert code == 0, err
+    assert re.fullmatch(r"\S+\n", out)
+    assert run(capsys, "get", "/~/notes/1", *args)[1] == '{"title": "hi", "n": [1, 2]}\n'
+    assert run(capsys, "put", "notes/1", "5", "--range", ".n[0]", *args)[0] == 0
+    assert run(capsys, "get", "notes/1", "--range", ".n", *args)[1] == "[5, 2]\n"
+    assert run(capsys, "get", "notes/", *args)[1] == "1\n"
+    assert "notes/" in run(capsys, "get", "/~/", *args)[1].splitlines()
+    assert run(capsys, "delete", "notes/1", *args)[0] == 0
+    code, out, err = run(capsys, "get", "notes/1", *args)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "404" in err
+
+
+def test_put_from_stdin_with_version_and_bytes(node, capsys, monkeypatch):
+    args = ("--url", node.url, "--data", str(node.data))
+    monkeypatch.setattr(sys, "stdin", io.StringIO('["from", "stdin"]'))
+    code, out, err = run(capsys, "put", "s/1", "-", "--version", "v-one", *args)
+    assert code == 0, err
+    assert out.strip() == "v-one"
+    assert (
+        run(capsys, "put", "s/1", '["b"]', "--parents", "v-one", "--version", "v-two", *args)[1] == "v-two\n"
+    )
+    assert run(capsys, "put", "s/text", "plain words", "--content-type", "text/plain", *args)[0] == 0
+    assert run(capsys, "get", "s/text", *args)[1] == "plain words"
+
+
+def test_errors_are_one_line(node, capsys):
+    args = ("--url", node.url, "--data", str(node.data))
+    for argv in (
+        ("put", "a", "{bad json", *args),
+        ("get", "/not-a-namespace/x", *args),
+        ("get", "x", "--url", f"http://127.0.0.1:{free_port()}"),
+        ("get", "x", "--url", "ftp://nope"),
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and out == "", argv
+        assert err.count("\n") == 1 and err.startswith("statebus: error: ") and "Traceback" not in err, err
+    assert "cannot connect" in run(capsys, "get", "x", "--url", f"http://127.0.0.1:{free_port()}")[2]
+
+
+def test_anonymous_client_gets_the_servers_reason(node, capsys, tmp_path):
+    code, _, err = run(capsys, "get", "x", "--url", node.url, "--data", str(tmp_path))
+    assert code == 1 and "401" in err and "sign in" in err
+
+
+def test_info(node, capsys):
+    code, out, err = run(capsys, "info", "--url", node.url, "--data", str(node.data))
+    assert code == 0, err
+    assert keystore.load(node.data).pubkey in out
+    assert node.url in out and str(node.data) in out
+    assert re.search(r"^keys:\s+\d+$", out, re.M) and re.search(r"^owner:\s+yes$", out, re.M)
+
+
+def test_watch_prints_changes_live_and_resumes(node, capsys):
+    args = ("--url", node.url, "--data", str(node.data))
+    run(capsys, "put", "w/a", "1", *args)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statebus", "watch", "w/", "--count", "3", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("snapshot /") and first.rstrip().endswith("/w/a 1"), first
+        run(capsys, "put", "w/b", '{"x": true}', *args)
+        run(capsys, "delete", "w/a", *args)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out.splitlines()
+    assert proc.returncode == 0, err
+    assert lines[0].startswith("update /") and lines[0].endswith('/w/b {"x": true}')
+    assert lines[1].startswith("delete /") and lines[1].endswith("/w/a")
+    # --since resumes after a cursor: only later changes come
+    code, out, err = run(capsys, "watch", "w/", "--json", "--count", "1", "--since", "0", *args)
+    assert code == 0, err
+    assert '"event": "update"' in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
