@@ -1,0 +1,333 @@
+"""Federation commands of the ``statebus`` CLI.
+
+    statebus follow PATTERN [--via URL]   follow /<their-pubkey>/path/ (writes /~/.follows/<id>)
+    statebus unfollow PATTERN             stop following it (the replicated data stays)
+    statebus peers                        what this node follows, and how each follow is doing
+    statebus fed-serve                    run a federated node: HTTP + peer endpoints + DHT + followers
+    statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
+
+``statebus.cli`` adds them with ``cli_federation.register(sub)``; ``python -m statebus.cli_federation``
+runs them on their own. ``fed-serve`` and ``devnet`` read the DHT invite secret from
+``STATEBUS_DHT_SECRET`` (never from the command line, where other users could see it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from statebus.cli_client import client_for
+from statebus.config import Settings
+from statebus.errors import InvalidValue, StatebusError
+from statebus.federation.follow import STATE_SEGMENT
+from statebus.federation.policy import FOLLOWS, check_pattern, follow_id
+from statebus.keys import namespace_of
+
+MAX_DEVNET = 32
+START_TIMEOUT = 30.0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": getattr(args, "data", None)}
+    for name in ("host", "port", "dht_port", "dht_name", "log_level"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    return Settings.load(overrides, config_file=getattr(args, "config", None))
+
+
+def _pattern(text: str) -> str:
+    p = check_pattern(text)
+    namespace_of(p)
+    return p
+
+
+# ---------------------------------------------------------------------- follow / unfollow / peers
+
+
+def cmd_follow(args: argparse.Namespace, settings: Settings) -> int:
+    pattern = _pattern(args.pattern)
+    via = list(args.via or [])
+    if any(not v.startswith(("http://", "https://")) for v in via):
+        raise InvalidValue("--via takes an http(s) URL")
+    body = {"pattern": pattern, "added": round(time.time(), 3), "via": via}
+    with client_for(settings, args.url) as client:
+        client.request("PUT", f"/~/{FOLLOWS}/{follow_id(pattern)}", json=body)
+    print(f"following {pattern}")
+    return 0
+
+
+def cmd_unfollow(args: argparse.Namespace, settings: Settings) -> int:
+    pattern = _pattern(args.pattern)
+    with client_for(settings, args.url) as client:
+        client.request("DELETE", f"/~/{FOLLOWS}/{follow_id(pattern)}")
+    print(f"no longer following {pattern} (what was replicated stays)")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
+    with client_for(settings, args.url) as client:
+        listing = client.request("GET", f"/~/{FOLLOWS}/").json()
+        rows = []
+        for name in listing.get("children", []):
+            if name.endswith("/"):
+                continue
+            follow = client.request("GET", f"/~/{FOLLOWS}/{name}").json()
+            state: dict[str, Any] = {}
+            try:
+                state = client.request("GET", f"/~/{STATE_SEGMENT}/{name}").json()
+            except StatebusError:
+                pass
+            rows.append({"id": name, **follow, "state": state})
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("following nothing (statebus follow /<pubkey>/path/)")
+    for row in rows:
+        st = row["state"]
+        print(
+            f"{row.get('pattern')}  {st.get('status', 'starting')}  via {st.get('url') or '-'}  "
+            f"applied {st.get('applied', 0)}  refused {st.get('rejected', 0)}"
+            + (f"  ({st['reason']})" if st.get("reason") else "")
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------- fed-serve
+
+
+def _secret(settings: Settings) -> bytes:
+    secret = settings.dht_secret.reveal() if settings.dht_secret is not None else ""
+    return secret.encode()
+
+
+def _bootstrap(items: Sequence[str]) -> list[tuple[str, int]]:
+    out = []
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidValue(f"a bootstrap peer is host:port, not {item!r}")
+        out.append((host, int(port)))
+    return out
+
+
+async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
+    from statebus.federated import start_node
+
+    node = await start_node(
+        settings.data_dir,
+        dht_name=settings.dht_name,
+        dht_secret=_secret(settings),
+        bootstrap=bootstrap,
+        host=settings.host,
+        port=settings.port,
+        dht_port=settings.dht_port,
+        log_level=settings.log_level,
+        quota_bytes_per_remote_namespace=settings.quota_bytes_per_remote_namespace,
+        sse_ping_interval=settings.sse_ping_interval,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    assert node.directory is not None
+    info = {
+        "pubkey": node.pubkey,
+        "url": node.url,
+        "dht": f"{settings.host}:{node.directory.port}",
+        "login": node.login_url,
+        "pid": os.getpid(),
+        "data": str(settings.data_dir),
+    }
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+def cmd_fed_serve(args: argparse.Namespace, settings: Settings) -> int:
+    os.umask(0o077)
+    flags = {k: getattr(args, k) for k in ("dht_port", "dht_name") if getattr(args, k, None) is not None}
+    settings = dataclasses.replace(settings, **flags)  # also when statebus.cli loaded the settings
+    asyncio.run(_serve(settings, _bootstrap(list(args.bootstrap or settings.dht_bootstrap))))
+    return 0
+
+
+# ---------------------------------------------------------------------- devnet
+
+
+def _read_info(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise StatebusError("a devnet node did not start in time", status_hint=503)
+        line = proc.stdout.readline()
+    finally:
+        sel.close()
+    if not line:
+        raise StatebusError(f"a devnet node exited at start (status {proc.wait()})", status_hint=503)
+    info: dict[str, Any] = json.loads(line)
+    return info
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_devnet(
+    n: int, base: Path, name: str, host: str = "127.0.0.1"
+) -> tuple[list[subprocess.Popen[str]], list[dict[str, Any]]]:
+    """Start ``n`` ``fed-serve`` processes in one new DHT; returns them and their info lines."""
+    secret = secrets.token_urlsafe(24)
+    env = {**os.environ, "STATEBUS_DHT_SECRET": secret, "STATEBUS_DHT_NAME": name}
+    env.pop("STATEBUS_DHT_BOOTSTRAP", None)
+    procs: list[subprocess.Popen[str]] = []
+    infos: list[dict[str, Any]] = []
+    try:
+        for i in range(n):
+            label = chr(ord("a") + i) if i < 26 else f"n{i}"
+            cmd = [sys.executable, "-m", "statebus.cli_federation", "fed-serve", "--data", str(base / label)]
+            cmd += ["--host", host, "--port", "0", "--dht-port", "0", "--log-level", "warning"]
+            if infos:
+                cmd += ["--bootstrap", infos[0]["dht"]]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            procs.append(proc)
+            info = _read_info(proc, START_TIMEOUT)
+            info["name"] = label
+            infos.append(info)
+    except BaseException:
+        _stop_all(procs)
+        raise
+    return procs, infos
+
+
+def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
+    n = args.n
+    if not 1 <= n <= MAX_DEVNET:
+        raise InvalidValue(f"a devnet has 1 to {MAX_DEVNET} nodes")
+    base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="statebus-devnet-"))
+    base.mkdir(parents=True, exist_ok=True)
+    name = args.name or f"devnet-{secrets.token_hex(3)}"
+    procs, infos = start_devnet(n, base, name, args.host)
+    (base / "devnet.json").write_text(json.dumps({"dht": name, "nodes": infos}, indent=2) + "\n")
+    print(f'devnet "{name}": {n} nodes, data in {base} (invite secret: random, not shown)')
+    for info in infos:
+        print(f"  {info['name']}  pid {info['pid']:<7} {info['url']}  {info['pubkey']}")
+        print(f"     login: {info['login']}")
+    print(f"details: {base / 'devnet.json'}  —  Ctrl-C stops every node", flush=True)
+    try:
+        while any(p.poll() is None for p in procs):
+            for proc, info in zip(procs, infos, strict=True):
+                if proc.poll() is not None and not info.get("gone"):
+                    info["gone"] = True
+                    print(f"node {info['name']} stopped (status {proc.returncode}); the others keep running")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("stopping the devnet…", flush=True)
+    finally:
+        _stop_all(procs)
+    print("devnet stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def _common(p: argparse.ArgumentParser, *, client: bool) -> None:
+    p.add_argument("--data", metavar="DIR", help="data folder (default: $STATEBUS_DATA_DIR)")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+    if client:
+        p.add_argument("--url", help="base URL of the node (default: from the settings)")
+
+
+def register(sub: Any) -> None:
+    """Add the federation commands to the ``statebus`` subparsers (``sub.add_parser``)."""
+    p = sub.add_parser(
+        "follow",
+        help="follow another node's subtree",
+        description=(
+            "Keep a live, verified replica of PATTERN (/<their-pubkey>/path/) on this node. The owner is "
+            "found through the DHT, or at the --via addresses (an invite, a relay)."
+        ),
+    )
+    p.add_argument("pattern", metavar="PATTERN", help="/<pubkey>/path/ (a subtree)")
+    p.add_argument("--via", action="append", metavar="URL", help="an address to fetch it from (repeatable)")
+    _common(p, client=True)
+    p.set_defaults(func=cmd_follow, client=True)
+
+    p = sub.add_parser("unfollow", help="stop following a subtree (its data stays)")
+    p.add_argument("pattern", metavar="PATTERN")
+    _common(p, client=True)
+    p.set_defaults(func=cmd_unfollow, client=True)
+
+    p = sub.add_parser("peers", help="what this node follows and how each follow is doing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p, client=True)
+    p.set_defaults(func=cmd_peers, client=True)
+
+    p = sub.add_parser("fed-serve", help="run a federated node (HTTP, peer endpoints, DHT, following)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", help="HTTP port (0 picks a free one)")
+    p.add_argument("--dht-port", dest="dht_port", help="UDP port of the DHT (0 picks a free one)")
+    p.add_argument("--dht-name", dest="dht_name", help="name of the DHT to join")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="a DHT peer to join through")
+    p.add_argument("--log-level", dest="log_level")
+    _common(p, client=False)
+    p.set_defaults(func=cmd_fed_serve, client=False)
+
+    p = sub.add_parser(
+        "devnet",
+        help="run N federated nodes on 127.0.0.1 in one new DHT",
+        description=(
+            "Start N nodes (one process each) that form a new, invite-only DHT; print their pubkeys, URLs "
+            "and owner login links; Ctrl-C stops them all. Walkthrough: docs/devnet.md"
+        ),
+    )
+    p.add_argument("n", type=int, metavar="N")
+    p.add_argument("--base", metavar="DIR", help="folder for the nodes' data (default: a new temp folder)")
+    p.add_argument("--name", help="DHT name (default: devnet-<random>)")
+    p.add_argument("--host", default="127.0.0.1", help="address the nodes bind (default 127.0.0.1)")
+    p.set_defaults(func=cmd_devnet, client=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m statebus.cli_federation COMMAND``: the federation commands on their own."""
+    parser = argparse.ArgumentParser(prog="statebus", description="statebus federation commands")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args, _settings(args)))
+    except StatebusError as exc:
+        sys.stderr.write(f"statebus: error: {' '.join((exc.detail or exc.code).split())}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
