@@ -4,6 +4,7 @@ delegations, and forged / replayed / tampered / misdirected requests that must c
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,8 @@ from statebus.oplog import Op, encode_op, mint_version
 from statebus.testing.live_server import LiveServer, live_server
 
 OP_TYPE = "application/vnd.statebus.op+json"
+CLOCK = itertools.count(1)
+"""Lamport clocks of the ops made here (a remote op may run at most 2^32 ahead of a key's history)."""
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,7 @@ def signed(
 def make_op(
     who: Identity, key: str, value: Any, *, kind: str = "set", parents: tuple[str, ...] = ()
 ) -> bytes:
-    op = Op(
-        key, "", parents, who.pubkey, int(time.time() * 1000), "lww", kind, value if kind == "set" else None
-    )
+    op = Op(key, "", parents, who.pubkey, next(CLOCK), "lww", kind, value if kind == "set" else None)
     return encode_op(sign_op(dataclasses.replace(op, version=mint_version(op)), who))
 
 
