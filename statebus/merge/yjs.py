@@ -3,8 +3,9 @@
 Yjs updates commute and are idempotent, so any order of the same updates gives the same
 document. The JSON view of the document is ``{root name: root.to_py()}`` (Text becomes a string).
 Root types are untyped in a Yjs update, so the view probes each root as a Map, then a Text, then
-an Array (the first that is not empty wins; an empty root shows as ``None``) on a scratch copy,
-never typing the roots of the merged document itself.
+an Array (the first that is not empty wins; an empty root shows as ``None``) on a scratch copy;
+once a root has content its type is known for good, so the merged document's root is typed
+with it and later views read it directly.
 Updates may arrive before the updates they build on (ops travel in any order). The Yjs engine
 keeps such updates "pending", but it loses all but one of them when several are missing at once,
 so this state keeps its own stash. It follows the op DAG: while some op names a parent this state
@@ -44,15 +45,15 @@ def _order(raw: Any) -> tuple[int, str, str] | None:
     return (int(raw[0]), str(raw[1]), str(raw[2]))
 
 
-def _root_view(update: bytes, name: str) -> Any:
-    """The JSON view of one untyped root: probed as Map, Text, then Array on scratch copies."""
+def _root_kind(update: bytes, name: str) -> type[Map[Any] | Text | Array[Any]] | None:
+    """The type of one untyped root: probed as Map, Text, then Array on scratch copies (the first
+    that is not empty); None while the root is empty."""
     for kind in (Map, Text, Array):
         scratch: Doc[Any] = Doc()
         scratch.apply_update(update)
         root = scratch.get(name, type=kind)
-        view = str(root) if kind is Text else root.to_py()
-        if view:
-            return view
+        if str(root) if kind is Text else root.to_py():
+            return kind
     return None
 
 
@@ -73,6 +74,7 @@ class YjsState:
             self._updated_at = _order(base.get("updated_at"))
         self._cache: Any = None
         self._dirty = True
+        self._root_kinds: dict[str, type[Map[Any] | Text | Array[Any]]] = {}
         self._base_known: set[str] = set(base.get("known", ())) if base else set()
         self._known: set[str] = set(self._base_known)
         self._missing: set[str] = set(base.get("missing", ())) if base else set()
@@ -100,11 +102,18 @@ class YjsState:
             out: dict[str, Any] = {}
             update = b""
             for name, root in sorted(self._doc.items()):
-                if root is not None:  # typed by a local user of .doc
-                    out[name] = str(root) if isinstance(root, Text) else root.to_py()
-                    continue
-                update = update or bytes(self._doc.get_update())
-                out[name] = _root_view(update, name)
+                if root is None:
+                    kind = self._root_kinds.get(name)
+                    if kind is None:
+                        update = update or bytes(self._doc.get_update())
+                        kind = _root_kind(update, name)
+                    if kind is None:
+                        out[name] = None
+                        continue
+                    # a root's type never changes once it has content: type it in the doc itself
+                    self._root_kinds[name] = kind
+                    root = self._doc.get(name, type=kind)
+                out[name] = str(root) if isinstance(root, Text) else root.to_py()
             self._cache, self._dirty = out, False
         return self._cache
 
