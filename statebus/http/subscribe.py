@@ -139,6 +139,10 @@ class Pump:
         self._timer: asyncio.TimerHandle | None = None
         self.completed = False
         self.abandoned = False
+        self._waiting = False
+        self._ping_now = False
+        self._last_write = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.disconnected = asyncio.ensure_future(_wait_disconnect(receive))
         self.disconnected.add_done_callback(lambda _: self.interrupt("disconnect"))
 
@@ -148,6 +152,22 @@ class Pump:
             self.ending = why
             self.abandoned = self._sending and why != "disconnect"
             self._task.cancel()
+
+    def _idle_tick(self, interval: float) -> None:
+        """Runs every ``interval`` of silence: wakes the waiting task to send a heartbeat."""
+        if self.ending is not None or self.completed:
+            return
+        due = self._last_write + interval
+        if (
+            self._loop.time() >= due - 0.001
+            and self._waiting
+            and not self._ping_now
+            and self._task is not None
+        ):
+            self._ping_now = True
+            self._task.cancel()
+            due = self._loop.time() + interval
+        self._idle_timer = self._loop.call_at(due, self._idle_tick, interval)
 
     def _check_send(self) -> None:
         if not self._sending:
@@ -166,6 +186,7 @@ class Pump:
         finally:
             self._sending = False
             self._timer.cancel()
+            self._last_write = self._loop.time()
         if not more:
             self.completed = True
 
@@ -184,11 +205,17 @@ class Pump:
             try:
                 if initial:
                     await self.write(initial)
+                self._idle_timer = self._loop.call_later(interval, self._idle_tick, interval)
                 while True:
+                    self._waiting = True
                     try:
-                        async with asyncio.timeout(interval):
-                            first = await stream.__anext__()
-                    except TimeoutError:
+                        first = await stream.__anext__()
+                    except asyncio.CancelledError:
+                        if not self._ping_now or self.ending is not None or self._task is None:
+                            raise
+                        self._task.uncancel()
+                        self._ping_now = False
+                        self._waiting = False
                         await self.write(ping)
                         continue
                     except StopAsyncIteration:
@@ -197,13 +224,16 @@ class Pump:
                     except StatebusError as exc:
                         await self.write(on_cut(exc), more=False)
                         return
+                    finally:
+                        self._waiting = False
                     data = encode([first, *stream.drain_ready()])
                     if data:
                         await self.write(data)
             except asyncio.CancelledError:
                 if self.ending is None or self._task is None:
                     raise
-                self._task.uncancel()
+                while self._task.uncancel() > 0:
+                    pass
             if self.ending == "stop" and not self.abandoned:
                 await self.write(b"", more=False)
             elif self.abandoned:
@@ -212,6 +242,8 @@ class Pump:
                 log.info("closing a stream whose client stopped reading (%s)", reason)
         finally:
             self.ending = self.ending or "done"
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             stream.close()
             self.disconnected.cancel()
             with contextlib.suppress(asyncio.CancelledError):
