@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -135,5 +136,18 @@ def test_echo_suppressed_only_for_the_same_peer(srv: LiveServer) -> None:
 
 
 def test_multiplex_is_refused(srv: LiveServer) -> None:
+    """braid-http's browser client falls back to plain GETs unless MULTIPLEX gets 200 + Multiplex-Version."""
     r = httpx.post(srv.url + "/.well-known/multiplexer/abc", headers={"Multiplex-Version": "1.0"})
     assert r.status_code >= 400 and "multiplex-version" not in r.headers
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"MULTIPLEX /abc HTTP/1.1\r\nHost: x\r\nMultiplex-Version: 1.0\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    status_line = reply.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 4"), reply
+    assert b"multiplex-version" not in reply.lower()
