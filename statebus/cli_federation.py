@@ -197,6 +197,8 @@ def _stop_all(procs: Sequence[subprocess.Popen[str]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def start_devnet(
@@ -208,18 +210,22 @@ def start_devnet(
     env.pop("STATEBUS_DHT_BOOTSTRAP", None)
     procs: list[subprocess.Popen[str]] = []
     infos: list[dict[str, Any]] = []
+
+    def spawn(i: int, bootstrap: str | None) -> subprocess.Popen[str]:
+        label = chr(ord("a") + i) if i < 26 else f"n{i}"
+        cmd = [sys.executable, "-m", "statebus.cli_federation", "fed-serve", "--data", str(base / label)]
+        cmd += ["--host", host, "--port", "0", "--dht-port", "0", "--log-level", "warning"]
+        if bootstrap:
+            cmd += ["--bootstrap", bootstrap]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
     try:
-        for i in range(n):
-            label = chr(ord("a") + i) if i < 26 else f"n{i}"
-            cmd = [sys.executable, "-m", "statebus.cli_federation", "fed-serve", "--data", str(base / label)]
-            cmd += ["--host", host, "--port", "0", "--dht-port", "0", "--log-level", "warning"]
-            if infos:
-                cmd += ["--bootstrap", infos[0]["dht"]]
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
-            procs.append(proc)
-            info = _read_info(proc, START_TIMEOUT)
-            info["name"] = label
-            infos.append(info)
+        procs.append(spawn(0, None))
+        infos.append(_read_info(procs[0], START_TIMEOUT))
+        procs.extend(spawn(i, infos[0]["dht"]) for i in range(1, n))  # the rest start together
+        infos.extend(_read_info(p, START_TIMEOUT) for p in procs[1:])
+        for i, info in enumerate(infos):
+            info["name"] = chr(ord("a") + i) if i < 26 else f"n{i}"
     except BaseException:
         _stop_all(procs)
         raise
