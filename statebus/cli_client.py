@@ -215,8 +215,10 @@ def cmd_info(args: argparse.Namespace, settings: Settings, client: Client) -> in
 # ---------------------------------------------------------------------- watch
 
 
-def _format_event(event: str, data: dict[str, Any]) -> str:
-    key = data.get("key", "")
+def _format_event(event: str, data: dict[str, Any], local: str | None = None) -> str:
+    key = str(data.get("key", ""))
+    if local and key.startswith(f"/{local}/"):
+        key = "/~" + key[len(local) + 1 :]
     if event == "reset":
         return f"reset {data.get('reason', '')}"
     if event == "delete" or data.get("deleted"):
@@ -237,6 +239,7 @@ def _format_event(event: str, data: dict[str, Any]) -> str:
 
 def cmd_watch(args: argparse.Namespace, settings: Settings, client: Client) -> int:
     path = key_path(args.key)
+    local = _local_pubkey(client)
     last_id: str | None = args.since
     seen = 0
     connected_once = False
@@ -262,7 +265,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings, client: Client) -> i
                     line = (
                         json.dumps({"event": event, "id": ident, **data})
                         if args.json
-                        else _format_event(event, data)
+                        else _format_event(event, data, local)
                     )
                     sys.stdout.write(line + "\n")
                     sys.stdout.flush()
@@ -279,6 +282,17 @@ def cmd_watch(args: argparse.Namespace, settings: Settings, client: Client) -> i
         )
         sys.stderr.flush()
         time.sleep(delay)
+
+
+def _local_pubkey(client: Client) -> str | None:
+    """The node's pubkey from its info document (None when it has none)."""
+    try:
+        node = client.request("GET", INFO_PATH).json().get("node")
+    except StatebusError as exc:
+        if exc.status_hint >= 500:
+            raise
+        return None
+    return node if isinstance(node, str) else None
 
 
 def _sse_events(response: httpx.Response) -> Iterator[tuple[str, str | None, Any]]:
