@@ -43,6 +43,7 @@ class GroupCommitter:
         self.batches = 0
         self.ops_written = 0
         self.on_durable: list[Callable[[Seq], None]] = []
+        self._once: list[Callable[[], None]] = []
 
     @property
     def durable_seq(self) -> Seq:
@@ -63,6 +64,10 @@ class GroupCommitter:
         """Start a flush if one is not running and there is something to write."""
         if self._task is None and self.bus.pending and self._failed is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def call_on_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, after the next batch is on disk (streams waiting for durability)."""
+        self._once.append(callback)
 
     async def wait_durable_change(self) -> None:
         await self._durable_event.wait()
@@ -108,6 +113,9 @@ class GroupCommitter:
         self._waiters = keep
         event, self._durable_event = self._durable_event, asyncio.Event()
         event.set()
+        once, self._once = self._once, []
+        for wake in once:
+            wake()
         for cb in self.on_durable:
             cb(upto)
 

@@ -29,7 +29,8 @@ class EventStream:
         self._node = node
         self.max_buffer = max_buffer
         self._queue: deque[Change] = deque()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._for_durable = False
         self._subs: list[Subscription] = []
         self.error: StatebusError | None = None
         self.closed = False
@@ -42,7 +43,32 @@ class EventStream:
             self.cut(SubscriberTooSlow(f"subscriber fell {self.max_buffer} changes behind and was cut off"))
             return
         self._queue.append(change)
-        self._wake.set()
+        if self._waiter is not None and not self._for_durable:
+            # The reader waits for a first change: wake it once it can be delivered (durable).
+            if change.seq <= self._node.committer.durable_seq or change.kind == "derived":
+                self._wakeup()
+            else:
+                self._for_durable = True
+                self._node.committer.call_on_durable(self._wakeup)
+
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, *, durable: bool) -> None:
+        """Sleep until a change is pushed (``durable`` False) or the next commit (True); one future,
+        one wake-up per batch of changes, however many arrive."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._for_durable = durable
+        if durable:
+            self._node.committer.call_on_durable(self._wakeup)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            self._for_durable = False
 
     def cut(self, error: StatebusError) -> None:
         """End the stream with ``error`` (for the reader to see after the buffered changes)."""
@@ -56,7 +82,7 @@ class EventStream:
         for sub in self._subs:
             sub.close("stream closed")
         self._node._streams.discard(self)
-        self._wake.set()
+        self._wakeup()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -75,14 +101,13 @@ class EventStream:
                         self.cursor = head.seq
                     return head
                 committer.kick()
-                await committer.wait_durable_change()
+                await self._wait(durable=True)
                 continue
             if self.closed:
                 if self.error is not None:
                     raise self.error
                 raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
+            await self._wait(durable=False)
 
     def drain_ready(self) -> list[Change]:
         """Take every buffered change that is already durable, without waiting (for batching)."""
