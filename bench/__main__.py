@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import ServerProcess, raise_fd_limit
+from bench.procs import ServerProcess, prioritised, raise_fd_limit
 from bench.profile import summarize
 from bench.report import check_targets, machine, medians, table, targets_text
 
@@ -67,10 +67,10 @@ QUICK: dict[str, Result] = {
 }
 
 
-def start_server(kind: str, data: Path) -> ServerProcess:
+def start_server(kind: str, data: Path, nice: int) -> ServerProcess:
     if kind == "node":
-        return ServerProcess("bench.serve_node", ["--data", str(data)])
-    return ServerProcess("bench.reference", [kind])
+        return ServerProcess("bench.serve_node", ["--data", str(data)], nice=nice)
+    return ServerProcess("bench.reference", [kind], nice=nice)
 
 
 def read_token(data: Path) -> str:
@@ -79,11 +79,11 @@ def read_token(data: Path) -> str:
     return keystore.load_owner_token(data)
 
 
-def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float) -> Result:
+def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float, nice: int = 0) -> Result:
     """Start a fresh server, run one scenario's generator against it, stop the server."""
     with tempfile.TemporaryDirectory(prefix="statebus-bench-") as tmp:
         data = Path(tmp) / "node"
-        with start_server(cfg["server"], data) as server:
+        with start_server(cfg["server"], data, nice) as server:
             env = {**os.environ, "PYTHONPATH": str(RESULTS.parent.parent)}
             if cfg["server"] == "node":
                 deadline = time.monotonic() + 20
@@ -100,7 +100,7 @@ def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float)
                 raw = profile_dir / f"{name}.collapsed.txt"
                 spy = subprocess.Popen(
                     [
-                        "py-spy",
+                        str(Path(sys.executable).with_name("py-spy")),
                         "record",
                         "--pid",
                         str(server.pid),
@@ -109,6 +109,7 @@ def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float)
                         "--format",
                         "raw",
                         "--nonblocking",
+                        "--gil",
                         "-o",
                         str(raw),
                     ],
@@ -124,6 +125,7 @@ def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float)
                     cwd=RESULTS.parent.parent,
                     timeout=timeout,
                     check=False,
+                    preexec_fn=prioritised(nice),
                 )
             finally:
                 if spy is not None:
@@ -155,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results JSON")
     parser.add_argument("--profile", default="", help="comma-separated scenarios to sample with py-spy")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling priority of servers and generator (negative needs root; for shared machines)",
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     plan = QUICK if args.quick else FULL
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout = 120 if args.quick else 600
             pdir = profile_dir if name in profiles and r == 0 else None
             sys.stderr.write(f"run {r + 1}/{runs}: {name} ...\n")
-            res = run_one(name, cfg, profile_dir=pdir, timeout=timeout)
+            res = run_one(name, cfg, profile_dir=pdir, timeout=timeout, nice=args.nice)
             results[name].append(res)
             sys.stderr.write(f"  {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}\n")
     summary = {n: medians([r for r in rs if "error" not in r]) for n, rs in results.items()}
@@ -185,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "quick": args.quick,
         "runs": runs,
+        "nice": args.nice,
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "config": {n: plan[n] for n in names},

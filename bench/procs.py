@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -28,6 +29,28 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def prioritised(nice: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that runs the child in its own session at scheduling priority ``nice``.
+
+    With autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``), a nice value only
+    counts within a session's group, so the child gets a session of its own and sets that group's
+    nice too (``/proc/self/autogroup``). Negative values need root. None when ``nice`` is 0.
+    """
+    if not nice:
+        return None
+
+    def apply() -> None:
+        os.setsid()
+        try:
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(nice))
+        except OSError:
+            pass
+        os.nice(nice)
+
+    return apply
 
 
 def cpu_seconds(pid: int) -> float:
@@ -55,8 +78,11 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     """A server subprocess (``python -m <module> <args>``) that reports its port on stdout."""
 
-    def __init__(self, module: str, args: list[str], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, args: list[str], *, env: dict[str, str] | None = None, nice: int = 0
+    ) -> None:
         self.module = module
+        self.nice = nice
         self.args = args
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,13 +106,15 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             cwd=root,
             env=env,
+            preexec_fn=prioritised(self.nice),
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = self.proc.stdout.readline()
         if not line or time.monotonic() > deadline:
+            status = self.proc.poll()
             self.stop()
-            raise OSError(f"{self.module} did not start (exit status {self.proc.poll()})")
+            raise OSError(f"{self.module} did not start (exit status {status})")
         info = json.loads(line)
         self.port = int(info["port"])
         self.pid = int(info["pid"])
