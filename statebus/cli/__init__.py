@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from statebus.cli_client import (
+from statebus.cli.client import (
     Client,
     client_for,
     cmd_delete,
@@ -97,7 +97,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from statebus.cli_serve import run_server
+    from statebus.cli.serve import run_server
 
     run_server(settings)
     return 0
