@@ -104,7 +104,8 @@ def test_partition_heals_with_only_the_missing_ops_moved() -> None:
     assert "/~/chirp/101" not in {k[-13:] for k in _values(a, "/~/chirp/")}
     assert len(session.received) == len(b_only)
     assert session.pushed == a_only
-    moved = sum(len(op_set(a, pattern).ops[i]) for i in a_only | b_only)
+    healed = op_set(a, pattern).ops
+    moved = sum(len(healed[i]) for i in a_only | b_only)
     full = full_before + moved  # a full resend: both sides send everything they hold
     assert wire < full / 5, (wire, full)
     assert wire > moved  # the ops themselves cross, plus the summaries
