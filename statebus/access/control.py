@@ -18,7 +18,6 @@ the node owner (owner token, or a request signed with the node key) is the local
 from __future__ import annotations
 
 import logging
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,7 +87,9 @@ class AccessControl:
         policy = self._policies.get(namespace)
         if policy is None:
             if len(self._policies) >= MAX_POLICIES:
-                for ns in [n for n in self._policies if n != self.local][: MAX_POLICIES // 4]:
+                watched = {namespace_of(p) for w in self._watches if not w.stream.closed for p in w.patterns}
+                keep = watched | {self.local}
+                for ns in [n for n in self._policies if n not in keep][: MAX_POLICIES // 4]:
                     self._policies.pop(ns).close()
             policy = AccessPolicy(self.bus, namespace)
             policy.listen(self._policy_changed)
@@ -344,13 +345,14 @@ def _check_keys_op(op: Op) -> Op | None:
     return None
 
 
-_controls: weakref.WeakKeyDictionary[Node, AccessControl] = weakref.WeakKeyDictionary()
+_ATTRIBUTE = "_statebus_access_control"
 
 
 def access_control(node: Node, settings: Settings) -> AccessControl:
-    """The one :class:`AccessControl` of ``node`` (made on first call; every transport shares it)."""
-    control = _controls.get(node)
-    if control is None:
+    """The one :class:`AccessControl` of ``node`` (made on first call and kept on the node, so every
+    transport shares it and it lives exactly as long as the node)."""
+    control = getattr(node, _ATTRIBUTE, None)
+    if not isinstance(control, AccessControl):
         control = AccessControl(node, settings)
-        _controls[node] = control
+        setattr(node, _ATTRIBUTE, control)
     return control
