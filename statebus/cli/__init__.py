@@ -18,6 +18,9 @@ Every expected failure is one line on stderr and exit status 1 (2 for usage erro
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,11 +51,19 @@ class CliError(StatebusError):
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the command's flags (any flag named like a setting), env, config file, defaults."""
     overrides: dict[str, Any] = {"data_dir": getattr(args, "data", None)}
-    for name in ("host", "port", "log_level"):
-        if hasattr(args, name):
-            overrides[name] = getattr(args, name)
+    for f in dataclasses.fields(Settings):
+        if f.name != "data_dir" and getattr(args, f.name, None) is not None:
+            overrides[f.name] = getattr(args, f.name)
     return Settings.load(overrides, config_file=getattr(args, "config", None))
+
+
+def _extension_commands(sub: Any) -> None:
+    """Commands of other packages: ``statebus.cli_federation.register(sub)`` when it exists."""
+    if importlib.util.find_spec("statebus.cli_federation") is not None:
+        module = importlib.import_module("statebus.cli_federation")
+        module.register(sub)
 
 
 # ---------------------------------------------------------------------- node-side commands
@@ -229,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print each event as a JSON object")
     _add_common(p, client=True)
     p.set_defaults(func=cmd_watch)
+    _extension_commands(sub)
     return parser
 
 
