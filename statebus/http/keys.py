@@ -54,11 +54,38 @@ def _range_headers() -> dict[str, str]:
     return dict(braid.RANGE_HEADERS)
 
 
+def _utf8(text: str, name: str) -> str:
+    """``text`` if it is valid Unicode (a ``\\ud800`` escape decodes to a lone surrogate, which no
+    UTF-8 encoder can store or send)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(
+            f"{name} header holds a lone surrogate (\\ud800-\\udfff), which is not text"
+        ) from None
+    return text
+
+
+def version_list(header: str, name: str) -> tuple[Version, ...]:
+    """A ``Version``/``Parents`` header (see :func:`statebus.http.braid.parse_version_list`), text only."""
+    return tuple(_utf8(v, name) for v in braid.parse_version_list(header, name=name))
+
+
+def parse_peer(header: str | None) -> str | None:
+    """A ``Peer`` header (see :func:`statebus.http.braid.parse_peer`), text only."""
+    peer = braid.parse_peer(header)
+    return None if peer is None else _utf8(peer, "Peer")
+
+
 def etag_of(version: Sequence[Version], rng: str | None = None) -> str | None:
     """A strong ETag derived from a version frontier (and the range read), or None without a version."""
     if not version:
         return None
-    h = hashlib.sha256("\x00".join(version).encode("utf-8") + b"\x01" + (rng or "").encode("utf-8"))
+    h = hashlib.sha256(
+        "\x00".join(version).encode("utf-8", "surrogatepass")
+        + b"\x01"
+        + (rng or "").encode("utf-8", "surrogatepass")
+    )
     return '"' + h.hexdigest()[:32] + '"'
 
 
@@ -286,9 +313,7 @@ class KeyEndpoint:
             key = self.parse_key(path)
             require_read(client, key)
             raw_parents = headers.get("parents")
-            parents = (
-                braid.parse_version_list(raw_parents, name="Parents") if raw_parents is not None else None
-            )
+            parents = version_list(raw_parents, "Parents") if raw_parents is not None else None
             raw_beats = headers.get("heartbeats")
             beats = braid.parse_heartbeats(raw_beats)
             await serve_braid(
@@ -299,7 +324,7 @@ class KeyEndpoint:
                 cache=self.cache,
                 key=key,
                 parents=parents or None,
-                peer=braid.parse_peer(headers.get("peer")),
+                peer=parse_peer(headers.get("peer")),
                 heartbeats=(beats, raw_beats.strip())
                 if beats is not None and raw_beats is not None
                 else None,
@@ -342,14 +367,14 @@ class KeyEndpoint:
         opts: dict[str, Any] = {}
         raw_version = headers.get("version")
         if raw_version is not None:
-            versions = braid.parse_version_list(raw_version, name="Version")
+            versions = version_list(raw_version, "Version")
             if len(versions) > 1:
                 raise InvalidValue("a write names one Version")
             if versions:
                 opts["version"] = versions[0]
         raw_parents = headers.get("parents")
         if raw_parents is not None:
-            opts["parents"] = braid.parse_version_list(raw_parents, name="Parents")
+            opts["parents"] = version_list(raw_parents, "Parents")
         raw_merge = headers.get("merge-type")
         if raw_merge is not None:
             name = raw_merge.strip().lower()
@@ -359,7 +384,7 @@ class KeyEndpoint:
                 opts["merge"] = name
             else:
                 opts["_merge"] = name
-        opts["peer"] = braid.parse_peer(headers.get("peer"))
+        opts["peer"] = parse_peer(headers.get("peer"))
         return {k: v for k, v in opts.items() if not k.startswith("_")}
 
     def patches_of(self, headers: Headers, body: bytes) -> list[Any] | None:

@@ -169,6 +169,10 @@ class Pump:
             due = self._loop.time() + interval
         self._idle_timer = self._loop.call_at(due, self._idle_tick, interval)
 
+    def _sending_failed(self, exc: Exception) -> bool:
+        """Whether ``exc`` came from the socket (then nothing more can be sent)."""
+        return self.completed or isinstance(exc, OSError) or self.disconnected.done()
+
     def _check_send(self) -> None:
         if not self._sending:
             return
@@ -234,6 +238,12 @@ class Pump:
                     raise
                 while self._task.uncancel() > 0:
                     pass
+            except Exception as exc:  # the response has started: end it, never answer twice
+                log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
+                if not self._sending_failed(exc):
+                    with contextlib.suppress(Exception):
+                        await self.write(b"", more=False)
+                return
             if self.ending == "stop" and not self.abandoned:
                 await self.write(b"", more=False)
             elif self.abandoned:
