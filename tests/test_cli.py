@@ -89,6 +89,23 @@ def test_token_prints_the_owner_token(tmp_path, capsys, monkeypatch):
     assert run(capsys, "token")[1] == out
 
 
+def test_init_over_a_different_identity_names_the_flag(tmp_path, capsys, monkeypatch):
+    _, out, _ = run(capsys, "init", "--data", str(tmp_path / "a"))
+    run(capsys, "init", "--data", str(tmp_path / "b"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(phrase_of(out)))
+    code, _, err = run(capsys, "init", "--recover", "--data", str(tmp_path / "b"))
+    assert code == 1 and "--force" in err and "force=True" not in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(phrase_of(out)))
+    assert run(capsys, "init", "--recover", "--force", "--data", str(tmp_path / "b"))[0] == 0
+    assert keystore.load(tmp_path / "b").pubkey == keystore.load(tmp_path / "a").pubkey
+
+
+@pytest.mark.parametrize("command", ["", "init", "serve", "token", "info", "get", "put", "delete", "watch"])
+def test_every_command_has_help(command, capsys):
+    code, out, _ = run(capsys, *([command] if command else []), "--help")
+    assert code == 0 and "usage: statebus" in out
+
+
 def test_token_without_identity_is_one_line(tmp_path, capsys):
     code, out, err = run(capsys, "token", "--data", str(tmp_path / "none"))
     assert code == 1 and out == "" and err.count("\n") == 1 and "statebus init" in err
@@ -209,6 +226,7 @@ def test_errors_are_one_line(node, capsys):
         ("get", "/not-a-namespace/x", *args),
         ("get", "x", "--url", f"http://127.0.0.1:{free_port()}"),
         ("get", "x", "--url", "ftp://nope"),
+        ("get", "/", *args),
     ):
         code, out, err = run(capsys, *argv)
         assert code == 1 and out == "", argv

@@ -36,7 +36,7 @@ from statebus.cli.client import (
     cmd_watch,
 )
 from statebus.config import Settings
-from statebus.errors import InvalidValue, StatebusError
+from statebus.errors import Forbidden, InvalidValue, StatebusError
 from statebus.identity import keystore
 
 EXIT_ERROR = 1
@@ -70,7 +70,13 @@ def _extension_commands(sub: Any) -> None:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    data = Path(settings.data_dir)
+    try:
+        return _init(args, Path(settings.data_dir))
+    except Forbidden as exc:  # the keystore's advice names its Python argument
+        raise CliError(exc.detail.replace("pass force=True", "pass --force")) from None
+
+
+def _init(args: argparse.Namespace, data: Path) -> int:
     if args.recover:
         phrase = _read_phrase()
         identity = keystore.recover(data, phrase, force=args.force)

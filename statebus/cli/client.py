@@ -104,6 +104,8 @@ def key_path(key: str) -> str:
     key = key.strip()
     if not key:
         raise InvalidKey("name a key, e.g. /~/notes/1")
+    if key == "/":
+        raise InvalidKey("'/' is not a key; this node's keys are under /~/ (statebus get /~/ lists them)")
     if not key.startswith("/"):
         key = "/" + key if key == "~" or key.startswith("~/") else "/~/" + key
     return quote(key, safe="/~")
