@@ -124,6 +124,8 @@ class Served:
         self.data = data
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("STATEBUS_DATA_DIR", None)
+        self.stderr_path = data.parent / (data.name + "-stderr.txt")
+        self.stderr_file = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -138,7 +140,7 @@ class Served:
                 str(data),
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr_file,
             text=True,
             env=env,
         )
@@ -172,6 +174,7 @@ class Served:
         self.pump.join(5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+        self.stderr_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +192,15 @@ def test_serve_prints_pubkey_url_and_login_link(node):
     assert pubkey in text
     assert f"{node.url}/login?token={keystore.load_owner_token(node.data)}" in text
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", node.url) and not node.url.endswith(":0")
+
+
+def test_first_serve_shows_the_recovery_phrase_once(node, capsys, monkeypatch, tmp_path):
+    text = node.stderr_path.read_text()
+    phrase = phrase_of(text)
+    assert text.count(phrase) == 1 and "shown ONCE" in text
+    monkeypatch.setattr(sys, "stdin", io.StringIO(phrase))
+    assert run(capsys, "init", "--recover", "--data", str(tmp_path))[0] == 0
+    assert keystore.load(tmp_path).pubkey == keystore.load(node.data).pubkey
 
 
 def test_put_get_delete(node, capsys):
