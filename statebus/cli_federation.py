@@ -206,6 +206,9 @@ def start_devnet(
 ) -> tuple[list[subprocess.Popen[str]], list[dict[str, Any]]]:
     """Start ``n`` ``fed-serve`` processes in one new DHT; returns them and their info lines."""
     secret = secrets.token_urlsafe(24)
+    secret_file = base / "dht_secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(secret + "\n")  # to restart a node into this DHT; never printed
     env = {**os.environ, "STATEBUS_DHT_SECRET": secret, "STATEBUS_DHT_NAME": name}
     env.pop("STATEBUS_DHT_BOOTSTRAP", None)
     procs: list[subprocess.Popen[str]] = []
@@ -241,7 +244,8 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     name = args.name or f"devnet-{secrets.token_hex(3)}"
     procs, infos = start_devnet(n, base, name, args.host)
     (base / "devnet.json").write_text(json.dumps({"dht": name, "nodes": infos}, indent=2) + "\n")
-    print(f'devnet "{name}": {n} nodes, data in {base} (invite secret: random, not shown)')
+    secret_file = base / "dht_secret"
+    print(f'devnet "{name}": {n} nodes, data in {base} (invite secret in {secret_file}, not shown)')
     for info in infos:
         print(f"  {info['name']}  pid {info['pid']:<7} {info['url']}  {info['pubkey']}")
         print(f"     login: {info['login']}")
