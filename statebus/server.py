@@ -184,6 +184,9 @@ def make_server(settings: Settings, **overrides: Any) -> StatebusServer:
 
 
 def serve(settings: Settings, **overrides: Any) -> None:
-    """Run the node's HTTP server until SIGTERM or SIGINT, then shut down cleanly."""
+    """Run the node's HTTP server until SIGTERM or SIGINT, then shut down cleanly.
+
+    Sets the process umask to 077 first, so the database and its WAL files are private to the user.
+    """
     os.umask(0o077)
     make_server(settings, **overrides).run()
