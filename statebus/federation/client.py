@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -132,7 +132,7 @@ class PeerClient:
 
     async def ops(
         self, base: str, patterns: Sequence[str], since: Seq, *, live: bool = True
-    ) -> AsyncIterator[list[StreamItem]]:
+    ) -> AsyncGenerator[list[StreamItem], None]:
         """The signed ops stream of ``patterns`` after cursor ``since``: the lines as they arrive, in
         batches (every complete line received so far)."""
         params: dict[str, str | list[str]] = {

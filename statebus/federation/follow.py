@@ -69,6 +69,7 @@ class Follower:
         self.last_rejection = ""
         self.synced_ops = 0
         self.sync_bytes = 0
+        self.streamed_ops = 0
         self.connections = 0
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
@@ -193,31 +194,51 @@ class Follower:
         client = self.fed.client
         self.url = url
         self.server = await client.node_info(url)
-        await self._set("syncing")
-        for pattern in self.patterns:  # delegation records first
-            local = op_set(self.fed.node.bus, pattern)
-            session = await client.sync(url, SyncSession(pattern, local.index))
-            await self._ingest(session.received)
-            self.synced_ops += len(session.received)
-            self.sync_bytes += session.bytes_sent + session.bytes_received
-        self.connections += 1
-        cursor = self.cursors.get(self.server, 0)
-        async for items in client.ops(url, self.patterns, cursor):
-            ops = [item.op for item in items if item.kind == "op"]
-            if ops:
-                await self._ingest(ops)
-            for item in items:
-                if item.kind == "reset":
-                    self.cursors[self.server] = item.seq
-                    await self.persist(force=True)
-                    raise PeerUnavailable(f"resume point gone ({item.reason}); reconnecting for anti-entropy")
-                if item.kind == "live" and self.status != "live":
-                    await self._set("live")
-            self.cursors[self.server] = items[-1].seq if items else cursor
-            cursor = self.cursors[self.server]
-            await self.persist()
-            if self._stop.is_set():
+        while not self._stop.is_set():
+            await self._set("syncing")
+            synced_to: Seq | None = None
+            for pattern in self.patterns:  # delegation records first
+                local = op_set(self.fed.node.bus, pattern)
+                session = await client.sync(url, SyncSession(pattern, local.index))
+                await self._ingest(session.received)
+                self.synced_ops += len(session.received)
+                self.sync_bytes += session.bytes_sent + session.bytes_received
+                if session.server_seq is not None:
+                    synced_to = (
+                        session.server_seq if synced_to is None else min(synced_to, session.server_seq)
+                    )
+            self.connections += 1
+            cursor = max(self.cursors.get(self.server, 0), synced_to or 0)
+            self.cursors[self.server] = cursor
+            if not await self._stream(url, cursor):
                 return
+
+    async def _stream(self, url: str, cursor: Seq) -> bool:
+        """Apply the ops stream from ``cursor``; True when the server asked for a new anti-entropy
+        round (its history after our cursor was compacted), False when the stream ended."""
+        assert self.server is not None
+        async with contextlib.aclosing(self.fed.client.ops(url, self.patterns, cursor)) as stream:
+            async for items in stream:
+                ops = [item.op for item in items if item.kind == "op"]
+                if ops:
+                    self.streamed_ops += len(ops)
+                    await self._ingest(ops)
+                if items and items[-1].kind != "reset":
+                    self.cursors[self.server] = cursor = items[-1].seq
+                for item in items:
+                    if item.kind == "reset":
+                        log.info(
+                            "follow %s: %s resets our cursor (%s)", self.follow.pattern, url, item.reason
+                        )
+                        self.cursors[self.server] = item.seq if item.reason == "compacted" else 0
+                        await self.persist(force=True)
+                        return True
+                    if item.kind == "live" and self.status != "live":
+                        await self._set("live")
+                await self.persist()
+                if self._stop.is_set():
+                    break
+        return False
 
     async def _ingest(self, ops: list[bytes]) -> None:
         if not ops:

@@ -13,6 +13,7 @@ It implements ``statebus.http.peers.PeerService`` for the server-to-server endpo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -164,7 +165,7 @@ class Federation:
 
     def op_set(self, pattern: Key) -> OpSet:
         """The stored ops under ``pattern`` (cached until the next write)."""
-        seq = self.node.committer.durable_seq
+        seq = self.node.committer.durable_seq  # read first: the set holds at least everything up to it
         cached = self._opsets.get(pattern)
         if cached is not None and cached[0] == seq:
             return cached[1]
@@ -182,5 +183,6 @@ class Federation:
             raise Forbidden(f"node {peer} may not read {request.pattern} here")
         if request.ops:
             await self.ingest.take(request.ops, peer=peer)
+        seq = self.node.committer.durable_seq
         found = self.op_set(request.pattern)
-        return answer(found.index, found.ops, request).encode()
+        return dataclasses.replace(answer(found.index, found.ops, request), seq=seq).encode()

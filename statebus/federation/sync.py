@@ -261,22 +261,29 @@ class SyncResponse:
     ranges: tuple[RangeSummary, ...]
     ops: tuple[bytes, ...] = ()
     want: tuple[bytes, ...] = ()
+    seq: int | None = None
+    """The answering node's cursor when it took its op set: every op it had stored up to there is in
+    the set, so once the exchange settles the opener can stream from this cursor on."""
 
     def encode(self) -> bytes:
-        return _dumps(
-            {
-                "v": 1,
-                "ranges": [r.to_json() for r in self.ranges],
-                "ops": _op_objects(self.ops),
-                "want": [_b64(i) for i in self.want],
-            }
-        )
+        obj: dict[str, Any] = {
+            "v": 1,
+            "ranges": [r.to_json() for r in self.ranges],
+            "ops": _op_objects(self.ops),
+            "want": [_b64(i) for i in self.want],
+        }
+        if self.seq is not None:
+            obj["seq"] = self.seq
+        return _dumps(obj)
 
     @staticmethod
     def decode(data: bytes) -> SyncResponse:
-        obj = _load(data, {"ranges", "ops", "want"})
+        obj = _load(data, {"ranges", "ops", "want", "seq"})
+        seq = obj.get("seq")
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63):
+            raise InvalidValue("a sync response's seq is a cursor (a non-negative integer)")
         return SyncResponse(
-            _ranges(obj.get("ranges")), _op_bytes(obj.get("ops", [])), _ids(obj.get("want", []), "want")
+            _ranges(obj.get("ranges")), _op_bytes(obj.get("ops", [])), _ids(obj.get("want", []), "want"), seq
         )
 
 
@@ -310,6 +317,8 @@ class SyncSession:
         """Canonical bytes of the ops the answering side sent (the caller verifies and applies them)."""
         self.pushed: set[bytes] = set()
         self.rounds = 0
+        self.server_seq: int | None = None
+        """The lowest cursor the answering side named: the opener holds everything stored there up to it."""
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -323,6 +332,8 @@ class SyncSession:
         self.rounds += 1
         self.bytes_received += len(response.encode()) if response_bytes is None else response_bytes
         self.received.extend(response.ops)
+        if response.seq is not None:
+            self.server_seq = response.seq if self.server_seq is None else min(self.server_seq, response.seq)
         d = diff(self.index, response.ranges, self.leaf)
         push = sorted((d.offer | set(response.want)) & set(self.ops) - self.pushed)
         self.pushed.update(push)

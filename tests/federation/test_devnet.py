@@ -41,8 +41,8 @@ def alive(pid: int) -> bool:
 def walkthrough(infos: list[dict[str, Any]]) -> None:
     a, b, c = (owner(i) for i in infos)
     try:
-        for n in infos:
-            assert httpx.get(n["url"] + "/.well-known/statebus/node").json()["pubkey"] == n["pubkey"]
+        for info in infos:
+            assert httpx.get(info["url"] + "/.well-known/statebus/node").json()["pubkey"] == info["pubkey"]
         chirp = f"/{infos[0]['pubkey']}/chirp/"
         a.put("/~/.shares/chirp", json={"pattern": chirp}).raise_for_status()
         a.put("/~/chirp/1", json={"text": "hello"}).raise_for_status()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from statebus.federated import Cluster, FederatedNode
-from statebus.federation.follow import state_key
+from statebus.federation.follow import backoff, state_key
 from statebus.federation.opset import op_set
 from statebus.identity import sign_request
 
@@ -132,6 +132,7 @@ async def test_partition_heal_moves_only_the_missing_ops(cluster: Cluster) -> No
     await wait_until(lambda: live(b))
     follower = next(iter(b.federation.followers.values()))
     assert has(b, chirp + "0", {"text": "edited", "n": 0}) and not has(b, chirp + "294")
+    assert follower.streamed_ops == 0  # the stream resumed after what anti-entropy brought
     assert follower.synced_ops == 15, (follower.state(), follower.applied, len(b.federation.followers))
     assert op_set(a.node.bus, chirp).ops == op_set(b.node.bus, chirp).ops
     full = op_set(a.node.bus, chirp).total_bytes
@@ -174,3 +175,34 @@ async def test_quota_stops_a_follow_with_a_reason(cluster: Cluster) -> None:
     assert follower.reason.startswith("quota_exceeded")
     assert 0 < b.federation.ingest.usage(a.pubkey) <= 6000
     assert sum(len(v) for v in op_set(b.node.bus, f"/{a.pubkey}/").ops.values()) <= 6000
+
+
+async def test_a_fresh_follower_of_a_compacted_key_gets_the_current_value_once(cluster: Cluster) -> None:
+    a = await cluster.add("a", history_keep_ops=1)
+    b = await cluster.add("b")
+    await a.share("/~/chirp/")
+    chirp = f"/{a.pubkey}/chirp/"
+    for i in range(12):
+        await a.node.save("/~/chirp/counter", i)  # compaction folds the old ops away
+    assert a.node.bus.storage.horizon(chirp) > 0
+    async with httpx.AsyncClient() as http:
+        req = http.build_request(
+            "GET", f"{a.url}/.well-known/statebus/ops", params={"pattern": chirp, "since": "0", "live": "0"}
+        )
+        req.headers.update(sign_request("GET", str(req.url), req.headers, b"", b.identity))
+        first = json.loads((await http.send(req)).text.splitlines()[0])
+        assert first["reset"] == "compacted" and first["seq"] >= 12
+    await b.follow(chirp)
+    await wait_until(lambda: live(b))
+    assert b.node.bus.fetch(chirp + "counter").value == 11
+    follower = next(iter(b.federation.followers.values()))
+    assert follower.streamed_ops == 0 and 1 <= follower.synced_ops < 12
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    assert backoff(0, 0.25, 30, lambda: 0.0) == 0.125
+    assert backoff(0, 0.25, 30, lambda: 1.0) == 0.25
+    assert backoff(3, 0.25, 30, lambda: 1.0) == 2.0
+    assert backoff(50, 0.25, 30, lambda: 0.0) == 15.0
+    samples = {backoff(4, 0.25, 30) for _ in range(20)}
+    assert len(samples) > 1 and all(2.0 <= x <= 4.0 for x in samples)
