@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -195,3 +196,28 @@ def test_messages_round_trip_and_reject_garbage() -> None:
             SyncRequest.decode(data)
     with pytest.raises(StatebusError):
         SyncResponse.decode(b'{"v":1,"ranges":[],"ops":[1]}')
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"v": st.just(1), "pattern": st.just("/" + OWNER.pubkey + "/x/"), "ranges": json_values}
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_hostile_messages_raise_only_statebus_errors(data: bytes) -> None:
+    for decode in (SyncRequest.decode, SyncResponse.decode):
+        try:
+            decode(data)
+        except StatebusError:
+            pass
