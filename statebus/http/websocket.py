@@ -246,7 +246,7 @@ class Connection:
             return
         key = node_key(self.node, name)
         require_read(self.client, key)
-        if name in self.subs:
+        if name in self.subs and not self.subs[name].done():
             return
         stream = self.client.stream_node(self.node).events(key, snapshot=True)
         self.subs[name] = asyncio.create_task(self.follow(name, key, stream))

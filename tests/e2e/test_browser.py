@@ -196,3 +196,44 @@ def test_statebus_js_subscribe_resumes_after_the_node_restarts(tmp_path):
     assert out["result"]["state"]["/~/r/3"] == "after"
     assert "connecting" in out["result"]["statuses"] or "closed" in out["result"]["statuses"]
     assert result.get("ok") is True
+
+
+PATCH_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const seen = [];
+  statebus.subscribe('/~/p', (key, value, ev) => seen.push(ev.type));
+  for (let i = 0; i < 600 && !seen.length; i++) await sleep(50);
+  await statebus.put('/~/signal/patch', true);          // the test patches /~/p now
+  for (let i = 0; i < 600 && seen.length < 5; i++) await sleep(50);
+  window.__result = {seen, value: statebus.state['/~/p'], fresh: await statebus.get('/~/p'),
+                     missing: (await statebus.get('/~/no/such/key')) === undefined};
+  window.__done = true;
+})()
+"""
+
+
+def test_statebus_js_applies_patches_like_the_node(tmp_path):
+    with node_on(tmp_path / "data") as server:
+        url = f"http://127.0.0.1:{server.port}"
+        token = owner_token(server.statebus_app.state.settings)
+        auth = {"Authorization": f"Bearer {token}"}
+        httpx.put(f"{url}/~/p", json={"tags": ["a", "c"], "n": 1, "o": {"x": [1]}}, headers=auth)
+
+        def patch() -> None:
+            for rng, body in (
+                (".tags[1:1]", b'["b"]'),
+                (".n", b""),
+                (".o.x[0]", b"2"),
+                ('["new key"]', b"[]"),
+            ):
+                httpx.patch(f"{url}/~/p", headers={**auth, "Content-Range": f"json {rng}"}, content=body)
+
+        writer = when(lambda: httpx.get(f"{url}/~/signal/patch", headers=auth).status_code == 200, patch)
+        out = run_browser(f"{url}/login?token={token}", PATCH_SCRIPT, timeout=60)
+        writer.join(5)
+    assert out["ok"], out
+    result = out["result"]
+    assert result["seen"] == ["snapshot", "update", "update", "update", "update"]
+    assert result["value"] == result["fresh"] == {"tags": ["a", "b", "c"], "o": {"x": [2]}, "new key": []}
+    assert result["missing"] is True  # get() of a key that does not exist gives undefined

@@ -170,7 +170,8 @@
     statebus.subscribe = function (keys, callback, {since, onstatus = () => {}} = {}) {
         const list = [].concat(keys)
         let es = null, stopped = false
-        const mine = new Set()       // keys this subscription has put in statebus.state
+        const mine = new Map()       // this subscription's own values (patches apply to these, so two
+                                     // subscriptions covering one key never apply a patch twice)
         let lastId
         const open = async () => {
             await statebus.ready
@@ -202,7 +203,7 @@
             const event = {type, version: data.version, parents: data.parents, id: e.lastEventId}
             if (e.lastEventId) lastId = e.lastEventId
             if (type === 'reset') {
-                for (const k of mine) delete statebus.state[k]
+                for (const k of mine.keys()) delete statebus.state[k]
                 mine.clear()
                 callback(null, undefined, {...event, reason: data.reason})
                 return
@@ -218,13 +219,13 @@
                 else {
                     try {
                         value = data.patches.reduce((v, p) => applyPatch(v, p[0], p.length > 1 ? p[1] : undefined),
-                                                    statebus.state[key])
+                                                    mine.get(key))
                     } catch (err) {
                         value = await statebus.get(key)    // fall back to reading the whole value
                     }
                 }
                 statebus.state[key] = value
-                mine.add(key)
+                mine.set(key, value)
             }
             callback(key, value, event)
         }
