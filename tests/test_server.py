@@ -1,0 +1,89 @@
+"""The composition root: identity on first start, signed durable writes, the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from pathlib import Path
+
+from statebus.config import Settings
+from statebus.identity import keystore
+from statebus.identity.signing import check_signature
+from statebus.oplog import decode_op
+from statebus.server import RedactTokens, build_node, create_app, login_url
+
+
+def test_first_start_creates_identity_and_token_then_reuses_them(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", port=0)
+    shown: list[str] = []
+
+    async def first() -> str:
+        node = build_node(settings, on_new_identity=lambda ident, phrase: shown.append(phrase))
+        try:
+            await node.save("/~/a", {"x": 1})
+            return node.local
+        finally:
+            await node.aclose()
+
+    pubkey = asyncio.run(first())
+    assert len(shown) == 1 and len(shown[0].split()) == 24
+    assert keystore.load(settings.data_dir).pubkey == pubkey
+    token_file = keystore.identity_dir(settings.data_dir) / keystore.TOKEN_FILE
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert login_url(settings, 1234).endswith("/login?token=" + keystore.load_owner_token(settings.data_dir))
+
+    async def second() -> tuple[str, object]:
+        node = build_node(settings, on_new_identity=lambda ident, phrase: shown.append(phrase))
+        try:
+            return node.local, node.fetch("/~/a").value
+        finally:
+            await node.aclose()
+
+    assert asyncio.run(second()) == (pubkey, {"x": 1})
+    assert len(shown) == 1  # no new identity on a restart
+
+
+def test_writes_are_stored_signed_by_the_node(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", port=0)
+
+    async def run() -> str:
+        node = build_node(settings)
+        try:
+            await asyncio.gather(*(node.save(f"/~/k{i}", i) for i in range(5)))
+            return node.local
+        finally:
+            await node.aclose()
+
+    local = asyncio.run(run())
+    from statebus.storage.sqlite import SqliteStorage
+
+    storage = SqliteStorage(settings.data_dir / "store.sqlite3")
+    try:
+        ops = [decode_op(s.data) for s in storage.scan(f"/{local}/", 0, 100)]
+    finally:
+        storage.close()
+    assert len(ops) == 5
+    for op in ops:
+        assert op.author == local
+        check_signature(op)
+
+
+def test_app_lifespan_closes_the_node(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "d", port=0))
+    node = app.state.node
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            await node.save("/~/x", 1)
+        assert node.closing and app.state.streams.closing
+
+    asyncio.run(run())
+
+
+def test_redaction_filter_masks_message_text() -> None:
+    record = logging.LogRecord(
+        "uvicorn", logging.INFO, __file__, 1, "open /login?token=abc123 now", None, None
+    )
+    RedactTokens().filter(record)
+    assert "abc123" not in record.getMessage()
