@@ -23,13 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.types import ASGIApp
+
 from statebus.access.acl import acl_prefix, check_acl_value
+from statebus.access.gate import SignatureGate
 from statebus.access.limits import QuotaTracker, RateLimiter, SubscriptionCounter
 from statebus.access.policy import AccessPolicy
 from statebus.access.signatures import RequestVerifier
 from statebus.bus import Change
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidOp, StatebusError
+from statebus.errors import Forbidden, InvalidOp, StatebusError, TooLarge
 from statebus.identity.delegation import keys_prefix, parse_record
 from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, is_subtree, namespace_of
@@ -37,6 +40,7 @@ from statebus.oplog import Op, decode_op, encode_op
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream
 from statebus.types import Key, PubKey, Seq, Version
+from statebus.values import dumps_json
 
 log = logging.getLogger("statebus.access")
 
@@ -123,6 +127,14 @@ class AccessControl:
         """Count a request against the rate limits (the node owner is exempt). Raises RateLimited."""
         if client != self.local:
             self.rates.hit(client, address)
+
+    def count_address(self, address: str | None) -> None:
+        """Count a request against its address's rate only (the signature gate, before verifying)."""
+        self.rates.hit(None, address)
+
+    def gate(self, app: ASGIApp) -> SignatureGate:
+        """``app`` behind the request-signature gate of this node (verify, then count the key)."""
+        return SignatureGate(app, self.signatures, self.settings.max_body_bytes, self.count_address)
 
     # ------------------------------------------------------------------ listings
 
@@ -248,6 +260,11 @@ class AccessControl:
         """
         op = decode_op(body)
         self.check_op(submitter, key, op)
+        limit = self.settings.max_value_bytes
+        if op.kind in ("set", "crdt"):
+            size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))
+            if size > limit:
+                raise TooLarge(f"the value is {size} bytes; the limit is {limit}")
         namespace = namespace_of(key)
         size = len(encode_op(op))
         remote = namespace != self.local

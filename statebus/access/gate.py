@@ -10,6 +10,7 @@ gets a JSON error (401, 413 or 429) and never reaches the app. Unsigned requests
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,8 @@ from statebus.errors import InvalidValue, RateLimited, StatebusError, TooLarge
 
 SIGNER = "statebus.signer"
 """The scope entry holding the verified signer of a request."""
+ADDRESS_COUNTED = "statebus.address_counted"
+"""Set in the scope when the gate already counted the request against its address's rate."""
 
 
 async def read_all(receive: Receive, limit: int) -> bytes:
@@ -75,18 +78,31 @@ class SignatureGate:
         app: the wrapped app.
         verifier: the node's request verifier (nonces, authority, max age).
         max_body: the largest body read for verification (``settings.max_body_bytes``).
+        count_address: counts a signed request against its remote address's rate *before* the
+            body is read and the signature checked (raises RateLimited), so floods of bad
+            signatures are throttled too.
     """
 
-    def __init__(self, app: ASGIApp, verifier: RequestVerifier, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: RequestVerifier,
+        max_body: int,
+        count_address: Callable[[str | None], None] | None = None,
+    ) -> None:
         self.app = app
         self.verifier = verifier
         self.max_body = max_body
+        self.count_address = count_address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_signed(scope):
             await self.app(scope, receive, send)
             return
         try:
+            if self.count_address is not None:
+                client = scope.get("client")
+                self.count_address(str(client[0]) if client else None)
             body = await read_all(receive, self.max_body)
             signer = self.verifier.verify(scope, body)
         except StatebusError as exc:
@@ -94,4 +110,5 @@ class SignatureGate:
             return
         inner: dict[str, Any] = dict(scope)
         inner[SIGNER] = signer
+        inner[ADDRESS_COUNTED] = self.count_address is not None
         await self.app(inner, replay(body, receive), send)

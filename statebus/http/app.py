@@ -25,7 +25,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from statebus.access.control import access_control
-from statebus.access.gate import SignatureGate
 from statebus.config import Settings
 from statebus.http.auth import OwnerAuth, login
 from statebus.http.encode import EncodeCache
@@ -91,7 +90,7 @@ def build_app(
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
     routes.extend(extension_routes(node, settings))
     routes.extend(openapi_routes())
-    routes.append(Route("/{path:path}", SignatureGate(keys, access.signatures, settings.max_body_bytes)))
+    routes.append(Route("/{path:path}", access.gate(keys)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
 
 from statebus.access.control import AccessControl
-from statebus.access.gate import SIGNER
+from statebus.access.gate import ADDRESS_COUNTED, SIGNER
 from statebus.errors import Forbidden
 from statebus.http.errors import statebus_error_response
 from statebus.keys import segments
@@ -103,7 +103,7 @@ class OwnerAuth:
         address = conn.client.host if conn.client is not None else None
         signer = conn.scope.get(SIGNER)
         pubkey = self.access.local if owner else signer if isinstance(signer, str) else None
-        self.access.hit(pubkey, address)
+        self.access.hit(pubkey, None if conn.scope.get(ADDRESS_COUNTED) else address)
         if pubkey == self.access.local:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)

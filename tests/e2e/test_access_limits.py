@@ -52,6 +52,29 @@ def test_body_and_value_size(tmp_path: Path) -> None:
         r = signed(owner, alice, "PUT", "/~/big", content=b"x" * 2000, headers={"content-type": OP_TYPE})
         assert r.status_code == 413
         assert state(srv) == before
+        # a signed op whose value is over max_value_bytes (the body is under max_body_bytes)
+        key = f"/{srv.local}/big"
+        assert owner.put("/~/.acl/big", json={"write": [alice.pubkey]}).status_code == 200
+        before = state(srv)
+        op = make_op(alice, key, "y" * 300)
+        r = signed(owner, alice, "PUT", "/~/big", content=op, headers={"content-type": OP_TYPE})
+        assert r.status_code == 413 and "value" in r.json()["detail"]
+        assert state(srv) == before
+
+
+def test_bad_signature_floods_are_rate_limited_by_address(tmp_path: Path) -> None:
+    with (
+        live_server(tmp_path / "n", rate_limit_per_ip="5/minute") as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as anon,
+    ):
+        mallory = Identity.generate()
+        codes = []
+        for _ in range(7):
+            req = anon.build_request("GET", "/~/public/x")
+            req.headers.update(sign_request(req.method, str(req.url), req.headers, None, mallory))
+            req.headers["signature"] = "sb=:" + "A" * 86 + "==:"
+            codes.append(anon.send(req).status_code)
+        assert codes == [401] * 5 + [429] * 2
 
 
 def test_rate_limits_per_ip_and_per_key(tmp_path: Path) -> None:
