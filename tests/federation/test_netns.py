@@ -4,6 +4,7 @@ process is removed in ``finally``."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.netns
 SUFFIX = f"{os.getpid() % 100000}"
 BRIDGE = f"sbbr{SUFFIX}"
 SUBNET = "10.200.0"
+LOCK_FILE = "/tmp/statebus-netns-test.lock"
 
 
 def _why_not() -> str | None:
@@ -54,6 +56,9 @@ def netns() -> Iterator[list[tuple[str, str, str]]]:
         pytest.skip(reason)
     made: list[tuple[str, str, str]] = []
     bridge = False
+    # the subnet is fixed (10.200.0.x): two suites running at once take turns
+    lock = open(LOCK_FILE, "w")  # noqa: SIM115 - held for the whole fixture
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         ip("link", "add", BRIDGE, "type", "bridge")
         bridge = True
@@ -76,6 +81,8 @@ def netns() -> Iterator[list[tuple[str, str, str]]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
         if bridge:
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, timeout=10)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 def start(
