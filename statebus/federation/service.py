@@ -82,6 +82,7 @@ class Federation:
         self._watch: Subscription | None = None
         self._reconcile_lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
         self._opsets: dict[Key, tuple[int, OpSet]] = {}
         self.started = False
 
@@ -110,8 +111,16 @@ class Federation:
         await self.client.aclose()
 
     def _follows_changed(self, change: Change) -> None:
-        if self.started and (self._pending is None or self._pending.done()):
-            self._pending = asyncio.get_running_loop().create_task(self.reconcile())
+        if not self.started:
+            return
+        self._dirty = True
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self._reconcile_while_dirty())
+
+    async def _reconcile_while_dirty(self) -> None:
+        while self._dirty and self.started:
+            self._dirty = False  # a change during the pass below marks it dirty again
+            await self.reconcile()
 
     async def reconcile(self) -> None:
         """Start followers for new follow records, stop those whose record is gone."""

@@ -206,3 +206,21 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     assert backoff(50, 0.25, 30, lambda: 0.0) == 15.0
     samples = {backoff(4, 0.25, 30) for _ in range(20)}
     assert len(samples) > 1 and all(2.0 <= x <= 4.0 for x in samples)
+
+
+async def test_follow_records_start_and_stop_followers(cluster: Cluster) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await a.share("/~/chirp/")
+    chirp, public = f"/{a.pubkey}/chirp/", f"/{a.pubkey}/public/"
+    await asyncio.gather(b.follow(chirp), b.follow(public))  # two records in quick succession
+    await wait_until(lambda: len(b.federation.followers) == 2 and live(b))
+    assert b.federation.ingest.accepts(a.pubkey)
+    await b.unfollow(chirp)
+    await wait_until(lambda: len(b.federation.followers) == 1)
+    assert b.federation.ingest.accepts(a.pubkey)  # still follows public/
+    await b.unfollow(public)
+    await wait_until(lambda: not b.federation.followers)
+    assert not b.federation.ingest.accepts(a.pubkey)
+    await a.node.save("/~/chirp/after", 1)
+    await asyncio.sleep(0.3)
+    assert not has(b, chirp + "after")
