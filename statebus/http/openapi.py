@@ -79,10 +79,19 @@ _WRITTEN: Final[dict[str, Any]] = {
 }
 
 
+_NAMESPACE_PARAM: Final[dict[str, Any]] = {
+    "name": "namespace",
+    "in": "path",
+    "required": True,
+    "description": "a namespace: the owner's Ed25519 public key, 52 base32 characters",
+    "schema": {"type": "string", "pattern": "^[a-z2-7]{51}[aq]$"},
+}
+
+
 def _key_item(namespace: str) -> dict[str, Any]:
     where = "this node's namespace" if namespace == "~" else "the namespace of a public key"
     return {
-        "parameters": [_PATH_PARAM],
+        "parameters": [_PATH_PARAM] if namespace == "~" else [_NAMESPACE_PARAM, _PATH_PARAM],
         "get": {
             "summary": f"Read a key in {where} (JSON or bytes); with Accept: text/event-stream or "
             "Subscribe, stream it",
@@ -203,6 +212,7 @@ def document() -> dict[str, Any]:
         "paths": {
             "/~/{path}": _key_item("~"),
             "/~/{path}/": _subtree_item(),
+            "/{namespace}/{path}": _key_item("pubkey"),
             "/login": {
                 "get": {
                     "summary": "Log the owner in: sets the statebus_token cookie",

@@ -82,7 +82,7 @@ def snapshot(srv: LiveServer) -> tuple[Any, ...]:
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,
