@@ -1,0 +1,67 @@
+"""``statebus follow / peers / unfollow`` against a running federated node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from statebus.cli_federation import main
+from statebus.federated import Cluster, FederatedNode
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(
+        tmp_path, dht_secret=os.urandom(16), sse_ping_interval=0.3, backoff_base=0.05, backoff_cap=0.4
+    )
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def live(node: FederatedNode) -> bool:
+    fs = node.federation.followers.values()
+    return bool(fs) and all(f.live.is_set() for f in fs)
+
+
+async def cli(node: FederatedNode, *args: str) -> int:
+    argv = [*args, "--data", str(node.settings.data_dir), "--url", node.url]
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_follow_peers_unfollow(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await a.share("/~/chirp/")
+    await a.node.save("/~/chirp/1", "hi")
+    chirp = f"/{a.pubkey}/chirp/"
+    assert await cli(b, "follow", chirp) == 0
+    assert capsys.readouterr().out == f"following {chirp}\n"
+    await wait_until(lambda: live(b))
+    assert b.node.bus.fetch(chirp + "1").value == "hi"
+    await asyncio.sleep(0.05)
+    assert await cli(b, "peers", "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["pattern"] == chirp and row["state"]["server"] == a.pubkey
+    assert await cli(b, "peers") == 0
+    assert capsys.readouterr().out.startswith(f"{chirp}  ")
+    assert await cli(b, "unfollow", chirp) == 0
+    await wait_until(lambda: not b.federation.followers)
+    assert await cli(b, "follow", "/not-a-key/") == 1
+    assert "statebus: error:" in capsys.readouterr().err
+    assert await cli(b, "follow", chirp, "--via", "ftp://x") == 1
