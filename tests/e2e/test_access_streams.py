@@ -149,3 +149,24 @@ def test_websocket_subscriber_is_cut_off(srv: LiveServer, owner: httpx.Client) -
         asyncio.run(main())
     finally:
         owner.delete("/~/.acl/public")
+
+
+def test_revoking_a_delegate_cuts_its_stream(srv: LiveServer, owner: httpx.Client) -> None:
+    from statebus.identity import delegate, keystore, revoke
+
+    root = keystore.load(srv.settings.data_dir)
+    phone = Identity.generate()
+    rec = delegate(root, phone.pubkey, [f"/{root.pubkey}/s4/"], issued=1)
+    put(owner, f"/~/.keys/{phone.pubkey}", rec.to_json())
+    put(owner, "/~/s4/n", "note")
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = open_signed_stream(c, phone, "/~/s4/", {"Accept": "text/event-stream"})
+        try:
+            assert r.status_code == 200  # no rule: the delegation alone lets it read its scope
+            sse = SseReader(r)
+            assert sse.next_event()["data"]["value"] == "note"
+            put(owner, f"/~/.keys/{phone.pubkey}", revoke(root, phone.pubkey, issued=2).to_json())
+            ev = sse.next_event()
+            assert ev["event"] == "error" and "revoked" in ev["data"]["detail"]
+        finally:
+            r.close()
