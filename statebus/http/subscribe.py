@@ -10,7 +10,8 @@ so writers and other readers never wait for it and nothing is buffered without b
 SSE cursors: an event's ``id`` is the node cursor (``Change.seq``) after it, sent only where resuming
 from it loses nothing: on every live change, and at the end of the initial state (a subtree's
 snapshot is many events and one cursor). A cursor that only ends a batch of skipped events is sent as a
-bare ``id:`` line, which browsers record without dispatching an event. A resume cursor whose history
+bare ``id:`` line (browsers record it without dispatching an event) only when no event precedes it
+in the same batch; otherwise it rides on the last event sent. A resume cursor whose history
 was compacted gets a ``reset`` event, then fresh ``snapshot`` events.
 """
 
@@ -295,21 +296,32 @@ class SseEncoder:
         items = sorted(self._backlog, key=lambda c: c.seq)
         self._backlog = []
         seen: set[tuple[str, int, str]] = set()
-        out: list[bytes] = []
+        entries: list[tuple[Change | None, int | None]] = []
         for i, change in enumerate(items):
             due = change.last and (i == len(items) - 1 or items[i + 1].seq > change.seq)
             cursor = change.seq if due else None
             ident = (change.key, change.seq, change.kind)
             skip = ident in seen or (is_subtree(change.key) and not change.exists)
             seen.add(ident)
-            if skip:
-                if cursor is not None:
-                    out.append(f"id: {cursor}\n\n".encode("ascii"))
-            else:
-                snapshot = self.reset or change.kind != "op"
-                out.append(sse_event(change, cursor, snapshot=snapshot))
             if change.kind == "op":
                 self.last_op_seq = max(self.last_op_seq, change.seq)
+            if not skip:
+                entries.append((change, cursor))
+            elif cursor is not None:
+                # A cursor due on an event that is not sent (the end marker of a subtree snapshot)
+                # holds just as well for the last event sent: nothing with data lies between. Put
+                # it there (clients that read ids from events see it); alone only if there is none.
+                last = entries[-1] if entries else None
+                if last is not None and last[0] is not None and last[1] is None:
+                    entries[-1] = (last[0], cursor)
+                else:
+                    entries.append((None, cursor))
+        out: list[bytes] = []
+        for event, cursor in entries:
+            if event is None:
+                out.append(f"id: {cursor}\n\n".encode("ascii"))
+            else:
+                out.append(sse_event(event, cursor, snapshot=self.reset or event.kind != "op"))
         return b"".join(out)
 
 

@@ -1,0 +1,90 @@
+"""statebus: a reactive key-value node for the decentralised web.
+
+The public API, importable from ``statebus`` directly. Names load lazily (PEP 562), so
+``import statebus.keys`` does not pull in the HTTP server or the event loop.
+
+>>> import statebus
+>>> statebus.parse_key("/~/app/x", local="a" * 51 + "q").endswith("/app/x")
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from statebus.bus import Bus, Change, Subscription
+    from statebus.config import Settings
+    from statebus.errors import (
+        BadSignature,
+        Forbidden,
+        HistoryCompacted,
+        InvalidKey,
+        InvalidOp,
+        InvalidRange,
+        InvalidValue,
+        NotFound,
+        QuotaExceeded,
+        RateLimited,
+        StatebusError,
+        SubscriberTooSlow,
+        TooLarge,
+        VersionConflict,
+    )
+    from statebus.identity import Identity
+    from statebus.keys import decode_pubkey, encode_pubkey, parse_key
+    from statebus.oplog import DELETE, Op, Patch, decode_op, encode_op
+    from statebus.runtime import EventStream, Node
+    from statebus.storage.memory import MemoryStorage
+    from statebus.storage.sqlite import SqliteStorage
+
+_EXPORTS = {
+    "BadSignature": "statebus.errors",
+    "Bus": "statebus.bus",
+    "Change": "statebus.bus",
+    "DELETE": "statebus.oplog",
+    "EventStream": "statebus.runtime",
+    "Forbidden": "statebus.errors",
+    "HistoryCompacted": "statebus.errors",
+    "Identity": "statebus.identity",
+    "InvalidKey": "statebus.errors",
+    "InvalidOp": "statebus.errors",
+    "InvalidRange": "statebus.errors",
+    "InvalidValue": "statebus.errors",
+    "MemoryStorage": "statebus.storage.memory",
+    "Node": "statebus.runtime",
+    "NotFound": "statebus.errors",
+    "Op": "statebus.oplog",
+    "Patch": "statebus.oplog",
+    "QuotaExceeded": "statebus.errors",
+    "RateLimited": "statebus.errors",
+    "Settings": "statebus.config",
+    "SqliteStorage": "statebus.storage.sqlite",
+    "StatebusError": "statebus.errors",
+    "SubscriberTooSlow": "statebus.errors",
+    "Subscription": "statebus.bus",
+    "TooLarge": "statebus.errors",
+    "VersionConflict": "statebus.errors",
+    "decode_op": "statebus.oplog",
+    "decode_pubkey": "statebus.keys",
+    "encode_op": "statebus.oplog",
+    "encode_pubkey": "statebus.keys",
+    "parse_key": "statebus.keys",
+}
+
+__all__ = sorted(_EXPORTS)
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'statebus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
