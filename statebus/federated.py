@@ -49,8 +49,8 @@ class EmbeddedServer(StatebusServer):
 def federated_app(node: Node, settings: Settings, federation: Federation) -> tuple[Starlette, PeerEndpoints]:
     """The node's app with the peer routes mounted first (what ``create_app`` should do)."""
     app = build_app(node, settings, owner_token=owner_token(settings), close_node=False)
-    peer_routes, endpoints = routes(node, settings, federation)
-    app.router.routes[0:0] = peer_routes
+    endpoints = PeerEndpoints(node, settings, federation)
+    app.router.routes[0:0] = routes(node, settings, federation, endpoints)
     app.state.peers = endpoints
     app.state.federation = federation
     return app, endpoints

@@ -158,9 +158,30 @@ class PeerEndpoints:
         except StatebusError as exc:
             return statebus_error_response(exc)
         headers = {"statebus-node": self.node.local, "cache-control": "no-store", "x-accel-buffering": "no"}
-        return StreamingResponse(self._stream(patterns, since, live), media_type=NDJSON, headers=headers)
+        registry = getattr(request.app.state, "streams", None)
+        stop: asyncio.Event | None = None
+        if registry is not None and hasattr(registry, "open"):
+            try:
+                stop = registry.open()  # the app's shutdown ends this stream too
+            except StatebusError as exc:
+                return statebus_error_response(exc)
+        body = self._stream(patterns, since, live, stop, registry)
+        return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
-    async def _stream(self, patterns: list[Key], since: Seq, live: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None, registry: object
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._lines(patterns, since, live, stop):
+                yield chunk
+        finally:
+            release = getattr(registry, "release", None)
+            if stop is not None and callable(release):
+                release(stop)
+
+    async def _lines(
+        self, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
+    ) -> AsyncIterator[bytes]:
         node = self.node
         horizon = max(node.bus.storage.horizon(p) for p in patterns)
         if since > node.committer.durable_seq:
@@ -178,7 +199,7 @@ class PeerEndpoints:
         cursor = since
         announced = False
         try:
-            while not self.stopping.is_set() and not node.closing:
+            while not self.stopping.is_set() and not node.closing and not (stop and stop.is_set()):
                 wake.clear()
                 upto = node.committer.durable_seq
                 batch = scan_patterns(node, patterns, cursor)
@@ -193,21 +214,21 @@ class PeerEndpoints:
                     announced = True
                     yield _line({"live": True, "seq": cursor})
                 try:
-                    await asyncio.wait_for(self._woken(wake), self.settings.sse_ping_interval)
+                    await asyncio.wait_for(self._woken(wake, stop), self.settings.sse_ping_interval)
                 except TimeoutError:
                     yield _line({"ping": True, "seq": cursor})
         finally:
             if durable in node.committer.on_durable:
                 node.committer.on_durable.remove(durable)
 
-    async def _woken(self, wake: asyncio.Event) -> None:
-        stop = asyncio.ensure_future(self.stopping.wait())
-        woke = asyncio.ensure_future(wake.wait())
+    async def _woken(self, wake: asyncio.Event, stop: asyncio.Event | None) -> None:
+        events = [self.stopping, wake] + ([stop] if stop is not None else [])
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
         try:
-            await asyncio.wait({stop, woke}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
-            woke.cancel()
+            for w in waiters:
+                w.cancel()
 
     async def sync(self, request: Request) -> Response:
         try:
@@ -224,15 +245,14 @@ class PeerEndpoints:
         return Response(out, media_type="application/json", headers={"statebus-node": self.node.local})
 
 
-def routes(node: Node, settings: Settings, service: PeerService) -> tuple[list[BaseRoute], PeerEndpoints]:
-    """The peer routes (mount them before the catch-all key route) and their endpoints object
-    (call ``close_all()`` on shutdown so open ops streams end)."""
-    ep = PeerEndpoints(node, settings, service)
-    return (
-        [
-            Route(f"{WELL_KNOWN}/node", ep.node_info, methods=["GET"]),
-            Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),
-            Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
-        ],
-        ep,
-    )
+def routes(
+    node: Node, settings: Settings, service: PeerService, endpoints: PeerEndpoints | None = None
+) -> list[BaseRoute]:
+    """The peer routes; mount them before the catch-all key route. Open ops streams end when the
+    app's ``state.streams`` registry closes them (graceful shutdown) or on ``endpoints.close_all()``."""
+    ep = endpoints if endpoints is not None else PeerEndpoints(node, settings, service)
+    return [
+        Route(f"{WELL_KNOWN}/node", ep.node_info, methods=["GET"]),
+        Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),
+        Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
+    ]

@@ -32,6 +32,10 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str 
         await asyncio.sleep(0.02)
 
 
+async def _drain(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines if line]
+
+
 def has(node: FederatedNode, key: str, value: object = None) -> bool:
     change = node.node.bus.fetch_or_none(key)
     return change is not None and change.exists and (value is None or change.value == value)
@@ -160,6 +164,17 @@ async def test_peer_requests_are_signed_and_checked(cluster: Cluster) -> None:
         assert (await signed(f"/{a.pubkey}/private/")).status_code == 403
         assert (await signed(f"/{a.pubkey}/public/", nonce="n1")).status_code == 200
         assert (await signed(f"/{a.pubkey}/public/", nonce="n1")).status_code == 401  # replay
+        # a live stream ends when the app's stream registry closes (graceful shutdown)
+        req = http.build_request("GET", url, params={"pattern": f"/{a.pubkey}/public/"})
+        req.headers.update(sign_request("GET", str(req.url), req.headers, b"", b.identity))
+        response = await http.send(req, stream=True)
+        lines = response.aiter_lines()
+        assert json.loads(await anext(lines))["op"]["k"].endswith("/public/y")
+        assert json.loads(await anext(lines)) == {"live": True, "seq": a.node.committer.durable_seq}
+        a.server.statebus_app.state.streams.close_all()
+        rest = await asyncio.wait_for(_drain(lines), 5)  # ends instead of waiting for pings
+        assert all("op" not in json.loads(line) for line in rest)
+        await response.aclose()
 
 
 async def test_quota_stops_a_follow_with_a_reason(cluster: Cluster) -> None:
