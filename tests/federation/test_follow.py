@@ -168,11 +168,11 @@ async def test_peer_requests_are_signed_and_checked(cluster: Cluster) -> None:
         req = http.build_request("GET", url, params={"pattern": f"/{a.pubkey}/public/"})
         req.headers.update(sign_request("GET", str(req.url), req.headers, b"", b.identity))
         response = await http.send(req, stream=True)
-        lines = response.aiter_lines()
-        assert json.loads(await anext(lines))["op"]["k"].endswith("/public/y")
-        assert json.loads(await anext(lines)) == {"live": True, "seq": a.node.committer.durable_seq}
+        stream_lines = response.aiter_lines()
+        assert json.loads(await anext(stream_lines))["op"]["k"].endswith("/public/y")
+        assert json.loads(await anext(stream_lines)) == {"live": True, "seq": a.node.committer.durable_seq}
         a.server.statebus_app.state.streams.close_all()
-        rest = await asyncio.wait_for(_drain(lines), 5)  # ends instead of waiting for pings
+        rest = await asyncio.wait_for(_drain(stream_lines), 5)  # ends instead of waiting for pings
         assert all("op" not in json.loads(line) for line in rest)
         await response.aclose()
 
