@@ -132,6 +132,7 @@ class Settings:
     dht_secret: Secret | None = _setting(None, "secret", "Shared secret of an invite-only DHT.")  # noqa: RUF009
     dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
     dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
+    metrics_public: bool = _setting(False, "bool", "Serve GET /metrics to anonymous clients too.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -319,6 +320,19 @@ def _secret(raw: Any, label: str) -> Secret | None:
     return Secret(raw)
 
 
+def _bool(raw: Any, label: str) -> bool:
+    if type(raw) is bool:
+        return raw
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise InvalidValue(f"{label}: must be true or false, got {_show(raw)}")
+
+
+_TRUE: Final = ("true", "yes", "on", "1")
+_FALSE: Final = ("false", "no", "off", "0")
+
+
 def _list(raw: Any, label: str) -> tuple[str, ...]:
     if isinstance(raw, str):
         items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
@@ -343,4 +357,5 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "path": _path,
     "secret": _secret,
     "list": _list,
+    "bool": _bool,
 }

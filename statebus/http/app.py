@@ -29,6 +29,7 @@ from statebus.config import Settings
 from statebus.http.auth import OwnerAuth, login
 from statebus.http.encode import EncodeCache
 from statebus.http.keys import KeyEndpoint
+from statebus.http.metrics import NodeMetrics
 from statebus.http.openapi import routes as openapi_routes
 from statebus.http.subscribe import StreamRegistry
 from statebus.runtime import Node
@@ -74,6 +75,7 @@ def build_app(
     static = static_dir if static_dir is not None and static_dir.is_dir() else None
     index = static / "index.html" if static is not None else None
     keys = KeyEndpoint(node, settings, auth, registry, cache, index_file=index)
+    metrics = NodeMetrics(node, settings, streams=registry)
 
     async def login_route(request: Request) -> Response:
         return await login(request, auth)
@@ -90,6 +92,7 @@ def build_app(
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
     routes.extend(extension_routes(node, settings))
     routes.extend(openapi_routes())
+    routes.extend(metrics.routes(auth))
     routes.append(Route("/{path:path}", access.gate(keys)))
 
     @contextlib.asynccontextmanager
@@ -103,9 +106,11 @@ def build_app(
                 await node.aclose()
             log.info("statebus node %s stopped; every acknowledged write is on disk", node.local)
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[metrics.middleware()])
+    metrics.state = app.state
     app.state.node = node
     app.state.settings = settings
     app.state.streams = registry
     app.state.encode_cache = cache
+    app.state.metrics = metrics
     return app

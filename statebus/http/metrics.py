@@ -1,0 +1,252 @@
+"""``GET /metrics``: the node's Prometheus metrics, in the text exposition format.
+
+Served to the owner (owner token, login cookie, or a request signed with the node key); to anyone
+when ``settings.metrics_public`` is true. Each app has its own :class:`CollectorRegistry`, so several
+nodes in one process (tests, devnets) never share or clash on metric names.
+
+Almost everything is read at scrape time by :class:`NodeCollector` from objects the node already
+keeps (sequence numbers, the group committer's ``batches``/``ops_written``, stream counts, the store's
+file sizes, the federation's followers when ``app.state.federation`` exists): nothing is added to the
+write path. The only per-request cost is :class:`RequestCounter`, a small ASGI middleware that adds
+one to a dict entry per HTTP response (method × status class).
+
+Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
+``commit_batches_total``, ``commit_ops_total``, ``event_streams``, ``http_streams``,
+``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation ``follows``,
+``federation_known_peers``, ``federation_ops_applied_total``, ``federation_ops_rejected_total``,
+``dht_neighbours``; plus the ``process_*``/``python_*`` metrics of ``prometheus_client``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from starlette.datastructures import State
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from statebus.config import Settings
+from statebus.errors import Forbidden, StatebusError
+from statebus.http.auth import OwnerAuth
+from statebus.http.errors import statebus_error_response
+from statebus.runtime import Node
+
+METRICS_PATH: Final = "/metrics"
+STORE_FILE: Final = "store.sqlite3"
+"""The store's file name in the data folder (``statebus.server.STORE_FILE``, a layer above)."""
+STORE_SUFFIXES: Final = {"": "db", "-wal": "wal", "-shm": "shm"}
+METHODS: Final = frozenset({"GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS"})
+"""Methods counted under their own name; any other is counted as ``other`` (bounded label values)."""
+
+
+class NodeMetrics:
+    """The metrics of one app: its registry, the request counts, the route and the middleware.
+
+    Args:
+        node: the node whose sequence numbers, committer and streams are read at scrape time.
+        settings: ``data_dir`` (the store's files) and ``metrics_public``.
+        streams: the app's open streaming responses (anything with ``len()``), if known.
+        state: the app's ``state``; ``state.federation`` is read at scrape time when present.
+        process: also export the ``process_*``/``python_*`` metrics of this process.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        settings: Settings,
+        *,
+        streams: Any = None,
+        state: State | None = None,
+        process: bool = True,
+    ) -> None:
+        self.node = node
+        self.settings = settings
+        self.streams = streams
+        self.state = state
+        self.requests: dict[tuple[str, str], int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        """The current metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def store_path(self) -> Path:
+        """The SQLite file of the node's store."""
+        path = getattr(self.node.bus.storage, "path", None)
+        return path if isinstance(path, Path) else Path(self.settings.data_dir) / STORE_FILE
+
+    def middleware(self) -> Middleware:
+        """The :class:`RequestCounter` middleware for ``Starlette(middleware=[...])``."""
+        return Middleware(RequestCounter, metrics=self)
+
+    def routes(self, auth: OwnerAuth) -> list[BaseRoute]:
+        """``GET /metrics``, for the owner (and anyone when ``metrics_public``)."""
+        public = bool(getattr(self.settings, "metrics_public", False))
+
+        async def metrics(request: Request) -> Response:
+            try:
+                client = auth.authenticate(request)
+                if not client.owner and not public:
+                    raise Forbidden(
+                        "the metrics are the owner's: send Authorization: Bearer <owner token>",
+                        status_hint=401 if client.anonymous else 403,
+                    )
+            except StatebusError as exc:
+                return statebus_error_response(exc)
+            return Response(
+                self.render(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"}
+            )
+
+        return [Route(METRICS_PATH, metrics, methods=["GET", "HEAD"])]
+
+
+class RequestCounter:
+    """ASGI middleware: counts HTTP responses by method and status class when they start.
+
+    A streaming response (SSE, Braid) is counted when its headers go out. A request that fails before
+    any response is counted as ``5xx``. Websockets and lifespan pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+        self.app = app
+        self.counts = metrics.requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        if method not in METHODS:
+            method = "other"
+        counts = self.counts
+        started = False
+
+        async def counted(message: Message) -> None:
+            nonlocal started
+            if not started and message["type"] == "http.response.start":
+                started = True
+                key = (method, f"{message['status'] // 100}xx")
+                counts[key] = counts.get(key, 0) + 1
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except BaseException:
+            if not started:
+                key = (method, "5xx")
+                counts[key] = counts.get(key, 0) + 1
+            raise
+
+
+class NodeCollector(Collector):
+    """Reads the node's state at scrape time (no work on the write path)."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        node = m.node
+        yield _gauge("statebus_seq", "Sequence number of the node's latest op.", node.bus.seq)
+        yield _gauge(
+            "statebus_durable_seq",
+            "Sequence number up to which every op is on disk.",
+            node.committer.durable_seq,
+        )
+        yield _gauge(
+            "statebus_pending_ops", "Ops (and snapshots) waiting for the next commit.", node.bus.pending
+        )
+        yield _counter(
+            "statebus_commit_batches", "Group-commit transactions written.", node.committer.batches
+        )
+        yield _counter("statebus_commit_ops", "Ops written by group commits.", node.committer.ops_written)
+        yield _gauge(
+            "statebus_event_streams", "Open event streams (every subscription transport).", node.stream_count
+        )
+        if m.streams is not None:
+            yield _gauge(
+                "statebus_http_streams", "Open streaming HTTP responses (SSE, Braid).", len(m.streams)
+            )
+        requests = CounterMetricFamily(
+            "statebus_http_requests", "HTTP responses by method and status class.", labels=["method", "code"]
+        )
+        for (method, code), count in sorted(m.requests.items()):
+            requests.add_metric([method, code], count)
+        yield requests
+        store = GaugeMetricFamily(
+            "statebus_store_bytes", "Size of the SQLite store's files.", labels=["file"]
+        )
+        base = m.store_path()
+        for suffix, label in STORE_SUFFIXES.items():
+            try:
+                size = Path(f"{base}{suffix}").stat().st_size
+            except OSError:
+                continue
+            store.add_metric([label], size)
+        yield store
+        yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
+
+
+def _federation(fed: Any) -> Iterator[Metric]:
+    """Metrics of a ``statebus.federation.Federation``, read by duck typing (http may not import it)."""
+    if fed is None:
+        return
+    followers = getattr(fed, "followers", None)
+    if isinstance(followers, dict):
+        yield _gauge("statebus_follows", "Follows this node is running.", len(followers))
+        applied = sum(int(getattr(f, "applied", 0)) for f in followers.values())
+        rejected = sum(int(getattr(f, "rejected", 0)) for f in followers.values())
+        yield _counter("statebus_federation_ops_applied", "Ops from followed peers applied.", applied)
+        yield _counter("statebus_federation_ops_rejected", "Ops from followed peers refused.", rejected)
+    known = getattr(fed, "known", None)
+    if isinstance(known, dict):
+        yield _gauge("statebus_federation_known_peers", "Peers whose addresses this node knows.", len(known))
+    neighbours = getattr(getattr(fed, "directory", None), "neighbours", None)
+    if callable(neighbours):
+        try:
+            count = int(neighbours())
+        except Exception:  # the DHT not started or stopped: leave the metric out
+            return
+        yield _gauge("statebus_dht_neighbours", "Contacts in the DHT routing table.", count)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def routes(
+    node: Node,
+    settings: Settings,
+    *,
+    auth: OwnerAuth | None = None,
+    metrics: NodeMetrics | None = None,
+) -> list[BaseRoute]:
+    """The ``/metrics`` route of ``node`` (a new :class:`NodeMetrics` unless ``metrics`` is given).
+
+    ``auth`` decides who is the owner; by default the owner token in ``settings.data_dir``.
+    """
+    if auth is None:
+        from statebus.http.info import owner_auth
+
+        auth = owner_auth(settings)
+    return (metrics or NodeMetrics(node, settings)).routes(auth)
