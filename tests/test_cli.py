@@ -120,12 +120,12 @@ def test_bad_setting_is_one_line(tmp_path, capsys):
 
 
 class Served:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, port: int = 0) -> None:
         self.data = data
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("STATEBUS_DATA_DIR", None)
         self.stderr_path = data.parent / (data.name + "-stderr.txt")
-        self.stderr_file = self.stderr_path.open("w")
+        self.stderr_file = self.stderr_path.open("a")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -133,7 +133,7 @@ class Served:
                 "statebus",
                 "serve",
                 "--port",
-                "0",
+                str(port),
                 "--log-level",
                 "warning",
                 "--data",
@@ -165,6 +165,8 @@ class Served:
             self.lines.put(line)
 
     def close(self) -> None:
+        if self.stderr_file.closed:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(15)
@@ -292,3 +294,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_watch_reconnects_and_resumes_after_the_node_restarts(tmp_path, capsys):
+    data = tmp_path / "node"
+    first = Served(data)
+    args = ("--url", first.url, "--data", str(data))
+    proc = None
+    try:
+        run(capsys, "put", "r/a", "1", *args)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "statebus", "watch", "r/", "--count", "2", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "snapshot /~/r/a 1\n"
+        first.close()
+        second = Served(data, port=int(first.url.rsplit(":", 1)[1]))
+        try:
+            run(capsys, "put", "r/b", "2", *args)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            second.close()
+    finally:
+        first.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == "update /~/r/b 2\n"  # resumed: no snapshot of r/a again
+    assert "reconnecting" in err
