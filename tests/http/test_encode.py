@@ -81,4 +81,9 @@ def test_sse_backlog_cursors_only_where_resuming_loses_nothing() -> None:
         change("/t/", 4, kind="snapshot", exists=False),
     ]
     text = enc(snap).decode()
-    assert text.count("event: snapshot") == 2 and text.endswith("id: 4\n\n") and text.count("id:") == 1
+    assert text.count("event: snapshot") == 2 and text.count("id:") == 1
+    # the cursor rides on the last event sent (clients that read ids from events see it)
+    assert text.split("\n\n")[1].startswith("event: snapshot\nid: 4\n")
+    # an empty subtree: the cursor goes alone, as a bare id
+    enc = SseEncoder(EncodeCache(), 1, reset=False)
+    assert enc([change("/t/", 4, kind="snapshot", exists=False)]) == b"id: 4\n\n"

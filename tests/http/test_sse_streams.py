@@ -77,7 +77,7 @@ def test_subtree_stream_resume_across_keys(srv: LiveServer) -> None:
         snaps = sse.events(2)
         assert {e["data"]["key"].split("/t/")[1] for e in snaps} == {"a", "b/deep"}
         assert all(e["event"] == "snapshot" for e in snaps)
-        assert snaps[0]["id"] is None  # one cursor for the whole initial state
+        assert snaps[0]["id"] is None and snaps[1]["id"] is not None  # one cursor for the whole state
         put(srv, "/~/t/a", "a1")
         assert sse.next_event()["data"]["value"] == "a1"
         last = sse.last_id
@@ -109,7 +109,7 @@ def test_one_stream_many_keys(srv: LiveServer) -> None:
         snaps = sse.events(2)
         assert [e["data"].get("value") for e in snaps] == ["x0", None]
         assert snaps[1]["data"]["deleted"] is True
-        assert snaps[0]["id"] is None and snaps[1]["id"] is None  # the cursor follows the whole state
+        assert snaps[0]["id"] is None and snaps[1]["id"] is not None  # one cursor for the whole state
         put(srv, "/~/m/other", 0)
         put(srv, "/~/m/y", "y1")
         put(srv, "/~/m/z/1", "z1")
