@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from starlette.types import Receive, Send
 
@@ -122,6 +123,10 @@ def open_stream(
     return stream
 
 
+async def _await(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
 class Pump:
     """One streaming response body, written by the task serving the request.
 
@@ -144,6 +149,8 @@ class Pump:
         self._ping_now = False
         self._last_write = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._encode: Callable[[list[Change]], bytes] | None = None
+        self._pending: Coroutine[Any, Any, None] | None = None
         self.disconnected = asyncio.ensure_future(_wait_disconnect(receive))
         self.disconnected.add_done_callback(lambda _: self.interrupt("disconnect"))
 
@@ -151,7 +158,7 @@ class Pump:
         """End the response soon: ``disconnect``, ``stop`` (graceful) or ``cut`` (abandon it)."""
         if self.ending is None and self._task is not None and not self.completed:
             self.ending = why
-            self.abandoned = self._sending and why != "disconnect"
+            self.abandoned = (self._sending or self._pending is not None) and why != "disconnect"
             self._task.cancel()
 
     def _idle_tick(self, interval: float) -> None:
@@ -163,6 +170,7 @@ class Pump:
             self._loop.time() >= due - 0.001
             and self._waiting
             and not self._ping_now
+            and self._pending is None
             and self._task is not None
         ):
             self._ping_now = True
@@ -175,7 +183,7 @@ class Pump:
         return self.completed or isinstance(exc, OSError) or self.disconnected.done()
 
     def _check_send(self) -> None:
-        if not self._sending:
+        if not self._sending and self._pending is None:
             return
         if self.stream.error is not None:
             self.interrupt("cut")
@@ -195,6 +203,54 @@ class Pump:
         if not more:
             self.completed = True
 
+    # ------------------------------------------------------------------ the fast lane
+    # While the task sleeps waiting for changes, the stream hands ready changes to _deliver, which
+    # encodes them (cached: once per change for all subscribers) and drives the ASGI send coroutine
+    # right away. It completes without suspending unless the socket is full; then it is driven on
+    # from the future it waits for (as a task would), under the same cut-off watch as write().
+
+    def _deliver(self) -> bool:
+        if self.ending is not None or self.completed or self._encode is None:
+            return False
+        if self._pending is not None:
+            return True  # a send is stuck on a full socket: when it completes, the rest follows
+        batch = self.stream.drain_ready()
+        data = self._encode(batch) if batch else b""
+        if data:
+            sending = self._send({"type": "http.response.body", "body": data, "more_body": True})
+            self._drive(sending if asyncio.iscoroutine(sending) else _await(sending))
+        return True
+
+    def _drive(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            if self._pending is not None:
+                self._pending = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                if self._waiting:
+                    self._deliver()  # what piled up while the socket was full
+            self._last_write = self._loop.time()
+            return
+        except Exception as exc:
+            self._pending = None
+            if not self._sending_failed(exc):
+                log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
+            self.interrupt("disconnect")
+            return
+        if self._pending is None:
+            self._pending = coro
+            self._timer = self._loop.call_later(SEND_POLL, self._check_send)
+        if isinstance(waiting, asyncio.Future):
+            waiting.add_done_callback(lambda _: self._resume(coro))
+        else:
+            self._loop.call_soon(self._resume, coro)
+
+    def _resume(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._pending is coro:
+            self._drive(coro)
+
     async def run(
         self,
         encode: Callable[[list[Change]], bytes],
@@ -211,6 +267,8 @@ class Pump:
                 if initial:
                     await self.write(initial)
                 self._idle_timer = self._loop.call_later(interval, self._idle_tick, interval)
+                self._encode = encode
+                stream.deliver = self._deliver
                 while True:
                     self._waiting = True
                     try:
@@ -253,6 +311,10 @@ class Pump:
                 log.info("closing a stream whose client stopped reading (%s)", reason)
         finally:
             self.ending = self.ending or "done"
+            stream.deliver = None
+            if self._pending is not None:
+                self._pending.close()
+                self._pending = None
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             stream.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from statebus.bus import Change, Subscription
@@ -31,6 +32,8 @@ class EventStream:
         self._queue: deque[Change] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._for_durable = False
+        self.deliver: Callable[[], bool] | None = None
+        """Set by a transport that can write without waiting (see :meth:`_wakeup`)."""
         self._subs: list[Subscription] = []
         self.error: StatebusError | None = None
         self.closed = False
@@ -52,6 +55,23 @@ class EventStream:
                 self._node.committer.call_on_durable(self._wakeup)
 
     def _wakeup(self) -> None:
+        """Changes are ready for the sleeping reader. If the transport set :attr:`deliver`, it takes
+        them right here (it returns True; the reader sleeps on), so a fan-out to N streams costs N
+        writes and no task switch; otherwise, or if ``deliver`` fails, the reader wakes up."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        deliver = self.deliver
+        if deliver is not None and not self.closed:
+            try:
+                if deliver():
+                    self._for_durable = False
+                    return
+            except Exception:
+                self.deliver = None
+        waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -82,7 +102,7 @@ class EventStream:
         for sub in self._subs:
             sub.close("stream closed")
         self._node._streams.discard(self)
-        self._wakeup()
+        self._wake_reader()
 
     def __len__(self) -> int:
         return len(self._queue)
