@@ -24,6 +24,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from statebus.access.control import access_control
 from statebus.config import Settings
 from statebus.errors import PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
@@ -139,7 +140,13 @@ async def start_node(
         )
         await directory.start(list(bootstrap))
     fed = Federation(
-        node, identity, config, directory=directory, backoff_base=backoff_base, backoff_cap=backoff_cap
+        node,
+        identity,
+        config,
+        directory=directory,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+        access=access_control(node, config),
     )
     app, endpoints = federated_app(node, config, fed)
     server = EmbeddedServer(uvicorn_config(app, config, loop="asyncio"), app)

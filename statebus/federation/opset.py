@@ -6,6 +6,7 @@ a compaction snapshot are no longer in the set (see docs/federation.md, "Limits"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from statebus.bus import Bus
@@ -34,6 +35,8 @@ class OpSet:
 
     index: OpIndex
     ops: dict[bytes, bytes]
+    keys: dict[bytes, str]
+    """The key of each op (to filter what one peer may receive)."""
 
     @property
     def total_bytes(self) -> int:
@@ -44,6 +47,15 @@ class OpSet:
 def op_set(bus: Bus, pattern: str) -> OpSet:
     """The durable ops of ``bus`` under ``pattern`` (a subtree)."""
     ops: dict[bytes, bytes] = {}
+    keys: dict[bytes, str] = {}
     for stored in scan_all(bus, pattern):
-        ops[op_hash(decode_op(stored.data))] = stored.data
-    return OpSet(OpIndex(ops), ops)
+        h = op_hash(decode_op(stored.data))
+        ops[h] = stored.data
+        keys[h] = stored.key
+    return OpSet(OpIndex(ops), ops, keys)
+
+
+def narrowed(found: OpSet, keep: Callable[[str], bool]) -> OpSet:
+    """The ops of ``found`` whose key passes ``keep``."""
+    ops = {h: b for h, b in found.ops.items() if keep(found.keys[h])}
+    return OpSet(OpIndex(ops), ops, {h: found.keys[h] for h in ops})

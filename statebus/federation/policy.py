@@ -5,14 +5,9 @@ Owner-written records (plain JSON values in the node's own namespace, so the web
     /~/.follows/<id>   {"pattern": "/<their-pubkey>/chirp/", "added": <unix s>, "via": ["http://…"]}
     /~/.shares/<id>    {"pattern": "/<my-pubkey>/chirp/"}
 
-Until the ACL work lands, :func:`peer_may_read` is the whole read policy for peers (one function):
-a peer may read a subtree when it lies under
-
-1. ``/<ns>/public/`` (what anonymous clients may read) or ``/<ns>/.keys/`` (delegation records: signed,
-   needed to verify anything of ``ns``);
-2. a pattern the owner shared (``/~/.shares/…``), for this node's own namespace;
-3. a pattern this node follows, for another namespace (relaying): it reached us because its owner made
-   it readable by peers, so serving it on exposes nothing new, and every op keeps the owner's signature.
+:class:`PeerView` is the whole read policy for peer nodes (one place): public data and delegation
+records, patterns the owner shared, what the node's ACL lets the peer read (own namespace), and what
+this node follows (other namespaces: relaying).
 """
 
 from __future__ import annotations
@@ -20,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from statebus.bus import Bus
 from statebus.errors import InvalidValue, StatebusError
@@ -128,15 +124,71 @@ def shares(bus: Bus) -> list[Key]:
     return out
 
 
-def peer_may_read(bus: Bus, peer: PubKey, pattern: Key) -> bool:
-    """May the node ``peer`` read the subtree ``pattern`` from ``bus``? (The interim peer policy.)"""
-    if not is_subtree(pattern):
-        return False
-    parts = segments(pattern)
-    ns = parts[0]
-    if len(parts) >= 2 and parts[1] in (PUBLIC, KEYS):
-        return True
-    if ns == peer:
-        return True  # a node reads its own namespace back from anyone holding it
-    allowed = shares(bus) if ns == bus.local else [f.pattern for f in follows(bus).values()]
-    return any(pattern.startswith(p) for p in allowed)
+class ReadCheck(Protocol):
+    """The node's access rules (``statebus.access.control.AccessControl`` fits)."""
+
+    def may_read(self, client: PubKey | None, key: Key) -> bool: ...
+
+
+class PeerView:
+    """What one peer node may read here, decided once per request (the records are read once).
+
+    The rules (the one place they live):
+
+    1. ``/<ns>/public/…`` and ``/<ns>/.keys/…`` (signed delegation records): anyone.
+    2. The peer's own namespace: the peer (it reads itself back from anyone holding it).
+    3. This node's namespace: a pattern the owner shared (``/~/.shares/…``), or whatever the
+       node's access rules (``access``, the ACL) let that peer read.
+    4. Another namespace: a pattern this node follows (relaying: its owner made it readable by
+       peers, so serving it on exposes nothing new; every op keeps the owner's signature).
+    """
+
+    def __init__(self, bus: Bus, peer: PubKey, access: ReadCheck | None = None) -> None:
+        self.bus = bus
+        self.peer = peer
+        self.access = access
+        self._shares = shares(bus)
+        self._follows = [f.pattern for f in follows(bus).values()]
+
+    def _by_records(self, key: Key) -> bool:
+        parts = segments(key)
+        if len(parts) >= 2 and parts[1] in (PUBLIC, KEYS):
+            return True
+        ns = parts[0]
+        if ns == self.peer:
+            return True
+        allowed = self._shares if ns == self.bus.local else self._follows
+        return any(key.startswith(p) for p in allowed)
+
+    def pattern(self, pattern: Key) -> bool:
+        """May the peer stream / sync the subtree ``pattern``?"""
+        if not is_subtree(pattern):
+            return False
+        if self._by_records(pattern):
+            return True
+        return (
+            self.access is not None
+            and namespace_of(pattern) == self.bus.local
+            and (self.access.may_read(self.peer, pattern))
+        )
+
+    def key(self, key: Key) -> bool:
+        """May the peer receive the ops of ``key``? (Inside a pattern it may stream, this only
+        narrows when the ACL decides key by key.)"""
+        if self._by_records(key):
+            return True
+        return (
+            self.access is not None
+            and namespace_of(key) == self.bus.local
+            and (self.access.may_read(self.peer, key))
+        )
+
+    @property
+    def filters_keys(self) -> bool:
+        """Whether :meth:`key` can refuse a key under an allowed pattern (only the ACL does)."""
+        return self.access is not None
+
+
+def peer_may_read(bus: Bus, peer: PubKey, pattern: Key, access: ReadCheck | None = None) -> bool:
+    """May the node ``peer`` read the subtree ``pattern`` from ``bus``? (See :class:`PeerView`.)"""
+    return PeerView(bus, peer, access).pattern(pattern)

@@ -24,8 +24,8 @@ from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
 from statebus.federation.follow import Follower, IngestHook
 from statebus.federation.ingest import Ingest
-from statebus.federation.opset import OpSet, op_set
-from statebus.federation.policy import FOLLOWS, Follow, follows, peer_may_read
+from statebus.federation.opset import OpSet, narrowed, op_set
+from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
 from statebus.runtime import Node
@@ -50,6 +50,8 @@ class Federation:
         settings: ``quota_bytes_per_remote_namespace`` is read from here.
         directory: a started DHT directory, or None (then only ``via`` and known addresses are used).
         backoff_base, backoff_cap: reconnect delays in seconds (exponential, with jitter).
+        access: the node's access rules (``statebus.access.control.access_control(node, settings)``):
+            what a peer may read of this node's namespace besides what the owner shared.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Federation:
         backoff_base: float = 0.25,
         backoff_cap: float = 30.0,
         read_timeout: float | None = None,
+        access: ReadCheck | None = None,
     ) -> None:
         if identity.pubkey != node.local:
             raise Forbidden("the federation identity must be the node's own key")
@@ -69,6 +72,7 @@ class Federation:
         self.identity = identity
         self.settings = settings
         self.directory = directory
+        self.access = access
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.ingest = Ingest(node, settings.quota_bytes_per_remote_namespace, self.is_followed)
@@ -169,8 +173,12 @@ class Federation:
 
     # ------------------------------------------------------------------ PeerService
 
+    def view(self, peer: PubKey) -> PeerView:
+        """What ``peer`` may read here, as of now."""
+        return PeerView(self.node.bus, peer, self.access)
+
     def may_read(self, peer: PubKey, pattern: Key) -> bool:
-        return peer_may_read(self.node.bus, peer, pattern)
+        return self.view(peer).pattern(pattern)
 
     def op_set(self, pattern: Key) -> OpSet:
         """The stored ops under ``pattern`` (cached until the next write)."""
@@ -188,10 +196,13 @@ class Federation:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept
         them anyway (a followed namespace, verified); our own namespace never is."""
         request = SyncRequest.decode(body)
-        if not self.may_read(peer, request.pattern):
+        view = self.view(peer)
+        if not view.pattern(request.pattern):
             raise Forbidden(f"node {peer} may not read {request.pattern} here")
         if request.ops:
             await self.ingest.take(request.ops, peer=peer)
         seq = self.node.committer.durable_seq
         found = self.op_set(request.pattern)
+        if view.filters_keys:
+            found = narrowed(found, view.key)
         return dataclasses.replace(answer(found.index, found.ops, request), seq=seq).encode()

@@ -51,11 +51,24 @@ SIGNATURE_MAX_AGE = 300.0
 NDJSON = "application/x-ndjson"
 
 
+class PeerReadView(Protocol):
+    """What one peer may read (``statebus.federation.policy.PeerView``)."""
+
+    @property
+    def filters_keys(self) -> bool:
+        """Whether :meth:`key` may refuse keys inside a pattern :meth:`pattern` allows."""
+        ...
+
+    def pattern(self, pattern: Key) -> bool: ...
+
+    def key(self, key: Key) -> bool: ...
+
+
 class PeerService(Protocol):
     """What the endpoints need from federation (``statebus.federation.service.Federation``)."""
 
-    def may_read(self, peer: PubKey, pattern: Key) -> bool:
-        """May node ``peer`` read the subtree ``pattern`` here?"""
+    def view(self, peer: PubKey) -> PeerReadView:
+        """What node ``peer`` may read here, as of now."""
         ...
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
@@ -141,7 +154,7 @@ class PeerEndpoints:
             p = parse_key(text, self.node.local)
             if not is_subtree(p):
                 raise InvalidValue("a pattern is a subtree: it ends in '/'")
-            if not self.service.may_read(peer, p):
+            if not self.service.view(peer).pattern(p):
                 raise Forbidden(f"node {peer} may not read {p} here")
             out.append(p)
         return out
@@ -165,14 +178,20 @@ class PeerEndpoints:
                 stop = registry.open()  # the app's shutdown ends this stream too
             except StatebusError as exc:
                 return statebus_error_response(exc)
-        body = self._stream(patterns, since, live, stop, registry)
+        body = self._stream(peer, patterns, since, live, stop, registry)
         return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
     async def _stream(
-        self, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None, registry: object
+        self,
+        peer: PubKey,
+        patterns: list[Key],
+        since: Seq,
+        live: bool,
+        stop: asyncio.Event | None,
+        registry: object,
     ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._lines(patterns, since, live, stop):
+            async for chunk in self._lines(peer, patterns, since, live, stop):
                 yield chunk
         finally:
             release = getattr(registry, "release", None)
@@ -180,7 +199,7 @@ class PeerEndpoints:
                 release(stop)
 
     async def _lines(
-        self, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
+        self, peer: PubKey, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
     ) -> AsyncIterator[bytes]:
         node = self.node
         horizon = max(node.bus.storage.horizon(p) for p in patterns)
@@ -205,7 +224,11 @@ class PeerEndpoints:
                 batch = scan_patterns(node, patterns, cursor)
                 if batch:
                     cursor = batch[-1].seq
-                    yield b"".join(_op_line(s) for s in batch)
+                    view = self.service.view(peer)
+                    if view.filters_keys:  # the ACL decides key by key (checked as of now)
+                        batch = [s for s in batch if view.key(s.key)]
+                    if batch:
+                        yield b"".join(_op_line(s) for s in batch)
                     continue
                 cursor = max(cursor, upto)  # nothing under the patterns up to here
                 if not live:

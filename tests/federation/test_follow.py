@@ -239,3 +239,25 @@ async def test_follow_records_start_and_stop_followers(cluster: Cluster) -> None
     await a.node.save("/~/chirp/after", 1)
     await asyncio.sleep(0.3)
     assert not has(b, chirp + "after")
+
+
+async def test_the_acl_decides_what_a_peer_reads_of_our_namespace(cluster: Cluster) -> None:
+    a, b, c = await cluster.add("a"), await cluster.add("b"), await cluster.add("c")
+    await a.node.save("/~/.acl/notes", {"read": [b.pubkey]})
+    await a.node.save("/~/.acl/notes/secret", {"read": "owner"})
+    await a.node.save("/~/notes/hello", "for b")
+    await a.node.save("/~/notes/secret/plan", "for nobody")
+    notes = f"/{a.pubkey}/notes/"
+    await b.follow(notes)
+    await c.follow(notes)
+    await wait_until(lambda: live(b))
+    assert b.node.bus.fetch(notes + "hello").value == "for b"
+    assert not has(b, notes + "secret/plan")
+    await a.node.save("/~/notes/later", "live, for b")
+    await a.node.save("/~/notes/secret/later", "still for nobody")
+    await wait_until(lambda: has(b, notes + "later"))
+    await asyncio.sleep(0.2)
+    assert not has(b, notes + "secret/later")
+    follower_c = next(iter(c.federation.followers.values()))
+    await wait_until(lambda: follower_c.status == "retrying")
+    assert "403" in follower_c.reason and not has(c, notes + "hello")
