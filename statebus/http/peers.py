@@ -49,6 +49,8 @@ SCAN_CHUNK = 500
 MAX_SYNC_BODY = 16 * 1024 * 1024
 SIGNATURE_MAX_AGE = 300.0
 NDJSON = "application/x-ndjson"
+VIEW_TTL = 1.0
+"""How long a stream reuses a peer's read view (the shares and follows records; ACL checks are live)."""
 
 
 class PeerReadView(Protocol):
@@ -217,6 +219,8 @@ class PeerEndpoints:
         node.committer.on_durable.append(durable)
         cursor = since
         announced = False
+        view: PeerReadView | None = None
+        view_at = 0.0
         try:
             while not self.stopping.is_set() and not node.closing and not (stop and stop.is_set()):
                 wake.clear()
@@ -224,7 +228,8 @@ class PeerEndpoints:
                 batch = scan_patterns(node, patterns, cursor)
                 if batch:
                     cursor = batch[-1].seq
-                    view = self.service.view(peer)
+                    if view is None or time.monotonic() - view_at > VIEW_TTL:
+                        view, view_at = self.service.view(peer), time.monotonic()
                     if view.filters_keys:  # the ACL decides key by key (checked as of now)
                         batch = [s for s in batch if view.key(s.key)]
                     if batch:
