@@ -113,8 +113,8 @@ def _b64(value: Any, what: str) -> bytes:
 def check_version(v: Any) -> Version:
     if not isinstance(v, str) or not v or len(v) > MAX_VERSION_CHARS:
         raise InvalidOp(f"a version is a non-empty string of at most {MAX_VERSION_CHARS} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in v):
-        raise InvalidOp("a version may not contain control characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in v):
+        raise InvalidOp("a version may not contain control characters or lone surrogates")
     return v
 
 

@@ -76,9 +76,11 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         try:
             while self.bus.pending:
-                stored, snaps = self.bus.take_outbox(self.batch_signer)
-                last = self.bus._taken
                 try:
+                    # signing and encoding can fail too (a bug, or a value that slipped past
+                    # validation): fail the waiters loudly rather than leave them hanging
+                    stored, snaps = self.bus.take_outbox(self.batch_signer)
+                    last = self.bus._taken
                     await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
                     self._failed = exc

@@ -235,3 +235,22 @@ def test_decode_never_raises_anything_but_invalid_op(value: Any) -> None:
     except InvalidOp:
         return
     assert decode_op(encode_op(decoded)) == decoded
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "v\x00", "v\x7f"])
+def test_check_version_refuses_text_that_cannot_be_signed(bad: str) -> None:
+    # a lone surrogate cannot be encoded as UTF-8: it must be refused up front, never reach signing
+    from statebus.oplog.codec import check_version
+
+    with pytest.raises(InvalidOp):
+        check_version(bad)
+
+
+def test_a_write_with_a_surrogate_version_changes_nothing() -> None:
+    from statebus.bus import Bus
+    from statebus.storage.memory import MemoryStorage
+
+    bus = Bus(MemoryStorage(), local="a" * 51 + "q")
+    with pytest.raises(InvalidOp):
+        bus.save("/~/k", 1, version="\ud800")
+    assert bus.seq == 0 and bus.pending == 0
