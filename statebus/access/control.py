@@ -45,6 +45,9 @@ from statebus.values import dumps_json
 log = logging.getLogger("statebus.access")
 
 OP_MEDIA_TYPE = "application/vnd.statebus.op+json"
+MAX_LIST_SCAN = 20_000
+"""Most names one filtered listing looks at (a client that may see few of many names gets a short,
+possibly incomplete page rather than making the node scan without bound)."""
 MAX_POLICIES = 4096
 """Namespaces whose policy is held in memory at once (the local one is never dropped)."""
 
@@ -143,10 +146,12 @@ class AccessControl:
         at most ``limit``, after ``after`` (paging as ``Node.children``)."""
         out: list[str] = []
         base = prefix if is_subtree(prefix) else prefix + "/"
-        while len(out) < limit:
+        scanned = 0
+        while len(out) < limit and scanned < MAX_LIST_SCAN:
             names = self.node.children(base, after, max(limit, 100))
             if not names:
                 break
+            scanned += len(names)
             out.extend(n for n in names if self.may_read(client, base + n))
             after = names[-1]
         return out[:limit]
