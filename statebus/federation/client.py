@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from statebus.errors import InvalidValue, PeerUnavailable, StatebusError
-from statebus.federation.sync import SyncRequest, SyncResponse, SyncSession
+from statebus.errors import InvalidValue, PeerUnavailable, StatebusError, TooLarge
+from statebus.federation.sync import MAX_MESSAGE_BYTES, SyncRequest, SyncResponse, SyncSession
 from statebus.identity import Identity, sign_request
 from statebus.keys import is_pubkey
 from statebus.types import PubKey, Seq
@@ -23,6 +23,7 @@ from statebus.types import PubKey, Seq
 WELL_KNOWN = "/.well-known/statebus"
 MAX_LINE = 9 * 1024 * 1024
 MAX_SYNC_ROUNDS = 80
+MAX_INFO = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +115,32 @@ class PeerClient:
             err.status_hint = response.status_code
             raise err
 
-    async def node_info(self, base: str) -> PubKey:
-        """The public key the node at ``base`` says it has (unverified: a hint, not a proof)."""
+    async def _fetch(self, base: str, request: httpx.Request, limit: int) -> bytes:
+        """Send ``request``; read at most ``limit`` bytes of the answer (a hostile peer cannot make us
+        buffer more); raise the peer's error for a non-200 answer."""
         try:
-            response = await self._http.get(base.rstrip("/") + f"{WELL_KNOWN}/node")
+            response = await self._http.send(request, stream=True)
+            try:
+                body = b""
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > limit:
+                        raise TooLarge(f"{base} answered more than {limit} bytes")
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._unavailable(base, exc) from None
-        self._check(response, response.content)
-        pk = (
-            response.json().get("pubkey")
-            if response.headers.get("content-type", "").startswith("application/json")
-            else None
-        )
+        self._check(response, body)
+        return body
+
+    async def node_info(self, base: str) -> PubKey:
+        """The public key the node at ``base`` says it has (unverified: a hint, not a proof)."""
+        request = self._http.build_request("GET", base.rstrip("/") + f"{WELL_KNOWN}/node")
+        body = await self._fetch(base, request, MAX_INFO)
+        try:
+            pk = json.loads(body).get("pubkey")
+        except (ValueError, AttributeError):
+            pk = None
         if not isinstance(pk, str) or not is_pubkey(pk):
             raise PeerUnavailable(f"{base} is not a statebus node")
         return pk
@@ -166,12 +181,8 @@ class PeerClient:
         """One anti-entropy round; returns the answer and its size on the wire."""
         body = request.encode()
         req = self._signed("POST", base.rstrip("/") + f"{WELL_KNOWN}/sync", None, body)
-        try:
-            response = await self._http.send(req)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(base, exc) from None
-        self._check(response, response.content)
-        return SyncResponse.decode(response.content), len(response.content)
+        answer = await self._fetch(base, req, MAX_MESSAGE_BYTES)
+        return SyncResponse.decode(answer), len(answer)
 
     async def sync(self, base: str, session: SyncSession) -> SyncSession:
         """Run a whole exchange; ``session.received`` then holds the ops this side lacked."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -166,3 +167,57 @@ async def test_a_relay_serves_the_owners_ops_and_cannot_tamper(cluster: Cluster)
     relay_ops = op_set(relay.node.bus, chirp).ops
     c_ops = op_set(c.node.bus, chirp).ops
     assert set(c_ops) == set(relay_ops) - {k for k, v in relay_ops.items() if b"evil" in v}
+
+
+async def test_a_hostile_peer_cannot_flood_or_crash_a_follower(cluster: Cluster) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    owner = OWNER.pubkey
+    mode = {"sync": "huge"}
+
+    async def node(request: Request) -> Response:
+        return JSONResponse({"v": 1, "pubkey": owner})  # claims to be the owner
+
+    async def sync(request: Request) -> Response:
+        if mode["sync"] == "huge":
+            return Response(b"x" * (17 * 1024 * 1024), media_type="application/json")
+        return Response(b'{"v":1,"ranges":[],"ops":[],"want":[]}', media_type="application/json")
+
+    async def ops(request: Request) -> Response:
+        async def lines() -> AsyncIterator[bytes]:
+            yield b'{"seq": 1, "op": {"k": "nonsense"}}\n'
+            yield b"not json at all\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app = Starlette(
+        routes=[
+            Route("/.well-known/statebus/node", node),
+            Route("/.well-known/statebus/sync", sync, methods=["POST"]),
+            Route("/.well-known/statebus/ops", ops),
+        ]
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.get_running_loop().create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        b = await cluster.add("b")
+        b.federation.directory = None
+        await b.follow(f"/{owner}/chirp/", via=[url])
+        follower = next(iter(b.federation.followers.values()))
+        await wait_until(lambda: "too_large" in follower.reason)
+        mode["sync"] = "empty"
+        await wait_until(lambda: "invalid" in follower.reason or follower.rejected > 0)
+        assert follower.running  # it keeps trying, with backoff
+        assert b.federation.ingest.usage(owner) == 0
+    finally:
+        server.should_exit = True
+        await task
