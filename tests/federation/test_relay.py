@@ -72,6 +72,12 @@ async def test_forged_ops_are_refused_and_not_stored(follower: tuple[Node, Inges
         assert not stored(node, op.key)
     again = await ingest.take([encode_op(good)])
     assert (again.applied, again.duplicates) == (0, 1)
+    ingest.allow_namespace(STRANGER.pubkey)  # an invitation: now its ops are welcome
+    invited = await ingest.take([not_followed])
+    assert invited.applied == 1 and stored(node, not_followed.key)
+    ingest.disallow_namespace(STRANGER.pubkey)
+    later = await ingest.take([written(stranger, "/~/chirp/5", "after the invite ended")])
+    assert later.applied == 0 and "forbidden" in later.rejected[0]
 
 
 async def test_delegates_are_checked_against_replicated_records(follower: tuple[Node, Ingest]) -> None:
