@@ -65,7 +65,10 @@ class EventStream:
         if deliver is not None and not self.closed:
             try:
                 if deliver():
-                    self._for_durable = False
+                    # Changes not durable yet stay queued: come back after the next commit.
+                    self._for_durable = bool(self._queue)
+                    if self._for_durable:
+                        self._node.committer.call_on_durable(self._wakeup)
                     return
             except Exception:
                 self.deliver = None
