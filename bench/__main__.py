@@ -34,8 +34,22 @@ Result = dict[str, Any]
 FULL: dict[str, Result] = {
     "hello": {"scenario": "hello", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "writes": {"scenario": "writes", "server": "node", "conns": 32, "duration": 10, "warmup": 2},
-    "fanout_20": {"scenario": "fanout", "server": "node", "subscribers": 1000, "rate": 20, "duration": 10},
-    "fanout_100": {"scenario": "fanout", "server": "node", "subscribers": 1000, "rate": 100, "duration": 10},
+    "fanout_20": {
+        "scenario": "fanout",
+        "server": "node",
+        "subscribers": 1000,
+        "rate": 20,
+        "duration": 10,
+        "pub_conns": 4,
+    },
+    "fanout_100": {
+        "scenario": "fanout",
+        "server": "node",
+        "subscribers": 1000,
+        "rate": 100,
+        "duration": 10,
+        "pub_conns": 4,
+    },
     "pubsub_ref_100": {
         "scenario": "fanout",
         "server": "pubsub",
@@ -43,6 +57,7 @@ FULL: dict[str, Result] = {
         "subscribers": 1000,
         "rate": 100,
         "duration": 10,
+        "pub_conns": 4,
     },
     "many_keys": {
         "scenario": "many_keys",
