@@ -1,10 +1,12 @@
-"""The ASGI gate in front of the key routes: verify signed requests before anything else runs.
+"""The ASGI gate in front of the key routes (and the websocket): verify signed requests first.
 
 A request carrying ``Signature-Input`` must verify (:class:`~statebus.access.signatures.RequestVerifier`):
 its body is read first (at most ``max_body`` bytes, else 413), checked against the signature's
 ``Content-Digest``, and replayed to the app unchanged. The signer's pubkey goes into the scope as
 ``scope["statebus.signer"]``, where the HTTP layer's authentication finds it. A request that fails
 gets a JSON error (401, 413 or 429) and never reaches the app. Unsigned requests pass untouched.
+A websocket handshake may be signed the same way (method ``GET``, the ``ws://`` URL, no body); a
+bad signature closes it with 1008 before it is accepted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from statebus.errors import InvalidValue, RateLimited, StatebusError, TooLarge
 
 SIGNER = "statebus.signer"
 """The scope entry holding the verified signer of a request."""
+WS_CLOSE_POLICY = 1008
 ADDRESS_COUNTED = "statebus.address_counted"
 """Set in the scope when the gate already counted the request against its address's rate."""
 
@@ -96,17 +99,27 @@ class SignatureGate:
         self.count_address = count_address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_signed(scope):
+        if scope["type"] not in ("http", "websocket") or not is_signed(scope):
             await self.app(scope, receive, send)
             return
+        websocket = scope["type"] == "websocket"
         try:
             if self.count_address is not None:
                 client = scope.get("client")
                 self.count_address(str(client[0]) if client else None)
-            body = await read_all(receive, self.max_body)
+            body = b"" if websocket else await read_all(receive, self.max_body)
             signer = self.verifier.verify(scope, body)
         except StatebusError as exc:
-            await send_error(send, exc)
+            if websocket:  # refuse the handshake (the server answers 403)
+                await send({"type": "websocket.close", "code": WS_CLOSE_POLICY, "reason": exc.code})
+            else:
+                await send_error(send, exc)
+            return
+        if websocket:
+            inner_ws: dict[str, Any] = dict(scope)
+            inner_ws[SIGNER] = signer
+            inner_ws[ADDRESS_COUNTED] = self.count_address is not None
+            await self.app(inner_ws, receive, send)
             return
         inner: dict[str, Any] = dict(scope)
         inner[SIGNER] = signer

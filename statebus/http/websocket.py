@@ -38,7 +38,7 @@ import json
 import secrets
 from typing import Any, Final
 
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute, websocket_session
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from statebus.access.control import access_control
@@ -202,11 +202,18 @@ class Connection:
         elif "delete" in msg:
             key = node_key(self.node, msg["delete"])
             require_write(self.client, key)
+            self.owner_writes()
             await self.node.delete(key, peer=self.peer)
         elif "set" in msg:
             await self.write(msg)
         else:
             raise InvalidOp("a message has one of get, set, forget, delete, token")
+
+    def owner_writes(self) -> None:
+        """Ops made here are authored by the node: only the owner writes over the websocket (a signed
+        client with write rights sends its own signed op over HTTP; see docs/trust-model.md)."""
+        if not self.client.owner:
+            raise Forbidden("only the owner writes over the websocket: other clients PUT their signed ops")
 
     async def write(self, msg: dict[str, Any]) -> None:
         target = msg["set"]
@@ -226,6 +233,7 @@ class Connection:
             )
             key = node_key(self.node, key_name)
             require_write(self.client, key)
+            self.owner_writes()
             await self.node.patch(key, parse_patches(msg["patches"]), **opts)
             return
         if not isinstance(target, dict) or "key" not in target:
@@ -234,6 +242,7 @@ class Connection:
             return  # statebus 7 clients announce themselves; nothing to store
         key = node_key(self.node, target["key"])
         require_write(self.client, key)
+        self.owner_writes()
         if "val" not in target:
             raise InvalidOp('set needs a val (use {"delete": key} to delete)')
         await self.node.save(key, target["val"], **opts)
@@ -303,4 +312,7 @@ def routes(node: Node, settings: Settings) -> list[BaseRoute]:
     async def endpoint(ws: WebSocket) -> None:
         await Connection(ws, node, settings, auth).run()
 
-    return [WebSocketRoute(WS_PATH, endpoint), *info_routes(node, settings)]
+    return [
+        WebSocketRoute(WS_PATH, auth.access.gate(websocket_session(endpoint))),
+        *info_routes(node, settings),
+    ]

@@ -170,3 +170,34 @@ def test_revoking_a_delegate_cuts_its_stream(srv: LiveServer, owner: httpx.Clien
             assert ev["event"] == "error" and "revoked" in ev["data"]["detail"]
         finally:
             r.close()
+
+
+def test_signed_websocket_reads_by_the_rules_and_cannot_write(srv: LiveServer, owner: httpx.Client) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    erin = Identity.generate()
+    put(owner, "/~/.acl/s5", {"read": [erin.pubkey], "write": [erin.pubkey]})
+    put(owner, "/~/s5/doc", "shared")
+    url = srv.url.replace("http://", "ws://") + WS_PATH
+
+    async def main() -> None:
+        headers = sign_request("GET", url, {}, None, erin)
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"get": "s5/doc"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["set"]["val"] == "shared"
+            # ops made over the websocket would be authored by the node: only the owner writes here
+            await ws.send(json.dumps({"set": {"key": "s5/doc", "val": "mine"}}))
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert refused["error"] == "forbidden" and "signed ops" in refused["detail"]
+        # the same handshake again is a replay; a forged one is refused too
+        with pytest.raises(InvalidStatus):
+            async with connect(url, additional_headers=headers):
+                pass
+        forged = dict(sign_request("GET", url, {}, None, erin))
+        forged["Signature"] = "sb=:" + "A" * 86 + "==:"
+        with pytest.raises(InvalidStatus):
+            async with connect(url, additional_headers=forged):
+                pass
+
+    asyncio.run(main())
+    assert owner.get("/~/s5/doc").json() == "shared"
