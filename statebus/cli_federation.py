@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from statebus.cli_client import client_for
+from statebus.cli.client import client_for
 from statebus.config import Settings
 from statebus.errors import InvalidValue, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
@@ -288,17 +288,17 @@ def register(sub: Any) -> None:
     p.add_argument("pattern", metavar="PATTERN", help="/<pubkey>/path/ (a subtree)")
     p.add_argument("--via", action="append", metavar="URL", help="an address to fetch it from (repeatable)")
     _common(p, client=True)
-    p.set_defaults(func=cmd_follow, client=True)
+    p.set_defaults(func=cmd_follow)
 
     p = sub.add_parser("unfollow", help="stop following a subtree (its data stays)")
     p.add_argument("pattern", metavar="PATTERN")
     _common(p, client=True)
-    p.set_defaults(func=cmd_unfollow, client=True)
+    p.set_defaults(func=cmd_unfollow)
 
     p = sub.add_parser("peers", help="what this node follows and how each follow is doing")
     p.add_argument("--json", action="store_true", help="print JSON")
     _common(p, client=True)
-    p.set_defaults(func=cmd_peers, client=True)
+    p.set_defaults(func=cmd_peers)
 
     p = sub.add_parser("fed-serve", help="run a federated node (HTTP, peer endpoints, DHT, following)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -308,7 +308,7 @@ def register(sub: Any) -> None:
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="a DHT peer to join through")
     p.add_argument("--log-level", dest="log_level")
     _common(p, client=False)
-    p.set_defaults(func=cmd_fed_serve, client=False)
+    p.set_defaults(func=cmd_fed_serve)
 
     p = sub.add_parser(
         "devnet",
@@ -322,7 +322,7 @@ def register(sub: Any) -> None:
     p.add_argument("--base", metavar="DIR", help="folder for the nodes' data (default: a new temp folder)")
     p.add_argument("--name", help="DHT name (default: devnet-<random>)")
     p.add_argument("--host", default="127.0.0.1", help="address the nodes bind (default 127.0.0.1)")
-    p.set_defaults(func=cmd_devnet, client=False)
+    p.set_defaults(func=cmd_devnet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
