@@ -69,25 +69,48 @@ def login_url(settings: Settings, port: int | None = None) -> str:
     return f"http://{host}:{port if port is not None else settings.port}/login?token={owner_token(settings)}"
 
 
-_TOKEN_RE = re.compile(r"([?&]token=)[^&\s]*")
+_SECRET_RES = (
+    (re.compile(r"([?&]token=)[^&\s'\"]*"), r"\1***"),
+    (
+        re.compile(
+            r"((?:authorization|proxy-authorization)['\"]?\s*[:,]\s*b?['\"]?\s*\w+ )[^\s'\",)]+", re.I
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(statebus_token=)[^;\s'\",)]*"), r"\1***"),
+)
+
+
+def redact(text: str) -> str:
+    """Mask owner tokens in ``text``: ``?token=``, ``Authorization: Bearer …`` and the login cookie."""
+    for pattern, repl in _SECRET_RES:
+        text = pattern.sub(repl, text)
+    return text
 
 
 class RedactTokens(logging.Filter):
-    """Masks ``token=…`` in log records (uvicorn's access log would print the login link)."""
+    """Masks secrets in log records: the login link in uvicorn's access log, and the Authorization
+    header and login cookie that websocket handshakes log at debug level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                _TOKEN_RE.sub(r"\1***", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        if isinstance(record.msg, str) and "token=" in record.msg:
-            record.msg = _TOKEN_RE.sub(r"\1***", record.msg)
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # its formatter unpacks the args (client, method, path, version, status): keep their shape
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            return True
+        # elsewhere redact the formatted message: a header name and its value may be separate args
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
         return True
 
 
 def install_log_redaction() -> None:
-    """Add :class:`RedactTokens` to uvicorn's loggers (idempotent)."""
-    for name in ("uvicorn.access", "uvicorn.error", "uvicorn"):
+    """Add :class:`RedactTokens` to uvicorn's and websockets' loggers (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error", "uvicorn", "websockets", "websockets.server"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
@@ -164,7 +187,9 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "ws": "none" if importlib.util.find_spec("statebus.http.websocket") is None else "auto",
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)  # configures uvicorn's loggers: add the filter after
+    install_log_redaction()
+    return config
 
 
 def _show_phrase(identity: Identity, phrase: str) -> None:

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ class LiveServer:
     """A running node: its base ``url``, the owner ``token`` and the in-process objects."""
 
     url: str
-    token: str
+    token: str = field(repr=False)
     server: StatebusServer
     settings: Settings
 

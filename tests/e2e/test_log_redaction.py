@@ -1,0 +1,84 @@
+"""Secrets never reach the logs: a node at debug level, asked with the token every way a client
+can send it (login link, Authorization header, cookie, websocket handshake), logs none of them.
+The banner's login link is the one deliberate exception: it is shown to the owner on start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+from statebus.server import redact
+
+
+def test_redact_masks_every_form_of_the_token() -> None:
+    token = "s3cr3t-T0ken_value"
+    for text in (
+        f"GET /login?token={token} HTTP/1.1",
+        f"GET /x?a=1&token={token}",
+        f"authorization: Bearer {token}",
+        f"('authorization', 'Bearer {token}')",
+        f"[(b'authorization', b'Bearer {token}')]",
+        f"cookie: statebus_token={token}; other=1",
+    ):
+        assert token not in redact(text), text
+
+
+def test_a_debug_level_node_logs_no_token(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    log = tmp_path / "node.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("STATEBUS_DATA_DIR", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statebus",
+                "serve",
+                "--port",
+                "0",
+                "--log-level",
+                "debug",
+                "--data",
+                str(data),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "/login?token=" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            text = log.read_text()
+            url = re.search(r"serving at\s+(http://\S+)/", text).group(1)  # type: ignore[union-attr]
+            token = re.search(r"/login\?token=(\S+)", text).group(1)  # type: ignore[union-attr]
+            bearer = {"Authorization": f"Bearer {token}"}
+            httpx.get(f"{url}/login?token={token}", follow_redirects=False)
+            httpx.put(f"{url}/~/k", json=1, headers=bearer).raise_for_status()
+            httpx.get(f"{url}/~/k", cookies={"statebus_token": token}).raise_for_status()
+
+            async def handshake() -> None:
+                ws_url = url.replace("http://", "ws://") + "/_connect_to_statebus_/websocket"
+                async with websockets.connect(ws_url, additional_headers=bearer) as ws:
+                    await ws.send('{"get": "k"}')
+                    await asyncio.wait_for(ws.recv(), 10)
+
+            asyncio.run(handshake())
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    text = log.read_text()
+    assert "GET /~/k" in text or "PUT /~/k" in text, "the access log should be on at debug level"
+    assert "Logging error" not in text
+    assert "/login?token=***" in text, "the access log line of the login link is kept, masked"
+    assert text.count(token) == 1, [line for line in text.splitlines() if token in line]
