@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import secrets
 import selectors
@@ -162,6 +163,7 @@ async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
 
 def cmd_fed_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.umask(0o077)
+    logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
     flags = {k: getattr(args, k) for k in ("dht_port", "dht_name") if getattr(args, k, None) is not None}
     settings = dataclasses.replace(settings, **flags)  # also when statebus.cli loaded the settings
     asyncio.run(_serve(settings, _bootstrap(list(args.bootstrap or settings.dht_bootstrap))))
@@ -235,6 +237,17 @@ def start_devnet(
     return procs, infos
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the devnet cleanly (also when started in the background, where
+    the shell makes the process ignore SIGINT)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     n = args.n
     if not 1 <= n <= MAX_DEVNET:
@@ -242,6 +255,7 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="statebus-devnet-"))
     base.mkdir(parents=True, exist_ok=True)
     name = args.name or f"devnet-{secrets.token_hex(3)}"
+    _stop_on_signals()
     procs, infos = start_devnet(n, base, name, args.host)
     (base / "devnet.json").write_text(json.dumps({"dht": name, "nodes": infos}, indent=2) + "\n")
     secret_file = base / "dht_secret"
@@ -260,6 +274,8 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         print("stopping the devnet…", flush=True)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave nodes behind
         _stop_all(procs)
     print("devnet stopped")
     return 0
