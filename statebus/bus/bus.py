@@ -442,7 +442,8 @@ class Bus:
         if self.verifier is not None:
             self.verifier(op)
         if self.handlers:
-            op = _canonical(self._handled(op))
+            handled = self._handled(op)
+            op = handled if handled is op else _canonical(handled)  # only a replaced op needs re-checking
         self._check_remote(state, op)
         return self._commit(k, entry, state, op, peer)
 
