@@ -116,30 +116,15 @@ def _secret(settings: Settings) -> bytes:
 
 
 def _bootstrap(items: Sequence[str]) -> list[tuple[str, int]]:
-    out = []
-    for item in items:
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidValue(f"a bootstrap peer is host:port, not {item!r}")
-        out.append((host, int(port)))
-    return out
+    from statebus.federated import parse_bootstrap
+
+    return parse_bootstrap(items)
 
 
 async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
-    from statebus.federated import start_node
+    from statebus.federated import start_federated
 
-    node = await start_node(
-        settings.data_dir,
-        dht_name=settings.dht_name,
-        dht_secret=_secret(settings),
-        bootstrap=bootstrap,
-        host=settings.host,
-        port=settings.port,
-        dht_port=settings.dht_port,
-        log_level=settings.log_level,
-        quota_bytes_per_remote_namespace=settings.quota_bytes_per_remote_namespace,
-        sse_ping_interval=settings.sse_ping_interval,
-    )
+    node = await start_federated(settings, dht_secret=_secret(settings), bootstrap=bootstrap)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

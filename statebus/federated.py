@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 
 from statebus.access.control import access_control
 from statebus.config import Settings
-from statebus.errors import PeerUnavailable
+from statebus.errors import InvalidValue, PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
 from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, follow_id, new_follow
 from statebus.federation.service import Federation
@@ -129,16 +129,51 @@ async def start_node(
     """
     options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "dht_port": 0, "log_level": "warning"}
     options.update(settings)
+    if dht_name is not None:
+        options["dht_name"] = dht_name
     config = dataclasses.replace(Settings(data_dir=data_dir), **options)
-    node = build_node(config)
+    return await start_federated(
+        config,
+        dht=dht_name is not None,
+        dht_secret=dht_secret,
+        bootstrap=bootstrap,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+    )
+
+
+async def start_federated(
+    config: Settings,
+    *,
+    dht: bool = True,
+    dht_secret: bytes | None = None,
+    bootstrap: Sequence[tuple[str, int]] | None = None,
+    backoff_base: float = 0.25,
+    backoff_cap: float = 30.0,
+    on_new_identity: Callable[[Identity, str], None] | None = None,
+) -> FederatedNode:
+    """Start the node ``config`` describes: HTTP, peer endpoints, the DHT (``config.dht_*``) and
+    its followers. What ``statebus serve`` runs; the caller owns signals and calls ``stop()``.
+
+    ``dht_secret`` and ``bootstrap`` default to ``config.dht_secret`` and ``config.dht_bootstrap``.
+    """
+    node = build_node(config, on_new_identity=on_new_identity)
     identity = keystore.load(config.data_dir)
     directory = None
-    if dht_name is not None:
+    if dht:
+        if dht_secret is None:
+            dht_secret = config.dht_secret.reveal().encode() if config.dht_secret is not None else b""
+        if bootstrap is None:
+            bootstrap = parse_bootstrap(config.dht_bootstrap)
         seed, _ = identity.export_secret()
         directory = KademliaDirectory(
-            seed, dht_name, dht_secret, interface=config.host, port=config.dht_port, wait_timeout=0.5
+            seed, config.dht_name, dht_secret, interface=config.host, port=config.dht_port, wait_timeout=0.5
         )
-        await directory.start(list(bootstrap))
+        try:
+            await directory.start(list(bootstrap))
+        except BaseException:
+            await node.aclose()
+            raise
     fed = Federation(
         node,
         identity,
@@ -158,11 +193,22 @@ async def start_node(
             await node.aclose()
             if directory is not None:
                 await directory.stop()
-            raise PeerUnavailable("the node's HTTP server did not start")
+            raise PeerUnavailable(f"the node's HTTP server did not start on {config.host}:{config.port}")
         await asyncio.sleep(0.01)
     fnode = FederatedNode(config, identity, node, fed, server, endpoints, directory, task)
     await fed.start([fnode.url])
     return fnode
+
+
+def parse_bootstrap(items: Sequence[str]) -> list[tuple[str, int]]:
+    """``host:port`` strings (settings, CLI) as DHT bootstrap addresses."""
+    out = []
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidValue(f"a bootstrap peer is host:port, not {item!r}")
+        out.append((host, int(port)))
+    return out
 
 
 class Cluster:

@@ -134,6 +134,8 @@ class Served:
                 "serve",
                 "--port",
                 str(port),
+                "--dht-port",
+                "0",
                 "--log-level",
                 "warning",
                 "--data",
@@ -194,6 +196,24 @@ def test_serve_prints_pubkey_url_and_login_link(node):
     assert pubkey in text
     assert f"{node.url}/login?token={keystore.load_owner_token(node.data)}" in text
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", node.url) and not node.url.endswith(":0")
+
+
+def test_serve_runs_a_federated_node(node):
+    """`statebus serve` is the whole node: the peer endpoints answer and it joined a DHT."""
+    import httpx
+
+    info = httpx.get(f"{node.url}/.well-known/statebus/node", timeout=10).json()
+    assert info["pubkey"] == keystore.load(node.data).pubkey
+    deadline = time.monotonic() + 10
+    text = "".join(node.banner)
+    while "DHT" not in text and time.monotonic() < deadline:
+        try:
+            line = node.lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        node.banner.append(line)
+        text += line
+    assert re.search(r"DHT\s+'default' on udp 127\.0\.0\.1:\d+", text), text
 
 
 def test_first_serve_shows_the_recovery_phrase_once(node, capsys, monkeypatch, tmp_path):

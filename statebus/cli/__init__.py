@@ -168,12 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the node",
         description=(
-            "Run the node's HTTP server. Creates the identity on first start. Prints the pubkey, the URL and "
-            "a login link for the web page (keep the link secret: it holds the owner token)."
+            "Run the node: its HTTP server, its peer endpoints, its DHT directory and the follows it keeps. "
+            "Creates the identity on first start. Prints the pubkey, the URL and a login link for the web "
+            "page (keep the link secret: it holds the owner token)."
         ),
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", help="TCP port (default 8765; 0 picks a free one, the real URL is printed)")
+    p.add_argument("--dht-port", dest="dht_port", help="UDP port of the DHT (default 8766; 0: any free port)")
+    p.add_argument("--dht-name", dest="dht_name", help="name of the DHT to join (default 'default')")
+    p.add_argument(
+        "--bootstrap",
+        dest="dht_bootstrap",
+        metavar="HOST:PORT[,…]",
+        help="DHT peers to join through (the invite secret comes from $STATEBUS_DHT_SECRET)",
+    )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     _add_common(p, client=False)
     p.set_defaults(func=cmd_serve)

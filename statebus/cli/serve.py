@@ -5,14 +5,18 @@ The banner is printed after the socket is bound, so with ``--port 0`` it shows t
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import logging
 import os
+import signal
 import socket
 import sys
 from typing import TextIO
 
 from statebus.config import Settings
 from statebus.identity.keys import Identity
-from statebus.server import StatebusServer, create_app, login_url, uvicorn_config
+from statebus.server import StatebusServer, login_url
 
 PHRASE_NOTE = (
     "This recovery phrase is shown ONCE and is not stored. Write it down and keep it secret;\n"
@@ -52,8 +56,34 @@ def show_new_identity(identity: Identity, phrase: str) -> None:
 
 
 def run_server(settings: Settings) -> None:
-    """Run the node until SIGINT/SIGTERM (creating its identity on first start)."""
+    """Run the node (HTTP, peer endpoints, DHT, followers) until SIGINT/SIGTERM, creating its
+    identity on first start. Everything acknowledged is on disk when it returns."""
     os.umask(0o077)
-    app = create_app(settings, on_new_identity=show_new_identity)
-    server = BannerServer(uvicorn_config(app, settings), app)
-    server.run()
+    logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
+    loop_factory = None
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(settings))
+
+
+async def _serve(settings: Settings, out: TextIO | None = None) -> None:
+    from statebus.federated import start_federated
+
+    fnode = await start_federated(settings, on_new_identity=show_new_identity)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    text = banner(settings, fnode.pubkey, fnode.server.port)
+    if fnode.directory is not None:
+        text += f"  DHT          {settings.dht_name!r} on udp {settings.host}:{fnode.directory.port}\n"
+    stream = out or sys.stdout
+    stream.write(text)
+    stream.flush()
+    try:
+        await stop.wait()
+    finally:
+        await fnode.stop()

@@ -45,6 +45,8 @@ def test_a_debug_level_node_logs_no_token(tmp_path: Path) -> None:
                 "serve",
                 "--port",
                 "0",
+                "--dht-port",
+                "0",
                 "--log-level",
                 "debug",
                 "--data",
