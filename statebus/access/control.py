@@ -120,6 +120,12 @@ class AccessControl:
     def may_write(self, client: PubKey | None, key: Key) -> bool:
         return self.why_not("write", client, key) is None
 
+    def denied(self, client: PubKey | None) -> bool:
+        """Whether the local owner's deny-list refuses ``client`` everything (grants such as
+        shares never reach past it)."""
+        rules = self.local_policy.rules
+        return client != self.local and (rules.deny_all or (client is not None and client in rules.deny))
+
     def require(self, action: str, client: PubKey | None, key: Key) -> None:
         """Raise :class:`Forbidden` (401 for an anonymous client, else 403) with the reason."""
         reason = self.why_not(action, client, key)

@@ -129,16 +129,20 @@ class ReadCheck(Protocol):
 
     def may_read(self, client: PubKey | None, key: Key) -> bool: ...
 
+    def denied(self, client: PubKey | None) -> bool: ...
+
 
 class PeerView:
     """What one peer node may read here, decided once per request (the records are read once).
 
     The rules (the one place they live):
 
-    1. ``/<ns>/public/…`` and ``/<ns>/.keys/…`` (signed delegation records): anyone.
-    2. The peer's own namespace: the peer (it reads itself back from anyone holding it).
-    3. This node's namespace: a pattern the owner shared (``/~/.shares/…``), or whatever the
-       node's access rules (``access``, the ACL) let that peer read.
+    1. This node's namespace, when the node has access rules (``access``, the ACL): what they let
+       that peer read (they know ``public/``, ``.keys/``, lists and the deny-list), plus a pattern
+       the owner shared (``/~/.shares/…``) unless the peer is on the deny-list.
+    2. ``/<ns>/public/…`` and ``/<ns>/.keys/…`` (signed delegation records) of other namespaces
+       (and of this one without access rules): anyone.
+    3. The peer's own namespace: the peer (it reads itself back from anyone holding it).
     4. Another namespace: a pattern this node follows (relaying: its owner made it readable by
        peers, so serving it on exposes nothing new; every op keeps the owner's signature).
     """
@@ -152,9 +156,12 @@ class PeerView:
 
     def _by_records(self, key: Key) -> bool:
         parts = segments(key)
+        ns = parts[0]
+        if ns == self.bus.local and self.access is not None:
+            # the ACL decides public/ and .keys/ here; a share widens it, never past the deny-list
+            return any(key.startswith(p) for p in self._shares) and not self.access.denied(self.peer)
         if len(parts) >= 2 and parts[1] in (PUBLIC, KEYS):
             return True
-        ns = parts[0]
         if ns == self.peer:
             return True
         allowed = self._shares if ns == self.bus.local else self._follows
