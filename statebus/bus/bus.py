@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus.changes import Change
+from statebus.bus.entry import Entry, encode_snapshot, replay
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.reactive import Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
@@ -54,19 +55,6 @@ MAX_CLOCK_JUMP = 2**32
 cannot push a key's clock to the 2^53 limit and make every later write unencodable."""
 
 
-class _Entry:
-    """One key in memory: its merge state, its op log and the base they were loaded from."""
-
-    __slots__ = ("base", "last_seq", "log", "merge", "state")
-
-    def __init__(self, merge: str, state: MergeState, log: OpLog, base: dict[str, Any] | None) -> None:
-        self.merge = merge
-        self.state = state
-        self.log = log
-        self.base = base
-        self.last_seq: Seq = log.base_seq
-
-
 def _own_json(value: Any) -> Any:
     """Check a caller's JSON value and return a private copy, so later mutation by the caller
     cannot change a stored op behind the bus's back. Raises InvalidValue / TooLarge."""
@@ -83,14 +71,6 @@ def _canonical(op: Op) -> Op:
     if not same:
         raise InvalidOp("op is not canonical: it does not survive encoding (non-JSON body or stray fields)")
     return op
-
-
-def _encode_snapshot(entry: _Entry) -> bytes:
-    return json.dumps(
-        {"merge": entry.merge, "state": entry.state.encode(), "log": entry.log.encode()},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
 
 
 class Bus:
@@ -121,7 +101,7 @@ class Bus:
         self._seq: Seq = storage.max_seq()
         self._durable: Seq = self._seq
         self._taken: Seq = self._seq
-        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._outbox: list[tuple[Seq, Op, bool]] = []
         self._snapshots: list[Snapshot] = []
         self._fresh: dict[Key, bool] = {}
@@ -139,7 +119,7 @@ class Bus:
     def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
         return parse_key(key, self.local, allow_subtree=allow_subtree)
 
-    def _entry(self, key: Key) -> _Entry | None:
+    def _entry(self, key: Key) -> Entry | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -158,7 +138,7 @@ class Bus:
             merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
         else:
             return None
-        entry = _Entry(merge, state, log, base)
+        entry = Entry(merge, state, log, base)
         for stored in record.ops:
             op = decode_op(stored.data)
             entry.state.apply(op)
@@ -204,7 +184,7 @@ class Bus:
             return None
         return self._snapshot(k, entry)
 
-    def _snapshot(self, key: Key, entry: _Entry, *, last: bool = True) -> Change:
+    def _snapshot(self, key: Key, entry: Entry, *, last: bool = True) -> Change:
         st = entry.state
         return Change(
             key,
@@ -381,7 +361,7 @@ class Bus:
     def _rewrite(
         self,
         key: Key,
-        entry: _Entry,
+        entry: Entry,
         version: Version,
         kind: str,
         body: Any,
@@ -461,9 +441,9 @@ class Bus:
 
     # ------------------------------------------------------------------ commit and notify
 
-    def _commit(self, key: Key, entry: _Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
+    def _commit(self, key: Key, entry: Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
         if entry is None:
-            entry = _Entry(op.merge, state, OpLog(), None)
+            entry = Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
         before = entry.log.sorted_frontier()
         in_order = entry.state.apply(op)
@@ -585,7 +565,7 @@ class Bus:
             {op.version for op in folded}, entry.log.frontier_of(folded), seq, remember=entry.merge != "lww"
         )
         entry.base = entry.state.encode()
-        snap = Snapshot(k, seq, _encode_snapshot(entry))
+        snap = Snapshot(k, seq, encode_snapshot(entry))
         self._snapshots.append(snap)
         return snap
 
@@ -601,7 +581,7 @@ class Bus:
                 raise HistoryCompacted(f"{k} has no history for those parents")
             return []
         missing = entry.log.since(parents)
-        return self._replay(k, entry, [s for s, _ in missing])
+        return replay(k, entry, [s for s, _ in missing])
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,
@@ -626,38 +606,8 @@ class Bus:
             entry = self._entry(k)
             if entry is None or seqs[0] <= entry.log.base_seq:
                 raise HistoryCompacted(f"changes of {k} after cursor {after} were compacted")
-            out.extend(self._replay(k, entry, seqs))
+            out.extend(replay(k, entry, seqs))
         out.sort(key=lambda c: c.seq)
-        return out
-
-    def _replay(self, key: Key, entry: _Entry, seqs: list[Seq]) -> list[Change]:
-        """Rebuild the value after each of the ops ``seqs`` by folding the log from its base."""
-        if not seqs:
-            return []
-        wanted = set(seqs)
-        state = load_state(entry.merge, entry.base) if entry.base else new_state(entry.merge)
-        log = OpLog(entry.log.encode())
-        out: list[Change] = []
-        for seq, op in entry.log.ops():
-            before = log.sorted_frontier()
-            in_order = state.apply(op)
-            log.add(op, seq)
-            if seq in wanted:
-                out.append(
-                    Change(
-                        key,
-                        seq,
-                        "op",
-                        state.exists,
-                        state.value,
-                        state.content_type,
-                        log.sorted_frontier(),
-                        before,
-                        entry.merge,
-                        op,
-                        linear=in_order and op.parents == before,
-                    )
-                )
         return out
 
     # ------------------------------------------------------------------ subscriptions
