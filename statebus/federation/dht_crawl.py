@@ -3,7 +3,8 @@
 :class:`NodeCrawl` finds the k nodes closest to a key (upstream ``NodeSpiderCrawl``, with contact
 validation). :class:`RecordCrawl` finds a record: unlike upstream ``ValueSpiderCrawl``, which stops
 at the first round that returns any value and keeps the *most common* value, it visits the k
-closest nodes, keeps the valid record with the *highest seq*, and repairs nodes that answered with
+closest nodes (holders send their closest contacts along with the record, so the lookup keeps
+converging), keeps the valid record with the *highest seq*, and repairs nodes that answered with
 nothing or with an older record.
 """
 
@@ -81,6 +82,7 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
                 toremove.append(peerid)
             elif isinstance(payload, dict):
                 self._take_value(peerid, payload.get("value"))
+                self.nearest.push(parse_contacts(payload.get("nodes"), self.ksize * 2))
             else:
                 peer = self.nearest.get_node(peerid)
                 if peer is not None:

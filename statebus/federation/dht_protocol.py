@@ -276,6 +276,18 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             return False
         return True
 
+    def rpc_find_value(self, sender: Any, nodeid: bytes, key: bytes) -> Any:
+        """The record under ``key`` *and* the closest contacts (upstream sends only the record).
+
+        With the contacts, a lookup keeps converging on the k closest nodes after it meets a holder,
+        so a holder with an old record cannot hide a closer holder with a newer one.
+        """
+        neighbors = self.rpc_find_node(sender, nodeid, key)
+        value = self.storage.get(key, None)
+        if value is None:
+            return neighbors
+        return {"value": value, "nodes": neighbors}
+
     def welcome_if_new(self, node: Node) -> None:
         """Add a new contact and hand it the records it should hold (kademlia paper §2.5).
 

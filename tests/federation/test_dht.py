@@ -8,10 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from kademlia.node import Node
 from nacl.signing import SigningKey
 
 from statebus.errors import Forbidden, InvalidKey, InvalidValue
 from statebus.federation.dht import Directory, KademliaDirectory
+from statebus.federation.dht_crawl import RecordCrawl
 from statebus.federation.dht_record import SIGNING_DOMAIN, dht_key, make_record, pubkey_of
 
 MakeNetwork = Callable[..., Awaitable[list[KademliaDirectory]]]  # the conftest fixture
@@ -99,6 +101,37 @@ async def test_resolve_asks_the_network_not_only_its_stale_copy(make_network: Ma
     assert record is not None
     assert record.addrs == ("http://127.0.0.1:7777",)
     assert stale_holder.protocol.storage.record(key).seq == record.seq  # type: ignore[union-attr]
+
+
+async def test_lookup_keeps_the_highest_seq_and_repairs_stale_holders(make_network: MakeNetwork) -> None:
+    seed = os.urandom(32)
+    nodes = await make_network(8, seeds=[os.urandom(32) for _ in range(7)] + [seed])
+    await _publish_all(nodes)
+    owner = nodes[-1]
+    assert owner.record is not None
+    key = owner.record.key
+    holders = [n for n in nodes if key in n.protocol.storage.records and n is not owner]
+    assert len(holders) >= 2
+    # the holder closest to the key is one every lookup visits
+    holders.sort(key=lambda n: _distance(n, key))
+    newer = make_record(seed, ["http://127.0.0.1:7778"], seq=owner.record.seq + 1,
+                        expires=int(time.time()) + 600, dht_name="alpha")  # fmt: skip
+    holders[0].protocol.storage[key] = newer  # one holder has the newer record, the rest the older
+    askers = [n for n in nodes if n not in holders]  # the owner too: its own copy is the older one
+    for asker in askers:
+        record = await asker.resolve(owner.pubkey)
+        assert record is not None and record.addrs == ("http://127.0.0.1:7778",), asker
+    # a lookup that visits the stale holders stores the newest record back on them
+    stale = [Node(n.protocol.source_node.id, "127.0.0.1", n.port) for n in holders[:4]]
+    crawl = RecordCrawl(owner.protocol, Node(key), stale, 4, 3, dht_name="alpha")
+    found = await crawl.find_record()
+    assert found is not None and found[1] == newer
+    await _sleep(0.1)  # repairs are sent in the background
+    assert {n.protocol.storage.record(key).seq for n in holders[:4]} == {owner.record.seq + 1}  # type: ignore[union-attr]
+
+
+def _distance(node: KademliaDirectory, key: bytes) -> int:
+    return int.from_bytes(node.protocol.source_node.id, "big") ^ int.from_bytes(key, "big")
 
 
 def _forged_body(
