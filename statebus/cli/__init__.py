@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
     Client,
     client_for,
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print each event as a JSON object")
     _add_common(p, client=True)
     p.set_defaults(func=cmd_watch)
+    keys_cli.register(sub)
     _extension_commands(sub)
     return parser
 
