@@ -179,7 +179,13 @@ def test_delegate_write_in_scope_refuse_outside_revoke(node, tmp_path: Path, cap
 
     # outside the scope: one line, nothing stored
     code, out, err = cli(capsys, node, "put", "/~/other/1", '"no"', "--as", str(keyfile))
-    assert code == 1 and out == "" and err.count("\n") == 1 and "does not cover" in err
+    assert (
+        code == 1
+        and out == ""
+        and err.count("\n") == 1
+        and "does not cover" in err
+        and "may not write" in err
+    )
     assert owner_get(node, "/~/other/1").status_code == 404
     outputs += [out, err]
 
@@ -198,7 +204,7 @@ def test_delegate_write_in_scope_refuse_outside_revoke(node, tmp_path: Path, cap
     assert code == 0 and pub in out, err
     outputs += [out, err]
     code, out, err = cli(capsys, node, "put", "/~/chirp/1", '"after"', "--as", str(keyfile))
-    assert code == 1 and err.count("\n") == 1 and "revoked" in err
+    assert code == 1 and err.count("\n") == 1 and "revoked" in err and "may not write" in err
     assert owner_get(node, "/~/chirp/1").json() == "key again"
     outputs += [out, err]
 

@@ -153,13 +153,16 @@ def make_op(
     content_type: str | None = None,
     version: Version | None = None,
     merge: str = "lww",
+    clock: int | None = None,
 ) -> Op:
     """An op on ``key`` by ``identity``, based on ``parents``, with a minted (or given) version, signed.
 
     ``kind`` is ``set`` (``body`` a JSON value, or bytes with ``content_type``), ``patch`` (``body`` a
-    sequence of :class:`~statebus.oplog.Patch`) or ``delete``.
+    sequence of :class:`~statebus.oplog.Patch`) or ``delete``. ``clock`` defaults to
+    :func:`next_clock` of ``parents``.
     """
-    op = Op(key, "", parents, identity.pubkey, next_clock(parents), merge, kind, body, content_type)
+    clock = next_clock(parents) if clock is None else clock
+    op = Op(key, "", parents, identity.pubkey, clock, merge, kind, body, content_type)
     return sign_op(dataclasses.replace(op, version=version or mint_version(op)), identity)
 
 
@@ -179,11 +182,17 @@ def signed_request(
         ) from None
 
 
-def current_versions(http: httpx.Client, identity: Identity, path: str) -> tuple[Version, ...]:
-    """The current versions of the key at URL ``path``, read with a signed GET (none if absent)."""
+def current_versions(http: httpx.Client, identity: Identity, path: str) -> tuple[Version, ...] | None:
+    """The current versions of the key at URL ``path``, read with a signed GET.
+
+    Returns ``()`` when the key does not exist and ``None`` when the key may not read it (a
+    write-only grant, or no rights at all: the write itself then says why).
+    """
     response = signed_request(http, identity, "GET", path)
     if response.status_code == 404:
         return ()
+    if response.status_code in (401, 403):
+        return None
     check(response)
     return parse_versions(response.headers.get("version"))
 
@@ -217,8 +226,11 @@ def write_as(
         StatebusError: the node refused the op (its reason, one line) or could not be reached.
     """
     url_path = path or key
+    clock: int | None = None
     if parents is None:
         parents = current_versions(http, identity, url_path)
+        if parents is None:  # the key may not read it: write on top of whatever is there, by time
+            parents, clock = (), int(time.time())
     body: Any = value
     if patch_range is not None:
         kind, body = "patch", (Patch(patch_range, value),)
@@ -230,6 +242,7 @@ def write_as(
         parents=parents,
         content_type=content_type,
         version=version,
+        clock=clock,
     )
     response = signed_request(
         http, identity, "PUT", url_path, content=encode_op(op), headers={"Content-Type": OP_MEDIA_TYPE}
