@@ -268,3 +268,28 @@ def test_expired_and_future_delegations(node, tmp_path, capsys):
 def test_new_commands_have_help(argv, capsys):
     code, out, _ = run(capsys, *argv, "--help")
     assert code == 0 and "usage: statebus" in out
+
+
+def test_patch_bytes_and_named_versions_as_a_key(node, tmp_path, capsys):
+    keyfile = tmp_path / "p.key"
+    pub = cli(capsys, node, "keys", "derive", "patcher", "--out", str(keyfile))[1].strip()
+    assert cli(capsys, node, "delegate", pub, "--scope", "/~/p/")[0] == 0
+    assert cli(capsys, node, "put", "/~/p/doc", '{"tags": ["a"]}', "--as", str(keyfile))[0] == 0
+    code, _, err = cli(
+        capsys, node, "put", "/~/p/doc", '["b"]', "--range", ".tags[1:1]", "--as", str(keyfile)
+    )
+    assert code == 0, err
+    assert owner_get(node, "/~/p/doc").json() == {"tags": ["a", "b"]}
+    code, _, err = cli(
+        capsys, node, "put", "/~/p/readme", "plain text", "--content-type", "text/plain", "--as", str(keyfile)
+    )
+    assert code == 0, err
+    r = owner_get(node, "/~/p/readme")
+    assert r.content == b"plain text" and r.headers["content-type"].startswith("text/plain")
+    # the owner names a version (no clock in it): the key's next write still comes out on top
+    assert cli(capsys, node, "put", "/~/p/doc", '"owner"', "--version", "mine")[0] == 0
+    code, out, err = cli(capsys, node, "put", "/~/p/doc", '"key"', "--as", str(keyfile))
+    assert code == 0 and int(out.split("-")[0]) >= int(time.time()) - 60, err
+    assert owner_get(node, "/~/p/doc").json() == "key"
+    code, _, err = cli(capsys, node, "put", "/~/p/y", "{}", "--merge-type", "yjs", "--as", str(keyfile))
+    assert code == 1 and "yjs" in err
