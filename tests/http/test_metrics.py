@@ -59,7 +59,8 @@ def test_an_open_stream_is_counted(srv: LiveServer, client: httpx.Client) -> Non
     with client.stream("GET", "/~/metrics/", headers={"Accept": "text/event-stream"}) as response:
         assert response.status_code == 200
         seen = b""
-        for chunk in response.iter_raw():  # the stream is open once its snapshot arrives
+        chunks = response.iter_raw()  # keep the iterator: dropping it closes the response
+        for chunk in chunks:  # the stream is open once its snapshot arrives
             seen += chunk
             if b"id: " in seen:
                 break
