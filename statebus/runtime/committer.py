@@ -27,6 +27,11 @@ from statebus.types import Seq
 log = logging.getLogger("statebus.commit")
 
 
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
+
+
 class StorageFailed(StatebusError):
     status_hint = 503
 
@@ -116,8 +121,10 @@ class GroupCommitter:
         event, self._durable_event = self._durable_event, asyncio.Event()
         event.set()
         once, self._once = self._once, []
-        for wake in once:
-            wake()
+        if once:
+            # After the writers' acknowledgements (already scheduled above): a fan-out to many
+            # streams must not delay the answer to the write that caused it.
+            asyncio.get_running_loop().call_soon(_call_all, once)
         for cb in self.on_durable:
             cb(upto)
 
