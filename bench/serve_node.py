@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.procs import raise_fd_limit
 from bench.serve_common import UVICORN_OPTIONS, announce, listen
 from statebus.config import Settings
-from statebus.server import make_server
+from statebus.server import make_server, tune_gc
 
 
 def main() -> None:
@@ -33,6 +33,7 @@ def main() -> None:
         settings = replace(settings, subscriber_buffer=args.buffer)
     sock = listen()
     server = make_server(settings, **UVICORN_OPTIONS)
+    tune_gc()  # as statebus.server.serve does
     announce(sock)
     server.run(sockets=[sock])
 
