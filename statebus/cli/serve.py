@@ -16,7 +16,7 @@ from typing import TextIO
 
 from statebus.config import Settings
 from statebus.identity.keys import Identity
-from statebus.server import StatebusServer, login_url
+from statebus.server import StatebusServer, login_url, tune_gc
 
 PHRASE_NOTE = (
     "This recovery phrase is shown ONCE and is not stored. Write it down and keep it secret;\n"
@@ -73,6 +73,7 @@ async def _serve(settings: Settings, out: TextIO | None = None) -> None:
     from statebus.federated import start_federated
 
     fnode = await start_federated(settings, on_new_identity=show_new_identity)
+    tune_gc()  # as statebus.server.serve does: no long full-collection pauses under many streams
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
