@@ -10,31 +10,17 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
 from typing import TextIO
 
 from statebus.config import Settings
 from statebus.identity.keys import Identity
-from statebus.server import StatebusServer, login_url, tune_gc
+from statebus.server import login_url, tune_gc
 
 PHRASE_NOTE = (
     "This recovery phrase is shown ONCE and is not stored. Write it down and keep it secret;\n"
     "`statebus init --recover` restores the identity from it."
 )
-
-
-class BannerServer(StatebusServer):
-    """A :class:`StatebusServer` that prints where it listens once it is bound."""
-
-    banner_out: TextIO = sys.stdout
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and not self.should_exit:
-            settings: Settings = self.statebus_app.state.settings
-            self.banner_out.write(banner(settings, self.statebus_app.state.node.local, self.port))
-            self.banner_out.flush()
 
 
 def banner(settings: Settings, pubkey: str, port: int) -> str:
