@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from statebus.access.control import OP_MEDIA_TYPE
+from statebus.access.gate import read_all
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import InvalidKey, InvalidOp, InvalidRange, InvalidValue, StatebusError, TooLarge
@@ -133,19 +134,7 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
             raise InvalidValue("Content-Length must be a whole number")
         if int(text) > limit:
             raise TooLarge(f"the body is {int(text)} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidValue("the client went away while sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    return await read_all(receive, limit)
 
 
 class KeyEndpoint:
