@@ -4,22 +4,20 @@ real ``statebus serve --port 0`` process (its printed URL is read from stdout)."
 from __future__ import annotations
 
 import io
-import os
 import queue
 import re
 import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from statebus.cli import main
 from statebus.identity import keystore
+from statebus.testing.served import ServedNode
 
 PUBKEY_RE = re.compile(r"[a-z2-7]{52}")
 
@@ -119,66 +117,7 @@ def test_bad_setting_is_one_line(tmp_path, capsys):
 # ---------------------------------------------------------------------- against a live node
 
 
-class Served:
-    def __init__(self, data: Path, port: int = 0) -> None:
-        self.data = data
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("STATEBUS_DATA_DIR", None)
-        self.stderr_path = data.parent / (data.name + "-stderr.txt")
-        self.stderr_file = self.stderr_path.open("a")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "statebus",
-                "serve",
-                "--port",
-                str(port),
-                "--dht-port",
-                "0",
-                "--log-level",
-                "warning",
-                "--data",
-                str(data),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.stderr_file,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        self.pump = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        self.pump.start()
-        self.banner: list[str] = []
-        deadline = time.monotonic() + 20
-        while not any("/login?token=" in line for line in self.banner):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise AssertionError("statebus serve did not start")
-            try:
-                self.banner.append(self.lines.get(timeout=0.2))
-            except queue.Empty:
-                pass
-        self.url = re.search(r"serving at\s+(http://\S+)/", "".join(self.banner)).group(1)  # type: ignore[union-attr]
-
-    def _pump(self, stream: io.TextIOBase) -> None:
-        for line in stream:
-            self.lines.put(line)
-
-    def close(self) -> None:
-        if self.stderr_file.closed:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.pump.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.stderr_file.close()
+Served = ServedNode
 
 
 @pytest.fixture(scope="module")

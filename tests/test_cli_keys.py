@@ -5,17 +5,10 @@ outside it and after its revocation, and its secret never shows in any output.""
 from __future__ import annotations
 
 import json
-import os
-import queue
-import re
 import stat
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -23,6 +16,7 @@ import pytest
 from statebus.cli import main
 from statebus.cli.signed import load_key_file, next_clock, parse_versions
 from statebus.identity import derive, keystore
+from statebus.testing.served import ServedNode
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -35,58 +29,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-class Served:
-    """``statebus serve --port 0 --dht-port 0`` in a subprocess; its URL is read from its banner."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("STATEBUS_DATA_DIR", None)
-        self.stderr_path = data.parent / (data.name + "-stderr.txt")
-        self.stderr_file = self.stderr_path.open("a")
-        argv = ["serve", "--port", "0", "--dht-port", "0", "--log-level", "info", "--data", str(data)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "statebus", *argv],
-            stdout=subprocess.PIPE,
-            stderr=self.stderr_file,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        self.pump = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        self.pump.start()
-        banner = ""
-        deadline = time.monotonic() + 20
-        while "/login?token=" not in banner:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise AssertionError("statebus serve did not start")
-            try:
-                banner += self.lines.get(timeout=0.2)
-            except queue.Empty:
-                pass
-        found = re.search(r"serving at\s+(http://\S+)/", banner)
-        assert found is not None, banner
-        self.url = found.group(1)
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line)
-
-    def close(self) -> None:
-        if self.stderr_file.closed:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.pump.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.stderr_file.close()
+Served = ServedNode
 
 
 @pytest.fixture(scope="module")
