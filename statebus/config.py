@@ -309,7 +309,10 @@ def _path(raw: Any, label: str) -> Path:
         return raw
     if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
         raise InvalidValue(f"{label}: must be a folder path, got {_show(raw)}")
-    return Path(raw.strip()).expanduser()
+    try:
+        return Path(raw.strip()).expanduser()
+    except RuntimeError:  # "~someone" naming no known user (pathlib's only error here)
+        raise InvalidValue(f"{label}: {_show(raw)} names the home folder of an unknown user") from None
 
 
 def _secret(raw: Any, label: str) -> Secret | None:

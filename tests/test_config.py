@@ -146,3 +146,9 @@ def test_hostile_env_values_raise_typed_errors_only(name: str, raw: str) -> None
         Settings.load(env={**ENV, env_var(name): raw})
     except StatebusError:
         pass
+
+
+def test_a_home_folder_of_an_unknown_user_is_a_typed_error() -> None:
+    # found by the hostile-values property: pathlib raised a bare RuntimeError for "~0"
+    with pytest.raises(InvalidValue, match="unknown user"):
+        Settings.load(env={**ENV, "STATEBUS_DATA_DIR": "~no-such-user-here"})
