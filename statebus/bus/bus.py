@@ -38,7 +38,7 @@ from statebus.errors import (
 )
 from statebus.keys import is_subtree, key_matches, parse_key
 from statebus.merge import MergeState, load_state, new_state
-from statebus.oplog.codec import check_version, decode_op, encode_op, mint_version
+from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
 from statebus.storage.base import Snapshot, Storage, StoredOp
@@ -250,14 +250,21 @@ class Bus:
         merge: str | None = None,
         author: PubKey | None = None,
         peer: str | None = None,
+        owned: bool = False,
     ) -> Change:
-        """Replace the value of ``key`` (JSON, or bytes with a ``content_type``)."""
+        """Replace the value of ``key`` (JSON, or bytes with a ``content_type``).
+
+        ``owned=True`` hands a JSON value over: the caller made it for this call (a freshly parsed
+        request body) and never touches it again, so it is checked but not copied.
+        """
         if isinstance(value, bytes | bytearray):
             if not content_type:
                 raise InvalidOp("a bytes value needs a content type")
             value = bytes(value)
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
+        elif owned:
+            check_json(value)
         else:
             value = _own_json(value)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)
@@ -347,7 +354,7 @@ class Bus:
         if clock >= 2**53:
             raise InvalidOp("this key's Lamport clock is exhausted")
         op = Op(k, "", ps, author or self.local, clock, merge, kind, body, content_type)
-        op = dataclasses.replace(op, version=version if version else mint_version(op))
+        op = with_version(op, version) if version else with_minted_version(op)
         if entry is not None and op.version in entry.log:
             return self._snapshot(k, entry)  # a minted version repeats only for the same op
         if self.handlers:

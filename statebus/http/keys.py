@@ -395,7 +395,7 @@ class KeyEndpoint:
             value = loads_json(
                 body, max_bytes=self.settings.max_value_bytes, max_depth=self.settings.max_json_depth
             )
-            change = await self.node.save(key, value, **opts)
+            change = await self.node.save(key, value, owned=True, **opts)  # a fresh parse: no copy
         else:
             if len(body) > self.settings.max_value_bytes:
                 raise TooLarge(

@@ -19,7 +19,6 @@ Verified commits are cached (LRU), so checking a whole batch costs one Ed25519 v
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from statebus.errors import BadSignature, Forbidden, InvalidOp
 from statebus.identity.delegation import Keyring
 from statebus.identity.keys import Identity, verify_signature
 from statebus.keys import is_pubkey, namespace_of
-from statebus.oplog.codec import op_hash, signing_bytes
+from statebus.oplog.codec import op_hash, signing_bytes, with_signature
 from statebus.oplog.events import Op
 
 BATCH_TAG = b"C1"
@@ -47,7 +46,7 @@ def sign_op(op: Op, identity: Identity) -> Op:
     """
     if op.author != identity.pubkey:
         raise InvalidOp("an op is signed by its author: op.author differs from the signing identity")
-    return dataclasses.replace(op, sig=identity.sign(signing_bytes(op)))
+    return with_signature(op, identity.sign(signing_bytes(op)))
 
 
 def _leaf(h: bytes) -> bytes:
@@ -115,7 +114,7 @@ def sign_batch(ops: Sequence[Op], identity: Identity) -> list[Op]:
     commit_sig = identity.sign(_commit_message(n, levels[-1][0]))
     head = BATCH_TAG + commit_sig + struct.pack(">I", n)
     return [
-        dataclasses.replace(op, sig=head + struct.pack(">I", i) + b"".join(_proof(levels, i)))
+        with_signature(op, head + struct.pack(">I", i) + b"".join(_proof(levels, i)))
         for i, op in enumerate(ops)
     ]
 

@@ -8,6 +8,13 @@ The encoding is JSON with sorted keys, no whitespace, UTF-8, and no NaN/Infinity
 
 Absent fields are omitted. A ``patch`` body is ``[[range, content], …]``, and ``[range]`` for a
 patch that deletes. :func:`signing_bytes` is the same without ``"s"``, prefixed by a domain tag.
+
+A local write is encoded three times (its version is minted from it, its commit hashes it, storage
+stores it), so the JSON without ``"s"`` is kept for the most recent ops, keyed by the op object
+itself: :func:`with_minted_version`, :func:`with_version` and :func:`with_signature` make the next op
+and carry the bytes over (``"v"`` is always the last key, and ``"s"`` goes just before ``"t"``).
+Every derived byte string is the one a fresh encoding gives (``tests/oplog/test_codec_cache.py``).
+An op's body must not be mutated once the op is made (the bus keeps private copies).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from statebus.errors import InvalidOp, InvalidValue, TooLarge
@@ -30,13 +38,23 @@ MAX_OP_BYTES = 8 * 1024 * 1024
 """The largest encoded op :func:`decode_op` reads (a 1 MiB value is ~1.4 MiB as base64)."""
 _OP_DEPTH = DEFAULT_MAX_DEPTH + 3
 """A value's nesting limit plus the op object and the ``[[range, content]]`` patch wrapping."""
+_CACHE_OPS = 1024
+"""How many recent ops' encodings are kept (a commit batch of concurrent writes fits)."""
+_CACHE_MAX_BYTES = 16 * 1024
+"""Larger encodings are not kept, so the cache holds at most ``_CACHE_OPS * _CACHE_MAX_BYTES``."""
+_unsigned: dict[int, tuple[Op, bytes]] = {}
+"""``id(op) -> (op, JSON without "s")``; holding the op keeps its id from being reused."""
 _BODY_FIELDS = {"set": {"b", "bb", "ct"}, "patch": {"b"}, "delete": set(), "crdt": {"bb"}}
 """The optional fields each kind may carry; any other is non-canonical and rejected."""
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""What ``json.dumps`` with these options builds per call; it keeps no state between calls."""
+
+
 def _dumps(obj: Any) -> bytes:
     try:
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(obj)
         return text.encode()
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
         raise InvalidOp(f"op body is not canonical JSON: {type(exc).__name__}") from None
@@ -70,22 +88,70 @@ def _fields(op: Op) -> dict[str, Any]:
     return d
 
 
+def _cached(op: Op) -> bytes | None:
+    hit = _unsigned.get(id(op))
+    return hit[1] if hit is not None and hit[0] is op else None
+
+
+def _remember(op: Op, data: bytes) -> None:
+    if len(data) > _CACHE_MAX_BYTES:
+        return
+    _unsigned[id(op)] = (op, data)
+    if len(_unsigned) > _CACHE_OPS:
+        _unsigned.pop(next(iter(_unsigned)), None)  # the oldest: dicts keep insertion order
+
+
+def _unsigned_json(op: Op, *, remember: bool = True) -> bytes:
+    """The canonical JSON of ``op`` without ``"s"``, from the cache when this op object has one."""
+    data = _cached(op)
+    if data is None:
+        data = _dumps(_fields(op))
+        if remember:
+            _remember(op, data)
+    return data
+
+
+def _replace_version(data: bytes, version: Version) -> bytes:
+    # "v" sorts last and ends the object; a JSON string holds no unescaped '"', so ',"v":' is found
+    # only as the key. A string is encoded as the encoder encodes string values (ensure_ascii off).
+    return data[: data.rindex(b',"v":')] + b',"v":' + encode_basestring(version).encode() + b"}"
+
+
+def _copy(op: Op, version: Version, sig: bytes) -> Op:
+    """``dataclasses.replace(op, version=version, sig=sig)`` without its per-call introspection."""
+    return Op(
+        op.key, version, op.parents, op.author, op.clock, op.merge, op.kind, op.body, op.content_type, sig
+    )
+
+
 def signing_bytes(op: Op) -> bytes:
     """The bytes a signature covers: everything in the op but the signature."""
-    return SIGNING_DOMAIN + _dumps(_fields(op))
+    return SIGNING_DOMAIN + _unsigned_json(op)
 
 
 def encode_op(op: Op) -> bytes:
     """The canonical bytes of ``op``, signature included. Raises InvalidOp if the body is not JSON."""
-    d = _fields(op)
-    if op.sig:
-        d["s"] = base64.b64encode(op.sig).decode("ascii")
-    return _dumps(d)
+    data = _unsigned_json(op)
+    if not op.sig:
+        return data
+    # "s" sorts between "p" and "t", and "t" is always present and follows the body, so the last
+    # ',"t":' is the key ("t" and "v" values are strings, which cannot hold it unescaped).
+    at = data.rindex(b',"t":')
+    return data[:at] + b',"s":"' + base64.b64encode(op.sig) + b'"' + data[at:]
 
 
 def op_hash(op: Op) -> bytes:
     """SHA-256 of the signing bytes: what commits and anti-entropy compare."""
     return hashlib.sha256(signing_bytes(op)).digest()
+
+
+def _mint(op: Op) -> tuple[Version, bytes]:
+    data = _unsigned_json(op, remember=False)
+    if op.version:  # whatever version the op already names does not matter: hash it as ""
+        data = _replace_version(data, "")
+    digest = hashlib.sha256(SIGNING_DOMAIN + data).digest()
+    # 10 bytes are exactly 16 base32 characters: the prefix of the whole digest's encoding.
+    return f"{op.clock}-{base64.b32encode(digest[:10]).decode('ascii').lower()}", data
 
 
 def mint_version(op: Op) -> Version:
@@ -95,10 +161,36 @@ def mint_version(op: Op) -> Version:
     version the op may already carry, nor its signature), so two replicas never mint the same
     version for different ops, and minting is repeatable.
     """
-    fields = _fields(op)
-    fields["v"] = ""  # whatever version the op already names does not matter
-    digest = hashlib.sha256(SIGNING_DOMAIN + _dumps(fields)).digest()
-    return f"{op.clock}-{base64.b32encode(digest).decode('ascii').lower()[:16]}"
+    return _mint(op)[0]
+
+
+def with_minted_version(op: Op) -> Op:
+    """``op`` naming the version :func:`mint_version` gives it; its encoding is computed once."""
+    version, data = _mint(op)
+    new = _copy(op, version, op.sig)
+    _remember(new, _replace_version(data, version))
+    return new
+
+
+def with_version(op: Op, version: Version) -> Op:
+    """``op`` naming ``version`` (``dataclasses.replace``), its encoding derived from ``op``'s."""
+    new = _copy(op, version, op.sig)
+    data = _cached(op)
+    if data is not None:
+        try:
+            _remember(new, _replace_version(data, version))
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: encoding ``new`` raises InvalidOp later, as it would have
+    return new
+
+
+def with_signature(op: Op, sig: bytes) -> Op:
+    """``op`` carrying ``sig`` (``dataclasses.replace``), reusing ``op``'s encoding."""
+    new = _copy(op, op.version, sig)
+    data = _cached(op)
+    if data is not None:
+        _remember(new, data)
+    return new
 
 
 def _b64(value: Any, what: str) -> bytes:
