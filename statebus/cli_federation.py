@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from statebus.cli.client import client_for
+from statebus.cli.options import add_common
 from statebus.config import Settings
 from statebus.errors import InvalidValue, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
@@ -269,13 +270,6 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
 # ---------------------------------------------------------------------- the parser
 
 
-def _common(p: argparse.ArgumentParser, *, client: bool) -> None:
-    p.add_argument("--data", metavar="DIR", help="data folder (default: $STATEBUS_DATA_DIR)")
-    p.add_argument("--config", metavar="FILE", help="TOML settings file")
-    if client:
-        p.add_argument("--url", help="base URL of the node (default: from the settings)")
-
-
 def register(sub: Any) -> None:
     """Add the federation commands to the ``statebus`` subparsers (``sub.add_parser``)."""
     p = sub.add_parser(
@@ -288,17 +282,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("pattern", metavar="PATTERN", help="/<pubkey>/path/ (a subtree)")
     p.add_argument("--via", action="append", metavar="URL", help="an address to fetch it from (repeatable)")
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_follow)
 
     p = sub.add_parser("unfollow", help="stop following a subtree (its data stays)")
     p.add_argument("pattern", metavar="PATTERN")
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_unfollow)
 
     p = sub.add_parser("peers", help="what this node follows and how each follow is doing")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_peers)
 
     p = sub.add_parser("fed-serve", help="run a federated node (HTTP, peer endpoints, DHT, following)")
@@ -308,7 +302,7 @@ def register(sub: Any) -> None:
     p.add_argument("--dht-name", dest="dht_name", help="name of the DHT to join")
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="a DHT peer to join through")
     p.add_argument("--log-level", dest="log_level")
-    _common(p, client=False)
+    add_common(p, client=False)
     p.set_defaults(func=cmd_fed_serve)
 
     p = sub.add_parser(

@@ -36,6 +36,7 @@ from statebus.cli.client import (
     cmd_put,
     cmd_watch,
 )
+from statebus.cli.options import add_common
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidValue, StatebusError
 from statebus.identity import keystore
@@ -124,17 +125,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 # ---------------------------------------------------------------------- the parser
 
 
-def _add_common(p: argparse.ArgumentParser, *, client: bool) -> None:
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        help="data folder (default: $STATEBUS_DATA_DIR, else ~/.local/share/statebus)",
-    )
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: $STATEBUS_CONFIG)")
-    if client:
-        p.add_argument("--url", help="base URL of the node (default: http://<host>:<port> from the settings)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``statebus`` command."""
     parser = argparse.ArgumentParser(
@@ -162,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="replace an existing, different identity (its keys are lost)"
     )
-    _add_common(p, client=False)
+    add_common(p, client=False)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -185,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DHT peers to join through (the invite secret comes from $STATEBUS_DHT_SECRET)",
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
-    _add_common(p, client=False)
+    add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -193,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the owner token",
         description=("Print the owner token (send it as `Authorization: Bearer <token>`). Keep it secret."),
     )
-    _add_common(p, client=False)
+    add_common(p, client=False)
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("info", help="show the node's identity, URL, data folder, key count and version")
-    _add_common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -211,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
     p.add_argument("--range", metavar="R", help="read part of a JSON value, e.g. .a.b or [0]")
     p.add_argument("--show-version", action="store_true", help="print the Version on stderr")
-    _add_common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser(
@@ -234,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--content-type", dest="content_type", metavar="TYPE", help="store VALUE as bytes of this type"
     )
-    _add_common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("delete", help="delete a key")
     p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
-    _add_common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser(
@@ -254,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="CURSOR", help="start after this cursor (an event id)")
     p.add_argument("--count", type=int, metavar="N", help="exit after N events")
     p.add_argument("--json", action="store_true", help="print each event as a JSON object")
-    _add_common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_watch)
     keys_cli.register(sub)
     _extension_commands(sub)

@@ -33,6 +33,7 @@ from statebus.cli.client import (
     parse_value,
     transport_error,
 )
+from statebus.cli.options import add_common
 from statebus.cli.signed import load_key_file, write_as, write_key_file
 from statebus.config import Settings
 from statebus.errors import InvalidValue, NotFound, StatebusError
@@ -286,17 +287,6 @@ def _write_as(args: argparse.Namespace, url: str, kind: str) -> int:
 # ---------------------------------------------------------------------- the parser
 
 
-def _common(p: argparse.ArgumentParser, *, client: bool) -> None:
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        help="data folder (default: $STATEBUS_DATA_DIR, else ~/.local/share/statebus)",
-    )
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: $STATEBUS_CONFIG)")
-    if client:
-        p.add_argument("--url", help="base URL of the node (default: http://<host>:<port> from the settings)")
-
-
 def register(sub: Any) -> None:
     """Add ``keys``, ``delegate`` and ``revoke`` to the ``statebus`` parser, and ``--as`` to put/delete."""
     keys = sub.add_parser(
@@ -314,10 +304,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("label", metavar="LABEL", help="e.g. laptop, app/chirp (segments of [A-Za-z0-9._~-])")
     p.add_argument("--out", metavar="FILE", help="write the key file here (never overwrites)")
-    _common(p, client=False)
+    add_common(p, client=False)
     p.set_defaults(func=cmd_derive)
     p = ksub.add_parser("list", help="list the delegation records in /~/.keys/ and their state")
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -339,7 +329,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--not-before", dest="not_before", metavar="SECONDS|DATE", help="start of validity (default: at once)"
     )
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_delegate)
 
     p = sub.add_parser(
@@ -349,7 +339,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("pubkey", metavar="PUBKEY", help="the delegate's public key")
     p.add_argument("--reason", metavar="TEXT", help="why (stored in the record, shown to the key)")
-    _common(p, client=True)
+    add_common(p, client=True)
     p.set_defaults(func=cmd_revoke)
 
     for name, kind in (("put", "set"), ("delete", "delete")):
