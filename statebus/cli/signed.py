@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from typing import Any
 import httpx
 
 from statebus.cli.client import check
-from statebus.errors import Forbidden, InvalidValue, NotFound, StatebusError
-from statebus.identity import Identity, sign_op, sign_request
+from statebus.errors import Forbidden, InvalidValue, StatebusError
+from statebus.identity import Identity, keystore, sign_op, sign_request
 from statebus.oplog import Op, Patch, encode_op, mint_version
 from statebus.types import Key, Version
 
@@ -80,23 +79,7 @@ def load_key_file(path: str | os.PathLike[str]) -> Identity:
         InvalidValue: it is not a key file (the detail never contains the secret).
     """
     target = Path(path)
-    try:
-        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise NotFound(f"key file {target} does not exist") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise Forbidden(f"key file {target} is not a regular file")
-        if mode & 0o077:
-            raise Forbidden(
-                f"key file {target} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
-            )
-        raw = b""
-        while chunk := os.read(fd, 65536):
-            raw += chunk
-    finally:
-        os.close(fd)
+    raw = keystore.read_private_file(target, missing="give the file `statebus keys derive --out` wrote")
     try:
         doc = json.loads(raw)
         secret = base64.b64decode(doc["secret"], validate=True)

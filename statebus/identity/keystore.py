@@ -84,11 +84,13 @@ def _write_secret_file(path: Path, data: bytes, *, force: bool) -> None:
     _fsync_dir(path.parent)
 
 
-def _read_secret_file(path: Path) -> bytes:
+def read_private_file(path: Path, *, missing: str = "run init or recover first") -> bytes:
+    """The bytes of a secret file, refusing one that is not a regular file or that the group or
+    others can read (Forbidden), or that does not exist (NotFound, with the ``missing`` hint)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
-        raise NotFound(f"{path} does not exist; run init or recover first") from None
+        raise NotFound(f"{path} does not exist; {missing}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -144,7 +146,7 @@ def load(data_dir: str | os.PathLike[str]) -> Identity:
         Forbidden: the file is readable by others.
         InvalidValue: the file is corrupt (the detail never contains the secret).
     """
-    raw = _read_secret_file(identity_dir(data_dir) / KEY_FILE)
+    raw = read_private_file(identity_dir(data_dir) / KEY_FILE)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -179,7 +181,7 @@ def new_owner_token(data_dir: str | os.PathLike[str], *, force: bool = True) -> 
 
 def load_owner_token(data_dir: str | os.PathLike[str]) -> str:
     """The owner token. Raises :class:`NotFound` or :class:`Forbidden` like :func:`load`."""
-    return _read_secret_file(identity_dir(data_dir) / TOKEN_FILE).decode("ascii").strip()
+    return read_private_file(identity_dir(data_dir) / TOKEN_FILE).decode("ascii").strip()
 
 
 def check_owner_token(data_dir: str | os.PathLike[str], presented: str) -> bool:
