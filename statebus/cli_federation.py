@@ -175,7 +175,8 @@ def _read_info(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return info
 
 
-def _stop_all(procs: Sequence[subprocess.Popen[str]]) -> None:
+def stop_all(procs: Sequence[subprocess.Popen[str]]) -> None:
+    """SIGTERM every process, then wait up to 15 s each (SIGKILL after that) and close its stdout."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -218,7 +219,7 @@ def start_devnet(
         for i, info in enumerate(infos):
             info["name"] = chr(ord("a") + i) if i < 26 else f"n{i}"
     except BaseException:
-        _stop_all(procs)
+        stop_all(procs)
         raise
     return procs, infos
 
@@ -262,7 +263,7 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave nodes behind
-        _stop_all(procs)
+        stop_all(procs)
     print("devnet stopped")
     return 0
 

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from statebus.cli_federation import stop_all
 from statebus.identity import keystore
 
 pytestmark = pytest.mark.netns
@@ -156,14 +156,4 @@ def test_follow_across_network_namespaces_and_heal_a_cut(
         a.close()
         b.close()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_all(procs)
