@@ -11,6 +11,10 @@ list of faults this fixes):
   records whose signed expiry has passed.
 * :class:`DirectoryProtocol` parses requests itself, checks argument types, answers ``False`` to a
   STORE the storage refused, never sends to a malformed address, and keeps its tasks referenced.
+* :class:`ClosestRoutingTable` answers "the k closest contacts" by scanning every bucket. Upstream
+  walks the buckets outwards from the key's bucket and stops at the first empty bucket on the
+  right, so with an empty bucket there it returned *no* contacts at all (a publish then stored
+  the record nowhere), and it kept the first k met rather than the k closest.
 * :func:`parse_contacts` turns a FIND_NODE reply into nodes, skipping malformed contacts (upstream,
   one ``(id, None, None)`` contact closed the node's socket for good).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import logging
@@ -29,6 +34,7 @@ from typing import Any
 import umsgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
+from kademlia.routing import RoutingTable
 from kademlia.storage import ForgetfulStorage
 
 from statebus.errors import InvalidValue, StatebusError
@@ -183,6 +189,24 @@ class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
         return iter(list(super().__iter__()))
 
 
+class ClosestRoutingTable(RoutingTable):  # type: ignore[misc]
+    """The routing table, with a ``find_neighbors`` that really returns the k closest contacts."""
+
+    def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Node]:
+        """The ``k`` (default ksize) contacts closest to ``node`` by XOR distance, bar ``exclude``.
+
+        A table holds at most 160 × k contacts, so scanning them all is cheap and always right.
+        """
+        self.buckets[self.get_bucket_for(node)].touch_last_updated()  # as upstream: marks the range as used
+        candidates = [
+            contact
+            for bucket in self.buckets
+            for contact in bucket.get_nodes()
+            if contact.id != node.id and (exclude is None or not contact.same_home_as(exclude))
+        ]
+        return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
+
+
 def _stale(seq: int, held: int) -> StatebusError:
     return InvalidValue(f"stale record: seq {seq} is not newer than the held seq {held}")
 
@@ -196,6 +220,7 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
         self, source_node: Node, storage: RecordStorage, ksize: int, *, tag_key: bytes, wait_timeout: float
     ) -> None:
         super().__init__(source_node, storage, ksize)
+        self.router = ClosestRoutingTable(self, ksize, source_node)
         self._wait_timeout = wait_timeout
         self._tag_key = tag_key
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -31,7 +31,7 @@ async def test_twenty_nodes_resolve_each_other(make_network: MakeNetwork) -> Non
     assert all(node.port > 0 for node in nodes)
     assert len({node.port for node in nodes}) == 20
     await _publish_all(nodes)
-    assert all(node.last_acks >= 1 for node in nodes[1:])
+    assert [i for i, node in enumerate(nodes) if node.last_acks < 1] == []
     # ksize=4: each record sits on a handful of the 20 nodes, so most lookups cross the network
     copies = [
         sum(1 for node in nodes if t.record and t.record.key in node.protocol.storage.records) for t in nodes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import random
 import re
 
 import kademlia
@@ -146,3 +147,33 @@ async def _load_state() -> None:
 def test_pickle_state_files_are_refused() -> None:
     with pytest.raises(Forbidden):
         asyncio.run(_load_state())
+
+
+@pytest.mark.anyio
+async def test_find_neighbors_returns_the_k_closest_contacts() -> None:
+    """Upstream returned nothing when the key's bucket and the next right one were empty."""
+    from kademlia.node import Node
+
+    from statebus.federation.dht_protocol import ClosestRoutingTable
+
+    rng = random.Random(7)
+    me = Node(rng.randbytes(20))
+    table = ClosestRoutingTable(_NoPing(), 4, me)
+    contacts = [Node(rng.randbytes(20), "127.0.0.1", 1000 + i) for i in range(60)]
+    for contact in contacts:
+        table.add_contact(contact)
+    held = [c for bucket in table.buckets for c in bucket.get_nodes()]
+    assert len(table.buckets) > 2 and len(held) >= 8
+    for _ in range(300):
+        target = Node(rng.randbytes(20))
+        want = sorted(held, key=target.distance_to)[:4]
+        assert [c.id for c in table.find_neighbors(target)] == [c.id for c in want]
+    assert held[0] not in table.find_neighbors(held[0])  # the key's own node is not its neighbour
+    assert all(c.id != held[1].id for c in table.find_neighbors(held[0], exclude=held[1]))
+
+
+class _NoPing:
+    """The routing table pings the oldest contact of a full bucket through its protocol."""
+
+    async def call_ping(self, node: object) -> None:
+        return None
