@@ -100,6 +100,12 @@ class RateLimited(StatebusError):
         self.retry_after = retry_after
 
 
+class StoreInUse(StatebusError):
+    """Another process has this data folder's store open (two writers would corrupt its order)."""
+
+    status_hint = 409
+
+
 class SubscriberTooSlow(StatebusError):
     status_hint = 503
 

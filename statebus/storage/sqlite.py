@@ -8,6 +8,11 @@ Durability: WAL journal with ``synchronous=FULL``, so a commit is fsynced to the
 created with ``auto_vacuum=INCREMENTAL`` and every ``compact`` runs ``incremental_vacuum``, so
 folded ops give their pages back to the file system (at the next WAL checkpoint).
 
+One process at a time: while open, the store holds an exclusive ``flock`` on ``store.sqlite3.lock``
+(which names the holder's pid); a second opener, in this process or another, gets ``StoreInUse``.
+Two writers would each number ops from their own sequence counter. The kernel drops the lock when
+the holder dies, ``kill -9`` included, so a stale lock file never blocks a restart.
+
 Threads: one write connection behind a lock serves ``append`` and ``compact``; reads borrow a
 connection from a small pool and run in a read transaction, so they see one consistent state and
 never wait for the writer (WAL lets readers and one writer run at once).
@@ -15,6 +20,8 @@ never wait for the writer (WAL lets readers and one writer run at once).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -22,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from statebus.errors import NotFound, StatebusError, VersionConflict
+from statebus.errors import NotFound, StatebusError, StoreInUse, VersionConflict
 from statebus.storage.base import KeyRecord, Snapshot, StoredOp
 from statebus.storage.ranges import check_batch, pattern_bounds, walk_children
 from statebus.types import Key, Seq
@@ -98,9 +105,14 @@ class SqliteStorage:
         self._idle: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._closed = False
-        is_new = not self.path.exists()
-        self._writer = self._connect()
-        self._create_schema()
+        self._lock_fd = _lock_store(self.path)
+        try:
+            is_new = not self.path.exists()
+            self._writer = self._connect()
+            self._create_schema()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         if is_new:
             _fsync_dir(self.path.parent)  # the new file's directory entry survives power loss too
         row = self._writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
@@ -259,6 +271,7 @@ class SqliteStorage:
                 self._writer.execute("PRAGMA optimize")
             finally:
                 self._writer.close()
+                os.close(self._lock_fd)  # releases the flock
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(
@@ -344,3 +357,28 @@ def _is_small(conn: sqlite3.Connection, bounds: tuple[str, str]) -> bool:
 def _op(row: OpRow) -> StoredOp:
     seq, key, version, data, exists = row
     return StoredOp(seq=seq, key=key, version=version, data=bytes(data), exists=bool(exists))
+
+
+def _lock_store(path: Path) -> int:
+    """Take the exclusive lock of the store at ``path``; return its file descriptor.
+
+    Raises:
+        StoreInUse: another open store (any process) holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        holder = f"process {pid}" if pid.isdigit() else "another process"
+        raise StoreInUse(f"the store {path} is open in {holder}; stop that node first") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

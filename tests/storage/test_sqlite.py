@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 import statebus.storage.sqlite as sqlite_module
+from statebus.errors import StoreInUse
 from statebus.storage.base import Snapshot, Storage
 from statebus.storage.sqlite import STORE_FILE, SqliteStorage
 from statebus.testing.storage_suite import NS, StorageSuite, op
@@ -44,14 +48,14 @@ def test_open_folder_creates_the_layout(tmp_path: Path) -> None:
     try:
         store.append([op(1, f"{NS}/a")])
         names = {p.name for p in (tmp_path / "data").iterdir()}
-        assert names == {"store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm"}
+        assert names == {"store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm", "store.sqlite3.lock"}
         assert _pragma(store.path, "journal_mode") == "wal"
         assert _pragma(store.path, "auto_vacuum") == 2  # incremental
         assert _pragma(store.path, "user_version") == 1
         assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()
-    assert {p.name for p in (tmp_path / "data").iterdir()} == {"store.sqlite3"}
+    assert {p.name for p in (tmp_path / "data").iterdir()} == {"store.sqlite3", "store.sqlite3.lock"}
 
 
 def test_compaction_gives_disk_space_back(tmp_path: Path) -> None:
@@ -136,3 +140,46 @@ def test_a_file_made_without_auto_vacuum_is_converted(tmp_path: Path) -> None:
     assert _pragma(path, "auto_vacuum") == 0
     SqliteStorage(path).close()
     assert _pragma(path, "auto_vacuum") == 2
+
+
+def test_one_open_store_per_file(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    store = SqliteStorage(path)
+    with pytest.raises(StoreInUse, match=f"process {os.getpid()}"):
+        SqliteStorage(path)
+    store.append([op(1, f"{NS}/a")])  # the refused opener changed nothing and took nothing
+    store.close()
+    again = SqliteStorage(path)  # closing released the lock
+    assert again.max_seq() == 1
+    again.close()
+
+
+def test_a_store_open_in_another_process_is_refused_until_it_dies(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreInUse, match=f"process {holder.pid}; stop that node first"):
+            SqliteStorage(path)
+        holder.kill()  # kill -9: the kernel drops the flock with the process
+        holder.wait(10)
+        store = SqliteStorage(path)
+        assert store.max_seq() == 0
+        store.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+HOLD = """
+import sys, time
+from statebus.storage.sqlite import SqliteStorage
+store = SqliteStorage(sys.argv[1])
+print("open", flush=True)
+time.sleep(60)
+"""
