@@ -13,6 +13,7 @@
     ├── TooLarge            413   a body or value is over its limit
     ├── QuotaExceeded       413   a namespace is over its storage quota
     ├── RateLimited         429   too many requests; carries ``retry_after`` seconds
+    ├── StoreInUse          409   another process has the data folder's store open
     ├── SubscriberTooSlow         a subscriber's buffer overflowed; it was cut off and may resume
     ├── PeerUnavailable     502   a remote node could not be reached
     └── SandboxViolation          a hosted handler broke its limits
