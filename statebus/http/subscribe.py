@@ -72,33 +72,32 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self.closing = False
-        self._stops: dict[asyncio.Event, Callable[[], None] | None] = {}
+        self._pumps: dict[Pump, None] = {}
 
-    def open(self, on_stop: Callable[[], None] | None = None) -> asyncio.Event:
-        """Register a stream; returns the event that says "stop" (``on_stop`` is called too).
-
-        Raises:
-            StatebusError: (503) the server is shutting down.
+    def check_open(self) -> None:
+        """Raises:
+        StatebusError: (503) the server is shutting down.
         """
         if self.closing:
             raise StatebusError("the server is shutting down", status_hint=503)
-        stop = asyncio.Event()
-        self._stops[stop] = on_stop
-        return stop
 
-    def release(self, stop: asyncio.Event) -> None:
-        self._stops.pop(stop, None)
+    def open(self, pump: Pump) -> None:
+        """Register a stream's pump, which :meth:`close_all` stops (at once if that already ran)."""
+        self._pumps[pump] = None
+        if self.closing:
+            pump.interrupt("stop")
+
+    def release(self, pump: Pump) -> None:
+        self._pumps.pop(pump, None)
 
     def close_all(self) -> None:
         """End every open stream (their responses complete) and refuse new ones."""
         self.closing = True
-        for stop, on_stop in list(self._stops.items()):
-            stop.set()
-            if on_stop is not None:
-                on_stop()
+        for pump in list(self._pumps):
+            pump.interrupt("stop")
 
     def __len__(self) -> int:
-        return len(self._stops)
+        return len(self._pumps)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -413,27 +412,27 @@ async def serve_sse(
     ping_interval: float,
 ) -> None:
     """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live."""
-    pump: Pump | None = None
-    stop = registry.open(lambda: pump.interrupt("stop") if pump is not None else None)
+    registry.check_open()
+    head = [b"retry: %d\n\n" % SSE_RETRY_MS]
+    reset = False
     try:
-        head = [b"retry: %d\n\n" % SSE_RETRY_MS]
-        reset = False
-        try:
-            stream = open_stream(node, patterns, since=since, buffer=buffer)
-        except HistoryCompacted as exc:
-            stream = open_stream(node, patterns, buffer=buffer)
-            head.append(encode_reset_event(exc.detail))
-            reset = True
-        encoder = SseEncoder(cache, len(stream), reset=reset)
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
-        except BaseException:
-            stream.close()
-            raise
-        pump = Pump(send, receive, stream)
+        stream = open_stream(node, patterns, since=since, buffer=buffer)
+    except HistoryCompacted as exc:
+        stream = open_stream(node, patterns, buffer=buffer)
+        head.append(encode_reset_event(exc.detail))
+        reset = True
+    encoder = SseEncoder(cache, len(stream), reset=reset)
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
+    except BaseException:
+        stream.close()
+        raise
+    pump = Pump(send, receive, stream)
+    registry.open(pump)
+    try:
         await pump.run(encoder, PING, ping_interval, sse_cut_event, b"".join(head))
     finally:
-        registry.release(stop)
+        registry.release(pump)
 
 
 async def serve_braid(
@@ -458,43 +457,43 @@ async def serve_braid(
     """
     if is_subtree(key):
         raise InvalidKey("a Braid subscription names one key; subscribe to a subtree with SSE")
-    pump: Pump | None = None
-    stop = registry.open(lambda: pump.interrupt("stop") if pump is not None else None)
+    registry.check_open()
+    stream = open_stream(node, [key], parents=parents, buffer=buffer)
+    current = node.bus.fetch_or_none(key)
+    content_type = (current.content_type if current is not None else None) or "application/json"
+    headers: list[tuple[bytes, bytes]] = [
+        *((k.encode(), v.encode()) for k, v in SUBSCRIPTION_HEADERS),
+        (b"content-type", content_type.encode("latin-1")),
+        *((k.encode(), v.encode()) for k, v in RANGE_HEADERS),
+    ]
+    if current is not None and current.version:
+        headers.append((b"current-version", format_version_list(current.version).encode("ascii")))
+    if heartbeats is not None:
+        headers.append((b"heartbeats", heartbeats[1].encode("latin-1")))
+    interval = heartbeats[0] if heartbeats is not None else ping_interval
+    backlog_left = len(stream)
+
+    def encode(batch: list[Change]) -> bytes:
+        nonlocal backlog_left
+        out: list[bytes] = []
+        for change in batch:
+            if backlog_left > 0:
+                backlog_left -= 1
+                out.append(braid_update(change))
+            elif change.kind == "op" and peer is not None and change.peer == peer:
+                continue  # the subscriber wrote this one itself
+            else:
+                out.append(cache.braid(change))
+        return b"".join(out)
+
     try:
-        stream = open_stream(node, [key], parents=parents, buffer=buffer)
-        current = node.bus.fetch_or_none(key)
-        content_type = (current.content_type if current is not None else None) or "application/json"
-        headers: list[tuple[bytes, bytes]] = [
-            *((k.encode(), v.encode()) for k, v in SUBSCRIPTION_HEADERS),
-            (b"content-type", content_type.encode("latin-1")),
-            *((k.encode(), v.encode()) for k, v in RANGE_HEADERS),
-        ]
-        if current is not None and current.version:
-            headers.append((b"current-version", format_version_list(current.version).encode("ascii")))
-        if heartbeats is not None:
-            headers.append((b"heartbeats", heartbeats[1].encode("latin-1")))
-        interval = heartbeats[0] if heartbeats is not None else ping_interval
-        backlog_left = len(stream)
-
-        def encode(batch: list[Change]) -> bytes:
-            nonlocal backlog_left
-            out: list[bytes] = []
-            for change in batch:
-                if backlog_left > 0:
-                    backlog_left -= 1
-                    out.append(braid_update(change))
-                elif change.kind == "op" and peer is not None and change.peer == peer:
-                    continue  # the subscriber wrote this one itself
-                else:
-                    out.append(cache.braid(change))
-            return b"".join(out)
-
-        try:
-            await send({"type": "http.response.start", "status": 209, "headers": headers})
-        except BaseException:
-            stream.close()
-            raise
-        pump = Pump(send, receive, stream)
+        await send({"type": "http.response.start", "status": 209, "headers": headers})
+    except BaseException:
+        stream.close()
+        raise
+    pump = Pump(send, receive, stream)
+    registry.open(pump)
+    try:
         await pump.run(encode, HEARTBEAT, interval, lambda exc: b"")
     finally:
-        registry.release(stop)
+        registry.release(pump)
