@@ -3,6 +3,7 @@
     statebus follow PATTERN [--via URL]   follow /<their-pubkey>/path/ (writes /~/.follows/<id>)
     statebus unfollow PATTERN             stop following it (the replicated data stays)
     statebus peers                        what this node follows, and how each follow is doing
+    statebus restore --from URL [PATTERN] take this node's own data back from a follower (node stopped)
     statebus fed-serve                    run a federated node: HTTP + peer endpoints + DHT + followers
     statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
 
@@ -106,6 +107,51 @@ def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
             + (f"  ({st['reason']})" if st.get("reason") else "")
         )
     return 0
+
+
+# ---------------------------------------------------------------------- restore
+
+
+async def _restore(settings: Settings, sources: list[str], pattern: str | None) -> list[Any]:
+    from statebus.federation.client import PeerClient
+    from statebus.federation.restore import own_pattern, restore
+    from statebus.identity import keystore
+    from statebus.server import build_node
+
+    node = build_node(settings)  # refused (StoreInUse) while a node runs on this data folder
+    client = PeerClient(keystore.load(settings.data_dir))
+    try:
+        own_pattern(node, pattern)
+        return await restore(node, client, sources, pattern)
+    finally:
+        await client.aclose()
+        await node.aclose()
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from statebus.identity import keystore
+
+    sources = list(args.sources or [])
+    if not sources or any(not u.startswith(("http://", "https://")) for u in sources):
+        raise InvalidValue("--from takes the http(s) URL of a node that holds a copy (repeatable)")
+    if not keystore.exists(settings.data_dir):
+        raise InvalidValue(
+            f"no identity in {settings.data_dir}: recover it first with `statebus init --recover`"
+        )
+    reports = asyncio.run(_restore(settings, sources, args.pattern))
+    failed = 0
+    for r in reports:
+        if r.error:
+            failed += 1
+            print(f"{r.url}: failed: {' '.join(r.error.split())}")
+            continue
+        print(
+            f"{r.url}: restored {r.applied} ops ({r.duplicates} already here, {len(r.rejected)} refused, "
+            f"{r.bytes_moved} bytes moved)"
+        )
+        for reason in r.rejected[:5]:
+            print(f"  refused: {' '.join(reason.split())}")
+    return 1 if failed == len(reports) else 0
 
 
 # ---------------------------------------------------------------------- fed-serve
@@ -295,6 +341,23 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     add_common(p, client=True)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser(
+        "restore",
+        help="take this node's own data back from nodes that hold a copy",
+        description=(
+            "After losing the data folder: recover the identity (statebus init --recover), then pull the "
+            "ops of your namespace (or PATTERN under it) that followers or relays hold. Every op is checked "
+            "against your own key and delegations; a source can withhold data, never forge it. Run it with "
+            "the node stopped; it is safe to repeat and to run against several sources."
+        ),
+    )
+    p.add_argument("pattern", metavar="PATTERN", nargs="?", help="a subtree of your namespace (default /~/)")
+    p.add_argument(
+        "--from", dest="sources", action="append", metavar="URL", help="a node holding a copy (repeatable)"
+    )
+    add_common(p, client=False)
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("fed-serve", help="run a federated node (HTTP, peer endpoints, DHT, following)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")

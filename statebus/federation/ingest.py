@@ -4,6 +4,8 @@ Rules:
 
 1. Consent: an op is taken only for a namespace this node follows, or one allowed by
    :meth:`Ingest.allow_namespace` (an invite). Anything else is ``Forbidden`` and changes nothing.
+   This node's own namespace is never taken from peers, except by an ``Ingest(own=True)`` that
+   :mod:`statebus.federation.restore` makes for the owner's explicit ``statebus restore``.
 2. Every op is checked with :func:`statebus.identity.verify_op` against the namespace owner's key and
    its delegations. The delegation records (``/<owner>/.keys/…``) are replicated ops themselves, only
    the owner may write them, and they are applied first in every batch; the keyring is fed the merged
@@ -50,12 +52,17 @@ class Ingest:
         node: the node the ops go into.
         quota_bytes: the most bytes of stored ops one remote namespace may use here.
         consent: says whether a namespace is followed (checked on every op).
+        own: take ops of this node's own namespace too (a restore: they are verified against our
+            own key and delegations like any others, and count against no quota).
     """
 
-    def __init__(self, node: Node, quota_bytes: int, consent: Consent | None = None) -> None:
+    def __init__(
+        self, node: Node, quota_bytes: int, consent: Consent | None = None, *, own: bool = False
+    ) -> None:
         self.node = node
         self.quota_bytes = quota_bytes
         self.consent = consent
+        self.own = own
         self._allowed: set[PubKey] = set()
         self._keyrings: dict[PubKey, Keyring] = {}
         self._usage: dict[PubKey, int] = {}
@@ -71,7 +78,7 @@ class Ingest:
 
     def accepts(self, ns: PubKey) -> bool:
         if ns == self.node.local:
-            return False  # our own namespace is written here, never taken from peers
+            return self.own  # our own namespace is written here, never taken from peers but in a restore
         return ns in self._allowed or (self.consent is not None and self.consent(ns))
 
     # ------------------------------------------------------------------ quota
@@ -117,7 +124,7 @@ class Ingest:
             raise Forbidden(f"this node does not follow {ns} and was not invited to it")
         verify_op(op, self.keyring(ns))
         size = len(encode_op(op))
-        if self.usage(ns) + size > self.quota_bytes:
+        if ns != self.node.local and self.usage(ns) + size > self.quota_bytes:
             raise QuotaExceeded(
                 f"namespace {ns} would use more than its quota of {self.quota_bytes} bytes on this node"
             )
