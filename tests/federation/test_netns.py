@@ -59,6 +59,7 @@ def netns() -> Iterator[list[tuple[str, str, str]]]:
     # the subnet is fixed (10.200.0.x): two suites running at once take turns
     lock = open(LOCK_FILE, "w")  # noqa: SIM115 - held for the whole fixture
     fcntl.flock(lock, fcntl.LOCK_EX)
+    _remove_leftovers()  # we hold the lock, so any sb* namespace or link now is from a killed run
     try:
         ip("link", "add", BRIDGE, "type", "bridge")
         bridge = True
@@ -83,6 +84,20 @@ def netns() -> Iterator[list[tuple[str, str, str]]]:
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, timeout=10)
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _remove_leftovers() -> None:
+    """Delete the namespaces and links of an earlier run that was killed before its cleanup (their
+    10.200.0.x addresses would shadow ours)."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    for line in names.splitlines():
+        if line.startswith("sbfed"):
+            subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True, timeout=10)
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+        if name.startswith(("sbbr", "sbv")):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
 
 
 def start(
