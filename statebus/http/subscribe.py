@@ -198,6 +198,7 @@ class Pump:
         finally:
             self._sending = False
             self._timer.cancel()
+            self._timer = None  # a cancelled handle still holds its callback and arguments
             self._last_write = self._loop.time()
         if not more:
             self.completed = True
@@ -228,6 +229,7 @@ class Pump:
                 self._pending = None
                 if self._timer is not None:
                     self._timer.cancel()
+                    self._timer = None
                 if self._waiting:
                     self._deliver()  # what piled up while the socket was full
             self._last_write = self._loop.time()
