@@ -259,6 +259,19 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             log.debug("no reply to a DHT request within %.1fs", self._wait_timeout)
             entry[0].set_result((False, None))
 
+    def _accept_response(self, msg_id: bytes, data: Any, address: Any) -> None:
+        """A reply to one of our requests. Upstream sets the result unconditionally, which raises
+        InvalidStateError in the socket's read callback when a late reply arrives for a lookup that was
+        cancelled meanwhile (a resolve under a deadline, a stopped follower)."""
+        entry = self._outstanding.pop(msg_id, None)
+        if entry is None:
+            log.debug("a DHT reply to no outstanding request from %s", address)
+            return
+        future, timer = entry
+        timer.cancel()
+        if not future.done():
+            future.set_result((True, data))
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         body = untag_datagram(self._tag_key, data)
         if body is None or len(body) < 22 or not valid_address(addr):

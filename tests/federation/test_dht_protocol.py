@@ -177,3 +177,49 @@ class _NoPing:
 
     async def call_ping(self, node: object) -> None:
         return None
+
+
+class _Wire:
+    """Stands in for the UDP transport: keeps what the protocol sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.anyio
+async def test_a_late_reply_to_a_cancelled_request_is_ignored() -> None:
+    """Upstream set the result of a cancelled future: InvalidStateError in the socket's read callback."""
+    import umsgpack
+    from kademlia.node import Node
+
+    from statebus.federation.dht_protocol import DirectoryProtocol
+
+    tag = network_tag_key("alpha", b"s")
+    protocol = DirectoryProtocol(Node(os.urandom(20)), RecordStorage("alpha"), 4, tag_key=tag, wait_timeout=5)
+    wire = _Wire()
+    protocol.connection_made(wire)
+    peer = ("127.0.0.1", 4000)
+
+    async def reply_to_last_request(value: object) -> None:
+        body = untag_datagram(tag, wire.sent[-1][0])
+        assert body is not None and body[:1] == b"\x00"
+        protocol.datagram_received(tag_datagram(tag, b"\x01" + body[1:21] + umsgpack.packb(value)), peer)
+
+    lookup = asyncio.ensure_future(protocol.ping(peer, os.urandom(20)))
+    await asyncio.sleep(0)
+    lookup.cancel()  # the lookup gave up (a deadline, a stopped follower); its reply still arrives
+    await reply_to_last_request(b"late")
+    assert protocol._outstanding == {}
+    answered = asyncio.ensure_future(protocol.ping(peer, os.urandom(20)))
+    await asyncio.sleep(0)
+    await reply_to_last_request(b"on time")
+    assert await answered == (True, b"on time")
+    await reply_to_last_request(b"again")  # a duplicate reply finds no request and changes nothing
+    assert protocol._outstanding == {}
+    protocol.close()
