@@ -6,7 +6,8 @@ server with the same uvicorn options) and a load generator in its own process
 (every run, the medians, the targets, the machine). ``--profile SCENARIO`` also samples the node
 with py-spy during that scenario (collapsed stacks + a top-functions summary in bench/results/).
 
-Scenarios: ``hello`` (raw-ASGI hello world, the reference), ``writes``, ``fanout_20``,
+Scenarios: ``hello`` (raw-ASGI hello world, the reference), ``writes``, ``hello_put`` (the writes'
+PUTs answered by the hello world: what uvicorn alone costs for them), ``fanout_20``,
 ``fanout_100``, ``pubsub_ref_100`` (Starlette + sse-starlette, the same fan-out), ``many_keys``,
 ``resume``, ``idle``.
 """
@@ -34,6 +35,7 @@ Result = dict[str, Any]
 FULL: dict[str, Result] = {
     "hello": {"scenario": "hello", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "writes": {"scenario": "writes", "server": "node", "conns": 32, "duration": 10, "warmup": 2},
+    "hello_put": {"scenario": "writes", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "fanout_20": {
         "scenario": "fanout",
         "server": "node",
@@ -73,6 +75,7 @@ FULL: dict[str, Result] = {
 QUICK: dict[str, Result] = {
     "hello": {**FULL["hello"], "duration": 1.0, "warmup": 0.3},
     "writes": {**FULL["writes"], "duration": 1.0, "warmup": 0.3},
+    "hello_put": {**FULL["hello_put"], "duration": 1.0, "warmup": 0.3},
     "fanout_20": {**FULL["fanout_20"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
     "fanout_100": {**FULL["fanout_100"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
     "pubsub_ref_100": {**FULL["pubsub_ref_100"], "subscribers": 50, "duration": 1.0, "drain": 2.0},

@@ -117,6 +117,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("writes", "rate", "writes/s"),
     ("writes", "latency.p50_ms", "p50 ms"),
     ("writes", "latency.p99_ms", "p99 ms"),
+    ("hello_put", "rate", "req/s"),
     ("fanout_20", "deliveries_per_s", "deliv/s"),
     ("fanout_20", "latency.p50_ms", "p50 ms"),
     ("fanout_20", "latency.p99_ms", "p99 ms"),
