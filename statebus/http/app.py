@@ -7,6 +7,11 @@ transports:
 * ``statebus/http/static/index.html`` is served at ``/`` and ``statebus/http/static/statebus.js`` at
   ``/statebus.js`` when the files exist (everything in that folder also under ``/static/``);
 * if the module ``statebus.http.websocket`` exists, its ``routes(node, settings)`` are mounted first.
+
+Requests for keys skip Starlette's middleware stack and router (:class:`NodeApp`): every HTTP request
+whose path cannot match one of the other routes goes straight to the key endpoint, behind the same
+request counter and signature gate. That halves the ASGI layers a write passes through (measured in
+docs/performance.md, "Durable writes"); every other request takes Starlette's way, as before.
 """
 
 from __future__ import annotations
@@ -17,19 +22,22 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statebus.access.control import access_control
 from statebus.config import Settings
 from statebus.http.auth import OwnerAuth, login
 from statebus.http.encode import EncodeCache
+from statebus.http.errors import error_response
 from statebus.http.keys import KeyEndpoint
-from statebus.http.metrics import NodeMetrics
+from statebus.http.metrics import NodeMetrics, RequestCounter
 from statebus.http.openapi import routes as openapi_routes
 from statebus.http.subscribe import StreamRegistry
 from statebus.runtime import Node
@@ -37,6 +45,67 @@ from statebus.runtime import Node
 log = logging.getLogger("statebus.http")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class NodeApp(Starlette):
+    """Starlette, with a short way in for key requests.
+
+    An HTTP request whose path starts with no other route's literal prefix (``/login``, ``/metrics``,
+    ``/static``, ``/.well-known/statebus``…) can only match the catch-all key route: it is handed to
+    ``keys`` (the counted, gated key endpoint) directly, without Starlette's error and exception
+    middleware and router walk. Everything else (other routes, websockets, lifespan) goes through
+    Starlette as usual. The prefixes follow ``router.routes``, so routes added after ``build_app``
+    (``federated_app`` does) are honoured; a route without a literal prefix, or middleware added with
+    ``add_middleware``, turns the short way off.
+
+    Args:
+        keys: the ASGI app serving key requests (also reachable through ``key_route``).
+        key_route: the catch-all route of ``keys`` in ``routes`` (left out of the prefixes).
+        middleware_count: how many middleware the short way stands in for (``user_middleware``).
+        **kwargs: Starlette's.
+    """
+
+    def __init__(self, *, keys: ASGIApp, key_route: BaseRoute, middleware_count: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys = keys
+        self.key_route = key_route
+        self._middleware_count = middleware_count
+        self._routes_seen: tuple[int, ...] = ()
+        self._prefixes: tuple[str, ...] | None = None
+
+    def reserved_prefixes(self) -> tuple[str, ...] | None:
+        """The literal prefixes of every route but the key route (None: some route has none)."""
+        routes = self.router.routes
+        seen = tuple(map(id, routes))
+        if seen != self._routes_seen:
+            prefixes: list[str] = []
+            for route in routes:
+                if route is self.key_route:
+                    continue
+                path = getattr(route, "path", None)
+                prefix = path.split("{", 1)[0] if isinstance(path, str) else ""
+                if prefix in ("", "/"):
+                    prefixes = []
+                    self._prefixes = None
+                    break
+                prefixes.append(prefix)
+            else:
+                self._prefixes = tuple(prefixes)
+            self._routes_seen = seen
+        return self._prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(self.user_middleware) == self._middleware_count:
+            prefixes = self.reserved_prefixes()
+            if prefixes is not None and not scope["path"].startswith(prefixes):
+                scope["app"] = self
+                await self.keys(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _server_error() -> Response:
+    return error_response(500, "internal_error", "the server failed to handle this request")
 
 
 def extension_routes(node: Node, settings: Settings) -> list[BaseRoute]:
@@ -93,7 +162,9 @@ def build_app(
     routes.extend(extension_routes(node, settings))
     routes.extend(openapi_routes())
     routes.extend(metrics.routes(auth))
-    routes.append(Route("/{path:path}", access.gate(keys)))
+    gated = access.gate(keys)
+    key_route = Route("/{path:path}", gated)
+    routes.append(key_route)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,7 +177,15 @@ def build_app(
                 await node.aclose()
             log.info("statebus node %s stopped; every acknowledged write is on disk", node.local)
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[metrics.middleware()])
+    middleware = [metrics.middleware()]
+    app = NodeApp(
+        keys=RequestCounter(gated, metrics, on_error=_server_error),
+        key_route=key_route,
+        middleware_count=len(middleware),
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+    )
     metrics.state = app.state
     app.state.node = node
     app.state.settings = settings

@@ -19,7 +19,7 @@ Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -121,11 +121,21 @@ class RequestCounter:
 
     A streaming response (SSE, Braid) is counted when its headers go out. A request that fails before
     any response is counted as ``5xx``. Websockets and lifespan pass through untouched.
+
+    Args:
+        app: the wrapped app.
+        metrics: whose ``requests`` are counted.
+        on_error: when given, an exception escaping ``app`` before the response started is answered
+            with ``on_error()`` (an ASGI response, e.g. a JSON 500) and then re-raised, as Starlette's
+            ``ServerErrorMiddleware`` does; for a counter used outside Starlette's middleware stack.
     """
 
-    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: NodeMetrics, on_error: Callable[[], ASGIApp] | None = None
+    ) -> None:
         self.app = app
         self.counts = metrics.requests
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,10 +157,12 @@ class RequestCounter:
 
         try:
             await self.app(scope, receive, counted)
-        except BaseException:
+        except BaseException as exc:
             if not started:
                 key = (method, "5xx")
                 counts[key] = counts.get(key, 0) + 1
+                if self.on_error is not None and isinstance(exc, Exception):
+                    await self.on_error()(scope, receive, send)
             raise
 
 
