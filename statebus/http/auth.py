@@ -14,10 +14,12 @@ owner may do anything; anyone may read keys under ``/<namespace>/public/``; nobo
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection, Request, cookie_parser
 from starlette.responses import RedirectResponse, Response
 
 from statebus.access.control import AccessControl
@@ -97,25 +99,32 @@ class OwnerAuth:
                 cookie is ignored (the client is anonymous) so public pages keep working.
             RateLimited: (429) the client's key or address is over its rate.
         """
-        owner = self._is_owner(conn)
+        return self.authenticate_scope(conn.scope, conn.headers)
+
+    def authenticate_scope(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Client:
+        """:meth:`authenticate` for an ASGI ``scope`` whose ``headers`` the caller already read
+        (lowercase names; the first value of a repeated header)."""
+        owner = self._is_owner(headers)
         if self.access is None:
             return OWNER if owner else ANONYMOUS
-        address = conn.client.host if conn.client is not None else None
-        signer = conn.scope.get(SIGNER)
+        peer = scope.get("client")
+        address: str | None = peer[0] if peer else None
+        signer = scope.get(SIGNER)
         pubkey = self.access.local if owner else signer if isinstance(signer, str) else None
-        self.access.hit(pubkey, None if conn.scope.get(ADDRESS_COUNTED) else address)
+        self.access.hit(pubkey, None if scope.get(ADDRESS_COUNTED) else address)
         if pubkey == self.access.local:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
 
-    def _is_owner(self, conn: HTTPConnection) -> bool:
-        header = conn.headers.get("authorization")
+    def _is_owner(self, headers: Mapping[str, str]) -> bool:
+        header = headers.get("authorization")
         if header is not None:
             scheme, _, credentials = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not self.check_token(credentials.strip()):
                 raise Forbidden("the Authorization header does not hold a valid owner token", status_hint=401)
             return True
-        cookie = conn.cookies.get(COOKIE_NAME)
+        raw = headers.get("cookie")
+        cookie = cookie_parser(raw).get(COOKIE_NAME) if raw else None
         return bool(cookie and self.check_token(cookie))
 
 

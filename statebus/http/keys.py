@@ -13,11 +13,12 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.requests import HTTPConnection
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -49,6 +50,12 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 MAX_STREAM_KEYS = 256
 JSON_TYPE = "application/json"
+METHODS = frozenset(ALLOW.split(", "))
+WRITTEN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    *((name.encode("latin-1"), value.encode("latin-1")) for name, value in braid.RANGE_HEADERS),
+    (b"content-type", JSON_TYPE.encode("latin-1")),
+)
+"""The headers of every answer to a write, before ``content-length`` and ``version``."""
 
 
 def _range_headers() -> dict[str, str]:
@@ -98,7 +105,41 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def media_type(headers: Headers) -> str | None:
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by (lowercase) name, decoded as latin-1; the first of repeated ones,
+    as Starlette's ``Headers.get`` gives. Built once per request instead of searching the raw list
+    for each header read."""
+    out: dict[str, str] = {}
+    for name, value in reversed(scope["headers"]):
+        out[name.decode("latin-1")] = value.decode("latin-1")
+    return out
+
+
+class WrittenResponse:
+    """The answer to a write: ``{"version": [...], "seq": N}`` with ``Version`` and the range headers.
+
+    Its bytes are what ``Response(dumps_json(...), media_type=JSON_TYPE, headers=...)`` sends,
+    built without Starlette's header normalisation (every name and value here is fixed or ASCII).
+    """
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, change: Change) -> None:
+        version = change.version
+        self.body = (
+            '{"version":[' + ",".join(map(encode_basestring, version)) + '],"seq":' + str(change.seq) + "}"
+        ).encode("utf-8")
+        headers = [*WRITTEN_HEADERS, (b"content-length", str(len(self.body)).encode("latin-1"))]
+        if version:
+            headers.append((b"version", braid.format_version_list(version).encode("latin-1")))
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def media_type(headers: Mapping[str, str]) -> str | None:
     """The request's content type without parameters, lowercased; None when absent."""
     raw = headers.get("content-type")
     if raw is None:
@@ -120,7 +161,7 @@ def parse_range_header(header: str) -> str:
     return rng
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """Read the request body, refusing (413) more than ``limit`` bytes before reading them all.
 
     Raises:
@@ -159,9 +200,8 @@ class KeyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        conn = HTTPConnection(scope)
         try:
-            response = await self.dispatch(conn, scope, receive, send)
+            response = await self.dispatch(HTTPConnection(scope), scope, receive, send)
         except StatebusError as exc:
             response = statebus_error_response(exc)
         except Exception as exc:
@@ -173,44 +213,43 @@ class KeyEndpoint:
 
     async def dispatch(
         self, conn: HTTPConnection, scope: Scope, receive: Receive, send: Send
-    ) -> Response | None:
+    ) -> Response | WrittenResponse | None:
         method = scope["method"].upper()
-        if method not in ALLOW.split(", "):
+        if method not in METHODS:
             return method_not_allowed(method, ALLOW)
         if method == "OPTIONS":
             return Response(status_code=204, headers={"allow": ALLOW, **_range_headers()})
         path: str = scope["path"]
-        client = self.auth.authenticate(conn)
-        headers = conn.headers
+        headers = request_headers(scope)
+        client = self.auth.authenticate_scope(scope, headers)
         if method in ("GET", "HEAD"):
             streaming = braid.parse_subscribe(headers.get("subscribe")) or (
                 "text/event-stream" in headers.get("accept", "")
             )
             if streaming and method == "GET":
-                return await self.stream(conn, client, path, receive, send)
+                return await self.stream(conn, headers, client, path, receive, send)
             if path == "/":
                 return self.index(client)
             key = self.parse_key(path)
             require_read(client, key)
             if is_subtree(key):
                 return self.list_children(key, conn.query_params, client)
-            return self.get(key, conn)
+            return self.get(key, conn, headers)
         key = self.parse_key(path)
         if is_subtree(key):
             raise InvalidKey("writes name one key, not a subtree (no trailing '/')")
         require_write(client, key)
-        if client.access is not None and (not client.owner or media_type(headers) == OP_MEDIA_TYPE):
+        ctype = media_type(headers)
+        if client.access is not None and (not client.owner or ctype == OP_MEDIA_TYPE):
             body = await read_body(receive, headers, self.settings.max_body_bytes)
-            return self.written(
-                await client.access.submit(client.pubkey, method, media_type(headers), key, body)
-            )
+            return WrittenResponse(await client.access.submit(client.pubkey, method, ctype, key, body))
         if method == "DELETE":
             change = await self.node.delete(key, **self.write_options(headers, merge=False))
-            return self.written(change)
+            return WrittenResponse(change)
         body = await read_body(receive, headers, self.settings.max_body_bytes)
         if method == "PUT":
-            return await self.put(key, headers, body)
-        return await self.patch(key, headers, body)
+            return await self.put(key, headers, ctype, body)
+        return await self.patch(key, headers, ctype, body)
 
     def parse_key(self, path: str) -> Key:
         if len(path.encode("utf-8", "replace")) > self.settings.max_key_bytes:
@@ -228,8 +267,7 @@ class KeyEndpoint:
         body: dict[str, JSON] = {"statebus": True, "node": self.node.local, "owner": client.owner}
         return Response(dumps_json(body), media_type=JSON_TYPE, headers=_range_headers())
 
-    def get(self, key: Key, conn: HTTPConnection) -> Response:
-        headers = conn.headers
+    def get(self, key: Key, conn: HTTPConnection, headers: Mapping[str, str]) -> Response:
         rng: str | None = None
         if "range" in conn.query_params:
             rng = conn.query_params["range"]
@@ -292,9 +330,14 @@ class KeyEndpoint:
         return out
 
     async def stream(
-        self, conn: HTTPConnection, client: Client, path: str, receive: Receive, send: Send
+        self,
+        conn: HTTPConnection,
+        headers: Mapping[str, str],
+        client: Client,
+        path: str,
+        receive: Receive,
+        send: Send,
     ) -> Response | None:
-        headers = conn.headers
         settings = self.settings
         if braid.parse_subscribe(headers.get("subscribe")):
             if path == "/":
@@ -331,15 +374,15 @@ class KeyEndpoint:
             registry=self.registry,
             cache=self.cache,
             patterns=patterns,
-            since=self.resume_cursor(conn),
+            since=self.resume_cursor(conn, headers),
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
         )
         return None
 
     @staticmethod
-    def resume_cursor(conn: HTTPConnection) -> int | None:
-        raw = conn.headers.get("last-event-id")
+    def resume_cursor(conn: HTTPConnection, headers: Mapping[str, str]) -> int | None:
+        raw = headers.get("last-event-id")
         what = "Last-Event-ID"
         if raw is None or not raw.strip():
             raw, what = conn.query_params.get("since"), "since"
@@ -352,7 +395,7 @@ class KeyEndpoint:
 
     # ------------------------------------------------------------------ writes
 
-    def write_options(self, headers: Headers, *, merge: bool) -> dict[str, Any]:
+    def write_options(self, headers: Mapping[str, str], *, merge: bool) -> dict[str, Any]:
         opts: dict[str, Any] = {}
         raw_version = headers.get("version")
         if raw_version is not None:
@@ -371,20 +414,19 @@ class KeyEndpoint:
                 raise InvalidOp(f"Merge-Type must be one of {', '.join(MERGE_TYPES)}")
             if merge:
                 opts["merge"] = name
-            else:
-                opts["_merge"] = name
         opts["peer"] = parse_peer(headers.get("peer"))
-        return {k: v for k, v in opts.items() if not k.startswith("_")}
+        return opts
 
-    def patches_of(self, headers: Headers, body: bytes) -> list[Any] | None:
+    def patches_of(self, headers: Mapping[str, str], body: bytes) -> list[Any] | None:
         return braid.parse_patch_request(
             body, content_range=headers.get("content-range"), patches=headers.get("patches")
         )
 
-    async def put(self, key: Key, headers: Headers, body: bytes) -> Response:
+    async def put(
+        self, key: Key, headers: Mapping[str, str], ctype: str | None, body: bytes
+    ) -> WrittenResponse:
         opts = self.write_options(headers, merge=True)
         patches = self.patches_of(headers, body)
-        ctype = media_type(headers)
         if patches is not None:
             merge = opts.pop("merge", None)
             self.check_merge(key, merge)
@@ -402,36 +444,29 @@ class KeyEndpoint:
                     f"the value is {len(body)} bytes; the limit is {self.settings.max_value_bytes}"
                 )
             change = await self.node.save(key, body, content_type=headers["content-type"].strip(), **opts)
-        return self.written(change)
+        return WrittenResponse(change)
 
-    async def patch(self, key: Key, headers: Headers, body: bytes) -> Response:
+    async def patch(
+        self, key: Key, headers: Mapping[str, str], ctype: str | None, body: bytes
+    ) -> WrittenResponse:
         opts = self.write_options(headers, merge=True)
-        ctype = media_type(headers)
         if ctype in YJS_TYPES and headers.get("content-range") is None and headers.get("patches") is None:
             if not body:
                 raise InvalidOp("a Yjs update is not empty")
             opts.setdefault("merge", "yjs")
             change = await self.node.crdt_update(key, body, **opts)
-            return self.written(change)
+            return WrittenResponse(change)
         patches = self.patches_of(headers, body)
         if patches is None:
             raise InvalidOp("PATCH needs Content-Range: json <range>, Patches: N, or a Yjs update body")
         self.check_merge(key, opts.pop("merge", None))
         change = await self.node.patch(key, patches, **opts)
-        return self.written(change)
+        return WrittenResponse(change)
 
     def check_merge(self, key: Key, merge: str | None) -> None:
         """Range patches apply to ``lww`` JSON keys: refuse a Merge-Type that says otherwise."""
         if merge is not None and merge != "lww":
             raise InvalidOp(f"range patches apply to Merge-Type lww keys, not {merge!r}")
-
-    @staticmethod
-    def written(change: Change) -> Response:
-        body = dumps_json({"version": list(change.version), "seq": change.seq})
-        headers = _range_headers()
-        if change.version:
-            headers["version"] = braid.format_version_list(change.version)
-        return Response(body, media_type=JSON_TYPE, headers=headers)
 
 
 __all__ = ["KeyEndpoint", "error_response", "etag_of", "parse_range_header", "read_body"]

@@ -41,21 +41,27 @@ class Node:
 
     # ------------------------------------------------------------------ durable writes
 
-    async def _durable(self, change: Change) -> Change:
+    # Each awaits the committer itself (no shared helper coroutine: one frame less per write).
+
+    async def save(self, key: str, value: Any, **kw: Any) -> Change:
+        change = self.bus.save(key, value, **kw)
         await self.committer.durable(change.seq)
         return change
 
-    async def save(self, key: str, value: Any, **kw: Any) -> Change:
-        return await self._durable(self.bus.save(key, value, **kw))
-
     async def patch(self, key: str, patches: Iterable[Patch], **kw: Any) -> Change:
-        return await self._durable(self.bus.patch(key, patches, **kw))
+        change = self.bus.patch(key, patches, **kw)
+        await self.committer.durable(change.seq)
+        return change
 
     async def crdt_update(self, key: str, update: bytes, **kw: Any) -> Change:
-        return await self._durable(self.bus.crdt_update(key, update, **kw))
+        change = self.bus.crdt_update(key, update, **kw)
+        await self.committer.durable(change.seq)
+        return change
 
     async def delete(self, key: str, **kw: Any) -> Change:
-        return await self._durable(self.bus.delete(key, **kw))
+        change = self.bus.delete(key, **kw)
+        await self.committer.durable(change.seq)
+        return change
 
     async def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
         change = self.bus.apply(op, peer=peer)
