@@ -101,6 +101,9 @@ class Settings:
     rate_limit_per_client: str = _setting("100/second", "rate", "Requests per authenticated client key.")
     rate_limit_per_ip: str = _setting("300/second", "rate", "Requests per remote IP address.")
     max_subscriptions_per_client: int = _setting(256, "int", "Open subscriptions per client.", 1, 1_000_000)
+    max_sync_body_bytes: int = _setting(
+        4 * MiB, "bytes", "Largest anti-entropy request a peer node may send.", 1 * KiB, 16 * MiB
+    )
     quota_bytes_per_remote_namespace: int = _setting(
         256 * MiB, "bytes", "Storage a remote namespace may use on this node.", 0, 1024 * GiB
     )

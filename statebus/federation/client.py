@@ -2,6 +2,8 @@
 
 Every request is signed with this node's identity (RFC 9421, ``statebus.identity.httpsig``). Nothing a
 peer answers is trusted: ops go to :class:`statebus.federation.ingest.Ingest`, which verifies each one.
+A 429 becomes :class:`~statebus.errors.RateLimited` carrying the peer's ``Retry-After`` (bounded), so a
+follower waits that long instead of counting it as a failure.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from statebus.errors import InvalidValue, PeerUnavailable, StatebusError, TooLarge
+from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, StatebusError, TooLarge
 from statebus.federation.sync import MAX_MESSAGE_BYTES, SyncRequest, SyncResponse, SyncSession
 from statebus.identity import Identity, sign_request
 from statebus.keys import is_pubkey
@@ -24,6 +26,9 @@ WELL_KNOWN = "/.well-known/statebus"
 MAX_LINE = 9 * 1024 * 1024
 MAX_SYNC_ROUNDS = 80
 MAX_INFO = 64 * 1024
+MAX_RETRY_AFTER = 600.0
+"""The longest a peer's ``Retry-After`` is honoured (a hostile peer cannot park a follower for days)."""
+DEFAULT_RETRY_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,15 @@ def parse_line(line: bytes) -> StreamItem:
     if isinstance(obj.get("reset"), str):
         return StreamItem("reset", seq, reason=obj["reset"])
     raise InvalidValue("an ops stream line is an op, live, ping or reset")
+
+
+def retry_after(header: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds only; an HTTP date or anything
+    unreadable counts as :data:`DEFAULT_RETRY_AFTER`), at most :data:`MAX_RETRY_AFTER`."""
+    text = (header or "").strip()
+    if not text.isdigit() or len(text) > 10:
+        return DEFAULT_RETRY_AFTER
+    return min(MAX_RETRY_AFTER, float(int(text)))
 
 
 @functools.cache
@@ -111,9 +125,10 @@ class PeerClient:
                 detail = str(json.loads(body).get("detail", ""))
             except (ValueError, AttributeError):
                 pass
-            err = StatebusError(f"peer answered {response.status_code}: {detail}"[:300])
-            err.status_hint = response.status_code
-            raise err
+            text = f"peer answered {response.status_code}: {detail}"[:300]
+            if response.status_code == 429:
+                raise RateLimited(text, retry_after=retry_after(response.headers.get("retry-after")))
+            raise StatebusError(text, status_hint=response.status_code)
 
     async def _fetch(self, base: str, request: httpx.Request, limit: int) -> bytes:
         """Send ``request``; read at most ``limit`` bytes of the answer (a hostile peer cannot make us

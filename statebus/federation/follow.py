@@ -11,7 +11,9 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 4. hand every op to :class:`~statebus.federation.ingest.Ingest` (consent, signature, delegation,
    quota) — the server is never trusted;
 5. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
-   with the reason.
+   with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
+   failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
+   in step), then reconnect without growing the backoff.
 
 The follower's state (cursors, status, last reason) is kept at ``/~/.federation/follows/<id>`` so the
 owner's web page and ``statebus peers`` can show it, and so a restarted node resumes.
@@ -27,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from statebus.errors import PeerUnavailable, QuotaExceeded, StatebusError
+from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
 from statebus.federation.opset import op_set
 from statebus.federation.policy import Follow
 from statebus.federation.sync import SyncSession
@@ -53,6 +55,13 @@ def backoff(attempt: int, base: float, cap: float, rnd: Callable[[], float] = ra
     return float(step / 2 + step / 2 * rnd())
 
 
+def throttled_delay(retry_after: float, base: float, rnd: Callable[[], float] = random.random) -> float:
+    """How long to wait after a 429: at least ``retry_after`` (and ``base``), plus up to a quarter
+    more at random so followers throttled together do not come back together."""
+    wait = max(retry_after, base, 0.0)
+    return float(wait + wait / 4 * rnd())
+
+
 class Follower:
     """Follows one pattern for a :class:`~statebus.federation.service.Federation`."""
 
@@ -71,6 +80,8 @@ class Follower:
         self.sync_bytes = 0
         self.streamed_ops = 0
         self.connections = 0
+        self.throttled = 0
+        """How many times a server answered 429 (we waited its Retry-After)."""
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -160,6 +171,11 @@ class Follower:
                 await self._set("stopped", f"quota_exceeded: {exc.detail}")
                 log.warning("stopped following %s: %s", self.follow.pattern, exc.detail)
                 return
+            except RateLimited as exc:  # the server asks us to slow down: not a failure
+                self.throttled += 1
+                await self._set("retrying", f"{exc.code}: {exc.detail}")
+                await self._sleep(throttled_delay(exc.retry_after, self.fed.backoff_base))
+                continue
             except StatebusError as exc:
                 reason = f"{exc.code}: {exc.detail}"
             delay = backoff(attempt, self.fed.backoff_base, self.fed.backoff_cap)
@@ -178,6 +194,7 @@ class Follower:
         if not urls:
             raise PeerUnavailable(f"no address known for {self.follow.owner} (not in the DHT, no 'via')")
         last: StatebusError | None = None
+        throttled: RateLimited | None = None
         for url in urls:
             try:
                 await self._session(url)
@@ -186,9 +203,11 @@ class Follower:
                 raise
             except StatebusError as exc:
                 last = exc
+                if isinstance(exc, RateLimited):
+                    throttled = exc if throttled is None else max(throttled, exc, key=lambda e: e.retry_after)
                 log.info("follow %s via %s: %s", self.follow.pattern, url, exc.detail)
         assert last is not None
-        raise last
+        raise throttled if throttled is not None else last  # a throttled server asked us to wait
 
     async def _session(self, url: str) -> None:
         client = self.fed.client

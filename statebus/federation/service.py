@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
-from statebus.errors import Forbidden, StatebusError
+from statebus.errors import Forbidden, InvalidOp, StatebusError
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
 from statebus.federation.follow import Follower, IngestHook
@@ -28,6 +28,7 @@ from statebus.federation.opset import OpSet, narrowed, op_set
 from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
+from statebus.oplog import decode_op
 from statebus.runtime import Node
 from statebus.types import Key, PubKey
 
@@ -194,13 +195,23 @@ class Federation:
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept
-        them anyway (a followed namespace, verified); our own namespace never is."""
+        them anyway (a followed namespace, verified); our own namespace never is.
+
+        Raises:
+            InvalidValue, InvalidKey, InvalidOp: (400) a malformed message, or a pushed op that is not
+                an op of the request's pattern; nothing is taken then.
+            Forbidden: (403) ``peer`` may not read the pattern.
+        """
         request = SyncRequest.decode(body)
         view = self.view(peer)
         if not view.pattern(request.pattern):
             raise Forbidden(f"node {peer} may not read {request.pattern} here")
         if request.ops:
-            await self.ingest.take(request.ops, peer=peer)
+            pushed = [decode_op(raw) for raw in request.ops]  # all well-formed, or nothing is taken
+            outside = next((op.key for op in pushed if not op.key.startswith(request.pattern)), None)
+            if outside is not None:
+                raise InvalidOp(f"a pushed op is for {outside}, outside the pattern {request.pattern}")
+            await self.ingest.take(pushed, peer=peer)
         seq = self.node.committer.durable_seq
         found = self.op_set(request.pattern)
         if view.filters_keys:

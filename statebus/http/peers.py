@@ -5,9 +5,23 @@
     POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
 
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
-by the calling node's key; a missing or bad signature, an old ``created`` or a replayed nonce is 401.
+by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
+authority, age, nonce store); a missing or bad signature, an old ``created`` or a replayed nonce is 401.
 The caller may read a pattern only when the service says so (``PeerService.may_read``, the interim
 policy in ``statebus.federation.policy``); otherwise 403.
+
+Peers get the speed bumps clients get, from the same objects (``statebus.access.control.AccessControl``),
+each refusal a JSON error that changes nothing:
+
+* every request counts against its IP address's rate (``rate_limit_per_ip``) before anything else, so
+  floods of bad signatures are throttled too, and a signed one against its key's rate
+  (``rate_limit_per_client``) once verified: 429 + ``Retry-After``;
+* an ops stream holds one open-subscription slot of the calling key and one of its address
+  (``ip:<address>``, shared with anonymous clients), each at most ``max_subscriptions_per_client``: 429;
+* a sync body is at most ``max_sync_body_bytes`` (413, before it is read past the limit); a malformed
+  one is 400 with the reason.
+
+The node's own key (the owner) is exempt from the key rate and the stream count, as on key routes.
 
 The ops stream, one JSON object a line (``application/x-ndjson``)::
 
@@ -26,18 +40,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from statebus.access.control import AccessControl, access_control
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidValue, StatebusError, TooLarge
+from statebus.errors import Forbidden, InvalidValue, RateLimited, StatebusError, TooLarge
 from statebus.http.errors import statebus_error_response
-from statebus.identity import asgi_target_uri, verify_request
 from statebus.keys import is_subtree, parse_key
 from statebus.runtime import Node
 from statebus.storage.base import StoredOp
@@ -46,8 +59,8 @@ from statebus.types import Key, PubKey, Seq
 WELL_KNOWN = "/.well-known/statebus"
 MAX_PATTERNS = 8
 SCAN_CHUNK = 500
-MAX_SYNC_BODY = 16 * 1024 * 1024
-SIGNATURE_MAX_AGE = 300.0
+STREAM_RETRY_AFTER = 5.0
+"""Retry-After of an ops stream refused for holding too many open streams."""
 NDJSON = "application/x-ndjson"
 VIEW_TTL = 1.0
 """How long a stream reuses a peer's read view (the shares and follows records; ACL checks are live)."""
@@ -78,23 +91,19 @@ class PeerService(Protocol):
         ...
 
 
-class NonceCache:
-    """Nonces seen within the signature max age, per key (bounded): a replayed request is refused."""
+class StreamSlot:
+    """One open ops stream: counted by ``SubscriptionCounter`` (held weakly) until ``closed``, and
+    registered with the app's stream registry, whose :meth:`interrupt` (graceful shutdown) ends it."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._seen: OrderedDict[tuple[PubKey, str], float] = OrderedDict()
+    __slots__ = ("__weakref__", "closed", "stop")
 
-    def __call__(self, pubkey: PubKey, nonce: str) -> bool:
-        now = time.monotonic()
-        while self._seen and next(iter(self._seen.values())) < now - SIGNATURE_MAX_AGE:
-            self._seen.popitem(last=False)
-        if (pubkey, nonce) in self._seen:
-            return True
-        self._seen[(pubkey, nonce)] = now
-        if len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
-        return False
+    def __init__(self) -> None:
+        self.closed = False
+        self.stop = asyncio.Event()
+
+    def interrupt(self, why: str) -> None:
+        """End the stream soon (``statebus.http.subscribe.StreamRegistry.close_all`` calls this)."""
+        self.stop.set()
 
 
 def _line(obj: dict[str, object]) -> bytes:
@@ -121,30 +130,79 @@ def scan_patterns(node: Node, patterns: list[Key], after: Seq) -> list[StoredOp]
 class PeerEndpoints:
     """The handlers; one per app."""
 
-    def __init__(self, node: Node, settings: Settings, service: PeerService) -> None:
+    def __init__(
+        self, node: Node, settings: Settings, service: PeerService, access: AccessControl | None = None
+    ) -> None:
         self.node = node
         self.settings = settings
         self.service = service
-        self.nonces = NonceCache()
+        self.access = access if access is not None else access_control(node, settings)
         self.stopping = asyncio.Event()
 
     def close_all(self) -> None:
         """End every open ops stream (call before a graceful shutdown)."""
         self.stopping.set()
 
+    @staticmethod
+    def address(request: Request) -> str | None:
+        """The remote IP address of ``request`` (None when the server does not know it)."""
+        return request.client.host if request.client is not None else None
+
+    def count_address(self, request: Request) -> str | None:
+        """Count ``request`` against its address's rate; return the address. Raises RateLimited."""
+        address = self.address(request)
+        self.access.count_address(address)
+        return address
+
     async def authenticate(self, request: Request, body: bytes) -> PubKey:
-        """The calling node's public key. Raises BadSignature (401)."""
-        return verify_request(
-            request.method,
-            asgi_target_uri(request.scope),
-            request.headers,
-            body,
-            time.time(),
-            max_age=SIGNATURE_MAX_AGE,
-            seen_nonce=self.nonces,
-        )
+        """The calling node's public key, counted against its key's rate (the node's own key is
+        exempt). Raises BadSignature (401) or RateLimited (429, also when the nonce store is full)."""
+        peer = self.access.signatures.verify(request.scope, body)
+        self.access.hit(peer, None)
+        return peer
+
+    def reserve_stream(self, peer: PubKey, address: str | None) -> list[str]:
+        """The subscription-counter names an ops stream of ``peer`` from ``address`` takes a slot of.
+
+        Raises:
+            RateLimited: (429) the key or the address already holds ``max_subscriptions_per_client``
+                open streams.
+        """
+        if peer == self.node.local:
+            return []
+        subs = self.access.subscriptions
+        names = [(peer, f"node {peer}")]
+        if address:
+            names.append((f"ip:{address}", f"address {address}"))
+        for name, who in names:
+            if subs.count(name) >= subs.limit:
+                raise RateLimited(
+                    f"{who} already holds {subs.limit} open streams here (max_subscriptions_per_client); "
+                    "close one first",
+                    retry_after=STREAM_RETRY_AFTER,
+                )
+        return [name for name, _ in names]
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, at most ``max_sync_body_bytes`` (refused before reading past it)."""
+        limit = self.settings.max_sync_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise TooLarge(f"a sync message is at most {limit} bytes (max_sync_body_bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"a sync message is at most {limit} bytes (max_sync_body_bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def node_info(self, request: Request) -> Response:
+        try:
+            self.count_address(request)
+        except StatebusError as exc:
+            return statebus_error_response(exc)
         return JSONResponse({"v": 1, "pubkey": self.node.local})
 
     def _patterns(self, request: Request, peer: PubKey) -> list[Key]:
@@ -163,6 +221,7 @@ class PeerEndpoints:
 
     async def ops(self, request: Request) -> Response:
         try:
+            address = self.count_address(request)
             peer = await self.authenticate(request, b"")
             patterns = self._patterns(request, peer)
             since_text = request.query_params.get("since", "0")
@@ -170,17 +229,21 @@ class PeerEndpoints:
                 raise InvalidValue("since is a cursor (a non-negative integer)")
             since = int(since_text)
             live = request.query_params.get("live", "1") != "0"
+            slots = self.reserve_stream(peer, address)
         except StatebusError as exc:
             return statebus_error_response(exc)
         headers = {"statebus-node": self.node.local, "cache-control": "no-store", "x-accel-buffering": "no"}
         registry = getattr(request.app.state, "streams", None)
-        stop: asyncio.Event | None = None
-        if registry is not None and hasattr(registry, "open"):
+        slot = StreamSlot()
+        if registry is not None:
             try:
-                stop = registry.open()  # the app's shutdown ends this stream too
+                registry.check_open()  # 503 while shutting down
             except StatebusError as exc:
                 return statebus_error_response(exc)
-        body = self._stream(peer, patterns, since, live, stop, registry)
+            registry.open(slot)  # the app's shutdown ends this stream too
+        for name in slots:  # no await since reserve_stream: the counts still hold
+            self.access.subscriptions.add(name, slot)
+        body = self._stream(peer, patterns, since, live, registry, slot)
         return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
     async def _stream(
@@ -189,16 +252,16 @@ class PeerEndpoints:
         patterns: list[Key],
         since: Seq,
         live: bool,
-        stop: asyncio.Event | None,
-        registry: object,
+        registry: Any,
+        slot: StreamSlot,
     ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._lines(peer, patterns, since, live, stop):
+            async for chunk in self._lines(peer, patterns, since, live, slot.stop):
                 yield chunk
         finally:
-            release = getattr(registry, "release", None)
-            if stop is not None and callable(release):
-                release(stop)
+            slot.closed = True
+            if registry is not None:
+                registry.release(slot)
 
     async def _lines(
         self, peer: PubKey, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
@@ -260,12 +323,8 @@ class PeerEndpoints:
 
     async def sync(self, request: Request) -> Response:
         try:
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_SYNC_BODY):
-                raise TooLarge(f"a sync message is at most {MAX_SYNC_BODY} bytes")
-            body = await request.body()
-            if len(body) > MAX_SYNC_BODY:
-                raise TooLarge(f"a sync message is at most {MAX_SYNC_BODY} bytes")
+            self.count_address(request)
+            body = await self.read_body(request)
             peer = await self.authenticate(request, body)
             out = await self.service.answer_sync(peer, body)
         except StatebusError as exc:
