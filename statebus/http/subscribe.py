@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from statebus.bus import Change
 from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
@@ -100,13 +101,6 @@ class StreamRegistry:
         return len(self._pumps)
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def open_stream(
     node: Node,
     patterns: Sequence[Key],
@@ -122,206 +116,329 @@ def open_stream(
     return stream
 
 
-async def _await(awaitable: Awaitable[None]) -> None:
-    await awaitable
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _coroutine(awaitable: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
+    return awaitable if asyncio.iscoroutine(awaitable) else _await(awaitable)
+
+
+_NO_CONTEXT = contextvars.Context()
+"""The context of the disconnect watch's callback (a copy of the caller's per callback otherwise)."""
 
 
 class Pump:
-    """One streaming response body, written by the task serving the request.
+    """One streaming response, driven by callbacks: no task, no coroutine of its own stays suspended.
 
-    The task is interrupted (cancelled, then un-cancelled here) when the client disconnects, the
-    server stops, or its stream is cut off while a send is stuck on a full socket; waiting and sending
-    need no extra task per change, which keeps fan-out to many subscribers cheap.
+    The stream hands ready changes to :meth:`_step` (:meth:`EventStream.listen`), which encodes them
+    (``EncodeCache``: once per change for all subscribers) and drives the ASGI send coroutine right
+    away. That completes without suspending unless the socket is full; then it is driven on from the
+    future it waits for, as a task would, and checked every ``SEND_POLL``: if the stream is cut off
+    meanwhile (the subscriber stopped reading), the send is abandoned and the connection closed. The
+    client's ``http.disconnect`` is awaited the same way: ``receive()`` driven from its future. A timer
+    sends a heartbeat after ``interval`` of silence. The request's task only awaits :attr:`done`, so
+    an idle stream holds no suspended frames beyond the ASGI stack's.
     """
+
+    __slots__ = (
+        "_encode",
+        "_final",
+        "_finished",
+        "_gone",
+        "_idle_timer",
+        "_interval",
+        "_last_write",
+        "_loop",
+        "_on_cut",
+        "_pending",
+        "_ping",
+        "_receive",
+        "_receive_waiting",
+        "_receiving",
+        "_registry",
+        "_send",
+        "_timer",
+        "_todo",
+        "abandoned",
+        "completed",
+        "done",
+        "ending",
+        "stream",
+    )
 
     def __init__(self, send: Send, receive: Receive, stream: EventStream) -> None:
         self._send = send
+        self._receive = receive
         self.stream = stream
-        self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        """Resolved when the response has ended (completed, abandoned, or the client left)."""
         self.ending: str | None = None
-        self._sending = False
-        self._timer: asyncio.TimerHandle | None = None
         self.completed = False
         self.abandoned = False
-        self._waiting = False
-        self._ping_now = False
-        self._last_write = self._loop.time()
+        self._finished = False
+        self._pending: Coroutine[Any, Any, Any] | None = None
+        self._final = False
+        self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
+        self._interval = 0.0
+        self._ping = b""
         self._encode: Callable[[list[Change]], bytes] | None = None
-        self._pending: Coroutine[Any, Any, None] | None = None
-        self.disconnected = asyncio.ensure_future(_wait_disconnect(receive))
-        self.disconnected.add_done_callback(lambda _: self.interrupt("disconnect"))
+        self._on_cut: Callable[[StatebusError], bytes] | None = None
+        self._todo = b""
+        self._receiving: Coroutine[Any, Any, Any] | None = None
+        self._receive_waiting: asyncio.Future[Any] | None = None
+        self._gone = False
+        self._registry: StreamRegistry | None = None
 
-    def interrupt(self, why: str) -> None:
-        """End the response soon: ``disconnect``, ``stop`` (graceful) or ``cut`` (abandon it)."""
-        if self.ending is None and self._task is not None and not self.completed:
-            self.ending = why
-            self.abandoned = (self._sending or self._pending is not None) and why != "disconnect"
-            self._task.cancel()
+    def start(
+        self,
+        registry: StreamRegistry,
+        head: Message,
+        encode: Callable[[list[Change]], bytes],
+        ping: bytes,
+        interval: float,
+        on_cut: Callable[[StatebusError], bytes],
+        initial: bytes = b"",
+    ) -> asyncio.Future[None]:
+        """Send ``head`` (``http.response.start``), then ``initial``, then each ready batch of changes
+        as one body message, a ``ping`` after ``interval`` of silence, until the client leaves, the
+        server stops or the stream ends. Returns :attr:`done`, for the request's task to await.
 
-    def _idle_tick(self, interval: float) -> None:
-        """Runs every ``interval`` of silence: wakes the waiting task to send a heartbeat."""
-        if self.ending is not None or self.completed:
-            return
-        due = self._last_write + interval
-        if (
-            self._loop.time() >= due - 0.001
-            and self._waiting
-            and not self._ping_now
-            and self._pending is None
-            and self._task is not None
-        ):
-            self._ping_now = True
-            self._task.cancel()
-            due = self._loop.time() + interval
-        self._idle_timer = self._loop.call_at(due, self._idle_tick, interval)
-
-    def _sending_failed(self, exc: Exception) -> bool:
-        """Whether ``exc`` came from the socket (then nothing more can be sent)."""
-        return self.completed or isinstance(exc, OSError) or self.disconnected.done()
-
-    def _check_send(self) -> None:
-        if not self._sending and self._pending is None:
-            return
-        if self.stream.error is not None:
-            self.interrupt("cut")
-        else:
-            self._timer = self._loop.call_later(SEND_POLL, self._check_send)
-
-    async def write(self, data: bytes, *, more: bool = True) -> None:
-        """Send ``data`` (interruptible: a send stuck on a full socket is abandoned on cut-off)."""
-        self._sending = True
-        self._timer = self._loop.call_later(SEND_POLL, self._check_send)
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": more})
-        finally:
-            self._sending = False
-            self._timer.cancel()
-            self._timer = None  # a cancelled handle still holds its callback and arguments
-            self._last_write = self._loop.time()
-        if not more:
-            self.completed = True
-
-    # ------------------------------------------------------------------ the fast lane
-    # While the task sleeps waiting for changes, the stream hands ready changes to _deliver, which
-    # encodes them (cached: once per change for all subscribers) and drives the ASGI send coroutine
-    # right away. It completes without suspending unless the socket is full; then it is driven on
-    # from the future it waits for (as a task would), under the same cut-off watch as write().
-
-    def _deliver(self) -> bool:
-        if self.ending is not None or self.completed or self._encode is None:
-            return False
-        if self._pending is not None:
-            return True  # a send is stuck on a full socket: when it completes, the rest follows
-        batch = self.stream.drain_ready()
-        data = self._encode(batch) if batch else b""
-        if data:
-            sending = self._send({"type": "http.response.body", "body": data, "more_body": True})
-            self._drive(sending if asyncio.iscoroutine(sending) else _await(sending))
-        return True
-
-    def _drive(self, coro: Coroutine[Any, Any, None]) -> None:
+        Raises:
+            Exception: sending ``head`` failed at once (the stream is closed; nothing was sent).
+        """
+        self._encode, self._ping, self._interval, self._on_cut = encode, ping, interval, on_cut
+        self._todo = initial
+        self._last_write = self._loop.time()
+        coro: Coroutine[Any, Any, Any] | None = _coroutine(self._send(head))
+        assert coro is not None
         try:
             waiting = coro.send(None)
         except StopIteration:
-            if self._pending is not None:
-                self._pending = None
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                if self._waiting:
-                    self._deliver()  # what piled up while the socket was full
-            self._last_write = self._loop.time()
+            waiting = None
+            coro = None
+        except BaseException:
+            self.stream.close()
+            raise
+        self._registry = registry
+        registry.open(self)
+        self.done.add_done_callback(self._released)
+        self.stream.listen(self._on_ready)
+        self._watch_receive()
+        self._idle_timer = self._loop.call_at(self._last_write + interval, self._idle_tick)
+        if coro is not None:
+            self._suspended(coro, waiting)
+        else:
+            self._step()
+        return self.done
+
+    def _released(self, done: asyncio.Future[None]) -> None:
+        if not self._finished:  # the request's task was cancelled
+            self.ending = self.ending or "cancelled"
+            self._finish()
+        if self._registry is not None:
+            self._registry.release(self)
+
+    def interrupt(self, why: str) -> None:
+        """End the response: ``disconnect``, ``stop`` (graceful) or ``cut`` (abandon it)."""
+        if self.ending is not None or self.completed or self._finished:
+            return
+        self.ending = why
+        self.abandoned = self._pending is not None and why != "disconnect"
+        if why == "stop" and not self.abandoned:
+            self._write(b"", more=False)  # completes the response; finished once it is sent
+        else:
+            self._finish()
+
+    # ------------------------------------------------------------------ sending
+
+    def _on_ready(self) -> bool:
+        self._step()
+        return True
+
+    def _step(self) -> None:
+        """Send what is due: ``initial``, ready changes, the end of the stream; unless a send waits
+        for the socket (its completion steps again)."""
+        stream = self.stream
+        try:
+            while self._pending is None and self.ending is None and not self._finished:
+                if self._todo:
+                    data, self._todo = self._todo, b""
+                    self._write(data)
+                    continue
+                batch = stream.drain_ready()
+                if batch:
+                    assert self._encode is not None
+                    data = self._encode(batch)
+                    if data:
+                        self._write(data)
+                    continue
+                if len(stream):
+                    stream.wake_on_durable()
+                elif stream.closed:
+                    error = stream.error
+                    if error is not None and self._on_cut is not None:
+                        self._write(self._on_cut(error), more=False)
+                    else:
+                        self._write(b"", more=False)
+                return
+        except Exception as exc:  # the response has started: end it, never answer twice
+            log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
+            if self._pending is None and not self._sending_failed(exc) and not self._finished:
+                with contextlib.suppress(Exception):
+                    self._write(b"", more=False)
+            self.ending = self.ending or "failed"
+            self._finish()
+
+    def _write(self, data: bytes, *, more: bool = True) -> None:
+        """Start sending ``data``: done at once unless the socket is full (then :attr:`_pending`)."""
+        if not more:
+            self._final = True
+        coro = _coroutine(self._send({"type": "http.response.body", "body": data, "more_body": more}))
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self._sent()
             return
         except Exception as exc:
-            self._pending = None
-            if not self._sending_failed(exc):
-                log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
-            self.interrupt("disconnect")
+            self._failed(exc)
             return
-        if self._pending is None:
-            self._pending = coro
+        self._suspended(coro, waiting)
+
+    def _suspended(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._pending = coro
+        if self._timer is None:
             self._timer = self._loop.call_later(SEND_POLL, self._check_send)
         if isinstance(waiting, asyncio.Future):
             waiting.add_done_callback(lambda _: self._resume(coro))
         else:
             self._loop.call_soon(self._resume, coro)
 
-    def _resume(self, coro: Coroutine[Any, Any, None]) -> None:
-        if self._pending is coro:
-            self._drive(coro)
-
-    async def run(
-        self,
-        encode: Callable[[list[Change]], bytes],
-        ping: bytes,
-        interval: float,
-        on_cut: Callable[[StatebusError], bytes],
-        initial: bytes = b"",
-    ) -> None:
-        """Send ``initial``, then each ready batch of changes as one body message, a ``ping`` when
-        idle, until the client leaves, the server stops or the stream ends."""
-        stream = self.stream
+    def _resume(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._pending is not coro:
+            return  # abandoned
         try:
-            try:
-                if initial:
-                    await self.write(initial)
-                self._idle_timer = self._loop.call_later(interval, self._idle_tick, interval)
-                self._encode = encode
-                stream.deliver = self._deliver
-                while True:
-                    self._waiting = True
-                    try:
-                        first = await stream.__anext__()
-                    except asyncio.CancelledError:
-                        if not self._ping_now or self.ending is not None or self._task is None:
-                            raise
-                        self._task.uncancel()
-                        self._ping_now = False
-                        self._waiting = False
-                        await self.write(ping)
-                        continue
-                    except StopAsyncIteration:
-                        await self.write(b"", more=False)
-                        return
-                    except StatebusError as exc:
-                        await self.write(on_cut(exc), more=False)
-                        return
-                    finally:
-                        self._waiting = False
-                    data = encode([first, *stream.drain_ready()])
-                    if data:
-                        await self.write(data)
-            except asyncio.CancelledError:
-                if self.ending is None or self._task is None:
-                    raise
-                while self._task.uncancel() > 0:
-                    pass
-            except Exception as exc:  # the response has started: end it, never answer twice
-                log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
-                if not self._sending_failed(exc):
-                    with contextlib.suppress(Exception):
-                        await self.write(b"", more=False)
+            waiting = coro.send(None)
+        except StopIteration:
+            self._sent()
+            if not self._finished:
+                self._step()  # what piled up while the socket was full
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if isinstance(waiting, asyncio.Future):
+            waiting.add_done_callback(lambda _: self._resume(coro))
+        else:
+            self._loop.call_soon(self._resume, coro)
+
+    def _sent(self) -> None:
+        self._pending = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last_write = self._loop.time()
+        if self._final:
+            self.completed = True
+            self._finish()
+
+    def _failed(self, exc: Exception) -> None:
+        self._pending = None
+        if not self._sending_failed(exc):
+            log.error("a stream failed: %s", type(exc).__name__, exc_info=exc)
+        self.ending = self.ending or "disconnect"
+        self._finish()
+
+    def _sending_failed(self, exc: Exception) -> bool:
+        """Whether ``exc`` came from the socket (then nothing more can be sent)."""
+        return self.completed or isinstance(exc, OSError) or self._gone
+
+    def _check_send(self) -> None:
+        self._timer = None
+        if self._pending is None or self._finished:
+            return
+        if self.stream.error is not None:
+            self.interrupt("cut")
+        else:
+            self._timer = self._loop.call_later(SEND_POLL, self._check_send)
+
+    def _idle_tick(self) -> None:
+        """Runs at the end of each ``interval`` of silence: sends a heartbeat."""
+        self._idle_timer = None
+        if self.ending is not None or self._finished:
+            return
+        now = self._loop.time()
+        due = self._last_write + self._interval
+        if now >= due - 0.001 and self._pending is None:
+            self._write(self._ping)
+            if self._finished:
                 return
-            if self.ending == "stop" and not self.abandoned:
-                await self.write(b"", more=False)
-            elif self.abandoned:
-                ABANDONED.expected += 1
-                reason = stream.error or "server shutdown"
-                log.info("closing a stream whose client stopped reading (%s)", reason)
-        finally:
-            self.ending = self.ending or "done"
-            stream.deliver = None
-            if self._pending is not None:
-                self._pending.close()
-                self._pending = None
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            stream.close()
-            self.disconnected.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.disconnected
+            due = now + self._interval
+        self._idle_timer = self._loop.call_at(due, self._idle_tick)
+
+    # ------------------------------------------------------------------ the client
+
+    def _watch_receive(self, _: object = None) -> None:
+        """Drive ``receive()`` until it says ``http.disconnect`` (no task: from the future it awaits)."""
+        self._receive_waiting = None
+        while not self._finished:
+            coro = self._receiving
+            if coro is None:
+                coro = self._receiving = _coroutine(self._receive())
+            try:
+                waiting = coro.send(None)
+            except StopIteration as stop:
+                self._receiving = None
+                message = stop.value
+                if isinstance(message, dict) and message.get("type") != "http.disconnect":
+                    continue  # a request body: not ours to read
+            except Exception:
+                self._receiving = None
+            else:
+                if isinstance(waiting, asyncio.Future):
+                    self._receive_waiting = waiting
+                    waiting.add_done_callback(self._watch_receive, context=_NO_CONTEXT)
+                else:
+                    self._loop.call_soon(self._watch_receive, context=_NO_CONTEXT)
+                return
+            self._gone = True
+            self.interrupt("disconnect")
+            return
+
+    # ------------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        """Release everything; resolve :attr:`done` (the request's task returns, and the server
+        closes the connection if the response was abandoned)."""
+        if self._finished:
+            return
+        self._finished = True
+        self.ending = self.ending or "done"
+        stream = self.stream
+        stream.deliver = None
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+        for timer in (self._timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._idle_timer = None
+        stream.close()
+        receiving = self._receiving
+        if receiving is not None:
+            self._receiving = None
+            if self._receive_waiting is not None:
+                self._receive_waiting.remove_done_callback(self._watch_receive)
+                self._receive_waiting = None
+            receiving.close()
+        if self.abandoned:
+            ABANDONED.expected += 1
+            log.info("closing a stream whose client stopped reading (%s)", stream.error or "server shutdown")
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class SseEncoder:
@@ -388,6 +505,10 @@ class SseEncoder:
         return b"".join(out)
 
 
+def _no_cut_event(exc: StatebusError) -> bytes:
+    return b""
+
+
 def sse_cut_event(exc: StatebusError) -> bytes:
     """The last event of a stream that was cut off: ``event: error`` with the reason."""
     return encode_event(json.dumps({"error": exc.code, "detail": exc.detail}), event="error")
@@ -401,7 +522,7 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
-async def serve_sse(
+def serve_sse(
     send: Send,
     receive: Receive,
     *,
@@ -412,8 +533,12 @@ async def serve_sse(
     since: int | None,
     buffer: int,
     ping_interval: float,
-) -> None:
-    """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live."""
+) -> asyncio.Future[None]:
+    """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live.
+
+    Returns the future to await until the response has ended (the request's task sleeps on it: no
+    coroutine of this module stays suspended per stream).
+    """
     registry.check_open()
     head = [b"retry: %d\n\n" % SSE_RETRY_MS]
     reset = False
@@ -424,20 +549,12 @@ async def serve_sse(
         head.append(encode_reset_event(exc.detail))
         reset = True
     encoder = SseEncoder(cache, len(stream), reset=reset)
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)})
-    except BaseException:
-        stream.close()
-        raise
+    head_message: Message = {"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)}
     pump = Pump(send, receive, stream)
-    registry.open(pump)
-    try:
-        await pump.run(encoder, PING, ping_interval, sse_cut_event, b"".join(head))
-    finally:
-        registry.release(pump)
+    return pump.start(registry, head_message, encoder, PING, ping_interval, sse_cut_event, b"".join(head))
 
 
-async def serve_braid(
+def serve_braid(
     send: Send,
     receive: Receive,
     *,
@@ -450,8 +567,9 @@ async def serve_braid(
     heartbeats: tuple[float, str] | None,
     buffer: int,
     ping_interval: float,
-) -> None:
-    """Answer a GET with ``Subscribe``: status 209, then Braid updates (research §2).
+) -> asyncio.Future[None]:
+    """Answer a GET with ``Subscribe``: status 209, then Braid updates (research §2). Returns the
+    future to await until the response has ended (as :func:`serve_sse`).
 
     Raises (before anything is sent):
         HistoryCompacted: ``parents`` are unknown or their history was compacted (410).
@@ -488,14 +606,6 @@ async def serve_braid(
                 out.append(cache.braid(change))
         return b"".join(out)
 
-    try:
-        await send({"type": "http.response.start", "status": 209, "headers": headers})
-    except BaseException:
-        stream.close()
-        raise
     pump = Pump(send, receive, stream)
-    registry.open(pump)
-    try:
-        await pump.run(encode, HEARTBEAT, interval, lambda exc: b"")
-    finally:
-        registry.release(pump)
+    head: Message = {"type": "http.response.start", "status": 209, "headers": headers}
+    return pump.start(registry, head, encode, HEARTBEAT, interval, _no_cut_event)

@@ -34,7 +34,8 @@ class EventStream:
         self._waiter: asyncio.Future[None] | None = None
         self._for_durable = False
         self.deliver: Callable[[], bool] | None = None
-        """Set by a transport that can write without waiting (see :meth:`_wakeup`)."""
+        """Set by a transport that can write without waiting (see :meth:`_wakeup` and :meth:`listen`)."""
+        self._listening = False
         self._subs: list[Subscription] = []
         self.error: StatebusError | None = None
         self.closed = False
@@ -56,7 +57,7 @@ class EventStream:
             self.cut(SubscriberTooSlow(f"subscriber fell {self.max_buffer} changes behind and was cut off"))
             return
         q.append(change)
-        if self._waiter is not None and not self._for_durable:
+        if (self._waiter is not None or self._listening) and not self._for_durable:
             # The reader waits for a first change: wake it once it can be delivered (durable).
             if change.seq <= self._node.committer.durable_seq or change.kind == "derived":
                 self._wakeup()
@@ -68,6 +69,11 @@ class EventStream:
         """Changes are ready for the sleeping reader. If the transport set :attr:`deliver`, it takes
         them right here (it returns True; the reader sleeps on), so a fan-out to N streams costs N
         writes and no task switch; otherwise, or if ``deliver`` fails, the reader wakes up."""
+        if self._listening:
+            self._for_durable = False
+            if self.deliver is not None:
+                self.deliver()
+            return
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -85,6 +91,10 @@ class EventStream:
         waiter.set_result(None)
 
     def _wake_reader(self) -> None:
+        if self._listening:
+            if self.deliver is not None:
+                self.deliver()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -102,6 +112,23 @@ class EventStream:
         finally:
             self._waiter = None
             self._for_durable = False
+
+    def listen(self, deliver: Callable[[], bool]) -> None:
+        """Hand changes to a transport instead of a reader: ``deliver`` is called whenever durable
+        changes are ready (it takes them with :meth:`drain_ready`) and once the stream is closed or
+        cut off (then :attr:`closed` is set). Nothing waits: the transport needs no task, and nobody
+        may iterate the stream afterwards. A transport that leaves changes buffered that are not
+        durable yet calls :meth:`wake_on_durable`."""
+        self.deliver = deliver
+        self._listening = True
+
+    def wake_on_durable(self) -> None:
+        """Call :attr:`deliver` again after the next commit (changes are buffered, not durable yet)."""
+        if self._listening and not self._for_durable:
+            self._for_durable = True
+            committer = self._node.committer
+            committer.kick()
+            committer.call_on_durable(self._wakeup)
 
     def cut(self, error: StatebusError) -> None:
         """End the stream with ``error`` (for the reader to see after the buffered changes)."""
