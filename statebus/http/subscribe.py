@@ -313,6 +313,7 @@ class Pump:
         if self._timer is None:
             self._timer = self._loop.call_later(SEND_POLL, self._check_send)
         if isinstance(waiting, asyncio.Future):
+            waiting._asyncio_future_blocking = False  # taken, as a task would (or awaiting it again fails)
             waiting.add_done_callback(lambda _: self._resume(coro))
         else:
             self._loop.call_soon(self._resume, coro)
@@ -331,6 +332,7 @@ class Pump:
             self._failed(exc)
             return
         if isinstance(waiting, asyncio.Future):
+            waiting._asyncio_future_blocking = False  # taken, as a task would (or awaiting it again fails)
             waiting.add_done_callback(lambda _: self._resume(coro))
         else:
             self._loop.call_soon(self._resume, coro)
@@ -399,6 +401,7 @@ class Pump:
                 self._receiving = None
             else:
                 if isinstance(waiting, asyncio.Future):
+                    waiting._asyncio_future_blocking = False
                     self._receive_waiting = waiting
                     waiting.add_done_callback(self._watch_receive, context=_NO_CONTEXT)
                 else:
