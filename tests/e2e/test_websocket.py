@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,12 +142,13 @@ def test_a_socket_that_does_not_read_is_closed(srv):
         async with connect(ws_url(srv, srv.token), max_queue=1) as slow:
             for i in range(10):
                 await send(slow, {"get": f"flood/{i}"})
-            for _ in range(200):
-                if srv.node.stream_count == 10:
-                    break
+            deadline = time.monotonic() + 20
+            while srv.node.stream_count < 10 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            assert srv.node.stream_count == 10
             big = base64.b64encode(os.urandom(75_000)).decode()
-            async with httpx.AsyncClient(headers=srv.auth) as http:
+            # 30 writes of 100 kB at once take a while on a loaded machine: a generous timeout
+            async with httpx.AsyncClient(headers=srv.auth, timeout=60) as http:
                 for start in range(0, 300, 30):  # 30 at a time: they share group commits
                     if srv.node.stream_count == 0:
                         break  # the node has dropped the connection's subscriptions: it closed it
