@@ -15,21 +15,30 @@ A source serves our namespace to us because a peer may always read its own names
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from statebus.errors import InvalidValue, StatebusError
-from statebus.federation.client import PeerClient
+from statebus.errors import InvalidValue, RateLimited, StatebusError
+from statebus.federation.client import MAX_SYNC_ROUNDS, PeerClient
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import op_set
 from statebus.federation.policy import check_pattern
-from statebus.federation.sync import SyncSession
+from statebus.federation.sync import SyncRequest, SyncSession
 from statebus.keys import namespace_of
 from statebus.runtime import Node
 from statebus.types import Key, PubKey
 
+T = TypeVar("T")
+
 log = logging.getLogger("statebus.federation")
+
+THROTTLE_RETRIES = 5
+"""How many times a source that answers 429 is asked again (after its ``Retry-After``)."""
+MAX_WAIT = 60.0
 
 
 @dataclass
@@ -45,6 +54,8 @@ class RestoreReport:
     rejected: list[str] = field(default_factory=list)
     """Why ops were refused (forged, not ours, malformed), the first few."""
     bytes_moved: int = 0
+    throttled: int = 0
+    """How often the source answered 429 and was asked again after its ``Retry-After``."""
     error: str = ""
     """Why the source failed, if it did (then nothing of it was applied after the failure)."""
 
@@ -67,8 +78,8 @@ async def restore_from(node: Node, client: PeerClient, url: str, pattern: Key) -
     report = RestoreReport(url)
     ingest = Ingest(node, quota_bytes=0, own=True)
     try:
-        report.server = await client.node_info(url)
-        session = await client.sync(url, SyncSession(pattern, op_set(node.bus, pattern).index))
+        report.server = await _patiently(functools.partial(client.node_info, url), report)
+        session = await _pull(client, report, node, pattern)
         report.received = len(session.received)
         report.bytes_moved = session.bytes_sent + session.bytes_received
         result = await ingest.take(session.received, peer=report.server)
@@ -78,6 +89,35 @@ async def restore_from(node: Node, client: PeerClient, url: str, pattern: Key) -
         return report
     report.applied, report.duplicates, report.rejected = result.applied, result.duplicates, result.rejected
     return report
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], report: RestoreReport) -> T:
+    """``call()``; a throttled source is waited for (its ``Retry-After``, at most :data:`MAX_WAIT`)
+    and asked again, up to :data:`THROTTLE_RETRIES` times in a row."""
+    waits = 0
+    while True:
+        try:
+            return await call()
+        except RateLimited as exc:
+            waits += 1
+            if waits > THROTTLE_RETRIES:
+                raise
+            report.throttled += 1
+            log.info("restore: %s asks us to wait %.1f s", report.url, exc.retry_after)
+            await asyncio.sleep(min(exc.retry_after, MAX_WAIT))
+
+
+async def _pull(client: PeerClient, report: RestoreReport, node: Node, pattern: Key) -> SyncSession:
+    """One anti-entropy exchange, round by round (the rounds are stateless on the server, so a
+    throttled round is simply sent again)."""
+    session = SyncSession(pattern, op_set(node.bus, pattern).index)
+    request: SyncRequest | None = session.start()
+    while request is not None:
+        if session.rounds >= MAX_SYNC_ROUNDS:
+            raise InvalidValue("anti-entropy did not settle (peer misbehaving?)")
+        response, size = await _patiently(functools.partial(client.sync_round, report.url, request), report)
+        request = session.receive(response, size)
+    return session
 
 
 async def restore(

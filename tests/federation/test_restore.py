@@ -130,6 +130,35 @@ async def test_a_hostile_source_cannot_forge_or_alter_ops(cluster: Cluster, tmp_
         await node.aclose()
 
 
+async def test_a_throttled_source_is_waited_for(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
+    try:
+        _, phrase = keystore.init(tmp_path / "a")
+        a = await cluster.add("a")
+        b = await cluster.add("b", rate_limit_per_client="1/2 seconds")
+        await a.share("/~/notes/")
+        for i in range(300):
+            a.node.bus.save(f"/~/notes/{i}", {"text": f"note {i}"})
+        await a.node.flush()
+        notes = f"/{a.pubkey}/notes/"
+        await b.follow(notes)
+        await wait_until(functools.partial(has, b, notes + "299"), what="the follower's copy")
+        await cluster.stop("a")
+        node, identity = _recovered(tmp_path, phrase)
+        client = PeerClient(identity)
+        try:
+            (first,) = await restore(node, client, [b.url])  # spends B's budget for our key
+            assert first.error == "" and first.applied == len(op_set(b.node.bus, notes).ops)
+            assert node.bus.fetch(notes + "299").value == {"text": "note 299"}
+            (again,) = await restore(node, client, [b.url])  # answered 429 first, then served
+            assert again.error == "" and again.throttled >= 1 and again.received == 0, again
+        finally:
+            await client.aclose()
+            await node.aclose()
+    finally:
+        await cluster.aclose()
+
+
 async def test_restore_cli(cluster: Cluster, tmp_path: Path) -> None:
     phrase, b, owner = await _owner_and_follower(cluster, tmp_path)
     data = tmp_path / "a2"
