@@ -74,10 +74,12 @@ def test_sigterm_ends_streams_and_keeps_acknowledged_writes(tmp_path: Path) -> N
                     i += 1
 
         ended: list[str] = []
+        opened: list[str] = []
 
         def streamer(headers: dict[str, str], path: str) -> None:
             try:
                 with httpx.stream("GET", url + path, headers={**auth, **headers}, timeout=30) as r:
+                    opened.append(path)
                     for _ in r.iter_raw():
                         pass
                 ended.append(path)
@@ -91,10 +93,10 @@ def test_sigterm_ends_streams_and_keeps_acknowledged_writes(tmp_path: Path) -> N
         writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
         for t in streams + writers:
             t.start()
-        deadline = time.monotonic() + 15
-        while len(acked) < 20 and time.monotonic() < deadline and not errors:
+        deadline = time.monotonic() + 30
+        while (len(acked) < 20 or len(opened) < 2) and time.monotonic() < deadline and not errors:
             time.sleep(0.05)
-        assert len(acked) >= 20, (len(acked), errors)
+        assert len(acked) >= 20 and len(opened) == 2, (len(acked), opened, errors)  # both streams are open
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         # uvicorn re-raises the signal after its graceful shutdown: the exit status says "SIGTERM"
