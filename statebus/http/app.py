@@ -70,13 +70,13 @@ class NodeApp(Starlette):
         self.keys = keys
         self.key_route = key_route
         self._middleware_count = middleware_count
-        self._routes_seen: tuple[int, ...] = ()
+        self._routes_seen: tuple[BaseRoute, ...] = ()
         self._prefixes: tuple[str, ...] | None = None
 
     def reserved_prefixes(self) -> tuple[str, ...] | None:
         """The literal prefixes of every route but the key route (None: some route has none)."""
         routes = self.router.routes
-        seen = tuple(map(id, routes))
+        seen = tuple(routes)  # compared element by element by identity first: no Route.__eq__ calls
         if seen != self._routes_seen:
             prefixes: list[str] = []
             for route in routes:
