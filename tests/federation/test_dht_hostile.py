@@ -152,8 +152,9 @@ async def test_garbage_datagrams_do_not_kill_a_node(make_network: MakeNetwork, r
         peer.send(data, addr, tagged=False)
     for data in garbage_tagged:
         peer.send(data, addr)
-    await anyio.sleep(0.1)
-    assert target.protocol.dropped - before >= len(garbage_untagged) + 9
+    with anyio.fail_after(10):  # the loop reads one datagram per turn; a loaded machine takes a while
+        while target.protocol.dropped - before < len(garbage_untagged) + 9:
+            await anyio.sleep(0.01)
     assert not target.protocol.transport.is_closing()
     # it still answers a well-formed ping, and still resolves
     peer.send(b"\x00" + mid + umsgpack.packb(["ping", [peer.node_id]]), addr)
