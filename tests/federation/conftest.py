@@ -1,14 +1,18 @@
-"""Fixtures for the federation tests: the asyncio backend and a DHT network factory."""
+"""Fixtures for the federation tests: the asyncio backend, a DHT network factory, a node cluster."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from statebus.federated import Cluster
 from statebus.federation.dht import KademliaDirectory
+
+from .support import FAST
 
 SECRET = b"test invite secret"
 
@@ -53,3 +57,13 @@ async def make_network() -> AsyncIterator[MakeNetwork]:
     yield make
     for node in started:
         await node.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Federated nodes in this process, in one new DHT (``await cluster.add("a")``); all stopped after."""
+    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
+    try:
+        yield c
+    finally:
+        await c.aclose()

@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
 from statebus.cli_federation import main
 from statebus.federated import Cluster, FederatedNode
 
+from .support import live, wait_until
+
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(
-        tmp_path, dht_secret=os.urandom(16), sse_ping_interval=0.3, backoff_base=0.05, backoff_cap=0.4
-    )
-    try:
-        yield c
-    finally:
-        await c.aclose()
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-def live(node: FederatedNode) -> bool:
-    fs = node.federation.followers.values()
-    return bool(fs) and all(f.live.is_set() for f in fs)
 
 
 async def cli(node: FederatedNode, *args: str) -> int:

@@ -5,55 +5,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from statebus.federated import Cluster, FederatedNode
+from statebus.federated import Cluster
 from statebus.federation.follow import backoff, state_key
 from statebus.federation.opset import op_set
 from statebus.identity import sign_request
 
+from .support import has, live, wait_until
+
 pytestmark = pytest.mark.anyio
-
-FAST: dict[str, Any] = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4}
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def _drain(lines: AsyncIterator[str]) -> list[str]:
     return [line async for line in lines if line]
-
-
-def has(node: FederatedNode, key: str, value: object = None) -> bool:
-    change = node.node.bus.fetch_or_none(key)
-    return change is not None and change.exists and (value is None or change.value == value)
-
-
-def live(node: FederatedNode) -> bool:
-    """Every follower of ``node`` has caught up (its anti-entropy and backlog are applied)."""
-    fs = node.federation.followers.values()
-    return bool(fs) and all(f.live.is_set() for f in fs)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def test_follow_live_then_owner_down_followers_still_serve(cluster: Cluster) -> None:

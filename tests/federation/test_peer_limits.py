@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from statebus.bus import Bus
-from statebus.federated import Cluster, FederatedNode
+from statebus.federated import Cluster
 from statebus.federation.client import MAX_RETRY_AFTER, retry_after
 from statebus.federation.follow import throttled_delay
 from statebus.federation.opset import op_set
@@ -29,33 +27,12 @@ from statebus.identity import Identity, sign_op, sign_request
 from statebus.oplog import encode_op
 from statebus.storage.memory import MemoryStorage
 
+from .support import has, wait_until
+
 pytestmark = pytest.mark.anyio
 
-FAST: dict[str, Any] = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4}
 SYNC = "/.well-known/statebus/sync"
 OPS = "/.well-known/statebus/ops"
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def has(node: FederatedNode, key: str) -> bool:
-    change = node.node.bus.fetch_or_none(key)
-    return change is not None and change.exists
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 def build(

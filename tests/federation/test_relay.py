@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from statebus.bus import Bus
 from statebus.errors import Forbidden, QuotaExceeded
-from statebus.federated import Cluster, FederatedNode
+from statebus.federated import Cluster
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import op_set
 from statebus.identity import Identity, delegate, record_key, revoke, sign_op
 from statebus.oplog import Op, decode_op, encode_op
 from statebus.runtime import Node
 from statebus.storage.memory import MemoryStorage
+
+from .support import live, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -122,29 +122,6 @@ async def test_quota_is_per_remote_namespace(follower: tuple[Node, Ingest]) -> N
     assert ingest.usage(STRANGER.pubkey) == 0
     with pytest.raises(Forbidden):
         ingest.check(written(source(FOLLOWER), "/~/x", 1))  # our own namespace is never taken
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-def live(node: FederatedNode) -> bool:
-    fs = node.federation.followers.values()
-    return bool(fs) and all(f.live.is_set() for f in fs)
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(
-        tmp_path, dht_secret=os.urandom(16), sse_ping_interval=0.3, backoff_base=0.05, backoff_cap=0.4
-    )
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def test_a_relay_serves_the_owners_ops_and_cannot_tamper(cluster: Cluster) -> None:

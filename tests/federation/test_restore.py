@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,9 @@ from statebus.runtime import Node
 from statebus.server import build_node
 from statebus.storage.base import StoredOp
 
-from .test_follow import FAST, has, wait_until
+from .support import FAST, has, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def _owner_and_follower(cluster: Cluster, tmp_path: Path) -> tuple[str, FederatedNode, str]:
