@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import heapq
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -68,12 +70,73 @@ ABANDONED = _AbandonedResponses()
 logging.getLogger("uvicorn.error").addFilter(ABANDONED)
 
 
+class Heartbeats:
+    """One timer for the heartbeats of every open stream of an event loop: a heap of
+    ``[due, n, pump]`` entries (about 120 bytes a stream; a timer handle each cost about 600).
+
+    At its due time a pump sends a heartbeat if it has been silent for its interval and tells when
+    to look again (:meth:`Pump._beat`); a pump that ended leaves its entry with ``None`` in it.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._heap: list[list[Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._count = itertools.count()
+
+    def add(self, pump: Pump, due: float) -> list[Any]:
+        """Look at ``pump`` at loop time ``due``; returns its entry (set ``entry[2] = None`` to drop it)."""
+        loop = pump._loop
+        if loop is not self._loop:  # a new loop (an app served again): the old one's entries are moot
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop, self._heap, self._timer = loop, [], None
+        entry = [due, next(self._count), pump]
+        heapq.heappush(self._heap, entry)
+        if self._timer is None or due < self._timer_due:
+            self._arm(due)
+        return entry
+
+    def _arm(self, due: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self._loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        heap = self._heap
+        now = self._loop.time()
+        while heap and heap[0][0] <= now + 0.001:
+            entry = heapq.heappop(heap)
+            pump: Pump | None = entry[2]
+            if pump is None:
+                continue
+            try:
+                due = pump._beat(now)
+            except Exception as exc:  # one stream's failure must not stop the others' heartbeats
+                log.error("a stream's heartbeat failed: %s", type(exc).__name__, exc_info=exc)
+                due = None
+            if due is not None:
+                entry[0], entry[1] = due, next(self._count)
+                heapq.heappush(heap, entry)
+        if heap:
+            self._arm(heap[0][0])
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
 class StreamRegistry:
-    """The open streaming responses, so that shutdown can end them all."""
+    """The open streaming responses, so that shutdown can end them all (and their heartbeats)."""
 
     def __init__(self) -> None:
         self.closing = False
         self._pumps: dict[Pump, None] = {}
+        self.heartbeats = Heartbeats()
 
     def check_open(self) -> None:
         """Raises:
@@ -142,11 +205,11 @@ class Pump:
     """
 
     __slots__ = (
+        "_beat_entry",
         "_encode",
         "_final",
         "_finished",
         "_gone",
-        "_idle_timer",
         "_interval",
         "_last_write",
         "_loop",
@@ -181,7 +244,7 @@ class Pump:
         self._pending: Coroutine[Any, Any, Any] | None = None
         self._final = False
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._beat_entry: list[Any] | None = None
         self._last_write = 0.0
         self._interval = 0.0
         self._ping = b""
@@ -228,7 +291,7 @@ class Pump:
         self.done.add_done_callback(self._released)
         self.stream.listen(self._on_ready)
         self._watch_receive()
-        self._idle_timer = self._loop.call_at(self._last_write + interval, self._idle_tick)
+        self._beat_entry = registry.heartbeats.add(self, self._last_write + interval)
         if coro is not None:
             self._suspended(coro, waiting)
         else:
@@ -367,19 +430,19 @@ class Pump:
         else:
             self._timer = self._loop.call_later(SEND_POLL, self._check_send)
 
-    def _idle_tick(self) -> None:
-        """Runs at the end of each ``interval`` of silence: sends a heartbeat."""
-        self._idle_timer = None
+    def _beat(self, now: float) -> float | None:
+        """Called by :class:`Heartbeats` when due: send a heartbeat after ``interval`` of silence.
+        Returns when to look again (None: the stream has ended)."""
         if self.ending is not None or self._finished:
-            return
-        now = self._loop.time()
+            return None
         due = self._last_write + self._interval
-        if now >= due - 0.001 and self._pending is None:
-            self._write(self._ping)
-            if self._finished:
-                return
+        if now >= due - 0.001:
+            if self._pending is None:
+                self._write(self._ping)
+                if self._finished:
+                    return None
             due = now + self._interval
-        self._idle_timer = self._loop.call_at(due, self._idle_tick)
+        return due
 
     # ------------------------------------------------------------------ the client
 
@@ -425,10 +488,12 @@ class Pump:
         if self._pending is not None:
             self._pending.close()
             self._pending = None
-        for timer in (self._timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._beat_entry is not None:
+            self._beat_entry[2] = None
+            self._beat_entry = None
         stream.close()
         receiving = self._receiving
         if receiving is not None:
