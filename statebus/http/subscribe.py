@@ -188,7 +188,7 @@ def _coroutine(awaitable: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
 
 
 _NO_CONTEXT = contextvars.Context()
-"""The context of the disconnect watch's callback (a copy of the caller's per callback otherwise)."""
+"""The context of the pump's long-lived callbacks (otherwise each holds a copy of the caller's)."""
 
 
 class Pump:
@@ -288,7 +288,7 @@ class Pump:
             raise
         self._registry = registry
         registry.open(self)
-        self.done.add_done_callback(self._released)
+        self.done.add_done_callback(self._released, context=_NO_CONTEXT)
         self.stream.listen(self._on_ready)
         self._watch_receive()
         self._beat_entry = registry.heartbeats.add(self, self._last_write + interval)
@@ -511,6 +511,8 @@ class Pump:
 
 class SseEncoder:
     """Turns batches of changes into SSE bytes: the initial backlog once complete, then live changes."""
+
+    __slots__ = ("_backlog", "_last_derived", "backlog_left", "cache", "last_op_seq", "reset")
 
     def __init__(self, cache: EncodeCache, backlog: int, *, reset: bool) -> None:
         self.cache = cache

@@ -25,6 +25,21 @@ if TYPE_CHECKING:
 
 
 class EventStream:
+    __slots__ = (
+        "__weakref__",
+        "_for_durable",
+        "_listening",
+        "_node",
+        "_q",
+        "_subs",
+        "_waiter",
+        "closed",
+        "cursor",
+        "deliver",
+        "error",
+        "max_buffer",
+    )
+
     def __init__(self, node: Node, max_buffer: int) -> None:
         self._node = node
         self.max_buffer = max_buffer
