@@ -16,7 +16,8 @@
 // Output: ONE JSON line on stdout:
 //   {"ok": true|false, "result": <JSON of window.__result>, "console": [{"type","text"}],
 //    "page_errors": ["..."], "error": null|"...", "url": "<final url>", "title": "..."}
-// Exit code 0 when ok, 1 otherwise. The browser is always closed and its profile dir removed.
+// Exit code 0 when ok, 1 otherwise. The browser is always closed and its profile dir removed (if that
+// fails, "cleanup_error" says why).
 
 import fs from 'node:fs'
 import os from 'node:os'
@@ -115,7 +116,14 @@ async function run(opts, out) {
             }
         }
         if (browser) await browser.close().catch(() => {})
-        fs.rmSync(profile, {recursive: true, force: true})
+        // Chromium's helper processes can still be writing into the profile while a browser that
+        // timed out at launch dies (ENOTEMPTY); rmSync retries exactly that, and a failure to clean
+        // up is reported beside the result instead of replacing it with a crash.
+        try {
+            fs.rmSync(profile, {recursive: true, force: true, maxRetries: 50, retryDelay: 100})
+        } catch (e) {
+            out.cleanup_error = `could not remove ${profile}: ${e.message}`
+        }
     }
 }
 
