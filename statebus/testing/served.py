@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # seconds; about 1 s on a quiet machine, but a busy CI machine can be 20x slower
 
 
 class ServedNode:
@@ -45,8 +45,10 @@ class ServedNode:
         deadline = time.monotonic() + START_TIMEOUT
         while not any("/login?token=" in line for line in self.banner):
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                how = "in time" if self.proc.poll() is None else f"(exit status {self.proc.returncode})"
                 self.close()
-                raise AssertionError(f"statebus serve did not start: {self.stderr_path.read_text()[-2000:]}")
+                log = self.stderr_path.read_text()[-2000:]
+                raise AssertionError(f"statebus serve did not start {how}: {log}")
             try:
                 self.banner.append(self.lines.get(timeout=0.2))
             except queue.Empty:
