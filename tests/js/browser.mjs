@@ -120,7 +120,7 @@ async function run(opts, out) {
         // timed out at launch dies (ENOTEMPTY); rmSync retries exactly that, and a failure to clean
         // up is reported beside the result instead of replacing it with a crash.
         try {
-            fs.rmSync(profile, {recursive: true, force: true, maxRetries: 50, retryDelay: 100})
+            fs.rmSync(profile, {recursive: true, force: true, maxRetries: 10, retryDelay: 100})
         } catch (e) {
             out.cleanup_error = `could not remove ${profile}: ${e.message}`
         }
