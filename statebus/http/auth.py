@@ -34,6 +34,8 @@ COOKIE_NAME = "statebus_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
 PUBLIC_SEGMENT = "public"
 MAX_TOKEN_CHARS = 512
+OWNER_CLIENTS = 256
+"""Addresses whose owner :class:`Client` is kept for reuse (then the cache starts over)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class OwnerAuth:
     def __init__(self, token: str | None, access: AccessControl | None = None) -> None:
         self._token = token.encode("utf-8") if token else None
         self.access = access
+        self._owners: dict[str | None, Client] = {}
 
     def __repr__(self) -> str:
         return "OwnerAuth(token=***)" if self._token else "OwnerAuth(token=None)"
@@ -89,7 +92,13 @@ class OwnerAuth:
         """The owner as a client (with the access control, when there is one)."""
         if self.access is None:
             return OWNER
-        return Client(owner=True, pubkey=self.access.local, address=address, access=self.access)
+        client = self._owners.get(address)  # a Client is immutable: one per address will do
+        if client is None:
+            if len(self._owners) >= OWNER_CLIENTS:
+                self._owners.clear()
+            client = Client(owner=True, pubkey=self.access.local, address=address, access=self.access)
+            self._owners[address] = client
+        return client
 
     def authenticate(self, conn: HTTPConnection) -> Client:
         """The client of a request or websocket, counted against the rate limits (owner exempt).

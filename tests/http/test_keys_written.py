@@ -1,19 +1,27 @@
-"""The answer to a write and the header reading of the key endpoint, byte for byte as before."""
+"""The key endpoint's write path: the answer and the header reading byte for byte as before, and
+what it remembers (parsed paths, owner clients) bounded and only when valid."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from statebus.bus import Change
+from statebus.config import Settings
+from statebus.errors import InvalidKey
 from statebus.http import braid
-from statebus.http.keys import JSON_TYPE, WrittenResponse, request_headers
+from statebus.http.app import NodeApp
+from statebus.http.auth import OWNER_CLIENTS
+from statebus.http.keys import JSON_TYPE, PARSED_KEYS, KeyEndpoint, WrittenResponse, request_headers
+from statebus.server import create_app
 from statebus.values import dumps_json
 
 Message = MutableMapping[str, Any]
@@ -76,3 +84,31 @@ def test_request_headers_read_as_starlette_does() -> None:
     for name in ("content-type", "x-twice", "x-latin", "absent"):
         assert ours.get(name) == theirs.get(name)
     assert ours["x-twice"] == "first"
+
+
+def test_parsed_keys_and_owner_clients_are_remembered_boundedly(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "node"))
+    try:
+        assert isinstance(app, NodeApp)
+        keys = app.keys.app.app  # type: ignore[attr-defined]  # behind the counter and the gate
+        assert isinstance(keys, KeyEndpoint)
+        key = keys.parse_key("/~/a/b")
+        assert keys.parse_key("/~/a/b") is key and key == app.state.node.bus.parse("/~/a/b")
+        for bad in ("/~/a//b", "/~/a/" + "x" * 5000, "/~" + "/x" * 1000, "nope"):
+            for _ in range(2):  # refused every time, never remembered
+                with pytest.raises(InvalidKey):
+                    keys.parse_key(bad)
+            assert bad not in keys._parsed
+        for i in range(PARSED_KEYS + 10):
+            keys.parse_key(f"/~/k/{i}")
+        assert len(keys._parsed) <= PARSED_KEYS
+        auth = keys.auth
+        owner = auth.owner_client("10.0.0.1")
+        assert owner.owner and owner.address == "10.0.0.1"
+        assert auth.owner_client("10.0.0.1") is owner
+        assert auth.owner_client("10.0.0.2").address == "10.0.0.2"
+        for i in range(OWNER_CLIENTS + 10):
+            auth.owner_client(f"10.1.{i // 256}.{i % 256}")
+        assert len(auth._owners) <= OWNER_CLIENTS
+    finally:
+        asyncio.run(app.state.node.aclose())
