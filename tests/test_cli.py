@@ -143,7 +143,7 @@ def test_serve_runs_a_federated_node(node):
 
     info = httpx.get(f"{node.url}/.well-known/statebus/node", timeout=10).json()
     assert info["pubkey"] == keystore.load(node.data).pubkey
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the DHT line can come late on a busy machine
     text = "".join(node.banner)
     while "DHT" not in text and time.monotonic() < deadline:
         try:
