@@ -160,14 +160,14 @@ def test_statebus_js_subscribe_resumes_after_the_node_restarts(tmp_path):
     def drive() -> None:
         with node_on(data, port) as server:
             # the page's own tree view opens one stream; wait for the script's subscription too
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 45  # Chromium can take long to start on a busy machine
             while streams(server) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             httpx.put(f"{url}/~/r/1", json="live", headers=auth)
             time.sleep(0.5)  # let it reach the page, then restart the node under the open page
         with node_on(data, port) as server:
             httpx.put(f"{url}/~/r/2", json="while away", headers=auth)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 45
             while streams(server) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             httpx.put(f"{url}/~/r/3", json="after", headers=auth)
