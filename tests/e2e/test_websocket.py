@@ -147,8 +147,10 @@ def test_a_socket_that_does_not_read_is_closed(srv):
                 await asyncio.sleep(0.01)
             assert srv.node.stream_count == 10
             big = base64.b64encode(os.urandom(75_000)).decode()
-            # 30 writes of 100 kB at once take a while on a loaded machine: a generous timeout
-            async with httpx.AsyncClient(headers=srv.auth, timeout=60) as http:
+            # 30 writes of 100 kB at once take a while on a loaded machine: a generous timeout, and
+            # no keep-alive, whose idle connections the node closes after 5 s (a race with their reuse)
+            limits = httpx.Limits(max_keepalive_connections=0)
+            async with httpx.AsyncClient(headers=srv.auth, timeout=60, limits=limits) as http:
                 for start in range(0, 300, 30):  # 30 at a time: they share group commits
                     if srv.node.stream_count == 0:
                         break  # the node has dropped the connection's subscriptions: it closed it
