@@ -13,8 +13,8 @@ FAST: dict[str, Any] = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff
 """Settings of the nodes in a test cluster: quick pings, quick reconnects."""
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``cond`` every 20 ms until it holds; fail after ``timeout`` seconds."""
+async def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``cond`` every 20 ms until it holds; fail after ``timeout`` seconds (generous: CI is slow)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
