@@ -150,8 +150,30 @@ def _mint(op: Op) -> tuple[Version, bytes]:
     if op.version:  # whatever version the op already names does not matter: hash it as ""
         data = _replace_version(data, "")
     digest = hashlib.sha256(SIGNING_DOMAIN + data).digest()
-    # 10 bytes are exactly 16 base32 characters: the prefix of the whole digest's encoding.
-    return f"{op.clock}-{base64.b32encode(digest[:10]).decode('ascii').lower()}", data
+    return f"{op.clock}-{_b32_80(digest)}", data
+
+
+_B32_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
+"""Every 10-bit value as its two lower-case base32 characters (RFC 4648 alphabet)."""
+
+
+def _b32_80(digest: bytes) -> str:
+    """``base64.b32encode(digest[:10]).decode().lower()``: 10 bytes are exactly 16 base32 characters
+    (the prefix of the whole digest's encoding), with no padding. ``base64.b32encode`` is Python code
+    in CPython 3.11 (~30 µs); this is 8 table look-ups of 10 bits (``tests/oplog/test_codec_cache.py``
+    compares the two)."""
+    n = int.from_bytes(digest[:10], "big")
+    t = _B32_PAIRS
+    return (
+        t[n >> 70]
+        + t[(n >> 60) & 1023]
+        + t[(n >> 50) & 1023]
+        + t[(n >> 40) & 1023]
+        + t[(n >> 30) & 1023]
+        + t[(n >> 20) & 1023]
+        + t[(n >> 10) & 1023]
+        + t[n & 1023]
+    )
 
 
 def mint_version(op: Op) -> Version:
