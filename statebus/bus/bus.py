@@ -50,6 +50,8 @@ BatchSigner = Callable[[list[Op]], list[Op]]
 Verifier = Callable[[Op], None]
 
 MAX_RESUME_OPS = 100_000
+PARSED_KEYS = 4096
+"""Most keys whose parse :meth:`Bus.parse_write_key` remembers (then it starts over)."""
 MAX_CLOCK_JUMP = 2**32
 """A remote op's Lamport clock may run at most this far ahead of what the key has seen: a peer
 cannot push a key's clock to the 2^53 limit and make every later write unencodable."""
@@ -105,6 +107,8 @@ class Bus:
         self._outbox: list[tuple[Seq, Op, bool]] = []
         self._snapshots: list[Snapshot] = []
         self._fresh: dict[Key, bool] = {}
+        self._write_keys: dict[str, Key] = {}
+        self._write_keys_local = local
         self.subscriptions = Subscriptions()
         self.handlers = Handlers()
         self.reactive_keys = Reactive(self)
@@ -118,6 +122,28 @@ class Bus:
 
     def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
         return parse_key(key, self.local, allow_subtree=allow_subtree)
+
+    def parse_write_key(self, key: str) -> Key:
+        """``self.parse(key, allow_subtree=False)``, remembered for the most recent valid keys.
+
+        :func:`parse_key` is a pure function of the text, the local namespace (fixed for a bus) and
+        ``allow_subtree``, so a key that parsed once parses to the same result again; only exact
+        ``str`` objects are remembered (a subclass could compare or hash differently) and an invalid
+        key is never remembered, so it is refused (with the same error) every time.
+        """
+        if type(key) is str:
+            if self._write_keys_local is not self.local:  # ``local`` was reassigned: start over
+                self._write_keys.clear()
+                self._write_keys_local = self.local
+            found = self._write_keys.get(key)
+            if found is not None:
+                return found
+            parsed = parse_key(key, self.local, allow_subtree=False)
+            if len(self._write_keys) >= PARSED_KEYS:
+                self._write_keys.clear()
+            self._write_keys[key] = parsed
+            return parsed
+        return parse_key(key, self.local, allow_subtree=False)
 
     def _entry(self, key: Key) -> Entry | None:
         entry = self._entries.get(key)
@@ -328,7 +354,7 @@ class Bus:
         author: PubKey | None,
         peer: str | None,
     ) -> Change:
-        k = self.parse(key, allow_subtree=False)
+        k = self.parse_write_key(key)
         entry = self._entry(k)
         if entry is not None:
             if merge is not None and merge != entry.merge:
