@@ -37,6 +37,8 @@ _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _NESTING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
 """A string token (possessive, so unterminated strings cannot backtrack) or a bracket."""
 
+_STRING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+"""The string tokens of :data:`_NESTING_RE` alone (the same matches, as brackets are not quotes)."""
 _Path = tuple[Any, ...] | None
 """A reversed linked list ``(parent_path, key_or_index)`` so the walk builds paths only on error."""
 
@@ -102,6 +104,9 @@ def loads_json(
         raise InvalidValue(f"JSON is not valid UTF-8 at byte {exc.start}") from None
     if text.startswith("\ufeff"):
         raise InvalidValue("JSON must not start with a byte order mark")
+    fast = _loads_without_duplicates(text, max_depth)
+    if fast is not None:
+        return fast[0]
     _check_nesting(text, max_depth)
     try:
         value: JSON = json.loads(
@@ -137,11 +142,42 @@ def dumps_json(value: JSON) -> bytes:
 # --- internals -------------------------------------------------------------------------------
 
 
-def _walk(value: object, max_depth: int) -> None:
-    """Check types, numbers, strings and depth without recursion; paths are built only on error."""
+def _loads_without_duplicates(text: str, max_depth: int) -> tuple[JSON] | None:
+    """The fast way of :func:`loads_json` (after its size, UTF-8 and BOM checks): ``(value,)``, or
+    None when the exact way must run — it then gives the same answer or the same error.
+
+    Python's ``object_pairs_hook`` costs a Python call per object; here the C decoder builds the
+    dicts itself and duplicates are found by counting. With the strings blanked out (the same string
+    tokens :func:`_check_nesting` skips), every ``:`` left in valid JSON separates one name from
+    its value, so the document has ``text.count(":")`` names; the decoded dicts hold as many keys
+    (counted by :func:`_walk`) exactly when no object repeats a name. Anything else — an error
+    of any kind, a possible duplicate, nesting that the bracket count cannot bound — returns None,
+    and :func:`loads_json` runs the exact checks in their order (so its error is the same one too).
+    The value returned equals what the exact way returns (the hook builds the same dict from the
+    same pairs when no key repeats).
+    """
+    skeleton = _STRING_RE.sub('""', text)
+    if skeleton.count("[") + skeleton.count("{") > max_depth:
+        return None  # might be nested too deeply: let _check_nesting decide (and say where)
+    try:
+        value: JSON = _DECODER.decode(text)
+        names = _walk(value, max_depth)
+    except (ValueError, RecursionError, InvalidValue):  # JSONDecodeError is a ValueError
+        return None
+    if names != skeleton.count(":"):
+        return None  # a repeated name (the exact way refuses it)
+    return (value,)
+
+
+def _walk(value: object, max_depth: int) -> int:
+    """Check types, numbers, strings and depth without recursion; paths are built only on error.
+
+    Returns the number of object keys in ``value`` (all levels).
+    """
     if type(value) is not dict and type(value) is not list:
         _check_leaf(value, None, None)
-        return
+        return 0
+    names = 0
     stack: list[tuple[dict[Any, Any] | list[Any], int, _Path]] = [(value, 1, None)]
     while stack:
         item, depth, path = stack.pop()
@@ -149,6 +185,7 @@ def _walk(value: object, max_depth: int) -> None:
             raise InvalidValue(f"value is nested deeper than {max_depth} at {_where(path)}")
         children: Iterable[tuple[Any, Any]]
         if type(item) is dict:
+            names += len(item)
             for key in item:
                 if type(key) is not str:
                     raise InvalidValue(f"object key at {_where(path)} is {type(key).__name__}, not str")
@@ -163,6 +200,7 @@ def _walk(value: object, max_depth: int) -> None:
                 stack.append((child, depth + 1, (path, step)))
             elif kind is not str or not child.isascii():
                 _check_leaf(child, path, step)
+    return names
 
 
 def _check_leaf(item: object, path: _Path, step: object) -> None:
@@ -214,3 +252,7 @@ def _object_without_duplicates(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]
 
 def _reject_constant(name: str) -> JSON:
     raise InvalidValue(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""What ``json.loads(text, parse_constant=_reject_constant)`` builds per call (it keeps no state)."""
