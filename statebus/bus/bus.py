@@ -277,11 +277,19 @@ class Bus:
         author: PubKey | None = None,
         peer: str | None = None,
         owned: bool = False,
+        checked: bool = False,
     ) -> Change:
         """Replace the value of ``key`` (JSON, or bytes with a ``content_type``).
 
         ``owned=True`` hands a JSON value over: the caller made it for this call (a freshly parsed
         request body) and never touches it again, so it is checked but not copied.
+
+        ``checked=True`` (with ``owned=True`` only) says the value is what
+        :func:`~statebus.values.loads_json` has just returned, from input for which
+        :func:`~statebus.values.json.parsed_passes_check` holds: that decode ran the same walk
+        :func:`check_json` runs on this very object, within a depth no greater, and its encoding
+        cannot exceed the size limit, so :func:`check_json` is not run again. (The HTTP layer passes
+        it for a request body it parsed.) Without ``owned``, ``checked`` is ignored.
         """
         if isinstance(value, bytes | bytearray):
             if not content_type:
@@ -290,7 +298,8 @@ class Bus:
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
         elif owned:
-            check_json(value)
+            if not checked:
+                check_json(value)
         else:
             value = _own_json(value)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)

@@ -70,6 +70,29 @@ def check_json(
     return size
 
 
+MAX_GROWTH = 8
+"""The compact encoding (:func:`dumps_json`) of a value :func:`loads_json` returned is at most this many
+times the size of the JSON it was decoded from (see :func:`parsed_passes_check`)."""
+
+
+def parsed_passes_check(size: int, max_depth: int) -> bool:
+    """True when every value :func:`loads_json` returns from ``size`` bytes, called with ``max_depth``,
+    passes :func:`check_json` with its default limits, so checking it again can be skipped.
+
+    :func:`loads_json` ends with the same walk :func:`check_json` makes (types, integers, finite
+    floats, no lone surrogates, depth), so with ``max_depth <= DEFAULT_MAX_DEPTH`` that part holds.
+    The size: in the compact encoding, structural characters and ``true``/``false``/``null`` are as
+    in the input; whitespace is gone; a string is never longer (the encoder escapes only ``"``, ``\\``
+    and control characters, which the input must escape too, in at least as many bytes, and writes
+    every other character as raw UTF-8, which no ``\\u`` escape undercuts); an integer is its own
+    digits (``-0`` becomes ``0``); a float token has at least 3 characters (``1e5``, ``0.5``) and its
+    ``repr`` at most 24 (``-2.2250738585072014e-308``). So the encoding is at most
+    :data:`MAX_GROWTH` times ``size`` and, with ``size * MAX_GROWTH <= DEFAULT_MAX_BYTES``, within
+    :func:`check_json`'s limit (``tests/values/test_json_fast_duplicates.py`` tries the worst cases).
+    """
+    return max_depth <= DEFAULT_MAX_DEPTH and size * MAX_GROWTH <= DEFAULT_MAX_BYTES
+
+
 def loads_json(
     data: bytes | bytearray | memoryview,
     *,

@@ -95,3 +95,26 @@ def test_duplicates_refused_where_colons_hide_in_strings() -> None:
         assert outcome(fast, text.encode(), 64) == outcome(exact_loads, text.encode(), 64)
         assert outcome(fast, text.encode(), 64)[0] == "InvalidValue"
     assert loads_json(b'{"a:b":"c:d","e":{"f":"::"}}') == {"a:b": "c:d", "e": {"f": "::"}}
+
+
+@settings(max_examples=300)
+@given(values, st.sampled_from(["", " ", "\n  "]))
+def test_compact_encoding_grows_at_most_max_growth_times(value: Any, space: str) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, indent=1)):
+        data = text.replace(",", "," + space).encode("utf-8", "surrogatepass")
+        try:
+            parsed = loads_json(data)
+        except InvalidValue:
+            continue
+        assert len(values_json.dumps_json(parsed)) <= values_json.MAX_GROWTH * len(data)
+
+
+def test_compact_encoding_growth_worst_cases() -> None:
+    worst = ["1e5", "9E9", "1e15", "1E22", "-1e-7", "0.0", "1e-320", "[1e15,9e9]", '{"a":1e15}']
+    worst += ["-2.2250738585072014e-308", "1.7976931348623157e308", '"\\u00e9"', '"\\/"', '"\\ud83d\\ude00"']
+    for text in worst:
+        data = text.encode()
+        assert len(values_json.dumps_json(loads_json(data))) <= values_json.MAX_GROWTH * len(data), text
+    assert values_json.parsed_passes_check(values_json.DEFAULT_MAX_BYTES // 8, 64)
+    assert not values_json.parsed_passes_check(values_json.DEFAULT_MAX_BYTES // 8 + 1, 64)
+    assert not values_json.parsed_passes_check(10, 65)
