@@ -64,6 +64,8 @@ class Op:
 
     def __post_init__(self) -> None:
         # parents are a set: keep them sorted so equal ops compare (and encode) equal
+        if type(self.parents) is tuple and len(self.parents) < 2:
+            return  # already a sorted tuple (most ops: every local write names one parent at most)
         parents = tuple(sorted(self.parents))
         if parents != self.parents:
             object.__setattr__(self, "parents", parents)
