@@ -23,30 +23,9 @@ import uvloop
 
 from statebus.config import Settings
 from statebus.server import create_app, owner_token
+from statebus.testing.asgi import sse_scope
 
 Message = MutableMapping[str, Any]
-
-
-def sse_scope(path: str, token: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "server": ("127.0.0.1", 8765),
-        "client": ("127.0.0.1", 5555),
-        "headers": [
-            (b"host", b"127.0.0.1:8765"),
-            (b"accept", b"text/event-stream"),
-            (b"authorization", b"Bearer " + token.encode()),
-        ],
-        "state": {},
-    }
 
 
 async def run(subscribers: int, writes: int, repeat: int) -> list[float]:

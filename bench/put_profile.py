@@ -30,32 +30,9 @@ from typing import Any
 
 from statebus.config import Settings
 from statebus.server import create_app, owner_token, tune_gc
+from statebus.testing.asgi import put_scope
 
 Message = MutableMapping[str, Any]
-
-
-def put_scope(path: str, token: str, body: bytes) -> dict[str, Any]:
-    """The ASGI scope of a PUT as uvicorn builds it for the load generator's request."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "PUT",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "server": ("127.0.0.1", 8765),
-        "client": ("127.0.0.1", 5555),
-        "headers": [
-            (b"host", b"127.0.0.1:8765"),
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", b"application/json"),
-            (b"authorization", b"Bearer " + token.encode()),
-        ],
-        "state": {},
-    }
 
 
 def instrument(state: str) -> None:

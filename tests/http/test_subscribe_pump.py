@@ -11,6 +11,7 @@ import pytest
 
 from statebus.config import Settings
 from statebus.server import create_app, owner_token
+from statebus.testing.asgi import sse_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -20,24 +21,6 @@ Message = dict[str, Any]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def sse_scope(path: str, token: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 5555),
-        "headers": [(b"accept", b"text/event-stream"), (b"authorization", b"Bearer " + token.encode())],
-        "state": {},
-    }
 
 
 async def wait_for(cond: Any, what: str) -> None:
