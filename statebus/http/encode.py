@@ -20,6 +20,7 @@ from typing import Final, cast
 from statebus.bus import Change
 from statebus.http.braid import format_update
 from statebus.http.sse import encode_update_event
+from statebus.http.value_headers import served_type
 from statebus.oplog import DELETE, Patch
 from statebus.types import JSON
 from statebus.values import dumps_json
@@ -94,7 +95,11 @@ def braid_update(change: Change) -> bytes:
         )
     if change.content_type is not None:
         return format_update(
-            version, parents, body=bytes(change.value), status="200", content_type=change.content_type
+            version,
+            parents,
+            body=bytes(change.value),
+            status="200",
+            content_type=served_type(change.content_type),
         )
     return format_update(version, parents, body=dumps_json(change.value), status="200")
 

@@ -38,6 +38,7 @@ from statebus.http.errors import (
     statebus_error_response,
 )
 from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
+from statebus.http.value_headers import NOSNIFF, VIEW_PARAM, served_type, value_headers
 from statebus.keys import is_subtree
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
@@ -56,6 +57,7 @@ JSON_TYPE = "application/json"
 METHODS = frozenset(ALLOW.split(", "))
 WRITTEN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     *((name.encode("latin-1"), value.encode("latin-1")) for name, value in braid.RANGE_HEADERS),
+    (NOSNIFF[0].encode("latin-1"), NOSNIFF[1].encode("latin-1")),
     (b"content-type", JSON_TYPE.encode("latin-1")),
 )
 """The headers of every answer to a write, before ``content-length`` and ``version``."""
@@ -63,6 +65,11 @@ WRITTEN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 
 def _range_headers() -> dict[str, str]:
     return dict(braid.RANGE_HEADERS)
+
+
+def _json_headers() -> dict[str, str]:
+    """The headers of a JSON answer that is not a value (a listing, the node's summary)."""
+    return {**dict(braid.RANGE_HEADERS), NOSNIFF[0]: NOSNIFF[1]}
 
 
 def _utf8(text: str, name: str) -> str:
@@ -277,7 +284,7 @@ class KeyEndpoint:
         if self.index_file is not None and self.index_file.is_file():
             return FileResponse(self.index_file, media_type="text/html; charset=utf-8")
         body: dict[str, JSON] = {"statebus": True, "node": self.node.local, "owner": client.owner}
-        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_range_headers())
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     def get(self, key: Key, conn: HTTPConnection, headers: Mapping[str, str]) -> Response:
         rng: str | None = None
@@ -300,9 +307,13 @@ class KeyEndpoint:
         if rng is not None:
             status = 206
             out["content-range"] = f"json {rng}"
+        out.update(value_headers(change.content_type, view=VIEW_PARAM in conn.query_params))
         if change.content_type is not None:
             return Response(
-                bytes(change.value), status_code=status, media_type=change.content_type, headers=out
+                bytes(change.value),
+                status_code=status,
+                media_type=served_type(change.content_type),
+                headers=out,
             )
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
 
@@ -321,7 +332,7 @@ class KeyEndpoint:
         more = len(names) > limit
         names = names[:limit]
         body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
-        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_range_headers())
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     # ------------------------------------------------------------------ streams
 

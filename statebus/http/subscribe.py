@@ -34,6 +34,7 @@ from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
 from statebus.http.braid import HEARTBEAT, RANGE_HEADERS, SUBSCRIPTION_HEADERS, format_version_list
 from statebus.http.encode import EncodeCache, braid_update, sse_event
 from statebus.http.sse import PING, encode_event, encode_reset_event
+from statebus.http.value_headers import raw_value_headers, served_type
 from statebus.keys import is_subtree
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream
@@ -588,6 +589,7 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform, no-store"),
     (b"x-accel-buffering", b"no"),
+    (b"x-content-type-options", b"nosniff"),
     *((k.encode(), v.encode()) for k, v in RANGE_HEADERS),
 )
 
@@ -650,10 +652,12 @@ def serve_braid(
     registry.check_open()
     stream = open_stream(node, [key], parents=parents, buffer=buffer)
     current = node.bus.fetch_or_none(key)
-    content_type = (current.content_type if current is not None else None) or "application/json"
+    stored_type = current.content_type if current is not None else None
+    content_type = served_type(stored_type) if stored_type is not None else "application/json"
     headers: list[tuple[bytes, bytes]] = [
         *((k.encode(), v.encode()) for k, v in SUBSCRIPTION_HEADERS),
         (b"content-type", content_type.encode("latin-1")),
+        *raw_value_headers(stored_type, view=True),  # data, never a document of this origin
         *((k.encode(), v.encode()) for k, v in RANGE_HEADERS),
     ]
     if current is not None and current.version:

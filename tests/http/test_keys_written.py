@@ -43,6 +43,7 @@ def messages(app: Any) -> list[Message]:
 def starlette_written(change: Change) -> Response:
     """How the answer was built with Starlette (the reference)."""
     headers = dict(braid.RANGE_HEADERS)
+    headers["x-content-type-options"] = "nosniff"  # a value's answer is data (docs/trust-model.md, 1)
     if change.version:
         headers["version"] = braid.format_version_list(change.version)
     body = dumps_json({"version": list(change.version), "seq": change.seq})
