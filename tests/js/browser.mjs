@@ -12,10 +12,17 @@
 //   --timeout-ms T           overall time limit (default 15000)
 //   --screenshot PATH.png    save a screenshot (also on failure, when possible)
 //   --chromium PATH          browser binary (default $CHROMIUM or /usr/bin/chromium)
+//   --visit URL              after the first page (and its script and wait), open URL in a new tab of the
+//                            same browser (same cookies), as a user following a link; repeatable
+//   --visit-wait EXPR        in each visited tab, wait until EXPR is truthy, for --visit-wait-ms at most
+//                            (not reaching it is no error: the tab's own script may never run)
+//   --visit-wait-ms T        (default 3000)
+//   --visit-probe EXPR       evaluate EXPR in each visited tab and report it as "probe" (JSON)
 //
 // Output: ONE JSON line on stdout:
 //   {"ok": true|false, "result": <JSON of window.__result>, "console": [{"type","text"}],
-//    "page_errors": ["..."], "error": null|"...", "url": "<final url>", "title": "..."}
+//    "page_errors": ["..."], "error": null|"...", "url": "<final url>", "title": "...",
+//    "visits": [{"url", "status", "headers", "download", "title", "waited", "probe", "error"}]}
 // Exit code 0 when ok, 1 otherwise. The browser is always closed and its profile dir removed (if that
 // fails, "cleanup_error" says why).
 
@@ -40,7 +47,8 @@ const CHROMIUM_FLAGS = [
 ]
 
 function parse_args(argv) {
-    const opts = {wait: 'window.__done === true', timeout_ms: 15000, inject_braid: false}
+    const opts = {wait: 'window.__done === true', timeout_ms: 15000, inject_braid: false, visits: [],
+                  visit_wait: null, visit_wait_ms: 3000, visit_probe: null}
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i]
         const value = () => {
@@ -56,6 +64,10 @@ function parse_args(argv) {
             case '--timeout-ms': opts.timeout_ms = Number(value()); break
             case '--screenshot': opts.screenshot = value(); break
             case '--chromium': opts.chromium = value(); break
+            case '--visit': opts.visits.push(value()); break
+            case '--visit-wait': opts.visit_wait = value(); break
+            case '--visit-wait-ms': opts.visit_wait_ms = Number(value()); break
+            case '--visit-probe': opts.visit_probe = value(); break
             default:
                 if (a.startsWith('--') || opts.url) throw new Error(`unknown argument ${a}`)
                 opts.url = a
@@ -63,6 +75,40 @@ function parse_args(argv) {
     }
     if (!opts.url) throw new Error('usage: node browser.mjs <url> [--script ...] [--wait EXPR] ...')
     return opts
+}
+
+// Open `url` in a new tab of `browser` as a user would (a download is an outcome, not an error), wait for
+// opts.visit_wait for a while, and report what happened. The tab stays open until the browser closes.
+async function visit(browser, url, opts, left) {
+    const seen = {url, status: null, headers: null, download: false, title: null, waited: null, probe: null, error: null}
+    const page = await browser.newPage()
+    page.on('download', () => { seen.download = true })
+    page.on('pageerror', err => { seen.page_errors = [...(seen.page_errors ?? []), String(err)] })
+    try {
+        const response = await page.goto(url, {waitUntil: 'load', timeout: Math.min(left(), 20000)})
+        if (response) { seen.status = response.status(); seen.headers = await response.allHeaders() }
+    } catch (e) {
+        const text = String(e && e.message ? e.message : e).split('\n')[0]
+        if (/Download is starting|ERR_ABORTED/.test(text)) seen.download = true
+        else seen.error = text
+    }
+    if (!seen.download && !seen.error) {
+        const budget = () => Math.max(1, Math.min(left(), opts.visit_wait_ms))
+        if (opts.visit_wait) {
+            try {
+                await page.waitForFunction(opts.visit_wait, null, {timeout: budget(), polling: 50})
+                seen.waited = true
+            } catch { seen.waited = false }
+        }
+        const guard = ms => new Promise((_, reject) => setTimeout(() => reject(new Error('timed out')), ms))
+        try { seen.title = await Promise.race([page.title(), guard(budget())]) } catch {}
+        if (opts.visit_probe) {
+            try {
+                seen.probe = await Promise.race([page.evaluate(opts.visit_probe), guard(budget())])
+            } catch (e) { seen.probe_error = String(e && e.message ? e.message : e).split('\n')[0] }
+        }
+    }
+    return seen
 }
 
 // A path to an existing file -> its text; anything else is inline JavaScript.
@@ -98,6 +144,10 @@ async function run(opts, out) {
         if (opts.script) await page.addScriptTag({content: load_script(opts.script)})
         if (opts.wait) await page.waitForFunction(opts.wait, null, {timeout: left(), polling: 50})
         out.result = await page.evaluate(() => (window.__result === undefined ? null : window.__result))
+        if (opts.visits.length) {
+            out.visits = []
+            for (const url of opts.visits) out.visits.push(await visit(browser, url, opts, left))
+        }
         out.ok = true
     } catch (e) {
         out.error = String(e && e.message ? e.message : e).split('\n')[0]
