@@ -38,7 +38,7 @@ from statebus.http.errors import (
     statebus_error_response,
 )
 from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
-from statebus.http.value_headers import NOSNIFF, VIEW_PARAM, served_type, value_headers
+from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
 from statebus.keys import is_subtree
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
@@ -282,7 +282,9 @@ class KeyEndpoint:
 
     def index(self, client: Client) -> Response:
         if self.index_file is not None and self.index_file.is_file():
-            return FileResponse(self.index_file, media_type="text/html; charset=utf-8")
+            return FileResponse(
+                self.index_file, media_type="text/html; charset=utf-8", headers=dict(PAGE_HEADERS)
+            )
         body: dict[str, JSON] = {"statebus": True, "node": self.node.local, "owner": client.owner}
         return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 

@@ -34,6 +34,14 @@ FALLBACK_TYPE: Final = "application/octet-stream"
 VIEW_PARAM: Final = "view"
 """The query parameter that asks for the sandboxed inline view of an active value (``?view``)."""
 
+PAGE_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+"""The node's own page (``/``): its scripts and styles come from its files only, and no other site
+may frame it."""
+PAGE_HEADERS: Final = (("content-security-policy", PAGE_POLICY), NOSNIFF)
+
 INLINE_TYPES: Final = frozenset(
     {
         "text/plain",

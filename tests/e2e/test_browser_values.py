@@ -19,6 +19,17 @@ from statebus.testing.planted import assert_sandboxed, collector, html_page, pla
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
 
 
+OWNER_PAGE_SCRIPT = """
+(() => {
+  const inline = document.createElement('script');
+  inline.textContent = 'window.__inline = true';
+  document.head.append(inline);  // markup injected into the owner's page: its policy refuses to run it
+  window.__result = {inline: window.__inline === true, role: document.getElementById('role').textContent};
+  window.__done = true;
+})()
+"""
+
+
 def test_planted_pages_can_do_nothing_as_the_owner(tmp_path: Path) -> None:
     stranger, peer = Identity.generate(), Identity.generate()
     secret = "owner-only-" + secrets.token_hex(8)
@@ -38,13 +49,14 @@ def test_planted_pages_can_do_nothing_as_the_owner(tmp_path: Path) -> None:
             assert r.status_code == 200, r.text
         urls = [url for key in planted for url in (f"{srv.url}{key}", f"{srv.url}{key}?view")]
         out = run_browser(
-            f"{srv.url}/login?token={srv.token}", None, timeout=120, wait=None, extra_args=visit_args(urls)
+            f"{srv.url}/login?token={srv.token}", OWNER_PAGE_SCRIPT, timeout=120, extra_args=visit_args(urls)
         )
         with httpx.Client(base_url=srv.url, headers=srv.auth, timeout=10) as owner:
             pwned = owner.get("/~/pwned")
             assert owner.get("/~/secret/x").json() == {"secret": secret}  # the owner still reads it
     assert out["ok"], out
     assert out["url"] == f"{srv.url}/"  # logged in: the login link set the cookie and redirected
+    assert out["result"]["inline"] is False, out["result"]  # the owner's page runs only its own files
     assert loot.loot == [], f"a planted page reported back: {loot.loot}"
     assert pwned.status_code == 404, f"a planted page wrote /~/pwned: {pwned.text}"
     assert_sandboxed(out["visits"], urls)

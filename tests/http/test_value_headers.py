@@ -194,3 +194,12 @@ def test_streams_say_nosniff_and_a_braid_stream_of_a_page_is_sandboxed(client: h
                 break
     data = json.loads(event.split(b"data: ", 1)[1].split(b"\n", 1)[0])
     assert data["content_type"] == "text/html" and base64.b64decode(data["value_base64"]) == PAGE
+
+
+def test_the_node_s_own_page_runs_only_its_own_scripts_and_is_never_framed(client: httpx.Client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    policy = [d.strip() for d in r.headers["content-security-policy"].split(";")]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "object-src 'none'" in policy and "base-uri 'none'" in policy
+    assert has(r, NOSNIFF)

@@ -96,7 +96,7 @@ async function visit(browser, url, opts, left) {
         const budget = () => Math.max(1, Math.min(left(), opts.visit_wait_ms))
         if (opts.visit_wait) {
             try {
-                await page.waitForFunction(opts.visit_wait, null, {timeout: budget(), polling: 50})
+                await wait_for(page, opts.visit_wait, budget())
                 seen.waited = true
             } catch { seen.waited = false }
         }
@@ -109,6 +109,42 @@ async function visit(browser, url, opts, left) {
         }
     }
     return seen
+}
+
+// Wait until `expr` is truthy in the page, checking every 50 ms from here (page.waitForFunction polls
+// inside the page with eval, which a Content-Security-Policy without 'unsafe-eval' refuses).
+async function wait_for(page, expr, timeout_ms) {
+    const deadline = Date.now() + timeout_ms
+    for (;;) {
+        const left = deadline - Date.now()
+        if (left <= 0) throw new Error(`Timeout ${timeout_ms}ms exceeded waiting for ${expr}`)
+        const check = page.evaluate(expr).catch(() => false)  // e.g. the page is navigating
+        const late = new Promise(resolve => setTimeout(() => resolve(false), left))
+        if (await Promise.race([check, late])) return
+        await new Promise(resolve => setTimeout(resolve, Math.min(50, Math.max(0, deadline - Date.now()))))
+    }
+}
+
+// Run `content` in the page as a classic <script>. A page whose Content-Security-Policy refuses inline
+// scripts (the node's own page does) gets it through the DevTools protocol instead, which that policy
+// does not govern; as from a <script>, an error it throws is reported as a page error.
+async function add_script(page, content, out) {
+    try {
+        await page.addScriptTag({content})
+        return
+    } catch (e) {
+        if (!/Content.Security.Policy|violates/i.test(String(e && e.message ? e.message : e))) throw e
+    }
+    out.console = out.console.filter(m => !/inline script violates/.test(m.text))
+    const error = await page.evaluate(code => {
+        try {
+            (0, eval)(code)
+            return null
+        } catch (err) {
+            return String(err && err.message ? err.message : err)
+        }
+    }, content)
+    if (error !== null) out.page_errors.push(error)
 }
 
 // A path to an existing file -> its text; anything else is inline JavaScript.
@@ -141,8 +177,8 @@ async function run(opts, out) {
         if (opts.init_script) await page.addInitScript({content: load_script(opts.init_script)})
         await page.goto(opts.url, {waitUntil: 'load', timeout: left()})
         if (opts.inject_braid) await page.addScriptTag({path: BRAID_CLIENT})
-        if (opts.script) await page.addScriptTag({content: load_script(opts.script)})
-        if (opts.wait) await page.waitForFunction(opts.wait, null, {timeout: left(), polling: 50})
+        if (opts.script) await add_script(page, load_script(opts.script), out)
+        if (opts.wait) await wait_for(page, opts.wait, left())
         out.result = await page.evaluate(() => (window.__result === undefined ? null : window.__result))
         if (opts.visits.length) {
             out.visits = []
