@@ -19,7 +19,9 @@ with the owner's cookie. So every answer that carries a value's bytes says:
 A content type that is not a well-formed ``type/subtype[; params]`` header value (a signed op may
 carry any short string) is served as ``application/octet-stream``, as an attachment.
 
-Pages meant to run (apps) get an origin of their own (see DESIGN.md, "Hosted apps"), never this one.
+The node's own page (``/``) gets :data:`PAGE_HEADERS`: a policy that runs only its own script files and
+lets no other site frame it. Pages meant to run (apps) get an origin of their own (see DESIGN.md,
+"Hosted apps"), never this one.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ __all__ = [
     "INLINE_FAMILIES",
     "INLINE_TYPES",
     "NOSNIFF",
+    "PAGE_HEADERS",
+    "PAGE_POLICY",
     "SANDBOX",
     "VIEW_PARAM",
     "is_inline",
