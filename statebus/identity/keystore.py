@@ -84,6 +84,14 @@ def _write_secret_file(path: Path, data: bytes, *, force: bool) -> None:
     _fsync_dir(path.parent)
 
 
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write (or replace) ``path`` with ``data``, readable by the user alone (mode 0600) from its
+    creation, whatever the umask: for any file holding a token, a login link or a key."""
+    target = Path(path)
+    _write_secret_file(target, data, force=True)
+    return target
+
+
 def read_private_file(path: Path, *, missing: str = "run init or recover first") -> bytes:
     """The bytes of a secret file, refusing one that is not a regular file or that the group or
     others can read (Forbidden), or that does not exist (NotFound, with the ``missing`` hint)."""
@@ -244,4 +252,5 @@ __all__ = [
     "new_owner_token",
     "recover",
     "save",
+    "write_private_file",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -81,6 +82,13 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
         out = "\n".join(lines)
         assert out.startswith('devnet "devnet-') and out.count("login: http://127.0.0.1:") == 3
         infos = json.loads((tmp_path / "devnet.json").read_text())["nodes"]
+        for private in ("devnet.json", "dht_secret"):  # they hold login links and the invite secret
+            assert stat.S_IMODE((tmp_path / private).stat().st_mode) == 0o600, private
+        for info in infos:  # each node's folder, identity files and store: the user's alone
+            data = Path(info["data"])
+            assert stat.S_IMODE(data.stat().st_mode) == 0o700
+            files = [f for f in data.rglob("*") if f.is_file()]
+            assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
         pids = [n["pid"] for n in infos]
         assert len(set(pids)) == 3 and proc.pid not in pids
         walkthrough(infos)
@@ -98,3 +106,21 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_devnet_details_and_secrets_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """devnet.json holds every node's login link: 0600 from creation, also over an older 0644 one."""
+    from statebus.cli_federation import write_details
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "devnet.json").write_text("{}")  # a world-readable file from an earlier run
+        path = write_details(tmp_path, "dev", [{"login": "http://127.0.0.1:1/login?token=secret"}])
+        (tmp_path / "new").mkdir()
+        fresh = write_details(tmp_path / "new", "dev", [])
+        secret = keystore.write_private_file(tmp_path / "dht_secret", b"s\n")
+    finally:
+        os.umask(old)
+    for p in (path, fresh, secret):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert "token=secret" in path.read_text()
