@@ -274,6 +274,8 @@ class AccessControl:
         """
         op = decode_op(body)
         self.check_op(submitter, key, op)
+        # a client writes on versions this node has, as a PUT with Parents must (400 otherwise)
+        self.bus.check_parents(key, op.parents, op.version)
         limit = self.settings.max_value_bytes
         if op.kind in ("set", "crdt"):
             size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))
