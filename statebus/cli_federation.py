@@ -33,6 +33,7 @@ from typing import Any
 
 from statebus.cli.client import client_for
 from statebus.cli.options import add_common
+from statebus.cli.output import line_buffered
 from statebus.config import Settings
 from statebus.errors import InvalidValue, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
@@ -196,6 +197,7 @@ async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
 
 def cmd_fed_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.umask(0o077)
+    line_buffered(sys.stdout)
     logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
     flags = {k: getattr(args, k) for k in ("dht_port", "dht_name") if getattr(args, k, None) is not None}
     settings = dataclasses.replace(settings, **flags)  # also when statebus.cli loaded the settings
@@ -295,6 +297,7 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="statebus-devnet-"))
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = args.name or f"devnet-{secrets.token_hex(3)}"
+    line_buffered(sys.stdout)  # "node a stopped" must reach a pipe when it happens, not at exit
     _stop_on_signals()
     procs, infos = start_devnet(n, base, name, args.host)
     write_details(base, name, infos)

@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,3 +125,37 @@ def test_devnet_details_and_secrets_are_private_whatever_the_umask(tmp_path: Pat
     for p in (path, fresh, secret):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     assert "token=secret" in path.read_text()
+
+
+def test_devnet_output_reaches_a_pipe_as_it_happens(tmp_path: Path) -> None:
+    """ "node a stopped" arrives while the devnet runs, not when it exits (stdout is a pipe; before,
+    Python block-buffered it)."""
+    cmd = [sys.executable, "-m", "statebus.cli_federation", "devnet", "2", "--base", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBUS_") and k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("details:"):
+            line = proc.stdout.readline()
+            assert line, "devnet ended early"
+        pids = [n["pid"] for n in json.loads((tmp_path / "devnet.json").read_text())["nodes"]]
+        os.kill(pids[0], signal.SIGKILL)
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(15)
+        assert got and got[0].startswith("node a stopped"), got
+        assert proc.poll() is None  # the devnet itself still runs
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
