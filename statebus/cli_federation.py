@@ -33,10 +33,12 @@ from typing import Any
 
 from statebus.cli.client import client_for
 from statebus.cli.options import add_common
+from statebus.cli.output import line_buffered
 from statebus.config import Settings
 from statebus.errors import InvalidValue, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
 from statebus.federation.policy import FOLLOWS, check_pattern, follow_id
+from statebus.identity import keystore
 from statebus.keys import namespace_of
 
 MAX_DEVNET = 32
@@ -195,6 +197,7 @@ async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
 
 def cmd_fed_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.umask(0o077)
+    line_buffered(sys.stdout)
     logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
     flags = {k: getattr(args, k) for k in ("dht_port", "dht_name") if getattr(args, k, None) is not None}
     settings = dataclasses.replace(settings, **flags)  # also when statebus.cli loaded the settings
@@ -241,9 +244,8 @@ def start_devnet(
 ) -> tuple[list[subprocess.Popen[str]], list[dict[str, Any]]]:
     """Start ``n`` ``fed-serve`` processes in one new DHT; returns them and their info lines."""
     secret = secrets.token_urlsafe(24)
-    secret_file = base / "dht_secret"
-    secret_file.touch(mode=0o600)
-    secret_file.write_text(secret + "\n")  # to restart a node into this DHT; never printed
+    # to restart a node into this DHT; never printed
+    keystore.write_private_file(base / "dht_secret", (secret + "\n").encode())
     env = {**os.environ, "STATEBUS_DHT_SECRET": secret, "STATEBUS_DHT_NAME": name}
     env.pop("STATEBUS_DHT_BOOTSTRAP", None)
     procs: list[subprocess.Popen[str]] = []
@@ -270,6 +272,13 @@ def start_devnet(
     return procs, infos
 
 
+def write_details(base: Path, name: str, infos: Sequence[dict[str, Any]]) -> Path:
+    """``<base>/devnet.json``: every node's URL, pubkey, pid and login link, so mode 0600 from the
+    start (whatever the umask, and also when it replaces an older one)."""
+    details = json.dumps({"dht": name, "nodes": list(infos)}, indent=2) + "\n"
+    return keystore.write_private_file(base / "devnet.json", details.encode())
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -286,11 +295,12 @@ def cmd_devnet(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= n <= MAX_DEVNET:
         raise InvalidValue(f"a devnet has 1 to {MAX_DEVNET} nodes")
     base = Path(args.base) if args.base else Path(tempfile.mkdtemp(prefix="statebus-devnet-"))
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = args.name or f"devnet-{secrets.token_hex(3)}"
+    line_buffered(sys.stdout)  # "node a stopped" must reach a pipe when it happens, not at exit
     _stop_on_signals()
     procs, infos = start_devnet(n, base, name, args.host)
-    (base / "devnet.json").write_text(json.dumps({"dht": name, "nodes": infos}, indent=2) + "\n")
+    write_details(base, name, infos)
     secret_file = base / "dht_secret"
     print(f'devnet "{name}": {n} nodes, data in {base} (invite secret in {secret_file}, not shown)')
     for info in infos:

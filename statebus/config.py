@@ -110,6 +110,13 @@ class Settings:
     signature_max_age: float = _setting(
         300 * SECONDS, "seconds", "Oldest signed request accepted (its nonce is kept this long).", 1, 86400
     )
+    max_clock_skew: float = _setting(
+        120 * SECONDS,
+        "seconds",
+        "How far another machine's clock may differ from this one's (signed requests, delegations).",
+        0,
+        3600,
+    )
     signature_max_nonces: int = _setting(
         100_000, "int", "Nonces of signed requests remembered (full: new signed requests get 429).", 1, 10**8
     )

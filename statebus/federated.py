@@ -150,7 +150,7 @@ async def start_federated(
     bootstrap: Sequence[tuple[str, int]] | None = None,
     backoff_base: float = 0.25,
     backoff_cap: float = 30.0,
-    on_new_identity: Callable[[Identity, str], None] | None = None,
+    on_new_identity: Callable[[Identity, str], bool | None] | None = None,
 ) -> FederatedNode:
     """Start the node ``config`` describes: HTTP, peer endpoints, the DHT (``config.dht_*``) and
     its followers. What ``statebus serve`` runs; the caller owns signals and calls ``stop()``.

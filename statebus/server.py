@@ -5,8 +5,10 @@
     serve(settings)        run it with uvicorn until SIGTERM/SIGINT
 
 On first start the node identity and owner token are created in ``<data>/identity/``. The recovery
-phrase of a new identity is handed to ``on_new_identity`` (the CLI shows it once); it is never stored
-or logged here.
+phrase of a new identity is handed to ``on_new_identity``, which shows it once when a person can see
+it (a terminal) and returns True; otherwise it stays in ``<data>/identity/recovery_phrase`` (0600)
+until ``statebus phrase`` shows it, and :func:`phrase_reminder` says so at each start. It is never
+logged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib.util
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,15 +43,19 @@ log = logging.getLogger("statebus.server")
 STORE_FILE = "store.sqlite3"
 GRACEFUL_SHUTDOWN_SECONDS = 10.0
 
-NewIdentityHook = Callable[[Identity, str], None]
+NewIdentityHook = Callable[[Identity, str], bool | None]
+"""``on_new_identity(identity, phrase)`` shows a new identity's phrase; True when a person saw it."""
 
 
 def ensure_identity(data_dir: Path, on_new_identity: NewIdentityHook | None = None) -> Identity:
-    """Load the node identity, creating it (and the owner token) on first start."""
+    """Load the node identity, creating it (and the owner token) on first start.
+
+    A new identity's phrase is kept on disk until shown: deleted at once when ``on_new_identity``
+    returns True, else left for ``statebus phrase`` (:func:`phrase_reminder`)."""
     if not keystore.exists(data_dir):
-        identity, phrase = keystore.init(data_dir)
-        if on_new_identity is not None:
-            on_new_identity(identity, phrase)
+        identity, phrase = keystore.init(data_dir, keep_phrase=True)
+        if on_new_identity is not None and on_new_identity(identity, phrase) is True:
+            keystore.discard_phrase(data_dir)
         log.info("created node identity %s", identity.pubkey)
         return identity
     identity = keystore.load(data_dir)
@@ -193,17 +200,41 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     return config
 
 
-def _show_phrase(identity: Identity, phrase: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(
-            f"New node identity {identity.pubkey}.\n"
-            f"Write down its recovery phrase; it is shown only now:\n\n    {phrase}\n\n"
-        )
+PHRASE_NOTE = (
+    "This recovery phrase is shown ONCE and is not stored. Write it down and keep it secret;\n"
+    "`statebus init --recover` restores the identity from it."
+)
+
+
+def show_phrase_on_terminal(identity: Identity, phrase: str) -> bool:
+    """The ``on_new_identity`` of a node started by a person: the phrase goes to stderr only when
+    stderr is a terminal (never into a log file or a pipe). Returns whether it was shown."""
+    if not sys.stderr.isatty():
+        return False
+    sys.stderr.write(f"Created node identity {identity.pubkey}.\n\n    {phrase}\n\n{PHRASE_NOTE}\n\n")
+    sys.stderr.flush()
+    return True
+
+
+def phrase_reminder(settings: Settings) -> str | None:
+    """What to tell the owner at start while a recovery phrase waits to be shown, or None."""
+    if not keystore.phrase_pending(settings.data_dir):
+        return None
+    data = shlex.quote(str(settings.data_dir))
+    return (
+        f"statebus: the recovery phrase of this node's identity has not been shown yet (there was no "
+        f"terminal when it was made). Run `statebus phrase --data {data}` in a terminal to see it once; "
+        f"until then it is kept in {keystore.phrase_file(settings.data_dir)} (mode 0600).\n"
+    )
 
 
 def make_server(settings: Settings, **overrides: Any) -> StatebusServer:
     """A ready-to-run server for ``settings`` (``overrides`` go to ``uvicorn.Config``)."""
-    app = create_app(settings, on_new_identity=_show_phrase)
+    app = create_app(settings, on_new_identity=show_phrase_on_terminal)
+    reminder = phrase_reminder(settings)
+    if reminder is not None:
+        sys.stderr.write(reminder)
+        sys.stderr.flush()
     server = StatebusServer(uvicorn_config(app, settings, **overrides), app)
     install_log_redaction()
     return server

@@ -3,15 +3,20 @@ real ``statebus serve --port 0`` process (its printed URL is read from stdout)."
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import pty
 import queue
 import re
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -155,13 +160,121 @@ def test_serve_runs_a_federated_node(node):
     assert re.search(r"DHT\s+'default' on udp 127\.0\.0\.1:\d+", text), text
 
 
-def test_first_serve_shows_the_recovery_phrase_once(node, capsys, monkeypatch, tmp_path):
-    text = node.stderr_path.read_text()
-    phrase = phrase_of(text)
-    assert text.count(phrase) == 1 and "shown ONCE" in text
+def test_first_serve_into_a_log_file_keeps_the_phrase_for_statebus_phrase(
+    node, capsys, monkeypatch, tmp_path
+):
+    """Its stderr is a file: the phrase is not written there, but kept (0600) until `statebus phrase`
+    shows it once in a terminal. Before, it went into the log while saying "not stored"."""
+    log = node.stderr_path.read_text()
+    assert not [line for line in log.splitlines() if len(line.split()) == 24], log
+    assert f"statebus phrase --data {node.data}" in log and "in a terminal" in log
+    kept = keystore.phrase_file(node.data)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    code, out, err = run(capsys, "phrase", "--data", str(node.data))  # into a pipe: refused, still kept
+    assert code == 1 and out == "" and "not a terminal" in err and kept.exists()
+    code, out = in_a_terminal("phrase", "--data", str(node.data))
+    assert code == 0, out
+    phrase = phrase_of(out)
+    assert not kept.exists() and "deleted" in out
+    code, out, err = run(capsys, "phrase", "--force", "--data", str(node.data))
+    assert code == 1 and "shown already" in err  # once
     monkeypatch.setattr(sys, "stdin", io.StringIO(phrase))
     assert run(capsys, "init", "--recover", "--data", str(tmp_path))[0] == 0
     assert keystore.load(tmp_path).pubkey == keystore.load(node.data).pubkey
+
+
+def in_a_terminal(*argv: str, stderr_too: bool = False, timeout: float = 60) -> tuple[int, str]:
+    """Run ``statebus ARGV`` with stdout on a pseudo-terminal; return (status, what it printed)."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statebus", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave if stderr_too else subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(timeout)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_first_serve_on_a_terminal_shows_the_phrase_and_keeps_nothing_and_the_banner_is_never_buffered(
+    tmp_path,
+):
+    """stderr on a terminal: the phrase is shown there once and no copy stays. stdout is a pipe, and
+    PYTHONUNBUFFERED is not set: the banner still arrives while the node runs (line-buffered)."""
+    data = tmp_path / "node"
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "STATEBUS_DATA_DIR")}
+    command = [sys.executable, "-m", "statebus", "serve", "--port", "0", "--dht-port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--log-level", "warning", "--data", str(data)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        text=True,
+    )
+    os.close(slave)
+    terminal: list[bytes] = []
+    reader = threading.Thread(target=_drain_terminal, args=(master, terminal), daemon=True)
+    reader.start()
+    try:
+        assert proc.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True).start()
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "DHT" not in banner:
+            assert time.monotonic() < deadline and proc.poll() is None, banner
+            with contextlib.suppress(queue.Empty):
+                banner += lines.get(timeout=0.2)
+        assert "/login?token=" in banner  # read while the node runs: nothing waits in a buffer
+        assert keystore.exists(data) and not keystore.phrase_pending(data)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reader.join(10)
+        os.close(master)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    shown = b"".join(terminal).decode().replace("\r\n", "\n")
+    phrase = phrase_of(shown)
+    assert shown.count(phrase) == 1 and "shown ONCE" in shown
+    assert "statebus phrase" not in shown
+
+
+def _pump_lines(stream: Any, into: queue.Queue[str]) -> None:
+    with contextlib.suppress(ValueError, OSError):  # closed when the test ends
+        for line in stream:
+            into.put(line)
+
+
+def _drain_terminal(master: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            return
+        if not chunk:
+            return
+        into.append(chunk)
 
 
 def test_put_get_delete(node, capsys):

@@ -87,3 +87,18 @@ def test_redaction_filter_masks_message_text() -> None:
     )
     RedactTokens().filter(record)
     assert "abc123" not in record.getMessage()
+
+
+def test_a_phrase_nobody_saw_is_kept_and_the_node_says_how_to_see_it(tmp_path: Path) -> None:
+    from statebus.server import ensure_identity, phrase_reminder
+
+    shown, unseen = tmp_path / "shown", tmp_path / "unseen"
+    ensure_identity(shown, lambda ident, phrase: True)  # a terminal showed it
+    assert not keystore.phrase_pending(shown) and phrase_reminder(Settings(data_dir=shown)) is None
+    seen: list[str] = []
+    ensure_identity(unseen, lambda ident, phrase: bool(seen.append(phrase)))  # no terminal
+    reminder = phrase_reminder(Settings(data_dir=unseen))
+    assert reminder is not None and f"statebus phrase --data {unseen}" in reminder
+    assert seen[0] not in reminder  # the reminder never holds the phrase itself
+    assert keystore.take_phrase(unseen) == seen[0]
+    assert phrase_reminder(Settings(data_dir=unseen)) is None

@@ -33,7 +33,7 @@ from statebus.access.signatures import RequestVerifier
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidOp, StatebusError, TooLarge
-from statebus.identity.delegation import keys_prefix, parse_record
+from statebus.identity.delegation import Keyring, keys_prefix, parse_record
 from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, is_subtree, namespace_of
 from statebus.oplog import Op, decode_op, encode_op
@@ -76,7 +76,10 @@ class AccessControl:
         self.subscriptions = SubscriptionCounter(settings.max_subscriptions_per_client)
         self.quota = QuotaTracker(settings.quota_bytes_per_remote_namespace, self._measure)
         self.signatures = RequestVerifier(
-            settings.signature_max_age, settings.signature_max_nonces, settings.public_addresses
+            settings.signature_max_age,
+            settings.signature_max_nonces,
+            settings.public_addresses,
+            max_skew=settings.max_clock_skew,
         )
         self._policies: dict[PubKey, AccessPolicy] = {}
         self._watches: list[_Watch] = []
@@ -98,7 +101,7 @@ class AccessControl:
                 keep = watched | {self.local}
                 for ns in [n for n in self._policies if n not in keep][: MAX_POLICIES // 4]:
                     self._policies.pop(ns).close()
-            policy = AccessPolicy(self.bus, namespace)
+            policy = AccessPolicy(self.bus, namespace, Keyring(leeway=self.settings.max_clock_skew))
             policy.listen(self._policy_changed)
             self._policies[namespace] = policy
         return policy
@@ -271,6 +274,8 @@ class AccessControl:
         """
         op = decode_op(body)
         self.check_op(submitter, key, op)
+        # a client writes on versions this node has, as a PUT with Parents must (400 otherwise)
+        self.bus.check_parents(key, op.parents, op.version)
         limit = self.settings.max_value_bytes
         if op.kind in ("set", "crdt"):
             size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))

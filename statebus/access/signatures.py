@@ -6,8 +6,10 @@
   be one of the node's own: the address the connection reached (``scope["server"]``, also as
   ``localhost`` on loopback) or one of ``settings.public_addresses``; a request signed for another
   node cannot be replayed here;
-* ``created`` must be within ``max_age`` seconds (and at most 5 s ahead);
-* each ``(keyid, nonce)`` is remembered for ``max_age`` in a bounded :class:`NonceStore`; a nonce seen
+* ``created`` must be within ``max_age`` seconds, and at most ``max_skew`` seconds ahead (the signer's
+  clock may run ahead of ours: ``settings.max_clock_skew``, two minutes by default);
+* each ``(keyid, nonce)`` is remembered for ``max_age + max_skew`` (as long as its signature is
+  accepted: a future ``created`` stays fresh that much longer) in a bounded :class:`NonceStore`; a nonce seen
   before is a replay. When the store is full of live nonces, new signed requests get 429 rather than
   forgetting one early (which would let it be replayed).
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from statebus.errors import BadSignature, RateLimited
-from statebus.identity.httpsig import asgi_target_uri, verify_request
+from statebus.identity.httpsig import MAX_SKEW, asgi_target_uri, verify_request
 from statebus.types import PubKey
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -85,10 +87,12 @@ class RequestVerifier:
     """Verifies signed requests for one node.
 
     Args:
-        max_age: the oldest ``created`` accepted, in seconds (also how long nonces are kept).
+        max_age: the oldest ``created`` accepted, in seconds.
         max_nonces: the bound of the nonce store.
         public_addresses: ``host:port`` names the node is reached by besides the socket address.
         clock: Unix time (for ``created``).
+        max_skew: how far ahead of ``clock`` a ``created`` may be, in seconds. Nonces are kept
+            ``max_age + max_skew`` seconds, the time a signature stays acceptable.
     """
 
     def __init__(
@@ -97,9 +101,11 @@ class RequestVerifier:
         max_nonces: int = 100_000,
         public_addresses: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        max_skew: float = MAX_SKEW,
     ) -> None:
         self.max_age = max_age
-        self.nonces = NonceStore(max_age + 5, max_nonces)
+        self.max_skew = max_skew
+        self.nonces = NonceStore(max_age + max_skew + 1, max_nonces)
         self.public = {_host_port(a) for a in public_addresses}
         self.clock = clock
 
@@ -137,6 +143,7 @@ class RequestVerifier:
             self.clock(),
             max_age=self.max_age,
             seen_nonce=self.nonces.seen,
+            max_skew=self.max_skew,
         )
 
 

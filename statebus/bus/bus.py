@@ -379,10 +379,7 @@ class Bus:
             ps: tuple[Version, ...] = entry.log.sorted_frontier() if entry else ()
         else:
             ps = tuple(sorted({check_version(p) for p in parents}))
-            if entry is None and ps:
-                raise InvalidOp("unknown parents: this key has no history")
-            if entry is not None and entry.log.ancestors(ps) is None:
-                raise InvalidOp("unknown parents: not versions of this key")
+            self._check_parents(k, entry, ps)
             if version is not None and version in ps:
                 raise InvalidOp("an op cannot name its own version as a parent")
         clock = (entry.log.clock if entry else 0) + 1
@@ -434,6 +431,24 @@ class Bus:
         return new
 
     # ------------------------------------------------------------------ remote ops
+
+    def check_parents(self, key: Key, parents: Sequence[Version], version: Version | None = None) -> None:
+        """Raise :class:`InvalidOp` unless every one of ``parents`` is a version this replica knows of
+        ``key``: what a write made *here* must name (a local ``save``, a client's signed op). Ops
+        replicated from peers are exempt (:meth:`apply`), since they may arrive before their
+        parents. An op already stored (``version``) passes: resending it is a no-op."""
+        k = self.parse_write_key(key)
+        entry = self._entry(k)
+        if version is not None and entry is not None and (version in entry.log or entry.log.folded(version)):
+            return
+        self._check_parents(k, entry, tuple(parents))
+
+    @staticmethod
+    def _check_parents(key: Key, entry: Entry | None, parents: tuple[Version, ...]) -> None:
+        if entry is None and parents:
+            raise InvalidOp("unknown parents: this key has no history")
+        if entry is not None and entry.log.ancestors(parents) is None:
+            raise InvalidOp("unknown parents: not versions of this key")
 
     def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
         """Apply an op that came from outside (a peer, a signed request). Returns None if this

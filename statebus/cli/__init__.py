@@ -2,6 +2,7 @@
 
     statebus init [--recover]          create (or restore) the node identity and owner token
     statebus serve [--host --port]     run the node; prints its pubkey, URL and login link
+    statebus phrase                    show a new identity's recovery phrase once (made with no terminal)
     statebus token                     print the owner token
     statebus info                      node identity, URL, data folder, key count, version
     statebus get KEY [--range R]       print a value (or a subtree's children)
@@ -45,6 +46,13 @@ EXIT_ERROR = 1
 PHRASE_WARNING = (
     "This recovery phrase is shown ONCE and is not stored anywhere. Write it down and keep it secret:\n"
     "anyone who has it can act as this node. `statebus init --recover` restores the identity from it."
+)
+
+
+PHRASE_TAKEN = (
+    "This was the only time: the phrase has now been deleted from the data folder. Write it down and\n"
+    "keep it secret: anyone who has it can act as this node. `statebus init --recover` restores the\n"
+    "identity from it."
 )
 
 
@@ -105,6 +113,29 @@ def _read_phrase() -> str:
     if not phrase:
         raise CliError("no recovery phrase given (pass it on stdin or type it at the prompt)")
     return phrase
+
+
+def cmd_phrase(args: argparse.Namespace, settings: Settings) -> int:
+    data = Path(settings.data_dir)
+    if not keystore.phrase_pending(data):
+        if not keystore.exists(data):
+            raise CliError(f"no node identity in {data}: run `statebus init` (it shows the phrase)")
+        raise CliError(
+            f"no recovery phrase waits in {data}: it was shown already (it is shown once). If it is "
+            "lost, make a new identity with `statebus init --force` (the old keys are lost)"
+        )
+    if not sys.stdout.isatty() and not args.force:
+        raise CliError(
+            "standard output is not a terminal: the phrase would land in a file or a pipe and is then "
+            "deleted. Run this in a terminal, or pass --force to print it anyway"
+        )
+    phrase = keystore.take_phrase(data)
+    print(f"Recovery phrase of node identity {keystore.load(data).pubkey}:")
+    print()
+    print(f"    {phrase}")
+    print()
+    print(PHRASE_TAKEN)
+    return 0
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "phrase",
+        help="show the recovery phrase of a new identity, once",
+        description=(
+            "Show the 24-word recovery phrase of this node's identity when `statebus serve` made it with "
+            "no terminal to show it on (it then keeps it in <data>/identity/recovery_phrase, 0600). "
+            "The phrase is printed once, then deleted."
+        ),
+    )
+    p.add_argument(
+        "--force", action="store_true", help="print it even when standard output is not a terminal"
+    )
+    add_common(p, client=False)
+    p.set_defaults(func=cmd_phrase)
 
     p = sub.add_parser(
         "token",

@@ -1,6 +1,11 @@
 """``statebus serve``: run the node and print, once it listens, its pubkey, URL and login link.
 
-The banner is printed after the socket is bound, so with ``--port 0`` it shows the real port.
+The banner is printed after the socket is bound, so with ``--port 0`` it shows the real port. Standard
+output is line-buffered, so a supervisor or a test reading a pipe gets each line as it is printed.
+
+On first start the recovery phrase is shown on stderr only when stderr is a terminal. Otherwise (a
+log file, a pipe, a supervisor) it is kept in ``<data>/identity/recovery_phrase`` (0600) and every
+start says how to see it once: ``statebus phrase`` in a terminal.
 """
 
 from __future__ import annotations
@@ -13,14 +18,9 @@ import signal
 import sys
 from typing import TextIO
 
+from statebus.cli.output import line_buffered
 from statebus.config import Settings
-from statebus.identity.keys import Identity
-from statebus.server import login_url, tune_gc
-
-PHRASE_NOTE = (
-    "This recovery phrase is shown ONCE and is not stored. Write it down and keep it secret;\n"
-    "`statebus init --recover` restores the identity from it."
-)
+from statebus.server import login_url, phrase_reminder, show_phrase_on_terminal, tune_gc
 
 
 def banner(settings: Settings, pubkey: str, port: int) -> str:
@@ -35,16 +35,11 @@ def banner(settings: Settings, pubkey: str, port: int) -> str:
     )
 
 
-def show_new_identity(identity: Identity, phrase: str) -> None:
-    """First start: show the recovery phrase once, on stderr."""
-    sys.stderr.write(f"Created node identity {identity.pubkey}.\n\n    {phrase}\n\n{PHRASE_NOTE}\n\n")
-    sys.stderr.flush()
-
-
 def run_server(settings: Settings) -> None:
     """Run the node (HTTP, peer endpoints, DHT, followers) until SIGINT/SIGTERM, creating its
     identity on first start. Everything acknowledged is on disk when it returns."""
     os.umask(0o077)
+    line_buffered(sys.stdout)
     logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
     loop_factory = None
     if importlib.util.find_spec("uvloop") is not None:
@@ -58,7 +53,7 @@ def run_server(settings: Settings) -> None:
 async def _serve(settings: Settings, out: TextIO | None = None) -> None:
     from statebus.federated import start_federated
 
-    fnode = await start_federated(settings, on_new_identity=show_new_identity)
+    fnode = await start_federated(settings, on_new_identity=show_phrase_on_terminal)
     tune_gc()  # as statebus.server.serve does: no long full-collection pauses under many streams
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,6 +65,10 @@ async def _serve(settings: Settings, out: TextIO | None = None) -> None:
     stream = out or sys.stdout
     stream.write(text)
     stream.flush()
+    reminder = phrase_reminder(settings)
+    if reminder is not None:
+        sys.stderr.write(reminder)
+        sys.stderr.flush()
     try:
         await stop.wait()
     finally:

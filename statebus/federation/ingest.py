@@ -54,12 +54,21 @@ class Ingest:
         consent: says whether a namespace is followed (checked on every op).
         own: take ops of this node's own namespace too (a restore: they are verified against our
             own key and delegations like any others, and count against no quota).
+        clock_leeway: seconds an owner's clock may run ahead of ours when a delegation starts
+            (``Settings.max_clock_skew``).
     """
 
     def __init__(
-        self, node: Node, quota_bytes: int, consent: Consent | None = None, *, own: bool = False
+        self,
+        node: Node,
+        quota_bytes: int,
+        consent: Consent | None = None,
+        *,
+        own: bool = False,
+        clock_leeway: float = 0.0,
     ) -> None:
         self.node = node
+        self.clock_leeway = clock_leeway
         self.quota_bytes = quota_bytes
         self.consent = consent
         self.own = own
@@ -95,7 +104,7 @@ class Ingest:
         """The verified delegations of ``ns`` held here (built from the stored records once)."""
         ring = self._keyrings.get(ns)
         if ring is None:
-            ring = Keyring()
+            ring = Keyring(leeway=self.clock_leeway)
             for key in self.node.bus.walk(keys_prefix(ns), 10_000):
                 self._feed(ring, key)
             self._keyrings[ns] = ring

@@ -76,7 +76,12 @@ class Federation:
         self.access = access
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.ingest = Ingest(node, settings.quota_bytes_per_remote_namespace, self.is_followed)
+        self.ingest = Ingest(
+            node,
+            settings.quota_bytes_per_remote_namespace,
+            self.is_followed,
+            clock_leeway=settings.max_clock_skew,
+        )
         timeout = read_timeout if read_timeout is not None else max(10.0, 3 * settings.sse_ping_interval)
         self.client = PeerClient(identity, read_timeout=timeout)
         self.known: dict[PubKey, list[str]] = {}

@@ -20,6 +20,12 @@ Value format (canonical JSON: sorted keys, no whitespace, UTF-8)::
 A scope is a key prefix that ends in ``/`` and starts with ``/<owner>/`` (``/<owner>/`` is the whole
 namespace but ``.keys``). ``issued`` is the owner's counter (a Lamport clock or a Unix time: anything
 that grows). ``sig`` signs ``b"statebus-delegation-v1\\n"`` + the canonical JSON of every other field.
+
+``not_before`` is set on the owner's clock and checked on the verifier's, so a :class:`Keyring` can
+allow ``leeway`` seconds of difference (a node passes ``Settings.max_clock_skew``, two minutes by
+default): a delegation made "from now" on a machine a minute fast works at once on every node.
+``expires`` is checked strictly on the verifier's clock (an expiry is a promise to the owner; renew a
+delegation before it ends).
 """
 
 from __future__ import annotations
@@ -105,9 +111,10 @@ class Record:
             return False
         return any(key.startswith(scope) and key != scope for scope in self.scopes)
 
-    def check_time(self, now: float) -> str | None:
-        """Why the delegation is not valid at ``now``, or None."""
-        if now < self.not_before:
+    def check_time(self, now: float, leeway: float = 0.0) -> str | None:
+        """Why the delegation is not valid at ``now``, or None. It counts as started ``leeway`` seconds
+        early (the owner's clock may run ahead of ours); the expiry is strict."""
+        if now + leeway < self.not_before:
             return f"delegation of {self.delegate} is not valid before {self.not_before}"
         if self.expires is not None and now >= self.expires:
             return f"delegation of {self.delegate} expired at {self.expires}"
@@ -219,9 +226,13 @@ def parse_record(value: Any, key: Key | None = None) -> Record:
 
 
 class Keyring:
-    """In-memory view of verified delegation records: who may write where. Pure; no I/O."""
+    """In-memory view of verified delegation records: who may write where. Pure; no I/O.
 
-    def __init__(self, records: list[Record] | None = None) -> None:
+    ``leeway``: seconds by which the owner's clock may run ahead of ours (``not_before``).
+    """
+
+    def __init__(self, records: list[Record] | None = None, *, leeway: float = 0.0) -> None:
+        self.leeway = leeway
         self._records: dict[tuple[PubKey, PubKey], Record] = {}
         for rec in records or ():
             self.add(rec)
@@ -273,7 +284,7 @@ class Keyring:
         if rec.revoked:
             return f"the delegation of {author} by {owner} was revoked"
         when = time.time() if now is None else now
-        reason = rec.check_time(when)
+        reason = rec.check_time(when, self.leeway)
         if reason:
             return reason
         if not rec.covers(key):

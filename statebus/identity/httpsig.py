@@ -11,7 +11,10 @@ policy. A request signed here carries::
 ``keyid`` is the signer's 52-character public key, so no key lookup is needed. :func:`verify_request`
 requires ``@method`` and ``@target-uri`` to be covered (and ``content-digest`` when a body is present),
 checks the body against the digest, rejects a ``created`` older than ``max_age`` or more than
-``MAX_SKEW`` seconds ahead, and asks ``seen_nonce`` whether the nonce was used before.
+``max_skew`` seconds ahead (default :data:`MAX_SKEW`, two minutes: clocks kept by NTP, or drifting for
+a while without it, differ by less), and asks ``seen_nonce`` whether the nonce was used before. A
+signature is thus accepted for ``max_age + max_skew`` seconds of the verifier's time: remember its
+nonce that long.
 
 Use from httpx: ``request.headers.update(sign_request(request.method, str(request.url),
 request.headers, request.content, identity))``. From Starlette: ``verify_request(request.method,
@@ -48,7 +51,8 @@ from statebus.types import PubKey
 LABEL = "sb"
 TAG = "statebus"
 COVERED = ("@method", "@target-uri")
-MAX_SKEW = 5
+MAX_SKEW = 120
+"""Default bound, in seconds, on how far a signer's clock may run ahead of the verifier's."""
 SeenNonce = Callable[[PubKey, str], bool]
 """``seen_nonce(pubkey, nonce)`` returns True when that nonce was already used (and records it)."""
 
@@ -123,24 +127,27 @@ def _lines(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Iterable[t
 class _Verifier(HTTPMessageVerifier):
     """The package's verifier with a caller-given clock (it reads the wall clock otherwise)."""
 
-    max_clock_skew = datetime.timedelta(seconds=MAX_SKEW)
-
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, max_skew: float) -> None:
         super().__init__(signature_algorithm=_Ed25519, key_resolver=_PubkeyResolver())
         self.now = now
+        self.max_skew = max_skew
+        self.max_clock_skew = datetime.timedelta(seconds=max_skew)
 
     def validate_created_and_expires(self, sig_input: Any, max_age: Any = None) -> None:
         created = sig_input.params.get("created")
         if type(created) is not int:
             raise InvalidSignature('signature has no integer "created" parameter')
-        if created > self.now + MAX_SKEW:
-            raise InvalidSignature("signature was created in the future (clock skew?)")
+        if created > self.now + self.max_skew:
+            raise InvalidSignature(
+                f"signature was created {created - self.now:.0f}s in the future; clocks may differ by at "
+                f"most {self.max_skew:.0f}s (set the signer's clock, e.g. with NTP)"
+            )
         if max_age is not None and created < self.now - max_age.total_seconds():
             raise InvalidSignature(
                 f"signature is too old (created more than {max_age.total_seconds():.0f}s ago)"
             )
         expires = sig_input.params.get("expires")
-        if expires is not None and (type(expires) is not int or expires < self.now - MAX_SKEW):
+        if expires is not None and (type(expires) is not int or expires < self.now - self.max_skew):
             raise InvalidSignature("signature has expired")
 
 
@@ -223,8 +230,12 @@ def verify_request(
     now: float,
     max_age: float = 300,
     seen_nonce: SeenNonce | None = None,
+    max_skew: float = MAX_SKEW,
 ) -> PubKey:
     """Verify a request's ``sb`` signature; return the signer's public key.
+
+    ``created`` may be up to ``max_age`` seconds in the past and ``max_skew`` seconds in the future of
+    ``now`` (the signer's clock may run ahead of ours).
 
     Raises:
         BadSignature: missing or malformed signature, a keyid that is not a pubkey, a bad signature, a
@@ -232,7 +243,7 @@ def verify_request(
             missing or replayed nonce (when ``seen_nonce`` is given), or required parts not covered.
     """
     msg = _Request(method.upper(), url, _Headers(_lines(headers)))
-    verifier = _Verifier(now)
+    verifier = _Verifier(now, max_skew)
     required = list(COVERED) + (["content-digest"] if body else [])
     try:
         results = verifier.verify(

@@ -6,11 +6,18 @@ Files::
         node_key.json              0600  {"v": 1, "secret": b64, "chain_code": b64|null,
                                           "path": "m/44'/7433'/0'", "pubkey": "<52 chars>"}
         owner_token                0600  43 characters: 32 random bytes, urlsafe base64, no padding
+        recovery_phrase            0600  only until shown: the phrase of an identity made where no
+                                         terminal could show it (see below)
 
-The seed phrase is **not stored**: it is shown once by :func:`init` and is needed only by
-:func:`recover`. The node keeps the namespace root's secret key and chain code, enough to sign and to
-derive the node's sub-keys, but not the BIP39 seed, so a stolen data folder cannot derive keys for
-other purposes (wallets, other coin types) that share the phrase.
+The seed phrase is **not stored** once shown: :func:`init` returns it to be shown once, and it is
+needed only by :func:`recover`. The node keeps the namespace root's secret key and chain code, enough
+to sign and to derive the node's sub-keys, but not the BIP39 seed, so a stolen data folder cannot
+derive keys for other purposes (wallets, other coin types) that share the phrase.
+
+``init(keep_phrase=True)`` (a node's first start) writes the phrase to ``recovery_phrase`` as well,
+so that it is never lost when there was nobody to show it to (``statebus serve`` under a supervisor,
+its stderr in a log file). :func:`take_phrase` returns it and deletes the file: it is shown once
+(``statebus phrase``). While it waits, a copy of the data folder holds the phrase.
 
 Files are created with ``os.open(O_CREAT | O_EXCL, 0o600)`` under a temporary name, fsynced, then
 linked into place (``os.link`` fails if the target exists; ``os.replace`` when forced). :func:`load`
@@ -35,6 +42,7 @@ from statebus.identity.keys import ROOT_PATH, Identity, identity_from_mnemonic, 
 IDENTITY_DIR = "identity"
 KEY_FILE = "node_key.json"
 TOKEN_FILE = "owner_token"
+PHRASE_FILE = "recovery_phrase"
 FORMAT_VERSION = 1
 
 
@@ -82,6 +90,14 @@ def _write_secret_file(path: Path, data: bytes, *, force: bool) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write (or replace) ``path`` with ``data``, readable by the user alone (mode 0600) from its
+    creation, whatever the umask: for any file holding a token, a login link or a key."""
+    target = Path(path)
+    _write_secret_file(target, data, force=True)
+    return target
 
 
 def read_private_file(path: Path, *, missing: str = "run init or recover first") -> bytes:
@@ -193,13 +209,50 @@ def check_owner_token(data_dir: str | os.PathLike[str], presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "replace"))
 
 
+def phrase_file(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data>/identity/recovery_phrase``: the phrase of a new identity, until it is shown."""
+    return identity_dir(data_dir) / PHRASE_FILE
+
+
+def phrase_pending(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether a recovery phrase waits to be shown (see :func:`take_phrase`)."""
+    return phrase_file(data_dir).exists()
+
+
+def take_phrase(data_dir: str | os.PathLike[str]) -> str:
+    """The recovery phrase kept by ``init(keep_phrase=True)``, deleted as it is returned: once.
+
+    Raises:
+        NotFound: there is none (it was shown already, or the identity was made by ``statebus init``).
+        Forbidden: the file is readable by others.
+    """
+    path = phrase_file(data_dir)
+    phrase = read_private_file(path, missing="it was shown already (it is shown once)").decode().strip()
+    discard_phrase(data_dir)
+    return phrase
+
+
+def discard_phrase(data_dir: str | os.PathLike[str]) -> None:
+    """Delete the kept recovery phrase, if any (it was shown, or it belongs to a replaced identity)."""
+    path = phrase_file(data_dir)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    _fsync_dir(path.parent)
+
+
 def init(
-    data_dir: str | os.PathLike[str], *, force: bool = False, passphrase: str = ""
+    data_dir: str | os.PathLike[str], *, force: bool = False, passphrase: str = "", keep_phrase: bool = False
 ) -> tuple[Identity, str]:
     """Create a new identity from a fresh 24-word phrase, and a new owner token.
 
+    Args:
+        keep_phrase: also write the phrase to ``recovery_phrase`` (0600) until :func:`take_phrase`
+            or :func:`discard_phrase`: for a caller that may have nobody to show it to.
+
     Returns:
-        ``(identity, phrase)``: show the phrase to the user once; it is not stored.
+        ``(identity, phrase)``: show the phrase to the user once.
 
     Raises:
         Forbidden: an identity exists already and ``force`` is false.
@@ -208,6 +261,11 @@ def init(
         raise Forbidden(f"{identity_dir(data_dir) / KEY_FILE} already exists; pass force=True to replace it")
     phrase = new_mnemonic()
     identity = identity_from_mnemonic(phrase, passphrase)
+    if keep_phrase:  # first, so that an identity never exists without a way to its phrase
+        _ensure_dir(data_dir)
+        _write_secret_file(phrase_file(data_dir), (phrase + "\n").encode(), force=True)
+    else:
+        discard_phrase(data_dir)
     save(data_dir, identity, force=force)
     new_owner_token(data_dir, force=True)
     return identity, phrase
@@ -227,21 +285,28 @@ def recover(
         current = load(data_dir)
         if current.pubkey != identity.pubkey:
             raise Forbidden("a different identity exists in this data folder; pass force=True to replace it")
+        discard_phrase(data_dir)  # whoever recovers has the phrase
         return current
     save(data_dir, identity, force=force)
     new_owner_token(data_dir, force=True)
+    discard_phrase(data_dir)  # a kept phrase belonged to the identity just replaced
     return identity
 
 
 __all__ = [
     "ROOT_PATH",
     "check_owner_token",
+    "discard_phrase",
     "exists",
     "identity_dir",
     "init",
     "load",
     "load_owner_token",
     "new_owner_token",
+    "phrase_file",
+    "phrase_pending",
     "recover",
     "save",
+    "take_phrase",
+    "write_private_file",
 ]

@@ -6,8 +6,9 @@
 >>> node.close()                                 # doctest: +SKIP
 
 The node binds HTTP and its DHT to port 0 (``--dht-port 0``), logs at warning level, and writes
-stderr to ``<data>-stderr.txt`` beside its data folder (the recovery phrase goes there on first
-start). ``banner`` holds the lines it printed up to the login link; later lines arrive in ``lines``.
+stderr to ``<data>-stderr.txt`` beside its data folder (not a terminal: on first start the recovery
+phrase is kept in the data folder for ``statebus phrase``, and stderr says so). ``banner`` holds the
+lines it printed up to the login link; later lines arrive in ``lines``.
 """
 
 from __future__ import annotations

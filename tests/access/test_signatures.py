@@ -80,6 +80,36 @@ def test_verify_accepts_once_and_rejects_replays_and_tampering() -> None:
         v.verify(scope_for("127.0.0.1:9000", ("127.0.0.1", 8000), other), body)
 
 
+def test_a_signature_from_a_fast_clock_cannot_be_replayed_while_it_is_accepted() -> None:
+    """A ``created`` ahead of our clock stays acceptable for max_age + the skew: its nonce must be
+    kept that long, or the same request could be replayed once the nonce was forgotten."""
+    who = Identity.generate()
+    t = [1_000_000.0]
+    v = RequestVerifier(max_age=10, clock=lambda: t[0], max_skew=100)
+    v.nonces.clock = lambda: t[0]
+    body = b'{"a":1}'
+    url = "http://127.0.0.1:8000/~/x"
+    out = sign_request("PUT", url, {}, body, who, created=t[0] + 90)  # the signer is 90 s fast
+    scope = scope_for(
+        "127.0.0.1:8000", ("127.0.0.1", 8000), [(k.lower().encode(), v.encode()) for k, v in out.items()]
+    )
+    assert v.verify(scope, body) == who.pubkey
+    for later in (16, 60, 99):  # still inside created + max_age: the nonce is still remembered
+        t[0] = 1_000_000.0 + later
+        with pytest.raises(BadSignature, match="replay"):
+            v.verify(scope, body)
+    t[0] = 1_000_000.0 + 101  # created + max_age has passed: too old, whatever the nonce store says
+    with pytest.raises(BadSignature, match="too old"):
+        v.verify(scope, body)
+
+
+def test_access_control_takes_the_skew_bound_from_the_settings() -> None:
+    from statebus.config import Settings
+
+    assert Settings().max_clock_skew >= 60  # NTP-level skew (a minute) must never stop federation
+    assert RequestVerifier(max_skew=Settings().max_clock_skew).max_skew == Settings().max_clock_skew
+
+
 def test_gate_passes_the_signer_and_replays_the_body() -> None:
     who = Identity.generate()
     body = b'{"a":1}'

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +83,13 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
         out = "\n".join(lines)
         assert out.startswith('devnet "devnet-') and out.count("login: http://127.0.0.1:") == 3
         infos = json.loads((tmp_path / "devnet.json").read_text())["nodes"]
+        for private in ("devnet.json", "dht_secret"):  # they hold login links and the invite secret
+            assert stat.S_IMODE((tmp_path / private).stat().st_mode) == 0o600, private
+        for info in infos:  # each node's folder, identity files and store: the user's alone
+            data = Path(info["data"])
+            assert stat.S_IMODE(data.stat().st_mode) == 0o700
+            files = [f for f in data.rglob("*") if f.is_file()]
+            assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
         pids = [n["pid"] for n in infos]
         assert len(set(pids)) == 3 and proc.pid not in pids
         walkthrough(infos)
@@ -89,6 +98,58 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == 0
         assert "node a stopped" in rest and "devnet stopped" in rest
         assert not any(alive(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_devnet_details_and_secrets_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """devnet.json holds every node's login link: 0600 from creation, also over an older 0644 one."""
+    from statebus.cli_federation import write_details
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "devnet.json").write_text("{}")  # a world-readable file from an earlier run
+        path = write_details(tmp_path, "dev", [{"login": "http://127.0.0.1:1/login?token=secret"}])
+        (tmp_path / "new").mkdir()
+        fresh = write_details(tmp_path / "new", "dev", [])
+        secret = keystore.write_private_file(tmp_path / "dht_secret", b"s\n")
+    finally:
+        os.umask(old)
+    for p in (path, fresh, secret):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert "token=secret" in path.read_text()
+
+
+def test_devnet_output_reaches_a_pipe_as_it_happens(tmp_path: Path) -> None:
+    """ "node a stopped" arrives while the devnet runs, not when it exits (stdout is a pipe; before,
+    Python block-buffered it)."""
+    cmd = [sys.executable, "-m", "statebus.cli_federation", "devnet", "2", "--base", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBUS_") and k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("details:"):
+            line = proc.stdout.readline()
+            assert line, "devnet ended early"
+        pids = [n["pid"] for n in json.loads((tmp_path / "devnet.json").read_text())["nodes"]]
+        os.kill(pids[0], signal.SIGKILL)
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(15)
+        assert got and got[0].startswith("node a stopped"), got
+        assert proc.poll() is None  # the devnet itself still runs
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

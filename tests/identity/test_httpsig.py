@@ -89,7 +89,21 @@ def test_too_old_and_future() -> None:
         verify_request("PUT", URL, headers, BODY, NOW)
     assert verify_request("PUT", URL, headers, BODY, NOW, max_age=600) == PEER.pubkey
     with pytest.raises(BadSignature, match="future"):
-        verify_request("PUT", URL, signed(created=NOW + 60), BODY, NOW)
+        verify_request("PUT", URL, signed(created=NOW + 121), BODY, NOW)
+
+
+@pytest.mark.parametrize("offset", [-60, -10, 10, 60, 120])
+def test_a_signer_clock_a_minute_off_is_accepted(offset: int) -> None:
+    """Issue 9 defect 12: a follower 10 s fast could never sync. NTP-level skew (a minute, both ways)
+    passes; the bound (MAX_SKEW, two minutes by default) is documented in docs/federation.md."""
+    assert verify_request("PUT", URL, signed(created=NOW + offset), BODY, NOW) == PEER.pubkey
+
+
+def test_the_skew_bound_is_a_parameter() -> None:
+    headers = signed(created=NOW + 30)
+    with pytest.raises(BadSignature, match=r"(29|30)s in the future; clocks may differ by at most 10s"):
+        verify_request("PUT", URL, headers, BODY, NOW, max_skew=10)
+    assert verify_request("PUT", URL, headers, BODY, NOW, max_skew=30) == PEER.pubkey
 
 
 def test_replayed_nonce() -> None:

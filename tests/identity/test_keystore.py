@@ -98,3 +98,27 @@ def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidValue, match="not JSON") as exc:
         keystore.load(tmp_path)
     assert "not json" not in str(exc.value)
+
+
+def test_a_kept_phrase_is_private_and_taken_once(tmp_path: Path) -> None:
+    """A first start with no terminal keeps the phrase (0600) until it is shown: once."""
+    identity, phrase = keystore.init(tmp_path, keep_phrase=True)
+    assert keystore.phrase_pending(tmp_path)
+    assert _mode(keystore.phrase_file(tmp_path)) == 0o600
+    assert keystore.take_phrase(tmp_path) == phrase
+    assert not keystore.phrase_pending(tmp_path)
+    with pytest.raises(NotFound, match="shown already"):
+        keystore.take_phrase(tmp_path)
+    assert keystore.recover(tmp_path / "again", phrase).pubkey == identity.pubkey
+
+
+def test_a_kept_phrase_goes_with_the_identity_it_belongs_to(tmp_path: Path) -> None:
+    _, phrase = keystore.init(tmp_path, keep_phrase=True)
+    keystore.recover(tmp_path, phrase)  # the same identity: whoever recovers has the phrase
+    assert not keystore.phrase_pending(tmp_path)
+    keystore.init(tmp_path / "b", keep_phrase=True)
+    keystore.init(tmp_path / "b", force=True)  # replaced by `statebus init --force`, shown by it
+    assert not keystore.phrase_pending(tmp_path / "b")
+    assert not keystore.phrase_pending(tmp_path / "c")
+    keystore.init(tmp_path / "c")  # `statebus init` shows it: nothing kept
+    assert not keystore.phrase_pending(tmp_path / "c")

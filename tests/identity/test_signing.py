@@ -35,8 +35,8 @@ def k(path: str, owner: Identity = OWNER) -> str:
     return f"/{owner.pubkey}/{path}"
 
 
-def keyring_with(*records: object) -> Keyring:
-    ring = Keyring()
+def keyring_with(*records: object, leeway: float = 0.0) -> Keyring:
+    ring = Keyring(leeway=leeway)
     for rec in records:
         ring.add(rec)  # type: ignore[arg-type]
     return ring
@@ -119,6 +119,18 @@ def test_expired_and_not_yet_valid_delegation() -> None:
         verify_op(op, ring, NOW)
     with pytest.raises(Forbidden, match="not valid before"):
         verify_op(op, ring, NOW - 200)
+
+
+def test_a_delegation_from_an_owner_clock_ahead_of_ours_starts_within_the_leeway() -> None:
+    """The owner's clock runs 60 s ahead: "from now" is in our future. A node's keyring allows its
+    ``max_clock_skew`` for the start; the expiry stays strict."""
+    rec = delegate(OWNER, DEVICE.pubkey, issued=1, not_before=int(NOW) + 60, expires=int(NOW) + 3600)
+    op = sign_op(make(DEVICE, k("chirp/1")), DEVICE)
+    verify_op(op, keyring_with(rec, leeway=120), NOW)
+    with pytest.raises(Forbidden, match="not valid before"):
+        verify_op(op, keyring_with(rec, leeway=30), NOW)
+    with pytest.raises(Forbidden, match="expired"):
+        verify_op(op, keyring_with(rec, leeway=120), NOW + 3600)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 32, 33])
