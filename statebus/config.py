@@ -136,6 +136,19 @@ class Settings:
     dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
     dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
     metrics_public: bool = _setting(False, "bool", "Serve GET /metrics to anonymous clients too.")
+    ws_message_rate: int = _setting(
+        100, "int", "Websocket messages per second one connection may send (then it is closed).", 1, 10**6
+    )
+    ws_byte_rate: int = _setting(
+        1 * MiB,
+        "bytes",
+        "Websocket bytes per second one connection may send (then it is closed).",
+        1,
+        1 * GiB,
+    )
+    ws_owner_factor: int = _setting(
+        10, "int", "How many times the websocket rates above the owner's connections get.", 1, 1000
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
