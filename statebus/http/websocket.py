@@ -21,9 +21,12 @@ Answers carry the key exactly as the client wrote it. Subtrees (``notes/``) cann
 (use SSE). ``current_user`` is answered locally with ``{"client": <connection id>, "owner": bool}``
 and never stored.
 
-**Auth.** Same rules as HTTP (:mod:`statebus.http.auth`): the ``statebus_token`` cookie, an
+**Auth.** Same rules as HTTP (:mod:`statebus.http.auth`): the node's login cookie, an
 ``Authorization: Bearer`` header, ``?token=`` in the URL, or a ``{"token": …}`` message make the
-connection the owner's; anonymous connections may read ``/<ns>/public/…`` keys only.
+connection the owner's; anonymous connections may read ``/<ns>/public/…`` keys only. A handshake whose
+``Origin`` is not one of the node's own (:mod:`statebus.http.origins`: the request's scheme and
+``Host``, and ``settings.public_origins``) is refused with 403 before it is accepted, whatever it
+carries; clients that send no ``Origin`` (not a browser page) are judged by their credentials alone.
 
 **Back-pressure.** Each subscription is an event stream with the node's bounded buffer, and the
 connection has a bounded outgoing queue (``subscriber_buffer`` frames): a socket that does not keep up
@@ -312,9 +315,12 @@ class Connection:
 
     async def run(self) -> None:
         try:
+            self.auth.check_origin(self.ws)
             self.client = self.auth.authenticate(self.ws)
-        except StatebusError:
-            await self.ws.close(CLOSE_POLICY)
+        except StatebusError as exc:
+            await self.ws.close(
+                CLOSE_POLICY, exc.detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+            )
             return
         token = self.ws.query_params.get("token")
         if token:
@@ -339,7 +345,7 @@ class Connection:
 
 def routes(node: Node, settings: Settings) -> list[BaseRoute]:
     """The websocket route (and, until the app mounts it itself, the info route)."""
-    auth = owner_auth(settings)
+    auth = owner_auth(settings, node.local)
     auth.access = access_control(node, settings)
 
     async def endpoint(ws: WebSocket) -> None:

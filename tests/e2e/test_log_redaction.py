@@ -19,6 +19,7 @@ import httpx
 import websockets
 from websockets.frames import Frame, Opcode
 
+from statebus.http.auth import cookie_name, cookie_value
 from statebus.server import mask_frame, redact
 
 
@@ -93,7 +94,9 @@ def test_a_debug_level_node_logs_no_token(tmp_path: Path) -> None:
             bearer = {"Authorization": f"Bearer {token}"}
             httpx.get(f"{url}/login?token={token}", follow_redirects=False)
             httpx.put(f"{url}/~/k", json=1, headers=bearer).raise_for_status()
-            httpx.get(f"{url}/~/k", cookies={"statebus_token": token}).raise_for_status()
+            info = httpx.get(f"{url}/.well-known/statebus").json()
+            login_cookie = {cookie_name(info["node"], secure=False): cookie_value(token, info["node"])}
+            httpx.get(f"{url}/~/k", cookies=login_cookie).raise_for_status()
 
             async def handshake() -> None:
                 ws_url = url.replace("http://", "ws://") + "/_connect_to_statebus_/websocket"

@@ -12,6 +12,9 @@
 //   --timeout-ms T           overall time limit (default 15000)
 //   --screenshot PATH.png    save a screenshot (also on failure, when possible)
 //   --chromium PATH          browser binary (default $CHROMIUM or /usr/bin/chromium)
+//   --visit URL              open URL first and wait for it to load (repeatable, in order; one browser
+//                            profile, so cookies set there are kept), then open <url>
+//   --cookies                add the browser's cookie jar to the output ("cookies": [{name, value, ...}])
 //
 // Output: ONE JSON line on stdout:
 //   {"ok": true|false, "result": <JSON of window.__result>, "console": [{"type","text"}],
@@ -40,7 +43,7 @@ const CHROMIUM_FLAGS = [
 ]
 
 function parse_args(argv) {
-    const opts = {wait: 'window.__done === true', timeout_ms: 15000, inject_braid: false}
+    const opts = {wait: 'window.__done === true', timeout_ms: 15000, inject_braid: false, visit: [], cookies: false}
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i]
         const value = () => {
@@ -56,6 +59,8 @@ function parse_args(argv) {
             case '--timeout-ms': opts.timeout_ms = Number(value()); break
             case '--screenshot': opts.screenshot = value(); break
             case '--chromium': opts.chromium = value(); break
+            case '--visit': opts.visit.push(value()); break
+            case '--cookies': opts.cookies = true; break
             default:
                 if (a.startsWith('--') || opts.url) throw new Error(`unknown argument ${a}`)
                 opts.url = a
@@ -93,11 +98,16 @@ async function run(opts, out) {
         page.on('console', msg => out.console.push({type: msg.type(), text: msg.text()}))
         page.on('pageerror', err => out.page_errors.push(String(err && err.message ? err.message : err)))
         if (opts.init_script) await page.addInitScript({content: load_script(opts.init_script)})
+        for (const url of opts.visit) {
+            const response = await page.goto(url, {waitUntil: 'load', timeout: left()})
+            out.visits.push({url, status: response ? response.status() : null, final: page.url()})
+        }
         await page.goto(opts.url, {waitUntil: 'load', timeout: left()})
         if (opts.inject_braid) await page.addScriptTag({path: BRAID_CLIENT})
         if (opts.script) await page.addScriptTag({content: load_script(opts.script)})
         if (opts.wait) await page.waitForFunction(opts.wait, null, {timeout: left(), polling: 50})
         out.result = await page.evaluate(() => (window.__result === undefined ? null : window.__result))
+        if (opts.cookies) out.cookies = await browser.cookies()
         out.ok = true
     } catch (e) {
         out.error = String(e && e.message ? e.message : e).split('\n')[0]
@@ -128,7 +138,8 @@ async function run(opts, out) {
 }
 
 async function main() {
-    const out = {ok: false, result: null, console: [], page_errors: [], error: null, url: null, title: null}
+    const out = {ok: false, result: null, console: [], page_errors: [], error: null, url: null, title: null,
+                 visits: []}
     let opts
     try {
         opts = parse_args(process.argv.slice(2))
