@@ -7,6 +7,7 @@ A real ``statebus serve`` subprocess; flooders in another subprocess send ``{"fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import subprocess
@@ -15,8 +16,11 @@ import time
 from pathlib import Path
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from statebus.http.websocket import WS_PATH
+from statebus.testing.live_server import live_server
 from statebus.testing.served import ServedNode
 
 FLOODERS = 4
@@ -95,3 +99,32 @@ def test_a_message_flood_is_cut_and_the_owner_stays_fast(tmp_path: Path) -> None
         assert r["after"] < WINDOW / 2, results
     # the flooders never got the node's attention: the owner's GETs kept their quiet-time pace
     assert statistics.median(busy) < max(0.1, 5 * statistics.median(quiet)), (quiet, busy)
+
+
+def test_messages_count_against_the_address_rate_so_reconnecting_does_not_reset_it(tmp_path: Path) -> None:
+    """Each socket's own budget is generous here; the address's request rate still cuts a client
+    that spreads its flood over fresh sockets."""
+    with live_server(tmp_path / "n", ws_message_rate=10_000, rate_limit_per_ip="60/minute") as srv:
+        url = srv.url.replace("http://", "ws://") + WS_PATH
+
+        async def one_socket() -> tuple[int, int | None, str]:
+            sent = 0
+            try:
+                async with connect(url) as ws:
+                    for _ in range(40):
+                        await ws.send('{"forget": "x"}')
+                        sent += 1
+                    await ws.send('{"get": "current_user"}')
+                    await asyncio.wait_for(ws.recv(), 5)
+                return sent, None, ""
+            except (ConnectionClosed, InvalidStatus) as exc:
+                rcvd = getattr(exc, "rcvd", None)
+                return sent, rcvd.code if rcvd else None, rcvd.reason if rcvd else "refused"
+
+        async def main() -> list[tuple[int, int | None, str]]:
+            return [await one_socket() for _ in range(3)]
+
+        results = asyncio.run(main())
+    assert results[0][1] is None, results  # 40 messages and a handshake fit in the address's 60
+    assert results[1][1] == 1008 and "too many requests" in results[1][2], results
+    assert results[2][2], results  # refused at the handshake, or cut at once
