@@ -139,7 +139,7 @@ def build_app(
     ``close_all()`` before a graceful shutdown so open streams end) and ``encode_cache``.
     """
     access = access_control(node, settings)
-    auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy(settings.public_origins))
+    auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy.of(settings))
     registry = StreamRegistry()
     cache = EncodeCache()
     static = static_dir if static_dir is not None and static_dir.is_dir() else None

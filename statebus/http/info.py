@@ -42,7 +42,7 @@ def package_version() -> str:
 def owner_auth(settings: Settings, node: PubKey | None = None) -> OwnerAuth:
     """The owner check of the node in ``settings.data_dir`` (no owner if it has no token); ``node``
     is its pubkey (read from the identity there when not given), which names its login cookie."""
-    origins = OriginPolicy(settings.public_origins)
+    origins = OriginPolicy.of(settings)
     if node is None:
         try:
             node = keystore.load(settings.data_dir).pubkey

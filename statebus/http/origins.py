@@ -3,9 +3,11 @@
 A browser sends ``Origin`` with every websocket handshake and every request that is not a ``GET`` or
 ``HEAD`` (and ``Sec-Fetch-Site`` on every request). The node's own origins are the one in the request
 itself (its scheme and ``Host`` header: the address the browser typed, such as
-``http://127.0.0.1:8765`` or ``http://localhost:8765``) and those configured in
-``settings.public_origins`` (``https://node.example.org`` behind a TLS proxy). A page on any other
-origin, another port of the same host included, is a different site's page.
+``http://127.0.0.1:8765`` or ``http://localhost:8765``), those configured in
+``settings.public_origins`` (``https://node.example.org`` behind a TLS proxy), and those that
+``settings.public_addresses`` name (``host:443`` is ``https://host``, any other ``host:port`` is
+``http://host:port``). A page on any other origin, another port of the same host included, is a
+different site's page.
 
 A request without ``Origin`` and without ``Sec-Fetch-Site`` does not come from a browser's page (curl,
 the CLI, a peer node): it is not cross-origin, and its own credentials (token, signature) decide.
@@ -19,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from statebus.config import Settings
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 WEB_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -51,6 +55,15 @@ def normalize_origin(text: str) -> str | None:
     )
 
 
+def address_origins(addresses: Iterable[str]) -> list[str]:
+    """The web origins of ``host:port`` addresses: port 443 is ``https://host``, others plain http."""
+    out = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        out.append(f"https://{host}" if port == "443" else f"http://{address}")
+    return out
+
+
 class OriginPolicy:
     """The node's own origins: the request's and ``configured`` (``settings.public_origins``).
 
@@ -60,6 +73,11 @@ class OriginPolicy:
 
     def __init__(self, configured: Iterable[str] = ()) -> None:
         self.configured = frozenset(o for o in (normalize_origin(c) for c in configured) if o is not None)
+
+    @classmethod
+    def of(cls, settings: Settings) -> OriginPolicy:
+        """The policy of a node: ``public_origins``, and the origins ``public_addresses`` name."""
+        return cls([*settings.public_origins, *address_origins(settings.public_addresses)])
 
     def request_origin(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
         """The origin the request was addressed to (its scheme and ``Host``), normalized."""

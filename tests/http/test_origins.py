@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from statebus.config import Settings
 from statebus.http.auth import cookie_name, cookie_value
 from statebus.http.origins import OriginPolicy, normalize_origin
 from statebus.http.websocket import WS_PATH
@@ -41,6 +42,16 @@ def test_own_foreign_and_secure() -> None:
     assert not policy.is_secure(scope, here)
     assert policy.is_secure(scope, {"host": "node.example.org"})  # behind a TLS proxy
     assert policy.is_secure({"type": "websocket", "scheme": "wss"}, here)
+
+
+def test_public_addresses_name_origins_too() -> None:
+    policy = OriginPolicy.of(Settings(public_addresses=("node.example.org:443", "10.0.0.5:8765")))
+    scope = {"type": "http", "scheme": "http"}
+    assert not policy.foreign_origin(scope, {"host": "127.0.0.1:8765", "origin": "https://node.example.org"})
+    assert not policy.foreign_origin(scope, {"host": "127.0.0.1:8765", "origin": "http://10.0.0.5:8765"})
+    assert policy.foreign_origin(scope, {"host": "127.0.0.1:8765", "origin": "https://10.0.0.5:8765"})
+    assert policy.is_secure(scope, {"host": "node.example.org"})
+    assert not policy.is_secure(scope, {"host": "10.0.0.5:8765"})
 
 
 def cookie_header(srv: LiveServer) -> dict[str, str]:
