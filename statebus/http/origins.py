@@ -104,5 +104,5 @@ class OriginPolicy:
         that a configured ``https://`` origin names (a TLS proxy in front of plain HTTP)."""
         if WEB_SCHEMES.get(str(scope.get("scheme", "http"))) == "https":
             return True
-        host = headers.get("host", "")
+        host = headers.get("host", "") if self.configured else ""
         return bool(host) and normalize_origin(f"https://{host}") in self.configured
