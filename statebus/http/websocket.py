@@ -205,13 +205,13 @@ class Connection:
                 self.close(1000)
                 return
             raw = text.encode("utf-8")
+            if len(raw) > limit:
+                self.error(TooLarge(f"a message is at most {limit} bytes"))
+                self.close(CLOSE_TOO_BIG, f"a message is at most {limit} bytes")
+                return
             reason = self.over_budget(len(raw))
             if reason is not None:
                 self.close(CLOSE_POLICY, reason)
-                return
-            if len(raw) > limit:
-                self.error(TooLarge(f"a message is at most {limit} bytes"))
-                self.close(CLOSE_TOO_BIG)
                 return
             msg: Any = None
             try:
