@@ -123,6 +123,12 @@ class Settings:
     public_addresses: tuple[str, ...] = _setting(
         (), "list", "host:port names clients reach this node by (signed requests must name one)."
     )
+    public_origins: tuple[str, ...] = _setting(
+        (),
+        "origins",
+        "Web origins (scheme://host[:port]) browsers reach this node by, besides the request's own;"
+        " an https one gives the login cookie __Host- semantics there.",
+    )
     subscriber_buffer: int = _setting(
         1000, "int", "Events buffered per subscriber before it is cut off.", 1, 10**7
     )
@@ -143,6 +149,19 @@ class Settings:
     dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
     dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
     metrics_public: bool = _setting(False, "bool", "Serve GET /metrics to anonymous clients too.")
+    ws_message_rate: int = _setting(
+        100, "int", "Websocket messages per second one connection may send (then it is closed).", 1, 10**6
+    )
+    ws_byte_rate: int = _setting(
+        1 * MiB,
+        "bytes",
+        "Websocket bytes per second one connection may send (then it is closed).",
+        1,
+        1 * GiB,
+    )
+    ws_owner_factor: int = _setting(
+        10, "int", "How many times the websocket rates above the owner's connections get.", 1, 1000
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -359,6 +378,29 @@ def _list(raw: Any, label: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+_ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.\-]{1,253}|\[[0-9a-f:.]{2,45}\])(:\d{1,5})?", re.ASCII)
+
+
+def _origins(raw: Any, label: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise InvalidValue(f"{label}: must be a list of origins such as https://node.example.org")
+    out: list[str] = []
+    for item in items:
+        text = item.strip().lower().rstrip("/") if isinstance(item, str) else None
+        m = _ORIGIN_RE.fullmatch(text) if text is not None else None
+        if text is None or m is None or (m.group(3) is not None and not 0 < int(m.group(3)[1:]) <= 65535):
+            raise InvalidValue(
+                f"{label}: each entry must be scheme://host[:port] (http or https), got {_show(item)}"
+            )
+        default = {"http": ":80", "https": ":443"}[m.group(1)]
+        out.append(text.removesuffix(default) if m.group(3) == default else text)
+    return tuple(out)
+
+
 _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "int": _int,
     "bytes": _size,
@@ -370,5 +412,6 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "path": _path,
     "secret": _secret,
     "list": _list,
+    "origins": _origins,
     "bool": _bool,
 }

@@ -39,6 +39,7 @@ from statebus.http.errors import error_response
 from statebus.http.keys import KeyEndpoint
 from statebus.http.metrics import NodeMetrics, RequestCounter
 from statebus.http.openapi import routes as openapi_routes
+from statebus.http.origins import OriginPolicy
 from statebus.http.subscribe import StreamRegistry
 from statebus.runtime import Node
 
@@ -138,7 +139,7 @@ def build_app(
     ``close_all()`` before a graceful shutdown so open streams end) and ``encode_cache``.
     """
     access = access_control(node, settings)
-    auth = OwnerAuth(owner_token, access=access)
+    auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy.of(settings))
     registry = StreamRegistry()
     cache = EncodeCache()
     static = static_dir if static_dir is not None and static_dir.is_dir() else None

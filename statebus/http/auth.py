@@ -1,8 +1,14 @@
 """Who is asking, and what they may do: the owner (by token) or an anonymous client.
 
 The owner presents the owner token (``<data>/identity/owner_token``) as
-``Authorization: Bearer <token>`` or in the ``statebus_token`` cookie that ``GET /login?token=…`` sets
-(HttpOnly, SameSite=Strict). Tokens are compared in constant time and never logged or echoed.
+``Authorization: Bearer <token>``, or the login cookie that ``GET /login?token=…`` sets (HttpOnly,
+SameSite=Strict). The cookie is the node's own: its name is ``statebus_<first 16 characters of the
+node's pubkey>`` (``__Host-statebus_…``, Secure, where the browser reaches the node over TLS), and its
+value is derived from the token and the pubkey (:func:`cookie_value`), so two nodes on one host keep
+separate logins and neither ever receives the other's token. A cookie-authenticated write (any
+method but GET/HEAD/OPTIONS) must come from one of the node's own origins
+(:class:`~statebus.http.origins.OriginPolicy`); the websocket checks ``Origin`` on every handshake.
+Tokens are compared in constant time and never logged or echoed.
 
 With an :class:`~statebus.access.control.AccessControl` (``OwnerAuth(token, access=…)``, as the app
 builds it) a client is also identified by its request signature (the gate in
@@ -13,6 +19,8 @@ owner may do anything; anyone may read keys under ``/<namespace>/public/``; nobo
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,16 +34,33 @@ from statebus.access.control import AccessControl
 from statebus.access.gate import ADDRESS_COUNTED, SIGNER
 from statebus.errors import Forbidden
 from statebus.http.errors import statebus_error_response
+from statebus.http.origins import SAFE_METHODS, OriginPolicy
 from statebus.keys import segments
 from statebus.runtime import Node
 from statebus.types import Key, PubKey
 
-COOKIE_NAME = "statebus_token"
+COOKIE_PREFIX = "statebus_"
+SECURE_PREFIX = "__Host-"
+COOKIE_ID_CHARS = 16
+LEGACY_COOKIE = "statebus_token"
+"""The one cookie name every node used before (it carried the raw token to every node on a host):
+login clears it."""
 COOKIE_MAX_AGE = 30 * 24 * 3600
 PUBLIC_SEGMENT = "public"
 MAX_TOKEN_CHARS = 512
 OWNER_CLIENTS = 256
 """Addresses whose owner :class:`Client` is kept for reuse (then the cache starts over)."""
+
+
+def cookie_name(node: PubKey, *, secure: bool) -> str:
+    """The login cookie's name on node ``node``: ``statebus_<16 chars>``, ``__Host-`` first over TLS."""
+    return (SECURE_PREFIX if secure else "") + COOKIE_PREFIX + node[:COOKIE_ID_CHARS]
+
+
+def cookie_value(token: str, node: PubKey) -> str:
+    """The login cookie's value: an HMAC of ``node`` under the owner token (not the token itself)."""
+    mac = hmac.new(token.encode("utf-8"), b"statebus login cookie\x00" + node.encode("utf-8"), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +99,19 @@ class OwnerAuth:
         token: the owner token, or None when the node has none (then nobody is the owner).
     """
 
-    def __init__(self, token: str | None, access: AccessControl | None = None) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        access: AccessControl | None = None,
+        *,
+        node: PubKey | None = None,
+        origins: OriginPolicy | None = None,
+    ) -> None:
         self._token = token.encode("utf-8") if token else None
         self.access = access
+        self.node = node if node is not None else access.local if access is not None else None
+        self.origins = origins if origins is not None else OriginPolicy()
+        self._cookie = cookie_value(token, self.node).encode("ascii") if token and self.node else None
         self._owners: dict[str | None, Client] = {}
 
     def __repr__(self) -> str:
@@ -87,6 +122,25 @@ class OwnerAuth:
         if self._token is None or not presented or len(presented) > MAX_TOKEN_CHARS:
             return False
         return hmac.compare_digest(self._token, presented.encode("utf-8", "replace"))
+
+    def check_cookie(self, presented: str) -> bool:
+        """Constant-time comparison of ``presented`` with this node's login cookie value."""
+        if self._cookie is None or not presented or len(presented) > MAX_TOKEN_CHARS:
+            return False
+        return hmac.compare_digest(self._cookie, presented.encode("utf-8", "replace"))
+
+    def cookie_name(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+        """The login cookie's name for this request (None: the node has no identity)."""
+        if self.node is None:
+            return None
+        return cookie_name(self.node, secure=self.origins.is_secure(scope, headers))
+
+    def check_origin(self, conn: HTTPConnection) -> None:
+        """Refuse (Forbidden, 403) a request or websocket handshake from another origin's page."""
+        if self.origins.foreign_origin(conn.scope, conn.headers):
+            raise Forbidden(
+                "this node accepts websockets from its own pages only (Origin is not this node's)"
+            )
 
     def owner_client(self, address: str | None = None) -> Client:
         """The owner as a client (with the access control, when there is one)."""
@@ -113,7 +167,18 @@ class OwnerAuth:
     def authenticate_scope(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Client:
         """:meth:`authenticate` for an ASGI ``scope`` whose ``headers`` the caller already read
         (lowercase names; the first value of a repeated header)."""
-        owner = self._is_owner(headers)
+        how = self._owner_by(scope, headers)
+        if (
+            how == "cookie"
+            and scope.get("type") == "http"
+            and str(scope.get("method", "GET")).upper() not in SAFE_METHODS
+            and self.origins.foreign_origin(scope, headers)
+        ):
+            raise Forbidden(
+                "a write with the login cookie must come from this node's own pages (the request came"
+                " from another origin); other clients send Authorization: Bearer or sign the request"
+            )
+        owner = how is not None
         if self.access is None:
             return OWNER if owner else ANONYMOUS
         peer = scope.get("client")
@@ -125,16 +190,20 @@ class OwnerAuth:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
 
-    def _is_owner(self, headers: Mapping[str, str]) -> bool:
+    def _owner_by(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+        """How the request proves it is the owner's: ``"bearer"``, ``"cookie"``, or None."""
         header = headers.get("authorization")
         if header is not None:
             scheme, _, credentials = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not self.check_token(credentials.strip()):
                 raise Forbidden("the Authorization header does not hold a valid owner token", status_hint=401)
-            return True
+            return "bearer"
         raw = headers.get("cookie")
-        cookie = cookie_parser(raw).get(COOKIE_NAME) if raw else None
-        return bool(cookie and self.check_token(cookie))
+        if not raw or self._cookie is None:
+            return None
+        name = self.cookie_name(scope, headers)
+        cookie = cookie_parser(raw).get(name) if name is not None else None
+        return "cookie" if cookie and self.check_cookie(cookie) else None
 
 
 def is_public(key: Key) -> bool:
@@ -180,26 +249,31 @@ def require_write(client: Client, key: Key) -> None:
 
 
 async def login(request: Request, auth: OwnerAuth) -> Response:
-    """``GET /login?token=…``: a valid token sets the ``statebus_token`` cookie and redirects to ``/``.
+    """``GET /login?token=…``: a valid token sets the node's login cookie and redirects to ``/``.
 
-    A wrong token gets 401 and no cookie; the token is never echoed.
+    The cookie (see :func:`cookie_name`, :func:`cookie_value`) is HttpOnly, SameSite=Strict, Path=/,
+    without Domain; over TLS it is ``__Host-`` and Secure. The old shared ``statebus_token`` cookie is
+    cleared. A wrong token gets 401 and no cookie; the token is never echoed.
     """
     values = parse_qs(request.url.query, keep_blank_values=True).get("token", [])
     token = values[0] if len(values) == 1 else ""
-    if not auth.check_token(token):
+    name = auth.cookie_name(request.scope, request.headers)
+    if not auth.check_token(token) or name is None or auth.node is None:
         return statebus_error_response(
             Forbidden("the login link is not valid (wrong or old token)", status_hint=401)
         )
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
-        COOKIE_NAME,
-        token,
+        name,
+        cookie_value(token, auth.node),
         max_age=COOKIE_MAX_AGE,
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=name.startswith(SECURE_PREFIX),
     )
+    if LEGACY_COOKIE in request.cookies:
+        response.delete_cookie(LEGACY_COOKIE, path="/", httponly=True, samesite="strict")
     response.headers["cache-control"] = "no-store"
     response.headers["referrer-policy"] = "no-referrer"
     return response

@@ -21,8 +21,10 @@ from statebus.config import Settings
 from statebus.errors import NotFound, StatebusError
 from statebus.http.auth import OwnerAuth
 from statebus.http.errors import statebus_error_response
+from statebus.http.origins import OriginPolicy
 from statebus.identity import keystore
 from statebus.runtime import Node
+from statebus.types import PubKey
 from statebus.values import dumps_json
 
 INFO_PATH: Final = "/.well-known/statebus"
@@ -37,12 +39,19 @@ def package_version() -> str:
         return "unknown"
 
 
-def owner_auth(settings: Settings) -> OwnerAuth:
-    """The owner check of the node in ``settings.data_dir`` (no owner if it has no token)."""
+def owner_auth(settings: Settings, node: PubKey | None = None) -> OwnerAuth:
+    """The owner check of the node in ``settings.data_dir`` (no owner if it has no token); ``node``
+    is its pubkey (read from the identity there when not given), which names its login cookie."""
+    origins = OriginPolicy.of(settings)
+    if node is None:
+        try:
+            node = keystore.load(settings.data_dir).pubkey
+        except NotFound:
+            node = None
     try:
-        return OwnerAuth(keystore.load_owner_token(settings.data_dir))
+        return OwnerAuth(keystore.load_owner_token(settings.data_dir), node=node, origins=origins)
     except NotFound:
-        return OwnerAuth(None)
+        return OwnerAuth(None, node=node, origins=origins)
 
 
 def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
@@ -63,7 +72,7 @@ def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
 
 def routes(node: Node, settings: Settings) -> list[BaseRoute]:
     """The info route for ``node``."""
-    auth = owner_auth(settings)
+    auth = owner_auth(settings, node.local)
 
     async def info(request: Request) -> Response:
         try:

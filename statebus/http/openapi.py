@@ -215,7 +215,7 @@ def document() -> dict[str, Any]:
             "/{namespace}/{path}": _key_item("pubkey"),
             "/login": {
                 "get": {
-                    "summary": "Log the owner in: sets the statebus_token cookie",
+                    "summary": "Log the owner in: sets the node's login cookie (statebus_<id>)",
                     "parameters": [
                         {"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}
                     ],

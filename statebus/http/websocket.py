@@ -21,13 +21,21 @@ Answers carry the key exactly as the client wrote it. Subtrees (``notes/``) cann
 (use SSE). ``current_user`` is answered locally with ``{"client": <connection id>, "owner": bool}``
 and never stored.
 
-**Auth.** Same rules as HTTP (:mod:`statebus.http.auth`): the ``statebus_token`` cookie, an
+**Auth.** Same rules as HTTP (:mod:`statebus.http.auth`): the node's login cookie, an
 ``Authorization: Bearer`` header, ``?token=`` in the URL, or a ``{"token": …}`` message make the
-connection the owner's; anonymous connections may read ``/<ns>/public/…`` keys only.
+connection the owner's; anonymous connections may read ``/<ns>/public/…`` keys only. A handshake whose
+``Origin`` is not one of the node's own (:mod:`statebus.http.origins`: the request's scheme and
+``Host``, and ``settings.public_origins``) is refused with 403 before it is accepted, whatever it
+carries; clients that send no ``Origin`` (not a browser page) are judged by their credentials alone.
 
 **Back-pressure.** Each subscription is an event stream with the node's bounded buffer, and the
 connection has a bounded outgoing queue (``subscriber_buffer`` frames): a socket that does not keep up
 is closed with code 1013 (try again later). Changes made by this connection are not echoed back to it.
+
+**Rates.** Every arriving message counts, before it is parsed or answered, against the connection's
+budget (``ws_message_rate`` messages and ``ws_byte_rate`` bytes per second; the owner gets
+``ws_owner_factor`` times both) and, for anyone but the owner, against the node's request rates of its
+key and address. A connection over any of them is closed with 1008 (policy) and the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 from typing import Any, Final
 
 from starlette.routing import BaseRoute, WebSocketRoute, websocket_session
@@ -44,10 +53,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from statebus.access.control import access_control
 from statebus.bus import Change
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidKey, InvalidOp, InvalidValue, StatebusError, TooLarge
+from statebus.errors import (
+    Forbidden,
+    InvalidKey,
+    InvalidOp,
+    InvalidValue,
+    RateLimited,
+    StatebusError,
+    TooLarge,
+)
 from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
 from statebus.http.info import owner_auth
 from statebus.http.info import routes as info_routes
+from statebus.http.ws_budget import ConnectionBudget, Rates
 from statebus.keys import is_subtree
 from statebus.oplog import DELETE, Patch
 from statebus.runtime import Node
@@ -60,6 +78,7 @@ CLOSE_TOO_SLOW: Final = 1013
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 MAX_PATCHES: Final = 1000
+MAX_REASON_BYTES: Final = 123
 
 
 def node_key(node: Node, key: Any) -> Key:
@@ -138,6 +157,8 @@ class Connection:
         self.subs: dict[str, asyncio.Task[None]] = {}
         self.closed = asyncio.Event()
         self.close_code = 1000
+        self.close_reason = ""
+        self.budget = ConnectionBudget(Rates.of(settings), time.monotonic())
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed.is_set():
@@ -147,10 +168,22 @@ class Connection:
         except asyncio.QueueFull:
             self.close(CLOSE_TOO_SLOW)
 
-    def close(self, code: int) -> None:
+    def close(self, code: int, reason: str = "") -> None:
         if not self.closed.is_set():
             self.close_code = code
+            self.close_reason = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
             self.closed.set()
+
+    def over_budget(self, size: int) -> str | None:
+        """Count an arriving message against this connection's rates and, for anyone but the owner,
+        the node's request rates of its key and address (so reconnecting does not reset them)."""
+        reason = self.budget.spend(size, owner=self.client.owner, now=time.monotonic())
+        if reason is None and not self.client.owner and self.client.access is not None:
+            try:
+                self.client.access.hit(self.client.pubkey, self.client.address)
+            except RateLimited as exc:
+                reason = exc.detail
+        return reason
 
     def error(self, exc: StatebusError, key: Any = None) -> None:
         msg: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
@@ -171,15 +204,18 @@ class Connection:
             except (WebSocketDisconnect, RuntimeError, KeyError):
                 self.close(1000)
                 return
-            if len(text) > limit:
+            raw = text.encode("utf-8")
+            if len(raw) > limit:
                 self.error(TooLarge(f"a message is at most {limit} bytes"))
-                self.close(CLOSE_TOO_BIG)
+                self.close(CLOSE_TOO_BIG, f"a message is at most {limit} bytes")
+                return
+            reason = self.over_budget(len(raw))
+            if reason is not None:
+                self.close(CLOSE_POLICY, reason)
                 return
             msg: Any = None
             try:
-                msg = loads_json(
-                    text.encode("utf-8"), max_bytes=limit, max_depth=self.settings.max_json_depth
-                )
+                msg = loads_json(raw, max_bytes=limit, max_depth=self.settings.max_json_depth)
                 if not isinstance(msg, dict):
                     raise InvalidValue('a message is a JSON object such as {"get": "notes/1"}')
                 await self.handle(msg)
@@ -279,9 +315,12 @@ class Connection:
 
     async def run(self) -> None:
         try:
+            self.auth.check_origin(self.ws)
             self.client = self.auth.authenticate(self.ws)
-        except StatebusError:
-            await self.ws.close(CLOSE_POLICY)
+        except StatebusError as exc:
+            await self.ws.close(
+                CLOSE_POLICY, exc.detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+            )
             return
         token = self.ws.query_params.get("token")
         if token:
@@ -301,12 +340,12 @@ class Connection:
                 with contextlib.suppress(BaseException):
                     await task
             with contextlib.suppress(Exception):
-                await self.ws.close(self.close_code)
+                await self.ws.close(self.close_code, self.close_reason or None)
 
 
 def routes(node: Node, settings: Settings) -> list[BaseRoute]:
     """The websocket route (and, until the app mounts it itself, the info route)."""
-    auth = owner_auth(settings)
+    auth = owner_auth(settings, node.local)
     auth.access = access_control(node, settings)
 
     async def endpoint(ws: WebSocket) -> None:

@@ -21,6 +21,7 @@ import httpx
 
 from statebus.config import Settings
 from statebus.errors import StatebusError
+from statebus.http.auth import cookie_name, cookie_value
 from statebus.runtime import Node
 from statebus.server import StatebusServer, make_server, owner_token
 
@@ -43,6 +44,11 @@ class LiveServer:
     def auth(self) -> dict[str, str]:
         """Headers that make a request the owner's."""
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def cookie(self) -> dict[str, str]:
+        """The owner's login cookie on this node (as ``GET /login`` sets it over plain HTTP)."""
+        return {cookie_name(self.local, secure=False): cookie_value(self.token, self.local)}
 
     @property
     def local(self) -> str:

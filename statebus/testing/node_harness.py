@@ -141,6 +141,8 @@ def run_browser(
     wait: str | None = "window.__done === true",
     inject_braid: bool = False,
     screenshot: str | os.PathLike[str] | None = None,
+    before: Sequence[str] = (),
+    cookies: bool = False,
     extra_args: Sequence[str] = (),
 ) -> JsonLine:
     """Open ``url`` in headless Chromium, run ``script`` and return what the page reported.
@@ -152,10 +154,14 @@ def run_browser(
         wait: page expression to wait for, or None to return right after the script.
         inject_braid: load braid-http's browser client first (``window.braid_fetch``).
         screenshot: where to save a PNG screenshot, if wanted.
+        before: pages to open first, in the page's own tab, in order, in the same browser profile
+            (e.g. login links).
+        cookies: also return the browser's cookie jar (``"cookies"``), HttpOnly cookies included.
         extra_args: more ``browser.mjs`` options.
 
     Returns:
-        ``{"ok", "result" (window.__result), "console", "page_errors", "error", "url", "title"}``.
+        ``{"ok", "result" (window.__result), "console", "page_errors", "error", "url", "title",
+        "before"}`` (and ``"visits"`` with ``--visit``, ``"cookies"`` when asked).
 
     Raises:
         TimeoutError: the harness itself hung past ``timeout`` (it has been killed).
@@ -168,6 +174,10 @@ def run_browser(
         argv.append("--inject-braid")
     if screenshot is not None:
         argv += ["--screenshot", os.fspath(screenshot)]
+    for page in before:
+        argv += ["--before", page]
+    if cookies:
+        argv.append("--cookies")
     argv += list(extra_args)
     code, stdout, stderr = _run_node("browser.mjs", argv, timeout)
     lines = _parse_lines(stdout)

@@ -107,9 +107,14 @@ def test_auth_rules_match_http(srv):
         with pytest.raises(InvalidStatus):
             async with connect(ws_url(srv, "wrong")):
                 pass
-        async with connect(ws_url(srv), additional_headers={"Cookie": f"statebus_token={srv.token}"}) as c:
+        ((name, value),) = srv.cookie.items()
+        async with connect(ws_url(srv), additional_headers={"Cookie": f"{name}={value}"}) as c:
             await send(c, {"get": "private"})
             assert await recv(c) == {"set": {"key": "private"}}
+        # the old shared cookie name, even holding the token itself, is nobody's login any more
+        async with connect(ws_url(srv), additional_headers={"Cookie": f"statebus_token={srv.token}"}) as c:
+            await send(c, {"get": "private"})
+            assert (await recv(c))["error"] == "forbidden"
 
     asyncio.run(main())
 

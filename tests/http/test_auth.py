@@ -61,7 +61,8 @@ def test_wrong_token_is_401_and_never_echoed(srv: LiveServer, caplog: pytest.Log
         r = c.get("/login", params={"token": bad}, follow_redirects=False)
         assert r.status_code == 401 and bad not in r.text and "set-cookie" not in r.headers
         # a stale cookie is ignored: the client is anonymous
-        c.cookies.set("statebus_token", bad)
+        for name in srv.cookie:
+            c.cookies.set(name, bad)
         r = c.get("/~/x")
         assert r.status_code == 401
     server_logs = [r.getMessage() for r in caplog.records if r.name.startswith(("statebus", "uvicorn"))]
@@ -89,9 +90,12 @@ def test_login_sets_cookie_and_redirects(srv: LiveServer) -> None:
         r = c.get("/login", params={"token": srv.token}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
         cookie = r.headers["set-cookie"]
-        assert cookie.startswith("statebus_token=")
+        ((name, value),) = srv.cookie.items()
+        assert cookie.startswith(f"{name}={value};") and name == "statebus_" + srv.local[:16]
+        assert srv.token not in cookie  # the cookie holds a value derived from the token
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-        c.cookies.set("statebus_token", srv.token)
+        assert "Secure" not in cookie and "Domain" not in cookie and "Path=/" in cookie
+        c.cookies.set(name, value)
         assert c.put("/~/by-cookie", json=1).status_code == 200
         assert c.get("/~/by-cookie").json() == 1
         root = c.get("/")

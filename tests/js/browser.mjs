@@ -18,11 +18,15 @@
 //                            (not reaching it is no error: the tab's own script may never run)
 //   --visit-wait-ms T        (default 3000)
 //   --visit-probe EXPR       evaluate EXPR in each visited tab and report it as "probe" (JSON)
+//   --before URL             open URL first, in the page's own tab, and wait for it to load (repeatable, in
+//                            order; one browser profile, so cookies set there are kept), then open <url>
+//   --cookies                add the browser's cookie jar to the output ("cookies": [{name, value, ...}])
 //
 // Output: ONE JSON line on stdout:
 //   {"ok": true|false, "result": <JSON of window.__result>, "console": [{"type","text"}],
 //    "page_errors": ["..."], "error": null|"...", "url": "<final url>", "title": "...",
-//    "visits": [{"url", "status", "headers", "download", "title", "waited", "probe", "error"}]}
+//    "visits": [{"url", "status", "headers", "download", "title", "waited", "probe", "error"}],
+//    "before": [{"url", "status", "final"}]}
 // Exit code 0 when ok, 1 otherwise. The browser is always closed and its profile dir removed (if that
 // fails, "cleanup_error" says why).
 
@@ -48,7 +52,8 @@ const CHROMIUM_FLAGS = [
 
 function parse_args(argv) {
     const opts = {wait: 'window.__done === true', timeout_ms: 15000, inject_braid: false, visits: [],
-                  visit_wait: null, visit_wait_ms: 3000, visit_probe: null}
+                  visit_wait: null, visit_wait_ms: 3000, visit_probe: null,
+                  before: [], cookies: false}
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i]
         const value = () => {
@@ -68,6 +73,8 @@ function parse_args(argv) {
             case '--visit-wait': opts.visit_wait = value(); break
             case '--visit-wait-ms': opts.visit_wait_ms = Number(value()); break
             case '--visit-probe': opts.visit_probe = value(); break
+            case '--before': opts.before.push(value()); break
+            case '--cookies': opts.cookies = true; break
             default:
                 if (a.startsWith('--') || opts.url) throw new Error(`unknown argument ${a}`)
                 opts.url = a
@@ -175,6 +182,10 @@ async function run(opts, out) {
         page.on('console', msg => out.console.push({type: msg.type(), text: msg.text()}))
         page.on('pageerror', err => out.page_errors.push(String(err && err.message ? err.message : err)))
         if (opts.init_script) await page.addInitScript({content: load_script(opts.init_script)})
+        for (const url of opts.before) {
+            const response = await page.goto(url, {waitUntil: 'load', timeout: left()})
+            out.before.push({url, status: response ? response.status() : null, final: page.url()})
+        }
         await page.goto(opts.url, {waitUntil: 'load', timeout: left()})
         if (opts.inject_braid) await page.addScriptTag({path: BRAID_CLIENT})
         if (opts.script) await add_script(page, load_script(opts.script), out)
@@ -184,6 +195,7 @@ async function run(opts, out) {
             out.visits = []
             for (const url of opts.visits) out.visits.push(await visit(browser, url, opts, left))
         }
+        if (opts.cookies) out.cookies = await browser.cookies()
         out.ok = true
     } catch (e) {
         out.error = String(e && e.message ? e.message : e).split('\n')[0]
@@ -214,7 +226,8 @@ async function run(opts, out) {
 }
 
 async function main() {
-    const out = {ok: false, result: null, console: [], page_errors: [], error: null, url: null, title: null}
+    const out = {ok: false, result: null, console: [], page_errors: [], error: null, url: null, title: null,
+                 before: []}
     let opts
     try {
         opts = parse_args(process.argv.slice(2))
