@@ -4,8 +4,10 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 
 1. locate the owner: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then
    the addresses the node was told about; re-located on every (re)connect, so a moved owner is found;
-2. on each connection, run anti-entropy on ``/<owner>/.keys/`` then on the pattern (only the ops we
-   lack move), so nothing missed while away is lost even if the cursor is stale or from another relay;
+2. on each connection, run anti-entropy on ``/<owner>/.keys/``, then on the owner's read rules
+   (``/<owner>/.acl/``, as much as the server lets us have, and ``/<owner>/.shares/``), then on the
+   pattern (only the ops we lack move), so nothing missed while away is lost even if the cursor is
+   stale or from another relay;
 3. stream the signed ops after the cursor this node holds *for that server* (cursors are per server
    node: a relay's sequence numbers are not the owner's);
 4. hand every op to :class:`~statebus.federation.ingest.Ingest` (consent, signature, delegation,
@@ -29,9 +31,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from statebus.access.acl import acl_prefix
 from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
 from statebus.federation.opset import op_set
-from statebus.federation.policy import Follow
+from statebus.federation.policy import SHARES, Follow
 from statebus.federation.sync import SyncSession
 from statebus.identity.delegation import keys_prefix
 from statebus.types import JSON, PubKey, Seq
@@ -92,7 +95,11 @@ class Follower:
 
     @property
     def patterns(self) -> list[str]:
-        return [keys_prefix(self.follow.owner), self.follow.pattern]
+        """Delegation records first, then the owner's read rules (a relay applies them to whoever
+        asks it for this data: ``.acl`` as far as the server lets us have them, and ``.shares``),
+        then the pattern."""
+        owner = self.follow.owner
+        return [keys_prefix(owner), acl_prefix(owner), f"/{owner}/{SHARES}/", self.follow.pattern]
 
     def _load_state(self) -> None:
         change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
