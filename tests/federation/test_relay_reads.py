@@ -59,6 +59,26 @@ async def sse_first(node: FederatedNode, path: str, who: Identity) -> tuple[int,
             await r.aclose()
 
 
+async def sse_until_cut(node: FederatedNode, path: str, who: Identity, opened: asyncio.Event) -> str:
+    """Everything an SSE subscription of ``who`` receives until the node ends it."""
+    got = ""
+    async with httpx.AsyncClient(timeout=30) as http:
+        req = http.build_request("GET", node.url + path, headers={"accept": "text/event-stream"})
+        req.headers.update(sign_request("GET", str(req.url), req.headers, b"", who))
+        r = await http.send(req, stream=True)
+        try:
+            assert r.status_code == 200
+            async for chunk in r.aiter_text():
+                got += chunk
+                if "data:" in got:
+                    opened.set()
+                if "forbidden" in got:
+                    break
+        finally:
+            await r.aclose()
+    return got
+
+
 async def ws_get(node: FederatedNode, key: str, who: Identity) -> dict[str, Any]:
     url = node.url.replace("http://", "ws://") + WS_PATH
     async with connect(url, additional_headers=sign_request("GET", url, {}, None, who)) as ws:
@@ -140,9 +160,14 @@ async def test_a_relay_serves_a_grant_only_to_whom_the_owner_granted_it(cluster:
     assert (await get(b, pub + "hello", None)).json() == "hi"
     assert pub + "hello" in op_keys(await peer_ops(b, stranger, pub))
 
-    # the owner withdraws carol's grant: B applies it too
+    # the owner withdraws carol's grant: B applies it too, and cuts her open stream
+    opened = asyncio.Event()
+    watching = asyncio.ensure_future(sse_until_cut(b, team, carol, opened))
+    await asyncio.wait_for(opened.wait(), 30)
     await a.node.save("/~/.acl/.lists/friends", [])
     await wait_until(lambda: has(b, f"/{a.pubkey}/.acl/.lists/friends", []), what="the new rule to reach b")
+    cut = await asyncio.wait_for(watching, 30)
+    assert "event: error" in cut and "withdrawn" in cut, cut
     assert (await get(b, team + "plan", carol)).status_code == 403
     assert await peer_ops(b, carol, team) == 403
     assert (await get(b, team + "plan", b.identity)).status_code == 200
