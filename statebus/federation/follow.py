@@ -94,12 +94,17 @@ class Follower:
     # ------------------------------------------------------------------ state
 
     @property
+    def rules(self) -> tuple[str, str]:
+        """The owner's read-rule subtrees: ``/<owner>/.acl/`` and ``/<owner>/.shares/``."""
+        owner = self.follow.owner
+        return acl_prefix(owner), f"/{owner}/{SHARES}/"
+
+    @property
     def patterns(self) -> list[str]:
         """Delegation records first, then the owner's read rules (a relay applies them to whoever
         asks it for this data: ``.acl`` as far as the server lets us have them, and ``.shares``),
         then the pattern."""
-        owner = self.follow.owner
-        return [keys_prefix(owner), acl_prefix(owner), f"/{owner}/{SHARES}/", self.follow.pattern]
+        return [keys_prefix(self.follow.owner), *self.rules, self.follow.pattern]
 
     def _load_state(self) -> None:
         change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
@@ -223,9 +228,19 @@ class Follower:
         while not self._stop.is_set():
             await self._set("syncing")
             synced_to: Seq | None = None
-            for pattern in self.patterns:  # delegation records first
+            patterns = self.patterns
+            for pattern in list(patterns):  # delegation records first
                 local = op_set(self.fed.node.bus, pattern)
-                session = await client.sync(url, SyncSession(pattern, local.index))
+                try:
+                    session = await client.sync(url, SyncSession(pattern, local.index))
+                except StatebusError as exc:
+                    if pattern not in self.rules or exc.status_hint != 403:
+                        raise
+                    # a server that keeps the owner's rules to itself (an older node): follow the data
+                    # without them; this node then serves others only public/ of it (no rules: closed)
+                    log.info("follow %s: %s refuses %s: %s", self.follow.pattern, url, pattern, exc.detail)
+                    patterns.remove(pattern)
+                    continue
                 await self._ingest(session.received)
                 self.synced_ops += len(session.received)
                 self.sync_bytes += session.bytes_sent + session.bytes_received
@@ -236,14 +251,14 @@ class Follower:
             self.connections += 1
             cursor = max(self.cursors.get(self.server, 0), synced_to or 0)
             self.cursors[self.server] = cursor
-            if not await self._stream(url, cursor):
+            if not await self._stream(url, cursor, patterns):
                 return
 
-    async def _stream(self, url: str, cursor: Seq) -> bool:
+    async def _stream(self, url: str, cursor: Seq, patterns: list[str]) -> bool:
         """Apply the ops stream from ``cursor``; True when the server asked for a new anti-entropy
         round (its history after our cursor was compacted), False when the stream ended."""
         assert self.server is not None
-        async with contextlib.aclosing(self.fed.client.ops(url, self.patterns, cursor)) as stream:
+        async with contextlib.aclosing(self.fed.client.ops(url, patterns, cursor)) as stream:
             async for items in stream:
                 ops = [item.op for item in items if item.kind == "op"]
                 if ops:

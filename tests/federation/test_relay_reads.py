@@ -21,7 +21,7 @@ from statebus.errors import StatebusError
 from statebus.federated import Cluster, FederatedNode
 from statebus.federation.client import PeerClient, StreamItem
 from statebus.federation.ingest import Ingest
-from statebus.federation.policy import follow_id
+from statebus.federation.policy import PeerView, follow_id
 from statebus.federation.sync import OpIndex, SyncSession
 from statebus.http.websocket import WS_PATH
 from statebus.identity import Identity, delegate, record_key, sign_op, sign_request
@@ -135,6 +135,7 @@ async def test_a_relay_serves_a_grant_only_to_whom_the_owner_granted_it(cluster:
         assert (await get(b, path, stranger)).status_code == 403, path
         assert (await get(b, path, None)).status_code == 401, path
     assert (await sse_first(b, team, stranger))[0] == 403
+    assert (await get(b, team + "plan", stranger, subscribe="true")).status_code == 403  # Braid
     assert (await ws_get(b, team + "plan", stranger))["error"] == "forbidden"
     assert await peer_ops(b, stranger, team) == 403
     assert await peer_sync(b, stranger, team) == 403
@@ -232,3 +233,23 @@ async def test_a_share_relays_until_the_owner_withdraws_it(cluster: Cluster) -> 
     await wait_until(lambda: not has(b, f"/{a.pubkey}/.shares/{follow_id(chirp)}"), what="the unshare")
     assert await peer_ops(b, stranger, chirp) == 403
     assert await peer_sync(b, stranger, chirp) == 403
+
+
+async def test_a_server_that_keeps_the_rules_to_itself_is_still_followed(cluster: Cluster) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    stranger = Identity.generate()
+    team = f"/{a.pubkey}/team/"
+    rules = (f"/{a.pubkey}/.acl/", f"/{a.pubkey}/.shares/")
+
+    class OlderView(PeerView):  # a node from before the rules travelled: it refuses those patterns
+        def pattern(self, pattern: str) -> bool:
+            return not pattern.startswith(rules) and super().pattern(pattern)
+
+    a.federation.view = lambda peer: OlderView(a.node.bus, peer, a.federation.access)  # type: ignore[method-assign]
+    await a.node.save("/~/.acl/team", {"read": [b.pubkey]})
+    await a.node.save("/~/team/plan", "secret")
+    await b.follow(team)
+    await wait_until(lambda: live(b) and has(b, team + "plan"), what="b's copy without the rules")
+    assert not has(b, f"/{a.pubkey}/.acl/team")
+    assert (await get(b, team + "plan", stranger)).status_code == 403
+    assert await peer_ops(b, stranger, team) == 403
