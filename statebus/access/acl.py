@@ -294,6 +294,22 @@ class AclRules:
         rule = self.rules.get(DEFAULT)
         return (DEFAULT, rule) if rule is not None else (None, CLOSED)
 
+    def admits_somewhere(self, client: PubKey | None) -> bool:
+        """Whether a stored rule lets ``client`` read or list anything (the owner: always).
+
+        This is who may receive the rules themselves from a node that holds them (a relay needs
+        them to serve the namespace as its owner would; see docs/federation.md). The built-in
+        ``public`` rule does not count: it needs no stored rule to be applied.
+        """
+        if client == self.owner:
+            return True
+        if self.deny_all or (client is not None and client in self.deny):
+            return False
+        who = client if client is None or self.allow is None or client in self.allow else None
+        return any(
+            r.read.admits(who, self.lists) or r.list.admits(who, self.lists) for r in self.rules.values()
+        )
+
     def decide(self, action: str, client: PubKey | None, key: Key, delegate_ok: bool = False) -> str | None:
         """None when ``client`` (None: anonymous) may ``action`` (read, write, list) ``key``; else why not.
 

@@ -123,11 +123,20 @@ class AccessControl:
     def may_write(self, client: PubKey | None, key: Key) -> bool:
         return self.why_not("write", client, key) is None
 
-    def denied(self, client: PubKey | None) -> bool:
-        """Whether the local owner's deny-list refuses ``client`` everything (grants such as
-        shares never reach past it)."""
-        rules = self.local_policy.rules
-        return client != self.local and (rules.deny_all or (client is not None and client in rules.deny))
+    def may_read_rules(self, client: PubKey | None, namespace: PubKey) -> bool:
+        """Whether ``client`` may receive the rules of ``namespace`` (``/<namespace>/.acl/…``) from
+        this node: what a relay needs to serve that namespace as its owner would."""
+        return client == self.local or self.policy(namespace).may_read_rules(client)
+
+    def denied(self, client: PubKey | None, namespace: PubKey | None = None) -> bool:
+        """Whether the deny-list of ``namespace`` (default: the local owner's; another owner's as
+        replicated here) refuses ``client`` everything (grants such as shares never reach past it)."""
+        policy = self.local_policy if namespace is None else self.policy(namespace)
+        rules = policy.rules
+        owner = policy.owner
+        return client not in (self.local, owner) and (
+            rules.deny_all or (client is not None and client in rules.deny)
+        )
 
     def require(self, action: str, client: PubKey | None, key: Key) -> None:
         """Raise :class:`Forbidden` (401 for an anonymous client, else 403) with the reason."""

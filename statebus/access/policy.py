@@ -143,6 +143,16 @@ class AccessPolicy:
         by :meth:`may_read`)."""
         return self.why_not("list", client, key) is None
 
+    def may_read_rules(self, client: PubKey | None) -> bool:
+        """Whether ``client`` may receive this namespace's rules (``/<owner>/.acl/…``) from a node
+        holding them: the owner, a live delegate, or a key some stored rule lets read or list
+        something (:meth:`AclRules.admits_somewhere`)."""
+        if client is not None and client != self.owner:
+            rec = self.keyring.get(self.owner, client)
+            if rec is not None and not rec.revoked and rec.check_time(self.clock()) is None:
+                return client not in self.rules.deny and not self.rules.deny_all
+        return self.rules.admits_somewhere(client)
+
     def may_host(self, client: PubKey | None) -> bool:
         """Whether ``client`` may store its own namespace on this node (it is on ``.host``)."""
         return client is not None and client in self.rules.host and client not in self.rules.deny

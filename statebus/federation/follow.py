@@ -4,8 +4,10 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 
 1. locate the owner: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then
    the addresses the node was told about; re-located on every (re)connect, so a moved owner is found;
-2. on each connection, run anti-entropy on ``/<owner>/.keys/`` then on the pattern (only the ops we
-   lack move), so nothing missed while away is lost even if the cursor is stale or from another relay;
+2. on each connection, run anti-entropy on ``/<owner>/.keys/``, then on the owner's read rules
+   (``/<owner>/.acl/``, as much as the server lets us have, and ``/<owner>/.shares/``), then on the
+   pattern (only the ops we lack move), so nothing missed while away is lost even if the cursor is
+   stale or from another relay;
 3. stream the signed ops after the cursor this node holds *for that server* (cursors are per server
    node: a relay's sequence numbers are not the owner's);
 4. hand every op to :class:`~statebus.federation.ingest.Ingest` (consent, signature, delegation,
@@ -29,9 +31,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from statebus.access.acl import acl_prefix
 from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
 from statebus.federation.opset import op_set
-from statebus.federation.policy import Follow
+from statebus.federation.policy import SHARES, Follow
 from statebus.federation.sync import SyncSession
 from statebus.identity.delegation import keys_prefix
 from statebus.types import JSON, PubKey, Seq
@@ -91,8 +94,17 @@ class Follower:
     # ------------------------------------------------------------------ state
 
     @property
+    def rules(self) -> tuple[str, str]:
+        """The owner's read-rule subtrees: ``/<owner>/.acl/`` and ``/<owner>/.shares/``."""
+        owner = self.follow.owner
+        return acl_prefix(owner), f"/{owner}/{SHARES}/"
+
+    @property
     def patterns(self) -> list[str]:
-        return [keys_prefix(self.follow.owner), self.follow.pattern]
+        """Delegation records first, then the owner's read rules (a relay applies them to whoever
+        asks it for this data: ``.acl`` as far as the server lets us have them, and ``.shares``),
+        then the pattern."""
+        return [keys_prefix(self.follow.owner), *self.rules, self.follow.pattern]
 
     def _load_state(self) -> None:
         change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
@@ -216,9 +228,19 @@ class Follower:
         while not self._stop.is_set():
             await self._set("syncing")
             synced_to: Seq | None = None
-            for pattern in self.patterns:  # delegation records first
+            patterns = self.patterns
+            for pattern in list(patterns):  # delegation records first
                 local = op_set(self.fed.node.bus, pattern)
-                session = await client.sync(url, SyncSession(pattern, local.index))
+                try:
+                    session = await client.sync(url, SyncSession(pattern, local.index))
+                except StatebusError as exc:
+                    if pattern not in self.rules or exc.status_hint != 403:
+                        raise
+                    # a server that keeps the owner's rules to itself (an older node): follow the data
+                    # without them; this node then serves others only public/ of it (no rules: closed)
+                    log.info("follow %s: %s refuses %s: %s", self.follow.pattern, url, pattern, exc.detail)
+                    patterns.remove(pattern)
+                    continue
                 await self._ingest(session.received)
                 self.synced_ops += len(session.received)
                 self.sync_bytes += session.bytes_sent + session.bytes_received
@@ -229,14 +251,14 @@ class Follower:
             self.connections += 1
             cursor = max(self.cursors.get(self.server, 0), synced_to or 0)
             self.cursors[self.server] = cursor
-            if not await self._stream(url, cursor):
+            if not await self._stream(url, cursor, patterns):
                 return
 
-    async def _stream(self, url: str, cursor: Seq) -> bool:
+    async def _stream(self, url: str, cursor: Seq, patterns: list[str]) -> bool:
         """Apply the ops stream from ``cursor``; True when the server asked for a new anti-entropy
         round (its history after our cursor was compacted), False when the stream ended."""
         assert self.server is not None
-        async with contextlib.aclosing(self.fed.client.ops(url, self.patterns, cursor)) as stream:
+        async with contextlib.aclosing(self.fed.client.ops(url, patterns, cursor)) as stream:
             async for items in stream:
                 ops = [item.op for item in items if item.kind == "op"]
                 if ops:

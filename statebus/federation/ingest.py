@@ -10,6 +10,10 @@ Rules:
    its delegations. The delegation records (``/<owner>/.keys/…``) are replicated ops themselves, only
    the owner may write them, and they are applied first in every batch; the keyring is fed the merged
    value of each record key after it changes. Whoever relayed the op is never trusted.
+   The owner's read rules (``/<owner>/.acl/…`` and ``/<owner>/.shares/…``) replicate the same way,
+   and only ops the owner itself signed are taken there (a delegate never writes rules): a relay
+   applies them to every reader of the namespace (``statebus.federation.policy.PeerView``,
+   ``statebus.access``).
 3. Quota: the bytes of stored ops per remote namespace never exceed
    ``quota_bytes_per_remote_namespace``; an op that would is refused with ``QuotaExceeded`` (413).
 4. A bad op is refused alone: the ops before it stay applied (each is valid on its own), the caller
@@ -22,8 +26,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from statebus.access.acl import acl_prefix
 from statebus.errors import Forbidden, QuotaExceeded, StatebusError
 from statebus.federation.opset import scan_all
+from statebus.federation.policy import SHARES
 from statebus.identity import Keyring, verify_op
 from statebus.identity.delegation import keys_prefix
 from statebus.keys import namespace_of
@@ -132,6 +138,8 @@ class Ingest:
         if not self.accepts(ns):
             raise Forbidden(f"this node does not follow {ns} and was not invited to it")
         verify_op(op, self.keyring(ns))
+        if op.author != ns and op.key.startswith((acl_prefix(ns), f"/{ns}/{SHARES}/")):
+            raise Forbidden(f"only the owner of {ns} writes its read rules (.acl, .shares), not {op.author}")
         size = len(encode_op(op))
         if ns != self.node.local and self.usage(ns) + size > self.quota_bytes:
             raise QuotaExceeded(

@@ -5,9 +5,9 @@ Owner-written records (plain JSON values in the node's own namespace, so the web
     /~/.follows/<id>   {"pattern": "/<their-pubkey>/chirp/", "added": <unix s>, "via": ["http://…"]}
     /~/.shares/<id>    {"pattern": "/<my-pubkey>/chirp/"}
 
-:class:`PeerView` is the whole read policy for peer nodes (one place): public data and delegation
-records, patterns the owner shared, what the node's ACL lets the peer read (own namespace), and what
-this node follows (other namespaces: relaying).
+:class:`PeerView` is the whole read policy for peer nodes (one place): delegation records, patterns
+the owner shared, what the node's ACL lets the peer read (own namespace), and what the *owner's*
+rules, replicated with its data, let the peer read (other namespaces: relaying).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FOLLOWS = ".follows"
 SHARES = ".shares"
 PUBLIC = "public"
 KEYS = ".keys"
+ACL = ".acl"
 MAX_VIA = 8
 MAX_LISTED = 10_000
 
@@ -87,8 +88,8 @@ def new_follow(local: PubKey, pattern: str, via: tuple[str, ...] = ()) -> Follow
     return parse_follow(local, follow_id(p), {"pattern": p, "added": time.time(), "via": list(via)})
 
 
-def _records(bus: Bus, segment: str) -> dict[str, object]:
-    prefix = f"/{bus.local}/{segment}/"
+def _records(bus: Bus, segment: str, namespace: PubKey | None = None) -> dict[str, object]:
+    prefix = f"/{namespace or bus.local}/{segment}/"
     out: dict[str, object] = {}
     for key in bus.walk(prefix, MAX_LISTED):
         rest = key[len(prefix) :]
@@ -111,25 +112,30 @@ def follows(bus: Bus) -> dict[str, Follow]:
     return out
 
 
-def shares(bus: Bus) -> list[Key]:
-    """The patterns of this node's namespace the owner marked readable by peers."""
+def shares(bus: Bus, namespace: PubKey | None = None) -> list[Key]:
+    """The patterns of ``namespace`` (default: this node's) its owner marked readable by peers
+    (``/<namespace>/.shares/…``: this node's own records, or the owner's, replicated with its data)."""
+    ns = bus.local if namespace is None else namespace
     out: list[Key] = []
-    for value in _records(bus, SHARES).values():
+    for value in _records(bus, SHARES, ns).values():
         try:
-            p = check_pattern(str(value.get("pattern", "")) if isinstance(value, dict) else "", bus.local)
+            p = check_pattern(str(value.get("pattern", "")) if isinstance(value, dict) else "", ns)
         except StatebusError:
             continue
-        if namespace_of(p) == bus.local:
+        if namespace_of(p) == ns:
             out.append(p)
     return out
 
 
 class ReadCheck(Protocol):
-    """The node's access rules (``statebus.access.control.AccessControl`` fits)."""
+    """The node's access rules (``statebus.access.control.AccessControl`` fits): this node's own
+    rules for its namespace, and the rules replicated from each other namespace's owner."""
 
     def may_read(self, client: PubKey | None, key: Key) -> bool: ...
 
-    def denied(self, client: PubKey | None) -> bool: ...
+    def may_read_rules(self, client: PubKey | None, namespace: PubKey) -> bool: ...
+
+    def denied(self, client: PubKey | None, namespace: PubKey | None = None) -> bool: ...
 
 
 class PeerView:
@@ -137,63 +143,66 @@ class PeerView:
 
     The rules (the one place they live):
 
-    1. This node's namespace, when the node has access rules (``access``, the ACL): what they let
-       that peer read (they know ``public/``, ``.keys/``, lists and the deny-list), plus a pattern
-       the owner shared (``/~/.shares/…``) unless the peer is on the deny-list.
-    2. ``/<ns>/public/…`` and ``/<ns>/.keys/…`` (signed delegation records) of other namespaces
-       (and of this one without access rules): anyone.
+    1. ``/<ns>/.keys/…`` (signed delegation records, needed to verify anything) and
+       ``/<ns>/.shares/…`` (the patterns the owner lets every peer read): anyone.
+    2. ``/<ns>/.acl/…`` (the owner's read rules, signed ops like any other): a peer may open a
+       pattern there, and receives each rule only if the rules held here admit it somewhere
+       (``ReadCheck.may_read_rules``): a relay needs them to serve the namespace as its owner would.
     3. The peer's own namespace: the peer (it reads itself back from anyone holding it).
-    4. Another namespace: a pattern this node follows (relaying: its owner made it readable by
-       peers, so serving it on exposes nothing new; every op keeps the owner's signature).
+    4. This node's namespace: what its ACL lets that peer read, plus a pattern the owner shared
+       (``/~/.shares/…``) unless the peer is on the deny-list.
+    5. Another namespace (relaying): **the owner's rules** (its ``.acl`` and ``.shares`` records),
+       replicated here with the data and evaluated as on the owner's node; while this node holds
+       no rules for it, only ``public/`` (the built-in rule): missing rules never mean public.
+       Following a namespace gives this node no right to re-serve it.
+
+    Without access rules (``access=None``, unit tests) rule 4 is the shares and ``public/``, and
+    rule 5 is ``public/`` only.
     """
 
     def __init__(self, bus: Bus, peer: PubKey, access: ReadCheck | None = None) -> None:
         self.bus = bus
         self.peer = peer
         self.access = access
-        self._shares = shares(bus)
-        self._follows = [f.pattern for f in follows(bus).values()]
+        self._shares: dict[PubKey, list[Key]] = {}
 
-    def _by_records(self, key: Key) -> bool:
+    def shared(self, key: Key) -> bool:
+        """Whether the owner of ``key``'s namespace shared a pattern holding it with every peer."""
+        ns = namespace_of(key)
+        if ns not in self._shares:
+            self._shares[ns] = shares(self.bus, ns)
+        return any(key.startswith(p) for p in self._shares[ns])
+
+    def _decide(self, key: Key, pattern: bool) -> bool:
         parts = segments(key)
         ns = parts[0]
-        if ns == self.bus.local and self.access is not None:
-            # the ACL decides public/ and .keys/ here; a share widens it, never past the deny-list
-            return any(key.startswith(p) for p in self._shares) and not self.access.denied(self.peer)
-        if len(parts) >= 2 and parts[1] in (PUBLIC, KEYS):
+        top = parts[1] if len(parts) >= 2 else ""
+        if top in (KEYS, SHARES):
             return True
+        if top == ACL:
+            if pattern or ns == self.peer:
+                return True  # each rule is still checked key by key
+            return self.access is not None and self.access.may_read_rules(self.peer, ns)
         if ns == self.peer:
             return True
-        allowed = self._shares if ns == self.bus.local else self._follows
-        return any(key.startswith(p) for p in allowed)
+        if self.access is None:
+            return top == PUBLIC or (ns == self.bus.local and self.shared(key))
+        if self.shared(key) and not self.access.denied(self.peer, ns):
+            return True
+        return self.access.may_read(self.peer, key)
 
     def pattern(self, pattern: Key) -> bool:
-        """May the peer stream / sync the subtree ``pattern``?"""
-        if not is_subtree(pattern):
-            return False
-        if self._by_records(pattern):
-            return True
-        return (
-            self.access is not None
-            and namespace_of(pattern) == self.bus.local
-            and (self.access.may_read(self.peer, pattern))
-        )
+        """May the peer stream / sync the subtree ``pattern``? (Each key is then checked again.)"""
+        return is_subtree(pattern) and self._decide(pattern, True)
 
     def key(self, key: Key) -> bool:
-        """May the peer receive the ops of ``key``? (Inside a pattern it may stream, this only
-        narrows when the ACL decides key by key.)"""
-        if self._by_records(key):
-            return True
-        return (
-            self.access is not None
-            and namespace_of(key) == self.bus.local
-            and (self.access.may_read(self.peer, key))
-        )
+        """May the peer receive the ops of ``key``, as of now?"""
+        return self._decide(key, False)
 
     @property
     def filters_keys(self) -> bool:
-        """Whether :meth:`key` can refuse a key under an allowed pattern (only the ACL does)."""
-        return self.access is not None
+        """Whether :meth:`key` can refuse a key under an allowed pattern: always (rules are per key)."""
+        return True
 
 
 def peer_may_read(bus: Bus, peer: PubKey, pattern: Key, access: ReadCheck | None = None) -> bool:

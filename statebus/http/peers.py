@@ -7,8 +7,10 @@
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
 by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
 authority, age, nonce store); a missing or bad signature, an old ``created`` or a replayed nonce is 401.
-The caller may read a pattern only when the service says so (``PeerService.may_read``, the interim
-policy in ``statebus.federation.policy``); otherwise 403.
+The caller may read a pattern only when the service says so (``PeerService.view``, the policy in
+``statebus.federation.policy.PeerView``: for another namespace, its owner's replicated rules, never the
+mere fact that this node follows it); otherwise 403. Every op is then checked again key by key, as of
+the moment it is sent, so a grant the owner withdraws stops an open stream too.
 
 Peers get the speed bumps clients get, from the same objects (``statebus.access.control.AccessControl``),
 each refusal a JSON error that changes nothing:

@@ -141,6 +141,21 @@ def test_lists_deny_allow() -> None:
     assert rules.decide("write", CAROL, k("chirp/1")) is None
 
 
+def test_who_may_receive_the_rules_themselves() -> None:
+    """A relay hands the rules on only to keys they admit somewhere (the built-in public rule aside)."""
+    rules = rules_with(team={"read": ["@friends"]}, drafts={"read": "owner", "list": [CAROL]})
+    assert rules.admits_somewhere(OWNER) and rules.admits_somewhere(CAROL)
+    assert not rules.admits_somewhere(ALICE) and not rules.admits_somewhere(None)
+    rules.update(rule_key(OWNER, ".lists/friends"), [ALICE])
+    assert rules.admits_somewhere(ALICE) and not rules.admits_somewhere(BOB)
+    rules.update(rule_key(OWNER, ".deny"), [ALICE])
+    assert not rules.admits_somewhere(ALICE)
+    rules.update(rule_key(OWNER, ".allow"), [BOB])  # CAROL now counts as anonymous
+    assert not rules.admits_somewhere(CAROL)
+    rules.update(rule_key(OWNER, "open"), {"read": "public"})
+    assert rules.admits_somewhere(None) and rules.admits_somewhere(CAROL)
+
+
 def test_reserved_subtrees() -> None:
     rules = rules_with(_dot_default={"read": "public", "write": "signed"})
     assert rules.decide("read", None, k(".acl/chirp")) is not None

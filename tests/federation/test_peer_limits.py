@@ -80,10 +80,10 @@ def foreign_op(owner: Identity, key: str, value: object) -> bytes:
 async def test_a_peer_hammering_gets_429_with_retry_after_and_changes_nothing(cluster: Cluster) -> None:
     a = await cluster.add("a", rate_limit_per_client="4/4 seconds")
     owner, hostile = Identity.generate(), Identity.generate()
-    pattern = f"/{owner.pubkey}/chirp/"
+    pattern = f"/{owner.pubkey}/public/"  # the owner's rules let any peer sync public/, at a too
     await a.follow(pattern)  # a takes ops of this namespace (from anyone who has them, verified)
     await wait_until(lambda: a.federation.is_followed(owner.pubkey), what="the follow")
-    op = foreign_op(owner, "/~/chirp/1", {"text": "pushed"})
+    op = foreign_op(owner, "/~/public/1", {"text": "pushed"})
     push = SyncRequest(pattern, (), ops=(op,)).encode()
     harmless = SyncRequest(pattern, ()).encode()
     async with httpx.AsyncClient() as http:
@@ -170,10 +170,10 @@ async def test_too_many_open_peer_streams_are_refused_per_key_and_per_address(cl
 async def test_oversized_and_malformed_sync_bodies_get_413_and_400(cluster: Cluster) -> None:
     a = await cluster.add("a", max_sync_body_bytes="64KiB")
     owner, peer = Identity.generate(), Identity.generate()
-    pattern = f"/{owner.pubkey}/chirp/"
+    pattern = f"/{owner.pubkey}/public/"
     await a.follow(pattern)
     await wait_until(lambda: a.federation.is_followed(owner.pubkey), what="the follow")
-    good = foreign_op(owner, "/~/chirp/1", "x")
+    good = foreign_op(owner, "/~/public/1", "x")
     async with httpx.AsyncClient() as http:
         big = SyncRequest(pattern, (), ops=(good,) * 300).encode()
         assert len(big) > 64 * 1024

@@ -11,7 +11,7 @@ from statebus.access.control import access_control
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.federation.policy import SHARES, PeerView, follow_id
-from statebus.identity import Identity
+from statebus.identity import Identity, sign_op
 from statebus.runtime import Node
 from statebus.storage.memory import MemoryStorage
 
@@ -48,3 +48,35 @@ async def test_a_share_widens_access_but_not_past_the_deny_list(node: Node, tmp_
     await node.save("/~/.acl/.deny", [FOE.pubkey])
     assert not PeerView(node.bus, FOE.pubkey, access).pattern(chirp)
     assert PeerView(node.bus, FRIEND.pubkey, access).pattern(chirp)
+
+
+async def test_another_namespace_is_read_by_its_owners_replicated_rules(node: Node, tmp_path) -> None:
+    access = access_control(node, Settings(data_dir=tmp_path))
+    remote = Identity.generate()
+    source = Bus(MemoryStorage(), remote.pubkey, signer=lambda op: sign_op(op, remote))
+    team, pub, rules = (f"/{remote.pubkey}/{p}/" for p in ("team", "public", ".acl"))
+    for key, value in (("/~/team/plan", "secret"), ("/~/public/hi", "hi")):
+        node.bus.apply(source.save(key, value).op)  # type: ignore[arg-type]
+    await node.flush()
+
+    def view(who: Identity) -> PeerView:
+        return PeerView(node.bus, who.pubkey, access)
+
+    # no rules held for it: closed, but for public/ (following it gave no right to re-serve it)
+    assert not view(FRIEND).pattern(team) and not view(FRIEND).key(team + "plan")
+    assert view(FOE).pattern(pub) and view(FOE).key(pub + "hi")
+    assert view(remote).pattern(team)  # its owner reads itself back
+    grant = source.save("/~/.acl/team", {"read": [FRIEND.pubkey]}).op
+    assert grant is not None
+    node.bus.apply(grant)
+    await node.flush()
+    assert view(FRIEND).pattern(team) and view(FRIEND).key(team + "plan")
+    assert not view(FOE).pattern(team) and not view(FOE).key(team + "plan")
+    # the rules themselves: to the keys they admit somewhere, never to a stranger
+    assert view(FOE).pattern(rules) and not view(FOE).key(rules + "team")
+    assert view(FRIEND).key(rules + "team") and view(remote).key(rules + "team")
+    withdrawn = source.save("/~/.acl/team", {"read": "owner"}).op
+    assert withdrawn is not None
+    node.bus.apply(withdrawn)
+    await node.flush()
+    assert not view(FRIEND).key(team + "plan") and not view(FRIEND).key(rules + "team")

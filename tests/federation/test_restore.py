@@ -16,6 +16,7 @@ from statebus.errors import InvalidValue
 from statebus.federated import Cluster, FederatedNode
 from statebus.federation.client import PeerClient
 from statebus.federation.opset import op_set
+from statebus.federation.policy import follow_id
 from statebus.federation.restore import restore
 from statebus.identity import Identity, keystore, sign_op
 from statebus.oplog import Op, decode_op, encode_op
@@ -61,8 +62,10 @@ async def test_restore_takes_the_namespace_back_from_a_follower(cluster: Cluster
         assert node.bus.fetch_or_none(notes + "1") is None
         (report,) = await restore(node, client, [b.url])
         held = op_set(b.node.bus, notes)
+        everything = op_set(b.node.bus, f"/{owner}/")  # the notes, and the owner's share record with them
         assert report.error == "" and report.server == b.pubkey
-        assert report.applied == len(held.ops) and report.rejected == []
+        assert report.applied == len(everything.ops) == len(held.ops) + 1 and report.rejected == []
+        assert node.bus.fetch(f"/{owner}/.shares/{follow_id(notes)}").value == {"pattern": notes}
         for key in (notes + str(i) for i in range(25)):
             mine, theirs = node.bus.fetch_or_none(key), b.node.bus.fetch_or_none(key)
             assert mine is not None and theirs is not None
@@ -138,7 +141,7 @@ async def test_a_throttled_source_is_waited_for(tmp_path: Path) -> None:
         client = PeerClient(identity)
         try:
             (first,) = await restore(node, client, [b.url])  # spends B's budget for our key
-            assert first.error == "" and first.applied == len(op_set(b.node.bus, notes).ops)
+            assert first.error == "" and first.applied == len(op_set(b.node.bus, f"/{a.pubkey}/").ops)
             assert node.bus.fetch(notes + "299").value == {"text": "note 299"}
             (again,) = await restore(node, client, [b.url])  # answered 429 first, then served
             assert again.error == "" and again.throttled >= 1 and again.received == 0, again
@@ -162,7 +165,7 @@ async def test_restore_cli(cluster: Cluster, tmp_path: Path) -> None:
     finally:
         await holder.aclose()
     code, out, err = await _cli("restore", "--from", b.url, "--data", str(data))
-    held = len(op_set(b.node.bus, f"/{owner}/notes/").ops)
+    held = len(op_set(b.node.bus, f"/{owner}/").ops)  # the notes and the owner's share record
     assert code == 0, err
     assert f"restored {held} ops (0 already here, 0 refused" in out
     node = build_node(Settings(data_dir=data))
