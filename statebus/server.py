@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import math
 import os
 import re
 import sys
@@ -24,10 +25,14 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from statebus.access.connections import ConnectionTable, connection_caps
+from statebus.access.proxies import TrustedProxies
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
 from statebus.http.app import build_app
+from statebus.http.connections import ConnectionGuard, guarded_protocol
+from statebus.http.forwarded import ForwardedClient
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
@@ -153,12 +158,70 @@ def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     return build_app(node, settings, owner_token=owner_token(settings))
 
 
+OPEN_FILES_CEILING = 1 << 20
+"""The most open files :func:`raise_open_file_limit` asks for when the hard limit is unlimited."""
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the soft limit in force.
+
+    Each connection holds a file descriptor: the usual soft limit of 1,024 is what 1,100 idle
+    connections exhausted, locking the owner out. The connection caps are sized from the result
+    (:func:`~statebus.access.connections.connection_caps`).
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise, assume the common default
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return OPEN_FILES_CEILING if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
+def connection_guard(app: Starlette, settings: Settings, open_files: int | None = None) -> ConnectionGuard:
+    """The connection layer's state for ``app``: caps sized from the open-file limit (raised here
+    unless ``open_files`` is given), timeouts, trusted proxies, and the owner-token check."""
+    files = raise_open_file_limit() if open_files is None else open_files
+    caps = connection_caps(
+        settings.max_connections, settings.max_connections_per_ip, settings.owner_reserve_connections, files
+    )
+    if caps.total < settings.max_connections:
+        log.info(
+            "at most %d connections (%d kept for the owner): the open-file limit is %d",
+            caps.total,
+            caps.reserve,
+            files,
+        )
+    auth = getattr(app.state, "auth", None)
+    return ConnectionGuard(
+        ConnectionTable(caps),
+        TrustedProxies(settings.trusted_proxies),
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        is_owner=auth.presents_owner_token if auth is not None else None,
+    )
+
+
 class StatebusServer(uvicorn.Server):
     """uvicorn's server that ends open streams first on shutdown, so connections close promptly."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.statebus_app = app
+
+    @property
+    def connections(self) -> ConnectionGuard | None:
+        """The connection layer (caps, timeouts, what it closed), when the config has one."""
+        guard: ConnectionGuard | None = getattr(self.config, "statebus_guard", None)
+        return guard
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.statebus_app.state.streams.close_all()
@@ -174,21 +237,27 @@ class StatebusServer(uvicorn.Server):
 
 
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn settings for a node: uvloop and httptools when installed, no proxy headers."""
+    """uvicorn settings for a node: uvloop when installed, httptools behind the connection layer
+    (:mod:`statebus.http.connections`), and client addresses from trusted proxies only
+    (:class:`~statebus.http.forwarded.ForwardedClient`; uvicorn's own proxy headers stay off)."""
+    guard = connection_guard(app, settings)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "http": guarded_protocol(guard),
         "lifespan": "on",
         "log_level": settings.log_level,
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "timeout_keep_alive": math.ceil(settings.idle_timeout),  # ours closes first, to the millisecond
         "ws": "none" if importlib.util.find_spec("statebus.http.websocket") is None else "auto",
     }
     options.update(overrides)
-    config = uvicorn.Config(app, **options)  # configures uvicorn's loggers: add the filter after
+    asgi = ForwardedClient(app, guard.proxies) if guard.proxies else app
+    config = uvicorn.Config(asgi, **options)  # configures uvicorn's loggers: add the filter after
+    config.statebus_guard = guard  # type: ignore[attr-defined]
     install_log_redaction()
     return config
 

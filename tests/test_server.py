@@ -87,3 +87,22 @@ def test_redaction_filter_masks_message_text() -> None:
     )
     RedactTokens().filter(record)
     assert "abc123" not in record.getMessage()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import resource; from statebus.server import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "got = raise_open_file_limit()\n"
+        "assert got == resource.getrlimit(resource.RLIMIT_NOFILE)[0], got\n"
+        "print(got, hard)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    got, hard = (int(x) for x in out.stdout.split())
+    assert got > 256 and (got == hard or hard == -1)

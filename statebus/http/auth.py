@@ -125,6 +125,14 @@ class OwnerAuth:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
 
+    def presents_owner_token(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` (lowercase names) carry the owner token; a wrong one is just False.
+        The connection layer asks this to let the owner in on the connections kept for them."""
+        try:
+            return self._is_owner(headers)
+        except Forbidden:
+            return False
+
     def _is_owner(self, headers: Mapping[str, str]) -> bool:
         header = headers.get("authorization")
         if header is not None:
