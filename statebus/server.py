@@ -200,7 +200,7 @@ def connection_guard(app: Starlette, settings: Settings, open_files: int | None 
             files,
         )
     auth = getattr(app.state, "auth", None)
-    return ConnectionGuard(
+    guard = ConnectionGuard(
         ConnectionTable(caps),
         TrustedProxies(settings.trusted_proxies),
         header_timeout=settings.header_timeout,
@@ -208,6 +208,8 @@ def connection_guard(app: Starlette, settings: Settings, open_files: int | None 
         idle_timeout=settings.idle_timeout,
         is_owner=auth.presents_owner_token if auth is not None else None,
     )
+    app.state.connections = guard  # /metrics reads it
+    return guard
 
 
 class StatebusServer(uvicorn.Server):
@@ -220,7 +222,7 @@ class StatebusServer(uvicorn.Server):
     @property
     def connections(self) -> ConnectionGuard | None:
         """The connection layer (caps, timeouts, what it closed), when the config has one."""
-        guard: ConnectionGuard | None = getattr(self.config, "statebus_guard", None)
+        guard: ConnectionGuard | None = getattr(self.statebus_app.state, "connections", None)
         return guard
 
     async def shutdown(self, sockets: Any = None) -> None:
@@ -257,7 +259,6 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     options.update(overrides)
     asgi = ForwardedClient(app, guard.proxies) if guard.proxies else app
     config = uvicorn.Config(asgi, **options)  # configures uvicorn's loggers: add the filter after
-    config.statebus_guard = guard  # type: ignore[attr-defined]
     install_log_redaction()
     return config
 

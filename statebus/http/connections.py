@@ -223,17 +223,21 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 self.arm(Phase.BODY, guard.body_timeout)
 
         def on_message_complete(self) -> None:
-            if self.phase is Phase.BODY:
+            super().on_message_complete()
+            if self.phase is not Phase.BODY:
+                return
+            if self.cycle.response_complete and not self.transport.is_closing():
+                self.arm(Phase.IDLE, guard.idle_timeout)  # answered before the body was in
+            else:
                 self.disarm()
                 self.phase = Phase.APP
-            super().on_message_complete()
 
         def on_response_complete(self) -> None:
             guard.table.detach(self.transport)
             super().on_response_complete()
             if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
                 return  # closing, or a pipelined request started
-            if self.phase is Phase.APP:
+            if self.phase is Phase.APP:  # (in BODY, the body deadline runs on: the rest is still due)
                 self.arm(Phase.IDLE, guard.idle_timeout)
 
         def handle_websocket_upgrade(self) -> None:

@@ -108,8 +108,11 @@ def test_slowloris_headers_are_cut_at_the_header_timeout(tmp_path: Path) -> None
         elapsed = time.monotonic() - start
         assert closed, "a request whose headers never end was kept open for 4 s"
         assert 0.4 <= elapsed <= 2.0
-        assert srv.server.connections is not None
-        assert srv.server.connections.closed["headers_timeout"] == 1
+        metrics = connect(srv, opened)
+        metrics.sendall(request("/metrics", srv.auth))
+        status, _, body = read_response(metrics)
+        assert status == 200
+        assert 'statebus_connections_closed_total{reason="headers_timeout"} 1.0' in body.decode()
 
 
 def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
@@ -268,3 +271,20 @@ def test_a_trusted_proxy_gives_each_client_its_own_stream_limit(tmp_path: Path) 
         assert _stream(srv, opened, "127.0.0.4", "198.51.100.8") == 200  # another client behind the proxy
         assert _stream(srv, opened, "127.0.0.6", "198.51.100.20") == 200
         assert _stream(srv, opened, "127.0.0.6", "198.51.100.21") == 429  # not a proxy: one client
+
+
+def test_a_body_sent_after_an_early_answer_leaves_an_idle_connection(tmp_path: Path) -> None:
+    """The node may answer before the body is in (401 here); the connection then idles like any."""
+    with (
+        live_server(tmp_path / "n", idle_timeout=0.5, body_timeout=LONG, header_timeout=LONG) as srv,
+        sockets() as opened,
+    ):
+        sock = connect(srv, opened)
+        sock.sendall(
+            b"PUT /~/a HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5\r\n\r\n"
+        )
+        assert read_response(sock)[0] == 401
+        sock.sendall(b"12345")
+        elapsed = closed_after(sock, 3.0)
+        assert elapsed is not None and elapsed <= 2.0
