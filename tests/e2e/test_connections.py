@@ -288,3 +288,36 @@ def test_a_body_sent_after_an_early_answer_leaves_an_idle_connection(tmp_path: P
         sock.sendall(b"12345")
         elapsed = closed_after(sock, 3.0)
         assert elapsed is not None and elapsed <= 2.0
+
+
+def test_a_websocket_holds_its_slot_past_every_timeout_and_frees_it_on_close(tmp_path: Path) -> None:
+    import asyncio
+
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import InvalidStatus
+
+    from statebus.http.websocket import WS_PATH
+
+    timeouts = {"header_timeout": 0.3, "body_timeout": 0.3, "idle_timeout": 0.3}
+    with live_server(tmp_path / "n", max_connections_per_ip=1, **timeouts) as srv:
+        url = srv.url.replace("http://", "ws://") + WS_PATH
+        guard = srv.server.connections
+        assert guard is not None
+
+        async def main() -> None:
+            async with ws_connect(f"{url}?token={srv.token}", local_addr=("127.0.0.2", 0)) as ws:
+                await asyncio.sleep(1.0)  # three times every timeout
+                await ws.send(json.dumps({"get": "a"}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"set": {"key": "a"}}
+                assert guard.table.count("127.0.0.2") == 1
+                try:  # the address holds its one connection: a second websocket is refused
+                    async with ws_connect(url, local_addr=("127.0.0.2", 0)):
+                        raise AssertionError("a second websocket got in")
+                except InvalidStatus as exc:
+                    assert exc.response.status_code == 429
+            deadline = time.monotonic() + 5
+            while guard.table.count("127.0.0.2") or len(guard.table):
+                assert time.monotonic() < deadline, "the websocket's slot was never given back"
+                await asyncio.sleep(0.05)
+
+        asyncio.run(main())
