@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
 from statebus.http.app import build_app
-from statebus.http.connections import ConnectionGuard, guarded_protocol
+from statebus.http.auth import OwnerAuth
+from statebus.http.connections import ConnectionGuard, OwnerCheck, guarded_protocol
 from statebus.http.forwarded import ForwardedClient
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
@@ -185,6 +186,15 @@ def raise_open_file_limit() -> int:
     return target
 
 
+def _owner_check(auth: OwnerAuth) -> OwnerCheck:
+    def is_owner(headers: Mapping[str, str], query_token: str | None) -> bool:
+        return auth.presents_owner_token(headers) or (
+            query_token is not None and auth.check_token(query_token)
+        )
+
+    return is_owner
+
+
 def connection_guard(app: Starlette, settings: Settings, open_files: int | None = None) -> ConnectionGuard:
     """The connection layer's state for ``app``: caps sized from the open-file limit (raised here
     unless ``open_files`` is given), timeouts, trusted proxies, and the owner-token check."""
@@ -206,7 +216,7 @@ def connection_guard(app: Starlette, settings: Settings, open_files: int | None 
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         idle_timeout=settings.idle_timeout,
-        is_owner=auth.presents_owner_token if auth is not None else None,
+        is_owner=_owner_check(auth) if auth is not None else None,
     )
     app.state.connections = guard  # /metrics reads it
     return guard

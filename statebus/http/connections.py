@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -41,8 +42,9 @@ from statebus.http.errors import error_body
 
 log = logging.getLogger("statebus.http.connections")
 
-OwnerCheck = Callable[[Mapping[str, str]], bool]
-"""Whether request headers (lowercase names, first values) carry the owner token."""
+OwnerCheck = Callable[[Mapping[str, str], str | None], bool]
+"""Whether a request carries the owner token: its headers (lowercase names, first values) and the
+``token`` of its query string (the login link, a websocket URL), if it has one."""
 
 
 class Phase(enum.Enum):
@@ -107,15 +109,18 @@ class ConnectionGuard:
         self._ws_classes: dict[type[asyncio.Protocol], type[asyncio.Protocol]] = {}
 
     def request_refusal(
-        self, conn: Hashable, peer: str | None, headers: list[tuple[bytes, bytes]]
+        self, conn: Hashable, peer: str | None, headers: list[tuple[bytes, bytes]], target: bytes = b""
     ) -> bytes | None:
-        """The response that refuses a request whose headers just arrived, or None to serve it."""
+        """The response that refuses a request whose headers (and request ``target``, the URL as
+        sent) just arrived, or None to serve it."""
         owner: bool | None = None
 
         def owner_asks() -> bool:
             nonlocal owner
             if owner is None:
-                owner = self.is_owner is not None and self.is_owner(_header_map(headers))
+                owner = self.is_owner is not None and self.is_owner(
+                    _header_map(headers), _query_token(target)
+                )
             return owner
 
         if self.proxies.trusts(peer):
@@ -150,6 +155,15 @@ class ConnectionGuard:
             cls = type(f"Guarded{base.__name__}", (base,), {"connection_lost": connection_lost})
             self._ws_classes[base] = cls
         return cls
+
+
+def _query_token(target: bytes) -> str | None:
+    """The one ``token`` parameter of a request target's query string, if there is exactly one."""
+    _, _, query = target.partition(b"?")
+    if b"token=" not in query:
+        return None
+    values = urllib.parse.parse_qs(query.decode("latin-1"), keep_blank_values=True).get("token", [])
+    return values[0] if len(values) == 1 else None
 
 
 def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -208,7 +222,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self.disarm()
             self.refusal = guard.request_refusal(
-                self.transport, self.client[0] if self.client else None, self.headers
+                self.transport, self.client[0] if self.client else None, self.headers, self.url
             )
             upgrade = self.parser.should_upgrade() and self._should_upgrade()
             if self.refusal is None or upgrade:

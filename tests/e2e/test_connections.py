@@ -321,3 +321,30 @@ def test_a_websocket_holds_its_slot_past_every_timeout_and_frees_it_on_close(tmp
                 await asyncio.sleep(0.05)
 
         asyncio.run(main())
+
+
+def test_the_login_link_and_a_websocket_url_token_get_the_owner_in_on_the_reserve(tmp_path: Path) -> None:
+    caps = {"max_connections": 4, "owner_reserve_connections": 2, "header_timeout": LONG}
+    with live_server(tmp_path / "n", **caps) as srv, sockets() as opened:
+        for i in range(2):
+            connect(srv, opened, f"127.0.0.{10 + i}").sendall(b"G")
+        assert ask(srv, opened, "127.0.0.20") == (503, "server_busy")
+        sock = connect(srv, opened, "127.0.0.21")
+        sock.sendall(request(f"/login?token={srv.token}"))
+        assert read_response(sock)[0] == 303
+        sock = connect(srv, opened, "127.0.0.22")
+        sock.sendall(request("/login?token=wrong"))
+        assert read_response(sock)[0] == 503
+        import asyncio
+
+        from websockets.asyncio.client import connect as ws_connect
+
+        from statebus.http.websocket import WS_PATH
+
+        async def websocket() -> Any:
+            url = srv.url.replace("http://", "ws://") + WS_PATH + f"?token={srv.token}"
+            async with ws_connect(url, local_addr=("127.0.0.23", 0)) as ws:
+                await ws.send(json.dumps({"get": "a"}))
+                return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+        assert asyncio.run(websocket()) == {"set": {"key": "a"}}
