@@ -115,12 +115,19 @@ def test_slowloris_headers_are_cut_at_the_header_timeout(tmp_path: Path) -> None
         assert 'statebus_connections_closed_total{reason="headers_timeout"} 1.0' in body.decode()
 
 
-def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
+def test_connections_that_send_nothing_are_closed(tmp_path: Path) -> None:
     with live_server(tmp_path / "n", header_timeout=0.5) as srv, sockets() as opened:
-        sock = connect(srv, opened)
-        elapsed = closed_after(sock, 3.0)
+        idle = [connect(srv, opened, f"127.0.1.{i % 8 + 1}") for i in range(40)]
+        elapsed = closed_after(idle[0], 3.0)
         assert elapsed is not None, "a connection that never sent a byte stayed open"
         assert 0.3 <= elapsed <= 2.0
+        assert all(closed_after(sock, 1.0) is not None for sock in idle[1:])
+        guard = srv.server.connections
+        assert guard is not None
+        deadline = time.monotonic() + 2
+        while len(guard.table):  # every slot given back
+            assert time.monotonic() < deadline, f"{len(guard.table)} connections still counted"
+            time.sleep(0.05)
 
 
 def test_a_slow_body_is_cut_at_the_body_timeout(tmp_path: Path) -> None:
