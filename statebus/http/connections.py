@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import http
 import logging
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -55,29 +58,46 @@ class Phase(enum.Enum):
     WEBSOCKET = "websocket"
 
 
-def refusal(status: int, code: str, detail: str) -> bytes:
-    """A complete HTTP/1.1 error response that closes the connection."""
-    body = error_body(code, detail)
-    reason = {429: b"Too Many Requests", 503: b"Service Unavailable"}.get(status, b"Error")
-    return b"".join(
-        [
-            b"HTTP/1.1 %d %s\r\n" % (status, reason),
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"retry-after: 1\r\n",
-            b"connection: close\r\n\r\n",
-            body,
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error answer of the connection layer; the connection is closed after it."""
+
+    status: int
+    code: str
+    detail: str
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"retry-after", b"1"),
+            (b"connection", b"close"),
         ]
-    )
+
+    @property
+    def body(self) -> bytes:
+        return error_body(self.code, self.detail)
+
+    def raw(self) -> bytes:
+        """The whole HTTP/1.1 response, for a connection that has no request cycle (yet)."""
+        reason = http.HTTPStatus(self.status).phrase.encode()
+        head = b"".join(b"%s: %s\r\n" % pair for pair in self.headers)
+        return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (self.status, reason, head, self.body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """As an ASGI app: the answer to any request (uvicorn closes after it: ``connection: close``)."""
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-NO_SLOT = refusal(503, "server_busy", "the node holds as many connections as it can; try again shortly")
-RESERVED = refusal(
+NO_SLOT = Refusal(503, "server_busy", "the node holds as many connections as it can; try again shortly")
+RESERVED = Refusal(
     503,
     "server_busy",
     "the node is busy: its remaining connections are kept for the owner; try again shortly",
 )
-TOO_MANY = refusal(
+TOO_MANY = Refusal(
     429, "too_many_connections", "this address holds as many connections as it may; close some first"
 )
 
@@ -110,7 +130,7 @@ class ConnectionGuard:
 
     def request_refusal(
         self, conn: Hashable, peer: str | None, headers: list[tuple[bytes, bytes]], target: bytes = b""
-    ) -> bytes | None:
+    ) -> Refusal | None:
         """The response that refuses a request whose headers (and request ``target``, the URL as
         sent) just arrived, or None to serve it."""
         owner: bool | None = None
@@ -188,7 +208,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             self.ws_protocol_class = guard.websocket_class(self.ws_protocol_class)
             self.phase = Phase.HEADERS
             self.deadline: asyncio.TimerHandle | None = None
-            self.refusal: bytes | None = None
+            self.refusal: Refusal | None = None
             self.counted = False
 
         # -- the connection's life
@@ -201,7 +221,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 displaced.close()
             if admission is Admission.REFUSED:
                 guard.closed["refused"] += 1
-                transport.write(NO_SLOT)
+                transport.write(NO_SLOT.raw())
                 transport.close()
                 return
             self.counted = True
@@ -228,7 +248,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             if self.refusal is None or upgrade:
                 super().on_headers_complete()
             else:
-                app, self.app = self.app, refuse_with(self.refusal)
+                app, self.app = self.app, self.refusal
                 try:
                     super().on_headers_complete()
                 finally:
@@ -257,7 +277,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
         def handle_websocket_upgrade(self) -> None:
             self.disarm()
             if self.refusal is not None:
-                self.transport.write(self.refusal)
+                self.transport.write(self.refusal.raw())
                 self.transport.close()
                 return
             self.phase = Phase.WEBSOCKET
@@ -294,19 +314,3 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
 
 def _peer(client: tuple[str, int] | None) -> str:
     return client[0] if client else "an unknown address"
-
-
-def refuse_with(response: bytes) -> Callable[..., Any]:
-    """An ASGI app that answers every request with the ready-made ``response`` and closes."""
-    status = int(response.split(b" ", 2)[1])
-    head, _, body = response.partition(b"\r\n\r\n")
-    headers = [
-        (name.strip().lower(), value.strip())
-        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-    ]
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
