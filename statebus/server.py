@@ -3,6 +3,8 @@
     build_node(settings)   the Node on <data>/store.sqlite3, signed by the node identity
     create_app(settings)   the ASGI app (its lifespan closes the node: streams ended, writes on disk)
     serve(settings)        run it with uvicorn until SIGTERM/SIGINT
+    uvicorn_config(...)    uvicorn behind the connection layer: timeouts, caps sized from the raised
+                           open-file limit, the owner's reserve, client addresses from trusted proxies
 
 On first start the node identity and owner token are created in ``<data>/identity/``. The recovery
 phrase of a new identity is handed to ``on_new_identity`` (the CLI shows it once); it is never stored
@@ -231,7 +233,7 @@ class StatebusServer(uvicorn.Server):
 
     @property
     def connections(self) -> ConnectionGuard | None:
-        """The connection layer (caps, timeouts, what it closed), when the config has one."""
+        """The connection layer (caps, timeouts, what it closed), once :func:`uvicorn_config` made it."""
         guard: ConnectionGuard | None = getattr(self.statebus_app.state, "connections", None)
         return guard
 
