@@ -15,6 +15,7 @@ Imports: stdlib and ``statebus.errors`` only (the bottom layer).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import re
 import tomllib
@@ -161,6 +162,29 @@ class Settings:
     )
     ws_owner_factor: int = _setting(
         10, "int", "How many times the websocket rates above the owner's connections get.", 1, 1000
+    )
+    header_timeout: float = _setting(
+        10 * SECONDS,
+        "seconds",
+        "A request's headers must be complete this long after its first byte.",
+        0.05,
+        3600,
+    )
+    body_timeout: float = _setting(
+        30 * SECONDS, "seconds", "A request's body must be complete this long after its headers.", 0.05, 3600
+    )
+    idle_timeout: float = _setting(
+        20 * SECONDS, "seconds", "An idle keep-alive connection is closed after this long.", 0.05, 3600
+    )
+    max_connections: int = _setting(
+        10_000, "int", "Open connections in total (lowered to fit the open-file limit).", 2, 10**7
+    )
+    max_connections_per_ip: int = _setting(256, "int", "Open connections per client IP address.", 1, 10**7)
+    owner_reserve_connections: int = _setting(
+        16, "int", "Connections kept for requests that carry the owner token.", 1, 10_000
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), "networks", "Addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed."
     )
 
     def __post_init__(self) -> None:
@@ -401,6 +425,24 @@ def _origins(raw: Any, label: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _networks(raw: Any, label: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise InvalidValue(f"{label}: must be a list of IP addresses or CIDRs, got {_show(raw)}")
+    out: list[str] = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)) if isinstance(item, str) else "")
+        except ValueError:
+            out.append("")
+        if not out[-1]:
+            raise InvalidValue(f"{label}: each entry must be an IP address or CIDR, got {_show(item)}")
+    return tuple(out)
+
+
 _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "int": _int,
     "bytes": _size,
@@ -414,4 +456,5 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "list": _list,
     "origins": _origins,
     "bool": _bool,
+    "networks": _networks,
 }

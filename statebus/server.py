@@ -3,6 +3,8 @@
     build_node(settings)   the Node on <data>/store.sqlite3, signed by the node identity
     create_app(settings)   the ASGI app (its lifespan closes the node: streams ended, writes on disk)
     serve(settings)        run it with uvicorn until SIGTERM/SIGINT
+    uvicorn_config(...)    uvicorn behind the connection layer: timeouts, caps sized from the raised
+                           open-file limit, the owner's reserve, client addresses from trusted proxies
 
 On first start the node identity and owner token are created in ``<data>/identity/``. The recovery
 phrase of a new identity is handed to ``on_new_identity``, which shows it once when a person can see
@@ -17,21 +19,27 @@ import gc
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
+from statebus.access.connections import ConnectionTable, connection_caps
+from statebus.access.proxies import TrustedProxies
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
 from statebus.http.app import build_app
+from statebus.http.auth import OwnerAuth
+from statebus.http.connections import ConnectionGuard, OwnerCheck, guarded_protocol
+from statebus.http.forwarded import ForwardedClient
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
@@ -188,12 +196,81 @@ def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     return build_app(node, settings, owner_token=owner_token(settings))
 
 
+OPEN_FILES_CEILING = 1 << 20
+"""The most open files :func:`raise_open_file_limit` asks for when the hard limit is unlimited."""
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the soft limit in force.
+
+    Each connection holds a file descriptor: the usual soft limit of 1,024 is what 1,100 idle
+    connections exhausted, locking the owner out. The connection caps are sized from the result
+    (:func:`~statebus.access.connections.connection_caps`).
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise, assume the common default
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return OPEN_FILES_CEILING if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
+def _owner_check(auth: OwnerAuth) -> OwnerCheck:
+    def is_owner(headers: Mapping[str, str], query_token: str | None) -> bool:
+        return auth.presents_owner_token(headers) or (
+            query_token is not None and auth.check_token(query_token)
+        )
+
+    return is_owner
+
+
+def connection_guard(app: Starlette, settings: Settings, open_files: int | None = None) -> ConnectionGuard:
+    """The connection layer's state for ``app``: caps sized from the open-file limit (raised here
+    unless ``open_files`` is given), timeouts, trusted proxies, and the owner-token check."""
+    files = raise_open_file_limit() if open_files is None else open_files
+    caps = connection_caps(
+        settings.max_connections, settings.max_connections_per_ip, settings.owner_reserve_connections, files
+    )
+    if caps.total < settings.max_connections:
+        log.info(
+            "at most %d connections (%d kept for the owner): the open-file limit is %d",
+            caps.total,
+            caps.reserve,
+            files,
+        )
+    auth = getattr(app.state, "auth", None)
+    guard = ConnectionGuard(
+        ConnectionTable(caps),
+        TrustedProxies(settings.trusted_proxies),
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        is_owner=_owner_check(auth) if auth is not None else None,
+    )
+    app.state.connections = guard  # /metrics reads it
+    return guard
+
+
 class StatebusServer(uvicorn.Server):
     """uvicorn's server that ends open streams first on shutdown, so connections close promptly."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self.statebus_app = app
+
+    @property
+    def connections(self) -> ConnectionGuard | None:
+        """The connection layer (caps, timeouts, what it closed), once :func:`uvicorn_config` made it."""
+        guard: ConnectionGuard | None = getattr(self.statebus_app.state, "connections", None)
+        return guard
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.statebus_app.state.streams.close_all()
@@ -209,21 +286,30 @@ class StatebusServer(uvicorn.Server):
 
 
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn settings for a node: uvloop and httptools when installed, no proxy headers."""
+    """uvicorn settings for a node: uvloop when installed, httptools behind the connection layer
+    (:mod:`statebus.http.connections`), and client addresses from trusted proxies only
+    (:class:`~statebus.http.forwarded.ForwardedClient`; uvicorn's own proxy headers stay off)."""
+    guard = connection_guard(app, settings)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "http": guarded_protocol(guard),
         "lifespan": "on",
         "log_level": settings.log_level,
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "timeout_keep_alive": math.ceil(settings.idle_timeout),  # ours closes first, to the millisecond
         "ws": "none" if importlib.util.find_spec("statebus.http.websocket") is None else "auto",
+        # a websocket message is read whole before the session sees it: bound it near the body limit
+        # (the session answers one over max_body_bytes with 1009 and its reason; twice that, the library
+        # closes with 1009 before buffering more), not uvicorn's 16 MiB
+        "ws_max_size": 2 * settings.max_body_bytes,
     }
     options.update(overrides)
-    config = uvicorn.Config(app, **options)  # configures uvicorn's loggers: add the filter after
+    asgi = ForwardedClient(app, guard.proxies) if guard.proxies else app
+    config = uvicorn.Config(asgi, **options)  # configures uvicorn's loggers: add the filter after
     install_log_redaction()
     return config
 

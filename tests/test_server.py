@@ -102,3 +102,22 @@ def test_a_phrase_nobody_saw_is_kept_and_the_node_says_how_to_see_it(tmp_path: P
     assert seen[0] not in reminder  # the reminder never holds the phrase itself
     assert keystore.take_phrase(unseen) == seen[0]
     assert phrase_reminder(Settings(data_dir=unseen)) is None
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import resource; from statebus.server import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "got = raise_open_file_limit()\n"
+        "assert got == resource.getrlimit(resource.RLIMIT_NOFILE)[0], got\n"
+        "print(got, hard)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    got, hard = (int(x) for x in out.stdout.split())
+    assert got > 256 and (got == hard or hard == -1)

@@ -136,7 +136,8 @@ def build_app(
         close_node: close ``node`` in the lifespan's shutdown.
 
     The app's ``state`` holds ``node``, ``settings``, ``streams`` (a :class:`StreamRegistry`; call
-    ``close_all()`` before a graceful shutdown so open streams end) and ``encode_cache``.
+    ``close_all()`` before a graceful shutdown so open streams end), ``encode_cache`` and ``auth`` (the
+    :class:`OwnerAuth`; the connection layer asks it who carries the owner token).
     """
     access = access_control(node, settings)
     auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy.of(settings))
@@ -193,4 +194,5 @@ def build_app(
     app.state.streams = registry
     app.state.encode_cache = cache
     app.state.metrics = metrics
+    app.state.auth = auth
     return app

@@ -190,6 +190,21 @@ class OwnerAuth:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
 
+    def presents_owner_token(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` (lowercase names) carry the owner token or the login cookie; a wrong
+        one is just False. The connection layer asks this, before any ASGI scope exists, to let the
+        owner in on the connections kept for them, so either name of the cookie counts."""
+        try:
+            if self._owner_by({"scheme": "http"}, headers) is not None:
+                return True
+        except Forbidden:
+            return False
+        raw = headers.get("cookie")
+        if not raw or self._cookie is None or self.node is None:
+            return False
+        cookie = cookie_parser(raw).get(cookie_name(self.node, secure=True))
+        return bool(cookie and self.check_cookie(cookie))
+
     def _owner_by(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
         """How the request proves it is the owner's: ``"bearer"``, ``"cookie"``, or None."""
         header = headers.get("authorization")

@@ -213,6 +213,7 @@ class NodeCollector(Collector):
             store.add_metric([label], size)
         yield store
         yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
+        yield from _connections(getattr(m.state, "connections", None) if m.state is not None else None)
 
 
 def _federation(fed: Any) -> Iterator[Metric]:
@@ -236,6 +237,26 @@ def _federation(fed: Any) -> Iterator[Metric]:
         except Exception:  # the DHT not started or stopped: leave the metric out
             return
         yield _gauge("statebus_dht_neighbours", "Contacts in the DHT routing table.", count)
+
+
+def _connections(guard: Any) -> Iterator[Metric]:
+    """Metrics of the server's connection layer (``statebus.http.connections.ConnectionGuard``), when
+    the app runs under ``statebus.server``."""
+    table = getattr(guard, "table", None)
+    closed = getattr(guard, "closed", None)
+    if table is None or not isinstance(closed, dict):
+        return
+    yield _gauge("statebus_connections", "Open client connections.", len(table))
+    yield _gauge(
+        "statebus_connections_reserve", "Connections on the owner's reserve slots.", table.reserve_in_use
+    )
+    yield _gauge("statebus_connections_max", "Most client connections held open.", table.caps.total)
+    ended = CounterMetricFamily(
+        "statebus_connections_closed", "Connections the node closed or refused, by reason.", labels=["reason"]
+    )
+    for reason, count in sorted(closed.items()):
+        ended.add_metric([reason], count)
+    yield ended
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
