@@ -77,6 +77,14 @@ def _utf8(text: str, name: str) -> str:
     return text
 
 
+def stream_client(client: Client) -> str | None:
+    """Who a stream's unsent bytes count for: the client's key, else ``ip:<address>``; None for the
+    owner (exempt, as from the subscription count)."""
+    if client.owner:
+        return None
+    return client.pubkey or f"ip:{client.address}"
+
+
 def version_list(header: str, name: str) -> tuple[Version, ...]:
     """A ``Version``/``Parents`` header (see :func:`statebus.http.braid.parse_version_list`), text only."""
     return tuple(_utf8(v, name) for v in braid.parse_version_list(header, name=name))
@@ -374,6 +382,7 @@ class KeyEndpoint:
                 else None,
                 buffer=settings.subscriber_buffer,
                 ping_interval=settings.sse_ping_interval,
+                client=stream_client(client),
             )
             return None
         patterns = self.stream_patterns(path, conn.query_params)
@@ -389,6 +398,7 @@ class KeyEndpoint:
             since=self.resume_cursor(conn, headers),
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
+            client=stream_client(client),
         )
         return None
 

@@ -15,6 +15,7 @@ from statebus.bus.bus import BatchSigner
 from statebus.errors import StatebusError
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
+from statebus.runtime.snapshots import SnapshotPages
 from statebus.runtime.streams import EventStream
 from statebus.types import Seq, Version
 
@@ -82,21 +83,31 @@ class Node:
         parents: Sequence[Version] | None = None,
         snapshot: bool = True,
         max_buffer: int | None = None,
+        paged: bool = False,
     ) -> EventStream:
         """An async stream of the changes to one or more keys/subtrees (see ``Bus.observe``).
 
         With several patterns, the initial snapshots or backlogs of all come first, then live
         changes in node order. Raises HistoryCompacted when a resume point is gone.
+
+        ``paged``: the current state (when there is no resume point) is read lazily, a page at a
+        time as the stream is drained (see :mod:`statebus.runtime.snapshots`), instead of being
+        buffered whole.
         """
         if self.closing:
             raise StatebusError("node is shutting down", status_hint=503)
         stream = EventStream(self, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        lazy = paged and snapshot and since is None and parents is None
         try:
             for p in pats:
                 stream._subs.append(
-                    self.bus.observe(p, stream._push, since=since, parents=parents, snapshot=snapshot)
+                    self.bus.observe(
+                        p, stream._push, since=since, parents=parents, snapshot=snapshot and not lazy
+                    )
                 )
+            if lazy:
+                stream.pages = SnapshotPages(self.bus, [self.bus.parse(p) for p in pats], self.bus.seq)
         except BaseException:
             stream.close()
             raise
