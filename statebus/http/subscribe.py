@@ -196,7 +196,8 @@ class StreamRegistry:
 
     def release(self, pump: Pump) -> None:
         self._pumps.pop(pump, None)
-        self.hold(pump, 0)
+        if isinstance(pump, Pump) and pump.client is not None:  # (peers' op streams register here too)
+            self.hold(pump, 0)
 
     def close_all(self) -> None:
         """End every open stream (their responses complete) and refuse new ones."""
