@@ -332,6 +332,7 @@ class GuardedNode(Node):
         snapshot: bool = True,
         max_buffer: int | None = None,
         paged: bool = False,
+        max_resume: int | None = None,
     ) -> EventStream:
         return self._control.events(
             self._client,
@@ -342,6 +343,7 @@ class GuardedNode(Node):
             snapshot=snapshot,
             max_buffer=max_buffer,
             paged=paged,
+            max_resume=max_resume,
         )
 
 

@@ -13,6 +13,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -82,7 +83,7 @@ def stream_client(client: Client) -> str | None:
     owner (exempt, as from the subscription count)."""
     if client.owner:
         return None
-    return client.pubkey or f"ip:{client.address}"
+    return client.pubkey or sys.intern(f"ip:{client.address}")
 
 
 def version_list(header: str, name: str) -> tuple[Version, ...]:

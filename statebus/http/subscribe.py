@@ -170,7 +170,7 @@ class StreamRegistry:
         total = sum(streams.values())
         if total <= self.max_client_bytes:
             return
-        for victim in sorted(streams, key=lambda p: p.serial, reverse=True):
+        for victim in [p for p in reversed(self._pumps) if p in streams]:  # the newest first
             total -= streams.get(victim, 0)
             victim.cut(
                 SubscriberTooSlow(
@@ -218,11 +218,26 @@ def open_stream(
     buffer: int,
     paged: bool = False,
 ) -> EventStream:
-    """``node.events`` whose initial backlog never counts against ``buffer``: a resume backlog is
-    bounded by the bus; live changes beyond it may pile up to ``buffer`` before the stream is cut
-    off. ``paged``: the current state is read a page at a time as the client drains the stream
-    (:mod:`statebus.runtime.snapshots`), so it holds no backlog at all."""
-    stream = node.events(list(patterns), since=since, parents=parents, max_buffer=UNBOUNDED, paged=paged)
+    """``node.events`` whose initial backlog never counts against ``buffer``; live changes may pile
+    up to ``buffer`` behind it before the stream is cut off. ``paged``: the current state is read a
+    page at a time as the client drains the stream (:mod:`statebus.runtime.snapshots`), so it holds
+    no backlog at all.
+
+    Raises:
+        HistoryCompacted: the resume point is gone, or more than ``buffer`` changes (all patterns
+            together) are missing after ``since``: a fresh, paged snapshot costs less memory then.
+    """
+    stream = node.events(
+        list(patterns),
+        since=since,
+        parents=parents,
+        max_buffer=UNBOUNDED,
+        paged=paged,
+        max_resume=buffer if since is not None else None,
+    )
+    if since is not None and len(stream) > buffer:
+        stream.close()
+        raise HistoryCompacted(f"more than {buffer} changes since cursor {since}; take a fresh snapshot")
     stream.max_buffer = (0 if stream.pages is not None else len(stream)) + buffer
     return stream
 
@@ -234,9 +249,6 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 def _coroutine(awaitable: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
     return awaitable if asyncio.iscoroutine(awaitable) else _await(awaitable)
 
-
-_SERIALS = itertools.count()
-"""Numbers the pumps in the order they were made (the newest stream has the highest)."""
 
 _NO_CONTEXT = contextvars.Context()
 """The context of the pump's long-lived callbacks (otherwise each holds a copy of the caller's)."""
@@ -282,14 +294,12 @@ class Pump:
         "completed",
         "done",
         "ending",
-        "serial",
         "stream",
     )
 
     def __init__(self, send: Send, receive: Receive, stream: EventStream, client: str | None = None) -> None:
         self.client = client
         """Who the stream's unsent bytes are counted for (:meth:`StreamRegistry.hold`); None: nobody."""
-        self.serial = next(_SERIALS)
         self._sending = 0
         self._last_len = 0
         self._stalled_since = 0.0

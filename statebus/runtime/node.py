@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from statebus.bus import Bus, Change
-from statebus.bus.bus import BatchSigner
+from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.errors import StatebusError
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
@@ -84,6 +84,7 @@ class Node:
         snapshot: bool = True,
         max_buffer: int | None = None,
         paged: bool = False,
+        max_resume: int | None = None,
     ) -> EventStream:
         """An async stream of the changes to one or more keys/subtrees (see ``Bus.observe``).
 
@@ -92,7 +93,8 @@ class Node:
 
         ``paged``: the current state (when there is no resume point) is read lazily, a page at a
         time as the stream is drained (see :mod:`statebus.runtime.snapshots`), instead of being
-        buffered whole.
+        buffered whole. ``max_resume``: more changes missing after ``since`` than this (per
+        pattern) raise HistoryCompacted (the default is the bus's).
         """
         if self.closing:
             raise StatebusError("node is shutting down", status_hint=503)
@@ -103,7 +105,12 @@ class Node:
             for p in pats:
                 stream._subs.append(
                     self.bus.observe(
-                        p, stream._push, since=since, parents=parents, snapshot=snapshot and not lazy
+                        p,
+                        stream._push,
+                        since=since,
+                        parents=parents,
+                        snapshot=snapshot and not lazy,
+                        max_resume=MAX_RESUME_OPS if max_resume is None else max_resume,
                     )
                 )
             if lazy:

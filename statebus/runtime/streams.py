@@ -67,7 +67,7 @@ class EventStream:
         self.pages: SnapshotPages | None = None
         """The starting state still to be read (``paged`` streams), None once it is all handed out."""
         self._durable_at = 0
-        self._page: list[Change] = []
+        self._page: list[Change] | None = None
         """A page read but not handed out yet: it waits for the commit of the state it shows."""
 
     @property
@@ -169,7 +169,7 @@ class EventStream:
     def close(self) -> None:
         self.closed = True
         self.pages = None  # the starting state not read yet is never read
-        self._page = []
+        self._page = None
         for sub in self._subs:
             sub.close("stream closed")
         self._node._streams.discard(self)
@@ -240,7 +240,7 @@ class EventStream:
         """The next page of the starting state once the state it shows is durable (else ``[]``)."""
         page = self._page
         pages = self.pages
-        if not page and pages is not None:
+        if page is None and pages is not None:
             page = pages.next_page()
             if pages.done:
                 self.pages = None
@@ -253,7 +253,7 @@ class EventStream:
                 self._durable_at = max(durable_at, pages.seq)
                 return []
             return page
-        if page and self._durable_at <= self._node.committer.durable_seq:
-            self._page = []
+        if page is not None and self._durable_at <= self._node.committer.durable_seq:
+            self._page = None
             return page
         return []

@@ -62,7 +62,10 @@ def wait_until(predicate: Any, timeout: float) -> bool:
     return True
 
 
-def test_silent_streams_hold_a_page_each_and_are_cut_after_the_stall_timeout(srv: LiveServer) -> None:
+@pytest.mark.parametrize("query", ["", "?since=0"], ids=["snapshot", "resume-from-0"])
+def test_silent_streams_hold_a_page_each_and_are_cut_after_the_stall_timeout(
+    srv: LiveServer, query: str
+) -> None:
     streams = registry(srv)
     assert wait_until(lambda: len(streams) == 0, 10)
     gc.collect()
@@ -71,7 +74,7 @@ def test_silent_streams_hold_a_page_each_and_are_cut_after_the_stall_timeout(srv
     try:
         before = tracemalloc.get_traced_memory()[0]
         opened = time.monotonic()
-        socks = [open_silent(srv, BIG) for _ in range(SILENT)]
+        socks = [open_silent(srv, BIG + query) for _ in range(SILENT)]
         assert wait_until(lambda: len(streams) == SILENT, 10)
         time.sleep(1.0)  # every stream has sent what its socket takes, and waits
         grown = tracemalloc.get_traced_memory()[0] - before
@@ -163,3 +166,17 @@ def test_a_reader_gets_the_whole_snapshot_then_live_changes_nothing_lost_or_repe
         else:
             state[e["data"]["key"]] = e["data"]["value"]
     assert state == expected
+
+
+def test_a_resume_further_back_than_the_buffer_gets_a_reset_then_the_paged_snapshot(srv: LiveServer) -> None:
+    with httpx.stream(
+        "GET", f"{srv.url}{BIG}?since=0", headers={"Accept": "text/event-stream"}, timeout=30
+    ) as r:
+        sse = SseReader(r)
+        first = sse.next_event()
+        assert first["event"] == "reset" and str(srv.settings.subscriber_buffer) in first["data"]["reason"]
+        events = [sse.next_event()]
+        while events[-1]["id"] is None:
+            events.append(sse.next_event())
+    assert {e["event"] for e in events} == {"snapshot"}
+    assert len(events) >= KEYS - 1
