@@ -13,7 +13,7 @@ import socket
 import time
 import tracemalloc
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -110,6 +110,34 @@ def test_one_client_s_unsent_bytes_are_capped_across_its_streams(srv: LiveServer
         streams.max_client_bytes = srv.settings.max_stream_bytes_per_client
         for sock in socks:
             sock.close()
+
+
+class FakePump:
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.cut_with: Exception | None = None
+
+    def cut(self, error: Exception) -> None:
+        self.cut_with = error
+
+    def interrupt(self, why: str) -> None:
+        pass
+
+
+def test_the_byte_cap_cuts_the_newest_streams_of_that_client_first() -> None:
+    reg = StreamRegistry(max_client_bytes=100)
+    a, b, c, other = (FakePump(who) for who in ("ip:1", "ip:1", "ip:1", "ip:2"))
+    for pump in (a, b, c, other):
+        reg.open(cast(Any, pump))
+    reg.hold(cast(Any, a), 40)
+    reg.hold(cast(Any, c), 40)
+    reg.hold(cast(Any, other), 90)
+    assert reg.held("ip:1") == 80 and not any(p.cut_with for p in (a, b, c, other))
+    reg.hold(cast(Any, b), 40)  # 120 > 100: the newest holding stream of ip:1 goes
+    assert c.cut_with is not None and "100 unsent bytes" in str(c.cut_with)
+    assert a.cut_with is None and b.cut_with is None and other.cut_with is None
+    reg.hold(cast(Any, c), 0)  # (a real pump does this when its cut response ends)
+    assert reg.held("ip:1") == 80
 
 
 def owner_client(srv: LiveServer) -> httpx.Client:
