@@ -7,6 +7,13 @@ client's ``http.disconnect`` or the server's shutdown. When several changes are 
 up and is cut off (``SubscriberTooSlow``): the pending send is abandoned and the connection closed,
 so writers and other readers never wait for it and nothing is buffered without bound.
 
+Memory per stream and per client (issue 9, defect 4): an SSE stream's starting state is read a page at
+a time (``EventStream.pages``), the next page only once the previous one was sent, so a client that
+does not read holds about a page. A send that waits ``StreamRegistry.stall_timeout`` on a full socket
+cuts the stream, and the bytes a client's waiting sends hold, across its streams, are capped
+(``StreamRegistry.hold``): past ``max_client_bytes`` its newest streams are cut. A resume further back
+than the buffer gets a ``reset`` and the paged snapshot instead of a backlog (:func:`open_stream`).
+
 SSE cursors: an event's ``id`` is the node cursor (``Change.seq``) after it, sent only where resuming
 from it loses nothing: on every live change, and at the end of the initial state (a subtree's
 snapshot is many events and one cursor). A cursor that only ends a batch of skipped events is sent as a
@@ -261,7 +268,8 @@ class Pump:
     (``EncodeCache``: once per change for all subscribers) and drives the ASGI send coroutine right
     away. That completes without suspending unless the socket is full; then it is driven on from the
     future it waits for, as a task would, and checked every ``SEND_POLL``: if the stream is cut off
-    meanwhile (the subscriber stopped reading), the send is abandoned and the connection closed. The
+    meanwhile (the subscriber stopped reading), or the send has waited the registry's
+    ``stall_timeout``, the send is abandoned and the connection closed. The
     client's ``http.disconnect`` is awaited the same way: ``receive()`` driven from its future. A timer
     sends a heartbeat after ``interval`` of silence. The request's task only awaits :attr:`done`, so
     an idle stream holds no suspended frames beyond the ASGI stack's.

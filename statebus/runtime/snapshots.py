@@ -3,7 +3,8 @@
 A stream that starts from the current state (no resume point) subscribes to live changes first, at
 cursor ``seq``, and then reads its keys page by page (:meth:`SnapshotPages.next_page`), only when the
 transport asks for the next one: a client that does not read makes the node read nothing more, so
-a subtree of any size costs one page of memory per stream, not the whole subtree.
+a subtree of any size costs one page of memory per stream (plus the next key, read one ahead, and a
+chunk of listed names per level), not the whole subtree.
 
 Rules (they keep "no gap, no duplicate" while the pages are read later than ``seq``):
 
@@ -16,7 +17,8 @@ Rules (they keep "no gap, no duplicate" while the pages are read later than ``se
 3. Live changes to keys read earlier, and creations and deletions of keys not read, stay queued and
    are delivered after the last page, so resuming from ``seq`` (the cursor sent with the last page)
    loses nothing.
-4. A subtree is read up to ``max_keys`` keys (as ``Bus.observe`` does), then its closing snapshot.
+4. A subtree is read up to :data:`MAX_SNAPSHOT_KEYS` keys (as ``Bus.observe`` does), then its
+   closing snapshot (``exists=False`` on the subtree's own key).
 """
 
 from __future__ import annotations
