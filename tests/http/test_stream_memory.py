@@ -102,7 +102,7 @@ def test_one_client_s_unsent_bytes_are_capped_across_its_streams(srv: LiveServer
     try:
         for _ in range(6):
             socks.append(open_silent(srv, BIG))
-            time.sleep(0.2)
+            time.sleep(0.05)
         # long before the stall timeout, the newest streams over the cap are cut; the oldest stays
         assert wait_until(lambda: len(streams) == 1, STALL / 2), f"{len(streams)} streams left"
         assert streams.held("ip:127.0.0.1") <= cap
