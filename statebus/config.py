@@ -136,6 +136,20 @@ class Settings:
     sse_ping_interval: float = _setting(
         15 * SECONDS, "seconds", "Idle SSE/Braid streams get a ping this often.", 0.1, 3600
     )
+    stream_stall_timeout: float = _setting(
+        60 * SECONDS,
+        "seconds",
+        "An SSE/Braid stream whose client reads nothing for this long is cut off (it resumes later).",
+        0.1,
+        86400,
+    )
+    max_stream_bytes_per_client: int = _setting(
+        8 * MiB,
+        "bytes",
+        "Unsent stream bytes one client (key, else IP) may hold in all; past it, its newest stream is cut.",
+        64 * KiB,
+        64 * GiB,
+    )
     history_keep_ops: int = _setting(
         1000, "int", "Ops kept per key after compaction, for resuming.", 0, 10**9
     )

@@ -202,6 +202,8 @@ class AccessControl:
             stream._queue = deque(c for c in stream._queue if readable(c))
             for sub in stream._subs:
                 sub.callback = _filtered(sub.callback, readable)
+            if stream.pages is not None:  # a starting state read later, page by page: filtered as read
+                stream.pages.keep = readable
         if counted_as is not None:
             self.subscriptions.add(counted_as, stream)
         if client != self.local:
@@ -343,6 +345,8 @@ class GuardedNode(Node):
         parents: Sequence[Version] | None = None,
         snapshot: bool = True,
         max_buffer: int | None = None,
+        paged: bool = False,
+        max_resume: int | None = None,
     ) -> EventStream:
         return self._control.events(
             self._client,
@@ -352,6 +356,8 @@ class GuardedNode(Node):
             parents=parents,
             snapshot=snapshot,
             max_buffer=max_buffer,
+            paged=paged,
+            max_resume=max_resume,
         )
 
 

@@ -678,16 +678,18 @@ class Bus:
         parents: Sequence[Version] | None = None,
         snapshot: bool = True,
         max_snapshot_keys: int = 10_000,
+        max_resume: int = MAX_RESUME_OPS,
     ) -> Subscription:
         """Watch a key or a subtree: ``callback`` gets the current state (unless ``snapshot`` is
         False), or the changes after cursor ``since`` / after versions ``parents`` (one key), then
         every change, in order, exactly once.
 
-        Raises HistoryCompacted (before subscribing) when the resume point is gone.
+        Raises HistoryCompacted (before subscribing) when the resume point is gone, or when more
+        than ``max_resume`` changes are missing after ``since``.
         """
         p = self.parse(pattern)
         if since is not None:
-            backlog = self.changes_since(p, since)
+            backlog = self.changes_since(p, since, max_resume)
         elif parents is not None:
             if is_subtree(p):
                 raise InvalidKey("parents name versions of one key, not of a subtree")

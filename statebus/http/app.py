@@ -141,7 +141,9 @@ def build_app(
     """
     access = access_control(node, settings)
     auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy.of(settings))
-    registry = StreamRegistry()
+    registry = StreamRegistry(
+        stall_timeout=settings.stream_stall_timeout, max_client_bytes=settings.max_stream_bytes_per_client
+    )
     cache = EncodeCache()
     static = static_dir if static_dir is not None and static_dir.is_dir() else None
     index = static / "index.html" if static is not None else None

@@ -13,6 +13,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -82,6 +83,14 @@ def _utf8(text: str, name: str) -> str:
             f"{name} header holds a lone surrogate (\\ud800-\\udfff), which is not text"
         ) from None
     return text
+
+
+def stream_client(client: Client) -> str | None:
+    """Who a stream's unsent bytes count for: the client's key, else ``ip:<address>``; None for the
+    owner (exempt, as from the subscription count)."""
+    if client.owner:
+        return None
+    return client.pubkey or sys.intern(f"ip:{client.address}")
 
 
 def version_list(header: str, name: str) -> tuple[Version, ...]:
@@ -387,6 +396,7 @@ class KeyEndpoint:
                 else None,
                 buffer=settings.subscriber_buffer,
                 ping_interval=settings.sse_ping_interval,
+                client=stream_client(client),
             )
             return None
         patterns = self.stream_patterns(path, conn.query_params)
@@ -402,6 +412,7 @@ class KeyEndpoint:
             since=self.resume_cursor(conn, headers),
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
+            client=stream_client(client),
         )
         return None
 

@@ -7,6 +7,13 @@ client's ``http.disconnect`` or the server's shutdown. When several changes are 
 up and is cut off (``SubscriberTooSlow``): the pending send is abandoned and the connection closed,
 so writers and other readers never wait for it and nothing is buffered without bound.
 
+Memory per stream and per client (issue 9, defect 4): an SSE stream's starting state is read a page at
+a time (``EventStream.pages``), the next page only once the previous one was sent, so a client that
+does not read holds about a page. A send that waits ``StreamRegistry.stall_timeout`` on a full socket
+cuts the stream, and the bytes a client's waiting sends hold, across its streams, are capped
+(``StreamRegistry.hold``): past ``max_client_bytes`` its newest streams are cut. A resume further back
+than the buffer gets a ``reset`` and the paged snapshot instead of a backlog (:func:`open_stream`).
+
 SSE cursors: an event's ``id`` is the node cursor (``Change.seq``) after it, sent only where resuming
 from it loses nothing: on every live change, and at the end of the initial state (a subtree's
 snapshot is many events and one cursor). A cursor that only ends a batch of skipped events is sent as a
@@ -30,7 +37,7 @@ from typing import Any
 from starlette.types import Message, Receive, Send
 
 from statebus.bus import Change
-from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
+from statebus.errors import HistoryCompacted, InvalidKey, StatebusError, SubscriberTooSlow
 from statebus.http.braid import HEARTBEAT, RANGE_HEADERS, SUBSCRIPTION_HEADERS, format_version_list
 from statebus.http.encode import EncodeCache, braid_update, sse_event
 from statebus.http.sse import PING, encode_event, encode_reset_event
@@ -132,12 +139,55 @@ class Heartbeats:
 
 
 class StreamRegistry:
-    """The open streaming responses, so that shutdown can end them all (and their heartbeats)."""
+    """The open streaming responses, so that shutdown can end them all (and their heartbeats), and
+    the limits they share.
 
-    def __init__(self) -> None:
+    Args:
+        stall_timeout: seconds a stream may wait on a client that reads nothing before it is cut.
+        max_client_bytes: bytes of unsent stream data one client (a key, else an IP) may hold across
+            its streams; past it, its newest stream that holds any is cut (:meth:`hold`).
+    """
+
+    def __init__(self, *, stall_timeout: float = 60.0, max_client_bytes: int = 8 * 1024 * 1024) -> None:
         self.closing = False
         self._pumps: dict[Pump, None] = {}
         self.heartbeats = Heartbeats()
+        self.stall_timeout = stall_timeout
+        self.max_client_bytes = max_client_bytes
+        self._held: dict[str, dict[Pump, int]] = {}
+        """Per client, its streams holding unsent bytes, and how many (only while a send waits)."""
+
+    def held(self, client: str) -> int:
+        """Bytes of unsent stream data ``client`` holds now."""
+        return sum(self._held.get(client, {}).values())
+
+    def hold(self, pump: Pump, n: int) -> None:
+        """Record that ``pump`` holds ``n`` unsent bytes (0: none). If its client then holds more than
+        ``max_client_bytes``, cut its newest streams that hold bytes until it is within the limit."""
+        client = pump.client
+        if client is None:
+            return
+        streams = self._held.get(client)
+        if n <= 0:
+            if streams is not None and streams.pop(pump, None) is not None and not streams:
+                del self._held[client]
+            return
+        if streams is None:
+            streams = self._held[client] = {}
+        streams[pump] = n
+        total = sum(streams.values())
+        if total <= self.max_client_bytes:
+            return
+        for victim in [p for p in reversed(self._pumps) if p in streams]:  # the newest first
+            total -= streams.get(victim, 0)
+            victim.cut(
+                SubscriberTooSlow(
+                    f"this client holds more than {self.max_client_bytes} unsent bytes across its streams; "
+                    "its newest was cut off (resume from the last event id)"
+                )
+            )
+            if total <= self.max_client_bytes:
+                return
 
     def check_open(self) -> None:
         """Raises:
@@ -154,6 +204,8 @@ class StreamRegistry:
 
     def release(self, pump: Pump) -> None:
         self._pumps.pop(pump, None)
+        if isinstance(pump, Pump) and pump.client is not None:  # (peers' op streams register here too)
+            self.hold(pump, 0)
 
     def close_all(self) -> None:
         """End every open stream (their responses complete) and refuse new ones."""
@@ -172,11 +224,29 @@ def open_stream(
     since: int | None = None,
     parents: Sequence[Version] | None = None,
     buffer: int,
+    paged: bool = False,
 ) -> EventStream:
-    """``node.events`` whose initial backlog never counts against ``buffer``: the backlog is bounded
-    by the bus; live changes beyond it may pile up to ``buffer`` before the stream is cut off."""
-    stream = node.events(list(patterns), since=since, parents=parents, max_buffer=UNBOUNDED)
-    stream.max_buffer = len(stream) + buffer
+    """``node.events`` whose initial backlog never counts against ``buffer``; live changes may pile
+    up to ``buffer`` behind it before the stream is cut off. ``paged``: the current state is read a
+    page at a time as the client drains the stream (:mod:`statebus.runtime.snapshots`), so it holds
+    no backlog at all.
+
+    Raises:
+        HistoryCompacted: the resume point is gone, or more than ``buffer`` changes (all patterns
+            together) are missing after ``since``: a fresh, paged snapshot costs less memory then.
+    """
+    stream = node.events(
+        list(patterns),
+        since=since,
+        parents=parents,
+        max_buffer=UNBOUNDED,
+        paged=paged,
+        max_resume=buffer if since is not None else None,
+    )
+    if since is not None and len(stream) > buffer:
+        stream.close()
+        raise HistoryCompacted(f"more than {buffer} changes since cursor {since}; take a fresh snapshot")
+    stream.max_buffer = (0 if stream.pages is not None else len(stream)) + buffer
     return stream
 
 
@@ -199,7 +269,8 @@ class Pump:
     (``EncodeCache``: once per change for all subscribers) and drives the ASGI send coroutine right
     away. That completes without suspending unless the socket is full; then it is driven on from the
     future it waits for, as a task would, and checked every ``SEND_POLL``: if the stream is cut off
-    meanwhile (the subscriber stopped reading), the send is abandoned and the connection closed. The
+    meanwhile (the subscriber stopped reading), or the send has waited the registry's
+    ``stall_timeout``, the send is abandoned and the connection closed. The
     client's ``http.disconnect`` is awaited the same way: ``receive()`` driven from its future. A timer
     sends a heartbeat after ``interval`` of silence. The request's task only awaits :attr:`done`, so
     an idle stream holds no suspended frames beyond the ASGI stack's.
@@ -212,6 +283,7 @@ class Pump:
         "_finished",
         "_gone",
         "_interval",
+        "_last_len",
         "_last_write",
         "_loop",
         "_on_cut",
@@ -222,16 +294,24 @@ class Pump:
         "_receiving",
         "_registry",
         "_send",
+        "_sending",
+        "_stalled_since",
         "_timer",
         "_todo",
         "abandoned",
+        "client",
         "completed",
         "done",
         "ending",
         "stream",
     )
 
-    def __init__(self, send: Send, receive: Receive, stream: EventStream) -> None:
+    def __init__(self, send: Send, receive: Receive, stream: EventStream, client: str | None = None) -> None:
+        self.client = client
+        """Who the stream's unsent bytes are counted for (:meth:`StreamRegistry.hold`); None: nobody."""
+        self._sending = 0
+        self._last_len = 0
+        self._stalled_since = 0.0
         self._send = send
         self._receive = receive
         self.stream = stream
@@ -361,6 +441,7 @@ class Pump:
         """Start sending ``data``: done at once unless the socket is full (then :attr:`_pending`)."""
         if not more:
             self._final = True
+        self._sending = len(data)
         coro = _coroutine(self._send({"type": "http.response.body", "body": data, "more_body": more}))
         try:
             waiting = coro.send(None)
@@ -371,9 +452,13 @@ class Pump:
             self._failed(exc)
             return
         self._suspended(coro, waiting)
+        if self.client is not None and self._registry is not None:
+            # this message waits, and the one before may still sit in the socket's buffer
+            self._registry.hold(self, len(data) + self._last_len)
 
     def _suspended(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
         self._pending = coro
+        self._stalled_since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_later(SEND_POLL, self._check_send)
         if isinstance(waiting, asyncio.Future):
@@ -403,6 +488,11 @@ class Pump:
 
     def _sent(self) -> None:
         self._pending = None
+        self._last_len = self._sending
+        if self._stalled_since:  # the send had waited: the client made progress
+            self._stalled_since = 0.0
+            if self.client is not None and self._registry is not None:
+                self._registry.hold(self, 0)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -428,8 +518,25 @@ class Pump:
             return
         if self.stream.error is not None:
             self.interrupt("cut")
+        elif (
+            self._registry is not None
+            and self._loop.time() - self._stalled_since >= self._registry.stall_timeout
+        ):
+            self.cut(
+                SubscriberTooSlow(
+                    f"the client read nothing for {self._registry.stall_timeout:g} s; the stream was cut off"
+                )
+            )
         else:
             self._timer = self._loop.call_later(SEND_POLL, self._check_send)
+
+    def cut(self, error: StatebusError) -> None:
+        """Cut the stream off with ``error`` and end the response (abandoned if a send waits)."""
+        self.stream.cut(error)
+        if self._pending is not None:
+            self.interrupt("cut")
+        else:
+            self._step()  # sends the reason, if the transport has an event for it, and ends
 
     def _beat(self, now: float) -> float | None:
         """Called by :class:`Heartbeats` when due: send a heartbeat after ``interval`` of silence.
@@ -511,19 +618,24 @@ class Pump:
 
 
 class SseEncoder:
-    """Turns batches of changes into SSE bytes: the initial backlog once complete, then live changes."""
+    """Turns batches of changes into SSE bytes: the initial backlog once complete, or the pages of
+    the starting state as they come (``paging``), then live changes."""
 
-    __slots__ = ("_backlog", "_last_derived", "backlog_left", "cache", "last_op_seq", "reset")
+    __slots__ = ("_backlog", "_last_derived", "backlog_left", "cache", "last_op_seq", "paging", "reset")
 
-    def __init__(self, cache: EncodeCache, backlog: int, *, reset: bool) -> None:
+    def __init__(self, cache: EncodeCache, backlog: int, *, reset: bool, paging: bool = False) -> None:
         self.cache = cache
         self.backlog_left = backlog
         self.reset = reset
+        self.paging = paging
+        """Batches are pages of the starting state (``EventStream.pages``) until one ends with ``last``."""
         self._backlog: list[Change] = []
         self.last_op_seq = -1
         self._last_derived: Change | None = None
 
     def __call__(self, batch: list[Change]) -> bytes:
+        if self.paging:
+            return self._page(batch)
         out: list[bytes] = []
         for change in batch:
             if self.backlog_left > 0:
@@ -541,6 +653,21 @@ class SseEncoder:
                     continue
                 self._last_derived = change
             out.append(self.cache.live_sse(change))
+        return b"".join(out)
+
+    def _page(self, page: list[Change]) -> bytes:
+        """A page of the starting state: one ``snapshot`` event per key (a subtree's closing marker
+        sends none), the cursor on the last event of the last page (a bare ``id:`` if it has none)."""
+        sent = [c for c in page if c.exists or not is_subtree(c.key)]
+        end = bool(page) and page[-1].last
+        out = [sse_event(c, None, snapshot=True) for c in (sent[:-1] if end else sent)]
+        if end:
+            self.paging = False
+            cursor = page[-1].seq
+            if sent:
+                out.append(sse_event(sent[-1], cursor, snapshot=True))
+            else:
+                out.append(f"id: {cursor}\n\n".encode("ascii"))
         return b"".join(out)
 
     def _flush_backlog(self) -> bytes:
@@ -605,8 +732,11 @@ def serve_sse(
     since: int | None,
     buffer: int,
     ping_interval: float,
+    client: str | None = None,
 ) -> asyncio.Future[None]:
     """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live.
+    The current state is read a page at a time as the client reads it. ``client`` names who the
+    stream's unsent bytes count for (:meth:`StreamRegistry.hold`; None: nobody, e.g. the owner).
 
     Returns the future to await until the response has ended (the request's task sleeps on it: no
     coroutine of this module stays suspended per stream).
@@ -615,14 +745,15 @@ def serve_sse(
     head = [b"retry: %d\n\n" % SSE_RETRY_MS]
     reset = False
     try:
-        stream = open_stream(node, patterns, since=since, buffer=buffer)
+        stream = open_stream(node, patterns, since=since, buffer=buffer, paged=True)
     except HistoryCompacted as exc:
-        stream = open_stream(node, patterns, buffer=buffer)
+        stream = open_stream(node, patterns, buffer=buffer, paged=True)
         head.append(encode_reset_event(exc.detail))
         reset = True
-    encoder = SseEncoder(cache, len(stream), reset=reset)
+    paging = stream.pages is not None
+    encoder = SseEncoder(cache, 0 if paging else len(stream), reset=reset, paging=paging)
     head_message: Message = {"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)}
-    pump = Pump(send, receive, stream)
+    pump = Pump(send, receive, stream, client)
     return pump.start(registry, head_message, encoder, PING, ping_interval, sse_cut_event, b"".join(head))
 
 
@@ -639,9 +770,10 @@ def serve_braid(
     heartbeats: tuple[float, str] | None,
     buffer: int,
     ping_interval: float,
+    client: str | None = None,
 ) -> asyncio.Future[None]:
     """Answer a GET with ``Subscribe``: status 209, then Braid updates (research §2). Returns the
-    future to await until the response has ended (as :func:`serve_sse`).
+    future to await until the response has ended (as :func:`serve_sse`; ``client`` likewise).
 
     Raises (before anything is sent):
         HistoryCompacted: ``parents`` are unknown or their history was compacted (410).
@@ -680,6 +812,6 @@ def serve_braid(
                 out.append(cache.braid(change))
         return b"".join(out)
 
-    pump = Pump(send, receive, stream)
+    pump = Pump(send, receive, stream, client)
     head: Message = {"type": "http.response.start", "status": 209, "headers": headers}
     return pump.start(registry, head, encode, HEARTBEAT, interval, _no_cut_event)

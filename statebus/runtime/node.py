@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from statebus.bus import Bus, Change
-from statebus.bus.bus import BatchSigner
+from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.errors import StatebusError
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
+from statebus.runtime.snapshots import SnapshotPages
 from statebus.runtime.streams import EventStream
 from statebus.types import Seq, Version
 
@@ -82,21 +83,38 @@ class Node:
         parents: Sequence[Version] | None = None,
         snapshot: bool = True,
         max_buffer: int | None = None,
+        paged: bool = False,
+        max_resume: int | None = None,
     ) -> EventStream:
         """An async stream of the changes to one or more keys/subtrees (see ``Bus.observe``).
 
         With several patterns, the initial snapshots or backlogs of all come first, then live
         changes in node order. Raises HistoryCompacted when a resume point is gone.
+
+        ``paged``: the current state (when there is no resume point) is read lazily, a page at a
+        time as the stream is drained (see :mod:`statebus.runtime.snapshots`), instead of being
+        buffered whole. ``max_resume``: more changes missing after ``since`` than this (per
+        pattern) raise HistoryCompacted (the default is the bus's).
         """
         if self.closing:
             raise StatebusError("node is shutting down", status_hint=503)
         stream = EventStream(self, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        lazy = paged and snapshot and since is None and parents is None
         try:
             for p in pats:
                 stream._subs.append(
-                    self.bus.observe(p, stream._push, since=since, parents=parents, snapshot=snapshot)
+                    self.bus.observe(
+                        p,
+                        stream._push,
+                        since=since,
+                        parents=parents,
+                        snapshot=snapshot and not lazy,
+                        max_resume=MAX_RESUME_OPS if max_resume is None else max_resume,
+                    )
                 )
+            if lazy:
+                stream.pages = SnapshotPages(self.bus, [self.bus.parse(p) for p in pats], self.bus.seq)
         except BaseException:
             stream.close()
             raise

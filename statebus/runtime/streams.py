@@ -9,6 +9,11 @@ Rules:
    holds always names stored history, even across a crash.
 3. Iteration ends (StopAsyncIteration) when the stream is closed by its owner, and raises the
    stored error when it was cut off.
+4. A stream opened with ``paged=True`` (``Node.events``) reads its starting state lazily
+   (:class:`~statebus.runtime.snapshots.SnapshotPages`): :meth:`EventStream.drain_ready` hands out
+   one page per call, before any live change, and live changes the page already reflects are
+   dropped from the buffer. Only the live changes count against the buffer bound; the pages are
+   read when the transport asks, so a reader that stops reading holds one page.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ from statebus.errors import StatebusError, SubscriberTooSlow
 
 if TYPE_CHECKING:
     from statebus.runtime.node import Node
+    from statebus.runtime.snapshots import SnapshotPages
 
 
 class EventStream:
     __slots__ = (
         "__weakref__",
+        "_durable_at",
         "_for_durable",
         "_listening",
         "_node",
+        "_page",
         "_q",
         "_subs",
         "_waiter",
@@ -38,6 +46,7 @@ class EventStream:
         "deliver",
         "error",
         "max_buffer",
+        "pages",
     )
 
     def __init__(self, node: Node, max_buffer: int) -> None:
@@ -55,6 +64,11 @@ class EventStream:
         self.error: StatebusError | None = None
         self.closed = False
         self.cursor: int | None = None
+        self.pages: SnapshotPages | None = None
+        """The starting state still to be read (``paged`` streams), None once it is all handed out."""
+        self._durable_at = 0
+        self._page: list[Change] | None = None
+        """A page read but not handed out yet: it waits for the commit of the state it shows."""
 
     @property
     def _queue(self) -> list[Change]:
@@ -154,13 +168,16 @@ class EventStream:
 
     def close(self) -> None:
         self.closed = True
+        self.pages = None  # the starting state not read yet is never read
+        self._page = None
         for sub in self._subs:
             sub.close("stream closed")
         self._node._streams.discard(self)
         self._wake_reader()
 
     def __len__(self) -> int:
-        return len(self._q)
+        """The changes buffered, plus one while the starting state is not all handed out."""
+        return len(self._q) + (self.pages is not None or bool(self._page))
 
     def __aiter__(self) -> EventStream:
         return self
@@ -168,6 +185,15 @@ class EventStream:
     async def __anext__(self) -> Change:
         committer = self._node.committer
         while True:
+            if self.pages is not None or self._page:
+                page = self._next_page()
+                if page:
+                    self._q[:0] = page
+                    continue
+                if self._page:
+                    committer.kick()
+                    await self._wait(durable=True)
+                    continue
             q = self._q
             if q:
                 head = q[0]
@@ -186,7 +212,12 @@ class EventStream:
             await self._wait(durable=False)
 
     def drain_ready(self) -> list[Change]:
-        """Take every buffered change that is already durable, without waiting (for batching)."""
+        """Take every buffered change that is already durable, without waiting (for batching); while
+        the starting state of a ``paged`` stream is being read, its next page instead (rule 4)."""
+        if self.pages is not None or self._page:
+            page = self._next_page()
+            if page or self.pages is not None or self._page:
+                return page
         q = self._q
         if not q:
             return []
@@ -204,3 +235,25 @@ class EventStream:
         out = q[:n]
         del q[:n]
         return out
+
+    def _next_page(self) -> list[Change]:
+        """The next page of the starting state once the state it shows is durable (else ``[]``)."""
+        page = self._page
+        pages = self.pages
+        if page is None and pages is not None:
+            page = pages.next_page()
+            if pages.done:
+                self.pages = None
+            reflected = pages.reflected
+            if reflected and self._q:
+                self._q = [c for c in self._q if c.seq > reflected.get(c.key, -1)]
+            durable_at = max(reflected.values(), default=pages.seq)
+            if page and max(durable_at, pages.seq) > self._node.committer.durable_seq:
+                self._page = page
+                self._durable_at = max(durable_at, pages.seq)
+                return []
+            return page
+        if page is not None and self._durable_at <= self._node.committer.durable_seq:
+            self._page = None
+            return page
+        return []
