@@ -6,9 +6,10 @@ list of faults this fixes):
 * :class:`TaggedTransport` appends ``HMAC-SHA256(tag_key, datagram)[:16]`` to every datagram sent;
   :meth:`DirectoryProtocol.datagram_received` drops any datagram whose tag is wrong *before*
   msgpack decoding, so nodes outside the DHT (other name, or no invite secret) are not heard.
-* :class:`RecordStorage` validates every record on write (signature, DHT, key hash, expiry,
-  seq newer than the stored one), which covers every write path of the library, and drops
-  records whose signed expiry has passed.
+* :class:`~statebus.federation.dht_storage.RecordStorage` validates every record on write
+  (signature, DHT, key hash, expiry, seq newer than the stored one), which covers every write path
+  of the library, bounds what each source address and each key prefix may hold, and drops records
+  whose signed expiry has passed. A STORE is counted against its sender's address.
 * :class:`DirectoryProtocol` parses requests itself, checks argument types, answers ``False`` to a
   STORE the storage refused, never sends to a malformed address, and keeps its tasks referenced.
 * :class:`ClosestRoutingTable` answers "the k closest contacts" by scanning every bucket. Upstream
@@ -27,18 +28,16 @@ import heapq
 import hmac
 import ipaddress
 import logging
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 import umsgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
-from kademlia.storage import ForgetfulStorage
 
-from statebus.errors import InvalidValue, StatebusError
-from statebus.federation.dht_record import NodeRecord, verify_record
+from statebus.errors import StatebusError
+from statebus.federation.dht_storage import RecordStorage, source_of
 
 log = logging.getLogger(__name__)
 
@@ -124,71 +123,6 @@ class TaggedTransport:
         self._transport.close()
 
 
-class RecordStorage(ForgetfulStorage):  # type: ignore[misc]
-    """Holds only valid records of one DHT; a write that is not a valid, newer record raises.
-
-    Raises (from ``__setitem__``): BadSignature, InvalidValue or TooLarge, from
-    :func:`~statebus.federation.dht_record.verify_record`, and InvalidValue for a stale seq.
-    """
-
-    def __init__(
-        self, dht_name: str, *, clock: Callable[[], float] = time.time, max_records: int = 10_000
-    ) -> None:
-        super().__init__(ttl=7 * 24 * 3600)
-        self.dht_name = dht_name
-        self.clock = clock
-        self.max_records = max_records
-        self.records: dict[bytes, NodeRecord] = {}
-        self.rejected = 0
-        self._next_sweep = 0.0
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        try:
-            if not isinstance(key, bytes) or len(key) != NODE_ID_BYTES:
-                raise InvalidValue("a DHT key is 20 bytes")
-            record = verify_record(value, self.clock(), self.dht_name, key=key)
-            self._check_newer(key, record, value)
-        except StatebusError:
-            self.rejected += 1
-            raise
-        self.records[key] = record
-        super().__setitem__(key, value)
-        while len(self.data) > self.max_records:
-            old_key, _ = self.data.popitem(last=False)
-            self.records.pop(old_key, None)
-
-    def _check_newer(self, key: bytes, record: NodeRecord, value: bytes) -> None:
-        held = self.record(key)
-        if held is None:
-            return
-        if record.seq < held.seq:
-            raise _stale(record.seq, held.seq)
-        if record.seq == held.seq and self.data[key][1] != value:
-            raise _stale(record.seq, held.seq)  # same seq, other content: keep the first one
-
-    def cull(self) -> None:
-        """Drop records past the storage ttl and, at most once a second, those past their ``exp``."""
-        super().cull()
-        now = self.clock()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + 1.0
-        for key in [k for k, r in self.records.items() if r.expires <= now or k not in self.data]:
-            self.records.pop(key, None)
-            self.data.pop(key, None)
-
-    def record(self, key: bytes) -> NodeRecord | None:
-        """The valid record held under ``key``, if any."""
-        self.cull()
-        record = self.records.get(key)
-        if record is None or key not in self.data or record.expires <= self.clock():
-            return None
-        return record
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(list(super().__iter__()))
-
-
 class ClosestRoutingTable(RoutingTable):  # type: ignore[misc]
     """The routing table, with a ``find_neighbors`` that really returns the k closest contacts."""
 
@@ -205,10 +139,6 @@ class ClosestRoutingTable(RoutingTable):  # type: ignore[misc]
             if contact.id != node.id and (exclude is None or not contact.same_home_as(exclude))
         ]
         return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
-
-
-def _stale(seq: int, held: int) -> StatebusError:
-    return InvalidValue(f"stale record: seq {seq} is not newer than the held seq {held}")
 
 
 class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -308,7 +238,7 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
     def rpc_store(self, sender: Any, nodeid: bytes, key: bytes, value: Any) -> bool:
         self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
         try:
-            self.storage[key] = value
+            self.storage.store(key, value, source_of(sender))
         except StatebusError as exc:
             log.debug("refused a STORE from %s:%s: %s", sender[0], sender[1], exc)
             return False
@@ -324,6 +254,7 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
         value = self.storage.get(key, None)
         if value is None:
             return neighbors
+        self.storage.touch(key)  # looked up: kept longer than records nobody asks for
         return {"value": value, "nodes": neighbors}
 
     def welcome_if_new(self, node: Node) -> None:
