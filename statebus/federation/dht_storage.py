@@ -31,6 +31,7 @@ from typing import Any
 
 from kademlia.storage import IStorage
 
+from statebus.config import Settings
 from statebus.errors import InvalidValue, QuotaExceeded, StatebusError
 from statebus.federation.dht_record import NodeRecord, verify_record
 
@@ -50,6 +51,13 @@ class StorageLimits:
     def __post_init__(self) -> None:
         if min(self.max_records, self.max_per_source, self.max_per_prefix) < 1:
             raise InvalidValue("DHT storage limits are at least 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StorageLimits:
+        """The limits ``settings.dht_max_records*`` name."""
+        return cls(
+            settings.dht_max_records, settings.dht_max_records_per_source, settings.dht_max_records_per_prefix
+        )
 
 
 def source_of(addr: Any) -> str:

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from statebus.config import Settings
 from statebus.errors import InvalidValue, QuotaExceeded
 from statebus.federation.dht_record import dht_key, make_record, pubkey_of
 from statebus.federation.dht_storage import LOCAL, RecordStorage, StorageLimits, prefix_of, source_of
@@ -115,3 +116,9 @@ def test_sources_are_addresses_and_ipv6_hosts() -> None:
     assert source_of(("::ffff:10.1.2.3", 1)) == "10.1.2.3"
     with pytest.raises(InvalidValue):
         StorageLimits(max_per_source=0)
+
+
+def test_limits_come_from_the_settings() -> None:
+    settings = Settings(dht_max_records=50, dht_max_records_per_source=7, dht_max_records_per_prefix=9)
+    assert StorageLimits.from_settings(settings) == StorageLimits(50, 7, 9)
+    assert Settings.load({"dht_self_check_interval": "30s"}, env={"HOME": "/h"}).dht_self_check_interval == 30
