@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +86,43 @@ class _Held:
     blob: bytes
     source: str
     prefix: int
+    used: int
+
+
+class _Tally:
+    """How many records each source holds in one scope (all, or one key prefix); the top is cheap."""
+
+    __slots__ = ("_by_count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._by_count: dict[int, set[str]] = {}
+        self.total = 0
+
+    def add(self, source: str, delta: int) -> None:
+        old = self.counts.get(source, 0)
+        new = old + delta
+        if old:
+            self._by_count[old].discard(source)
+            if not self._by_count[old]:
+                del self._by_count[old]
+        if new:
+            self.counts[source] = new
+            self._by_count.setdefault(new, set()).add(source)
+        else:
+            self.counts.pop(source, None)
+        self.total += delta
+
+    def top(self) -> tuple[int, set[str]]:
+        """The most records one source holds here, and the sources that hold that many."""
+        if not self._by_count:
+            return 0, set()
+        most = max(self._by_count)  # distinct counts are few: they sum to at most ``total``
+        return most, self._by_count[most]
+
+
+_FEW = 16
+"""Up to this many tied sources, the victim is found from each one's own LRU order."""
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]
@@ -118,9 +155,11 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.pinned: bytes | None = None
         """The key of this node's own record, never displaced."""
         self._held: OrderedDict[bytes, _Held] = OrderedDict()  # least recently used first
-        self._per_source: Counter[str] = Counter()
-        self._per_prefix: Counter[int] = Counter()
-        self._per_prefix_source: Counter[tuple[int, str]] = Counter()
+        self._all = _Tally()
+        self._prefixes: dict[int, _Tally] = {}
+        self._lru: dict[tuple[int | None, str | None], OrderedDict[bytes, None]] = {}
+        # LRU orders: (None, source) per source, (prefix, source), and (prefix, None) per key prefix
+        self._ticks = 0
         self.rejected = 0
         """Writes refused because the record is invalid or not newer than the held one."""
         self.refused_full = 0
@@ -139,6 +178,12 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         try:
             if not isinstance(key, bytes) or len(key) != NODE_ID_BYTES:
                 raise InvalidValue("a DHT key is 20 bytes")
+        except StatebusError:
+            self.rejected += 1
+            raise
+        if key not in self._held and not self._room_for(source):  # before the costly signature check
+            self._refuse(f"this node holds {self.limits.max_per_source} DHT records from that address")
+        try:
             record = verify_record(value, self.clock(), self.dht_name, key=key)
             held = self._current(key)
             if held is not None:
@@ -153,44 +198,65 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                     self._add(key, record, value, source)
                 else:
                     held.record, held.blob = record, value
-                    self._held.move_to_end(key)
+                    self.touch(key)
             return
         self._make_room(key, source)
         self._add(key, record, value, source)
 
     def touch(self, key: bytes) -> None:
         """Mark ``key`` as used now (a lookup asked for it): it is displaced later than unused ones."""
-        if key in self._held:
-            self._held.move_to_end(key)
+        held = self._held.get(key)
+        if held is None:
+            return
+        self._ticks += 1
+        held.used = self._ticks
+        self._held.move_to_end(key)
+        for scope in _scopes(held):
+            self._lru[scope].move_to_end(key)
 
     def _room_for(self, source: str) -> bool:
-        return source == LOCAL or self._per_source[source] < self.limits.max_per_source
+        return source == LOCAL or self._all.counts.get(source, 0) < self.limits.max_per_source
 
     def _make_room(self, key: bytes, source: str) -> None:
         self.cull()
         if not self._room_for(source):
             self._refuse(f"this node holds {self.limits.max_per_source} DHT records from that address")
         prefix = prefix_of(key, self.node_id)
-        if self._per_prefix[prefix] >= self.limits.max_per_prefix:
-            counts = {s: n for (p, s), n in self._per_prefix_source.items() if p == prefix}
-            self._displace(counts, source, prefix)
+        tally = self._prefixes.get(prefix)
+        if tally is not None and tally.total >= self.limits.max_per_prefix:
+            self._displace(tally, source, prefix)
         if len(self._held) >= self.limits.max_records:
-            self._displace(self._per_source, source, None)
+            self._displace(self._all, source, None)
 
-    def _displace(self, counts: dict[str, int] | Counter[str], source: str, prefix: int | None) -> None:
+    def _displace(self, tally: _Tally, source: str, prefix: int | None) -> None:
         """Drop the least recently used record of the sources holding the most, if ``source`` holds
         fewer; a source that holds as many as the most replaces its own least recently used one."""
-        own = -1 if source == LOCAL else counts.get(source, 0)
-        top = max((n for s, n in counts.items() if n > 0), default=0)
-        losers = {s for s, n in counts.items() if n == top} if top > own else {source}
-        for key, held in self._held.items():
-            if key == self.pinned or (prefix is not None and held.prefix != prefix):
-                continue
-            if held.source in losers:
-                self._forget(key)
-                self.evicted += 1
-                return
-        self._refuse("this node's DHT storage is full")
+        own = -1 if source == LOCAL else tally.counts.get(source, 0)
+        top, biggest = tally.top()
+        losers = biggest if top > own else {source}
+        victim = self._oldest_of(losers, prefix)
+        if victim is None:
+            self._refuse("this node's DHT storage is full")
+        else:
+            self._forget(victim)
+            self.evicted += 1
+
+    def _oldest_of(self, sources: set[str], prefix: int | None) -> bytes | None:
+        if len(sources) <= _FEW:
+            heads = (self._head(self._lru.get((prefix, s))) for s in sources)
+            found = [key for key in heads if key is not None]
+            return min(found, key=lambda k: self._held[k].used, default=None)
+        order = self._held if prefix is None else self._lru[prefix, None]
+        for key in order:  # many tied sources: one of them is near the front
+            if key != self.pinned and self._held[key].source in sources:
+                return key
+        return None
+
+    def _head(self, order: OrderedDict[bytes, None] | None) -> bytes | None:
+        for key in order or ():
+            if key != self.pinned:
+                return key
+        return None
 
     def _refuse(self, detail: str) -> None:
         self.refused_full += 1
@@ -198,16 +264,25 @@ class RecordStorage(IStorage):  # type: ignore[misc]
 
     def _add(self, key: bytes, record: NodeRecord, blob: bytes, source: str) -> None:
         prefix = prefix_of(key, self.node_id)
-        self._held[key] = _Held(record, blob, source, prefix)
-        self._per_source[source] += 1
-        self._per_prefix[prefix] += 1
-        self._per_prefix_source[prefix, source] += 1
+        self._ticks += 1
+        self._held[key] = _Held(record, blob, source, prefix, self._ticks)
+        self._all.add(source, 1)
+        self._prefixes.setdefault(prefix, _Tally()).add(source, 1)
+        for scope in _scopes(self._held[key]):
+            self._lru.setdefault(scope, OrderedDict())[key] = None
 
     def _forget(self, key: bytes) -> None:
         held = self._held.pop(key)
-        _decrement(self._per_source, held.source)
-        _decrement(self._per_prefix, held.prefix)
-        _decrement(self._per_prefix_source, (held.prefix, held.source))
+        self._all.add(held.source, -1)
+        tally = self._prefixes[held.prefix]
+        tally.add(held.source, -1)
+        if not tally.total:
+            del self._prefixes[held.prefix]
+        for scope in _scopes(held):
+            order = self._lru[scope]
+            del order[key]
+            if not order:
+                del self._lru[scope]
 
     # ---- reads
 
@@ -241,7 +316,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
 
     def per_source(self, source: str) -> int:
         """How many held records are counted against ``source``."""
-        return self._per_source[source]
+        return self._all.counts.get(source, 0)
 
     @property
     def records(self) -> dict[bytes, NodeRecord]:
@@ -270,10 +345,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         return []  # only upstream's holder re-STORE asks, and holders never re-STORE here
 
 
-def _decrement(counter: Counter[Any], item: Any) -> None:
-    counter[item] -= 1
-    if counter[item] <= 0:
-        del counter[item]
+def _scopes(held: _Held) -> tuple[tuple[int | None, str | None], ...]:
+    return (None, held.source), (held.prefix, held.source), (held.prefix, None)
 
 
 def _check_newer(held: _Held, record: NodeRecord, value: bytes) -> None:

@@ -58,14 +58,29 @@ def test_when_full_the_biggest_source_loses_its_least_recently_used_record() -> 
     assert all(storage.get(key) is not None for key, _ in honest)
 
 
-def test_among_equals_the_records_looked_up_recently_stay() -> None:
-    storage = _storage(max_records=4)
-    held = [_fresh() for _ in range(4)]
+@pytest.mark.parametrize("n", [4, 40])  # few tied sources, and more than the storage compares one by one
+def test_among_equals_the_records_looked_up_recently_stay(n: int) -> None:
+    storage = _storage(max_records=n)
+    held = [_fresh() for _ in range(n)]
     for i, (key, blob) in enumerate(held):
         storage.store(key, blob, f"10.0.1.{i}")
     storage.touch(held[0][0])
     storage.store(*_fresh(), "10.0.2.1")
     assert storage.get(held[0][0]) is not None and storage.get(held[1][0]) is None
+    assert len(storage) == n
+
+
+def test_many_equal_sources_in_a_full_key_prefix_lose_their_oldest_record_there() -> None:
+    storage = _storage(max_records=100, max_per_prefix=20)
+    near = _fresh(prefix=1)
+    storage.store(*near, "10.0.3.1")
+    far = [_fresh(prefix=0) for _ in range(20)]
+    for i, (key, blob) in enumerate(far):
+        storage.store(key, blob, f"10.0.1.{i}")
+    storage.touch(far[0][0])
+    storage.store(*_fresh(prefix=0), "10.0.2.1")
+    assert storage.get(far[0][0]) is not None and storage.get(far[1][0]) is None
+    assert storage.get(near[0]) is not None
 
 
 def test_a_full_key_prefix_takes_no_more_from_its_biggest_source_but_others_still_fit() -> None:
