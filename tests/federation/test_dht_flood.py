@@ -16,11 +16,12 @@ from typing import Any, cast
 import anyio
 import pytest
 import umsgpack
+from kademlia.node import Node
 
 from statebus.federation.dht import KademliaDirectory
-from statebus.federation.dht_protocol import network_tag_key, tag_datagram, untag_datagram
+from statebus.federation.dht_protocol import DirectoryProtocol, network_tag_key, tag_datagram, untag_datagram
 from statebus.federation.dht_record import dht_key, make_record, pubkey_of
-from statebus.federation.dht_storage import StorageLimits
+from statebus.federation.dht_storage import RecordStorage, StorageLimits
 
 from .conftest import SECRET
 
@@ -207,3 +208,41 @@ def _held_anywhere(owner: KademliaDirectory, nodes: list[KademliaDirectory]) -> 
     return owner.record is not None and any(
         node.protocol.storage.record(owner.record.key) == owner.record for node in nodes
     )
+
+
+class _NullTransport:
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_fresh_node_ids_do_not_each_cost_a_scan_of_every_held_record() -> None:
+    # upstream checked every held record for every new contact: 300 ms per made-up node id at 5 000
+    storage = RecordStorage("alpha", node_id=os.urandom(20))
+    for key, blob in fresh_records(2500):
+        storage[key] = blob
+    protocol = DirectoryProtocol(Node(storage.node_id), storage, 4, tag_key=TAG_KEY, wait_timeout=0.5)
+    protocol.transport = _NullTransport()
+    for i in range(100):
+        protocol.router.add_contact(Node(os.urandom(20), "127.0.0.1", 1000 + i))
+    calls = 0
+    find_neighbors = protocol.router.find_neighbors
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return find_neighbors(*args, **kwargs)
+
+    protocol.router.find_neighbors = counting  # type: ignore[method-assign]
+    try:
+        for i in range(50):  # a member pinging from 50 made-up node ids
+            protocol.welcome_if_new(Node(os.urandom(20), "127.0.0.66", 2000 + i))
+        assert calls <= 2 * len(storage), calls  # one scan (two if the box is slow), not fifty
+        assert protocol.handovers_skipped >= 48
+    finally:
+        protocol.close()
