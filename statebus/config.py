@@ -163,6 +163,20 @@ class Settings:
     dht_secret: Secret | None = _setting(None, "secret", "Shared secret of an invite-only DHT.")  # noqa: RUF009
     dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
     dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
+    dht_max_records: int = _setting(10_000, "int", "DHT records this node holds for others.", 1, 10**7)
+    dht_max_records_per_source: int = _setting(
+        500, "int", "DHT records held that one IP address (IPv6: one /64) stored.", 1, 10**7
+    )
+    dht_max_records_per_prefix: int = _setting(
+        1000, "int", "DHT records held per key prefix (leading bits shared with this node's id).", 1, 10**7
+    )
+    dht_self_check_interval: float = _setting(
+        5 * MINUTES,
+        "seconds",
+        "The node looks its own DHT record up this often; republishes if missing.",
+        1,
+        86400,
+    )
     metrics_public: bool = _setting(False, "bool", "Serve GET /metrics to anonymous clients too.")
     ws_message_rate: int = _setting(
         100, "int", "Websocket messages per second one connection may send (then it is closed).", 1, 10**6

@@ -28,6 +28,7 @@ from statebus.access.control import access_control
 from statebus.config import Settings
 from statebus.errors import InvalidValue, PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
+from statebus.federation.dht_storage import StorageLimits
 from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, follow_id, new_follow
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
@@ -167,7 +168,14 @@ async def start_federated(
             bootstrap = parse_bootstrap(config.dht_bootstrap)
         seed, _ = identity.export_secret()
         directory = KademliaDirectory(
-            seed, config.dht_name, dht_secret, interface=config.host, port=config.dht_port, wait_timeout=0.5
+            seed,
+            config.dht_name,
+            dht_secret,
+            interface=config.host,
+            port=config.dht_port,
+            wait_timeout=0.5,
+            limits=StorageLimits.from_settings(config),
+            self_check_interval=config.dht_self_check_interval,
         )
         try:
             await directory.start(list(bootstrap))

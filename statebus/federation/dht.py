@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -31,12 +32,7 @@ from nacl.signing import SigningKey
 
 from statebus.errors import Forbidden, InvalidValue, StatebusError
 from statebus.federation.dht_crawl import NodeCrawl, RecordCrawl
-from statebus.federation.dht_protocol import (
-    NODE_ID_BYTES,
-    DirectoryProtocol,
-    RecordStorage,
-    network_tag_key,
-)
+from statebus.federation.dht_protocol import NODE_ID_BYTES, DirectoryProtocol, network_tag_key
 from statebus.federation.dht_record import (
     NodeRecord,
     check_addrs,
@@ -47,6 +43,7 @@ from statebus.federation.dht_record import (
     signing_key_of,
     verify_record,
 )
+from statebus.federation.dht_storage import RecordStorage, StorageLimits
 from statebus.keys.paths import decode_pubkey
 from statebus.types import PubKey
 
@@ -88,7 +85,8 @@ class _DirectoryServer(Server):  # type: ignore[misc]
     def __init__(
         self, storage: RecordStorage, *, tag_key: bytes, wait_timeout: float, ksize: int, alpha: int
     ) -> None:
-        super().__init__(ksize=ksize, alpha=alpha, storage=storage)
+        super().__init__(ksize=ksize, alpha=alpha, node_id=storage.node_id, storage=storage)
+        self.storage = storage  # upstream's ``storage or ForgetfulStorage()`` drops an empty one
         self._tag_key = tag_key
         self._wait_timeout = wait_timeout
         self._refresh_task: asyncio.Task[None] | None = None
@@ -155,6 +153,9 @@ class KademliaDirectory:
         wait_timeout: seconds to wait for one RPC reply.
         record_ttl: lifetime of each published record, in seconds.
         republish_interval: the owner republishes this often (and at least twice per ``record_ttl``).
+        self_check_interval: this often the owner looks itself up, and republishes at once when
+            fewer than half the nodes that took its last record still hold it.
+        limits: how many records this node holds for others (per source address, per key prefix).
         clock: unix-seconds clock (tests inject one).
     """
 
@@ -171,6 +172,8 @@ class KademliaDirectory:
         wait_timeout: float = 1.0,
         record_ttl: int = 3600,
         republish_interval: float = 1800.0,
+        self_check_interval: float = 300.0,
+        limits: StorageLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = signing_key_of(signing_key)
@@ -178,14 +181,17 @@ class KademliaDirectory:
         self.dht_name = check_dht_name(dht_name)
         if not isinstance(invite_secret, bytes):
             raise InvalidValue("the invite secret is bytes")
-        if record_ttl < 60 or republish_interval <= 0:
-            raise InvalidValue("record_ttl is at least 60 s and republish_interval is positive")
+        if record_ttl < 60 or republish_interval <= 0 or self_check_interval <= 0:
+            raise InvalidValue("record_ttl is at least 60 s, and the republish and check intervals positive")
         self.interface = interface
         self.record_ttl = record_ttl
         self.republish_interval = min(republish_interval, record_ttl / 2)
+        self.self_check_interval = self_check_interval
         self.clock = clock
         self._requested_port = port
-        self._storage = RecordStorage(self.dht_name, clock=clock)
+        self._storage = RecordStorage(
+            self.dht_name, clock=clock, limits=limits, node_id=os.urandom(NODE_ID_BYTES)
+        )
         self._server = _DirectoryServer(
             self._storage,
             tag_key=network_tag_key(self.dht_name, invite_secret),
@@ -196,11 +202,16 @@ class KademliaDirectory:
         self._addrs: tuple[str, ...] | None = None
         self._seq = 0
         self._republisher: asyncio.Task[None] | None = None
+        self._published_at = 0.0
         self._publishing = asyncio.Lock()
         self.record: NodeRecord | None = None
         """The record this node last published."""
         self.last_acks = 0
         """How many nodes accepted the last publish."""
+        self.last_holders: int | None = None
+        """How many nodes held the current record at the last self-check."""
+        self.early_republishes = 0
+        """Republishes a self-check started because too few nodes held the record."""
 
     def __repr__(self) -> str:
         return f"KademliaDirectory(dht={self.dht_name!r}, pubkey={self.pubkey[:8]}…, port={self.port})"
@@ -266,6 +277,7 @@ class KademliaDirectory:
         blob = make_record(self._key, addrs, seq=self._seq, expires=expires, dht_name=self.dht_name)
         record = verify_record(blob, self.clock(), self.dht_name)
         key = record.key
+        self._storage.pinned = key
         self._storage[key] = blob
         protocol = self.protocol
         nearest = protocol.router.find_neighbors(Node(key))
@@ -276,20 +288,57 @@ class KademliaDirectory:
             results = await asyncio.gather(*(protocol.call_store(n, key, blob) for n in nodes))
             acks = sum(1 for ok, accepted in results if ok and accepted is True)
         self._addrs, self.record, self.last_acks = addrs, record, acks
+        self._published_at = asyncio.get_running_loop().time()
         if self._republisher is None:
             self._republisher = asyncio.ensure_future(self._republish_loop())
         log.debug("published seq %d to %d nodes", record.seq, acks)
         return record
 
     async def _republish_loop(self) -> None:
+        """Republish every ``republish_interval``; in between, look ourselves up every
+        ``self_check_interval`` and republish at once if the record went missing."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.republish_interval)
+            due = self._published_at + self.republish_interval
+            await asyncio.sleep(max(0.0, min(self.self_check_interval, due - loop.time())))
             if self._addrs is None:
                 continue
             try:
-                await self.publish(self._addrs)
+                if loop.time() >= self._published_at + self.republish_interval:
+                    await self.publish(self._addrs)
+                elif not await self.findable():
+                    log.info("own DHT record held by %s nodes; republishing early", self.last_holders)
+                    await self.publish(self._addrs)
+                    self.early_republishes += 1
             except StatebusError as exc:
                 log.warning("republish failed: %s", exc)
+
+    async def findable(self) -> bool:
+        """Look our own record up in the DHT (the local copy does not count).
+
+        True if at least half of the nodes that accepted the last publish (at least one) still
+        serve it, or if there is nothing to check (never published, or no other node known).
+        """
+        record = self.record
+        if record is None:
+            return True
+        protocol = self.protocol
+        nearest = protocol.router.find_neighbors(Node(record.key))
+        if not nearest:
+            return True
+        crawl = RecordCrawl(
+            protocol,
+            Node(record.key),
+            nearest,
+            self._server.ksize,
+            self._server.alpha,
+            dht_name=self.dht_name,
+            clock=self.clock,
+        )
+        await crawl.find_record()
+        self.last_holders = sum(1 for found, _ in crawl.found.values() if found.seq >= record.seq)
+        ksize: int = self._server.ksize
+        return self.last_holders >= max(1, min(self.last_acks, ksize) // 2)
 
     async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
         """Ask the DHT for ``pubkey``'s newest valid record (the local copy competes by seq).

@@ -23,16 +23,27 @@ from statebus.federation.dht_record import NodeRecord, verify_record
 
 
 class NodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]
-    """Find the closest nodes to a key; malformed contacts in replies are skipped."""
+    """Find the closest nodes to a key; malformed contacts in replies are skipped.
+
+    A node that did not answer stays out of the result. Upstream removes it from the heap, but
+    the next reply that names it pushes it back, already marked as contacted, so it was returned
+    among "the k closest" (a publish then stored on nodes that had just timed out).
+    """
+
+    def __init__(
+        self, protocol: DirectoryProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
+    ) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.failed: set[bytes] = set()
 
     async def _nodes_found(self, responses: dict[bytes, Any]) -> list[Node]:
-        toremove = []
         for peerid, response in responses.items():
             if not response[0]:
-                toremove.append(peerid)
+                self.failed.add(peerid)
             else:
-                self.nearest.push(parse_contacts(response[1], self.ksize * 2))
-        self.nearest.remove(toremove)
+                contacts = parse_contacts(response[1], self.ksize * 2)
+                self.nearest.push([c for c in contacts if c.id not in self.failed])
+        self.nearest.remove(list(self.failed))
         if self.nearest.have_contacted_all():
             return list(self.nearest)
         result: list[Node] = await self.find()

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from nacl.signing import SigningKey
 
 from statebus.errors import PeerUnavailable
-from statebus.federation.dht_protocol import RecordStorage
 from statebus.federation.dht_record import (
     NodeRecord,
     check_addrs,
@@ -31,6 +30,7 @@ from statebus.federation.dht_record import (
     signing_key_of,
     verify_record,
 )
+from statebus.federation.dht_storage import RecordStorage
 from statebus.keys.paths import decode_pubkey
 from statebus.types import PubKey
 

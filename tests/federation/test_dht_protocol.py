@@ -15,7 +15,6 @@ import statebus.federation
 from statebus.errors import BadSignature, Forbidden, InvalidValue
 from statebus.federation.dht import _DirectoryServer
 from statebus.federation.dht_protocol import (
-    RecordStorage,
     network_tag_key,
     parse_contacts,
     tag_datagram,
@@ -23,6 +22,7 @@ from statebus.federation.dht_protocol import (
     valid_address,
 )
 from statebus.federation.dht_record import dht_key, make_record, pubkey_of
+from statebus.federation.dht_storage import RecordStorage
 
 SEED = b"\x05" * 32
 PK = pubkey_of(SEED)
