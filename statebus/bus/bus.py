@@ -12,6 +12,12 @@ Rules:
    taken, nothing reaches the outbox, no subscriber hears of it.
 4. Ops made here are signed by the injected ``signer``; ops from outside go through ``verifier``
    first. Both belong to the identity layer.
+5. A change that never reached disk is never served: when storage refuses a batch, its owner calls
+   :meth:`Bus.rollback`, which drops everything not durable (the outbox, queued snapshots and every
+   cached entry holding such ops; they reload from storage). While :attr:`Bus.storage_refused` is
+   set every write and remote op raises :class:`StorageFailed`, and while
+   :attr:`Bus.local_refused` is set every local write raises :class:`StoreBehind`; either way
+   nothing changed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from statebus.errors import (
     InvalidRange,
     NotFound,
     StatebusError,
+    StorageFailed,
+    StoreBehind,
     VersionConflict,
 )
 from statebus.keys import is_subtree, key_matches, parse_key
@@ -112,6 +120,12 @@ class Bus:
         self.subscriptions = Subscriptions()
         self.handlers = Handlers()
         self.reactive_keys = Reactive(self)
+        self.storage_refused: str | None = None
+        """Why storage takes no writes now (set by the bus's owner); every write raises
+        :class:`StorageFailed` with it."""
+        self.local_refused: str | None = None
+        """Why local writes are refused (the store is behind what this node committed); each raises
+        :class:`StoreBehind` with it. Remote ops (a restore) still apply."""
 
     # ------------------------------------------------------------------ keys and entries
 
@@ -363,6 +377,8 @@ class Bus:
         author: PubKey | None,
         peer: str | None,
     ) -> Change:
+        if self.storage_refused is not None or self.local_refused is not None:
+            self._refuse(local=True)
         k = self.parse_write_key(key)
         entry = self._entry(k)
         if entry is not None:
@@ -438,6 +454,8 @@ class Bus:
     def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
         """Apply an op that came from outside (a peer, a signed request). Returns None if this
         replica already had it. The verifier runs first; a rejected op changes nothing."""
+        if self.storage_refused is not None:
+            self._refuse(local=False)
         k = parse_key(op.key, None, allow_subtree=False)
         if k != op.key:
             raise InvalidKey("an op's key must be in normal form")
@@ -468,6 +486,12 @@ class Bus:
             op = handled if handled is op else _canonical(handled)  # only a replaced op needs re-checking
         self._check_remote(state, op)
         return self._commit(k, entry, state, op, peer)
+
+    def _refuse(self, *, local: bool) -> None:
+        if self.storage_refused is not None:
+            raise StorageFailed(self.storage_refused)
+        if local and self.local_refused is not None:
+            raise StoreBehind(self.local_refused)
 
     @staticmethod
     def _check_remote(state: MergeState, op: Op) -> None:
@@ -522,7 +546,10 @@ class Bus:
         self.subscriptions.deliver(change)
         if self.handlers:
             self.handlers.after_save(change)
-        for dkey, computed in self.reactive_keys.invalidated_by(change.key):
+        self._notify_derived(change.key)
+
+    def _notify_derived(self, key: Key) -> None:
+        for dkey, computed in self.reactive_keys.invalidated_by(key):
             derived = Change(
                 dkey,
                 self._seq,
@@ -570,6 +597,30 @@ class Bus:
             if self._fresh and seq >= self._taken and not self._outbox:
                 self._fresh.clear()
             self._evict()
+
+    def rollback(self, keys: Iterable[Key] = ()) -> list[Key]:
+        """Storage refused what was taken from the outbox: forget every change that is not durable.
+
+        Drops the outbox and the queued snapshots, and evicts ``keys`` (those of the refused batch)
+        and every cached entry holding an op past the durable cursor, so the next read loads the
+        key's durable state from storage. Derived keys that read them are recomputed (and notified).
+        Sequence numbers are not reused: the next change still gets a new one. Returns the keys
+        whose in-memory state was dropped.
+        """
+        dropped = set(keys)
+        dropped.update(op.key for _, op, _ in self._outbox)
+        dropped.update(snap.key for snap in self._snapshots)
+        self._outbox = []
+        self._snapshots = []
+        for key, entry in list(self._entries.items()):
+            if key in dropped or entry.last_seq > self._durable:
+                dropped.add(key)
+                del self._entries[key]
+        self._fresh.clear()
+        self._taken = self._durable
+        for key in sorted(dropped):
+            self._notify_derived(key)
+        return sorted(dropped)
 
     def flush(self, batch_signer: BatchSigner | None = None) -> None:
         """Store everything pending, synchronously (plain code and tests; the runtime batches)."""

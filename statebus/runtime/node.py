@@ -12,7 +12,7 @@ from typing import Any
 
 from statebus.bus import Bus, Change
 from statebus.bus.bus import BatchSigner
-from statebus.errors import StatebusError
+from statebus.errors import StatebusError, StorageFailed
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.streams import EventStream
@@ -26,6 +26,7 @@ class Node:
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
         self.closing = False
+        self.committer.on_rollback.append(self._cut_unstored)
 
     @property
     def local(self) -> str:
@@ -102,6 +103,16 @@ class Node:
             raise
         self._streams.add(stream)
         return stream
+
+    def _cut_unstored(self) -> None:
+        """Storage refused a batch: cut every stream holding a change that was rolled back (its
+        reader resumes from its last cursor, which names stored history), so nobody sees it."""
+        durable = self.committer.durable_seq
+        for stream in list(self._streams):
+            kept = [c for c in stream._q if c.seq <= durable or c.kind == "derived"]
+            if len(kept) < len(stream._q):
+                stream._q[:] = kept
+                stream.cut(StorageFailed("storage failed; resume from your last cursor"))
 
     @property
     def stream_count(self) -> int:

@@ -1,0 +1,111 @@
+"""A commit that storage refuses (disk full) is rolled back: nothing of it is served or streamed,
+its writers get ``StorageFailed``, writes are refused for a backoff, then succeed again by themselves.
+(The same on a real full tmpfs under ``statebus serve``: tests/storage/test_disk_full.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+
+import pytest
+
+from statebus.bus import Bus, Change
+from statebus.errors import NotFound, StorageFailed
+from statebus.runtime import Node, committer
+from statebus.storage.base import StoredOp
+from statebus.storage.memory import MemoryStorage
+
+LOCAL = "a" * 52
+
+
+class FillableStorage(MemoryStorage):
+    """MemoryStorage whose appends fail as SQLite's do on a full disk while ``full`` is set."""
+
+    full = False
+
+    def append(self, batch: Sequence[StoredOp]) -> None:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().append(batch)
+
+
+async def _scenario() -> None:
+    storage = FillableStorage()
+    node = Node(Bus(storage, LOCAL))
+    await node.save("/~/doc", {"v": "before"})
+    stream = node.events("/~/", snapshot=False)
+    seen: list[Change] = []
+
+    async def read() -> None:
+        try:
+            async for change in stream:
+                seen.append(change)
+        except StorageFailed:
+            pass
+
+    reader = asyncio.ensure_future(read())
+    storage.full = True
+    results = await asyncio.gather(
+        node.save("/~/doc", {"v": "lost"}),
+        node.save("/~/new", {"v": "lost"}),
+        node.delete("/~/doc"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StorageFailed) for r in results), results
+    assert "disk full" in str(results[0])
+
+    # Nothing of the failed batch is visible, and the reader was cut without hearing of it.
+    assert node.fetch("/~/doc").value == {"v": "before"}
+    with pytest.raises(NotFound):
+        node.fetch("/~/new")
+    assert node.children("/~/") == ["doc"]
+    await asyncio.wait_for(reader, 5)
+    assert seen == [] and stream.closed
+    assert not node.committer.healthy and node.committer.failures == 1
+
+    # During the backoff, writes are refused at once and change nothing.
+    storage.full = False
+    with pytest.raises(StorageFailed, match="refused"):
+        await node.save("/~/doc", {"v": "refused"})
+    with pytest.raises(StorageFailed):
+        node.bus.delete("/~/doc")
+    assert node.fetch("/~/doc").value == {"v": "before"}
+
+    # After it, writes go through again, without a restart; sequence numbers are not reused.
+    await asyncio.sleep(committer.RETRY_FIRST * 2)
+    after = await node.save("/~/doc", {"v": "after"})
+    assert node.committer.healthy
+    assert node.fetch("/~/doc").value == {"v": "after"}
+    assert after.seq > 4
+    assert [op.key for op in storage.scan("", 0, 100)] == ["/~/doc".replace("~", LOCAL)] * 2
+    await node.aclose()
+
+
+def test_a_refused_commit_is_rolled_back_and_the_node_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer, "RETRY_FIRST", 0.05)
+    asyncio.run(_scenario())
+
+
+async def _backoff_doubles() -> list[float]:
+    storage = FillableStorage()
+    node = Node(Bus(storage, LOCAL))
+    storage.full = True
+    backoffs = []
+    for _ in range(4):
+        with pytest.raises(StorageFailed):
+            await node.save("/~/k", 1)
+        backoffs.append(node.committer.backoff)
+        while node.bus.storage_refused is not None:
+            await asyncio.sleep(0.01)
+    storage.full = False
+    await node.save("/~/k", 2)
+    backoffs.append(node.committer.backoff)
+    await node.aclose()
+    return backoffs
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer, "RETRY_FIRST", 0.02)
+    monkeypatch.setattr(committer, "RETRY_MAX", 0.05)
+    assert asyncio.run(_backoff_doubles()) == [0.02, 0.04, 0.05, 0.05, 0.0]
