@@ -136,6 +136,12 @@ class Settings:
     dht_bootstrap: tuple[str, ...] = _setting((), "list", "host:port of DHT peers to join through.")
     dht_port: int = _setting(8766, "int", "UDP port of the DHT (0 picks a free port).", 0, 65535)
     metrics_public: bool = _setting(False, "bool", "Serve GET /metrics to anonymous clients too.")
+    store_full_check: bool = _setting(
+        False, "bool", "Check the store with PRAGMA integrity_check at start (default: quick_check)."
+    )
+    accept_store_loss: bool = _setting(
+        False, "bool", "Start over when the store is behind what this node committed (deleted store)."
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -42,6 +42,7 @@ from statebus.errors import (
     StatebusError,
     StorageFailed,
     StoreBehind,
+    StoreDamaged,
     VersionConflict,
 )
 from statebus.keys import is_subtree, key_matches, parse_key
@@ -49,7 +50,7 @@ from statebus.merge import MergeState, load_state, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import Snapshot, Storage, StoredOp
+from statebus.storage.base import KeyRecord, Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
 from statebus.values import check_json, dumps_json, get_range, parse_range
 
@@ -81,6 +82,28 @@ def _canonical(op: Op) -> Op:
     if not same:
         raise InvalidOp("op is not canonical: it does not survive encoding (non-JSON body or stray fields)")
     return op
+
+
+def _rebuild(record: KeyRecord) -> Entry | None:
+    """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
+    if record.snapshot is not None:
+        snap = json.loads(record.snapshot.data)
+        merge = snap["merge"]
+        base = snap["state"]
+        state = load_state(merge, base)
+        log = OpLog(snap["log"])
+    elif record.ops:
+        first = decode_op(record.ops[0].data)
+        merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
+    else:
+        return None
+    entry = Entry(merge, state, log, base)
+    for stored in record.ops:
+        op = decode_op(stored.data)
+        entry.state.apply(op)
+        entry.log.add(op, stored.seq)
+        entry.last_seq = stored.seq
+    return entry
 
 
 class Bus:
@@ -167,23 +190,15 @@ class Bus:
         record = self.storage.load(key)
         if record is None:
             return None
-        if record.snapshot is not None:
-            snap = json.loads(record.snapshot.data)
-            merge = snap["merge"]
-            base = snap["state"]
-            state = load_state(merge, base)
-            log = OpLog(snap["log"])
-        elif record.ops:
-            first = decode_op(record.ops[0].data)
-            merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
-        else:
+        try:
+            entry = _rebuild(record)
+        except Exception as exc:
+            raise StoreDamaged(
+                f"the stored history of {key} cannot be read ({type(exc).__name__}): the store is damaged; "
+                "stop the node and take the data back with `statebus restore --from URL`"
+            ) from None
+        if entry is None:
             return None
-        entry = Entry(merge, state, log, base)
-        for stored in record.ops:
-            op = decode_op(stored.data)
-            entry.state.apply(op)
-            entry.log.add(op, stored.seq)
-            entry.last_seq = stored.seq
         self._entries[key] = entry
         self._evict()
         return entry

@@ -7,7 +7,7 @@ committer's writer thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus import Bus, Change
@@ -26,6 +26,8 @@ class Node:
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
         self.closing = False
+        self.on_close: list[Callable[[], None]] = []
+        """Called once everything is written, before storage closes."""
         self.committer.on_rollback.append(self._cut_unstored)
 
     @property
@@ -126,4 +128,8 @@ class Node:
         for stream in list(self._streams):
             stream.close()
         await self.committer.aclose()
-        self.bus.storage.close()
+        try:
+            for callback in self.on_close:
+                callback()
+        finally:
+            self.bus.storage.close()
