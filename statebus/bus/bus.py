@@ -17,7 +17,9 @@ Rules:
    cached entry holding such ops; they reload from storage). While :attr:`Bus.storage_refused` is
    set every write and remote op raises :class:`StorageFailed`, and while
    :attr:`Bus.local_refused` is set every local write raises :class:`StoreBehind`; either way
-   nothing changed.
+   nothing changed. Reads with ``durable=True`` (the node's GET and listings) serve a key whose
+   newest op is still on its way to disk as it was before that op (kept in ``_stable`` while the
+   op is in flight), so a write that then fails was never served at all.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def _canonical(op: Op) -> Op:
     return op
 
 
+def _durable_upto(entry: Entry | None, seq: Seq) -> bool:
+    return entry is None or entry.last_seq <= seq
+
+
 def _rebuild(record: KeyRecord) -> Entry | None:
     """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
     if record.snapshot is not None:
@@ -138,6 +144,8 @@ class Bus:
         self._outbox: list[tuple[Seq, Op, bool]] = []
         self._snapshots: list[Snapshot] = []
         self._fresh: dict[Key, bool] = {}
+        self._stable: dict[Key, Change | None] = {}
+        """The durable state of every key with an op not durable yet (None: it had none)."""
         self._write_keys: dict[str, Key] = {}
         self._write_keys_local = local
         self.subscriptions = Subscriptions()
@@ -213,9 +221,10 @@ class Bus:
 
     # ------------------------------------------------------------------ reads
 
-    def fetch(self, key: str, rng: str | None = None) -> Change:
-        """The current state of ``key`` as a ``snapshot`` change. Raises NotFound."""
-        snap = self.fetch_or_none(key)
+    def fetch(self, key: str, rng: str | None = None, *, durable: bool = False) -> Change:
+        """The current state of ``key`` as a ``snapshot`` change (with ``durable``, the state on
+        disk: without the ops still on their way there). Raises NotFound."""
+        snap = self.fetch_or_none(key, durable=durable)
         if snap is None or not snap.exists:
             raise NotFound(f"no value at {key}")
         if rng:
@@ -224,7 +233,7 @@ class Bus:
             snap = dataclasses.replace(snap, value=get_range(snap.value, rng))
         return snap
 
-    def fetch_or_none(self, key: str) -> Change | None:
+    def fetch_or_none(self, key: str, *, durable: bool = False) -> Change | None:
         k = self.parse(key, allow_subtree=False)
         if self.handlers:
             found, value = self.handlers.fetch(k)
@@ -234,6 +243,8 @@ class Bus:
         if computed is not None:
             version = (f"derived-{computed.generation}",)
             return Change(k, self._seq, "derived", computed.exists, computed.value, None, version, ())
+        if durable and k in self._stable:
+            return self._stable[k]
         entry = self._entry(k)
         if entry is None:
             return None
@@ -258,13 +269,17 @@ class Bus:
         entry = self._entry(self.parse(key, allow_subtree=False))
         return None if entry is None else entry.state
 
-    def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
-        """Names directly under the subtree ``prefix`` ("name", or "name/" for a deeper subtree)."""
+    def children(self, prefix: str, after: str = "", limit: int = 100, *, durable: bool = False) -> list[str]:
+        """Names directly under the subtree ``prefix`` ("name", or "name/" for a deeper subtree);
+        with ``durable``, as on disk (a key created by an op still in flight is not listed)."""
         p = self.parse(prefix)
         if not is_subtree(p):
             p += "/"
         names = set(self.storage.children(p, after, limit))
         for key, exists in self._fresh.items():
+            if durable and key in self._stable:
+                stable = self._stable[key]
+                exists = stable is not None and stable.exists
             if exists and key.startswith(p):
                 rest = key[len(p) :]
                 cut = rest.find("/")
@@ -523,6 +538,8 @@ class Bus:
     # ------------------------------------------------------------------ commit and notify
 
     def _commit(self, key: Key, entry: Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
+        if key not in self._stable:  # its first op not durable yet: keep what disk holds (rule 5)
+            self._stable[key] = None if entry is None else self._snapshot(key, entry)
         if entry is None:
             entry = Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
@@ -611,6 +628,13 @@ class Bus:
             self._durable = seq
             if self._fresh and seq >= self._taken and not self._outbox:
                 self._fresh.clear()
+            if self._stable:
+                if seq >= self._seq:
+                    self._stable.clear()
+                else:
+                    entries = self._entries
+                    for key in [k for k in self._stable if _durable_upto(entries.get(k), seq)]:
+                        del self._stable[key]
             self._evict()
 
     def rollback(self, keys: Iterable[Key] = ()) -> list[Key]:
@@ -632,6 +656,7 @@ class Bus:
                 dropped.add(key)
                 del self._entries[key]
         self._fresh.clear()
+        self._stable.clear()
         self._taken = self._durable
         for key in sorted(dropped):
             self._notify_derived(key)

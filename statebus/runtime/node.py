@@ -37,10 +37,13 @@ class Node:
     # ------------------------------------------------------------------ reads
 
     def fetch(self, key: str, rng: str | None = None) -> Change:
-        return self.bus.fetch(key, rng)
+        """The state of ``key`` on disk: a write still being committed is not served before its
+        commit succeeds, and never if it fails (bus rule 5)."""
+        return self.bus.fetch(key, rng, durable=True)
 
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
-        return self.bus.children(prefix, after, limit)
+        """The names under ``prefix`` as on disk (see :meth:`fetch`)."""
+        return self.bus.children(prefix, after, limit, durable=True)
 
     # ------------------------------------------------------------------ durable writes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -109,3 +110,66 @@ def test_the_backoff_doubles_up_to_its_cap_and_resets(monkeypatch: pytest.Monkey
     monkeypatch.setattr(committer, "RETRY_FIRST", 0.02)
     monkeypatch.setattr(committer, "RETRY_MAX", 0.05)
     assert asyncio.run(_backoff_doubles()) == [0.02, 0.04, 0.05, 0.05, 0.0]
+
+
+class SlowFullStorage(MemoryStorage):
+    """Appends wait for ``go``, then fail as on a full disk while ``full`` is set."""
+
+    full = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.writing = threading.Event()
+
+    def append(self, batch: Sequence[StoredOp]) -> None:
+        self.writing.set()
+        assert self.go.wait(10)
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().append(batch)
+
+
+async def _in_flight(fail: bool) -> list[object]:
+    storage = SlowFullStorage()
+    storage.go.set()
+    node = Node(Bus(storage, LOCAL))
+    await node.save("/~/doc", {"v": "before"})
+    storage.go.clear()
+    storage.writing.clear()
+    storage.full = fail
+    writes = asyncio.gather(
+        node.save("/~/doc", {"v": "new"}), node.save("/~/fresh", 1), return_exceptions=True
+    )
+    while not storage.writing.is_set():
+        await asyncio.sleep(0.001)
+    # The commit is in flight: readers get what is on disk, not what may still fail.
+    seen: list[object] = [node.fetch("/~/doc").value, node.children("/~/")]
+    with pytest.raises(NotFound):
+        node.fetch("/~/fresh")
+    assert node.bus.fetch("/~/doc").value == {"v": "new"}  # the bus itself is ahead (rule 5)
+    storage.go.set()
+    results = await writes
+    seen += [type(r).__name__ for r in results]
+    seen += [node.fetch("/~/doc").value, node.children("/~/")]
+    await node.aclose()
+    return seen
+
+
+def test_a_write_in_flight_is_not_served_before_its_commit() -> None:
+    assert asyncio.run(_in_flight(fail=True)) == [
+        {"v": "before"},
+        ["doc"],
+        "StorageFailed",
+        "StorageFailed",
+        {"v": "before"},
+        ["doc"],
+    ]
+    assert asyncio.run(_in_flight(fail=False)) == [
+        {"v": "before"},
+        ["doc"],
+        "Change",
+        "Change",
+        {"v": "new"},
+        ["doc", "fresh"],
+    ]
