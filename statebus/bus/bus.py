@@ -665,10 +665,14 @@ class Bus:
     def flush(self, batch_signer: BatchSigner | None = None) -> None:
         """Store everything pending, synchronously (plain code and tests; the runtime batches)."""
         stored, snaps = self.take_outbox(batch_signer)
-        if stored:
-            self.storage.append(stored)
-        for snap in snaps:
-            self.storage.compact(snap)
+        try:
+            if stored:
+                self.storage.append(stored)
+            for snap in snaps:
+                self.storage.compact(snap)
+        except BaseException:
+            self.rollback([op.key for op in stored] + [snap.key for snap in snaps])  # rule 5
+            raise
         self.mark_durable(self._taken)
 
     def compact(self, key: str, keep: int | None = None) -> Snapshot | None:

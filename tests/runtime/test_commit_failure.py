@@ -173,3 +173,21 @@ def test_a_write_in_flight_is_not_served_before_its_commit() -> None:
         {"v": "new"},
         ["doc", "fresh"],
     ]
+
+
+def test_a_failed_flush_rolls_back_too() -> None:
+    storage = FillableStorage()
+    bus = Bus(storage, LOCAL)
+    bus.save("/~/doc", 1)
+    bus.flush()
+    bus.save("/~/doc", 2)
+    bus.save("/~/other", 3)
+    storage.full = True
+    with pytest.raises(sqlite3.OperationalError):
+        bus.flush()
+    assert bus.fetch("/~/doc").value == 1
+    assert bus.fetch_or_none("/~/other") is None and bus.pending == 0
+    storage.full = False
+    bus.save("/~/doc", 4)
+    bus.flush()
+    assert bus.fetch("/~/doc").value == 4
