@@ -66,15 +66,19 @@ class HighWater:
         self.seq = seq
         self._written_at = time.monotonic()
 
+    def try_write(self, seq: Seq) -> None:
+        """:meth:`write`, but a failure (a full disk) is logged, not raised: the mark is advice."""
+        try:
+            self.write(seq)
+        except OSError as exc:
+            log.warning("cannot record the store's high-water mark (%s)", type(exc).__name__)
+
     def committed(self, seq: Seq, *, force: bool = False) -> None:
         """A commit reached ``seq``: raise the mark (throttled to one write per ``INTERVAL``)."""
         if self.seq is not None and seq <= self.seq:
             return
         if force or time.monotonic() - self._written_at >= INTERVAL:
-            try:
-                self.write(seq)
-            except OSError as exc:  # a full disk must not fail the commit that succeeded
-                log.warning("cannot record the store's high-water mark (%s)", type(exc).__name__)
+            self.try_write(seq)
 
 
 def behind_message(path: Path, have: Seq, had: Seq) -> str:
@@ -91,11 +95,11 @@ def guard(node: Node, data_dir: str | os.PathLike[str], *, accept_loss: bool = F
     mark = HighWater(data_dir)
     have = node.bus.storage.max_seq()
     if mark.seq is None:
-        mark.write(have)
+        mark.try_write(have)
     elif have < mark.seq:
         if accept_loss:
             log.warning("store behind its high-water mark (%d < %d): accepted, starting over", have, mark.seq)
-            mark.write(have)
+            mark.try_write(have)
         else:
             node.bus.local_refused = behind_message(mark.path, have, mark.seq)
             log.error("%s", node.bus.local_refused)

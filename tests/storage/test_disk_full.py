@@ -128,6 +128,7 @@ def test_a_failed_write_is_never_visible_and_the_node_recovers_when_space_return
         assert "new/" not in owner.get("/~/", headers={"Accept": "application/json"}).text
         metrics = owner.get("/metrics").text
         assert "statebus_storage_healthy 0.0" in metrics
+        assert owner.get("/.well-known/statebus").json()["storage"] == "failing"
 
         filler.unlink()
         deadline = time.monotonic() + RECOVERY_DEADLINE

@@ -122,6 +122,8 @@ def test_a_deleted_store_refuses_local_writes_until_the_loss_is_accepted(
         assert r.json()["error"] == "store_behind"
         assert "statebus restore" in r.json()["detail"]
         assert _put(node.url, token, "/~/brand-new", 1).status_code == 409
+        with httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            assert c.get("/.well-known/statebus").json()["storage"] == "behind"
     finally:
         node.close()
 
