@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from statebus.errors import Forbidden, QuotaExceeded, StatebusError
+from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
 from statebus.federation.opset import scan_all
 from statebus.identity import Keyring, verify_op
 from statebus.identity.delegation import keys_prefix
@@ -135,6 +135,8 @@ class Ingest:
 
         Raises:
             QuotaExceeded: a namespace reached its quota (the ops before it are applied).
+            StorageFailed: storage could not take them (disk full); nothing unstored is kept, and
+                the caller retries from where it was.
         """
         result = IngestResult()
         decoded: list[Op] = []
@@ -162,8 +164,8 @@ class Ingest:
         try:
             size = self.check(op)
             change = self.node.bus.apply(op, peer=peer)
-        except QuotaExceeded:
-            raise
+        except (QuotaExceeded, StorageFailed):
+            raise  # not the op's fault: it must not be counted as refused (and skipped) by a follow
         except StatebusError as exc:
             if len(result.rejected) < 20:
                 result.rejected.append(f"{exc.code}: {exc.detail}")
