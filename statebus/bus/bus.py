@@ -643,8 +643,9 @@ class Bus:
         Drops the outbox and the queued snapshots, and evicts ``keys`` (those of the refused batch)
         and every cached entry holding an op past the durable cursor, so the next read loads the
         key's durable state from storage. Derived keys that read them are recomputed (and notified).
-        Sequence numbers are not reused: the next change still gets a new one. Returns the keys
-        whose in-memory state was dropped.
+        Sequence numbers are not reused: the next change still gets a new one, and the durable
+        cursor moves up to :attr:`seq` (the dropped numbers name no op). Returns the keys whose
+        in-memory state was dropped.
         """
         dropped = set(keys)
         dropped.update(op.key for _, op, _ in self._outbox)
@@ -657,7 +658,9 @@ class Bus:
                 del self._entries[key]
         self._fresh.clear()
         self._stable.clear()
-        self._taken = self._durable
+        # Nothing up to the newest seq is waiting any more: the dropped seqs name no op, so the
+        # durable cursor moves past them (a snapshot taken now, at ``seq``, is not held back).
+        self._durable = self._taken = self._seq
         for key in sorted(dropped):
             self._notify_derived(key)
         return sorted(dropped)

@@ -78,8 +78,9 @@ class GroupCommitter:
         self._retry: asyncio.TimerHandle | None = None
         self._lost: list[tuple[Seq, Seq]] = []
         self.on_durable: list[Callable[[Seq], None]] = []
-        self.on_rollback: list[Callable[[], None]] = []
-        """Called after a rollback (changes past ``durable_seq`` were dropped)."""
+        self.on_rollback: list[Callable[[Seq, Seq], None]] = []
+        """Called after a rollback with ``(low, high)``: the changes with ``low < seq <= high`` were
+        dropped (the durable cursor is ``high`` now)."""
         self._once: list[Callable[[], None]] = []
 
     @property
@@ -165,7 +166,7 @@ class GroupCommitter:
                 fut.set_exception(StorageFailed(error))
         self._waiters.clear()
         for callback in self.on_rollback:
-            callback()
+            callback(low, high)
         if self._retry is not None:
             self._retry.cancel()
         self._retry = asyncio.get_running_loop().call_later(self.backoff, self._try_again)

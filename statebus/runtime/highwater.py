@@ -104,12 +104,12 @@ def guard(node: Node, data_dir: str | os.PathLike[str], *, accept_loss: bool = F
             node.bus.local_refused = behind_message(mark.path, have, mark.seq)
             log.error("%s", node.bus.local_refused)
     node.committer.on_durable.append(mark.committed)
-    node.on_close.append(lambda: mark.committed(node.committer.durable_seq, force=True))
+    node.on_close.append(lambda: mark.committed(node.bus.storage.max_seq(), force=True))
     return mark
 
 
 def accept(node: Node, data_dir: str | os.PathLike[str]) -> None:
     """The owner restored the store (or chose to start over): the mark becomes the store's, and
     local writes are allowed again."""
-    HighWater(data_dir).write(node.committer.durable_seq)
+    HighWater(data_dir).write(node.bus.storage.max_seq())
     node.bus.local_refused = None

@@ -109,12 +109,12 @@ class Node:
         self._streams.add(stream)
         return stream
 
-    def _cut_unstored(self) -> None:
-        """Storage refused a batch: cut every stream holding a change that was rolled back (its
-        reader resumes from its last cursor, which names stored history), so nobody sees it."""
-        durable = self.committer.durable_seq
+    def _cut_unstored(self, low: Seq, high: Seq) -> None:
+        """Storage refused a batch: cut every stream holding a change that was rolled back (seq in
+        ``low < seq <= high``; its reader resumes from its last cursor, which names stored
+        history), after dropping those changes, so nobody sees them."""
         for stream in list(self._streams):
-            kept = [c for c in stream._q if c.seq <= durable or c.kind == "derived"]
+            kept = [c for c in stream._q if not low < c.seq <= high or c.kind == "derived"]
             if len(kept) < len(stream._q):
                 stream._q[:] = kept
                 stream.cut(StorageFailed("storage failed; resume from your last cursor"))

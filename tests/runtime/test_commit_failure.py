@@ -191,3 +191,22 @@ def test_a_failed_flush_rolls_back_too() -> None:
     bus.save("/~/doc", 4)
     bus.flush()
     assert bus.fetch("/~/doc").value == 4
+
+
+async def _subscribe_after_a_rollback() -> list[object]:
+    storage = FillableStorage()
+    node = Node(Bus(storage, LOCAL))
+    await node.save("/~/doc", 1)
+    storage.full = True
+    with pytest.raises(StorageFailed):
+        await node.save("/~/doc", 2)
+    # No write since the rollback: a new subscriber still gets its snapshot at once.
+    stream = node.events("/~/doc")
+    first = await asyncio.wait_for(stream.__anext__(), 5)
+    stream.close()
+    await node.aclose()
+    return [first.value, node.committer.durable_seq >= first.seq]
+
+
+def test_a_snapshot_after_a_rollback_is_not_held_back() -> None:
+    assert asyncio.run(_subscribe_after_a_rollback()) == [1, True]
