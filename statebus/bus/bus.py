@@ -642,7 +642,9 @@ class Bus:
 
         Drops the outbox and the queued snapshots, and evicts ``keys`` (those of the refused batch)
         and every cached entry holding an op past the durable cursor, so the next read loads the
-        key's durable state from storage. Derived keys that read them are recomputed (and notified).
+        key's durable state from storage. Synchronous observers of those keys get a ``revert``
+        change of that durable state (so a cache such as an access policy forgets what was dropped),
+        and derived keys that read them are recomputed (and notified).
         Sequence numbers are not reused: the next change still gets a new one, and the durable
         cursor moves up to :attr:`seq` (the dropped numbers name no op). Returns the keys whose
         in-memory state was dropped.
@@ -662,8 +664,22 @@ class Bus:
         # durable cursor moves past them (a snapshot taken now, at ``seq``, is not held back).
         self._durable = self._taken = self._seq
         for key in sorted(dropped):
-            self._notify_derived(key)
+            self._revert(key)
         return sorted(dropped)
+
+    def _revert(self, key: Key) -> None:
+        """Tell the synchronous observers of ``key`` (an access policy, a cache) what it holds again
+        after a rollback: a ``revert`` change of its durable state; then recompute derived keys."""
+        try:
+            entry = self._entry(key)
+        except StatebusError:
+            return  # a damaged store: the next read reports it
+        if entry is not None:
+            change = dataclasses.replace(self._snapshot(key, entry), kind="revert")
+        else:
+            change = Change(key, self._durable, "revert", False, None, None, (), ())
+        self.subscriptions.deliver(change)
+        self._notify_derived(key)
 
     def flush(self, batch_signer: BatchSigner | None = None) -> None:
         """Store everything pending, synchronously (plain code and tests; the runtime batches)."""

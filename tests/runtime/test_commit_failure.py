@@ -210,3 +210,58 @@ async def _subscribe_after_a_rollback() -> list[object]:
 
 def test_a_snapshot_after_a_rollback_is_not_held_back() -> None:
     assert asyncio.run(_subscribe_after_a_rollback()) == [1, True]
+
+
+async def _observer_after_a_rollback() -> list[tuple[str, object, bool]]:
+    storage = FillableStorage()
+    node = Node(Bus(storage, LOCAL))
+    await node.save("/~/.acl/notes", {"read": []})
+    seen: list[tuple[str, object, bool]] = []
+    node.bus.observe("/~/.acl/", lambda c: seen.append((c.kind, c.value, c.exists)), snapshot=False)
+    storage.full = True
+    results = await asyncio.gather(
+        node.save("/~/.acl/notes", {"read": "public"}),
+        node.save("/~/.acl/new", {"read": "public"}),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StorageFailed) for r in results)
+    await node.aclose()
+    return seen
+
+
+def test_synchronous_observers_are_told_what_a_rollback_restored() -> None:
+    """A cache fed by the bus (an access policy) heard of the failed grant; after the rollback it
+    hears of the durable state again, so the grant does not stay in force in memory."""
+    seen = asyncio.run(_observer_after_a_rollback())
+    assert seen == [
+        ("op", {"read": "public"}, True),
+        ("op", {"read": "public"}, True),
+        ("revert", None, False),
+        ("revert", {"read": []}, True),
+    ]
+
+
+async def _policy_after_a_failed_grant() -> tuple[str | None, str | None]:
+    from statebus.access.acl import rule_key
+    from statebus.access.policy import AccessPolicy
+
+    storage = FillableStorage()
+    node = Node(Bus(storage, LOCAL))
+    policy = AccessPolicy(node.bus, LOCAL)
+    secret = f"/{LOCAL}/diary/1"
+    await node.save("/~/diary/1", "private")
+    storage.full = True
+    grant = asyncio.ensure_future(node.save(rule_key(LOCAL, "diary"), {"read": "public"}))
+    await asyncio.sleep(0)  # the write is applied; its commit has not come back yet
+    during = policy.why_not("read", None, secret)  # in force while its commit is in flight
+    with pytest.raises(StorageFailed):
+        await grant
+    after = policy.why_not("read", None, secret)
+    await node.aclose()
+    return during, after
+
+
+def test_a_failed_grant_does_not_stay_in_force() -> None:
+    during, after = asyncio.run(_policy_after_a_failed_grant())
+    assert during is None  # the bus applies a write at once (rule 5 has the details)
+    assert after is not None  # rolled back: anonymous readers are refused again
