@@ -11,9 +11,11 @@ Rules:
    waiter of that batch, and of every write still in the outbox, gets :class:`StorageFailed`; the
    bus rolls back everything not durable (bus rule 5); the ``on_rollback`` callbacks run (the node
    cuts the streams that held such changes). Writes are then refused (503 ``storage_failed``,
-   nothing changes) for a backoff that starts at ``RETRY_FIRST`` and doubles up to ``RETRY_MAX``;
-   after it the next write tries storage again, and the first commit that succeeds makes the node
-   healthy. The process stays up and recovers by itself once space returns.
+   nothing changes) for a backoff that starts at ``RETRY_FIRST`` and doubles up to ``RETRY_MAX``.
+   After it, a storage with ``probe()`` (SQLite: one small real write) is probed, and writes are
+   taken again when the probe succeeds; without a probe the next write tries storage. A failed
+   probe or commit doubles the backoff; a successful one makes the node healthy. The process stays
+   up and recovers by itself once space returns.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class GroupCommitter:
         self.backoff = 0.0
         """Seconds of the current refusal after a failure; 0 once a commit succeeded."""
         self._retry: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Task[None] | None = None
         self._lost: list[tuple[Seq, Seq]] = []
         self.on_durable: list[Callable[[Seq], None]] = []
         self.on_rollback: list[Callable[[Seq, Seq], None]] = []
@@ -147,11 +150,8 @@ class GroupCommitter:
         low, high = bus._durable, bus.seq
         self.failures += 1
         self.ops_rolled_back += high - low
-        self.backoff = min(RETRY_MAX, self.backoff * 2 or RETRY_FIRST)
         self._lost = [*self._lost[-(LOST_RANGES - 1) :], (low, high)]
-        bus.storage_refused = (
-            f"storage is failing ({reason}); writes are refused and tried again in {self.backoff:g} s"
-        )
+        self._refuse(reason)
         bus.rollback([op.key for op in stored] + [snap.key for snap in snaps])
         log.error(
             "storage write failed (%s): rolled back ops %d..%d, refusing writes for %g s",
@@ -167,14 +167,40 @@ class GroupCommitter:
         self._waiters.clear()
         for callback in self.on_rollback:
             callback(low, high)
+
+    def _refuse(self, reason: str) -> None:
+        """Refuse writes for the next backoff (doubled), then try storage again."""
+        self.backoff = min(RETRY_MAX, self.backoff * 2 or RETRY_FIRST)
+        self.bus.storage_refused = (
+            f"storage is failing ({reason}); writes are refused and tried again in {self.backoff:g} s"
+        )
         if self._retry is not None:
             self._retry.cancel()
         self._retry = asyncio.get_running_loop().call_later(self.backoff, self._try_again)
 
     def _try_again(self) -> None:
-        """The backoff is over: let the next write try storage (its commit decides the health)."""
+        """The backoff is over. A storage with a ``probe()`` (one small real write) is probed: on
+        success the node is healthy again without waiting for a client's write, on failure the
+        backoff doubles. Otherwise the next write tries storage (its commit decides the health)."""
         self._retry = None
+        probe: Callable[[], None] | None = getattr(self.bus.storage, "probe", None)
+        if probe is None:
+            self.bus.storage_refused = None
+        else:
+            self._probe = asyncio.get_running_loop().create_task(self._run_probe(probe))
+
+    async def _run_probe(self, probe: Callable[[], None]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        except Exception as exc:
+            self._refuse(failure_reason(exc))
+            log.info("storage still failing (%s); next try in %g s", failure_reason(exc), self.backoff)
+            return
+        finally:
+            self._probe = None
         self.bus.storage_refused = None
+        self.backoff = 0.0
+        log.warning("storage recovered: a probe write succeeded, writes are taken again")
 
     def _write(self, stored: list[StoredOp], snaps: list[Snapshot]) -> None:
         storage = self.bus.storage
@@ -207,6 +233,8 @@ class GroupCommitter:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._probe is not None:
+            await asyncio.gather(self._probe, return_exceptions=True)
         while self._task is not None or self.bus.pending:
             if self._task is None:
                 self.kick()

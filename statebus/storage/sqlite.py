@@ -274,6 +274,23 @@ class SqliteStorage:
                 ).fetchone()
         return int(row[0] or 0)
 
+    def probe(self) -> None:
+        """One small real write (the header page, ``user_version`` rewritten unchanged), committed
+        like an ``append``: it succeeds once the disk takes writes again. Raises what SQLite raises
+        (``database or disk is full``)."""
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def max_seq(self) -> Seq:
         """The highest sequence number ever appended (0 when empty); survives compaction."""
         return self._max_seq

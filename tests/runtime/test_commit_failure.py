@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from statebus.errors import NotFound, StorageFailed
 from statebus.runtime import Node, committer
 from statebus.storage.base import StoredOp
 from statebus.storage.memory import MemoryStorage
+from statebus.storage.sqlite import SqliteStorage
 
 LOCAL = "a" * 52
 
@@ -265,3 +267,53 @@ def test_a_failed_grant_does_not_stay_in_force() -> None:
     during, after = asyncio.run(_policy_after_a_failed_grant())
     assert during is None  # the bus applies a write at once (rule 5 has the details)
     assert after is not None  # rolled back: anonymous readers are refused again
+
+
+class ProbedStorage(FillableStorage):
+    """A storage with a ``probe()``, as SqliteStorage has: one small real write."""
+
+    probes = 0
+
+    def probe(self) -> None:
+        self.probes += 1
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+
+
+async def _probed_recovery() -> tuple[int, list[float], bool]:
+    storage = ProbedStorage()
+    node = Node(Bus(storage, LOCAL))
+    storage.full = True
+    with pytest.raises(StorageFailed):
+        await node.save("/~/k", 1)
+    backoffs = [node.committer.backoff]
+    while storage.probes < 2:  # the probes fail: still refused, the backoff grows
+        await asyncio.sleep(0.005)
+    backoffs.append(node.committer.backoff)
+    assert node.bus.storage_refused is not None and not node.committer.healthy
+    storage.full = False
+    for _ in range(400):  # healthy again without any client write
+        if node.committer.healthy:
+            break
+        await asyncio.sleep(0.005)
+    healthy = node.committer.healthy and node.bus.storage_refused is None
+    await node.save("/~/k", 2)
+    await node.aclose()
+    return storage.probes, backoffs, healthy
+
+
+def test_a_probe_brings_the_node_back_without_waiting_for_a_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(committer, "RETRY_MAX", 0.04)
+    probes, backoffs, healthy = asyncio.run(_probed_recovery())
+    assert healthy and probes >= 3
+    assert backoffs[0] == 0.01 and backoffs[1] > backoffs[0]
+
+
+def test_sqlite_probe_is_a_real_write(tmp_path: Path) -> None:
+    store = SqliteStorage(tmp_path / "store.sqlite3")
+    wal = tmp_path / "store.sqlite3-wal"
+    before = wal.stat().st_size
+    store.probe()
+    assert wal.stat().st_size > before  # it reached the WAL, so a full disk makes it fail
+    store.close()
