@@ -191,7 +191,7 @@ class NodeCollector(Collector):
         yield _counter("statebus_commit_ops", "Ops written by group commits.", node.committer.ops_written)
         yield _gauge(
             "statebus_storage_healthy",
-            "1 while commits succeed; 0 from a failed commit (disk full) until one succeeds again.",
+            "1 while commits succeed; 0 from a failed commit (disk full) until a probe or commit succeeds.",
             int(node.committer.healthy),
         )
         yield _counter(

@@ -88,7 +88,7 @@ class GroupCommitter:
 
     @property
     def healthy(self) -> bool:
-        """False from a failed commit until the next one that succeeds."""
+        """False from a failed commit until a probe or a commit succeeds."""
         return self.backoff == 0.0
 
     @property
