@@ -118,13 +118,18 @@ async def _restore(settings: Settings, sources: list[str], pattern: str | None) 
     from statebus.federation.client import PeerClient
     from statebus.federation.restore import own_pattern, restore
     from statebus.identity import keystore
+    from statebus.runtime import highwater
     from statebus.server import build_node
 
     node = build_node(settings)  # refused (StoreInUse) while a node runs on this data folder
     client = PeerClient(keystore.load(settings.data_dir))
     try:
         own_pattern(node, pattern)
-        return await restore(node, client, sources, pattern)
+        reports = await restore(node, client, sources, pattern)
+        if any(not r.error for r in reports):
+            await node.flush()
+            highwater.accept(node, settings.data_dir)  # the owner took the data back: writes allowed
+        return reports
     finally:
         await client.aclose()
         await node.aclose()

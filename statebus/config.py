@@ -214,6 +214,12 @@ class Settings:
     trusted_proxies: tuple[str, ...] = _setting(
         (), "networks", "Addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed."
     )
+    store_full_check: bool = _setting(
+        False, "bool", "Check the store with PRAGMA integrity_check at start (default: quick_check)."
+    )
+    accept_store_loss: bool = _setting(
+        False, "bool", "Start over when the store is behind what this node committed (deleted store)."
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -14,6 +14,9 @@
     ├── QuotaExceeded       413   a namespace is over its storage quota
     ├── RateLimited         429   too many requests; carries ``retry_after`` seconds
     ├── StoreInUse          409   another process has the data folder's store open
+    ├── StoreDamaged        500   the store failed its integrity check; the node refuses it
+    ├── StoreBehind         409   the store holds less than this node committed; restore it first
+    ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── SubscriberTooSlow         a subscriber's buffer overflowed; it was cut off and may resume
     ├── PeerUnavailable     502   a remote node could not be reached
     └── SandboxViolation          a hosted handler broke its limits
@@ -105,6 +108,25 @@ class StoreInUse(StatebusError):
     """Another process has this data folder's store open (two writers would corrupt its order)."""
 
     status_hint = 409
+
+
+class StoreDamaged(StatebusError):
+    """The store failed its integrity check (``PRAGMA quick_check``): the node will not serve it."""
+
+    status_hint = 500
+
+
+class StoreBehind(StatebusError):
+    """The store holds fewer ops than this node once committed (deleted, or an old copy): a local
+    write now would lose to the older copies its followers hold. ``statebus restore`` first."""
+
+    status_hint = 409
+
+
+class StorageFailed(StatebusError):
+    """Storage could not make a write durable (disk full, I/O error); nothing of it is visible."""
+
+    status_hint = 503
 
 
 class SubscriberTooSlow(StatebusError):

@@ -44,7 +44,7 @@ from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
 from statebus.oplog import Op
-from statebus.runtime import Node
+from statebus.runtime import Node, highwater
 from statebus.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("statebus.server")
@@ -184,9 +184,11 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     data = Path(settings.data_dir)
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     identity = ensure_identity(data, on_new_identity)
-    storage = SqliteStorage(data / STORE_FILE)
+    storage = SqliteStorage(data / STORE_FILE, check="full" if settings.store_full_check else "quick")
     bus = Bus(storage, local=identity.pubkey, keep_ops=settings.history_keep_ops)
-    return Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
+    node = Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
+    highwater.guard(node, data, accept_loss=settings.accept_store_loss)  # a deleted store refuses writes
+    return node
 
 
 def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Starlette:

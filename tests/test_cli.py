@@ -331,6 +331,7 @@ def test_info(node, capsys):
     assert keystore.load(node.data).pubkey in out
     assert node.url in out and str(node.data) in out
     assert re.search(r"^keys:\s+\d+$", out, re.M) and re.search(r"^owner:\s+yes$", out, re.M)
+    assert re.search(r"^storage:\s+ok$", out, re.M)
 
 
 def test_watch_prints_changes_live_and_resumes(node, capsys):

@@ -12,6 +12,14 @@ Rules:
    taken, nothing reaches the outbox, no subscriber hears of it.
 4. Ops made here are signed by the injected ``signer``; ops from outside go through ``verifier``
    first. Both belong to the identity layer.
+5. A change that never reached disk is never served: when storage refuses a batch, its owner calls
+   :meth:`Bus.rollback`, which drops everything not durable (the outbox, queued snapshots and every
+   cached entry holding such ops; they reload from storage). While :attr:`Bus.storage_refused` is
+   set every write and remote op raises :class:`StorageFailed`, and while
+   :attr:`Bus.local_refused` is set every local write raises :class:`StoreBehind`; either way
+   nothing changed. Reads with ``durable=True`` (the node's GET and listings) serve a key whose
+   newest op is still on its way to disk as it was before that op (kept in ``_stable`` while the
+   op is in flight), so a write that then fails was never served at all.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from statebus.errors import (
     InvalidRange,
     NotFound,
     StatebusError,
+    StorageFailed,
+    StoreBehind,
+    StoreDamaged,
     VersionConflict,
 )
 from statebus.keys import is_subtree, key_matches, parse_key
@@ -41,7 +52,7 @@ from statebus.merge import MergeState, load_state, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import Snapshot, Storage, StoredOp
+from statebus.storage.base import KeyRecord, Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
 from statebus.values import check_json, dumps_json, get_range, parse_range
 
@@ -73,6 +84,32 @@ def _canonical(op: Op) -> Op:
     if not same:
         raise InvalidOp("op is not canonical: it does not survive encoding (non-JSON body or stray fields)")
     return op
+
+
+def _durable_upto(entry: Entry | None, seq: Seq) -> bool:
+    return entry is None or entry.last_seq <= seq
+
+
+def _rebuild(record: KeyRecord) -> Entry | None:
+    """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
+    if record.snapshot is not None:
+        snap = json.loads(record.snapshot.data)
+        merge = snap["merge"]
+        base = snap["state"]
+        state = load_state(merge, base)
+        log = OpLog(snap["log"])
+    elif record.ops:
+        first = decode_op(record.ops[0].data)
+        merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
+    else:
+        return None
+    entry = Entry(merge, state, log, base)
+    for stored in record.ops:
+        op = decode_op(stored.data)
+        entry.state.apply(op)
+        entry.log.add(op, stored.seq)
+        entry.last_seq = stored.seq
+    return entry
 
 
 class Bus:
@@ -107,11 +144,19 @@ class Bus:
         self._outbox: list[tuple[Seq, Op, bool]] = []
         self._snapshots: list[Snapshot] = []
         self._fresh: dict[Key, bool] = {}
+        self._stable: dict[Key, Change | None] = {}
+        """The durable state of every key with an op not durable yet (None: it had none)."""
         self._write_keys: dict[str, Key] = {}
         self._write_keys_local = local
         self.subscriptions = Subscriptions()
         self.handlers = Handlers()
         self.reactive_keys = Reactive(self)
+        self.storage_refused: str | None = None
+        """Why storage takes no writes now (set by the bus's owner); every write raises
+        :class:`StorageFailed` with it."""
+        self.local_refused: str | None = None
+        """Why local writes are refused (the store is behind what this node committed); each raises
+        :class:`StoreBehind` with it. Remote ops (a restore) still apply."""
 
     # ------------------------------------------------------------------ keys and entries
 
@@ -153,23 +198,15 @@ class Bus:
         record = self.storage.load(key)
         if record is None:
             return None
-        if record.snapshot is not None:
-            snap = json.loads(record.snapshot.data)
-            merge = snap["merge"]
-            base = snap["state"]
-            state = load_state(merge, base)
-            log = OpLog(snap["log"])
-        elif record.ops:
-            first = decode_op(record.ops[0].data)
-            merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
-        else:
+        try:
+            entry = _rebuild(record)
+        except Exception as exc:
+            raise StoreDamaged(
+                f"the stored history of {key} cannot be read ({type(exc).__name__}): the store is damaged; "
+                "stop the node and take the data back with `statebus restore --from URL`"
+            ) from None
+        if entry is None:
             return None
-        entry = Entry(merge, state, log, base)
-        for stored in record.ops:
-            op = decode_op(stored.data)
-            entry.state.apply(op)
-            entry.log.add(op, stored.seq)
-            entry.last_seq = stored.seq
         self._entries[key] = entry
         self._evict()
         return entry
@@ -184,9 +221,10 @@ class Bus:
 
     # ------------------------------------------------------------------ reads
 
-    def fetch(self, key: str, rng: str | None = None) -> Change:
-        """The current state of ``key`` as a ``snapshot`` change. Raises NotFound."""
-        snap = self.fetch_or_none(key)
+    def fetch(self, key: str, rng: str | None = None, *, durable: bool = False) -> Change:
+        """The current state of ``key`` as a ``snapshot`` change (with ``durable``, the state on
+        disk: without the ops still on their way there). Raises NotFound."""
+        snap = self.fetch_or_none(key, durable=durable)
         if snap is None or not snap.exists:
             raise NotFound(f"no value at {key}")
         if rng:
@@ -195,7 +233,7 @@ class Bus:
             snap = dataclasses.replace(snap, value=get_range(snap.value, rng))
         return snap
 
-    def fetch_or_none(self, key: str) -> Change | None:
+    def fetch_or_none(self, key: str, *, durable: bool = False) -> Change | None:
         k = self.parse(key, allow_subtree=False)
         if self.handlers:
             found, value = self.handlers.fetch(k)
@@ -205,6 +243,8 @@ class Bus:
         if computed is not None:
             version = (f"derived-{computed.generation}",)
             return Change(k, self._seq, "derived", computed.exists, computed.value, None, version, ())
+        if durable and k in self._stable:
+            return self._stable[k]
         entry = self._entry(k)
         if entry is None:
             return None
@@ -229,13 +269,17 @@ class Bus:
         entry = self._entry(self.parse(key, allow_subtree=False))
         return None if entry is None else entry.state
 
-    def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
-        """Names directly under the subtree ``prefix`` ("name", or "name/" for a deeper subtree)."""
+    def children(self, prefix: str, after: str = "", limit: int = 100, *, durable: bool = False) -> list[str]:
+        """Names directly under the subtree ``prefix`` ("name", or "name/" for a deeper subtree);
+        with ``durable``, as on disk (a key created by an op still in flight is not listed)."""
         p = self.parse(prefix)
         if not is_subtree(p):
             p += "/"
         names = set(self.storage.children(p, after, limit))
         for key, exists in self._fresh.items():
+            if durable and key in self._stable:
+                stable = self._stable[key]
+                exists = stable is not None and stable.exists
             if exists and key.startswith(p):
                 rest = key[len(p) :]
                 cut = rest.find("/")
@@ -363,6 +407,8 @@ class Bus:
         author: PubKey | None,
         peer: str | None,
     ) -> Change:
+        if self.storage_refused is not None or self.local_refused is not None:
+            self._refuse(local=True)
         k = self.parse_write_key(key)
         entry = self._entry(k)
         if entry is not None:
@@ -453,6 +499,8 @@ class Bus:
     def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
         """Apply an op that came from outside (a peer, a signed request). Returns None if this
         replica already had it. The verifier runs first; a rejected op changes nothing."""
+        if self.storage_refused is not None:
+            self._refuse(local=False)
         k = parse_key(op.key, None, allow_subtree=False)
         if k != op.key:
             raise InvalidKey("an op's key must be in normal form")
@@ -484,6 +532,12 @@ class Bus:
         self._check_remote(state, op)
         return self._commit(k, entry, state, op, peer)
 
+    def _refuse(self, *, local: bool) -> None:
+        if self.storage_refused is not None:
+            raise StorageFailed(self.storage_refused)
+        if local and self.local_refused is not None:
+            raise StoreBehind(self.local_refused)
+
     @staticmethod
     def _check_remote(state: MergeState, op: Op) -> None:
         """Validate an op from outside without requiring it to apply to *this* value (it may be
@@ -499,6 +553,8 @@ class Bus:
     # ------------------------------------------------------------------ commit and notify
 
     def _commit(self, key: Key, entry: Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
+        if key not in self._stable:  # its first op not durable yet: keep what disk holds (rule 5)
+            self._stable[key] = None if entry is None else self._snapshot(key, entry)
         if entry is None:
             entry = Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
@@ -537,7 +593,10 @@ class Bus:
         self.subscriptions.deliver(change)
         if self.handlers:
             self.handlers.after_save(change)
-        for dkey, computed in self.reactive_keys.invalidated_by(change.key):
+        self._notify_derived(change.key)
+
+    def _notify_derived(self, key: Key) -> None:
+        for dkey, computed in self.reactive_keys.invalidated_by(key):
             derived = Change(
                 dkey,
                 self._seq,
@@ -584,15 +643,70 @@ class Bus:
             self._durable = seq
             if self._fresh and seq >= self._taken and not self._outbox:
                 self._fresh.clear()
+            if self._stable:
+                if seq >= self._seq:
+                    self._stable.clear()
+                else:
+                    entries = self._entries
+                    for key in [k for k in self._stable if _durable_upto(entries.get(k), seq)]:
+                        del self._stable[key]
             self._evict()
+
+    def rollback(self, keys: Iterable[Key] = ()) -> list[Key]:
+        """Storage refused what was taken from the outbox: forget every change that is not durable.
+
+        Drops the outbox and the queued snapshots, and evicts ``keys`` (those of the refused batch)
+        and every cached entry holding an op past the durable cursor, so the next read loads the
+        key's durable state from storage. Synchronous observers of those keys get a ``revert``
+        change of that durable state (so a cache such as an access policy forgets what was dropped),
+        and derived keys that read them are recomputed (and notified).
+        Sequence numbers are not reused: the next change still gets a new one, and the durable
+        cursor moves up to :attr:`seq` (the dropped numbers name no op). Returns the keys whose
+        in-memory state was dropped.
+        """
+        dropped = set(keys)
+        dropped.update(op.key for _, op, _ in self._outbox)
+        dropped.update(snap.key for snap in self._snapshots)
+        self._outbox = []
+        self._snapshots = []
+        for key, entry in list(self._entries.items()):
+            if key in dropped or entry.last_seq > self._durable:
+                dropped.add(key)
+                del self._entries[key]
+        self._fresh.clear()
+        self._stable.clear()
+        # Nothing up to the newest seq is waiting any more: the dropped seqs name no op, so the
+        # durable cursor moves past them (a snapshot taken now, at ``seq``, is not held back).
+        self._durable = self._taken = self._seq
+        for key in sorted(dropped):
+            self._revert(key)
+        return sorted(dropped)
+
+    def _revert(self, key: Key) -> None:
+        """Tell the synchronous observers of ``key`` (an access policy, a cache) what it holds again
+        after a rollback: a ``revert`` change of its durable state; then recompute derived keys."""
+        try:
+            entry = self._entry(key)
+        except StatebusError:
+            return  # a damaged store: the next read reports it
+        if entry is not None:
+            change = dataclasses.replace(self._snapshot(key, entry), kind="revert")
+        else:
+            change = Change(key, self._durable, "revert", False, None, None, (), ())
+        self.subscriptions.deliver(change)
+        self._notify_derived(key)
 
     def flush(self, batch_signer: BatchSigner | None = None) -> None:
         """Store everything pending, synchronously (plain code and tests; the runtime batches)."""
         stored, snaps = self.take_outbox(batch_signer)
-        if stored:
-            self.storage.append(stored)
-        for snap in snaps:
-            self.storage.compact(snap)
+        try:
+            if stored:
+                self.storage.append(stored)
+            for snap in snaps:
+                self.storage.compact(snap)
+        except BaseException:
+            self.rollback([op.key for op in stored] + [snap.key for snap in snaps])  # rule 5
+            raise
         self.mark_durable(self._taken)
 
     def compact(self, key: str, keep: int | None = None) -> Snapshot | None:

@@ -16,7 +16,9 @@ class Change:
     """The node cursor after this change; subscribers resume from it."""
     kind: str
     """``op`` (an op was applied), ``snapshot`` (the current state, sent on subscribe or resync),
-    or ``derived`` (a reactive key recomputed)."""
+    ``derived`` (a reactive key recomputed), or ``revert`` (the durable state of a key again after
+    storage refused its newer ops: for in-process caches; event streams ignore it, since they never
+    delivered what was dropped)."""
     exists: bool
     value: Any
     """The merged value after the change (JSON, or bytes when ``content_type`` is set)."""

@@ -206,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="DHT peers to join through (the invite secret comes from $STATEBUS_DHT_SECRET)",
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
+    p.add_argument(
+        "--full-check",
+        dest="store_full_check",
+        action="store_true",
+        default=None,
+        help="check the whole store (PRAGMA integrity_check) at start, not only quick_check",
+    )
+    p.add_argument(
+        "--accept-store-loss",
+        dest="accept_store_loss",
+        action="store_true",
+        default=None,
+        help="the store is behind what this node committed (deleted): start over instead of refusing writes",
+    )
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
 

@@ -206,6 +206,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings, client: Client) -> in
         ("data", str(Path(settings.data_dir))),
         ("owner", "yes" if info.get("owner") else "no (no owner token for this node in the data folder)"),
         ("keys", info.get("keys") if info.get("keys") is not None else "(owner only)"),
+        ("storage", info.get("storage") or "(owner only)"),
         ("server version", info.get("version")),
         ("cli version", cli_version),
     ]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from statebus.access.acl import acl_prefix
-from statebus.errors import Forbidden, QuotaExceeded, StatebusError
+from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
 from statebus.federation.opset import scan_all
 from statebus.federation.policy import SHARES
 from statebus.identity import Keyring, verify_op
@@ -152,6 +152,8 @@ class Ingest:
 
         Raises:
             QuotaExceeded: a namespace reached its quota (the ops before it are applied).
+            StorageFailed: storage could not take them (disk full); nothing unstored is kept, and
+                the caller retries from where it was.
         """
         result = IngestResult()
         decoded: list[Op] = []
@@ -179,8 +181,8 @@ class Ingest:
         try:
             size = self.check(op)
             change = self.node.bus.apply(op, peer=peer)
-        except QuotaExceeded:
-            raise
+        except (QuotaExceeded, StorageFailed):
+            raise  # not the op's fault: it must not be counted as refused (and skipped) by a follow
         except StatebusError as exc:
             if len(result.rejected) < 20:
                 result.rejected.append(f"{exc.code}: {exc.detail}")

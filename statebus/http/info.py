@@ -2,7 +2,9 @@
 
 Anyone gets ``{"statebus": true, "node": <pubkey>, "owner": false, "version": <package version>}``;
 the owner also gets ``keys`` (how many keys the node's namespace holds, counted up to
-:data:`MAX_COUNT`; ``keys_truncated`` says when there are more) and ``streams`` (open event streams).
+:data:`MAX_COUNT`; ``keys_truncated`` says when there are more), ``streams`` (open event streams) and
+``storage``: ``"ok"``, ``"failing"`` (a commit failed, disk full: writes get 503 until one succeeds)
+or ``"behind"`` (the store holds less than this node committed: local writes get 409 until a restore).
 Nothing secret is ever in it.
 
 Mount it with ``routes(node, settings)`` (a list of Starlette routes, placed before the key routes).
@@ -67,7 +69,17 @@ def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
         body["keys"] = min(len(keys), MAX_COUNT)
         body["keys_truncated"] = len(keys) > MAX_COUNT
         body["streams"] = node.stream_count
+        body["storage"] = storage_state(node)
     return body
+
+
+def storage_state(node: Node) -> str:
+    """``ok``, ``failing`` (a commit failed and none succeeded since) or ``behind`` (a lost store)."""
+    if not node.committer.healthy:
+        return "failing"
+    if node.bus.local_refused is not None:
+        return "behind"
+    return "ok"
 
 
 def routes(node: Node, settings: Settings) -> list[BaseRoute]:

@@ -11,7 +11,8 @@ write path. The only per-request cost is :class:`RequestCounter`, a small ASGI m
 one to a dict entry per HTTP response (method × status class).
 
 Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
-``commit_batches_total``, ``commit_ops_total``, ``event_streams``, ``http_streams``,
+``commit_batches_total``, ``commit_ops_total``, ``storage_healthy``, ``storage_failures_total``,
+``storage_rolled_back_ops_total``, ``event_streams``, ``http_streams``,
 ``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation ``follows``,
 ``federation_known_peers``, ``federation_ops_applied_total``, ``federation_ops_rejected_total``,
 ``dht_neighbours``; plus the ``process_*``/``python_*`` metrics of ``prometheus_client``.
@@ -188,6 +189,19 @@ class NodeCollector(Collector):
             "statebus_commit_batches", "Group-commit transactions written.", node.committer.batches
         )
         yield _counter("statebus_commit_ops", "Ops written by group commits.", node.committer.ops_written)
+        yield _gauge(
+            "statebus_storage_healthy",
+            "1 while commits succeed; 0 from a failed commit (disk full) until a probe or commit succeeds.",
+            int(node.committer.healthy),
+        )
+        yield _counter(
+            "statebus_storage_failures", "Commits that failed and were rolled back.", node.committer.failures
+        )
+        yield _counter(
+            "statebus_storage_rolled_back_ops",
+            "Ops dropped by rollbacks (never acknowledged, never served).",
+            node.committer.ops_rolled_back,
+        )
         yield _gauge(
             "statebus_event_streams", "Open event streams (every subscription transport).", node.stream_count
         )

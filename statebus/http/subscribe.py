@@ -783,7 +783,7 @@ def serve_braid(
         raise InvalidKey("a Braid subscription names one key; subscribe to a subtree with SSE")
     registry.check_open()
     stream = open_stream(node, [key], parents=parents, buffer=buffer)
-    current = node.bus.fetch_or_none(key)
+    current = node.bus.fetch_or_none(key, durable=True)
     stored_type = current.content_type if current is not None else None
     content_type = served_type(stored_type) if stored_type is not None else "application/json"
     headers: list[tuple[bytes, bytes]] = [

@@ -7,24 +7,42 @@ Rules:
 2. While one batch is being written (in a single writer thread, so SQLite never blocks the event
    loop), new writes pile up in the bus's outbox and go out together in the next batch: the batch
    grows with the load, and an idle node writes each op at once.
-3. If storage fails, every waiter of that batch gets the error and the committer stops: the node
-   must not acknowledge anything after a failed write.
+3. If storage fails (disk full, I/O error), nothing that was not committed stays visible: every
+   waiter of that batch, and of every write still in the outbox, gets :class:`StorageFailed`; the
+   bus rolls back everything not durable (bus rule 5); the ``on_rollback`` callbacks run (the node
+   cuts the streams that held such changes). Writes are then refused (503 ``storage_failed``,
+   nothing changes) for a backoff that starts at ``RETRY_FIRST`` and doubles up to ``RETRY_MAX``.
+   After it, a storage with ``probe()`` (SQLite: one small real write) is probed, and writes are
+   taken again when the probe succeeds; without a probe the next write tries storage. A failed
+   probe or commit doubles the backoff; a successful one makes the node healthy. The process stays
+   up and recovers by itself once space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from statebus.bus import Bus
 from statebus.bus.bus import BatchSigner
-from statebus.errors import StatebusError
+from statebus.errors import StorageFailed
 from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Seq
 
+__all__ = ["RETRY_FIRST", "RETRY_MAX", "GroupCommitter", "StorageFailed"]
+
 log = logging.getLogger("statebus.commit")
+
+RETRY_FIRST = 0.5
+"""Seconds writes are refused after the first failed commit; doubled after each failure in a row."""
+RETRY_MAX = 30.0
+"""Longest wait between two tries of a failing storage."""
+LOST_RANGES = 64
+"""How many rolled-back sequence ranges :meth:`GroupCommitter.durable` remembers."""
 
 
 def _call_all(callbacks: list[Callable[[], None]]) -> None:
@@ -32,8 +50,16 @@ def _call_all(callbacks: list[Callable[[], None]]) -> None:
         callback()
 
 
-class StorageFailed(StatebusError):
-    status_hint = 503
+def failure_reason(exc: BaseException) -> str:
+    """A short, secret-free reason for a failed commit (no paths, no values)."""
+    text = str(exc).lower()
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk full"
+    if isinstance(exc, sqlite3.Error) and ("full" in text or "no space" in text):
+        return "disk full"
+    if isinstance(exc, sqlite3.Error | OSError):
+        return f"I/O error: {type(exc).__name__}"
+    return f"internal error: {type(exc).__name__}"
 
 
 class GroupCommitter:
@@ -43,21 +69,37 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statebus-writer")
         self._waiters: list[tuple[Seq, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._failed: BaseException | None = None
         self._durable_event = asyncio.Event()
         self.batches = 0
         self.ops_written = 0
+        self.failures = 0
+        """Commits that failed (each rolled back), since start."""
+        self.ops_rolled_back = 0
+        self.backoff = 0.0
+        """Seconds of the current refusal after a failure; 0 once a commit succeeded."""
+        self._retry: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._lost: list[tuple[Seq, Seq]] = []
         self.on_durable: list[Callable[[Seq], None]] = []
+        self.on_rollback: list[Callable[[Seq, Seq], None]] = []
+        """Called after a rollback with ``(low, high)``: the changes with ``low < seq <= high`` were
+        dropped (the durable cursor is ``high`` now)."""
         self._once: list[Callable[[], None]] = []
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed commit until a probe or a commit succeeds."""
+        return self.backoff == 0.0
 
     @property
     def durable_seq(self) -> Seq:
         return self.bus._durable
 
     async def durable(self, seq: Seq) -> None:
-        """Return once every op up to ``seq`` is on disk."""
-        if self._failed is not None:
-            raise StorageFailed("storage failed; this node acknowledges no more writes")
+        """Return once every op up to ``seq`` is on disk; raise StorageFailed if it was rolled back."""
+        for low, high in self._lost:
+            if low < seq <= high:
+                raise StorageFailed("the write could not be stored; nothing of it was kept")
         if seq <= self.bus._durable:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -67,7 +109,7 @@ class GroupCommitter:
 
     def kick(self) -> None:
         """Start a flush if one is not running and there is something to write."""
-        if self._task is None and self.bus.pending and self._failed is None:
+        if self._task is None and self.bus.pending:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def call_on_durable(self, callback: Callable[[], None]) -> None:
@@ -88,19 +130,77 @@ class GroupCommitter:
                     last = self.bus._taken
                     await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
-                    self._failed = exc
-                    log.error("storage write failed: %s", type(exc).__name__)
-                    for _, fut in self._waiters:
-                        if not fut.done():
-                            fut.set_exception(StorageFailed("the write could not be stored"))
-                    self._waiters.clear()
+                    self._roll_back(exc, stored, snaps)
                     return
                 self.batches += 1
                 self.ops_written += len(stored)
+                if self.backoff:
+                    log.warning("storage recovered: commits succeed again")
+                    self.backoff = 0.0
                 self.bus.mark_durable(last)
                 self._release(last)
         finally:
             self._task = None
+
+    def _roll_back(self, exc: BaseException, stored: list[StoredOp], snaps: list[Snapshot]) -> None:
+        """Storage refused a batch: drop everything not durable, fail its writers, refuse writes
+        for a while (rule 3)."""
+        bus = self.bus
+        reason = failure_reason(exc)
+        low, high = bus._durable, bus.seq
+        self.failures += 1
+        self.ops_rolled_back += high - low
+        self._lost = [*self._lost[-(LOST_RANGES - 1) :], (low, high)]
+        self._refuse(reason)
+        bus.rollback([op.key for op in stored] + [snap.key for snap in snaps])
+        log.error(
+            "storage write failed (%s): rolled back ops %d..%d, refusing writes for %g s",
+            reason,
+            low + 1,
+            high,
+            self.backoff,
+        )
+        error = f"the write could not be stored ({reason}); nothing of it was kept"
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(StorageFailed(error))
+        self._waiters.clear()
+        for callback in self.on_rollback:
+            callback(low, high)
+
+    def _refuse(self, reason: str) -> None:
+        """Refuse writes for the next backoff (doubled), then try storage again."""
+        self.backoff = min(RETRY_MAX, self.backoff * 2 or RETRY_FIRST)
+        self.bus.storage_refused = (
+            f"storage is failing ({reason}); writes are refused and tried again in {self.backoff:g} s"
+        )
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(self.backoff, self._try_again)
+
+    def _try_again(self) -> None:
+        """The backoff is over. A storage with a ``probe()`` (one small real write) is probed: on
+        success the node is healthy again without waiting for a client's write, on failure the
+        backoff doubles. Otherwise the next write tries storage (its commit decides the health)."""
+        self._retry = None
+        probe: Callable[[], None] | None = getattr(self.bus.storage, "probe", None)
+        if probe is None:
+            self.bus.storage_refused = None
+        else:
+            self._probe = asyncio.get_running_loop().create_task(self._run_probe(probe))
+
+    async def _run_probe(self, probe: Callable[[], None]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        except Exception as exc:
+            self._refuse(failure_reason(exc))
+            log.info("storage still failing (%s); next try in %g s", failure_reason(exc), self.backoff)
+            return
+        finally:
+            self._probe = None
+        self.bus.storage_refused = None
+        self.backoff = 0.0
+        log.warning("storage recovered: a probe write succeeded, writes are taken again")
 
     def _write(self, stored: list[StoredOp], snaps: list[Snapshot]) -> None:
         storage = self.bus.storage
@@ -130,7 +230,12 @@ class GroupCommitter:
 
     async def aclose(self) -> None:
         """Write everything pending, then stop the writer thread."""
-        while self._task is not None or (self.bus.pending and self._failed is None):
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._probe is not None:
+            await asyncio.gather(self._probe, return_exceptions=True)
+        while self._task is not None or self.bus.pending:
             if self._task is None:
                 self.kick()
             task = self._task

@@ -7,12 +7,12 @@ committer's writer thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus import Bus, Change
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
-from statebus.errors import StatebusError
+from statebus.errors import StatebusError, StorageFailed
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
@@ -27,6 +27,9 @@ class Node:
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
         self.closing = False
+        self.on_close: list[Callable[[], None]] = []
+        """Called once everything is written, before storage closes."""
+        self.committer.on_rollback.append(self._cut_unstored)
 
     @property
     def local(self) -> str:
@@ -35,10 +38,13 @@ class Node:
     # ------------------------------------------------------------------ reads
 
     def fetch(self, key: str, rng: str | None = None) -> Change:
-        return self.bus.fetch(key, rng)
+        """The state of ``key`` on disk: a write still being committed is not served before its
+        commit succeeds, and never if it fails (bus rule 5)."""
+        return self.bus.fetch(key, rng, durable=True)
 
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
-        return self.bus.children(prefix, after, limit)
+        """The names under ``prefix`` as on disk (see :meth:`fetch`)."""
+        return self.bus.children(prefix, after, limit, durable=True)
 
     # ------------------------------------------------------------------ durable writes
 
@@ -121,6 +127,16 @@ class Node:
         self._streams.add(stream)
         return stream
 
+    def _cut_unstored(self, low: Seq, high: Seq) -> None:
+        """Storage refused a batch: cut every stream holding a change that was rolled back (seq in
+        ``low < seq <= high``; its reader resumes from its last cursor, which names stored
+        history), after dropping those changes, so nobody sees them."""
+        for stream in list(self._streams):
+            kept = [c for c in stream._q if not low < c.seq <= high or c.kind == "derived"]
+            if len(kept) < len(stream._q):
+                stream._q[:] = kept
+                stream.cut(StorageFailed("storage failed; resume from your last cursor"))
+
     @property
     def stream_count(self) -> int:
         return len(self._streams)
@@ -133,4 +149,8 @@ class Node:
         for stream in list(self._streams):
             stream.close()
         await self.committer.aclose()
-        self.bus.storage.close()
+        try:
+            for callback in self.on_close:
+                callback()
+        finally:
+            self.bus.storage.close()

@@ -79,7 +79,7 @@ class EventStream:
         self._q = list(changes)
 
     def _push(self, change: Change) -> None:
-        if self.closed:
+        if self.closed or change.kind == "revert":  # a rollback's news for caches: never delivered
             return
         q = self._q
         if len(q) >= self.max_buffer:

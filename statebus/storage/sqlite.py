@@ -13,6 +13,10 @@ One process at a time: while open, the store holds an exclusive ``flock`` on ``s
 Two writers would each number ops from their own sequence counter. The kernel drops the lock when
 the holder dies, ``kill -9`` included, so a stale lock file never blocks a restart.
 
+Integrity: opening an existing store runs ``PRAGMA quick_check`` (about 0.1 s per 100k ops, measured
+in docs/storage.md; ``check="full"`` runs ``integrity_check``) and refuses a damaged file with
+:class:`StoreDamaged`, one line naming the file and the first problem, before anything is served.
+
 Threads: one write connection behind a lock serves ``append`` and ``compact``; reads borrow a
 connection from a small pool and run in a read transaction, so they see one consistent state and
 never wait for the writer (WAL lets readers and one writer run at once).
@@ -29,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from statebus.errors import NotFound, StatebusError, StoreInUse, VersionConflict
+from statebus.errors import NotFound, StatebusError, StoreDamaged, StoreInUse, VersionConflict
 from statebus.storage.base import KeyRecord, Snapshot, StoredOp
 from statebus.storage.ranges import check_batch, pattern_bounds, walk_children
 from statebus.types import Key, Seq
@@ -76,6 +80,9 @@ _OP_COLUMNS = 'seq, key, version, data, "exists"'
 
 OpRow = tuple[int, str, str, bytes, int]
 
+CHECKS = {"quick": "quick_check", "full": "integrity_check", "none": ""}
+"""The integrity checks an existing store can be opened with (see :class:`SqliteStorage`)."""
+
 _SEQ_WALK_MAX = 10_000
 """A subtree scan whose cursor is at most this far behind walks the log by sequence number."""
 _SMALL_SUBTREE = 1_000
@@ -95,9 +102,17 @@ class SqliteStorage:
     Args:
         path: The database file; created (with its schema) if missing.
         timeout: Seconds a connection waits for a lock held by another connection.
+        check: ``"quick"`` (``PRAGMA quick_check``, the default), ``"full"`` (``integrity_check``)
+            or ``"none"``: the check an existing file must pass before it is opened.
+
+    Raises:
+        StoreDamaged: the file fails the check, or is not a database at all.
+        StoreInUse: another open store holds its lock.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0, check: str = "quick") -> None:
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
         self.path = Path(path)
         self._timeout = timeout
         self._write_lock = threading.Lock()
@@ -106,16 +121,22 @@ class SqliteStorage:
         self._all_readers: list[sqlite3.Connection] = []
         self._closed = False
         self._lock_fd = _lock_store(self.path)
+        writer: sqlite3.Connection | None = None
         try:
             is_new = not self.path.exists()
-            self._writer = self._connect()
+            writer = self._writer = self._connect()
+            if not is_new and check != "none":
+                _check(writer, self.path, CHECKS[check])
             self._create_schema()
+            row = writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
+        except sqlite3.DatabaseError as exc:
+            _abandon(writer, self._lock_fd)
+            raise StoreDamaged(_damaged(self.path, str(exc))) from None
         except BaseException:
-            os.close(self._lock_fd)
+            _abandon(writer, self._lock_fd)
             raise
         if is_new:
             _fsync_dir(self.path.parent)  # the new file's directory entry survives power loss too
-        row = self._writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
         self._max_seq: Seq = int(row[0] or 0)
 
     @classmethod
@@ -253,6 +274,23 @@ class SqliteStorage:
                 ).fetchone()
         return int(row[0] or 0)
 
+    def probe(self) -> None:
+        """One small real write (the header page, ``user_version`` rewritten unchanged), committed
+        like an ``append``: it succeeds once the disk takes writes again. Raises what SQLite raises
+        (``database or disk is full``)."""
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def max_seq(self) -> Seq:
         """The highest sequence number ever appended (0 when empty); survives compaction."""
         return self._max_seq
@@ -316,6 +354,10 @@ class SqliteStorage:
             conn.execute("BEGIN")
             try:
                 yield conn
+            except sqlite3.DatabaseError as exc:
+                if "malformed" not in str(exc):
+                    raise
+                raise StoreDamaged(_damaged(Path(self.path.name), str(exc), opening=False)) from None
             finally:
                 conn.execute("COMMIT")
         finally:
@@ -335,6 +377,28 @@ class SqliteStorage:
             if found is not None:
                 return f"version {op.version!r} of {op.key!r} is already stored"
         return "a version in the batch is already stored"
+
+
+def _abandon(writer: sqlite3.Connection | None, lock_fd: int) -> None:
+    if writer is not None:
+        writer.close()
+    os.close(lock_fd)
+
+
+def _check(conn: sqlite3.Connection, path: Path, pragma: str) -> None:
+    """Run ``PRAGMA quick_check``/``integrity_check``; raise StoreDamaged unless it says ok."""
+    rows = conn.execute(f"PRAGMA {pragma}(1)").fetchall()
+    if [tuple(r) for r in rows] != [("ok",)]:
+        raise StoreDamaged(_damaged(path, str(rows[0][0]) if rows else "no answer"))
+
+
+def _damaged(path: Path, problem: str, *, opening: bool = True) -> str:
+    first = " ".join(problem.split())[:200]
+    what = "it was not opened" if opening else "stop the node"
+    return (
+        f"the store {path} is damaged ({first}); {what}. Move it away and take the data back "
+        f"with `statebus restore --from URL`, or restore a backup"
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from statebus.config import Settings
-from statebus.errors import InvalidValue
+from statebus.errors import InvalidValue, StoreBehind
 from statebus.federated import Cluster, FederatedNode
 from statebus.federation.client import PeerClient
 from statebus.federation.opset import op_set
@@ -188,3 +188,34 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_store_lost_under_a_kept_identity_refuses_writes_until_restored(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The owner's store is deleted but its identity kept: writes to existing keys would restart
+    their clocks and lose to the follower's older copies, so they are refused until a restore."""
+    _, b, owner = await _owner_and_follower(cluster, tmp_path)
+    data = tmp_path / "a"
+    for name in os.listdir(data):
+        if name.startswith("store.sqlite3"):
+            (data / name).unlink()
+    node = build_node(Settings(data_dir=data))
+    try:
+        with pytest.raises(StoreBehind, match="statebus restore"):
+            await node.save("/~/notes/7", {"text": "after the loss"})
+    finally:
+        await node.aclose()
+    code, _, err = await _cli("restore", "--from", b.url, "--data", str(data))
+    assert code == 0, err
+    node = build_node(Settings(data_dir=data))
+    try:
+        key = f"/{owner}/notes/7"
+        entry = node.bus._entry(key)
+        assert entry is not None
+        restored = max(op.clock for _, op in entry.log.ops())
+        new = await node.save("/~/notes/7", {"text": "edit after the restore"})
+        assert new.op is not None and new.op.clock > restored  # it wins over the follower's copy
+        assert node.bus.fetch(key).value == {"text": "edit after the restore"}
+    finally:
+        await node.aclose()
