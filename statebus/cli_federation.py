@@ -35,7 +35,7 @@ from statebus.cli.client import client_for
 from statebus.cli.options import add_common
 from statebus.cli.output import line_buffered
 from statebus.config import Settings
-from statebus.errors import InvalidValue, StatebusError
+from statebus.errors import InvalidValue, PeerUnavailable, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
 from statebus.federation.policy import FOLLOWS, check_pattern, follow_id
 from statebus.identity import keystore
@@ -219,12 +219,12 @@ def _read_info(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
         if not sel.select(timeout):
-            raise StatebusError("a devnet node did not start in time", status_hint=503)
+            raise PeerUnavailable("a devnet node did not start in time", status_hint=503)
         line = proc.stdout.readline()
     finally:
         sel.close()
     if not line:
-        raise StatebusError(f"a devnet node exited at start (status {proc.wait()})", status_hint=503)
+        raise PeerUnavailable(f"a devnet node exited at start (status {proc.wait()})", status_hint=503)
     info: dict[str, Any] = json.loads(line)
     return info
 

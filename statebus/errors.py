@@ -16,9 +16,13 @@
     ├── StoreInUse          409   another process has the data folder's store open
     ├── StoreDamaged        500   the store failed its integrity check; the node refuses it
     ├── StoreBehind         409   the store holds less than this node committed; restore it first
+    ├── StoreUnsupported    500   the data folder cannot hold the store (no WAL: a network share?)
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
+    ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
     ├── SubscriberTooSlow         a subscriber's buffer overflowed; it was cut off and may resume
-    ├── PeerUnavailable     502   a remote node could not be reached
+    ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
+    ├── RemoteError         (its) another node answered with an error: its status, its ``remote_code``
+    ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
     └── SandboxViolation          a hosted handler broke its limits
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
@@ -129,12 +133,44 @@ class StorageFailed(StatebusError):
     status_hint = 503
 
 
+class StoreUnsupported(StatebusError):
+    """The data folder's file system cannot hold the store (SQLite's WAL mode is refused there)."""
+
+    status_hint = 500
+
+
+class ShuttingDown(StatebusError):
+    """The node, a server or a store is closing or closed: nothing new is taken. The one class for
+    every "shutting down" refusal, so callers catch one thing."""
+
+    status_hint = 503
+
+
 class SubscriberTooSlow(StatebusError):
     status_hint = 503
 
 
 class PeerUnavailable(StatebusError):
     status_hint = 502
+
+
+class RemoteError(StatebusError):
+    """Another node (a federation peer, or the server a CLI command talks to) answered with an error.
+
+    Like h11's ``RemoteProtocolError``: the fault is at the other end. ``status_hint`` is the status
+    the remote answered (so a caller can tell its 403 from its 404) and ``remote_code`` the error
+    ``code`` it sent, when it sent one.
+    """
+
+    status_hint = 502
+
+    def __init__(self, detail: str = "", *, status_hint: int | None = None, remote_code: str = "") -> None:
+        super().__init__(detail, status_hint=status_hint)
+        self.remote_code = remote_code
+
+
+class ReactiveTooDeep(StatebusError):
+    """Reactive functions nest deeper than the bus allows: most likely two of them read each other."""
 
 
 class SandboxViolation(StatebusError):

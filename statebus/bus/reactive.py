@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from statebus.errors import StatebusError
+from statebus.errors import ReactiveTooDeep, StatebusError
 from statebus.keys import key_matches
 from statebus.types import Key
 
@@ -77,7 +77,7 @@ class Reactive:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise StatebusError("reactive functions nest too deep (a cycle?)")
+                raise ReactiveTooDeep("reactive functions nest too deep (a cycle?)")
             value, exists = fn(key, get), True
         except StatebusError as exc:
             value, exists = {"error": exc.code, "detail": exc.detail}, False

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from statebus.config import Settings
-from statebus.errors import InvalidKey, InvalidValue, NotFound, StatebusError
+from statebus.errors import InvalidKey, InvalidValue, NotFound, PeerUnavailable, RemoteError, StatebusError
 from statebus.identity import keystore
 
 INFO_PATH = "/.well-known/statebus"
@@ -57,13 +57,15 @@ class Client:
         return response
 
 
-def transport_error(url: str, exc: httpx.HTTPError) -> StatebusError:
+def transport_error(url: str, exc: httpx.HTTPError) -> PeerUnavailable:
     """A one-line error for a request that got no answer."""
     if isinstance(exc, httpx.ConnectError):
-        return StatebusError(f"cannot connect to {url} (is `statebus serve` running there?)", status_hint=503)
+        return PeerUnavailable(
+            f"cannot connect to {url} (is `statebus serve` running there?)", status_hint=503
+        )
     if isinstance(exc, httpx.TimeoutException):
-        return StatebusError(f"{url} did not answer in time", status_hint=504)
-    return StatebusError(f"request to {url} failed: {type(exc).__name__}", status_hint=502)
+        return PeerUnavailable(f"{url} did not answer in time", status_hint=504)
+    return PeerUnavailable(f"request to {url} failed: {type(exc).__name__}")
 
 
 def check(response: httpx.Response) -> None:
@@ -77,9 +79,10 @@ def check(response: httpx.Response) -> None:
     except (ValueError, AttributeError):
         detail, code = "", ""
     reason = detail or response.reason_phrase
-    raise StatebusError(
+    raise RemoteError(
         f"{reason} (HTTP {response.status_code}{' ' + code if code else ''})",
         status_hint=response.status_code,
+        remote_code=code,
     )
 
 

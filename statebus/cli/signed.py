@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from statebus.cli.client import check
-from statebus.errors import Forbidden, InvalidValue, StatebusError
+from statebus.errors import Forbidden, InvalidValue, PeerUnavailable
 from statebus.identity import Identity, keystore, sign_op, sign_request
 from statebus.oplog import Op, Patch, encode_op, mint_version
 from statebus.types import Key, Version
@@ -160,7 +160,7 @@ def signed_request(
     try:
         return http.send(request)
     except httpx.HTTPError as exc:
-        raise StatebusError(
+        raise PeerUnavailable(
             f"request to {http.base_url} failed: {type(exc).__name__}", status_hint=503
         ) from None
 

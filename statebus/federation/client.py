@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, StatebusError, TooLarge
+from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, RemoteError, TooLarge
 from statebus.federation.sync import MAX_MESSAGE_BYTES, SyncRequest, SyncResponse, SyncSession
 from statebus.identity import Identity, sign_request
 from statebus.keys import is_pubkey
@@ -89,11 +89,25 @@ class PeerClient:
         identity: this node's key (signs every request).
         timeout: connect timeout; ``read_timeout`` bounds the wait for a stream line (pings keep a
             healthy stream well inside it).
+        transport: an httpx transport to send through instead of the network (tests pass an
+            ``httpx.MockTransport``).
+
+    Raises (from every call): :class:`PeerUnavailable` when the peer cannot be reached,
+    :class:`RateLimited` for its 429 and :class:`RemoteError` (with its status and error code) for
+    any other error answer.
     """
 
-    def __init__(self, identity: Identity, *, timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.identity = identity
         self._http = httpx.AsyncClient(
+            transport=transport,
             timeout=httpx.Timeout(timeout, read=read_timeout),
             follow_redirects=False,
             trust_env=False,
@@ -120,15 +134,16 @@ class PeerClient:
     @staticmethod
     def _check(response: httpx.Response, body: bytes) -> None:
         if response.status_code != 200:
-            detail = ""
+            detail = code = ""
             try:
-                detail = str(json.loads(body).get("detail", ""))
+                answer = json.loads(body)
+                detail, code = str(answer.get("detail", "")), str(answer.get("error") or "")
             except (ValueError, AttributeError):
                 pass
             text = f"peer answered {response.status_code}: {detail}"[:300]
             if response.status_code == 429:
                 raise RateLimited(text, retry_after=retry_after(response.headers.get("retry-after")))
-            raise StatebusError(text, status_hint=response.status_code)
+            raise RemoteError(text, status_hint=response.status_code, remote_code=code)
 
     async def _fetch(self, base: str, request: httpx.Request, limit: int) -> bytes:
         """Send ``request``; read at most ``limit`` bytes of the answer (a hostile peer cannot make us

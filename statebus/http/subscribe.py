@@ -37,7 +37,7 @@ from typing import Any
 from starlette.types import Message, Receive, Send
 
 from statebus.bus import Change
-from statebus.errors import HistoryCompacted, InvalidKey, StatebusError, SubscriberTooSlow
+from statebus.errors import HistoryCompacted, InvalidKey, ShuttingDown, StatebusError, SubscriberTooSlow
 from statebus.http.braid import HEARTBEAT, RANGE_HEADERS, SUBSCRIPTION_HEADERS, format_version_list
 from statebus.http.encode import EncodeCache, braid_update, sse_event
 from statebus.http.sse import PING, encode_event, encode_reset_event
@@ -191,10 +191,10 @@ class StreamRegistry:
 
     def check_open(self) -> None:
         """Raises:
-        StatebusError: (503) the server is shutting down.
+        ShuttingDown: (503) the server is shutting down.
         """
         if self.closing:
-            raise StatebusError("the server is shutting down", status_hint=503)
+            raise ShuttingDown("the server is shutting down")
 
     def open(self, pump: Pump) -> None:
         """Register a stream's pump, which :meth:`close_all` stops (at once if that already ran)."""

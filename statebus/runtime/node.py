@@ -12,7 +12,7 @@ from typing import Any
 
 from statebus.bus import Bus, Change
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
-from statebus.errors import StatebusError, StorageFailed
+from statebus.errors import ShuttingDown, StorageFailed
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
@@ -103,7 +103,7 @@ class Node:
         pattern) raise HistoryCompacted (the default is the bus's).
         """
         if self.closing:
-            raise StatebusError("node is shutting down", status_hint=503)
+            raise ShuttingDown("node is shutting down")
         stream = EventStream(self, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
         lazy = paged and snapshot and since is None and parents is None

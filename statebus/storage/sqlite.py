@@ -33,7 +33,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from statebus.errors import NotFound, StatebusError, StoreDamaged, StoreInUse, VersionConflict
+from statebus.errors import (
+    NotFound,
+    ShuttingDown,
+    StoreDamaged,
+    StoreInUse,
+    StoreUnsupported,
+    VersionConflict,
+)
 from statebus.storage.base import KeyRecord, Snapshot, StoredOp
 from statebus.storage.ranges import check_batch, pattern_bounds, walk_children
 from statebus.types import Key, Seq
@@ -322,7 +329,7 @@ class SqliteStorage:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            raise StatebusError(f"{self.path} cannot use WAL mode (journal_mode is {mode})", status_hint=500)
+            raise StoreUnsupported(f"{self.path} cannot use WAL mode (journal_mode is {mode})")
         conn.execute("PRAGMA synchronous = FULL")
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             conn.execute("VACUUM")  # a file made without it: convert once (rewrites the file)
@@ -367,7 +374,7 @@ class SqliteStorage:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StatebusError(f"the store {self.path.name} is closed", status_hint=503)
+            raise ShuttingDown(f"the store {self.path.name} is closed")
 
     def _conflict_detail(self, batch: Sequence[StoredOp]) -> str:
         for op in batch:

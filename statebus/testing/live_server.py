@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from statebus.config import Settings
-from statebus.errors import StatebusError
+from statebus.errors import PeerUnavailable
 from statebus.http.auth import cookie_name, cookie_value
 from statebus.runtime import Node
 from statebus.server import StatebusServer, make_server, owner_token
@@ -67,7 +67,7 @@ def live_server(data_dir: Path, timeout: float = 10.0, **settings: Any) -> Itera
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
             thread.join(timeout)
-            raise StatebusError("the test server did not start", status_hint=503)
+            raise PeerUnavailable("the test server did not start", status_hint=503)
         time.sleep(0.01)
     try:
         yield LiveServer(f"http://127.0.0.1:{server.port}", owner_token(config), server, config)
