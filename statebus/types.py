@@ -21,6 +21,3 @@ PubKey: TypeAlias = str
 
 Seq: TypeAlias = int
 """A node-local, monotonically increasing sequence number over every op the node stores."""
-
-MERGE_LWW = "lww"
-MERGE_YJS = "yjs"

@@ -147,7 +147,6 @@ class Bus:
         self._stable: dict[Key, Change | None] = {}
         """The durable state of every key with an op not durable yet (None: it had none)."""
         self._write_keys: dict[str, Key] = {}
-        self._write_keys_local = local
         self.subscriptions = Subscriptions()
         self.handlers = Handlers()
         self.reactive_keys = Reactive(self)
@@ -177,9 +176,6 @@ class Bus:
         key is never remembered, so it is refused (with the same error) every time.
         """
         if type(key) is str:
-            if self._write_keys_local is not self.local:  # ``local`` was reassigned: start over
-                self._write_keys.clear()
-                self._write_keys_local = self.local
             found = self._write_keys.get(key)
             if found is not None:
                 return found

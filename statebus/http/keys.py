@@ -41,13 +41,13 @@ from statebus.http.errors import (
 from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
 from statebus.keys import is_subtree
+from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
 from statebus.values import dumps_json, loads_json, parse_range
 from statebus.values.json import parsed_passes_check
 
 ALLOW = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
-MERGE_TYPES = ("lww", "yjs")
 YJS_TYPES = ("application/vnd.yjs.update", "application/octet-stream")
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100

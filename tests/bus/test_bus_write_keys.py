@@ -35,13 +35,6 @@ def test_invalid_keys_refused_every_time_never_remembered(path: str) -> None:
         bus.save(path, 1)
 
 
-def test_a_new_local_namespace_forgets_the_old_parses() -> None:
-    bus = Bus(MemoryStorage(), LOCAL)
-    assert bus.parse_write_key("/~/a") == f"/{LOCAL}/a"
-    bus.local = OTHER
-    assert bus.parse_write_key("/~/a") == f"/{OTHER}/a"
-
-
 def test_a_str_subclass_is_parsed_not_remembered() -> None:
     class Path(str):
         pass
