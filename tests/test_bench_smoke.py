@@ -41,3 +41,11 @@ def test_quick_run_writes_a_result_for_every_scenario(tmp_path: Path) -> None:
         assert doc["summary"][name], name
     assert {t["scenario"] for t in doc["targets"]} <= set(QUICK)
     assert "results:" in proc.stdout
+
+
+def test_signing_bench_measures_every_rate() -> None:
+    from bench.signing import measure
+
+    rates = measure(256)
+    assert set(rates) >= {"sign_op", "sign_batch(32)", "sign_batch(256)", "verify_op single"}
+    assert all(rate > 0 for rate in rates.values())

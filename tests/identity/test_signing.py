@@ -200,14 +200,6 @@ def test_keyring_rejects_unsigned_record() -> None:
         Keyring().add(forged)
 
 
-def test_bench_runs() -> None:
-    from statebus.identity.bench import measure
-
-    rates = measure(256)
-    assert set(rates) >= {"sign_op", "sign_batch(32)", "sign_batch(256)", "verify_op single"}
-    assert all(rate > 0 for rate in rates.values())
-
-
 def test_key_outside_any_namespace() -> None:
     for key in ("relative/key", "/short/x", f"/{OWNER.pubkey}x/y"):
         op = sign_op(make(OWNER, key), OWNER)

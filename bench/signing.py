@@ -1,4 +1,4 @@
-"""Measure op signing and verification throughput: ``python -m statebus.identity.bench``.
+"""Measure op signing and verification throughput: ``python -m bench.signing``.
 
 Prints ops/s (median of 3 runs) for single-op signatures and batch commits of 32 and 256 ops.
 """
