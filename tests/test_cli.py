@@ -22,7 +22,7 @@ import pytest
 
 from statebus.cli import main
 from statebus.identity import keystore
-from statebus.testing.served import ServedNode
+from tests.support.served import ServedNode
 
 PUBKEY_RE = re.compile(r"[a-z2-7]{52}")
 

@@ -16,7 +16,7 @@ import pytest
 from statebus.cli import main
 from statebus.cli.signed import load_key_file, next_clock, parse_versions
 from statebus.identity import derive, keystore
-from statebus.testing.served import ServedNode
+from tests.support.served import ServedNode
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

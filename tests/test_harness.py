@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from statebus.testing.node_harness import (
+from tests.support.node_harness import (
     ref_server,
     run_braid_client,
     run_browser,

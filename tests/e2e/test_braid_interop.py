@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from statebus.testing.live_server import LiveServer
-from statebus.testing.node_harness import node_available, run_braid_client, start_braid_client, updates
+from tests.support.node_harness import node_available, run_braid_client, start_braid_client, updates
 
 pytestmark = pytest.mark.skipif(not node_available(), reason="needs node and `npm ci` in tests/js")
 

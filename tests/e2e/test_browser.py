@@ -14,7 +14,7 @@ import pytest
 
 from statebus.config import Settings
 from statebus.server import StatebusServer, make_server, owner_token
-from statebus.testing.node_harness import browser_available, run_browser
+from tests.support.node_harness import browser_available, run_browser
 
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
 

@@ -21,7 +21,7 @@ import pytest
 from statebus.http.auth import cookie_name
 from statebus.http.websocket import WS_PATH
 from statebus.testing.live_server import LiveServer, live_server
-from statebus.testing.node_harness import browser_available, run_browser
+from tests.support.node_harness import browser_available, run_browser
 
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
 

@@ -13,8 +13,8 @@ import pytest
 
 from statebus.identity import Identity
 from statebus.testing.live_server import live_server
-from statebus.testing.node_harness import browser_available, run_browser
 from statebus.testing.planted import assert_sandboxed, collector, html_page, plant, svg_image, visit_args
+from tests.support.node_harness import browser_available, run_browser
 
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
 

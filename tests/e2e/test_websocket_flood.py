@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from statebus.http.websocket import WS_PATH
 from statebus.testing.live_server import live_server
-from statebus.testing.served import ServedNode
+from tests.support.served import ServedNode
 
 FLOODERS = 4
 WINDOW = 8.0  # seconds the flooders send for at most

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from statebus.federated import Cluster
-from statebus.testing.node_harness import browser_available, run_browser
 from statebus.testing.planted import assert_sandboxed, collector, html_page, svg_image, visit_args
+from tests.support.node_harness import browser_available, run_browser
 
 from .support import has, wait_until
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from statebus.identity import keystore
-from statebus.testing.served import ServedNode
+from tests.support.served import ServedNode
 
 DISK_SIZE = "24m"
 RECOVERY_DEADLINE = 60.0  # seconds: backoff tops out at 30 s; a busy machine adds more

@@ -21,7 +21,7 @@ from statebus.identity import keystore
 from statebus.runtime import Node, highwater
 from statebus.server import build_node
 from statebus.storage.sqlite import STORE_FILE, SqliteStorage
-from statebus.testing.served import START_TIMEOUT, ServedNode
+from tests.support.served import START_TIMEOUT, ServedNode
 
 PAGE = 4096
 

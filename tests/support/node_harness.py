@@ -38,7 +38,7 @@ def js_dir() -> Path:
     override = os.environ.get("STATEBUS_JS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "tests" / "js"
+    return Path(__file__).resolve().parents[1] / "js"
 
 
 def node_available() -> bool:
