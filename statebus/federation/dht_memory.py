@@ -8,18 +8,20 @@ pass the same validation as on the real DHT (signature, DHT name, key hash, expi
     await alice.publish(["http://127.0.0.1:8000"])
     assert (await bob.resolve(alice.pubkey)).addrs == ("http://127.0.0.1:8000",)
 
-No sockets, no timers: republishing is the caller's business (call ``publish`` again).
+No sockets, no timers: republishing is the caller's business (call ``publish`` again). It passes
+the Directory acceptance suite (:mod:`statebus.testing.directory_suite`) as the kademlia one does.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import time
 from collections.abc import Callable, Sequence
 
 from nacl.signing import SigningKey
 
-from statebus.errors import PeerUnavailable
+from statebus.errors import InvalidValue
 from statebus.federation.dht_record import (
     NodeRecord,
     check_addrs,
@@ -67,16 +69,34 @@ class MemoryDirectory:
         return self._port
 
     async def start(self, bootstrap: list[tuple[str, int]]) -> None:
+        """Join the network (``bootstrap`` is checked as the real DHT checks it, then unused).
+
+        Raises:
+            InvalidValue: a bootstrap address is not an ``(ip, port)`` pair, or already started.
+        """
+        for host, port in bootstrap:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise InvalidValue("a bootstrap address is an (ip, port) pair") from exc
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise InvalidValue("a bootstrap port is 1-65535")
+        if self._port:
+            raise InvalidValue("the directory is already started")
         self._port = self.network.next_port()
 
     async def publish(self, addrs: Sequence[str]) -> NodeRecord:
-        """Sign a record of ``addrs`` with a higher seq and store it in the shared network."""
-        if not self._port:
-            raise PeerUnavailable("the directory is not started")
+        """Sign a record of ``addrs`` with a higher seq (than any record of this key the network
+        holds, as after a restart with a clock that went back) and store it in the shared network."""
+        addrs = check_addrs(addrs)
+        self._check_started()
         now = self.network.clock()
+        if self._seq == 0:
+            held = self.network.storage.record(dht_key(self.network.dht_name, self.pubkey))
+            self._seq = held.seq if held is not None else 0
         self._seq = max(self._seq + 1, int(now * 1000))
         blob = make_record(
-            self._key, check_addrs(addrs), seq=self._seq, expires=int(now) + self.record_ttl,
+            self._key, addrs, seq=self._seq, expires=int(now) + self.record_ttl,
             dht_name=self.network.dht_name,
         )  # fmt: skip
         record = verify_record(blob, now, self.network.dht_name)
@@ -87,9 +107,12 @@ class MemoryDirectory:
     async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
         """The newest valid record of ``pubkey``, or ``None``."""
         decode_pubkey(pubkey)
-        if not self._port:
-            raise PeerUnavailable("the directory is not started")
+        self._check_started()
         return self.network.storage.record(dht_key(self.network.dht_name, pubkey))
 
     async def stop(self) -> None:
         self._port = 0
+
+    def _check_started(self) -> None:
+        if not self._port:
+            raise InvalidValue("the directory is not started")

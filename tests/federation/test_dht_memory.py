@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from statebus.errors import InvalidKey, InvalidValue, PeerUnavailable
+from statebus.errors import InvalidKey, InvalidValue
 from statebus.federation.dht import Directory
 from statebus.federation.dht_memory import MemoryDirectory, MemoryDirectoryNetwork
 from statebus.federation.dht_record import make_record
@@ -27,7 +27,7 @@ async def test_publish_resolve_and_expiry() -> None:
     alice_seed = os.urandom(32)
     alice: Directory = MemoryDirectory(alice_seed, net, record_ttl=60)
     bob = MemoryDirectory(os.urandom(32), net)
-    with pytest.raises(PeerUnavailable):
+    with pytest.raises(InvalidValue, match="not started"):
         await alice.publish(["127.0.0.1:1"])
     await alice.start([])
     await bob.start([("127.0.0.1", alice.port)])
