@@ -263,8 +263,9 @@ async def test_key_and_directory_arguments_are_checked() -> None:
         KademliaDirectory(os.urandom(32), "bad name", b"s")
     with pytest.raises(InvalidValue):
         KademliaDirectory(os.urandom(32), "alpha", "not bytes")  # type: ignore[arg-type]
-    node = KademliaDirectory(os.urandom(32), "alpha", b"s")
-    assert node.pubkey == pubkey_of(node._key)
+    seed = os.urandom(32)
+    node = KademliaDirectory(seed, "alpha", b"s")
+    assert node.pubkey == pubkey_of(SigningKey(seed))
     with pytest.raises(InvalidValue):
         await node.start([("localhost", 1)])
     await node.stop()
