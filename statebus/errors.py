@@ -19,11 +19,11 @@
     ├── StoreUnsupported    500   the data folder cannot hold the store (no WAL: a network share?)
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
-    ├── SubscriberTooSlow         a subscriber's buffer overflowed; it was cut off and may resume
+    ├── SubscriberTooSlow   503   a subscriber's buffer overflowed; it was cut off and may resume
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
-    ├── RemoteError         (its) another node answered with an error: its status, its ``remote_code``
+    ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
-    └── SandboxViolation          a hosted handler broke its limits
+    └── SandboxViolation    422   a hosted handler broke its limits
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
 ``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
