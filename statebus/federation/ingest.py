@@ -164,8 +164,11 @@ class Ingest:
         ``self.gate.settle``). Raises the reason."""
         return self.gate.admit(op, self)
 
-    async def take(self, ops: Iterable[Op | bytes], *, peer: str | None = None) -> IngestResult:
-        """Verify and apply ``ops`` (delegation records first); wait until they are durable.
+    async def take(
+        self, ops: Iterable[Op | bytes | tuple[Op, bytes]], *, peer: str | None = None
+    ) -> IngestResult:
+        """Verify and apply ``ops`` (delegation records first); wait until they are durable. Each is
+        an op, its encoded bytes, or both (an op already decoded from those bytes).
 
         Raises:
             QuotaExceeded: a namespace reached its quota (the ops before it are applied).
@@ -177,7 +180,7 @@ class Ingest:
         rest: list[tuple[Op, bytes | None]] = []
         for item in ops:  # decoded once here; the gate then only encodes (and compares the bytes)
             try:
-                op, raw = (decode_op(item), item) if isinstance(item, bytes) else (item, None)
+                op, raw = _decoded(item)
             except StatebusError as exc:
                 result.refuse(exc)
                 continue
@@ -222,3 +225,11 @@ class Ingest:
                     self._feed(self.keyring(a.namespace), a.op.key)
         if stop is not None:
             raise stop
+
+
+def _decoded(item: Op | bytes | tuple[Op, bytes]) -> tuple[Op, bytes | None]:
+    if isinstance(item, bytes):
+        return decode_op(item), item
+    if isinstance(item, tuple):
+        return item
+    return item, None

@@ -220,8 +220,8 @@ class Federation:
         if not view.pattern(request.pattern):
             raise Forbidden(f"node {peer} may not read {request.pattern} here")
         if request.ops:
-            pushed = [decode_op(raw) for raw in request.ops]  # all well-formed, or nothing is taken
-            outside = next((op.key for op in pushed if not op.key.startswith(request.pattern)), None)
+            pushed = [(decode_op(raw), raw) for raw in request.ops]  # all well-formed, or nothing is taken
+            outside = next((op.key for op, _ in pushed if not op.key.startswith(request.pattern)), None)
             if outside is not None:
                 raise InvalidOp(f"a pushed op is for {outside}, outside the pattern {request.pattern}")
             await self.ingest.take(pushed, peer=peer)
