@@ -182,6 +182,7 @@ async def start_federated(
         except BaseException:
             await node.aclose()
             raise
+    control = access_control(node, config)
     fed = Federation(
         node,
         identity,
@@ -189,7 +190,8 @@ async def start_federated(
         directory=directory,
         backoff_base=backoff_base,
         backoff_cap=backoff_cap,
-        access=access_control(node, config),
+        access=control,
+        gate=control.op_gate,  # one gate, one quota counter for federation and the signed-op route
     )
     app, endpoints = federated_app(node, config, fed)
     server = EmbeddedServer(uvicorn_config(app, config, loop="asyncio"), app)

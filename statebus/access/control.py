@@ -11,8 +11,9 @@ the node owner (owner token, or a request signed with the node key) is the local
   client's subscription limit, and is cut off (``Forbidden``) the moment a rule, list or delegation
   change takes its read access away.
 * :meth:`apply_op` stores an op written by a non-owner key: it must be that key's signed op (see
-  docs/trust-model.md), is verified before anything happens, and is refused with a clear error
-  (401 bad signature, 403 not allowed, 413 quota) changing nothing.
+  docs/trust-model.md), passes the node's one gate for remote ops (:attr:`AccessControl.op_gate`,
+  shared with federation: one quota counter) before anything happens, and is refused with a clear
+  error (401 bad signature, 403 not allowed, 413 quota) changing nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from starlette.types import ASGIApp
 
 from statebus.access.acl import acl_prefix, check_acl_value
 from statebus.access.gate import SignatureGate
-from statebus.access.limits import QuotaTracker, RateLimiter, SubscriptionCounter
+from statebus.access.limits import RateLimiter, SubscriptionCounter
+from statebus.access.op_gate import OpGate
 from statebus.access.policy import AccessPolicy
 from statebus.access.signatures import RequestVerifier
 from statebus.bus import Change
@@ -36,7 +38,7 @@ from statebus.errors import Forbidden, InvalidOp, StatebusError, TooLarge
 from statebus.identity.delegation import Keyring, keys_prefix, parse_record
 from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, is_subtree, namespace_of
-from statebus.oplog import Op, decode_op, encode_op
+from statebus.oplog import Op
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream
 from statebus.types import Key, PubKey, Seq, Version
@@ -74,7 +76,8 @@ class AccessControl:
         self.settings = settings
         self.rates = RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_ip)
         self.subscriptions = SubscriptionCounter(settings.max_subscriptions_per_client)
-        self.quota = QuotaTracker(settings.quota_bytes_per_remote_namespace, self._measure)
+        self.op_gate = OpGate.for_bus(self.bus, settings.quota_bytes_per_remote_namespace)
+        """The node's one gate for remote ops and its one quota counter (federation shares it)."""
         self.signatures = RequestVerifier(
             settings.signature_max_age,
             settings.signature_max_nonces,
@@ -239,7 +242,8 @@ class AccessControl:
     # ------------------------------------------------------------------ ops from outside
 
     def check_op(self, submitter: PubKey | None, key: Key, op: Op) -> None:
-        """Verify an op a client submitted for ``key`` before anything is stored.
+        """Verify an op a client submitted for ``key`` before anything is stored (what
+        :meth:`apply_op`'s door asks, and the signature the gate checks between the two).
 
         Raises:
             InvalidOp: the op names another key than the URL, or is not in normal form.
@@ -248,9 +252,12 @@ class AccessControl:
                 (unknown or revoked key, outside its delegation or rules), or the node does not
                 host that namespace.
         """
-        if op.key != key:
-            raise InvalidOp(f"the op is for {op.key!r}, but was sent to {key}")
+        door = _ClientDoor(self, submitter, key)
+        door.admits(op)
         check_signature(op)
+        door.authorizes(op)
+
+    def _authorize_op(self, submitter: PubKey | None, key: Key, op: Op) -> None:
         if submitter != op.author and submitter != self.local:
             raise Forbidden("an op is submitted by its author: sign the request with the op's key")
         self.require("write", op.author, key)
@@ -260,6 +267,13 @@ class AccessControl:
                 f"this node does not host namespace {namespace}; its owner lists hosted keys in "
                 f"{acl_prefix(self.local)}.host"
             )
+        # a client writes on versions this node has, as a PUT with Parents must (400 otherwise)
+        self.bus.check_parents(key, op.parents, op.version)
+        limit = self.settings.max_value_bytes
+        if op.kind in ("set", "crdt"):
+            size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))
+            if size > limit:
+                raise TooLarge(f"the value is {size} bytes; the limit is {limit}")
 
     async def submit(
         self, submitter: PubKey | None, method: str, content_type: str | None, key: Key, body: bytes
@@ -278,48 +292,40 @@ class AccessControl:
         return await self.apply_op(submitter, key, body)
 
     async def apply_op(self, submitter: PubKey | None, key: Key, body: bytes) -> Change:
-        """Verify and store a signed op (``application/vnd.statebus.op+json``) sent for ``key``.
+        """Verify and store a signed op (``application/vnd.statebus.op+json``) sent for ``key``:
+        it passes the node's :class:`~statebus.access.op_gate.OpGate` as every remote op does.
 
         Returns the change (the current state when the op was already stored). Nothing is stored
         when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace).
         """
-        op = decode_op(body)
-        self.check_op(submitter, key, op)
-        # a client writes on versions this node has, as a PUT with Parents must (400 otherwise)
-        self.bus.check_parents(key, op.parents, op.version)
-        limit = self.settings.max_value_bytes
-        if op.kind in ("set", "crdt"):
-            size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))
-            if size > limit:
-                raise TooLarge(f"the value is {size} bytes; the limit is {limit}")
-        namespace = namespace_of(key)
-        size = len(encode_op(op))
-        remote = namespace != self.local
-        if remote:
-            self.quota.charge(namespace, size)
+        admitted = self.op_gate.admit(body, _ClientDoor(self, submitter, key))
+        change: Change | None = None
         try:
-            change = await self.node.apply(op, peer=submitter)
-        except BaseException:
-            if remote:
-                self.quota.release(namespace, size)
-            raise
+            change = await self.node.apply(admitted.op, peer=submitter, encoded=admitted.encoded)
+        finally:
+            self.op_gate.settle(admitted, applied=change is not None)
         if change is None:
-            if remote:
-                self.quota.release(namespace, size)
             current = self.bus.fetch_or_none(key)
             if current is None:
                 raise InvalidOp("the op was already stored and its key no longer exists")
             return current
         return change
 
-    def _measure(self, namespace: PubKey) -> int:
-        total, after = 0, 0
-        while True:
-            batch = self.bus.storage.scan(f"/{namespace}/", after, 10_000)
-            total += sum(len(s.data) for s in batch)
-            if len(batch) < 10_000:
-                return total
-            after = batch[-1].seq
+
+@dataclass(frozen=True, slots=True)
+class _ClientDoor:
+    """The signed-op HTTP route as a door of the op gate: ``submitter`` sent an op for ``key``."""
+
+    control: AccessControl
+    submitter: PubKey | None
+    key: Key
+
+    def admits(self, op: Op) -> None:
+        if op.key != self.key:
+            raise InvalidOp(f"the op is for {op.key!r}, but was sent to {self.key}")
+
+    def authorizes(self, op: Op) -> None:
+        self.control._authorize_op(self.submitter, self.key, op)
 
 
 class GuardedNode(Node):

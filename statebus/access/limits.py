@@ -8,8 +8,9 @@ Each raises a typed statebus error *before* anything changes, which the transpor
 * :class:`SubscriptionCounter` → :class:`RateLimited` (429 + ``Retry-After``) when a client already
   holds ``settings.max_subscriptions_per_client`` open streams;
 * :class:`QuotaTracker` → :class:`QuotaExceeded` (413) when a write would take a remote namespace
-  over ``settings.quota_bytes_per_remote_namespace``. Federation uses the same tracker for the ops
-  it stores on behalf of followed namespaces.
+  over ``settings.quota_bytes_per_remote_namespace``. The node has one, held by its op gate
+  (:mod:`statebus.access.op_gate`): the ops federation stores for followed namespaces and the
+  ops hosted clients send over HTTP count against the same tracker.
 
 Body size, value size and key length/depth are checked where the bytes are read (HTTP layer and
 ``statebus.keys``); the owner of the node is exempt from rates and subscription counts.
@@ -115,8 +116,8 @@ class QuotaTracker:
         measure: how many bytes a namespace already uses, asked once per namespace on first use
             (e.g. the sum of its stored ops); None starts every namespace at 0.
 
-    Federation and the HTTP layer call :meth:`charge` before storing an op of a remote namespace
-    (nothing is counted when it raises) and :meth:`release` when bytes are freed.
+    The op gate calls :meth:`charge` before an op of a remote namespace is stored (nothing is
+    counted when it raises) and :meth:`release` when it was not stored after all.
     """
 
     def __init__(self, limit: int, measure: Callable[[PubKey], int] | None = None) -> None:

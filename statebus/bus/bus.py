@@ -492,15 +492,18 @@ class Bus:
         if entry is not None and entry.log.ancestors(parents) is None:
             raise InvalidOp("unknown parents: not versions of this key")
 
-    def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
+    def apply(self, op: Op, *, peer: str | None = None, encoded: bytes | None = None) -> Change | None:
         """Apply an op that came from outside (a peer, a signed request). Returns None if this
-        replica already had it. The verifier runs first; a rejected op changes nothing."""
+        replica already had it. The verifier runs first; a rejected op changes nothing.
+        ``encoded``: the op's canonical bytes, from a caller that proved them (the remote-op gate,
+        ``statebus.access.op_gate``); the op is then not encoded and decoded again here."""
         if self.storage_refused is not None:
             self._refuse(local=False)
         k = parse_key(op.key, None, allow_subtree=False)
         if k != op.key:
             raise InvalidKey("an op's key must be in normal form")
-        _canonical(op)
+        if encoded is None:
+            _canonical(op)
         entry = self._entry(k)
         if entry is not None:
             if op.merge != entry.merge:

@@ -10,8 +10,8 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    stale or from another relay;
 3. stream the signed ops after the cursor this node holds *for that server* (cursors are per server
    node: a relay's sequence numbers are not the owner's);
-4. hand every op to :class:`~statebus.federation.ingest.Ingest` (consent, signature, delegation,
-   quota) — the server is never trusted;
+4. hand every op to :class:`~statebus.federation.ingest.Ingest`, the federation's door to the node's
+   op gate (consent, signature, delegation, quota) — the server is never trusted;
 5. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
    with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
@@ -19,6 +19,11 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 
 The follower's state (cursors, status, last reason) is kept at ``/~/.federation/follows/<id>`` so the
 owner's web page and ``statebus peers`` can show it, and so a restarted node resumes.
+
+A follower sees the rest of the node only through its :class:`FollowContext` (the node, a
+:class:`FollowClient`, the ingest, ``locate`` and the backoff), so it runs in process against a fake
+client as well as against :class:`~statebus.federation.client.PeerClient`
+(``tests/federation/test_follower.py``).
 """
 
 from __future__ import annotations
@@ -28,21 +33,25 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from statebus.access.acl import acl_prefix
 from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
+from statebus.federation.client import StreamItem
+from statebus.federation.ingest import Ingest, IngestResult
 from statebus.federation.opset import op_set
 from statebus.federation.policy import SHARES, Follow
 from statebus.federation.sync import SyncSession
 from statebus.identity.delegation import keys_prefix
+from statebus.runtime import Node
 from statebus.types import JSON, PubKey, Seq
 
-if TYPE_CHECKING:
-    from statebus.federation.service import Federation
-
 log = logging.getLogger("statebus.federation")
+
+IngestHook = Callable[["Follower", int], Awaitable[None]]
+"""Awaited after each batch a follower took: ``hook(follower, applied)``."""
 
 STATE_SEGMENT = ".federation/follows"
 PERSIST_INTERVAL = 1.0
@@ -65,11 +74,66 @@ def throttled_delay(retry_after: float, base: float, rnd: Callable[[], float] = 
     return float(wait + wait / 4 * rnd())
 
 
-class Follower:
-    """Follows one pattern for a :class:`~statebus.federation.service.Federation`."""
+class FollowClient(Protocol):
+    """What a follower asks of another node (:class:`~statebus.federation.client.PeerClient`, or a
+    fake in tests, as httpx's ``MockTransport`` stands in for the network)."""
 
-    def __init__(self, fed: Federation, follow: Follow) -> None:
-        self.fed = fed
+    async def node_info(self, base: str) -> PubKey:
+        """The public key the node at ``base`` says it has."""
+        ...
+
+    def ops(
+        self, base: str, patterns: Sequence[str], since: Seq, *, live: bool = True
+    ) -> AsyncGenerator[list[StreamItem], None]:
+        """The signed ops stream of ``patterns`` after cursor ``since``, in batches of lines."""
+        ...
+
+    async def sync(self, base: str, session: SyncSession) -> SyncSession:
+        """A whole anti-entropy exchange; ``session.received`` then holds the ops we lacked."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays in seconds: exponential from ``base`` up to ``cap``, with jitter."""
+
+    base: float = 0.25
+    cap: float = 30.0
+    rnd: Callable[[], float] = random.random
+
+    def delay(self, attempt: int) -> float:
+        return backoff(attempt, self.base, self.cap, self.rnd)
+
+    def throttled(self, retry_after: float) -> float:
+        return throttled_delay(retry_after, self.base, self.rnd)
+
+
+@dataclass(eq=False)
+class FollowContext:
+    """Everything a :class:`Follower` uses of its node and the network.
+
+    Args:
+        node: the node (the follower's state is stored on it).
+        client: how to call other nodes.
+        ingest: where received ops go (the federation's door to the node's op gate).
+        locate: where to fetch a follow from, best first.
+        backoff: reconnect delays.
+        on_ingest: awaited after each batch taken: ``hook(follower, applied)``.
+    """
+
+    node: Node
+    client: FollowClient
+    ingest: Ingest
+    locate: Callable[[Follow], Awaitable[list[str]]]
+    backoff: Backoff = field(default_factory=Backoff)
+    on_ingest: list[IngestHook] = field(default_factory=list)
+
+
+class Follower:
+    """Follows one pattern, in a :class:`FollowContext`."""
+
+    def __init__(self, ctx: FollowContext, follow: Follow) -> None:
+        self.ctx = ctx
         self.follow = follow
         self.status = "starting"
         self.reason = ""
@@ -107,7 +171,7 @@ class Follower:
         return [keys_prefix(self.follow.owner), *self.rules, self.follow.pattern]
 
     def _load_state(self) -> None:
-        change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
+        change = self.ctx.node.bus.fetch_or_none(state_key(self.ctx.node.local, self.follow.id))
         value: Any = change.value if change is not None and change.exists else None
         if isinstance(value, dict) and isinstance(value.get("cursors"), dict):
             self.cursors = {
@@ -133,11 +197,11 @@ class Follower:
         now = time.monotonic()
         if not force and now - self._persisted < PERSIST_INTERVAL:
             return
-        if self.fed.node.closing:
+        if self.ctx.node.closing:
             return
         self._persisted = now
         try:
-            await self.fed.node.save(state_key(self.fed.node.local, self.follow.id), self.state())
+            await self.ctx.node.save(state_key(self.ctx.node.local, self.follow.id), self.state())
         except StatebusError as exc:  # pragma: no cover - the node is going away
             log.warning("could not store follow state: %s", exc.detail)
 
@@ -186,11 +250,11 @@ class Follower:
             except RateLimited as exc:  # the server asks us to slow down: not a failure
                 self.throttled += 1
                 await self._set("retrying", f"{exc.code}: {exc.detail}")
-                await self._sleep(throttled_delay(exc.retry_after, self.fed.backoff_base))
+                await self._sleep(self.ctx.backoff.throttled(exc.retry_after))
                 continue
             except StatebusError as exc:
                 reason = f"{exc.code}: {exc.detail}"
-            delay = backoff(attempt, self.fed.backoff_base, self.fed.backoff_cap)
+            delay = self.ctx.backoff.delay(attempt)
             attempt += 1
             await self._set("retrying", reason)
             await self._sleep(delay)
@@ -202,7 +266,7 @@ class Follower:
     # ------------------------------------------------------------------ one connection
 
     async def _connect_any(self) -> None:
-        urls = await self.fed.locate(self.follow)
+        urls = await self.ctx.locate(self.follow)
         if not urls:
             raise PeerUnavailable(f"no address known for {self.follow.owner} (not in the DHT, no 'via')")
         last: StatebusError | None = None
@@ -222,7 +286,7 @@ class Follower:
         raise throttled if throttled is not None else last  # a throttled server asked us to wait
 
     async def _session(self, url: str) -> None:
-        client = self.fed.client
+        client = self.ctx.client
         self.url = url
         self.server = await client.node_info(url)
         while not self._stop.is_set():
@@ -230,7 +294,7 @@ class Follower:
             synced_to: Seq | None = None
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
-                local = op_set(self.fed.node.bus, pattern)
+                local = op_set(self.ctx.node.bus, pattern)
                 try:
                     session = await client.sync(url, SyncSession(pattern, local.index))
                 except StatebusError as exc:
@@ -258,7 +322,7 @@ class Follower:
         """Apply the ops stream from ``cursor``; True when the server asked for a new anti-entropy
         round (its history after our cursor was compacted), False when the stream ended."""
         assert self.server is not None
-        async with contextlib.aclosing(self.fed.client.ops(url, patterns, cursor)) as stream:
+        async with contextlib.aclosing(self.ctx.client.ops(url, patterns, cursor)) as stream:
             async for items in stream:
                 ops = [item.op for item in items if item.kind == "op"]
                 if ops:
@@ -284,7 +348,7 @@ class Follower:
     async def _ingest(self, ops: list[bytes]) -> None:
         if not ops:
             return
-        result = await self.fed.ingest.take(ops, peer=self.server)
+        result: IngestResult = await self.ctx.ingest.take(ops, peer=self.server)
         self.applied += result.applied
         if result.rejected:
             self.rejected += len(result.rejected)
@@ -293,8 +357,5 @@ class Follower:
             )
             log.warning("follow %s: %s", self.follow.pattern, self.last_rejection)
             await self.persist(force=True)
-        for hook in self.fed.on_ingest:
+        for hook in self.ctx.on_ingest:
             await hook(self, result.applied)
-
-
-IngestHook = Callable[[Follower, int], Awaitable[None]]

@@ -1,4 +1,8 @@
-"""The one gate remote ops pass through: consent, signature, delegation, quota, then ``node.apply``.
+"""Federation's door to the node's gate (:mod:`statebus.access.op_gate`): ops from peers.
+
+Every op a follower streams or syncs, and every op a peer pushes, is taken here: the node's one
+:class:`~statebus.access.op_gate.OpGate` checks it (signature, then this door's consent and
+delegation, then app validators, then the one quota counter) and ``Node.apply_many`` applies it.
 
 Rules:
 
@@ -6,18 +10,21 @@ Rules:
    :meth:`Ingest.allow_namespace` (an invite). Anything else is ``Forbidden`` and changes nothing.
    This node's own namespace is never taken from peers, except by an ``Ingest(own=True)`` that
    :mod:`statebus.federation.restore` makes for the owner's explicit ``statebus restore``.
-2. Every op is checked with :func:`statebus.identity.verify_op` against the namespace owner's key and
-   its delegations. The delegation records (``/<owner>/.keys/…``) are replicated ops themselves, only
-   the owner may write them, and they are applied first in every batch; the keyring is fed the merged
-   value of each record key after it changes. Whoever relayed the op is never trusted.
+2. Every op's signature is checked against its author, and the author must be the namespace owner or
+   hold a live delegation from it. The delegation records (``/<owner>/.keys/…``) are replicated ops
+   themselves, only the owner may write them, and they are applied first in every batch; the keyring
+   is fed the merged value of each record key after it changes. Whoever relayed the op is never trusted.
    The owner's read rules (``/<owner>/.acl/…`` and ``/<owner>/.shares/…``) replicate the same way,
    and only ops the owner itself signed are taken there (a delegate never writes rules): a relay
    applies them to every reader of the namespace (``statebus.federation.policy.PeerView``,
    ``statebus.access``).
 3. Quota: the bytes of stored ops per remote namespace never exceed
    ``quota_bytes_per_remote_namespace``; an op that would is refused with ``QuotaExceeded`` (413).
+   The gate's counter is the node's only one: the signed-op HTTP route charges the same.
 4. A bad op is refused alone: the ops before it stay applied (each is valid on its own), the caller
-   learns the reason.
+   learns the reason. Ops storage could not take (``StorageFailed``) are not refused: the error is
+   raised, their quota released, and the caller retries from where it was.
+5. Each op is decoded once and encoded once (the gate); its canonical bytes go on to the bus.
 """
 
 from __future__ import annotations
@@ -27,19 +34,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from statebus.access.acl import acl_prefix
+from statebus.access.op_gate import Admitted, OpGate
 from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
-from statebus.federation.opset import scan_all
 from statebus.federation.policy import SHARES
-from statebus.identity import Keyring, verify_op
+from statebus.identity import Keyring
 from statebus.identity.delegation import keys_prefix
-from statebus.keys import namespace_of
-from statebus.oplog import Op, decode_op, encode_op
+from statebus.keys import is_pubkey, namespace_of
+from statebus.oplog import Op, decode_op
 from statebus.runtime import Node
 from statebus.types import PubKey, Seq
 
 log = logging.getLogger("statebus.federation")
 
 Consent = Callable[[PubKey], bool]
+MAX_REASONS = 20
+"""Refusal reasons an :class:`IngestResult` keeps (the first ones)."""
 
 
 @dataclass
@@ -50,13 +59,17 @@ class IngestResult:
     """The reasons of refused ops (first few)."""
     last_seq: Seq = 0
 
+    def refuse(self, exc: StatebusError) -> None:
+        if len(self.rejected) < MAX_REASONS:
+            self.rejected.append(f"{exc.code}: {exc.detail}")
+
 
 class Ingest:
-    """Verifies and applies remote ops for one node.
+    """Verifies and applies remote ops for one node: the federation's :class:`~statebus.access.op_gate.Door`.
 
     Args:
         node: the node the ops go into.
-        quota_bytes: the most bytes of stored ops one remote namespace may use here.
+        gate: the node's op gate (its quota counter is shared with the signed-op HTTP route).
         consent: says whether a namespace is followed (checked on every op).
         own: take ops of this node's own namespace too (a restore: they are verified against our
             own key and delegations like any others, and count against no quota).
@@ -67,20 +80,19 @@ class Ingest:
     def __init__(
         self,
         node: Node,
-        quota_bytes: int,
+        gate: OpGate,
         consent: Consent | None = None,
         *,
         own: bool = False,
         clock_leeway: float = 0.0,
     ) -> None:
         self.node = node
+        self.gate = gate
         self.clock_leeway = clock_leeway
-        self.quota_bytes = quota_bytes
         self.consent = consent
         self.own = own
         self._allowed: set[PubKey] = set()
         self._keyrings: dict[PubKey, Keyring] = {}
-        self._usage: dict[PubKey, int] = {}
 
     # ------------------------------------------------------------------ consent
 
@@ -99,10 +111,8 @@ class Ingest:
     # ------------------------------------------------------------------ quota
 
     def usage(self, ns: PubKey) -> int:
-        """Bytes of stored ops of ``ns`` on this node (counted once from storage, then kept)."""
-        if ns not in self._usage:
-            self._usage[ns] = sum(len(s.data) for s in scan_all(self.node.bus, f"/{ns}/"))
-        return self._usage[ns]
+        """Bytes of stored ops of ``ns`` on this node, as the gate's quota counter has them."""
+        return self.gate.used(ns)
 
     # ------------------------------------------------------------------ keyrings
 
@@ -128,27 +138,37 @@ class Ingest:
         except StatebusError as exc:
             log.warning("ignoring a delegation record at %s: %s", key, exc.detail)
 
-    # ------------------------------------------------------------------ taking ops
+    # ------------------------------------------------------------------ the Door
 
-    def check(self, op: Op) -> int:
-        """Check one op without applying it; return its encoded size. Raises the reason."""
-        if not isinstance(op.key, str) or not op.key.startswith("/"):
+    def admits(self, op: Op) -> None:
+        """Consent (rule 1): a key in a namespace this node follows or was invited to."""
+        ns = namespace_of(op.key) if isinstance(op.key, str) and op.key.startswith("/") else ""
+        if not is_pubkey(ns) or op.key[1 + len(ns) : 2 + len(ns)] != "/":
             raise Forbidden("an op's key is /<pubkey>/…")
-        ns = namespace_of(op.key)
         if not self.accepts(ns):
             raise Forbidden(f"this node does not follow {ns} and was not invited to it")
-        verify_op(op, self.keyring(ns))
+
+    def authorizes(self, op: Op) -> None:
+        """Delegation and the owner's rules (rule 2); the signature is already checked."""
+        ns = namespace_of(op.key)
+        reason = self.keyring(ns).why_not(op.author, op.key)
+        if reason is not None:
+            raise Forbidden(f"{op.author} may not write {op.key}: {reason}")
         if op.author != ns and op.key.startswith((acl_prefix(ns), f"/{ns}/{SHARES}/")):
             raise Forbidden(f"only the owner of {ns} writes its read rules (.acl, .shares), not {op.author}")
-        size = len(encode_op(op))
-        if ns != self.node.local and self.usage(ns) + size > self.quota_bytes:
-            raise QuotaExceeded(
-                f"namespace {ns} would use more than its quota of {self.quota_bytes} bytes on this node"
-            )
-        return size
 
-    async def take(self, ops: Iterable[Op | bytes], *, peer: str | None = None) -> IngestResult:
-        """Verify and apply ``ops`` (delegation records first); wait until they are durable.
+    # ------------------------------------------------------------------ taking ops
+
+    def check(self, op: Op) -> Admitted:
+        """Pass one op through the gate without applying it (its quota is charged: hand it to
+        ``self.gate.settle``). Raises the reason."""
+        return self.gate.admit(op, self)
+
+    async def take(
+        self, ops: Iterable[Op | bytes | tuple[Op, bytes]], *, peer: str | None = None
+    ) -> IngestResult:
+        """Verify and apply ``ops`` (delegation records first); wait until they are durable. Each is
+        an op, its encoded bytes, or both (an op already decoded from those bytes).
 
         Raises:
             QuotaExceeded: a namespace reached its quota (the ops before it are applied).
@@ -156,43 +176,60 @@ class Ingest:
                 the caller retries from where it was.
         """
         result = IngestResult()
-        decoded: list[Op] = []
-        for item in ops:
+        records: list[tuple[Op, bytes | None]] = []
+        rest: list[tuple[Op, bytes | None]] = []
+        for item in ops:  # decoded once here; the gate then only encodes (and compares the bytes)
             try:
-                decoded.append(decode_op(item) if isinstance(item, bytes) else item)
+                op, raw = _decoded(item)
             except StatebusError as exc:
-                result.rejected.append(f"{exc.code}: {exc.detail}")
-        records: list[Op] = []
-        rest: list[Op] = []
-        for op in decoded:
+                result.refuse(exc)
+                continue
             is_record = isinstance(op.key, str) and op.key.startswith(keys_prefix(namespace_of(op.key)))
-            (records if is_record else rest).append(op)
-        rest.sort(key=lambda op: op.clock)
-        try:
-            for op in records + rest:
-                self._take_one(op, result, peer)
-        finally:
-            if result.last_seq:
-                await self.node.committer.durable(result.last_seq)
+            (records if is_record else rest).append((op, raw))
+        rest.sort(key=lambda pair: pair[0].clock)
+        if records:  # the delegations the other ops may need are in place before those are checked
+            await self._take(records, result, peer)
+        await self._take(rest, result, peer)
         return result
 
-    def _take_one(self, op: Op, result: IngestResult, peer: str | None) -> None:
-        ns = namespace_of(op.key) if isinstance(op.key, str) else ""
+    async def _take(self, ops: list[tuple[Op, bytes | None]], result: IngestResult, peer: str | None) -> None:
+        admitted: list[Admitted] = []
+        stop: QuotaExceeded | None = None
+        for op, raw in ops:
+            try:
+                admitted.append(self.gate.admit(op, self, raw=raw))
+            except QuotaExceeded as exc:  # not the op's fault: not refused (a follow stops on it)
+                stop = exc
+                break
+            except StatebusError as exc:
+                result.refuse(exc)
+                log.info("refused a remote op for %s: %s", op.key, exc.detail)
         try:
-            size = self.check(op)
-            change = self.node.bus.apply(op, peer=peer)
-        except (QuotaExceeded, StorageFailed):
-            raise  # not the op's fault: it must not be counted as refused (and skipped) by a follow
-        except StatebusError as exc:
-            if len(result.rejected) < 20:
-                result.rejected.append(f"{exc.code}: {exc.detail}")
-            log.info("refused a remote op for %s: %s", op.key, exc.detail)
-            return
-        if change is None:
-            result.duplicates += 1
-            return
-        result.applied += 1
-        result.last_seq = change.seq
-        self._usage[ns] = self.usage(ns) + size
-        if op.key.startswith(keys_prefix(ns)):
-            self._feed(self.keyring(ns), op.key)
+            outcomes = await self.node.apply_many([(a.op, a.encoded) for a in admitted], peer=peer)
+        except StorageFailed:
+            for a in admitted:  # nothing of this batch is kept: its bytes are not stored
+                self.gate.settle(a, applied=False)
+            raise
+        for a, outcome in zip(admitted, outcomes, strict=True):
+            refused = isinstance(outcome, StatebusError)
+            self.gate.settle(a, applied=outcome is not None and not refused)
+            if isinstance(outcome, StatebusError):
+                result.refuse(outcome)
+                log.info("refused a remote op for %s: %s", a.op.key, outcome.detail)
+            elif outcome is None:
+                result.duplicates += 1
+            else:
+                result.applied += 1
+                result.last_seq = outcome.seq
+                if a.op.key.startswith(keys_prefix(a.namespace)):
+                    self._feed(self.keyring(a.namespace), a.op.key)
+        if stop is not None:
+            raise stop
+
+
+def _decoded(item: Op | bytes | tuple[Op, bytes]) -> tuple[Op, bytes | None]:
+    if isinstance(item, bytes):
+        return decode_op(item), item
+    if isinstance(item, tuple):
+        return item
+    return item, None

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from statebus.access.op_gate import OpGate
 from statebus.errors import InvalidValue, RateLimited, StatebusError
 from statebus.federation.client import MAX_SYNC_ROUNDS, PeerClient
 from statebus.federation.ingest import Ingest
@@ -76,7 +77,7 @@ async def restore_from(node: Node, client: PeerClient, url: str, pattern: Key) -
     """Pull the ops under ``pattern`` that ``node`` lacks from the node at ``url``; apply the valid
     ones (durably). Never raises for what the source does: the report says it."""
     report = RestoreReport(url)
-    ingest = Ingest(node, quota_bytes=0, own=True)
+    ingest = Ingest(node, OpGate.for_bus(node.bus, 0), own=True)  # own ops: no quota
     try:
         report.server = await _patiently(functools.partial(client.node_info, url), report)
         session = await _pull(client, report, node, pattern)

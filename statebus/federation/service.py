@@ -17,12 +17,13 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from statebus.access.op_gate import OpGate
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidOp, StatebusError
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
-from statebus.federation.follow import Follower, IngestHook
+from statebus.federation.follow import Backoff, FollowClient, FollowContext, Follower, IngestHook
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import OpSet, narrowed, op_set
 from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
@@ -53,6 +54,9 @@ class Federation:
         backoff_base, backoff_cap: reconnect delays in seconds (exponential, with jitter).
         access: the node's access rules (``statebus.access.control.access_control(node, settings)``):
             what a peer may read of this node's namespace besides what the owner shared.
+        gate: the node's one gate for remote ops (``AccessControl.op_gate``), so federation and the
+            signed-op HTTP route share one quota counter; None makes one for this federation.
+        client: how to call other nodes (default: a :class:`PeerClient` signing as ``identity``).
     """
 
     def __init__(
@@ -66,6 +70,8 @@ class Federation:
         backoff_cap: float = 30.0,
         read_timeout: float | None = None,
         access: ReadCheck | None = None,
+        gate: OpGate | None = None,
+        client: FollowClient | None = None,
     ) -> None:
         if identity.pubkey != node.local:
             raise Forbidden("the federation identity must be the node's own key")
@@ -76,18 +82,20 @@ class Federation:
         self.access = access
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.ingest = Ingest(
-            node,
-            settings.quota_bytes_per_remote_namespace,
-            self.is_followed,
-            clock_leeway=settings.max_clock_skew,
-        )
+        if gate is None:
+            gate = OpGate.for_bus(node.bus, settings.quota_bytes_per_remote_namespace)
+        self.ingest = Ingest(node, gate, self.is_followed, clock_leeway=settings.max_clock_skew)
         timeout = read_timeout if read_timeout is not None else max(10.0, 3 * settings.sse_ping_interval)
-        self.client = PeerClient(identity, read_timeout=timeout)
+        self._own_client = PeerClient(identity, read_timeout=timeout)
+        self.client: FollowClient = client if client is not None else self._own_client
         self.known: dict[PubKey, list[str]] = {}
         self.urls: tuple[str, ...] = ()
         self.followers: dict[str, Follower] = {}
         self.on_ingest: list[IngestHook] = []
+        self.context = FollowContext(
+            node, self.client, self.ingest, self.locate, Backoff(backoff_base, backoff_cap), self.on_ingest
+        )
+        """What each follower sees of this federation."""
         self._followed: set[PubKey] = set()
         self._watch: Subscription | None = None
         self._reconcile_lock = asyncio.Lock()
@@ -118,7 +126,7 @@ class Federation:
         for follower in list(self.followers.values()):
             await follower.stop()
         self.followers.clear()
-        await self.client.aclose()
+        await self._own_client.aclose()
 
     def _follows_changed(self, change: Change) -> None:
         if not self.started:
@@ -143,7 +151,7 @@ class Federation:
                     await self.followers.pop(fid).stop()
             for fid, follow in wanted.items():
                 if fid not in self.followers and self.started:
-                    follower = Follower(self, follow)
+                    follower = Follower(self.context, follow)
                     self.followers[fid] = follower
                     follower.start()
 
@@ -212,8 +220,8 @@ class Federation:
         if not view.pattern(request.pattern):
             raise Forbidden(f"node {peer} may not read {request.pattern} here")
         if request.ops:
-            pushed = [decode_op(raw) for raw in request.ops]  # all well-formed, or nothing is taken
-            outside = next((op.key for op in pushed if not op.key.startswith(request.pattern)), None)
+            pushed = [(decode_op(raw), raw) for raw in request.ops]  # all well-formed, or nothing is taken
+            outside = next((op.key for op, _ in pushed if not op.key.startswith(request.pattern)), None)
             if outside is not None:
                 raise InvalidOp(f"a pushed op is for {outside}, outside the pattern {request.pattern}")
             await self.ingest.take(pushed, peer=peer)

@@ -70,11 +70,40 @@ class Node:
         await self.committer.durable(change.seq)
         return change
 
-    async def apply(self, op: Op, *, peer: str | None = None) -> Change | None:
-        change = self.bus.apply(op, peer=peer)
+    async def apply(self, op: Op, *, peer: str | None = None, encoded: bytes | None = None) -> Change | None:
+        change = self.bus.apply(op, peer=peer, encoded=encoded)
         if change is not None:
             await self.committer.durable(change.seq)
         return change
+
+    async def apply_many(
+        self, ops: Iterable[tuple[Op, bytes | None]], *, peer: str | None = None
+    ) -> list[Change | StatebusError | None]:
+        """Apply remote ops (each with its canonical bytes, or None) in order; return once every
+        applied one is durable. Each result is the change, None for an op already held, or the
+        error that refused that op alone (the others still apply).
+
+        Raises:
+            StorageFailed: storage refused the ops (nothing unstored is kept; the results are lost).
+        """
+        results: list[Change | StatebusError | None] = []
+        last: Seq = 0
+        try:
+            for op, encoded in ops:
+                try:
+                    change = self.bus.apply(op, peer=peer, encoded=encoded)
+                except StorageFailed:
+                    raise
+                except StatebusError as exc:
+                    results.append(exc)
+                    continue
+                results.append(change)
+                if change is not None:
+                    last = change.seq
+        finally:
+            if last:
+                await self.committer.durable(last)
+        return results
 
     async def flush(self) -> None:
         await self.committer.durable(self.bus.seq)

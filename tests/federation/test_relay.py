@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from statebus.access.op_gate import OpGate
 from statebus.bus import Bus
 from statebus.errors import Forbidden, QuotaExceeded
 from statebus.federated import Cluster
@@ -42,7 +43,7 @@ def written(bus: Bus, key: str, value: object, author: Identity | None = None) -
 @pytest.fixture
 async def follower() -> AsyncIterator[tuple[Node, Ingest]]:
     node = Node(Bus(MemoryStorage(), FOLLOWER.pubkey))
-    ingest = Ingest(node, 1 << 20, consent=lambda ns: ns == OWNER.pubkey)
+    ingest = Ingest(node, OpGate.for_bus(node.bus, 1 << 20), consent=lambda ns: ns == OWNER.pubkey)
     yield node, ingest
     await node.aclose()
 
@@ -112,7 +113,7 @@ async def test_delegates_are_checked_against_replicated_records(follower: tuple[
 
 async def test_quota_is_per_remote_namespace(follower: tuple[Node, Ingest]) -> None:
     node, _ = follower
-    ingest = Ingest(node, 1000, consent=lambda ns: True)
+    ingest = Ingest(node, OpGate.for_bus(node.bus, 1000), consent=lambda ns: True)
     owner = source(OWNER)
     ops = [written(owner, f"/~/chirp/{i}", "z" * 100) for i in range(20)]
     with pytest.raises(QuotaExceeded) as err:

@@ -1,0 +1,179 @@
+"""A follower in process: a fake peer client stands in for the network (as httpx's MockTransport
+does), so verification, resuming, throttling and consent are tested without HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+
+import pytest
+
+from statebus.access.op_gate import OpGate
+from statebus.bus import Bus
+from statebus.errors import PeerUnavailable, RateLimited, StatebusError
+from statebus.federation.client import StreamItem
+from statebus.federation.follow import Backoff, FollowContext, Follower
+from statebus.federation.ingest import Ingest
+from statebus.federation.opset import op_set, scan_all
+from statebus.federation.policy import Follow
+from statebus.federation.sync import SyncSession, answer
+from statebus.identity import Identity, sign_op
+from statebus.oplog import encode_op
+from statebus.runtime import Node
+from statebus.storage.memory import MemoryStorage
+from statebus.types import PubKey, Seq
+
+from .support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+OWNER, STRANGER, FOLLOWER = (Identity.generate() for _ in range(3))
+URL = "http://owner.test"
+
+
+class FakePeer:
+    """The owner's node as a follower's client sees it, in process."""
+
+    def __init__(self, owner: Node) -> None:
+        self.owner = owner
+        self.refusals: list[StatebusError] = []
+        """Raised by the next connections, one each."""
+        self.slipped: list[bytes] = []
+        """Lines a hostile relay slips into the next stream."""
+        self.cursors: list[Seq] = []
+        """The cursor each stream was opened from."""
+        self.end = asyncio.Event()
+        self.names_seq = True
+        """Whether anti-entropy answers name the server's cursor (older servers do not)."""
+
+    async def node_info(self, base: str) -> PubKey:
+        if self.refusals:
+            raise self.refusals.pop(0)
+        return self.owner.local
+
+    async def sync(self, base: str, session: SyncSession) -> SyncSession:
+        found = op_set(self.owner.bus, session.pattern)
+        request = session.start()
+        while request is not None:
+            reply = answer(found.index, found.ops, request)
+            seq = self.owner.committer.durable_seq if self.names_seq else None
+            request = session.receive(dataclasses.replace(reply, seq=seq))
+        return session
+
+    async def ops(
+        self, base: str, patterns: Sequence[str], since: Seq, *, live: bool = True
+    ) -> AsyncGenerator[list[StreamItem], None]:
+        self.cursors.append(since)
+        self.end.clear()
+        stored = sorted(
+            (s for p in patterns for s in scan_all(self.owner.bus, p, since)), key=lambda s: s.seq
+        )
+        lines = [StreamItem("op", s.seq, s.data) for s in stored]
+        lines += [StreamItem("op", since, raw) for raw in self.slipped]
+        self.slipped = []
+        yield [*lines, StreamItem("live", max(since, self.owner.committer.durable_seq))]
+        await self.end.wait()  # the server closes the stream
+
+
+def owner_node(identity: Identity = OWNER) -> Node:
+    return Node(Bus(MemoryStorage(), identity.pubkey, signer=lambda op: sign_op(op, identity)))
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[tuple[Node, Node]]:
+    owner, mine = owner_node(), Node(Bus(MemoryStorage(), FOLLOWER.pubkey))
+    yield owner, mine
+    await mine.aclose()
+    await owner.aclose()
+
+
+def following(mine: Node, peer: FakePeer, *, consent: bool = True, base: float = 0.01) -> Follower:
+    ingest = Ingest(mine, OpGate.for_bus(mine.bus, 1 << 20), lambda ns: consent and ns == OWNER.pubkey)
+
+    async def locate(follow: Follow) -> list[str]:
+        return [URL]
+
+    ctx = FollowContext(mine, peer, ingest, locate, Backoff(base, 4 * base, rnd=lambda: 0.0))
+    return Follower(ctx, Follow("f1", f"/{OWNER.pubkey}/chirp/"))
+
+
+def has(node: Node, key: str) -> bool:
+    change = node.bus.fetch_or_none(key)
+    return change is not None and change.exists
+
+
+async def test_a_follower_refuses_a_forged_op_and_keeps_the_good_ones(nodes: tuple[Node, Node]) -> None:
+    owner, mine = nodes
+    good = (await owner.save("/~/chirp/1", "hello")).op
+    assert good is not None
+    peer = FakePeer(owner)
+    peer.slipped = [encode_op(dataclasses.replace(good, version="forged", body="changed by a relay"))]
+    follower = following(mine, peer)
+    follower.start()
+    await wait_until(lambda: follower.rejected == 1 and has(mine, good.key))
+    assert "bad_signature" in follower.last_rejection
+    assert mine.fetch(good.key).value == "hello" and follower.status == "live"
+    await follower.stop()
+
+
+async def test_a_follower_resumes_from_its_cursor_after_a_reconnect_and_a_restart(
+    nodes: tuple[Node, Node],
+) -> None:
+    owner, mine = nodes
+    await owner.save("/~/chirp/1", 1)
+    peer = FakePeer(owner)
+    peer.names_seq = False  # the cursor then comes from the follower alone
+    follower = following(mine, peer)
+    follower.start()
+    await wait_until(lambda: follower.status == "live" and has(mine, f"/{OWNER.pubkey}/chirp/1"))
+    first = owner.committer.durable_seq
+    await owner.save("/~/chirp/2", 2)
+    peer.end.set()  # the server closes the stream: the follower reconnects
+    await wait_until(lambda: len(peer.cursors) == 2 and has(mine, f"/{OWNER.pubkey}/chirp/2"))
+    await follower.stop()
+    second = owner.committer.durable_seq
+    await owner.save("/~/chirp/3", 3)  # written while this node is down
+    again = following(mine, peer)  # a restarted node: the cursor comes from the stored state
+    again.start()
+    await wait_until(lambda: has(mine, f"/{OWNER.pubkey}/chirp/3"))
+    assert peer.cursors == [0, first, second]  # never from the start again
+    assert again.rejected == 0
+    await again.stop()
+
+
+async def test_a_follower_waits_a_throttling_servers_retry_after(nodes: tuple[Node, Node]) -> None:
+    owner, mine = nodes
+    await owner.save("/~/chirp/1", 1)
+    peer = FakePeer(owner)
+    peer.refusals = [RateLimited("slow down", retry_after=0.3), PeerUnavailable("gone")]
+    follower = following(mine, peer)
+    began = time.monotonic()
+    follower.start()
+    await wait_until(lambda: follower.status == "live")
+    assert time.monotonic() - began >= 0.3  # the Retry-After, not the 10 ms backoff
+    assert follower.throttled == 1 and follower.connections == 1
+    await follower.stop()
+
+
+async def test_a_follower_takes_nothing_of_a_namespace_it_does_not_follow(nodes: tuple[Node, Node]) -> None:
+    owner, mine = nodes
+    stranger = owner_node(STRANGER)
+    foreign = (await stranger.save("/~/chirp/1", "spam")).op
+    await stranger.aclose()
+    assert foreign is not None
+    await owner.save("/~/chirp/1", "mine")
+    peer = FakePeer(owner)
+    peer.slipped = [encode_op(foreign)]
+    follower = following(mine, peer)
+    follower.start()
+    await wait_until(lambda: follower.rejected == 1)
+    assert "does not follow" in follower.last_rejection and not has(mine, foreign.key)
+    await follower.stop()
+    await owner.save("/~/chirp/2", "later")
+    withdrawn = following(mine, FakePeer(owner), consent=False)  # this node unfollowed meanwhile
+    withdrawn.start()
+    await wait_until(lambda: withdrawn.rejected >= 1)
+    assert "does not follow" in withdrawn.last_rejection and not has(mine, f"/{OWNER.pubkey}/chirp/2")
+    await withdrawn.stop()
