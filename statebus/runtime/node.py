@@ -12,7 +12,7 @@ from typing import Any
 
 from statebus.bus import Bus, Change
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
-from statebus.errors import ShuttingDown, StorageFailed
+from statebus.errors import ShuttingDown, StatebusError, StorageFailed
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
