@@ -31,7 +31,8 @@ def test_first_start_creates_identity_and_token_then_reuses_them(tmp_path: Path)
     assert keystore.load(settings.data_dir).pubkey == pubkey
     token_file = keystore.identity_dir(settings.data_dir) / keystore.TOKEN_FILE
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert login_url(settings, 1234).endswith("/login?token=" + keystore.load_owner_token(settings.data_dir))
+    token = keystore.load_owner_token(settings.data_dir)
+    assert login_url(settings, token, 1234) == f"http://{settings.host}:1234/login?token={token}"
 
     async def second() -> tuple[str, object]:
         node = build_node(settings, on_new_identity=lambda ident, phrase: shown.append(phrase))
