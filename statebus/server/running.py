@@ -160,43 +160,57 @@ async def start(
         PeerUnavailable: the HTTP server did not start (the port is taken, say).
     """
     identity, node = open_node(settings, on_new_identity=on_new_identity)
-    token = keystore.load_owner_token(settings.data_dir)
-    access = AccessControl(node, settings)
-    directory = None
-    if dht:
-        try:
+    directory: KademliaDirectory | None = None
+    federation: Federation | None = None
+    try:
+        token = keystore.load_owner_token(settings.data_dir)
+        access = AccessControl(node, settings)
+        if dht:
             directory = await _start_directory(settings, identity, dht_secret, bootstrap)
-        except BaseException:
-            await node.aclose()
-            raise
-    federation = Federation(
-        node,
-        identity,
-        settings,
-        directory=directory,
-        backoff_base=backoff_base,
-        backoff_cap=backoff_cap,
-        access=access,
+        federation = Federation(
+            node,
+            identity,
+            settings,
+            directory=directory,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            access=access,
+        )
+        app = node_app(
+            node, settings, owner_token=token, access=access, federation=federation, close_node=False
+        )
+        server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
+        task = await _listen(server, settings)
+    except BaseException:
+        await _close(node, directory, federation)
+        raise
+    running = RunningNode(
+        settings, identity, node, access, federation, server, app.state.peers, directory, token, task
     )
-    app = node_app(node, settings, owner_token=token, access=access, federation=federation, close_node=False)
-    server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
+    await federation.start([running.url])
+    return running
+
+
+async def _listen(server: EmbeddedServer, settings: Settings) -> asyncio.Task[None]:
+    """Serve in a task of the running loop; return it once the socket listens."""
     loop = asyncio.get_running_loop()
     task = loop.create_task(server.serve())
     deadline = loop.time() + START_TIMEOUT
     while not server.started:
         if task.done() or loop.time() > deadline:
             server.should_exit = True
-            await federation.client.aclose()
-            await node.aclose()
-            if directory is not None:
-                await directory.stop()
             raise PeerUnavailable(f"the node's HTTP server did not start on {settings.host}:{settings.port}")
         await asyncio.sleep(0.01)
-    running = RunningNode(
-        settings, identity, node, access, federation, server, app.state.peers, directory, token, task
-    )
-    await federation.start([running.url])
-    return running
+    return task
+
+
+async def _close(node: Node, directory: KademliaDirectory | None, federation: Federation | None) -> None:
+    """Close what a failed :func:`start` built, newest first."""
+    if federation is not None:
+        await federation.client.aclose()
+    await node.aclose()
+    if directory is not None:
+        await directory.stop()
 
 
 def parse_bootstrap(items: Sequence[str]) -> list[tuple[str, int]]:
