@@ -73,7 +73,8 @@ def live_server(data_dir: Path, timeout: float = 10.0, **settings: Any) -> Itera
     """Start a node on ``data_dir`` with :func:`statebus.server.start` (the app ``statebus serve``
     ships, without a DHT) in a loop of its own thread; yield it; stop it (streams ended, node
     closed) on exit."""
-    config = replace(Settings(data_dir=data_dir), host="127.0.0.1", port=0, log_level="warning", **settings)
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "log_level": "warning", **settings}
+    config = replace(Settings(data_dir=data_dir), **options)
     loop = _new_loop()
     started: concurrent.futures.Future[RunningNode] = concurrent.futures.Future()
     stop = asyncio.Event()
