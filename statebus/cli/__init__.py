@@ -38,7 +38,6 @@ from statebus.cli.client import (
     cmd_watch,
 )
 from statebus.cli.options import add_common
-from statebus.cli.serve import run_server
 from statebus.config import Settings
 from statebus.errors import CliError, Forbidden, InvalidValue, StatebusError
 from statebus.identity import keystore
@@ -119,6 +118,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from statebus.cli.serve import run_server  # the server stack: not loaded by the client commands
+
     run_server(settings, as_json=args.json)
     return 0
 

@@ -33,14 +33,10 @@ from statebus.cli.options import add_common
 from statebus.cli.output import line_buffered
 from statebus.config import Settings
 from statebus.errors import CliError, InvalidValue, StatebusError
-from statebus.federation.client import PeerClient
 from statebus.federation.follow import STATE_SEGMENT
 from statebus.federation.policy import FOLLOWS, check_pattern, follow_id
-from statebus.federation.restore import own_pattern, restore
 from statebus.identity import keystore
 from statebus.keys import namespace_of
-from statebus.runtime import highwater
-from statebus.server.assembly import build_node
 
 MAX_DEVNET = 32
 START_TIMEOUT = 30.0
@@ -108,6 +104,11 @@ def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _restore(settings: Settings, sources: list[str], pattern: str | None) -> list[Any]:
+    # imported here: the node and federation stack is not loaded by the other commands
+    from statebus.federation.client import PeerClient
+    from statebus.federation.restore import own_pattern, restore
+    from statebus.runtime import highwater
+    from statebus.server.assembly import build_node
 
     node = build_node(settings)  # refused (StoreInUse) while a node runs on this data folder
     client = PeerClient(keystore.load(settings.data_dir))

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from statebus.cli.output import line_buffered
 from statebus.config import Settings
-from statebus.server import RunningNode, login_url, serve
+from statebus.server.running import RunningNode, login_url, serve
 
 
 def banner(settings: Settings, pubkey: str, port: int, token: str) -> str:

@@ -89,6 +89,10 @@ class NodeApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def _server_error() -> Response:
+    return error_response(500, "internal_error", "the server failed to handle this request")
+
+
 def _literal_prefixes(routes: Sequence[BaseRoute], key_route: BaseRoute) -> tuple[str, ...] | None:
     prefixes: list[str] = []
     for route in routes:
@@ -100,10 +104,6 @@ def _literal_prefixes(routes: Sequence[BaseRoute], key_route: BaseRoute) -> tupl
             return None
         prefixes.append(prefix)
     return tuple(prefixes)
-
-
-def _server_error() -> Response:
-    return error_response(500, "internal_error", "the server failed to handle this request")
 
 
 def build_app(

@@ -5,7 +5,9 @@
     Cluster(base)        many started nodes in one process, in one DHT (tests, benchmarks)
     create_app(settings) the node's app without federation, for in-process tests and benchmarks
 
-The package is the only place that imports every layer. Its modules:
+The package is the only place that imports every layer. Names load lazily (PEP 562), so
+``from statebus.server.phrase import phrase_text`` (the CLI) does not pull in uvicorn and the
+federation. Its modules:
 
     assembly.py   identity (read once), node, AccessControl (made once), the app
     running.py    start / RunningNode / serve: the one way a node starts
@@ -17,63 +19,82 @@ The package is the only place that imports every layer. Its modules:
 
 from __future__ import annotations
 
-from statebus.server.assembly import (
-    STORE_FILE,
-    NewIdentityHook,
-    batch_signer_for,
-    build_node,
-    create_app,
-    ensure_identity,
-    make_server,
-    node_app,
-    open_node,
-    owner_token,
-)
-from statebus.server.cluster import Cluster, start_node
-from statebus.server.listener import (
-    GC_THRESHOLDS,
-    EmbeddedServer,
-    StatebusServer,
-    connection_guard,
-    raise_open_file_limit,
-    tune_gc,
-    uvicorn_config,
-)
-from statebus.server.logs import RedactTokens, install_log_redaction, mask_frame, redact
-from statebus.server.phrase import PHRASE_WARNING, phrase_reminder, phrase_text, show_phrase_on_terminal
-from statebus.server.running import RunningNode, login_url, parse_bootstrap, serve, start
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "GC_THRESHOLDS",
-    "PHRASE_WARNING",
-    "STORE_FILE",
-    "Cluster",
-    "EmbeddedServer",
-    "NewIdentityHook",
-    "RedactTokens",
-    "RunningNode",
-    "StatebusServer",
-    "batch_signer_for",
-    "build_node",
-    "connection_guard",
-    "create_app",
-    "ensure_identity",
-    "install_log_redaction",
-    "login_url",
-    "make_server",
-    "mask_frame",
-    "node_app",
-    "open_node",
-    "owner_token",
-    "parse_bootstrap",
-    "phrase_reminder",
-    "phrase_text",
-    "raise_open_file_limit",
-    "redact",
-    "serve",
-    "show_phrase_on_terminal",
-    "start",
-    "start_node",
-    "tune_gc",
-    "uvicorn_config",
-]
+if TYPE_CHECKING:
+    from statebus.server.assembly import (
+        STORE_FILE,
+        NewIdentityHook,
+        batch_signer_for,
+        build_node,
+        create_app,
+        ensure_identity,
+        make_server,
+        node_app,
+        open_node,
+        owner_token,
+    )
+    from statebus.server.cluster import Cluster, start_node
+    from statebus.server.listener import (
+        GC_THRESHOLDS,
+        EmbeddedServer,
+        StatebusServer,
+        connection_guard,
+        raise_open_file_limit,
+        tune_gc,
+        uvicorn_config,
+    )
+    from statebus.server.logs import RedactTokens, install_log_redaction, mask_frame, redact
+    from statebus.server.phrase import PHRASE_WARNING, phrase_reminder, phrase_text, show_phrase_on_terminal
+    from statebus.server.running import RunningNode, login_url, parse_bootstrap, serve, start
+
+_EXPORTS = {
+    "Cluster": "statebus.server.cluster",
+    "EmbeddedServer": "statebus.server.listener",
+    "GC_THRESHOLDS": "statebus.server.listener",
+    "NewIdentityHook": "statebus.server.assembly",
+    "PHRASE_WARNING": "statebus.server.phrase",
+    "RedactTokens": "statebus.server.logs",
+    "RunningNode": "statebus.server.running",
+    "STORE_FILE": "statebus.server.assembly",
+    "StatebusServer": "statebus.server.listener",
+    "batch_signer_for": "statebus.server.assembly",
+    "build_node": "statebus.server.assembly",
+    "connection_guard": "statebus.server.listener",
+    "create_app": "statebus.server.assembly",
+    "ensure_identity": "statebus.server.assembly",
+    "install_log_redaction": "statebus.server.logs",
+    "login_url": "statebus.server.running",
+    "make_server": "statebus.server.assembly",
+    "mask_frame": "statebus.server.logs",
+    "node_app": "statebus.server.assembly",
+    "open_node": "statebus.server.assembly",
+    "owner_token": "statebus.server.assembly",
+    "parse_bootstrap": "statebus.server.running",
+    "phrase_reminder": "statebus.server.phrase",
+    "phrase_text": "statebus.server.phrase",
+    "raise_open_file_limit": "statebus.server.listener",
+    "redact": "statebus.server.logs",
+    "serve": "statebus.server.running",
+    "show_phrase_on_terminal": "statebus.server.phrase",
+    "start": "statebus.server.running",
+    "start_node": "statebus.server.cluster",
+    "tune_gc": "statebus.server.listener",
+    "uvicorn_config": "statebus.server.listener",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'statebus.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -25,7 +25,8 @@ from statebus.config import Settings
 from statebus.errors import StatebusError
 from statebus.http.auth import cookie_name, cookie_value
 from statebus.runtime import Node
-from statebus.server import RunningNode, StatebusServer, start
+from statebus.server.listener import StatebusServer
+from statebus.server.running import RunningNode, start
 
 
 @dataclass
