@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from statebus.federated import Cluster, FederatedNode
+from statebus.server import Cluster, RunningNode
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -28,7 +28,7 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _live(node: FederatedNode) -> None:
+async def _live(node: RunningNode) -> None:
     while not (
         node.federation.followers and all(f.live.is_set() for f in node.federation.followers.values())
     ):

@@ -5,6 +5,7 @@
     ├── InvalidValue              a value is not JSON, too large, or of the wrong kind
     ├── InvalidRange              a Braid range (``.a[3]``) cannot be parsed or does not apply
     ├── InvalidOp                 an op is malformed (bad parents, bad merge type, bad body)
+    ├── CliError                  a ``statebus`` command cannot do what it was asked (one line, exit 1)
     ├── BadSignature        401   an op or request signature does not verify
     ├── Forbidden           403   the author or client may not do this
     ├── NotFound            404   no such key (never written, or deleted)
@@ -70,6 +71,10 @@ class InvalidRange(StatebusError):
 
 class InvalidOp(StatebusError):
     pass
+
+
+class CliError(StatebusError):
+    """An expected failure of a ``statebus`` command, shown as one line on stderr."""
 
 
 class BadSignature(StatebusError):

@@ -19,7 +19,7 @@ def test_every_error_class_is_exported() -> None:
     }
     missing = public_errors - set(statebus.__all__)
     # errors a user handles are exported; the rest stay reachable as statebus.errors.<Name>
-    assert missing <= {"PeerUnavailable", "SandboxViolation"}, missing
+    assert missing <= {"CliError", "PeerUnavailable", "SandboxViolation"}, missing
 
 
 def test_unknown_name_raises_attribute_error() -> None:

@@ -7,11 +7,14 @@ import logging
 import stat
 from pathlib import Path
 
+import httpx
+import pytest
+
 from statebus.config import Settings
 from statebus.identity import keystore
 from statebus.identity.signing import check_signature
 from statebus.oplog import decode_op
-from statebus.server import RedactTokens, build_node, create_app, login_url
+from statebus.server import RedactTokens, build_node, create_app, login_url, start
 
 
 def test_first_start_creates_identity_and_token_then_reuses_them(tmp_path: Path) -> None:
@@ -31,7 +34,8 @@ def test_first_start_creates_identity_and_token_then_reuses_them(tmp_path: Path)
     assert keystore.load(settings.data_dir).pubkey == pubkey
     token_file = keystore.identity_dir(settings.data_dir) / keystore.TOKEN_FILE
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert login_url(settings, 1234).endswith("/login?token=" + keystore.load_owner_token(settings.data_dir))
+    token = keystore.load_owner_token(settings.data_dir)
+    assert login_url(settings, token, 1234) == f"http://{settings.host}:1234/login?token={token}"
 
     async def second() -> tuple[str, object]:
         node = build_node(settings, on_new_identity=lambda ident, phrase: shown.append(phrase))
@@ -121,3 +125,29 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     )
     got, hard = (int(x) for x in out.stdout.split())
     assert got > 256 and (got == hard or hard == -1)
+
+
+def test_start_reads_the_token_once_and_hands_one_access_control_to_every_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[object] = []
+    real = keystore.load_owner_token
+    monkeypatch.setattr(keystore, "load_owner_token", lambda data: reads.append(data) or real(data))
+    settings = Settings(data_dir=tmp_path / "n", host="127.0.0.1", port=0, log_level="warning")
+
+    async def main() -> None:
+        running = await start(settings, dht=False)
+        try:
+            app = running.server.statebus_app
+            assert app.state.auth.access is running.access
+            assert running.endpoints.access is running.access and running.federation.access is running.access
+            async with httpx.AsyncClient() as client:
+                owner = {"Authorization": f"Bearer {running.token}"}
+                info = await client.get(f"{running.url}/.well-known/statebus", headers=owner)
+                peer = await client.get(f"{running.url}/.well-known/statebus/node")
+            assert info.json()["owner"] is True and peer.status_code == 200
+        finally:
+            await running.stop()
+
+    asyncio.run(main())
+    assert len(reads) == 1

@@ -14,6 +14,9 @@ the node owner (owner token, or a request signed with the node key) is the local
   docs/trust-model.md), passes the node's one gate for remote ops (:attr:`AccessControl.op_gate`,
   shared with federation: one quota counter) before anything happens, and is refused with a clear
   error (401 bad signature, 403 not allowed, 413 quota) changing nothing.
+
+A node has one: the composition root (:mod:`statebus.server`) makes it with the node and hands it to
+every transport, so all of them share one rate table and one quota counter.
 """
 
 from __future__ import annotations
@@ -397,16 +400,3 @@ def _check_keys_op(op: Op) -> Op | None:
     except StatebusError as exc:
         raise InvalidOp(f"not a valid delegation record: {exc.detail}") from None
     return None
-
-
-_ATTRIBUTE = "_statebus_access_control"
-
-
-def access_control(node: Node, settings: Settings) -> AccessControl:
-    """The one :class:`AccessControl` of ``node`` (made on first call and kept on the node, so every
-    transport shares it and it lives exactly as long as the node)."""
-    control = getattr(node, _ATTRIBUTE, None)
-    if not isinstance(control, AccessControl):
-        control = AccessControl(node, settings)
-        setattr(node, _ATTRIBUTE, control)
-    return control

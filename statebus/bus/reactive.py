@@ -12,14 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from statebus.bus.changes import Change
 from statebus.errors import ReactiveTooDeep, StatebusError
 from statebus.keys import key_matches
 from statebus.types import Key
 
-if TYPE_CHECKING:
-    from statebus.bus.bus import Bus
+
+class KeyReader(Protocol):
+    """What reactive keys read of the bus (a Protocol, so this module does not import the bus)."""
+
+    def parse(self, key: str, *, allow_subtree: bool = True) -> Key: ...
+
+    def fetch_or_none(self, key: str, *, durable: bool = False) -> Change | None: ...
+
 
 Getter = Callable[[str], Any]
 ReactiveFn = Callable[[Key, Getter], Any]
@@ -35,7 +42,7 @@ class Computed:
 
 
 class Reactive:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: KeyReader) -> None:
         self._bus = bus
         self._fns: list[tuple[str, ReactiveFn]] = []
         self._computed: dict[Key, Computed] = {}

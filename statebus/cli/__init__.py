@@ -1,7 +1,7 @@
 """The ``statebus`` command: set up a node, run it, and read/write/watch its keys over HTTP.
 
     statebus init [--recover]          create (or restore) the node identity and owner token
-    statebus serve [--host --port]     run the node; prints its pubkey, URL and login link
+    statebus serve [--host --port]     run the node; prints its pubkey, URL and login link (--json)
     statebus phrase                    show a new identity's recovery phrase once (made with no terminal)
     statebus token                     print the owner token
     statebus info                      node identity, URL, data folder, key count, version
@@ -13,20 +13,20 @@
 Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
 (:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default
 ``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
-Every expected failure is one line on stderr and exit status 1 (2 for usage errors).
+Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
+federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
     Client,
@@ -39,25 +39,11 @@ from statebus.cli.client import (
 )
 from statebus.cli.options import add_common
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidValue, StatebusError
+from statebus.errors import CliError, Forbidden, InvalidValue, StatebusError
 from statebus.identity import keystore
+from statebus.server.phrase import phrase_text
 
 EXIT_ERROR = 1
-PHRASE_WARNING = (
-    "This recovery phrase is shown ONCE and is not stored anywhere. Write it down and keep it secret:\n"
-    "anyone who has it can act as this node. `statebus init --recover` restores the identity from it."
-)
-
-
-PHRASE_TAKEN = (
-    "This was the only time: the phrase has now been deleted from the data folder. Write it down and\n"
-    "keep it secret: anyone who has it can act as this node. `statebus init --recover` restores the\n"
-    "identity from it."
-)
-
-
-class CliError(StatebusError):
-    """An expected failure of a command, shown as one line."""
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
@@ -67,13 +53,6 @@ def _load_settings(args: argparse.Namespace) -> Settings:
         if f.name != "data_dir" and getattr(args, f.name, None) is not None:
             overrides[f.name] = getattr(args, f.name)
     return Settings.load(overrides, config_file=getattr(args, "config", None))
-
-
-def _extension_commands(sub: Any) -> None:
-    """Commands of other packages: ``statebus.cli_federation.register(sub)`` when it exists."""
-    if importlib.util.find_spec("statebus.cli_federation") is not None:
-        module = importlib.import_module("statebus.cli_federation")
-        module.register(sub)
 
 
 # ---------------------------------------------------------------------- node-side commands
@@ -94,11 +73,7 @@ def _init(args: argparse.Namespace, data: Path) -> int:
         print("A new owner token was issued (`statebus token` prints it).")
         return 0
     identity, phrase = keystore.init(data, force=args.force)
-    print(f"Created node identity {identity.pubkey} in {data}")
-    print()
-    print(f"    {phrase}")
-    print()
-    print(PHRASE_WARNING)
+    print(phrase_text(f"Created node identity {identity.pubkey} in {data}", phrase), end="")
     return 0
 
 
@@ -130,11 +105,7 @@ def cmd_phrase(args: argparse.Namespace, settings: Settings) -> int:
             "deleted. Run this in a terminal, or pass --force to print it anyway"
         )
     phrase = keystore.take_phrase(data)
-    print(f"Recovery phrase of node identity {keystore.load(data).pubkey}:")
-    print()
-    print(f"    {phrase}")
-    print()
-    print(PHRASE_TAKEN)
+    print(phrase_text(f"Recovery phrase of node identity {keystore.load(data).pubkey}:", phrase), end="")
     return 0
 
 
@@ -147,9 +118,9 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from statebus.cli.serve import run_server
+    from statebus.cli.serve import run_server  # the server stack: not loaded by the client commands
 
-    run_server(settings)
+    run_server(settings, as_json=args.json)
     return 0
 
 
@@ -219,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="the store is behind what this node committed (deleted): start over instead of refusing writes",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="once listening, print one JSON line (pubkey, url, dht, login, pid, data) instead of the banner",
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
@@ -307,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, client=True)
     p.set_defaults(func=cmd_watch)
     keys_cli.register(sub)
-    _extension_commands(sub)
+    federation_cli.register(sub)
     return parser
 
 

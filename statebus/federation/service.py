@@ -52,7 +52,7 @@ class Federation:
         settings: ``quota_bytes_per_remote_namespace`` is read from here.
         directory: a started DHT directory, or None (then only ``via`` and known addresses are used).
         backoff_base, backoff_cap: reconnect delays in seconds (exponential, with jitter).
-        access: the node's access rules (``statebus.access.control.access_control(node, settings)``):
+        access: the node's access rules (the one ``AccessControl`` the composition root made):
             what a peer may read of this node's namespace besides what the owner shared.
         gate: the node's one gate for remote ops (``AccessControl.op_gate``), so federation and the
             signed-op HTTP route share one quota counter; None makes one for this federation.

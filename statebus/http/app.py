@@ -1,12 +1,15 @@
 """The Starlette app of a node: routes for keys, streams, login, static files and extensions.
 
 :func:`build_app` wires a :class:`~statebus.runtime.Node` and :class:`~statebus.config.Settings` into
-routes; the server (``statebus.server.create_app``) builds the node and calls it. Hooks for other
+routes; the composition root (:mod:`statebus.server`) builds the node, its identity, owner token and
+access rules once and calls it. Hooks for other
 transports:
 
 * ``statebus/http/static/index.html`` is served at ``/`` and ``statebus/http/static/statebus.js`` at
   ``/statebus.js`` when the files exist (everything in that folder also under ``/static/``);
-* if the module ``statebus.http.websocket`` exists, its ``routes(node, settings)`` are mounted first.
+* the websocket protocol (:mod:`statebus.http.websocket`) and the info route share the app's owner
+  check and access rules;
+* ``extra_routes`` (the peer endpoints, given by ``statebus.server``) come before every other route.
 
 Requests for keys skip Starlette's middleware stack and router (:class:`NodeApp`): every HTTP request
 whose path cannot match one of the other routes goes straight to the key endpoint, behind the same
@@ -17,10 +20,8 @@ docs/performance.md, "Durable writes"); every other request takes Starlette's wa
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from statebus.access.control import access_control
+from statebus.access.control import AccessControl
 from statebus.config import Settings
 from statebus.http.auth import OwnerAuth, login
 from statebus.http.encode import EncodeCache
@@ -41,6 +42,7 @@ from statebus.http.metrics import NodeMetrics, RequestCounter
 from statebus.http.openapi import routes as openapi_routes
 from statebus.http.origins import OriginPolicy
 from statebus.http.subscribe import StreamRegistry
+from statebus.http.websocket import routes as websocket_routes
 from statebus.runtime import Node
 
 log = logging.getLogger("statebus.http")
@@ -55,9 +57,9 @@ class NodeApp(Starlette):
     ``/static``, ``/.well-known/statebus``…) can only match the catch-all key route: it is handed to
     ``keys`` (the counted, gated key endpoint) directly, without Starlette's error and exception
     middleware and router walk. Everything else (other routes, websockets, lifespan) goes through
-    Starlette as usual. The prefixes follow ``router.routes``, so routes added after ``build_app``
-    (``federated_app`` does) are honoured; a route without a literal prefix, or middleware added with
-    ``add_middleware``, turns the short way off.
+    Starlette as usual. The prefixes are read once, from the ``routes`` given: every route is passed
+    to :func:`build_app` (``extra_routes``), none is added later. A route without a literal prefix, or
+    middleware added with ``add_middleware``, turns the short way off.
 
     Args:
         keys: the ASGI app serving key requests (also reachable through ``key_route``).
@@ -71,33 +73,15 @@ class NodeApp(Starlette):
         self.keys = keys
         self.key_route = key_route
         self._middleware_count = middleware_count
-        self._routes_seen: tuple[BaseRoute, ...] = ()
-        self._prefixes: tuple[str, ...] | None = None
+        self._prefixes = _literal_prefixes(self.router.routes, key_route)
 
     def reserved_prefixes(self) -> tuple[str, ...] | None:
         """The literal prefixes of every route but the key route (None: some route has none)."""
-        routes = self.router.routes
-        seen = tuple(routes)  # compared element by element by identity first: no Route.__eq__ calls
-        if seen != self._routes_seen:
-            prefixes: list[str] = []
-            for route in routes:
-                if route is self.key_route:
-                    continue
-                path = getattr(route, "path", None)
-                prefix = path.split("{", 1)[0] if isinstance(path, str) else ""
-                if prefix in ("", "/"):
-                    prefixes = []
-                    self._prefixes = None
-                    break
-                prefixes.append(prefix)
-            else:
-                self._prefixes = tuple(prefixes)
-            self._routes_seen = seen
         return self._prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and len(self.user_middleware) == self._middleware_count:
-            prefixes = self.reserved_prefixes()
+            prefixes = self._prefixes
             if prefixes is not None and not scope["path"].startswith(prefixes):
                 scope["app"] = self
                 await self.keys(scope, receive, send)
@@ -109,13 +93,17 @@ def _server_error() -> Response:
     return error_response(500, "internal_error", "the server failed to handle this request")
 
 
-def extension_routes(node: Node, settings: Settings) -> list[BaseRoute]:
-    """Routes of ``statebus.http.websocket`` (``routes(node, settings)``) when that module exists."""
-    if importlib.util.find_spec("statebus.http.websocket") is None:
-        return []
-    module = importlib.import_module("statebus.http.websocket")
-    make: Callable[[Node, Settings], list[BaseRoute]] | None = getattr(module, "routes", None)
-    return list(make(node, settings)) if make is not None else []
+def _literal_prefixes(routes: Sequence[BaseRoute], key_route: BaseRoute) -> tuple[str, ...] | None:
+    prefixes: list[str] = []
+    for route in routes:
+        if route is key_route:
+            continue
+        path = getattr(route, "path", None)
+        prefix = path.split("{", 1)[0] if isinstance(path, str) else ""
+        if prefix in ("", "/"):
+            return None
+        prefixes.append(prefix)
+    return tuple(prefixes)
 
 
 def build_app(
@@ -123,6 +111,8 @@ def build_app(
     settings: Settings,
     *,
     owner_token: str | None,
+    access: AccessControl,
+    extra_routes: Sequence[BaseRoute] = (),
     static_dir: Path | None = STATIC_DIR,
     close_node: bool = True,
 ) -> Starlette:
@@ -132,6 +122,10 @@ def build_app(
         node: the node (its streams and storage are closed when the app shuts down if ``close_node``).
         settings: limits, buffer sizes, ping interval.
         owner_token: the token that makes a request the owner's (None: no owner, read-only public).
+        access: the node's one :class:`AccessControl` (rates, signatures, rules), shared with every
+            other transport of the node.
+        extra_routes: routes served before the node's own (the peer endpoints); a route cannot be
+            added to the app later.
         static_dir: the folder of ``index.html`` / ``statebus.js``, if any.
         close_node: close ``node`` in the lifespan's shutdown.
 
@@ -139,7 +133,6 @@ def build_app(
     ``close_all()`` before a graceful shutdown so open streams end), ``encode_cache`` and ``auth`` (the
     :class:`OwnerAuth`; the connection layer asks it who carries the owner token).
     """
-    access = access_control(node, settings)
     auth = OwnerAuth(owner_token, access=access, origins=OriginPolicy.of(settings))
     registry = StreamRegistry(
         stall_timeout=settings.stream_stall_timeout, max_client_bytes=settings.max_stream_bytes_per_client
@@ -153,7 +146,7 @@ def build_app(
     async def login_route(request: Request) -> Response:
         return await login(request, auth)
 
-    routes: list[BaseRoute] = [Route("/login", login_route, methods=["GET"])]
+    routes: list[BaseRoute] = [*extra_routes, Route("/login", login_route, methods=["GET"])]
     if static is not None:
         script = static / "statebus.js"
         if script.is_file():
@@ -163,7 +156,7 @@ def build_app(
 
             routes.append(Route("/statebus.js", statebus_js, methods=["GET", "HEAD"]))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
-    routes.extend(extension_routes(node, settings))
+    routes.extend(websocket_routes(node, settings, auth))
     routes.extend(openapi_routes())
     routes.extend(metrics.routes(auth))
     gated = access.gate(keys)

@@ -82,9 +82,8 @@ def storage_state(node: Node) -> str:
     return "ok"
 
 
-def routes(node: Node, settings: Settings) -> list[BaseRoute]:
-    """The info route for ``node``."""
-    auth = owner_auth(settings, node.local)
+def routes(node: Node, auth: OwnerAuth) -> list[BaseRoute]:
+    """The info route for ``node``; ``auth`` (the app's) says who is the owner."""
 
     async def info(request: Request) -> Response:
         try:

@@ -49,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from statebus.access.control import AccessControl, access_control
+from statebus.access.control import AccessControl
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidValue, RateLimited, StatebusError, TooLarge
 from statebus.http.errors import statebus_error_response
@@ -132,13 +132,11 @@ def scan_patterns(node: Node, patterns: list[Key], after: Seq) -> list[StoredOp]
 class PeerEndpoints:
     """The handlers; one per app."""
 
-    def __init__(
-        self, node: Node, settings: Settings, service: PeerService, access: AccessControl | None = None
-    ) -> None:
+    def __init__(self, node: Node, settings: Settings, service: PeerService, access: AccessControl) -> None:
         self.node = node
         self.settings = settings
         self.service = service
-        self.access = access if access is not None else access_control(node, settings)
+        self.access = access
         self.stopping = asyncio.Event()
 
     def close_all(self) -> None:
@@ -334,12 +332,11 @@ class PeerEndpoints:
         return Response(out, media_type="application/json", headers={"statebus-node": self.node.local})
 
 
-def routes(
-    node: Node, settings: Settings, service: PeerService, endpoints: PeerEndpoints | None = None
-) -> list[BaseRoute]:
-    """The peer routes; mount them before the catch-all key route. Open ops streams end when the
-    app's ``state.streams`` registry closes them (graceful shutdown) or on ``endpoints.close_all()``."""
-    ep = endpoints if endpoints is not None else PeerEndpoints(node, settings, service)
+def routes(node: Node, settings: Settings, service: PeerService, endpoints: PeerEndpoints) -> list[BaseRoute]:
+    """The peer routes of ``endpoints``; give them to ``build_app(extra_routes=…)``. Open ops streams
+    end when the app's ``state.streams`` registry closes them (graceful shutdown) or on
+    ``endpoints.close_all()``."""
+    ep = endpoints
     return [
         Route(f"{WELL_KNOWN}/node", ep.node_info, methods=["GET"]),
         Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),

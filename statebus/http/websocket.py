@@ -50,7 +50,6 @@ from typing import Any, Final
 from starlette.routing import BaseRoute, WebSocketRoute, websocket_session
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from statebus.access.control import access_control
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import (
@@ -63,7 +62,6 @@ from statebus.errors import (
     TooLarge,
 )
 from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
-from statebus.http.info import owner_auth
 from statebus.http.info import routes as info_routes
 from statebus.http.ws_budget import ConnectionBudget, Rates
 from statebus.keys import is_subtree
@@ -343,15 +341,17 @@ class Connection:
                 await self.ws.close(self.close_code, self.close_reason or None)
 
 
-def routes(node: Node, settings: Settings) -> list[BaseRoute]:
-    """The websocket route (and, until the app mounts it itself, the info route)."""
-    auth = owner_auth(settings, node.local)
-    auth.access = access_control(node, settings)
+def routes(node: Node, settings: Settings, auth: OwnerAuth) -> list[BaseRoute]:
+    """The websocket route and the info route, with the app's owner check and access rules
+    (``auth.access``)."""
+    if auth.access is None:
+        raise InvalidValue("the websocket route needs the node's access rules (OwnerAuth(access=…))")
+    access = auth.access
 
     async def endpoint(ws: WebSocket) -> None:
         await Connection(ws, node, settings, auth).run()
 
     return [
-        WebSocketRoute(WS_PATH, auth.access.gate(websocket_session(endpoint))),
-        *info_routes(node, settings),
+        WebSocketRoute(WS_PATH, access.gate(websocket_session(endpoint))),
+        *info_routes(node, auth),
     ]

@@ -8,10 +8,12 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import importlib.util
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +25,8 @@ from statebus.config import Settings
 from statebus.errors import PeerUnavailable
 from statebus.http.auth import cookie_name, cookie_value
 from statebus.runtime import Node
-from statebus.server import StatebusServer, make_server, owner_token
+from statebus.server.listener import StatebusServer
+from statebus.server.running import RunningNode, start
 
 
 @dataclass
@@ -32,13 +35,16 @@ class LiveServer:
 
     url: str
     token: str = field(repr=False)
-    server: StatebusServer
+    running: RunningNode
     settings: Settings
 
     @property
+    def server(self) -> StatebusServer:
+        return self.running.server
+
+    @property
     def node(self) -> Node:
-        node: Node = self.server.statebus_app.state.node
-        return node
+        return self.running.node
 
     @property
     def auth(self) -> dict[str, str]:
@@ -55,25 +61,51 @@ class LiveServer:
         return self.node.local
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 @contextlib.contextmanager
 def live_server(data_dir: Path, timeout: float = 10.0, **settings: Any) -> Iterator[LiveServer]:
-    """Start a node on ``data_dir``; yield it; stop it (streams ended, node closed) on exit."""
-    config = replace(Settings(data_dir=data_dir), host="127.0.0.1", port=0, log_level="warning", **settings)
-    server = make_server(config)
-    thread = threading.Thread(target=server.run, name="statebus-test-server", daemon=True)
+    """Start a node on ``data_dir`` with :func:`statebus.server.start` (the app ``statebus serve``
+    ships, without a DHT) in a loop of its own thread; yield it; stop it (streams ended, node
+    closed) on exit."""
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "log_level": "warning", **settings}
+    config = replace(Settings(data_dir=data_dir), **options)
+    loop = _new_loop()
+    started: concurrent.futures.Future[RunningNode] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            running = await start(config, dht=False)
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(running)
+        try:
+            await stop.wait()
+        finally:
+            await running.stop()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="statebus-test-server")
+    thread.daemon = True
     thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(timeout)
-            raise PeerUnavailable("the test server did not start", status_hint=503)
-        time.sleep(0.01)
     try:
-        yield LiveServer(f"http://127.0.0.1:{server.port}", owner_token(config), server, config)
+        running = started.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise PeerUnavailable("the test server did not start", status_hint=503) from None
+    try:
+        yield LiveServer(running.url, running.token, running, config)
     finally:
-        server.should_exit = True
+        loop.call_soon_threadsafe(stop.set)
         thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
 
 
 class SseReader:

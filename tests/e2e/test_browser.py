@@ -6,14 +6,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from statebus.config import Settings
-from statebus.server import StatebusServer, make_server, owner_token
+from statebus.server import StatebusServer, owner_token
+from statebus.testing.live_server import live_server
 from tests.support.node_harness import browser_available, run_browser
 
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
@@ -21,20 +20,9 @@ pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tes
 
 @contextlib.contextmanager
 def node_on(data: Path, port: int = 0) -> Iterator[StatebusServer]:
-    """A node on 127.0.0.1:``port`` in a thread; stopped (streams ended) on exit."""
-    settings = replace(Settings(data_dir=data), host="127.0.0.1", port=port, log_level="warning")
-    server = make_server(settings)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60  # a starved CI machine can take many seconds
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the node did not start"
-        time.sleep(0.01)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    """A node on 127.0.0.1:``port``, started as ``statebus serve`` starts one; stopped on exit."""
+    with live_server(data, timeout=60, port=port) as srv:  # a starved CI machine can take many seconds
+        yield srv.server
 
 
 def when(

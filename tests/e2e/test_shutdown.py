@@ -20,7 +20,7 @@ from statebus.storage.sqlite import SqliteStorage
 SERVE = (
     "import sys; from pathlib import Path; from statebus.config import Settings; "
     "from statebus.server import serve; "
-    "serve(Settings(data_dir=Path(sys.argv[1]), host='127.0.0.1', port=0, log_level='info'))"
+    "serve(Settings(data_dir=Path(sys.argv[1]), host='127.0.0.1', port=0, dht_port=0, log_level='info'))"
 )
 
 

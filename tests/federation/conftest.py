@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from statebus.federated import Cluster
 from statebus.federation.dht import KademliaDirectory
+from statebus.server import Cluster
 
 from .support import FAST
 

@@ -7,17 +7,24 @@ import json
 
 import pytest
 
-from statebus.cli_federation import main
-from statebus.federated import Cluster, FederatedNode
+from statebus.cli import main
+from statebus.server import Cluster, RunningNode
 
 from .support import live, wait_until
 
 pytestmark = pytest.mark.anyio
 
 
-async def cli(node: FederatedNode, *args: str) -> int:
+def run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # a failure: one line on stderr, status 1
+        return int(exc.code or 0)
+
+
+async def cli(node: RunningNode, *args: str) -> int:
     argv = [*args, "--data", str(node.settings.data_dir), "--url", node.url]
-    return await asyncio.to_thread(main, argv)
+    return await asyncio.to_thread(run, argv)
 
 
 async def test_follow_peers_unfollow(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,10 +15,10 @@ import pytest
 
 import statebus.federation.client
 from statebus.cli.signed import OP_MEDIA_TYPE, make_op
-from statebus.federated import Cluster
 from statebus.identity import Identity, delegate, sign_request
 from statebus.identity.delegation import record_key
 from statebus.oplog import encode_op
+from statebus.server import Cluster
 
 from .support import has, wait_until
 

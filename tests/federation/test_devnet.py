@@ -69,7 +69,7 @@ def walkthrough(infos: list[dict[str, Any]]) -> None:
 
 
 def test_devnet_of_three_processes(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "statebus.cli_federation", "devnet", "3", "--base", str(tmp_path)]
+    cmd = [sys.executable, "-m", "statebus", "devnet", "3", "--base", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBUS_")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     pids: list[int] = []
@@ -111,7 +111,7 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
 
 def test_devnet_details_and_secrets_are_private_whatever_the_umask(tmp_path: Path) -> None:
     """devnet.json holds every node's login link: 0600 from creation, also over an older 0644 one."""
-    from statebus.cli_federation import write_details
+    from statebus.cli.federation import write_details
 
     old = os.umask(0o022)
     try:
@@ -130,7 +130,7 @@ def test_devnet_details_and_secrets_are_private_whatever_the_umask(tmp_path: Pat
 def test_devnet_output_reaches_a_pipe_as_it_happens(tmp_path: Path) -> None:
     """ "node a stopped" arrives while the devnet runs, not when it exits (stdout is a pipe; before,
     Python block-buffered it)."""
-    cmd = [sys.executable, "-m", "statebus.cli_federation", "devnet", "2", "--base", str(tmp_path)]
+    cmd = [sys.executable, "-m", "statebus", "devnet", "2", "--base", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBUS_") and k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     pids: list[int] = []

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from statebus.federated import Cluster
 from statebus.federation.follow import backoff, state_key
 from statebus.federation.opset import op_set
 from statebus.identity import sign_request
+from statebus.server import Cluster
 
 from .support import has, live, wait_until
 

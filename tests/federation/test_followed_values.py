@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from statebus.federated import Cluster
+from statebus.server import Cluster
 from statebus.testing.planted import assert_sandboxed, collector, html_page, svg_image, visit_args
 from tests.support.node_harness import browser_available, run_browser
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from statebus.cli_federation import stop_all
+from statebus.cli.federation import stop_all
 from statebus.identity import keystore
 
 pytestmark = pytest.mark.netns
@@ -103,7 +103,7 @@ def _remove_leftovers() -> None:
 def start(
     ns: str, addr: str, data: Path, env: dict[str, str], bootstrap: str | None
 ) -> subprocess.Popen[str]:
-    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "statebus.cli_federation", "fed-serve"]
+    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "statebus", "serve", "--json"]
     cmd += ["--data", str(data), "--host", addr, "--port", "0", "--dht-port", "0", "--log-level", "warning"]
     if bootstrap:
         cmd += ["--bootstrap", bootstrap]

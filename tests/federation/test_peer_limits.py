@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from statebus.bus import Bus
-from statebus.federated import Cluster
 from statebus.federation.client import MAX_RETRY_AFTER, retry_after
 from statebus.federation.follow import throttled_delay
 from statebus.federation.opset import op_set
 from statebus.federation.sync import SyncRequest
 from statebus.identity import Identity, sign_op, sign_request
 from statebus.oplog import encode_op
+from statebus.server import Cluster
 from statebus.storage.memory import MemoryStorage
 
 from .support import has, wait_until

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from statebus.access.control import access_control
+from statebus.access.control import AccessControl
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.federation.policy import SHARES, PeerView, follow_id
@@ -28,7 +28,7 @@ async def node() -> AsyncIterator[Node]:
 
 
 async def test_public_data_follows_the_acl_and_the_deny_list(node: Node, tmp_path) -> None:
-    access = access_control(node, Settings(data_dir=tmp_path))
+    access = AccessControl(node, Settings(data_dir=tmp_path))
     public = f"/{OWNER.pubkey}/public/"
     assert PeerView(node.bus, FOE.pubkey, access).pattern(public)
     await node.save("/~/.acl/.deny", [FOE.pubkey])
@@ -40,7 +40,7 @@ async def test_public_data_follows_the_acl_and_the_deny_list(node: Node, tmp_pat
 
 
 async def test_a_share_widens_access_but_not_past_the_deny_list(node: Node, tmp_path) -> None:
-    access = access_control(node, Settings(data_dir=tmp_path))
+    access = AccessControl(node, Settings(data_dir=tmp_path))
     chirp = f"/{OWNER.pubkey}/chirp/"
     assert not PeerView(node.bus, FRIEND.pubkey, access).pattern(chirp)
     await node.save(f"/~/{SHARES}/{follow_id(chirp)}", {"pattern": chirp})
@@ -51,7 +51,7 @@ async def test_a_share_widens_access_but_not_past_the_deny_list(node: Node, tmp_
 
 
 async def test_another_namespace_is_read_by_its_owners_replicated_rules(node: Node, tmp_path) -> None:
-    access = access_control(node, Settings(data_dir=tmp_path))
+    access = AccessControl(node, Settings(data_dir=tmp_path))
     remote = Identity.generate()
     source = Bus(MemoryStorage(), remote.pubkey, signer=lambda op: sign_op(op, remote))
     team, pub, rules = (f"/{remote.pubkey}/{p}/" for p in ("team", "public", ".acl"))

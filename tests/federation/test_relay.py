@@ -13,12 +13,12 @@ import pytest
 from statebus.access.op_gate import OpGate
 from statebus.bus import Bus
 from statebus.errors import Forbidden, QuotaExceeded
-from statebus.federated import Cluster
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import op_set
 from statebus.identity import Identity, delegate, record_key, revoke, sign_op
 from statebus.oplog import Op, decode_op, encode_op
 from statebus.runtime import Node
+from statebus.server import Cluster
 from statebus.storage.memory import MemoryStorage
 
 from .support import live, wait_until

@@ -19,7 +19,6 @@ from websockets.asyncio.client import connect
 from statebus.access.op_gate import OpGate
 from statebus.bus import Bus
 from statebus.errors import StatebusError
-from statebus.federated import Cluster, FederatedNode
 from statebus.federation.client import PeerClient, StreamItem
 from statebus.federation.ingest import Ingest
 from statebus.federation.policy import PeerView, follow_id
@@ -28,6 +27,7 @@ from statebus.http.websocket import WS_PATH
 from statebus.identity import Identity, delegate, record_key, sign_op, sign_request
 from statebus.oplog import decode_op
 from statebus.runtime import Node
+from statebus.server import Cluster, RunningNode
 from statebus.storage.memory import MemoryStorage
 
 from .support import has, live, wait_until
@@ -35,7 +35,7 @@ from .support import has, live, wait_until
 pytestmark = pytest.mark.anyio
 
 
-async def get(node: FederatedNode, path: str, who: Identity | None, **headers: str) -> httpx.Response:
+async def get(node: RunningNode, path: str, who: Identity | None, **headers: str) -> httpx.Response:
     async with httpx.AsyncClient() as http:
         req = http.build_request("GET", node.url + path, headers=headers)
         if who is not None:
@@ -43,7 +43,7 @@ async def get(node: FederatedNode, path: str, who: Identity | None, **headers: s
         return await http.send(req)
 
 
-async def sse_first(node: FederatedNode, path: str, who: Identity) -> tuple[int, str]:
+async def sse_first(node: RunningNode, path: str, who: Identity) -> tuple[int, str]:
     """The status of an SSE subscription to ``path`` by ``who``, and its first bytes (if any)."""
     async with httpx.AsyncClient(timeout=10) as http:
         req = http.build_request("GET", node.url + path, headers={"accept": "text/event-stream"})
@@ -60,7 +60,7 @@ async def sse_first(node: FederatedNode, path: str, who: Identity) -> tuple[int,
             await r.aclose()
 
 
-async def sse_until_cut(node: FederatedNode, path: str, who: Identity, opened: asyncio.Event) -> str:
+async def sse_until_cut(node: RunningNode, path: str, who: Identity, opened: asyncio.Event) -> str:
     """Everything an SSE subscription of ``who`` receives until the node ends it."""
     got = ""
     async with httpx.AsyncClient(timeout=30) as http:
@@ -80,7 +80,7 @@ async def sse_until_cut(node: FederatedNode, path: str, who: Identity, opened: a
     return got
 
 
-async def ws_get(node: FederatedNode, key: str, who: Identity) -> dict[str, Any]:
+async def ws_get(node: RunningNode, key: str, who: Identity) -> dict[str, Any]:
     url = node.url.replace("http://", "ws://") + WS_PATH
     async with connect(url, additional_headers=sign_request("GET", url, {}, None, who)) as ws:
         await ws.send(json.dumps({"get": key}))
@@ -88,7 +88,7 @@ async def ws_get(node: FederatedNode, key: str, who: Identity) -> dict[str, Any]
         return answer
 
 
-async def peer_ops(node: FederatedNode, who: Identity, pattern: str) -> list[StreamItem] | int:
+async def peer_ops(node: RunningNode, who: Identity, pattern: str) -> list[StreamItem] | int:
     """The backlog of the ops stream of ``pattern`` for the node key ``who``, or the error status."""
     client = PeerClient(who)
     items: list[StreamItem] = []
@@ -102,7 +102,7 @@ async def peer_ops(node: FederatedNode, who: Identity, pattern: str) -> list[Str
     return items
 
 
-async def peer_sync(node: FederatedNode, who: Identity, pattern: str) -> list[bytes] | int:
+async def peer_sync(node: RunningNode, who: Identity, pattern: str) -> list[bytes] | int:
     """The ops one anti-entropy exchange of ``pattern`` gives ``who`` (holding nothing), or the status."""
     client = PeerClient(who)
     try:

@@ -13,7 +13,6 @@ import pytest
 
 from statebus.config import Settings
 from statebus.errors import InvalidValue, StoreBehind
-from statebus.federated import Cluster, FederatedNode
 from statebus.federation.client import PeerClient
 from statebus.federation.opset import op_set
 from statebus.federation.policy import follow_id
@@ -21,7 +20,7 @@ from statebus.federation.restore import restore
 from statebus.identity import Identity, keystore, sign_op
 from statebus.oplog import Op, decode_op, encode_op
 from statebus.runtime import Node
-from statebus.server import build_node
+from statebus.server import Cluster, RunningNode, build_node
 from statebus.storage.base import StoredOp
 
 from .support import FAST, has, wait_until
@@ -29,7 +28,7 @@ from .support import FAST, has, wait_until
 pytestmark = pytest.mark.anyio
 
 
-async def _owner_and_follower(cluster: Cluster, tmp_path: Path) -> tuple[str, FederatedNode, str]:
+async def _owner_and_follower(cluster: Cluster, tmp_path: Path) -> tuple[str, RunningNode, str]:
     """A (identity from a phrase) writes notes; B follows them; A's disk is then "lost"."""
     _, phrase = keystore.init(tmp_path / "a")
     a, b = await cluster.add("a"), await cluster.add("b")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from statebus.access.control import AccessControl
 from statebus.config import Settings
-from statebus.http.app import NodeApp
-from statebus.server import create_app, owner_token
+from statebus.http.app import NodeApp, build_app
+from statebus.server import build_node, create_app, owner_token
 
 Message = MutableMapping[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -57,11 +58,26 @@ async def call(
     return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in out[1:])
 
 
-def run_with_app(tmp_path: Path, test: Callable[[NodeApp, Headers], Awaitable[None]]) -> None:
+def run_with_app(
+    tmp_path: Path,
+    test: Callable[[NodeApp, Headers], Awaitable[None]],
+    extra_routes: Sequence[BaseRoute] = (),
+) -> None:
+    """Run ``test`` on the app ``statebus serve`` ships (with ``extra_routes`` given to ``build_app``)."""
     settings = Settings(data_dir=tmp_path / "node")
 
     async def main() -> None:
-        app = create_app(settings)
+        if extra_routes:
+            node = build_node(settings)
+            app: Any = build_app(
+                node,
+                settings,
+                owner_token=owner_token(settings),
+                access=AccessControl(node, settings),
+                extra_routes=extra_routes,
+            )
+        else:
+            app = create_app(settings)
         assert isinstance(app, NodeApp)
         auth = [(b"authorization", b"Bearer " + owner_token(settings).encode())]
         try:
@@ -89,21 +105,22 @@ def test_key_requests_do_not_build_starlettes_stack(tmp_path: Path) -> None:
     run_with_app(tmp_path, test)
 
 
-def test_other_routes_and_routes_added_later_are_served_by_them(tmp_path: Path) -> None:
+def test_other_routes_and_extra_routes_are_served_by_them(tmp_path: Path) -> None:
     async def special(request: Request) -> Response:
         return PlainTextResponse("special")
 
     async def test(app: NodeApp, auth: Headers) -> None:
         prefixes = app.reserved_prefixes()
         assert prefixes is not None and "/login" in prefixes and "/metrics" in prefixes
-        app.router.routes[0:0] = [Route("/~/special", special)]
-        assert "/~/special" in (app.reserved_prefixes() or ())
+        assert "/~/special" in prefixes
         status, _, body = await call(app, "GET", "/~/special", headers=auth)
         assert (status, body) == (200, b"special")
         status, _, body = await call(app, "GET", "/login")  # no token: the login route's 401
         assert status == 401 and "login link" in json.loads(body)["detail"]
+        status, _, body = await call(app, "PUT", "/~/a", b"1", auth)
+        assert status == 200, body
 
-    run_with_app(tmp_path, test)
+    run_with_app(tmp_path, test, [Route("/~/special", special)])
 
 
 def test_a_route_without_a_literal_prefix_turns_the_short_way_off(tmp_path: Path) -> None:
@@ -111,7 +128,6 @@ def test_a_route_without_a_literal_prefix_turns_the_short_way_off(tmp_path: Path
         return PlainTextResponse("other")
 
     async def test(app: NodeApp, auth: Headers) -> None:
-        app.router.routes[0:0] = [Route("/{name}/other", other)]
         assert app.reserved_prefixes() is None
         status, _, body = await call(app, "GET", "/x/other", headers=auth)
         assert (status, body) == (200, b"other")
@@ -119,7 +135,7 @@ def test_a_route_without_a_literal_prefix_turns_the_short_way_off(tmp_path: Path
         assert status == 200, body
         assert app.middleware_stack is not None
 
-    run_with_app(tmp_path, test)
+    run_with_app(tmp_path, test, [Route("/{name}/other", other)])
 
 
 def test_an_unexpected_error_is_a_json_500_counted_and_raised(tmp_path: Path) -> None:

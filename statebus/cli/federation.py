@@ -4,21 +4,18 @@
     statebus unfollow PATTERN             stop following it (the replicated data stays)
     statebus peers                        what this node follows, and how each follow is doing
     statebus restore --from URL [PATTERN] take this node's own data back from a follower (node stopped)
-    statebus fed-serve                    run a federated node: HTTP + peer endpoints + DHT + followers
     statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
 
-``statebus.cli`` adds them with ``cli_federation.register(sub)``; ``python -m statebus.cli_federation``
-runs them on their own. ``fed-serve`` and ``devnet`` read the DHT invite secret from
-``STATEBUS_DHT_SECRET`` (never from the command line, where other users could see it).
+``statebus.cli`` adds them with ``register(sub)``. ``devnet`` runs each node as ``statebus serve
+--json``; nodes read the DHT invite secret from ``STATEBUS_DHT_SECRET`` (never from the command
+line, where other users could see it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
-import logging
 import os
 import secrets
 import selectors
@@ -35,7 +32,7 @@ from statebus.cli.client import client_for
 from statebus.cli.options import add_common
 from statebus.cli.output import line_buffered
 from statebus.config import Settings
-from statebus.errors import InvalidValue, PeerUnavailable, StatebusError
+from statebus.errors import CliError, InvalidValue, StatebusError
 from statebus.federation.follow import STATE_SEGMENT
 from statebus.federation.policy import FOLLOWS, check_pattern, follow_id
 from statebus.identity import keystore
@@ -43,14 +40,6 @@ from statebus.keys import namespace_of
 
 MAX_DEVNET = 32
 START_TIMEOUT = 30.0
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {"data_dir": getattr(args, "data", None)}
-    for name in ("host", "port", "dht_port", "dht_name", "log_level"):
-        if getattr(args, name, None) is not None:
-            overrides[name] = getattr(args, name)
-    return Settings.load(overrides, config_file=getattr(args, "config", None))
 
 
 def _pattern(text: str) -> str:
@@ -115,11 +104,11 @@ def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _restore(settings: Settings, sources: list[str], pattern: str | None) -> list[Any]:
+    # imported here: the node and federation stack is not loaded by the other commands
     from statebus.federation.client import PeerClient
     from statebus.federation.restore import own_pattern, restore
-    from statebus.identity import keystore
     from statebus.runtime import highwater
-    from statebus.server import build_node
+    from statebus.server.assembly import build_node
 
     node = build_node(settings)  # refused (StoreInUse) while a node runs on this data folder
     client = PeerClient(keystore.load(settings.data_dir))
@@ -136,7 +125,6 @@ async def _restore(settings: Settings, sources: list[str], pattern: str | None) 
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from statebus.identity import keystore
 
     sources = list(args.sources or [])
     if not sources or any(not u.startswith(("http://", "https://")) for u in sources):
@@ -161,55 +149,6 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed == len(reports) else 0
 
 
-# ---------------------------------------------------------------------- fed-serve
-
-
-def _secret(settings: Settings) -> bytes:
-    secret = settings.dht_secret.reveal() if settings.dht_secret is not None else ""
-    return secret.encode()
-
-
-def _bootstrap(items: Sequence[str]) -> list[tuple[str, int]]:
-    from statebus.federated import parse_bootstrap
-
-    return parse_bootstrap(items)
-
-
-async def _serve(settings: Settings, bootstrap: list[tuple[str, int]]) -> None:
-    from statebus.federated import start_federated
-
-    node = await start_federated(settings, dht_secret=_secret(settings), bootstrap=bootstrap)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    assert node.directory is not None
-    info = {
-        "pubkey": node.pubkey,
-        "url": node.url,
-        "dht": f"{settings.host}:{node.directory.port}",
-        "login": node.login_url,
-        "pid": os.getpid(),
-        "data": str(settings.data_dir),
-    }
-    sys.stdout.write(json.dumps(info) + "\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await node.stop()
-
-
-def cmd_fed_serve(args: argparse.Namespace, settings: Settings) -> int:
-    os.umask(0o077)
-    line_buffered(sys.stdout)
-    logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
-    flags = {k: getattr(args, k) for k in ("dht_port", "dht_name") if getattr(args, k, None) is not None}
-    settings = dataclasses.replace(settings, **flags)  # also when statebus.cli loaded the settings
-    asyncio.run(_serve(settings, _bootstrap(list(args.bootstrap or settings.dht_bootstrap))))
-    return 0
-
-
 # ---------------------------------------------------------------------- devnet
 
 
@@ -219,12 +158,12 @@ def _read_info(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
         if not sel.select(timeout):
-            raise PeerUnavailable("a devnet node did not start in time", status_hint=503)
+            raise CliError("a devnet node did not start in time")
         line = proc.stdout.readline()
     finally:
         sel.close()
     if not line:
-        raise PeerUnavailable(f"a devnet node exited at start (status {proc.wait()})", status_hint=503)
+        raise CliError(f"a devnet node exited at start (status {proc.wait()})")
     info: dict[str, Any] = json.loads(line)
     return info
 
@@ -247,7 +186,7 @@ def stop_all(procs: Sequence[subprocess.Popen[str]]) -> None:
 def start_devnet(
     n: int, base: Path, name: str, host: str = "127.0.0.1"
 ) -> tuple[list[subprocess.Popen[str]], list[dict[str, Any]]]:
-    """Start ``n`` ``fed-serve`` processes in one new DHT; returns them and their info lines."""
+    """Start ``n`` ``statebus serve --json`` processes in one new DHT; returns them and their info lines."""
     secret = secrets.token_urlsafe(24)
     # to restart a node into this DHT; never printed
     keystore.write_private_file(base / "dht_secret", (secret + "\n").encode())
@@ -258,7 +197,7 @@ def start_devnet(
 
     def spawn(i: int, bootstrap: str | None) -> subprocess.Popen[str]:
         label = chr(ord("a") + i) if i < 26 else f"n{i}"
-        cmd = [sys.executable, "-m", "statebus.cli_federation", "fed-serve", "--data", str(base / label)]
+        cmd = [sys.executable, "-m", "statebus", "serve", "--json", "--data", str(base / label)]
         cmd += ["--host", host, "--port", "0", "--dht-port", "0", "--log-level", "warning"]
         if bootstrap:
             cmd += ["--bootstrap", bootstrap]
@@ -374,16 +313,6 @@ def register(sub: Any) -> None:
     add_common(p, client=False)
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("fed-serve", help="run a federated node (HTTP, peer endpoints, DHT, following)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", help="HTTP port (0 picks a free one)")
-    p.add_argument("--dht-port", dest="dht_port", help="UDP port of the DHT (0 picks a free one)")
-    p.add_argument("--dht-name", dest="dht_name", help="name of the DHT to join")
-    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="a DHT peer to join through")
-    p.add_argument("--log-level", dest="log_level")
-    add_common(p, client=False)
-    p.set_defaults(func=cmd_fed_serve)
-
     p = sub.add_parser(
         "devnet",
         help="run N federated nodes on 127.0.0.1 in one new DHT",
@@ -397,21 +326,3 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="DHT name (default: devnet-<random>)")
     p.add_argument("--host", default="127.0.0.1", help="address the nodes bind (default 127.0.0.1)")
     p.set_defaults(func=cmd_devnet)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m statebus.cli_federation COMMAND``: the federation commands on their own."""
-    parser = argparse.ArgumentParser(prog="statebus", description="statebus federation commands")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args, _settings(args)))
-    except StatebusError as exc:
-        sys.stderr.write(f"statebus: error: {' '.join((exc.detail or exc.code).split())}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""Settings → identity, storage, bus, node, access rules → the Starlette app: each part built once.
+
+    open_node(settings)          the node identity (created on first start) and the Node on
+                                 ``<data>/store.sqlite3``, signed by that identity
+    node_app(node, settings, …)  the app ``statebus serve`` ships: the node's routes, and the peer
+                                 routes when a federation is given
+    create_app(settings)         that app for a data folder, without federation (in-process tests,
+                                 benchmarks); its lifespan closes the node
+    make_server(settings)        uvicorn running :func:`create_app` on its own loop (the benchmarks)
+
+Rules:
+    1. The identity and the owner token are read from disk once per node, here, and passed down.
+    2. One :class:`~statebus.access.control.AccessControl` per node, made here and handed to every
+       transport (HTTP, websocket, peer endpoints, federation): one rate table, one quota counter.
+    3. Every route is given to ``build_app``; nothing is spliced into the router afterwards.
+
+On first start the node identity and owner token are created in ``<data>/identity/``. The recovery
+phrase of a new identity is handed to ``on_new_identity``, which shows it once when a person can see
+it (a terminal) and returns True; otherwise it stays in ``<data>/identity/recovery_phrase`` (0600)
+until ``statebus phrase`` shows it (:mod:`statebus.server.phrase`). It is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+
+from statebus.access.control import AccessControl
+from statebus.bus import Bus
+from statebus.config import Settings
+from statebus.errors import NotFound
+from statebus.federation.service import Federation
+from statebus.http.app import build_app
+from statebus.http.peers import PeerEndpoints
+from statebus.http.peers import routes as peer_routes
+from statebus.identity import keystore
+from statebus.identity.keys import Identity
+from statebus.identity.signing import sign_batch
+from statebus.oplog import Op
+from statebus.runtime import Node, highwater
+from statebus.server.listener import StatebusServer, uvicorn_config
+from statebus.server.logs import install_log_redaction
+from statebus.server.phrase import phrase_reminder, show_phrase_on_terminal
+from statebus.storage.sqlite import SqliteStorage
+
+log = logging.getLogger("statebus.server")
+
+STORE_FILE = "store.sqlite3"
+
+NewIdentityHook = Callable[[Identity, str], bool | None]
+"""``on_new_identity(identity, phrase)`` shows a new identity's phrase; True when a person saw it."""
+
+
+def ensure_identity(data_dir: Path, on_new_identity: NewIdentityHook | None = None) -> Identity:
+    """Load the node identity, creating it (and the owner token) on first start.
+
+    A new identity's phrase is kept on disk until shown: deleted at once when ``on_new_identity``
+    returns True, else left for ``statebus phrase`` (:func:`~statebus.server.phrase.phrase_reminder`)."""
+    if not keystore.exists(data_dir):
+        identity, phrase = keystore.init(data_dir, keep_phrase=True)
+        if on_new_identity is not None and on_new_identity(identity, phrase) is True:
+            keystore.discard_phrase(data_dir)
+        log.info("created node identity %s", identity.pubkey)
+        return identity
+    identity = keystore.load(data_dir)
+    try:
+        keystore.load_owner_token(data_dir)
+    except NotFound:
+        keystore.new_owner_token(data_dir)
+    return identity
+
+
+def owner_token(settings: Settings) -> str:
+    """The owner token of the node in ``settings.data_dir`` (secret: never log it)."""
+    return keystore.load_owner_token(settings.data_dir)
+
+
+def batch_signer_for(identity: Identity) -> Callable[[list[Op]], list[Op]]:
+    """Sign each commit's local, unsigned ops with one signature; ops of other authors pass as they are."""
+
+    def sign(ops: list[Op]) -> list[Op]:
+        mine = [i for i, op in enumerate(ops) if op.author == identity.pubkey and not op.sig]
+        if not mine:
+            return ops
+        signed = sign_batch([ops[i] for i in mine], identity)
+        out = list(ops)
+        for i, op in zip(mine, signed, strict=True):
+            out[i] = op
+        return out
+
+    return sign
+
+
+def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> tuple[Identity, Node]:
+    """The identity of ``settings.data_dir`` (created on first start) and its node: SQLite store,
+    bus, Node. Ops written on the node are signed by the identity, one signature per group commit."""
+    data = Path(settings.data_dir)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    identity = ensure_identity(data, on_new_identity)
+    storage = SqliteStorage(data / STORE_FILE, check="full" if settings.store_full_check else "quick")
+    bus = Bus(storage, local=identity.pubkey, keep_ops=settings.history_keep_ops)
+    node = Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
+    highwater.guard(node, data, accept_loss=settings.accept_store_loss)  # a deleted store refuses writes
+    return identity, node
+
+
+def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Node:
+    """The node of ``settings.data_dir`` (:func:`open_node` without the identity)."""
+    return open_node(settings, on_new_identity=on_new_identity)[1]
+
+
+def node_app(
+    node: Node,
+    settings: Settings,
+    *,
+    owner_token: str | None,
+    access: AccessControl,
+    federation: Federation | None = None,
+    close_node: bool = True,
+) -> Starlette:
+    """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
+    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``."""
+    if federation is None:
+        return build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
+    endpoints = PeerEndpoints(node, settings, federation, access)
+    app = build_app(
+        node,
+        settings,
+        owner_token=owner_token,
+        access=access,
+        extra_routes=peer_routes(node, settings, federation, endpoints),
+        close_node=close_node,
+    )
+    app.state.peers = endpoints
+    app.state.federation = federation
+    return app
+
+
+def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Starlette:
+    """The ASGI app of the node in ``settings.data_dir``, without federation; its lifespan shutdown
+    ends every stream and closes the node (everything acknowledged is on disk)."""
+    _, node = open_node(settings, on_new_identity=on_new_identity)
+    token = keystore.load_owner_token(settings.data_dir)
+    return node_app(node, settings, owner_token=token, access=AccessControl(node, settings))
+
+
+def make_server(settings: Settings, **overrides: Any) -> StatebusServer:
+    """uvicorn serving :func:`create_app` on a loop of its own (``overrides`` go to ``uvicorn.Config``);
+    the benchmarks' server. ``statebus serve`` runs :func:`statebus.server.start` instead."""
+    app = create_app(settings, on_new_identity=show_phrase_on_terminal)
+    reminder = phrase_reminder(settings)
+    if reminder is not None:
+        sys.stderr.write(reminder)
+        sys.stderr.flush()
+    server = StatebusServer(uvicorn_config(app, settings, **overrides), app)
+    install_log_redaction()
+    return server
