@@ -56,7 +56,7 @@ from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
 from statebus.storage.base import KeyRecord, Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
-from statebus.values import check_json, dumps_json, get_range
+from statebus.values import CheckedJSON, check_json, dumps_json, get_range
 
 Signer = Callable[[Op], Op]
 BatchSigner = Callable[[list[Op]], list[Op]]
@@ -300,20 +300,14 @@ class Bus:
         merge: str | None = None,
         author: PubKey | None = None,
         peer: str | None = None,
-        owned: bool = False,
-        checked: bool = False,
     ) -> Change:
         """Replace the value of ``key`` (JSON, or bytes with a ``content_type``).
 
-        ``owned=True`` hands a JSON value over: the caller made it for this call (a freshly parsed
-        request body) and never touches it again, so it is checked but not copied.
-
-        ``checked=True`` (with ``owned=True`` only) says the value is what
-        :func:`~statebus.values.loads_json` has just returned, from input for which
-        :func:`~statebus.values.json.parsed_passes_check` holds: that decode ran the same walk
-        :func:`check_json` runs on this very object, within a depth no greater, and its encoding
-        cannot exceed the size limit, so :func:`check_json` is not run again. (The HTTP layer passes
-        it for a request body it parsed.) Without ``owned``, ``checked`` is ignored.
+        A JSON value is checked and copied, so the caller's later mutation cannot reach the
+        stored op; a :class:`~statebus.values.CheckedJSON` (what
+        :func:`~statebus.values.loads_json` returns, such as a request body just parsed) is fresh
+        and kept as it is, and checked again only if its decode does not prove
+        :func:`check_json` (:attr:`~statebus.values.CheckedJSON.passes_check`).
         """
         if isinstance(value, bytes | bytearray):
             if not content_type:
@@ -321,9 +315,10 @@ class Bus:
             value = bytes(value)
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
-        elif owned:
-            if not checked:
-                check_json(value)
+        elif type(value) is CheckedJSON:
+            if not value.passes_check:
+                check_json(value.value)
+            value = value.value
         else:
             value = _own_json(value)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)

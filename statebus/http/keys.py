@@ -44,7 +44,6 @@ from statebus.keys import is_subtree
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
 from statebus.values import dumps_json, loads_json, parse_range
-from statebus.values.json import parsed_passes_check
 
 ALLOW = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
 MERGE_TYPES = ("lww", "yjs")
@@ -463,10 +462,10 @@ class KeyEndpoint:
         elif opts.get("merge") == "yjs" and ctype in YJS_TYPES:
             change = await self.node.crdt_update(key, body, **opts)
         elif ctype is None or ctype == JSON_TYPE or ctype.endswith("+json"):
-            depth = self.settings.max_json_depth
-            value = loads_json(body, max_bytes=self.settings.max_value_bytes, max_depth=depth)
-            checked = parsed_passes_check(len(body), depth)  # then the bus need not check it again
-            change = await self.node.save(key, value, owned=True, checked=checked, **opts)  # fresh: no copy
+            value = loads_json(
+                body, max_bytes=self.settings.max_value_bytes, max_depth=self.settings.max_json_depth
+            )
+            change = await self.node.save(key, value, **opts)  # fresh and checked: the bus keeps it as is
         else:
             if len(body) > self.settings.max_value_bytes:
                 raise TooLarge(

@@ -239,7 +239,7 @@ def decode_op(data: bytes | str) -> Op:
     """
     try:
         text = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        d: Any = loads_json(text, max_bytes=MAX_OP_BYTES, max_depth=_OP_DEPTH)
+        d: Any = loads_json(text, max_bytes=MAX_OP_BYTES, max_depth=_OP_DEPTH).value
     except (InvalidValue, TooLarge, UnicodeEncodeError, TypeError) as exc:
         raise InvalidOp(f"op is not strict JSON: {exc}") from None
     if not isinstance(d, dict):
