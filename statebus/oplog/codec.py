@@ -15,6 +15,11 @@ itself: :func:`with_minted_version`, :func:`with_version` and :func:`with_signat
 and carry the bytes over (``"v"`` is always the last key, and ``"s"`` goes just before ``"t"``).
 Every derived byte string is the one a fresh encoding gives (``tests/oplog/test_codec_cache.py``).
 An op's body must not be mutated once the op is made (the bus keeps private copies).
+
+What the cache earns (2026-12-06, ``python -m bench.instructions writes``, callgrind, 1,280 durable
+PUTs of a 100-byte value over uvicorn): ~733,000 instructions per PUT with it, ~827,500 with
+``_remember`` made a no-op (826,512 / 828,609): the cache saves ~94,000 instructions, 11% of a
+durable write.
 """
 
 from __future__ import annotations
