@@ -161,6 +161,12 @@ class Bus:
         return self.keys.local
 
     @property
+    def keys_in_memory(self) -> int:
+        """How many keys the bus holds in memory now (at most ``cache_keys``, plus any whose ops
+        are still on their way to disk)."""
+        return len(self._entries)
+
+    @property
     def seq(self) -> Seq:
         """The cursor of the newest change."""
         return self._seq

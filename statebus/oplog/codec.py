@@ -43,10 +43,10 @@ MAX_OP_BYTES = 8 * 1024 * 1024
 """The largest encoded op :func:`decode_op` reads (a 1 MiB value is ~1.4 MiB as base64)."""
 _OP_DEPTH = DEFAULT_MAX_DEPTH + 3
 """A value's nesting limit plus the op object and the ``[[range, content]]`` patch wrapping."""
-_CACHE_OPS = 1024
+CACHE_OPS = 1024
 """How many recent ops' encodings are kept (a commit batch of concurrent writes fits)."""
-_CACHE_MAX_BYTES = 16 * 1024
-"""Larger encodings are not kept, so the cache holds at most ``_CACHE_OPS * _CACHE_MAX_BYTES``."""
+CACHE_MAX_BYTES = 16 * 1024
+"""Larger encodings are not kept, so the cache holds at most ``CACHE_OPS * CACHE_MAX_BYTES``."""
 _unsigned: dict[int, tuple[Op, bytes]] = {}
 """``id(op) -> (op, JSON without "s")``; holding the op keeps its id from being reused."""
 _BODY_FIELDS = {"set": {"b", "bb", "ct"}, "patch": {"b"}, "delete": set(), "crdt": {"bb"}}
@@ -99,10 +99,10 @@ def _cached(op: Op) -> bytes | None:
 
 
 def _remember(op: Op, data: bytes) -> None:
-    if len(data) > _CACHE_MAX_BYTES:
+    if len(data) > CACHE_MAX_BYTES:
         return
     _unsigned[id(op)] = (op, data)
-    if len(_unsigned) > _CACHE_OPS:
+    if len(_unsigned) > CACHE_OPS:
         _unsigned.pop(next(iter(_unsigned)), None)  # the oldest: dicts keep insertion order
 
 
