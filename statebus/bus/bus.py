@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus.changes import Change
-from statebus.bus.entry import Entry
+from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.history import fold, missing_changes, missing_versions
 from statebus.bus.outbox import Outbox
@@ -50,11 +50,11 @@ from statebus.errors import (
     VersionConflict,
 )
 from statebus.keys import KeyMemo, is_subtree, parse_key
-from statebus.merge import MergeState, default_merge, load_state, new_state
+from statebus.merge import MergeState, default_merge, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import KeyRecord, Snapshot, Storage, StoredOp
+from statebus.storage.base import Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
 from statebus.values import CheckedJSON, check_json, dumps_json, get_range
 
@@ -84,32 +84,6 @@ def _canonical(op: Op) -> Op:
     if not same:
         raise InvalidOp("op is not canonical: it does not survive encoding (non-JSON body or stray fields)")
     return op
-
-
-def _durable_upto(entry: Entry | None, seq: Seq) -> bool:
-    return entry is None or entry.last_seq <= seq
-
-
-def _rebuild(record: KeyRecord) -> Entry | None:
-    """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
-    if record.snapshot is not None:
-        snap = json.loads(record.snapshot.data)
-        merge = snap["merge"]
-        base = snap["state"]
-        state = load_state(merge, base)
-        log = OpLog(snap["log"])
-    elif record.ops:
-        first = decode_op(record.ops[0].data)
-        merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
-    else:
-        return None
-    entry = Entry(merge, state, log, base)
-    for stored in record.ops:
-        op = decode_op(stored.data)
-        entry.state.apply(op)
-        entry.log.add(op, stored.seq)
-        entry.last_seq = stored.seq
-    return entry
 
 
 class Bus:
@@ -184,7 +158,7 @@ class Bus:
         if record is None:
             return None
         try:
-            entry = _rebuild(record)
+            entry = rebuild(record)
         except Exception as exc:
             raise StoreDamaged(
                 f"the stored history of {key} cannot be read ({type(exc).__name__}): the store is damaged; "
@@ -610,16 +584,7 @@ class Bus:
         """Everything up to ``seq`` is on disk: listings and eviction may rely on storage now."""
         if seq > self._durable:
             self._durable = seq
-            outbox = self.outbox
-            if outbox.fresh and seq >= self._taken and not outbox.ops:
-                outbox.fresh.clear()
-            if outbox.stable:
-                if seq >= self._seq:
-                    outbox.stable.clear()
-                else:
-                    entries = self._entries
-                    for key in [k for k in outbox.stable if _durable_upto(entries.get(k), seq)]:
-                        del outbox.stable[key]
+            self.outbox.settle(seq, self._taken, self._seq, self._entries)
             self._evict()
 
     def rollback(self, keys: Iterable[Key] = ()) -> list[Key]:

@@ -13,9 +13,10 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from statebus.bus.changes import Change
+from statebus.bus.entry import Entry
 from statebus.keys import key_matches
 from statebus.oplog.events import Op
 from statebus.storage.base import Snapshot, StoredOp
@@ -44,6 +45,18 @@ class Outbox:
         snaps, self.snapshots = self.snapshots, []
         return items, snaps
 
+    def settle(self, durable: Seq, taken: Seq, newest: Seq, entries: Mapping[Key, Entry]) -> None:
+        """Everything up to ``durable`` is on disk: forget what storage now answers for itself
+        (rules 2 and 3). ``taken`` is the last seq handed to storage, ``newest`` the bus's seq."""
+        if self.fresh and durable >= taken and not self.ops:
+            self.fresh.clear()
+        if self.stable:
+            if durable >= newest:
+                self.stable.clear()
+            else:
+                for key in [k for k in self.stable if _durable_upto(entries.get(k), durable)]:
+                    del self.stable[key]
+
     def drop(self) -> set[Key]:
         """Forget everything not durable (rule 4); the keys of the ops and snapshots dropped."""
         keys = {op.key for _, op, _ in self.ops}
@@ -60,3 +73,7 @@ class Outbox:
         for seq, op, exists in self.ops:
             if seq > after and key_matches(pattern, op.key):
                 yield StoredOp(seq, op.key, op.version, b"", exists)
+
+
+def _durable_upto(entry: Entry | None, seq: Seq) -> bool:
+    return entry is None or entry.last_seq <= seq
