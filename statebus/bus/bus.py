@@ -18,7 +18,7 @@ Rules:
    set every write and remote op raises :class:`StorageFailed`, and while
    :attr:`Bus.local_refused` is set every local write raises :class:`StoreBehind`; either way
    nothing changed. Reads with ``durable=True`` (the node's GET and listings) serve a key whose
-   newest op is still on its way to disk as it was before that op (kept in ``_stable`` while the
+   newest op is still on its way to disk as it was before that op (kept in the outbox while the
    op is in flight), so a write that then fails was never served at all.
 """
 
@@ -31,8 +31,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus.changes import Change
-from statebus.bus.entry import Entry, encode_snapshot, replay
+from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
+from statebus.bus.history import fold, missing_changes, missing_versions
+from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
 from statebus.errors import (
@@ -47,22 +49,20 @@ from statebus.errors import (
     StoreDamaged,
     VersionConflict,
 )
-from statebus.keys import is_subtree, key_matches, parse_key
-from statebus.merge import MergeState, load_state, new_state
+from statebus.keys import KeyMemo, is_subtree, parse_key
+from statebus.merge import MergeState, default_merge, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import KeyRecord, Snapshot, Storage, StoredOp
+from statebus.storage.base import Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
-from statebus.values import check_json, dumps_json, get_range, parse_range
+from statebus.values import CheckedJSON, check_json, dumps_json, get_range
 
 Signer = Callable[[Op], Op]
 BatchSigner = Callable[[list[Op]], list[Op]]
 Verifier = Callable[[Op], None]
 
 MAX_RESUME_OPS = 100_000
-PARSED_KEYS = 4096
-"""Most keys whose parse :meth:`Bus.parse_write_key` remembers (then it starts over)."""
 MAX_CLOCK_JUMP = 2**32
 """A remote op's Lamport clock may run at most this far ahead of what the key has seen: a peer
 cannot push a key's clock to the 2^53 limit and make every later write unencodable."""
@@ -86,32 +86,6 @@ def _canonical(op: Op) -> Op:
     return op
 
 
-def _durable_upto(entry: Entry | None, seq: Seq) -> bool:
-    return entry is None or entry.last_seq <= seq
-
-
-def _rebuild(record: KeyRecord) -> Entry | None:
-    """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
-    if record.snapshot is not None:
-        snap = json.loads(record.snapshot.data)
-        merge = snap["merge"]
-        base = snap["state"]
-        state = load_state(merge, base)
-        log = OpLog(snap["log"])
-    elif record.ops:
-        first = decode_op(record.ops[0].data)
-        merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
-    else:
-        return None
-    entry = Entry(merge, state, log, base)
-    for stored in record.ops:
-        op = decode_op(stored.data)
-        entry.state.apply(op)
-        entry.log.add(op, stored.seq)
-        entry.last_seq = stored.seq
-    return entry
-
-
 class Bus:
     """The in-process store.
 
@@ -132,7 +106,8 @@ class Bus:
         cache_keys: int = 50_000,
     ) -> None:
         self.storage = storage
-        self.local = local
+        self.keys = KeyMemo(local)
+        """The parsed keys this bus has seen: every key the node parses goes through it."""
         self.signer = signer
         self.verifier = verifier
         self.keep_ops = keep_ops
@@ -141,12 +116,7 @@ class Bus:
         self._durable: Seq = self._seq
         self._taken: Seq = self._seq
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
-        self._outbox: list[tuple[Seq, Op, bool]] = []
-        self._snapshots: list[Snapshot] = []
-        self._fresh: dict[Key, bool] = {}
-        self._stable: dict[Key, Change | None] = {}
-        """The durable state of every key with an op not durable yet (None: it had none)."""
-        self._write_keys: dict[str, Key] = {}
+        self.outbox = Outbox()
         self.subscriptions = Subscriptions()
         self.handlers = Handlers()
         self.reactive_keys = Reactive(self)
@@ -160,31 +130,24 @@ class Bus:
     # ------------------------------------------------------------------ keys and entries
 
     @property
+    def local(self) -> PubKey:
+        """The local namespace (``/~/``): fixed for the life of the bus."""
+        return self.keys.local
+
+    @property
+    def keys_in_memory(self) -> int:
+        """How many keys the bus holds in memory now (at most ``cache_keys``, plus any whose ops
+        are still on their way to disk)."""
+        return len(self._entries)
+
+    @property
     def seq(self) -> Seq:
         """The cursor of the newest change."""
         return self._seq
 
     def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
-        return parse_key(key, self.local, allow_subtree=allow_subtree)
-
-    def parse_write_key(self, key: str) -> Key:
-        """``self.parse(key, allow_subtree=False)``, remembered for the most recent valid keys.
-
-        :func:`parse_key` is a pure function of the text, the local namespace (fixed for a bus) and
-        ``allow_subtree``, so a key that parsed once parses to the same result again; only exact
-        ``str`` objects are remembered (a subclass could compare or hash differently) and an invalid
-        key is never remembered, so it is refused (with the same error) every time.
-        """
-        if type(key) is str:
-            found = self._write_keys.get(key)
-            if found is not None:
-                return found
-            parsed = parse_key(key, self.local, allow_subtree=False)
-            if len(self._write_keys) >= PARSED_KEYS:
-                self._write_keys.clear()
-            self._write_keys[key] = parsed
-            return parsed
-        return parse_key(key, self.local, allow_subtree=False)
+        """The normal form of ``key`` (``/~/`` names the local namespace). Raises InvalidKey."""
+        return self.keys.parse(key, allow_subtree=allow_subtree)
 
     def _entry(self, key: Key) -> Entry | None:
         entry = self._entries.get(key)
@@ -195,7 +158,7 @@ class Bus:
         if record is None:
             return None
         try:
-            entry = _rebuild(record)
+            entry = rebuild(record)
         except Exception as exc:
             raise StoreDamaged(
                 f"the stored history of {key} cannot be read ({type(exc).__name__}): the store is damaged; "
@@ -239,8 +202,8 @@ class Bus:
         if computed is not None:
             version = (f"derived-{computed.generation}",)
             return Change(k, self._seq, "derived", computed.exists, computed.value, None, version, ())
-        if durable and k in self._stable:
-            return self._stable[k]
+        if durable and k in self.outbox.stable:
+            return self.outbox.stable[k]
         entry = self._entry(k)
         if entry is None:
             return None
@@ -272,9 +235,10 @@ class Bus:
         if not is_subtree(p):
             p += "/"
         names = set(self.storage.children(p, after, limit))
-        for key, exists in self._fresh.items():
-            if durable and key in self._stable:
-                stable = self._stable[key]
+        stables = self.outbox.stable
+        for key, exists in self.outbox.fresh.items():
+            if durable and key in stables:
+                stable = stables[key]
                 exists = stable is not None and stable.exists
             if exists and key.startswith(p):
                 rest = key[len(p) :]
@@ -316,20 +280,14 @@ class Bus:
         merge: str | None = None,
         author: PubKey | None = None,
         peer: str | None = None,
-        owned: bool = False,
-        checked: bool = False,
     ) -> Change:
         """Replace the value of ``key`` (JSON, or bytes with a ``content_type``).
 
-        ``owned=True`` hands a JSON value over: the caller made it for this call (a freshly parsed
-        request body) and never touches it again, so it is checked but not copied.
-
-        ``checked=True`` (with ``owned=True`` only) says the value is what
-        :func:`~statebus.values.loads_json` has just returned, from input for which
-        :func:`~statebus.values.json.parsed_passes_check` holds: that decode ran the same walk
-        :func:`check_json` runs on this very object, within a depth no greater, and its encoding
-        cannot exceed the size limit, so :func:`check_json` is not run again. (The HTTP layer passes
-        it for a request body it parsed.) Without ``owned``, ``checked`` is ignored.
+        A JSON value is checked and copied, so the caller's later mutation cannot reach the
+        stored op; a :class:`~statebus.values.CheckedJSON` (what
+        :func:`~statebus.values.loads_json` returns, such as a request body just parsed) is fresh
+        and kept as it is, and checked again only if its decode does not prove
+        :func:`check_json` (:attr:`~statebus.values.CheckedJSON.passes_check`).
         """
         if isinstance(value, bytes | bytearray):
             if not content_type:
@@ -337,9 +295,10 @@ class Bus:
             value = bytes(value)
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
-        elif owned:
-            if not checked:
-                check_json(value)
+        elif type(value) is CheckedJSON:
+            if not value.passes_check:
+                check_json(value.value)
+            value = value.value
         else:
             value = _own_json(value)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)
@@ -405,14 +364,14 @@ class Bus:
     ) -> Change:
         if self.storage_refused is not None or self.local_refused is not None:
             self._refuse(local=True)
-        k = self.parse_write_key(key)
+        k = self.keys.parse_one(key)
         entry = self._entry(k)
         if entry is not None:
             if merge is not None and merge != entry.merge:
                 raise InvalidOp(f"{k} has merge type {entry.merge!r}, not {merge!r}")
             merge = entry.merge
         elif merge is None:
-            merge = "yjs" if kind == "crdt" else "lww"
+            merge = default_merge(kind)
         if version is not None:
             check_version(version)
             if entry is not None and (entry.log.get(version) is not None or entry.log.folded(version)):
@@ -479,7 +438,7 @@ class Bus:
         ``key``: what a write made *here* must name (a local ``save``, a client's signed op). Ops
         replicated from peers are exempt (:meth:`apply`), since they may arrive before their
         parents. An op already stored (``version``) passes: resending it is a no-op."""
-        k = self.parse_write_key(key)
+        k = self.keys.parse_one(key)
         entry = self._entry(k)
         if version is not None and entry is not None and (version in entry.log or entry.log.folded(version)):
             return
@@ -517,9 +476,9 @@ class Bus:
                 return None
             if entry.log.folded(op.version):
                 return None  # folded into the base by compaction: seen already
-            horizon = getattr(entry.state, "horizon", None)
+            horizon = entry.state.horizon
             if horizon is not None and op.order <= horizon:
-                return None  # sorts below the compacted base (lww): seen already, or superseded
+                return None  # sorts below the compacted base: seen already, or superseded
         if op.clock > (entry.log.clock if entry is not None else 0) + MAX_CLOCK_JUMP:
             raise InvalidOp(f"op clock {op.clock} is too far ahead of this key's history")
         state = entry.state if entry is not None else new_state(op.merge)
@@ -528,7 +487,7 @@ class Bus:
         if self.handlers:
             handled = self._handled(op)
             op = handled if handled is op else _canonical(handled)  # only a replaced op needs re-checking
-        self._check_remote(state, op)
+        state.check_remote(op)  # it may be concurrent with this value: only the op itself is checked
         return self._commit(k, entry, state, op, peer)
 
     def _refuse(self, *, local: bool) -> None:
@@ -537,23 +496,12 @@ class Bus:
         if local and self.local_refused is not None:
             raise StoreBehind(self.local_refused)
 
-    @staticmethod
-    def _check_remote(state: MergeState, op: Op) -> None:
-        """Validate an op from outside without requiring it to apply to *this* value (it may be
-        concurrent with what we have: lww skips a patch that no longer applies, on every replica)."""
-        if op.merge != "lww":
-            state.check(op)
-        elif op.kind not in ("set", "patch", "delete"):
-            raise InvalidOp(f"lww keys take set, patch and delete ops, not {op.kind!r}")
-        elif op.kind == "patch":
-            for p in op.body:
-                parse_range(p.range)
-
     # ------------------------------------------------------------------ commit and notify
 
     def _commit(self, key: Key, entry: Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
-        if key not in self._stable:  # its first op not durable yet: keep what disk holds (rule 5)
-            self._stable[key] = None if entry is None else self._snapshot(key, entry)
+        outbox = self.outbox
+        if key not in outbox.stable:  # its first op not durable yet: keep what disk holds (rule 5)
+            outbox.stable[key] = None if entry is None else self._snapshot(key, entry)
         if entry is None:
             entry = Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
@@ -567,8 +515,8 @@ class Bus:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         self._evict()
-        self._outbox.append((seq, op, exists))
-        self._fresh[key] = exists
+        outbox.ops.append((seq, op, exists))
+        outbox.fresh[key] = exists
         change = Change(
             key,
             seq,
@@ -614,8 +562,7 @@ class Bus:
         """Hand the ops (and compaction snapshots) waiting for disk to the caller, who must store
         them in this order and then call :meth:`mark_durable`. ``batch_signer`` may sign the ops
         as one commit; the signed ops replace the unsigned ones in memory too."""
-        items, self._outbox = self._outbox, []
-        snaps, self._snapshots = self._snapshots, []
+        items, snaps = self.outbox.take()
         ops = [op for _, op, _ in items]
         if batch_signer is not None and ops:
             ops = batch_signer(ops)
@@ -634,21 +581,13 @@ class Bus:
 
     @property
     def pending(self) -> int:
-        return len(self._outbox) + len(self._snapshots)
+        return len(self.outbox)
 
     def mark_durable(self, seq: Seq) -> None:
         """Everything up to ``seq`` is on disk: listings and eviction may rely on storage now."""
         if seq > self._durable:
             self._durable = seq
-            if self._fresh and seq >= self._taken and not self._outbox:
-                self._fresh.clear()
-            if self._stable:
-                if seq >= self._seq:
-                    self._stable.clear()
-                else:
-                    entries = self._entries
-                    for key in [k for k in self._stable if _durable_upto(entries.get(k), seq)]:
-                        del self._stable[key]
+            self.outbox.settle(seq, self._taken, self._seq, self._entries)
             self._evict()
 
     def rollback(self, keys: Iterable[Key] = ()) -> list[Key]:
@@ -663,17 +602,11 @@ class Bus:
         cursor moves up to :attr:`seq` (the dropped numbers name no op). Returns the keys whose
         in-memory state was dropped.
         """
-        dropped = set(keys)
-        dropped.update(op.key for _, op, _ in self._outbox)
-        dropped.update(snap.key for snap in self._snapshots)
-        self._outbox = []
-        self._snapshots = []
+        dropped = set(keys) | self.outbox.drop()
         for key, entry in list(self._entries.items()):
             if key in dropped or entry.last_seq > self._durable:
                 dropped.add(key)
                 del self._entries[key]
-        self._fresh.clear()
-        self._stable.clear()
         # Nothing up to the newest seq is waiting any more: the dropped seqs name no op, so the
         # durable cursor moves past them (a snapshot taken now, at ``seq``, is not held back).
         self._durable = self._taken = self._seq
@@ -716,27 +649,9 @@ class Bus:
         entry = self._entry(k)
         if entry is None:
             return None
-        keep = self.keep_ops if keep is None else keep
-        items = [(s, op) for s, op in entry.log.ops() if s <= self._taken]
-        ops = [op for _, op in items]
-        recent = len(entry.log) - len(items)
-        n = len(ops) - max(0, keep - recent)
-        if entry.merge == "lww":
-            from statebus.merge.lww import LwwState
-
-            assert isinstance(entry.state, LwwState)
-            n = entry.state.foldable(ops, max(0, keep - recent))
-        if n <= 0:
-            return None
-        folded = ops[:n]
-        seq = items[n - 1][0]
-        entry.state.compact(folded)
-        entry.log.drop(
-            {op.version for op in folded}, entry.log.frontier_of(folded), seq, remember=entry.merge != "lww"
-        )
-        entry.base = entry.state.encode()
-        snap = Snapshot(k, seq, encode_snapshot(entry))
-        self._snapshots.append(snap)
+        snap = fold(k, entry, self._taken, self.keep_ops if keep is None else keep)
+        if snap is not None:
+            self.outbox.snapshots.append(snap)
         return snap
 
     # ------------------------------------------------------------------ history and resume
@@ -745,13 +660,7 @@ class Bus:
         """The changes a replica holding ``parents`` of ``key`` lacks, in order (per-key resume,
         as Braid's ``Parents`` asks). Raises HistoryCompacted when they were folded away."""
         k = self.parse(key, allow_subtree=False)
-        entry = self._entry(k)
-        if entry is None:
-            if parents:
-                raise HistoryCompacted(f"{k} has no history for those parents")
-            return []
-        missing = entry.log.since(parents)
-        return replay(k, entry, [s for s, _ in missing])
+        return missing_versions(k, self._entry(k), parents)
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,
@@ -762,23 +671,8 @@ class Bus:
             raise HistoryCompacted(f"cursor {after} is from the future of this node (at {self._seq})")
         if after < self.storage.horizon(p):
             raise HistoryCompacted(f"changes after cursor {after} were compacted")
-        found: dict[Seq, StoredOp] = {s.seq: s for s in self.storage.scan(p, after, limit + 1)}
-        for seq, op, exists in self._outbox:
-            if seq > after and key_matches(p, op.key):
-                found[seq] = StoredOp(seq, op.key, op.version, b"", exists)
-        if len(found) > limit:
-            raise HistoryCompacted(f"more than {limit} changes since cursor {after}; take a fresh snapshot")
-        by_key: dict[Key, list[Seq]] = {}
-        for seq in sorted(found):
-            by_key.setdefault(found[seq].key, []).append(seq)
-        out: list[Change] = []
-        for k, seqs in by_key.items():
-            entry = self._entry(k)
-            if entry is None or seqs[0] <= entry.log.base_seq:
-                raise HistoryCompacted(f"changes of {k} after cursor {after} were compacted")
-            out.extend(replay(k, entry, seqs))
-        out.sort(key=lambda c: c.seq)
-        return out
+        found = [*self.storage.scan(p, after, limit + 1), *self.outbox.waiting(p, after)]
+        return missing_changes(found, self._entry, after, limit)
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -1,7 +1,7 @@
 """One key in memory: its merge state, its op log and the base snapshot they grew from.
 
 Also what is computed from an entry alone: its snapshot bytes, and the values after past ops
-(what a resume sends).
+(what a resume sends); and an entry rebuilt from what storage holds of its key.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Any
 
 from statebus.bus.changes import Change
 from statebus.merge import MergeState, load_state, new_state
+from statebus.oplog.codec import decode_op
 from statebus.oplog.log import OpLog
+from statebus.storage.base import KeyRecord
 from statebus.types import Key, Seq
 
 
@@ -35,6 +37,28 @@ def encode_snapshot(entry: Entry) -> bytes:
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
+
+
+def rebuild(record: KeyRecord) -> Entry | None:
+    """The in-memory entry of a key from its stored snapshot and ops (None if it holds neither)."""
+    if record.snapshot is not None:
+        snap = json.loads(record.snapshot.data)
+        merge = snap["merge"]
+        base = snap["state"]
+        state = load_state(merge, base)
+        log = OpLog(snap["log"])
+    elif record.ops:
+        first = decode_op(record.ops[0].data)
+        merge, base, state, log = first.merge, None, new_state(first.merge), OpLog()
+    else:
+        return None
+    entry = Entry(merge, state, log, base)
+    for stored in record.ops:
+        op = decode_op(stored.data)
+        entry.state.apply(op)
+        entry.log.add(op, stored.seq)
+        entry.last_seq = stored.seq
+    return entry
 
 
 def replay(key: Key, entry: Entry, seqs: list[Seq]) -> list[Change]:

@@ -211,7 +211,7 @@ def _ranges(raw: Any) -> tuple[RangeSummary, ...]:
 def _load(data: bytes, fields: set[str]) -> dict[str, Any]:
     if len(data) > MAX_MESSAGE_BYTES:
         raise TooLarge(f"a sync message is at most {MAX_MESSAGE_BYTES} bytes")
-    obj = loads_json(data, max_bytes=MAX_MESSAGE_BYTES, max_depth=80)
+    obj = loads_json(data, max_bytes=MAX_MESSAGE_BYTES, max_depth=80).value
     if not isinstance(obj, dict) or obj.get("v") != 1 or set(obj) - fields - {"v"}:
         raise InvalidValue(f"a sync message is a version 1 object with the fields {sorted(fields)}")
     return obj

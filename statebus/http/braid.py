@@ -231,7 +231,7 @@ def _make_patch(rng: str, content: bytes, what: str) -> Patch:
     if not content:
         return Patch(rng, DELETE)
     try:
-        return Patch(rng, loads_json(content))
+        return Patch(rng, loads_json(content).value)
     except InvalidValue as exc:
         raise InvalidValue(f"{what}: {exc.detail}") from None
 

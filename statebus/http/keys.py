@@ -45,15 +45,12 @@ from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
 from statebus.values import dumps_json, loads_json, parse_range
-from statebus.values.json import parsed_passes_check
 
 ALLOW = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
 YJS_TYPES = ("application/vnd.yjs.update", "application/octet-stream")
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 MAX_STREAM_KEYS = 256
-PARSED_KEYS = 4096
-"""Most request paths whose parsed key :meth:`KeyEndpoint.parse_key` remembers (then it starts over)."""
 JSON_TYPE = "application/json"
 METHODS = frozenset(ALLOW.split(", "))
 WRITTEN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -215,7 +212,6 @@ class KeyEndpoint:
         self.registry = registry
         self.cache = cache
         self.index_file = index_file
-        self._parsed: dict[str, Key] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -272,19 +268,15 @@ class KeyEndpoint:
         return await self.patch(key, headers, ctype, body)
 
     def parse_key(self, path: str) -> Key:
-        """The key a request path names (validated; remembered for the paths seen most recently,
-        since a path parses to the same key every time: the node and the limits do not change)."""
-        key = self._parsed.get(path)
-        if key is not None:
-            return key
-        if len(path.encode("utf-8", "replace")) > self.settings.max_key_bytes:
-            raise InvalidKey(f"a key is at most {self.settings.max_key_bytes} bytes")
-        key = self.node.bus.parse(path)
-        if key.count("/") - (1 if is_subtree(key) else 0) > self.settings.max_key_depth:
+        """The key a request path names, within the node's key limits (the parse itself is the bus's,
+        remembered there for every caller: :class:`~statebus.keys.KeyMemo`)."""
+        limit = self.settings.max_key_bytes
+        if len(path) * 4 > limit and len(path.encode("utf-8", "replace")) > limit:  # ≤ 4 bytes a char
+            raise InvalidKey(f"a key is at most {limit} bytes")
+        key = self.node.bus.keys.parse(path)
+        depth = key.count("/")
+        if depth > self.settings.max_key_depth and depth - key.endswith("/") > self.settings.max_key_depth:
             raise InvalidKey(f"a key has at most {self.settings.max_key_depth} segments")
-        if len(self._parsed) >= PARSED_KEYS:
-            self._parsed.clear()
-        self._parsed[path] = key
         return key
 
     # ------------------------------------------------------------------ reads
@@ -470,10 +462,10 @@ class KeyEndpoint:
         elif opts.get("merge") == "yjs" and ctype in YJS_TYPES:
             change = await self.node.crdt_update(key, body, **opts)
         elif ctype is None or ctype == JSON_TYPE or ctype.endswith("+json"):
-            depth = self.settings.max_json_depth
-            value = loads_json(body, max_bytes=self.settings.max_value_bytes, max_depth=depth)
-            checked = parsed_passes_check(len(body), depth)  # then the bus need not check it again
-            change = await self.node.save(key, value, owned=True, checked=checked, **opts)  # fresh: no copy
+            value = loads_json(
+                body, max_bytes=self.settings.max_value_bytes, max_depth=self.settings.max_json_depth
+            )
+            change = await self.node.save(key, value, **opts)  # fresh and checked: the bus keeps it as is
         else:
             if len(body) > self.settings.max_value_bytes:
                 raise TooLarge(

@@ -125,7 +125,7 @@ def parse_patches(raw: Any) -> list[Patch]:
             if rng.startswith("json "):
                 rng = rng[5:]
             parse_range(rng)
-            out.append(Patch(rng, loads_json(content.encode("utf-8")) if content else DELETE))
+            out.append(Patch(rng, loads_json(content.encode("utf-8")).value if content else DELETE))
         else:
             raise InvalidOp(f'patch {i}: write [range, value], [range] or {{"range", "content"}}')
     return out
@@ -213,7 +213,7 @@ class Connection:
                 return
             msg: Any = None
             try:
-                msg = loads_json(raw, max_bytes=limit, max_depth=self.settings.max_json_depth)
+                msg = loads_json(raw, max_bytes=limit, max_depth=self.settings.max_json_depth).value
                 if not isinstance(msg, dict):
                     raise InvalidValue('a message is a JSON object such as {"get": "notes/1"}')
                 await self.handle(msg)

@@ -1,5 +1,6 @@
 """Key paths: parse, validate, normalise, match. Pure functions, no I/O."""
 
+from statebus.keys.memo import KeyMemo
 from statebus.keys.paths import (
     MAX_DEPTH,
     MAX_KEY_BYTES,
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_KEY_BYTES",
     "MAX_SEGMENT_BYTES",
+    "KeyMemo",
     "decode_pubkey",
     "encode_pubkey",
     "is_pubkey",

@@ -5,7 +5,7 @@
 :mod:`statebus.merge.registry`.
 """
 
-from statebus.merge.base import MergeState
-from statebus.merge.registry import MERGE_TYPES, load_state, new_state
+from statebus.merge.base import MergeState, Order
+from statebus.merge.registry import MERGE_TYPES, default_merge, load_state, new_state
 
-__all__ = ["MERGE_TYPES", "MergeState", "load_state", "new_state"]
+__all__ = ["MERGE_TYPES", "MergeState", "Order", "default_merge", "load_state", "new_state"]

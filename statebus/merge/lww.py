@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from statebus.errors import InvalidOp, StatebusError
+from statebus.merge.base import Order
 from statebus.oplog.events import Op
-from statebus.values import apply_patches
-
-Order = tuple[int, str, str]
+from statebus.values import apply_patches, parse_range
 
 
 def _fold(exists: bool, value: Any, ctype: str | None, op: Op) -> tuple[bool, Any, str | None]:
@@ -41,6 +40,7 @@ def _fold(exists: bool, value: Any, ctype: str | None, op: Op) -> tuple[bool, An
 
 class LwwState:
     name = "lww"
+    remembers_folded = False  # an op folded away sorts at or below the horizon
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
         self._base_exists = False
@@ -79,6 +79,14 @@ class LwwState:
 
     def check(self, op: Op) -> None:
         _fold(self._exists, self._value, self._ctype, op)
+
+    def check_remote(self, op: Op) -> None:
+        # only the op itself: a concurrent patch that does not apply here is skipped on every replica
+        if op.kind not in ("set", "patch", "delete"):
+            raise InvalidOp(f"lww keys take set, patch and delete ops, not {op.kind!r}")
+        if op.kind == "patch":
+            for p in op.body:
+                parse_range(p.range)
 
     def apply(self, op: Op) -> bool:
         order = op.order

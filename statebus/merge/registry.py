@@ -16,6 +16,12 @@ MERGE_TYPES: dict[str, Callable[[dict[str, Any] | None], MergeState]] = {
 }
 
 
+def default_merge(kind: str) -> str:
+    """The merge type a new key gets from its first op when the writer names none: a CRDT update
+    makes a ``yjs`` key, anything else an ``lww`` key."""
+    return "yjs" if kind == "crdt" else "lww"
+
+
 def new_state(merge: str) -> MergeState:
     try:
         factory = MERGE_TYPES[merge]

@@ -27,6 +27,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Text, merge_updates
 
 from statebus.errors import InvalidOp
+from statebus.merge.base import Order
 from statebus.oplog.events import Op
 
 
@@ -60,6 +61,8 @@ def _root_kind(update: bytes, name: str) -> type[Map[Any] | Text | Array[Any]] |
 class YjsState:
     name = "yjs"
     content_type = None
+    remembers_folded = True  # updates commute: a folded op may come again in any order
+    horizon: Order | None = None  # every update still merges, however late
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
         self._doc: Doc[Any] = Doc()
@@ -126,6 +129,12 @@ class YjsState:
             _check_update(op.body)
         elif op.kind != "delete":
             raise InvalidOp(f"yjs keys take Yjs updates (PATCH) and deletes, not {op.kind!r} ops")
+
+    def check_remote(self, op: Op) -> None:
+        self.check(op)
+
+    def foldable(self, ops_by_seq: Sequence[Op], keep: int) -> int:
+        return len(ops_by_seq) - keep
 
     def apply(self, op: Op) -> bool:
         order = op.order

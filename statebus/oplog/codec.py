@@ -15,6 +15,11 @@ itself: :func:`with_minted_version`, :func:`with_version` and :func:`with_signat
 and carry the bytes over (``"v"`` is always the last key, and ``"s"`` goes just before ``"t"``).
 Every derived byte string is the one a fresh encoding gives (``tests/oplog/test_codec_cache.py``).
 An op's body must not be mutated once the op is made (the bus keeps private copies).
+
+What the cache earns (2026-12-06, ``python -m bench.instructions writes``, callgrind, 1,280 durable
+PUTs of a 100-byte value over uvicorn): ~733,000 instructions per PUT with it, ~827,500 with
+``_remember`` made a no-op (826,512 / 828,609): the cache saves ~94,000 instructions, 11% of a
+durable write.
 """
 
 from __future__ import annotations
@@ -38,10 +43,10 @@ MAX_OP_BYTES = 8 * 1024 * 1024
 """The largest encoded op :func:`decode_op` reads (a 1 MiB value is ~1.4 MiB as base64)."""
 _OP_DEPTH = DEFAULT_MAX_DEPTH + 3
 """A value's nesting limit plus the op object and the ``[[range, content]]`` patch wrapping."""
-_CACHE_OPS = 1024
+CACHE_OPS = 1024
 """How many recent ops' encodings are kept (a commit batch of concurrent writes fits)."""
-_CACHE_MAX_BYTES = 16 * 1024
-"""Larger encodings are not kept, so the cache holds at most ``_CACHE_OPS * _CACHE_MAX_BYTES``."""
+CACHE_MAX_BYTES = 16 * 1024
+"""Larger encodings are not kept, so the cache holds at most ``CACHE_OPS * CACHE_MAX_BYTES``."""
 _unsigned: dict[int, tuple[Op, bytes]] = {}
 """``id(op) -> (op, JSON without "s")``; holding the op keeps its id from being reused."""
 _BODY_FIELDS = {"set": {"b", "bb", "ct"}, "patch": {"b"}, "delete": set(), "crdt": {"bb"}}
@@ -94,10 +99,10 @@ def _cached(op: Op) -> bytes | None:
 
 
 def _remember(op: Op, data: bytes) -> None:
-    if len(data) > _CACHE_MAX_BYTES:
+    if len(data) > CACHE_MAX_BYTES:
         return
     _unsigned[id(op)] = (op, data)
-    if len(_unsigned) > _CACHE_OPS:
+    if len(_unsigned) > CACHE_OPS:
         _unsigned.pop(next(iter(_unsigned)), None)  # the oldest: dicts keep insertion order
 
 
@@ -239,7 +244,7 @@ def decode_op(data: bytes | str) -> Op:
     """
     try:
         text = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        d: Any = loads_json(text, max_bytes=MAX_OP_BYTES, max_depth=_OP_DEPTH)
+        d: Any = loads_json(text, max_bytes=MAX_OP_BYTES, max_depth=_OP_DEPTH).value
     except (InvalidValue, TooLarge, UnicodeEncodeError, TypeError) as exc:
         raise InvalidOp(f"op is not strict JSON: {exc}") from None
     if not isinstance(d, dict):

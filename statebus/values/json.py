@@ -11,6 +11,10 @@ object keys (different parsers keep different duplicates — a classic smuggling
 integer and float rules, and nesting is checked *before* parsing so deep input cannot exhaust the
 stack. The encoder is compact (``,`` and ``:`` without spaces), UTF-8, key order preserved.
 
+:func:`loads_json` returns a :class:`CheckedJSON`: the value together with what its decode proved,
+so a caller that hands it on (the bus's ``save``) neither copies it nor checks it again when the
+proof covers :func:`check_json`.
+
 Errors: :class:`InvalidValue` (not JSON, or not allowed) and :class:`TooLarge` (over ``max_bytes``).
 """
 
@@ -93,12 +97,35 @@ def parsed_passes_check(size: int, max_depth: int) -> bool:
     return max_depth <= DEFAULT_MAX_DEPTH and size * MAX_GROWTH <= DEFAULT_MAX_BYTES
 
 
+class CheckedJSON:
+    """A JSON value just decoded by :func:`loads_json`, and what that decode proved of it.
+
+    ``value`` is fresh: nothing else holds it, so whoever it is handed to may keep it without a
+    copy. ``passes_check`` says whether the decode proves that :func:`check_json` (default limits)
+    holds for it (:func:`parsed_passes_check` of the input's size and the decode's depth limit).
+    Only :func:`loads_json` makes one: the proof is its decode's, not the constructor's.
+
+    >>> parsed = loads_json(b'{"a": 1}')
+    >>> parsed.value, parsed.passes_check
+    ({'a': 1}, True)
+    """
+
+    __slots__ = ("passes_check", "value")
+
+    def __init__(self, value: JSON, passes_check: bool) -> None:
+        self.value = value
+        self.passes_check = passes_check
+
+    def __repr__(self) -> str:
+        return f"CheckedJSON({self.value!r}, passes_check={self.passes_check})"
+
+
 def loads_json(
     data: bytes | bytearray | memoryview,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_depth: int = DEFAULT_MAX_DEPTH,
-) -> JSON:
+) -> CheckedJSON:
     """Decode UTF-8 JSON strictly.
 
     Args:
@@ -107,13 +134,14 @@ def loads_json(
         max_depth: the deepest allowed nesting, checked before parsing.
 
     Returns:
-        The value; it always passes :func:`check_json` for the same ``max_depth``.
+        The value as a :class:`CheckedJSON` (``.value``); the value always passes :func:`check_json`
+        for the same ``max_depth``, within the size limit when ``.passes_check``.
 
     Raises:
         TooLarge: ``data`` is over ``max_bytes``.
         InvalidValue: not UTF-8, not JSON, duplicate keys, NaN/Infinity, unsafe numbers, too deep.
 
-    >>> loads_json(b'{"a": [1, 2.5, null]}')
+    >>> loads_json(b'{"a": [1, 2.5, null]}').value
     {'a': [1, 2.5, None]}
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -129,7 +157,7 @@ def loads_json(
         raise InvalidValue("JSON must not start with a byte order mark")
     fast = _loads_without_duplicates(text, max_depth)
     if fast is not None:
-        return fast[0]
+        return CheckedJSON(fast[0], parsed_passes_check(len(raw), max_depth))
     _check_nesting(text, max_depth)
     try:
         value: JSON = json.loads(
@@ -144,7 +172,7 @@ def loads_json(
     except ValueError:  # int() refuses numbers of more than 4300 digits
         raise InvalidValue("JSON has a number with too many digits") from None
     _walk(value, max_depth)
-    return value
+    return CheckedJSON(value, parsed_passes_check(len(raw), max_depth))
 
 
 def dumps_json(value: JSON) -> bytes:

@@ -464,7 +464,7 @@ def test_small_cache_keeps_correctness(storage: Storage) -> None:
     bus.flush()
     for i in range(6):
         assert bus.fetch(f"/~/k{i}").value == [7, i]
-    assert len(bus._entries) <= 2
+    assert bus.keys_in_memory <= 2
     tiny = local_bus(storage, cache_keys=0)
     tiny.save("/~/k0", "tiny")
     assert tiny.fetch("/~/k0").value == "tiny"

@@ -20,7 +20,8 @@ from statebus.errors import InvalidKey
 from statebus.http import braid
 from statebus.http.app import NodeApp
 from statebus.http.auth import OWNER_CLIENTS
-from statebus.http.keys import JSON_TYPE, PARSED_KEYS, KeyEndpoint, WrittenResponse, request_headers
+from statebus.http.keys import JSON_TYPE, KeyEndpoint, WrittenResponse, request_headers
+from statebus.keys.memo import PARSED_KEYS
 from statebus.server import create_app
 from statebus.values import dumps_json
 
@@ -93,16 +94,18 @@ def test_parsed_keys_and_owner_clients_are_remembered_boundedly(tmp_path: Path) 
         assert isinstance(app, NodeApp)
         keys = app.keys.app.app  # type: ignore[attr-defined]  # behind the counter and the gate
         assert isinstance(keys, KeyEndpoint)
+        memo = app.state.node.bus.keys  # one memo of parsed keys, the bus's
         key = keys.parse_key("/~/a/b")
         assert keys.parse_key("/~/a/b") is key and key == app.state.node.bus.parse("/~/a/b")
+        assert "/~/a/b" in memo
         for bad in ("/~/a//b", "/~/a/" + "x" * 5000, "/~" + "/x" * 1000, "nope"):
             for _ in range(2):  # refused every time, never remembered
                 with pytest.raises(InvalidKey):
                     keys.parse_key(bad)
-            assert bad not in keys._parsed
+            assert bad not in memo
         for i in range(PARSED_KEYS + 10):
             keys.parse_key(f"/~/k/{i}")
-        assert len(keys._parsed) <= PARSED_KEYS
+        assert len(memo) <= PARSED_KEYS
         auth = keys.auth
         owner = auth.owner_client("10.0.0.1")
         assert owner.owner and owner.address == "10.0.0.1"

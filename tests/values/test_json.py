@@ -114,7 +114,7 @@ LOADS: list[tuple[bytes, object]] = [
 
 @pytest.mark.parametrize(("data", "expected"), LOADS)
 def test_loads_json(data: bytes, expected: object) -> None:
-    assert loads_json(data) == expected
+    assert loads_json(data).value == expected
 
 
 BAD_JSON = [
@@ -153,11 +153,11 @@ def test_loads_json_rejects(data: bytes, reason: str) -> None:
 
 
 def test_loads_json_limits() -> None:
-    assert loads_json(b"[[1]]", max_depth=2) == [[1]]
+    assert loads_json(b"[[1]]", max_depth=2).value == [[1]]
     with pytest.raises(InvalidValue, match="nested deeper than 2"):
         loads_json(b"[[[1]]]", max_depth=2)
     # brackets inside strings do not count
-    assert loads_json(b'["[[[[{{{\\"]]"]', max_depth=1) == ['[[[[{{{"]]']
+    assert loads_json(b'["[[[[{{{\\"]]"]', max_depth=1).value == ['[[[[{{{"]]']
     # deep input is refused before the recursive parser sees it
     with pytest.raises(InvalidValue, match="nested deeper than 64"):
         loads_json(b"[" * 100_000 + b"]" * 100_000)
@@ -165,13 +165,13 @@ def test_loads_json_limits() -> None:
     for bad in (b'"' + b'a\\"' * 200_000, b'"' * 999_999, b'["' + b"\\" * 99_999, b"[" * 60 + b'"\\'):
         with pytest.raises(InvalidValue, match="not JSON"):
             loads_json(bad)
-    assert loads_json(b'"12345"', max_bytes=7) == "12345"
+    assert loads_json(b'"12345"', max_bytes=7).value == "12345"
     with pytest.raises(TooLarge, match="8 bytes; the limit is 7"):
         loads_json(b'"123456"', max_bytes=7)
     with pytest.raises(InvalidValue, match="must be bytes"):
         loads_json('"text"')  # type: ignore[arg-type]
-    assert loads_json(bytearray(b"[1]")) == [1]
-    assert loads_json(memoryview(b"[1]")) == [1]
+    assert loads_json(bytearray(b"[1]")).value == [1]
+    assert loads_json(memoryview(b"[1]")).value == [1]
 
 
 # --- dumps_json ------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_round_trip(value: object) -> None:
     size = check_json(value)
     data = dumps_json(value)  # type: ignore[arg-type]
     assert len(data) == size
-    assert loads_json(data) == value
+    assert loads_json(data).value == value
     assert json.loads(data) == value  # the stdlib agrees on what we wrote
 
 
@@ -223,7 +223,7 @@ def test_round_trip(value: object) -> None:
 @given(st.binary(max_size=64))
 def test_loads_never_raises_anything_but_invalid_value(data: bytes) -> None:
     try:
-        value = loads_json(data)
+        value = loads_json(data).value
     except InvalidValue:
         return
     check_json(value)

@@ -41,7 +41,7 @@ def outcome(fn: Any, data: bytes, depth: int) -> tuple[str, Any]:
 
 
 def fast(data: bytes, depth: int) -> Any:
-    return loads_json(data, max_depth=depth)
+    return loads_json(data, max_depth=depth).value
 
 
 names = st.sampled_from(["a", "b", "a:b", '"', "\\", "{", "}", "[", ":", "é", "\\u0061"])
@@ -94,7 +94,7 @@ def test_duplicates_refused_where_colons_hide_in_strings() -> None:
     for text in ['{"a:":1,"a":2,"a":3}', '{"x":{"a":1,"a":1}}', '[{"a":1},{"b":{"c":1,"c":1}}]']:
         assert outcome(fast, text.encode(), 64) == outcome(exact_loads, text.encode(), 64)
         assert outcome(fast, text.encode(), 64)[0] == "InvalidValue"
-    assert loads_json(b'{"a:b":"c:d","e":{"f":"::"}}') == {"a:b": "c:d", "e": {"f": "::"}}
+    assert loads_json(b'{"a:b":"c:d","e":{"f":"::"}}').value == {"a:b": "c:d", "e": {"f": "::"}}
 
 
 @settings(max_examples=300)
@@ -103,7 +103,7 @@ def test_compact_encoding_grows_at_most_max_growth_times(value: Any, space: str)
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, indent=1)):
         data = text.replace(",", "," + space).encode("utf-8", "surrogatepass")
         try:
-            parsed = loads_json(data)
+            parsed = loads_json(data).value
         except InvalidValue:
             continue
         assert len(values_json.dumps_json(parsed)) <= values_json.MAX_GROWTH * len(data)
@@ -114,7 +114,7 @@ def test_compact_encoding_growth_worst_cases() -> None:
     worst += ["-2.2250738585072014e-308", "1.7976931348623157e308", '"\\u00e9"', '"\\/"', '"\\ud83d\\ude00"']
     for text in worst:
         data = text.encode()
-        assert len(values_json.dumps_json(loads_json(data))) <= values_json.MAX_GROWTH * len(data), text
+        assert len(values_json.dumps_json(loads_json(data).value)) <= values_json.MAX_GROWTH * len(data), text
     assert values_json.parsed_passes_check(values_json.DEFAULT_MAX_BYTES // 8, 64)
     assert not values_json.parsed_passes_check(values_json.DEFAULT_MAX_BYTES // 8 + 1, 64)
     assert not values_json.parsed_passes_check(10, 65)
