@@ -45,6 +45,10 @@ from statebus.http.errors import error_body
 
 log = logging.getLogger("statebus.http.connections")
 
+CLOCK_SLACK = 0.001
+"""A timer that fires this close to its deadline (the loop's timers count whole milliseconds) ends
+the phase; one that fires earlier (the deadline moved on since) is set again for the deadline."""
+
 OwnerCheck = Callable[[Mapping[str, str], str | None], bool]
 """Whether a request carries the owner token: its headers (lowercase names, first values) and the
 ``token`` of its query string (the login link, a websocket URL), if it has one."""
@@ -56,6 +60,11 @@ class Phase(enum.Enum):
     APP = "app"
     IDLE = "idle"
     WEBSOCKET = "websocket"
+
+
+# The phases as plain module names: the protocol reads them a few times per request, and an
+# attribute of an enum class costs several times a global's lookup.
+HEADERS, BODY, APP, IDLE, WEBSOCKET = Phase.HEADERS, Phase.BODY, Phase.APP, Phase.IDLE, Phase.WEBSOCKET
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,8 @@ class ConnectionGuard:
     ) -> Refusal | None:
         """The response that refuses a request whose headers (and request ``target``, the URL as
         sent) just arrived, or None to serve it."""
+        if not self.proxies.networks and not self.table.is_reserve(conn):
+            return None  # the common case: no trusted proxies, an ordinary slot (nothing to check)
         owner: bool | None = None
 
         def owner_asks() -> bool:
@@ -197,6 +208,21 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol class, with ``guard``'s timeouts, caps and reserve."""
 
     class GuardedHttpProtocol(HttpToolsProtocol):
+        # Slots: uvicorn's protocol holds 27 attributes in its __dict__, and past 30 CPython stops
+        # sharing the keys between instances, so each connection would get a full dict (1.3 KB more)
+        # and every attribute access of uvicorn's code and of this one would be slower.
+        __slots__ = (
+            "counted",
+            "deadline",
+            "peer",
+            "phase",
+            "proxied",
+            "refusal",
+            "reserve",
+            "timer",
+            "timer_at",
+        )
+
         def __init__(
             self,
             config: Config,
@@ -206,16 +232,24 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
             self.ws_protocol_class = guard.websocket_class(self.ws_protocol_class)
-            self.phase = Phase.HEADERS
-            self.deadline: asyncio.TimerHandle | None = None
+            self.phase = HEADERS
+            self.deadline: float | None = None
+            """When the current phase ends (loop time), or None: no deadline."""
+            self.timer: asyncio.TimerHandle | None = None
+            self.timer_at = 0.0
             self.refusal: Refusal | None = None
             self.counted = False
+            self.peer: str | None = None
+            self.proxied = False
+            self.reserve = False
+            """Let in on an owner's slot (a connection never moves from an ordinary slot to one)."""
 
         # -- the connection's life
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            peer = self.client[0] if self.client else None
-            admission, displaced = guard.table.open(transport, peer, proxied=guard.proxies.trusts(peer))
+            peer = self.peer = self.client[0] if self.client else None
+            self.proxied = guard.proxies.trusts(peer)
+            admission, displaced = guard.table.open(transport, peer, proxied=self.proxied)
             if isinstance(displaced, asyncio.BaseTransport):
                 guard.closed["reserve_displaced"] += 1
                 displaced.close()
@@ -225,62 +259,66 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 transport.close()
                 return
             self.counted = True
-            self.arm(Phase.HEADERS, guard.header_timeout)
+            self.reserve = admission is Admission.RESERVE
+            self.arm(HEADERS, guard.header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.disarm()
+            self.stop_timer()
             if self.counted:
                 guard.table.close(self.transport)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self.phase is Phase.IDLE:
-                self.arm(Phase.HEADERS, guard.header_timeout)  # the next request has begun
-            super().data_received(data)
+            if self.phase is IDLE:
+                self.arm(HEADERS, guard.header_timeout)  # the next request has begun
+            HttpToolsProtocol.data_received(self, data)
 
         # -- one request
         def on_headers_complete(self) -> None:
-            self.disarm()
-            self.refusal = guard.request_refusal(
-                self.transport, self.client[0] if self.client else None, self.headers, self.url
-            )
+            self.deadline = None  # (disarm)
+            # only a reserve slot or a trusted proxy's connection can be refused here
+            if self.reserve or self.proxied:
+                self.refusal = guard.request_refusal(self.transport, self.peer, self.headers, self.url)
+            else:
+                self.refusal = None
             upgrade = self.parser.should_upgrade() and self._should_upgrade()
             if self.refusal is None or upgrade:
-                super().on_headers_complete()
+                HttpToolsProtocol.on_headers_complete(self)
             else:
                 app, self.app = self.app, self.refusal
                 try:
-                    super().on_headers_complete()
+                    HttpToolsProtocol.on_headers_complete(self)
                 finally:
                     self.app = app
             if not upgrade:
-                self.arm(Phase.BODY, guard.body_timeout)
+                self.arm(BODY, guard.body_timeout)
 
         def on_message_complete(self) -> None:
-            super().on_message_complete()
-            if self.phase is not Phase.BODY:
+            HttpToolsProtocol.on_message_complete(self)
+            if self.phase is not BODY:
                 return
             if self.cycle.response_complete and not self.transport.is_closing():
-                self.arm(Phase.IDLE, guard.idle_timeout)  # answered before the body was in
+                self.arm(IDLE, guard.idle_timeout)  # answered before the body was in
             else:
-                self.disarm()
-                self.phase = Phase.APP
+                self.deadline = None  # (disarm)
+                self.phase = APP
 
         def on_response_complete(self) -> None:
-            guard.table.detach(self.transport)
-            super().on_response_complete()
+            if self.proxied:  # (only a proxied connection counts against its request's client)
+                guard.table.detach(self.transport)
+            HttpToolsProtocol.on_response_complete(self)
             if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
                 return  # closing, or a pipelined request started
-            if self.phase is Phase.APP:  # (in BODY, the body deadline runs on: the rest is still due)
-                self.arm(Phase.IDLE, guard.idle_timeout)
+            if self.phase is APP:  # (in BODY, the body deadline runs on: the rest is still due)
+                self.arm(IDLE, guard.idle_timeout)
 
         def handle_websocket_upgrade(self) -> None:
-            self.disarm()
+            self.stop_timer()
             if self.refusal is not None:
                 self.transport.write(self.refusal.raw())
                 self.transport.close()
                 return
-            self.phase = Phase.WEBSOCKET
+            self.phase = WEBSOCKET
             self.counted = False  # the websocket protocol gives the slot back when it closes
             try:
                 super().handle_websocket_upgrade()
@@ -288,16 +326,38 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 guard.table.close(self.transport)
                 raise
 
-        # -- the deadline
+        # -- the deadline: one timer per connection, moved only when a deadline comes sooner
         def arm(self, phase: Phase, seconds: float) -> None:
-            self.disarm()
             self.phase = phase
-            self.deadline = self.loop.call_later(seconds, self.expire, phase)
+            at = self.deadline = self.loop.time() + seconds
+            if self.timer is None or self.timer_at > at:
+                self.schedule(at)
 
         def disarm(self) -> None:
-            if self.deadline is not None:
-                self.deadline.cancel()
-                self.deadline = None
+            self.deadline = None  # a pending timer finds no deadline and stops
+
+        def stop_timer(self) -> None:
+            self.deadline = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+        def schedule(self, at: float) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(at, self.tick)
+            self.timer_at = at
+
+        def tick(self) -> None:
+            """The timer fired: expire the current phase if its deadline has come, else wait for it."""
+            self.timer = None
+            at = self.deadline
+            if at is None:
+                return
+            if self.loop.time() + CLOCK_SLACK < at:
+                self.schedule(at)  # the phase changed since the timer was set: its deadline is later
+                return
+            self.expire(self.phase)
 
         def expire(self, phase: Phase) -> None:
             self.deadline = None
