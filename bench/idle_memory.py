@@ -30,7 +30,7 @@ KEY = "/~/bench/idle"
 
 def serve(data: Path, report: Path, frames: int) -> None:
     """The node, with tracemalloc: SIGUSR1 takes a snapshot; the second writes ``report``."""
-    from bench.serve_common import UVICORN_OPTIONS, announce, listen
+    from bench.serve_common import NODE_UVICORN_OPTIONS, announce, listen
     from statebus.config import Settings
     from statebus.server import make_server, tune_gc
 
@@ -39,7 +39,7 @@ def serve(data: Path, report: Path, frames: int) -> None:
     os.umask(0o077)
     settings = replace(Settings(data_dir=data), host="127.0.0.1", port=0, log_level="warning")
     sock = listen()
-    server = make_server(settings, **UVICORN_OPTIONS)
+    server = make_server(settings, **NODE_UVICORN_OPTIONS)
     tune_gc()
     snaps: list[tracemalloc.Snapshot] = []
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]

@@ -20,6 +20,11 @@ UVICORN_OPTIONS: Final[dict[str, Any]] = {
 }
 """The same uvicorn options for the node and for the reference servers."""
 
+NODE_UVICORN_OPTIONS: Final[dict[str, Any]] = {k: v for k, v in UVICORN_OPTIONS.items() if k != "http"}
+""":data:`UVICORN_OPTIONS` for a statebus node: the same, except that the node keeps the HTTP
+protocol ``statebus.server`` gives it (uvicorn's httptools protocol with the connection layer of
+``statebus.http.connections`` in it), so the benchmark measures the server a deployment runs."""
+
 
 def listen(host: str = "127.0.0.1") -> socket.socket:
     """A TCP socket bound to ``host`` port 0, listening with a deep backlog (10,000 clients connect)."""

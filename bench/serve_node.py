@@ -2,7 +2,8 @@
 
 It raises its open-file limit, binds 127.0.0.1 port 0 with a deep accept backlog, prints one JSON line
 ``{"port": …, "pid": …}`` and serves (``statebus.server.make_server``: uvloop + httptools) until
-SIGTERM. uvicorn's options are :data:`bench.serve_common.UVICORN_OPTIONS`, shared with the reference.
+SIGTERM. uvicorn's options are :data:`bench.serve_common.NODE_UVICORN_OPTIONS`: the reference's, with the
+node's own HTTP protocol (its connection layer).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.procs import raise_fd_limit
-from bench.serve_common import UVICORN_OPTIONS, announce, listen
+from bench.serve_common import NODE_UVICORN_OPTIONS, announce, listen
 from statebus.config import Settings
 from statebus.server import make_server, tune_gc
 
@@ -32,7 +33,7 @@ def main() -> None:
     if args.buffer is not None:
         settings = replace(settings, subscriber_buffer=args.buffer)
     sock = listen()
-    server = make_server(settings, **UVICORN_OPTIONS)
+    server = make_server(settings, **NODE_UVICORN_OPTIONS)
     tune_gc()  # as statebus.server.serve does
     announce(sock)
     server.run(sockets=[sock])
