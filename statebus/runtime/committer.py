@@ -93,14 +93,14 @@ class GroupCommitter:
 
     @property
     def durable_seq(self) -> Seq:
-        return self.bus._durable
+        return self.bus.durable_seq
 
     async def durable(self, seq: Seq) -> None:
         """Return once every op up to ``seq`` is on disk; raise StorageFailed if it was rolled back."""
         for low, high in self._lost:
             if low < seq <= high:
                 raise StorageFailed("the write could not be stored; nothing of it was kept")
-        if seq <= self.bus._durable:
+        if seq <= self.bus.durable_seq:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, fut))
@@ -127,7 +127,7 @@ class GroupCommitter:
                     # signing and encoding can fail too (a bug, or a value that slipped past
                     # validation): fail the waiters loudly rather than leave them hanging
                     stored, snaps = self.bus.take_outbox(self.batch_signer)
-                    last = self.bus._taken
+                    last = self.bus.taken_seq
                     await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
                     self._roll_back(exc, stored, snaps)
@@ -147,7 +147,7 @@ class GroupCommitter:
         for a while (rule 3)."""
         bus = self.bus
         reason = failure_reason(exc)
-        low, high = bus._durable, bus.seq
+        low, high = bus.durable_seq, bus.seq
         self.failures += 1
         self.ops_rolled_back += high - low
         self._lost = [*self._lost[-(LOST_RANGES - 1) :], (low, high)]
