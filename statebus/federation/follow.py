@@ -107,7 +107,7 @@ class Follower:
         return [keys_prefix(self.follow.owner), *self.rules, self.follow.pattern]
 
     def _load_state(self) -> None:
-        change = self.fed.node.bus.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
+        change = self.fed.node.fetch_or_none(state_key(self.fed.node.local, self.follow.id))
         value: Any = change.value if change is not None and change.exists else None
         if isinstance(value, dict) and isinstance(value.get("cursors"), dict):
             self.cursors = {
@@ -230,7 +230,7 @@ class Follower:
             synced_to: Seq | None = None
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
-                local = op_set(self.fed.node.bus, pattern)
+                local = op_set(self.fed.node, pattern)
                 try:
                     session = await client.sync(url, SyncSession(pattern, local.index))
                 except StatebusError as exc:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from statebus.access.acl import acl_prefix
+from statebus.bus import Change
 from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
 from statebus.federation.opset import scan_all
 from statebus.federation.policy import SHARES
@@ -101,7 +102,7 @@ class Ingest:
     def usage(self, ns: PubKey) -> int:
         """Bytes of stored ops of ``ns`` on this node (counted once from storage, then kept)."""
         if ns not in self._usage:
-            self._usage[ns] = sum(len(s.data) for s in scan_all(self.node.bus, f"/{ns}/"))
+            self._usage[ns] = sum(len(s.data) for s in scan_all(self.node, f"/{ns}/"))
         return self._usage[ns]
 
     # ------------------------------------------------------------------ keyrings
@@ -111,13 +112,13 @@ class Ingest:
         ring = self._keyrings.get(ns)
         if ring is None:
             ring = Keyring(leeway=self.clock_leeway)
-            for key in self.node.bus.walk(keys_prefix(ns), 10_000):
+            for key in self.node.walk(keys_prefix(ns), 10_000):
                 self._feed(ring, key)
             self._keyrings[ns] = ring
         return ring
 
     def _feed(self, ring: Keyring, key: str) -> None:
-        change = self.node.bus.fetch_or_none(key)
+        change = self.node.fetch_or_none(key)
         owner = namespace_of(key)
         delegate = key.rsplit("/", 1)[-1]
         if change is None or not change.exists:
@@ -168,29 +169,30 @@ class Ingest:
             is_record = isinstance(op.key, str) and op.key.startswith(keys_prefix(namespace_of(op.key)))
             (records if is_record else rest).append(op)
         rest.sort(key=lambda op: op.clock)
-        try:
-            for op in records + rest:
-                self._take_one(op, result, peer)
-        finally:
-            if result.last_seq:
-                await self.node.committer.durable(result.last_seq)
-        return result
+        size = 0  # of the op being taken, as its check measured it
 
-    def _take_one(self, op: Op, result: IngestResult, peer: str | None) -> None:
-        ns = namespace_of(op.key) if isinstance(op.key, str) else ""
-        try:
+        def check(op: Op) -> None:
+            nonlocal size
             size = self.check(op)
-            change = self.node.bus.apply(op, peer=peer)
-        except (QuotaExceeded, StorageFailed):
-            raise  # not the op's fault: it must not be counted as refused (and skipped) by a follow
-        except StatebusError as exc:
+
+        def refused(op: Op, exc: StatebusError) -> None:
+            if isinstance(exc, QuotaExceeded | StorageFailed):
+                raise exc  # not the op's fault: it must not be counted as refused (and skipped) by a follow
             if len(result.rejected) < 20:
                 result.rejected.append(f"{exc.code}: {exc.detail}")
             log.info("refused a remote op for %s: %s", op.key, exc.detail)
-            return
+
+        def applied(op: Op, change: Change | None) -> None:
+            self._applied(op, change, size, result)
+
+        await self.node.apply_many(records + rest, peer=peer, check=check, refused=refused, applied=applied)
+        return result
+
+    def _applied(self, op: Op, change: Change | None, size: int, result: IngestResult) -> None:
         if change is None:
             result.duplicates += 1
             return
+        ns = namespace_of(op.key)
         result.applied += 1
         result.last_seq = change.seq
         self._usage[ns] = self.usage(ns) + size

@@ -110,7 +110,7 @@ async def _patiently(call: Callable[[], Awaitable[T]], report: RestoreReport) ->
 async def _pull(client: PeerClient, report: RestoreReport, node: Node, pattern: Key) -> SyncSession:
     """One anti-entropy exchange, round by round (the rounds are stateless on the server, so a
     throttled round is simply sent again)."""
-    session = SyncSession(pattern, op_set(node.bus, pattern).index)
+    session = SyncSession(pattern, op_set(node, pattern).index)
     request: SyncRequest | None = session.start()
     while request is not None:
         if session.rounds >= MAX_SYNC_ROUNDS:

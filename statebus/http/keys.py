@@ -38,7 +38,8 @@ from statebus.http.errors import (
     method_not_allowed,
     statebus_error_response,
 )
-from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
+from statebus.http.pump import StreamRegistry
+from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
 from statebus.keys import is_subtree
 from statebus.runtime import Node
@@ -279,7 +280,7 @@ class KeyEndpoint:
             return key
         if len(path.encode("utf-8", "replace")) > self.settings.max_key_bytes:
             raise InvalidKey(f"a key is at most {self.settings.max_key_bytes} bytes")
-        key = self.node.bus.parse(path)
+        key = self.node.parse(path)
         if key.count("/") - (1 if is_subtree(key) else 0) > self.settings.max_key_depth:
             raise InvalidKey(f"a key has at most {self.settings.max_key_depth} segments")
         if len(self._parsed) >= PARSED_KEYS:
@@ -385,7 +386,8 @@ class KeyEndpoint:
             await serve_braid(
                 send,
                 receive,
-                node=client.stream_node(self.node),
+                node=self.node,
+                events=client.open_events(self.node),
                 registry=self.registry,
                 cache=self.cache,
                 key=key,
@@ -405,7 +407,7 @@ class KeyEndpoint:
         await serve_sse(
             send,
             receive,
-            node=client.stream_node(self.node),
+            events=client.open_events(self.node),
             registry=self.registry,
             cache=self.cache,
             patterns=patterns,

@@ -147,8 +147,8 @@ async def test_a_relay_serves_the_owners_ops_and_cannot_tamper(cluster: Cluster)
     assert c.node.bus.fetch(chirp + "9").value == {"n": 9}
     assert c.node.bus.fetch_or_none(chirp + "evil") is None
     assert follower.rejected >= 1 and "bad_signature" in follower.last_rejection
-    relay_ops = op_set(relay.node.bus, chirp).ops
-    c_ops = op_set(c.node.bus, chirp).ops
+    relay_ops = op_set(relay.node, chirp).ops
+    c_ops = op_set(c.node, chirp).ops
     assert set(c_ops) == set(relay_ops) - {k for k, v in relay_ops.items() if b"evil" in v}
 
 
