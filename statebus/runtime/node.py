@@ -44,6 +44,8 @@ class CommitStats:
     ops_rolled_back: int
     healthy: bool
     """False from a failed commit until a probe or a commit succeeds."""
+    backoff: float
+    """Seconds of the current refusal of writes after a failure (0: healthy)."""
 
 
 class Node:
@@ -83,13 +85,18 @@ class Node:
         return self.bus.local_refused
 
     @property
+    def storage_refused(self) -> str | None:
+        """Why storage takes no writes now (a failed commit's backoff), or None."""
+        return self.bus.storage_refused
+
+    @property
     def healthy(self) -> bool:
         """False while storage refuses writes (from a failed commit until a probe or commit succeeds)."""
         return self.committer.healthy
 
     def commit_stats(self) -> CommitStats:
         c = self.committer
-        return CommitStats(c.batches, c.ops_written, c.failures, c.ops_rolled_back, c.healthy)
+        return CommitStats(c.batches, c.ops_written, c.failures, c.ops_rolled_back, c.healthy, c.backoff)
 
     @property
     def on_durable(self) -> list[Callable[[Seq], None]]:

@@ -94,7 +94,7 @@ def test_parsed_keys_and_owner_clients_are_remembered_boundedly(tmp_path: Path) 
         keys = app.keys.app.app  # type: ignore[attr-defined]  # behind the counter and the gate
         assert isinstance(keys, KeyEndpoint)
         key = keys.parse_key("/~/a/b")
-        assert keys.parse_key("/~/a/b") is key and key == app.state.node.bus.parse("/~/a/b")
+        assert keys.parse_key("/~/a/b") is key and key == app.state.node.parse("/~/a/b")
         for bad in ("/~/a//b", "/~/a/" + "x" * 5000, "/~" + "/x" * 1000, "nope"):
             for _ in range(2):  # refused every time, never remembered
                 with pytest.raises(InvalidKey):
