@@ -14,6 +14,10 @@ Rules:
    one page per call, before any live change, and live changes the page already reflects are
    dropped from the buffer. Only the live changes count against the buffer bound; the pages are
    read when the transport asks, so a reader that stops reading holds one page.
+5. A stream knows the group committer only as :class:`Durability` (``durable_seq``,
+   ``call_on_durable``, ``kick``) and tells its owner that it closed through ``on_close``: it never
+   imports the Node. A ``filter`` (``Node.events(filter=)``) sits in front of the buffer, so a
+   change it refuses is never buffered and never counts against the bound.
 """
 
 from __future__ import annotations
