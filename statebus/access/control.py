@@ -21,9 +21,9 @@ every transport, so all of them share one rate table and one quota counter.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +43,8 @@ from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, is_subtree, namespace_of
 from statebus.oplog import Op
 from statebus.runtime import Node
-from statebus.runtime.streams import EventStream
-from statebus.types import Key, PubKey, Seq, Version
+from statebus.runtime.streams import EventStream, OpenEvents
+from statebus.types import Key, PubKey
 from statebus.values import dumps_json
 
 log = logging.getLogger("statebus.access")
@@ -74,12 +74,11 @@ class AccessControl:
 
     def __init__(self, node: Node, settings: Settings) -> None:
         self.node = node
-        self.bus = node.bus
-        self.local: PubKey = node.bus.local
+        self.local: PubKey = node.local
         self.settings = settings
         self.rates = RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_ip)
         self.subscriptions = SubscriptionCounter(settings.max_subscriptions_per_client)
-        self.op_gate = OpGate.for_bus(self.bus, settings.quota_bytes_per_remote_namespace)
+        self.op_gate = OpGate.for_node(self.node, settings.quota_bytes_per_remote_namespace)
         """The node's one gate for remote ops and its one quota counter (federation shares it)."""
         self.signatures = RequestVerifier(
             settings.signature_max_age,
@@ -89,8 +88,8 @@ class AccessControl:
         )
         self._policies: dict[PubKey, AccessPolicy] = {}
         self._watches: list[_Watch] = []
-        self.bus.handle(acl_prefix(self.local), to_save=_check_acl_op)
-        self.bus.handle(keys_prefix(self.local), to_save=_check_keys_op)
+        self.node.handle(acl_prefix(self.local), to_save=_check_acl_op)
+        self.node.handle(keys_prefix(self.local), to_save=_check_keys_op)
         self.local_policy = self.policy(self.local)
 
     def __repr__(self) -> str:
@@ -107,7 +106,7 @@ class AccessControl:
                 keep = watched | {self.local}
                 for ns in [n for n in self._policies if n not in keep][: MAX_POLICIES // 4]:
                     self._policies.pop(ns).close()
-            policy = AccessPolicy(self.bus, namespace, Keyring(leeway=self.settings.max_clock_skew))
+            policy = AccessPolicy(self.node, namespace, Keyring(leeway=self.settings.max_clock_skew))
             policy.listen(self._policy_changed)
             self._policies[namespace] = policy
         return policy
@@ -194,31 +193,27 @@ class AccessControl:
             RateLimited: the client holds ``max_subscriptions_per_client`` open streams.
         """
         self._watches = [w for w in self._watches if not w.stream.closed]
-        pats = tuple(self.bus.parse(p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+        pats = tuple(self.node.parse(p) for p in ([patterns] if isinstance(patterns, str) else patterns))
         for p in pats:
             self.require(self.action_of(p), client, p)
         if counted_as is not None:
             self.subscriptions.check(counted_as)
-        stream = self.node.events(list(pats), **kw)
+        guarded = client != self.local
 
         def readable(change: Change) -> bool:
             return change.key in pats or self.why_not("read", client, change.key) is None
 
-        if client != self.local:
-            stream._queue = deque(c for c in stream._queue if readable(c))
-            for sub in stream._subs:
-                sub.callback = _filtered(sub.callback, readable)
-            if stream.pages is not None:  # a starting state read later, page by page: filtered as read
-                stream.pages.keep = readable
+        stream = self.node.events(list(pats), filter=readable if guarded else None, **kw)
         if counted_as is not None:
             self.subscriptions.add(counted_as, stream)
-        if client != self.local:
+        if guarded:
             self._watches.append(_Watch(client, pats, stream))
         return stream
 
-    def node_for(self, client: PubKey | None, counted_as: str | None) -> Node:
-        """The node as ``client`` sees it for streams: its ``events`` go through :meth:`events`."""
-        return GuardedNode(self, client, counted_as)
+    def opener(self, client: PubKey | None, counted_as: str | None) -> OpenEvents:
+        """How ``client``'s streams are opened: :meth:`events` with ``client`` and ``counted_as`` bound
+        (what the transports' stream code takes in place of ``Node.events``)."""
+        return functools.partial(self.events, client, counted_as)
 
     def _policy_changed(self, policy: AccessPolicy) -> None:
         """A rule, list or delegation changed: cut the streams that lost read access."""
@@ -271,7 +266,7 @@ class AccessControl:
                 f"{acl_prefix(self.local)}.host"
             )
         # a client writes on versions this node has, as a PUT with Parents must (400 otherwise)
-        self.bus.check_parents(key, op.parents, op.version)
+        self.node.check_parents(key, op.parents, op.version)
         limit = self.settings.max_value_bytes
         if op.kind in ("set", "crdt"):
             size = len(op.body) if isinstance(op.body, bytes) else len(dumps_json(op.body))
@@ -308,7 +303,7 @@ class AccessControl:
         finally:
             self.op_gate.settle(admitted, applied=change is not None)
         if change is None:
-            current = self.bus.fetch_or_none(key)
+            current = self.node.fetch_or_none(key)
             if current is None:
                 raise InvalidOp("the op was already stored and its key no longer exists")
             return current
@@ -329,53 +324,6 @@ class _ClientDoor:
 
     def authorizes(self, op: Op) -> None:
         self.control._authorize_op(self.submitter, self.key, op)
-
-
-class GuardedNode(Node):
-    """A view of a node for one client's streams: ``events`` is :meth:`AccessControl.events`, every
-    other attribute is the node's own (the transports' stream code takes it in place of the node)."""
-
-    def __init__(self, control: AccessControl, client: PubKey | None, counted_as: str | None) -> None:
-        # deliberately not calling Node.__init__: every other attribute comes from the real node
-        self._control = control
-        self._client = client
-        self._counted_as = counted_as
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("_control", "_client", "_counted_as"):
-            raise AttributeError(name)
-        return getattr(self._control.node, name)
-
-    def events(
-        self,
-        patterns: str | Sequence[str],
-        *,
-        since: Seq | None = None,
-        parents: Sequence[Version] | None = None,
-        snapshot: bool = True,
-        max_buffer: int | None = None,
-        paged: bool = False,
-        max_resume: int | None = None,
-    ) -> EventStream:
-        return self._control.events(
-            self._client,
-            self._counted_as,
-            patterns,
-            since=since,
-            parents=parents,
-            snapshot=snapshot,
-            max_buffer=max_buffer,
-            paged=paged,
-            max_resume=max_resume,
-        )
-
-
-def _filtered(callback: Callable[[Change], None], ok: Callable[[Change], bool]) -> Callable[[Change], None]:
-    def deliver(change: Change) -> None:
-        if ok(change):
-            callback(change)
-
-    return deliver
 
 
 def _check_acl_op(op: Op) -> Op | None:

@@ -28,17 +28,17 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from statebus.access.limits import QuotaTracker
-from statebus.bus import Bus
 from statebus.errors import InvalidOp, StatebusError
 from statebus.identity.signing import check_signature
 from statebus.keys import namespace_of
 from statebus.oplog import Op, decode_op, encode_op
-from statebus.types import PubKey
+from statebus.storage.base import StoredOp
+from statebus.types import PubKey, Seq
 
 
 class Door(Protocol):
@@ -87,11 +87,20 @@ def canonical(op: Op, raw: bytes | None = None) -> bytes:
     return encoded
 
 
-def stored_bytes(bus: Bus, namespace: PubKey) -> int:
+class StoredOps(Protocol):
+    """What the quota counter reads: a node's namespace and its stored ops (a ``Node``)."""
+
+    @property
+    def local(self) -> PubKey: ...
+
+    def scan(self, pattern: str, after: Seq, limit: int) -> Sequence[StoredOp]: ...
+
+
+def stored_bytes(store: StoredOps, namespace: PubKey) -> int:
     """The bytes of the stored ops of ``namespace`` (what its quota counts)."""
     total, after = 0, 0
     while True:
-        batch = bus.storage.scan(f"/{namespace}/", after, 10_000)
+        batch = store.scan(f"/{namespace}/", after, 10_000)
         total += sum(len(s.data) for s in batch)
         if len(batch) < 10_000:
             return total
@@ -113,10 +122,10 @@ class OpGate:
         self.validators: list[OpValidator] = list(validators)
 
     @classmethod
-    def for_bus(cls, bus: Bus, quota_bytes: int, validators: Iterable[OpValidator] = ()) -> OpGate:
-        """A gate whose quota counts from what ``bus``'s storage holds."""
-        measure: Callable[[PubKey], int] = lambda ns: stored_bytes(bus, ns)  # noqa: E731
-        return cls(bus.local, QuotaTracker(quota_bytes, measure), validators)
+    def for_node(cls, node: StoredOps, quota_bytes: int, validators: Iterable[OpValidator] = ()) -> OpGate:
+        """A gate whose quota counts from what ``node``'s storage holds."""
+        measure: Callable[[PubKey], int] = lambda ns: stored_bytes(node, ns)  # noqa: E731
+        return cls(node.local, QuotaTracker(quota_bytes, measure), validators)
 
     def __repr__(self) -> str:
         return f"OpGate({self.local!r}, quota={self.quota.limit}, validators={len(self.validators)})"

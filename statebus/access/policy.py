@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from statebus.access.acl import BUILTIN_PUBLIC, AclRules, acl_prefix
-from statebus.bus import Bus, Change, Subscription
+from statebus.bus import Change, KeyReader, Subscription
 from statebus.errors import StatebusError
 from statebus.identity.delegation import Keyring, keys_prefix
 from statebus.keys import is_pubkey, is_subtree
@@ -41,7 +41,7 @@ class AccessPolicy:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: KeyReader,
         owner: PubKey,
         keyring: Keyring | None = None,
         *,

@@ -145,6 +145,16 @@ class Bus:
         """The cursor of the newest change."""
         return self._seq
 
+    @property
+    def durable_seq(self) -> Seq:
+        """The cursor up to which every op is on disk (:meth:`mark_durable`)."""
+        return self._durable
+
+    @property
+    def taken_seq(self) -> Seq:
+        """The cursor of the last op handed out by :meth:`take_outbox` (written, or being written)."""
+        return self._taken
+
     def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
         """The normal form of ``key`` (``/~/`` names the local namespace). Raises InvalidKey."""
         return self.keys.parse(key, allow_subtree=allow_subtree)

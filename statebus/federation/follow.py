@@ -171,7 +171,7 @@ class Follower:
         return [keys_prefix(self.follow.owner), *self.rules, self.follow.pattern]
 
     def _load_state(self) -> None:
-        change = self.ctx.node.bus.fetch_or_none(state_key(self.ctx.node.local, self.follow.id))
+        change = self.ctx.node.fetch_or_none(state_key(self.ctx.node.local, self.follow.id))
         value: Any = change.value if change is not None and change.exists else None
         if isinstance(value, dict) and isinstance(value.get("cursors"), dict):
             self.cursors = {
@@ -294,7 +294,7 @@ class Follower:
             synced_to: Seq | None = None
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
-                local = op_set(self.ctx.node.bus, pattern)
+                local = op_set(self.ctx.node, pattern)
                 try:
                     session = await client.sync(url, SyncSession(pattern, local.index))
                 except StatebusError as exc:

@@ -121,13 +121,13 @@ class Ingest:
         ring = self._keyrings.get(ns)
         if ring is None:
             ring = Keyring(leeway=self.clock_leeway)
-            for key in self.node.bus.walk(keys_prefix(ns), 10_000):
+            for key in self.node.walk(keys_prefix(ns), 10_000):
                 self._feed(ring, key)
             self._keyrings[ns] = ring
         return ring
 
     def _feed(self, ring: Keyring, key: str) -> None:
-        change = self.node.bus.fetch_or_none(key)
+        change = self.node.fetch_or_none(key)
         owner = namespace_of(key)
         delegate = key.rsplit("/", 1)[-1]
         if change is None or not change.exists:

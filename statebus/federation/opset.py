@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from statebus.bus import Bus
 from statebus.federation.sync import OpIndex
 from statebus.oplog import decode_op, op_hash
 from statebus.storage.base import StoredOp
@@ -18,11 +18,17 @@ from statebus.types import Seq
 SCAN_CHUNK = 5000
 
 
-def scan_all(bus: Bus, pattern: str, after: Seq = 0) -> list[StoredOp]:
+class Scanner(Protocol):
+    """Where stored ops are read from: a ``Storage``, or the ``Node`` (its ``scan``)."""
+
+    def scan(self, pattern: str, after: Seq, limit: int) -> list[StoredOp]: ...
+
+
+def scan_all(store: Scanner, pattern: str, after: Seq = 0) -> list[StoredOp]:
     """Every stored op matching ``pattern`` after cursor ``after``, in sequence order."""
     out: list[StoredOp] = []
     while True:
-        chunk = bus.storage.scan(pattern, after, SCAN_CHUNK)
+        chunk = store.scan(pattern, after, SCAN_CHUNK)
         out.extend(chunk)
         if len(chunk) < SCAN_CHUNK:
             return out
@@ -44,11 +50,11 @@ class OpSet:
         return sum(len(b) for b in self.ops.values())
 
 
-def op_set(bus: Bus, pattern: str) -> OpSet:
-    """The durable ops of ``bus`` under ``pattern`` (a subtree)."""
+def op_set(store: Scanner, pattern: str) -> OpSet:
+    """The durable ops of ``store`` under ``pattern`` (a subtree)."""
     ops: dict[bytes, bytes] = {}
     keys: dict[bytes, str] = {}
-    for stored in scan_all(bus, pattern):
+    for stored in scan_all(store, pattern):
         h = op_hash(decode_op(stored.data))
         ops[h] = stored.data
         keys[h] = stored.key

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from statebus.bus import Bus
+from statebus.bus import KeyReader
 from statebus.errors import InvalidValue, StatebusError
 from statebus.keys import is_subtree, namespace_of, parse_key, segments
 from statebus.types import JSON, Key, PubKey
@@ -88,7 +88,7 @@ def new_follow(local: PubKey, pattern: str, via: tuple[str, ...] = ()) -> Follow
     return parse_follow(local, follow_id(p), {"pattern": p, "added": time.time(), "via": list(via)})
 
 
-def _records(bus: Bus, segment: str, namespace: PubKey | None = None) -> dict[str, object]:
+def _records(bus: KeyReader, segment: str, namespace: PubKey | None = None) -> dict[str, object]:
     prefix = f"/{namespace or bus.local}/{segment}/"
     out: dict[str, object] = {}
     for key in bus.walk(prefix, MAX_LISTED):
@@ -101,7 +101,7 @@ def _records(bus: Bus, segment: str, namespace: PubKey | None = None) -> dict[st
     return out
 
 
-def follows(bus: Bus) -> dict[str, Follow]:
+def follows(bus: KeyReader) -> dict[str, Follow]:
     """The valid follow records of this node (invalid ones are ignored)."""
     out: dict[str, Follow] = {}
     for fid, value in _records(bus, FOLLOWS).items():
@@ -112,7 +112,7 @@ def follows(bus: Bus) -> dict[str, Follow]:
     return out
 
 
-def shares(bus: Bus, namespace: PubKey | None = None) -> list[Key]:
+def shares(bus: KeyReader, namespace: PubKey | None = None) -> list[Key]:
     """The patterns of ``namespace`` (default: this node's) its owner marked readable by peers
     (``/<namespace>/.shares/…``: this node's own records, or the owner's, replicated with its data)."""
     ns = bus.local if namespace is None else namespace
@@ -160,7 +160,7 @@ class PeerView:
     rule 5 is ``public/`` only.
     """
 
-    def __init__(self, bus: Bus, peer: PubKey, access: ReadCheck | None = None) -> None:
+    def __init__(self, bus: KeyReader, peer: PubKey, access: ReadCheck | None = None) -> None:
         self.bus = bus
         self.peer = peer
         self.access = access
@@ -205,6 +205,6 @@ class PeerView:
         return True
 
 
-def peer_may_read(bus: Bus, peer: PubKey, pattern: Key, access: ReadCheck | None = None) -> bool:
+def peer_may_read(bus: KeyReader, peer: PubKey, pattern: Key, access: ReadCheck | None = None) -> bool:
     """May the node ``peer`` read the subtree ``pattern`` from ``bus``? (See :class:`PeerView`.)"""
     return PeerView(bus, peer, access).pattern(pattern)

@@ -77,7 +77,7 @@ async def restore_from(node: Node, client: PeerClient, url: str, pattern: Key) -
     """Pull the ops under ``pattern`` that ``node`` lacks from the node at ``url``; apply the valid
     ones (durably). Never raises for what the source does: the report says it."""
     report = RestoreReport(url)
-    ingest = Ingest(node, OpGate.for_bus(node.bus, 0), own=True)  # own ops: no quota
+    ingest = Ingest(node, OpGate.for_node(node, 0), own=True)  # own ops: no quota
     try:
         report.server = await _patiently(functools.partial(client.node_info, url), report)
         session = await _pull(client, report, node, pattern)
@@ -111,7 +111,7 @@ async def _patiently(call: Callable[[], Awaitable[T]], report: RestoreReport) ->
 async def _pull(client: PeerClient, report: RestoreReport, node: Node, pattern: Key) -> SyncSession:
     """One anti-entropy exchange, round by round (the rounds are stateless on the server, so a
     throttled round is simply sent again)."""
-    session = SyncSession(pattern, op_set(node.bus, pattern).index)
+    session = SyncSession(pattern, op_set(node, pattern).index)
     request: SyncRequest | None = session.start()
     while request is not None:
         if session.rounds >= MAX_SYNC_ROUNDS:

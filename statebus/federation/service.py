@@ -83,7 +83,7 @@ class Federation:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         if gate is None:
-            gate = OpGate.for_bus(node.bus, settings.quota_bytes_per_remote_namespace)
+            gate = OpGate.for_node(node, settings.quota_bytes_per_remote_namespace)
         self.ingest = Ingest(node, gate, self.is_followed, clock_leeway=settings.max_clock_skew)
         timeout = read_timeout if read_timeout is not None else max(10.0, 3 * settings.sse_ping_interval)
         self._own_client = PeerClient(identity, read_timeout=timeout)
@@ -113,7 +113,7 @@ class Federation:
             await self.directory.publish(list(self.urls))
         self.started = True
         prefix = f"/{self.node.local}/{FOLLOWS}/"
-        self._watch = self.node.bus.observe(prefix, self._follows_changed, snapshot=False)
+        self._watch = self.node.observe(prefix, self._follows_changed, snapshot=False)
         await self.reconcile()
 
     async def stop(self) -> None:
@@ -144,7 +144,7 @@ class Federation:
         """Start followers for new follow records, stop those whose record is gone."""
         async with self._reconcile_lock:
             await asyncio.sleep(0)  # let the write that woke us finish its commit
-            wanted = follows(self.node.bus)
+            wanted = follows(self.node)
             self._followed = {f.owner for f in wanted.values()}
             for fid in list(self.followers):
                 if fid not in wanted or wanted[fid] != self.followers[fid].follow:
@@ -189,18 +189,18 @@ class Federation:
 
     def view(self, peer: PubKey) -> PeerView:
         """What ``peer`` may read here, as of now."""
-        return PeerView(self.node.bus, peer, self.access)
+        return PeerView(self.node, peer, self.access)
 
     def may_read(self, peer: PubKey, pattern: Key) -> bool:
         return self.view(peer).pattern(pattern)
 
     def op_set(self, pattern: Key) -> OpSet:
         """The stored ops under ``pattern`` (cached until the next write)."""
-        seq = self.node.committer.durable_seq  # read first: the set holds at least everything up to it
+        seq = self.node.durable_seq  # read first: the set holds at least everything up to it
         cached = self._opsets.get(pattern)
         if cached is not None and cached[0] == seq:
             return cached[1]
-        found = op_set(self.node.bus, pattern)
+        found = op_set(self.node, pattern)
         if len(self._opsets) > 64:
             self._opsets.clear()
         self._opsets[pattern] = (seq, found)
@@ -225,7 +225,7 @@ class Federation:
             if outside is not None:
                 raise InvalidOp(f"a pushed op is for {outside}, outside the pattern {request.pattern}")
             await self.ingest.take(pushed, peer=peer)
-        seq = self.node.committer.durable_seq
+        seq = self.node.durable_seq
         found = self.op_set(request.pattern)
         if view.filters_keys:
             found = narrowed(found, view.key)

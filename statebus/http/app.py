@@ -41,7 +41,7 @@ from statebus.http.keys import KeyEndpoint
 from statebus.http.metrics import NodeMetrics, RequestCounter
 from statebus.http.openapi import routes as openapi_routes
 from statebus.http.origins import OriginPolicy
-from statebus.http.subscribe import StreamRegistry
+from statebus.http.pump import StreamRegistry, install_log_filter
 from statebus.http.websocket import routes as websocket_routes
 from statebus.runtime import Node
 
@@ -165,6 +165,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        install_log_filter()  # at start-up, not at import (statebus.http.pump rule 2)
         log.info("statebus node %s serving", node.local)
         try:
             yield

@@ -36,7 +36,7 @@ from statebus.errors import Forbidden
 from statebus.http.errors import statebus_error_response
 from statebus.http.origins import SAFE_METHODS, OriginPolicy
 from statebus.keys import segments
-from statebus.runtime import Node
+from statebus.runtime import Node, OpenEvents
 from statebus.types import Key, PubKey
 
 COOKIE_PREFIX = "statebus_"
@@ -80,12 +80,13 @@ class Client:
     def anonymous(self) -> bool:
         return not self.owner and self.pubkey is None
 
-    def stream_node(self, node: Node) -> Node:
-        """The node this client's streams are opened on: ACL-filtered and counted under access control."""
+    def open_events(self, node: Node) -> OpenEvents:
+        """How this client's streams are opened on ``node``: ACL-filtered and counted under access
+        control (``node.events`` itself without it)."""
         if self.access is None:
-            return node
+            return node.events
         counted = None if self.owner else self.pubkey or f"ip:{self.address}"
-        return self.access.node_for(self.pubkey, counted)
+        return self.access.opener(self.pubkey, counted)
 
 
 ANONYMOUS = Client(owner=False)

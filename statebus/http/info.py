@@ -65,7 +65,7 @@ def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
         "version": package_version(),
     }
     if owner:
-        keys = node.bus.walk(node.bus.parse("/~/"), MAX_COUNT + 1)
+        keys = node.walk(node.parse("/~/"), MAX_COUNT + 1)
         body["keys"] = min(len(keys), MAX_COUNT)
         body["keys_truncated"] = len(keys) > MAX_COUNT
         body["streams"] = node.stream_count
@@ -75,9 +75,9 @@ def node_info(node: Node, *, owner: bool) -> dict[str, Any]:
 
 def storage_state(node: Node) -> str:
     """``ok``, ``failing`` (a commit failed and none succeeded since) or ``behind`` (a lost store)."""
-    if not node.committer.healthy:
+    if not node.healthy:
         return "failing"
-    if node.bus.local_refused is not None:
+    if node.local_refused is not None:
         return "behind"
     return "ok"
 

@@ -38,7 +38,8 @@ from statebus.http.errors import (
     method_not_allowed,
     statebus_error_response,
 )
-from statebus.http.subscribe import StreamRegistry, serve_braid, serve_sse
+from statebus.http.pump import StreamRegistry
+from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
 from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
@@ -273,7 +274,7 @@ class KeyEndpoint:
         limit = self.settings.max_key_bytes
         if len(path) * 4 > limit and len(path.encode("utf-8", "replace")) > limit:  # ≤ 4 bytes a char
             raise InvalidKey(f"a key is at most {limit} bytes")
-        key = self.node.bus.keys.parse(path)
+        key = self.node.parse(path)
         depth = key.count("/")
         if depth > self.settings.max_key_depth and depth - key.endswith("/") > self.settings.max_key_depth:
             raise InvalidKey(f"a key has at most {self.settings.max_key_depth} segments")
@@ -377,7 +378,8 @@ class KeyEndpoint:
             await serve_braid(
                 send,
                 receive,
-                node=client.stream_node(self.node),
+                node=self.node,
+                events=client.open_events(self.node),
                 registry=self.registry,
                 cache=self.cache,
                 key=key,
@@ -397,7 +399,7 @@ class KeyEndpoint:
         await serve_sse(
             send,
             receive,
-            node=client.stream_node(self.node),
+            events=client.open_events(self.node),
             registry=self.registry,
             cache=self.cache,
             patterns=patterns,

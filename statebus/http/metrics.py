@@ -89,8 +89,8 @@ class NodeMetrics:
 
     def store_path(self) -> Path:
         """The SQLite file of the node's store."""
-        path = getattr(self.node.bus.storage, "path", None)
-        return path if isinstance(path, Path) else Path(self.settings.data_dir) / STORE_FILE
+        path = self.node.storage_path
+        return path if path is not None else Path(self.settings.data_dir) / STORE_FILE
 
     def middleware(self) -> Middleware:
         """The :class:`RequestCounter` middleware for ``Starlette(middleware=[...])``."""
@@ -176,31 +176,28 @@ class NodeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         m = self.metrics
         node = m.node
-        yield _gauge("statebus_seq", "Sequence number of the node's latest op.", node.bus.seq)
+        stats = node.commit_stats()
+        yield _gauge("statebus_seq", "Sequence number of the node's latest op.", node.seq)
         yield _gauge(
             "statebus_durable_seq",
             "Sequence number up to which every op is on disk.",
-            node.committer.durable_seq,
+            node.durable_seq,
         )
-        yield _gauge(
-            "statebus_pending_ops", "Ops (and snapshots) waiting for the next commit.", node.bus.pending
-        )
-        yield _counter(
-            "statebus_commit_batches", "Group-commit transactions written.", node.committer.batches
-        )
-        yield _counter("statebus_commit_ops", "Ops written by group commits.", node.committer.ops_written)
+        yield _gauge("statebus_pending_ops", "Ops (and snapshots) waiting for the next commit.", node.pending)
+        yield _counter("statebus_commit_batches", "Group-commit transactions written.", stats.batches)
+        yield _counter("statebus_commit_ops", "Ops written by group commits.", stats.ops_written)
         yield _gauge(
             "statebus_storage_healthy",
             "1 while commits succeed; 0 from a failed commit (disk full) until a probe or commit succeeds.",
-            int(node.committer.healthy),
+            int(stats.healthy),
         )
         yield _counter(
-            "statebus_storage_failures", "Commits that failed and were rolled back.", node.committer.failures
+            "statebus_storage_failures", "Commits that failed and were rolled back.", stats.failures
         )
         yield _counter(
             "statebus_storage_rolled_back_ops",
             "Ops dropped by rollbacks (never acknowledged, never served).",
-            node.committer.ops_rolled_back,
+            stats.ops_rolled_back,
         )
         yield _gauge(
             "statebus_event_streams", "Open event streams (every subscription transport).", node.stream_count

@@ -104,7 +104,7 @@ class StreamSlot:
         self.stop = asyncio.Event()
 
     def interrupt(self, why: str) -> None:
-        """End the stream soon (``statebus.http.subscribe.StreamRegistry.close_all`` calls this)."""
+        """End the stream soon (``statebus.http.pump.StreamRegistry.close_all`` calls this)."""
         self.stop.set()
 
 
@@ -121,7 +121,7 @@ def scan_patterns(node: Node, patterns: list[Key], after: Seq) -> list[StoredOp]
     found: dict[Seq, StoredOp] = {}
     limit: Seq | None = None
     for p in patterns:
-        chunk = node.bus.storage.scan(p, after, SCAN_CHUNK)
+        chunk = node.scan(p, after, SCAN_CHUNK)
         for s in chunk:
             found[s.seq] = s
         if len(chunk) == SCAN_CHUNK:
@@ -267,19 +267,19 @@ class PeerEndpoints:
         self, peer: PubKey, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
     ) -> AsyncIterator[bytes]:
         node = self.node
-        horizon = max(node.bus.storage.horizon(p) for p in patterns)
-        if since > node.committer.durable_seq:
-            yield _line({"reset": "cursor_ahead", "seq": node.committer.durable_seq})
+        horizon = max(node.horizon(p) for p in patterns)
+        if since > node.durable_seq:
+            yield _line({"reset": "cursor_ahead", "seq": node.durable_seq})
             return
         if since < horizon:
-            yield _line({"reset": "compacted", "seq": node.committer.durable_seq})
+            yield _line({"reset": "compacted", "seq": node.durable_seq})
             return
         wake = asyncio.Event()
 
         def durable(seq: Seq) -> None:
             wake.set()
 
-        node.committer.on_durable.append(durable)
+        node.on_durable.append(durable)
         cursor = since
         announced = False
         view: PeerReadView | None = None
@@ -287,7 +287,7 @@ class PeerEndpoints:
         try:
             while not self.stopping.is_set() and not node.closing and not (stop and stop.is_set()):
                 wake.clear()
-                upto = node.committer.durable_seq
+                upto = node.durable_seq
                 batch = scan_patterns(node, patterns, cursor)
                 if batch:
                     cursor = batch[-1].seq
@@ -309,8 +309,8 @@ class PeerEndpoints:
                 except TimeoutError:
                     yield _line({"ping": True, "seq": cursor})
         finally:
-            if durable in node.committer.on_durable:
-                node.committer.on_durable.remove(durable)
+            if durable in node.on_durable:
+                node.on_durable.remove(durable)
 
     async def _woken(self, wake: asyncio.Event, stop: asyncio.Event | None) -> None:
         events = [self.stopping, wake] + ([stop] if stop is not None else [])

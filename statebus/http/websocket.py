@@ -83,7 +83,7 @@ def node_key(node: Node, key: Any) -> Key:
     """The node key of a statebus client's key: ``a/b`` → ``/~/a/b``; ``/…`` as it is (checked)."""
     if not isinstance(key, str) or not key:
         raise InvalidKey('a key is a non-empty string, e.g. "notes/1"')
-    parsed = node.bus.parse(key if key.startswith("/") else "/~/" + key)
+    parsed = node.parse(key if key.startswith("/") else "/~/" + key)
     if is_subtree(parsed):
         raise InvalidKey("the websocket protocol names single keys; follow a subtree with SSE")
     return parsed
@@ -291,13 +291,13 @@ class Connection:
         require_read(self.client, key)
         if name in self.subs and not self.subs[name].done():
             return
-        stream = self.client.stream_node(self.node).events(key, snapshot=True)
+        stream = self.client.open_events(self.node)(key, snapshot=True)
         self.subs[name] = asyncio.create_task(self.follow(name, key, stream))
 
     async def follow(self, name: str, key: Key, stream: Any) -> None:
         sent_first = False
         try:
-            if len(stream) == 0 and self.node.bus.fetch_or_none(key) is None:
+            if len(stream) == 0 and self.node.fetch_or_none(key) is None:
                 self.send({"set": {"key": name}})
                 sent_first = True
             async for change in stream:

@@ -2,6 +2,6 @@
 
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.node import Node
-from statebus.runtime.streams import EventStream
+from statebus.runtime.streams import EventStream, OpenEvents
 
-__all__ = ["EventStream", "GroupCommitter", "Node"]
+__all__ = ["EventStream", "GroupCommitter", "Node", "OpenEvents"]

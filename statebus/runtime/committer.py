@@ -66,6 +66,9 @@ class GroupCommitter:
     def __init__(self, bus: Bus, *, batch_signer: BatchSigner | None = None) -> None:
         self.bus = bus
         self.batch_signer = batch_signer
+        self.durable_seq: Seq = bus.durable_seq
+        """The bus's durable cursor, copied after each commit and rollback: a plain attribute, read
+        once per change per stream (``EventStream._push`` and ``drain_ready``)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statebus-writer")
         self._waiters: list[tuple[Seq, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -91,16 +94,12 @@ class GroupCommitter:
         """False from a failed commit until a probe or a commit succeeds."""
         return self.backoff == 0.0
 
-    @property
-    def durable_seq(self) -> Seq:
-        return self.bus._durable
-
     async def durable(self, seq: Seq) -> None:
         """Return once every op up to ``seq`` is on disk; raise StorageFailed if it was rolled back."""
         for low, high in self._lost:
             if low < seq <= high:
                 raise StorageFailed("the write could not be stored; nothing of it was kept")
-        if seq <= self.bus._durable:
+        if seq <= self.durable_seq:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, fut))
@@ -127,7 +126,7 @@ class GroupCommitter:
                     # signing and encoding can fail too (a bug, or a value that slipped past
                     # validation): fail the waiters loudly rather than leave them hanging
                     stored, snaps = self.bus.take_outbox(self.batch_signer)
-                    last = self.bus._taken
+                    last = self.bus.taken_seq
                     await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
                     self._roll_back(exc, stored, snaps)
@@ -138,6 +137,7 @@ class GroupCommitter:
                     log.warning("storage recovered: commits succeed again")
                     self.backoff = 0.0
                 self.bus.mark_durable(last)
+                self.durable_seq = self.bus.durable_seq
                 self._release(last)
         finally:
             self._task = None
@@ -147,12 +147,13 @@ class GroupCommitter:
         for a while (rule 3)."""
         bus = self.bus
         reason = failure_reason(exc)
-        low, high = bus._durable, bus.seq
+        low, high = bus.durable_seq, bus.seq
         self.failures += 1
         self.ops_rolled_back += high - low
         self._lost = [*self._lost[-(LOST_RANGES - 1) :], (low, high)]
         self._refuse(reason)
         bus.rollback([op.key for op in stored] + [snap.key for snap in snaps])
+        self.durable_seq = bus.durable_seq
         log.error(
             "storage write failed (%s): rolled back ops %d..%d, refusing writes for %g s",
             reason,

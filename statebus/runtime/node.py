@@ -1,23 +1,51 @@
 """The Node: the bus plus durability and async streams, as the transports use it.
 
-Every write method returns only once the write is durable (group commit); every stream is
-bounded. All bus calls happen on the event loop's thread; storage writes happen in the
-committer's writer thread.
+Rules:
+
+1. The node is the only door: transports, access control and federation call its methods, never its
+   bus, committer or storage (``tests/runtime/test_node_facade.py`` greps for it). What they need of
+   those, the node offers under its own name.
+2. Every write method returns only once the write is durable (group commit); every stream is
+   bounded. All bus calls happen on the event loop's thread; storage writes happen in the
+   committer's writer thread.
+3. Reads of the sync tier (``fetch_or_none``, ``walk``, ``observe``) are the bus's own, with its
+   defaults (they see a write before its commit unless ``durable=True``); :meth:`Node.fetch` and
+   :meth:`Node.children` read what is on disk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from statebus.bus import Bus, Change
+from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
+from statebus.bus.handlers import Handler
 from statebus.errors import ShuttingDown, StatebusError, StorageFailed
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
 from statebus.runtime.streams import EventStream
-from statebus.types import Seq, Version
+from statebus.storage.base import StoredOp
+from statebus.types import Key, Seq, Version
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """The group committer's counters since start (for metrics and health)."""
+
+    batches: int
+    """Transactions written."""
+    ops_written: int
+    failures: int
+    """Commits that failed (each rolled back)."""
+    ops_rolled_back: int
+    healthy: bool
+    """False from a failed commit until a probe or a commit succeeds."""
+    backoff: float
+    """Seconds of the current refusal of writes after a failure (0: healthy)."""
 
 
 class Node:
@@ -26,6 +54,7 @@ class Node:
         self.committer = GroupCommitter(bus, batch_signer=batch_signer)
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
+        self._forget = self._streams.discard  # one bound method for every stream's on_close
         self.closing = False
         self.on_close: list[Callable[[], None]] = []
         """Called once everything is written, before storage closes."""
@@ -34,6 +63,51 @@ class Node:
     @property
     def local(self) -> str:
         return self.bus.local
+
+    @property
+    def seq(self) -> Seq:
+        """The cursor of the newest change (durable or not)."""
+        return self.bus.seq
+
+    @property
+    def durable_seq(self) -> Seq:
+        """The cursor up to which every change is on disk."""
+        return self.committer.durable_seq
+
+    @property
+    def pending(self) -> int:
+        """Ops (and snapshots) waiting for the next commit."""
+        return self.bus.pending
+
+    @property
+    def local_refused(self) -> str | None:
+        """Why local writes are refused (the store is behind what this node committed), or None."""
+        return self.bus.local_refused
+
+    @property
+    def storage_refused(self) -> str | None:
+        """Why storage takes no writes now (a failed commit's backoff), or None."""
+        return self.bus.storage_refused
+
+    @property
+    def healthy(self) -> bool:
+        """False while storage refuses writes (from a failed commit until a probe or commit succeeds)."""
+        return self.committer.healthy
+
+    def commit_stats(self) -> CommitStats:
+        c = self.committer
+        return CommitStats(c.batches, c.ops_written, c.failures, c.ops_rolled_back, c.healthy, c.backoff)
+
+    @property
+    def on_durable(self) -> list[Callable[[Seq], None]]:
+        """Called with the durable cursor after each commit (append to listen, remove to stop)."""
+        return self.committer.on_durable
+
+    @property
+    def storage_path(self) -> Path | None:
+        """The file of the store (None: a store in memory)."""
+        path = getattr(self.bus.storage, "path", None)
+        return path if isinstance(path, Path) else None
 
     # ------------------------------------------------------------------ reads
 
@@ -45,6 +119,38 @@ class Node:
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
         """The names under ``prefix`` as on disk (see :meth:`fetch`)."""
         return self.bus.children(prefix, after, limit, durable=True)
+
+    def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
+        """``key`` in normal form (``/~/`` is this node's namespace). Raises InvalidKey."""
+        return self.bus.parse(key, allow_subtree=allow_subtree)
+
+    def fetch_or_none(self, key: str, *, durable: bool = False) -> Change | None:
+        """The state of ``key``, None if it never existed (the bus's read: rule 3)."""
+        return self.bus.fetch_or_none(key, durable=durable)
+
+    def walk(self, prefix: Key, limit: int) -> list[Key]:
+        """Up to ``limit`` keys under ``prefix`` (the bus's read: rule 3)."""
+        return self.bus.walk(prefix, limit)
+
+    def observe(self, pattern: str, callback: Callable[[Change], None], **kw: Any) -> Subscription:
+        """The synchronous tier of subscriptions (``Bus.observe``): ``callback`` runs inside the write."""
+        return self.bus.observe(pattern, callback, **kw)
+
+    def handle(self, pattern: str, **hooks: Any) -> Handler:
+        """Hook into reads and writes of keys matching ``pattern`` (``Bus.handle``)."""
+        return self.bus.handle(pattern, **hooks)
+
+    def check_parents(self, key: Key, parents: Sequence[Version], version: Version | None = None) -> None:
+        """Raise unless this node holds every version of ``parents`` for ``key`` (``Bus.check_parents``)."""
+        self.bus.check_parents(key, parents, version)
+
+    def scan(self, pattern: str, after: Seq, limit: int) -> list[StoredOp]:
+        """The stored ops under ``pattern`` after cursor ``after``, oldest first (at most ``limit``)."""
+        return self.bus.storage.scan(pattern, after, limit)
+
+    def horizon(self, pattern: str) -> Seq:
+        """The cursor below which the history under ``pattern`` was compacted away."""
+        return self.bus.storage.horizon(pattern)
 
     # ------------------------------------------------------------------ durable writes
 
@@ -105,6 +211,10 @@ class Node:
                 await self.committer.durable(last)
         return results
 
+    async def durable(self, seq: Seq) -> None:
+        """Return once every change up to ``seq`` is on disk. Raises StorageFailed if it was rolled back."""
+        await self.committer.durable(seq)
+
     async def flush(self) -> None:
         await self.committer.durable(self.bus.seq)
 
@@ -120,6 +230,7 @@ class Node:
         max_buffer: int | None = None,
         paged: bool = False,
         max_resume: int | None = None,
+        filter: Callable[[Change], bool] | None = None,
     ) -> EventStream:
         """An async stream of the changes to one or more keys/subtrees (see ``Bus.observe``).
 
@@ -129,19 +240,22 @@ class Node:
         ``paged``: the current state (when there is no resume point) is read lazily, a page at a
         time as the stream is drained (see :mod:`statebus.runtime.snapshots`), instead of being
         buffered whole. ``max_resume``: more changes missing after ``since`` than this (per
-        pattern) raise HistoryCompacted (the default is the bus's).
+        pattern) raise HistoryCompacted (the default is the bus's). ``filter``: only the changes it
+        returns True for reach the stream (starting state, backlog and live changes alike; access
+        control passes the keys a client may read).
         """
         if self.closing:
             raise ShuttingDown("node is shutting down")
-        stream = EventStream(self, max_buffer or self.max_buffer)
+        stream = EventStream(self.committer, self._forget, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
         lazy = paged and snapshot and since is None and parents is None
+        push = stream._push if filter is None else _filtered(stream._push, filter)
         try:
             for p in pats:
-                stream._subs.append(
+                stream.attach(
                     self.bus.observe(
                         p,
-                        stream._push,
+                        push,
                         since=since,
                         parents=parents,
                         snapshot=snapshot and not lazy,
@@ -150,6 +264,7 @@ class Node:
                 )
             if lazy:
                 stream.pages = SnapshotPages(self.bus, [self.bus.parse(p) for p in pats], self.bus.seq)
+                stream.pages.keep = filter
         except BaseException:
             stream.close()
             raise
@@ -161,9 +276,7 @@ class Node:
         ``low < seq <= high``; its reader resumes from its last cursor, which names stored
         history), after dropping those changes, so nobody sees them."""
         for stream in list(self._streams):
-            kept = [c for c in stream._q if not low < c.seq <= high or c.kind == "derived"]
-            if len(kept) < len(stream._q):
-                stream._q[:] = kept
+            if stream.drop_range(low, high):
                 stream.cut(StorageFailed("storage failed; resume from your last cursor"))
 
     @property
@@ -183,3 +296,11 @@ class Node:
                 callback()
         finally:
             self.bus.storage.close()
+
+
+def _filtered(callback: Callable[[Change], None], ok: Callable[[Change], bool]) -> Callable[[Change], None]:
+    def deliver(change: Change) -> None:
+        if ok(change):
+            callback(change)
+
+    return deliver

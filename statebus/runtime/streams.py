@@ -14,29 +14,68 @@ Rules:
    one page per call, before any live change, and live changes the page already reflects are
    dropped from the buffer. Only the live changes count against the buffer bound; the pages are
    read when the transport asks, so a reader that stops reading holds one page.
+5. A stream knows the group committer only as :class:`Durability` (``durable_seq``,
+   ``call_on_durable``, ``kick``) and tells its owner that it closed through ``on_close``: it never
+   imports the Node. A ``filter`` (``Node.events(filter=)``) sits in front of the buffer, so a
+   change it refuses is never buffered and never counts against the bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from statebus.bus import Change, Subscription
 from statebus.errors import StatebusError, SubscriberTooSlow
+from statebus.types import Seq, Version
 
 if TYPE_CHECKING:
-    from statebus.runtime.node import Node
     from statebus.runtime.snapshots import SnapshotPages
+
+
+class Durability(Protocol):
+    """What a stream needs of the group committer (:class:`~statebus.runtime.committer.GroupCommitter`)."""
+
+    @property
+    def durable_seq(self) -> Seq:
+        """The cursor up to which every change is on disk."""
+        ...
+
+    def call_on_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, after the next commit."""
+        ...
+
+    def kick(self) -> None:
+        """Start a commit if one is not running and there is something to write."""
+        ...
+
+
+class OpenEvents(Protocol):
+    """Opens a stream as :meth:`Node.events <statebus.runtime.node.Node.events>` does (the node's own,
+    or access control's for one client: :meth:`~statebus.access.control.AccessControl.opener`)."""
+
+    def __call__(
+        self,
+        patterns: str | Sequence[str],
+        *,
+        since: Seq | None = None,
+        parents: Sequence[Version] | None = None,
+        snapshot: bool = True,
+        max_buffer: int | None = None,
+        paged: bool = False,
+        max_resume: int | None = None,
+    ) -> EventStream: ...
 
 
 class EventStream:
     __slots__ = (
         "__weakref__",
+        "_committer",
         "_durable_at",
         "_for_durable",
         "_listening",
-        "_node",
+        "_on_close",
         "_page",
         "_q",
         "_subs",
@@ -49,8 +88,15 @@ class EventStream:
         "pages",
     )
 
-    def __init__(self, node: Node, max_buffer: int) -> None:
-        self._node = node
+    def __init__(
+        self,
+        committer: Durability,
+        on_close: Callable[[EventStream], None] | None = None,
+        max_buffer: int = 1000,
+    ) -> None:
+        self._committer = committer
+        self._on_close = on_close
+        """Called once when the stream closes (the node forgets it)."""
         self.max_buffer = max_buffer
         self._q: list[Change] = []
         """The changes not taken yet, oldest first: a list, which holds no memory while empty (a
@@ -70,13 +116,19 @@ class EventStream:
         self._page: list[Change] | None = None
         """A page read but not handed out yet: it waits for the commit of the state it shows."""
 
-    @property
-    def _queue(self) -> list[Change]:
-        return self._q
+    def attach(self, subscription: Subscription) -> None:
+        """Close ``subscription`` (the bus subscription feeding :meth:`_push`) with the stream."""
+        self._subs.append(subscription)
 
-    @_queue.setter
-    def _queue(self, changes: Iterable[Change]) -> None:
-        self._q = list(changes)
+    def drop_range(self, low: Seq, high: Seq) -> bool:
+        """Drop the buffered changes with ``low < seq <= high`` (storage refused them; derived changes
+        stay). Returns whether any was dropped."""
+        q = self._q
+        kept = [c for c in q if not low < c.seq <= high or c.kind == "derived"]
+        if len(kept) == len(q):
+            return False
+        q[:] = kept
+        return True
 
     def _push(self, change: Change) -> None:
         if self.closed or change.kind == "revert":  # a rollback's news for caches: never delivered
@@ -88,11 +140,11 @@ class EventStream:
         q.append(change)
         if (self._waiter is not None or self._listening) and not self._for_durable:
             # The reader waits for a first change: wake it once it can be delivered (durable).
-            if change.seq <= self._node.committer.durable_seq or change.kind == "derived":
+            if change.seq <= self._committer.durable_seq or change.kind == "derived":
                 self._wakeup()
             else:
                 self._for_durable = True
-                self._node.committer.call_on_durable(self._wakeup)
+                self._committer.call_on_durable(self._wakeup)
 
     def _wakeup(self) -> None:
         """Changes are ready for the sleeping reader. If the transport set :attr:`deliver`, it takes
@@ -113,7 +165,7 @@ class EventStream:
                     # Changes not durable yet stay queued: come back after the next commit.
                     self._for_durable = bool(self._q)
                     if self._for_durable:
-                        self._node.committer.call_on_durable(self._wakeup)
+                        self._committer.call_on_durable(self._wakeup)
                     return
             except Exception:
                 self.deliver = None
@@ -135,7 +187,7 @@ class EventStream:
         self._waiter = waiter
         self._for_durable = durable
         if durable:
-            self._node.committer.call_on_durable(self._wakeup)
+            self._committer.call_on_durable(self._wakeup)
         try:
             await waiter
         finally:
@@ -155,7 +207,7 @@ class EventStream:
         """Call :attr:`deliver` again after the next commit (changes are buffered, not durable yet)."""
         if self._listening and not self._for_durable:
             self._for_durable = True
-            committer = self._node.committer
+            committer = self._committer
             committer.kick()
             committer.call_on_durable(self._wakeup)
 
@@ -172,7 +224,9 @@ class EventStream:
         self._page = None
         for sub in self._subs:
             sub.close("stream closed")
-        self._node._streams.discard(self)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
         self._wake_reader()
 
     def __len__(self) -> int:
@@ -183,7 +237,7 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Change:
-        committer = self._node.committer
+        committer = self._committer
         while True:
             if self.pages is not None or self._page:
                 page = self._next_page()
@@ -221,7 +275,7 @@ class EventStream:
         q = self._q
         if not q:
             return []
-        durable = self._node.committer.durable_seq
+        durable = self._committer.durable_seq
         n = 0
         for c in q:
             if c.seq > durable and c.kind != "derived":
@@ -248,12 +302,12 @@ class EventStream:
             if reflected and self._q:
                 self._q = [c for c in self._q if c.seq > reflected.get(c.key, -1)]
             durable_at = max(reflected.values(), default=pages.seq)
-            if page and max(durable_at, pages.seq) > self._node.committer.durable_seq:
+            if page and max(durable_at, pages.seq) > self._committer.durable_seq:
                 self._page = page
                 self._durable_at = max(durable_at, pages.seq)
                 return []
             return page
-        if page is not None and self._durable_at <= self._node.committer.durable_seq:
+        if page is not None and self._durable_at <= self._committer.durable_seq:
             self._page = None
             return page
         return []

@@ -33,7 +33,7 @@ def test_doc_examples_run(tmp_path: Path) -> None:
             ["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60, check=False
         )
         assert done.returncode == 0, done.stderr
-        policy = srv.node.bus
+        policy = srv.node
         rule = policy.fetch(f"/{srv.local}/.acl/chirp").value
         assert rule == {"read": "public", "write": [names["alice"], "@team"]}
         drafts = policy.fetch_or_none(f"/{srv.local}/.acl/chirp/drafts")
@@ -44,4 +44,4 @@ def test_doc_examples_run(tmp_path: Path) -> None:
             owner.put("/~/.acl/chirp", json={"read": "public", "write": "signed"}).raise_for_status()
         code = PY[0].replace("http://127.0.0.1:8765", srv.url).replace("<node pubkey>", srv.local)
         exec(compile(code, str(DOC), "exec"), {})
-        assert srv.node.bus.fetch(f"/{srv.local}/chirp/2").value == {"text": "hi"}
+        assert srv.node.fetch(f"/{srv.local}/chirp/2").value == {"text": "hi"}

@@ -91,7 +91,7 @@ async def test_the_gate_refuses_before_the_signature_is_checked(
     node, control, _ingest = doors
     op = dataclasses.replace(signed(f"/{ALICE.pubkey}/n/1", 1), sig=b"")  # unsigned
     with pytest.raises(Forbidden):  # consent first: a namespace nobody follows costs no crypto
-        OpGate.for_bus(node.bus, 1000).admit(op, Ingest(node, control.op_gate))
+        OpGate.for_node(node, 1000).admit(op, Ingest(node, control.op_gate))
     with pytest.raises(InvalidOp, match="sent to"):  # the HTTP door: the op names another key
         await control.apply_op(ALICE.pubkey, f"/{ALICE.pubkey}/n/2", encode_op(op))
 

@@ -106,8 +106,8 @@ async def test_partition_heal_moves_only_the_missing_ops(cluster: Cluster) -> No
     assert has(b, chirp + "0", {"text": "edited", "n": 0}) and not has(b, chirp + "294")
     assert follower.streamed_ops == 0  # the stream resumed after what anti-entropy brought
     assert follower.synced_ops == 15, (follower.state(), follower.applied, len(b.federation.followers))
-    assert op_set(a.node.bus, chirp).ops == op_set(b.node.bus, chirp).ops
-    full = op_set(a.node.bus, chirp).total_bytes
+    assert op_set(a.node, chirp).ops == op_set(b.node, chirp).ops
+    full = op_set(a.node, chirp).total_bytes
     assert follower.sync_bytes < full / 4, (follower.sync_bytes, full)
 
 
@@ -157,7 +157,7 @@ async def test_quota_stops_a_follow_with_a_reason(cluster: Cluster) -> None:
     await wait_until(lambda: follower.status == "stopped")
     assert follower.reason.startswith("quota_exceeded")
     assert 0 < b.federation.ingest.usage(a.pubkey) <= 6000
-    assert sum(len(v) for v in op_set(b.node.bus, f"/{a.pubkey}/").ops.values()) <= 6000
+    assert sum(len(v) for v in op_set(b.node, f"/{a.pubkey}/").ops.values()) <= 6000
 
 
 async def test_a_fresh_follower_of_a_compacted_key_gets_the_current_value_once(cluster: Cluster) -> None:

@@ -54,7 +54,7 @@ class FakePeer:
         return self.owner.local
 
     async def sync(self, base: str, session: SyncSession) -> SyncSession:
-        found = op_set(self.owner.bus, session.pattern)
+        found = op_set(self.owner, session.pattern)
         request = session.start()
         while request is not None:
             reply = answer(found.index, found.ops, request)
@@ -67,9 +67,7 @@ class FakePeer:
     ) -> AsyncGenerator[list[StreamItem], None]:
         self.cursors.append(since)
         self.end.clear()
-        stored = sorted(
-            (s for p in patterns for s in scan_all(self.owner.bus, p, since)), key=lambda s: s.seq
-        )
+        stored = sorted((s for p in patterns for s in scan_all(self.owner, p, since)), key=lambda s: s.seq)
         lines = [StreamItem("op", s.seq, s.data) for s in stored]
         lines += [StreamItem("op", since, raw) for raw in self.slipped]
         self.slipped = []
@@ -90,7 +88,7 @@ async def nodes() -> AsyncIterator[tuple[Node, Node]]:
 
 
 def following(mine: Node, peer: FakePeer, *, consent: bool = True, base: float = 0.01) -> Follower:
-    ingest = Ingest(mine, OpGate.for_bus(mine.bus, 1 << 20), lambda ns: consent and ns == OWNER.pubkey)
+    ingest = Ingest(mine, OpGate.for_node(mine, 1 << 20), lambda ns: consent and ns == OWNER.pubkey)
 
     async def locate(follow: Follow) -> list[str]:
         return [URL]

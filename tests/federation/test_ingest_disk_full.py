@@ -46,7 +46,7 @@ def owner_ops(n: int) -> list[Op]:
 async def test_ops_that_cannot_be_stored_are_not_counted_as_refused() -> None:
     storage = FillableStorage()
     node = Node(Bus(storage, FOLLOWER.pubkey))
-    ingest = Ingest(node, OpGate.for_bus(node.bus, 1 << 20), consent=lambda ns: ns == OWNER.pubkey)
+    ingest = Ingest(node, OpGate.for_node(node, 1 << 20), consent=lambda ns: ns == OWNER.pubkey)
     ops = owner_ops(4)
     storage.full = True
     with pytest.raises(StorageFailed):

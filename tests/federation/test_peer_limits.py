@@ -92,7 +92,7 @@ async def test_a_peer_hammering_gets_429_with_retry_after_and_changes_nothing(cl
         r = await send(http, "POST", a.url + SYNC, hostile, push)
         body = assert_error(r, 429, "rate_limited")
         assert "client" in body["detail"] and 1 <= int(r.headers["retry-after"]) <= 4
-        assert not op_set(a.node.bus, f"/{owner.pubkey}/").ops  # nothing of that namespace was stored
+        assert not op_set(a.node, f"/{owner.pubkey}/").ops  # nothing of that namespace was stored
         # the other endpoints are throttled for that key too; the node's own key is exempt
         r = await send(http, "GET", a.url + OPS, hostile, pattern=pattern, live="0")
         assert_error(r, 429, "rate_limited")
@@ -202,7 +202,7 @@ async def test_oversized_and_malformed_sync_bodies_get_413_and_400(cluster: Clus
             r = await send(http, "POST", a.url + SYNC, peer, body)
             assert r.status_code == 400, (body[:80], r.status_code, r.text)
             assert reason in r.json()["detail"].lower(), (reason, r.json())
-    assert not op_set(a.node.bus, f"/{owner.pubkey}/").ops  # nothing was taken, not even the good op
+    assert not op_set(a.node, f"/{owner.pubkey}/").ops  # nothing was taken, not even the good op
 
 
 async def test_normal_follow_and_anti_entropy_work_under_default_limits(cluster: Cluster) -> None:
@@ -221,7 +221,7 @@ async def test_normal_follow_and_anti_entropy_work_under_default_limits(cluster:
     b = await cluster.add("b")
     follower = next(iter(b.federation.followers.values()))
     await wait_until(lambda: follower.live.is_set(), what="live again")
-    assert op_set(a.node.bus, chirp).ops == op_set(b.node.bus, chirp).ops
+    assert op_set(a.node, chirp).ops == op_set(b.node, chirp).ops
     assert follower.synced_ops >= 2000 and follower.throttled == 0
     assert "rate_limited" not in follower.reason
 
@@ -258,7 +258,7 @@ async def test_a_throttled_follower_backs_off_and_then_catches_up(cluster: Clust
             await send(http, "GET", a.url + OPS, b.identity, pattern=chirp, live="0")
             await asyncio.sleep(0.05)
     await wait_until(lambda: follower.live.is_set() and has(b, chirp + "29"), what="catching up")
-    assert op_set(a.node.bus, chirp).ops == op_set(b.node.bus, chirp).ops
+    assert op_set(a.node, chirp).ops == op_set(b.node, chirp).ops
     throttles = [i for i, e in enumerate(seen) if e[0] == "response" and e[2] == 429]
     assert throttles and follower.throttled >= 1, seen
     for i in throttles:  # the next request came no sooner than the server asked

@@ -43,7 +43,7 @@ def written(bus: Bus, key: str, value: object, author: Identity | None = None) -
 @pytest.fixture
 async def follower() -> AsyncIterator[tuple[Node, Ingest]]:
     node = Node(Bus(MemoryStorage(), FOLLOWER.pubkey))
-    ingest = Ingest(node, OpGate.for_bus(node.bus, 1 << 20), consent=lambda ns: ns == OWNER.pubkey)
+    ingest = Ingest(node, OpGate.for_node(node, 1 << 20), consent=lambda ns: ns == OWNER.pubkey)
     yield node, ingest
     await node.aclose()
 
@@ -113,7 +113,7 @@ async def test_delegates_are_checked_against_replicated_records(follower: tuple[
 
 async def test_quota_is_per_remote_namespace(follower: tuple[Node, Ingest]) -> None:
     node, _ = follower
-    ingest = Ingest(node, OpGate.for_bus(node.bus, 1000), consent=lambda ns: True)
+    ingest = Ingest(node, OpGate.for_node(node, 1000), consent=lambda ns: True)
     owner = source(OWNER)
     ops = [written(owner, f"/~/chirp/{i}", "z" * 100) for i in range(20)]
     with pytest.raises(QuotaExceeded) as err:
@@ -148,8 +148,8 @@ async def test_a_relay_serves_the_owners_ops_and_cannot_tamper(cluster: Cluster)
     assert c.node.bus.fetch(chirp + "9").value == {"n": 9}
     assert c.node.bus.fetch_or_none(chirp + "evil") is None
     assert follower.rejected >= 1 and "bad_signature" in follower.last_rejection
-    relay_ops = op_set(relay.node.bus, chirp).ops
-    c_ops = op_set(c.node.bus, chirp).ops
+    relay_ops = op_set(relay.node, chirp).ops
+    c_ops = op_set(c.node, chirp).ops
     assert set(c_ops) == set(relay_ops) - {k for k, v in relay_ops.items() if b"evil" in v}
 
 

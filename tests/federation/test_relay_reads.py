@@ -203,7 +203,7 @@ async def test_only_the_owner_writes_its_rules_on_a_relay() -> None:
     bus = Bus(MemoryStorage(), owner.pubkey, signer=lambda op: sign_op(op, ids[op.author]))
     node = Node(Bus(MemoryStorage(), me.pubkey))
     try:
-        ingest = Ingest(node, OpGate.for_bus(node.bus, 1 << 20), consent=lambda ns: ns == owner.pubkey)
+        ingest = Ingest(node, OpGate.for_node(node, 1 << 20), consent=lambda ns: ns == owner.pubkey)
         everything = delegate(owner, device.pubkey, [f"/{owner.pubkey}/"], issued=1).to_json()
         ops = [
             bus.save(record_key(owner.pubkey, device.pubkey), everything).op,

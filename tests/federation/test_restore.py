@@ -60,8 +60,8 @@ async def test_restore_takes_the_namespace_back_from_a_follower(cluster: Cluster
     try:
         assert node.bus.fetch_or_none(notes + "1") is None
         (report,) = await restore(node, client, [b.url])
-        held = op_set(b.node.bus, notes)
-        everything = op_set(b.node.bus, f"/{owner}/")  # the notes, and the owner's share record with them
+        held = op_set(b.node, notes)
+        everything = op_set(b.node, f"/{owner}/")  # the notes, and the owner's share record with them
         assert report.error == "" and report.server == b.pubkey
         assert report.applied == len(everything.ops) == len(held.ops) + 1 and report.rejected == []
         assert node.bus.fetch(f"/{owner}/.shares/{follow_id(notes)}").value == {"pattern": notes}
@@ -72,7 +72,7 @@ async def test_restore_takes_the_namespace_back_from_a_follower(cluster: Cluster
         deleted = node.bus.fetch_or_none(notes + "4")
         assert deleted is not None and not deleted.exists  # the delete came back too
         assert node.bus.fetch_or_none(f"/{owner}/private/diary") is None  # B never had it
-        assert op_set(node.bus, notes).index.ids() == held.index.ids()
+        assert op_set(node, notes).index.ids() == held.index.ids()
         # again: nothing is moved twice
         (again,) = await restore(node, client, [b.url], "/~/notes/")
         assert (again.received, again.applied) == (0, 0)
@@ -96,7 +96,7 @@ async def test_a_hostile_source_cannot_forge_or_alter_ops(cluster: Cluster, tmp_
     # B's disk now serves, next to the real ops: an op under A's name signed by B, and a real op
     # of A's whose value was changed (its signature no longer covers it).
     await b.federation.stop()  # B stops following (and writing); its peer endpoints still answer
-    genuine = decode_op(op_set(b.node.bus, notes).ops.popitem()[1])
+    genuine = decode_op(op_set(b.node, notes).ops.popitem()[1])
     forged = sign_op(Op(notes + "evil", "1-forged", (), b.pubkey, 99, "lww", "set", "pwned"), b.identity)
     tampered = dataclasses.replace(genuine, version="9-tampered", body={"text": "altered"})
     seq = b.node.bus.seq + 1000
@@ -140,7 +140,7 @@ async def test_a_throttled_source_is_waited_for(tmp_path: Path) -> None:
         client = PeerClient(identity)
         try:
             (first,) = await restore(node, client, [b.url])  # spends B's budget for our key
-            assert first.error == "" and first.applied == len(op_set(b.node.bus, f"/{a.pubkey}/").ops)
+            assert first.error == "" and first.applied == len(op_set(b.node, f"/{a.pubkey}/").ops)
             assert node.bus.fetch(notes + "299").value == {"text": "note 299"}
             (again,) = await restore(node, client, [b.url])  # answered 429 first, then served
             assert again.error == "" and again.throttled >= 1 and again.received == 0, again
@@ -164,7 +164,7 @@ async def test_restore_cli(cluster: Cluster, tmp_path: Path) -> None:
     finally:
         await holder.aclose()
     code, out, err = await _cli("restore", "--from", b.url, "--data", str(data))
-    held = len(op_set(b.node.bus, f"/{owner}/").ops)  # the notes and the owner's share record
+    held = len(op_set(b.node, f"/{owner}/").ops)  # the notes and the owner's share record
     assert code == 0, err
     assert f"restored {held} ops (0 already here, 0 refused" in out
     node = build_node(Settings(data_dir=data))

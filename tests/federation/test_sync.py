@@ -38,7 +38,7 @@ def _bus() -> Bus:
 def exchange(a: Bus, b: Bus, pattern: str, leaf: int = LEAF) -> tuple[SyncSession, int]:
     """Run a whole exchange, ``a`` opening; apply what each side lacks. Returns the session and the
     bytes on the wire (requests plus responses, ops included)."""
-    a_set, b_set = op_set(a, pattern), op_set(b, pattern)
+    a_set, b_set = op_set(a.storage, pattern), op_set(b.storage, pattern)
     session = SyncSession(pattern, a_set.index, a_set.ops, leaf)
     wire = 0
     req: SyncRequest | None = session.start()
@@ -67,7 +67,7 @@ def _values(bus: Bus, prefix: str) -> dict[str, object]:
 
 
 def _copy_all(src: Bus, dst: Bus, pattern: str) -> None:
-    for raw in op_set(src, src.parse(pattern)).ops.values():
+    for raw in op_set(src.storage, src.parse(pattern)).ops.values():
         dst.apply(decode_op(raw))
     dst.flush()
 
@@ -80,7 +80,7 @@ def test_partition_heals_with_only_the_missing_ops_moved() -> None:
     a.flush()
     _copy_all(a, b, "/~/chirp/")
     pattern = a.parse("/~/chirp/")
-    full_before = op_set(a, pattern).total_bytes
+    full_before = op_set(a.storage, pattern).total_bytes
     # the partition: each side writes, updates and deletes on its own
     for i in range(10):
         a.save(f"/~/chirp/a{i}", {"text": "from a", "n": i})
@@ -94,18 +94,18 @@ def test_partition_heals_with_only_the_missing_ops_moved() -> None:
         b.delete(f"/~/chirp/{i}")
     a.flush()
     b.flush()
-    a_only = set(op_set(a, pattern).ops) - set(op_set(b, pattern).ops)
-    b_only = set(op_set(b, pattern).ops) - set(op_set(a, pattern).ops)
+    a_only = set(op_set(a.storage, pattern).ops) - set(op_set(b.storage, pattern).ops)
+    b_only = set(op_set(b.storage, pattern).ops) - set(op_set(a.storage, pattern).ops)
     assert (len(a_only), len(b_only)) == (18, 9)
 
     session, wire = exchange(a, b, pattern)
 
-    assert op_set(a, pattern).ops == op_set(b, pattern).ops
+    assert op_set(a.storage, pattern).ops == op_set(b.storage, pattern).ops
     assert _values(a, "/~/chirp/") == _values(b, "/~/chirp/")
     assert "/~/chirp/101" not in {k[-13:] for k in _values(a, "/~/chirp/")}
     assert len(session.received) == len(b_only)
     assert session.pushed == a_only
-    healed = op_set(a, pattern).ops
+    healed = op_set(a.storage, pattern).ops
     moved = sum(len(healed[i]) for i in a_only | b_only)
     full = full_before + moved  # a full resend: both sides send everything they hold
     assert wire < full / 5, (wire, full)

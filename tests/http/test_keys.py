@@ -182,11 +182,11 @@ def test_bad_writes_change_nothing(
 ) -> None:
     client.put("/~/k", json={"a": {"b": 1}}, headers={"Version": '"k1"'})
     before = client.get("/~/k")
-    seq = srv.node.bus.seq
+    seq = srv.node.seq
     err(client.request(method, path, content=content, headers=headers), status, code)
     after = client.get("/~/k")
     assert after.json() == before.json() and after.headers["version"] == before.headers["version"]
-    assert srv.node.bus.seq == seq
+    assert srv.node.seq == seq
 
 
 def test_bad_reads(client: httpx.Client) -> None:

@@ -96,7 +96,7 @@ def test_parsed_keys_and_owner_clients_are_remembered_boundedly(tmp_path: Path) 
         assert isinstance(keys, KeyEndpoint)
         memo = app.state.node.bus.keys  # one memo of parsed keys, the bus's
         key = keys.parse_key("/~/a/b")
-        assert keys.parse_key("/~/a/b") is key and key == app.state.node.bus.parse("/~/a/b")
+        assert keys.parse_key("/~/a/b") is key and key == app.state.node.parse("/~/a/b")
         assert "/~/a/b" in memo
         for bad in ("/~/a//b", "/~/a/" + "x" * 5000, "/~" + "/x" * 1000, "nope"):
             for _ in range(2):  # refused every time, never remembered

@@ -117,7 +117,7 @@ def test_one_stream_many_keys(srv: LiveServer) -> None:
         assert [e["data"]["value"] for e in sse.events(3)] == ["y1", "z1", "x1"]
     # overlapping patterns deliver each change once
     with httpx.stream(
-        "GET", srv.url + "/~/m/?keys=/~/m/x", headers=sse_headers(srv, str(srv.node.bus.seq)), timeout=10
+        "GET", srv.url + "/~/m/?keys=/~/m/x", headers=sse_headers(srv, str(srv.node.seq)), timeout=10
     ) as r:
         sse = SseReader(r)
         put(srv, "/~/m/x", "x2")

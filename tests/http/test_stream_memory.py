@@ -18,7 +18,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from statebus.http.subscribe import StreamRegistry
+from statebus.http.pump import StreamRegistry
 from statebus.testing.live_server import LiveServer, SseReader, live_server
 
 KEYS = 2000

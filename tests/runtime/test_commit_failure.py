@@ -65,20 +65,20 @@ async def _scenario() -> None:
     assert node.children("/~/") == ["doc"]
     await asyncio.wait_for(reader, 5)
     assert seen == [] and stream.closed
-    assert not node.committer.healthy and node.committer.failures == 1
+    assert not node.healthy and node.commit_stats().failures == 1
 
     # During the backoff, writes are refused at once and change nothing.
     storage.full = False
     with pytest.raises(StorageFailed, match="refused"):
         await node.save("/~/doc", {"v": "refused"})
     with pytest.raises(StorageFailed):
-        node.bus.delete("/~/doc")
+        await node.delete("/~/doc")
     assert node.fetch("/~/doc").value == {"v": "before"}
 
     # After it, writes go through again, without a restart; sequence numbers are not reused.
     await asyncio.sleep(committer.RETRY_FIRST * 2)
     after = await node.save("/~/doc", {"v": "after"})
-    assert node.committer.healthy
+    assert node.healthy
     assert node.fetch("/~/doc").value == {"v": "after"}
     assert after.seq > 4
     assert [op.key for op in storage.scan("", 0, 100)] == ["/~/doc".replace("~", LOCAL)] * 2
@@ -98,12 +98,12 @@ async def _backoff_doubles() -> list[float]:
     for _ in range(4):
         with pytest.raises(StorageFailed):
             await node.save("/~/k", 1)
-        backoffs.append(node.committer.backoff)
-        while node.bus.storage_refused is not None:
+        backoffs.append(node.commit_stats().backoff)
+        while node.storage_refused is not None:
             await asyncio.sleep(0.01)
     storage.full = False
     await node.save("/~/k", 2)
-    backoffs.append(node.committer.backoff)
+    backoffs.append(node.commit_stats().backoff)
     await node.aclose()
     return backoffs
 
@@ -207,7 +207,7 @@ async def _subscribe_after_a_rollback() -> list[object]:
     first = await asyncio.wait_for(stream.__anext__(), 5)
     stream.close()
     await node.aclose()
-    return [first.value, node.committer.durable_seq >= first.seq]
+    return [first.value, node.durable_seq >= first.seq]
 
 
 def test_a_snapshot_after_a_rollback_is_not_held_back() -> None:
@@ -219,7 +219,7 @@ async def _observer_after_a_rollback() -> list[tuple[str, object, bool]]:
     node = Node(Bus(storage, LOCAL))
     await node.save("/~/.acl/notes", {"read": []})
     seen: list[tuple[str, object, bool]] = []
-    node.bus.observe("/~/.acl/", lambda c: seen.append((c.kind, c.value, c.exists)), snapshot=False)
+    node.observe("/~/.acl/", lambda c: seen.append((c.kind, c.value, c.exists)), snapshot=False)
     storage.full = True
     results = await asyncio.gather(
         node.save("/~/.acl/notes", {"read": "public"}),
@@ -249,7 +249,7 @@ async def _policy_after_a_failed_grant() -> tuple[str | None, str | None]:
 
     storage = FillableStorage()
     node = Node(Bus(storage, LOCAL))
-    policy = AccessPolicy(node.bus, LOCAL)
+    policy = AccessPolicy(node, LOCAL)
     secret = f"/{LOCAL}/diary/1"
     await node.save("/~/diary/1", "private")
     storage.full = True
@@ -286,17 +286,17 @@ async def _probed_recovery() -> tuple[int, list[float], bool]:
     storage.full = True
     with pytest.raises(StorageFailed):
         await node.save("/~/k", 1)
-    backoffs = [node.committer.backoff]
+    backoffs = [node.commit_stats().backoff]
     while storage.probes < 2:  # the probes fail: still refused, the backoff grows
         await asyncio.sleep(0.005)
-    backoffs.append(node.committer.backoff)
-    assert node.bus.storage_refused is not None and not node.committer.healthy
+    backoffs.append(node.commit_stats().backoff)
+    assert node.storage_refused is not None and not node.healthy
     storage.full = False
     for _ in range(400):  # healthy again without any client write
-        if node.committer.healthy:
+        if node.healthy:
             break
         await asyncio.sleep(0.005)
-    healthy = node.committer.healthy and node.bus.storage_refused is None
+    healthy = node.healthy and node.storage_refused is None
     await node.save("/~/k", 2)
     await node.aclose()
     return storage.probes, backoffs, healthy

@@ -31,7 +31,7 @@ async def _paged_with_writes_between_pages() -> tuple[list[list[Change]], int, d
         await node.save(f"/~/t/k{i:03d}", i)
     await node.save("/~/t/sub/x", "x")
     stream = node.events(["/~/t/", "/~/t/sub/"], paged=True)
-    start = node.bus.seq
+    start = node.seq
     batches = [stream.drain_ready()]
     assert len(stream) == 1 and stream.pages is not None  # the rest is not read yet
     await node.save("/~/t/k000", "early")  # sent already: must follow as a live change

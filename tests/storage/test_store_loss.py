@@ -143,14 +143,14 @@ def test_a_deleted_store_refuses_local_writes_until_the_loss_is_accepted(
 
 async def _restore_lifts_the_refusal(data: Path) -> None:
     node: Node = build_node(Settings(data_dir=data))
-    assert node.bus.local_refused is not None
+    assert node.local_refused is not None
     with pytest.raises(StoreBehind, match="statebus restore"):
         await node.save("/~/x", 1)
     highwater.accept(node, data)
     await node.save("/~/x", 2)
     await node.aclose()
     node = build_node(Settings(data_dir=data))
-    assert node.bus.local_refused is None
+    assert node.local_refused is None
     await node.aclose()
 
 

@@ -1,5 +1,6 @@
-"""EventStream's fast lane (``EventStream.deliver``): every change reaches the transport, in order,
-also when a change is pushed while an earlier one is still being written (two commits in flight)."""
+"""Every change reaches a stream's transport, in order and once durable, also when a change is pushed
+while an earlier one is still being written (two commits in flight): the transport's hook
+(``EventStream.deliver``, which takes changes without waking the reader) and a plain reader alike."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ async def _two_commits_in_flight() -> list[Change]:
     reader = asyncio.ensure_future(stream.__anext__())
     await asyncio.sleep(0)  # the reader sleeps, waiting for a first change
     first = asyncio.ensure_future(node.save(KEY, 1))
-    while node.bus.pending or node.committer._task is None:
-        await asyncio.sleep(0)  # the first change is being written now
+    while node.pending or node.durable_seq == node.seq:
+        await asyncio.sleep(0)  # until the first change is being written (taken, not yet durable)
     second = asyncio.ensure_future(node.save(KEY, 2))
     await asyncio.gather(first, second)
     for _ in range(20):
