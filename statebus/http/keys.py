@@ -208,6 +208,7 @@ class KeyEndpoint:
         index_file: Path | None = None,
     ) -> None:
         self.node = node
+        self._parse = node.keys.parse  # the node's key memo, called directly on every request
         self.settings = settings
         self.auth = auth
         self.registry = registry
@@ -274,7 +275,7 @@ class KeyEndpoint:
         limit = self.settings.max_key_bytes
         if len(path) * 4 > limit and len(path.encode("utf-8", "replace")) > limit:  # ≤ 4 bytes a char
             raise InvalidKey(f"a key is at most {limit} bytes")
-        key = self.node.parse(path)
+        key = self._parse(path)
         depth = key.count("/")
         if depth > self.settings.max_key_depth and depth - key.endswith("/") > self.settings.max_key_depth:
             raise InvalidKey(f"a key has at most {self.settings.max_key_depth} segments")

@@ -24,6 +24,7 @@ from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
 from statebus.errors import ShuttingDown, StatebusError, StorageFailed
+from statebus.keys.memo import KeyMemo
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
@@ -119,6 +120,11 @@ class Node:
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
         """The names under ``prefix`` as on disk (see :meth:`fetch`)."""
         return self.bus.children(prefix, after, limit, durable=True)
+
+    @property
+    def keys(self) -> KeyMemo:
+        """The node's one memo of parsed keys (the bus's): transports parse request paths with it."""
+        return self.bus.keys
 
     def parse(self, key: str, *, allow_subtree: bool = True) -> Key:
         """``key`` in normal form (``/~/`` is this node's namespace). Raises InvalidKey."""
