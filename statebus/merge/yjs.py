@@ -24,7 +24,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text, merge_updates
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, merge_updates
 
 from statebus.errors import InvalidOp
 from statebus.merge.base import Order
@@ -46,16 +46,66 @@ def _order(raw: Any) -> tuple[int, str, str] | None:
     return (int(raw[0]), str(raw[1]), str(raw[2]))
 
 
-def _root_kind(update: bytes, name: str) -> type[Map[Any] | Text | Array[Any]] | None:
+RootKind = type[Map[Any] | Text | Array[Any] | XmlFragment]
+
+
+def _root_kind(update: bytes, name: str) -> RootKind | None:
     """The type of one untyped root: probed as Map, Text, then Array on scratch copies (the first
-    that is not empty); None while the root is empty."""
+    that is not empty); an Array whose items are XML nodes is an XmlFragment (what ProseMirror,
+    TipTap and every rich-text binding write). None while the root is empty."""
     for kind in (Map, Text, Array):
         scratch: Doc[Any] = Doc()
         scratch.apply_update(update)
         root = scratch.get(name, type=kind)
-        if str(root) if kind is Text else root.to_py():
+        if isinstance(root, Text):
+            if str(root):
+                return Text
+        elif len(root):
+            if isinstance(root, Array) and any(isinstance(item, XmlElement | XmlText) for item in root):
+                return XmlFragment
             return kind
     return None
+
+
+def _delta(text: Text | XmlText) -> list[dict[str, Any]]:
+    """Formatted text as Yjs delta ops: ``{"insert": …, "attributes": {…}}`` (attributes only
+    when the run is formatted)."""
+    out: list[dict[str, Any]] = []
+    for insert, attrs in text.diff():
+        op: dict[str, Any] = {"insert": insert if isinstance(insert, str) else _view(insert)}
+        if attrs:
+            op["attributes"] = _view(dict(attrs))
+        out.append(op)
+    return out
+
+
+def _view(item: Any) -> Any:
+    """The JSON view of one Yjs value, of any shared type: never raises for content a Yjs update
+    can hold (see docs/merge.md for the XML shape)."""
+    if isinstance(item, XmlText):
+        return {"delta": _delta(item)}
+    if isinstance(item, XmlElement):
+        return {
+            "nodeName": item.tag,
+            # (pycrdt annotates XmlAttributesView.__iter__ as returning an Iterable, not an Iterator)
+            "attributes": {str(k): _view(v) for k, v in item.attributes.__iter__()},
+            "children": [_view(child) for child in item.children],
+        }
+    if isinstance(item, XmlFragment):
+        return [_view(child) for child in item.children]
+    if isinstance(item, Text):
+        return str(item)
+    if isinstance(item, Map | dict):
+        return {str(k): _view(v) for k, v in item.items()}
+    if isinstance(item, Array | list | tuple):
+        return [_view(v) for v in item]
+    if isinstance(item, bytes | bytearray):
+        return base64.b64encode(bytes(item)).decode("ascii")
+    if isinstance(item, Doc):
+        return {"guid": item.guid}  # a subdocument: its content is not part of this key
+    if item is None or isinstance(item, bool | int | float | str):
+        return item
+    return str(item)
 
 
 class YjsState:
@@ -77,7 +127,7 @@ class YjsState:
             self._updated_at = _order(base.get("updated_at"))
         self._cache: Any = None
         self._dirty = True
-        self._root_kinds: dict[str, type[Map[Any] | Text | Array[Any]]] = {}
+        self._root_kinds: dict[str, RootKind] = {}
         self._base_known: set[str] = set(base.get("known", ())) if base else set()
         self._known: set[str] = set(self._base_known)
         self._missing: set[str] = set(base.get("missing", ())) if base else set()
@@ -116,7 +166,10 @@ class YjsState:
                     # a root's type never changes once it has content: type it in the doc itself
                     self._root_kinds[name] = kind
                     root = self._doc.get(name, type=kind)
-                out[name] = str(root) if isinstance(root, Text) else root.to_py()
+                try:
+                    out[name] = _view(root)
+                except (ValueError, RuntimeError, TypeError):  # pycrdt's, for content it cannot read
+                    out[name] = str(root)  # a stored update never makes the key unreadable
             self._cache, self._dirty = out, False
         return self._cache
 

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -295,3 +296,20 @@ def ref_server(timeout: float = 10.0) -> Iterator[str]:
     with NodeProcess("ref_server.mjs", ["--host", "127.0.0.1", "--port", "0"]) as proc:
         line = proc.wait_for(lambda item: "port" in item, timeout)
         yield f"http://127.0.0.1:{int(line['port'])}"
+
+
+def yjs_available() -> bool:
+    """True when ``node`` is on PATH and the JS ``yjs`` package is installed in ``tests/js``."""
+    return shutil.which("node") is not None and (js_dir() / "node_modules" / "yjs").is_dir()
+
+
+def yjs_updates(which: str) -> list[bytes]:
+    """The Yjs updates ``tests/js/yjs_docs.mjs`` builds with the real JS ``yjs`` package, in order."""
+    out = subprocess.run(
+        ["node", str(js_dir() / "yjs_docs.mjs"), which],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [base64.b64decode(line) for line in out.split()]
