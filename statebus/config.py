@@ -96,6 +96,13 @@ class Settings:
     log_level: str = _setting("info", "log_level", "One of debug, info, warning, error, critical.")
     max_body_bytes: int = _setting(1 * MiB, "bytes", "Largest request body.", 1, 1 * GiB)
     max_value_bytes: int = _setting(1 * MiB, "bytes", "Largest stored value (encoded).", 1, 1 * GiB)
+    max_yjs_doc_bytes: int = _setting(
+        64 * MiB,
+        "bytes",
+        "Largest Yjs document (its updates as stored); a write over it gets 413.",
+        1 * KiB,
+        16 * GiB,
+    )
     max_key_bytes: int = _setting(1 * KiB, "bytes", "Longest key path in UTF-8 bytes.", 16, 64 * KiB)
     max_key_depth: int = _setting(32, "int", "Most segments in a key path.", 1, 1024)
     max_json_depth: int = _setting(64, "int", "Deepest nesting of a JSON value.", 1, 1024)

@@ -104,6 +104,7 @@ class Bus:
         verifier: Verifier | None = None,
         keep_ops: int = 1000,
         cache_keys: int = 50_000,
+        max_doc_bytes: int | None = None,
     ) -> None:
         self.storage = storage
         self.keys = KeyMemo(local)
@@ -112,6 +113,8 @@ class Bus:
         self.verifier = verifier
         self.keep_ops = keep_ops
         self.cache_keys = cache_keys
+        self.max_doc_bytes = max_doc_bytes
+        """The largest CRDT document a local write may grow (``check_size``); None: no cap."""
         self._seq: Seq = storage.max_seq()
         self._durable: Seq = self._seq
         self._taken: Seq = self._seq
@@ -404,6 +407,8 @@ class Bus:
             op = self._handled(op)
         state = entry.state if entry is not None else new_state(merge)
         state.check(op)
+        if op.kind == "crdt" and self.max_doc_bytes is not None:
+            state.check_size(op, self.max_doc_bytes)
         if self.signer is not None:
             op = self.signer(op)
         return self._commit(k, entry, state, op, peer)

@@ -48,6 +48,10 @@ class MergeState(Protocol):
     def check(self, op: Op) -> None:
         """Raise if the local op ``op`` cannot apply on top of the current value."""
 
+    def check_size(self, op: Op, limit: int) -> None:
+        """Raise TooLarge if the local ``crdt`` op ``op`` would grow the state over ``limit`` bytes
+        (a document's cap; ops from outside are never refused for size: replicas must converge)."""
+
     def check_remote(self, op: Op) -> None:
         """Raise if the op ``op`` from outside is malformed for this merge type. Unlike
         :meth:`check` it need not apply to *this* value: it may be concurrent with it."""

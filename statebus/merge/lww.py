@@ -80,6 +80,9 @@ class LwwState:
     def check(self, op: Op) -> None:
         _fold(self._exists, self._value, self._ctype, op)
 
+    def check_size(self, op: Op, limit: int) -> None:
+        pass  # lww values are capped where they enter (max_value_bytes); lww keys take no crdt ops
+
     def check_remote(self, op: Op) -> None:
         # only the op itself: a concurrent patch that does not apply here is skipped on every replica
         if op.kind not in ("set", "patch", "delete"):

@@ -12,7 +12,9 @@ so this state keeps its own stash. It follows the op DAG: while some op names a 
 has not seen (``missing``), every update is merged into the stash (``merge_updates`` is lossless
 and order-insensitive) and the document is rebuilt from the last complete state plus the stash;
 when the gap closes the stash is dropped. Compaction merges updates the same way, and the base
-keeps the versions it folded (``known``) and any still missing parents.
+keeps any still missing parents and the versions of the last ``KNOWN_KEEP`` folded ops (``known``:
+enough to recognise the parents a late op names; the op log remembers every folded version for
+itself, so the base does not store that list a second time and grows by nothing per op).
 
 A ``delete`` op marks the key deleted (the document is kept, so a late update still merges);
 a later ``crdt`` op brings it back.
@@ -26,9 +28,14 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, merge_updates
 
-from statebus.errors import InvalidOp
+from statebus.errors import InvalidOp, TooLarge
 from statebus.merge.base import Order
 from statebus.oplog.events import Op
+
+KNOWN_KEEP = 256
+"""How many of the most recently folded versions the base keeps to recognise a late op's parents:
+a parent folded before them reads as missing, which costs a rebuild per later update, never a
+wrong value (updates commute)."""
 
 
 def _check_update(update: Any) -> None:
@@ -128,11 +135,13 @@ class YjsState:
         self._cache: Any = None
         self._dirty = True
         self._root_kinds: dict[str, RootKind] = {}
-        self._base_known: set[str] = set(base.get("known", ())) if base else set()
+        self._base_known: list[str] = list(base.get("known", ()))[-KNOWN_KEEP:] if base else []
         self._known: set[str] = set(self._base_known)
         self._missing: set[str] = set(base.get("missing", ())) if base else set()
         self._stash = b""
         self._clean = b""
+        self._size = len(self._base_update)
+        """Bytes of Yjs updates this state holds: the base plus every update applied since."""
         # the base may hold updates that wait for ops still in the log: the first op applied after
         # loading rebuilds the document from the base merged with it (see _integrate)
         self._stash = self._base_update
@@ -183,6 +192,11 @@ class YjsState:
         elif op.kind != "delete":
             raise InvalidOp(f"yjs keys take Yjs updates (PATCH) and deletes, not {op.kind!r} ops")
 
+    def check_size(self, op: Op, limit: int) -> None:
+        size = self._size + len(op.body)
+        if size > limit:
+            raise TooLarge(f"this Yjs document would hold {size} bytes of updates; the limit is {limit}")
+
     def check_remote(self, op: Op) -> None:
         self.check(op)
 
@@ -199,6 +213,7 @@ class YjsState:
                 self._deleted_at = order
         else:
             self._integrate(bytes(op.body))
+            self._size += len(op.body)
             if self._updated_at is None or order > self._updated_at:
                 self._updated_at = order
             self._dirty = True
@@ -226,14 +241,22 @@ class YjsState:
         if self._base_update:
             updates.insert(0, self._base_update)
         if updates:
+            before = len(self._base_update)
             self._base_update = bytes(merge_updates(*updates)) if len(updates) > 1 else updates[0]
-        self._base_known.update(op.version for op in ops)
+            self._size += (
+                len(self._base_update) - before - sum(len(op.body) for op in ops if op.kind == "crdt")
+            )
+        folded = [op.version for op in ops]
+        self._base_known = (self._base_known + folded)[-KNOWN_KEEP:]
+        # forget the versions that left the window (the log still recognises them when re-sent)
+        self._known.difference_update(folded)
+        self._known.update(self._base_known)
 
     def encode(self) -> dict[str, Any]:
         return {
             "update": base64.b64encode(self._base_update).decode("ascii"),
             "deleted_at": list(self._deleted_at) if self._deleted_at else None,
             "updated_at": list(self._updated_at) if self._updated_at else None,
-            "known": sorted(self._base_known),
+            "known": list(self._base_known),
             "missing": sorted(self._missing),
         }
