@@ -44,9 +44,10 @@ async def test_an_xml_document_serves_streams_and_federates(cluster: Cluster) ->
         assert r.status_code == 200, r.text
         view = r.json()
         assert [node["nodeName"] for node in view["default"]] == ["heading", "paragraph", "paragraph"]
-        with anyio.fail_after(30):
-            event = await first_event(owner, "/~/rich/doc")
-        assert event["value"] == view
+        for stream in ("/~/rich/doc", "/~/rich/"):  # the key's stream and its subtree's
+            with anyio.fail_after(30):
+                event = await first_event(owner, stream)
+            assert event["value"] == view, stream
         subtree = f"/{a.pubkey}/rich/"
         await b.follow(subtree)
         await wait_until(lambda: has(b, subtree + "doc", view), what="the document on the follower")
