@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from statebus.config import Settings
     from statebus.errors import (
         BadSignature,
+        DerivedKey,
         Forbidden,
         HistoryCompacted,
         InvalidKey,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         NotFound,
         QuotaExceeded,
         RateLimited,
+        ReactiveFailed,
         ReactiveTooDeep,
         RemoteError,
         ShuttingDown,
@@ -52,6 +54,7 @@ _EXPORTS = {
     "Bus": "statebus.bus",
     "Change": "statebus.bus",
     "DELETE": "statebus.oplog",
+    "DerivedKey": "statebus.errors",
     "EventStream": "statebus.runtime",
     "Forbidden": "statebus.errors",
     "HistoryCompacted": "statebus.errors",
@@ -67,6 +70,7 @@ _EXPORTS = {
     "Patch": "statebus.oplog",
     "QuotaExceeded": "statebus.errors",
     "RateLimited": "statebus.errors",
+    "ReactiveFailed": "statebus.errors",
     "ReactiveTooDeep": "statebus.errors",
     "RemoteError": "statebus.errors",
     "Settings": "statebus.config",

@@ -24,6 +24,8 @@
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
+    ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
+    ├── DerivedKey          405   a write to a derived (reactive) key: its value is computed, not written
     └── SandboxViolation    422   a hosted handler broke its limits
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
@@ -176,6 +178,20 @@ class RemoteError(StatebusError):
 
 class ReactiveTooDeep(StatebusError):
     """Reactive functions nest deeper than the bus allows: most likely two of them read each other."""
+
+
+class ReactiveFailed(StatebusError):
+    """A reactive key's function raised: its key has no value until the function succeeds again.
+    The detail names the key and the exception's class, never its message (it may hold secrets)."""
+
+    status_hint = 500
+
+
+class DerivedKey(StatebusError):
+    """A write (PUT, PATCH, DELETE or an op) to a derived key: its value is computed from its inputs,
+    so nothing was changed; write the inputs instead."""
+
+    status_hint = 405
 
 
 class SandboxViolation(StatebusError):

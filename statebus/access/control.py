@@ -116,7 +116,25 @@ class AccessControl:
         namespace = namespace_of(key)
         if client == self.local and action != "write":
             return None  # the node owner reads whatever its node stores
-        return self.policy(namespace).why_not(action, client, key)
+        reason = self.policy(namespace).why_not(action, client, key)
+        if reason is None and action == "read":
+            reason = self._why_not_inputs(client, key)
+        return reason
+
+    def _why_not_inputs(self, client: PubKey | None, key: Key) -> str | None:
+        """A derived key carries the read rules of its inputs: None when ``client`` may read every key
+        its function read (through derived inputs too), else the reason (naming no input)."""
+        todo, seen = [key], {key}
+        while todo:
+            inputs = self.node.derived_inputs(todo.pop())
+            for k in sorted(inputs or ()):
+                if k in seen:
+                    continue
+                seen.add(k)
+                if self.policy(namespace_of(k)).why_not("read", client, k) is not None:
+                    return f"{key} is derived from keys this client may not read"
+                todo.append(k)
+        return None
 
     def action_of(self, key: Key) -> str:
         """``list`` for a subtree, ``read`` for a key."""
@@ -201,6 +219,8 @@ class AccessControl:
         guarded = client != self.local
 
         def readable(change: Change) -> bool:
+            if change.kind == "derived":  # its inputs may have changed: check them each time
+                return self.why_not("read", client, change.key) is None
             return change.key in pats or self.why_not("read", client, change.key) is None
 
         stream = self.node.events(list(pats), filter=readable if guarded else None, **kw)

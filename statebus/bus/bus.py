@@ -35,9 +35,10 @@ from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.history import fold, missing_changes, missing_versions
 from statebus.bus.outbox import Outbox
-from statebus.bus.reactive import Reactive, ReactiveFn
+from statebus.bus.reactive import Computed, Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
 from statebus.errors import (
+    DerivedKey,
     HistoryCompacted,
     InvalidKey,
     InvalidOp,
@@ -198,6 +199,10 @@ class Bus:
         disk: without the ops still on their way there). Raises NotFound."""
         snap = self.fetch_or_none(key, durable=durable)
         if snap is None or not snap.exists:
+            if snap is not None and snap.kind == "derived":
+                failed = self.reactive_keys.failure(snap.key)
+                if failed is not None:
+                    raise failed
             raise NotFound(f"no value at {key}")
         if rng:
             if snap.content_type is not None:
@@ -357,6 +362,8 @@ class Bus:
     ) -> Change:
         """Delete ``key``. Raises NotFound if it holds no value."""
         k = self.parse(key, allow_subtree=False)
+        if self.reactive_keys.covers(k):
+            raise DerivedKey(f"{k} is a derived key: its value is computed, not deleted")
         entry = self._entry(k)
         retry = version is not None and entry is not None and version in entry.log
         if (entry is None or not entry.state.exists) and not retry:
@@ -378,6 +385,8 @@ class Bus:
         if self.storage_refused is not None or self.local_refused is not None:
             self._refuse(local=True)
         k = self.keys.parse_one(key)
+        if self.reactive_keys.covers(k):
+            raise DerivedKey(f"{k} is a derived key: its value is computed, not written; write its inputs")
         entry = self._entry(k)
         if entry is not None:
             if merge is not None and merge != entry.merge:
@@ -476,6 +485,8 @@ class Bus:
         k = parse_key(op.key, None, allow_subtree=False)
         if k != op.key:
             raise InvalidKey("an op's key must be in normal form")
+        if self.reactive_keys.covers(k):
+            raise DerivedKey(f"{k} is a derived key here: its value is computed, not written")
         if encoded is None:
             _canonical(op)
         entry = self._entry(k)
@@ -559,17 +570,12 @@ class Bus:
 
     def _notify_derived(self, key: Key) -> None:
         for dkey, computed in self.reactive_keys.invalidated_by(key):
-            derived = Change(
-                dkey,
-                self._seq,
-                "derived",
-                computed.exists,
-                computed.value,
-                None,
-                (f"derived-{computed.generation}",),
-                (),
-            )
-            self._notify(derived)
+            self._notify(self._derived_change(dkey, computed))
+
+    def _derived_change(self, key: Key, computed: Computed) -> Change:
+        """The ``derived`` change of a derived key's value, its cursor the change that made it."""
+        version = (f"derived-{computed.generation}",)
+        return Change(key, computed.changed, "derived", computed.exists, computed.value, None, version, ())
 
     # ------------------------------------------------------------------ durability
 
@@ -712,6 +718,8 @@ class Bus:
         p = self.parse(pattern)
         if since is not None:
             backlog = self.changes_since(p, since, max_resume)
+            for dkey, computed in self.reactive_keys.changed_since(p, since):
+                backlog.append(self._derived_change(dkey, computed))
         elif parents is not None:
             if is_subtree(p):
                 raise InvalidKey("parents name versions of one key, not of a subtree")
@@ -764,3 +772,11 @@ class Bus:
     def reactive(self, pattern: str, fn: ReactiveFn) -> None:
         """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)``."""
         self.reactive_keys.add(self.parse(pattern), fn)
+
+    def derived_inputs(self, key: Key) -> frozenset[Key] | None:
+        """The keys the value of derived ``key`` was computed from (computed now if it was not yet),
+        or None when ``key`` is not derived: what a reader must be allowed to read to see it."""
+        if not self.reactive_keys.covers(key):
+            return None
+        computed = self.reactive_keys.get(key)
+        return None if computed is None else frozenset(computed.deps)

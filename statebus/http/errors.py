@@ -48,6 +48,8 @@ def statebus_error_response(exc: StatebusError) -> Response:
     headers: list[tuple[str, str]] = []
     if status == 401:
         headers.append(("www-authenticate", 'Bearer realm="statebus"'))
+    if status == 405:  # DerivedKey: its value is computed, so it is only read
+        headers.append(("allow", "GET, HEAD, OPTIONS"))
     if isinstance(exc, RateLimited):
         headers.append(("retry-after", str(max(1, round(exc.retry_after)))))
     return error_response(status, exc.code, exc.detail or exc.code, headers)

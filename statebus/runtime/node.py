@@ -23,6 +23,7 @@ from typing import Any
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
+from statebus.bus.reactive import ReactiveFn
 from statebus.errors import ShuttingDown, StatebusError, StorageFailed
 from statebus.keys.memo import KeyMemo
 from statebus.oplog.events import Op, Patch
@@ -145,6 +146,15 @@ class Node:
     def handle(self, pattern: str, **hooks: Any) -> Handler:
         """Hook into reads and writes of keys matching ``pattern`` (``Bus.handle``)."""
         return self.bus.handle(pattern, **hooks)
+
+    def reactive(self, pattern: str, fn: ReactiveFn) -> None:
+        """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)`` (``Bus.reactive``).
+        Defined in Python only, by the program that embeds the node (docs/python-api.md)."""
+        self.bus.reactive(pattern, fn)
+
+    def derived_inputs(self, key: Key) -> frozenset[Key] | None:
+        """The keys derived ``key`` read, or None if it is not derived (``Bus.derived_inputs``)."""
+        return self.bus.derived_inputs(key)
 
     def check_parents(self, key: Key, parents: Sequence[Version], version: Version | None = None) -> None:
         """Raise unless this node holds every version of ``parents`` for ``key`` (``Bus.check_parents``)."""
