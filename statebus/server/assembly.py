@@ -103,7 +103,12 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     identity = ensure_identity(data, on_new_identity)
     storage = SqliteStorage(data / STORE_FILE, check="full" if settings.store_full_check else "quick")
-    bus = Bus(storage, local=identity.pubkey, keep_ops=settings.history_keep_ops)
+    bus = Bus(
+        storage,
+        local=identity.pubkey,
+        keep_ops=settings.history_keep_ops,
+        max_value_bytes=settings.max_value_bytes,
+    )
     node = Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
     highwater.guard(node, data, accept_loss=settings.accept_store_loss)  # a deleted store refuses writes
     return identity, node
