@@ -197,15 +197,13 @@ class WrittenResponse:
         op = change.op
         if op is not None:
             own = op.version
-        version = frontier if own is None else (own,)
+        listed = ",".join(map(encode_basestring, frontier))
+        if own is None or frontier == (own,):  # the common answer: one version, the writer's
+            version, mine = frontier, listed
+        else:
+            version, mine = (own,), encode_basestring(own)
         self.body = (
-            '{"version":['
-            + ",".join(map(encode_basestring, version))
-            + '],"frontier":['
-            + ",".join(map(encode_basestring, frontier))
-            + '],"seq":'
-            + str(change.seq)
-            + "}"
+            '{"version":[' + mine + '],"frontier":[' + listed + '],"seq":' + str(change.seq) + "}"
         ).encode("utf-8")
         headers = [*WRITTEN_HEADERS, (b"content-length", str(len(self.body)).encode("latin-1"))]
         if version:
