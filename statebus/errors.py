@@ -10,6 +10,8 @@
     ├── Forbidden           403   the author or client may not do this
     ├── NotFound            404   no such key (never written, or deleted)
     ├── VersionConflict     409   a version id is reused with different content
+    ├── StaleParents        409   a client's write names parents that are no longer the key's frontier
+    ├── PreconditionFailed  412   an ``If-Match``/``If-None-Match`` condition does not hold
     ├── HistoryCompacted    410   a resume needs ops that compaction folded away
     ├── TooLarge            413   a body or value is over its limit
     ├── QuotaExceeded       413   a namespace is over its storage quota
@@ -93,6 +95,14 @@ class NotFound(StatebusError):
 
 class VersionConflict(StatebusError):
     status_hint = 409
+
+
+class StaleParents(StatebusError):
+    status_hint = 409
+
+
+class PreconditionFailed(StatebusError):
+    status_hint = 412
 
 
 class HistoryCompacted(StatebusError):

@@ -44,6 +44,7 @@ from statebus.errors import (
     InvalidOp,
     InvalidRange,
     NotFound,
+    StaleParents,
     StatebusError,
     StorageFailed,
     StoreBehind,
@@ -57,7 +58,7 @@ from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
 from statebus.storage.base import Snapshot, Storage, StoredOp
 from statebus.types import Key, PubKey, Seq, Version
-from statebus.values import CheckedJSON, check_json, dumps_json, get_range
+from statebus.values import DEFAULT_MAX_BYTES, CheckedJSON, check_json, dumps_json, get_range
 
 Signer = Callable[[Op], Op]
 BatchSigner = Callable[[list[Op]], list[Op]]
@@ -69,10 +70,10 @@ MAX_CLOCK_JUMP = 2**32
 cannot push a key's clock to the 2^53 limit and make every later write unencodable."""
 
 
-def _own_json(value: Any) -> Any:
+def _own_json(value: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Check a caller's JSON value and return a private copy, so later mutation by the caller
     cannot change a stored op behind the bus's back. Raises InvalidValue / TooLarge."""
-    check_json(value)
+    check_json(value, max_bytes=max_bytes)
     return json.loads(dumps_json(value))  # already checked: the plain C decoder makes the copy
 
 
@@ -106,6 +107,7 @@ class Bus:
         keep_ops: int = 1000,
         cache_keys: int = 50_000,
         max_doc_bytes: int | None = None,
+        max_value_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.storage = storage
         self.keys = KeyMemo(local)
@@ -116,6 +118,8 @@ class Bus:
         self.cache_keys = cache_keys
         self.max_doc_bytes = max_doc_bytes
         """The largest CRDT document a local write may grow (``check_size``); None: no cap."""
+        self.max_value_bytes = max_value_bytes
+        """The largest local JSON value (or patch content), encoded (``settings.max_value_bytes``)."""
         self._seq: Seq = storage.max_seq()
         self._durable: Seq = self._seq
         self._taken: Seq = self._seq
@@ -314,11 +318,11 @@ class Bus:
         elif content_type is not None:
             raise InvalidOp("a JSON value takes no content type")
         elif type(value) is CheckedJSON:
-            if not value.passes_check:
-                check_json(value.value)
+            if not value.passes_check or self.max_value_bytes != DEFAULT_MAX_BYTES:
+                check_json(value.value, max_bytes=self.max_value_bytes)
             value = value.value
         else:
-            value = _own_json(value)
+            value = _own_json(value, self.max_value_bytes)
         return self._write(key, "set", value, content_type, version, parents, merge, author, peer)
 
     def patch(
@@ -332,7 +336,10 @@ class Bus:
         peer: str | None = None,
     ) -> Change:
         """Apply Braid range patches to the JSON value of ``key``, all or nothing."""
-        body = tuple(p if p.content is DELETE else Patch(p.range, _own_json(p.content)) for p in patches)
+        body = tuple(
+            p if p.content is DELETE else Patch(p.range, _own_json(p.content, self.max_value_bytes))
+            for p in patches
+        )
         if not body:
             raise InvalidOp("a patch needs at least one range patch")
         return self._write(key, "patch", body, None, version, parents, None, author, peer)
@@ -461,12 +468,36 @@ class Bus:
         """Raise :class:`InvalidOp` unless every one of ``parents`` is a version this replica knows of
         ``key``: what a write made *here* must name (a local ``save``, a client's signed op). Ops
         replicated from peers are exempt (:meth:`apply`), since they may arrive before their
-        parents. An op already stored (``version``) passes: resending it is a no-op."""
+        parents. An op already stored (``version``) passes: resending it is a no-op.
+
+        A client's write (the owner's ``Parents`` header, a delegate's signed op: both HTTP routes
+        call this) on an ``lww`` key must also name its current frontier, else
+        :class:`StaleParents` (:meth:`_check_current`). The Python API (``save(parents=…)``) still
+        makes concurrent branches, as an embedding app or a test may mean to."""
         k = self.keys.parse_one(key)
         entry = self._entry(k)
         if version is not None and entry is not None and (version in entry.log or entry.log.folded(version)):
             return
-        self._check_parents(k, entry, tuple(parents))
+        ps = tuple(sorted(set(parents)))
+        self._check_parents(k, entry, ps)
+        self._check_current(k, entry, ps)
+
+    @staticmethod
+    def _check_current(key: Key, entry: Entry | None, parents: tuple[Version, ...]) -> None:
+        """A client's write on an ``lww`` key names the key's whole current frontier as its parents
+        (sorted, no repeats): a write made on an older version would be a concurrent branch that
+        either silently wins (the node's clock) or silently loses (the client's clock), so it is
+        refused, the same for the owner and a delegate (docs/data-model.md). No parents named (an
+        empty list) is not a claim: the write goes on top. CRDT keys merge concurrent updates, so
+        any known parents do."""
+        if entry is None or not parents or entry.merge != "lww":
+            return
+        frontier = entry.log.sorted_frontier()
+        if parents != frontier:
+            raise StaleParents(
+                f"stale parents: {key} is now at {', '.join(frontier) or 'no version'}; "
+                "read it again and write on its current version"
+            )
 
     @staticmethod
     def _check_parents(key: Key, entry: Entry | None, parents: tuple[Version, ...]) -> None:

@@ -29,7 +29,7 @@ from http_sfv.list import List as SfvList
 
 from statebus.errors import InvalidOp, InvalidRange, InvalidValue
 from statebus.oplog import DELETE, Patch
-from statebus.values import MAX_RANGE_CHARS, loads_json, parse_range
+from statebus.values import DEFAULT_MAX_BYTES, MAX_RANGE_CHARS, loads_json, parse_range
 
 MAX_VERSIONS = 64
 MAX_VERSION_CHARS = 128
@@ -227,16 +227,16 @@ def parse_patches_count(header: str) -> int:
     return int(text)
 
 
-def _make_patch(rng: str, content: bytes, what: str) -> Patch:
+def _make_patch(rng: str, content: bytes, what: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Patch:
     if not content:
         return Patch(rng, DELETE)
     try:
-        return Patch(rng, loads_json(content).value)
+        return Patch(rng, loads_json(content, max_bytes=max_bytes).value)
     except InvalidValue as exc:
         raise InvalidValue(f"{what}: {exc.detail}") from None
 
 
-def parse_patches_body(body: bytes, count: int) -> list[Patch]:
+def parse_patches_body(body: bytes, count: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Patch]:
     """Parse the body of a ``Patches: N`` PUT or PATCH into ``count`` patches.
 
     Each block is ``Content-Length`` and ``Content-Range: json <range>`` headers (other headers are
@@ -247,7 +247,7 @@ def parse_patches_body(body: bytes, count: int) -> list[Patch]:
         InvalidOp: wrong counts, missing or repeated headers, a length past the end, trailing data.
         InvalidRange: a Content-Range that is not ``json <range>``.
         InvalidValue: content that is not JSON (strict: see :func:`statebus.values.loads_json`).
-        TooLarge: content over the JSON size limit.
+        TooLarge: a patch's content over ``max_bytes`` (the node's ``max_value_bytes``).
 
     Example:
         >>> parse_patches_body(b'Content-Length: 1\\r\\nContent-Range: json .a\\r\\n\\r\\n2', 1)
@@ -275,7 +275,7 @@ def parse_patches_body(body: bytes, count: int) -> list[Patch]:
         if raw_range is None:
             raise InvalidOp(f"patch {i} has no Content-Range header")
         rng = parse_content_range(raw_range)
-        patches.append(_make_patch(rng, body[pos : pos + length], f"patch {i} content"))
+        patches.append(_make_patch(rng, body[pos : pos + length], f"patch {i} content", max_bytes))
         pos += length
     if body[pos:].strip(b" \t\r\n"):
         raise InvalidOp(f"Patches body holds more than the {count} patches it declares")
@@ -309,15 +309,18 @@ def _header_block(data: bytes, pos: int, what: str) -> tuple[dict[str, str], int
     return headers, start
 
 
-def parse_patch_request(body: bytes, *, content_range: str | None, patches: str | None) -> list[Patch] | None:
+def parse_patch_request(
+    body: bytes, *, content_range: str | None, patches: str | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> list[Patch] | None:
     """Read a PUT/PATCH body as braid-http's server does: None when it is a snapshot, else its patches.
 
     ``Patches: N`` → N blocks; else ``Content-Range`` → one patch whose content is the whole body.
+    Each patch's JSON content is at most ``max_bytes``.
     """
     if patches is not None:
-        return parse_patches_body(body, parse_patches_count(patches))
+        return parse_patches_body(body, parse_patches_count(patches), max_bytes)
     if content_range is not None:
-        return [_make_patch(parse_content_range(content_range), body, "patch content")]
+        return [_make_patch(parse_content_range(content_range), body, "patch content", max_bytes)]
     return None
 
 

@@ -28,7 +28,15 @@ from statebus.access.control import OP_MEDIA_TYPE
 from statebus.access.gate import read_all
 from statebus.bus import Change
 from statebus.config import Settings
-from statebus.errors import InvalidKey, InvalidOp, InvalidRange, InvalidValue, StatebusError, TooLarge
+from statebus.errors import (
+    InvalidKey,
+    InvalidOp,
+    InvalidRange,
+    InvalidValue,
+    PreconditionFailed,
+    StatebusError,
+    TooLarge,
+)
 from statebus.http import braid
 from statebus.http.auth import Client, OwnerAuth, require_read, require_write
 from statebus.http.encode import EncodeCache
@@ -122,6 +130,45 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
+def _etag_matches_strong(header: str, etag: str) -> bool:
+    """``If-Match`` compares strongly (RFC 9110 13.1.1): a weak tag never matches."""
+    return any(item.strip() in ("*", etag) for item in header.split(","))
+
+
+def check_preconditions(current: Change | None, headers: Mapping[str, str]) -> None:
+    """``If-Match`` / ``If-None-Match`` of a write against the key's ``current`` state (its ETag is
+    the GET's: :func:`etag_of` of the whole value's version). ``If-Match: *`` needs a value;
+    ``If-None-Match: *`` needs none (create only).
+
+    Raises:
+        PreconditionFailed: a condition does not hold (412; nothing is written).
+    """
+    etag = etag_of(current.version) if current is not None and current.exists else None
+    if_match = headers.get("if-match")
+    if if_match is not None and (etag is None or not _etag_matches_strong(if_match, etag)):
+        raise PreconditionFailed(
+            f"If-Match {if_match.strip()!r} does not match the key's ETag {etag or '(no value)'}"
+        )
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None and etag is not None and _etag_matches(if_none_match, etag):
+        raise PreconditionFailed(f"If-None-Match {if_none_match.strip()!r}: the key has a value ({etag})")
+
+
+def _utf8_header(text: str, name: str) -> str:
+    """A header's text as the client sent it, UTF-8 (the ASGI server hands over bytes that
+    :func:`request_headers` decodes as latin-1, so ``.café`` would arrive as ``.cafÃ©``).
+
+    Raises:
+        InvalidRange: the bytes are not UTF-8.
+    """
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRange(f"the {name} header is not UTF-8") from None
+
+
 def request_headers(scope: Scope) -> dict[str, str]:
     """The request's headers by (lowercase) name, decoded as latin-1; the first of repeated ones,
     as Starlette's ``Headers.get`` gives. Built once per request instead of searching the raw list
@@ -133,7 +180,11 @@ def request_headers(scope: Scope) -> dict[str, str]:
 
 
 class WrittenResponse:
-    """The answer to a write: ``{"version": [...], "seq": N}`` with ``Version`` and the range headers.
+    """The answer to a write: ``{"version": [own], "frontier": [...], "seq": N}`` with ``Version:
+    own`` and the range headers. ``own`` is the version of the writer's op (of the op already
+    stored, for a retry naming its ``Version``); ``frontier`` the key's versions after the write
+    (more than one when it has concurrent branches). Without an op to name (a retry with no
+    ``Version``), ``version`` is the frontier.
 
     Its bytes are what ``Response(dumps_json(...), media_type=JSON_TYPE, headers=...)`` sends,
     built without Starlette's header normalisation (every name and value here is fixed or ASCII).
@@ -141,10 +192,18 @@ class WrittenResponse:
 
     __slots__ = ("body", "headers")
 
-    def __init__(self, change: Change) -> None:
-        version = change.version
+    def __init__(self, change: Change, own: Version | None = None) -> None:
+        frontier = change.version
+        op = change.op
+        if op is not None:
+            own = op.version
+        listed = ",".join(map(encode_basestring, frontier))
+        if own is None or frontier == (own,):  # the common answer: one version, the writer's
+            version, mine = frontier, listed
+        else:
+            version, mine = (own,), encode_basestring(own)
         self.body = (
-            '{"version":[' + ",".join(map(encode_basestring, version)) + '],"seq":' + str(change.seq) + "}"
+            '{"version":[' + mine + '],"frontier":[' + listed + '],"seq":' + str(change.seq) + "}"
         ).encode("utf-8")
         headers = [*WRITTEN_HEADERS, (b"content-length", str(len(self.body)).encode("latin-1"))]
         if version:
@@ -258,13 +317,21 @@ class KeyEndpoint:
             raise InvalidKey("writes name one key, not a subtree (no trailing '/')")
         require_write(client, key)
         ctype = media_type(headers)
+        conditional = "if-match" in headers or "if-none-match" in headers
         if client.access is not None and (not client.owner or ctype == OP_MEDIA_TYPE):
             body = await read_body(receive, headers, self.settings.max_body_bytes)
+            if conditional:
+                check_preconditions(self.node.fetch_or_none(key), headers)
             return WrittenResponse(await client.access.submit(client.pubkey, method, ctype, key, body))
         if method == "DELETE":
-            change = await self.node.delete(key, **self.write_options(headers, merge=False))
-            return WrittenResponse(change)
+            opts = self.write_options(headers, merge=False)
+            self.check_parents(key, opts)
+            if conditional:
+                check_preconditions(self.node.fetch_or_none(key), headers)
+            return WrittenResponse(await self.node.delete(key, **opts), opts.get("version"))
         body = await read_body(receive, headers, self.settings.max_body_bytes)
+        if conditional:
+            check_preconditions(self.node.fetch_or_none(key), headers)
         if method == "PUT":
             return await self.put(key, headers, ctype, body)
         return await self.patch(key, headers, ctype, body)
@@ -448,15 +515,30 @@ class KeyEndpoint:
         opts["peer"] = parse_peer(headers.get("peer"))
         return opts
 
+    def check_parents(self, key: Key, opts: Mapping[str, Any]) -> None:
+        """A write naming ``Parents`` names versions the node has and, on an ``lww`` key, its current
+        frontier (409 ``stale_parents`` otherwise): the rule a delegate's signed op meets too
+        (:meth:`~statebus.runtime.Node.check_parents`; docs/data-model.md)."""
+        parents = opts.get("parents")
+        if parents:
+            self.node.check_parents(key, parents, opts.get("version"))
+
     def patches_of(self, headers: Mapping[str, str], body: bytes) -> list[Any] | None:
+        content_range = headers.get("content-range")
+        if content_range is not None:
+            content_range = _utf8_header(content_range, "Content-Range")
         return braid.parse_patch_request(
-            body, content_range=headers.get("content-range"), patches=headers.get("patches")
+            body,
+            content_range=content_range,
+            patches=headers.get("patches"),
+            max_bytes=self.settings.max_value_bytes,
         )
 
     async def put(
         self, key: Key, headers: Mapping[str, str], ctype: str | None, body: bytes
     ) -> WrittenResponse:
         opts = self.write_options(headers, merge=True)
+        self.check_parents(key, opts)
         patches = self.patches_of(headers, body)
         if patches is not None:
             merge = opts.pop("merge", None)
@@ -475,24 +557,25 @@ class KeyEndpoint:
                     f"the value is {len(body)} bytes; the limit is {self.settings.max_value_bytes}"
                 )
             change = await self.node.save(key, body, content_type=headers["content-type"].strip(), **opts)
-        return WrittenResponse(change)
+        return WrittenResponse(change, opts.get("version"))
 
     async def patch(
         self, key: Key, headers: Mapping[str, str], ctype: str | None, body: bytes
     ) -> WrittenResponse:
         opts = self.write_options(headers, merge=True)
+        self.check_parents(key, opts)
         if ctype in YJS_TYPES and headers.get("content-range") is None and headers.get("patches") is None:
             if not body:
                 raise InvalidOp("a Yjs update is not empty")
             opts.setdefault("merge", "yjs")
             change = await self.node.crdt_update(key, body, **opts)
-            return WrittenResponse(change)
+            return WrittenResponse(change, opts.get("version"))
         patches = self.patches_of(headers, body)
         if patches is None:
             raise InvalidOp("PATCH needs Content-Range: json <range>, Patches: N, or a Yjs update body")
         self.check_merge(key, opts.pop("merge", None))
         change = await self.node.patch(key, patches, **opts)
-        return WrittenResponse(change)
+        return WrittenResponse(change, opts.get("version"))
 
     def check_merge(self, key: Key, merge: str | None) -> None:
         """Range patches apply to ``lww`` JSON keys: refuse a Merge-Type that says otherwise."""

@@ -268,6 +268,8 @@ class Connection:
             key = node_key(self.node, key_name)
             require_write(self.client, key)
             self.owner_writes()
+            if parents:  # stale parents are refused, as on the HTTP routes (docs/data-model.md)
+                self.node.check_parents(key, opts["parents"], version)
             await self.node.patch(key, parse_patches(msg["patches"]), **opts)
             return
         if not isinstance(target, dict) or "key" not in target:
@@ -279,6 +281,8 @@ class Connection:
         self.owner_writes()
         if "val" not in target:
             raise InvalidOp('set needs a val (use {"delete": key} to delete)')
+        if parents:
+            self.node.check_parents(key, opts["parents"], version)
         await self.node.save(key, target["val"], **opts)
 
     def subscribe(self, name: Any) -> None:

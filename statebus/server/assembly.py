@@ -108,6 +108,7 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
         local=identity.pubkey,
         keep_ops=settings.history_keep_ops,
         max_doc_bytes=settings.max_yjs_doc_bytes,
+        max_value_bytes=settings.max_value_bytes,
     )
     node = Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
     highwater.guard(node, data, accept_loss=settings.accept_store_loss)  # a deleted store refuses writes

@@ -109,6 +109,8 @@ def parse_range(text: str) -> tuple[Segment, ...]:
         raise InvalidRange(f"a range is text, not {type(text).__name__}")
     if len(text) > MAX_RANGE_CHARS:
         raise InvalidRange(f"range is {len(text)} characters; the limit is {MAX_RANGE_CHARS}")
+    if text == '""':  # the whole value, as the empty range (not a field named ``""``)
+        return ()
     segments = _parse_pointer(text) if text.startswith("/") else _parse_path(text)
     check_segments(segments)
     return segments

@@ -171,3 +171,21 @@ def test_a_socket_that_does_not_read_is_closed(srv):
             assert received < 300
 
     asyncio.run(main())
+
+
+def test_stale_parents_are_refused_as_on_http(srv):
+    """A websocket write on an older version of an lww key gets the HTTP routes' stale_parents
+    (issue 18, defect 5), and nothing is stored."""
+
+    async def main() -> None:
+        async with connect(ws_url(srv, srv.token)) as a:
+            await send(a, {"set": {"key": "cas/ws", "val": 1}, "version": "W1"})
+            await send(a, {"set": {"key": "cas/ws", "val": 2}, "version": "W2", "parents": ["W1"]})
+            await send(a, {"set": {"key": "cas/ws", "val": 3}, "parents": ["W1"]})
+            got = await recv(a)
+            assert got["error"] == "stale_parents", got
+            await send(a, {"set": "cas/ws", "patches": [["", 4]], "parents": ["W1"]})
+            assert (await recv(a))["error"] == "stale_parents"
+        assert httpx.get(f"{srv.url}/~/cas/ws", headers=srv.auth).json() == 2
+
+    asyncio.run(main())

@@ -23,7 +23,7 @@ def err(r: httpx.Response, status: int, code: str | None = None) -> dict[str, st
 def test_put_get_round_trip(client: httpx.Client, srv: LiveServer) -> None:
     r = client.put("/~/app/x", json={"a": [1, 2], "b": "é"}, headers={"Version": '"v1"'})
     assert r.status_code == 200
-    assert r.json() == {"version": ["v1"], "seq": 1}
+    assert r.json() == {"version": ["v1"], "frontier": ["v1"], "seq": 1}
     assert r.headers["version"] == '"v1"'
     assert r.headers["range-request-allow-methods"] == "PATCH, PUT"
     assert r.headers["range-request-allow-units"] == "json"

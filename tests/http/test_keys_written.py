@@ -47,7 +47,8 @@ def starlette_written(change: Change) -> Response:
     headers["x-content-type-options"] = "nosniff"  # a value's answer is data (docs/trust-model.md, 1)
     if change.version:
         headers["version"] = braid.format_version_list(change.version)
-    body = dumps_json({"version": list(change.version), "seq": change.seq})
+    # with no op to name (and no Version asked), the writer's own version is the frontier
+    body = dumps_json({"version": list(change.version), "frontier": list(change.version), "seq": change.seq})
     return Response(body, media_type=JSON_TYPE, headers=headers)
 
 

@@ -8,7 +8,7 @@
  *
  *   await statebus.get(key, {range})            the value (undefined if the key does not exist);
  *                                               a subtree gives {key, children, next}
- *   await statebus.put(key, value, {version, parents})    → {version: [...], seq}
+ *   await statebus.put(key, value, {version, parents})    → {version: [own], frontier: [...], seq}
  *   await statebus.patch(key, range, content)   replace part of a JSON value (content undefined removes)
  *   await statebus.delete(key)
  *   const stop = statebus.subscribe(keyOrKeys, (key, value, event) => {...}, {since, onstatus})
