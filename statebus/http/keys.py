@@ -298,6 +298,7 @@ class KeyEndpoint:
             parse_range(rng)
         elif headers.get("range") is not None:
             rng = parse_range_header(headers["range"])
+        self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
         change = self.node.fetch(key, rng or None)
         out = _range_headers()
         if change.version:
