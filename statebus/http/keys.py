@@ -373,6 +373,7 @@ class KeyEndpoint:
                 raise InvalidKey("a Braid subscription names one key in the path")
             key = self.parse_key(path)
             require_read(client, key)
+            self.node.check_complete(key)  # a subscription to a key this node cannot rebuild: 503
             raw_parents = headers.get("parents")
             parents = version_list(raw_parents, "Parents") if raw_parents is not None else None
             raw_beats = headers.get("heartbeats")

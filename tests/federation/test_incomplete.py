@@ -60,6 +60,8 @@ async def test_a_follower_after_compaction_claims_no_state_it_cannot_rebuild(clu
             assert r.status_code == 503, (key, r.status_code, r.text)
             assert r.json()["error"] == "incomplete" and "compacted" in r.json()["detail"]
             assert "version" not in r.headers and "etag" not in r.headers
+            r = await owner.get(key, headers={"Subscribe": "true"})  # nor a Braid subscription
+            assert r.status_code == 503 and r.json()["error"] == "incomplete"
         r = await owner.get(lc + "counter")  # its last op is a whole value: complete
         assert r.status_code == 200 and r.json() == n
     async with httpx.AsyncClient(base_url=a.url, headers={"Authorization": f"Bearer {a.token}"}) as at_a:
