@@ -23,6 +23,7 @@
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
     ├── SubscriberTooSlow   503   a subscriber's buffer overflowed; it was cut off and may resume
+    ├── Incomplete          503   a replica lacks history its owner compacted: it claims no state
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -164,6 +165,13 @@ class ShuttingDown(StatebusError):
 
 
 class SubscriberTooSlow(StatebusError):
+    status_hint = 503
+
+
+class Incomplete(StatebusError):
+    """This replica cannot rebuild another node's key from the ops it holds (the owner compacted
+    history this replica never saw): it serves no value and claims no version for it."""
+
     status_hint = 503
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
-from statebus.bus.history import fold, missing_changes, missing_versions
+from statebus.bus.history import fold, gap, missing_changes, missing_versions
 from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Computed, Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
@@ -713,6 +713,13 @@ class Bus:
         as Braid's ``Parents`` asks). Raises HistoryCompacted when they were folded away."""
         k = self.parse(key, allow_subtree=False)
         return missing_versions(k, self._entry(k), parents)
+
+    def gap(self, key: str) -> str | None:
+        """Why this replica cannot rebuild ``key`` from the ops it holds (its owner compacted
+        history it never had), or None (``history.gap``)."""
+        k = self.parse(key, allow_subtree=False)
+        entry = self._entry(k)
+        return None if entry is None else gap(k, entry)
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,

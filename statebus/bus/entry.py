@@ -20,7 +20,7 @@ from statebus.types import Key, Seq
 class Entry:
     """One key in memory: its merge state, its op log and the base they were loaded from."""
 
-    __slots__ = ("base", "last_seq", "log", "merge", "state")
+    __slots__ = ("base", "gap_at", "gap_reason", "last_seq", "log", "merge", "state")
 
     def __init__(self, merge: str, state: MergeState, log: OpLog, base: dict[str, Any] | None) -> None:
         self.merge = merge
@@ -28,6 +28,9 @@ class Entry:
         self.log = log
         self.base = base
         self.last_seq: Seq = log.base_seq
+        self.gap_at: tuple[Seq, Seq] = (-1, -1)
+        """``(last_seq, base_seq)`` when ``gap_reason`` was computed (``history.gap``)."""
+        self.gap_reason: str | None = None
 
 
 def encode_snapshot(entry: Entry) -> bytes:

@@ -6,6 +6,10 @@ Rules:
    (or are too many), it raises :class:`HistoryCompacted` and the caller takes a fresh snapshot.
 2. Compaction folds only ops already handed to storage (at or before the ``taken`` cursor), and
    only as many as the key's merge state says may fold (:meth:`MergeState.foldable`).
+3. A replica never claims a state it cannot rebuild: when an op it holds names a parent it never
+   had (the owner compacted that history before this replica saw it), the key has a *gap*
+   (:func:`gap`) unless a later op of a kind that rebases the value (:attr:`MergeState.rebases`:
+   lww's ``set``/``delete``) orders after every op at the gap. Folding keeps the gap in the base.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, encode_snapshot, replay
 from statebus.errors import HistoryCompacted
+from statebus.merge.base import Order
 from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Key, Seq, Version
 
@@ -50,6 +55,35 @@ def missing_changes(found: Iterable[StoredOp], entry_of: EntryOf, after: Seq, li
     return out
 
 
+def gap(key: Key, entry: Entry) -> str | None:
+    """Why this replica cannot rebuild ``key`` from the ops it holds (rule 3), or None."""
+    log = entry.log
+    if entry.gap_at == (entry.last_seq, log.base_seq):
+        return entry.gap_reason
+    rebases = entry.state.rebases
+    top: Order | None = None  # the last op that rebases the value
+    edge: Order | None = None  # the last op that names a parent this replica never had
+    lacking = ""
+    for _, op in log.ops():
+        order = op.order
+        if op.kind in rebases and (top is None or order > top):
+            top = order
+        for p in op.parents:
+            if not log.knows(p):
+                lacking = lacking or p
+                edge = order if edge is None or order > edge else edge
+    reason: str | None = None
+    if (log.gap or log.unseen()) and top is None:
+        reason = f"{key} was folded here from a history with a gap (older ops were compacted by its owner)"
+    elif edge is not None and (top is None or top < edge):
+        reason = (
+            f"{key}: the history before version {lacking} was compacted by its owner before this "
+            "replica saw it, and the ops it was given cannot rebuild the value"
+        )
+    entry.gap_at, entry.gap_reason = (entry.last_seq, log.base_seq), reason
+    return reason
+
+
 def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
     """Fold the oldest ops of ``entry`` into its base, keeping ``keep`` recent ones (rule 2); the
     snapshot storage is to keep, or None when nothing may fold."""
@@ -61,6 +95,7 @@ def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
         return None
     folded = ops[:n]
     seq = items[n - 1][0]
+    incomplete = gap(key, entry) is not None  # folding adds no history: the base keeps the gap
     entry.state.compact(folded)
     entry.log.drop(
         {op.version for op in folded},
@@ -68,5 +103,6 @@ def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
         seq,
         remember=entry.state.remembers_folded,
     )
+    entry.log.gap = incomplete
     entry.base = entry.state.encode()
     return Snapshot(key, seq, encode_snapshot(entry))

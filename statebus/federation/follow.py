@@ -12,7 +12,12 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    node: a relay's sequence numbers are not the owner's);
 4. hand every op to :class:`~statebus.federation.ingest.Ingest`, the federation's door to the node's
    op gate (consent, signature, delegation, quota) — the server is never trusted;
-5. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
+5. after anti-entropy, check every key it brought (and every key still incomplete after a batch):
+   a key whose owner compacted history this node never had cannot be rebuilt from the ops given
+   (``Node.incomplete``); the follow lists it under ``incomplete`` and, while any is, reports the
+   status ``incomplete`` with the reason (the node serves such a key as 503 ``incomplete``, with no
+   version); the key leaves the list when later ops rebuild it;
+6. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
    with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
    in step), then reconnect without growing the backoff.
@@ -33,7 +38,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +60,8 @@ IngestHook = Callable[["Follower", int], Awaitable[None]]
 
 STATE_SEGMENT = ".federation/follows"
 PERSIST_INTERVAL = 1.0
+MAX_LISTED = 100
+"""Incomplete keys a follow's state lists (the first, by name)."""
 
 
 def state_key(local: PubKey, fid: str) -> str:
@@ -149,6 +156,8 @@ class Follower:
         self.connections = 0
         self.throttled = 0
         """How many times a server answered 429 (we waited its Retry-After)."""
+        self.incomplete: dict[str, str] = {}
+        """Keys this node cannot rebuild from the ops it was given, with the reason."""
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -177,12 +186,37 @@ class Follower:
             self.cursors = {
                 k: v for k, v in value["cursors"].items() if isinstance(v, int) and not isinstance(v, bool)
             }
+        if isinstance(value, dict) and isinstance(value.get("incomplete"), list):
+            self._recheck(k for k in value["incomplete"] if isinstance(k, str))
+
+    def _recheck(self, keys: Iterable[str]) -> None:
+        """Whether each of ``keys`` can be rebuilt here now (``Node.incomplete``)."""
+        for key in keys:
+            try:
+                why = self.ctx.node.incomplete(key)
+            except StatebusError:
+                why = None
+            if why is None:
+                self.incomplete.pop(key, None)
+            else:
+                self.incomplete[key] = why
 
     def state(self) -> dict[str, JSON]:
+        status, reason = self.status, self.reason
+        if self.incomplete and status == "live":
+            status = "incomplete"
+            first = min(self.incomplete)
+            reason = (
+                f"{len(self.incomplete)} key(s) cannot be rebuilt from the ops the server has (their "
+                "owner compacted history this node never had); served as 503 incomplete: "
+                + self.incomplete[first]
+            )
+        listed: list[JSON] = [*sorted(self.incomplete)[:MAX_LISTED]]
         return {
             "pattern": self.follow.pattern,
-            "status": self.status,
-            "reason": self.reason,
+            "status": status,
+            "reason": reason,
+            "incomplete": listed,
             "server": self.server,
             "url": self.url,
             "cursors": dict(self.cursors),
@@ -305,7 +339,8 @@ class Follower:
                     log.info("follow %s: %s refuses %s: %s", self.follow.pattern, url, pattern, exc.detail)
                     patterns.remove(pattern)
                     continue
-                await self._ingest(session.received)
+                taken = await self._ingest(session.received)
+                self._recheck(taken)
                 self.synced_ops += len(session.received)
                 self.sync_bytes += session.bytes_sent + session.bytes_received
                 if session.server_seq is not None:
@@ -345,10 +380,16 @@ class Follower:
                     break
         return False
 
-    async def _ingest(self, ops: list[bytes]) -> None:
+    async def _ingest(self, ops: list[bytes]) -> set[str]:
+        """Take ``ops``; the keys they wrote."""
         if not ops:
-            return
+            return set()
         result: IngestResult = await self.ctx.ingest.take(ops, peer=self.server)
+        if self.incomplete:  # later ops (a whole new value) may have rebuilt one
+            before = len(self.incomplete)
+            self._recheck([k for k in result.keys if k in self.incomplete])
+            if len(self.incomplete) != before:
+                await self.persist(force=True)
         self.applied += result.applied
         if result.rejected:
             self.rejected += len(result.rejected)
@@ -359,3 +400,4 @@ class Follower:
             await self.persist(force=True)
         for hook in self.ctx.on_ingest:
             await hook(self, result.applied)
+        return result.keys

@@ -58,6 +58,8 @@ class IngestResult:
     rejected: list[str] = field(default_factory=list)
     """The reasons of refused ops (first few)."""
     last_seq: Seq = 0
+    keys: set[str] = field(default_factory=set)
+    """The keys the applied ops wrote."""
 
     def refuse(self, exc: StatebusError) -> None:
         if len(self.rejected) < MAX_REASONS:
@@ -221,6 +223,7 @@ class Ingest:
             else:
                 result.applied += 1
                 result.last_seq = outcome.seq
+                result.keys.add(a.op.key)
                 if a.op.key.startswith(keys_prefix(a.namespace)):
                     self._feed(self.keyring(a.namespace), a.op.key)
         if stop is not None:

@@ -365,6 +365,7 @@ class KeyEndpoint:
             parse_range(rng)
         elif headers.get("range") is not None:
             rng = parse_range_header(headers["range"])
+        self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
         change = self.node.fetch(key, rng or None)
         out = _range_headers()
         if change.version:
@@ -439,6 +440,7 @@ class KeyEndpoint:
                 raise InvalidKey("a Braid subscription names one key in the path")
             key = self.parse_key(path)
             require_read(client, key)
+            self.node.check_complete(key)  # a subscription to a key this node cannot rebuild: 503
             raw_parents = headers.get("parents")
             parents = version_list(raw_parents, "Parents") if raw_parents is not None else None
             raw_beats = headers.get("heartbeats")

@@ -29,6 +29,9 @@ class MergeState(Protocol):
     remembers_folded: bool
     """Whether the op log keeps the versions compaction folded, to recognise them when they come
     again (yjs); a state that ignores ops behind its :attr:`horizon` (lww) needs no such set."""
+    rebases: frozenset[str]
+    """Op kinds whose value does not depend on the ops ordered before them (lww's ``set`` and
+    ``delete``): a replica that lacks only older history still has the right value after one."""
 
     @property
     def exists(self) -> bool: ...

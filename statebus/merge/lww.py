@@ -41,6 +41,7 @@ def _fold(exists: bool, value: Any, ctype: str | None, op: Op) -> tuple[bool, An
 class LwwState:
     name = "lww"
     remembers_folded = False  # an op folded away sorts at or below the horizon
+    rebases = frozenset({"set", "delete"})
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
         self._base_exists = False

@@ -120,6 +120,7 @@ class YjsState:
     content_type = None
     remembers_folded = True  # updates commute: a folded op may come again in any order
     horizon: Order | None = None  # every update still merges, however late
+    rebases: frozenset[str] = frozenset()  # every update builds on the ones before it
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
         self._doc: Doc[Any] = Doc()

@@ -12,6 +12,10 @@ Rules:
    this replica has not seen yet stays "referenced" (``pending``), so when it arrives it does not
    reappear in the frontier. When asked (``remember=True``, merge types whose late ops still
    apply, like yjs), the log also remembers the folded versions so a re-sent op is recognised.
+5. The log knows its horizon: a version is *known* (:meth:`knows`) when it is in the log, in the
+   base frontier, folded, or a folded parent of an op still in the log (``below``). A parent that
+   is none of these is history this replica never had (compacted at the owner before this replica
+   saw it). ``gap`` records that a base was folded from such an incomplete history.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from statebus.types import Seq, Version
 
 class OpLog:
     __slots__ = (
+        "_below",
         "_folded",
         "_ops",
         "_pending",
@@ -34,6 +39,7 @@ class OpLog:
         "base_seq",
         "clock",
         "frontier",
+        "gap",
     )
 
     def __init__(self, base: dict[str, Any] | None = None) -> None:
@@ -43,6 +49,9 @@ class OpLog:
         self.base_seq: Seq = 0
         self._folded: set[Version] = set()
         self._pending: set[Version] = set()
+        self._below: set[Version] = set()
+        self.gap = False
+        """Whether the base was folded from a history with a gap (rule 5)."""
         self.clock = 0
         if base:
             self.base_frontier = tuple(base.get("frontier", ()))
@@ -51,6 +60,8 @@ class OpLog:
             self._pending = set(base.get("pending", ()))
             self._referenced = set(self._pending)
             self._folded = set(base.get("folded", ()))
+            self._below = set(base.get("below", ()))
+            self.gap = bool(base.get("gap", False))
         self.frontier: set[Version] = set(self.base_frontier)
 
     def __len__(self) -> int:
@@ -62,6 +73,19 @@ class OpLog:
     def folded(self, version: Version) -> bool:
         """Whether ``version`` was folded into the base by a compaction that remembered it."""
         return version in self._folded
+
+    def knows(self, version: Version) -> bool:
+        """Whether ``version`` is in this replica's history of the key, kept or folded (rule 5)."""
+        return (
+            version in self._ops
+            or version in self.base_frontier
+            or version in self._below
+            or version in self._folded
+        )
+
+    def unseen(self) -> set[Version]:
+        """Versions named as parents of folded ops that this replica has not seen yet."""
+        return {v for v in self._pending if not self.knows(v)}
 
     def get(self, version: Version) -> tuple[Seq, Op] | None:
         return self._ops.get(version)
@@ -137,6 +161,8 @@ class OpLog:
             p for p in refs if p not in versions and p not in self._folded and (remember or p in self._ops)
         }
         self._referenced = {p for _, op in self._ops.values() for p in op.parents} | self._pending
+        below = self._below | versions
+        self._below = {p for p in self._referenced if p in below}
 
     def frontier_of(self, ops: Iterable[Op]) -> tuple[Version, ...]:
         """The frontier of the base plus ``ops`` (what the base will hold after folding them)."""
@@ -154,4 +180,8 @@ class OpLog:
             d["pending"] = sorted(self._pending)
         if self._folded:
             d["folded"] = sorted(self._folded)
+        if self._below:
+            d["below"] = sorted(self._below)
+        if self.gap:
+            d["gap"] = True
         return d

@@ -24,7 +24,8 @@ from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
 from statebus.bus.reactive import ReactiveFn
-from statebus.errors import ShuttingDown, StatebusError, StorageFailed
+from statebus.errors import Incomplete, ShuttingDown, StatebusError, StorageFailed
+from statebus.keys import namespace_of
 from statebus.keys.memo import KeyMemo
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
@@ -134,6 +135,19 @@ class Node:
     def fetch_or_none(self, key: str, *, durable: bool = False) -> Change | None:
         """The state of ``key``, None if it never existed (the bus's read: rule 3)."""
         return self.bus.fetch_or_none(key, durable=durable)
+
+    def incomplete(self, key: str) -> str | None:
+        """Why this replica cannot claim the state of another node's ``key`` (its owner compacted
+        history this replica never had), or None. A node's own keys are never incomplete."""
+        k = self.bus.parse(key, allow_subtree=False)
+        return None if namespace_of(k) == self.local else self.bus.gap(k)
+
+    def check_complete(self, key: str) -> None:
+        """Raise :class:`~statebus.errors.Incomplete` (503, with the reason) if this replica cannot
+        rebuild ``key`` (:meth:`incomplete`): it then serves no value and claims no version."""
+        why = self.incomplete(key)
+        if why is not None:
+            raise Incomplete(why)
 
     def walk(self, prefix: Key, limit: int) -> list[Key]:
         """Up to ``limit`` keys under ``prefix`` (the bus's read: rule 3)."""
