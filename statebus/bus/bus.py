@@ -33,7 +33,7 @@ from typing import Any
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
-from statebus.bus.history import fold, missing_changes, missing_versions
+from statebus.bus.history import HistoryPage, fold, history_page, missing_changes, missing_versions, state_at
 from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
@@ -671,6 +671,26 @@ class Bus:
         as Braid's ``Parents`` asks). Raises HistoryCompacted when they were folded away."""
         k = self.parse(key, allow_subtree=False)
         return missing_versions(k, self._entry(k), parents)
+
+    def fetch_version(self, key: str, versions: Sequence[Version], *, durable: bool = False) -> Change:
+        """The state of ``key`` at the version frontier ``versions`` (history rule 3): the current
+        state when they are its frontier. Raises NotFound or HistoryCompacted."""
+        current = self.fetch_or_none(key, durable=durable)
+        if current is None:
+            raise NotFound(f"no value at {key}")
+        if tuple(sorted(set(versions))) == tuple(sorted(current.version)):
+            if not current.exists:
+                raise NotFound(f"no value at {current.key} at that version")
+            return current
+        k = current.key
+        if self.reactive_keys.get(k) is not None:
+            raise HistoryCompacted(f"{k} is computed: only its current version is served")
+        return state_at(k, self._entry(k), versions)
+
+    def history_page(self, key: str, after: Seq = 0, limit: int = 100) -> HistoryPage:
+        """The ops of ``key`` after cursor ``after``, oldest first, with its compaction horizon."""
+        k = self.parse(key, allow_subtree=False)
+        return history_page(k, self._entry(k), after, limit)
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,
