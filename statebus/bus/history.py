@@ -80,10 +80,10 @@ def state_at(key: Key, entry: Entry | None, versions: Sequence[Version]) -> Chan
     wanted = tuple(sorted(set(versions)))
     log = entry.log
     known = log.ancestors(wanted)
-    if known is None:
-        if log.base_seq and any(v not in log and v not in log.base_frontier for v in wanted):
-            raise _gone(key, entry, "that version")
-        raise NotFound(f"{key} has no version {', '.join(wanted)}")
+    if known is None:  # a version, or an ancestor of one, is not in the log
+        if log.base_seq:
+            raise _gone(key, entry, "the state at that version")
+        raise NotFound(f"{key} has no state at version {', '.join(wanted)} (unknown, or its parents are)")
     if log.base_frontier and not set(log.base_frontier) <= known:
         raise _gone(key, entry, "the state at that version")
     state = load_state(entry.merge, entry.base) if entry.base else new_state(entry.merge)
