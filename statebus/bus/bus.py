@@ -685,12 +685,15 @@ class Bus:
         k = current.key
         if self.reactive_keys.get(k) is not None:
             raise HistoryCompacted(f"{k} is computed: only its current version is served")
-        return state_at(k, self._entry(k), versions)
+        return state_at(k, self._entry(k), versions, self._durable if durable else None)
 
-    def history_page(self, key: str, after: Seq = 0, limit: int = 100) -> HistoryPage:
-        """The ops of ``key`` after cursor ``after``, oldest first, with its compaction horizon."""
+    def history_page(
+        self, key: str, after: Seq = 0, limit: int = 100, *, durable: bool = False
+    ) -> HistoryPage:
+        """The ops of ``key`` after cursor ``after``, oldest first, with its compaction horizon
+        (with ``durable``, only the ops on disk)."""
         k = self.parse(key, allow_subtree=False)
-        return history_page(k, self._entry(k), after, limit)
+        return history_page(k, self._entry(k), after, limit, self._durable if durable else None)
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,

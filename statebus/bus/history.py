@@ -68,8 +68,9 @@ def _gone(key: Key, entry: Entry, what: str) -> HistoryCompacted:
     )
 
 
-def state_at(key: Key, entry: Entry | None, versions: Sequence[Version]) -> Change:
-    """The state of ``key`` at the version frontier ``versions`` (rule 3).
+def state_at(key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None = None) -> Change:
+    """The state of ``key`` at the version frontier ``versions`` (rule 3), from ops stored at or
+    before cursor ``upto`` (None: every op in the log).
 
     Raises:
         NotFound: the key has no history, or never had one of ``versions``.
@@ -90,6 +91,8 @@ def state_at(key: Key, entry: Entry | None, versions: Sequence[Version]) -> Chan
     seq = log.base_seq
     for s, op in log.ops():
         if op.version in known:
+            if upto is not None and s > upto:
+                raise NotFound(f"{key} has no stored state at version {', '.join(wanted)} yet")
             state.apply(op)
             seq = s
     if not state.exists:
@@ -97,11 +100,14 @@ def state_at(key: Key, entry: Entry | None, versions: Sequence[Version]) -> Chan
     return Change(key, seq, "snapshot", True, state.value, state.content_type, wanted, (), entry.merge)
 
 
-def history_page(key: Key, entry: Entry | None, after: Seq, limit: int) -> HistoryPage:
-    """The ops of ``key`` after cursor ``after``, oldest first, at most ``limit``."""
+def history_page(
+    key: Key, entry: Entry | None, after: Seq, limit: int, upto: Seq | None = None
+) -> HistoryPage:
+    """The ops of ``key`` after cursor ``after`` (and at or before ``upto``), oldest first, at most
+    ``limit``."""
     if entry is None:
         raise NotFound(f"no value at {key}")
-    items = [(s, op) for s, op in entry.log.ops() if s > after]
+    items = [(s, op) for s, op in entry.log.ops() if s > after and (upto is None or s <= upto)]
     records = [
         VersionRecord(s, op.version, op.parents, op.author, op.clock, op.kind) for s, op in items[:limit]
     ]

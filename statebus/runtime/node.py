@@ -125,8 +125,9 @@ class Node:
         return self.bus.fetch_version(key, versions, durable=True)
 
     def history_page(self, key: str, after: Seq = 0, limit: int = 100) -> HistoryPage:
-        """A page of the versions of ``key`` after cursor ``after`` (oldest first), and its horizon."""
-        return self.bus.history_page(key, after, limit)
+        """A page of the versions of ``key`` after cursor ``after`` (oldest first), and its horizon,
+        as on disk (see :meth:`fetch`)."""
+        return self.bus.history_page(key, after, limit, durable=True)
 
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
         """The names under ``prefix`` as on disk (see :meth:`fetch`)."""

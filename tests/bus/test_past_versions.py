@@ -65,3 +65,18 @@ def test_a_branch_off_a_folded_state_is_gone() -> None:
         bus.fetch_version(K, ["b2"])  # b2's state without b1 is not in the history any more
     with pytest.raises(HistoryCompacted):
         bus.fetch_version(K, ["a"])
+
+
+def test_a_version_on_its_way_to_disk_is_not_served_as_stored() -> None:
+    bus = Bus(MemoryStorage(), LOCAL)
+    bus.save(K, 0, version="a")
+    bus.flush()
+    bus.save(K, 1, version="b")
+    bus.save(K, 2, version="c")  # b and c are not durable yet
+    with pytest.raises(NotFound):
+        bus.fetch_version(K, ["b"], durable=True)
+    assert [r.version for r in bus.history_page(K, durable=True).versions] == ["a"]
+    assert bus.fetch_version(K, ["b"]).value == 1  # the bus's own read sees it (node rule 3)
+    bus.flush()
+    assert bus.fetch_version(K, ["b"], durable=True).value == 1
+    assert [r.version for r in bus.history_page(K, durable=True).versions] == ["a", "b", "c"]
