@@ -80,3 +80,23 @@ def test_a_version_on_its_way_to_disk_is_not_served_as_stored() -> None:
     bus.flush()
     assert bus.fetch_version(K, ["b"], durable=True).value == 1
     assert [r.version for r in bus.history_page(K, durable=True).versions] == ["a", "b", "c"]
+
+
+def test_yjs_past_versions_across_compaction() -> None:
+    import pycrdt
+
+    bus = Bus(MemoryStorage(), LOCAL, keep_ops=1000)
+    doc: pycrdt.Doc = pycrdt.Doc()
+    text = doc.get("t", type=pycrdt.Text)
+    for i in range(6):
+        before = doc.get_state()
+        text += str(i)
+        bus.crdt_update(K, doc.get_update(before), version=f"y{i}", merge="yjs")
+    bus.flush()
+    assert bus.compact(K, keep=2) is not None
+    bus.flush()
+    assert bus.history_page(K).horizon_frontier == ("y3",)
+    assert bus.fetch_version(K, ["y3"]).value == {"t": "0123"}
+    assert bus.fetch_version(K, ["y4"]).value == {"t": "01234"}
+    with pytest.raises(HistoryCompacted, match="frontier y3"):
+        bus.fetch_version(K, ["y0"])  # folded (the log remembers it): its state is gone
