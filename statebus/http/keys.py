@@ -2,7 +2,10 @@
 
     GET     a key → its value (JSON, or bytes with their content type), ``Version`` and ``ETag``;
             a subtree (path ending in ``/``) → its children, paginated; with ``Accept:
-            text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`)
+            text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`);
+            with ``Version`` (or ``?version=``) → the value at that past version, 410 once compacted;
+            ``?history`` → the key's versions, paginated; ``Range: bytes=…`` on a binary value →
+            206 (see :mod:`statebus.http.byte_ranges`)
     PUT     replace the value, or patch it (``Content-Range: json <range>`` or ``Patches: N``)
     PATCH   patch a JSON value, or merge a Yjs update (``Content-Type: application/vnd.yjs.update``)
     DELETE  delete the key
