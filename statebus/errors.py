@@ -12,7 +12,8 @@
     ├── VersionConflict     409   a version id is reused with different content
     ├── StaleParents        409   a client's write names parents that are no longer the key's frontier
     ├── PreconditionFailed  412   an ``If-Match``/``If-None-Match`` condition does not hold
-    ├── HistoryCompacted    410   a resume needs ops that compaction folded away
+    ├── HistoryCompacted    410   a resume or a past version needs ops that compaction folded away
+    ├── RangeNotSatisfiable 416   no byte range of a ``Range: bytes=…`` lies inside the value
     ├── TooLarge            413   a body or value is over its limit
     ├── QuotaExceeded       413   a namespace is over its storage quota
     ├── RateLimited         429   too many requests; carries ``retry_after`` seconds
@@ -108,6 +109,17 @@ class PreconditionFailed(StatebusError):
 
 class HistoryCompacted(StatebusError):
     status_hint = 410
+
+
+class RangeNotSatisfiable(StatebusError):
+    """No range of a ``Range: bytes=…`` request lies inside the value; ``size`` is its length (the
+    HTTP layer answers ``Content-Range: bytes */size``)."""
+
+    status_hint = 416
+
+    def __init__(self, detail: str = "", *, size: int = 0) -> None:
+        super().__init__(detail)
+        self.size = size
 
 
 class TooLarge(StatebusError):

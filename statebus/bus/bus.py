@@ -33,7 +33,15 @@ from typing import Any
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
-from statebus.bus.history import fold, gap, missing_changes, missing_versions
+from statebus.bus.history import (
+    HistoryPage,
+    fold,
+    gap,
+    history_page,
+    missing_changes,
+    missing_versions,
+    state_at,
+)
 from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Computed, Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
@@ -720,6 +728,29 @@ class Bus:
         k = self.parse(key, allow_subtree=False)
         entry = self._entry(k)
         return None if entry is None else gap(k, entry)
+
+    def fetch_version(self, key: str, versions: Sequence[Version], *, durable: bool = False) -> Change:
+        """The state of ``key`` at the version frontier ``versions`` (history rule 4): the current
+        state when they are its frontier. Raises NotFound or HistoryCompacted."""
+        current = self.fetch_or_none(key, durable=durable)
+        if current is None:
+            raise NotFound(f"no value at {key}")
+        if tuple(sorted(set(versions))) == tuple(sorted(current.version)):
+            if not current.exists:
+                raise NotFound(f"no value at {current.key} at that version")
+            return current
+        k = current.key
+        if self.reactive_keys.get(k) is not None:
+            raise HistoryCompacted(f"{k} is computed: only its current version is served")
+        return state_at(k, self._entry(k), versions, self._durable if durable else None)
+
+    def history_page(
+        self, key: str, after: Seq = 0, limit: int = 100, *, durable: bool = False
+    ) -> HistoryPage:
+        """The ops of ``key`` after cursor ``after``, oldest first, with its compaction horizon
+        (with ``durable``, only the ops on disk)."""
+        k = self.parse(key, allow_subtree=False)
+        return history_page(k, self._entry(k), after, limit, self._durable if durable else None)
 
     def changes_since(self, pattern: str, after: Seq, limit: int = MAX_RESUME_OPS) -> list[Change]:
         """Every change to keys matching ``pattern`` (a key or a subtree) after cursor ``after``,

@@ -10,15 +10,21 @@ Rules:
    had (the owner compacted that history before this replica saw it), the key has a *gap*
    (:func:`gap`) unless a later op of a kind that rebases the value (:attr:`MergeState.rebases`:
    lww's ``set``/``delete``) orders after every op at the gap. Folding keeps the gap in the base.
+4. A past version is rebuilt from the base and the log's ops it descends from, never guessed: a
+   version that is not in the log (compacted, or whose history reaches below the base on a
+   branch the base folded) raises :class:`HistoryCompacted` with the horizon; one that this key
+   never had raises :class:`NotFound`. The current frontier is the current state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, encode_snapshot, replay
-from statebus.errors import HistoryCompacted
+from statebus.errors import HistoryCompacted, NotFound
+from statebus.merge import load_state, new_state
 from statebus.merge.base import Order
 from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Key, Seq, Version
@@ -34,6 +40,84 @@ def missing_versions(key: Key, entry: Entry | None, parents: Sequence[Version]) 
         return []
     missing = entry.log.since(parents)
     return replay(key, entry, [s for s, _ in missing])
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One op of a key's history listing."""
+
+    seq: Seq
+    version: Version
+    parents: tuple[Version, ...]
+    author: str
+    clock: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a key's history (oldest first) and the horizon below which it was compacted."""
+
+    key: Key
+    versions: list[VersionRecord]
+    horizon_seq: Seq
+    horizon_frontier: tuple[Version, ...]
+    more: bool
+
+
+def _gone(key: Key, entry: Entry, what: str) -> HistoryCompacted:
+    front = ", ".join(entry.log.base_frontier) or "none"
+    return HistoryCompacted(
+        f"{what} of {key} is not in its history: compacted below the horizon "
+        f"(seq {entry.log.base_seq}, frontier {front})"
+    )
+
+
+def state_at(key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None = None) -> Change:
+    """The state of ``key`` at the version frontier ``versions`` (rule 4), from ops stored at or
+    before cursor ``upto`` (None: every op in the log).
+
+    Raises:
+        NotFound: the key has no history, or never had one of ``versions``.
+        HistoryCompacted: that state was folded away (its detail names the horizon).
+    """
+    if entry is None:
+        raise NotFound(f"no value at {key}")
+    wanted = tuple(sorted(set(versions)))
+    log = entry.log
+    known = log.ancestors(wanted)
+    if known is None:  # a version, or an ancestor of one, is not in the log
+        if log.base_seq:
+            raise _gone(key, entry, "the state at that version")
+        raise NotFound(f"{key} has no state at version {', '.join(wanted)} (unknown, or its parents are)")
+    if log.base_frontier and not set(log.base_frontier) <= known:
+        raise _gone(key, entry, "the state at that version")
+    state = load_state(entry.merge, entry.base) if entry.base else new_state(entry.merge)
+    seq = log.base_seq
+    for s, op in log.ops():
+        if op.version in known:
+            if upto is not None and s > upto:
+                raise NotFound(f"{key} has no stored state at version {', '.join(wanted)} yet")
+            state.apply(op)
+            seq = s
+    if not state.exists:
+        raise NotFound(f"no value at {key} at that version")
+    return Change(key, seq, "snapshot", True, state.value, state.content_type, wanted, (), entry.merge)
+
+
+def history_page(
+    key: Key, entry: Entry | None, after: Seq, limit: int, upto: Seq | None = None
+) -> HistoryPage:
+    """The ops of ``key`` after cursor ``after`` (and at or before ``upto``), oldest first, at most
+    ``limit``."""
+    if entry is None:
+        raise NotFound(f"no value at {key}")
+    items = [(s, op) for s, op in entry.log.ops() if s > after and (upto is None or s <= upto)]
+    records = [
+        VersionRecord(s, op.version, op.parents, op.author, op.clock, op.kind) for s, op in items[:limit]
+    ]
+    log = entry.log
+    return HistoryPage(key, records, log.base_seq, log.base_frontier, len(items) > limit)
 
 
 def missing_changes(found: Iterable[StoredOp], entry_of: EntryOf, after: Seq, limit: int) -> list[Change]:

@@ -2,7 +2,10 @@
 
     GET     a key → its value (JSON, or bytes with their content type), ``Version`` and ``ETag``;
             a subtree (path ending in ``/``) → its children, paginated; with ``Accept:
-            text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`)
+            text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`);
+            with ``Version`` (or ``?version=``) → the value at that past version, 410 once compacted;
+            ``?history`` → the key's versions, paginated; ``Range: bytes=…`` on a binary value →
+            206 (see :mod:`statebus.http.byte_ranges`)
     PUT     replace the value, or patch it (``Content-Range: json <range>`` or ``Patches: N``)
     PATCH   patch a JSON value, or merge a Yjs update (``Content-Type: application/vnd.yjs.update``)
     DELETE  delete the key
@@ -12,6 +15,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,11 +38,19 @@ from statebus.errors import (
     InvalidRange,
     InvalidValue,
     PreconditionFailed,
+    RangeNotSatisfiable,
     StatebusError,
     TooLarge,
 )
 from statebus.http import braid
 from statebus.http.auth import Client, OwnerAuth, require_read, require_write
+from statebus.http.byte_ranges import (
+    ACCEPT_RANGES,
+    content_range,
+    if_range_holds,
+    multipart,
+    parse_byte_ranges,
+)
 from statebus.http.encode import EncodeCache
 from statebus.http.errors import (
     error_response,
@@ -53,7 +65,7 @@ from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
 from statebus.types import JSON, Key, Version
-from statebus.values import dumps_json, loads_json, parse_range
+from statebus.values import dumps_json, get_range, loads_json, parse_range
 
 ALLOW = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
 YJS_TYPES = ("application/vnd.yjs.update", "application/octet-stream")
@@ -61,6 +73,8 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 MAX_STREAM_KEYS = 256
 JSON_TYPE = "application/json"
+HISTORY_PARAM = "history"
+"""The query parameter that asks for a key's history listing (``GET /key?history``)."""
 METHODS = frozenset(ALLOW.split(", "))
 WRITTEN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     *((name.encode("latin-1"), value.encode("latin-1")) for name, value in braid.RANGE_HEADERS),
@@ -359,14 +373,32 @@ class KeyEndpoint:
         return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     def get(self, key: Key, conn: HTTPConnection, headers: Mapping[str, str]) -> Response:
+        query = conn.query_params
+        if HISTORY_PARAM in query:
+            return self.history(key, query)
         rng: str | None = None
-        if "range" in conn.query_params:
-            rng = conn.query_params["range"]
+        byte_range: str | None = None
+        if "range" in query:
+            rng = query["range"]
             parse_range(rng)
         elif headers.get("range") is not None:
-            rng = parse_range_header(headers["range"])
+            raw = headers["range"]
+            if raw.lstrip(" \t")[:5].lower() == "bytes":
+                byte_range = raw
+            else:
+                rng = parse_range_header(raw)
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
-        change = self.node.fetch(key, rng or None)
+        versions = self.asked_version(query, headers)
+        if versions:
+            change = self.node.fetch_version(key, versions)
+            if rng:
+                if change.content_type is not None:
+                    raise InvalidRange("a range applies to JSON values, not to bytes")
+                change = dataclasses.replace(change, value=get_range(change.value, rng))
+        else:
+            change = self.node.fetch(key, rng or None)
+        if byte_range is not None and change.content_type is None:
+            raise InvalidRange("byte ranges apply to binary values; a JSON value takes Range: json <range>")
         out = _range_headers()
         if change.version:
             out["version"] = braid.format_version_list(change.version)
@@ -380,15 +412,78 @@ class KeyEndpoint:
         if rng is not None:
             status = 206
             out["content-range"] = f"json {rng}"
-        out.update(value_headers(change.content_type, view=VIEW_PARAM in conn.query_params))
+        out.update(value_headers(change.content_type, view=VIEW_PARAM in query))
         if change.content_type is not None:
-            return Response(
-                bytes(change.value),
-                status_code=status,
-                media_type=served_type(change.content_type),
-                headers=out,
-            )
+            out[ACCEPT_RANGES[0]] = ACCEPT_RANGES[1]
+            ctype = served_type(change.content_type)
+            data = bytes(change.value)
+            if byte_range is not None and if_range_holds(headers.get("if-range"), etag):
+                return self.byte_ranges(data, ctype, byte_range, out)
+            return Response(data, status_code=status, media_type=ctype, headers=out)
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
+
+    @staticmethod
+    def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
+        """The past version a read names: the ``Version`` header, or ``?version=`` (a Braid version
+        list, or bare ids separated by commas); empty for the current state."""
+        raw = headers.get("version")
+        if raw is not None:
+            return version_list(raw, "Version")
+        raw = query.get("version")
+        if raw is None or not raw.strip():
+            return ()
+        if raw.lstrip().startswith('"'):
+            return version_list(raw, "version")
+        quoted = ", ".join(encode_basestring(v.strip()) for v in raw.split(",") if v.strip())
+        return version_list(quoted, "version")
+
+    @staticmethod
+    def byte_ranges(data: bytes, ctype: str, header: str, out: dict[str, str]) -> Response:
+        """206 with the ranges of ``data`` that ``header`` asks for, 416 when none lies inside it, or
+        the whole value when the header is to be ignored (see :mod:`statebus.http.byte_ranges`)."""
+        size = len(data)
+        try:
+            ranges = parse_byte_ranges(header, size)
+        except RangeNotSatisfiable as exc:
+            hdrs = [(k, v) for k, v in out.items() if k in ("version", "etag", ACCEPT_RANGES[0])]
+            hdrs.append(("content-range", f"bytes */{size}"))
+            return error_response(416, exc.code, exc.detail, hdrs)
+        if ranges is None:
+            return Response(data, media_type=ctype, headers=out)
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            out["content-range"] = content_range(ranges[0], size)
+            return Response(data[first : last + 1], status_code=206, media_type=ctype, headers=out)
+        body, multi_type = multipart(data, ranges, ctype)
+        return Response(body, status_code=206, media_type=multi_type, headers=out)
+
+    def history(self, key: Key, query: QueryParams) -> Response:
+        """``GET /key?history[&after=SEQ][&limit=N]``: the versions of ``key`` in its history, oldest
+        first, a page at a time, with the compaction horizon below which they were folded."""
+        after_raw = query.get("after", "0") or "0"
+        if not after_raw.isascii() or not after_raw.isdigit() or len(after_raw) > 18:
+            raise InvalidValue("after must be a cursor (a whole number) from an earlier page")
+        raw = query.get("limit", str(DEFAULT_LIST_LIMIT))
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+            raise InvalidValue(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        page = self.node.history_page(key, int(after_raw), int(raw))
+        body: dict[str, Any] = {
+            "key": page.key,
+            "versions": [
+                {
+                    "version": r.version,
+                    "parents": list(r.parents),
+                    "seq": r.seq,
+                    "author": r.author,
+                    "clock": r.clock,
+                    "kind": r.kind,
+                }
+                for r in page.versions
+            ],
+            "horizon": {"seq": page.horizon_seq, "frontier": list(page.horizon_frontier)},
+            "next": page.versions[-1].seq if page.more else None,
+        }
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     def list_children(self, key: Key, query: QueryParams, client: Client | None = None) -> Response:
         after = query.get("after", "")

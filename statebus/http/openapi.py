@@ -98,6 +98,23 @@ def _key_item(namespace: str) -> dict[str, Any]:
             "parameters": [
                 {"name": "range", "in": "query", "required": False, "schema": {"type": "string"}},
                 {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+                {**_VERSION, "description": 'a past version to read, e.g. "v1"'},
+                {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "history",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "list the key's versions (with after=SEQ, limit=N)",
+                },
+                {
+                    "name": "Range",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "json <range> (JSON values) or bytes=… (binary values)",
+                },
+                {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
             "responses": {
                 "200": {"description": "the value", "content": {"application/json": {"schema": {}}}},
@@ -107,6 +124,7 @@ def _key_item(namespace: str) -> dict[str, Any]:
                 },
                 "304": {"description": "not modified"},
                 "404": _err("no value at this key"),
+                "410": _err("that version was compacted away (the detail names the horizon)"),
                 "416": _err("the range does not apply"),
                 **_ERRORS,
             },

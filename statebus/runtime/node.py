@@ -23,6 +23,7 @@ from typing import Any
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
+from statebus.bus.history import HistoryPage
 from statebus.bus.reactive import ReactiveFn
 from statebus.errors import Incomplete, ShuttingDown, StatebusError, StorageFailed
 from statebus.keys import namespace_of
@@ -118,6 +119,17 @@ class Node:
         """The state of ``key`` on disk: a write still being committed is not served before its
         commit succeeds, and never if it fails (bus rule 5)."""
         return self.bus.fetch(key, rng, durable=True)
+
+    def fetch_version(self, key: str, versions: Sequence[Version]) -> Change:
+        """The state of ``key`` at a past version frontier while its history holds it (the current
+        state, as on disk, when ``versions`` is its frontier). Raises NotFound, or HistoryCompacted
+        (410) naming the horizon when that state was folded away."""
+        return self.bus.fetch_version(key, versions, durable=True)
+
+    def history_page(self, key: str, after: Seq = 0, limit: int = 100) -> HistoryPage:
+        """A page of the versions of ``key`` after cursor ``after`` (oldest first), and its horizon,
+        as on disk (see :meth:`fetch`)."""
+        return self.bus.history_page(key, after, limit, durable=True)
 
     def children(self, prefix: str, after: str = "", limit: int = 100) -> list[str]:
         """The names under ``prefix`` as on disk (see :meth:`fetch`)."""
