@@ -386,7 +386,7 @@ class KeyEndpoint:
             if raw.lstrip(" \t")[:5].lower() == "bytes":
                 byte_range = raw
             else:
-                rng = parse_range_header(raw)
+                rng = parse_range_header(_utf8_header(raw, "Range"))
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
         versions = self.asked_version(query, headers)
         if versions:

@@ -172,6 +172,14 @@ def test_content_range_is_read_as_utf8(client: httpx.Client) -> None:
     err(r, 400, "invalid_range")  # latin-1 bytes are not UTF-8
 
 
+def test_a_read_s_range_header_is_read_as_utf8(client: httpx.Client) -> None:
+    client.put("/~/cr/r", json={"café": {"crème": 7}})
+    r = client.get("/~/cr/r", headers=[(b"Range", "json .café.crème".encode())])
+    assert r.status_code == 206, r.text  # a range of the value
+    assert r.json() == 7
+    err(client.get("/~/cr/r", headers=[(b"Range", b"json .caf\xe9")]), 400, "invalid_range")
+
+
 def test_json_empty_quotes_address_the_whole_value(client: httpx.Client) -> None:
     client.put("/~/cr/b", json={"a": 1})
     r = client.put("/~/cr/b", content=b'{"z":2}', headers={"Content-Range": 'json ""'})
