@@ -5,6 +5,7 @@ the :class:`BlobStore` (``store.py``, where the layout, durability and API are d
 package does I/O (files), so the core never imports it; it sits beside ``storage`` in the layers.
 """
 
+from statebus.blobs.pointer import BLOB_TYPE, BlobPointer, is_pointer
 from statebus.blobs.store import BlobInfo, BlobStore, Quota, check_hash
 
-__all__ = ["BlobInfo", "BlobStore", "Quota", "check_hash"]
+__all__ = ["BLOB_TYPE", "BlobInfo", "BlobPointer", "BlobStore", "Quota", "check_hash", "is_pointer"]

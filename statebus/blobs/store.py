@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from statebus.errors import BadBlob, InvalidValue, NotFound, TooLarge
+from statebus.types import PubKey
 
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 STALE_TMP_SECONDS = 3600.0
@@ -55,9 +56,9 @@ STALE_TMP_SECONDS = 3600.0
 class Quota(Protocol):
     """What the store needs of the node's quota counter (``statebus.access.limits.QuotaTracker``)."""
 
-    def charge(self, namespace: str, nbytes: int) -> None: ...
+    def charge(self, namespace: PubKey, nbytes: int) -> None: ...
 
-    def release(self, namespace: str, nbytes: int) -> None: ...
+    def release(self, namespace: PubKey, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ class BlobStore:
         *,
         size: int | None = None,
         expect: str | None = None,
-        namespace: str | None = None,
+        namespace: PubKey | None = None,
         limit: int | None = None,
     ) -> BlobInfo:
         """Store the bytes ``chunks`` yields; return the blob's hash and size.
@@ -190,7 +191,9 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_bytes(self, data: bytes, *, expect: str | None = None, namespace: str | None = None) -> BlobInfo:
+    def put_bytes(
+        self, data: bytes, *, expect: str | None = None, namespace: PubKey | None = None
+    ) -> BlobInfo:
         """:meth:`put` for bytes already in memory (synchronous; same rules and errors)."""
         if len(data) > self.max_bytes:
             raise TooLarge(f"the blob is {len(data)} bytes; the limit is {self.max_bytes}")
@@ -207,7 +210,9 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _commit(self, tmp: Path, hash: str, size: int, expect: str | None, namespace: str | None) -> BlobInfo:
+    def _commit(
+        self, tmp: Path, hash: str, size: int, expect: str | None, namespace: PubKey | None
+    ) -> BlobInfo:
         if expect is not None and hash != expect:
             raise BadBlob(f"the bytes hash to {hash}, not {expect}")
         final = self.path(hash)
@@ -222,7 +227,7 @@ class BlobStore:
                 _fsync_dir(final.parent)
         return BlobInfo(hash, size)
 
-    def _charge(self, final: Path, namespace: str, size: int) -> None:
+    def _charge(self, final: Path, namespace: PubKey, size: int) -> None:
         owners = _owners(final)
         if namespace in owners:
             return
@@ -231,9 +236,9 @@ class BlobStore:
         with _owners_path(final).open("a", encoding="utf-8") as f:
             f.write(namespace + "\n")
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[PubKey, int]:
         """Bytes of blobs charged per namespace (read from disk: for a quota counter's ``measure``)."""
-        used: dict[str, int] = {}
+        used: dict[PubKey, int] = {}
         for hash in self.hashes():
             final = self.path(hash)
             size = final.stat().st_size
@@ -279,9 +284,9 @@ def _owners_path(final: Path) -> Path:
     return final.with_name(final.name + ".ns")
 
 
-def _owners(final: Path) -> list[str]:
+def _owners(final: Path) -> list[PubKey]:
     try:
-        return _owners_path(final).read_text(encoding="utf-8").split()
+        return [PubKey(ns) for ns in _owners_path(final).read_text(encoding="utf-8").split()]
     except FileNotFoundError:
         return []
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from statebus.blobs import BlobStore
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
@@ -53,8 +54,18 @@ class CommitStats:
 
 
 class Node:
-    def __init__(self, bus: Bus, *, batch_signer: BatchSigner | None = None, max_buffer: int = 1000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        batch_signer: BatchSigner | None = None,
+        max_buffer: int = 1000,
+        blobs: BlobStore | None = None,
+    ) -> None:
         self.bus = bus
+        self.blobs = blobs
+        """The node's blob store (``<data>/blobs``), where values stored as blobs keep their bytes;
+        None: values are never stored as blobs (a node in memory)."""
         self.committer = GroupCommitter(bus, batch_signer=batch_signer)
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
