@@ -9,7 +9,9 @@ Rules:
 1. The bytes are checked against the signed pointer: the store keeps them only if their sha256 and
    size are the pointer's (``BlobStore.put(expect=…, size=…)``). A peer that serves anything else is
    refused (``bad_blob``): nothing is kept, the failure is recorded with the peer's address, and the
-   fetch is tried again later (perhaps from another server), at most :data:`MAX_ATTEMPTS` times.
+   fetch is tried again later (perhaps from another server), at most :data:`MAX_ATTEMPTS` times; a
+   server that answers ``blob_pending`` (a relay still fetching it) is asked again, ever more
+   slowly (up to :data:`MAX_DELAY`), without giving up.
 2. A blob over ``max_blob_bytes`` (by its pointer's size) is never fetched; its key answers 503
    ``blob_pending`` for good, and the reason is recorded.
 3. A fetch is skipped when the key no longer points to that blob (a newer write replaced it), or
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from statebus.blobs import BLOB_TYPE, BlobPointer
-from statebus.errors import BadBlob, QuotaExceeded, StatebusError, TooLarge
+from statebus.errors import BadBlob, QuotaExceeded, RemoteError, StatebusError, TooLarge
 from statebus.keys import namespace_of
 from statebus.runtime import Node
 
@@ -39,6 +41,7 @@ log = logging.getLogger("statebus.federation")
 MAX_ATTEMPTS = 5
 RETRY_BASE = 0.5
 """Seconds before the first retry of a failed fetch (doubling each attempt)."""
+MAX_DELAY = 30.0
 MAX_FAILURES = 100
 """Failure reasons kept (the newest)."""
 
@@ -55,6 +58,8 @@ class Want:
     pointer: BlobPointer
     url: str
     attempts: int = 0
+    waits: int = 0
+    """Times the server said it is still fetching the blob itself (``blob_pending``)."""
 
 
 class BlobFetcher:
@@ -194,6 +199,12 @@ class BlobFetcher:
         except BadBlob as exc:
             self._retry(want, f"bad_blob from {want.url}: {exc.detail}")
             return
+        except RemoteError as exc:
+            if exc.remote_code == "blob_pending":  # a relay still fetching it: wait, never give up
+                want.attempts = min(want.attempts, MAX_ATTEMPTS - 1)
+                want.waits += 1
+            self._retry(want, f"{exc.remote_code or exc.code} from {want.url}: {exc.detail}")
+            return
         except StatebusError as exc:
             self._retry(want, f"{exc.code} from {want.url}: {exc.detail}")
             return
@@ -208,7 +219,7 @@ class BlobFetcher:
         if want.attempts >= MAX_ATTEMPTS or self._stopped:
             self.pending.pop(digest, None)
             return
-        delay = RETRY_BASE * 2 ** (want.attempts - 1)
+        delay = min(MAX_DELAY, RETRY_BASE * 2 ** (want.attempts + want.waits - 1))
 
         def again() -> None:
             self._timers.discard(handle)

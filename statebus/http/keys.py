@@ -550,6 +550,10 @@ class KeyEndpoint:
         more = len(names) > limit
         names = names[:limit]
         body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
+        if not key.startswith(f"/{self.node.local}/"):  # a replica: name the keys it cannot rebuild
+            gaps = [n for n in names if not n.endswith("/") and self.node.incomplete(key + n) is not None]
+            if gaps:
+                body["incomplete"] = gaps
         return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     # ------------------------------------------------------------------ streams

@@ -296,12 +296,19 @@ class Node:
         pattern) raise HistoryCompacted (the default is the bus's). ``filter``: only the changes it
         returns True for reach the stream (starting state, backlog and live changes alike; access
         control passes the keys a client may read).
+
+        A change of another node's key that this replica cannot rebuild (:meth:`incomplete`) never
+        reaches a stream: no value, no version, no event, until an op rebuilds the key (its change
+        then carries the whole value). Streams of this node's own keys skip the check.
         """
         if self.closing:
             raise ShuttingDown("node is shutting down")
         stream = EventStream(self.committer, self._forget, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
         lazy = paged and snapshot and since is None and parents is None
+        own = f"/{self.local}/"
+        if any(not self.bus.parse(p).startswith(own) for p in pats):  # another namespace may be in it
+            filter = self._claimable if filter is None else _both(self._claimable, filter)
         push = stream._push if filter is None else _filtered(stream._push, filter)
         try:
             for p in pats:
@@ -323,6 +330,13 @@ class Node:
             raise
         self._streams.add(stream)
         return stream
+
+    def _claimable(self, change: Change) -> bool:
+        """False for a change of another node's key this replica cannot rebuild (streams skip it)."""
+        key = change.key
+        if key.startswith(f"/{self.local}/"):
+            return True
+        return self.bus.gap(key) is None
 
     def _cut_unstored(self, low: Seq, high: Seq) -> None:
         """Storage refused a batch: cut every stream holding a change that was rolled back (seq in
@@ -349,6 +363,13 @@ class Node:
                 callback()
         finally:
             self.bus.storage.close()
+
+
+def _both(first: Callable[[Change], bool], then: Callable[[Change], bool]) -> Callable[[Change], bool]:
+    def ok(change: Change) -> bool:
+        return first(change) and then(change)
+
+    return ok
 
 
 def _filtered(callback: Callable[[Change], None], ok: Callable[[Change], bool]) -> Callable[[Change], None]:
