@@ -15,12 +15,13 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statebus.blobs import BlobStore
+from statebus.blobs import BLOB_TYPE, BlobInfo, BlobPointer, BlobStore
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
@@ -29,6 +30,7 @@ from statebus.bus.reactive import ReactiveFn
 from statebus.errors import Incomplete, ShuttingDown, StatebusError, StorageFailed
 from statebus.keys import namespace_of
 from statebus.keys.memo import KeyMemo
+from statebus.oplog.codec import decode_op
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
@@ -200,6 +202,41 @@ class Node:
     def scan(self, pattern: str, after: Seq, limit: int) -> list[StoredOp]:
         """The stored ops under ``pattern`` after cursor ``after``, oldest first (at most ``limit``)."""
         return self.bus.storage.scan(pattern, after, limit)
+
+    def blob_refs(self) -> set[str]:
+        """Every blob hash a stored op, or a key's current value, points to (what blob GC keeps).
+        Reads the whole store: for an occasional collection, not a request."""
+        refs: set[str] = set()
+        marker = BLOB_TYPE.encode()
+        after: Seq = 0
+        while True:
+            batch = self.bus.storage.scan("", after, 5000)
+            for stored in batch:
+                if marker in stored.data:
+                    op = decode_op(stored.data)
+                    if op.content_type == BLOB_TYPE and isinstance(op.body, bytes):
+                        with contextlib.suppress(StatebusError):
+                            refs.add(BlobPointer.decode(op.body).hash)
+            if len(batch) < 5000:
+                break
+            after = batch[-1].seq
+        namespaces: list[str] = []
+        while names := self.bus.storage.children("/", namespaces[-1] if namespaces else "", 500):
+            namespaces.extend(names)
+        for ns in namespaces:  # values whose ops were folded into a snapshot
+            for key in self.bus.walk("/" + ns, 10**9):
+                change = self.bus.fetch_or_none(key)
+                if change is not None and change.content_type == BLOB_TYPE:
+                    with contextlib.suppress(StatebusError):
+                        refs.add(BlobPointer.decode(bytes(change.value)).hash)
+        return refs
+
+    def collect_blobs(self, grace: float = 60.0) -> list[BlobInfo]:
+        """Remove the blobs nothing points to (:meth:`blob_refs`) that are older than ``grace``
+        seconds (a blob stored for a write still being committed is younger); return them."""
+        if self.blobs is None:
+            return []
+        return self.blobs.gc(self.blob_refs(), grace=grace)
 
     def horizon(self, pattern: str) -> Seq:
         """The cursor below which the history under ``pattern`` was compacted away."""

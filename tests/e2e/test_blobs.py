@@ -146,3 +146,20 @@ def test_a_restarted_node_serves_its_blobs(tmp_path: Path) -> None:
     with live_server(tmp_path / "n") as srv:
         got = httpx.get(f"{srv.url}/~/keep", headers=srv.auth)
         assert got.status_code == 200 and got.content == data and got.headers["content-type"] == "audio/ogg"
+
+
+def test_blob_gc_removes_only_what_nothing_points_to(tmp_path: Path) -> None:
+    live_data, old_data = os.urandom(100_000), os.urandom(100_000)
+    with live_server(tmp_path / "gc") as srv:
+        store = srv.node.blobs
+        assert store is not None
+        headers = {**srv.auth, "content-type": "application/pdf"}
+        httpx.put(f"{srv.url}/~/doc", content=old_data, headers=headers)
+        httpx.put(f"{srv.url}/~/doc", content=live_data, headers=headers)  # the old one: history only
+        orphan = store.put_bytes(os.urandom(100_000))  # stored, no op points to it (a failed write)
+        assert srv.node.collect_blobs(grace=60.0) == []  # too young to tell from a write in flight
+        removed = srv.node.collect_blobs(grace=0.0)
+        assert [b.hash for b in removed] == [orphan.hash]
+        assert store.has(hashlib.sha256(live_data).hexdigest())
+        assert store.has(hashlib.sha256(old_data).hexdigest())  # a stored op still points to it
+        assert httpx.get(f"{srv.url}/~/doc", headers=srv.auth).content == live_data
