@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import httpx
 import pytest
@@ -56,9 +57,11 @@ async def test_a_50_mb_blob_does_not_hold_up_a_small_write_and_arrives_verified(
         assert r.status_code == 200, r.text
         r = await http.put(f"{a.url}/~/files/note", json={"after": "the movie"})
         assert r.status_code == 200
+    written = time.monotonic()
     await wait_until(
         lambda: has(b, files + "note", {"after": "the movie"}), timeout=10, what="the small write"
     )
+    print(f"small write on the follower {time.monotonic() - written:.3f} s after its ack")
     movie = b.node.fetch_or_none(files + "movie")
     assert movie is not None and movie.content_type == BLOB_TYPE
     assert BlobPointer.decode(movie.value) == BlobPointer(digest, len(data), "video/mp4")
