@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -74,12 +75,17 @@ from statebus.runtime import Node
 from statebus.storage.base import StoredOp
 from statebus.types import Key, PubKey, Seq
 
+log = logging.getLogger("statebus.http")
+
 WELL_KNOWN = "/.well-known/statebus"
 MAX_PATTERNS = 8
 SCAN_CHUNK = 500
 STREAM_RETRY_AFTER = 5.0
 """Retry-After of an ops stream refused for holding too many open streams."""
 NDJSON = "application/x-ndjson"
+MAX_OP_BYTES = 16 * 1024 * 1024 - 64 * 1024
+"""The largest op the ops stream sends (``statebus.federation.sync.MAX_OP_BYTES``, which this module
+may not import): a larger one would be a line no follower reads, so it is left out, logged."""
 VIEW_TTL = 1.0
 """How long a stream reuses a peer's read view (the shares and follows records; ACL checks are live)."""
 
@@ -311,6 +317,10 @@ class PeerEndpoints:
                         view, view_at = self.service.view(peer), time.monotonic()
                     if view.filters_keys:  # the ACL decides key by key (checked as of now)
                         batch = [s for s in batch if view.key(s.key)]
+                    if any(len(s.data) > MAX_OP_BYTES for s in batch):
+                        for big in (s for s in batch if len(s.data) > MAX_OP_BYTES):
+                            log.warning("ops stream: %s at seq %d is over the per-op cap", big.key, big.seq)
+                        batch = [s for s in batch if len(s.data) <= MAX_OP_BYTES]
                     if batch:
                         yield b"".join(_op_line(s) for s in batch)
                     continue

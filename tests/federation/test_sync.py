@@ -264,3 +264,15 @@ def test_an_answer_that_cannot_list_every_id_claims_no_cursor() -> None:
     assert round_trip.later == (b"\1" * 32,) and round_trip.more
     with pytest.raises(InvalidValue):
         SyncResponse.decode(b'{"v":1,"ranges":[],"ops":[],"want":[],"more":"yes"}')
+
+
+def test_the_ops_stream_and_anti_entropy_share_one_per_op_cap() -> None:
+    from statebus.federation.client import MAX_LINE
+    from statebus.federation.sync import MAX_OP_BYTES
+    from statebus.http.peers import MAX_OP_BYTES as STREAM_MAX_OP_BYTES
+
+    assert STREAM_MAX_OP_BYTES == MAX_OP_BYTES and MAX_LINE > MAX_OP_BYTES + 100
+    index = OpIndex([b"\1" * 32, b"\2" * 32])
+    ops = {b"\1" * 32: b"x" * (MAX_OP_BYTES + 1), b"\2" * 32: b"y" * 10}
+    got = answer(index, ops, SyncRequest(f"/{OWNER.pubkey}/x/", (), want=(b"\1" * 32, b"\2" * 32)))
+    assert got.ops == (b"y" * 10,) and got.later == ()  # never offered, never named for later
