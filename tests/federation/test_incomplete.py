@@ -9,11 +9,14 @@ state says why. A key whose kept ops hold a whole new value (an lww ``set``) is 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
 from pycrdt import Doc, Text
+from websockets.asyncio.client import connect
 
+from statebus.http.websocket import WS_PATH
 from statebus.oplog.events import Patch
 from statebus.server import Cluster, RunningNode
 
@@ -148,6 +151,11 @@ async def test_streams_and_listings_claim_no_state_of_an_incomplete_key(cluster:
         listing = (await owner.get(yc)).json()
         assert listing["children"] == ["doc"] and listing["incomplete"] == ["doc"]
         assert "incomplete" not in (await owner.get(lc)).json()  # patched has no value here at all
+    ws_url = b.url.replace("http://", "ws://") + WS_PATH + f"?token={b.token}"
+    async with connect(ws_url) as ws:  # a websocket get of the key itself: an error, no value
+        await ws.send(json.dumps({"get": doc}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert answer["error"] == "incomplete" and answer["key"] == doc and "val" not in answer
     stream = b.node.events([lc, yc], snapshot=True)  # the node's own streams, too
     try:
         keys = {c.key for c in stream.drain_ready()}
