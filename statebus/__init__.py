@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from statebus.bus import Bus, Change, Subscription
     from statebus.config import Settings
     from statebus.errors import (
+        BadBlob,
         BadSignature,
+        BlobPending,
         DerivedKey,
         Forbidden,
         HistoryCompacted,
@@ -54,7 +56,9 @@ if TYPE_CHECKING:
     from statebus.storage.sqlite import SqliteStorage
 
 _EXPORTS = {
+    "BadBlob": "statebus.errors",
     "BadSignature": "statebus.errors",
+    "BlobPending": "statebus.errors",
     "Bus": "statebus.bus",
     "Change": "statebus.bus",
     "DELETE": "statebus.oplog",

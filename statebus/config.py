@@ -96,6 +96,16 @@ class Settings:
     log_level: str = _setting("info", "log_level", "One of debug, info, warning, error, critical.")
     max_body_bytes: int = _setting(1 * MiB, "bytes", "Largest request body.", 1, 1 * GiB)
     max_value_bytes: int = _setting(1 * MiB, "bytes", "Largest stored value (encoded).", 1, 1 * GiB)
+    blob_threshold_bytes: int = _setting(
+        64 * KiB,
+        "bytes",
+        "A binary PUT larger than this is stored as a blob (the op holds a pointer to its sha256).",
+        1 * KiB,
+        1 * GiB,
+    )
+    max_blob_bytes: int = _setting(
+        1 * GiB, "bytes", "Largest blob (a binary value stored by its hash).", 1 * KiB, 1024 * GiB
+    )
     max_yjs_doc_bytes: int = _setting(
         64 * MiB,
         "bytes",

@@ -25,6 +25,8 @@
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
     ├── SubscriberTooSlow   503   a subscriber's buffer overflowed; it was cut off and may resume
     ├── Incomplete          503   a replica lacks history its owner compacted: it claims no state
+    ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
+    ├── BadBlob             422   blob bytes do not match their hash or declared size
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -185,6 +187,20 @@ class Incomplete(StatebusError):
     history this replica never saw): it serves no value and claims no version for it."""
 
     status_hint = 503
+
+
+class BlobPending(StatebusError):
+    """A key points to a blob this replica has not fetched yet: it serves no bytes until they arrive
+    and their sha256 matches the signed pointer."""
+
+    status_hint = 503
+
+
+class BadBlob(StatebusError):
+    """Blob bytes whose sha256 is not the one named (by a signed pointer or a request), or whose
+    length is not the declared one: nothing is kept."""
+
+    status_hint = 422
 
 
 class PeerUnavailable(StatebusError):

@@ -80,6 +80,8 @@ class AccessControl:
         self.subscriptions = SubscriptionCounter(settings.max_subscriptions_per_client)
         self.op_gate = OpGate.for_node(self.node, settings.quota_bytes_per_remote_namespace)
         """The node's one gate for remote ops and its one quota counter (federation shares it)."""
+        if node.blobs is not None and node.blobs.quota is None:
+            node.blobs.quota = self.op_gate.quota  # blobs of remote namespaces count on the same quota
         self.signatures = RequestVerifier(
             settings.signature_max_age,
             settings.signature_max_nonces,

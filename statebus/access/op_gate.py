@@ -21,18 +21,21 @@ Rules:
    last the quota.
 3. One quota counter per node: the bytes of stored ops of each remote namespace (never this node's
    own) are charged when an op is admitted and released by :meth:`OpGate.settle` when the op turns
-   out a duplicate or was not stored; the count starts from what storage holds.
+   out a duplicate or was not stored; the count starts from what storage holds: its ops, and the
+   blobs charged to the namespace in the node's blob store (``statebus.blobs``), which charges and
+   releases its blobs on the same counter.
 4. The gate never trusts whoever relayed an op: only the op's own signature and the namespace
    owner's replicated records decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from statebus.access.limits import QuotaTracker
+from statebus.blobs import BlobStore
 from statebus.errors import InvalidOp, StatebusError
 from statebus.identity.signing import check_signature
 from statebus.keys import namespace_of
@@ -123,8 +126,16 @@ class OpGate:
 
     @classmethod
     def for_node(cls, node: StoredOps, quota_bytes: int, validators: Iterable[OpValidator] = ()) -> OpGate:
-        """A gate whose quota counts from what ``node``'s storage holds."""
-        measure: Callable[[PubKey], int] = lambda ns: stored_bytes(node, ns)  # noqa: E731
+        """A gate whose quota counts from what ``node``'s storage (and blob store) holds."""
+        blobs = getattr(node, "blobs", None)
+        charged: dict[PubKey, int] | None = None
+
+        def measure(ns: PubKey) -> int:
+            nonlocal charged
+            if isinstance(blobs, BlobStore) and charged is None:
+                charged = blobs.usage()  # read once, before any charge of this process
+            return stored_bytes(node, ns) + (charged or {}).get(ns, 0)
+
         return cls(node.local, QuotaTracker(quota_bytes, measure), validators)
 
     def __repr__(self) -> str:

@@ -168,6 +168,10 @@ def gap(key: Key, entry: Entry) -> str | None:
     return reason
 
 
+FOLDED_MARGIN = 64
+"""Folded versions a log remembers beyond ``2 * keep`` (see ``OpLog.drop``)."""
+
+
 def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
     """Fold the oldest ops of ``entry`` into its base, keeping ``keep`` recent ones (rule 2); the
     snapshot storage is to keep, or None when nothing may fold."""
@@ -186,6 +190,7 @@ def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
         entry.log.frontier_of(folded),
         seq,
         remember=entry.state.remembers_folded,
+        keep_folded=2 * keep + FOLDED_MARGIN,  # what a peer with the same history_keep_ops still holds
     )
     entry.log.gap = incomplete
     entry.base = entry.state.encode()

@@ -11,20 +11,25 @@ from __future__ import annotations
 import functools
 import json
 import ssl
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, RemoteError, TooLarge
-from statebus.federation.sync import MAX_MESSAGE_BYTES, SyncRequest, SyncResponse, SyncSession
+from statebus.federation.sync import MAX_MESSAGE_BYTES, MAX_OP_BYTES, SyncRequest, SyncResponse, SyncSession
 from statebus.identity import Identity, sign_request
 from statebus.keys import is_pubkey
 from statebus.types import PubKey, Seq
 
 WELL_KNOWN = "/.well-known/statebus"
-MAX_LINE = 9 * 1024 * 1024
+MAX_LINE = MAX_OP_BYTES + 64 * 1024
+"""The longest ops stream line: any op anti-entropy carries fits one."""
 MAX_SYNC_ROUNDS = 80
+"""Rounds an exchange may take to settle (pages of ops it fetches do not count: no cap on the total)."""
+
+OnPage = Callable[[list[bytes]], Awaitable[None]]
+"""Awaited with each page of ops an exchange brings (``SyncSession.take``), before the next round."""
 MAX_INFO = 64 * 1024
 MAX_RETRY_AFTER = 600.0
 """The longest a peer's ``Retry-After`` is honoured (a hostile peer cannot park a follower for days)."""
@@ -207,6 +212,30 @@ class PeerClient:
         finally:
             await response.aclose()
 
+    async def blob(self, base: str, key: str, digest: str) -> AsyncGenerator[bytes, None]:
+        """The bytes of blob ``digest`` that ``key`` points to on the node at ``base``, as they
+        arrive (unverified: the caller checks the sha256 against the signed pointer)."""
+        url = base.rstrip("/") + f"{WELL_KNOWN}/blob/{digest}"
+        request = self._signed("GET", url, {"key": key}, b"")
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        try:
+            if response.status_code != 200:
+                body = b""
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_INFO:
+                        break
+                self._check(response, body)
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._unavailable(base, exc) from None
+        finally:
+            await response.aclose()
+
     async def sync_round(self, base: str, request: SyncRequest) -> tuple[SyncResponse, int]:
         """One anti-entropy round; returns the answer and its size on the wire."""
         body = request.encode()
@@ -214,12 +243,15 @@ class PeerClient:
         answer = await self._fetch(base, req, MAX_MESSAGE_BYTES)
         return SyncResponse.decode(answer), len(answer)
 
-    async def sync(self, base: str, session: SyncSession) -> SyncSession:
-        """Run a whole exchange; ``session.received`` then holds the ops this side lacked."""
+    async def sync(self, base: str, session: SyncSession, on_page: OnPage | None = None) -> SyncSession:
+        """Run a whole exchange; ``session.received`` then holds the ops this side lacked, or, with
+        ``on_page``, each page of them is handed to it as it arrives (and ``received`` is empty)."""
         request: SyncRequest | None = session.start()
         while request is not None:
-            if session.rounds >= MAX_SYNC_ROUNDS:
+            if session.settling_rounds >= MAX_SYNC_ROUNDS:
                 raise InvalidValue("anti-entropy did not settle (peer misbehaving?)")
             response, size = await self.sync_round(base, request)
             request = session.receive(response, size)
+            if on_page is not None and session.received:
+                await on_page(session.take())
         return session

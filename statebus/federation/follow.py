@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from statebus.access.acl import acl_prefix
 from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
+from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import StreamItem
 from statebus.federation.ingest import Ingest, IngestResult
 from statebus.federation.opset import op_set
@@ -95,8 +96,11 @@ class FollowClient(Protocol):
         """The signed ops stream of ``patterns`` after cursor ``since``, in batches of lines."""
         ...
 
-    async def sync(self, base: str, session: SyncSession) -> SyncSession:
-        """A whole anti-entropy exchange; ``session.received`` then holds the ops we lacked."""
+    async def sync(
+        self, base: str, session: SyncSession, on_page: Callable[[list[bytes]], Awaitable[None]] | None = None
+    ) -> SyncSession:
+        """A whole anti-entropy exchange; each page of the ops we lacked goes to ``on_page`` as it
+        arrives (without it, ``session.received`` holds them all at the end)."""
         ...
 
 
@@ -126,6 +130,7 @@ class FollowContext:
         locate: where to fetch a follow from, best first.
         backoff: reconnect delays.
         on_ingest: awaited after each batch taken: ``hook(follower, applied)``.
+        blobs: fetches the bytes of the blob pointers taken, apart from the ops.
     """
 
     node: Node
@@ -134,6 +139,8 @@ class FollowContext:
     locate: Callable[[Follow], Awaitable[list[str]]]
     backoff: Backoff = field(default_factory=Backoff)
     on_ingest: list[IngestHook] = field(default_factory=list)
+    blobs: BlobFetcher | None = None
+    """Where the pointers of blob values go to have their bytes fetched (None: never fetched)."""
 
 
 class Follower:
@@ -212,11 +219,16 @@ class Follower:
                 + self.incomplete[first]
             )
         listed: list[JSON] = [*sorted(self.incomplete)[:MAX_LISTED]]
+        blobs = self.ctx.blobs
+        pending = blobs.pending_under(self.follow.pattern) if blobs is not None else 0
+        failed: list[JSON] = [*blobs.failures_under(self.follow.pattern)[-5:]] if blobs is not None else []
         return {
             "pattern": self.follow.pattern,
             "status": status,
             "reason": reason,
             "incomplete": listed,
+            "blobs_pending": pending,
+            "blob_failures": failed,
             "server": self.server,
             "url": self.url,
             "cursors": dict(self.cursors),
@@ -326,11 +338,18 @@ class Follower:
         while not self._stop.is_set():
             await self._set("syncing")
             synced_to: Seq | None = None
+            unsure = False  # an exchange that could not bring everything claims no cursor
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
                 local = op_set(self.ctx.node, pattern)
+                taken: set[str] = set()
+
+                async def page(ops: list[bytes], taken: set[str] = taken) -> None:
+                    taken |= await self._ingest(ops)  # kept page by page: a broken exchange resumes
+                    self.synced_ops += len(ops)
+
                 try:
-                    session = await client.sync(url, SyncSession(pattern, local.index))
+                    session = await client.sync(url, SyncSession(pattern, local.index), page)
                 except StatebusError as exc:
                     if pattern not in self.rules or exc.status_hint != 403:
                         raise
@@ -339,16 +358,18 @@ class Follower:
                     log.info("follow %s: %s refuses %s: %s", self.follow.pattern, url, pattern, exc.detail)
                     patterns.remove(pattern)
                     continue
-                taken = await self._ingest(session.received)
+                await page(session.take())  # a client that ignored on_page
                 self._recheck(taken)
-                self.synced_ops += len(session.received)
                 self.sync_bytes += session.bytes_sent + session.bytes_received
+                unsure = unsure or session.partial
                 if session.server_seq is not None:
                     synced_to = (
                         session.server_seq if synced_to is None else min(synced_to, session.server_seq)
                     )
             self.connections += 1
-            cursor = max(self.cursors.get(self.server, 0), synced_to or 0)
+            if self.ctx.blobs is not None:
+                self.ctx.blobs.rescan(self.follow.pattern, url)
+            cursor = max(self.cursors.get(self.server, 0), 0 if unsure else synced_to or 0)
             self.cursors[self.server] = cursor
             if not await self._stream(url, cursor, patterns):
                 return
@@ -391,6 +412,9 @@ class Follower:
             if len(self.incomplete) != before:
                 await self.persist(force=True)
         self.applied += result.applied
+        if self.ctx.blobs is not None:
+            for key, pointer in result.blobs:  # fetched apart: the ops behind never wait for bytes
+                self.ctx.blobs.want(key, pointer, self.url)
         if result.rejected:
             self.rejected += len(result.rejected)
             self.last_rejection = (

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from statebus.access.acl import acl_prefix
 from statebus.access.op_gate import Admitted, OpGate
+from statebus.blobs import BLOB_TYPE
 from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
 from statebus.federation.policy import SHARES
 from statebus.identity import Keyring
@@ -60,6 +61,9 @@ class IngestResult:
     last_seq: Seq = 0
     keys: set[str] = field(default_factory=set)
     """The keys the applied ops wrote."""
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    """``(key, pointer bytes)`` of each applied op whose value is a blob pointer: its bytes are
+    fetched apart (``statebus.federation.blobs``)."""
 
     def refuse(self, exc: StatebusError) -> None:
         if len(self.rejected) < MAX_REASONS:
@@ -224,6 +228,8 @@ class Ingest:
                 result.applied += 1
                 result.last_seq = outcome.seq
                 result.keys.add(a.op.key)
+                if a.op.content_type == BLOB_TYPE and isinstance(a.op.body, bytes):
+                    result.blobs.append((a.op.key, a.op.body))
                 if a.op.key.startswith(keys_prefix(a.namespace)):
                     self._feed(self.keyring(a.namespace), a.op.key)
         if stop is not None:

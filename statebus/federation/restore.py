@@ -114,7 +114,7 @@ async def _pull(client: PeerClient, report: RestoreReport, node: Node, pattern: 
     session = SyncSession(pattern, op_set(node, pattern).index)
     request: SyncRequest | None = session.start()
     while request is not None:
-        if session.rounds >= MAX_SYNC_ROUNDS:
+        if session.settling_rounds >= MAX_SYNC_ROUNDS:
             raise InvalidValue("anti-entropy did not settle (peer misbehaving?)")
         response, size = await _patiently(functools.partial(client.sync_round, report.url, request), report)
         request = session.receive(response, size)

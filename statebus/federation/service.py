@@ -21,6 +21,7 @@ from statebus.access.op_gate import OpGate
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
 from statebus.errors import Forbidden, InvalidOp, StatebusError
+from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
 from statebus.federation.follow import Backoff, FollowClient, FollowContext, Follower, IngestHook
@@ -92,8 +93,16 @@ class Federation:
         self.urls: tuple[str, ...] = ()
         self.followers: dict[str, Follower] = {}
         self.on_ingest: list[IngestHook] = []
+        self.blobs = BlobFetcher(node, self._own_client) if node.blobs is not None else None
+        """Fetches the bytes of blob pointers followers take (None: the node stores no blobs)."""
         self.context = FollowContext(
-            node, self.client, self.ingest, self.locate, Backoff(backoff_base, backoff_cap), self.on_ingest
+            node,
+            self.client,
+            self.ingest,
+            self.locate,
+            Backoff(backoff_base, backoff_cap),
+            self.on_ingest,
+            self.blobs,
         )
         """What each follower sees of this federation."""
         self._followed: set[PubKey] = set()
@@ -112,6 +121,8 @@ class Federation:
         if self.directory is not None and self.urls:
             await self.directory.publish(list(self.urls))
         self.started = True
+        if self.blobs is not None:
+            self.blobs.start()
         prefix = f"/{self.node.local}/{FOLLOWS}/"
         self._watch = self.node.observe(prefix, self._follows_changed, snapshot=False)
         await self.reconcile()
@@ -126,6 +137,8 @@ class Federation:
         for follower in list(self.followers.values()):
             await follower.stop()
         self.followers.clear()
+        if self.blobs is not None:
+            await self.blobs.stop()
         await self._own_client.aclose()
 
     def _follows_changed(self, change: Change) -> None:

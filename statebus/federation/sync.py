@@ -23,6 +23,15 @@ need no special case. Measured figures: docs/federation.md.
 Wire (canonical JSON, never pickle): ids are unpadded base64url of 32 bytes; a range is
 ``[prefix, count, fingerprint]`` or ``[prefix, count, fingerprint, [ids…]]``; ops are embedded as
 their canonical JSON objects.
+
+**Paging: no cap on the total.** An answer carries at most :data:`PAGE_BYTES` of ops (always at least
+one op, so any op up to :data:`MAX_OP_BYTES` travels); the ids of the other ops it would send go in
+``later`` (at most :data:`MAX_IDS`; ``more: true`` when even those are not all), and the opener asks for
+them in its next ``want``. So a message stays under :data:`MAX_MESSAGE_BYTES` however much a replica
+lacks, and an opener that takes each page as it comes (``SyncSession.take``) keeps what it got if the
+exchange breaks: the next exchange starts from the ops it then holds. An answer that had to leave
+ids out (``more``) names no ``seq``: the opener then has no claim to everything up to a cursor, and
+streams from the cursor it had instead.
 """
 
 from __future__ import annotations
@@ -47,6 +56,11 @@ LEAF = 8
 MAX_RANGES = 4096
 MAX_IDS = 65_536
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+PAGE_BYTES = 4 * 1024 * 1024
+"""The ops of one answer, in bytes (the first op of a page goes whatever its size)."""
+MAX_OP_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+"""The largest op anti-entropy (and the ops stream) carries: one op alone on a page, with room for
+the rest of the message. Larger values travel as blobs (``statebus.blobs``)."""
 _HEX = "0123456789abcdef"
 
 
@@ -264,6 +278,10 @@ class SyncResponse:
     seq: int | None = None
     """The answering node's cursor when it took its op set: every op it had stored up to there is in
     the set, so once the exchange settles the opener can stream from this cursor on."""
+    later: tuple[bytes, ...] = ()
+    """Ids of ops the opener lacks that did not fit this page: ask for them in the next ``want``."""
+    more: bool = False
+    """Even ``later`` does not list every op the opener lacks (more than :data:`MAX_IDS`)."""
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -274,27 +292,56 @@ class SyncResponse:
         }
         if self.seq is not None:
             obj["seq"] = self.seq
+        if self.later:
+            obj["later"] = [_b64(i) for i in self.later]
+        if self.more:
+            obj["more"] = True
         return _dumps(obj)
 
     @staticmethod
     def decode(data: bytes) -> SyncResponse:
-        obj = _load(data, {"ranges", "ops", "want", "seq"})
+        obj = _load(data, {"ranges", "ops", "want", "seq", "later", "more"})
         seq = obj.get("seq")
         if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63):
             raise InvalidValue("a sync response's seq is a cursor (a non-negative integer)")
+        more = obj.get("more", False)
+        if not isinstance(more, bool):
+            raise InvalidValue("a sync response's more is true or false")
         return SyncResponse(
-            _ranges(obj.get("ranges")), _op_bytes(obj.get("ops", [])), _ids(obj.get("want", []), "want"), seq
+            _ranges(obj.get("ranges")),
+            _op_bytes(obj.get("ops", [])),
+            _ids(obj.get("want", []), "want"),
+            seq,
+            _ids(obj.get("later", []), "later"),
+            more,
         )
 
 
 def answer(
-    index: OpIndex, ops: Mapping[bytes, bytes], request: SyncRequest, leaf: int = LEAF
+    index: OpIndex,
+    ops: Mapping[bytes, bytes],
+    request: SyncRequest,
+    leaf: int = LEAF,
+    page_bytes: int = PAGE_BYTES,
 ) -> SyncResponse:
     """The answering side of one round: settle ``request``'s ranges against ``index``; send the ops
-    the opener lacks (found now, or asked for in ``want``) from ``ops`` (id → canonical bytes)."""
+    the opener lacks (found now, or asked for in ``want``) from ``ops`` (id → canonical bytes), one
+    page of at most ``page_bytes`` (at least one op), the ids of the rest in ``later``."""
     d = diff(index, request.ranges, leaf)
     send = sorted((d.offer | set(request.want)) & set(ops))
-    return SyncResponse(d.reply, tuple(ops[i] for i in send), tuple(sorted(d.need)))
+    page: list[bytes] = []
+    later: list[bytes] = []
+    used = 0
+    for i in send:
+        size = len(ops[i])
+        if (page and used + size > page_bytes) or size > MAX_OP_BYTES:
+            if size <= MAX_OP_BYTES:  # an op too large for any message is never offered
+                later.append(i)
+            continue
+        page.append(ops[i])
+        used += size
+    more = len(later) > MAX_IDS
+    return SyncResponse(d.reply, tuple(page), tuple(sorted(d.need)), later=tuple(later[:MAX_IDS]), more=more)
 
 
 class SyncSession:
@@ -318,9 +365,24 @@ class SyncSession:
         self.pushed: set[bytes] = set()
         self.rounds = 0
         self.server_seq: int | None = None
-        """The lowest cursor the answering side named: the opener holds everything stored there up to it."""
+        """The lowest cursor the answering side named: the opener holds everything stored there up to
+        it. None if an answer named none, or could not list every op the opener lacked (``more``)."""
+        self.partial = False
+        """An answer had more ops for us than it could list: this exchange does not bring them all."""
+        self.pages = 0
+        """Rounds that only fetched the next page of ops (they do not count towards settling)."""
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @property
+    def settling_rounds(self) -> int:
+        """Rounds spent comparing ranges (what a bound on rounds should count; pages are not)."""
+        return self.rounds - self.pages
+
+    def take(self) -> list[bytes]:
+        """The ops received since the last ``take`` (an opener that applies each page as it comes)."""
+        out, self.received = self.received, []
+        return out
 
     def start(self) -> SyncRequest:
         req = SyncRequest(self.pattern, summarize(self.index, leaf=self.leaf))
@@ -331,14 +393,24 @@ class SyncSession:
         """Take the answer; return the next request, or None when the sets are settled."""
         self.rounds += 1
         self.bytes_received += len(response.encode()) if response_bytes is None else response_bytes
+        if response.later and not response.ops:
+            raise InvalidValue("a sync answer names ops for later but sends none (peer misbehaving?)")
         self.received.extend(response.ops)
-        if response.seq is not None:
+        if response.more:
+            self.partial = True
+            self.server_seq = None
+        if response.seq is not None and not self.partial:
             self.server_seq = response.seq if self.server_seq is None else min(self.server_seq, response.seq)
         d = diff(self.index, response.ranges, self.leaf)
         push = sorted((d.offer | set(response.want)) & set(self.ops) - self.pushed)
         self.pushed.update(push)
-        if not d.reply and not d.need and not push:
+        want = sorted(d.need | set(response.later))
+        if len(want) > MAX_IDS:  # asked for in a later exchange: this one claims no cursor
+            self.partial, self.server_seq = True, None
+        if not d.reply and not want and not push:
             return None
-        req = SyncRequest(self.pattern, d.reply, tuple(sorted(d.need)), tuple(self.ops[i] for i in push))
+        if response.later and not d.reply and not d.need and not push:
+            self.pages += 1
+        req = SyncRequest(self.pattern, d.reply, tuple(want[:MAX_IDS]), tuple(self.ops[i] for i in push))
         self.bytes_sent += len(req.encode())
         return req

@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from statebus.access.control import OP_MEDIA_TYPE
 from statebus.access.gate import read_all
+from statebus.blobs import BLOB_TYPE, BlobInfo, BlobPointer, check_hash
 from statebus.bus import Change
 from statebus.config import Settings
 from statebus.errors import (
@@ -37,6 +38,7 @@ from statebus.errors import (
     InvalidOp,
     InvalidRange,
     InvalidValue,
+    NotFound,
     PreconditionFailed,
     RangeNotSatisfiable,
     StatebusError,
@@ -44,6 +46,14 @@ from statebus.errors import (
 )
 from statebus.http import braid
 from statebus.http.auth import Client, OwnerAuth, require_read, require_write
+from statebus.http.blobs import (
+    BLOBS_PATH,
+    DOWNLOAD_PARAM,
+    declared_length,
+    download_header,
+    receive_value,
+    serve_blob,
+)
 from statebus.http.byte_ranges import (
     ACCEPT_RANGES,
     content_range,
@@ -60,7 +70,14 @@ from statebus.http.errors import (
 )
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
-from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
+from statebus.http.value_headers import (
+    FALLBACK_TYPE,
+    NOSNIFF,
+    PAGE_HEADERS,
+    VIEW_PARAM,
+    served_type,
+    value_headers,
+)
 from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
@@ -321,6 +338,8 @@ class KeyEndpoint:
                 return await self.stream(conn, headers, client, path, receive, send)
             if path == "/":
                 return self.index(client)
+            if path.startswith(BLOBS_PATH):
+                return self.get_blob(client, path, conn.query_params, headers)
             key = self.parse_key(path)
             require_read(client, key)
             if is_subtree(key):
@@ -343,6 +362,8 @@ class KeyEndpoint:
             if conditional:
                 check_preconditions(self.node.fetch_or_none(key), headers)
             return WrittenResponse(await self.node.delete(key, **opts), opts.get("version"))
+        if method == "PUT" and self.is_blob_put(ctype, headers):
+            return await self.put_blob(key, headers, receive, conditional)
         body = await read_body(receive, headers, self.settings.max_body_bytes)
         if conditional:
             check_preconditions(self.node.fetch_or_none(key), headers)
@@ -399,6 +420,7 @@ class KeyEndpoint:
             change = self.node.fetch(key, rng or None)
         if byte_range is not None and change.content_type is None:
             raise InvalidRange("byte ranges apply to binary values; a JSON value takes Range: json <range>")
+        pointer = BlobPointer.decode(change.value) if change.content_type == BLOB_TYPE else None
         out = _range_headers()
         if change.version:
             out["version"] = braid.format_version_list(change.version)
@@ -412,15 +434,43 @@ class KeyEndpoint:
         if rng is not None:
             status = 206
             out["content-range"] = f"json {rng}"
-        out.update(value_headers(change.content_type, view=VIEW_PARAM in query))
-        if change.content_type is not None:
+        stored_type = pointer.type if pointer is not None else change.content_type
+        out.update(value_headers(stored_type, view=VIEW_PARAM in query))
+        if DOWNLOAD_PARAM in query:
+            name, value = download_header(key)
+            out[name] = value
+        if stored_type is not None:
             out[ACCEPT_RANGES[0]] = ACCEPT_RANGES[1]
-            ctype = served_type(change.content_type)
+            ctype = served_type(stored_type)
+            if pointer is not None:
+                honour = byte_range is not None and if_range_holds(headers.get("if-range"), etag)
+                return serve_blob(self.node.blobs, pointer, ctype, out, byte_range if honour else None)
             data = bytes(change.value)
             if byte_range is not None and if_range_holds(headers.get("if-range"), etag):
                 return self.byte_ranges(data, ctype, byte_range, out)
             return Response(data, status_code=status, media_type=ctype, headers=out)
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
+
+    def get_blob(self, client: Client, path: str, query: QueryParams, headers: Mapping[str, str]) -> Response:
+        """``GET /.blobs/<sha256>?key=<key>``: the bytes of a blob, for a reader of ``key`` while
+        ``key``'s value points to it (how a replica fetches the bytes a pointer op names)."""
+        digest = check_hash(path[len(BLOBS_PATH) :])
+        raw = query.get("key")
+        if not raw:
+            raise InvalidKey("name the key that points to the blob: /.blobs/<sha256>?key=<key>")
+        key = self.parse_key(raw)
+        if is_subtree(key):
+            raise InvalidKey("a blob is read through one key, not a subtree")
+        require_read(client, key)
+        self.node.check_complete(key)
+        change = self.node.fetch(key)
+        if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
+            raise NotFound(f"{key} does not point to blob {digest} (now)")
+        pointer = BlobPointer.decode(change.value)
+        out = {**_json_headers(), ACCEPT_RANGES[0]: ACCEPT_RANGES[1]}
+        out.update(value_headers(pointer.type))
+        raw_range = headers.get("range")
+        return serve_blob(self.node.blobs, pointer, FALLBACK_TYPE, out, raw_range)
 
     @staticmethod
     def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
@@ -500,6 +550,10 @@ class KeyEndpoint:
         more = len(names) > limit
         names = names[:limit]
         body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
+        if not key.startswith(f"/{self.node.local}/"):  # a replica: name the keys it cannot rebuild
+            gaps = [n for n in names if not n.endswith("/") and self.node.incomplete(key + n) is not None]
+            if gaps:
+                body["incomplete"] = gaps
         return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     # ------------------------------------------------------------------ streams
@@ -672,6 +726,44 @@ class KeyEndpoint:
             raise InvalidOp("PATCH needs Content-Range: json <range>, Patches: N, or a Yjs update body")
         self.check_merge(key, opts.pop("merge", None))
         change = await self.node.patch(key, patches, **opts)
+        return WrittenResponse(change, opts.get("version"))
+
+    def is_blob_put(self, ctype: str | None, headers: Mapping[str, str]) -> bool:
+        """Whether a PUT may be a blob: a binary value (not JSON, not a patch, not a Yjs update) whose
+        declared length is over ``blob_threshold_bytes``, or not declared (chunked)."""
+        if self.node.blobs is None or ctype is None or ctype == JSON_TYPE or ctype.endswith("+json"):
+            return False
+        if "content-range" in headers or "patches" in headers:
+            return False
+        if ctype in YJS_TYPES and headers.get("merge-type", "").strip().lower() == "yjs":
+            return False
+        declared = declared_length(headers)
+        return declared is None or declared > self.settings.blob_threshold_bytes
+
+    async def put_blob(
+        self, key: Key, headers: Mapping[str, str], receive: Receive, conditional: bool
+    ) -> WrittenResponse:
+        """A binary PUT, streamed: into the blob store past the threshold (the op then holds the
+        pointer), an ordinary value below it (:mod:`statebus.http.blobs`, rule 1). Every check that
+        does not need the body runs before a byte of it is read."""
+        assert self.node.blobs is not None
+        opts = self.write_options(headers, merge=True)
+        self.check_parents(key, opts)
+        if conditional:
+            check_preconditions(self.node.fetch_or_none(key), headers)
+        ctype = headers["content-type"].strip()
+        got = await receive_value(
+            receive,
+            headers,
+            self.node.blobs,
+            self.settings.blob_threshold_bytes,
+            self.settings.max_value_bytes,
+        )
+        if isinstance(got, BlobInfo):
+            pointer = BlobPointer(got.hash, got.size, ctype)
+            change = await self.node.save(key, pointer.encode(), content_type=BLOB_TYPE, **opts)
+        else:
+            change = await self.node.save(key, got, content_type=ctype, **opts)
         return WrittenResponse(change, opts.get("version"))
 
     def check_merge(self, key: Key, merge: str | None) -> None:

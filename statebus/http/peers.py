@@ -3,6 +3,7 @@
     GET  /.well-known/statebus/node                       {"v": 1, "pubkey": …}   (unsigned)
     GET  /.well-known/statebus/ops?pattern=P&since=N      NDJSON stream of signed ops (signed request)
     POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
+    GET  /.well-known/statebus/blob/<sha256>?key=K        a blob's bytes, ranges too (signed request)
 
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
 by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
@@ -32,6 +33,10 @@ The ops stream, one JSON object a line (``application/x-ndjson``)::
     {"ping": true, "seq": 41}                                    heartbeat (every sse_ping_interval)
     {"reset": "compacted" | "cursor_ahead", "seq": 41}           resume impossible: run anti-entropy,
                                                                  then resume from seq
+A blob (``statebus.blobs``) is served to a peer that may receive the ops of ``K`` (``PeerView.key``),
+while ``K``'s value here points to that blob; 503 ``blob_pending`` while this node (a relay) is still
+fetching it, 404 when ``K`` points elsewhere. The fetching node checks the sha256 itself.
+
 Cursors are this node's sequence numbers (``Statebus-Node`` names the node). ``live=0`` ends the
 stream after the backlog. This module does not import ``statebus.federation`` (layering): the server
 passes a :class:`PeerService`.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -50,13 +56,26 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from statebus.access.control import AccessControl
+from statebus.blobs import BLOB_TYPE, BlobPointer, check_hash
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidValue, RateLimited, StatebusError, TooLarge
+from statebus.errors import (
+    Forbidden,
+    InvalidKey,
+    InvalidValue,
+    NotFound,
+    RateLimited,
+    StatebusError,
+    TooLarge,
+)
+from statebus.http.blobs import serve_blob
 from statebus.http.errors import statebus_error_response
+from statebus.http.value_headers import FALLBACK_TYPE, NOSNIFF
 from statebus.keys import is_subtree, parse_key
 from statebus.runtime import Node
 from statebus.storage.base import StoredOp
 from statebus.types import Key, PubKey, Seq
+
+log = logging.getLogger("statebus.http")
 
 WELL_KNOWN = "/.well-known/statebus"
 MAX_PATTERNS = 8
@@ -64,6 +83,9 @@ SCAN_CHUNK = 500
 STREAM_RETRY_AFTER = 5.0
 """Retry-After of an ops stream refused for holding too many open streams."""
 NDJSON = "application/x-ndjson"
+MAX_OP_BYTES = 16 * 1024 * 1024 - 64 * 1024
+"""The largest op the ops stream sends (``statebus.federation.sync.MAX_OP_BYTES``, which this module
+may not import): a larger one would be a line no follower reads, so it is left out, logged."""
 VIEW_TTL = 1.0
 """How long a stream reuses a peer's read view (the shares and follows records; ACL checks are live)."""
 
@@ -295,6 +317,10 @@ class PeerEndpoints:
                         view, view_at = self.service.view(peer), time.monotonic()
                     if view.filters_keys:  # the ACL decides key by key (checked as of now)
                         batch = [s for s in batch if view.key(s.key)]
+                    if any(len(s.data) > MAX_OP_BYTES for s in batch):
+                        for big in (s for s in batch if len(s.data) > MAX_OP_BYTES):
+                            log.warning("ops stream: %s at seq %d is over the per-op cap", big.key, big.seq)
+                        batch = [s for s in batch if len(s.data) <= MAX_OP_BYTES]
                     if batch:
                         yield b"".join(_op_line(s) for s in batch)
                     continue
@@ -321,6 +347,28 @@ class PeerEndpoints:
             for w in waiters:
                 w.cancel()
 
+    async def blob(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/blob/<sha256>?key=K``: the bytes of the blob ``K`` points to."""
+        try:
+            self.count_address(request)
+            peer = await self.authenticate(request, b"")
+            digest = check_hash(request.path_params["hash"])
+            raw = request.query_params.get("key", "")
+            key = parse_key(raw, self.node.local) if raw else ""
+            if not key or is_subtree(key):
+                raise InvalidKey("name the one key that points to the blob: ?key=/<pubkey>/…")
+            if not self.service.view(peer).key(key):
+                raise Forbidden(f"node {peer} may not read {key} here")
+            self.node.check_complete(key)
+            change = self.node.fetch(key)
+            if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
+                raise NotFound(f"{key} does not point to blob {digest} here (now)")
+            out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
+            pointer = BlobPointer.decode(change.value)
+            return serve_blob(self.node.blobs, pointer, FALLBACK_TYPE, out, request.headers.get("range"))
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+
     async def sync(self, request: Request) -> Response:
         try:
             self.count_address(request)
@@ -341,4 +389,5 @@ def routes(node: Node, settings: Settings, service: PeerService, endpoints: Peer
         Route(f"{WELL_KNOWN}/node", ep.node_info, methods=["GET"]),
         Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),
         Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
+        Route(f"{WELL_KNOWN}/blob/{{hash}}", ep.blob, methods=["GET"]),
     ]

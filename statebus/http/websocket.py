@@ -293,6 +293,8 @@ class Connection:
             return
         key = node_key(self.node, name)
         require_read(self.client, key)
+        if not is_subtree(key):
+            self.node.check_complete(key)  # a key this replica cannot rebuild: an error, no value
         if name in self.subs and not self.subs[name].done():
             return
         stream = self.client.open_events(self.node)(key, snapshot=True)

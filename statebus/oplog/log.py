@@ -11,7 +11,10 @@ Rules:
 4. Compaction keeps the frontier exact: a version that a folded op named as a parent but that
    this replica has not seen yet stays "referenced" (``pending``), so when it arrives it does not
    reappear in the frontier. When asked (``remember=True``, merge types whose late ops still
-   apply, like yjs), the log also remembers the folded versions so a re-sent op is recognised.
+   apply, like yjs), the log also remembers the folded versions so a re-sent op is recognised:
+   the newest ``keep_folded`` of them, in the order they were folded (bounded: a key compacted
+   forever keeps a window, not ~30 bytes per op ever written). The window is what a peer may still
+   re-send: the ops its own history still holds (``history.fold`` sizes it from ``keep``).
 5. The log knows its horizon: a version is *known* (:meth:`knows`) when it is in the log, in the
    base frontier, folded, or a folded parent of an op still in the log (``below``). A parent that
    is none of these is history this replica never had (compacted at the owner before this replica
@@ -21,11 +24,14 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from statebus.errors import HistoryCompacted
 from statebus.oplog.events import Op
 from statebus.types import Seq, Version
+
+KEEP_FOLDED: Final = 4096
+"""How many folded versions a log remembers when ``drop`` is not told (rule 4)."""
 
 
 class OpLog:
@@ -47,7 +53,8 @@ class OpLog:
         self._referenced: set[Version] = set()
         self.base_frontier: tuple[Version, ...] = ()
         self.base_seq: Seq = 0
-        self._folded: set[Version] = set()
+        self._folded: dict[Version, None] = {}
+        """The remembered folded versions, oldest first (an ordered set)."""
         self._pending: set[Version] = set()
         self._below: set[Version] = set()
         self.gap = False
@@ -59,7 +66,7 @@ class OpLog:
             self.clock = int(base.get("clock", 0))
             self._pending = set(base.get("pending", ()))
             self._referenced = set(self._pending)
-            self._folded = set(base.get("folded", ()))
+            self._folded = dict.fromkeys(base.get("folded", ()))
             self._below = set(base.get("below", ()))
             self.gap = bool(base.get("gap", False))
         self.frontier: set[Version] = set(self.base_frontier)
@@ -139,14 +146,21 @@ class OpLog:
         return [item for item in self.ops() if item[1].version not in known]
 
     def drop(
-        self, versions: set[Version], frontier: tuple[Version, ...], seq: Seq, *, remember: bool = False
+        self,
+        versions: set[Version],
+        frontier: tuple[Version, ...],
+        seq: Seq,
+        *,
+        remember: bool = False,
+        keep_folded: int = KEEP_FOLDED,
     ) -> None:
         """Forget folded ops: they now live in the base snapshot.
 
         Versions named as parents but never seen stay referenced (see rule 4); with ``remember``
-        the folded versions are kept as a set so :meth:`folded` recognises them later.
+        the newest ``keep_folded`` folded versions are kept so :meth:`folded` recognises them later.
         """
         refs = set(self._pending)
+        order = sorted(versions, key=lambda v: self._ops[v][0] if v in self._ops else 0)
         for v in versions:
             item = self._ops.pop(v, None)
             if item is not None:
@@ -154,7 +168,7 @@ class OpLog:
         self.base_frontier = frontier
         self.base_seq = seq
         if remember:
-            self._folded |= versions
+            self._folded.update(dict.fromkeys(order))
         # a parent of a folded op that is still in the log, or (when remembering) not seen yet;
         # an unseen parent of a folded lww op sorts below the horizon, so it can never apply
         self._pending = {
@@ -163,6 +177,10 @@ class OpLog:
         self._referenced = {p for _, op in self._ops.values() for p in op.parents} | self._pending
         below = self._below | versions
         self._below = {p for p in self._referenced if p in below}
+        excess = len(self._folded) - max(0, keep_folded)  # after the sets above used the whole window
+        if excess > 0:
+            for v in list(self._folded)[:excess]:
+                del self._folded[v]
 
     def frontier_of(self, ops: Iterable[Op]) -> tuple[Version, ...]:
         """The frontier of the base plus ``ops`` (what the base will hold after folding them)."""
@@ -179,7 +197,7 @@ class OpLog:
         if self._pending:
             d["pending"] = sorted(self._pending)
         if self._folded:
-            d["folded"] = sorted(self._folded)
+            d["folded"] = list(self._folded)  # oldest first: the window survives a reload
         if self._below:
             d["below"] = sorted(self._below)
         if self.gap:

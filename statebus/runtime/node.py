@@ -15,11 +15,13 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from statebus.blobs import BLOB_TYPE, BlobInfo, BlobPointer, BlobStore
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
 from statebus.bus.handlers import Handler
@@ -28,6 +30,7 @@ from statebus.bus.reactive import ReactiveFn
 from statebus.errors import Incomplete, ShuttingDown, StatebusError, StorageFailed
 from statebus.keys import namespace_of
 from statebus.keys.memo import KeyMemo
+from statebus.oplog.codec import decode_op
 from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
@@ -53,8 +56,18 @@ class CommitStats:
 
 
 class Node:
-    def __init__(self, bus: Bus, *, batch_signer: BatchSigner | None = None, max_buffer: int = 1000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        batch_signer: BatchSigner | None = None,
+        max_buffer: int = 1000,
+        blobs: BlobStore | None = None,
+    ) -> None:
         self.bus = bus
+        self.blobs = blobs
+        """The node's blob store (``<data>/blobs``), where values stored as blobs keep their bytes;
+        None: values are never stored as blobs (a node in memory)."""
         self.committer = GroupCommitter(bus, batch_signer=batch_signer)
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
@@ -190,6 +203,41 @@ class Node:
         """The stored ops under ``pattern`` after cursor ``after``, oldest first (at most ``limit``)."""
         return self.bus.storage.scan(pattern, after, limit)
 
+    def blob_refs(self) -> set[str]:
+        """Every blob hash a stored op, or a key's current value, points to (what blob GC keeps).
+        Reads the whole store: for an occasional collection, not a request."""
+        refs: set[str] = set()
+        marker = BLOB_TYPE.encode()
+        after: Seq = 0
+        while True:
+            batch = self.bus.storage.scan("", after, 5000)
+            for stored in batch:
+                if marker in stored.data:
+                    op = decode_op(stored.data)
+                    if op.content_type == BLOB_TYPE and isinstance(op.body, bytes):
+                        with contextlib.suppress(StatebusError):
+                            refs.add(BlobPointer.decode(op.body).hash)
+            if len(batch) < 5000:
+                break
+            after = batch[-1].seq
+        namespaces: list[str] = []
+        while names := self.bus.storage.children("/", namespaces[-1] if namespaces else "", 500):
+            namespaces.extend(names)
+        for ns in namespaces:  # values whose ops were folded into a snapshot
+            for key in self.bus.walk("/" + ns, 10**9):
+                change = self.bus.fetch_or_none(key)
+                if change is not None and change.content_type == BLOB_TYPE:
+                    with contextlib.suppress(StatebusError):
+                        refs.add(BlobPointer.decode(bytes(change.value)).hash)
+        return refs
+
+    def collect_blobs(self, grace: float = 60.0) -> list[BlobInfo]:
+        """Remove the blobs nothing points to (:meth:`blob_refs`) that are older than ``grace``
+        seconds (a blob stored for a write still being committed is younger); return them."""
+        if self.blobs is None:
+            return []
+        return self.blobs.gc(self.blob_refs(), grace=grace)
+
     def horizon(self, pattern: str) -> Seq:
         """The cursor below which the history under ``pattern`` was compacted away."""
         return self.bus.storage.horizon(pattern)
@@ -285,12 +333,19 @@ class Node:
         pattern) raise HistoryCompacted (the default is the bus's). ``filter``: only the changes it
         returns True for reach the stream (starting state, backlog and live changes alike; access
         control passes the keys a client may read).
+
+        A change of another node's key that this replica cannot rebuild (:meth:`incomplete`) never
+        reaches a stream: no value, no version, no event, until an op rebuilds the key (its change
+        then carries the whole value). Streams of this node's own keys skip the check.
         """
         if self.closing:
             raise ShuttingDown("node is shutting down")
         stream = EventStream(self.committer, self._forget, max_buffer or self.max_buffer)
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
         lazy = paged and snapshot and since is None and parents is None
+        own = f"/{self.local}/"
+        if any(not self.bus.parse(p).startswith(own) for p in pats):  # another namespace may be in it
+            filter = self._claimable if filter is None else _both(self._claimable, filter)
         push = stream._push if filter is None else _filtered(stream._push, filter)
         try:
             for p in pats:
@@ -312,6 +367,13 @@ class Node:
             raise
         self._streams.add(stream)
         return stream
+
+    def _claimable(self, change: Change) -> bool:
+        """False for a change of another node's key this replica cannot rebuild (streams skip it)."""
+        key = change.key
+        if key.startswith(f"/{self.local}/"):
+            return True
+        return self.bus.gap(key) is None
 
     def _cut_unstored(self, low: Seq, high: Seq) -> None:
         """Storage refused a batch: cut every stream holding a change that was rolled back (seq in
@@ -338,6 +400,13 @@ class Node:
                 callback()
         finally:
             self.bus.storage.close()
+
+
+def _both(first: Callable[[Change], bool], then: Callable[[Change], bool]) -> Callable[[Change], bool]:
+    def ok(change: Change) -> bool:
+        return first(change) and then(change)
+
+    return ok
 
 
 def _filtered(callback: Callable[[Change], None], ok: Callable[[Change], bool]) -> Callable[[Change], None]:

@@ -31,6 +31,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
+from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
@@ -51,6 +52,7 @@ from statebus.storage.sqlite import SqliteStorage
 log = logging.getLogger("statebus.server")
 
 STORE_FILE = "store.sqlite3"
+BLOBS_DIR = "blobs"
 
 NewIdentityHook = Callable[[Identity, str], bool | None]
 """``on_new_identity(identity, phrase)`` shows a new identity's phrase; True when a person saw it."""
@@ -110,7 +112,10 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
         max_doc_bytes=settings.max_yjs_doc_bytes,
         max_value_bytes=settings.max_value_bytes,
     )
-    node = Node(bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer)
+    blobs = BlobStore(data / BLOBS_DIR, max_bytes=settings.max_blob_bytes)
+    node = Node(
+        bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer, blobs=blobs
+    )
     highwater.guard(node, data, accept_loss=settings.accept_store_loss)  # a deleted store refuses writes
     return identity, node
 

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import json
+
+from pycrdt import Doc, Text
+
 from statebus.bus import Bus
+from statebus.bus.history import FOLDED_MARGIN
 from statebus.keys import encode_pubkey
 from statebus.oplog import Op, Patch, decode_op
 from statebus.storage.memory import MemoryStorage
@@ -89,3 +94,26 @@ def test_a_concurrent_op_kept_after_its_parent_was_folded_is_no_gap() -> None:
     assert reloaded.gap(K) is None
     assert set(reloaded.fetch(K).version) == {low.version, high.version}
     assert reloaded.fetch(K).value == {"b": 1, "c": 1}
+
+
+def test_a_yjs_replica_compacted_many_times_remembers_a_bounded_window_and_no_false_gap() -> None:
+    keep = 4
+    owner = Bus(MemoryStorage(), OWNER, keep_ops=keep)
+    doc: Doc = Doc()
+    text = doc.get("t", type=Text)
+    ops: list[Op] = []
+    for i in range(300):
+        before = doc.get_state()
+        text += str(i % 10)
+        change = owner.crdt_update("/~/app/doc", bytes(doc.get_update(before)))
+        assert change.op is not None
+        ops.append(change.op)
+        owner.flush()
+    key = f"/{OWNER}/app/doc"
+    record = owner.storage.load(key)
+    assert record is not None and record.snapshot is not None
+    log = json.loads(record.snapshot.data)["log"]
+    assert 0 < len(log["folded"]) <= 2 * keep + FOLDED_MARGIN  # ~290 ops folded: a window kept
+    assert owner.gap(key) is None and Bus(owner.storage, OWNER).gap(key) is None
+    assert owner.apply(ops[300 - keep - 20]) is None  # a recently folded op sent again: recognised
+    assert owner.fetch(key).value == {"t": "".join(str(i % 10) for i in range(300))}

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -53,13 +54,15 @@ class FakePeer:
             raise self.refusals.pop(0)
         return self.owner.local
 
-    async def sync(self, base: str, session: SyncSession) -> SyncSession:
+    async def sync(self, base: str, session: SyncSession, on_page: Any = None) -> SyncSession:
         found = op_set(self.owner, session.pattern)
         request = session.start()
         while request is not None:
             reply = answer(found.index, found.ops, request)
             seq = self.owner.committer.durable_seq if self.names_seq else None
             request = session.receive(dataclasses.replace(reply, seq=seq))
+            if on_page is not None:
+                await on_page(session.take())
         return session
 
     async def ops(

@@ -8,10 +8,15 @@ state says why. A key whose kept ops hold a whole new value (an lww ``set``) is 
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 from pycrdt import Doc, Text
+from websockets.asyncio.client import connect
 
+from statebus.http.websocket import WS_PATH
 from statebus.oplog.events import Patch
 from statebus.server import Cluster, RunningNode
 
@@ -102,3 +107,58 @@ async def test_an_incomplete_key_stays_incomplete_when_the_follower_compacts_it(
     b.node.bus._entries.clear()  # rebuilt from the stored snapshot: the gap is kept there
     assert b.node.incomplete(patched) is not None
     assert a.node.incomplete(f"/{a.pubkey}/lc/patched") is None  # the owner's own key: complete
+
+
+async def _sse_until(url: str, token: str, stop: str, timeout: float = 20.0) -> str:
+    """What an SSE stream of ``url`` sends until a line holding ``stop`` (the owner's stream)."""
+    got = ""
+    headers = {"Authorization": f"Bearer {token}", "accept": "text/event-stream"}
+    async with httpx.AsyncClient(timeout=timeout) as http, http.stream("GET", url, headers=headers) as r:
+        assert r.status_code == 200
+        async for chunk in r.aiter_text():
+            got += chunk
+            if stop in got:
+                return got
+    return got
+
+
+async def test_streams_and_listings_claim_no_state_of_an_incomplete_key(cluster: Cluster) -> None:
+    """A subtree stream skips an incomplete key (no snapshot, no update, no version), before and
+    while it is incomplete, and a listing names it under ``incomplete``."""
+    a = await cluster.add("a", history_keep_ops=KEEP)
+    b = await cluster.add("b")
+    await a.share("/~/lc/")
+    await a.share("/~/yc/")
+    await _owner_writes(a, 20)
+    lc, yc = f"/{a.pubkey}/lc/", f"/{a.pubkey}/yc/"
+    await b.follow(lc)
+    await b.follow(yc)
+    await wait_until(lambda: live(b) and len(b.federation.followers) == 2 and has(b, lc + "counter", 20))
+    patched, doc = lc + "patched", yc + "doc"
+    await wait_until(lambda: b.node.incomplete(doc) is not None and has(b, doc), what="the partial doc")
+    assert b.node.incomplete(patched) is not None
+    reader = asyncio.create_task(_sse_until(f"{b.url}/?keys={lc},{yc}", b.token, '"done"'))
+    await asyncio.sleep(0.5)  # the stream is open: its snapshot sent
+    await a.node.patch("/~/lc/patched", [Patch(".m", 1)])  # live ops on the incomplete keys
+    update = Doc()
+    update.get("t", type=Text).insert(0, "late")
+    await a.node.crdt_update("/~/yc/doc", bytes(update.get_update()))
+    await a.node.save("/~/lc/done", "done")
+    got = await asyncio.wait_for(reader, 30)
+    assert lc + "counter" in got and lc + "done" in got  # the stream works
+    assert patched not in got and doc not in got  # but never names a key it cannot rebuild
+    async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as owner:
+        listing = (await owner.get(yc)).json()
+        assert listing["children"] == ["doc"] and listing["incomplete"] == ["doc"]
+        assert "incomplete" not in (await owner.get(lc)).json()  # patched has no value here at all
+    ws_url = b.url.replace("http://", "ws://") + WS_PATH + f"?token={b.token}"
+    async with connect(ws_url) as ws:  # a websocket get of the key itself: an error, no value
+        await ws.send(json.dumps({"get": doc}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert answer["error"] == "incomplete" and answer["key"] == doc and "val" not in answer
+    stream = b.node.events([lc, yc], snapshot=True)  # the node's own streams, too
+    try:
+        keys = {c.key for c in stream.drain_ready()}
+        assert lc + "counter" in keys and patched not in keys and doc not in keys
+    finally:
+        stream.close()

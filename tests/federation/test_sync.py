@@ -221,3 +221,58 @@ def test_hostile_messages_raise_only_statebus_errors(data: bytes) -> None:
             decode(data)
         except StatebusError:
             pass
+
+
+def test_answers_are_paged_so_no_total_is_too_large() -> None:
+    """However much the opener lacks, each answer carries at most one page of ops (at least one op),
+    names the rest in ``later``, and the exchange ends with every op moved."""
+    a, b = _bus(), _bus()
+    pattern = f"/{OWNER.pubkey}/big/"
+    for i in range(40):
+        b.save(f"{pattern}{i}", {"blob": "x" * 30_000})
+    b.flush()
+    b_set = op_set(b.storage, pattern)
+    session = SyncSession(pattern, op_set(a.storage, pattern).index)
+    req: SyncRequest | None = session.start()
+    pages: list[int] = []
+    got: list[bytes] = []
+    while req is not None:
+        resp = answer(b_set.index, b_set.ops, SyncRequest.decode(req.encode()), page_bytes=100_000)
+        wire = resp.encode()
+        pages.append(sum(len(o) for o in resp.ops))
+        req = session.receive(SyncResponse.decode(wire), len(wire))
+        got.extend(session.take())
+    assert sorted(got) == sorted(b_set.ops.values()) and session.received == []
+    assert len(pages) >= 12 and max(pages) <= 100_000 + 31_000  # ~3 ops a page
+    assert session.pages >= 10 and session.settling_rounds <= 3 and not session.partial
+    assert session.server_seq is None  # this bare answer named no cursor
+
+
+def test_an_answer_that_cannot_list_every_id_claims_no_cursor() -> None:
+    index = OpIndex([])
+    session = SyncSession(f"/{OWNER.pubkey}/x/", index)
+    session.start()
+    op = json.dumps({"k": 1}).encode()
+    nxt = session.receive(SyncResponse((), (op,), seq=7, later=(os.urandom(32),), more=True))
+    assert nxt is not None and len(nxt.want) == 1
+    assert session.partial and session.server_seq is None
+    session.receive(SyncResponse((), (op,), seq=9))
+    assert session.server_seq is None  # a partial exchange never claims a cursor
+    with pytest.raises(InvalidValue):  # ids for later but no op: no progress, a misbehaving peer
+        SyncSession(f"/{OWNER.pubkey}/x/", index).receive(SyncResponse((), (), later=(os.urandom(32),)))
+    round_trip = SyncResponse.decode(SyncResponse((), (op,), later=(b"\1" * 32,), more=True).encode())
+    assert round_trip.later == (b"\1" * 32,) and round_trip.more
+    with pytest.raises(InvalidValue):
+        SyncResponse.decode(b'{"v":1,"ranges":[],"ops":[],"want":[],"more":"yes"}')
+
+
+def test_the_ops_stream_and_anti_entropy_share_one_per_op_cap() -> None:
+    from statebus.federation.client import MAX_LINE
+    from statebus.federation.sync import MAX_OP_BYTES
+    from statebus.http.peers import MAX_OP_BYTES as STREAM_MAX_OP_BYTES
+
+    assert STREAM_MAX_OP_BYTES == MAX_OP_BYTES and MAX_LINE > MAX_OP_BYTES + 100
+    index = OpIndex([b"\1" * 32, b"\2" * 32])
+    ops = {b"\1" * 32: b"x" * (MAX_OP_BYTES + 1), b"\2" * 32: b"y" * 10}
+    got = answer(index, ops, SyncRequest(f"/{OWNER.pubkey}/x/", (), want=(b"\1" * 32, b"\2" * 32)))
+    assert got.ops == (b"y" * 10,) and got.later == ()  # never offered, never named for later

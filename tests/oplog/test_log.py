@@ -140,3 +140,20 @@ def test_remembered_folded_versions() -> None:
     plain = log_of(OPS)
     plain.drop({"a"}, plain.frontier_of(OPS[:1]), 1)
     assert not plain.folded("a")
+
+
+def test_remembered_folded_versions_are_a_bounded_window() -> None:
+    """A key compacted forever remembers the newest ``keep_folded`` folded versions, not ~30 bytes
+    per op ever written; the window survives a reload in its order (issue 18, defect 1)."""
+    log = OpLog()
+    chain = [mk(f"v{i}", *([f"v{i - 1}"] if i else []), clock=i + 1) for i in range(200)]
+    for i, op in enumerate(chain):
+        log.add(op, i + 1)
+        if i % 20 == 19:  # fold all but the last op, as compaction does
+            folded = [o for o in chain[:i] if o.version in log]
+            log.drop({o.version for o in folded}, log.frontier_of(folded), i, remember=True, keep_folded=30)
+            assert len(log.encode().get("folded", [])) <= 30
+    assert log.folded("v198") and log.folded("v169") and not log.folded("v10")
+    assert not log.unseen() and log.knows("v198")  # the parent of the kept op is still known
+    reloaded = OpLog(log.encode())
+    assert reloaded.encode()["folded"] == log.encode()["folded"] and reloaded.folded("v198")
