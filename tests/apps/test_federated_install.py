@@ -15,7 +15,7 @@ from statebus.apps.publish import BUNDLE_TYPE, bundle_key, pointer_key
 from statebus.apps.registry import bundle_file, record_key
 from statebus.cli import main
 from statebus.server import Cluster, RunningNode
-from tests.apps.conftest import app_copy
+from tests.apps.bundles import app_copy
 
 pytestmark = pytest.mark.anyio
 FAST = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4, "app_fetch_timeout": 20.0}
