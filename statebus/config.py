@@ -227,6 +227,12 @@ class Settings:
     accept_store_loss: bool = _setting(
         False, "bool", "Start over when the store is behind what this node committed (deleted store)."
     )
+    app_bundle_max_bytes: int = _setting(
+        8 * MiB, "bytes", "Largest app bundle (the archive) a node packs, fetches or installs.", 1024, 1 * GiB
+    )
+    app_fetch_timeout: float = _setting(
+        30.0, "seconds", "How long an install through federation waits for the bundle to arrive.", 0.1, 3600.0
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

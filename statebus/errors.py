@@ -31,7 +31,8 @@
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
     ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
     ├── DerivedKey          405   a write to a derived (reactive) key: its value is computed, not written
-    └── SandboxViolation    422   a hosted handler broke its limits
+    ├── SandboxViolation    422   a hosted handler broke its limits
+    └── InvalidBundle       422   an app bundle is malformed, tampered with or mis-signed: nothing installed
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
 ``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
@@ -230,4 +231,11 @@ class DerivedKey(StatebusError):
 
 
 class SandboxViolation(StatebusError):
+    status_hint = 422
+
+
+class InvalidBundle(StatebusError):
+    """An app bundle (or its manifest, or its signature) is refused: malformed, tampered with, signed
+    by another key, or holding a path that could leave its folder. Nothing was installed."""
+
     status_hint = 422

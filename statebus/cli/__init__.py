@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from statebus.cli import apps as apps_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
     keys_cli.register(sub)
     federation_cli.register(sub)
+    apps_cli.register(sub)
     return parser
 
 

@@ -31,11 +31,14 @@ from typing import Any
 from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
+from statebus.apps.install import AppService, Follow
+from statebus.apps.registry import AppRegistry
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
+from statebus.http.apps import AppRoutes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
@@ -120,6 +123,17 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     return open_node(settings, on_new_identity=on_new_identity)[1]
 
 
+def app_service(node: Node, settings: Settings, *, follow: Follow | None = None) -> AppService:
+    """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), loaded into the app host.
+
+    Every installed app is re-checked from disk and loaded here, once per node start."""
+    # AppHost (statebus.apps.handlers, the sandbox branch) is not merged yet: when it is, build it
+    # here and pass it as ``host=`` so load_all() starts every installed app's sandbox.
+    registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=None)
+    registry.load_all()
+    return AppService(registry, settings, follow=follow)
+
+
 def node_app(
     node: Node,
     settings: Settings,
@@ -128,22 +142,36 @@ def node_app(
     access: AccessControl,
     federation: Federation | None = None,
     close_node: bool = True,
+    apps: AppService | None = None,
 ) -> Starlette:
     """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
-    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``."""
+    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``.
+    With ``apps``, the owner's app routes (:mod:`statebus.http.apps`) are served and ``app.state.apps``
+    is its :class:`~statebus.apps.registry.AppRegistry`."""
+    app_routes = AppRoutes(apps).routes() if apps is not None else []
     if federation is None:
-        return build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
+        app = build_app(
+            node,
+            settings,
+            owner_token=owner_token,
+            access=access,
+            close_node=close_node,
+            extra_routes=app_routes,
+        )
+        app.state.apps = apps.registry if apps is not None else None
+        return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
         node,
         settings,
         owner_token=owner_token,
         access=access,
-        extra_routes=peer_routes(node, settings, federation, endpoints),
+        extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
         close_node=close_node,
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    app.state.apps = apps.registry if apps is not None else None
     return app
 
 
@@ -152,7 +180,13 @@ def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     ends every stream and closes the node (everything acknowledged is on disk)."""
     _, node = open_node(settings, on_new_identity=on_new_identity)
     token = keystore.load_owner_token(settings.data_dir)
-    return node_app(node, settings, owner_token=token, access=AccessControl(node, settings))
+    return node_app(
+        node,
+        settings,
+        owner_token=token,
+        access=AccessControl(node, settings),
+        apps=app_service(node, settings),
+    )
 
 
 def make_server(settings: Settings, **overrides: Any) -> StatebusServer:

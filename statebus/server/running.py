@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from statebus.federation.service import Federation
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
 from statebus.runtime import Node
-from statebus.server.assembly import NewIdentityHook, node_app, open_node
+from statebus.server.assembly import NewIdentityHook, app_service, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
 from statebus.server.phrase import phrase_reminder, show_phrase_on_terminal
 
@@ -178,7 +178,13 @@ async def start(
             gate=access.op_gate,  # one gate, one quota counter for federation and the signed-op route
         )
         app = node_app(
-            node, settings, owner_token=token, access=access, federation=federation, close_node=False
+            node,
+            settings,
+            owner_token=token,
+            access=access,
+            federation=federation,
+            close_node=False,
+            apps=app_service(node, settings, follow=_app_follower(node)),
         )
         server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
         task = await _listen(server, settings)
@@ -190,6 +196,16 @@ async def start(
     )
     await federation.start([running.url])
     return running
+
+
+def _app_follower(node: Node) -> Callable[[str, Sequence[str]], Awaitable[None]]:
+    """How an app install follows an author's ``/.apps/`` (as :meth:`RunningNode.follow`)."""
+
+    async def follow(pattern: str, via: Sequence[str]) -> None:
+        f = new_follow(node.local, pattern, tuple(via))
+        await node.save(f"/~/{FOLLOWS}/{f.id}", f.to_json())
+
+    return follow
 
 
 async def _listen(server: EmbeddedServer, settings: Settings) -> asyncio.Task[None]:
