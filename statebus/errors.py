@@ -8,6 +8,7 @@
     ├── CliError                  a ``statebus`` command cannot do what it was asked (one line, exit 1)
     ├── BadSignature        401   an op or request signature does not verify
     ├── Forbidden           403   the author or client may not do this
+    │   └── OutsideGrant    403   an app's capability does not cover this key
     ├── NotFound            404   no such key (never written, or deleted)
     ├── VersionConflict     409   a version id is reused with different content
     ├── StaleParents        409   a client's write names parents that are no longer the key's frontier
@@ -90,6 +91,10 @@ class BadSignature(StatebusError):
 
 class Forbidden(StatebusError):
     status_hint = 403
+
+
+class OutsideGrant(Forbidden):
+    """A request made with an app's capability names a key outside the app's granted patterns."""
 
 
 class NotFound(StatebusError):
