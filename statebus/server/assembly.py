@@ -157,6 +157,7 @@ def node_app(
             access=access,
             close_node=close_node,
             extra_routes=app_routes,
+            apps=apps.registry if apps is not None else None,
         )
         app.state.apps = apps.registry if apps is not None else None
         return app
@@ -168,6 +169,7 @@ def node_app(
         access=access,
         extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
         close_node=close_node,
+        apps=apps.registry if apps is not None else None,
     )
     app.state.peers = endpoints
     app.state.federation = federation

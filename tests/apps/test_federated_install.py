@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from statebus.apps.bundle import bundle_hash
@@ -74,6 +75,15 @@ async def test_publish_on_a_install_on_b_through_federation(
     assert bundle_file(b.settings.data_dir, h).read_bytes() == out.read_bytes()
     app = b.server.statebus_app.state.apps.get("guestbook")
     assert app is not None and app.web_file("index.html") is not None
+    # B serves it on the app's own origin, from the bundle that came through federation
+    async with httpx.AsyncClient(base_url=b.url, trust_env=False) as http:
+        page = await http.get("/", headers={"Host": f"guestbook.localhost:{b.port}"})
+        script = await http.get("/app.js", headers={"Host": f"guestbook.localhost:{b.port}"})
+        other = await http.get("/", headers={"Host": f"nothere.localhost:{b.port}"})
+    assert page.status_code == 200 and page.content == (folder / "web" / "index.html").read_bytes()
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200 and script.content == (folder / "web" / "app.js").read_bytes()
+    assert other.status_code == 404
 
     # an upgrade asking for no more goes ahead; one asking for more asks again
     v11 = app_copy(tmp_path / "v11", a.identity, version="1.1.0")
