@@ -30,7 +30,9 @@
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
     ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
     ├── DerivedKey          405   a write to a derived (reactive) key: its value is computed, not written
-    └── SandboxViolation    422   a hosted handler broke its limits
+    ├── SandboxViolation    422   a hosted handler broke its limits
+    ├── AppRejected         422   a hosted app's validator (or its JSON Schema) refused a write
+    └── AppFailed           422   a hosted app's handler failed (time, memory, a trap, a bad result)
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
 ``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
@@ -225,4 +227,18 @@ class DerivedKey(StatebusError):
 
 
 class SandboxViolation(StatebusError):
+    status_hint = 422
+
+
+class AppRejected(StatebusError):
+    """A hosted app's validator said no (its verdict) or its JSON Schema does not hold: the write is
+    refused and nothing changed. The detail names the app and its reason."""
+
+    status_hint = 422
+
+
+class AppFailed(StatebusError):
+    """A hosted app's handler could not give a verdict (it ran past its time or memory budget, trapped,
+    returned something not JSON or too large): the write is refused, the app's runtime restarted."""
+
     status_hint = 422

@@ -31,6 +31,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
@@ -130,9 +131,14 @@ def node_app(
     close_node: bool = True,
 ) -> Starlette:
     """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
-    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``."""
+    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``.
+    ``app.state.apps`` is the node's :class:`~statebus.apps.handlers.AppHost` (hosted apps)."""
+    apps = AppHost(node, access.op_gate)
+    node.on_close.append(apps.close)
     if federation is None:
-        return build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
+        app = build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
+        app.state.apps = apps
+        return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
         node,
@@ -144,6 +150,7 @@ def node_app(
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    app.state.apps = apps
     return app
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
 from statebus.config import Settings
 from statebus.errors import InvalidValue, PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
@@ -71,6 +72,12 @@ class RunningNode:
     @property
     def pubkey(self) -> str:
         return self.identity.pubkey
+
+    @property
+    def apps(self) -> AppHost:
+        """The node's hosted apps (``app.state.apps``, made by :func:`~statebus.server.assembly.node_app`)."""
+        apps: AppHost = self.server.statebus_app.state.apps
+        return apps
 
     @property
     def port(self) -> int:
