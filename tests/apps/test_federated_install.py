@@ -73,7 +73,7 @@ async def test_publish_on_a_install_on_b_through_federation(
     record = b.node.fetch(record_key("guestbook")).value
     assert record["hash"] == h and record["granted"]["write"] == ["guestbook/"]
     assert bundle_file(b.settings.data_dir, h).read_bytes() == out.read_bytes()
-    app = b.server.statebus_app.state.apps.get("guestbook")
+    app = b.server.statebus_app.state.app_registry.get("guestbook")
     assert app is not None and app.web_file("index.html") is not None
     # B serves it on the app's own origin, from the bundle that came through federation
     async with httpx.AsyncClient(base_url=b.url, trust_env=False) as http:
