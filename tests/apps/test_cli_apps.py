@@ -154,3 +154,9 @@ def test_a_delegated_app_key_signs_and_publish_works_stopped(
         assert [s.name for s in srv.running.apps.status()] == ["guestbook"]
         pointer = httpx.get(f"{srv.url}/~/.apps/guestbook", headers=srv.auth).json()
         assert pointer["published"] is True and pointer["granted"]["write"] == ["guestbook/"]
+        # the author revokes the release key: the bundles it signed are refused from then on
+        d = ("--data", str(data), "--url", srv.url)
+        assert run("revoke", signer, "--reason", "leaked", *d) == 0
+        capsys.readouterr()
+        assert run("app", "upgrade", "guestbook", str(out), "--yes", *d) == 1
+        assert f"the delegation of {signer} by {identity.pubkey} was revoked" in capsys.readouterr().err
