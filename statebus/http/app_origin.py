@@ -41,11 +41,11 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from statebus.access.capabilities import GrantSet
+from statebus.apps.patterns import Grants
 from statebus.config import Settings
 from statebus.errors import Forbidden, NotFound, StatebusError
 from statebus.http.auth import APP_SCOPE, OwnerAuth
@@ -59,6 +59,7 @@ APP_NAME: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 LOCALHOST: Final = "localhost"
 LAUNCH_PATH: Final = "/.statebus/launch"
 LAUNCH_ROUTE: Final = "/launch/{name}"
+STATUS_PATH: Final = "/.well-known/statebus/app-origins"
 SCRIPT_PATH: Final = "/statebus.js"
 INDEX_FILE: Final = "index.html"
 MAX_HASHED_SCRIPTS: Final = 64
@@ -70,10 +71,13 @@ class InstalledWeb(Protocol):
     """What the origin needs of an installed app (``statebus.apps.registry.InstalledApp``)."""
 
     @property
+    def name(self) -> str: ...
+
+    @property
     def bundle_hash(self) -> str: ...
 
     @property
-    def granted(self) -> GrantSet: ...
+    def granted(self) -> Grants: ...
 
     def web_file(self, path: str) -> tuple[bytes, str] | None: ...
 
@@ -83,12 +87,29 @@ class AppDirectory(Protocol):
 
     def get(self, name: str) -> InstalledWeb | None: ...
 
+    def list(self) -> Sequence[InstalledWeb]: ...
+
+
+class AppStatusLike(Protocol):
+    """One app's runtime state (``statebus.apps.handlers.AppStatus``)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class AppRunner(Protocol):
+    """What runs the apps' handlers (``statebus.apps.handlers.AppHost``): its status per app."""
+
+    def status(self) -> Sequence[AppStatusLike]: ...
+
 
 class NoApps:
     """The directory of a node without installed apps."""
 
     def get(self, name: str) -> InstalledWeb | None:
         return None
+
+    def list(self) -> Sequence[InstalledWeb]:
+        return []
 
 
 def inline_script_hashes(html: bytes) -> list[str]:
@@ -152,6 +173,7 @@ class AppOrigins:
     ) -> None:
         self.auth = auth
         self.apps: AppDirectory = apps if apps is not None else NoApps()
+        self.runner: AppRunner | None = None
         self.script = script
         self.node_app: ASGIApp | None = None
         hosts = [urlsplit(o).hostname or "" for o in settings.public_origins]
@@ -160,10 +182,21 @@ class AppOrigins:
         self.suffixes: tuple[str, ...] = tuple(sorted("." + h for h in names))
         self._policies: dict[tuple[str, str, str], str] = {}
 
-    def use(self, apps: AppDirectory) -> None:
-        """Serve ``apps`` from now on (the registry, once the node has one)."""
+    def use(self, apps: AppDirectory, runner: AppRunner | None = None) -> None:
+        """Serve ``apps`` from now on (the registry, once the node has one); ``runner`` reports
+        their handlers' state on the node's page."""
         self.apps = apps
+        self.runner = runner
         self._policies.clear()
+
+    def installed(self, name: str) -> InstalledWeb | None:
+        """The installed app ``name``, or None (not installed, or its bundle no longer checks out)."""
+        if not name:
+            return None
+        try:
+            return self.apps.get(name)
+        except StatebusError:
+            return None
 
     # ------------------------------------------------------------------ routing
 
@@ -202,7 +235,7 @@ class AppOrigins:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         scope[APP_SCOPE] = name
         if scope["type"] == "websocket":
-            if scope["path"] == WS_PATH and name and self.node_app is not None and self.apps.get(name):
+            if scope["path"] == WS_PATH and self.node_app is not None and self.installed(name):
                 await self.node_app(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
@@ -214,7 +247,7 @@ class AppOrigins:
             await response(scope, receive, _with_policy(send, self._policy_of(response)))
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send, name: str) -> Response | None:
-        app = self.apps.get(name) if name else None
+        app = self.installed(name)
         if app is None:
             return error_response(404, "not_found", "no app of that name is installed on this node")
         path: str = scope["path"]
@@ -292,7 +325,7 @@ class AppOrigins:
                 raise Forbidden("only the node's owner launches apps: log in first", status_hint=401)
             if self.auth.origins.foreign_origin(request.scope, request.headers):
                 raise Forbidden("apps are launched from the node's own page")
-            app = self.apps.get(name) if APP_NAME.fullmatch(name) else None
+            app = self.installed(name) if APP_NAME.fullmatch(name) else None
             if app is None or self.auth.access is None:
                 raise NotFound(f"no app named {name!r} is installed on this node")
         except StatebusError as exc:
@@ -304,9 +337,46 @@ class AppOrigins:
         response.headers["referrer-policy"] = "no-referrer"
         return response
 
+    async def status(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/app-origins`` (the owner only): what the node's page lists per
+        installed app: its version, grants, origin, launch link, live capabilities and, with a
+        runner, its handlers' state (running / trapped and why), call count and costs."""
+        try:
+            client = self.auth.authenticate(request)
+            if not client.owner:
+                raise Forbidden("only the node's owner sees its apps", status_hint=401)
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        runtime: dict[str, dict[str, Any]] = {}
+        if self.runner is not None:
+            for st in self.runner.status():
+                entry = st.to_json()
+                runtime[str(entry.get("name"))] = entry
+        caps = self.auth.access.capabilities if self.auth.access is not None else None
+        out = []
+        for app in self.apps.list():
+            manifest = getattr(app, "manifest", None)
+            out.append(
+                {
+                    "name": app.name,
+                    "version": getattr(manifest, "version", None),
+                    "description": getattr(manifest, "description", None),
+                    "hash": app.bundle_hash,
+                    "granted": app.granted.to_json(),
+                    "origin": self.origin_for(request.scope, request.headers, app.name),
+                    "launch": LAUNCH_ROUTE.replace("{name}", app.name),
+                    "capabilities": caps.live(app.name) if caps is not None else 0,
+                    "runtime": runtime.get(app.name),
+                }
+            )
+        return JSONResponse({"apps": out}, headers={"cache-control": "no-store"})
+
     def routes(self) -> Sequence[BaseRoute]:
-        """The node-origin routes: ``/launch/<name>``."""
-        return [Route(LAUNCH_ROUTE, self.launch, methods=["GET"])]
+        """The node-origin routes: ``/launch/<name>`` and the owner's apps status."""
+        return [
+            Route(LAUNCH_ROUTE, self.launch, methods=["GET"]),
+            Route(STATUS_PATH, self.status, methods=["GET"]),
+        ]
 
 
 def _with_policy(send: Send, policy: str) -> Send:

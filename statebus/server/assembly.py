@@ -159,6 +159,8 @@ def node_app(
             extra_routes=app_routes,
         )
         app.state.apps = apps.registry if apps is not None else None
+        if apps is not None:
+            app.state.app_origins.use(apps.registry)  # each app on its own origin (http/app_origin.py)
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
@@ -172,6 +174,8 @@ def node_app(
     app.state.peers = endpoints
     app.state.federation = federation
     app.state.apps = apps.registry if apps is not None else None
+    if apps is not None:
+        app.state.app_origins.use(apps.registry)  # each app on its own origin (http/app_origin.py)
     return app
 
 

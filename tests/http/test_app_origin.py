@@ -16,11 +16,14 @@ import httpx
 import pytest
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
+from statebus.apps.bundle import pack, sign
 from statebus.apps.patterns import Grants
 from statebus.http.app_origin import inline_script_hashes
+from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
 from statebus.testing.live_server import LiveServer, SseReader, live_server
+from tests.apps.conftest import MAX, app_copy, author_key
 from tests.support.apps import FolderApps, write_app
 
 GUESTBOOK = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": ["guestbook/"]}
@@ -230,3 +233,37 @@ def test_capability_store_codes_expire_and_capabilities_are_bounded() -> None:
     assert store.why_not(narrow, "read", f"/{'b' * 52}/g/entries/1") is None
     assert store.why_not(narrow, "list", f"/{'b' * 52}/g/entries/") is not None  # deeper keys not granted
     assert store.revoke("g") == MAX_PER_APP and store.verify(secrets[-1]) is None
+
+
+def test_an_installed_bundle_is_served_on_its_origin_until_removed(tmp_path: Path) -> None:
+    author = author_key()
+    data = pack(app_copy(tmp_path / "guestbook", author), MAX)
+    sig = base64.b64encode(json.dumps(sign(data, author).to_json()).encode()).decode()
+    with live_server(tmp_path / "node") as srv, httpx.Client(base_url=srv.url, headers=srv.auth) as owner:
+        checked = owner.post(
+            APPS_PATH + "/check", content=data, headers={"content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}
+        )
+        assert checked.status_code == 200, checked.text
+        grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
+        bundle_hash = hashlib.sha256(data).hexdigest()
+        installed = owner.post(APPS_PATH + "/install", json={"hash": bundle_hash, "grant": grant})
+        assert installed.status_code == 200, installed.text
+        page = httpx.get(srv.url + "/", headers=on_host(srv, "guestbook"))
+        assert page.status_code == 200 and "<h1>Guestbook</h1>" in page.text, page.text
+        assert "script-src 'self';" in page.headers["content-security-policy"]  # no inline script
+        cap = launch(srv, "guestbook")
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.put("/~/guestbook/hello", json="hi").status_code == 200
+            # the owner grants less than asked: reading other namespaces was not granted
+            r = app.get(f"/{'a' * 52}/guestbook/x")
+            assert r.status_code == 403 and r.json()["error"] == "outside_grant"
+        listed = owner.get("/.well-known/statebus/app-origins").json()["apps"]
+        assert listed[0]["name"] == "guestbook" and listed[0]["version"] == "1.0.0", listed
+        assert listed[0]["origin"] == app_url(srv, "guestbook") and listed[0]["launch"] == "/launch/guestbook"
+        assert listed[0]["granted"] == grant and listed[0]["capabilities"] == 1, listed
+        assert httpx.get(srv.url + "/.well-known/statebus/app-origins").status_code == 401
+        assert owner.delete(APPS_PATH + "/guestbook").status_code == 200
+        assert srv.server.statebus_app.state.auth.access.capabilities.live("guestbook") == 0  # revoked
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.get("/~/guestbook/hello").status_code == 404  # no such app any more
+        assert httpx.get(srv.url + "/", headers=on_host(srv, "guestbook")).status_code == 404

@@ -53,6 +53,9 @@ class FolderApps:
     def get(self, name: str) -> FolderApp | None:
         return self.apps.get(name)
 
+    def list(self) -> list[FolderApp]:
+        return [self.apps[n] for n in sorted(self.apps)]
+
     def add(self, folder: Path) -> FolderApp:
         manifest = json.loads((folder / "statebus-app.json").read_text())
         digest = hashlib.sha256()
