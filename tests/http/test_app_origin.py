@@ -16,15 +16,13 @@ import httpx
 import pytest
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
-from statebus.apps.bundle import pack, sign
 from statebus.apps.patterns import Grants
 from statebus.http.app_origin import inline_script_hashes
-from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
+from statebus.http.apps import APPS_PATH
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
 from statebus.testing.live_server import LiveServer, SseReader, live_server
-from tests.apps.conftest import MAX, app_copy, author_key
-from tests.support.apps import FolderApps, write_app
+from tests.support.apps import FolderApps, install_guestbook, write_app
 
 GUESTBOOK = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": ["guestbook/"]}
 
@@ -236,18 +234,9 @@ def test_capability_store_codes_expire_and_capabilities_are_bounded() -> None:
 
 
 def test_an_installed_bundle_is_served_on_its_origin_until_removed(tmp_path: Path) -> None:
-    author = author_key()
-    data = pack(app_copy(tmp_path / "guestbook", author), MAX)
-    sig = base64.b64encode(json.dumps(sign(data, author).to_json()).encode()).decode()
+    grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
     with live_server(tmp_path / "node") as srv, httpx.Client(base_url=srv.url, headers=srv.auth) as owner:
-        checked = owner.post(
-            APPS_PATH + "/check", content=data, headers={"content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}
-        )
-        assert checked.status_code == 200, checked.text
-        grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
-        bundle_hash = hashlib.sha256(data).hexdigest()
-        installed = owner.post(APPS_PATH + "/install", json={"hash": bundle_hash, "grant": grant})
-        assert installed.status_code == 200, installed.text
+        install_guestbook(srv.url, srv.auth, tmp_path, grant)
         page = httpx.get(srv.url + "/", headers=on_host(srv, "guestbook"))
         assert page.status_code == 200 and "<h1>Guestbook</h1>" in page.text, page.text
         assert "script-src 'self';" in page.headers["content-security-policy"]  # no inline script
