@@ -17,8 +17,11 @@ import pytest
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
 from statebus.apps.patterns import Grants
-from statebus.http.app_origin import inline_script_hashes
+from statebus.config import Settings
+from statebus.http.app_origin import AppOrigins, inline_script_hashes
 from statebus.http.apps import APPS_PATH
+from statebus.http.auth import OwnerAuth
+from statebus.http.origins import OriginPolicy
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
 from statebus.testing.live_server import LiveServer, SseReader, live_server
@@ -256,3 +259,27 @@ def test_an_installed_bundle_is_served_on_its_origin_until_removed(tmp_path: Pat
         with as_app(srv, "guestbook", cap) as app:
             assert app.get("/~/guestbook/hello").status_code == 404  # no such app any more
         assert httpx.get(srv.url + "/", headers=on_host(srv, "guestbook")).status_code == 404
+
+
+def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, public_origins=("https://node.example.org",))
+    auth = OwnerAuth(None, node="c" * 52, origins=OriginPolicy.of(settings))
+    origins = AppOrigins(settings, auth)
+
+    def scope(host: str) -> dict[str, Any]:
+        return {"type": "http", "scheme": "http", "headers": [(b"host", host.encode())]}
+
+    assert origins.app_of(scope("guestbook.node.example.org")) == "guestbook"
+    assert origins.app_of(scope("guestbook.localhost:8765")) == "guestbook"
+    assert origins.app_of(scope("a.b.node.example.org")) == ""  # a subdomain, but no app's name
+    for node_host in ("node.example.org", "127.0.0.1:8765", "localhost:8765", "example.org"):
+        assert origins.app_of(scope(node_host)) is None, node_host
+    headers = {"host": "node.example.org"}
+    assert origins.origin_for(scope("node.example.org"), headers, "chat") == "https://chat.node.example.org"
+    local = {"host": "127.0.0.1:8765"}
+    assert origins.origin_for(scope("127.0.0.1:8765"), local, "chat") == "http://chat.localhost:8765"
+    # behind the TLS proxy the app's cookie is __Host- and Secure, and its https pages are its own
+    app_headers = {"host": "chat.node.example.org"}
+    assert (
+        auth.app_cookie_name(scope("chat.node.example.org"), app_headers) == "__Host-statebus_app_" + "c" * 16
+    )
