@@ -185,7 +185,8 @@ def test_revoking_cuts_the_streams_opened_with_it(node: tuple[LiveServer, Any]) 
             with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, StopIteration)):
                 while True:
                     events.append(reader.next_event())
-            assert any(e.get("event") == "error" for e in events) or not events, events
+            assert [e.get("event") for e in events] == ["error"], events
+            assert "revoked" in json.dumps(events[0]), events
         r = app.get("/~/guestbook/entries/1")
         assert r.status_code == 401 and "capability" in r.json()["detail"]
         assert app.put("/~/guestbook/entries/2", json=2).status_code == 401

@@ -128,7 +128,8 @@
             name.append(link, ' ' + (app.version || ''))
             const about = document.createElement('div')
             about.className = 'hint'
-            about.textContent = (app.description || '') + ' ' + app.origin
+            about.textContent = (app.description || '') + ' ' + app.origin +
+                (app.capabilities ? ` · open with ${app.capabilities} live capabilit${app.capabilities === 1 ? 'y' : 'ies'}` : '')
             name.append(about)
             cell(row, grantsText(app.granted), 'app-grants')
             const rt = app.runtime
