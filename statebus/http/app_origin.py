@@ -63,6 +63,8 @@ STATUS_PATH: Final = "/.well-known/statebus/app-origins"
 SCRIPT_PATH: Final = "/statebus.js"
 INDEX_FILE: Final = "index.html"
 MAX_HASHED_SCRIPTS: Final = 64
+MAX_POLICIES: Final = 4096
+"""HTML pages whose policy (with their inline scripts' hashes) is remembered at once."""
 _INLINE_SCRIPT: Final = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
 _SRC_ATTR: Final = re.compile(rb"\bsrc\s*=", re.IGNORECASE)
 
@@ -242,53 +244,51 @@ class AppOrigins:
             return
         if scope["type"] != "http":
             return
-        response = await self.dispatch(scope, receive, _with_policy(send, BASE_POLICY), name)
-        if response is not None:
-            await response(scope, receive, _with_policy(send, self._policy_of(response)))
-
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send, name: str) -> Response | None:
+        sender = _with_policy(send, BASE_POLICY)
         app = self.installed(name)
+        path: str = scope["path"]
+        first = path.split("/", 2)[1] if path.startswith("/") else ""
         if app is None:
-            return error_response(404, "not_found", "no app of that name is installed on this node")
+            response = error_response(404, "not_found", "no app of that name is installed on this node")
+        elif path == LAUNCH_PATH:
+            response = self.redeem(scope, name)
+        elif (path == INFO_PATH or first == "~" or is_pubkey(first)) and self.node_app is not None:
+            await self.node_app(scope, receive, sender)  # the key API, as this app's capability
+            return
+        else:
+            response, policy = self.web(scope, name, app)
+            sender = _with_policy(send, policy)
+        await response(scope, receive, sender)
+
+    def web(self, scope: Scope, name: str, app: InstalledWeb) -> tuple[Response, str]:
+        """A web file of ``app`` (or ``/statebus.js``) and the policy to serve it with: an HTML page
+        gets the hashes of its inline scripts in ``script-src``."""
         path: str = scope["path"]
         method = str(scope["method"]).upper()
-        if path == LAUNCH_PATH:
-            return self.redeem(scope, name)
-        first = path.split("/", 2)[1] if path.startswith("/") else ""
-        if (path == INFO_PATH or first == "~" or is_pubkey(first)) and self.node_app is not None:
-            await self.node_app(scope, receive, send)
-            return None
         if method not in ("GET", "HEAD"):
-            return error_response(405, "method_not_allowed", "an app's web files are read only")
+            return error_response(405, "method_not_allowed", "an app's web files are read only"), BASE_POLICY
         if path == SCRIPT_PATH and self.script is not None and self.script.is_file():
-            return FileResponse(self.script, media_type="text/javascript; charset=utf-8")
+            return FileResponse(self.script, media_type="text/javascript; charset=utf-8"), BASE_POLICY
         rel = path.lstrip("/")
         if rel == "" or rel.endswith("/"):
             rel += INDEX_FILE
         found = app.web_file(rel)
         if found is None:
-            return error_response(404, "not_found", f"app {name} has no file {rel}")
+            return error_response(404, "not_found", f"app {name} has no file {rel}"), BASE_POLICY
         body, content_type = found
         response = Response(body if method == "GET" else b"", media_type=content_type)
         if method == "HEAD":
             response.headers["content-length"] = str(len(body))
         response.headers["cache-control"] = "no-cache"
-        if content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
-            key = (name, app.bundle_hash, rel)
-            policy = self._policies.get(key)
-            if policy is None:
-                if len(self._policies) > 4096:
-                    self._policies.clear()
-                policy = self._policies[key] = app_policy(inline_script_hashes(body))
-            response.headers["x-statebus-policy"] = policy  # moved into the CSP by _policy_of
-        return response
-
-    def _policy_of(self, response: Response) -> str:
-        policy = response.headers.get("x-statebus-policy")
-        if policy is not None:
-            del response.headers["x-statebus-policy"]
-            return policy
-        return BASE_POLICY
+        if content_type.split(";")[0].strip().lower() not in ("text/html", "application/xhtml+xml"):
+            return response, BASE_POLICY
+        key = (name, app.bundle_hash, rel)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) > MAX_POLICIES:
+                self._policies.clear()
+            policy = self._policies[key] = app_policy(inline_script_hashes(body))
+        return response, policy
 
     # ------------------------------------------------------------------ the launch
 
