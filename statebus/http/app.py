@@ -60,7 +60,9 @@ class NodeApp(Starlette):
     middleware and router walk. Everything else (other routes, websockets, lifespan) goes through
     Starlette as usual. The prefixes are read once, from the ``routes`` given: every route is passed
     to :func:`build_app` (``extra_routes``), none is added later. A route without a literal prefix, or
-    middleware added with ``add_middleware``, turns the short way off.
+    middleware added with ``add_middleware``, turns the short way off. A request whose ``Host`` names an
+    installed app's origin (``<name>.localhost``) goes to ``app_origins`` first
+    (:mod:`statebus.http.app_origin`), which hands its key requests back here marked as that app's.
 
     Args:
         keys: the ASGI app serving key requests (also reachable through ``key_route``).

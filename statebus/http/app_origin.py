@@ -41,11 +41,11 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from statebus.access.capabilities import GrantSet
+from statebus.apps.patterns import Grants
 from statebus.config import Settings
 from statebus.errors import Forbidden, NotFound, StatebusError
 from statebus.http.auth import APP_SCOPE, OwnerAuth
@@ -59,9 +59,12 @@ APP_NAME: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 LOCALHOST: Final = "localhost"
 LAUNCH_PATH: Final = "/.statebus/launch"
 LAUNCH_ROUTE: Final = "/launch/{name}"
+STATUS_PATH: Final = "/.well-known/statebus/app-origins"
 SCRIPT_PATH: Final = "/statebus.js"
 INDEX_FILE: Final = "index.html"
 MAX_HASHED_SCRIPTS: Final = 64
+MAX_POLICIES: Final = 4096
+"""HTML pages whose policy (with their inline scripts' hashes) is remembered at once."""
 _INLINE_SCRIPT: Final = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
 _SRC_ATTR: Final = re.compile(rb"\bsrc\s*=", re.IGNORECASE)
 
@@ -70,10 +73,13 @@ class InstalledWeb(Protocol):
     """What the origin needs of an installed app (``statebus.apps.registry.InstalledApp``)."""
 
     @property
+    def name(self) -> str: ...
+
+    @property
     def bundle_hash(self) -> str: ...
 
     @property
-    def granted(self) -> GrantSet: ...
+    def granted(self) -> Grants: ...
 
     def web_file(self, path: str) -> tuple[bytes, str] | None: ...
 
@@ -83,12 +89,29 @@ class AppDirectory(Protocol):
 
     def get(self, name: str) -> InstalledWeb | None: ...
 
+    def list(self) -> Sequence[InstalledWeb]: ...
+
+
+class AppStatusLike(Protocol):
+    """One app's runtime state (``statebus.apps.handlers.AppStatus``)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class AppRunner(Protocol):
+    """What runs the apps' handlers (``statebus.apps.handlers.AppHost``): its status per app."""
+
+    def status(self) -> Sequence[AppStatusLike]: ...
+
 
 class NoApps:
     """The directory of a node without installed apps."""
 
     def get(self, name: str) -> InstalledWeb | None:
         return None
+
+    def list(self) -> Sequence[InstalledWeb]:
+        return []
 
 
 def inline_script_hashes(html: bytes) -> list[str]:
@@ -152,6 +175,7 @@ class AppOrigins:
     ) -> None:
         self.auth = auth
         self.apps: AppDirectory = apps if apps is not None else NoApps()
+        self.runner: AppRunner | None = None
         self.script = script
         self.node_app: ASGIApp | None = None
         hosts = [urlsplit(o).hostname or "" for o in settings.public_origins]
@@ -160,10 +184,21 @@ class AppOrigins:
         self.suffixes: tuple[str, ...] = tuple(sorted("." + h for h in names))
         self._policies: dict[tuple[str, str, str], str] = {}
 
-    def use(self, apps: AppDirectory) -> None:
-        """Serve ``apps`` from now on (the registry, once the node has one)."""
+    def use(self, apps: AppDirectory, runner: AppRunner | None = None) -> None:
+        """Serve ``apps`` from now on (the registry, once the node has one); ``runner`` reports
+        their handlers' state on the node's page."""
         self.apps = apps
+        self.runner = runner
         self._policies.clear()
+
+    def installed(self, name: str) -> InstalledWeb | None:
+        """The installed app ``name``, or None (not installed, or its bundle no longer checks out)."""
+        if not name:
+            return None
+        try:
+            return self.apps.get(name)
+        except StatebusError:
+            return None
 
     # ------------------------------------------------------------------ routing
 
@@ -202,60 +237,58 @@ class AppOrigins:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         scope[APP_SCOPE] = name
         if scope["type"] == "websocket":
-            if scope["path"] == WS_PATH and name and self.node_app is not None and self.apps.get(name):
+            if scope["path"] == WS_PATH and self.node_app is not None and self.installed(name):
                 await self.node_app(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http":
             return
-        response = await self.dispatch(scope, receive, _with_policy(send, BASE_POLICY), name)
-        if response is not None:
-            await response(scope, receive, _with_policy(send, self._policy_of(response)))
-
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send, name: str) -> Response | None:
-        app = self.apps.get(name) if name else None
+        sender = _with_policy(send, BASE_POLICY)
+        app = self.installed(name)
+        path: str = scope["path"]
+        first = path.split("/", 2)[1] if path.startswith("/") else ""
         if app is None:
-            return error_response(404, "not_found", "no app of that name is installed on this node")
+            response = error_response(404, "not_found", "no app of that name is installed on this node")
+        elif path == LAUNCH_PATH:
+            response = self.redeem(scope, name)
+        elif (path == INFO_PATH or first == "~" or is_pubkey(first)) and self.node_app is not None:
+            await self.node_app(scope, receive, sender)  # the key API, as this app's capability
+            return
+        else:
+            response, policy = self.web(scope, name, app)
+            sender = _with_policy(send, policy)
+        await response(scope, receive, sender)
+
+    def web(self, scope: Scope, name: str, app: InstalledWeb) -> tuple[Response, str]:
+        """A web file of ``app`` (or ``/statebus.js``) and the policy to serve it with: an HTML page
+        gets the hashes of its inline scripts in ``script-src``."""
         path: str = scope["path"]
         method = str(scope["method"]).upper()
-        if path == LAUNCH_PATH:
-            return self.redeem(scope, name)
-        first = path.split("/", 2)[1] if path.startswith("/") else ""
-        if (path == INFO_PATH or first == "~" or is_pubkey(first)) and self.node_app is not None:
-            await self.node_app(scope, receive, send)
-            return None
         if method not in ("GET", "HEAD"):
-            return error_response(405, "method_not_allowed", "an app's web files are read only")
+            return error_response(405, "method_not_allowed", "an app's web files are read only"), BASE_POLICY
         if path == SCRIPT_PATH and self.script is not None and self.script.is_file():
-            return FileResponse(self.script, media_type="text/javascript; charset=utf-8")
+            return FileResponse(self.script, media_type="text/javascript; charset=utf-8"), BASE_POLICY
         rel = path.lstrip("/")
         if rel == "" or rel.endswith("/"):
             rel += INDEX_FILE
         found = app.web_file(rel)
         if found is None:
-            return error_response(404, "not_found", f"app {name} has no file {rel}")
+            return error_response(404, "not_found", f"app {name} has no file {rel}"), BASE_POLICY
         body, content_type = found
         response = Response(body if method == "GET" else b"", media_type=content_type)
         if method == "HEAD":
             response.headers["content-length"] = str(len(body))
         response.headers["cache-control"] = "no-cache"
-        if content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
-            key = (name, app.bundle_hash, rel)
-            policy = self._policies.get(key)
-            if policy is None:
-                if len(self._policies) > 4096:
-                    self._policies.clear()
-                policy = self._policies[key] = app_policy(inline_script_hashes(body))
-            response.headers["x-statebus-policy"] = policy  # moved into the CSP by _policy_of
-        return response
-
-    def _policy_of(self, response: Response) -> str:
-        policy = response.headers.get("x-statebus-policy")
-        if policy is not None:
-            del response.headers["x-statebus-policy"]
-            return policy
-        return BASE_POLICY
+        if content_type.split(";")[0].strip().lower() not in ("text/html", "application/xhtml+xml"):
+            return response, BASE_POLICY
+        key = (name, app.bundle_hash, rel)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) > MAX_POLICIES:
+                self._policies.clear()
+            policy = self._policies[key] = app_policy(inline_script_hashes(body))
+        return response, policy
 
     # ------------------------------------------------------------------ the launch
 
@@ -292,7 +325,7 @@ class AppOrigins:
                 raise Forbidden("only the node's owner launches apps: log in first", status_hint=401)
             if self.auth.origins.foreign_origin(request.scope, request.headers):
                 raise Forbidden("apps are launched from the node's own page")
-            app = self.apps.get(name) if APP_NAME.fullmatch(name) else None
+            app = self.installed(name) if APP_NAME.fullmatch(name) else None
             if app is None or self.auth.access is None:
                 raise NotFound(f"no app named {name!r} is installed on this node")
         except StatebusError as exc:
@@ -304,9 +337,46 @@ class AppOrigins:
         response.headers["referrer-policy"] = "no-referrer"
         return response
 
+    async def status(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/app-origins`` (the owner only): what the node's page lists per
+        installed app: its version, grants, origin, launch link, live capabilities and, with a
+        runner, its handlers' state (running / trapped and why), call count and costs."""
+        try:
+            client = self.auth.authenticate(request)
+            if not client.owner:
+                raise Forbidden("only the node's owner sees its apps", status_hint=401)
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        runtime: dict[str, dict[str, Any]] = {}
+        if self.runner is not None:
+            for st in self.runner.status():
+                entry = st.to_json()
+                runtime[str(entry.get("name"))] = entry
+        caps = self.auth.access.capabilities if self.auth.access is not None else None
+        out = []
+        for app in self.apps.list():
+            manifest = getattr(app, "manifest", None)
+            out.append(
+                {
+                    "name": app.name,
+                    "version": getattr(manifest, "version", None),
+                    "description": getattr(manifest, "description", None),
+                    "hash": app.bundle_hash,
+                    "granted": app.granted.to_json(),
+                    "origin": self.origin_for(request.scope, request.headers, app.name),
+                    "launch": LAUNCH_ROUTE.replace("{name}", app.name),
+                    "capabilities": caps.live(app.name) if caps is not None else 0,
+                    "runtime": runtime.get(app.name),
+                }
+            )
+        return JSONResponse({"apps": out}, headers={"cache-control": "no-store"})
+
     def routes(self) -> Sequence[BaseRoute]:
-        """The node-origin routes: ``/launch/<name>``."""
-        return [Route(LAUNCH_ROUTE, self.launch, methods=["GET"])]
+        """The node-origin routes: ``/launch/<name>`` and the owner's apps status."""
+        return [
+            Route(LAUNCH_ROUTE, self.launch, methods=["GET"]),
+            Route(STATUS_PATH, self.status, methods=["GET"]),
+        ]
 
 
 def _with_policy(send: Send, policy: str) -> Send:

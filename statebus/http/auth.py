@@ -234,7 +234,8 @@ class OwnerAuth:
                 "an app's origin takes no Authorization header: its page acts with its capability only",
                 status_hint=401,
             )
-        if self.origins.foreign_origin(scope, headers):
+        secure = self.origins.is_secure(scope, headers)  # behind a TLS proxy the page's origin is https
+        if self.origins.foreign_origin({**scope, "scheme": "https"} if secure else scope, headers):
             raise Forbidden(f"app {app}'s origin answers its own pages only (the request came from another)")
         raw = headers.get("cookie")
         name = self.app_cookie_name(scope, headers)

@@ -18,7 +18,7 @@ from statebus.http.auth import cookie_name
 from statebus.http.websocket import WS_PATH
 from statebus.testing.live_server import LiveServer, live_server
 from statebus.testing.planted import SANDBOXED, visit_args
-from tests.support.apps import FolderApps, write_app
+from tests.support.apps import FolderApps, install_guestbook, write_app
 from tests.support.node_harness import browser_available, run_browser
 
 pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
@@ -185,3 +185,58 @@ def test_a_revoked_capability_stops_at_once(tmp_path: Path) -> None:
     assert r["opened"] == ["open"], r
     assert r["after"] and r["after"][0] in ("connecting", "closed"), r  # the stream was cut
     assert r["get"] == 401, r
+
+
+NODE_PAGE_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  for (let i = 0; i < 200 && !document.querySelector('#apps-list tr'); i++) await sleep(50);
+  const row = document.querySelector('#apps-list tr');
+  window.__result = {
+    hidden: document.getElementById('apps').hidden,
+    cells: row ? [...row.children].map(td => td.textContent) : null,
+    href: row ? row.querySelector('a').getAttribute('href') : null,
+  };
+  window.__done = true;
+})()
+"""
+
+GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
+  entries: [...document.querySelectorAll('#entries li')].map(li => li.textContent)}))()"""
+
+
+def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path) -> None:
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
+        install_guestbook(srv.url, srv.auth, tmp_path, grant)
+        entry = {"name": "Ann", "text": "hello from the owner"}
+        httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        app = f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
+        visits = [
+            f"{srv.url}/launch/guestbook",
+            "--visit-wait",
+            "document.querySelectorAll('#entries li').length > 0",
+            "--visit-wait-ms",
+            "15000",
+            "--visit-probe",
+            GUESTBOOK_PROBE,
+        ]
+        out = run_browser(
+            f"{srv.url}/login?token={srv.token}",
+            NODE_PAGE_SCRIPT,
+            timeout=90,
+            extra_args=["--visit", *visits],
+        )
+    assert out["ok"], out
+    r = out["result"]
+    assert r["hidden"] is False and r["href"] == "/launch/guestbook", r
+    name, granted, state, calls, cost = r["cells"]
+    assert name.startswith("guestbook 1.0.0") and app in name, name
+    assert granted == "read guestbook/; write guestbook/", granted
+    assert state == "no handlers running" and calls == "–" and cost == "–", (
+        r
+    )  # no app runner on this node yet
+    (seen,) = out["visits"]
+    assert seen["error"] is None and seen["waited"] is True, seen
+    assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen
+    assert seen["probe"]["entries"] == ["Annhello from the owner"], seen

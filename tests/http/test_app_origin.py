@@ -17,11 +17,15 @@ import pytest
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
 from statebus.apps.patterns import Grants
-from statebus.http.app_origin import inline_script_hashes
+from statebus.config import Settings
+from statebus.http.app_origin import AppOrigins, inline_script_hashes
+from statebus.http.apps import APPS_PATH
+from statebus.http.auth import OwnerAuth
+from statebus.http.origins import OriginPolicy
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
 from statebus.testing.live_server import LiveServer, SseReader, live_server
-from tests.support.apps import FolderApps, write_app
+from tests.support.apps import FolderApps, install_guestbook, write_app
 
 GUESTBOOK = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": ["guestbook/"]}
 
@@ -181,7 +185,8 @@ def test_revoking_cuts_the_streams_opened_with_it(node: tuple[LiveServer, Any]) 
             with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, StopIteration)):
                 while True:
                     events.append(reader.next_event())
-            assert any(e.get("event") == "error" for e in events) or not events, events
+            assert [e.get("event") for e in events] == ["error"], events
+            assert "revoked" in json.dumps(events[0]), events
         r = app.get("/~/guestbook/entries/1")
         assert r.status_code == 401 and "capability" in r.json()["detail"]
         assert app.put("/~/guestbook/entries/2", json=2).status_code == 401
@@ -230,3 +235,52 @@ def test_capability_store_codes_expire_and_capabilities_are_bounded() -> None:
     assert store.why_not(narrow, "read", f"/{'b' * 52}/g/entries/1") is None
     assert store.why_not(narrow, "list", f"/{'b' * 52}/g/entries/") is not None  # deeper keys not granted
     assert store.revoke("g") == MAX_PER_APP and store.verify(secrets[-1]) is None
+
+
+def test_an_installed_bundle_is_served_on_its_origin_until_removed(tmp_path: Path) -> None:
+    grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
+    with live_server(tmp_path / "node") as srv, httpx.Client(base_url=srv.url, headers=srv.auth) as owner:
+        install_guestbook(srv.url, srv.auth, tmp_path, grant)
+        page = httpx.get(srv.url + "/", headers=on_host(srv, "guestbook"))
+        assert page.status_code == 200 and "<h1>Guestbook</h1>" in page.text, page.text
+        assert "script-src 'self';" in page.headers["content-security-policy"]  # no inline script
+        cap = launch(srv, "guestbook")
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.put("/~/guestbook/hello", json="hi").status_code == 200
+            # the owner grants less than asked: reading other namespaces was not granted
+            r = app.get(f"/{'a' * 52}/guestbook/x")
+            assert r.status_code == 403 and r.json()["error"] == "outside_grant"
+        listed = owner.get("/.well-known/statebus/app-origins").json()["apps"]
+        assert listed[0]["name"] == "guestbook" and listed[0]["version"] == "1.0.0", listed
+        assert listed[0]["origin"] == app_url(srv, "guestbook") and listed[0]["launch"] == "/launch/guestbook"
+        assert listed[0]["granted"] == grant and listed[0]["capabilities"] == 1, listed
+        assert httpx.get(srv.url + "/.well-known/statebus/app-origins").status_code == 401
+        assert owner.delete(APPS_PATH + "/guestbook").status_code == 200
+        assert srv.server.statebus_app.state.auth.access.capabilities.live("guestbook") == 0  # revoked
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.get("/~/guestbook/hello").status_code == 404  # no such app any more
+        assert httpx.get(srv.url + "/", headers=on_host(srv, "guestbook")).status_code == 404
+
+
+def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, public_origins=("https://node.example.org",))
+    auth = OwnerAuth(None, node="c" * 52, origins=OriginPolicy.of(settings))
+    origins = AppOrigins(settings, auth)
+
+    def scope(host: str) -> dict[str, Any]:
+        return {"type": "http", "scheme": "http", "headers": [(b"host", host.encode())]}
+
+    assert origins.app_of(scope("guestbook.node.example.org")) == "guestbook"
+    assert origins.app_of(scope("guestbook.localhost:8765")) == "guestbook"
+    assert origins.app_of(scope("a.b.node.example.org")) == ""  # a subdomain, but no app's name
+    for node_host in ("node.example.org", "127.0.0.1:8765", "localhost:8765", "example.org"):
+        assert origins.app_of(scope(node_host)) is None, node_host
+    headers = {"host": "node.example.org"}
+    assert origins.origin_for(scope("node.example.org"), headers, "chat") == "https://chat.node.example.org"
+    local = {"host": "127.0.0.1:8765"}
+    assert origins.origin_for(scope("127.0.0.1:8765"), local, "chat") == "http://chat.localhost:8765"
+    # behind the TLS proxy the app's cookie is __Host- and Secure, and its https pages are its own
+    app_headers = {"host": "chat.node.example.org"}
+    assert (
+        auth.app_cookie_name(scope("chat.node.example.org"), app_headers) == "__Host-statebus_app_" + "c" * 16
+    )

@@ -5,13 +5,19 @@ independently of) bundles. It offers what :class:`statebus.http.app_origin.AppDi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from statebus.apps.bundle import pack, sign
 from statebus.apps.patterns import Grants
+from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
+from tests.apps.bundles import MAX, app_copy, author_key
 
 GUESTBOOK_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Guestbook</title>
@@ -53,6 +59,9 @@ class FolderApps:
     def get(self, name: str) -> FolderApp | None:
         return self.apps.get(name)
 
+    def list(self) -> list[FolderApp]:
+        return [self.apps[n] for n in sorted(self.apps)]
+
     def add(self, folder: Path) -> FolderApp:
         manifest = json.loads((folder / "statebus-app.json").read_text())
         digest = hashlib.sha256()
@@ -83,3 +92,17 @@ def write_app(
         (folder / "web" / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / "web" / rel).write_text(text)
     return folder
+
+
+def install_guestbook(base_url: str, owner: dict[str, str], tmp: Path, grant: dict[str, list[str]]) -> str:
+    """apps/guestbook packed, signed, checked and installed on a running node through the owner's
+    app routes (statebus.http.apps) with ``grant``; returns the bundle hash."""
+    author = author_key()
+    data = pack(app_copy(tmp / "guestbook", author), MAX)
+    sig = base64.b64encode(json.dumps(sign(data, author).to_json()).encode()).decode()
+    with httpx.Client(base_url=base_url, headers=owner, timeout=10) as client:
+        headers = {"content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}
+        client.post(APPS_PATH + "/check", content=data, headers=headers).raise_for_status()
+        bundle_hash = hashlib.sha256(data).hexdigest()
+        client.post(APPS_PATH + "/install", json={"hash": bundle_hash, "grant": grant}).raise_for_status()
+    return bundle_hash
