@@ -38,8 +38,8 @@ class Limits:
     """Linear memory of the app's wasm instance (a wasmtime store limit)."""
     call_seconds: float = 0.1
     """Wall time one call may take (interrupt / epoch deadline)."""
-    fuel: int = 200_000_000
-    """Raw-wasm path only: fuel per call (deterministic; about 25–40 ms of tight loop here)."""
+    fuel: int = 50_000_000
+    """Raw-wasm path only: fuel per call (deterministic; about 5–10 ms of tight loop here, idle)."""
     max_input_bytes: int = 2 << 20
     max_output_bytes: int = 1 << 20
     max_host_calls: int = 1000

@@ -237,13 +237,13 @@ class WasmSandbox:
         self.store.close()
 
 
-def _trap_text(exc: Exception, limits: Limits) -> str:
+def _trap_text(exc: w.Trap, limits: Limits) -> str:
     text = str(exc)
-    if "all fuel consumed" in text:
+    if exc.trap_code == w.TrapCode.OUT_OF_FUEL:
         return f"ran out of fuel ({limits.fuel} per call)"
-    if "interrupt" in text:
+    if exc.trap_code == w.TrapCode.INTERRUPT:
         return f"ran past its time budget ({limits.call_seconds:g} s)"
-    if "call stack exhausted" in text:
+    if exc.trap_code == w.TrapCode.STACK_OVERFLOW:
         return "recursed too deep (wasm stack exhausted)"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return f"wasm trap: {(lines[-1] if lines else type(exc).__name__).strip()[:200]}"
