@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
+from statebus.apps.sandbox import Limits
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
@@ -133,7 +134,8 @@ def node_app(
     """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
     first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``.
     ``app.state.apps`` is the node's :class:`~statebus.apps.handlers.AppHost` (hosted apps)."""
-    apps = AppHost(node, access.op_gate)
+    limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
+    apps = AppHost(node, access.op_gate, limits=limits)
     node.on_close.append(apps.close)
     if federation is None:
         app = build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
