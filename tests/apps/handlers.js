@@ -33,3 +33,4 @@ function huge(op) { return "x".repeat(10 * 1024 * 1024); }
 function readSecret(op) { return host.get("private/diary") === undefined; }
 function writeOutside(op) { host.put("private/diary", "pwned"); return true; }
 function putInValidate(op) { host.put("gb/last", 1); return true; }
+function coin(op) { return Math.random() < 0.5 || "tails (" + Date.now() + ")"; }
