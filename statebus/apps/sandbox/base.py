@@ -97,6 +97,7 @@ class RunnerStats:
     calls: int = 0
     traps: int = 0
     rejected: int = 0
+    """Writes refused: the handler threw (counted here) or gave a refusing verdict (counted by the host)."""
     denied: int = 0
     """Host calls refused (outside the grants or over budget)."""
     restarts: int = 0
