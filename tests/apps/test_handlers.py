@@ -19,8 +19,10 @@ from statebus.testing.live_server import LiveServer, live_server
 
 from .support import SOURCE, gb_spec
 
-GET_P99_BOUND = 0.05
-"""Seconds: another client's GET p99 while a hostile handler spins (docs/apps.md)."""
+GET_P99_BOUND = 0.1
+"""Seconds: another client's GET p99 while a hostile handler spins stays under one handler call's
+time budget (100 ms): a GET never waits for a handler (docs/apps.md). Measured here: 4-17 ms; with
+the handler run on the event loop instead, 244 ms (median 110 ms)."""
 
 
 def on_loop(srv: LiveServer, fn: Callable[[], Any]) -> Any:
@@ -177,3 +179,4 @@ def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
         print(f"GET p99 while a handler spins: {p99 * 1000:.1f} ms (median {median * 1000:.1f} ms)")
         assert set(spins) == {422} and len(spins) >= 2
         assert p99 < GET_P99_BOUND
+        assert median < GET_P99_BOUND / 5
