@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -196,3 +197,45 @@ def test_a_source_that_does_not_load_is_a_trap() -> None:
         JsSandbox("function f() {}", ["f", "missing"], Limits())
     with pytest.raises(Trap, match=r"time budget|did not load"):
         JsSandbox("while (true) {}", ["f"], Limits())
+
+
+class Sleepy:
+    """A Sandbox whose engine cannot be stopped (a call sleeps in the host): what the backstop is for."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        time.sleep(start)
+
+    def call(self, function: str, args: list[JSON], seed: int, host: object) -> JSON:
+        time.sleep(float(function))
+        return function
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_the_backstop_counts_from_the_call_not_the_start() -> None:
+    limits = Limits(backstop_seconds=0.3)
+    slow_start = AppRunner("slow", lambda: Sleepy(start=0.6), limits)  # a slow first compile
+    try:
+        assert await slow_start.call("0", [], 1, NoHost()) == "0"
+        assert not slow_start.stuck
+    finally:
+        slow_start.close()
+    runner = AppRunner("hang", Sleepy, limits)
+    try:
+        with pytest.raises(Trap, match=r"did not stop within 0\.3 s"):
+            await runner.call("1.0", [], 1, NoHost())
+        assert runner.stuck and runner.state == "trapped"
+        t = time.monotonic()
+        with pytest.raises(Trap, match="stuck in an earlier call"):
+            await runner.call("0", [], 1, NoHost())
+        assert time.monotonic() - t < 0.1  # refused at once, not queued behind the hung call
+        await asyncio.sleep(1.0)  # the hung call comes back: the runner takes calls again
+        assert not runner.stuck
+        assert await runner.call("0", [], 1, NoHost()) == "0"
+    finally:
+        runner.close()

@@ -7,8 +7,9 @@ Rules (see the package docstring for the sandbox's own):
    (the handler said no), the runtime is kept.
 2. :class:`HostApi` methods run on the app's thread; they raise :class:`HostDenied` for anything
    outside the grants or the per-call budget, and the engine turns that into a JS exception.
-3. A runner that does not come back from a call within its backstop (a guest the engine could not
-   stop) is marked stuck: every later call fails at once, the node keeps serving.
+3. A runner whose call has run past its backstop (a guest the engine could not stop) is marked
+   stuck: later calls fail at once, the node keeps serving; if that call ever returns, the runtime
+   is dropped and the runner takes calls again.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class AppRunner:
         self.stuck = False
         self.memory = 0
         self._closed = False
+        self._running_since: float | None = None
 
     def __repr__(self) -> str:
         return f"AppRunner({self.name!r}, {self.state})"
@@ -150,18 +152,24 @@ class AppRunner:
             pass
 
     async def call(self, function: str, args: list[JSON], seed: int, host: HostApi) -> JSON:
-        """Run one handler call on the app's thread, never on the event loop."""
+        """Run one handler call on the app's thread, never on the event loop. The backstop (rule 3)
+        counts from when the call starts running, not while it waits for the runtime to be made."""
         if self.stuck:
             raise Trap(f"app {self.name} is stuck in an earlier call: {self.trap_reason}")
-        fut = self._pool.submit(self._call, function, args, seed, host)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), self.limits.backstop_seconds)
-        except TimeoutError:
+        fut = asyncio.wrap_future(self._pool.submit(self._call, function, args, seed, host))
+        backstop = self.limits.backstop_seconds
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), backstop)
+            except TimeoutError:
+                since = self._running_since
+                if since is None or time.monotonic() - since < backstop:
+                    continue  # still queued, or the runtime is still being made
             self.stuck = True
             self.state = "trapped"
-            self.trap_reason = f"a call to {function} did not stop within {self.limits.backstop_seconds:g} s"
+            self.trap_reason = f"a call to {function} did not stop within {backstop:g} s"
             log.error("app %s: %s", self.name, self.trap_reason)
-            raise Trap(self.trap_reason) from None
+            raise Trap(self.trap_reason)
 
     def call_sync(self, function: str, args: list[JSON], seed: int, host: HostApi) -> JSON:
         """The same call from a thread that is not the event loop (tests, benchmarks)."""
@@ -183,6 +191,7 @@ class AppRunner:
     def _call(self, function: str, args: list[JSON], seed: int, host: HostApi) -> JSON:
         sandbox = self._ensure()
         start = time.perf_counter()
+        self._running_since = time.monotonic()
         try:
             return sandbox.call(function, args, seed, host)
         except GuestError:
@@ -195,7 +204,11 @@ class AppRunner:
             self._drop()
             raise
         finally:
+            self._running_since = None
             self.stats.observe(time.perf_counter() - start)
+            if self.stuck:  # the call the runner gave up on came back: start afresh
+                self.stuck = False
+                self._drop()
             if self._sandbox is not None:
                 self.memory = self._sandbox.memory_bytes()
 
