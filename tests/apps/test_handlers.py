@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import threading
 import time
@@ -180,3 +181,24 @@ def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
         assert set(spins) == {422} and len(spins) >= 2
         assert p99 < GET_P99_BOUND
         assert median < GET_P99_BOUND / 5
+
+
+def test_host_log_is_rate_limited_and_one_line(
+    srv: LiveServer, owner: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = AppSpec(
+        "talk",
+        "1.0.0",
+        "sha256-test",
+        srv.local,
+        Grants.parse(write=["talk/"]),
+        SOURCE,
+        validate={"talk/*": "chatty"},
+    )
+    on_loop(srv, lambda: srv.running.apps.load(spec))
+    caplog.set_level(logging.INFO, logger="statebus.apps")
+    assert owner.put("/~/talk/x", json=1).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
+    assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
+    assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
+    assert srv.running.apps.apps["talk"].logs_dropped == 100 - len(lines)

@@ -13,7 +13,18 @@ from statebus.apps.sandbox.js import FIXED_NOW, JsSandbox, warm
 from statebus.types import JSON
 
 SOURCE = (Path(__file__).parent / "handlers.js").read_text()
-FUNCTIONS = ["validateEntry", "spin", "grow", "deep", "nonJson", "huge", "readSecret", "probe", "clock"]
+FUNCTIONS = [
+    "validateEntry",
+    "spin",
+    "grow",
+    "deep",
+    "nonJson",
+    "huge",
+    "readSecret",
+    "probe",
+    "clock",
+    "busyHost",
+]
 PROBE = r"""
 function probe() {
   const names = [];
@@ -142,6 +153,27 @@ def test_out_of_grant_host_calls_throw_inside_js(source: str) -> None:
         with pytest.raises(GuestError, match="outside the app's read grant"):
             sb.call("readSecret", [ENTRY], 1, host)
         assert host.denied == 1
+    finally:
+        sb.close()
+
+
+class SlowHost(NoHost):
+    """A host whose reads take 5 ms each (a node under load)."""
+
+    def get(self, key: str) -> JSON:
+        time.sleep(0.005)
+        return None
+
+
+def test_time_spent_in_host_calls_counts_against_the_budget(source: str) -> None:
+    """quickjs polls its interrupt only every so many bytecodes; 1000 slow host calls would take 5 s."""
+    sb = make(source)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Trap, match="ran past its time budget"):
+            sb.call("busyHost", [ENTRY], 1, SlowHost())
+        assert time.monotonic() - start < 1.0
+        assert sb.call("validateEntry", [ENTRY, None], 1, NoHost()) is True
     finally:
         sb.close()
 
