@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from statebus.bus import Bus, Change, Subscription
     from statebus.config import Settings
     from statebus.errors import (
+        AppFailed,
+        AppRejected,
         BadBlob,
         BadSignature,
         BlobPending,
@@ -24,11 +26,13 @@ if TYPE_CHECKING:
         Forbidden,
         HistoryCompacted,
         Incomplete,
+        InvalidBundle,
         InvalidKey,
         InvalidOp,
         InvalidRange,
         InvalidValue,
         NotFound,
+        OutsideGrant,
         PreconditionFailed,
         QuotaExceeded,
         RangeNotSatisfiable,
@@ -56,6 +60,8 @@ if TYPE_CHECKING:
     from statebus.storage.sqlite import SqliteStorage
 
 _EXPORTS = {
+    "AppFailed": "statebus.errors",
+    "AppRejected": "statebus.errors",
     "BadBlob": "statebus.errors",
     "BadSignature": "statebus.errors",
     "BlobPending": "statebus.errors",
@@ -68,6 +74,7 @@ _EXPORTS = {
     "HistoryCompacted": "statebus.errors",
     "Identity": "statebus.identity",
     "Incomplete": "statebus.errors",
+    "InvalidBundle": "statebus.errors",
     "InvalidKey": "statebus.errors",
     "InvalidOp": "statebus.errors",
     "InvalidRange": "statebus.errors",
@@ -75,6 +82,7 @@ _EXPORTS = {
     "MemoryStorage": "statebus.storage.memory",
     "Node": "statebus.runtime",
     "NotFound": "statebus.errors",
+    "OutsideGrant": "statebus.errors",
     "Op": "statebus.oplog",
     "Patch": "statebus.oplog",
     "PreconditionFailed": "statebus.errors",

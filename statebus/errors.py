@@ -8,6 +8,7 @@
     ├── CliError                  a ``statebus`` command cannot do what it was asked (one line, exit 1)
     ├── BadSignature        401   an op or request signature does not verify
     ├── Forbidden           403   the author or client may not do this
+    │   └── OutsideGrant    403   an app's capability does not cover this key
     ├── NotFound            404   no such key (never written, or deleted)
     ├── VersionConflict     409   a version id is reused with different content
     ├── StaleParents        409   a client's write names parents that are no longer the key's frontier
@@ -32,7 +33,10 @@
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
     ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
     ├── DerivedKey          405   a write to a derived (reactive) key: its value is computed, not written
-    └── SandboxViolation    422   a hosted handler broke its limits
+    ├── SandboxViolation    422   a hosted handler broke its limits
+    ├── AppRejected         422   a hosted app's validator (or its JSON Schema) refused a write
+    ├── AppFailed           422   a hosted app's handler failed (time, memory, a trap, a bad result)
+    └── InvalidBundle       422   an app bundle is malformed, tampered with or mis-signed: nothing installed
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
 ``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
@@ -91,6 +95,10 @@ class BadSignature(StatebusError):
 
 class Forbidden(StatebusError):
     status_hint = 403
+
+
+class OutsideGrant(Forbidden):
+    """A request made with an app's capability names a key outside the app's granted patterns."""
 
 
 class NotFound(StatebusError):
@@ -241,4 +249,25 @@ class DerivedKey(StatebusError):
 
 
 class SandboxViolation(StatebusError):
+    status_hint = 422
+
+
+class AppRejected(StatebusError):
+    """A hosted app's validator said no (its verdict) or its JSON Schema does not hold: the write is
+    refused and nothing changed. The detail names the app and its reason."""
+
+    status_hint = 422
+
+
+class AppFailed(StatebusError):
+    """A hosted app's handler could not give a verdict (it ran past its time or memory budget, trapped,
+    returned something not JSON or too large): the write is refused, the app's runtime restarted."""
+
+    status_hint = 422
+
+
+class InvalidBundle(StatebusError):
+    """An app bundle (or its manifest, or its signature) is refused: malformed, tampered with, signed
+    by another key, or holding a path that could leave its folder. Nothing was installed."""
+
     status_hint = 422

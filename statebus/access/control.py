@@ -30,6 +30,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from statebus.access.acl import acl_prefix, check_acl_value
+from statebus.access.capabilities import CapabilityStore
 from statebus.access.gate import SignatureGate
 from statebus.access.limits import RateLimiter, SubscriptionCounter
 from statebus.access.op_gate import OpGate
@@ -88,6 +89,9 @@ class AccessControl:
             settings.public_addresses,
             max_skew=settings.max_clock_skew,
         )
+        self.capabilities = CapabilityStore(self.local)
+        """The installed apps' scoped capabilities (:mod:`statebus.access.capabilities`)."""
+        self.capabilities.watch(node)
         self._policies: dict[PubKey, AccessPolicy] = {}
         self._watches: list[_Watch] = []
         self.node.handle(acl_prefix(self.local), to_save=_check_acl_op)
@@ -318,7 +322,7 @@ class AccessControl:
         Returns the change (the current state when the op was already stored). Nothing is stored
         when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace).
         """
-        admitted = self.op_gate.admit(body, _ClientDoor(self, submitter, key))
+        admitted = await self.op_gate.admit_async(body, _ClientDoor(self, submitter, key))
         change: Change | None = None
         try:
             change = await self.node.apply(admitted.op, peer=submitter, encoded=admitted.encoded)

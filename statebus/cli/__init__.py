@@ -15,6 +15,8 @@ Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defa
 ``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
 Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
 federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
+The hosted-app commands (``statebus app pack|publish|install|list|upgrade|remove``) are in
+:mod:`statebus.cli.apps`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from statebus.cli import apps as apps_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
@@ -284,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
     keys_cli.register(sub)
     federation_cli.register(sub)
+    apps_cli.register(sub)
     return parser
 
 

@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statebus.access.control import AccessControl
 from statebus.config import Settings
-from statebus.http.auth import OwnerAuth, login
+from statebus.http.app_origin import AppDirectory, AppOrigins
+from statebus.http.auth import APP_SCOPE, OwnerAuth, login
 from statebus.http.encode import EncodeCache
 from statebus.http.errors import error_response
 from statebus.http.keys import KeyEndpoint
@@ -59,7 +60,9 @@ class NodeApp(Starlette):
     middleware and router walk. Everything else (other routes, websockets, lifespan) goes through
     Starlette as usual. The prefixes are read once, from the ``routes`` given: every route is passed
     to :func:`build_app` (``extra_routes``), none is added later. A route without a literal prefix, or
-    middleware added with ``add_middleware``, turns the short way off.
+    middleware added with ``add_middleware``, turns the short way off. A request whose ``Host`` names an
+    installed app's origin (``<name>.localhost``) goes to ``app_origins`` first
+    (:mod:`statebus.http.app_origin`), which hands its key requests back here marked as that app's.
 
     Args:
         keys: the ASGI app serving key requests (also reachable through ``key_route``).
@@ -68,8 +71,17 @@ class NodeApp(Starlette):
         **kwargs: Starlette's.
     """
 
-    def __init__(self, *, keys: ASGIApp, key_route: BaseRoute, middleware_count: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        keys: ASGIApp,
+        key_route: BaseRoute,
+        middleware_count: int,
+        app_origins: AppOrigins | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.app_origins = app_origins
         self.keys = keys
         self.key_route = key_route
         self._middleware_count = middleware_count
@@ -80,6 +92,12 @@ class NodeApp(Starlette):
         return self._prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origins = self.app_origins
+        if origins is not None and scope["type"] != "lifespan" and APP_SCOPE not in scope:
+            name = origins.app_of(scope)  # an installed app's own origin (statebus.http.app_origin)
+            if name is not None:
+                await origins(scope, receive, send, name)
+                return
         if scope["type"] == "http" and len(self.user_middleware) == self._middleware_count:
             prefixes = self._prefixes
             if prefixes is not None and not scope["path"].startswith(prefixes):
@@ -115,6 +133,7 @@ def build_app(
     extra_routes: Sequence[BaseRoute] = (),
     static_dir: Path | None = STATIC_DIR,
     close_node: bool = True,
+    apps: AppDirectory | None = None,
 ) -> Starlette:
     """The Starlette app serving ``node``.
 
@@ -128,6 +147,8 @@ def build_app(
             added to the app later.
         static_dir: the folder of ``index.html`` / ``statebus.js``, if any.
         close_node: close ``node`` in the lifespan's shutdown.
+        apps: the installed apps, each served on its own origin (``app.state.app_origins``; swap the
+            directory later with its ``use``).
 
     The app's ``state`` holds ``node``, ``settings``, ``streams`` (a :class:`StreamRegistry`; call
     ``close_all()`` before a graceful shutdown so open streams end), ``encode_cache`` and ``auth`` (the
@@ -146,7 +167,10 @@ def build_app(
     async def login_route(request: Request) -> Response:
         return await login(request, auth)
 
+    script_file = static / "statebus.js" if static is not None else None
+    app_origins = AppOrigins(settings, auth, apps, script_file)
     routes: list[BaseRoute] = [*extra_routes, Route("/login", login_route, methods=["GET"])]
+    routes.extend(app_origins.routes())
     if static is not None:
         script = static / "statebus.js"
         if script.is_file():
@@ -180,11 +204,14 @@ def build_app(
         keys=RequestCounter(gated, metrics, on_error=_server_error),
         key_route=key_route,
         middleware_count=len(middleware),
+        app_origins=app_origins,
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
     )
     metrics.state = app.state
+    app_origins.node_app = app
+    app.state.app_origins = app_origins
     app.state.node = node
     app.state.settings = settings
     app.state.streams = registry

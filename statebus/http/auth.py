@@ -30,9 +30,10 @@ from urllib.parse import parse_qs
 from starlette.requests import HTTPConnection, Request, cookie_parser
 from starlette.responses import RedirectResponse, Response
 
+from statebus.access.capabilities import Capability
 from statebus.access.control import AccessControl
 from statebus.access.gate import ADDRESS_COUNTED, SIGNER
-from statebus.errors import Forbidden
+from statebus.errors import Forbidden, OutsideGrant
 from statebus.http.errors import statebus_error_response
 from statebus.http.origins import SAFE_METHODS, OriginPolicy
 from statebus.keys import segments
@@ -48,6 +49,10 @@ login clears it."""
 COOKIE_MAX_AGE = 30 * 24 * 3600
 PUBLIC_SEGMENT = "public"
 MAX_TOKEN_CHARS = 512
+APP_SCOPE = "statebus.app"
+"""ASGI scope entry naming the installed app whose origin a request reached (set by
+:mod:`statebus.http.app_origin`): such a request is authenticated by that app's capability only."""
+APP_COOKIE_PREFIX = "statebus_app_"
 OWNER_CLIENTS = 256
 """Addresses whose owner :class:`Client` is kept for reuse (then the cache starts over)."""
 
@@ -75,16 +80,27 @@ class Client:
     """The remote IP address (rate limits and subscription counts of anonymous clients)."""
     access: AccessControl | None = field(default=None, compare=False, repr=False)
     """The node's access control (None: the placeholder rule below)."""
+    app: Capability | None = field(default=None, compare=False)
+    """An installed app's page, acting with its capability: the owner's key, inside the app's grants
+    only (:mod:`statebus.access.capabilities`); its writes are the owner's, signed by the node."""
 
     @property
     def anonymous(self) -> bool:
         return not self.owner and self.pubkey is None
 
+    @property
+    def writes_as_owner(self) -> bool:
+        """Whether the node writes for this client as its owner (the owner, or an app's capability)."""
+        return self.owner or self.app is not None
+
     def open_events(self, node: Node) -> OpenEvents:
         """How this client's streams are opened on ``node``: ACL-filtered and counted under access
-        control (``node.events`` itself without it)."""
+        control (``node.events`` itself without it); an app's are cut when its capability is revoked."""
         if self.access is None:
             return node.events
+        if self.app is not None:
+            opener = self.access.opener(self.pubkey, f"app:{self.app.app}")
+            return self.access.capabilities.opener(self.app, opener)
         counted = None if self.owner else self.pubkey or f"ip:{self.address}"
         return self.access.opener(self.pubkey, counted)
 
@@ -168,6 +184,9 @@ class OwnerAuth:
     def authenticate_scope(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Client:
         """:meth:`authenticate` for an ASGI ``scope`` whose ``headers`` the caller already read
         (lowercase names; the first value of a repeated header)."""
+        app = scope.get(APP_SCOPE)
+        if app is not None:
+            return self.app_client(scope, headers, app)
         how = self._owner_by(scope, headers)
         if (
             how == "cookie"
@@ -190,6 +209,49 @@ class OwnerAuth:
         if pubkey == self.access.local:
             return self.owner_client(address)
         return Client(owner=False, pubkey=pubkey, address=address, access=self.access)
+
+    def app_cookie_name(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+        """The capability cookie's name on an app's origin: ``statebus_app_<16 chars of the node's
+        pubkey>`` (``__Host-`` first over TLS), so two nodes on one host keep their apps apart."""
+        if self.node is None:
+            return None
+        secure = self.origins.is_secure(scope, headers)
+        return (SECURE_PREFIX if secure else "") + APP_COOKIE_PREFIX + self.node[:COOKIE_ID_CHARS]
+
+    def app_client(self, scope: Mapping[str, Any], headers: Mapping[str, str], app: str) -> Client:
+        """The client of a request on installed app ``app``'s origin: its capability cookie, and
+        nothing else (no owner token, no login cookie, no request signature), from that origin's own
+        pages only.
+
+        Raises:
+            Forbidden: (401) no live capability, an ``Authorization`` header; (403) another origin.
+            OutsideGrant: (403) the capability is another app's.
+        """
+        if self.access is None:
+            raise Forbidden("this node serves no apps (it has no access control)", status_hint=401)
+        if "authorization" in headers:
+            raise Forbidden(
+                "an app's origin takes no Authorization header: its page acts with its capability only",
+                status_hint=401,
+            )
+        secure = self.origins.is_secure(scope, headers)  # behind a TLS proxy the page's origin is https
+        if self.origins.foreign_origin({**scope, "scheme": "https"} if secure else scope, headers):
+            raise Forbidden(f"app {app}'s origin answers its own pages only (the request came from another)")
+        raw = headers.get("cookie")
+        name = self.app_cookie_name(scope, headers)
+        secret = cookie_parser(raw).get(name) if raw and name else None
+        cap = self.access.capabilities.verify(secret) if secret else None
+        if cap is None:
+            raise Forbidden(
+                f"no live capability for app {app}: open it from the node's page (its launch link)",
+                status_hint=401,
+            )
+        if cap.app != app:
+            raise OutsideGrant(f"this capability belongs to app {cap.app}, not to app {app}")
+        peer = scope.get("client")
+        address: str | None = peer[0] if peer else None
+        self.access.hit(None, None if scope.get(ADDRESS_COUNTED) else address)
+        return Client(owner=False, pubkey=self.access.local, address=address, access=self.access, app=cap)
 
     def presents_owner_token(self, headers: Mapping[str, str]) -> bool:
         """Whether ``headers`` (lowercase names) carry the owner token or the login cookie; a wrong
@@ -249,7 +311,10 @@ def _denied(client: Client, what: str) -> Forbidden:
 
 
 def require_read(client: Client, key: Key) -> None:
-    """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may read ``key``."""
+    """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may read ``key``; an app's
+    capability also needs ``key`` inside its read grants (403 ``outside_grant``)."""
+    if client.app is not None and client.access is not None:
+        client.access.capabilities.require(client.app, client.access.action_of(key), key)
     if client.access is not None:
         client.access.require(client.access.action_of(key), client.pubkey, key)
     elif not can_read(client, key):
@@ -257,7 +322,10 @@ def require_read(client: Client, key: Key) -> None:
 
 
 def require_write(client: Client, key: Key) -> None:
-    """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may write ``key``."""
+    """Raise Forbidden (401 anonymous, 403 otherwise) unless ``client`` may write ``key``; an app's
+    capability also needs ``key`` inside its write grants (403 ``outside_grant``)."""
+    if client.app is not None and client.access is not None:
+        client.access.capabilities.require(client.app, "write", key)
     if client.access is not None:
         client.access.require("write", client.pubkey, key)
     elif not can_write(client, key):

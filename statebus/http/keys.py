@@ -127,6 +127,8 @@ def stream_client(client: Client) -> str | None:
     owner (exempt, as from the subscription count)."""
     if client.owner:
         return None
+    if client.app is not None:
+        return sys.intern(f"app:{client.app.app}")
     return client.pubkey or sys.intern(f"ip:{client.address}")
 
 
@@ -351,7 +353,7 @@ class KeyEndpoint:
         require_write(client, key)
         ctype = media_type(headers)
         conditional = "if-match" in headers or "if-none-match" in headers
-        if client.access is not None and (not client.owner or ctype == OP_MEDIA_TYPE):
+        if client.access is not None and (not client.writes_as_owner or ctype == OP_MEDIA_TYPE):
             body = await read_body(receive, headers, self.settings.max_body_bytes)
             if conditional:
                 check_preconditions(self.node.fetch_or_none(key), headers)

@@ -101,8 +101,15 @@ class OriginPolicy:
 
     def is_secure(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
         """Whether the browser reaches the node over TLS here: an https (wss) request, or a ``Host``
-        that a configured ``https://`` origin names (a TLS proxy in front of plain HTTP)."""
+        that a configured ``https://`` origin names (a TLS proxy in front of plain HTTP), or one label
+        below it (an app's origin, ``<name>.<public host>``)."""
         if WEB_SCHEMES.get(str(scope.get("scheme", "http"))) == "https":
             return True
         host = headers.get("host", "") if self.configured else ""
-        return bool(host) and normalize_origin(f"https://{host}") in self.configured
+        if not host:
+            return False
+        if normalize_origin(f"https://{host}") in self.configured:
+            return True
+        # an installed app's origin, <name>.<public host>, is as secure as the public host
+        _, dot, parent = host.partition(".")
+        return bool(dot) and normalize_origin(f"https://{parent}") in self.configured

@@ -178,7 +178,8 @@ class Connection:
         reason = self.budget.spend(size, owner=self.client.owner, now=time.monotonic())
         if reason is None and not self.client.owner and self.client.access is not None:
             try:
-                self.client.access.hit(self.client.pubkey, self.client.address)
+                app = self.client.app is not None  # an app's page counts as its address
+                self.client.access.hit(None if app else self.client.pubkey, self.client.address)
             except RateLimited as exc:
                 reason = exc.detail
         return reason
@@ -246,8 +247,10 @@ class Connection:
     def owner_writes(self) -> None:
         """Ops made here are authored by the node: only the owner writes over the websocket (a signed
         client with write rights sends its own signed op over HTTP; see docs/trust-model.md)."""
-        if not self.client.owner:
-            raise Forbidden("only the owner writes over the websocket: other clients PUT their signed ops")
+        if not self.client.writes_as_owner:
+            raise Forbidden(
+                "only the owner (or an app's page) writes over the websocket: other clients PUT signed ops"
+            )
 
     async def write(self, msg: dict[str, Any]) -> None:
         target = msg["set"]

@@ -31,12 +31,17 @@ from typing import Any
 from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
+from statebus.apps.install import AppService, Follow
+from statebus.apps.registry import AppRegistry
+from statebus.apps.sandbox import Limits
 from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
+from statebus.http.apps import AppRoutes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
@@ -125,6 +130,15 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     return open_node(settings, on_new_identity=on_new_identity)[1]
 
 
+def app_service(
+    node: Node, settings: Settings, host: AppHost | None, *, follow: Follow | None = None
+) -> AppService:
+    """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), run by ``host``. Nothing is
+    loaded yet: :func:`statebus.server.running.start` calls ``registry.load_all()`` on the loop."""
+    registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=host)
+    return AppService(registry, settings, follow=follow)
+
+
 def node_app(
     node: Node,
     settings: Settings,
@@ -133,28 +147,54 @@ def node_app(
     access: AccessControl,
     federation: Federation | None = None,
     close_node: bool = True,
+    app_follow: Follow | None = None,
 ) -> Starlette:
     """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
-    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``."""
+    first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``.
+    ``app.state.apps`` is the node's :class:`~statebus.apps.handlers.AppHost` (hosted apps) and
+    ``app.state.app_registry`` its :class:`~statebus.apps.registry.AppRegistry` (installed apps, served
+    on their origins and managed through the owner's routes, :mod:`statebus.http.apps`);
+    ``app_follow`` is how an install from ``/<author>/.apps/<name>`` follows the author."""
+    limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
+    apps = AppHost(node, access.op_gate, limits=limits)
+    node.on_close.append(apps.close)
+    service = app_service(node, settings, apps, follow=app_follow)
+    app_routes = AppRoutes(service).routes()
     if federation is None:
-        return build_app(node, settings, owner_token=owner_token, access=access, close_node=close_node)
+        app = build_app(
+            node,
+            settings,
+            owner_token=owner_token,
+            access=access,
+            close_node=close_node,
+            extra_routes=app_routes,
+            apps=service.registry,
+        )
+        app.state.apps = apps
+        app.state.app_registry = service.registry
+        return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
         node,
         settings,
         owner_token=owner_token,
         access=access,
-        extra_routes=peer_routes(node, settings, federation, endpoints),
+        extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
         close_node=close_node,
+        apps=service.registry,
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    app.state.apps = apps
+    app.state.app_registry = service.registry
     return app
 
 
 def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Starlette:
     """The ASGI app of the node in ``settings.data_dir``, without federation; its lifespan shutdown
-    ends every stream and closes the node (everything acknowledged is on disk)."""
+    ends every stream and closes the node (everything acknowledged is on disk). Installed apps are
+    managed and served but their handlers are not loaded (that needs a running loop: use
+    :func:`statebus.server.running.start`)."""
     _, node = open_node(settings, on_new_identity=on_new_identity)
     token = keystore.load_owner_token(settings.data_dir)
     return node_app(node, settings, owner_token=token, access=AccessControl(node, settings))

@@ -25,11 +25,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
 from statebus.config import Settings
 from statebus.errors import InvalidValue, PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
@@ -71,6 +72,12 @@ class RunningNode:
     @property
     def pubkey(self) -> str:
         return self.identity.pubkey
+
+    @property
+    def apps(self) -> AppHost:
+        """The node's hosted apps (``app.state.apps``, made by :func:`~statebus.server.assembly.node_app`)."""
+        apps: AppHost = self.server.statebus_app.state.apps
+        return apps
 
     @property
     def port(self) -> int:
@@ -178,8 +185,15 @@ async def start(
             gate=access.op_gate,  # one gate, one quota counter for federation and the signed-op route
         )
         app = node_app(
-            node, settings, owner_token=token, access=access, federation=federation, close_node=False
+            node,
+            settings,
+            owner_token=token,
+            access=access,
+            federation=federation,
+            close_node=False,
+            app_follow=_app_follower(node),
         )
+        app.state.app_registry.load_all()  # every installed app, re-checked, into the AppHost
         server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
         task = await _listen(server, settings)
     except BaseException:
@@ -190,6 +204,16 @@ async def start(
     )
     await federation.start([running.url])
     return running
+
+
+def _app_follower(node: Node) -> Callable[[str, Sequence[str]], Awaitable[None]]:
+    """How an app install follows an author's ``/.apps/`` (as :meth:`RunningNode.follow`)."""
+
+    async def follow(pattern: str, via: Sequence[str]) -> None:
+        f = new_follow(node.local, pattern, tuple(via))
+        await node.save(f"/~/{FOLLOWS}/{f.id}", f.to_json())
+
+    return follow
 
 
 async def _listen(server: EmbeddedServer, settings: Settings) -> asyncio.Task[None]:

@@ -94,6 +94,55 @@
         }
     })
 
+    // Installed apps (the owner only): grants, state, calls and costs, and a link that launches each
+    // app on its own origin. Names, descriptions and trap reasons are other people's text: textContent only.
+    function cell(row, text, className) {
+        const td = document.createElement('td')
+        td.textContent = text
+        if (className) td.className = className
+        row.append(td)
+        return td
+    }
+    function grantsText(g) {
+        const parts = []
+        if (g.read.length) parts.push('read ' + g.read.join(', '))
+        if (g.write.length) parts.push('write ' + g.write.join(', '))
+        if (g.read_others.length) parts.push("read others' " + g.read_others.join(', '))
+        return parts.join('; ') || 'nothing'
+    }
+    function ms(seconds) { return (seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1) + ' ms' }
+    async function showApps() {
+        const res = await fetch('/.well-known/statebus/app-origins', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return
+        const {apps} = await res.json()
+        const list = $('apps-list')
+        list.textContent = ''
+        for (const app of apps) {
+            const row = document.createElement('tr')
+            row.dataset.app = app.name
+            const name = cell(row, '', 'app-name')
+            const link = document.createElement('a')
+            link.href = app.launch
+            link.textContent = app.name
+            link.title = 'open ' + app.origin
+            name.append(link, ' ' + (app.version || ''))
+            const about = document.createElement('div')
+            about.className = 'hint'
+            about.textContent = (app.description || '') + ' ' + app.origin +
+                (app.capabilities ? ` · open with ${app.capabilities} live capabilit${app.capabilities === 1 ? 'y' : 'ies'}` : '')
+            name.append(about)
+            cell(row, grantsText(app.granted), 'app-grants')
+            const rt = app.runtime
+            const state = rt ? rt.state + (rt.trap_reason ? ': ' + rt.trap_reason : '') : 'no handlers running'
+            cell(row, state, 'app-state ' + (rt ? rt.state : 'none'))
+            cell(row, rt ? String(rt.calls) : '–', 'app-calls')
+            cell(row, rt ? ms(rt.total_cost) + ' / ' + ms(rt.avg_cost) : '–', 'app-cost')
+            list.append(row)
+        }
+        $('apps-count').textContent = apps.length === 1 ? '(1 app)' : `(${apps.length} apps)`
+        $('apps').hidden = apps.length === 0
+    }
+
     async function start() {
         const info = await statebus.ready
         if (info.error) {
@@ -110,6 +159,10 @@
         setLive('connecting')
         statebus.subscribe(root, onChange, {onstatus: setLive})
         render()
+        if (info.owner) {
+            showApps().catch(() => {})
+            setInterval(() => showApps().catch(() => {}), 5000)
+        }
     }
     start()
 })()

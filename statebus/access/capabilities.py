@@ -1,0 +1,240 @@
+"""Scoped app capabilities: what an installed app's page holds in place of the owner token.
+
+An installed app's web page runs on its own origin (``http://<name>.localhost:<port>/``, see
+:mod:`statebus.http.app_origin`). It never sees the owner token or the login cookie. It acts with a
+**capability**: a random bearer secret that the node mints for one app and one install (its bundle
+hash), limited to the app's granted key patterns (:class:`GrantSet`, the apps package's ``Grants``),
+and revocable. Writes made with it are the owner's writes (the node signs them), as a cookie write is.
+
+How a capability reaches the page (docs/apps.md, "Origins and capabilities"): the owner, logged in on
+the node's page, follows the app's launch link; the node mints a one-time **launch code** (single use,
+:data:`LAUNCH_TTL` seconds) and redirects to the app's origin, which redeems it for a fresh capability
+set as an HttpOnly, SameSite=Strict, host-only cookie of the app's origin. The page's script never
+reads the secret; another origin never receives it.
+
+Rules:
+    1. A secret is 256 random bits. The node keeps its SHA-256 only; the secret itself is handed out
+       once, in the Set-Cookie of the app's origin, and is never logged.
+    2. A capability allows reads and listings inside its app's read grants (its own namespace, plus
+       ``read_others`` in other namespaces) and writes inside its write grants in the owner's namespace
+       only. A subtree (a listing, a stream) must be granted whole (a subtree pattern such as
+       ``guestbook/``), since what it delivers is every key below it. Nothing else: a key outside the
+       grants is refused with 403 ``outside_grant``, and so is every reserved name (a segment starting
+       with ``.``: ``.acl``, ``.keys``, ``.apps``…) and a whole namespace, whatever the grants say.
+    3. Revocation is immediate: :meth:`CapabilityStore.revoke` (and every change of the app's install
+       record ``/<local>/.apps/<name>``: remove, upgrade, new grants) forgets the app's capabilities
+       and launch codes, and cuts every stream opened with them, inside the call.
+    4. Memory is bounded: at most :data:`MAX_PER_APP` live capabilities per app (a new launch retires
+       the oldest) and :data:`MAX_LAUNCH_CODES` pending launch codes in all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from statebus.bus import Change
+from statebus.errors import Forbidden, OutsideGrant
+from statebus.keys import namespace_of
+from statebus.runtime import Node
+from statebus.runtime.streams import EventStream, OpenEvents
+from statebus.types import Key, PubKey
+
+SECRET_BYTES: Final = 32
+LAUNCH_TTL: Final = 60.0
+"""Seconds a launch code stays redeemable."""
+MAX_PER_APP: Final = 64
+MAX_LAUNCH_CODES: Final = 256
+MAX_SECRET_CHARS: Final = 128
+APPS_SEGMENT: Final = ".apps"
+SUBTREE_PROBE: Final = "/\x00" * 129
+"""A subtree is granted when a key this deep below it is: no pattern has a literal ``\x00`` segment
+(control characters are refused) nor 129 segments (at most 256 characters), so only a subtree pattern
+(``guestbook/``, ``*/entries/``) covering the whole subtree matches it."""
+
+
+class GrantSet(Protocol):
+    """What a capability needs of an app's granted permissions (``statebus.apps.patterns.Grants``)."""
+
+    def can_read(self, namespace_is_own: bool, rel_path: str) -> bool: ...
+
+    def can_write(self, rel_path: str) -> bool: ...
+
+
+@dataclass(eq=False)
+class Capability:
+    """One live capability: its app, the install it was minted for, and its grants."""
+
+    app: str
+    install: str
+    """The bundle hash of the install the capability was minted for."""
+    grants: GrantSet = field(repr=False)
+    digest: bytes = field(default=b"", repr=False)
+    """The SHA-256 of the secret (the node never keeps the secret itself)."""
+    streams: list[EventStream] = field(default_factory=list, repr=False)
+    revoked: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The first 8 hex digits of the secret's hash: names the capability in logs, reveals nothing."""
+        return self.digest.hex()[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    app: str
+    install: str
+    grants: GrantSet
+    expires: float
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(b"statebus app capability\x00" + secret.encode("utf-8", "replace")).digest()
+
+
+def relative_path(local: PubKey, key: Key) -> tuple[bool, str]:
+    """``(namespace_is_own, path inside the namespace)`` of a normalised key."""
+    namespace = namespace_of(key)
+    return namespace == local, key[len(namespace) + 2 :]
+
+
+class CapabilityStore:
+    """The live capabilities and launch codes of one node (in memory; a restart revokes them all).
+
+    Args:
+        local: the node owner's namespace.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, local: PubKey, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.local = local
+        self._clock = clock
+        self._by_digest: dict[bytes, Capability] = {}
+        self._by_app: dict[str, OrderedDict[bytes, Capability]] = {}
+        self._launches: OrderedDict[bytes, _Launch] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"CapabilityStore(apps={len(self._by_app)}, live={len(self._by_digest)})"
+
+    # ------------------------------------------------------------------ minting
+
+    def mint(self, app: str, install: str, grants: GrantSet) -> str:
+        """A new capability for ``app`` (its install ``install``); returns the secret (rule 1)."""
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        digest = _digest(secret)
+        cap = Capability(app, install, grants, digest)
+        held = self._by_app.setdefault(app, OrderedDict())
+        while len(held) >= MAX_PER_APP:
+            _, old = held.popitem(last=False)
+            self._drop(old, "a newer launch of the app replaced it")
+        held[digest] = cap
+        self._by_digest[digest] = cap
+        return secret
+
+    def launch_code(self, app: str, install: str, grants: GrantSet) -> str:
+        """A one-time code that :meth:`redeem` turns into a capability within :data:`LAUNCH_TTL` s."""
+        now = self._clock()
+        while self._launches and (
+            len(self._launches) >= MAX_LAUNCH_CODES or next(iter(self._launches.values())).expires <= now
+        ):
+            self._launches.popitem(last=False)
+        code = secrets.token_urlsafe(SECRET_BYTES)
+        self._launches[_digest(code)] = _Launch(app, install, grants, now + LAUNCH_TTL)
+        return code
+
+    def redeem(self, code: str, app: str) -> str | None:
+        """The secret of a new capability for ``app`` if ``code`` is a live launch code of that app
+        (then the code is used up); None otherwise (unknown, used, expired, or another app's)."""
+        if not code or len(code) > MAX_SECRET_CHARS:
+            return None
+        launch = self._launches.pop(_digest(code), None)
+        if launch is None or launch.app != app or launch.expires <= self._clock():
+            return None
+        return self.mint(launch.app, launch.install, launch.grants)
+
+    # ------------------------------------------------------------------ checking
+
+    def verify(self, secret: str) -> Capability | None:
+        """The live capability whose secret is ``secret``, or None."""
+        if not secret or len(secret) > MAX_SECRET_CHARS:
+            return None
+        return self._by_digest.get(_digest(secret))  # looked up by hash: timing says nothing of it
+
+    def why_not(self, cap: Capability, action: str, key: Key) -> str | None:
+        """None when ``cap`` allows ``action`` (read, list, write) on ``key``, else the reason."""
+        if cap.revoked:
+            return f"the capability of app {cap.app} was revoked"
+        own, rel = relative_path(self.local, key)
+        if not rel.strip("/") or any(part.startswith(".") for part in rel.split("/")):
+            return f"app {cap.app} may not touch reserved names or a whole namespace ({key})"
+        if action == "write":
+            if own and not rel.endswith("/") and cap.grants.can_write(rel):
+                return None
+            return f"{key} is outside the write grants of app {cap.app}"
+        if rel.endswith("/"):  # a listing or a stream of a subtree: every key below it must be granted
+            rel = rel[:-1] + SUBTREE_PROBE
+        if cap.grants.can_read(own, rel):
+            return None
+        return f"{key} is outside the read grants of app {cap.app}"
+
+    def require(self, cap: Capability, action: str, key: Key) -> None:
+        """Raise :class:`OutsideGrant` (403) unless ``cap`` allows ``action`` on ``key``."""
+        reason = self.why_not(cap, action, key)
+        if reason is not None:
+            raise OutsideGrant(reason)
+
+    def opener(self, cap: Capability, events: OpenEvents) -> OpenEvents:
+        """``events`` whose streams are cut when ``cap`` is revoked (rule 3)."""
+
+        def open_events(*args: Any, **kw: Any) -> EventStream:
+            if cap.revoked:
+                raise Forbidden(f"the capability of app {cap.app} was revoked", status_hint=401)
+            stream = events(*args, **kw)
+            cap.streams = [s for s in cap.streams if not s.closed]
+            cap.streams.append(stream)
+            return stream
+
+        return open_events
+
+    # ------------------------------------------------------------------ revoking
+
+    def revoke(self, app: str) -> int:
+        """Forget every capability and launch code of ``app`` and cut their streams; how many
+        capabilities there were."""
+        for digest in [d for d, launch in self._launches.items() if launch.app == app]:
+            del self._launches[digest]
+        held = self._by_app.pop(app, None)
+        if not held:
+            return 0
+        for cap in held.values():
+            self._drop(cap, "the app was removed, upgraded or its grants changed")
+        return len(held)
+
+    def live(self, app: str) -> int:
+        """How many capabilities of ``app`` are live."""
+        return len(self._by_app.get(app, ()))
+
+    def watch(self, node: Node) -> None:
+        """Revoke an app's capabilities whenever its install record ``/<local>/.apps/<name>`` changes."""
+        prefix = f"/{self.local}/{APPS_SEGMENT}/"
+
+        def changed(change: Change) -> None:
+            if change.kind != "op":
+                return
+            name = change.key[len(prefix) :]
+            if name and "/" not in name:
+                self.revoke(name)
+
+        node.observe(prefix, changed, snapshot=False)
+
+    def _drop(self, cap: Capability, why: str) -> None:
+        cap.revoked = True
+        self._by_digest.pop(cap.digest, None)
+        streams, cap.streams = cap.streams, []
+        for stream in streams:
+            stream.cut(Forbidden(f"the capability of app {cap.app} was revoked: {why}", status_hint=401))

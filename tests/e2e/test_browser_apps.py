@@ -1,0 +1,242 @@
+"""An installed app's page in real headless Chromium, on its own origin (``<name>.localhost``): it works
+with its capability (statebus.js over HTTP and SSE, the websocket) and can do nothing else. It cannot
+read the owner's cookie or token, reach the node's origin, write outside its grants, run a value it
+stored as HTML, or keep a stream after its capability is revoked (docs/apps.md, "Origins and
+capabilities")."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from statebus.http.auth import cookie_name
+from statebus.http.websocket import WS_PATH
+from statebus.testing.live_server import LiveServer, live_server
+from statebus.testing.planted import SANDBOXED, visit_args
+from tests.support.apps import FolderApps, install_guestbook, write_app
+from tests.support.node_harness import browser_available, run_browser
+
+pytestmark = pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium")
+
+GUESTBOOK = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": ["guestbook/"]}
+
+PLANTED = """<!doctype html><title>planted</title><script>
+window.__planted = 'started';
+fetch('/~/guestbook/pwned', {method: 'PUT', credentials: 'include',
+      headers: {'Content-Type': 'application/json'}, body: JSON.stringify({cookie: document.cookie})})
+  .finally(() => { window.__planted = 'done' });
+</script>"""
+
+APP_SCRIPT = """
+(async () => {
+  const r = {};
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  const attempt = async f => {
+    try { return await f() } catch (e) { return {status: e.status, code: e.code, error: String(e)} }
+  };
+  const status = async u => (await fetch(NODE + u, {credentials: 'include'})).status;
+  r.origin = location.origin;
+  r.cookie = document.cookie;
+  r.info = await statebus.ready;
+  r.inline = window.__inline_ran === true;
+  r.app_js = window.__app_ran === true;
+  const seen = [], statuses = [];
+  const stop = statebus.subscribe('guestbook/entries/', (k, v, e) => seen.push(k + ' ' + e.type),
+                                  {onstatus: s => statuses.push(s)});
+  for (let i = 0; i < 200 && !statuses.includes('open'); i++) await sleep(50);
+  r.put_in = await attempt(() => statebus.put('guestbook/entries/0', {text: 'hello'}));
+  for (let i = 0; i < 200 && !seen.some(s => s.includes('entries/0 update')); i++) await sleep(50);
+  r.seen = seen;
+  r.get_in = await attempt(() => statebus.get('guestbook/entries/0'));
+  r.put_out = await attempt(() => statebus.put('secret/x', 'pwned'));
+  r.get_out = await attempt(() => statebus.get('secret/x'));
+  r.put_acl = await attempt(() => statebus.put('.acl/guestbook', {read: ['*']}));
+  r.node_fetch = await attempt(() => status('/~/secret/x'));
+  r.node_info = await attempt(() => status('/.well-known/statebus'));
+  r.ws = await new Promise(resolve => {
+    const got = [];
+    const ws = new WebSocket('ws://' + location.host + WS);
+    ws.onopen = () => {
+      ws.send(JSON.stringify({get: 'guestbook/entries/0'}));
+      ws.send(JSON.stringify({set: {key: 'secret/ws', val: 'pwned'}}));
+    };
+    ws.onmessage = e => { got.push(JSON.parse(e.data)); if (got.length >= 2) { ws.close(); resolve(got) } };
+    ws.onerror = () => resolve(['error']);
+    setTimeout(() => resolve(got), 8000);
+  });
+  r.html = await attempt(async () => (await fetch('/~/guestbook/page', {method: 'PUT',
+                                          headers: {'content-type': 'text/html'}, body: PAGE})).status);
+  stop();
+  window.__result = r;
+  window.__done = true;
+})()
+"""
+
+REVOKE_SCRIPT = """
+(async () => {
+  const r = {};
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  const statuses = [];
+  const stop = statebus.subscribe('guestbook/entries/', () => {}, {onstatus: s => statuses.push(s)});
+  for (let i = 0; i < 200 && !statuses.includes('open'); i++) await sleep(50);
+  r.opened = statuses.slice();
+  await statebus.put('guestbook/revoke-now', true);   // the test revokes the app when it sees this
+  for (let i = 0; i < 200 && statuses.length === r.opened.length; i++) await sleep(50);
+  r.after = statuses.slice(r.opened.length);
+  try { await statebus.get('guestbook/entries/0'); r.get = 'read' } catch (e) { r.get = e.status }
+  stop();
+  window.__result = r;
+  window.__done = true;
+})()
+"""
+
+
+def _setup(tmp_path: Path, srv: LiveServer) -> str:
+    apps = FolderApps()
+    apps.add(write_app(tmp_path / "apps", "guestbook", GUESTBOOK))
+    srv.server.statebus_app.state.app_origins.use(apps)
+    httpx.put(f"{srv.url}/~/secret/x", json={"s": "owner only"}, headers=srv.auth).raise_for_status()
+    return f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
+
+
+def test_an_apps_page_works_inside_its_grants_and_nothing_more(tmp_path: Path) -> None:
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        app = _setup(tmp_path, srv)
+        script = (
+            APP_SCRIPT.replace("NODE", json.dumps(srv.url))
+            .replace("WS)", json.dumps(WS_PATH) + ")")
+            .replace("body: PAGE", "body: " + json.dumps(PLANTED))
+        )
+        before = [f"{srv.url}/login?token={srv.token}", f"{srv.url}/launch/guestbook"]
+        urls = [f"{app}/~/guestbook/page", f"{app}/~/guestbook/page?view"]
+        out = run_browser(
+            f"{app}/", script, timeout=120, before=before, cookies=True, extra_args=visit_args(urls)
+        )
+        with httpx.Client(base_url=srv.url, headers=srv.auth, timeout=10) as owner:
+            secret = owner.get("/~/secret/x").json()
+            pwned = [
+                owner.get(k).status_code for k in ("/~/guestbook/pwned", "/~/secret/ws", "/~/.acl/guestbook")
+            ]
+            entry = owner.get("/~/guestbook/entries/0").json()
+    assert out["ok"], out
+    assert out["before"][1]["final"] == f"{app}/", out["before"]  # the launch landed on the app's origin
+    r = out["result"]
+    assert r["origin"] == app and r["app_js"] is True and r["inline"] is True, r  # hashed inline script ran
+    # statebus.js from the app's origin: GET, PUT and SSE inside the grants, as the owner's writes
+    assert r["info"]["node"] == srv.local and r["info"]["owner"] is False, r
+    assert "version" in r["put_in"] and r["get_in"] == {"text": "hello"}, r
+    assert any("guestbook/entries/0 update" in s for s in r["seen"]), r
+    assert entry == {"text": "hello"}
+    # outside the grants: refused; the node's origin: unreachable from the app's page
+    for what in ("put_out", "get_out", "put_acl"):
+        assert r[what]["status"] == 403 and r[what]["code"] == "outside_grant", (what, r[what])
+    assert "TypeError" in r["node_fetch"]["error"] and "TypeError" in r["node_info"]["error"], r
+    assert secret == {"s": "owner only"} and pwned == [404, 404, 404], pwned
+    # the websocket: reads inside the grant, refuses a write outside it
+    assert any(m.get("set", {}).get("val") == {"text": "hello"} for m in r["ws"]), r["ws"]
+    assert any(m.get("error") == "outside_grant" for m in r["ws"]), r["ws"]
+    # no cookie or token is readable by the page; the capability is HttpOnly, on the app's host only
+    assert r["cookie"] == "" and srv.token not in json.dumps(r)
+    jar = {c["name"]: c for c in out["cookies"]}
+    capability = [c for n, c in jar.items() if n.startswith("statebus_app_")]
+    assert (
+        len(capability) == 1
+        and capability[0]["httpOnly"]
+        and capability[0]["domain"] == "guestbook.localhost"
+    )
+    assert capability[0]["sameSite"] == "Strict", capability
+    assert jar[cookie_name(srv.local, secure=False)]["domain"] == "127.0.0.1"
+    # the HTML value the app stored is data on the app's origin too: a download, or a sandboxed view
+    assert r["html"] == 200, r
+    plain, view = out["visits"]
+    assert plain["download"] is True, plain
+    assert view["status"] == 200 and view["waited"] is False and view["probe"] == SANDBOXED, view
+
+
+def test_a_revoked_capability_stops_at_once(tmp_path: Path) -> None:
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        app = _setup(tmp_path, srv)
+        flag = f"/{srv.local}/guestbook/revoke-now"
+        stop = threading.Event()
+
+        def revoke_when_asked() -> None:  # what `statebus app remove` does: the install record changes
+            while not stop.is_set():
+                if srv.node.fetch_or_none(flag) is not None:
+                    httpx.delete(f"{srv.url}/~/.apps/guestbook", headers=srv.auth)
+                    httpx.put(f"{srv.url}/~/.apps/guestbook", json={"removed": True}, headers=srv.auth)
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=revoke_when_asked, daemon=True)
+        thread.start()
+        before = [f"{srv.url}/login?token={srv.token}", f"{srv.url}/launch/guestbook"]
+        try:
+            out = run_browser(f"{app}/", REVOKE_SCRIPT, timeout=90, before=before)
+        finally:
+            stop.set()
+            thread.join(5)
+    assert out["ok"], out
+    r = out["result"]
+    assert r["opened"] == ["open"], r
+    assert r["after"] and r["after"][0] in ("connecting", "closed"), r  # the stream was cut
+    assert r["get"] == 401, r
+
+
+NODE_PAGE_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  for (let i = 0; i < 200 && !document.querySelector('#apps-list tr'); i++) await sleep(50);
+  const row = document.querySelector('#apps-list tr');
+  window.__result = {
+    hidden: document.getElementById('apps').hidden,
+    cells: row ? [...row.children].map(td => td.textContent) : null,
+    href: row ? row.querySelector('a').getAttribute('href') : null,
+  };
+  window.__done = true;
+})()
+"""
+
+GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
+  entries: [...document.querySelectorAll('#entries li')].map(li => li.textContent)}))()"""
+
+
+def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path) -> None:
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
+        install_guestbook(srv.url, srv.auth, tmp_path, grant)
+        entry = {"name": "Ann", "text": "hello from the owner"}
+        httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        app = f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
+        visits = [
+            f"{srv.url}/launch/guestbook",
+            "--visit-wait",
+            "document.querySelectorAll('#entries li').length > 0",
+            "--visit-wait-ms",
+            "15000",
+            "--visit-probe",
+            GUESTBOOK_PROBE,
+        ]
+        out = run_browser(
+            f"{srv.url}/login?token={srv.token}",
+            NODE_PAGE_SCRIPT,
+            timeout=90,
+            extra_args=["--visit", *visits],
+        )
+    assert out["ok"], out
+    r = out["result"]
+    assert r["hidden"] is False and r["href"] == "/launch/guestbook", r
+    name, granted, state, calls, cost = r["cells"]
+    assert name.startswith("guestbook 1.0.0") and app in name, name
+    assert granted == "read guestbook/; write guestbook/", granted
+    assert state == "no handlers running" and calls == "–" and cost == "–", (
+        r
+    )  # no app runner on this node yet
+    (seen,) = out["visits"]
+    assert seen["error"] is None and seen["waited"] is True, seen
+    assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen
+    assert seen["probe"]["entries"] == ["Annhello from the owner"], seen
