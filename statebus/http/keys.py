@@ -61,6 +61,7 @@ from statebus.http.errors import (
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
+from statebus.http.yjs import accepts_yjs, state_vector_of, yjs_body, yjs_response
 from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
@@ -388,6 +389,11 @@ class KeyEndpoint:
             else:
                 rng = parse_range_header(_utf8_header(raw, "Range"))
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
+        want_yjs, json_ok = accepts_yjs(headers.get("accept"))
+        if want_yjs:
+            answer = self.get_yjs(key, query, headers, json_ok=json_ok, ranged=bool(rng or byte_range))
+            if answer is not None:
+                return answer
         versions = self.asked_version(query, headers)
         if versions:
             change = self.node.fetch_version(key, versions)
@@ -421,6 +427,47 @@ class KeyEndpoint:
                 return self.byte_ranges(data, ctype, byte_range, out)
             return Response(data, status_code=status, media_type=ctype, headers=out)
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
+
+    def get_yjs(
+        self, key: Key, query: QueryParams, headers: Mapping[str, str], *, json_ok: bool, ranged: bool
+    ) -> Response | None:
+        """A GET asking for Yjs updates (see :mod:`statebus.http.yjs`); None when the key is not
+        Yjs and the Accept also takes its JSON view."""
+        versions = self.asked_version(query, headers)
+        change = self.node.fetch_version(key, versions) if versions else self.node.fetch(key)
+        if change.merge != "yjs" and json_ok:
+            return None
+        parents = self.asked_parents(query, headers)
+        state_vector = state_vector_of(query, headers)
+        if parents is not None and (versions or state_vector is not None):
+            raise InvalidValue("a Yjs read names one of Parents, a state vector or a Version")
+        body, tag = yjs_body(self.node, change, state_vector=state_vector, parents=parents)
+        out = _range_headers()
+        if change.version:
+            out["version"] = braid.format_version_list(change.version)
+        etag = etag_of(change.version, tag)
+        if etag is not None:
+            out["etag"] = etag
+            inm = headers.get("if-none-match")
+            if inm is not None and _etag_matches(inm, etag):
+                return Response(status_code=304, headers=out)
+        return yjs_response(body, out, ranged=ranged)
+
+    @staticmethod
+    def asked_parents(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...] | None:
+        """The versions a Yjs read wants the updates after: ``Parents`` or ``?parents=`` (a Braid
+        version list, or bare ids separated by commas); None when neither is given."""
+        raw = headers.get("parents")
+        if raw is not None:
+            return version_list(raw, "Parents")
+        raw = query.get("parents")
+        if raw is None:
+            return None
+        if raw.lstrip().startswith('"'):
+            return version_list(raw, "parents")
+        return version_list(
+            ", ".join(encode_basestring(v.strip()) for v in raw.split(",") if v.strip()), "parents"
+        )
 
     @staticmethod
     def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
