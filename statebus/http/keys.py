@@ -37,6 +37,7 @@ from statebus.errors import (
     InvalidOp,
     InvalidRange,
     InvalidValue,
+    NotAcceptable,
     PreconditionFailed,
     RangeNotSatisfiable,
     StatebusError,
@@ -61,7 +62,14 @@ from statebus.http.errors import (
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
-from statebus.http.yjs import accepts_yjs, state_vector_of, yjs_body, yjs_response
+from statebus.http.yjs import (
+    YjsFeed,
+    accepts_yjs,
+    state_vector_of,
+    stream_mode,
+    yjs_body,
+    yjs_response,
+)
 from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
 from statebus.runtime import Node
@@ -587,6 +595,7 @@ class KeyEndpoint:
             parents = version_list(raw_parents, "Parents") if raw_parents is not None else None
             raw_beats = headers.get("heartbeats")
             beats = braid.parse_heartbeats(raw_beats)
+            yjs = self.braid_yjs(key, conn.query_params, headers)
             await serve_braid(
                 send,
                 receive,
@@ -603,11 +612,18 @@ class KeyEndpoint:
                 buffer=settings.subscriber_buffer,
                 ping_interval=settings.sse_ping_interval,
                 client=stream_client(client),
+                yjs=yjs,
             )
             return None
         patterns = self.stream_patterns(path, conn.query_params)
         for key in patterns:
             require_read(client, key)
+        yjs_feed = None
+        if stream_mode(conn.query_params):
+            state_vector = state_vector_of(conn.query_params, headers, since=False)
+            if state_vector is not None and (len(patterns) != 1 or is_subtree(patterns[0])):
+                raise InvalidValue("a state vector is one document's: stream one Yjs key with it")
+            yjs_feed = YjsFeed(self.node, state_vector)
         await serve_sse(
             send,
             receive,
@@ -619,8 +635,25 @@ class KeyEndpoint:
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
             client=stream_client(client),
+            yjs=yjs_feed,
         )
         return None
+
+    def braid_yjs(self, key: Key, query: QueryParams, headers: Mapping[str, str]) -> YjsFeed | None:
+        """The feed of a Braid subscription that asks for Yjs updates (its Accept lists
+        ``application/vnd.yjs.update``), or None. A key that is not Yjs is 406 unless the Accept
+        takes JSON too (then it streams JSON)."""
+        want_yjs, json_ok = accepts_yjs(headers.get("accept"))
+        if not want_yjs:
+            return None
+        current = self.node.fetch_or_none(key, durable=True)
+        if current is not None and current.merge != "yjs":
+            if json_ok:
+                return None
+            raise NotAcceptable(
+                f"{key} is a {current.merge} key: subscribe to its JSON view (application/json)"
+            )
+        return YjsFeed(self.node, state_vector_of(query, headers, since=False))
 
     @staticmethod
     def resume_cursor(conn: HTTPConnection, headers: Mapping[str, str]) -> int | None:

@@ -18,6 +18,10 @@ Rules:
 2. The same Accept on a key that is not ``yjs`` is 406 ``not_acceptable`` unless the Accept also
    takes JSON (``application/json``, ``application/*``, ``*/*``): then the JSON view is served.
 3. A range (``Range``, ``?range=``) reads the JSON view: with the Yjs Accept it is 400.
+4. A stream of updates (SSE ``?yjs=updates``, a Braid subscription with the Yjs Accept, a
+   websocket ``get`` with ``"yjs": "updates"``) sends, for a ``yjs`` key, the document as one update
+   in its first event (or the diff after the client's state vector), then each op's own update
+   (:class:`YjsFeed`): a 13-byte edit of an 18 MB document is a 13-byte update.
 """
 
 from __future__ import annotations
@@ -31,14 +35,13 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from statebus.bus import Change
-from statebus.errors import InvalidRange, InvalidValue, NotAcceptable
+from statebus.errors import HistoryCompacted, InvalidRange, InvalidValue, NotAcceptable, NotFound
+from statebus.http.encode import YJS_UPDATE, op_update
 from statebus.http.value_headers import value_headers
 from statebus.merge.yjs import diff_update
 from statebus.runtime import Node
 from statebus.types import Version
 
-YJS_UPDATE: Final = "application/vnd.yjs.update"
-"""The media type of Yjs update bytes (v1), written by PATCH and read by GET and streams."""
 MAX_STATE_VECTOR_BYTES: Final = 64 * 1024
 """The longest state vector a read takes (base64 text; a real one is a few bytes per client)."""
 _JSON_RANGES: Final = frozenset({"application/json", "application/*", "*/*"})
@@ -89,15 +92,64 @@ def decode_state_vector(text: str, name: str) -> bytes:
         raise InvalidValue(f"{name} must be a base64 (or base64url) Yjs state vector") from None
 
 
-def state_vector_of(query: QueryParams, headers: Mapping[str, str]) -> bytes | None:
-    """The state vector a read names (``State-Vector`` header, else ``?since=``), or None."""
+def state_vector_of(query: QueryParams, headers: Mapping[str, str], *, since: bool = True) -> bytes | None:
+    """The state vector a read names (``State-Vector`` header, else ``?state_vector=``, else, on a
+    GET (``since``), ``?since=``), or None."""
     raw = headers.get("state-vector")
     if raw is not None:
         return decode_state_vector(raw, "State-Vector")
-    raw = query.get("since")
-    if raw is not None:
-        return decode_state_vector(raw, "since")
+    for name in ("state_vector", "since") if since else ("state_vector",):
+        raw = query.get(name)
+        if raw is not None:
+            return decode_state_vector(raw, name)
     return None
+
+
+def stream_mode(query: QueryParams) -> bool:
+    """Whether an SSE stream asks for Yjs updates (``?yjs=updates``).
+
+    Raises:
+        InvalidValue: another ``yjs`` value.
+    """
+    raw = query.get("yjs")
+    if raw is None:
+        return False
+    if raw.strip().lower() != "updates":
+        raise InvalidValue("yjs must be 'updates' (?yjs=updates: Yjs keys send Yjs updates)")
+    return True
+
+
+class YjsFeed:
+    """The Yjs update of each change of a ``yjs`` key on a stream of updates: the op's own update for
+    a ``crdt`` op; for a snapshot, the document at the snapshot's version (minus what
+    ``state_vector`` holds, for the first snapshot of each key unless the stream was reset)."""
+
+    __slots__ = ("node", "sent", "state_vector")
+
+    def __init__(self, node: Node, state_vector: bytes | None = None) -> None:
+        self.node = node
+        self.state_vector = state_vector
+        self.sent: set[str] = set()
+
+    def __call__(self, change: Change) -> bytes:
+        update = op_update(change)
+        if update is not None:
+            return update
+        try:
+            update = self.node.yjs_update(change.key, change.version, durable=False)
+        except (HistoryCompacted, NotFound):  # folded since: the current document holds it
+            current = self.node.fetch_or_none(change.key)
+            update = self.node.yjs_update(change.key, current.version if current else (), durable=False)
+        if self.state_vector is not None and change.key not in self.sent:
+            self.sent.add(change.key)
+            update = diff_update(update, self.state_vector)
+        return update
+
+    @staticmethod
+    def carries(change: Change) -> bool:
+        """Whether ``change`` goes out as a Yjs update: a ``yjs`` key that exists, or an op of one
+        that merged while it stays deleted."""
+        return change.merge == "yjs" and (change.exists or op_update(change) is not None)
 
 
 def yjs_body(
@@ -138,9 +190,11 @@ def yjs_response(body: bytes, headers: dict[str, str], *, ranged: bool, status: 
 
 __all__ = [
     "YJS_UPDATE",
+    "YjsFeed",
     "accepts_yjs",
     "decode_state_vector",
     "state_vector_of",
+    "stream_mode",
     "yjs_body",
     "yjs_response",
 ]
