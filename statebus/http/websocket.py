@@ -170,6 +170,29 @@ def _key_of(msg: Any) -> Any:
     return target.get("key") if isinstance(target, dict) else target
 
 
+def short_reason(text: str) -> str:
+    """``text`` cut to what a close frame holds (123 bytes of UTF-8)."""
+    return text.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+async def admit(ws: WebSocket, auth: OwnerAuth) -> Client | None:
+    """The client of a websocket handshake (see **Auth.**), or None after refusing it (closed with
+    1008 before it was accepted): a foreign ``Origin``, a rate limit, a wrong ``?token=``."""
+    try:
+        auth.check_origin(ws)
+        client = auth.authenticate(ws)
+    except StatebusError as exc:
+        await ws.close(CLOSE_POLICY, short_reason(exc.detail))
+        return None
+    token = ws.query_params.get("token")
+    if token:
+        if not auth.check_token(token):
+            await ws.close(CLOSE_POLICY)
+            return None
+        client = auth.owner_client(client.address)
+    return client
+
+
 class Connection:
     """One websocket client: its subscriptions and its bounded outgoing queue."""
 
@@ -198,7 +221,7 @@ class Connection:
     def close(self, code: int, reason: str = "") -> None:
         if not self.closed.is_set():
             self.close_code = code
-            self.close_reason = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+            self.close_reason = short_reason(reason)
             self.closed.set()
 
     def over_budget(self, size: int) -> str | None:
@@ -348,20 +371,10 @@ class Connection:
             stream.close()
 
     async def run(self) -> None:
-        try:
-            self.auth.check_origin(self.ws)
-            self.client = self.auth.authenticate(self.ws)
-        except StatebusError as exc:
-            await self.ws.close(
-                CLOSE_POLICY, exc.detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
-            )
+        client = await admit(self.ws, self.auth)
+        if client is None:
             return
-        token = self.ws.query_params.get("token")
-        if token:
-            if not self.auth.check_token(token):
-                await self.ws.close(CLOSE_POLICY)
-                return
-            self.client = self.auth.owner_client(self.client.address)
+        self.client = client
         await self.ws.accept()
         tasks = [asyncio.create_task(self.writer()), asyncio.create_task(self.reader())]
         waiter = asyncio.create_task(self.closed.wait())
