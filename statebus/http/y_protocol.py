@@ -153,6 +153,8 @@ __all__ = [
     "adds_structs",
     "decode_message",
     "permission_denied",
+    "read_var_bytes",
+    "read_var_uint",
     "sync_step1",
     "sync_step2",
     "sync_update",
