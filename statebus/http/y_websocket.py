@@ -10,10 +10,12 @@ Rules:
    ``Origin`` is refused, the owner is who carries the login cookie, ``Authorization: Bearer`` or
    ``?token=``; a client that may not read the key, or a key that is not Yjs, is closed (1008) with
    the reason before anything is sent.
-2. On connect the node sends sync step 1 (its document's state vector); it answers the client's
-   step 1 with step 2 (what that state vector lacks of the document on disk); every later op of
-   the key, whoever wrote it (HTTP, another provider, a followed node), goes out as a sync update,
-   except the connection's own. A deleted key syncs as an empty document.
+2. The connection follows the key as a stream does (its starting state, then each op, once
+   durable). With the starting state the node sends sync step 1 (its document's state vector); it
+   answers the client's step 1 with step 2 (what that state vector lacks of the document as of the
+   last change forwarded); every later op of the key, whoever wrote it (HTTP, another provider, a
+   followed node), goes out as a sync update, except the connection's own. So nothing is lost
+   between the two. A missing or deleted key syncs as an empty document.
 3. A sync step 2 or update from the owner is a write (``crdt`` op, the PATCH of an update); one
    from anyone else that holds items the node lacks is refused with y-protocols' permission-denied
    auth message (reason ``forbidden: …``) and changes nothing; one holding nothing new is ignored.
@@ -65,7 +67,8 @@ from statebus.http.y_protocol import (
 )
 from statebus.merge.yjs import EMPTY_UPDATE, diff_update
 from statebus.runtime import Node
-from statebus.types import Key
+from statebus.runtime.streams import EventStream
+from statebus.types import Key, Version
 
 Y_WS_PREFIX: Final = "/yws"
 CLOSE_BAD_DATA: Final = 1007
@@ -108,6 +111,10 @@ class YConnection:
         self.close_code = 1000
         self.close_reason = ""
         self.budget = ConnectionBudget(Rates.of(settings), time.monotonic())
+        self.version: tuple[Version, ...] = ()
+        """The key's frontier after the last change the stream delivered."""
+        self.ready = asyncio.Event()
+        """Set once the stream's starting state arrived (and sync step 1 went out)."""
 
     def send(self, frame: bytes) -> None:
         if self.closed.is_set():
@@ -123,13 +130,14 @@ class YConnection:
             self.closed.set()
 
     def document(self) -> bytes:
-        """The key's document on disk as one update (an empty one for a missing or deleted key)."""
-        current = self.node.fetch_or_none(self.key, durable=True)
-        if current is None or not current.exists:
+        """The key's document as of the last change this connection has forwarded (its stream's
+        snapshot, then each op), as one update; an empty one for a missing or deleted key. Every op
+        after it reaches the client as an update, so step 2 plus the updates lose nothing."""
+        if not self.version:
             return EMPTY_UPDATE
         try:
-            return self.node.yjs_update(self.key, current.version)
-        except NotFound:
+            return self.node.yjs_update(self.key, self.version, durable=False)
+        except NotFound:  # deleted at that version
             return EMPTY_UPDATE
 
     def over_budget(self, size: int) -> str | None:
@@ -145,18 +153,21 @@ class YConnection:
         while True:
             await self.ws.send_bytes(await self.out.get())
 
-    async def follow(self) -> None:
-        stream = self.client.open_events(self.node)(self.key, snapshot=False)
+    async def follow(self, stream: EventStream) -> None:
         try:
-            self.send(sync_step1(bytes(get_state(self.document()))))
             async for change in stream:
-                if change.kind == "op" and change.peer == self.peer:
+                self.version = change.version
+                if change.kind != "op":  # the starting state (delivered once it is durable)
+                    self.send(sync_step1(bytes(get_state(self.document()))))
+                    self.ready.set()
+                    continue
+                if change.peer == self.peer:
                     continue  # this connection's own write
                 update = op_update(change)
                 if update is not None:
                     self.send(sync_update(update))
-        except StatebusError as exc:
-            self.close(CLOSE_TOO_SLOW, exc.detail)
+        except StatebusError as exc:  # cut: too slow, or the key's access was taken away
+            self.close(CLOSE_POLICY if isinstance(exc, Forbidden) else CLOSE_TOO_SLOW, exc.detail)
         finally:
             stream.close()
 
@@ -196,6 +207,7 @@ class YConnection:
         if msg.kind == MESSAGE_AWARENESS:
             rooms.relay(self, data)
         elif msg.kind == MESSAGE_SYNC and msg.step == SYNC_STEP1:
+            await self.ready.wait()  # the stream's starting state: what the document is as of
             self.send(sync_step2(diff_update(self.document(), msg.payload)))
         elif msg.kind == MESSAGE_SYNC:
             await self.write(msg.payload)
@@ -211,10 +223,11 @@ class YConnection:
         await self.node.crdt_update(self.key, update, merge="yjs", peer=self.peer)
 
     async def run(self, rooms: Rooms) -> None:
+        stream = self.client.open_events(self.node)(self.key, snapshot=True)
         tasks = [
             asyncio.create_task(self.writer()),
             asyncio.create_task(self.reader(rooms)),
-            asyncio.create_task(self.follow()),
+            asyncio.create_task(self.follow(stream)),
         ]
         waiter = asyncio.create_task(self.closed.wait())
         rooms.join(self)
