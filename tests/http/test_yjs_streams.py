@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pycrdt
+import pytest
 from websockets.asyncio.client import connect
 
 from statebus.http.websocket import WS_PATH
 from statebus.testing.braid_stream import BraidStreamParser, StreamUpdate
-from statebus.testing.live_server import LiveServer, SseReader, sse_headers
+from statebus.testing.live_server import LiveServer, SseReader, live_server, sse_headers
 
 YJS = "application/vnd.yjs.update"
 
@@ -198,3 +200,32 @@ def test_websocket_get_with_yjs_updates(srv: LiveServer) -> None:
             assert refused["error"] == "invalid_value"
 
     asyncio.run(main())
+
+
+def test_sse_updates_after_a_compacted_cursor_reset_to_the_whole_document(tmp_path: Path) -> None:
+    with live_server(tmp_path / "node", history_keep_ops=2) as node:
+        w = Writer(node, "/~/c")
+        first = w.append("0.")
+        for i in range(1, 10):
+            w.append(f"{i}.")
+        url = node.url + "/~/c?yjs=updates"
+        with httpx.stream("GET", url, headers=sse_headers(node, str(first)), timeout=10) as r:
+            sse = SseReader(r)
+            reset = sse.next_event()
+            assert reset["event"] == "reset"
+            snapshot = sse.next_event()
+            assert snapshot["event"] == "snapshot"
+            mirror: pycrdt.Doc = pycrdt.Doc()
+            apply(mirror, snapshot)  # the whole document: the client dropped what it held
+            assert text(mirror) == "".join(f"{i}." for i in range(10))
+
+
+def test_y_protocol_decoding_refuses_malformed_messages() -> None:
+    from statebus.errors import InvalidValue
+    from statebus.http.y_protocol import decode_message, read_var_uint, sync_update, var_uint
+
+    assert decode_message(sync_update(b"\x00\x00")).payload == b"\x00\x00"
+    assert read_var_uint(var_uint(2**40), 0) == (2**40, 6)
+    for bad in (b"", b"\x00", b"\x00\x07\x00", b"\x00\x02\x05ab", b"\x80" * 9 + b"\x01", b"\x01\xff"):
+        with pytest.raises(InvalidValue):
+            decode_message(bad)
