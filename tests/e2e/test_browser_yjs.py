@@ -6,91 +6,20 @@ both are offline converge, on the node too."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import functools
-import http.server
-import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
 
 import httpx
 import pycrdt
 import pytest
 
-from statebus.http.y_protocol import read_var_uint
 from statebus.testing.live_server import live_server
-from tests.support.node_harness import browser_available, js_dir, run_browser, y_websocket_available
+from tests.support.node_harness import browser_available, run_browser, y_websocket_available
+from tests.support.yjs_page import clocks, yjs_page
 
 pytestmark = pytest.mark.skipif(
     not (browser_available() and y_websocket_available()),
     reason="needs node, chromium, and yjs + y-websocket in tests/js",
 )
-
-PACKAGES = ("yjs", "lib0", "y-protocols", "y-websocket", "isomorphic.js")
-CONDITIONS = ("browser", "import", "module", "default")
-
-
-def _target(spec: Any) -> str | None:
-    """The file an ``exports`` entry gives a browser's ES module import, if any."""
-    if isinstance(spec, str):
-        return spec if not spec.endswith((".cjs", ".json", ".d.ts")) else None
-    if isinstance(spec, dict):
-        for condition in CONDITIONS:
-            if condition in spec:
-                found = _target(spec[condition])
-                if found is not None:
-                    return found
-    return None
-
-
-def import_map(modules: Path) -> dict[str, dict[str, str]]:
-    """The import map of ``PACKAGES``, from each package's ``exports``, as a bundler resolves them."""
-    imports: dict[str, str] = {}
-    for name in PACKAGES:
-        package = json.loads((modules / name / "package.json").read_text())
-        for entry, spec in package.get("exports", {}).items():
-            target = _target(spec)
-            if target is not None and not entry.endswith(".json"):
-                imports[name + entry[1:]] = f"/node_modules/{name}/{target.removeprefix('./')}"
-    return {"imports": imports}
-
-
-class _Files(http.server.SimpleHTTPRequestHandler):
-    extensions_map: ClassVar[dict[str, str]] = {
-        **http.server.SimpleHTTPRequestHandler.extensions_map,
-        ".js": "text/javascript",
-        ".mjs": "text/javascript",
-    }
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def page_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1, port 0 (a page and the node modules it imports)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def clocks(state_vector: bytes) -> dict[int, int]:
-    """A Yjs state vector as ``{client: clock}`` (its encoding lists clients in any order)."""
-    count, pos = read_var_uint(state_vector, 0)
-    out: dict[int, int] = {}
-    for _ in range(count):
-        client, pos = read_var_uint(state_vector, pos)
-        out[client], pos = read_var_uint(state_vector, pos)
-    return out
-
 
 SCRIPT = """
 (async () => {
@@ -131,15 +60,10 @@ SCRIPT = """
 
 
 def test_two_browser_clients_sync_and_converge(tmp_path: Path) -> None:
-    root = tmp_path / "page"
-    root.mkdir()
-    modules = js_dir() / "node_modules"
-    (root / "node_modules").symlink_to(modules.resolve())
-    imports = json.dumps(import_map(modules))
-    (root / "index.html").write_text(
-        f'<!doctype html><meta charset="utf-8"><script type="importmap">{imports}</script><title>yjs</title>'
-    )
-    with page_server(root) as origin, live_server(tmp_path / "node", public_origins=(origin,)) as srv:
+    with (
+        yjs_page(tmp_path / "page") as origin,
+        live_server(tmp_path / "node", public_origins=(origin,)) as srv,
+    ):
         doc: pycrdt.Doc = pycrdt.Doc()
         text = doc.get("t", type=pycrdt.Text)
         text += "pycrdt wrote this"
