@@ -210,8 +210,14 @@ class YjsState:
         return self._cache
 
     def state_update(self) -> bytes:
-        """The whole document as one Yjs update (what a new client loads)."""
-        return bytes(self._doc.get_update())
+        """The whole document as one Yjs update (what a new client loads), updates still waiting
+        for a missing parent included: the Yjs engine leaves its pending updates out of
+        ``get_update``, so they come from the stash (a client keeps them pending as this state
+        does, and the document completes when the missing op arrives)."""
+        update = bytes(self._doc.get_update())
+        if self._stash:
+            return bytes(merge_updates(update, self._stash))
+        return update
 
     def check(self, op: Op) -> None:
         if op.kind == "crdt":
