@@ -10,6 +10,7 @@
     ├── Forbidden           403   the author or client may not do this
     │   └── OutsideGrant    403   an app's capability does not cover this key
     ├── NotFound            404   no such key (never written, or deleted)
+    ├── NotAcceptable       406   the key cannot be served in the asked form (Yjs updates of a JSON key)
     ├── VersionConflict     409   a version id is reused with different content
     ├── StaleParents        409   a client's write names parents that are no longer the key's frontier
     ├── PreconditionFailed  412   an ``If-Match``/``If-None-Match`` condition does not hold
@@ -103,6 +104,10 @@ class OutsideGrant(Forbidden):
 
 class NotFound(StatebusError):
     status_hint = 404
+
+
+class NotAcceptable(StatebusError):
+    status_hint = 406
 
 
 class VersionConflict(StatebusError):

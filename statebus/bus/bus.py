@@ -41,6 +41,8 @@ from statebus.bus.history import (
     missing_changes,
     missing_versions,
     state_at,
+    yjs_update_at,
+    yjs_updates_after,
 )
 from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Computed, Reactive, ReactiveFn
@@ -743,6 +745,19 @@ class Bus:
         if self.reactive_keys.get(k) is not None:
             raise HistoryCompacted(f"{k} is computed: only its current version is served")
         return state_at(k, self._entry(k), versions, self._durable if durable else None)
+
+    def yjs_update(self, key: str, versions: Sequence[Version], *, durable: bool = False) -> bytes:
+        """The Yjs document of ``key`` at the frontier ``versions`` (its current one, or a past one
+        in its history) as one update (``history.yjs_update_at``). Raises NotAcceptable for a key
+        that is not Yjs, NotFound or HistoryCompacted."""
+        k = self.parse(key, allow_subtree=False)
+        return yjs_update_at(k, self._entry(k), versions, self._durable if durable else None)
+
+    def yjs_updates_after(self, key: str, parents: Sequence[Version], *, durable: bool = False) -> bytes:
+        """The Yjs updates of ``key`` after the versions ``parents``, merged into one
+        (``history.yjs_updates_after``)."""
+        k = self.parse(key, allow_subtree=False)
+        return yjs_updates_after(k, self._entry(k), parents, self._durable if durable else None)
 
     def history_page(
         self, key: str, after: Seq = 0, limit: int = 100, *, durable: bool = False

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, encode_snapshot, replay
-from statebus.errors import HistoryCompacted, NotFound
-from statebus.merge import load_state, new_state
+from statebus.errors import HistoryCompacted, NotAcceptable, NotFound
+from statebus.merge import MergeState, load_state, new_state
 from statebus.merge.base import Order
+from statebus.merge.yjs import YjsState, merged_updates
 from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Key, Seq, Version
 
@@ -73,14 +74,11 @@ def _gone(key: Key, entry: Entry, what: str) -> HistoryCompacted:
     )
 
 
-def state_at(key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None = None) -> Change:
-    """The state of ``key`` at the version frontier ``versions`` (rule 4), from ops stored at or
-    before cursor ``upto`` (None: every op in the log).
-
-    Raises:
-        NotFound: the key has no history, or never had one of ``versions``.
-        HistoryCompacted: that state was folded away (its detail names the horizon).
-    """
+def _rebuilt(
+    key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None
+) -> tuple[MergeState, Seq]:
+    """The merge state of ``key`` at the frontier ``versions`` rebuilt from its base (rule 4), and
+    the cursor of the last op it holds."""
     if entry is None:
         raise NotFound(f"no value at {key}")
     wanted = tuple(sorted(set(versions)))
@@ -102,7 +100,75 @@ def state_at(key: Key, entry: Entry | None, versions: Sequence[Version], upto: S
             seq = s
     if not state.exists:
         raise NotFound(f"no value at {key} at that version")
+    return state, seq
+
+
+def state_at(key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None = None) -> Change:
+    """The state of ``key`` at the version frontier ``versions`` (rule 4), from ops stored at or
+    before cursor ``upto`` (None: every op in the log).
+
+    Raises:
+        NotFound: the key has no history, or never had one of ``versions``.
+        HistoryCompacted: that state was folded away (its detail names the horizon).
+    """
+    state, seq = _rebuilt(key, entry, versions, upto)
+    wanted = tuple(sorted(set(versions)))
+    assert entry is not None
     return Change(key, seq, "snapshot", True, state.value, state.content_type, wanted, (), entry.merge)
+
+
+def _yjs(key: Key, entry: Entry | None) -> Entry:
+    if entry is None:
+        raise NotFound(f"no value at {key}")
+    if entry.merge != "yjs":
+        raise NotAcceptable(f"{key} is a {entry.merge} key: it has a JSON view, not Yjs updates")
+    return entry
+
+
+def yjs_update_at(
+    key: Key, entry: Entry | None, versions: Sequence[Version], upto: Seq | None = None
+) -> bytes:
+    """The Yjs document of ``key`` at the frontier ``versions`` as one update (rule 4: the current
+    state when they are its frontier, else rebuilt from the base and the log).
+
+    Raises:
+        NotAcceptable: ``key`` is not a Yjs key.
+        NotFound, HistoryCompacted: as :func:`state_at`.
+    """
+    entry = _yjs(key, entry)
+    state = entry.state
+    if tuple(sorted(set(versions))) != entry.log.sorted_frontier() or not state.exists:
+        state = _rebuilt(key, entry, versions, upto)[0]
+    assert isinstance(state, YjsState)
+    return state.state_update()
+
+
+def yjs_updates_after(
+    key: Key, entry: Entry | None, parents: Sequence[Version], upto: Seq | None = None
+) -> bytes:
+    """The Yjs updates of ``key`` a replica holding the versions ``parents`` lacks, merged into one
+    (of the ops stored at or before ``upto``); an empty update when it lacks none (rules 1 and 4).
+
+    Raises:
+        NotAcceptable: ``key`` is not a Yjs key.
+        NotFound: ``parents`` names a version this key never had.
+        HistoryCompacted: the ops after ``parents`` were folded away (the detail names the horizon).
+    """
+    entry = _yjs(key, entry)
+    log = entry.log
+    known = log.ancestors(parents)
+    if known is None:
+        if log.base_seq:
+            raise _gone(key, entry, "the history after those parents")
+        raise NotFound(f"{key} has no version {', '.join(parents)} (unknown, or its parents are)")
+    if log.base_frontier and not set(log.base_frontier) <= known:
+        raise _gone(key, entry, "the history after those parents")
+    updates = [
+        bytes(op.body)
+        for s, op in log.ops()
+        if op.version not in known and op.kind == "crdt" and (upto is None or s <= upto)
+    ]
+    return merged_updates(updates)
 
 
 def history_page(

@@ -44,6 +44,7 @@ from statebus.http.openapi import routes as openapi_routes
 from statebus.http.origins import OriginPolicy
 from statebus.http.pump import StreamRegistry, install_log_filter
 from statebus.http.websocket import routes as websocket_routes
+from statebus.http.y_websocket import routes as y_websocket_routes
 from statebus.runtime import Node
 
 log = logging.getLogger("statebus.http")
@@ -181,6 +182,7 @@ def build_app(
             routes.append(Route("/statebus.js", statebus_js, methods=["GET", "HEAD"]))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
     routes.extend(websocket_routes(node, settings, auth))
+    routes.extend(y_websocket_routes(node, settings, auth))
     routes.extend(openapi_routes())
     routes.extend(metrics.routes(auth))
     gated = access.gate(keys)

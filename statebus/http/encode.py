@@ -10,6 +10,10 @@ What is sent for a change (both formats):
 * a deleted key: SSE ``delete`` event (``"deleted": true``); Braid ``HTTP 404 Not Found``, no body;
 * a ``patch`` op applied directly on the previous frontier (``change.linear``) to a JSON value: its patches;
 * anything else (a ``set``, a CRDT update, a merge of concurrent ops, a snapshot): the whole value.
+
+A stream that asked for Yjs updates gets, for a ``yjs`` key, the Yjs update instead of the JSON
+view (:func:`sse_yjs_event`, :func:`braid_yjs_update`): the op's own update for a ``crdt`` op, the
+document (:class:`statebus.http.yjs.YjsFeed`) for a snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Final, cast
 
 from statebus.bus import Change
 from statebus.http.braid import format_update
-from statebus.http.sse import encode_update_event
+from statebus.http.sse import encode_update_event, encode_yjs_event
 from statebus.http.value_headers import served_type
 from statebus.oplog import DELETE, Patch
 from statebus.types import JSON
@@ -30,6 +34,40 @@ CACHE_SIZE: Final = 4096
 SSE: Final = "sse"
 SSE_LIVE: Final = "sse-live"
 BRAID: Final = "braid"
+SSE_YJS_LIVE: Final = "sse-yjs-live"
+BRAID_YJS: Final = "braid-yjs"
+YJS_UPDATE: Final = "application/vnd.yjs.update"
+
+
+def op_update(change: Change) -> bytes | None:
+    """The Yjs update a change is (its op's, for a ``crdt`` op), or None (a snapshot, a delete)."""
+    op = change.op
+    if change.kind == "op" and op is not None and op.kind == "crdt":
+        return bytes(op.body)
+    return None
+
+
+def sse_yjs_event(change: Change, cursor: int | None, update: bytes, *, snapshot: bool = False) -> bytes:
+    """The SSE event of a change of a ``yjs`` key on a stream of updates: ``update`` as
+    ``yjs_update`` (``delete`` when the key stays deleted after it)."""
+    kind = "snapshot" if snapshot or change.kind == "snapshot" else "update" if change.exists else "delete"
+    return encode_yjs_event(
+        change.key,
+        change.version,
+        change.parents,
+        update,
+        cursor=cursor,
+        kind=kind,
+        deleted=not change.exists,
+    )
+
+
+def braid_yjs_update(change: Change, update: bytes) -> bytes:
+    """The Braid update of a change of a ``yjs`` key on a subscription to updates: ``update`` as
+    the body, ``Content-Type: application/vnd.yjs.update`` (a deleted key: ``HTTP 404``, with the
+    op's update as the body when it is one)."""
+    status = "200" if change.exists else "404"
+    return format_update(change.version, change.parents, body=update, status=status, content_type=YJS_UPDATE)
 
 
 def as_patches(change: Change) -> tuple[Patch, ...] | None:
@@ -139,6 +177,22 @@ class EncodeCache:
         data = self.get(change, BRAID)
         if data is None:
             data = self.put(change, BRAID, braid_update(change))
+        return data
+
+    def live_sse_yjs(self, change: Change, update: bytes) -> bytes:
+        """The SSE event of a live ``crdt`` op of a ``yjs`` key on a stream of updates."""
+        data = self.get(change, SSE_YJS_LIVE)
+        if data is None:
+            data = self.put(
+                change, SSE_YJS_LIVE, sse_yjs_event(change, change.seq if change.last else None, update)
+            )
+        return data
+
+    def braid_yjs(self, change: Change, update: bytes) -> bytes:
+        """The Braid update of a live ``crdt`` op of a ``yjs`` key on a subscription to updates."""
+        data = self.get(change, BRAID_YJS)
+        if data is None:
+            data = self.put(change, BRAID_YJS, braid_yjs_update(change, update))
         return data
 
     def clear(self) -> None:

@@ -38,6 +38,7 @@ from statebus.errors import (
     InvalidOp,
     InvalidRange,
     InvalidValue,
+    NotAcceptable,
     NotFound,
     PreconditionFailed,
     RangeNotSatisfiable,
@@ -77,6 +78,14 @@ from statebus.http.value_headers import (
     VIEW_PARAM,
     served_type,
     value_headers,
+)
+from statebus.http.yjs import (
+    YjsFeed,
+    accepts_yjs,
+    state_vector_of,
+    stream_mode,
+    yjs_body,
+    yjs_response,
 )
 from statebus.keys import is_subtree
 from statebus.merge import MERGE_TYPES
@@ -411,6 +420,11 @@ class KeyEndpoint:
             else:
                 rng = parse_range_header(_utf8_header(raw, "Range"))
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
+        want_yjs, json_ok = accepts_yjs(headers.get("accept"))
+        if want_yjs:
+            answer = self.get_yjs(key, query, headers, json_ok=json_ok, ranged=bool(rng or byte_range))
+            if answer is not None:
+                return answer
         versions = self.asked_version(query, headers)
         if versions:
             change = self.node.fetch_version(key, versions)
@@ -473,6 +487,47 @@ class KeyEndpoint:
         out.update(value_headers(pointer.type))
         raw_range = headers.get("range")
         return serve_blob(self.node.blobs, pointer, FALLBACK_TYPE, out, raw_range)
+
+    def get_yjs(
+        self, key: Key, query: QueryParams, headers: Mapping[str, str], *, json_ok: bool, ranged: bool
+    ) -> Response | None:
+        """A GET asking for Yjs updates (see :mod:`statebus.http.yjs`); None when the key is not
+        Yjs and the Accept also takes its JSON view."""
+        versions = self.asked_version(query, headers)
+        change = self.node.fetch_version(key, versions) if versions else self.node.fetch(key)
+        if change.merge != "yjs" and json_ok:
+            return None
+        parents = self.asked_parents(query, headers)
+        state_vector = state_vector_of(query, headers)
+        if parents is not None and (versions or state_vector is not None):
+            raise InvalidValue("a Yjs read names one of Parents, a state vector or a Version")
+        body, tag = yjs_body(self.node, change, state_vector=state_vector, parents=parents)
+        out = _range_headers()
+        if change.version:
+            out["version"] = braid.format_version_list(change.version)
+        etag = etag_of(change.version, tag)
+        if etag is not None:
+            out["etag"] = etag
+            inm = headers.get("if-none-match")
+            if inm is not None and _etag_matches(inm, etag):
+                return Response(status_code=304, headers=out)
+        return yjs_response(body, out, ranged=ranged)
+
+    @staticmethod
+    def asked_parents(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...] | None:
+        """The versions a Yjs read wants the updates after: ``Parents`` or ``?parents=`` (a Braid
+        version list, or bare ids separated by commas); None when neither is given."""
+        raw = headers.get("parents")
+        if raw is not None:
+            return version_list(raw, "Parents")
+        raw = query.get("parents")
+        if raw is None:
+            return None
+        if raw.lstrip().startswith('"'):
+            return version_list(raw, "parents")
+        return version_list(
+            ", ".join(encode_basestring(v.strip()) for v in raw.split(",") if v.strip()), "parents"
+        )
 
     @staticmethod
     def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
@@ -596,6 +651,7 @@ class KeyEndpoint:
             parents = version_list(raw_parents, "Parents") if raw_parents is not None else None
             raw_beats = headers.get("heartbeats")
             beats = braid.parse_heartbeats(raw_beats)
+            yjs = self.braid_yjs(key, conn.query_params, headers)
             await serve_braid(
                 send,
                 receive,
@@ -612,11 +668,18 @@ class KeyEndpoint:
                 buffer=settings.subscriber_buffer,
                 ping_interval=settings.sse_ping_interval,
                 client=stream_client(client),
+                yjs=yjs,
             )
             return None
         patterns = self.stream_patterns(path, conn.query_params)
         for key in patterns:
             require_read(client, key)
+        yjs_feed = None
+        if stream_mode(conn.query_params):
+            state_vector = state_vector_of(conn.query_params, headers, since=False)
+            if state_vector is not None and (len(patterns) != 1 or is_subtree(patterns[0])):
+                raise InvalidValue("a state vector is one document's: stream one Yjs key with it")
+            yjs_feed = YjsFeed(self.node, state_vector)
         await serve_sse(
             send,
             receive,
@@ -628,8 +691,25 @@ class KeyEndpoint:
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
             client=stream_client(client),
+            yjs=yjs_feed,
         )
         return None
+
+    def braid_yjs(self, key: Key, query: QueryParams, headers: Mapping[str, str]) -> YjsFeed | None:
+        """The feed of a Braid subscription that asks for Yjs updates (its Accept lists
+        ``application/vnd.yjs.update``), or None. A key that is not Yjs is 406 unless the Accept
+        takes JSON too (then it streams JSON)."""
+        want_yjs, json_ok = accepts_yjs(headers.get("accept"))
+        if not want_yjs:
+            return None
+        current = self.node.fetch_or_none(key, durable=True)
+        if current is not None and current.merge != "yjs":
+            if json_ok:
+                return None
+            raise NotAcceptable(
+                f"{key} is a {current.merge} key: subscribe to its JSON view (application/json)"
+            )
+        return YjsFeed(self.node, state_vector_of(query, headers, since=False))
 
     @staticmethod
     def resume_cursor(conn: HTTPConnection, headers: Mapping[str, str]) -> int | None:

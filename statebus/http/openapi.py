@@ -115,15 +115,30 @@ def _key_item(namespace: str) -> dict[str, Any]:
                     "description": "json <range> (JSON values) or bytes=… (binary values)",
                 },
                 {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "State-Vector",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "with Accept: application/vnd.yjs.update, the updates a document with "
+                    "this Yjs state vector (base64) lacks; also ?since= or ?state_vector=",
+                },
             ],
             "responses": {
-                "200": {"description": "the value", "content": {"application/json": {"schema": {}}}},
+                "200": {
+                    "description": "the value (Yjs update bytes with Accept: application/vnd.yjs.update)",
+                    "content": {
+                        "application/json": {"schema": {}},
+                        "application/vnd.yjs.update": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
                 "206": {
                     "description": "the range of the value",
                     "content": {"application/json": {"schema": {}}},
                 },
                 "304": {"description": "not modified"},
                 "404": _err("no value at this key"),
+                "406": _err("Yjs updates asked of a key that is not yjs"),
                 "410": _err("that version was compacted away (the detail names the horizon)"),
                 "416": _err("the range does not apply"),
                 **_ERRORS,

@@ -19,6 +19,10 @@ statebus events (one JSON object per event, compact, UTF-8)::
   value; ``content_type`` says what it is), ``"patches": [[range, content], …]`` (``[range]`` removes
   what the range addresses) or ``"deleted": true``.
 * ``content_type`` is present only for values that are not ``application/json``.
+* On a stream that asked for Yjs updates (``?yjs=updates``), the events of a ``yjs`` key carry
+  ``"yjs_update": "<base64>"`` (Yjs update bytes, v1) instead of ``value``: the whole document (or
+  what a client's state vector lacks) in its ``snapshot``, then each op's own update
+  (:func:`encode_yjs_event`). Events of other keys stay JSON: the body field says which.
 * ``id`` is the node's cursor after this event; a browser ``EventSource`` sends it back as
   ``Last-Event-ID`` when it reconnects, and the stream resumes after it.
 * A comment line (``: ping``) is sent every ``sse_ping_interval`` seconds to keep proxies from
@@ -190,6 +194,37 @@ def encode_update_event(
     if cursor is not None:
         parts += ("id: ", _field_value("id", str(cursor)), "\n")
     parts += ("data: ", data, "\n\n")
+    return _utf8("".join(parts))
+
+
+def encode_yjs_event(
+    key: str,
+    version: Sequence[str],
+    parents: Sequence[str],
+    update: bytes,
+    *,
+    cursor: str | int | None = None,
+    kind: str = "update",
+    deleted: bool = False,
+) -> bytes:
+    """Encode a statebus event of a Yjs key on a stream that asked for updates (``?yjs=updates``):
+    the body is ``"yjs_update": "<base64 of the Yjs update>"`` instead of ``value``; a ``delete``
+    event of a Yjs op that merged while the key stays deleted carries both it and ``deleted``.
+
+    Example:
+        >>> encode_yjs_event("/~/d", ["v"], [], b"\\x00\\x00", cursor=4)
+        b'event: update\\nid: 4\\ndata: {"key":"/~/d","version":["v"],"parents":[],"yjs_update":"AAA="}\\n\\n'
+    """
+    if kind not in EVENT_KINDS:
+        raise InvalidValue(f"SSE event kind must be one of {EVENT_KINDS}")
+    payload: dict[str, JSON] = {"key": key, "version": list(version), "parents": list(parents)}
+    payload["yjs_update"] = base64.b64encode(update).decode("ascii")
+    if deleted:
+        payload["deleted"] = True
+    parts = ["event: ", kind, "\n"]
+    if cursor is not None:
+        parts += ("id: ", _field_value("id", str(cursor)), "\n")
+    parts += ("data: ", _encoder.encode(payload), "\n\n")
     return _utf8("".join(parts))
 
 

@@ -34,10 +34,19 @@ from starlette.types import Message, Receive, Send
 from statebus.bus import Change
 from statebus.errors import HistoryCompacted, InvalidKey, StatebusError
 from statebus.http.braid import HEARTBEAT, RANGE_HEADERS, SUBSCRIPTION_HEADERS, format_version_list
-from statebus.http.encode import EncodeCache, braid_update, sse_event
+from statebus.http.encode import (
+    YJS_UPDATE,
+    EncodeCache,
+    braid_update,
+    braid_yjs_update,
+    op_update,
+    sse_event,
+    sse_yjs_event,
+)
 from statebus.http.pump import Pump, StreamRegistry
 from statebus.http.sse import PING, encode_event, encode_reset_event
 from statebus.http.value_headers import raw_value_headers, served_type
+from statebus.http.yjs import YjsFeed
 from statebus.keys import is_subtree
 from statebus.runtime import Node, OpenEvents
 from statebus.runtime.streams import EventStream
@@ -84,10 +93,29 @@ class SseEncoder:
     """Turns batches of changes into SSE bytes: the initial backlog once complete, or the pages of
     the starting state as they come (``paging``), then live changes."""
 
-    __slots__ = ("_backlog", "_last_derived", "backlog_left", "cache", "last_op_seq", "paging", "reset")
+    __slots__ = (
+        "_backlog",
+        "_last_derived",
+        "backlog_left",
+        "cache",
+        "last_op_seq",
+        "paging",
+        "reset",
+        "yjs",
+    )
 
-    def __init__(self, cache: EncodeCache, backlog: int, *, reset: bool, paging: bool = False) -> None:
+    def __init__(
+        self,
+        cache: EncodeCache,
+        backlog: int,
+        *,
+        reset: bool,
+        paging: bool = False,
+        yjs: YjsFeed | None = None,
+    ) -> None:
         self.cache = cache
+        self.yjs = yjs
+        """Set on a stream of Yjs updates (``?yjs=updates``): the events of ``yjs`` keys carry them."""
         self.backlog_left = backlog
         self.reset = reset
         self.paging = paging
@@ -115,20 +143,33 @@ class SseEncoder:
                 if change is self._last_derived:
                     continue
                 self._last_derived = change
-            out.append(self.cache.live_sse(change))
+            out.append(self._live(change))
         return b"".join(out)
+
+    def _live(self, change: Change) -> bytes:
+        if self.yjs is None or not self.yjs.carries(change):
+            return self.cache.live_sse(change)
+        update = op_update(change)
+        if update is not None:
+            return self.cache.live_sse_yjs(change, update)
+        return sse_yjs_event(change, change.seq if change.last else None, self.yjs(change))
+
+    def _event(self, change: Change, cursor: int | None, *, snapshot: bool) -> bytes:
+        if self.yjs is not None and self.yjs.carries(change):
+            return sse_yjs_event(change, cursor, self.yjs(change), snapshot=snapshot)
+        return sse_event(change, cursor, snapshot=snapshot)
 
     def _page(self, page: list[Change]) -> bytes:
         """A page of the starting state: one ``snapshot`` event per key (a subtree's closing marker
         sends none), the cursor on the last event of the last page (a bare ``id:`` if it has none)."""
         sent = [c for c in page if c.exists or not is_subtree(c.key)]
         end = bool(page) and page[-1].last
-        out = [sse_event(c, None, snapshot=True) for c in (sent[:-1] if end else sent)]
+        out = [self._event(c, None, snapshot=True) for c in (sent[:-1] if end else sent)]
         if end:
             self.paging = False
             cursor = page[-1].seq
             if sent:
-                out.append(sse_event(sent[-1], cursor, snapshot=True))
+                out.append(self._event(sent[-1], cursor, snapshot=True))
             else:
                 out.append(f"id: {cursor}\n\n".encode("ascii"))
         return b"".join(out)
@@ -162,7 +203,7 @@ class SseEncoder:
             if event is None:
                 out.append(f"id: {cursor}\n\n".encode("ascii"))
             else:
-                out.append(sse_event(event, cursor, snapshot=self.reset or event.kind != "op"))
+                out.append(self._event(event, cursor, snapshot=self.reset or event.kind != "op"))
         return b"".join(out)
 
 
@@ -196,10 +237,12 @@ def serve_sse(
     buffer: int,
     ping_interval: float,
     client: str | None = None,
+    yjs: YjsFeed | None = None,
 ) -> asyncio.Future[None]:
     """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live.
     The current state is read a page at a time as the client reads it. ``client`` names who the
     stream's unsent bytes count for (:meth:`StreamRegistry.hold`; None: nobody, e.g. the owner).
+    ``yjs``: the stream asked for Yjs updates (``?yjs=updates``).
 
     Returns the future to await until the response has ended (the request's task sleeps on it: no
     coroutine of this module stays suspended per stream).
@@ -213,8 +256,10 @@ def serve_sse(
         stream = open_stream(events, patterns, buffer=buffer, paged=True)
         head.append(encode_reset_event(exc.detail))
         reset = True
+        if yjs is not None:  # the client drops what it holds: its state vector no longer applies
+            yjs = YjsFeed(yjs.node)
     paging = stream.pages is not None
-    encoder = SseEncoder(cache, 0 if paging else len(stream), reset=reset, paging=paging)
+    encoder = SseEncoder(cache, 0 if paging else len(stream), reset=reset, paging=paging, yjs=yjs)
     head_message: Message = {"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)}
     pump = Pump(send, receive, stream, client)
     return pump.start(registry, head_message, encoder, PING, ping_interval, sse_cut_event, b"".join(head))
@@ -235,9 +280,12 @@ def serve_braid(
     buffer: int,
     ping_interval: float,
     client: str | None = None,
+    yjs: YjsFeed | None = None,
 ) -> asyncio.Future[None]:
     """Answer a GET with ``Subscribe``: status 209, then Braid updates (research §2). Returns the
     future to await until the response has ended (as :func:`serve_sse`; ``client`` likewise).
+    ``yjs``: the subscription asked for Yjs updates (``Accept: application/vnd.yjs.update``): each
+    version of a ``yjs`` key carries its update as the body.
 
     Raises (before anything is sent):
         HistoryCompacted: ``parents`` are unknown or their history was compacted (410).
@@ -250,6 +298,8 @@ def serve_braid(
     current = node.fetch_or_none(key, durable=True)
     stored_type = current.content_type if current is not None else None
     content_type = served_type(stored_type) if stored_type is not None else "application/json"
+    if yjs is not None and (current is None or current.merge == "yjs"):
+        content_type = YJS_UPDATE
     headers: list[tuple[bytes, bytes]] = [
         *((k.encode(), v.encode()) for k, v in SUBSCRIPTION_HEADERS),
         (b"content-type", content_type.encode("latin-1")),
@@ -269,9 +319,18 @@ def serve_braid(
         for change in batch:
             if backlog_left > 0:
                 backlog_left -= 1
-                out.append(braid_update(change))
+                if yjs is not None and yjs.carries(change):
+                    out.append(braid_yjs_update(change, yjs(change)))
+                else:
+                    out.append(braid_update(change))
             elif change.kind == "op" and peer is not None and change.peer == peer:
                 continue  # the subscriber wrote this one itself
+            elif yjs is not None and yjs.carries(change):
+                update = op_update(change)
+                if update is not None:
+                    out.append(cache.braid_yjs(change, update))
+                else:
+                    out.append(braid_yjs_update(change, yjs(change)))
             else:
                 out.append(cache.braid(change))
         return b"".join(out)

@@ -3,6 +3,7 @@
 One JSON object per text frame. Client → server::
 
     {"get": "notes/1"}                                  subscribe (until forget): current value, then changes
+    {"get": "doc", "yjs": "updates", "state_vector"?: "<base64>"}   a Yjs key's updates instead of its view
     {"set": {"key": "notes/1", "val": {...}}, "version"?: "v2", "parents"?: ["v1"]}
     {"set": "notes/1", "patches": [[".title", "hi"], [".old"]], "version"?, "parents"?}
     {"forget": "notes/1"}                               end the subscription
@@ -13,7 +14,12 @@ Server → client::
 
     {"set": {"key": "notes/1", "val": {...}}, "version": "v2", "parents": ["v1"]}
     {"set": {"key": "notes/1"}}                         the key does not exist (never written, or deleted)
+    {"set": {"key": "doc", "yjs_update": "<base64>"}, "version", "parents"}   (a "yjs": "updates" get)
     {"error": "<code>", "detail": "…", "key"?: "notes/1"}   a refused message (statebus extension)
+
+**Yjs.** A ``get`` with ``"yjs": "updates"`` follows a ``yjs`` key as Yjs updates (base64 of the
+v1 update bytes in ``yjs_update``): the whole document first (or what ``state_vector`` lacks), then
+each op's own update (:class:`statebus.http.yjs.YjsFeed`); other keys still send ``val``.
 
 **Keys.** statebus clients name keys without a leading slash; they live in this node's namespace:
 ``notes/1`` ↔ ``/~/notes/1``. A key starting with ``/`` is a full node key (``/~/a``, ``/<pubkey>/a``).
@@ -41,6 +47,7 @@ key and address. A connection over any of them is closed with 1008 (policy) and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -64,6 +71,7 @@ from statebus.errors import (
 from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
 from statebus.http.info import routes as info_routes
 from statebus.http.ws_budget import ConnectionBudget, Rates
+from statebus.http.yjs import YjsFeed, decode_state_vector
 from statebus.keys import is_subtree
 from statebus.oplog import DELETE, Patch
 from statebus.runtime import Node
@@ -106,6 +114,27 @@ def set_message(key: str, change: Change) -> dict[str, Any]:
     return msg
 
 
+def yjs_feed(node: Node, msg: dict[str, Any]) -> YjsFeed | None:
+    """The Yjs feed a ``get`` asks for (``"yjs": "updates"``, ``state_vector``), or None."""
+    mode = msg.get("yjs")
+    if mode is None:
+        return None
+    if mode != "updates":
+        raise InvalidValue('yjs is "updates" (a Yjs key\'s updates instead of its JSON view)')
+    raw = msg.get("state_vector")
+    if raw is not None and not isinstance(raw, str):
+        raise InvalidValue("state_vector is a base64 string")
+    return YjsFeed(node, None if raw is None else decode_state_vector(raw, "state_vector"))
+
+
+def yjs_message(key: str, change: Change, update: bytes) -> dict[str, Any]:
+    """The server's ``set`` frame of a ``yjs`` key followed as updates: ``yjs_update`` (base64)."""
+    target: dict[str, Any] = {"key": key, "yjs_update": base64.b64encode(update).decode("ascii")}
+    if not change.exists:
+        target["deleted"] = True
+    return {"set": target, "version": list(change.version), "parents": list(change.parents)}
+
+
 def parse_patches(raw: Any) -> list[Patch]:
     """``[[range, value], [range]]`` (``[range]`` removes) or braid-style ``[{"range", "content"}]``
     (``content`` is JSON text; empty removes)."""
@@ -141,6 +170,29 @@ def _key_of(msg: Any) -> Any:
     return target.get("key") if isinstance(target, dict) else target
 
 
+def short_reason(text: str) -> str:
+    """``text`` cut to what a close frame holds (123 bytes of UTF-8)."""
+    return text.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+async def admit(ws: WebSocket, auth: OwnerAuth) -> Client | None:
+    """The client of a websocket handshake (see **Auth.**), or None after refusing it (closed with
+    1008 before it was accepted): a foreign ``Origin``, a rate limit, a wrong ``?token=``."""
+    try:
+        auth.check_origin(ws)
+        client = auth.authenticate(ws)
+    except StatebusError as exc:
+        await ws.close(CLOSE_POLICY, short_reason(exc.detail))
+        return None
+    token = ws.query_params.get("token")
+    if token:
+        if not auth.check_token(token):
+            await ws.close(CLOSE_POLICY)
+            return None
+        client = auth.owner_client(client.address)
+    return client
+
+
 class Connection:
     """One websocket client: its subscriptions and its bounded outgoing queue."""
 
@@ -169,7 +221,7 @@ class Connection:
     def close(self, code: int, reason: str = "") -> None:
         if not self.closed.is_set():
             self.close_code = code
-            self.close_reason = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+            self.close_reason = short_reason(reason)
             self.closed.set()
 
     def over_budget(self, size: int) -> str | None:
@@ -229,7 +281,7 @@ class Connection:
                 raise Forbidden("the token is not the owner token", status_hint=401)
             self.client = self.auth.owner_client(self.client.address)
         elif "get" in msg:
-            self.subscribe(msg["get"])
+            self.subscribe(msg["get"], yjs_feed(self.node, msg))
         elif "forget" in msg:
             task = self.subs.pop(msg["forget"], None) if isinstance(msg["forget"], str) else None
             if task is not None:
@@ -288,7 +340,7 @@ class Connection:
             self.node.check_parents(key, opts["parents"], version)
         await self.node.save(key, target["val"], **opts)
 
-    def subscribe(self, name: Any) -> None:
+    def subscribe(self, name: Any, yjs: YjsFeed | None = None) -> None:
         if name == CURRENT_USER:
             self.send(
                 {"set": {"key": CURRENT_USER, "val": {"client": self.peer, "owner": self.client.owner}}}
@@ -301,9 +353,9 @@ class Connection:
         if name in self.subs and not self.subs[name].done():
             return
         stream = self.client.open_events(self.node)(key, snapshot=True)
-        self.subs[name] = asyncio.create_task(self.follow(name, key, stream))
+        self.subs[name] = asyncio.create_task(self.follow(name, key, stream, yjs))
 
-    async def follow(self, name: str, key: Key, stream: Any) -> None:
+    async def follow(self, name: str, key: Key, stream: Any, yjs: YjsFeed | None = None) -> None:
         sent_first = False
         try:
             if len(stream) == 0 and self.node.fetch_or_none(key) is None:
@@ -313,7 +365,10 @@ class Connection:
                 if sent_first and change.kind == "op" and change.peer == self.peer:
                     continue
                 sent_first = True
-                self.send(set_message(name, change))
+                if yjs is not None and yjs.carries(change):
+                    self.send(yjs_message(name, change, yjs(change)))
+                else:
+                    self.send(set_message(name, change))
         except StatebusError as exc:
             self.error(exc, name)
             self.close(CLOSE_TOO_SLOW)
@@ -321,20 +376,10 @@ class Connection:
             stream.close()
 
     async def run(self) -> None:
-        try:
-            self.auth.check_origin(self.ws)
-            self.client = self.auth.authenticate(self.ws)
-        except StatebusError as exc:
-            await self.ws.close(
-                CLOSE_POLICY, exc.detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
-            )
+        client = await admit(self.ws, self.auth)
+        if client is None:
             return
-        token = self.ws.query_params.get("token")
-        if token:
-            if not self.auth.check_token(token):
-                await self.ws.close(CLOSE_POLICY)
-                return
-            self.client = self.auth.owner_client(self.client.address)
+        self.client = client
         await self.ws.accept()
         tasks = [asyncio.create_task(self.writer()), asyncio.create_task(self.reader())]
         waiter = asyncio.create_task(self.closed.wait())

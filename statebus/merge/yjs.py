@@ -26,9 +26,9 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, merge_updates
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, get_update, merge_updates
 
-from statebus.errors import InvalidOp, TooLarge
+from statebus.errors import InvalidOp, InvalidValue, TooLarge
 from statebus.merge.base import Order
 from statebus.oplog.events import Op
 
@@ -36,6 +36,32 @@ KNOWN_KEEP = 256
 """How many of the most recently folded versions the base keeps to recognise a late op's parents:
 a parent folded before them reads as missing, which costs a rebuild per later update, never a
 wrong value (updates commute)."""
+
+
+EMPTY_UPDATE = b"\x00\x00"
+"""A Yjs update (v1) that holds nothing: what a client that lacks nothing is sent."""
+
+
+def merged_updates(updates: Sequence[bytes]) -> bytes:
+    """Several Yjs updates as one (``Y.mergeUpdates``); :data:`EMPTY_UPDATE` for none."""
+    if not updates:
+        return EMPTY_UPDATE
+    if len(updates) == 1:
+        return updates[0]
+    return bytes(merge_updates(*updates))
+
+
+def diff_update(update: bytes, state_vector: bytes) -> bytes:
+    """What a client whose document has ``state_vector`` (``Y.encodeStateVector``) lacks of
+    ``update``: ``Y.encodeStateAsUpdate(doc, stateVector)`` of a document holding ``update``.
+
+    Raises:
+        InvalidValue: ``state_vector`` is not a Yjs state vector.
+    """
+    try:
+        return bytes(get_update(update, state_vector))
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidValue(f"not a Yjs state vector (Y.encodeStateVector): {exc}") from None
 
 
 def _check_update(update: Any) -> None:
@@ -184,8 +210,14 @@ class YjsState:
         return self._cache
 
     def state_update(self) -> bytes:
-        """The whole document as one Yjs update (what a new client loads)."""
-        return bytes(self._doc.get_update())
+        """The whole document as one Yjs update (what a new client loads), updates still waiting
+        for a missing parent included: the Yjs engine leaves its pending updates out of
+        ``get_update``, so they come from the stash (a client keeps them pending as this state
+        does, and the document completes when the missing op arrives)."""
+        update = bytes(self._doc.get_update())
+        if self._stash:
+            return bytes(merge_updates(update, self._stash))
+        return update
 
     def check(self, op: Op) -> None:
         if op.kind == "crdt":

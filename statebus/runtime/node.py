@@ -151,6 +151,18 @@ class Node:
         (410) naming the horizon when that state was folded away."""
         return self.bus.fetch_version(key, versions, durable=True)
 
+    def yjs_update(self, key: str, versions: Sequence[Version], *, durable: bool = True) -> bytes:
+        """The Yjs document of ``key`` at the frontier ``versions`` (as :meth:`fetch` or
+        :meth:`fetch_version` name it, or a stream's snapshot: ``durable=False``) as one Yjs
+        update. Raises NotAcceptable (not a Yjs key), NotFound, or HistoryCompacted (410, with the
+        horizon)."""
+        return self.bus.yjs_update(key, versions, durable=durable)
+
+    def yjs_updates_after(self, key: str, parents: Sequence[Version]) -> bytes:
+        """The Yjs updates of ``key`` on disk after the versions ``parents``, merged into one (an
+        empty update when there are none). Raises as :meth:`yjs_update`."""
+        return self.bus.yjs_updates_after(key, parents, durable=True)
+
     def history_page(self, key: str, after: Seq = 0, limit: int = 100) -> HistoryPage:
         """A page of the versions of ``key`` after cursor ``after`` (oldest first), and its horizon,
         as on disk (see :meth:`fetch`)."""

@@ -85,9 +85,11 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=5)
 
 
-def _run_node(script: str, args: Sequence[str], timeout: float) -> tuple[int, str, str]:
+def _run_node(
+    script: str, args: Sequence[str], timeout: float, flags: Sequence[str] = ()
+) -> tuple[int, str, str]:
     proc = subprocess.Popen(
-        ["node", str(js_dir() / script), *args],
+        ["node", *flags, str(js_dir() / script), *args],
         cwd=js_dir(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -313,3 +315,19 @@ def yjs_updates(which: str) -> list[bytes]:
         timeout=60,
     ).stdout
     return [base64.b64decode(line) for line in out.split()]
+
+
+def y_websocket_available() -> bool:
+    """True when the JS ``yjs`` and ``y-websocket`` packages are installed in ``tests/js``."""
+    return yjs_available() and (js_dir() / "node_modules" / "y-websocket").is_dir()
+
+
+def run_yjs_client(args: Sequence[str], timeout: float = 20.0) -> list[JsonLine]:
+    """Run ``tests/js/yjs_client.mjs`` (the real JS ``yjs``, and y-websocket's stock
+    ``WebsocketProvider``; Node 20 needs ``--experimental-websocket`` for the WebSocket it uses) to
+    completion and return its JSON lines (the last one is its result, or ``{"error": …}``)."""
+    _, stdout, stderr = _run_node("yjs_client.mjs", args, timeout, flags=["--experimental-websocket"])
+    lines = _parse_lines(stdout)
+    if not lines:
+        return [{"error": stderr[-2000:]}]
+    return lines
