@@ -37,6 +37,8 @@ GiB: Final = 1024 * MiB
 ENV_PREFIX: Final = "STATEBUS_"
 CONFIG_ENV: Final = "STATEBUS_CONFIG"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+DURABILITY: Final = ("power", "process")
+"""What an acknowledged write survives: ``power`` (fsync before the answer) or ``process`` (kill -9)."""
 
 
 class Secret:
@@ -251,6 +253,12 @@ class Settings:
     accept_store_loss: bool = _setting(
         False, "bool", "Start over when the store is behind what this node committed (deleted store)."
     )
+    durability: str = _setting(
+        "power",
+        "durability",
+        "What an acknowledged write survives: power (a power cut; fsync per commit) or process "
+        "(a crash or kill -9 of the node; fsync at least every second).",
+    )
     app_bundle_max_bytes: int = _setting(
         8 * MiB, "bytes", "Largest app bundle (the archive) a node packs, fetches or installs.", 1024, 1 * GiB
     )
@@ -428,6 +436,12 @@ def _log_level(raw: Any, label: str) -> str:
     return raw.strip().lower()
 
 
+def _durability(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in DURABILITY:
+        raise InvalidValue(f"{label}: must be one of {', '.join(DURABILITY)}, got {_show(raw)}")
+    return raw.strip().lower()
+
+
 def _path(raw: Any, label: str) -> Path:
     if isinstance(raw, Path):
         return raw
@@ -522,6 +536,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "host": _host,
     "name": _name,
     "log_level": _log_level,
+    "durability": _durability,
     "path": _path,
     "secret": _secret,
     "list": _list,

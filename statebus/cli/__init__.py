@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     p.add_argument(
+        "--durability",
+        dest="durability",
+        help="power (fsync before each answer, the default) or process (survives kill -9, not a power cut)",
+    )
+    p.add_argument(
         "--full-check",
         dest="store_full_check",
         action="store_true",

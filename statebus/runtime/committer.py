@@ -16,6 +16,12 @@ Rules:
    taken again when the probe succeeds; without a probe the next write tries storage. A failed
    probe or commit doubles the backoff; a successful one makes the node healthy. The process stays
    up and recovers by itself once space returns.
+4. A storage in ``"process"`` durability (its ``durability`` attribute; SQLite with
+   ``synchronous=NORMAL``) does not fsync per commit. After a commit, its ``sync()`` (an fsync of
+   the WAL) runs in the writer thread within ``SYNC_INTERVAL`` seconds, so what was acknowledged
+   survives a power cut at most that long after its answer; ``aclose`` syncs once more. A failed
+   sync is logged and tried again at the next commit (the process-crash promise does not depend
+   on it).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ RETRY_FIRST = 0.5
 """Seconds writes are refused after the first failed commit; doubled after each failure in a row."""
 RETRY_MAX = 30.0
 """Longest wait between two tries of a failing storage."""
+SYNC_INTERVAL = 1.0
+"""Longest time from a commit to the fsync that makes it survive a power cut, in ``"process"``
+durability (rule 4)."""
 LOST_RANGES = 64
 """How many rolled-back sequence ranges :meth:`GroupCommitter.durable` remembers."""
 
@@ -88,6 +97,15 @@ class GroupCommitter:
         """Called after a rollback with ``(low, high)``: the changes with ``low < seq <= high`` were
         dropped (the durable cursor is ``high`` now)."""
         self._once: list[Callable[[], None]] = []
+        storage = bus.storage
+        self._sync: Callable[[], None] | None = (
+            getattr(storage, "sync", None) if getattr(storage, "durability", "power") == "process" else None
+        )
+        """The storage's fsync when it does not fsync each commit (rule 4), else None."""
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._syncing: asyncio.Task[None] | None = None
+        self.syncs = 0
+        """Completed ``sync()`` calls (``"process"`` durability), since start."""
 
     @property
     def healthy(self) -> bool:
@@ -138,6 +156,8 @@ class GroupCommitter:
                     self.backoff = 0.0
                 self.bus.mark_durable(last)
                 self.durable_seq = self.bus.durable_seq
+                if self._sync is not None and self._sync_timer is None:
+                    self._sync_timer = loop.call_later(SYNC_INTERVAL, self._start_sync)
                 self._release(last)
         finally:
             self._task = None
@@ -203,6 +223,26 @@ class GroupCommitter:
         self.backoff = 0.0
         log.warning("storage recovered: a probe write succeeded, writes are taken again")
 
+    def _start_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._syncing is None:
+            self._sync_timer = None
+            self._syncing = loop.create_task(self._run_sync())
+        else:  # the last sync still runs and may have started before the newest commit
+            self._sync_timer = loop.call_later(SYNC_INTERVAL / 100, self._start_sync)
+
+    async def _run_sync(self) -> None:
+        """fsync what was committed (rule 4), in the writer thread: between two batches."""
+        sync = self._sync
+        try:
+            if sync is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, sync)
+                self.syncs += 1
+        except Exception as exc:
+            log.error("storage sync failed (%s); tried again after the next commit", failure_reason(exc))
+        finally:
+            self._syncing = None
+
     def _write(self, stored: list[StoredOp], snaps: list[Snapshot]) -> None:
         storage = self.bus.storage
         if stored:
@@ -242,4 +282,12 @@ class GroupCommitter:
             task = self._task
             if task is not None:
                 await task
+        if self._sync_timer is not None or self._syncing is not None:
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
+                self._sync_timer = None
+            if self._syncing is not None:
+                await self._syncing
+            self._syncing = asyncio.get_running_loop().create_task(self._run_sync())
+            await self._syncing
         self._executor.shutdown(wait=True)
