@@ -22,6 +22,11 @@ Rules:
    survives a power cut at most that long after its answer; ``aclose`` syncs once more. A failed
    sync is logged and tried again at the next commit (the process-crash promise does not depend
    on it).
+5. Such a store's commits run on the event loop's thread, not the writer thread (rule 2): with
+   no fsync a commit is a few SQLite page writes, cheaper than the hand-off to a thread and back
+   (measured in docs/performance.md). The store's checkpoints, which do fsync, run only inside
+   ``sync()``, in the writer thread, which therefore also starts after ``SYNC_OPS`` ops (the WAL
+   stays small); a batch waits for a running sync instead of blocking on the store's lock.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ RETRY_MAX = 30.0
 SYNC_INTERVAL = 1.0
 """Longest time from a commit to the fsync that makes it survive a power cut, in ``"process"``
 durability (rule 4)."""
+SYNC_OPS = 256
+"""...or sooner, once this many ops were committed since the last sync: each sync checkpoints the
+WAL (rule 5), which stays near SQLite's own 1,000-page checkpoint size."""
 LOST_RANGES = 64
 """How many rolled-back sequence ranges :meth:`GroupCommitter.durable` remembers."""
 
@@ -102,7 +110,12 @@ class GroupCommitter:
             getattr(storage, "sync", None) if getattr(storage, "durability", "power") == "process" else None
         )
         """The storage's fsync when it does not fsync each commit (rule 4), else None."""
+        self._inline = self._sync is not None
+        """Commit on the event loop's thread (rule 5): a ``"process"`` store's commit does not wait
+        for the disk."""
         self._sync_timer: asyncio.TimerHandle | None = None
+        self._unsynced = 0
+        """Ops committed since the last sync started."""
         self._syncing: asyncio.Task[None] | None = None
         self.syncs = 0
         """Completed ``sync()`` calls (``"process"`` durability), since start."""
@@ -143,9 +156,14 @@ class GroupCommitter:
                 try:
                     # signing and encoding can fail too (a bug, or a value that slipped past
                     # validation): fail the waiters loudly rather than leave them hanging
+                    if self._inline and self._syncing is not None:
+                        await asyncio.shield(self._syncing)  # it holds the store's write lock
                     stored, snaps = self.bus.take_outbox(self.batch_signer)
                     last = self.bus.taken_seq
-                    await loop.run_in_executor(self._executor, self._write, stored, snaps)
+                    if self._inline:
+                        self._write(stored, snaps)
+                    else:
+                        await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
                     self._roll_back(exc, stored, snaps)
                     return
@@ -156,8 +174,14 @@ class GroupCommitter:
                     self.backoff = 0.0
                 self.bus.mark_durable(last)
                 self.durable_seq = self.bus.durable_seq
-                if self._sync is not None and self._sync_timer is None:
-                    self._sync_timer = loop.call_later(SYNC_INTERVAL, self._start_sync)
+                if self._sync is not None:
+                    self._unsynced += len(stored)
+                    if self._unsynced >= SYNC_OPS and self._syncing is None:
+                        if self._sync_timer is not None:
+                            self._sync_timer.cancel()
+                        self._start_sync()
+                    elif self._sync_timer is None:
+                        self._sync_timer = loop.call_later(SYNC_INTERVAL, self._start_sync)
                 self._release(last)
         finally:
             self._task = None
@@ -234,6 +258,7 @@ class GroupCommitter:
     async def _run_sync(self) -> None:
         """fsync what was committed (rule 4), in the writer thread: between two batches."""
         sync = self._sync
+        self._unsynced = 0
         try:
             if sync is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, sync)

@@ -8,8 +8,9 @@ journal with ``synchronous=FULL``, so a commit is fsynced to the WAL before ``ap
 acknowledged batch survives ``kill -9`` and power loss. ``"process"`` runs it with
 ``synchronous=NORMAL``: ``append`` returns once the commit is written to the WAL (in the kernel's
 page cache, no fsync), which survives ``kill -9`` or a crash of the process but not a power cut or a
-kernel crash; :meth:`SqliteStorage.sync` fsyncs the WAL (the group committer calls it at most
-``sync_interval`` after a commit), and checkpoints and ``close`` fsync as in FULL mode. The database is
+kernel crash; :meth:`SqliteStorage.sync` fsyncs the WAL and checkpoints it (the group committer
+calls it at most ``SYNC_INTERVAL`` after a commit; SQLite's automatic checkpoints are off in this
+mode, so a commit never waits for an fsync), and ``close`` checkpoints and fsyncs. The database is
 created with ``auto_vacuum=INCREMENTAL`` and every ``compact`` runs ``incremental_vacuum``, so
 folded ops give their pages back to the file system (at the next WAL checkpoint).
 
@@ -321,7 +322,9 @@ class SqliteStorage:
     def sync(self) -> None:
         """fsync the WAL: every batch ``append`` returned before this call then survives a power cut
         too. Needed only in ``"process"`` durability (in ``"power"`` each commit is already
-        fsynced). Under the write lock, so no commit or checkpoint runs meanwhile. Raises OSError."""
+        fsynced), where it then checkpoints the WAL into the database (``PASSIVE``: both files
+        fsynced), so the WAL holds about one interval of commits. Under the write lock, so no
+        commit runs meanwhile. Raises OSError or sqlite3.Error."""
         with self._write_lock:
             self._check_open()
             try:
@@ -332,6 +335,10 @@ class SqliteStorage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if self.durability == "process":
+                # moves the WAL into the database (fsyncing both), so the next commit starts
+                # the WAL over: it holds at most about a second of commits
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def max_seq(self) -> Seq:
         """The highest sequence number ever appended (0 when empty); survives compaction."""
@@ -366,6 +373,8 @@ class SqliteStorage:
         if str(mode).lower() != "wal":
             raise StoreUnsupported(f"{self.path} cannot use WAL mode (journal_mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        if self.durability == "process":
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # sync() checkpoints instead
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             conn.execute("VACUUM")  # a file made without it: convert once (rewrites the file)
         conn.execute("BEGIN IMMEDIATE")
