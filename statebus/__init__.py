@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         StoreUnsupported,
         SubscriberTooSlow,
         TooLarge,
+        Unauthorized,
         VersionConflict,
     )
     from statebus.identity import Identity
@@ -71,6 +72,7 @@ _EXPORTS = {
     "MemoryStorage": "statebus.storage.memory",
     "Node": "statebus.runtime",
     "NotFound": "statebus.errors",
+    "Unauthorized": "statebus.errors",
     "Op": "statebus.oplog",
     "Patch": "statebus.oplog",
     "PreconditionFailed": "statebus.errors",

@@ -32,7 +32,7 @@ from starlette.responses import RedirectResponse, Response
 
 from statebus.access.control import AccessControl
 from statebus.access.gate import ADDRESS_COUNTED, SIGNER
-from statebus.errors import Forbidden
+from statebus.errors import SIGN_IN_HINT, Forbidden, Unauthorized
 from statebus.http.errors import statebus_error_response
 from statebus.http.origins import SAFE_METHODS, OriginPolicy
 from statebus.keys import segments
@@ -212,7 +212,9 @@ class OwnerAuth:
         if header is not None:
             scheme, _, credentials = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not self.check_token(credentials.strip()):
-                raise Forbidden("the Authorization header does not hold a valid owner token", status_hint=401)
+                raise Unauthorized(
+                    f"the Authorization header does not hold a valid owner token. {SIGN_IN_HINT}"
+                )
             return "bearer"
         raw = headers.get("cookie")
         if not raw or self._cookie is None:
@@ -244,7 +246,7 @@ def can_write(client: Client, key: Key) -> bool:
 
 def _denied(client: Client, what: str) -> Forbidden:
     if client.anonymous:
-        return Forbidden(f"sign in to {what}: send Authorization: Bearer <owner token>", status_hint=401)
+        return Unauthorized(f"sign in to {what}. {SIGN_IN_HINT}")
     return Forbidden(f"this client may not {what}")
 
 
@@ -276,7 +278,9 @@ async def login(request: Request, auth: OwnerAuth) -> Response:
     name = auth.cookie_name(request.scope, request.headers)
     if not auth.check_token(token) or name is None or auth.node is None:
         return statebus_error_response(
-            Forbidden("the login link is not valid (wrong or old token)", status_hint=401)
+            Unauthorized(
+                "the login link is not valid (wrong or old token): `statebus token` prints the current one"
+            )
         )
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(

@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from statebus.config import Settings
-from statebus.errors import Forbidden, StatebusError
+from statebus.errors import SIGN_IN_HINT, Forbidden, StatebusError, Unauthorized
 from statebus.http.auth import OwnerAuth
 from statebus.http.errors import statebus_error_response
 from statebus.runtime import Node
@@ -104,10 +104,9 @@ class NodeMetrics:
             try:
                 client = auth.authenticate(request)
                 if not client.owner and not public:
-                    raise Forbidden(
-                        "the metrics are the owner's: send Authorization: Bearer <owner token>",
-                        status_hint=401 if client.anonymous else 403,
-                    )
+                    if client.anonymous:
+                        raise Unauthorized(f"the metrics are the owner's. {SIGN_IN_HINT}")
+                    raise Forbidden("the metrics are the owner's: send Authorization: Bearer <owner token>")
             except StatebusError as exc:
                 return statebus_error_response(exc)
             return Response(

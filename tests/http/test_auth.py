@@ -33,7 +33,7 @@ def test_anonymous_reads_public_only_and_writes_nothing(srv: LiveServer) -> None
         assert anon.get("/~/public/hello").json() == "hi"
         assert anon.get("/~/public/").json()["children"] == ["hello"]
         r = anon.get("/~/secret")
-        assert r.status_code == 401 and r.json()["error"] == "forbidden"
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
         assert "psst" not in r.text
         for method in ("PUT", "PATCH", "DELETE"):
