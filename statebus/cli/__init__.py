@@ -120,7 +120,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from statebus.cli.serve import run_server  # the server stack: not loaded by the client commands
 
-    run_server(settings, as_json=args.json)
+    run_server(settings, as_json=args.json, confirm_phrase=not args.yes)
     return 0
 
 
@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="once listening, print one JSON line (pubkey, url, dht, login, pid, data) instead of the banner",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="on first start, show the recovery phrase without waiting for Enter",
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
