@@ -27,6 +27,7 @@ from statebus.server.runfile import running_url
 INFO_PATH = "/.well-known/statebus"
 TIMEOUT = 10.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+WAIT_POLL = 0.1
 
 
 class Client:
@@ -151,7 +152,17 @@ def _print_json(value: Any) -> None:
 def cmd_get(args: argparse.Namespace, settings: Settings, client: Client) -> int:
     path = key_path(args.key)
     params = {"range": args.range} if args.range else None
-    response = client.request("GET", path, params=params)
+    if args.wait is not None and args.wait < 0:
+        raise InvalidValue("--wait is a number of seconds, 0 or more")
+    deadline = time.monotonic() + (args.wait or 0.0)
+    while True:
+        try:
+            response = client.request("GET", path, params=params)
+            break
+        except RemoteError as exc:  # --wait: a value that has not arrived yet (a follow, a peer)
+            if exc.status_hint != 404 or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAIT_POLL)
     if args.show_version and response.headers.get("version"):
         sys.stderr.write(f"version: {response.headers['version']}\n")
     if path.endswith("/"):
