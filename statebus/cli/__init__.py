@@ -4,15 +4,16 @@
     statebus serve [--host --port]     run the node; prints its pubkey, URL and login link (--json)
     statebus phrase                    show a new identity's recovery phrase once (made with no terminal)
     statebus token                     print the owner token
-    statebus info                      node identity, URL, data folder, key count, version
+    statebus info                      node identity, URL, data folder, key count, version (or: not running)
     statebus get KEY [--range R]       print a value (or a subtree's children)
     statebus put KEY VALUE|-           write a JSON value (or bytes with --content-type)
     statebus delete KEY                delete a key
     statebus watch KEY|SUBTREE/        print every change live (resumes after a dropped connection)
 
 Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
-(:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default
-``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
+(:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default: the node
+serving the data folder, from its ``node.json``, else ``http://<host>:<port>`` from the settings)
+with the owner token read from the data folder.
 Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
 federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
 """
