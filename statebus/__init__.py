@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         StoreUnsupported,
         SubscriberTooSlow,
         TooLarge,
+        Unauthorized,
         VersionConflict,
     )
     from statebus.identity import Identity
@@ -85,6 +86,7 @@ _EXPORTS = {
     "NotAcceptable": "statebus.errors",
     "NotFound": "statebus.errors",
     "OutsideGrant": "statebus.errors",
+    "Unauthorized": "statebus.errors",
     "Op": "statebus.oplog",
     "Patch": "statebus.oplog",
     "PreconditionFailed": "statebus.errors",

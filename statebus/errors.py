@@ -8,7 +8,8 @@
     ├── CliError                  a ``statebus`` command cannot do what it was asked (one line, exit 1)
     ├── BadSignature        401   an op or request signature does not verify
     ├── Forbidden           403   the author or client may not do this
-    │   └── OutsideGrant    403   an app's capability does not cover this key
+    │   ├── OutsideGrant    403   an app's capability does not cover this key
+    │   └── Unauthorized    401   no (valid) credentials: the client must sign in first
     ├── NotFound            404   no such key (never written, or deleted)
     ├── NotAcceptable       406   the key cannot be served in the asked form (Yjs updates of a JSON key)
     ├── VersionConflict     409   a version id is reused with different content
@@ -46,6 +47,14 @@ Every error has a short machine ``code`` (the class name in snake case), a human
 from __future__ import annotations
 
 import re
+
+CLIENT_DOCS = "docs/http-api.md#using-a-generic-braid-or-statebus-client"
+"""Where a client that is refused for want of a key prefix or a token learns both (named in details)."""
+SIGN_IN_HINT = (
+    "Send the owner token as Authorization: Bearer <token> (`statebus token` prints it), or open the login"
+    f" link `statebus serve` printed; see {CLIENT_DOCS}"
+)
+"""The sentence every ``unauthorized`` answer ends with: how to sign in."""
 
 
 class StatebusError(Exception):
@@ -100,6 +109,14 @@ class Forbidden(StatebusError):
 
 class OutsideGrant(Forbidden):
     """A request made with an app's capability names a key outside the app's granted patterns."""
+
+
+class Unauthorized(Forbidden):
+    """The client sent no credentials, or ones that are not valid: it may not do this until it signs
+    in (HTTP 401, code ``unauthorized``). A :class:`Forbidden` so that callers catching a refusal
+    catch both."""
+
+    status_hint = 401
 
 
 class NotFound(StatebusError):

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from statebus.apps.patterns import Grants
 from statebus.config import Settings
-from statebus.errors import Forbidden, NotFound, StatebusError
+from statebus.errors import Forbidden, NotFound, StatebusError, Unauthorized
 from statebus.http.auth import APP_SCOPE, OwnerAuth
 from statebus.http.errors import error_response, statebus_error_response
 from statebus.http.info import INFO_PATH
@@ -302,10 +302,9 @@ class AppOrigins:
         secret = access.capabilities.redeem(codes[0], name) if access and len(codes) == 1 else None
         if secret is None or cookie is None:
             return statebus_error_response(
-                Forbidden(
+                Unauthorized(
                     "the launch link is not valid (used, expired or another app's): open the app again"
-                    " from the node's page",
-                    status_hint=401,
+                    " from the node's page"
                 )
             )
         response = RedirectResponse("/", status_code=303)
@@ -322,7 +321,7 @@ class AppOrigins:
         try:
             client = self.auth.authenticate(request)
             if not client.owner or client.app is not None:
-                raise Forbidden("only the node's owner launches apps: log in first", status_hint=401)
+                raise Unauthorized("only the node's owner launches apps: log in first")
             if self.auth.origins.foreign_origin(request.scope, request.headers):
                 raise Forbidden("apps are launched from the node's own page")
             app = self.installed(name) if APP_NAME.fullmatch(name) else None
@@ -344,7 +343,7 @@ class AppOrigins:
         try:
             client = self.auth.authenticate(request)
             if not client.owner:
-                raise Forbidden("only the node's owner sees its apps", status_hint=401)
+                raise Unauthorized("only the node's owner sees its apps")
         except StatebusError as exc:
             return statebus_error_response(exc)
         runtime: dict[str, dict[str, Any]] = {}

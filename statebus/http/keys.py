@@ -44,6 +44,7 @@ from statebus.errors import (
     RangeNotSatisfiable,
     StatebusError,
     TooLarge,
+    Unauthorized,
 )
 from statebus.http import braid
 from statebus.http.auth import Client, OwnerAuth, require_read, require_write
@@ -66,8 +67,10 @@ from statebus.http.encode import EncodeCache
 from statebus.http.errors import (
     error_response,
     internal_error_response,
+    login_page,
     method_not_allowed,
     statebus_error_response,
+    wants_html,
 )
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
@@ -321,6 +324,8 @@ class KeyEndpoint:
             return
         try:
             response = await self.dispatch(HTTPConnection(scope), scope, receive, send)
+        except Unauthorized as exc:  # a browser opening a private key: a page that says how to log in
+            response = login_page(exc, scope["path"]) if wants_html(scope) else statebus_error_response(exc)
         except StatebusError as exc:
             response = statebus_error_response(exc)
         except Exception as exc:

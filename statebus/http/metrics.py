@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from statebus.apps.sandbox.base import COST_BUCKETS
 from statebus.config import Settings
-from statebus.errors import Forbidden, StatebusError
+from statebus.errors import SIGN_IN_HINT, Forbidden, StatebusError, Unauthorized
 from statebus.http.auth import OwnerAuth
 from statebus.http.errors import statebus_error_response
 from statebus.runtime import Node
@@ -105,10 +105,9 @@ class NodeMetrics:
             try:
                 client = auth.authenticate(request)
                 if not client.owner and not public:
-                    raise Forbidden(
-                        "the metrics are the owner's: send Authorization: Bearer <owner token>",
-                        status_hint=401 if client.anonymous else 403,
-                    )
+                    if client.anonymous:
+                        raise Unauthorized(f"the metrics are the owner's. {SIGN_IN_HINT}")
+                    raise Forbidden("the metrics are the owner's: send Authorization: Bearer <owner token>")
             except StatebusError as exc:
                 return statebus_error_response(exc)
             return Response(

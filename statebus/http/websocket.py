@@ -67,6 +67,7 @@ from statebus.errors import (
     RateLimited,
     StatebusError,
     TooLarge,
+    Unauthorized,
 )
 from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
 from statebus.http.info import routes as info_routes
@@ -278,7 +279,7 @@ class Connection:
     async def handle(self, msg: dict[str, Any]) -> None:
         if "token" in msg:
             if not isinstance(msg["token"], str) or not self.auth.check_token(msg["token"]):
-                raise Forbidden("the token is not the owner token", status_hint=401)
+                raise Unauthorized("the token is not the owner token")
             self.client = self.auth.owner_client(self.client.address)
         elif "get" in msg:
             self.subscribe(msg["get"], yjs_feed(self.node, msg))

@@ -104,7 +104,7 @@ def test_nothing_of_the_node_is_served_on_an_app_origin(node: tuple[LiveServer, 
     r = httpx.get(srv.url + "/~/guestbook/x", headers={**host, **srv.auth})
     assert r.status_code == 401 and "capability" in r.json()["detail"]
     r = httpx.get(srv.url + "/~/guestbook/x", headers=host, cookies=srv.cookie)
-    assert r.status_code == 401 and r.json()["error"] == "forbidden"
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
     # a subdomain that names no installed app is nobody's origin
     for other in ("evil.localhost", "a.b.localhost", "Nope_.localhost"):
         r = httpx.get(srv.url + "/~/guestbook/x", headers={"host": f"{other}:{port(srv)}", **srv.auth})

@@ -6,6 +6,24 @@
     const versions = {}          // key -> version list of the last event
     let selected = null, root = '/~/', pending = false
     const flashed = new Set()
+    const collator = new Intl.Collator(undefined, {numeric: true})
+
+    // A key as statebus.state names it: this node's own keys as /~/… (what statebus.put accepts).
+    function displayed(key) {
+        if (!key.startsWith('/')) key = key === '~' || key.startsWith('~/') ? '/' + key : '/~/' + key
+        const own = '/' + statebus.node + '/'
+        return statebus.node && key.startsWith(own) ? '/~/' + key.slice(own.length) : key
+    }
+
+    // Keys in natural order, segment by segment: notes/2 before notes/10, a dir's keys together.
+    function byPath(a, b) {
+        const x = a.split('/'), y = b.split('/')
+        for (let i = 0; i < Math.min(x.length, y.length); i++) {
+            const c = collator.compare(x[i], y[i]) || (x[i] < y[i] ? -1 : x[i] > y[i] ? 1 : 0)
+            if (c) return c
+        }
+        return x.length - y.length
+    }
 
     function show(key) {
         selected = key
@@ -26,7 +44,7 @@
         pending = true
         requestAnimationFrame(() => {
             pending = false
-            const keys = Object.keys(statebus.state).filter(k => k.startsWith(root)).sort()
+            const keys = Object.keys(statebus.state).filter(k => k.startsWith(root)).sort(byPath)
             const tree = $('tree')
             tree.textContent = ''
             const dirs = new Set()
@@ -88,6 +106,7 @@
             const res = await statebus.put(key, value)
             status.textContent = 'Saved, version ' + res.version.join(', ')
             status.className = 'status ok'
+            if (displayed(key).startsWith(root)) show(displayed(key))  // the value pane follows the put
         } catch (e) {
             status.textContent = e.message
             status.className = 'status error'
