@@ -44,9 +44,13 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None
         time.sleep(0.02)
 
 
+RELAXED = {"app_call_timeout": 1.0}
+"""For the tests that are not about budgets: a loaded CI machine never fails a correct handler."""
+
+
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[LiveServer]:
-    with live_server(tmp_path) as s:
+    with live_server(tmp_path, **RELAXED) as s:
         on_loop(s, lambda: s.running.apps.load(gb_spec(s.local)))
         yield s
 
@@ -97,7 +101,10 @@ def test_derive_runs_again_when_an_input_changes(srv: LiveServer, owner: httpx.C
 
 
 def test_on_write_writes_inside_its_grants_only(tmp_path: Path) -> None:
-    with live_server(tmp_path) as srv, httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner:
+    with (
+        live_server(tmp_path, **RELAXED) as srv,
+        httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner,
+    ):
         spec = gb_spec(srv.local, derive={}, on_write={"gb/entries/*": "onEntry", "gb/bad/*": "writeOutside"})
         on_loop(srv, lambda: srv.running.apps.load(spec))
         assert owner.put("/~/gb/entries/7", json={"text": "hi"}).status_code == 200
@@ -183,22 +190,25 @@ def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
         assert median < GET_P99_BOUND / 5
 
 
-def test_host_log_is_rate_limited_and_one_line(
-    srv: LiveServer, owner: httpx.Client, caplog: pytest.LogCaptureFixture
-) -> None:
-    spec = AppSpec(
-        "talk",
-        "1.0.0",
-        "sha256-test",
-        srv.local,
-        Grants.parse(write=["talk/"]),
-        SOURCE,
-        validate={"talk/*": "chatty"},
-    )
-    on_loop(srv, lambda: srv.running.apps.load(spec))
-    caplog.set_level(logging.INFO, logger="statebus.apps")
-    assert owner.put("/~/talk/x", json=1).status_code == 200
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
-    assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
-    assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
-    assert srv.running.apps.apps["talk"].logs_dropped == 100 - len(lines)
+def test_host_log_is_rate_limited_and_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a budget of 1 s (the app_call_timeout setting): 50 host calls fit in it even on a loaded machine
+    with (
+        live_server(tmp_path, app_call_timeout=1.0) as srv,
+        httpx.Client(base_url=srv.url, headers=srv.auth) as owner,
+    ):
+        spec = AppSpec(
+            "talk",
+            "1.0.0",
+            "sha256-test",
+            srv.local,
+            Grants.parse(write=["talk/"]),
+            SOURCE,
+            validate={"talk/*": "chatty"},
+        )
+        on_loop(srv, lambda: srv.running.apps.load(spec))
+        caplog.set_level(logging.INFO, logger="statebus.apps")
+        assert owner.put("/~/talk/x", json=1).status_code == 200
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
+        assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
+        assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
+        assert srv.running.apps.apps["talk"].logs_dropped == 50 - len(lines)
