@@ -79,6 +79,8 @@ def test_validate_refuses_a_local_write_with_the_apps_reason(srv: LiveServer, ow
     # a validated key is written whole: a patch would make a value the validator never saw
     r = owner.patch("/~/gb/entries/1", content=b'"x"', headers={"Content-Range": "json .text"})
     assert r.status_code == 422 and "write it whole" in r.json()["detail"]
+    r = owner.put("/~/gb/entries/1", content=b"<b>hi</b>", headers={"Content-Type": "text/html"})
+    assert r.status_code == 422 and r.json()["detail"].endswith("write it whole, as JSON (PUT), not as bytes")
     # keys no pattern covers are not validated
     assert owner.put("/~/other/x", json={"text": "y" * 1000}).status_code == 200
     [status] = srv.running.apps.status()
