@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from statebus.bus import Bus, Change, Subscription
     from statebus.config import Settings
     from statebus.errors import (
+        AppFailed,
+        AppRejected,
         BadSignature,
         DerivedKey,
         Forbidden,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from statebus.storage.sqlite import SqliteStorage
 
 _EXPORTS = {
+    "AppFailed": "statebus.errors",
+    "AppRejected": "statebus.errors",
     "BadSignature": "statebus.errors",
     "Bus": "statebus.bus",
     "Change": "statebus.bus",

@@ -32,6 +32,8 @@
     ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
     ├── DerivedKey          405   a write to a derived (reactive) key: its value is computed, not written
     ├── SandboxViolation    422   a hosted handler broke its limits
+    ├── AppRejected         422   a hosted app's validator (or its JSON Schema) refused a write
+    ├── AppFailed           422   a hosted app's handler failed (time, memory, a trap, a bad result)
     └── InvalidBundle       422   an app bundle is malformed, tampered with or mis-signed: nothing installed
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
@@ -231,6 +233,20 @@ class DerivedKey(StatebusError):
 
 
 class SandboxViolation(StatebusError):
+    status_hint = 422
+
+
+class AppRejected(StatebusError):
+    """A hosted app's validator said no (its verdict) or its JSON Schema does not hold: the write is
+    refused and nothing changed. The detail names the app and its reason."""
+
+    status_hint = 422
+
+
+class AppFailed(StatebusError):
+    """A hosted app's handler could not give a verdict (it ran past its time or memory budget, trapped,
+    returned something not JSON or too large): the write is refused, the app's runtime restarted."""
+
     status_hint = 422
 
 

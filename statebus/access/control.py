@@ -320,7 +320,7 @@ class AccessControl:
         Returns the change (the current state when the op was already stored). Nothing is stored
         when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace).
         """
-        admitted = self.op_gate.admit(body, _ClientDoor(self, submitter, key))
+        admitted = await self.op_gate.admit_async(body, _ClientDoor(self, submitter, key))
         change: Change | None = None
         try:
             change = await self.node.apply(admitted.op, peer=submitter, encoded=admitted.encoded)

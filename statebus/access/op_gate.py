@@ -17,8 +17,9 @@ Rules:
 2. The checks run in this order, and the first that fails refuses the op with its reason, changing
    nothing: the door's :meth:`Door.admits` (consent: cheap, before any crypto), the op's signature
    against its author, the door's :meth:`Door.authorizes` (delegation, rules, hosting), every
-   :class:`OpValidator` in :attr:`OpGate.validators` (the hook where app validators plug in), and
-   last the quota.
+   :class:`OpValidator` in :attr:`OpGate.validators`, then (:meth:`OpGate.admit_async` only) every
+   :class:`AsyncOpValidator` in :attr:`OpGate.checks` (hosted apps' validators, run off the event
+   loop), and last the quota.
 3. One quota counter per node: the bytes of stored ops of each remote namespace (never this node's
    own) are charged when an op is admitted and released by :meth:`OpGate.settle` when the op turns
    out a duplicate or was not stored; the count starts from what storage holds.
@@ -28,7 +29,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +58,13 @@ class OpValidator(Protocol):
     app's schema for its keys). Raise a :class:`~statebus.errors.StatebusError` to refuse the op."""
 
     def __call__(self, op: Op) -> None: ...
+
+
+class AsyncOpValidator(Protocol):
+    """An :class:`OpValidator` that must be awaited (a hosted app's handler runs in its sandbox's
+    thread): only :meth:`OpGate.admit_async` runs it."""
+
+    def __call__(self, op: Op) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,8 @@ class OpGate:
         self.local = local
         self.quota = quota
         self.validators: list[OpValidator] = list(validators)
+        self.checks: list[AsyncOpValidator] = []
+        """Awaited by :meth:`admit_async` after :attr:`validators` (rule 2)."""
 
     @classmethod
     def for_node(cls, node: StoredOps, quota_bytes: int, validators: Iterable[OpValidator] = ()) -> OpGate:
@@ -140,6 +150,17 @@ class OpGate:
             Forbidden: (403) the door or the author's rights refuse it.
             QuotaExceeded: (413) the namespace would go over its quota.
         """
+        op, encoded = self._checked(item, door, raw)
+        return self._charged(op, encoded)
+
+    async def admit_async(self, item: Op | bytes, door: Door, *, raw: bytes | None = None) -> Admitted:
+        """:meth:`admit`, also awaiting :attr:`checks` before the quota (rule 2); raises the same."""
+        op, encoded = self._checked(item, door, raw)
+        for check in list(self.checks):
+            await check(op)
+        return self._charged(op, encoded)
+
+    def _checked(self, item: Op | bytes, door: Door, raw: bytes | None) -> tuple[Op, bytes]:
         if isinstance(item, bytes):
             op, raw = decode_op(item), item
         else:
@@ -150,6 +171,9 @@ class OpGate:
         door.authorizes(op)
         for validate in self.validators:
             validate(op)
+        return op, encoded
+
+    def _charged(self, op: Op, encoded: bytes) -> Admitted:
         namespace = namespace_of(op.key)
         charged = 0
         if namespace != self.local:

@@ -842,6 +842,18 @@ class Bus:
         """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)``."""
         self.reactive_keys.add(self.parse(pattern), fn)
 
+    def unreactive(self, pattern: str) -> None:
+        """Undo :meth:`reactive` for ``pattern``: its keys are plain keys again."""
+        self.reactive_keys.remove(self.parse(pattern))
+
+    def refresh_derived(self, key: str) -> None:
+        """Compute derived ``key`` again now (its function's inputs changed outside the bus: a
+        hosted app's derive finished off the loop) and deliver a ``derived`` change if it changed."""
+        k = self.parse(key, allow_subtree=False)
+        computed = self.reactive_keys.refresh(k)
+        if computed is not None:
+            self._notify(self._derived_change(k, computed))
+
     def derived_inputs(self, key: Key) -> frozenset[Key] | None:
         """The keys the value of derived ``key`` was computed from (computed now if it was not yet),
         or None when ``key`` is not derived: what a reader must be allowed to read to see it."""

@@ -72,6 +72,22 @@ class Reactive:
     def add(self, pattern: str, fn: ReactiveFn) -> None:
         self._fns.append((pattern, fn))
 
+    def remove(self, pattern: str) -> None:
+        """Forget the function of ``pattern`` and the values it computed (the keys are plain again)."""
+        self._fns = [(p, f) for p, f in self._fns if p != pattern]
+        for key in [k for k in self._computed if key_matches(pattern, k)]:
+            for d in self._computed.pop(key).deps:
+                self._dependents.get(d, set()).discard(key)
+
+    def refresh(self, key: Key) -> Computed | None:
+        """Compute ``key`` again now (its function learnt of new inputs outside the bus); the new
+        value if it changed, else None. A key never computed yet stays so (a read computes it)."""
+        fn, old = self.fn_for(key), self._computed.get(key)
+        if fn is None or old is None:
+            return None
+        new = self._compute(key, fn)
+        return new if (new.value, new.exists) != (old.value, old.exists) else None
+
     def covers(self, key: Key) -> bool:
         """Whether ``key`` is derived (a function covers it): writes to it are refused."""
         return bool(self._fns) and self.fn_for(key) is not None

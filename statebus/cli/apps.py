@@ -283,7 +283,7 @@ def _load_source(args: argparse.Namespace, settings: Settings, source: str) -> t
 async def _check(
     backend: Backend, args: argparse.Namespace, settings: Settings, source: str
 ) -> dict[str, Any]:
-    if source.startswith("/"):
+    if source.startswith("/") and not Path(source).exists() and "/.apps/" in source:
         return await backend.check_source(source, args.via or [])
     data, signature = _load_source(args, settings, source)
     return await backend.check_bundle(data, signature)

@@ -199,7 +199,7 @@ class Ingest:
         stop: QuotaExceeded | None = None
         for op, raw in ops:
             try:
-                admitted.append(self.gate.admit(op, self, raw=raw))
+                admitted.append(await self.gate.admit_async(op, self, raw=raw))
             except QuotaExceeded as exc:  # not the op's fault: not refused (a follow stops on it)
                 stop = exc
                 break

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from statebus.apps.sandbox.base import COST_BUCKETS
 from statebus.config import Settings
 from statebus.errors import Forbidden, StatebusError
 from statebus.http.auth import OwnerAuth
@@ -225,6 +226,43 @@ class NodeCollector(Collector):
         yield store
         yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
         yield from _connections(getattr(m.state, "connections", None) if m.state is not None else None)
+        yield from _apps(getattr(m.state, "apps", None) if m.state is not None else None)
+
+
+def _apps(apps: Any) -> Iterator[Metric]:
+    """Metrics of a ``statebus.apps.handlers.AppHost`` (hosted apps' handler calls), by duck typing."""
+    if apps is None:
+        return
+    status = apps.status()
+    families = {
+        "calls": CounterMetricFamily("statebus_app_calls", "Handler calls by app.", labels=["app"]),
+        "traps": CounterMetricFamily("statebus_app_traps", "Handler calls that trapped.", labels=["app"]),
+        "rejected": CounterMetricFamily("statebus_app_rejected", "Handler calls that threw.", labels=["app"]),
+        "denied": CounterMetricFamily(
+            "statebus_app_host_denied",
+            "Host calls refused (outside the grants, over budget).",
+            labels=["app"],
+        ),
+    }
+    memory = GaugeMetricFamily(
+        "statebus_app_memory_bytes", "Linear memory of the app's sandbox.", labels=["app"]
+    )
+    running = GaugeMetricFamily("statebus_app_running", "1 while the app's sandbox runs.", labels=["app"])
+    cost = HistogramMetricFamily("statebus_app_call_seconds", "Seconds per handler call.", labels=["app"])
+    for s in status:
+        for attr, family in families.items():
+            family.add_metric([s.name], getattr(s, attr))
+        memory.add_metric([s.name], s.memory_bytes)
+        running.add_metric([s.name], int(s.state == "running"))
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, COST_BUCKETS), "+Inf"], s.cost_buckets, strict=False):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        cost.add_metric([s.name], buckets, s.total_cost)
+    yield from families.values()
+    yield memory
+    yield running
+    yield cost
 
 
 def _federation(fed: Any) -> Iterator[Metric]:

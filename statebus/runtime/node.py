@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from statebus.bus import Bus, Change, Subscription
 from statebus.bus.bus import MAX_RESUME_OPS, BatchSigner
@@ -52,6 +52,15 @@ class CommitStats:
     """Seconds of the current refusal of writes after a failure (0: healthy)."""
 
 
+class WriteCheck(Protocol):
+    """A check of a local write before it is made, awaited off the bus (hosted apps' validators:
+    statebus.apps.handlers). ``covers`` must be cheap; ``check`` raises a StatebusError to refuse."""
+
+    def covers(self, key: Key) -> bool: ...
+
+    async def check(self, key: Key, kind: str, body: Any, author: str) -> None: ...
+
+
 class Node:
     def __init__(self, bus: Bus, *, batch_signer: BatchSigner | None = None, max_buffer: int = 1000) -> None:
         self.bus = bus
@@ -63,6 +72,9 @@ class Node:
         self.on_close: list[Callable[[], None]] = []
         """Called once everything is written, before storage closes."""
         self.committer.on_rollback.append(self._cut_unstored)
+        self.write_checks: list[WriteCheck] = []
+        """Awaited before every local write whose key one of them covers (``save``, ``patch``,
+        ``crdt_update``, ``delete``); ops from outside pass the op gate's checks instead."""
 
     @property
     def local(self) -> str:
@@ -173,10 +185,22 @@ class Node:
         """Hook into reads and writes of keys matching ``pattern`` (``Bus.handle``)."""
         return self.bus.handle(pattern, **hooks)
 
+    def unhandle(self, handler: Handler) -> None:
+        """Remove a handler :meth:`handle` added."""
+        self.bus.handlers.remove(handler)
+
     def reactive(self, pattern: str, fn: ReactiveFn) -> None:
         """Make the keys matching ``pattern`` derived: their value is ``fn(key, get)`` (``Bus.reactive``).
         Defined in Python only, by the program that embeds the node (docs/python-api.md)."""
         self.bus.reactive(pattern, fn)
+
+    def unreactive(self, pattern: str) -> None:
+        """Undo :meth:`reactive` for ``pattern`` (``Bus.unreactive``)."""
+        self.bus.unreactive(pattern)
+
+    def refresh_derived(self, key: str) -> None:
+        """Compute derived ``key`` again and tell its subscribers if it changed (``Bus.refresh_derived``)."""
+        self.bus.refresh_derived(key)
 
     def derived_inputs(self, key: Key) -> frozenset[Key] | None:
         """The keys derived ``key`` read, or None if it is not derived (``Bus.derived_inputs``)."""
@@ -199,24 +223,39 @@ class Node:
     # Each awaits the committer itself (no shared helper coroutine: one frame less per write).
 
     async def save(self, key: str, value: Any, **kw: Any) -> Change:
+        if self.write_checks:
+            await self._check_write(key, "set", value, kw)
         change = self.bus.save(key, value, **kw)
         await self.committer.durable(change.seq)
         return change
 
     async def patch(self, key: str, patches: Iterable[Patch], **kw: Any) -> Change:
+        if self.write_checks:
+            await self._check_write(key, "patch", patches, kw)
         change = self.bus.patch(key, patches, **kw)
         await self.committer.durable(change.seq)
         return change
 
     async def crdt_update(self, key: str, update: bytes, **kw: Any) -> Change:
+        if self.write_checks:
+            await self._check_write(key, "crdt", update, kw)
         change = self.bus.crdt_update(key, update, **kw)
         await self.committer.durable(change.seq)
         return change
 
     async def delete(self, key: str, **kw: Any) -> Change:
+        if self.write_checks:
+            await self._check_write(key, "delete", None, kw)
         change = self.bus.delete(key, **kw)
         await self.committer.durable(change.seq)
         return change
+
+    async def _check_write(self, key: str, kind: str, body: Any, kw: dict[str, Any]) -> None:
+        k = self.bus.parse(key, allow_subtree=False)
+        author = kw.get("author") or self.local
+        for check in list(self.write_checks):
+            if check.covers(k):
+                await check.check(k, kind, body, author)
 
     async def apply(self, op: Op, *, peer: str | None = None, encoded: bytes | None = None) -> Change | None:
         change = self.bus.apply(op, peer=peer, encoded=encoded)

@@ -31,6 +31,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
 from statebus.apps.install import AppService, Follow
 from statebus.apps.registry import AppRegistry
 from statebus.bus import Bus
@@ -123,14 +124,12 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
     return open_node(settings, on_new_identity=on_new_identity)[1]
 
 
-def app_service(node: Node, settings: Settings, *, follow: Follow | None = None) -> AppService:
-    """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), loaded into the app host.
-
-    Every installed app is re-checked from disk and loaded here, once per node start."""
-    # AppHost (statebus.apps.handlers, the sandbox branch) is not merged yet: when it is, build it
-    # here and pass it as ``host=`` so load_all() starts every installed app's sandbox.
-    registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=None)
-    registry.load_all()
+def app_service(
+    node: Node, settings: Settings, host: AppHost | None, *, follow: Follow | None = None
+) -> AppService:
+    """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), run by ``host``. Nothing is
+    loaded yet: :func:`statebus.server.running.start` calls ``registry.load_all()`` on the loop."""
+    registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=host)
     return AppService(registry, settings, follow=follow)
 
 
@@ -142,13 +141,18 @@ def node_app(
     access: AccessControl,
     federation: Federation | None = None,
     close_node: bool = True,
-    apps: AppService | None = None,
+    app_follow: Follow | None = None,
 ) -> Starlette:
     """The app ``statebus serve`` ships for ``node``; with ``federation``, the peer routes come
     first and ``app.state`` also holds ``peers`` (the :class:`PeerEndpoints`) and ``federation``.
-    With ``apps``, the owner's app routes (:mod:`statebus.http.apps`) are served and ``app.state.apps``
-    is its :class:`~statebus.apps.registry.AppRegistry`."""
-    app_routes = AppRoutes(apps).routes() if apps is not None else []
+    ``app.state.apps`` is the node's :class:`~statebus.apps.handlers.AppHost` (hosted apps) and
+    ``app.state.app_registry`` its :class:`~statebus.apps.registry.AppRegistry` (installed apps, served
+    on their origins and managed through the owner's routes, :mod:`statebus.http.apps`);
+    ``app_follow`` is how an install from ``/<author>/.apps/<name>`` follows the author."""
+    apps = AppHost(node, access.op_gate)
+    node.on_close.append(apps.close)
+    service = app_service(node, settings, apps, follow=app_follow)
+    app_routes = AppRoutes(service).routes()
     if federation is None:
         app = build_app(
             node,
@@ -157,10 +161,11 @@ def node_app(
             access=access,
             close_node=close_node,
             extra_routes=app_routes,
+            apps=service.registry,
         )
-        app.state.apps = apps.registry if apps is not None else None
-        if apps is not None:
-            app.state.app_origins.use(apps.registry)  # each app on its own origin (http/app_origin.py)
+        app.state.apps = apps
+        app.state.app_registry = service.registry
+        app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
@@ -170,27 +175,24 @@ def node_app(
         access=access,
         extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
         close_node=close_node,
+        apps=service.registry,
     )
     app.state.peers = endpoints
     app.state.federation = federation
-    app.state.apps = apps.registry if apps is not None else None
-    if apps is not None:
-        app.state.app_origins.use(apps.registry)  # each app on its own origin (http/app_origin.py)
+    app.state.apps = apps
+    app.state.app_registry = service.registry
+    app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
     return app
 
 
 def create_app(settings: Settings, *, on_new_identity: NewIdentityHook | None = None) -> Starlette:
     """The ASGI app of the node in ``settings.data_dir``, without federation; its lifespan shutdown
-    ends every stream and closes the node (everything acknowledged is on disk)."""
+    ends every stream and closes the node (everything acknowledged is on disk). Installed apps are
+    managed and served but their handlers are not loaded (that needs a running loop: use
+    :func:`statebus.server.running.start`)."""
     _, node = open_node(settings, on_new_identity=on_new_identity)
     token = keystore.load_owner_token(settings.data_dir)
-    return node_app(
-        node,
-        settings,
-        owner_token=token,
-        access=AccessControl(node, settings),
-        apps=app_service(node, settings),
-    )
+    return node_app(node, settings, owner_token=token, access=AccessControl(node, settings))
 
 
 def make_server(settings: Settings, **overrides: Any) -> StatebusServer:

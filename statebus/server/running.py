@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statebus.access.control import AccessControl
+from statebus.apps.handlers import AppHost
 from statebus.config import Settings
 from statebus.errors import InvalidValue, PeerUnavailable
 from statebus.federation.dht import KademliaDirectory
@@ -39,7 +40,7 @@ from statebus.federation.service import Federation
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
 from statebus.runtime import Node
-from statebus.server.assembly import NewIdentityHook, app_service, node_app, open_node
+from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
 from statebus.server.phrase import phrase_reminder, show_phrase_on_terminal
 
@@ -71,6 +72,12 @@ class RunningNode:
     @property
     def pubkey(self) -> str:
         return self.identity.pubkey
+
+    @property
+    def apps(self) -> AppHost:
+        """The node's hosted apps (``app.state.apps``, made by :func:`~statebus.server.assembly.node_app`)."""
+        apps: AppHost = self.server.statebus_app.state.apps
+        return apps
 
     @property
     def port(self) -> int:
@@ -184,8 +191,9 @@ async def start(
             access=access,
             federation=federation,
             close_node=False,
-            apps=app_service(node, settings, follow=_app_follower(node)),
+            app_follow=_app_follower(node),
         )
+        app.state.app_registry.load_all()  # every installed app, re-checked, into the AppHost
         server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
         task = await _listen(server, settings)
     except BaseException:

@@ -1,40 +1,28 @@
-"""Shared fixtures of the app tests: a fixed author key and a copy of apps/guestbook signed by it."""
+"""Fixtures for the hosted-apps tests: the asyncio backend and a node cluster."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from statebus.identity import Identity
+from statebus.server import Cluster
 
-GUESTBOOK = Path(__file__).resolve().parents[2] / "apps" / "guestbook"
-MAX = 1 << 20
-
-
-def author_key(label: str = "author") -> Identity:
-    return Identity(hashlib.sha256(f"statebus test {label}".encode()).digest())
-
-
-def app_copy(dest: Path, author: Identity, **changes: object) -> Path:
-    """apps/guestbook copied to ``dest`` with ``author`` (and any manifest ``changes``)."""
-    shutil.copytree(GUESTBOOK, dest)
-    path = dest / "statebus-app.json"
-    manifest = json.loads(path.read_text())
-    manifest["author"] = author.pubkey
-    manifest.update(changes)
-    path.write_text(json.dumps(manifest, indent=2))
-    return dest
+from ..federation.support import FAST
 
 
 @pytest.fixture
-def author() -> Identity:
-    return author_key()
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture
-def app_dir(tmp_path: Path, author: Identity) -> Path:
-    return app_copy(tmp_path / "guestbook", author)
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Federated nodes in this process, in one new DHT; all stopped after the test."""
+    c = Cluster(tmp_path, dht_secret=os.urandom(16), **FAST)
+    try:
+        yield c
+    finally:
+        await c.aclose()

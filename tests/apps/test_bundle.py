@@ -14,7 +14,17 @@ from statebus.apps.bundle import Signature, bundle_hash, open_bundle, pack, sign
 from statebus.apps.patterns import Grants
 from statebus.errors import InvalidBundle, TooLarge
 from statebus.identity import Identity, delegate, derive
-from tests.apps.conftest import GUESTBOOK, MAX, app_copy, author_key
+from tests.apps.bundles import GUESTBOOK, MAX, app_copy, author_key
+
+
+@pytest.fixture
+def author() -> Identity:
+    return author_key()
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, author: Identity) -> Path:
+    return app_copy(tmp_path / "guestbook", author)
 
 
 def test_pack_is_deterministic(app_dir: Path, tmp_path: Path, author: Identity) -> None:

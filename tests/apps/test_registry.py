@@ -15,7 +15,17 @@ from statebus.config import Settings
 from statebus.errors import InvalidValue, NotFound
 from statebus.identity import Identity
 from statebus.server import build_node
-from tests.apps.conftest import MAX, app_copy
+from tests.apps.bundles import MAX, app_copy, author_key
+
+
+@pytest.fixture
+def author() -> Identity:
+    return author_key()
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, author: Identity) -> Path:
+    return app_copy(tmp_path / "guestbook", author)
 
 
 class Host:

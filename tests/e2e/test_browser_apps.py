@@ -7,6 +7,7 @@ capabilities")."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -190,15 +191,20 @@ def test_a_revoked_capability_stops_at_once(tmp_path: Path) -> None:
 NODE_PAGE_SCRIPT = """
 (async () => {
   const sleep = ms => new Promise(res => setTimeout(res, ms));
-  for (let i = 0; i < 200 && !document.querySelector('#apps-list tr'); i++) await sleep(50);
-  const row = document.querySelector('#apps-list tr');
+  for (let i = 0; i < 200 && document.querySelectorAll('#apps-list tr').length < 2; i++) await sleep(50);
+  const rows = [...document.querySelectorAll('#apps-list tr')];
   window.__result = {
     hidden: document.getElementById('apps').hidden,
-    cells: row ? [...row.children].map(td => td.textContent) : null,
-    href: row ? row.querySelector('a').getAttribute('href') : null,
+    rows: rows.map(row => [...row.children].map(td => td.textContent)),
+    href: rows.length ? rows[0].querySelector('a').getAttribute('href') : null,
   };
   window.__done = true;
 })()
+"""
+
+SPINNER = """
+function validateEntry(op, current) { for (;;) {} }
+function countEntries(key) { return 0; }
 """
 
 GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
@@ -211,6 +217,10 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         install_guestbook(srv.url, srv.auth, tmp_path, grant)
         entry = {"name": "Ann", "text": "hello from the owner"}
         httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        # a second app whose validator never returns: it traps, the write is refused, the page says why
+        install_guestbook(srv.url, srv.auth, tmp_path, grant, name="spinner", handlers=SPINNER)
+        refused = httpx.put(f"{srv.url}/~/guestbook/entries/b", json=entry, headers=srv.auth, timeout=30)
+        assert 400 <= refused.status_code < 500, refused.text
         app = f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
         visits = [
             f"{srv.url}/launch/guestbook",
@@ -230,12 +240,14 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
     assert out["ok"], out
     r = out["result"]
     assert r["hidden"] is False and r["href"] == "/launch/guestbook", r
-    name, granted, state, calls, cost = r["cells"]
+    rows = {cells[0].split(" ", 1)[0]: cells for cells in r["rows"]}
+    name, granted, state, calls, cost = rows["guestbook"]
     assert name.startswith("guestbook 1.0.0") and app in name, name
     assert granted == "read guestbook/; write guestbook/", granted
-    assert state == "no handlers running" and calls == "–" and cost == "–", (
-        r
-    )  # no app runner on this node yet
+    assert state == "running" and int(calls) >= 1, rows  # its validator and derive ran
+    assert re.fullmatch(r"[0-9.]+ ms / [0-9.]+ ms", cost), cost
+    name, granted, state, calls, cost = rows["spinner"]
+    assert state.startswith("trapped: ") and "validateEntry" in state, rows
     (seen,) = out["visits"]
     assert seen["error"] is None and seen["waited"] is True, seen
     assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen

@@ -17,7 +17,7 @@ import httpx
 from statebus.apps.bundle import pack, sign
 from statebus.apps.patterns import Grants
 from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
-from tests.apps.conftest import MAX, app_copy, author_key
+from tests.apps.bundles import MAX, app_copy, author_key
 
 GUESTBOOK_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Guestbook</title>
@@ -94,11 +94,23 @@ def write_app(
     return folder
 
 
-def install_guestbook(base_url: str, owner: dict[str, str], tmp: Path, grant: dict[str, list[str]]) -> str:
-    """apps/guestbook packed, signed, checked and installed on a running node through the owner's
-    app routes (statebus.http.apps) with ``grant``; returns the bundle hash."""
+def install_guestbook(
+    base_url: str,
+    owner: dict[str, str],
+    tmp: Path,
+    grant: dict[str, list[str]],
+    *,
+    name: str = "guestbook",
+    handlers: str | None = None,
+) -> str:
+    """apps/guestbook (renamed ``name``, its handlers' source replaced by ``handlers``) packed, signed,
+    checked and installed on a running node through the owner's app routes (statebus.http.apps) with
+    ``grant``; returns the bundle hash."""
     author = author_key()
-    data = pack(app_copy(tmp / "guestbook", author), MAX)
+    folder = app_copy(tmp / name, author, name=name)
+    if handlers is not None:
+        (folder / "server" / "handlers.js").write_text(handlers)
+    data = pack(folder, MAX)
     sig = base64.b64encode(json.dumps(sign(data, author).to_json()).encode()).decode()
     with httpx.Client(base_url=base_url, headers=owner, timeout=10) as client:
         headers = {"content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}

@@ -8,8 +8,8 @@ const MAX_NAME = 80;
 // validate(op, current): runs before every write under guestbook/entries/*, local or from another
 // node. Return true to accept; throw (or return a string) to refuse with that reason.
 function validateEntry(op, current) {
+  if (op.kind === "delete") return true; // the owner may delete an entry
   const entry = op.value;
-  if (op.delete) return true; // the owner may delete an entry
   if (entry === null || typeof entry !== "object" || Array.isArray(entry)) {
     throw new Error("an entry is an object {name, text}");
   }

@@ -1,0 +1,127 @@
+"""The guestbook's way across nodes: pack and sign on A, publish on A, install on B through
+federation (the `statebus app` command against real nodes), upgrade, remove, and the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from statebus.apps.bundle import bundle_hash
+from statebus.apps.publish import BUNDLE_TYPE, bundle_key, pointer_key
+from statebus.apps.registry import bundle_file, record_key
+from statebus.cli import main
+from statebus.server import Cluster, RunningNode
+from tests.apps.bundles import app_copy
+
+pytestmark = pytest.mark.anyio
+FAST = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4, "app_fetch_timeout": 20.0}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path / "nodes", dht_secret=os.urandom(16), **FAST)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+async def cli(node: RunningNode, *args: str) -> int:
+    url = [] if args[:2] == ("app", "pack") else ["--url", node.url]
+    return await asyncio.to_thread(_run, [*args, "--data", str(node.settings.data_dir), *url])
+
+
+async def test_publish_on_a_install_on_b_through_federation(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    folder = app_copy(tmp_path / "guestbook", a.identity)
+    out = tmp_path / "gb.sbx"
+    assert await cli(a, "app", "pack", str(folder), "--out", str(out)) == 0
+    h = bundle_hash(out.read_bytes())
+    assert f"sha256 {h}, signed by {a.pubkey}" in capsys.readouterr().out
+    assert await cli(a, "app", "publish", str(out)) == 0
+    assert capsys.readouterr().out.startswith(f"published guestbook 1.0.0 at /{a.pubkey}/.apps/guestbook\n")
+    pointer = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value
+    assert (pointer["version"], pointer["hash"], pointer["size"]) == ("1.0.0", h, out.stat().st_size)
+
+    source = pointer_key(a.pubkey, "guestbook")
+    assert await cli(b, "app", "install", source, "--via", a.url) == 1  # no terminal, no --yes
+    err = capsys.readouterr().err
+    assert "read   other people's guestbook/" in err and "pass --yes" in err
+    assert b.node.fetch_or_none(record_key("guestbook")) is None  # nothing written
+
+    assert await cli(b, "app", "install", source, "--via", a.url, "--yes") == 0
+    assert capsys.readouterr().out == f"installed guestbook 1.0.0 ({h[:16]}…)\n"
+    record = b.node.fetch(record_key("guestbook")).value
+    assert record["hash"] == h and record["granted"]["write"] == ["guestbook/"]
+    assert bundle_file(b.settings.data_dir, h).read_bytes() == out.read_bytes()
+    app = b.server.statebus_app.state.app_registry.get("guestbook")
+    assert app is not None and app.web_file("index.html") is not None
+    # B serves it on the app's own origin, from the bundle that came through federation
+    async with httpx.AsyncClient(base_url=b.url, trust_env=False) as http:
+        page = await http.get("/", headers={"Host": f"guestbook.localhost:{b.port}"})
+        script = await http.get("/app.js", headers={"Host": f"guestbook.localhost:{b.port}"})
+        other = await http.get("/", headers={"Host": f"nothere.localhost:{b.port}"})
+    assert page.status_code == 200 and page.content == (folder / "web" / "index.html").read_bytes()
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200 and script.content == (folder / "web" / "app.js").read_bytes()
+    assert other.status_code == 404
+
+    # an upgrade asking for no more goes ahead; one asking for more asks again
+    v11 = app_copy(tmp_path / "v11", a.identity, version="1.1.0")
+    assert await cli(a, "app", "publish", str(v11)) == 0
+    assert await cli(b, "app", "upgrade", "guestbook", "--via", a.url) == 0
+    assert "upgraded guestbook 1.0.0 -> 1.1.0" in capsys.readouterr().out
+    wider = {"read": ["guestbook/"], "write": ["guestbook/", "profile/"], "read_others": ["guestbook/"]}
+    v2 = app_copy(tmp_path / "v2", a.identity, version="2.0.0", permissions=wider)
+    assert await cli(a, "app", "publish", str(v2)) == 0
+    capsys.readouterr()
+    assert await cli(b, "app", "upgrade", "guestbook", "--via", a.url) == 1
+    err = capsys.readouterr().err
+    assert "asks for more than you granted 1.1.0" in err and "write  your profile/" in err
+    assert b.node.fetch(record_key("guestbook")).value["version"] == "1.1.0"
+    assert await cli(b, "app", "upgrade", "guestbook", "--via", a.url, "--yes") == 0
+    assert b.node.fetch(record_key("guestbook")).value["granted"]["write"] == ["guestbook/", "profile/"]
+
+    capsys.readouterr()
+    assert await cli(b, "app", "list") == 0
+    assert capsys.readouterr().out.startswith(f"guestbook 2.0.0  by {a.pubkey}")
+    assert await cli(b, "app", "remove", "guestbook") == 0
+    gone = b.node.fetch_or_none(record_key("guestbook"))
+    assert gone is None or not gone.exists
+
+
+async def test_a_tampered_published_bundle_is_refused(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = await cluster.add("a"), await cluster.add("b")
+    folder = app_copy(tmp_path / "guestbook", a.identity)
+    assert await cli(a, "app", "publish", str(folder)) == 0
+    h = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value["hash"]
+    good = a.node.fetch(bundle_key(a.pubkey, h)).value
+    bad = good.replace(b"MAX_TEXT = 500", b"MAX_TEXT = 5e9")
+    await a.node.save(bundle_key(a.pubkey, h), bad, content_type=BUNDLE_TYPE)  # the bytes under the id change
+    capsys.readouterr()
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 1
+    assert "tampered" in capsys.readouterr().err
+    assert b.node.fetch_or_none(record_key("guestbook")) is None
+    assert not bundle_file(b.settings.data_dir, h).exists()
+    assert not (Path(b.settings.data_dir) / "apps").exists()
