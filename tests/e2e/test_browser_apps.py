@@ -70,6 +70,7 @@ APP_SCRIPT = """
     ws.onerror = () => resolve(['error']);
     setTimeout(() => resolve(got), 8000);
   });
+  r.sw = await navigator.serviceWorker.register('/app.js').then(() => 'registered', e => String(e));
   r.html = await attempt(async () => (await fetch('/~/guestbook/page', {method: 'PUT',
                                           headers: {'content-type': 'text/html'}, body: PAGE})).status);
   stop();
@@ -127,6 +128,7 @@ def test_an_apps_page_works_inside_its_grants_and_nothing_more(tmp_path: Path) -
     assert out["ok"], out
     assert out["before"][1]["final"] == f"{app}/", out["before"]  # the launch landed on the app's origin
     r = out["result"]
+    assert r["sw"] != "registered" and "403" in r["sw"], r["sw"]  # no service worker outlives the app
     assert r["origin"] == app and r["app_js"] is True and r["inline"] is True, r  # hashed inline script ran
     # statebus.js from the app's origin: GET, PUT and SSE inside the grants, as the owner's writes
     assert r["info"]["node"] == srv.local and r["info"]["owner"] is False, r

@@ -87,6 +87,8 @@ def test_the_app_origin_serves_the_apps_files_under_a_strict_policy(node: tuple[
     assert "unsafe-inline" not in csp and page.headers["x-content-type-options"] == "nosniff"
     script = httpx.get(srv.url + "/app.js", headers=on_host(srv, "guestbook"))
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    sw = httpx.get(srv.url + "/app.js", headers={**on_host(srv, "guestbook"), "service-worker": "script"})
+    assert sw.status_code == 403 and "service worker" in sw.json()["detail"]
     lib = httpx.get(srv.url + "/statebus.js", headers=on_host(srv, "guestbook"))
     assert lib.status_code == 200 and "statebus" in lib.text
     assert "content-security-policy" in lib.headers
