@@ -160,6 +160,10 @@ def test_a_capability_works_inside_its_grants_only(node: tuple[LiveServer, Any])
         r = app.put("/~/guestbook/entries/2", json=1, headers={"origin": "http://evil.localhost:1"})
         assert r.status_code == 403
     assert srv.node.fetch(f"/{srv.local}/secret/x").value == {"s": "owner only"}
+    metrics = httpx.get(f"{srv.url}/metrics", headers=srv.auth).text  # its writes are attributed to it
+    assert 'statebus_app_capability_requests_total{app="guestbook",outcome="write"} 1.0' in metrics, metrics
+    assert 'statebus_app_capability_requests_total{app="guestbook",outcome="refused"} 8.0' in metrics
+    assert 'statebus_app_capabilities{app="guestbook"} 1.0' in metrics
     # app X's capability on app Y's origin
     with as_app(srv, "guestbook", cap, host="chat") as wrong:
         r = wrong.put("/~/chat/1", json="from guestbook")
