@@ -24,6 +24,7 @@ from statebus.http.auth import OwnerAuth
 from statebus.http.origins import OriginPolicy
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
+from statebus.server.logs import redact
 from statebus.testing.live_server import LiveServer, SseReader, live_server
 from tests.support.apps import FolderApps, install_guestbook, write_app
 
@@ -290,3 +291,9 @@ def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
     assert (
         auth.app_cookie_name(scope("chat.node.example.org"), app_headers) == "__Host-statebus_app_" + "c" * 16
     )
+
+
+def test_launch_codes_and_capability_cookies_never_reach_the_logs() -> None:
+    line = "GET /.statebus/launch?code=s3cr3t-c0de HTTP/1.1 cookie: statebus_app_abcd=s3cr3t-cap; x=1"
+    out = redact(line)
+    assert "s3cr3t" not in out and "/.statebus/launch?code=***" in out, out
