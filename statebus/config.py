@@ -105,6 +105,20 @@ class Settings:
     )
     max_key_bytes: int = _setting(1 * KiB, "bytes", "Longest key path in UTF-8 bytes.", 16, 64 * KiB)
     max_key_depth: int = _setting(32, "int", "Most segments in a key path.", 1, 1024)
+    app_memory_bytes: int = _setting(
+        16 * MiB,
+        "bytes",
+        "Linear memory of each hosted app's sandbox (a wasmtime store limit).",
+        2 * MiB,
+        1 * GiB,
+    )
+    app_call_timeout: float = _setting(
+        0.1,
+        "seconds",
+        "Wall time one hosted-app handler call may take; past it the write gets 422.",
+        0.001,
+        60,
+    )
     max_json_depth: int = _setting(64, "int", "Deepest nesting of a JSON value.", 1, 1024)
     rate_limit_per_client: str = _setting("100/second", "rate", "Requests per authenticated client key.")
     rate_limit_per_ip: str = _setting("300/second", "rate", "Requests per remote IP address.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -223,9 +224,13 @@ class Bundle:
         return self.files[path].decode("utf-8")
 
 
-def check_signer(signature: Signature, manifest: Manifest, now: float | None = None) -> None:
+def check_signer(
+    signature: Signature, manifest: Manifest, now: float | None = None, *, stored: Any = None
+) -> None:
     """The signer is the manifest's author, or holds a live delegation from it covering
-    ``/<author>/.apps/<name>`` (the record travels in the signature), and the signature verifies."""
+    ``/<author>/.apps/<name>`` (the record travels in the signature), and the signature verifies.
+    ``stored``: the author's record for the signer as this node holds it (``/<author>/.keys/<signer>``,
+    replicated with the author's data): a newer one wins, so a revoked release key is refused."""
     if signature.name != manifest.name or signature.version != manifest.version:
         raise InvalidBundle(
             f"the signature is for {signature.name} {signature.version}, the bundle is {manifest.name} "
@@ -243,6 +248,9 @@ def check_signer(signature: Signature, manifest: Manifest, now: float | None = N
             ring.add(parse_record(signature.delegation, record_key(author, signature.signer)))
         except StatebusError as exc:
             raise InvalidBundle(f"the signature's delegation is refused: {exc.detail}") from None
+        if stored is not None:
+            with contextlib.suppress(StatebusError):  # a broken stored record adds nothing
+                ring.add_stored(record_key(author, signature.signer), stored)
         why = ring.why_not(
             signature.signer, f"/{author}/.apps/{manifest.name}", time.time() if now is None else now
         )

@@ -444,6 +444,7 @@ class AppHost:
                 if kind != "delete" and pattern.matches(rel):
                     errors = list(validator.iter_errors(body))
                     if errors:
+                        app.runner.stats.rejected += 1
                         e = errors[0]
                         where = "/".join(str(p) for p in e.instance_path) or "the value"
                         raise AppRejected(
@@ -473,6 +474,12 @@ class AppHost:
                 verdict = await self._call(
                     app, fn, [op, current], seed_of(key, kind, author, body), CallHost(app)
                 )
+                if (
+                    verdict is False
+                    or isinstance(verdict, str)
+                    or (isinstance(verdict, dict) and "reject" in verdict)
+                ):
+                    app.runner.stats.rejected += 1
                 if verdict is False:
                     raise AppRejected(f"app {name} refused {rel}")
                 if isinstance(verdict, str):

@@ -16,7 +16,9 @@ installs the staged bundle by its hash with the grants the owner gave.
 
 Rules:
     1. Whichever way the bytes came (file, URL, federation) they pass the same check: the hash the
-       pointer or signature names, the signature, the manifest, every entry.
+       pointer or signature names, the signature, the manifest, every entry. A release key's
+       delegation is also checked against the author's record this node holds (replicated from the
+       author's ``.keys/``): a key revoked since it signed is refused.
     2. Through federation the node follows ``/<author>/.apps/`` (the follow stays, so an upgrade finds
        the next version) and waits, at most ``app_fetch_timeout``, for the pointer and the bundle
        bytes it names to arrive in its own replica (every op verified by the federation's ingest).
@@ -34,12 +36,13 @@ from pathlib import Path
 
 import httpx
 
-from statebus.apps.bundle import SIGNATURE_SUFFIX, Bundle, Signature, open_bundle
+from statebus.apps.bundle import SIGNATURE_SUFFIX, Bundle, Signature, check_signer, open_bundle
 from statebus.apps.patterns import Grants
 from statebus.apps.publish import Pointer, bundle_key, parse_pointer, pointer_key
 from statebus.apps.registry import AppRegistry, InstalledApp
 from statebus.config import Settings
 from statebus.errors import InvalidBundle, InvalidValue, NotFound, PeerUnavailable, TooLarge
+from statebus.identity import record_key as delegation_key
 from statebus.keys import is_pubkey
 from statebus.types import PubKey
 
@@ -114,6 +117,11 @@ class AppService:
     def check(self, data: bytes, signature: Signature, *, expect_hash: str | None = None) -> Bundle:
         """Check a bundle (rule 1) and stage it for :meth:`install`."""
         bundle = open_bundle(data, signature, self.max_bytes, expect_hash=expect_hash)
+        author = bundle.manifest.author
+        if signature.signer != author:  # the author may have revoked the release key since it signed
+            known = self.registry.node.fetch_or_none(delegation_key(author, signature.signer), durable=True)
+            if known is not None and known.exists:
+                check_signer(signature, bundle.manifest, stored=known.value)
         self._staged[bundle.hash] = bundle
         self._staged.move_to_end(bundle.hash)
         while len(self._staged) > MAX_STAGED:

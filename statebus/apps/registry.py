@@ -255,7 +255,8 @@ class AppRegistry:
         Raises:
             InvalidValue: ``grants`` asks for more than the manifest (rule 3), or this node publishes
                 another version of the app (rule 4).
-            InvalidBundle: the spec cannot be built with those grants.
+            InvalidBundle: the spec cannot be built with those grants, or the host cannot start it
+                (a schema that does not compile): nothing is written.
         """
         asked = bundle.manifest.permissions
         if not asked.covers(grants):
@@ -267,15 +268,18 @@ class AppRegistry:
                 f"this node publishes {name} {record.get('version')} at {record_key(name)}: install that "
                 "version, or publish this one first (`statebus app publish`)"
             )
-        bundle.spec(grants)  # refuses grants the handlers do not fit in before anything is written
+        spec = bundle.spec(grants)  # refuses grants the handlers do not fit in before anything is written
+        if self.host is not None:  # an app whose sandbox does not start is not installed
+            try:
+                self.host.load(spec)
+            except InvalidValue as exc:
+                raise InvalidBundle(f"{name} does not start: {exc.detail}") from None
         store_bundle(self.data_dir, bundle)  # rule 1: bytes first
         app = InstalledApp(bundle, grants, int(self.node.seq))
         value: dict[str, Any] = {k: v for k, v in record.items() if k == "published"}
         value.update(app.record())
         await self.node.save(record_key(name), value)
         self._cache[name] = app
-        if self.host is not None:
-            self.host.load(app.spec())
         log.info("installed app %s %s (%s)", name, bundle.manifest.version, bundle.hash[:16])
         return app
 

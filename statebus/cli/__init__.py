@@ -15,6 +15,8 @@ Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defa
 ``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
 Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
 federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
+The hosted-app commands (``statebus app pack|publish|install|list|upgrade|remove``) are in
+:mod:`statebus.cli.apps`.
 """
 
 from __future__ import annotations

@@ -258,7 +258,11 @@ def _apps(apps: Any) -> Iterator[Metric]:
     families = {
         "calls": CounterMetricFamily("statebus_app_calls", "Handler calls by app.", labels=["app"]),
         "traps": CounterMetricFamily("statebus_app_traps", "Handler calls that trapped.", labels=["app"]),
-        "rejected": CounterMetricFamily("statebus_app_rejected", "Handler calls that threw.", labels=["app"]),
+        "rejected": CounterMetricFamily(
+            "statebus_app_rejected",
+            "Writes an app refused (its verdict, a throw, its schema).",
+            labels=["app"],
+        ),
         "denied": CounterMetricFamily(
             "statebus_app_host_denied",
             "Host calls refused (outside the grants, over budget).",

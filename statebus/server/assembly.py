@@ -34,6 +34,7 @@ from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
 from statebus.apps.install import AppService, Follow
 from statebus.apps.registry import AppRegistry
+from statebus.apps.sandbox import Limits
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound
@@ -149,7 +150,8 @@ def node_app(
     ``app.state.app_registry`` its :class:`~statebus.apps.registry.AppRegistry` (installed apps, served
     on their origins and managed through the owner's routes, :mod:`statebus.http.apps`);
     ``app_follow`` is how an install from ``/<author>/.apps/<name>`` follows the author."""
-    apps = AppHost(node, access.op_gate)
+    limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
+    apps = AppHost(node, access.op_gate, limits=limits)
     node.on_close.append(apps.close)
     service = app_service(node, settings, apps, follow=app_follow)
     app_routes = AppRoutes(service).routes()

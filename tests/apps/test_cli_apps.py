@@ -118,3 +118,45 @@ def test_running_node_from_a_url(packed: tuple[Path, Path], capsys: pytest.Captu
         gone = httpx.delete(srv.url + APPS_PATH + "/guestbook")
         assert gone.status_code == 403 and srv.node.fetch(record_key("guestbook")).exists
         assert run("app", "remove", "guestbook", "--data", str(data), "--url", srv.url) == 0
+
+
+def test_a_delegated_app_key_signs_and_publish_works_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The author keeps the namespace key on the node and signs releases with an app key delegated
+    /~/.apps/; the record travels in the signature. Publishing works with the node stopped too."""
+    data = tmp_path / "node"
+    identity, _ = keystore.init(data)
+    folder = app_copy(tmp_path / "guestbook", identity)
+    key = tmp_path / "release.key"
+    with live_server(data) as srv:
+        d = ("--data", str(data), "--url", srv.url)
+        assert run("keys", "derive", "app/release", "--out", str(key), "--data", str(data)) == 0
+        signer = capsys.readouterr().out.strip()
+        out = tmp_path / "gb.sbx"
+        assert run("app", "pack", str(folder), "--out", str(out), "--key", str(key), "--data", str(data)) == 1
+        assert "carries no delegation from the author" in capsys.readouterr().err
+        assert run("delegate", signer, "--scope", "/~/.apps/", *d) == 0
+        record = tmp_path / "record.json"
+        record.write_bytes(httpx.get(f"{srv.url}/~/.keys/{signer}", headers=srv.auth).content)
+    capsys.readouterr()
+    args = ("--key", str(key), "--delegation", str(record), "--data", str(data))
+    assert run("app", "pack", str(folder), "--out", str(out), *args) == 0
+    assert f"signed by {signer}" in capsys.readouterr().out
+    assert run("app", "publish", str(out), "--data", str(data), "--url", NO_NODE) == 0
+    assert capsys.readouterr().out.startswith(
+        f"published guestbook 1.0.0 at /{identity.pubkey}/.apps/guestbook"
+    )
+    assert run("app", "install", str(out), "--yes", "--data", str(data), "--url", NO_NODE) == 0
+    with live_server(data) as srv:  # the restarted node loads it, re-checked: the delegated signer verifies
+        app = srv.running.server.statebus_app.state.app_registry.get("guestbook")
+        assert app is not None and app.bundle.signature.signer == signer
+        assert [s.name for s in srv.running.apps.status()] == ["guestbook"]
+        pointer = httpx.get(f"{srv.url}/~/.apps/guestbook", headers=srv.auth).json()
+        assert pointer["published"] is True and pointer["granted"]["write"] == ["guestbook/"]
+        # the author revokes the release key: the bundles it signed are refused from then on
+        d = ("--data", str(data), "--url", srv.url)
+        assert run("revoke", signer, "--reason", "leaked", *d) == 0
+        capsys.readouterr()
+        assert run("app", "upgrade", "guestbook", str(out), "--yes", *d) == 1
+        assert f"the delegation of {signer} by {identity.pubkey} was revoked" in capsys.readouterr().err

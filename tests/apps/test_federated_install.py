@@ -17,6 +17,7 @@ from statebus.apps.registry import bundle_file, record_key
 from statebus.cli import main
 from statebus.server import Cluster, RunningNode
 from tests.apps.bundles import app_copy
+from tests.federation.support import has, wait_until
 
 pytestmark = pytest.mark.anyio
 FAST = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4, "app_fetch_timeout": 20.0}
@@ -125,3 +126,41 @@ async def test_a_tampered_published_bundle_is_refused(
     assert b.node.fetch_or_none(record_key("guestbook")) is None
     assert not bundle_file(b.settings.data_dir, h).exists()
     assert not (Path(b.settings.data_dir) / "apps").exists()
+
+
+async def test_the_installed_guestbook_validates_derives_and_serves(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What issue 11 resolves on: the repo's guestbook, pack → sign → publish on A → install on B
+    through federation → validate (B's own writes, and A's ops arriving at B) → derive → serve."""
+    a, b = await cluster.add("a"), await cluster.add("b")
+    assert await cli(a, "app", "publish", str(app_copy(tmp_path / "guestbook", a.identity))) == 0
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 0
+    assert [s.name for s in b.apps.status()] == ["guestbook"]  # running in B's sandbox
+    async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as http:
+        ok = await http.put("/~/guestbook/entries/1", json={"name": "ann", "text": "hello from B"})
+        assert ok.status_code == 200
+        long = await http.put("/~/guestbook/entries/2", json={"name": "bob", "text": "x" * 501})
+        assert long.status_code == 422 and long.json()["error"] == "app_rejected"
+        nameless = await http.put("/~/guestbook/entries/3", json={"text": "who?"})
+        assert nameless.status_code == 422 and nameless.json()["error"] == "app_rejected"
+        assert (await http.get("/~/guestbook/entries/2")).status_code == 404
+        await wait_until(lambda: has(b, f"/{b.pubkey}/guestbook/count", 1), what="the derived count")
+        await http.put("/~/guestbook/entries/4", json={"name": "cy", "text": "second"})
+        await wait_until(lambda: has(b, f"/{b.pubkey}/guestbook/count", 2), what="the count, re-derived")
+        page = await http.get("/", headers={"Host": f"guestbook.localhost:{b.port}"})
+        assert page.status_code == 200 and b"<h1>Guestbook</h1>" in page.content
+    # A runs no validator: its owner can write a 600-character entry in A's namespace, and A signs it.
+    # B follows A's guestbook/ and its copy of the app refuses that op as it arrives; the others land.
+    await a.share("/~/guestbook/")
+    async with httpx.AsyncClient(base_url=a.url, headers={"Authorization": f"Bearer {a.token}"}) as http:
+        for i, text in enumerate(["first", "y" * 600, "third"]):
+            r = await http.put(f"/~/guestbook/entries/{i}", json={"name": "a", "text": text})
+            assert r.status_code == 200
+    await b.follow(f"/{a.pubkey}/guestbook/", via=[a.url])
+    theirs = f"/{a.pubkey}/guestbook/entries/"
+    await wait_until(lambda: has(b, theirs + "2"), what="A's later valid entry at B")
+    assert has(b, theirs + "0") and not has(b, theirs + "1")
+    follower = next(f for f in b.federation.followers.values() if f.follow.pattern.endswith("/guestbook/"))
+    await wait_until(lambda: follower.rejected == 1, timeout=20, what="the rejection, counted")
+    assert "app_rejected: app guestbook: guestbook/entries/1" in follower.last_rejection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import threading
 import time
@@ -19,8 +20,10 @@ from statebus.testing.live_server import LiveServer, live_server
 
 from .support import SOURCE, gb_spec
 
-GET_P99_BOUND = 0.05
-"""Seconds: another client's GET p99 while a hostile handler spins (docs/apps.md)."""
+GET_P99_BOUND = 0.1
+"""Seconds: another client's GET p99 while a hostile handler spins stays under one handler call's
+time budget (100 ms): a GET never waits for a handler (docs/apps.md). Measured here: 4-17 ms; with
+the handler run on the event loop instead, 244 ms (median 110 ms)."""
 
 
 def on_loop(srv: LiveServer, fn: Callable[[], Any]) -> Any:
@@ -74,7 +77,7 @@ def test_validate_refuses_a_local_write_with_the_apps_reason(srv: LiveServer, ow
     # keys no pattern covers are not validated
     assert owner.put("/~/other/x", json={"text": "y" * 1000}).status_code == 200
     [status] = srv.running.apps.status()
-    assert status.state == "running" and status.calls >= 2 and status.rejected >= 1
+    assert status.state == "running" and status.calls >= 3 and status.rejected == 3
 
 
 def test_derive_runs_again_when_an_input_changes(srv: LiveServer, owner: httpx.Client) -> None:
@@ -140,7 +143,7 @@ def test_hostile_validators_are_stopped_and_the_node_keeps_serving(tmp_path: Pat
             assert owner.get(key).status_code == 404, fn
             assert owner.get("/~/private/diary").json() == "secret"  # the node keeps serving
         [status] = srv.running.apps.status()
-        assert status.traps == 5 and status.restarts == 5 and status.denied == 2
+        assert status.traps == 5 and status.restarts == 5 and status.denied == 2 and status.rejected == 2
         assert status.state == "running"  # the last call (a refused host call) ran on a fresh runtime
         metrics = owner.get("/metrics").text
         assert 'statebus_app_calls_total{app="hostile"} 7.0' in metrics
@@ -177,3 +180,25 @@ def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
         print(f"GET p99 while a handler spins: {p99 * 1000:.1f} ms (median {median * 1000:.1f} ms)")
         assert set(spins) == {422} and len(spins) >= 2
         assert p99 < GET_P99_BOUND
+        assert median < GET_P99_BOUND / 5
+
+
+def test_host_log_is_rate_limited_and_one_line(
+    srv: LiveServer, owner: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = AppSpec(
+        "talk",
+        "1.0.0",
+        "sha256-test",
+        srv.local,
+        Grants.parse(write=["talk/"]),
+        SOURCE,
+        validate={"talk/*": "chatty"},
+    )
+    on_loop(srv, lambda: srv.running.apps.load(spec))
+    caplog.set_level(logging.INFO, logger="statebus.apps")
+    assert owner.put("/~/talk/x", json=1).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
+    assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
+    assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
+    assert srv.running.apps.apps["talk"].logs_dropped == 100 - len(lines)

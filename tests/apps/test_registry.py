@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from statebus.apps.bundle import Bundle, open_bundle, pack, sign
+from statebus.apps.handlers import AppHost
 from statebus.apps.patterns import Grants
 from statebus.apps.registry import AppRegistry, bundle_file, record_key
 from statebus.apps.spec import AppSpec
 from statebus.config import Settings
-from statebus.errors import InvalidValue, NotFound
+from statebus.errors import InvalidBundle, InvalidValue, NotFound
 from statebus.identity import Identity
 from statebus.server import build_node
 from tests.apps.bundles import MAX, app_copy, author_key
@@ -137,6 +138,28 @@ def test_upgrade_replaces_the_record(tmp_path: Path, author: Identity) -> None:
             assert app is not None and app.bundle_hash == v2.hash and app.manifest.version == "1.1.0"
             assert host.calls == [("load", "guestbook@1.0.0"), ("load", "guestbook@1.1.0")]
         finally:
+            await node.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_app_whose_sandbox_does_not_start_is_not_installed(tmp_path: Path, author: Identity) -> None:
+    folder = app_copy(tmp_path / "gb", author)
+    (folder / "schemas" / "entry.json").write_text('{"type": 12}')  # JSON, but not a JSON Schema
+    bundle = _bundle(folder, author)
+
+    async def run() -> None:
+        node = build_node(Settings(data_dir=tmp_path / "node"))
+        host = AppHost(node)
+        reg = AppRegistry(tmp_path / "node", node, max_bytes=MAX, host=host)
+        try:
+            with pytest.raises(InvalidBundle, match="guestbook does not start"):
+                await reg.install(bundle, bundle.manifest.permissions)
+            assert reg.list() == [] and host.status() == []
+            assert node.fetch_or_none(record_key("guestbook")) is None
+            assert not bundle_file(tmp_path / "node", bundle.hash).exists()
+        finally:
+            host.close()
             await node.aclose()
 
     asyncio.run(run())

@@ -7,6 +7,7 @@ import functools
 import httpx
 import pytest
 
+from statebus.errors import AppRejected
 from statebus.server import Cluster
 
 from ..federation.support import has, wait_until
@@ -43,3 +44,26 @@ async def test_a_followers_validator_refuses_a_forged_long_post(cluster: Cluster
     [status] = [f.state() for f in a.federation.followers.values()]
     assert "at most 280 characters" in str(status["last_rejection"])
     assert a.apps.status()[0].calls >= 3
+
+
+async def test_every_replica_reaches_the_same_verdict(cluster: Cluster) -> None:
+    """A validator that flips a coin (Math.random) still gives an op the same verdict on the writer's
+    node and on its follower: the seed comes from the op, never from the replica."""
+    a, b = await cluster.add("a"), await cluster.add("b")
+    for n in (a, b):
+        n.apps.load(gb_spec(b.pubkey, validate={"gb/coin/*": "coin"}, derive={}, on_write={}, schemas={}))
+    await b.share("/~/gb/")
+    accepted = []
+    for i in range(24):
+        try:
+            await b.node.save(f"/~/gb/coin/{i}", {"n": i})
+            accepted.append(i)
+        except AppRejected as exc:
+            assert "tails (0)" in exc.detail
+    assert 0 < len(accepted) < 24  # the coin does flip
+    await a.follow(f"/{b.pubkey}/gb/")
+    coin = f"/{b.pubkey}/gb/coin/"
+    await wait_until(lambda: all(has(a, f"{coin}{i}") for i in accepted), what="the accepted ops")
+    follower = next(iter(a.federation.followers.values()))
+    assert follower.rejected == 0, follower.last_rejection
+    assert not any(has(a, f"{coin}{i}") for i in range(24) if i not in accepted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -12,7 +13,18 @@ from statebus.apps.sandbox.js import FIXED_NOW, JsSandbox, warm
 from statebus.types import JSON
 
 SOURCE = (Path(__file__).parent / "handlers.js").read_text()
-FUNCTIONS = ["validateEntry", "spin", "grow", "deep", "nonJson", "huge", "readSecret", "probe", "clock"]
+FUNCTIONS = [
+    "validateEntry",
+    "spin",
+    "grow",
+    "deep",
+    "nonJson",
+    "huge",
+    "readSecret",
+    "probe",
+    "clock",
+    "busyHost",
+]
 PROBE = r"""
 function probe() {
   const names = [];
@@ -145,6 +157,27 @@ def test_out_of_grant_host_calls_throw_inside_js(source: str) -> None:
         sb.close()
 
 
+class SlowHost(NoHost):
+    """A host whose reads take 5 ms each (a node under load)."""
+
+    def get(self, key: str) -> JSON:
+        time.sleep(0.005)
+        return None
+
+
+def test_time_spent_in_host_calls_counts_against_the_budget(source: str) -> None:
+    """quickjs polls its interrupt only every so many bytecodes; 1000 slow host calls would take 5 s."""
+    sb = make(source)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Trap, match="ran past its time budget"):
+            sb.call("busyHost", [ENTRY], 1, SlowHost())
+        assert time.monotonic() - start < 1.0
+        assert sb.call("validateEntry", [ENTRY, None], 1, NoHost()) is True
+    finally:
+        sb.close()
+
+
 def test_probing_finds_nothing_usable(source: str) -> None:
     sb = make(source)
     try:
@@ -196,3 +229,45 @@ def test_a_source_that_does_not_load_is_a_trap() -> None:
         JsSandbox("function f() {}", ["f", "missing"], Limits())
     with pytest.raises(Trap, match=r"time budget|did not load"):
         JsSandbox("while (true) {}", ["f"], Limits())
+
+
+class Sleepy:
+    """A Sandbox whose engine cannot be stopped (a call sleeps in the host): what the backstop is for."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        time.sleep(start)
+
+    def call(self, function: str, args: list[JSON], seed: int, host: object) -> JSON:
+        time.sleep(float(function))
+        return function
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_the_backstop_counts_from_the_call_not_the_start() -> None:
+    limits = Limits(backstop_seconds=0.3)
+    slow_start = AppRunner("slow", lambda: Sleepy(start=0.6), limits)  # a slow first compile
+    try:
+        assert await slow_start.call("0", [], 1, NoHost()) == "0"
+        assert not slow_start.stuck
+    finally:
+        slow_start.close()
+    runner = AppRunner("hang", Sleepy, limits)
+    try:
+        with pytest.raises(Trap, match=r"did not stop within 0\.3 s"):
+            await runner.call("1.0", [], 1, NoHost())
+        assert runner.stuck and runner.state == "trapped"
+        t = time.monotonic()
+        with pytest.raises(Trap, match="stuck in an earlier call"):
+            await runner.call("0", [], 1, NoHost())
+        assert time.monotonic() - t < 0.1  # refused at once, not queued behind the hung call
+        await asyncio.sleep(1.0)  # the hung call comes back: the runner takes calls again
+        assert not runner.stuck
+        assert await runner.call("0", [], 1, NoHost()) == "0"
+    finally:
+        runner.close()

@@ -12,7 +12,9 @@ Rules:
    ``SharedArrayBuffer``, ``Atomics``, ``WeakRef`` and ``FinalizationRegistry``; replaces ``Date``
    (``Date.now()`` and ``new Date()`` are the fixed :data:`FIXED_NOW`) and ``Math.random`` (a PRNG
    seeded per call from the op); and freezes all of them. The host API is the frozen global ``host``.
-3. Data crosses the boundary as JSON text only (no native numbers: quickjs marshalling of large ints
+3. The time budget is wall time from the call's start. quickjs checks it every so many bytecodes; a
+   host call checks it too (a handler that spends its time in host calls is stopped as well).
+4. Data crosses the boundary as JSON text only (no native numbers: quickjs marshalling of large ints
    is not trusted). The guest's answer is one string: ``R`` + JSON, or a one-letter failure code.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,6 +77,7 @@ _PRELUDE = r"""
   def(G, "Date", FrozenDate);
   const ask = (op, args) => {
     const r = hostCall(op, stringify(args));
+    if (r[0] === "X") for (;;) {}  // past the time budget: spin into quickjs's (uncatchable) interrupt
     if (r[0] !== "R") throw new Error(r.slice(1));
     return parse(r.slice(1));
   };
@@ -154,6 +158,8 @@ class JsSandbox:
     def __init__(self, source: str, functions: Iterable[str], limits: Limits) -> None:
         self.limits = limits
         self._host: HostApi | None = None
+        self._overtime = False
+        self._deadline = 0.0
         self._rt = quickjs_rs.Runtime(memory_limit=None, stack_limit=limits.stack_bytes)
         try:
             self._ctx = self._rt.new_context(timeout=limits.call_seconds)
@@ -186,6 +192,8 @@ class JsSandbox:
             f"__sb_call({json.dumps(function)},{json.dumps(payload)},{seed},{self.limits.max_output_bytes})"
         )
         self._host = host
+        self._overtime = False
+        self._deadline = time.monotonic() + self.limits.call_seconds
         try:
             answer = self._ctx.eval(code)
         except qjs_errors.TimeoutError:
@@ -198,6 +206,8 @@ class JsSandbox:
             raise Trap(_trap_text(exc)) from None
         finally:
             self._host = None
+        if self._overtime:
+            raise Trap(f"ran past its time budget ({self.limits.call_seconds:g} s) in host calls")
         if not isinstance(answer, str) or not answer:
             raise Trap("the guest gave no answer")
         tag, rest = answer[0], answer[1:]
@@ -220,6 +230,10 @@ class JsSandbox:
         host = self._host
         if host is None:
             return "Ehost calls are only possible during a handler call"
+        if self._overtime or time.monotonic() > self._deadline:
+            # quickjs polls its interrupt only every so many bytecodes: host calls check the clock too
+            self._overtime = True
+            return "X"
         try:
             args = json.loads(args_json)
             if not isinstance(args, list) or not args or not isinstance(args[0], str):

@@ -34,6 +34,8 @@ from statebus.types import JSON
 EPOCH_TICK = 0.01
 """Seconds per epoch tick: the granularity of the wall-time budget."""
 MAX_KEY_BYTES = 1024
+MAX_MODULE_BYTES = 8 << 20
+"""Largest module (binary or WAT) a node compiles."""
 _ALLOWED_IMPORTS = {"get", "list", "put", "log"}
 
 _engine: w.Engine | None = None
@@ -70,6 +72,8 @@ def compile_module(code: bytes | str) -> w.Module:
     Raises:
         Trap: it does not compile, imports something outside ``host``, or lacks the ABI's exports.
     """
+    if len(code) > MAX_MODULE_BYTES:
+        raise Trap(f"the wasm module is {len(code)} bytes, over {MAX_MODULE_BYTES}")
     try:
         module = w.Module(engine(), code)
     except w.WasmtimeError as exc:
@@ -237,13 +241,13 @@ class WasmSandbox:
         self.store.close()
 
 
-def _trap_text(exc: Exception, limits: Limits) -> str:
+def _trap_text(exc: w.Trap, limits: Limits) -> str:
     text = str(exc)
-    if "all fuel consumed" in text:
+    if exc.trap_code == w.TrapCode.OUT_OF_FUEL:
         return f"ran out of fuel ({limits.fuel} per call)"
-    if "interrupt" in text:
+    if exc.trap_code == w.TrapCode.INTERRUPT:
         return f"ran past its time budget ({limits.call_seconds:g} s)"
-    if "call stack exhausted" in text:
+    if exc.trap_code == w.TrapCode.STACK_OVERFLOW:
         return "recursed too deep (wasm stack exhausted)"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return f"wasm trap: {(lines[-1] if lines else type(exc).__name__).strip()[:200]}"
