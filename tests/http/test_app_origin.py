@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets.exceptions as websockets_exceptions
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
 from statebus.apps.patterns import Grants
@@ -212,9 +213,29 @@ def test_the_websocket_takes_the_capability_within_its_grants(node: tuple[LiveSe
         ws.send(json.dumps({"set": {"key": "secret/ws", "val": "pwned"}}))
         ws.send(json.dumps({"get": "guestbook/ws"}))
         got = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
+        # revoked (the install record changes): the subscription opened with it ends, the socket closes
+        httpx.put(f"{srv.url}/~/.apps/guestbook", json={"removed": True}, headers=srv.auth).raise_for_status()
+        after = []
+        with pytest.raises(websockets_exceptions.ConnectionClosed):
+            while True:
+                after.append(json.loads(ws.recv(timeout=5)))
     assert any("outside" in str(m) for m in got), got
     assert any(m.get("set", {}).get("val") == "over the socket" for m in got), got
     assert srv.node.fetch_or_none(f"/{srv.local}/secret/ws") is None
+    assert after and "revoked" in str(after[-1]), after
+
+
+def test_a_braid_subscription_takes_the_capability_within_its_grants(node: tuple[LiveServer, Any]) -> None:
+    srv, _ = node
+    cap = launch(srv, "guestbook")
+    with as_app(srv, "guestbook", cap) as app:
+        app.put("/~/guestbook/b", json={"n": 1}).raise_for_status()
+        with app.stream("GET", "/~/guestbook/b", headers={"subscribe": "true"}, timeout=10) as sub:
+            assert sub.status_code == 209
+            first = next(sub.iter_raw())
+            assert b'{"n":1}' in first.replace(b" ", b""), first
+        r = app.get("/~/secret/b", headers={"subscribe": "true"})
+        assert r.status_code == 403 and r.json()["error"] == "outside_grant"
 
 
 def test_inline_script_hashes_skip_external_scripts() -> None:
