@@ -225,9 +225,7 @@ class AppOrigins:
     def origin_for(self, scope: Scope, headers: Mapping[str, str], name: str) -> str:
         """The origin of app ``name`` as seen from a request to the node (its scheme and port kept):
         ``<name>.<host>`` when the request reached a public host, else ``<name>.localhost``."""
-        hostname, port = _split_host(headers.get("host", "").lower())
-        if not port and scope.get("server"):
-            port = f":{scope['server'][1]}"
+        hostname, port = _split_host(headers.get("host", "").lower())  # no port: the scheme's default
         secure = self.auth.origins.is_secure(scope, headers)
         scheme = "https" if secure else WEB_SCHEMES.get(str(scope.get("scheme", "http")), "http")
         if port in (":80", ":443") and port == (":443" if scheme == "https" else ":80"):

@@ -295,8 +295,13 @@ def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
     auth = OwnerAuth(None, node="c" * 52, origins=OriginPolicy.of(settings))
     origins = AppOrigins(settings, auth)
 
-    def scope(host: str) -> dict[str, Any]:
-        return {"type": "http", "scheme": "http", "headers": [(b"host", host.encode())]}
+    def scope(host: str) -> dict[str, Any]:  # behind the TLS proxy: plain HTTP to port 8765
+        return {
+            "type": "http",
+            "scheme": "http",
+            "server": ("127.0.0.1", 8765),
+            "headers": [(b"host", host.encode())],
+        }
 
     assert origins.app_of(scope("guestbook.node.example.org")) == "guestbook"
     assert origins.app_of(scope("guestbook.localhost:8765")) == "guestbook"
