@@ -226,6 +226,27 @@ class NodeCollector(Collector):
         yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
         yield from _connections(getattr(m.state, "connections", None) if m.state is not None else None)
         yield from _apps(getattr(m.state, "apps", None) if m.state is not None else None)
+        auth = getattr(m.state, "auth", None) if m.state is not None else None
+        yield from _app_capabilities(getattr(getattr(auth, "access", None), "capabilities", None))
+
+
+def _app_capabilities(store: Any) -> Iterator[Metric]:
+    """What installed apps' pages did with their capabilities (statebus.access.capabilities), by app:
+    their writes are the owner's ops, so this is where they are attributed to the app."""
+    if store is None or not store.use:
+        return
+    used = CounterMetricFamily(
+        "statebus_app_capability_requests",
+        "Key requests made with an app's capability, by app and outcome (read, write, refused).",
+        labels=["app", "outcome"],
+    )
+    live = GaugeMetricFamily("statebus_app_capabilities", "Live capabilities of an app.", labels=["app"])
+    for name, use in sorted(store.use.items()):
+        for outcome in ("read", "write", "refused"):
+            used.add_metric([name, outcome], getattr(use, outcome + "s" if outcome != "refused" else outcome))
+        live.add_metric([name], store.live(name))
+    yield used
+    yield live
 
 
 def _apps(apps: Any) -> Iterator[Metric]:

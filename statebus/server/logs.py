@@ -15,6 +15,7 @@ import re
 
 _SECRET_RES = (
     (re.compile(r"([?&]token=)[^&\s'\"]*"), r"\1***"),
+    (re.compile(r"(/\.statebus/launch\?(?:[^\s'\"]*&)?code=)[^&\s'\"]*"), r"\1***"),  # an app's launch code
     (
         re.compile(
             r"((?:authorization|proxy-authorization)['\"]?\s*[:,]\s*b?['\"]?\s*\w+ )[^\s'\",)]+", re.I
@@ -28,8 +29,8 @@ DATA_OPCODES = frozenset({"TEXT", "BINARY", "CONT"})
 
 
 def redact(text: str) -> str:
-    """Mask owner tokens in ``text``: ``?token=``, ``Authorization: Bearer …``, the login cookie and
-    a websocket ``{"token": …}`` message."""
+    """Mask owner tokens in ``text``: ``?token=``, ``Authorization: Bearer …``, the login cookie (and an
+    app's capability cookie), an app's launch code and a websocket ``{"token": …}`` message."""
     for pattern, repl in _SECRET_RES:
         text = pattern.sub(repl, text)
     return text
