@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from statebus.bus import Bus, Change, Subscription
     from statebus.config import Settings
     from statebus.errors import (
+        ArchiveInvalid,
         BadSignature,
         DerivedKey,
         Forbidden,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
         StoreBehind,
         StoreDamaged,
         StoreInUse,
+        StoreTooNew,
         StoreUnsupported,
         SubscriberTooSlow,
         TooLarge,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from statebus.storage.sqlite import SqliteStorage
 
 _EXPORTS = {
+    "ArchiveInvalid": "statebus.errors",
     "BadSignature": "statebus.errors",
     "Bus": "statebus.bus",
     "Change": "statebus.bus",
@@ -89,6 +92,7 @@ _EXPORTS = {
     "StoreBehind": "statebus.errors",
     "StoreDamaged": "statebus.errors",
     "StoreInUse": "statebus.errors",
+    "StoreTooNew": "statebus.errors",
     "StoreUnsupported": "statebus.errors",
     "SubscriberTooSlow": "statebus.errors",
     "Subscription": "statebus.bus",
