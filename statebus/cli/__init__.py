@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     p.add_argument(
+        "--log-format",
+        dest="log_format",
+        help="text (default) or json: one JSON object a line, secrets masked",
+    )
+    p.add_argument(
         "--full-check",
         dest="store_full_check",
         action="store_true",

@@ -266,7 +266,9 @@ async def _run_until_signal(
         if on_start is not None:
             on_start(running)
         reminder = phrase_reminder(settings)
-        if reminder is not None:
+        if reminder is not None and settings.log_format == "json":
+            logging.getLogger("statebus.server").warning(reminder.strip())  # no bare line among JSON
+        elif reminder is not None:
             sys.stderr.write(reminder)
             sys.stderr.flush()
         await stop.wait()
