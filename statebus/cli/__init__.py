@@ -9,6 +9,8 @@
     statebus put KEY VALUE|-           write a JSON value (or bytes with --content-type)
     statebus delete KEY                delete a key
     statebus watch KEY|SUBTREE/        print every change live (resumes after a dropped connection)
+    statebus export [--subtree P] FILE write a self-verifying backup archive (while the node serves)
+    statebus import FILE               check an archive, then apply it to this (stopped) node
 
 Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
 (:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
@@ -289,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
     keys_cli.register(sub)
     federation_cli.register(sub)
+    backup_cli.register(sub)
     return parser
 
 
