@@ -15,7 +15,9 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SETTING_VARS = {env_var(f.name) for f in dataclasses.fields(Settings)} | {CONFIG_ENV}
 
 
-@pytest.mark.parametrize("name", ["compose.yaml", "Dockerfile", "statebus.service", "nginx.conf"])
+@pytest.mark.parametrize(
+    "name", ["compose.yaml", "Dockerfile", "statebus.service", "nginx.conf", "Caddyfile"]
+)
 def test_every_statebus_variable_is_a_setting(name: str) -> None:
     text = (DEPLOY / name).read_text(encoding="utf-8")
     used = set(re.findall(r"\bSTATEBUS_[A-Z_]+\b", text))
