@@ -218,3 +218,32 @@ def test_import_needs_the_node_stopped(
         done = statebus("import", "--data", str(tmp_path / "busy"), str(archive))
     assert done.returncode == 1 and "stop that node first" in done.stderr
     SqliteStorage.open_folder(tmp_path / "busy").close()  # and the store is fine
+
+
+def test_blob_members_are_checked_by_their_sha256_name(
+    exported: tuple[Path, Path, dict[str, object]], tmp_path: Path
+) -> None:
+    """Blobs slot in as ``blobs/<sha256>`` (the blob store is not released yet): one listed in a
+    manifest the node signed is accepted; one whose bytes do not match its name is refused."""
+    data, archive, _ = exported
+    identity = keystore.load(data)
+    content = members(archive)
+    manifest = json.loads(content["manifest.json"])
+    blob = b"a blob's bytes"
+    name = f"blobs/{hashlib.sha256(blob).hexdigest()}"
+
+    def signed(blobs: dict[str, bytes]) -> dict[str, bytes]:
+        m = {**manifest, "blobs": [{"member": n, "bytes": len(b)} for n, b in blobs.items()]}
+        m["signature"] = base64.b64encode(identity.sign(canonical(m))).decode()
+        return {"manifest.json": json.dumps(m).encode(), "ops.bin": content["ops.bin"], **blobs}
+
+    write_members(tmp_path / "blob.tar", signed({name: blob}))
+    assert read_archive(tmp_path / "blob.tar").blobs == {name.removeprefix("blobs/"): blob}
+    write_members(tmp_path / "badblob.tar", signed({name: b"other bytes, same length"[: len(blob)]}))
+    with pytest.raises(ArchiveInvalid, match="does not match its SHA-256 name"):
+        read_archive(tmp_path / "badblob.tar")
+    unlisted = signed({})
+    unlisted[name] = blob  # present but not in the signed manifest
+    write_members(tmp_path / "unlisted.tar", unlisted)
+    with pytest.raises(ArchiveInvalid, match="do not match the manifest's list"):
+        read_archive(tmp_path / "unlisted.tar")
