@@ -438,6 +438,12 @@ class Node:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    def stream_backlog(self) -> tuple[int, int]:
+        """Changes committed but not yet taken by their streams: (the sum, the largest one stream
+        holds). Read at scrape time (``/metrics``: the fan-out lag), never on the write path."""
+        sizes = [len(stream) for stream in list(self._streams)]
+        return sum(sizes), max(sizes, default=0)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
