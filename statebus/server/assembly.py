@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
-from statebus.apps.install import AppService, Follow
+from statebus.apps.install import AppService, BlobFailure, Follow
 from statebus.apps.registry import AppRegistry
 from statebus.apps.sandbox import Limits
 from statebus.blobs import BlobStore
@@ -131,12 +131,17 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
 
 
 def app_service(
-    node: Node, settings: Settings, host: AppHost | None, *, follow: Follow | None = None
+    node: Node,
+    settings: Settings,
+    host: AppHost | None,
+    *,
+    follow: Follow | None = None,
+    blob_failure: BlobFailure | None = None,
 ) -> AppService:
     """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), run by ``host``. Nothing is
     loaded yet: :func:`statebus.server.running.start` calls ``registry.load_all()`` on the loop."""
     registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=host)
-    return AppService(registry, settings, follow=follow)
+    return AppService(registry, settings, follow=follow, blob_failure=blob_failure)
 
 
 def node_app(
@@ -158,7 +163,9 @@ def node_app(
     limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
     apps = AppHost(node, access.op_gate, limits=limits)
     node.on_close.append(apps.close)
-    service = app_service(node, settings, apps, follow=app_follow)
+    fetcher = federation.blobs if federation is not None else None
+    failure = fetcher.failures.get if fetcher is not None else None
+    service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
     app_routes = AppRoutes(service).routes()
     if federation is None:
         app = build_app(

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from statebus.apps.registry import bundle_file, record_key
+from statebus.apps.registry import record_key
 from statebus.cli import main
 from statebus.http.apps import APPS_PATH
 from statebus.identity import keystore
@@ -108,7 +108,7 @@ def test_running_node_from_a_url(packed: tuple[Path, Path], capsys: pytest.Captu
         assert run("app", "install", f"{site}/gb.sbx", "--yes", "--data", str(data), "--url", srv.url) == 0
         assert capsys.readouterr().out.startswith("installed guestbook 1.0.0")
         record = srv.node.fetch(record_key("guestbook")).value
-        assert bundle_file(data, record["hash"]).read_bytes() == out.read_bytes()
+        assert srv.node.blobs is not None and srv.node.blobs.read(record["hash"]) == out.read_bytes()
         listed = httpx.get(srv.url + APPS_PATH, headers=srv.auth).json()["apps"]
         assert [(a["name"], a["hash"]) for a in listed] == [("guestbook", record["hash"])]
         assert (
