@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from statebus.apps.bundle import Bundle, Signature
 from statebus.apps.install import AppService, parse_source_key
-from statebus.apps.manifest import NAME_RE
+from statebus.apps.manifest import NAME_RE, permission_lines
 from statebus.apps.registry import InstalledApp, parse_grants
 from statebus.errors import Forbidden, InvalidBundle, InvalidValue, NotFound, StatebusError, TooLarge
 from statebus.http.auth import OwnerAuth
@@ -69,6 +69,7 @@ def checked_json(bundle: Bundle, current: InstalledApp | None) -> dict[str, Any]
         "signer": bundle.signature.signer,
         "description": m.description,
         "permissions": m.permissions.to_json(),
+        "permission_lines": [line.strip() for line in permission_lines(m.permissions)],
         "installed": app_json(current) if current is not None else None,
         "asks_more": current is not None and not current.granted.covers(m.permissions),
     }
