@@ -33,12 +33,13 @@ from starlette.applications import Starlette
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
 from statebus.apps.install import AppService, BlobFailure, Follow
+from statebus.apps.patterns import Grants
 from statebus.apps.registry import AppRegistry
 from statebus.apps.sandbox import Limits
 from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
-from statebus.errors import NotFound
+from statebus.errors import NotFound, StatebusError
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
@@ -144,6 +145,19 @@ def app_service(
     return AppService(registry, settings, follow=follow, blob_failure=blob_failure)
 
 
+def _installed_grants(registry: AppRegistry) -> Callable[[str, str], Grants | None]:
+    """The grants of an app installed from a given bundle (what a stored capability comes back with)."""
+
+    def resolve(name: str, install: str) -> Grants | None:
+        try:
+            app = registry.get(name)
+        except StatebusError:
+            return None
+        return app.granted if app is not None and app.bundle_hash == install else None
+
+    return resolve
+
+
 def node_app(
     node: Node,
     settings: Settings,
@@ -167,6 +181,7 @@ def node_app(
     failure = fetcher.failures.get if fetcher is not None else None
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
     app_routes = AppRoutes(service).routes()
+    access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
         app = build_app(
             node,
