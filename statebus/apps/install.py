@@ -24,8 +24,9 @@ Rules:
        the next version) and waits, at most ``app_fetch_timeout``, for the pointer, the blob pointer
        of the bundle it names, and the blob's bytes to arrive in its own replica (every op verified by
        the federation's ingest, the bytes against the blob pointer's sha256 by the blob fetcher). A
-       blob pointer naming other bytes than the app's pointer is refused at once, and so is a fetch
-       the blob fetcher refused (``bad_blob``: a server sent other bytes), with its reason.
+       blob pointer naming other bytes than the app's pointer is refused at once, and so are a
+       pointer naming more than ``app_bundle_max_bytes`` and a fetch the blob fetcher refused
+       (``bad_blob``: a server sent other bytes), with its reason.
     3. Staging keeps at most :data:`MAX_STAGED` checked bundles, newest last; nothing staged is on
        disk or in the store until :meth:`install`.
 """
@@ -170,6 +171,11 @@ class AppService:
 
     def _bundle_blob(self, author: PubKey, name: str, pointer: Pointer) -> str | None:
         """None once the bytes of ``pointer``'s bundle are in the blob store, else why not (rule 2)."""
+        if pointer.size > self.max_bytes:
+            raise TooLarge(
+                f"{pointer_key(author, name)} names a bundle of {pointer.size} bytes; "
+                f"app_bundle_max_bytes is {self.max_bytes}"
+            )
         key = bundle_key(author, pointer.hash)
         change = self.registry.node.fetch_or_none(key, durable=True)
         if change is None or not change.exists:

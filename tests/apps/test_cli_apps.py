@@ -80,6 +80,7 @@ def test_refusals_are_one_line(packed: tuple[Path, Path], capsys: pytest.Capture
     assert "is not a bundle file, an http(s) URL or /<author>/.apps/<name>" in capsys.readouterr().err
     assert run("app", "install", "/" + "a" * 52 + "/.apps/guestbook", "--yes", *d) == 1
     assert "start the node" in capsys.readouterr().err
+    assert not [f for f in (data / "blobs").rglob("*") if f.is_file()]  # no bundle stored
     assert not (data / "apps").exists()
 
 

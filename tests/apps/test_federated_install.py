@@ -147,11 +147,18 @@ async def test_a_3mb_bundle_publishes_as_a_blob_and_installs_through_federation(
 async def test_a_tampered_published_bundle_is_refused(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A's blob pointer names other bytes than A's app pointer: refused, nothing installed."""
+    """A's pointer names an oversized bundle, then A's blob pointer names other bytes than A's app
+    pointer: both refused at once, nothing installed."""
     a, b = await cluster.add("a"), await cluster.add("b")
     folder = app_copy(tmp_path / "guestbook", a.identity)
     assert await cli(a, "app", "publish", str(folder)) == 0
-    h = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value["hash"]
+    published = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value
+    h = published["hash"]
+    await a.node.save(pointer_key(a.pubkey, "guestbook"), {**published, "size": 1 << 30})  # oversized
+    capsys.readouterr()
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 1
+    assert "names a bundle of 1073741824 bytes; app_bundle_max_bytes is" in capsys.readouterr().err
+    await a.node.save(pointer_key(a.pubkey, "guestbook"), published)
     bad = store(a).read(h).replace(b"MAX_TEXT = 500", b"MAX_TEXT = 5e9")
     forged = store(a).put_bytes(bad)
     pointer = BlobPointer(forged.hash, forged.size, BUNDLE_TYPE)
@@ -161,7 +168,6 @@ async def test_a_tampered_published_bundle_is_refused(
     assert "tampered" in capsys.readouterr().err
     assert b.node.fetch_or_none(record_key("guestbook")) is None
     assert not store(b).has(h)
-    assert not (Path(b.settings.data_dir) / "apps").exists()
 
 
 async def test_a_tampered_bundle_blob_is_refused(
