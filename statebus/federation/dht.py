@@ -123,7 +123,10 @@ class _DirectoryServer(Server):  # type: ignore[misc]
         return result
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        started = time.monotonic()
         ok, node_id = await self.protocol.ping(addr, self.node.id)
+        if ok:  # time the first replies, so the first lookup's rounds probe with a short timeout
+            self.protocol.observe_rtt(time.monotonic() - started)
         if not ok or not isinstance(node_id, bytes) or len(node_id) != NODE_ID_BYTES:
             return None
         if node_id == self.node.id:

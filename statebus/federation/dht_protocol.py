@@ -366,16 +366,19 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             return float(self._wait_timeout)
         return float(min(self._wait_timeout, max(PROBE_FLOOR, PROBE_RTTS * self.srtt)))
 
-    async def probe(self, calls: dict[bytes, Coroutine[Any, Any, Any]]) -> dict[bytes, Any]:
+    async def probe(
+        self, calls: dict[bytes, Coroutine[Any, Any, Any]], *, patient: bool = False
+    ) -> dict[bytes, Any]:
         """Run ``calls`` (node id -> request) at once; return the replies that came within
-        :meth:`probe_timeout` (or the first one, if none did: a round never goes on with nothing),
-        and ``(False, None)`` for the others, whose requests go on in the background (a timeout
-        there evicts the contact; until then they are :attr:`suspects`)."""
+        :meth:`probe_timeout` and ``(False, None)`` for the others, whose requests go on in the
+        background (a timeout there evicts the contact; until then they are :attr:`suspects`).
+        ``patient`` (a lookup that has no reply at all yet): if none came in time, wait for the
+        first one, so a slow network never makes a lookup give up with nothing."""
         tasks = {node_id: asyncio.ensure_future(call) for node_id, call in calls.items()}
         if not tasks:
             return {}
         done, pending = await asyncio.wait(tasks.values(), timeout=self.probe_timeout())
-        if not done:
+        if not done and patient:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         out: dict[bytes, Any] = {}
         for node_id, task in tasks.items():
@@ -398,9 +401,12 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
         started = time.monotonic()
         result = await getattr(self, name)((node.ip, node.port), self.source_node.id, *args)
         if result[0]:
-            rtt = time.monotonic() - started
-            self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+            self.observe_rtt(time.monotonic() - started)
         return self.handle_call_response(result, node)
+
+    def observe_rtt(self, rtt: float) -> None:
+        """Fold one answered request's round-trip time into :attr:`srtt`."""
+        self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
         return await self._call("find_node", node_to_ask, node_to_find.id)
