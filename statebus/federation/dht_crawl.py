@@ -28,8 +28,9 @@ from statebus.federation.dht_record import NodeRecord, verify_record
 
 async def _probe_round(crawl: Any, rpcmethod: Any) -> Any:
     """One lookup round (upstream ``SpiderCrawl._find``) with probes instead of a gather that waits
-    for the slowest peer: ``alpha`` uncontacted peers, or all of them when the round before brought
-    nothing closer. Until some peer of this lookup answered, a round waits for the first reply."""
+        for the slowest peer: ``alpha`` uncontacted peers, or all of them when the round before brought
+        nothing closer. A round with no reply in time goes on to the peers not asked yet; with none left
+    and no reply at all in this lookup, it waits for the first reply."""
     count = crawl.alpha
     if crawl.nearest.get_ids() == crawl.last_ids_crawled:
         count = len(crawl.nearest)
@@ -38,7 +39,8 @@ async def _probe_round(crawl: Any, rpcmethod: Any) -> Any:
     for peer in crawl.nearest.get_uncontacted()[:count]:
         calls[peer.id] = rpcmethod(peer, crawl.node)
         crawl.nearest.mark_contacted(peer)
-    patient = not getattr(crawl, "answered", 0)
+    # wait for a first reply only if this lookup has none yet and nobody else is left to ask
+    patient = not getattr(crawl, "answered", 0) and not crawl.nearest.get_uncontacted()
     responses = await crawl.protocol.probe(calls, patient=patient)
     crawl.answered = getattr(crawl, "answered", 0) + sum(1 for r in responses.values() if r[0])
     return await crawl._nodes_found(responses)
