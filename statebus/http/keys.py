@@ -58,6 +58,7 @@ from statebus.http.errors import (
     method_not_allowed,
     statebus_error_response,
 )
+from statebus.http.proofs import PROOF_PARAM, proof_of
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import NOSNIFF, PAGE_HEADERS, VIEW_PARAM, served_type, value_headers
@@ -388,6 +389,8 @@ class KeyEndpoint:
             else:
                 rng = parse_range_header(_utf8_header(raw, "Range"))
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
+        if PROOF_PARAM in query:
+            return self.proven(key)
         versions = self.asked_version(query, headers)
         if versions:
             change = self.node.fetch_version(key, versions)
@@ -421,6 +424,15 @@ class KeyEndpoint:
                 return self.byte_ranges(data, ctype, byte_range, out)
             return Response(data, status_code=status, media_type=ctype, headers=out)
         return Response(dumps_json(change.value), status_code=status, media_type=JSON_TYPE, headers=out)
+
+    def proven(self, key: Key) -> Response:
+        """``GET /key?proof``: the value with its signature material (:mod:`statebus.http.proofs`)."""
+        change = self.node.fetch(key)
+        body: dict[str, JSON] = {"key": change.key, "version": list(change.version)}
+        if change.content_type is None:
+            body["value"] = change.value
+        body["proof"] = proof_of(self.node, change)
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     @staticmethod
     def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
