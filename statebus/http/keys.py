@@ -16,6 +16,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -584,6 +585,7 @@ class KeyEndpoint:
             buffer=settings.subscriber_buffer,
             ping_interval=settings.sse_ping_interval,
             client=stream_client(client),
+            proof=functools.partial(proof_of, self.node) if PROOF_PARAM in conn.query_params else None,
         )
         return None
 

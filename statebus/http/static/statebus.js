@@ -11,7 +11,7 @@
  *   await statebus.put(key, value, {version, parents})    → {version: [own], frontier: [...], seq}
  *   await statebus.patch(key, range, content)   replace part of a JSON value (content undefined removes)
  *   await statebus.delete(key)
- *   const stop = statebus.subscribe(keyOrKeys, (key, value, event) => {...}, {since, onstatus})
+ *   const stop = statebus.subscribe(keyOrKeys, (key, value, event) => {...}, {since, onstatus, verify})
  *                                               live changes over one EventSource; event is
  *                                               {type: 'snapshot'|'update'|'delete'|'reset', version,
  *                                               parents, id}. Reconnects and resumes by itself (no gap, no
@@ -19,6 +19,10 @@
  *                                               and fresh snapshots follow (callback(null, undefined,
  *                                               {type: 'reset'})). onstatus('open'|'connecting'|'closed')
  *                                               reports the connection. stop() unsubscribes.
+ *                                               verify: true asks for each value's signature material
+ *                                               (?proof) and calls back only once it is checked, with
+ *                                               event.verified (true|false) and event.reason; a value
+ *                                               that fails is passed flagged, never put in statebus.state.
  *   statebus.state[key]                         local cache of every value read or followed, by key
  *                                               ("/~/…" for this node's keys)
  *   await statebus.getVerified(key)             {value, verified: true|false, reason, author}: the value with
@@ -219,6 +223,7 @@
         return null
     }
     statebus.verifyProof = async function (key, value, proof) {
+        await statebus.ready
         key = fullKey(key)
         let reason
         try {
@@ -307,7 +312,7 @@
 
     // ------------------------------------------------------------------ subscriptions
 
-    statebus.subscribe = function (keys, callback, {since, onstatus = () => {}} = {}) {
+    statebus.subscribe = function (keys, callback, {since, onstatus = () => {}, verify = false} = {}) {
         const list = [].concat(keys)
         let es = null, stopped = false
         const mine = new Map()       // this subscription's own values (patches apply to these, so two
@@ -321,10 +326,11 @@
             const q = new URLSearchParams()
             if (rest.length) q.set('keys', rest.join(','))
             if (since !== undefined) q.set('since', String(since))
+            if (verify) q.set('proof', '')
             if ([...q].length) u += '?' + q
             es = new EventSource(u, {withCredentials: true})
             const on = type => es.addEventListener(type, e => handle(type, e))
-            for (const t of ['snapshot', 'update', 'delete', 'reset']) on(t)
+            for (const t of ['snapshot', 'update', 'delete', 'reset', 'proof']) on(t)
             es.addEventListener('open', () => onstatus('open'))
             es.addEventListener('error', e => {
                 onstatus(es.readyState === EventSource.CLOSED ? 'closed' : 'connecting')
@@ -338,8 +344,23 @@
                 }
             })
         }
+        const waiting = new Map()   // verify: key → {value, event, v} until its proof comes
+        const proofs = new Map()    // verify: key → {v, proof} that came before its value
+        async function settle(key, value, event, proof) {
+            const result = await statebus.verifyProof(key, value, proof)
+            if (result.verified) statebus.state[key] = value
+            else delete statebus.state[key]            // never kept as the author's
+            callback(key, value, {...event, verified: result.verified, reason: result.reason})
+        }
         async function handle(type, e) {
             const data = JSON.parse(e.data)
+            if (type === 'proof') {
+                const key = norm(data.key), v = JSON.stringify(data.version)
+                const w = waiting.get(key)
+                if (w && w.v === v) { waiting.delete(key); await settle(key, w.value, w.event, data.proof) }
+                else proofs.set(key, {v, proof: data.proof})
+                return
+            }
             const event = {type, version: data.version, parents: data.parents, id: e.lastEventId}
             if (e.lastEventId) lastId = e.lastEventId
             if (type === 'reset') {
@@ -364,8 +385,15 @@
                         value = await statebus.get(key)    // fall back to reading the whole value
                     }
                 }
-                statebus.state[key] = value
                 mine.set(key, value)
+                if (verify) {
+                    const v = JSON.stringify(data.version), p = proofs.get(key)
+                    proofs.delete(key)
+                    if (p && p.v === v) await settle(key, value, event, p.proof)
+                    else waiting.set(key, {value, event, v})
+                    return
+                }
+                statebus.state[key] = value
             }
             callback(key, value, event)
         }
