@@ -3,8 +3,9 @@
 The page is served through a man-in-the-middle proxy that rewrites values in transit (as an altered
 node or relay would), both in ``GET ?proof`` answers and in the lines of an SSE stream. The rewritten
 values must be flagged, with the reason, and kept out of ``statebus.state``; genuine values of a
-followed author, and the owner's own (batch-signed) values, verify. The node's page shows the state
-as a badge next to the value.
+followed author, a value its delegate wrote and the owner's own (batch-signed) values verify, with
+WebCrypto's Ed25519 and, in a browser without it, with the vendored ``@noble/ed25519``. The node's
+page shows the state as a badge next to the value.
 """
 
 from __future__ import annotations
@@ -148,6 +149,38 @@ PAGE_SCRIPT = """
 """
 
 
+NO_WEBCRYPTO_ED25519 = """
+const importKey = crypto.subtle.importKey.bind(crypto.subtle)
+crypto.subtle.importKey = (format, data, alg, ...rest) =>
+  (alg === 'Ed25519' || (alg && alg.name === 'Ed25519'))
+    ? Promise.reject(new DOMException('Unrecognized name.', 'NotSupportedError'))
+    : importKey(format, data, alg, ...rest)
+"""
+
+FALLBACK_SCRIPT = """
+(async () => {
+  const out = {}
+  try {
+    for (const key of %s) {
+      const r = await statebus.getVerified(key)
+      out[key] = {verified: r.verified, reason: r.reason}
+    }
+    out.ed25519 = statebus.ed25519
+    // a signature with one bit flipped must not verify (the fallback really checks)
+    const data = await (await fetch(%s + '?proof', {credentials: 'same-origin'})).json()
+    const sig = Uint8Array.from(atob(data.proof.sig), c => c.charCodeAt(0))
+    sig[10] ^= 1
+    const flipped = {...data.proof, sig: btoa(String.fromCharCode(...sig))}
+    out.flipped = await statebus.verifyProof(data.key, data.value, flipped)
+  } catch (e) {
+    out.error = String(e && e.stack || e)
+  }
+  window.__result = out
+  window.__done = true
+})()
+"""
+
+
 def test_values_rewritten_in_transit_are_flagged_and_genuine_ones_verify(tmp_path: Path) -> None:
     author, device = Identity.generate(), Identity.generate()
     genuine, altered = f"/{author.pubkey}/chirp/1", f"/{author.pubkey}/chirp/2"
@@ -175,6 +208,27 @@ def test_values_rewritten_in_transit_are_flagged_and_genuine_ones_verify(tmp_pat
                 timeout=90,
                 before=[f"{proxy}/login?token={srv.token}"],
             )
+            # a browser whose WebCrypto has no Ed25519: the vendored @noble/ed25519 checks instead
+            fallback = run_browser(
+                f"{proxy}/",
+                FALLBACK_SCRIPT % (json.dumps([genuine, altered, own, delegated]), json.dumps(genuine)),
+                timeout=90,
+                before=[f"{proxy}/login?token={srv.token}"],
+                extra_args=["--init-script", NO_WEBCRYPTO_ED25519],
+            )
+    assert fallback["ok"], fallback
+    assert fallback["result"].pop("ed25519") == "noble", fallback["result"]
+    flipped = fallback["result"].pop("flipped")
+    assert flipped["verified"] is False and flipped["reason"].startswith("the signature does not verify"), (
+        flipped
+    )
+    assert {k: v["verified"] for k, v in fallback["result"].items()} == {
+        genuine: True,
+        altered: False,
+        own: True,
+        delegated: True,
+    }, fallback["result"]
+    assert fallback["result"][altered]["reason"] == "the value differs from the one its author signed"
     assert page["ok"], page
     result = page["result"]
     assert "error" not in result, result

@@ -32,6 +32,7 @@
  *                                               owner. A value that fails is never put in statebus.state.
  *   await statebus.verifyProof(key, value, proof)   the same check on a {key, value, proof} from elsewhere
  *   statebus.verified[key]                      {verified, reason, author} of the last check of each key
+ *   statebus.ed25519                            'webcrypto', or 'noble' once the vendored fallback is used
  *   await statebus.info()                       {node, owner, version, keys?} of the node
  *   statebus.ready                              a promise of info(); keys are normalised once it resolves
  *
@@ -123,6 +124,7 @@
     // ------------------------------------------------------------------ verification (docs/wire-protocol.md, "Proofs")
 
     statebus.verified = {}
+    statebus.ed25519 = 'webcrypto'
     const OP_DOMAIN = 'statebus-op-v1\n', COMMIT_DOMAIN = 'statebus-commit-v1\n'
     const enc = new TextEncoder()
     const b64 = s => Uint8Array.from(atob(s), c => c.charCodeAt(0))
@@ -146,18 +148,25 @@
     }
     const sha256 = async bytes => new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
     const publicKeys = new Map()
+    const NOBLE = '/static/vendor/noble-ed25519-3.2.0.js'    // @noble/ed25519, pinned (vendor/README.md)
+    let noble = null                     // the fallback, loaded once if WebCrypto has no Ed25519
     async function ed25519(author, message, sig) {
         if (!(global.crypto && crypto.subtle)) throw new Error('this page has no WebCrypto (not a secure context?)')
-        let key = publicKeys.get(author)
-        if (!key) {
+        if (!noble) {
+            let key = publicKeys.get(author)
             try {
-                key = await crypto.subtle.importKey('raw', b32(author), {name: 'Ed25519'}, false, ['verify'])
+                if (!key) {
+                    key = await crypto.subtle.importKey('raw', b32(author), {name: 'Ed25519'}, false, ['verify'])
+                    publicKeys.set(author, key)
+                }
+                return await crypto.subtle.verify({name: 'Ed25519'}, key, sig, message)
             } catch (e) {
-                throw new Error('this browser has no Ed25519 in WebCrypto: ' + e.message)
+                if (key) throw e
+                noble = import(NOBLE)            // no Ed25519 here: the vendored implementation
+                statebus.ed25519 = 'noble'
             }
-            publicKeys.set(author, key)
         }
-        return crypto.subtle.verify({name: 'Ed25519'}, key, sig, message)
+        return (await noble).verifyAsync(sig, message, b32(author), {zip215: false})
     }
     async function signatureOk(author, signed, sig) {
         if (sig.length === 64) return ed25519(author, signed, sig)
