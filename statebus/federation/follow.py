@@ -2,8 +2,10 @@
 
 One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 
-1. locate the owner: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then
-   the addresses the node was told about; re-located on every (re)connect, so a moved owner is found;
+1. connect to the last server this follow used (kept across restarts) while locating the owner
+   alongside: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then the
+   addresses the node was told about; re-located on every (re)connect, so when the last server
+   fails a moved owner is found;
 2. on each connection, run anti-entropy on ``/<owner>/.keys/``, then on the owner's read rules
    (``/<owner>/.acl/``, as much as the server lets us have, and ``/<owner>/.shares/``), then on the
    pattern (only the ops we lack move), so nothing missed while away is lost even if the cursor is
