@@ -190,8 +190,20 @@
         if (at !== sig.length) return false
         const count = new Uint8Array(4)
         new DataView(count.buffer).setUint32(0, n)
-        return ed25519(author, concat(enc.encode(COMMIT_DOMAIN), count, h), sig.subarray(2, 66))
+        const message = concat(enc.encode(COMMIT_DOMAIN), count, h), commitSig = sig.subarray(2, 66)
+        // one commit signs a whole batch: its signature is checked once per author, commit and signature
+        // (the verdict depends on nothing else); an error is not kept
+        const id = author + ':' + btoa(String.fromCharCode(...message, ...commitSig))
+        let ok = commits.get(id)
+        if (ok === undefined) {
+            ok = ed25519(author, message, commitSig)
+            commits.set(id, ok)
+            if (commits.size > 4096) commits.delete(commits.keys().next().value)
+            ok.catch(() => commits.delete(id))
+        }
+        return ok
     }
+    const commits = new Map()            // author:commit message+signature → promise of the verdict
     function signedOp(b64text) {
         const bytes = b64(b64text)
         const text = new TextDecoder().decode(bytes)
