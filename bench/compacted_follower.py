@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +32,8 @@ RANGE = {"Content-Range": "json .n", "Content-Type": "application/json"}
 
 async def run(n: int) -> bool:
     """True when C never claimed A's version for another state."""
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="compacted-follower-")), dht_secret=os.urandom(16))
+    base = Path(tempfile.mkdtemp(prefix="compacted-follower-"))
+    cluster = Cluster(base, dht_secret=os.urandom(16))
     ok = True
     try:
         a = await cluster.add("a")
@@ -93,6 +95,7 @@ async def run(n: int) -> bool:
             )
     finally:
         await cluster.aclose()
+        shutil.rmtree(base, ignore_errors=True)
     return ok
 
 
