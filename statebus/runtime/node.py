@@ -81,6 +81,9 @@ class Node:
         self.blobs = blobs
         """The node's blob store (``<data>/blobs``), where values stored as blobs keep their bytes;
         None: values are never stored as blobs (a node in memory)."""
+        self.blob_roots: list[Callable[[], Iterable[str]]] = []
+        """More blob hashes that are live though no op points to them (installed apps' bundles):
+        :meth:`blob_refs` adds what each returns."""
         self.committer = GroupCommitter(bus, batch_signer=batch_signer)
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
@@ -269,6 +272,8 @@ class Node:
                 if change is not None and change.content_type == BLOB_TYPE:
                     with contextlib.suppress(StatebusError):
                         refs.add(BlobPointer.decode(bytes(change.value)).hash)
+        for roots in self.blob_roots:
+            refs.update(roots())
         return refs
 
     def collect_blobs(self, grace: float = 60.0) -> list[BlobInfo]:
