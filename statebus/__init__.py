@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from statebus.errors import (
         AppFailed,
         AppRejected,
+        ArchiveInvalid,
         BadBlob,
         BadSignature,
         BlobPending,
@@ -48,9 +49,11 @@ if TYPE_CHECKING:
         StoreBehind,
         StoreDamaged,
         StoreInUse,
+        StoreTooNew,
         StoreUnsupported,
         SubscriberTooSlow,
         TooLarge,
+        Unauthorized,
         VersionConflict,
     )
     from statebus.identity import Identity
@@ -64,6 +67,7 @@ _EXPORTS = {
     "AppFailed": "statebus.errors",
     "AppRejected": "statebus.errors",
     "BadBlob": "statebus.errors",
+    "ArchiveInvalid": "statebus.errors",
     "BadSignature": "statebus.errors",
     "BlobPending": "statebus.errors",
     "Bus": "statebus.bus",
@@ -85,6 +89,7 @@ _EXPORTS = {
     "NotAcceptable": "statebus.errors",
     "NotFound": "statebus.errors",
     "OutsideGrant": "statebus.errors",
+    "Unauthorized": "statebus.errors",
     "Op": "statebus.oplog",
     "Patch": "statebus.oplog",
     "PreconditionFailed": "statebus.errors",
@@ -103,6 +108,7 @@ _EXPORTS = {
     "StoreBehind": "statebus.errors",
     "StoreDamaged": "statebus.errors",
     "StoreInUse": "statebus.errors",
+    "StoreTooNew": "statebus.errors",
     "StoreUnsupported": "statebus.errors",
     "SubscriberTooSlow": "statebus.errors",
     "Subscription": "statebus.bus",

@@ -8,7 +8,8 @@
     ├── CliError                  a ``statebus`` command cannot do what it was asked (one line, exit 1)
     ├── BadSignature        401   an op or request signature does not verify
     ├── Forbidden           403   the author or client may not do this
-    │   └── OutsideGrant    403   an app's capability does not cover this key
+    │   ├── OutsideGrant    403   an app's capability does not cover this key
+    │   └── Unauthorized    401   no (valid) credentials: the client must sign in first
     ├── NotFound            404   no such key (never written, or deleted)
     ├── NotAcceptable       406   the key cannot be served in the asked form (Yjs updates of a JSON key)
     ├── VersionConflict     409   a version id is reused with different content
@@ -23,6 +24,8 @@
     ├── StoreDamaged        500   the store failed its integrity check; the node refuses it
     ├── StoreBehind         409   the store holds less than this node committed; restore it first
     ├── StoreUnsupported    500   the data folder cannot hold the store (no WAL: a network share?)
+    ├── StoreTooNew         500   the store was written by a newer statebus (its schema version)
+    ├── ArchiveInvalid      422   a backup archive fails a check (hash, signature, member, format)
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
     ├── SubscriberTooSlow   503   a subscriber's buffer overflowed; it was cut off and may resume
@@ -46,6 +49,14 @@ Every error has a short machine ``code`` (the class name in snake case), a human
 from __future__ import annotations
 
 import re
+
+CLIENT_DOCS = "docs/http-api.md#using-a-generic-braid-or-statebus-client"
+"""Where a client that is refused for want of a key prefix or a token learns both (named in details)."""
+SIGN_IN_HINT = (
+    "Send the owner token as Authorization: Bearer <token> (`statebus token` prints it), or open the login"
+    f" link `statebus serve` printed; see {CLIENT_DOCS}"
+)
+"""The sentence every ``unauthorized`` answer ends with: how to sign in."""
 
 
 class StatebusError(Exception):
@@ -100,6 +111,14 @@ class Forbidden(StatebusError):
 
 class OutsideGrant(Forbidden):
     """A request made with an app's capability names a key outside the app's granted patterns."""
+
+
+class Unauthorized(Forbidden):
+    """The client sent no credentials, or ones that are not valid: it may not do this until it signs
+    in (HTTP 401, code ``unauthorized``). A :class:`Forbidden` so that callers catching a refusal
+    catch both."""
+
+    status_hint = 401
 
 
 class NotFound(StatebusError):
@@ -182,6 +201,20 @@ class StoreUnsupported(StatebusError):
     """The data folder's file system cannot hold the store (SQLite's WAL mode is refused there)."""
 
     status_hint = 500
+
+
+class StoreTooNew(StatebusError):
+    """The store's schema version is newer than this statebus reads: it was written by a later
+    release. Nothing is changed; run that release (there is no downgrade)."""
+
+    status_hint = 500
+
+
+class ArchiveInvalid(StatebusError):
+    """A backup archive (``statebus import``) fails one of its checks: not a tar file, an unexpected
+    member, a hash or size that does not match the manifest, a bad signature. Nothing is applied."""
+
+    status_hint = 422
 
 
 class ShuttingDown(StatebusError):

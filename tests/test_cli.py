@@ -9,6 +9,7 @@ import os
 import pty
 import queue
 import re
+import select
 import socket
 import stat
 import subprocess
@@ -246,6 +247,9 @@ def test_first_serve_on_a_terminal_shows_the_phrase_and_keeps_nothing_and_the_ba
             with contextlib.suppress(queue.Empty):
                 banner += lines.get(timeout=0.2)
         assert "/login?token=" in banner  # read while the node runs: nothing waits in a buffer
+        while b"restores the identity" not in b"".join(terminal):  # the phrase comes after the banner
+            assert time.monotonic() < deadline and proc.poll() is None, terminal
+            time.sleep(0.05)
         assert keystore.exists(data) and not keystore.phrase_pending(data)
     finally:
         proc.terminate()
@@ -258,6 +262,80 @@ def test_first_serve_on_a_terminal_shows_the_phrase_and_keeps_nothing_and_the_ba
     phrase = phrase_of(shown)
     assert shown.count(phrase) == 1 and "shown ONCE" in shown
     assert "statebus phrase" not in shown
+
+
+def _serve_on_a_terminal(data: Any, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``statebus serve`` with stdin, stdout and stderr on one pseudo-terminal, as a person runs it."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "STATEBUS_DATA_DIR")}
+    command = [sys.executable, "-m", "statebus", "serve", "--port", "0", "--dht-port", "0", *extra]
+    proc = subprocess.Popen(
+        [*command, "--log-level", "info", "--data", str(data)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    return proc, master
+
+
+def _read_until(master: int, text: str, seen: bytearray, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        assert time.monotonic() < deadline, seen.decode(errors="replace")
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            seen += os.read(master, 4096)
+    return seen.decode().replace("\r\n", "\n")
+
+
+def test_first_serve_on_a_terminal_shows_the_phrase_last_framed_and_waits_for_enter(tmp_path):
+    """Issue 20, item 6: below uvicorn's lines and the banner (where it does not scroll away), in a
+    frame, then Enter. The node already serves while it waits; Enter goes on, and the phrase is gone."""
+    import httpx
+
+    data = tmp_path / "node"
+    proc, master = _serve_on_a_terminal(data)
+    seen = bytearray()
+    try:
+        shown = _read_until(master, "Press Enter", seen)
+        phrase = phrase_of(shown)
+        assert shown.count(phrase) == 1 and "shown ONCE" in shown
+        login, framed_at = shown.index("/login?token="), shown.index("=" * 78)
+        assert shown.index("Uvicorn running") < login < framed_at < shown.index(phrase)  # last
+        frame = shown[framed_at:].split("=" * 78)
+        assert len(frame) == 3 and phrase in frame[1] and "Press Enter" in frame[2]  # inside the frame
+        assert shown.rstrip().endswith("written down (the node is already serving).")
+        assert not keystore.phrase_pending(data)  # shown: no copy left
+        time.sleep(0.3)
+        assert proc.poll() is None and not select.select([master], [], [], 0)[0]  # waiting, quietly
+        os.write(master, b"\n")
+        _read_until(master, "\n", seen := bytearray(), timeout=10)
+        url = re.search(r"serving at\s+(http://\S+)/", shown)
+        assert url is not None and proc.poll() is None  # Enter: it goes on serving
+        assert httpx.get(url.group(1) + "/.well-known/statebus/node", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0 or proc.returncode == -15
+        os.close(master)
+
+
+def test_first_serve_with_yes_shows_the_phrase_last_without_waiting(tmp_path):
+    data = tmp_path / "node"
+    proc, master = _serve_on_a_terminal(data, "--yes")
+    seen = bytearray()
+    try:
+        shown = _read_until(master, "`statebus init --recover` restores", seen)
+        assert shown.index("/login?token=") < shown.index(phrase_of(shown))
+        time.sleep(0.5)
+        if select.select([master], [], [], 0)[0]:
+            seen += os.read(master, 4096)
+        assert "Press Enter" not in seen.decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        os.close(master)
 
 
 def _pump_lines(stream: Any, into: queue.Queue[str]) -> None:

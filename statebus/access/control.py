@@ -38,7 +38,7 @@ from statebus.access.policy import AccessPolicy
 from statebus.access.signatures import RequestVerifier
 from statebus.bus import Change
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidOp, StatebusError, TooLarge
+from statebus.errors import SIGN_IN_HINT, Forbidden, InvalidOp, StatebusError, TooLarge, Unauthorized
 from statebus.identity.delegation import Keyring, keys_prefix, parse_record
 from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, is_subtree, namespace_of
@@ -168,10 +168,13 @@ class AccessControl:
         )
 
     def require(self, action: str, client: PubKey | None, key: Key) -> None:
-        """Raise :class:`Forbidden` (401 for an anonymous client, else 403) with the reason."""
+        """Raise :class:`Forbidden` (403) with the reason; for an anonymous client
+        :class:`Unauthorized` (401), whose reason ends with how to sign in."""
         reason = self.why_not(action, client, key)
         if reason is not None:
-            raise Forbidden(reason, status_hint=401 if client is None else 403)
+            if client is None:
+                raise Unauthorized(f"{reason}. {SIGN_IN_HINT}")
+            raise Forbidden(reason)
 
     def hit(self, client: PubKey | None, address: str | None) -> None:
         """Count a request against the rate limits (the node owner is exempt). Raises RateLimited."""

@@ -381,6 +381,14 @@ class AppHost:
         for task in list(self._tasks):
             task.cancel()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the derive and on_write tasks it cancelled: none is left
+        pending when the node's loop closes (the node awaits this first, ``Node.on_aclose``)."""
+        self.close()
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def status(self) -> list[AppStatus]:
         out = []
         for name in sorted(self.apps):
@@ -438,7 +446,8 @@ class AppHost:
             name = app.spec.name
             if kind in ("patch", "crdt") or isinstance(body, bytes | bytearray):
                 raise AppRejected(
-                    f"app {name} validates {rel}: write it whole, as JSON (PUT), not as a {kind}"
+                    f"app {name} validates {rel}: write it whole, as JSON (PUT), not as "
+                    + ("bytes" if isinstance(body, bytes | bytearray) else f"a {kind}")
                 )
             for pattern, validator in app.schemas:
                 if kind != "delete" and pattern.matches(rel):

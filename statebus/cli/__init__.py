@@ -4,15 +4,18 @@
     statebus serve [--host --port]     run the node; prints its pubkey, URL and login link (--json)
     statebus phrase                    show a new identity's recovery phrase once (made with no terminal)
     statebus token                     print the owner token
-    statebus info                      node identity, URL, data folder, key count, version
+    statebus info                      node identity, URL, data folder, key count, version (or: not running)
     statebus get KEY [--range R]       print a value (or a subtree's children)
     statebus put KEY VALUE|-           write a JSON value (or bytes with --content-type)
     statebus delete KEY                delete a key
     statebus watch KEY|SUBTREE/        print every change live (resumes after a dropped connection)
+    statebus export [--subtree P] FILE write a self-verifying backup archive (while the node serves)
+    statebus import FILE               check an archive, then apply it to this (stopped) node
 
 Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
-(:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default
-``http://<host>:<port>`` from the settings) with the owner token read from the data folder.
+(:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default: the node
+serving the data folder, from its ``node.json``, else ``http://<host>:<port>`` from the settings)
+with the owner token read from the data folder.
 Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
 federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
 The hosted-app commands (``statebus app pack|publish|install|list|upgrade|remove``) are in
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from statebus.cli import apps as apps_cli
+from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
@@ -123,7 +127,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from statebus.cli.serve import run_server  # the server stack: not loaded by the client commands
 
-    run_server(settings, as_json=args.json)
+    run_server(settings, as_json=args.json, confirm_phrase=not args.yes)
     return 0
 
 
@@ -181,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     p.add_argument(
+        "--log-format",
+        dest="log_format",
+        help="text (default) or json: one JSON object a line, secrets masked",
+    )
+    p.add_argument(
         "--durability",
         dest="durability",
         help="power (fsync before each answer, the default) or process (survives kill -9, not a power cut)",
@@ -203,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="once listening, print one JSON line (pubkey, url, dht, login, pid, data) instead of the banner",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="on first start, show the recovery phrase without waiting for Enter",
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
@@ -245,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
     p.add_argument("--range", metavar="R", help="read part of a JSON value, e.g. .a.b or [0]")
     p.add_argument("--show-version", action="store_true", help="print the Version on stderr")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="if the key has no value yet (404), wait up to SECONDS for one (a followed key arriving)",
+    )
     add_common(p, client=True)
     p.set_defaults(func=cmd_get)
 
@@ -293,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     federation_cli.register(sub)
     apps_cli.register(sub)
+    backup_cli.register(sub)
     return parser
 
 

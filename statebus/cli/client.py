@@ -22,10 +22,12 @@ import httpx
 from statebus.config import Settings
 from statebus.errors import InvalidKey, InvalidValue, NotFound, PeerUnavailable, RemoteError, StatebusError
 from statebus.identity import keystore
+from statebus.server.runfile import running_url
 
 INFO_PATH = "/.well-known/statebus"
 TIMEOUT = 10.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+WAIT_POLL = 0.1
 
 
 class Client:
@@ -87,7 +89,10 @@ def check(response: httpx.Response) -> None:
 
 
 def client_for(settings: Settings, url: str | None) -> Client:
-    """A client for ``url`` (default: the settings' host and port) with the data folder's owner token."""
+    """A client for ``url`` with the data folder's owner token. Without ``url``: the node that serves
+    the data folder (its run file, ``<data>/node.json``), else the settings' host and port."""
+    if url is None:
+        url = running_url(settings.data_dir)
     if url is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         host = f"[{host}]" if ":" in host else host
@@ -147,7 +152,17 @@ def _print_json(value: Any) -> None:
 def cmd_get(args: argparse.Namespace, settings: Settings, client: Client) -> int:
     path = key_path(args.key)
     params = {"range": args.range} if args.range else None
-    response = client.request("GET", path, params=params)
+    if args.wait is not None and args.wait < 0:
+        raise InvalidValue("--wait is a number of seconds, 0 or more")
+    deadline = time.monotonic() + (args.wait or 0.0)
+    while True:
+        try:
+            response = client.request("GET", path, params=params)
+            break
+        except RemoteError as exc:  # --wait: a value that has not arrived yet (a follow, a peer)
+            if exc.status_hint != 404 or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAIT_POLL)
     if args.show_version and response.headers.get("version"):
         sys.stderr.write(f"version: {response.headers['version']}\n")
     if path.endswith("/"):
@@ -198,11 +213,13 @@ def cmd_delete(args: argparse.Namespace, settings: Settings, client: Client) -> 
 
 
 def cmd_info(args: argparse.Namespace, settings: Settings, client: Client) -> int:
-    info = client.request("GET", INFO_PATH).json()
     try:
         cli_version = metadata.version("statebus-server")
     except metadata.PackageNotFoundError:
         cli_version = "unknown"
+    if args.url is None and running_url(settings.data_dir) is None and keystore.exists(settings.data_dir):
+        return _info_not_running(settings, cli_version)  # no node serves the folder (no live run file)
+    info = client.request("GET", INFO_PATH).json()
     rows = [
         ("node", info.get("node")),
         ("url", client.url),
@@ -211,6 +228,19 @@ def cmd_info(args: argparse.Namespace, settings: Settings, client: Client) -> in
         ("keys", info.get("keys") if info.get("keys") is not None else "(owner only)"),
         ("storage", info.get("storage") or "(owner only)"),
         ("server version", info.get("version")),
+        ("cli version", cli_version),
+    ]
+    for name, value in rows:
+        sys.stdout.write(f"{name + ':':16}{value}\n")
+    return 0
+
+
+def _info_not_running(settings: Settings, cli_version: str) -> int:
+    """``statebus info`` with no node serving the data folder: what the folder itself says."""
+    rows = [
+        ("node", keystore.load(settings.data_dir).pubkey),
+        ("url", "not running (no node serves this data folder; `statebus serve` starts it)"),
+        ("data", str(Path(settings.data_dir))),
         ("cli version", cli_version),
     ]
     for name, value in rows:

@@ -2,7 +2,7 @@
 
     statebus follow PATTERN [--via URL]   follow /<their-pubkey>/path/ (writes /~/.follows/<id>)
     statebus unfollow PATTERN             stop following it (the replicated data stays)
-    statebus peers                        what this node follows, and how each follow is doing
+    statebus peers [--wait live]          what this node follows, and how each follow is doing
     statebus restore --from URL [PATTERN] take this node's own data back from a follower (node stopped)
     statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
 
@@ -40,6 +40,7 @@ from statebus.keys import namespace_of
 
 MAX_DEVNET = 32
 START_TIMEOUT = 30.0
+WAIT_TIMEOUT = 60.0
 
 
 def _pattern(text: str) -> str:
@@ -71,20 +72,61 @@ def cmd_unfollow(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+FOLLOW_STATUSES = ("live", "syncing", "retrying", "incomplete", "stopped", "starting")
+WAIT_POLL = 0.2
+
+
+def _follow_rows(client: Any) -> list[dict[str, Any]]:
+    """Each follow of the node (``/~/.follows/…``) with its state (``/~/.federation/follows/…``)."""
+    listing = client.request("GET", f"/~/{FOLLOWS}/").json()
+    rows = []
+    for name in listing.get("children", []):
+        if name.endswith("/"):
+            continue
+        follow = client.request("GET", f"/~/{FOLLOWS}/{name}").json()
+        state: dict[str, Any] = {}
+        try:
+            state = client.request("GET", f"/~/{STATE_SEGMENT}/{name}").json()
+        except StatebusError:
+            pass
+        rows.append({"id": name, **follow, "state": state})
+    return rows
+
+
+def _status(row: dict[str, Any]) -> str:
+    return str(row["state"].get("status", "starting"))
+
+
+def _wait_for(client: Any, status: str, timeout: float) -> list[dict[str, Any]]:
+    """The follows once every one of them has ``status`` (and there is one); CliError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _follow_rows(client)
+        if rows and all(_status(row) == status for row in rows):
+            return rows
+        if time.monotonic() >= deadline:
+            others = [row for row in rows if _status(row) != status]
+            what = (
+                "this node follows nothing"
+                if not rows
+                else "; ".join(
+                    f"{row.get('pattern')} is {_status(row)}"
+                    + (f" ({row['state']['reason']})" if row["state"].get("reason") else "")
+                    for row in others
+                )
+            )
+            raise CliError(f"timed out after {timeout:g} s waiting for every follow to be {status}: {what}")
+        time.sleep(WAIT_POLL)
+
+
 def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
+    if args.timeout is not None and args.timeout <= 0:
+        raise InvalidValue("--timeout is a number of seconds above 0")
     with client_for(settings, args.url) as client:
-        listing = client.request("GET", f"/~/{FOLLOWS}/").json()
-        rows = []
-        for name in listing.get("children", []):
-            if name.endswith("/"):
-                continue
-            follow = client.request("GET", f"/~/{FOLLOWS}/{name}").json()
-            state: dict[str, Any] = {}
-            try:
-                state = client.request("GET", f"/~/{STATE_SEGMENT}/{name}").json()
-            except StatebusError:
-                pass
-            rows.append({"id": name, **follow, "state": state})
+        if args.wait is not None:
+            rows = _wait_for(client, args.wait, args.timeout if args.timeout is not None else WAIT_TIMEOUT)
+        else:
+            rows = _follow_rows(client)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -93,7 +135,7 @@ def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         st = row["state"]
         print(
-            f"{row.get('pattern')}  {st.get('status', 'starting')}  via {st.get('url') or '-'}  "
+            f"{row.get('pattern')}  {_status(row)}  via {st.get('url') or '-'}  "
             f"applied {st.get('applied', 0)}  refused {st.get('rejected', 0)}"
             + (f"  ({st['reason']})" if st.get("reason") else "")
         )
@@ -291,8 +333,22 @@ def register(sub: Any) -> None:
     add_common(p, client=True)
     p.set_defaults(func=cmd_unfollow)
 
-    p = sub.add_parser("peers", help="what this node follows and how each follow is doing")
+    p = sub.add_parser(
+        "peers",
+        help="what this node follows and how each follow is doing",
+        description=(
+            "One line per follow: pattern, status, the address it follows through, ops applied and refused. "
+            "With --wait STATUS, first wait until every follow has that status (live: caught up and "
+            "streaming), then print them; exit 1 with one line after --timeout seconds."
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--wait", choices=FOLLOW_STATUSES, metavar="STATUS", help="wait for every follow: live, retrying…"
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help=f"how long --wait waits (default {WAIT_TIMEOUT:g})"
+    )
     add_common(p, client=True)
     p.set_defaults(func=cmd_peers)
 

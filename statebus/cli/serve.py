@@ -5,9 +5,12 @@ The banner is printed after the socket is bound, so with ``--port 0`` it shows t
 what ``statebus devnet`` and supervisors read. Standard output is line-buffered, so a supervisor or a
 test reading a pipe gets each line as it is printed.
 
-On first start the recovery phrase is shown on stderr only when stderr is a terminal. Otherwise (a
-log file, a pipe, a supervisor) it is kept in ``<data>/identity/recovery_phrase`` (0600) and every
-start says how to see it once: ``statebus phrase`` in a terminal (:mod:`statebus.server.phrase`).
+On first start the recovery phrase is shown on stderr only when stderr is a terminal: last, below
+the banner, framed, and the command waits for Enter when stdin is a terminal too (``--yes`` does
+not wait). Otherwise (a log file, a pipe, a supervisor) it is kept in
+``<data>/identity/recovery_phrase`` (0600) and every start says how to see it once: ``statebus
+phrase`` in a terminal (:mod:`statebus.server.phrase`). While it runs, the node leaves its URL and
+pid in ``<data>/node.json`` for the client commands (:mod:`statebus.server.runfile`).
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def started_text(running: RunningNode, *, as_json: bool = False) -> str:
     return text
 
 
-def run_server(settings: Settings, *, as_json: bool = False, out: TextIO | None = None) -> None:
+def run_server(
+    settings: Settings, *, as_json: bool = False, out: TextIO | None = None, confirm_phrase: bool = True
+) -> None:
     """Run the node (HTTP, peer endpoints, DHT, followers) until SIGINT/SIGTERM, creating its
     identity on first start. Everything acknowledged is on disk when it returns."""
     stream = out or sys.stdout
@@ -64,4 +69,4 @@ def run_server(settings: Settings, *, as_json: bool = False, out: TextIO | None 
         stream.write(started_text(running, as_json=as_json))
         stream.flush()
 
-    serve(settings, on_start=announce)
+    serve(settings, on_start=announce, confirm_phrase=confirm_phrase)

@@ -5,8 +5,9 @@ routes; the composition root (:mod:`statebus.server`) builds the node, its ident
 access rules once and calls it. Hooks for other
 transports:
 
-* ``statebus/http/static/index.html`` is served at ``/`` and ``statebus/http/static/statebus.js`` at
-  ``/statebus.js`` when the files exist (everything in that folder also under ``/static/``);
+* ``statebus/http/static/index.html`` is served at ``/``, ``statebus/http/static/statebus.js`` at
+  ``/statebus.js`` and ``favicon.ico`` at ``/favicon.ico`` (cached for a year) when the files exist
+  (everything in that folder also under ``/static/``);
 * the websocket protocol (:mod:`statebus.http.websocket`) and the info route share the app's owner
   check and access rules;
 * ``extra_routes`` (the peer endpoints, given by ``statebus.server``) come before every other route.
@@ -50,6 +51,7 @@ from statebus.runtime import Node
 log = logging.getLogger("statebus.http")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+ICON_CACHE = "public, max-age=31536000, immutable"
 
 
 class NodeApp(Starlette):
@@ -180,6 +182,13 @@ def build_app(
                 return FileResponse(script, media_type="text/javascript; charset=utf-8")
 
             routes.append(Route("/statebus.js", statebus_js, methods=["GET", "HEAD"]))
+        icon = static / "favicon.ico"
+        if icon.is_file():
+
+            async def favicon(request: Request) -> Response:  # browsers ask every page for it
+                return FileResponse(icon, media_type="image/x-icon", headers={"cache-control": ICON_CACHE})
+
+            routes.append(Route("/favicon.ico", favicon, methods=["GET", "HEAD"]))
         routes.append(Mount("/static", StaticFiles(directory=static), name="static"))
     routes.extend(websocket_routes(node, settings, auth))
     routes.extend(y_websocket_routes(node, settings, auth))

@@ -33,7 +33,7 @@ from starlette.responses import RedirectResponse, Response
 from statebus.access.capabilities import Capability
 from statebus.access.control import AccessControl
 from statebus.access.gate import ADDRESS_COUNTED, SIGNER
-from statebus.errors import Forbidden, OutsideGrant
+from statebus.errors import SIGN_IN_HINT, Forbidden, OutsideGrant, Unauthorized
 from statebus.http.errors import statebus_error_response
 from statebus.http.origins import SAFE_METHODS, OriginPolicy
 from statebus.keys import segments
@@ -228,11 +228,10 @@ class OwnerAuth:
             OutsideGrant: (403) the capability is another app's.
         """
         if self.access is None:
-            raise Forbidden("this node serves no apps (it has no access control)", status_hint=401)
+            raise Unauthorized("this node serves no apps (it has no access control)")
         if "authorization" in headers:
-            raise Forbidden(
-                "an app's origin takes no Authorization header: its page acts with its capability only",
-                status_hint=401,
+            raise Unauthorized(
+                "an app's origin takes no Authorization header: its page acts with its capability only"
             )
         secure = self.origins.is_secure(scope, headers)  # behind a TLS proxy the page's origin is https
         if self.origins.foreign_origin({**scope, "scheme": "https"} if secure else scope, headers):
@@ -242,9 +241,8 @@ class OwnerAuth:
         secret = cookie_parser(raw).get(name) if raw and name else None
         cap = self.access.capabilities.verify(secret) if secret else None
         if cap is None:
-            raise Forbidden(
-                f"no live capability for app {app}: open it from the node's page (its launch link)",
-                status_hint=401,
+            raise Unauthorized(
+                f"no live capability for app {app}: open it from the node's page (its launch link)"
             )
         if cap.app != app:
             raise OutsideGrant(f"this capability belongs to app {cap.app}, not to app {app}")
@@ -274,7 +272,9 @@ class OwnerAuth:
         if header is not None:
             scheme, _, credentials = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not self.check_token(credentials.strip()):
-                raise Forbidden("the Authorization header does not hold a valid owner token", status_hint=401)
+                raise Unauthorized(
+                    f"the Authorization header does not hold a valid owner token. {SIGN_IN_HINT}"
+                )
             return "bearer"
         raw = headers.get("cookie")
         if not raw or self._cookie is None:
@@ -306,7 +306,7 @@ def can_write(client: Client, key: Key) -> bool:
 
 def _denied(client: Client, what: str) -> Forbidden:
     if client.anonymous:
-        return Forbidden(f"sign in to {what}: send Authorization: Bearer <owner token>", status_hint=401)
+        return Unauthorized(f"sign in to {what}. {SIGN_IN_HINT}")
     return Forbidden(f"this client may not {what}")
 
 
@@ -344,7 +344,9 @@ async def login(request: Request, auth: OwnerAuth) -> Response:
     name = auth.cookie_name(request.scope, request.headers)
     if not auth.check_token(token) or name is None or auth.node is None:
         return statebus_error_response(
-            Forbidden("the login link is not valid (wrong or old token)", status_hint=401)
+            Unauthorized(
+                "the login link is not valid (wrong or old token): `statebus token` prints the current one"
+            )
         )
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(

@@ -18,13 +18,17 @@ import base64
 import binascii
 import re
 
-from statebus.errors import InvalidKey
+from statebus.errors import CLIENT_DOCS, InvalidKey
 from statebus.types import Key, PubKey
 
 MAX_KEY_BYTES = 1024
 MAX_DEPTH = 32
 MAX_SEGMENT_BYTES = 255
 PUBKEY_CHARS = 52
+KEY_HINT = (
+    "This node's own keys begin with /~/ (e.g. /~/notes/1), another node's with its pubkey;"
+    f" see {CLIENT_DOCS}"
+)
 
 _PUBKEY_RE = re.compile(r"^[a-z2-7]{52}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
@@ -83,7 +87,7 @@ def parse_key(path: str, local: PubKey | None = None, *, allow_subtree: bool = T
     subtree = path.endswith("/") and len(path) > 1
     body = path[1:-1] if subtree else path[1:]
     if not body:
-        raise InvalidKey("a key names a namespace: /<pubkey>/…")
+        raise InvalidKey(f"a key names a namespace: /<pubkey>/… {KEY_HINT}")
     parts = body.split("/")
     if parts[0] == "~":
         if local is None:
@@ -102,7 +106,9 @@ def parse_key(path: str, local: PubKey | None = None, *, allow_subtree: bool = T
         if len(part.encode("utf-8")) > MAX_SEGMENT_BYTES:
             raise InvalidKey(f"a key segment is at most {MAX_SEGMENT_BYTES} bytes")
     if not is_pubkey(parts[0]):
-        raise InvalidKey("the first segment of a key is the owner's public key (52 base32 chars) or '~'")
+        raise InvalidKey(
+            f"the first segment of a key is the owner's public key (52 base32 chars) or '~'. {KEY_HINT}"
+        )
     if subtree and not allow_subtree:
         raise InvalidKey("this operation needs a key, not a subtree (no trailing '/')")
     return "/" + "/".join(parts) + ("/" if subtree else "")

@@ -15,6 +15,7 @@ federation. Its modules:
     listener.py   uvicorn under a node: connection layer, open-file limit, graceful shutdown, gc
     logs.py       secrets kept out of uvicorn's and websockets' logs
     phrase.py     the recovery phrase as a person is shown it: one text, one place
+    runfile.py    <data>/node.json: where a running node listens, for the client commands
 """
 
 from __future__ import annotations

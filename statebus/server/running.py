@@ -42,7 +42,8 @@ from statebus.identity import Identity, keystore
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
-from statebus.server.phrase import phrase_reminder, show_phrase_on_terminal
+from statebus.server.phrase import phrase_reminder, show_phrase_last
+from statebus.server.runfile import remove_run_file, write_run_file
 
 START_TIMEOUT = 10.0
 
@@ -253,15 +254,19 @@ def serve(
     settings: Settings,
     *,
     on_start: Callable[[RunningNode], None] | None = None,
-    on_new_identity: NewIdentityHook | None = show_phrase_on_terminal,
+    on_new_identity: NewIdentityHook | None = None,
+    confirm_phrase: bool = True,
     **options: Any,
 ) -> None:
     """Run the node (:func:`start`; ``options`` go to it) until SIGINT or SIGTERM, then stop it:
     everything acknowledged is on disk when it returns. What ``statebus serve`` runs.
 
     Sets the process umask to 077 first (the database and its WAL files are private to the user),
-    runs on uvloop when installed, tunes the collector once started (:func:`tune_gc`), calls
-    ``on_start(running)`` (the banner), then reminds of a recovery phrase still waiting to be shown.
+    runs on uvloop when installed, tunes the collector once started (:func:`tune_gc`), writes the
+    run file (``<data>/node.json``, removed on the way out), calls ``on_start(running)`` (the
+    banner), then shows a recovery phrase still waiting to be shown: on a terminal, last, framed,
+    waiting for Enter (:func:`~statebus.server.phrase.show_phrase_last`; ``confirm_phrase=False``
+    prints it without waiting), else the reminder to run ``statebus phrase``.
     """
     os.umask(0o077)
     logging.getLogger("rpcudp").setLevel(logging.ERROR)  # late DHT replies are normal, not news
@@ -271,7 +276,7 @@ def serve(
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_run_until_signal(settings, on_start, on_new_identity, options))
+        runner.run(_run_until_signal(settings, on_start, on_new_identity, options, confirm_phrase))
 
 
 async def _run_until_signal(
@@ -279,6 +284,7 @@ async def _run_until_signal(
     on_start: Callable[[RunningNode], None] | None,
     on_new_identity: NewIdentityHook | None,
     options: dict[str, Any],
+    confirm_phrase: bool = True,
 ) -> None:
     running = await start(settings, on_new_identity=on_new_identity, **options)
     tune_gc()  # no long full-collection pauses under many streams
@@ -287,12 +293,17 @@ async def _run_until_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        write_run_file(settings.data_dir, running.url)
         if on_start is not None:
             on_start(running)
-        reminder = phrase_reminder(settings)
-        if reminder is not None:
-            sys.stderr.write(reminder)
-            sys.stderr.flush()
+        if not await show_phrase_last(settings, stop, confirm=confirm_phrase):
+            reminder = phrase_reminder(settings)
+            if reminder is not None and settings.log_format == "json":
+                logging.getLogger("statebus.server").warning(reminder.strip())  # no bare line among JSON
+            elif reminder is not None:
+                sys.stderr.write(reminder)
+                sys.stderr.flush()
         await stop.wait()
     finally:
+        remove_run_file(settings.data_dir)
         await running.stop()

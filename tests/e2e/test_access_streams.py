@@ -136,7 +136,7 @@ def test_websocket_subscriber_is_cut_off(srv: LiveServer, owner: httpx.Client) -
             assert first["set"]["val"] == "hello"
             await ws.send(json.dumps({"get": "private/thing"}))
             refused = json.loads(await asyncio.wait_for(ws.recv(), 5))
-            assert refused["error"] == "forbidden"
+            assert refused["error"] == "unauthorized"
             await asyncio.to_thread(put, owner, "/~/.acl/public", {"read": "owner"})
             msgs: list[dict[str, Any]] = []
             with pytest.raises(ConnectionClosed):

@@ -93,15 +93,15 @@ def test_auth_rules_match_http(srv):
             assert (await recv(anon))["set"]["val"] == "world"
             await send(anon, {"get": "private"})
             err = await recv(anon)
-            assert err["error"] == "forbidden" and err["key"] == "private"
+            assert err["error"] == "unauthorized" and err["key"] == "private"
             await send(anon, {"set": {"key": "public/hello", "val": 1}})
-            assert (await recv(anon))["error"] == "forbidden"
+            assert (await recv(anon))["error"] == "unauthorized"
             await send(anon, {"token": srv.token})  # log in on the connection
             await send(anon, {"get": "private"})
             assert await recv(anon) == {"set": {"key": "private"}}
         async with connect(ws_url(srv)) as anon:
             await send(anon, {"token": "wrong"})
-            assert (await recv(anon))["error"] == "forbidden"
+            assert (await recv(anon))["error"] == "unauthorized"
             with pytest.raises(ConnectionClosed):
                 await recv(anon)
         with pytest.raises(InvalidStatus):
@@ -114,7 +114,7 @@ def test_auth_rules_match_http(srv):
         # the old shared cookie name, even holding the token itself, is nobody's login any more
         async with connect(ws_url(srv), additional_headers={"Cookie": f"statebus_token={srv.token}"}) as c:
             await send(c, {"get": "private"})
-            assert (await recv(c))["error"] == "forbidden"
+            assert (await recv(c))["error"] == "unauthorized"
 
     asyncio.run(main())
 

@@ -1,5 +1,6 @@
-"""``statebus devnet 3``: three OS processes in one DHT. Write at A, follow from B and C, kill A, read at
-C, then SIGINT stops every node (the docs/devnet.md walkthrough, over HTTP)."""
+"""``statebus devnet 3``: three OS processes in one DHT. docs/devnet.md's own commands, run by bash as
+written (write at A, follow from B and C, kill A, read at C, bring A back), their outputs compared with
+the doc's; then SIGINT stops every node."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from statebus.identity import keystore
+from tests.support import doc_shell
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -25,11 +26,6 @@ def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "con
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def owner(info: dict[str, Any]) -> httpx.Client:
-    token = keystore.load_owner_token(info["data"])
-    return httpx.Client(base_url=info["url"], headers={"Authorization": f"Bearer {token}"}, timeout=5)
 
 
 def alive(pid: int) -> bool:
@@ -40,36 +36,51 @@ def alive(pid: int) -> bool:
     return True
 
 
-def walkthrough(infos: list[dict[str, Any]]) -> None:
-    a, b, c = (owner(i) for i in infos)
+DOC = Path(__file__).resolve().parents[2] / "docs" / "devnet.md"
+DOC_BASE, DOC_A_JSON = "/tmp/dn", "/tmp/a.json"  # the two paths the test replaces by its own
+
+
+def doc_devnet_command(base: Path) -> list[str]:
+    """The devnet command the doc shows (``$ statebus devnet 3 --base /tmp/dn``), on ``base``."""
+    (shown,) = [b for b in doc_shell.blocks(DOC, "") if b.startswith("$ statebus devnet")]
+    argv = shown.splitlines()[0].removeprefix("$ ").replace(DOC_BASE, str(base)).split()
+    assert argv[:3] == ["statebus", "devnet", "3"], argv
+    return [sys.executable, "-m", "statebus", *argv[1:]]
+
+
+def run_the_walkthrough(base: Path, env: dict[str, str]) -> None:
+    """docs/devnet.md's ``sh`` blocks in one bash, as written but for the two paths; each command's
+    output compared with the lines the doc shows under it (tests/support/doc_shell.py)."""
+    a_json = base / "a.json"
+    script = (
+        "\n".join(doc_shell.blocks(DOC, "sh")).replace(DOC_BASE, str(base)).replace(DOC_A_JSON, str(a_json))
+    )
+    cmds = doc_shell.commands(script)
+    assert sum(1 for c in cmds if c.expected) >= 8, cmds
+    path = doc_shell.statebus_on_path(base / "bin")
+    log = base / "walkthrough-stderr.txt"
     try:
-        for info in infos:
-            assert httpx.get(info["url"] + "/.well-known/statebus/node").json()["pubkey"] == info["pubkey"]
-        chirp = f"/{infos[0]['pubkey']}/chirp/"
-        a.put("/~/.shares/chirp", json={"pattern": chirp}).raise_for_status()
-        a.put("/~/chirp/1", json={"text": "hello"}).raise_for_status()
-        for n in (b, c):
-            n.put("/~/.follows/f1", json={"pattern": chirp, "added": time.time()}).raise_for_status()
-
-        def has(n: httpx.Client, key: str) -> bool:
-            return n.get(key).status_code == 200
-
-        wait_until(lambda: has(b, chirp + "1") and has(c, chirp + "1"), what="the followers (found via DHT)")
-        a.put("/~/chirp/2", json={"text": "live"}).raise_for_status()
-        wait_until(lambda: has(b, chirp + "2") and has(c, chirp + "2"), what="a live write")
-        os.kill(infos[0]["pid"], signal.SIGTERM)  # take A down
-        wait_until(lambda: not alive(infos[0]["pid"]), what="A to stop")
-        r = c.get(chirp + "2")
-        assert r.status_code == 200 and r.json() == {"text": "live"}
-        state = c.get("/~/.federation/follows/f1").json()
-        assert state["pattern"] == chirp and state["applied"] >= 2
-    finally:
-        for client in (a, b, c):
-            client.close()
+        status, stdout = doc_shell.run_bash(
+            doc_shell.instrument(cmds),
+            env={**env, "PATH": f"{path}:{env.get('PATH', '')}"},
+            cwd=base,
+            log=log,
+            timeout=90,
+        )
+        problems = doc_shell.compare(cmds, doc_shell.outputs(stdout), strip_reason=True)
+        assert status == 0 and not problems, "\n".join(
+            [f"status {status}", *problems, log.read_text()[-3000:]]
+        )
+    finally:  # the A the doc brought back runs in the background: stop it
+        if a_json.exists() and a_json.read_text().strip():
+            pid = json.loads(a_json.read_text())["pid"]
+            if alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                wait_until(lambda: not alive(pid), 20, "the A the doc brought back to stop")
 
 
 def test_devnet_of_three_processes(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "statebus", "devnet", "3", "--base", str(tmp_path)]
+    cmd = doc_devnet_command(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBUS_")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     pids: list[int] = []
@@ -82,6 +93,12 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
             lines.append(line.rstrip("\n"))
         out = "\n".join(lines)
         assert out.startswith('devnet "devnet-') and out.count("login: http://127.0.0.1:") == 3
+        (shown,) = [b for b in doc_shell.blocks(DOC, "") if b.startswith("$ statebus devnet")]
+        doc_lines = [line.replace(DOC_BASE, str(tmp_path)) for line in shown.splitlines()[1:]]
+        assert len(lines) == len(doc_lines) and all(map(doc_shell.matches, doc_lines, lines)), (
+            doc_lines,
+            lines,
+        )
         infos = json.loads((tmp_path / "devnet.json").read_text())["nodes"]
         for private in ("devnet.json", "dht_secret"):  # they hold login links and the invite secret
             assert stat.S_IMODE((tmp_path / private).stat().st_mode) == 0o600, private
@@ -92,7 +109,10 @@ def test_devnet_of_three_processes(tmp_path: Path) -> None:
             assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
         pids = [n["pid"] for n in infos]
         assert len(set(pids)) == 3 and proc.pid not in pids
-        walkthrough(infos)
+        for info in infos:
+            assert httpx.get(info["url"] + "/.well-known/statebus/node").json()["pubkey"] == info["pubkey"]
+            assert json.loads((Path(info["data"]) / "node.json").read_text())["url"] == info["url"]
+        run_the_walkthrough(tmp_path, env)
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         assert proc.wait(timeout=20) == 0

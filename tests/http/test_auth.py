@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import httpx
 import pytest
 
+from statebus.errors import CLIENT_DOCS
 from statebus.http.auth import ANONYMOUS, OWNER, OwnerAuth, can_read, can_write, is_public
 from statebus.testing.live_server import LiveServer
 
@@ -24,6 +26,24 @@ def test_policy_functions() -> None:
     assert not OwnerAuth(None).check_token("anything")
 
 
+def test_refusals_tell_a_new_client_how_to_sign_in_and_how_keys_begin(srv: LiveServer) -> None:
+    """A stock client's first 401 and 400 (issue 20, item 4): one sentence on what to do, and the docs."""
+    with httpx.Client(base_url=srv.url) as anon:
+        for method in ("GET", "PUT"):
+            r = anon.request(method, "/~/notes/1", content=b"1")
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized", method
+            assert "Authorization: Bearer" in r.json()["detail"] and CLIENT_DOCS in r.json()["detail"]
+        r = anon.get("/~/x", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized" and "wrong" not in r.text
+    with httpx.Client(base_url=srv.url, headers=srv.auth) as owner:
+        r = owner.put("/notes/1", json=1)  # no namespace: the key's first segment is not a pubkey
+        assert r.status_code == 400 and r.json()["error"] == "invalid_key"
+        assert "/~/" in r.json()["detail"] and CLIENT_DOCS in r.json()["detail"]
+    assert (Path(__file__).parents[2] / CLIENT_DOCS.split("#")[0]).read_text().count(
+        "## Using a generic Braid or statebus client"
+    ) == 1
+
+
 def test_anonymous_reads_public_only_and_writes_nothing(srv: LiveServer) -> None:
     owner = httpx.Client(base_url=srv.url, headers=srv.auth)
     anon = httpx.Client(base_url=srv.url)
@@ -33,7 +53,7 @@ def test_anonymous_reads_public_only_and_writes_nothing(srv: LiveServer) -> None
         assert anon.get("/~/public/hello").json() == "hi"
         assert anon.get("/~/public/").json()["children"] == ["hello"]
         r = anon.get("/~/secret")
-        assert r.status_code == 401 and r.json()["error"] == "forbidden"
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
         assert "psst" not in r.text
         for method in ("PUT", "PATCH", "DELETE"):

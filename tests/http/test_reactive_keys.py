@@ -24,7 +24,7 @@ def test_a_derived_key_carries_the_read_rules_of_its_inputs(srv: LiveServer) -> 
     srv.node.reactive("/~/public/chained", lambda key, get: {"via": get("/~/public/leak")})
     anonymous = httpx.get(srv.url + "/~/public/leak")
     assert anonymous.status_code == 401 and "8" not in anonymous.text
-    assert anonymous.json()["error"] == "forbidden"
+    assert anonymous.json()["error"] == "unauthorized"
     assert httpx.get(srv.url + "/~/public/chained").status_code == 401  # through a derived input too
     assert httpx.get(srv.url + "/~/public/fine").json() == {"greeting": "hi"}
     owner = httpx.get(srv.url + "/~/public/leak", headers=srv.auth)

@@ -47,8 +47,8 @@ def cut_power(db: Path) -> dict[str, int]:
     kept: dict[str, int] = {}
     for path in (db, db.with_name(db.name + "-wal")):
         synced = path.with_name(path.name + ".synced")
-        if synced.exists():
-            os.replace(synced, path)
+        if synced.exists():  # kept: what a cut leaves is durable for the next one too
+            shutil.copyfile(synced, path)
         elif path.exists():
             path.write_bytes(b"")
         kept[path.name] = path.stat().st_size if path.exists() else 0
