@@ -13,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from statebus.bus import Bus
+from statebus.errors import StorageFailed
 from statebus.runtime import Node, committer
+from statebus.storage.base import StoredOp
 from statebus.storage.sqlite import STORE_FILE, SqliteStorage
 from tests.support import powerloss
 
@@ -153,3 +157,44 @@ def test_a_process_store_syncs_every_sync_ops_under_load(
 
     asyncio.run(scenario())
     storage.close()
+
+
+def test_a_failed_inline_commit_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``process`` store commits on the event loop: a commit it refuses still fails its writers
+    with StorageFailed, keeps nothing, and the node takes writes again after the backoff."""
+    monkeypatch.setattr(committer, "RETRY_FIRST", 0.05)
+    storage = SqliteStorage(tmp_path / STORE_FILE, durability="process")
+    real_append = storage.append
+    full = True
+
+    def append(batch: Sequence[StoredOp]) -> None:
+        if full:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_append(batch)
+
+    monkeypatch.setattr(storage, "append", append)
+
+    async def scenario() -> None:
+        nonlocal full
+        node = Node(Bus(storage, LOCAL))
+        results = await asyncio.gather(node.save("/~/a", 1), node.save("/~/b", 2), return_exceptions=True)
+        assert all(isinstance(r, StorageFailed) for r in results), results
+        gone = node.fetch_or_none("/~/a")
+        assert gone is None or not gone.exists
+        full = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if node.committer.healthy and node.bus.storage_refused is None:
+                break
+        await node.save("/~/a", 3)
+        kept = node.fetch_or_none("/~/a")
+        assert kept is not None and kept.value == 3
+        await node.aclose()
+
+    asyncio.run(scenario())
+    storage.close()
+    reopened = SqliteStorage(tmp_path / STORE_FILE)
+    try:
+        assert [op.key.rsplit("/", 1)[-1] for op in reopened.scan("", 0, 100)] == ["a"]
+    finally:
+        reopened.close()
