@@ -47,6 +47,8 @@ from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
+from statebus.invites.ledger import Ledger
+from statebus.invites.routes import InviteRoutes
 from statebus.oplog import Op
 from statebus.runtime import Node, highwater
 from statebus.server.listener import StatebusServer, uvicorn_config
@@ -159,7 +161,8 @@ def node_app(
     apps = AppHost(node, access.op_gate, limits=limits)
     node.on_close.append(apps.close)
     service = app_service(node, settings, apps, follow=app_follow)
-    app_routes = AppRoutes(service).routes()
+    ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
+    app_routes = [*AppRoutes(service).routes(), *InviteRoutes(ledger).routes()]
     if federation is None:
         app = build_app(
             node,
@@ -172,6 +175,7 @@ def node_app(
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
+        app.state.invites = ledger
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
@@ -187,6 +191,7 @@ def node_app(
     app.state.federation = federation
     app.state.apps = apps
     app.state.app_registry = service.registry
+    app.state.invites = ledger
     return app
 
 
