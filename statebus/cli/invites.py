@@ -46,7 +46,7 @@ from statebus.invites.ledger import INVITED_LIST, app_subtrees
 from statebus.invites.membership import Membership, read_membership, write_membership
 from statebus.invites.payload import Invite, parse_link
 from statebus.invites.routes import INVITES_PATH
-from statebus.server.assembly import open_node
+from statebus.server.assembly import STORE_FILE, open_node
 from statebus.server.runfile import running_url
 
 PROGRESS_AFTER = 0.3
@@ -220,6 +220,8 @@ def _installed(settings: Settings, invite: Invite) -> Bundle | None:
     """The invite's app when this node already runs that very bundle (a join run again)."""
     assert invite.app is not None
     member_node = None
+    if not (Path(settings.data_dir) / STORE_FILE).exists():
+        return None
     try:
         _, member_node = open_node(settings)
         app = AppRegistry(settings.data_dir, member_node, max_bytes=settings.app_bundle_max_bytes).get(
@@ -263,7 +265,8 @@ async def _write(settings: Settings, invite: Invite, answer: dict[str, Any], bun
             f"/~/.joined/{invite.id}",
             {"by": invite.by, "at": int(time.time()), "dht": (dht or {}).get("name")},
         )
-    except StatebusError as exc:
+    except (StatebusError, OSError) as exc:
+        reason = exc.detail or exc.code if isinstance(exc, StatebusError) else str(exc)
         for item in reversed(done):
             try:
                 if item == "membership":
@@ -275,7 +278,7 @@ async def _write(settings: Settings, invite: Invite, answer: dict[str, Any], bun
             except StatebusError:
                 pass
         raise CliError(
-            f"the join stopped at {step}: {exc.detail or exc.code}; what it wrote was undone: "
+            f"the join stopped at {step}: {reason}; what it wrote was undone: "
             "run the same command again to finish"
         ) from None
     finally:
