@@ -77,7 +77,7 @@ def test_serve_join_across_network_namespaces(netns: list[tuple[str, str, str]],
         )
         said: list[str] = []
         b_info = json_line(procs[1], said)
-        assert any(f"installed guestbook 1.0.0" in s for s in said), said
+        assert any("installed guestbook 1.0.0" in s for s in said), said
         assert b_info["url"].startswith(f"http://{addr_b}:") and b_info["dht"].startswith(addr_b)
         tok_b = keystore.load_owner_token(tmp_path / "b")
         b = httpx.Client(base_url=b_info["url"], headers={"Authorization": f"Bearer {tok_b}"}, timeout=5)
