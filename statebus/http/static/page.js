@@ -162,6 +162,40 @@
         $('apps').hidden = apps.length === 0
     }
 
+    // Invite a friend (the owner only): POST the invite routes; the QR code is the node's own SVG.
+    $('invite-form').addEventListener('submit', async (event) => {
+        event.preventDefault()
+        const status = $('invite-status')
+        const body = {uses: Number($('invite-uses').value), expires: $('invite-expires').value.trim()}
+        if ($('invite-app').value) body.app = $('invite-app').value
+        if ($('invite-note').value.trim()) body.note = $('invite-note').value.trim()
+        const res = await fetch('/.well-known/statebus/invites', {
+            method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify(body)})
+        const answer = await res.json()
+        if (!res.ok) {
+            status.textContent = answer.detail || answer.error
+            status.className = 'status error'
+            return
+        }
+        status.textContent = 'Invite ' + answer.id + ', expires ' + new Date(answer.exp * 1000).toLocaleString()
+        status.className = 'status ok'
+        $('invite-link').value = answer.link
+        const svg = new DOMParser().parseFromString(answer.qr_svg, 'image/svg+xml').documentElement
+        $('invite-qr').replaceChildren(document.importNode(svg, true))
+        $('invite-out').hidden = false
+    })
+    async function inviteApps() {
+        const res = await fetch('/.well-known/statebus/apps', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return
+        const select = $('invite-app')
+        for (const app of (await res.json()).apps) {
+            const option = document.createElement('option')
+            option.value = option.textContent = app.name
+            select.append(option)
+        }
+    }
+
     async function start() {
         const info = await statebus.ready
         if (info.error) {
@@ -179,6 +213,8 @@
         statebus.subscribe(root, onChange, {onstatus: setLive})
         render()
         if (info.owner) {
+            $('invite').hidden = false
+            inviteApps().catch(() => {})
             showApps().catch(() => {})
             setInterval(() => showApps().catch(() => {}), 5000)
         }
