@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -63,7 +64,7 @@ def terminal_qr(text: str) -> str:
     import segno
 
     out = io.StringIO()
-    segno.make(text, error="m").terminal(out=out, compact=True, border=2)
+    segno.make(text, error="l", boost_error=False).terminal(out=out, compact=True, border=2)
     return out.getvalue()
 
 
@@ -175,6 +176,14 @@ def _consent(bundle: Bundle, yes: bool) -> None:
 
 def join(link: str, settings: Settings, *, yes: bool, now: float | None = None) -> dict[str, Any]:
     """Join with ``link`` into the data folder of ``settings`` (every rule above); returns a summary."""
+    old = os.umask(0o077)  # the data folder is private to the user, as `statebus serve` makes it
+    try:
+        return _join(link, settings, yes=yes, now=now)
+    finally:
+        os.umask(old)
+
+
+def _join(link: str, settings: Settings, *, yes: bool, now: float | None) -> dict[str, Any]:
     invite = parse_link(link, time.time() if now is None else now)
     data = Path(settings.data_dir)
     if running_url(data) is not None:

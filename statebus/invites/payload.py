@@ -210,7 +210,7 @@ def parse_payload(text: str) -> Invite:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidInvite("the invite's body is not JSON (tampered?)") from None
+        raise InvalidInvite("the invite was changed or cut short: its body does not decode") from None
     if not isinstance(doc, dict) or set(doc) != FIELDS or doc.get("v") != 1:
         raise InvalidInvite("the invite's fields are not those of a v1 invite (tampered?)")
     by = doc["by"]

@@ -54,7 +54,7 @@ def qr_svg(text: str) -> str:
     """An SVG QR code of ``text`` (our own markup: no user content inside but the encoded modules)."""
     import segno
 
-    svg: str = segno.make(text, error="m").svg_inline(scale=3, border=2)
+    svg: str = segno.make(text, error="l", boost_error=False).svg_inline(scale=3, border=2)
     return svg
 
 

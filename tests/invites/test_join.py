@@ -76,11 +76,18 @@ async def test_a_friend_joins_with_a_link_and_sees_new_entries_live(
     member = read_membership(joiner)
     assert member is not None and member.name == "devnet-inv"
     assert (joiner / "dht.json").stat().st_mode & 0o777 == 0o600
+    assert (joiner / "store.sqlite3").stat().st_mode & 0o077 == 0  # private, as `statebus serve` makes it
 
     j = await start_joined(joiner)
     try:
         assert j.directory is not None and j.directory.dht_name == "devnet-inv"
         assert j.server.statebus_app.state.app_registry.names() == ["guestbook"]
+        await j.stop()  # the same command again spends no use and installs nothing new (resumable)
+        before = fingerprint(joiner / "apps")
+        assert await cli("join", made["link"], "--yes", "--data", str(joiner)) == 0
+        assert "invite used 1 of 2 times" in capsys.readouterr().out
+        assert fingerprint(joiner / "apps") == before
+        j = await start_joined(joiner)
         entry = f"/{a.pubkey}/guestbook/entries/"
         await wait_until(lambda: has(j, entry + "1", {"name": "ann", "text": "first"}), what="the backlog")
         await wait_until(lambda: live(j), what="a live follow")
@@ -88,13 +95,13 @@ async def test_a_friend_joins_with_a_link_and_sees_new_entries_live(
         await wait_until(lambda: has(j, entry + "2", {"name": "ann", "text": "second"}), what="a live entry")
         record = await j.directory.resolve(a.pubkey)  # the inviter is found through the DHT now
         assert record is not None and a.url in record.addrs
+        # rotating the invite secret stops the link, and the member stays in the DHT
+        assert await cli("invite", "rotate", "--data", str(a.settings.data_dir), "--url", a.url) == 0
+        assert await cli("join", made["link"], "--yes", "--data", str(tmp_path / "late")) == 1
+        assert "rotated" in capsys.readouterr().err and not (tmp_path / "late").exists()
+        record = await j.directory.resolve(a.pubkey)
+        assert record is not None and a.url in record.addrs
     finally:
         await j.stop()
     rec = a.node.fetch(f"/~/.invites/{made['id']}").value
     assert rec["used"] == 1 and [x["pubkey"] for x in rec["joined"]] == [j.pubkey]
-
-    # the same command again finishes nothing new and spends no use (a join is resumable)
-    before = fingerprint(joiner / "apps")
-    assert await cli("join", made["link"], "--yes", "--data", str(joiner)) == 0
-    assert "invite used 1 of 2 times" in capsys.readouterr().out
-    assert fingerprint(joiner / "apps") == before
