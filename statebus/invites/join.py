@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from statebus.apps.bundle import Bundle, Signature, open_bundle
+from statebus.apps.bundle import Bundle, Signature, bundle_hash, open_bundle
 from statebus.errors import (
     InvalidBundle,
     InvalidInvite,
@@ -105,6 +105,12 @@ class Inviter:
             signature = Signature.parse(base64.b64decode(sig_text, validate=True))
         except (binascii.Error, ValueError):
             raise InvalidBundle("the inviter sent the bundle without a readable signature") from None
+        got = bundle_hash(bytes(data))
+        if got != ref.hash:
+            raise InvalidBundle(
+                f"the inviter sent {ref.name} with sha256 {got[:16]}…, not the {ref.hash[:16]}… the invite "
+                "names (the inviter runs another version now, or the bytes were changed): nothing installed"
+            )
         bundle = open_bundle(bytes(data), signature, max_bytes, expect_hash=ref.hash)
         if bundle.manifest.name != ref.name or f"/{bundle.manifest.author}/.apps/{ref.name}" != ref.key:
             raise InvalidBundle(

@@ -20,7 +20,8 @@ Rules:
     1. The payload travels in a link's fragment (``/join#…``): browsers never send a fragment, so it
        reaches no server log. :func:`parse_link` takes the link or the bare payload.
     2. A payload is refused whole (:class:`InvalidInvite`) when it does not parse, carries unknown or
-       missing fields, or its signature by ``by`` does not verify: one flipped bit anywhere is refused.
+       missing fields, or its signature by ``by`` does not verify: one changed character anywhere is
+       refused (base64url is canonical: unused low bits must be zero).
        An expired one is :class:`InviteRefused`.
     3. ``dht.ticket`` is ``HMAC(invite secret, id)``: the way into the DHT, checked by the inviter when
        the invite is redeemed (the network secret itself is handed over only then). Rotating the
@@ -164,9 +165,12 @@ def _b64d(text: str) -> bytes:
     if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
         raise InvalidInvite("the invite is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise InvalidInvite("the invite is not base64url") from None
+    if _b64e(raw) != text:  # unused low bits set: another spelling of the same bytes (rule 2)
+        raise InvalidInvite("the invite was changed: it is not the inviter's encoding")
+    return raw
 
 
 def payload_of(link: str) -> str:

@@ -97,7 +97,7 @@ async def test_every_bad_link_is_refused_and_writes_nothing(
 
     stale = await invite(a, capsys, "--app", "guestbook")
     await install_guestbook(a, tmp_path / "gb2", version="1.0.1")  # the inviter runs another bundle now
-    assert "sha256" in await refused(new, stale["link"], capsys)
+    assert "the invite names" in await refused(new, stale["link"], capsys)
 
     old = await invite(a, capsys)
     assert await cli("invite", "rotate", "--data", str(a.settings.data_dir), "--url", a.url) == 0

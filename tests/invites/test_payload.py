@@ -50,6 +50,16 @@ def test_every_changed_character_is_refused() -> None:
             parse_link(changed, now=0)
 
 
+def test_another_spelling_of_the_same_bytes_is_refused() -> None:
+    """The signature's last base64url character carries 4 unused bits: setting one decodes to the same
+    bytes, and is still refused (one payload, one spelling)."""
+    text = make().encode(ALICE)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other = alphabet[alphabet.index(text[-1]) ^ 1]
+    with pytest.raises(InvalidInvite, match="not the inviter's encoding"):
+        parse_link(text[:-1] + other, now=0)
+
+
 def test_only_the_inviter_signs_and_expired_is_refused() -> None:
     with pytest.raises(InvalidInvite, match="signed by its inviter"):
         make().encode(BOB)
