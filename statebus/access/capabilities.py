@@ -26,16 +26,27 @@ Rules:
        and launch codes, and cuts every stream opened with them, inside the call.
     4. Memory is bounded: at most :data:`MAX_PER_APP` live capabilities per app (a new launch retires
        the oldest) and :data:`MAX_LAUNCH_CODES` pending launch codes in all.
+    5. With :meth:`CapabilityStore.persist` (a node with a data folder), the live capabilities survive a
+       restart: ``<data>/app_capabilities.json`` holds each one's app, install (bundle hash) and the
+       secret's SHA-256, never the secret, rewritten (atomically, fsynced, mode 0600) at every mint
+       and revocation, before the call returns. At start a capability comes back only if its app is
+       still installed from the same bundle with the same grants (an install record changed while
+       the node was stopped revokes, as rule 3 does while it runs). Launch codes and counters are not
+       kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from statebus.bus import Change
@@ -44,6 +55,8 @@ from statebus.keys import namespace_of
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream, OpenEvents
 from statebus.types import Key, PubKey
+
+log = logging.getLogger("statebus.access")
 
 SECRET_BYTES: Final = 32
 LAUNCH_TTL: Final = 60.0
@@ -65,6 +78,8 @@ class GrantSet(Protocol):
 
     def can_write(self, rel_path: str) -> bool: ...
 
+    def to_json(self) -> Any: ...
+
 
 @dataclass(eq=False)
 class Capability:
@@ -85,12 +100,34 @@ class Capability:
         return self.digest.hex()[:8]
 
 
+@dataclass(slots=True)
+class AppUse:
+    """What an app's page did with its capabilities (for /metrics: its writes are the owner's ops,
+    so these counters are where they show as the app's)."""
+
+    reads: int = 0
+    """Reads, listings and streams allowed."""
+    writes: int = 0
+    """Writes allowed (each is signed by the node as the owner)."""
+    refused: int = 0
+    """Requests refused with ``outside_grant``."""
+    launches: int = 0
+    """Capabilities minted."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Launch:
     app: str
     install: str
     grants: GrantSet
     expires: float
+
+
+CAPABILITIES_FILE: Final = "app_capabilities.json"
+"""The file in the data folder that keeps the live capabilities' hashes (rule 5)."""
+
+Resolve = Callable[[str, str], "GrantSet | None"]
+"""``resolve(app, install)``: the grants of ``app`` if it is installed from bundle ``install``, else None."""
 
 
 def _digest(secret: str) -> bytes:
@@ -104,7 +141,8 @@ def relative_path(local: PubKey, key: Key) -> tuple[bool, str]:
 
 
 class CapabilityStore:
-    """The live capabilities and launch codes of one node (in memory; a restart revokes them all).
+    """The live capabilities and launch codes of one node (in memory; kept across restarts once
+    :meth:`persist` names the data folder, rule 5).
 
     Args:
         local: the node owner's namespace.
@@ -117,6 +155,76 @@ class CapabilityStore:
         self._by_digest: dict[bytes, Capability] = {}
         self._by_app: dict[str, OrderedDict[bytes, Capability]] = {}
         self._launches: OrderedDict[bytes, _Launch] = OrderedDict()
+        self.use: dict[str, AppUse] = {}
+        """Per app, what its pages did (kept across revocations; one entry per app ever launched)."""
+        self._file: Path | None = None
+
+    # ------------------------------------------------------------------ persistence (rule 5)
+
+    def persist(self, folder: Path, resolve: Resolve) -> int:
+        """Keep the live capabilities in ``folder``/:data:`CAPABILITIES_FILE` from now on, and bring
+        back those stored there whose app ``resolve`` still finds at the same install; how many."""
+        self._file = Path(folder) / CAPABILITIES_FILE
+        try:
+            stored = json.loads(self._file.read_text(encoding="utf-8"))
+            entries = stored if isinstance(stored, list) else []
+        except FileNotFoundError:
+            entries = []
+        except (OSError, ValueError) as exc:
+            log.warning("app capabilities not restored from %s: %s", self._file, type(exc).__name__)
+            entries = []
+        restored = 0
+        for entry in entries:
+            try:
+                app, install, digest = (
+                    str(entry["app"]),
+                    str(entry["install"]),
+                    bytes.fromhex(entry["digest"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            grants = resolve(app, install)
+            held = self._by_app.setdefault(app, OrderedDict())
+            if (
+                grants is None
+                or grants.to_json() != entry.get("granted")
+                or len(digest) != 32
+                or digest in self._by_digest
+                or len(held) >= MAX_PER_APP
+            ):
+                continue
+            cap = Capability(app, install, grants, digest)
+            held[digest] = cap
+            self._by_digest[digest] = cap
+            restored += 1
+        self._by_app = {app: held for app, held in self._by_app.items() if held}
+        self._save()
+        return restored
+
+    def _save(self) -> None:
+        if self._file is None:
+            return
+        entries = [
+            {
+                "app": cap.app,
+                "install": cap.install,
+                "granted": cap.grants.to_json(),
+                "digest": cap.digest.hex(),
+            }
+            for held in self._by_app.values()
+            for cap in held.values()
+        ]
+        if not entries:
+            self._file.unlink(missing_ok=True)
+            return
+        tmp = self._file.with_name(self._file.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(entries, separators=(",", ":")).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._file)
 
     def __repr__(self) -> str:
         return f"CapabilityStore(apps={len(self._by_app)}, live={len(self._by_digest)})"
@@ -134,6 +242,8 @@ class CapabilityStore:
             self._drop(old, "a newer launch of the app replaced it")
         held[digest] = cap
         self._by_digest[digest] = cap
+        self.use.setdefault(app, AppUse()).launches += 1
+        self._save()
         return secret
 
     def launch_code(self, app: str, install: str, grants: GrantSet) -> str:
@@ -185,8 +295,15 @@ class CapabilityStore:
     def require(self, cap: Capability, action: str, key: Key) -> None:
         """Raise :class:`OutsideGrant` (403) unless ``cap`` allows ``action`` on ``key``."""
         reason = self.why_not(cap, action, key)
+        use = self.use.setdefault(cap.app, AppUse())
         if reason is not None:
+            use.refused += 1
+            log.info("app %s (capability %s) refused: %s", cap.app, cap.tag, reason)
             raise OutsideGrant(reason)
+        if action == "write":
+            use.writes += 1
+        else:
+            use.reads += 1
 
     def opener(self, cap: Capability, events: OpenEvents) -> OpenEvents:
         """``events`` whose streams are cut when ``cap`` is revoked (rule 3)."""
@@ -213,6 +330,7 @@ class CapabilityStore:
             return 0
         for cap in held.values():
             self._drop(cap, "the app was removed, upgraded or its grants changed")
+        self._save()
         return len(held)
 
     def live(self, app: str) -> int:

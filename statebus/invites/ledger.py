@@ -44,7 +44,7 @@ from typing import Any
 from statebus.access.acl import LISTS, rule_key
 from statebus.apps.bundle import Signature
 from statebus.apps.manifest import Manifest
-from statebus.apps.registry import AppRegistry, InstalledApp, load_bundle_bytes
+from statebus.apps.registry import AppRegistry, InstalledApp
 from statebus.errors import InvalidInvite, InvalidValue, InviteRefused, NotFound, StatebusError
 from statebus.identity import Identity, keystore
 from statebus.identity.keys import verify_signature
@@ -282,7 +282,7 @@ class Ledger:
         app = self.registry.get(invite.app.name)
         if app is None:
             raise NotFound(f"the inviter no longer runs {invite.app.name}")
-        data = load_bundle_bytes(self.registry.data_dir, app.bundle_hash)
+        data = self.registry.bundle_bytes(app.bundle_hash)
         if data is None:
             raise NotFound(f"the bundle of {app.name} is missing on the inviter")
         return data, app.bundle.signature

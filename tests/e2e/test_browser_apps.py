@@ -6,7 +6,9 @@ capabilities")."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -14,10 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from statebus.apps.bundle import pack, sign
+from statebus.apps.registry import record_key
+from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
 from statebus.http.auth import cookie_name
 from statebus.http.websocket import WS_PATH
 from statebus.testing.live_server import LiveServer, live_server
 from statebus.testing.planted import SANDBOXED, visit_args
+from tests.apps.bundles import MAX, app_copy, author_key
 from tests.support.apps import FolderApps, install_guestbook, write_app
 from tests.support.node_harness import browser_available, run_browser
 
@@ -69,6 +75,7 @@ APP_SCRIPT = """
     ws.onerror = () => resolve(['error']);
     setTimeout(() => resolve(got), 8000);
   });
+  r.sw = await navigator.serviceWorker.register('/app.js').then(() => 'registered', e => String(e));
   r.html = await attempt(async () => (await fetch('/~/guestbook/page', {method: 'PUT',
                                           headers: {'content-type': 'text/html'}, body: PAGE})).status);
   stop();
@@ -126,6 +133,7 @@ def test_an_apps_page_works_inside_its_grants_and_nothing_more(tmp_path: Path) -
     assert out["ok"], out
     assert out["before"][1]["final"] == f"{app}/", out["before"]  # the launch landed on the app's origin
     r = out["result"]
+    assert r["sw"] != "registered" and "403" in r["sw"], r["sw"]  # no service worker outlives the app
     assert r["origin"] == app and r["app_js"] is True and r["inline"] is True, r  # hashed inline script ran
     # statebus.js from the app's origin: GET, PUT and SSE inside the grants, as the owner's writes
     assert r["info"]["node"] == srv.local and r["info"]["owner"] is False, r
@@ -190,15 +198,20 @@ def test_a_revoked_capability_stops_at_once(tmp_path: Path) -> None:
 NODE_PAGE_SCRIPT = """
 (async () => {
   const sleep = ms => new Promise(res => setTimeout(res, ms));
-  for (let i = 0; i < 200 && !document.querySelector('#apps-list tr'); i++) await sleep(50);
-  const row = document.querySelector('#apps-list tr');
+  for (let i = 0; i < 200 && document.querySelectorAll('#apps-list tr').length < 2; i++) await sleep(50);
+  const rows = [...document.querySelectorAll('#apps-list tr')];
   window.__result = {
     hidden: document.getElementById('apps').hidden,
-    cells: row ? [...row.children].map(td => td.textContent) : null,
-    href: row ? row.querySelector('a').getAttribute('href') : null,
+    rows: rows.map(row => [...row.children].map(td => td.textContent)),
+    href: rows.length ? rows[0].querySelector('a').getAttribute('href') : null,
   };
   window.__done = true;
 })()
+"""
+
+SPINNER = """
+function validateEntry(op, current) { for (;;) {} }
+function countEntries(key) { return 0; }
 """
 
 GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
@@ -211,6 +224,10 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         install_guestbook(srv.url, srv.auth, tmp_path, grant)
         entry = {"name": "Ann", "text": "hello from the owner"}
         httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        # a second app whose validator never returns: it traps, the write is refused, the page says why
+        install_guestbook(srv.url, srv.auth, tmp_path, grant, name="spinner", handlers=SPINNER)
+        refused = httpx.put(f"{srv.url}/~/guestbook/entries/b", json=entry, headers=srv.auth, timeout=30)
+        assert 400 <= refused.status_code < 500, refused.text
         app = f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
         visits = [
             f"{srv.url}/launch/guestbook",
@@ -230,13 +247,115 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
     assert out["ok"], out
     r = out["result"]
     assert r["hidden"] is False and r["href"] == "/launch/guestbook", r
-    name, granted, state, calls, cost = r["cells"]
+    rows = {cells[0].split(" ", 1)[0]: cells for cells in r["rows"]}
+    name, granted, state, calls, cost = rows["guestbook"]
     assert name.startswith("guestbook 1.0.0") and app in name, name
     assert granted == "read guestbook/; write guestbook/", granted
-    assert state == "no handlers running" and calls == "–" and cost == "–", (
-        r
-    )  # no app runner on this node yet
+    assert state == "running" and int(calls) >= 1, rows  # its validator and derive ran
+    assert re.fullmatch(r"[0-9.]+ ms / [0-9.]+ ms", cost), cost
+    name, granted, state, calls, cost = rows["spinner"]
+    assert state.startswith("trapped: ") and "validateEntry" in state, rows
     (seen,) = out["visits"]
     assert seen["error"] is None and seen["waited"] is True, seen
     assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen
     assert seen["probe"]["entries"] == ["Annhello from the owner"], seen
+
+
+INSTALL_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  const $ = id => document.getElementById(id);
+  const until = async f => { for (let i = 0; i < 400 && !f(); i++) await sleep(50); return f() };
+  const status = () => $('app-check-status').textContent;
+  const choose = list => {
+    const dt = new DataTransfer();
+    for (const [name, b64] of list)
+      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name));
+    $('app-files').files = dt.files;
+  };
+  const check = async () => {
+    $('app-check-form').requestSubmit();
+    await until(() => !$('app-consent').hidden || (status() !== '' && status() !== 'Checking…'));
+    return {shown: !$('app-consent').hidden, title: $('app-consent-title').textContent,
+            more: $('app-consent-more').hidden ? null : $('app-consent-more').textContent,
+            permissions: $('app-consent-permissions').textContent,
+            button: $('app-consent-yes').textContent, status: status()};
+  };
+  const consent = async word => {
+    $('app-consent-yes').click();
+    await until(() => status().startsWith(word) || $('app-check-status').className.includes('error'));
+    return status();
+  };
+  const r = {};
+  await until(() => !$('apps').hidden);
+  choose(V1); r.v1 = await check();
+  $('app-consent-no').click(); r.cancelled = status();
+  choose(V1); await check(); r.installed = await consent('Installed');
+  choose(V1); r.again = await check();
+  choose(V2); r.v2 = await check(); r.upgraded = await consent('Upgraded');
+  $('app-source').value = SOURCE; r.source = await check(); r.source_installed = await consent('Installed');
+  await until(() => document.querySelectorAll('#apps-list tr').length >= 2);
+  r.rows = [...document.querySelectorAll('#apps-list tr')].map(row => row.dataset.app);
+  window.__result = r;
+  window.__done = true;
+})()
+"""
+
+
+def test_the_node_page_installs_and_upgrades_with_consent(tmp_path: Path) -> None:
+    """The node's page shows what an app asks for and installs only on the owner's click, from a
+    bundle file or a published key; an upgrade asking for more says so and asks again."""
+    wider = {"read": ["guestbook/"], "write": ["guestbook/", "profile/"], "read_others": ["guestbook/"]}
+    author = author_key()
+    bundles = []
+    for version, perms in (("1.0.0", None), ("2.0.0", wider)):
+        changes: dict[str, object] = {"version": version} | ({"permissions": perms} if perms else {})
+        data = pack(app_copy(tmp_path / version, author, **changes), MAX)
+        sig = json.dumps(sign(data, author).to_json()).encode()
+        bundles.append(
+            [["gb.sbx", base64.b64encode(data).decode()], ["gb.sbx.sig", base64.b64encode(sig).decode()]]
+        )
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        own = srv.running.identity  # an app this node's owner wrote and published: installed by its key
+        data = pack(app_copy(tmp_path / "board", own, name="board"), MAX)
+        sig = base64.b64encode(json.dumps(sign(data, own).to_json()).encode()).decode()
+        published = httpx.post(
+            srv.url + APPS_PATH + "/publish",
+            content=data,
+            headers={**srv.auth, "content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig},
+        )
+        assert published.status_code == 200, published.text
+        source = f"/{srv.local}/.apps/board"
+        script = (
+            f"const V1 = {json.dumps(bundles[0])}, V2 = {json.dumps(bundles[1])};"
+            + f"const SOURCE = {json.dumps(source)};"
+            + INSTALL_SCRIPT
+        )
+        out = run_browser(f"{srv.url}/login?token={srv.token}", script, timeout=90)
+        record = srv.node.fetch(record_key("guestbook")).value
+        board = srv.node.fetch(record_key("board")).value
+    assert out["ok"], out
+    r = out["result"]
+    assert r["v1"]["shown"] and r["v1"]["title"] == f"guestbook 1.0.0 by {author.pubkey}", r
+    assert r["v1"]["permissions"].splitlines() == [
+        "It asks to:",
+        "read   your guestbook/",
+        "write  your guestbook/",
+        "read   other people's guestbook/",
+    ], r
+    assert r["v1"]["more"] is None and r["v1"]["button"] == "Install", r
+    assert r["cancelled"] == "Not installed: you did not consent", r
+    assert r["installed"] == "Installed guestbook 1.0.0", r
+    assert r["again"]["shown"] is False and r["again"]["status"] == "guestbook 1.0.0 is installed already", r
+    assert r["v2"]["more"] == "guestbook 2.0.0 asks for more than you granted 1.0.0.", r
+    assert (
+        "write  your profile/" in r["v2"]["permissions"] and r["v2"]["button"] == "Upgrade 1.0.0 → 2.0.0"
+    ), r
+    assert r["upgraded"] == "Upgraded guestbook 2.0.0", r
+    assert record["version"] == "2.0.0" and record["granted"]["write"] == ["guestbook/", "profile/"]
+    assert (
+        r["source"]["title"] == f"board 1.0.0 by {srv.local}"
+        and r["source_installed"] == "Installed board 1.0.0"
+    )
+    assert board["granted"]["write"] == ["guestbook/"] and board["published"] is True
+    assert sorted(r["rows"]) == ["board", "guestbook"], r

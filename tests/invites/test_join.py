@@ -83,10 +83,10 @@ async def test_a_friend_joins_with_a_link_and_sees_new_entries_live(
         assert j.directory is not None and j.directory.dht_name == "devnet-inv"
         assert j.server.statebus_app.state.app_registry.names() == ["guestbook"]
         await j.stop()  # the same command again spends no use and installs nothing new (resumable)
-        before = fingerprint(joiner / "apps")
+        before = fingerprint(joiner / "blobs")
         assert await cli("join", made["link"], "--yes", "--data", str(joiner)) == 0
         assert "invite used 1 of 2 times" in capsys.readouterr().out
-        assert fingerprint(joiner / "apps") == before
+        assert fingerprint(joiner / "blobs") == before
         j = await start_joined(joiner)
         entry = f"/{a.pubkey}/guestbook/entries/"
         await wait_until(lambda: has(j, entry + "1", {"name": "ann", "text": "first"}), what="the backlog")

@@ -36,7 +36,29 @@
         $('version').textContent = versions[key] ? 'version ' + versions[key].join(', ') : ''
         $('put-key').value = key
         if (has && !(v instanceof Uint8Array)) $('put-value').value = JSON.stringify(v, null, 2)
+        badge(key, has ? v : undefined)
         render()
+    }
+
+    // The value shown is checked against the signature of its author (statebus.verifyProof).
+    async function badge(key, value) {
+        const el = $('verified')
+        el.hidden = true
+        if (value === undefined || value instanceof Uint8Array) return
+        let result
+        try {
+            const res = await fetch(key.split('/').map(encodeURIComponent).join('/').replace(/^\/%7E\//, '/~/') + '?proof',
+                                    {credentials: 'same-origin', cache: 'no-store'})
+            const data = await res.json()
+            result = await statebus.verifyProof(key, value, data.proof)
+        } catch (e) {
+            result = {verified: false, reason: 'could not get its signature: ' + e.message}
+        }
+        if (key !== selected) return
+        el.textContent = result.verified ? 'verified' : 'not verified'
+        el.title = result.reason
+        el.className = 'badge ' + (result.verified ? 'verified' : 'unverified')
+        el.hidden = false
     }
 
     function render() {
@@ -159,8 +181,85 @@
             list.append(row)
         }
         $('apps-count').textContent = apps.length === 1 ? '(1 app)' : `(${apps.length} apps)`
-        $('apps').hidden = apps.length === 0
     }
+
+    // Install is consent: the node checks the bundle (signature, hash, manifest) and stages it; the page
+    // shows what it asks for, as `statebus app install` does, and installs it only on the owner's click.
+    // An upgrade asking for more than was granted says so first.
+    const APPS = '/.well-known/statebus/apps'
+    function appStatus(text, ok) {
+        $('app-check-status').textContent = text
+        $('app-check-status').className = 'status ' + (ok ? 'ok' : 'error')
+    }
+    async function appCall(path, init) {
+        const res = await fetch(APPS + path, {method: 'POST', credentials: 'same-origin', ...init})
+        const body = await res.json().catch(() => ({}))
+        if (!res.ok) throw new Error(body.detail || body.error || ('HTTP ' + res.status))
+        return body
+    }
+    async function checkApp() {
+        const files = [...$('app-files').files]
+        if (files.length) {
+            const sig = files.find(f => f.name.endsWith('.sig'))
+            const bundle = files.find(f => !f.name.endsWith('.sig'))
+            if (!sig || !bundle) throw new Error('choose the bundle file and its .sig file together')
+            return appCall('/check', {body: bundle, headers: {
+                'content-type': 'application/vnd.statebus.bundle',
+                'statebus-bundle-signature': btoa(await sig.text()),
+            }})
+        }
+        const source = $('app-source').value.trim()
+        if (!source) throw new Error('name a published app (/<author>/.apps/<name>) or choose a bundle')
+        const via = $('app-via').value.trim()
+        return appCall('/check', {headers: {'content-type': 'application/json'},
+                                  body: JSON.stringify({source, via: via ? [via] : []})})
+    }
+    let checked = null
+    $('app-check-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        $('app-consent').hidden = true
+        appStatus('Checking…', true)
+        try {
+            checked = await checkApp()
+        } catch (e) {
+            appStatus(e.message, false)
+            return
+        }
+        const c = checked, now = c.installed
+        if (now && now.hash === c.hash) {
+            appStatus(`${c.name} ${c.version} is installed already`, true)
+            return
+        }
+        appStatus('', true)
+        $('app-consent-title').textContent = `${c.name} ${c.version} by ${c.author}`
+        $('app-consent-about').textContent = (c.description ? c.description + ' · ' : '') +
+            `bundle sha256 ${c.hash} (${c.size} bytes), signed by ${c.signer}`
+        $('app-consent-more').hidden = !c.asks_more
+        $('app-consent-more').textContent = now ? `${c.name} ${c.version} asks for more than you granted ${now.version}.` : ''
+        $('app-consent-permissions').textContent = 'It asks to:\n' + c.permission_lines.join('\n')
+        $('app-consent-yes').textContent = now ? `Upgrade ${now.version} → ${c.version}` : 'Install'
+        $('app-consent').hidden = false
+    })
+    $('app-consent-no').addEventListener('click', () => {
+        checked = null
+        $('app-consent').hidden = true
+        appStatus('Not installed: you did not consent', false)
+    })
+    $('app-consent-yes').addEventListener('click', async () => {
+        const c = checked
+        if (!c) return
+        $('app-consent').hidden = true
+        try {
+            const app = await appCall('/install', {headers: {'content-type': 'application/json'},
+                                                  body: JSON.stringify({hash: c.hash, grant: c.permissions})})
+            appStatus(`${c.installed ? 'Upgraded' : 'Installed'} ${app.name} ${app.version}`, true)
+            $('app-check-form').reset()
+        } catch (e) {
+            appStatus(e.message, false)
+        }
+        checked = null
+        showApps().catch(() => {})
+    })
 
     // Invite a friend (the owner only): POST the invite routes; the QR code is the node's own SVG.
     $('invite-form').addEventListener('submit', async (event) => {
@@ -213,6 +312,7 @@
         statebus.subscribe(root, onChange, {onstatus: setLive})
         render()
         if (info.owner) {
+            $('apps').hidden = false
             $('invite').hidden = false
             inviteApps().catch(() => {})
             showApps().catch(() => {})
