@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from statebus.invites.payload import parse_link
@@ -60,3 +61,42 @@ def test_the_page_makes_an_invite_and_the_link_opens_the_join_page(tmp_path: Pat
     assert result["join"] == f"statebus join '{result['link']}'"
     assert "come <b>see</b>" in result["details"] and result["bold"] == 0  # the note is text, not markup
     assert out["page_errors"] == []
+
+
+FOLLOWS_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const row = () => document.querySelector('#follows-list tr');
+  const text = cls => row() ? row().querySelector('.' + cls).textContent : '';
+  const seen = [];
+  try {
+    const done = () => text('follow-state') === 'live' && Number(text('follow-applied')) >= 3;
+    for (let i = 0; i < 600 && !done(); i++) {
+      if (row()) seen.push(text('follow-state') + ' ' + text('follow-applied'));
+      await sleep(50);
+    }
+    window.__result = {pattern: text('follow-pattern'), state: text('follow-state'),
+                       applied: text('follow-applied'), url: text('follow-url'),
+                       hidden: document.getElementById('follows').hidden, seen};
+  } catch (e) { window.__result = {error: String(e)}; }
+  window.__done = true;
+})()
+"""
+
+
+def test_the_page_shows_how_far_each_follow_has_come(tmp_path: Path) -> None:
+    with (
+        live_server(tmp_path / "a", timeout=60) as a,
+        live_server(tmp_path / "b", timeout=60, sse_ping_interval=0.3) as b,
+    ):
+        pattern = f"/{a.local}/chirp/"
+        httpx.put(f"{a.url}/~/.shares/chirp", json={"pattern": pattern}, headers=a.auth).raise_for_status()
+        for i in range(3):
+            httpx.put(f"{a.url}/~/chirp/{i}", json={"n": i}, headers=a.auth).raise_for_status()
+        follow = {"pattern": pattern, "added": 0, "via": [a.url]}
+        httpx.put(f"{b.url}/~/.follows/f", json=follow, headers=b.auth).raise_for_status()
+        out = run_browser(f"{b.url}/login?token={b.token}", FOLLOWS_SCRIPT, timeout=60)
+    assert out["ok"], out
+    result = out["result"]
+    assert result["pattern"] == pattern and result["state"] == "live" and int(result["applied"]) >= 3, result
+    assert result["url"] == a.url and result["hidden"] is False

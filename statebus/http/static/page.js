@@ -284,6 +284,33 @@
         $('invite-qr').replaceChildren(document.importNode(svg, true))
         $('invite-out').hidden = false
     })
+    // Following: each follow's progress (state, ops applied, blobs pending), from the node's own keys
+    // /~/.follows/<id> and /~/.federation/follows/<id>; refreshed with the apps.
+    async function getJSON(path) {
+        const res = await fetch(path, {credentials: 'same-origin', cache: 'no-store'})
+        return res.ok ? res.json() : null
+    }
+    async function showFollows() {
+        const listing = await getJSON('/~/.follows/')
+        const names = listing ? listing.children.filter(n => !n.endsWith('/')) : []
+        const list = $('follows-list')
+        const rows = []
+        for (const name of names) {
+            const follow = await getJSON('/~/.follows/' + name)
+            const state = (await getJSON('/~/.federation/follows/' + name)) || {}
+            const row = document.createElement('tr')
+            row.dataset.follow = name
+            cell(row, follow ? follow.pattern : name, 'follow-pattern')
+            cell(row, (state.status || 'starting') + (state.reason ? ': ' + state.reason : ''), 'follow-state')
+            cell(row, String(state.applied || 0), 'follow-applied')
+            cell(row, String(state.blobs_pending || 0), 'follow-blobs')
+            cell(row, state.url || '–', 'follow-url')
+            rows.push(row)
+        }
+        list.replaceChildren(...rows)
+        $('follows-count').textContent = `(${rows.length})`
+        $('follows').hidden = rows.length === 0
+    }
     async function inviteApps() {
         const res = await fetch('/.well-known/statebus/apps', {credentials: 'same-origin', cache: 'no-store'})
         if (!res.ok) return
@@ -317,6 +344,8 @@
             inviteApps().catch(() => {})
             showApps().catch(() => {})
             setInterval(() => showApps().catch(() => {}), 5000)
+            showFollows().catch(() => {})
+            setInterval(() => showFollows().catch(() => {}), 1000)
         }
     }
     start()
