@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from statebus.cli.invites import Bar
+from statebus.cli.joining import Bar
 from statebus.errors import InvalidInvite, InvalidValue, InviteRefused
 from statebus.identity import Identity
 from statebus.invites.payload import AppRef, DhtTicket, Invite, new_id, parse_duration, parse_link, ticket
@@ -93,3 +93,11 @@ def test_progress_shows_after_a_moment(capsys: pytest.CaptureFixture[str]) -> No
     slow(20480, 20480)
     err = capsys.readouterr().err
     assert "fetching slow: 10 KiB of 20 KiB (50%)" in err and err.endswith("20 KiB of 20 KiB (100%)\n")
+
+
+def test_the_cli_names_the_routes_the_node_serves() -> None:
+    """The CLI keeps the node stack out of its start-up, so it spells the path itself: the same one."""
+    import statebus.cli.invites as cli_invites
+    import statebus.invites.routes as routes
+
+    assert cli_invites.INVITES_PATH == routes.INVITES_PATH

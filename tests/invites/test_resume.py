@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import statebus.cli.invites as invites_cli
+import statebus.cli.joining as joining
 from statebus.errors import InvalidValue
 from statebus.server import Cluster
 from tests.federation.support import has, wait_until
@@ -51,7 +51,7 @@ async def test_a_failed_join_is_undone_and_the_same_command_finishes_it(
     def broken_follow(*args: object) -> None:  # the follow fails after the app was installed
         raise InvalidValue("the disk said no")
 
-    monkeypatch.setattr(invites_cli, "new_follow", broken_follow)
+    monkeypatch.setattr(joining, "new_follow", broken_follow)
     assert await cli("join", link, "--yes", "--data", str(friend)) == 1
     err = capsys.readouterr().err
     assert "the join stopped at following the inviter: the disk said no; what it wrote was undone" in err
