@@ -178,7 +178,7 @@ def node_app(
     ``app_follow`` is how an install from ``/<author>/.apps/<name>`` follows the author."""
     limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
     apps = AppHost(node, access.op_gate, limits=limits)
-    node.on_close.append(apps.close)
+    node.on_aclose.append(apps.aclose)
     fetcher = federation.blobs if federation is not None else None
     failure = fetcher.failures.get if fetcher is not None else None
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)

@@ -215,7 +215,8 @@ function countEntries(key) { return 0; }
 """
 
 GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
-  entries: [...document.querySelectorAll('#entries li')].map(li => li.textContent)}))()"""
+  entries: [...document.querySelectorAll('#entries li')]
+    .map(li => [...li.children].map(c => c.textContent))}))()"""
 
 
 def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         visits = [
             f"{srv.url}/launch/guestbook",
             "--visit-wait",
-            "document.querySelectorAll('#entries li').length > 0",
+            "document.querySelectorAll('#entries li .badge').length > 0",
             "--visit-wait-ms",
             "15000",
             "--visit-probe",
@@ -258,7 +259,7 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
     (seen,) = out["visits"]
     assert seen["error"] is None and seen["waited"] is True, seen
     assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen
-    assert seen["probe"]["entries"] == ["Annhello from the owner"], seen
+    assert seen["probe"]["entries"] == [["Ann", "verified", "hello from the owner"]], seen
 
 
 INSTALL_SCRIPT = """
