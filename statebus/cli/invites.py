@@ -153,13 +153,19 @@ def register(sub: Any) -> None:
     add_common(p, client=True)
     p.set_defaults(func=cmd_invite)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=False)
-    a = actions.add_parser("list", help="list the invites made here")
+    a = actions.add_parser("list", help="list the invites made here", argument_default=argparse.SUPPRESS)
     a.add_argument("--json", action="store_true", help="print JSON")
     add_common(a, client=True)
-    a = actions.add_parser("revoke", help="revoke an invite: its link stops working")
+    a = actions.add_parser(
+        "revoke", help="revoke an invite: its link stops working", argument_default=argparse.SUPPRESS
+    )
     a.add_argument("id", metavar="ID")
     add_common(a, client=True)
-    a = actions.add_parser("rotate", help="rotate the DHT's invite secret: every earlier link stops")
+    a = actions.add_parser(
+        "rotate",
+        help="rotate the DHT's invite secret: every earlier link stops",
+        argument_default=argparse.SUPPRESS,
+    )
     add_common(a, client=True)
 
     p = sub.add_parser(

@@ -101,3 +101,13 @@ def test_the_cli_names_the_routes_the_node_serves() -> None:
     import statebus.invites.routes as routes
 
     assert cli_invites.INVITES_PATH == routes.INVITES_PATH
+
+
+def test_invite_options_go_before_or_after_the_action() -> None:
+    from statebus.cli import build_parser
+
+    parser = build_parser()
+    before = parser.parse_args(["invite", "--url", "http://127.0.0.1:1", "--data", "/d", "list"])
+    after = parser.parse_args(["invite", "list", "--url", "http://127.0.0.1:1", "--data", "/d", "--json"])
+    assert (before.url, before.data, before.json) == ("http://127.0.0.1:1", "/d", False)
+    assert (after.url, after.data, after.json) == ("http://127.0.0.1:1", "/d", True)
