@@ -160,7 +160,10 @@ class Ledger:
     ) -> Invite:
         """Make, sign and record an invite. Raises InvalidValue / NotFound (changing nothing)."""
         if not self.addrs:
-            raise InvalidValue("this node has no address to put in an invite")
+            raise InvalidValue(
+                "this node has no address to put in an invite: it listens on every interface (0.0.0.0);"
+                " set public_origins to the address friends reach it by"
+            )
         if not 1 <= uses <= MAX_USES:
             raise InvalidValue(f"an invite has 1-{MAX_USES} uses, not {uses}")
         if not 0 < ttl <= MAX_TTL:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
@@ -220,12 +221,21 @@ async def start(
 def _open_invites(running: RunningNode, network_secret: bytes) -> None:
     """Tell the node's invite ledger its addresses, its DHT and how to follow back."""
     ledger = running.server.statebus_app.state.invites
-    ledger.addrs = (*[o for o in running.settings.public_origins], running.url)
+    ledger.addrs, host = invite_addresses(running.settings, running.url)
     d = running.directory
-    if d is not None:
-        host = running.settings.host if ":" not in running.settings.host else f"[{running.settings.host}]"
+    if d is not None and ledger.addrs:
         ledger.dht = DhtAccess(d.dht_name, network_secret, f"{host}:{d.port}")
     ledger.follow = running.follow
+
+
+def invite_addresses(settings: Settings, url: str) -> tuple[tuple[str, ...], str]:
+    """The addresses an invite gives (``public_origins``, then ``url`` unless the node listens on
+    every interface: 0.0.0.0 is no address to give a friend) and the host of its DHT address."""
+    origins = tuple(settings.public_origins)
+    wildcard = settings.host in ("0.0.0.0", "::", "")
+    addrs = origins if wildcard else (*origins, url)
+    host = settings.host if not wildcard else (urlsplit(addrs[0]).hostname or "" if addrs else "")
+    return addrs, f"[{host}]" if ":" in host else host
 
 
 def _app_follower(node: Node) -> Callable[[str, Sequence[str]], Awaitable[None]]:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import statebus.cli.joining as joining
+from statebus.config import Settings
 from statebus.errors import InvalidValue
 from statebus.server import Cluster
+from statebus.server.running import invite_addresses
 from tests.federation.support import has, wait_until
 from tests.invites.support import FAST, cli, install_guestbook, start_joined
 
@@ -87,3 +89,16 @@ async def test_a_follow_back_invite_makes_the_inviter_follow_the_new_user(
         await wait_until(lambda: has(a, key, {"name": "bo", "text": "hello back"}), what="the follow-back")
     finally:
         await j.stop()
+
+
+def test_a_node_on_every_interface_invites_with_its_public_origin() -> None:
+    """A node bound to 0.0.0.0 gives its public origins, never 0.0.0.0 (none: invite refuses)."""
+    wild = Settings(host="0.0.0.0", public_origins=("https://node.example.org",))
+    assert invite_addresses(wild, "http://0.0.0.0:8765") == (
+        ("https://node.example.org",),
+        "node.example.org",
+    )
+    assert invite_addresses(Settings(host="0.0.0.0"), "http://0.0.0.0:8765") == ((), "")
+    local = Settings(host="10.200.0.1")
+    assert invite_addresses(local, "http://10.200.0.1:8765") == (("http://10.200.0.1:8765",), "10.200.0.1")
+    assert invite_addresses(Settings(host="::1"), "http://[::1]:1")[1] == "[::1]"
