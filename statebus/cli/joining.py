@@ -159,9 +159,10 @@ async def _write(settings: Settings, invite: Invite, answer: dict[str, Any], bun
             done.append("membership")
         if bundle is not None:
             step = f"installing {bundle.manifest.name}"
-            if registry.get(bundle.manifest.name) is None:
+            current = registry.get(bundle.manifest.name)
+            if current is None or current.bundle_hash != bundle.hash:  # install, or upgrade to the invite's
                 await registry.install(bundle, bundle.manifest.permissions)
-                done.append("app")
+                done.append("app" if current is None else "upgraded")
         step = "following the inviter"
         for pattern in answer.get("follow", []):
             f = new_follow(node.local, pattern, tuple(answer.get("addrs", []))[:8])
@@ -184,6 +185,8 @@ async def _write(settings: Settings, invite: Invite, answer: dict[str, Any], bun
                     (data / "dht.json").unlink(missing_ok=True)
                 elif item == "app" and bundle is not None:
                     await registry.remove(bundle.manifest.name)
+                elif item == "upgraded":  # an upgrade the owner consented to stays; the rerun keeps it
+                    continue
                 else:
                     await node.delete(item)
             except StatebusError:
