@@ -102,3 +102,27 @@ def test_a_node_on_every_interface_invites_with_its_public_origin() -> None:
     local = Settings(host="10.200.0.1")
     assert invite_addresses(local, "http://10.200.0.1:8765") == (("http://10.200.0.1:8765",), "10.200.0.1")
     assert invite_addresses(Settings(host="::1"), "http://[::1]:1")[1] == "[::1]"
+
+
+async def test_a_second_invite_upgrades_the_app_to_the_bundle_it_names(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = await cluster.add("a")
+    await install_guestbook(a, tmp_path / "gb")
+    argv = ["invite", "--app", "guestbook", "--json", "--data", str(a.settings.data_dir), "--url", a.url]
+    assert await cli(*argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    friend = tmp_path / "friend"
+    assert await cli("join", first["link"], "--yes", "--data", str(friend)) == 0
+    assert "installed guestbook 1.0.0" in capsys.readouterr().out
+    newer = await install_guestbook(a, tmp_path / "gb2", version="1.0.1")
+    assert await cli(*argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert await cli("join", second["link"], "--yes", "--data", str(friend)) == 0
+    assert "installed guestbook 1.0.1" in capsys.readouterr().out
+    j = await start_joined(friend)
+    try:
+        app = j.server.statebus_app.state.app_registry.get("guestbook")
+        assert app is not None and app.bundle_hash == newer.bundle_hash
+    finally:
+        await j.stop()
