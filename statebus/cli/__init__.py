@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from statebus.cli import apps as apps_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
+from statebus.cli import mirror as mirror_cli
 from statebus.cli.client import (
     Client,
     client_for,
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     federation_cli.register(sub)
     apps_cli.register(sub)
+    mirror_cli.register(sub)
     return parser
 
 

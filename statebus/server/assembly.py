@@ -42,11 +42,13 @@ from statebus.errors import NotFound
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
+from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
+from statebus.mirror import MirrorStore
 from statebus.oplog import Op
 from statebus.runtime import Node, highwater
 from statebus.server.listener import StatebusServer, uvicorn_config
@@ -160,6 +162,11 @@ def node_app(
     node.on_close.append(apps.close)
     service = app_service(node, settings, apps, follow=app_follow)
     app_routes = AppRoutes(service).routes()
+    mirror_store = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    app_routes = [
+        *mirror_routes(mirror_store, access),
+        *app_routes,
+    ]  # refused unless mirror_for names the owner
     if federation is None:
         app = build_app(
             node,
