@@ -275,7 +275,7 @@ class Settings:
         60 * SECONDS,
         "seconds",
         "How often a running node pushes to its mirrors and challenges one.",
-        1,
+        0.1,
         86400,
     )
 

@@ -268,3 +268,22 @@ def _value(node: RunningNode, key: str) -> Any:
 
 
 _: Callable[..., Any] = asyncio.sleep
+
+
+async def test_a_running_node_pushes_and_challenges_its_mirrors_by_itself(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from .support import wait_until
+
+    identity, _ = keystore.init(tmp_path / "a")
+    m = await cluster.add("m", mirror_for=(identity.pubkey,))
+    MirrorTargets(tmp_path / "a").add(m.url)
+    a = await cluster.add("a", mirror_push_interval=0.2)
+    await a.node.save("/~/private/x", {"n": 1})
+
+    def proved() -> bool:
+        state = MirrorTargets(tmp_path / "a").mirrors[m.url]
+        return bool(state.last_proof.get("ok")) and state.cursor >= a.node.seq
+
+    await wait_until(proved, timeout=30, what="a push and a proof")
+    await cluster.stop("a")  # the pusher ends with the node
