@@ -25,8 +25,8 @@ from statebus.types import PubKey, Seq
 
 SEGMENT_OPS = 2000
 """Most ops in one segment."""
-SEGMENT_BYTES = 1 << 20
-"""A segment is closed once its ops reach this many bytes."""
+SEGMENT_BYTES = (1 << 20) - 4096
+"""A segment's ops stay under this many bytes (with its header and the seal's overhead, one 1 MiB bucket)."""
 BLOB_PART = 4 << 20
 MANIFEST = "manifest"
 

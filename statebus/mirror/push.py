@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,14 +198,16 @@ async def push(
         blobs_wanted: set[str] = set()
         after = state.cursor
         while True:
-            rows = _own_ops(node, after)
+            rows = deque(_own_ops(node, after))
             if not rows:
                 break
             while rows:
                 take: list[tuple[Seq, bytes]] = []
                 size = 0
-                while rows and len(take) < SEGMENT_OPS and size < SEGMENT_BYTES:
-                    seq, data = rows.pop(0)
+                while rows and len(take) < SEGMENT_OPS:
+                    if take and size + len(rows[0][1]) + 1 > SEGMENT_BYTES:
+                        break  # the segment stays inside its bucket
+                    seq, data = rows.popleft()
                     take.append((seq, data))
                     size += len(data) + 1
                     if (h := _blob_hashes(data)) is not None:
