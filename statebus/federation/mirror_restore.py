@@ -108,6 +108,7 @@ async def restore_from_mirror(
             state = targets.add(report.url)
             state.manifest = manifest.encode().decode()
             state.cursor = node.seq
+            state.last_push = manifest.pushed
             targets.save()
     except MirrorTampered as exc:
         report.error, report.failed_object = f"{exc.code}: {exc.detail}", name
