@@ -91,17 +91,31 @@ class MirrorTargets:
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / STATE_FILE
-        self.mirrors: dict[str, MirrorState] = {}
-        if self.path.exists():
-            try:
-                raw = json.loads(self.path.read_text())
-                self.mirrors = {m["url"]: MirrorState(**m) for m in raw["mirrors"]}
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidValue(f"{self.path} is malformed ({exc}); fix or remove it") from None
+        self.mirrors: dict[str, MirrorState] = self._read()
+        self._loaded = set(self.mirrors)
+        self._removed: set[str] = set()
+
+    def _read(self) -> dict[str, MirrorState]:
+        if not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            return {m["url"]: MirrorState(**m) for m in raw["mirrors"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidValue(f"{self.path} is malformed ({exc}); fix or remove it") from None
 
     def save(self) -> None:
+        """Write the file, merged with what another process (a CLI ``add``/``remove`` while the node
+        pushes) wrote since it was read: a mirror added there is kept, one removed there stays removed."""
+        disk = self._read()
+        for url in [u for u in self.mirrors if u in self._loaded and u not in disk]:
+            del self.mirrors[url]  # removed by the other process
+        for url, state in disk.items():
+            if url not in self.mirrors and url not in self._removed:
+                self.mirrors[url] = state  # added by the other process
+        self._loaded = set(self.mirrors)
         data = json.dumps({"v": 1, "mirrors": [vars(m) for m in self.mirrors.values()]}, indent=1).encode()
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}")
+        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
@@ -115,11 +129,14 @@ class MirrorTargets:
         state = self.mirrors.get(url) or MirrorState(url, added=round(time.time(), 3))
         state.quota = quota
         self.mirrors[url] = state
+        self._removed.discard(url)
         self.save()
         return state
 
     def remove(self, url: str) -> bool:
-        found = self.mirrors.pop(url.rstrip("/"), None) is not None
+        url = url.rstrip("/")
+        found = self.mirrors.pop(url, None) is not None
+        self._removed.add(url)
         self.save()
         return found
 
@@ -195,6 +212,8 @@ async def push(
     own = client or MirrorClient(state.url, node.local, identity)
     try:
         manifest = state.manifest_of(node.local)
+        if state.manifest is None:  # a mirror we know nothing of may hold our older pushes: append to them
+            manifest = await _remote_manifest(own, cipher, node.local)
         blobs_wanted: set[str] = set()
         after = state.cursor
         while True:
@@ -259,6 +278,18 @@ async def push(
         if client is None:
             await own.aclose()
     return report
+
+
+async def _remote_manifest(own: MirrorClient, cipher: MirrorCipher, owner: str) -> Manifest:
+    """The manifest the mirror holds for us (its segments are kept and new ones appended after
+    them), or a new one if it holds none."""
+    try:
+        sealed = await own.get(cipher.object_id(MANIFEST))
+    except RemoteError as exc:
+        if exc.status_hint == 404:
+            return Manifest(owner)
+        raise
+    return Manifest.decode(cipher.open(MANIFEST, sealed), owner)
 
 
 async def challenge(
@@ -364,8 +395,10 @@ async def keep_pushing(
         try:
             targets = MirrorTargets(data_dir)
             for url in list(targets.mirrors):
+                if url not in targets.mirrors:
+                    continue  # removed meanwhile (``statebus mirror remove``)
                 report = await push(node, identity, targets, url)
-                if not report.error:
+                if not report.error and url in targets.mirrors:
                     await challenge(node, identity, targets, url)
         except StatebusError as exc:
             log.warning("mirror push failed: %s: %s", exc.code, exc.detail)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +261,8 @@ async def test_a_restored_node_continues_and_followers_take_its_next_write_witho
 
 
 def _value(node: RunningNode, key: str) -> Any:
-    change = node.node.fetch_or_none(key)
+    change = node.node.fetch_or_none(key, durable=True)  # as `fetch` reads it: on disk
     return change.value if change is not None and change.exists else None
-
-
-_: Callable[..., Any] = asyncio.sleep
 
 
 async def test_a_running_node_pushes_and_challenges_its_mirrors_by_itself(
@@ -287,3 +282,32 @@ async def test_a_running_node_pushes_and_challenges_its_mirrors_by_itself(
 
     await wait_until(proved, timeout=30, what="a push and a proof")
     await cluster.stop("a")  # the pusher ends with the node
+
+
+async def test_a_node_that_lost_its_mirror_state_appends_instead_of_overwriting(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    phrase, a, m = await _owner(cluster, tmp_path)
+    assert (await _push(a, m)).error == ""
+    first = len(op_set(a.node, f"/{a.pubkey}/").ops)
+    (tmp_path / "a" / "mirrors.json").unlink()  # its record of the mirror is gone, the mirror's copy is not
+    await a.node.save("/~/private/later", {"n": 2})
+    again = await _push(a, m)
+    assert again.error == "" and again.ops == first + 1
+    manifest = MirrorTargets(tmp_path / "a").mirrors[m.url].manifest_of(a.pubkey)
+    assert [s.index for s in manifest.segments] == [0, 1]  # seg/0 kept, the new pushes after it
+    node, identity = await _lose_and_recover(cluster, tmp_path, phrase)
+    try:
+        restored = await restore_from_mirror(node, identity, m.url)
+        assert restored.error == "" and restored.applied == first + 1 and restored.duplicates == first
+    finally:
+        await node.aclose()
+
+
+def test_mirrors_json_keeps_what_another_process_added_or_removed(tmp_path: Path) -> None:
+    MirrorTargets(tmp_path).add("http://127.0.0.1:1")
+    pusher = MirrorTargets(tmp_path)  # the running node's copy, read at the start of a round
+    MirrorTargets(tmp_path).add("http://127.0.0.1:2")  # `mirror add` during the push
+    MirrorTargets(tmp_path).remove("http://127.0.0.1:1")  # and `mirror remove`
+    pusher.save()
+    assert set(MirrorTargets(tmp_path).mirrors) == {"http://127.0.0.1:2"}
