@@ -311,3 +311,42 @@ def test_mirrors_json_keeps_what_another_process_added_or_removed(tmp_path: Path
     MirrorTargets(tmp_path).remove("http://127.0.0.1:1")  # and `mirror remove`
     pusher.save()
     assert set(MirrorTargets(tmp_path).mirrors) == {"http://127.0.0.1:2"}
+
+
+class CutAfter(httpx.AsyncBaseTransport):
+    """The real network, cut (connection refused) after ``puts`` stored objects."""
+
+    def __init__(self, puts: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.left = puts
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            if self.left == 0:
+                raise httpx.ConnectError("cut", request=request)
+            self.left -= 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_an_interrupted_push_resumes_after_the_last_stored_segment(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("statebus.mirror.push.SEGMENT_OPS", 10)
+    phrase, a, m = await _owner(cluster, tmp_path)
+    total = len(op_set(a.node, f"/{a.pubkey}/").ops)
+    async with _mirror_client(a, m, CutAfter(2)) as client:
+        cut = await _push(a, m, client=client)
+    assert cut.error.startswith("peer_unavailable") and cut.segments == 2
+    resumed = await _push(a, m)
+    assert resumed.error == "" and resumed.ops == total - 20  # nothing pushed twice
+    manifest = MirrorTargets(tmp_path / "a").mirrors[m.url].manifest_of(a.pubkey)
+    assert [s.index for s in manifest.segments] == list(range(len(manifest.segments)))
+    node, identity = await _lose_and_recover(cluster, tmp_path, phrase)
+    try:
+        restored = await restore_from_mirror(node, identity, m.url)
+        assert restored.error == "" and restored.applied == total and restored.duplicates == 0
+    finally:
+        await node.aclose()
