@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -101,7 +102,9 @@ async def _push_all(settings: Settings) -> list[str]:
     try:
         targets = MirrorTargets(settings.data_dir)
         for url in list(targets.mirrors):
-            r = await push(node, identity, targets, url)
+            r = await push(
+                node, identity, targets, url, progress=lambda line: print(line, file=sys.stderr, flush=True)
+            )
             if r.error:
                 lines.append(f"{url}: push failed: {r.error}")
                 continue

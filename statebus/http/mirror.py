@@ -1,10 +1,10 @@
 """The mirror's endpoints: ciphertext kept for the owners this node mirrors (:mod:`statebus.mirror`).
 
-    GET    /.well-known/statebus/mirror/<owner>          {"quota", "used", "objects": [[id, size, t]]}
-    PUT    /.well-known/statebus/mirror/<owner>/<id>             store a sealed object (the body)
-    GET    /.well-known/statebus/mirror/<owner>/<id>             its bytes
-    DELETE /.well-known/statebus/mirror/<owner>/<id>             drop it
-    POST   /.well-known/statebus/mirror/<owner>/<id>/proof       {"nonce": hex} → {"sha256": hex}
+    GET    /.well-known/statebus/mirror/<owner>              {"quota", "used", "objects": [[id, size, t]]}
+    PUT    /.well-known/statebus/mirror/<owner>/<id>         store a sealed object (the body)
+    GET    /.well-known/statebus/mirror/<owner>/<id>         its bytes
+    DELETE /.well-known/statebus/mirror/<owner>/<id>         drop it
+    POST   /.well-known/statebus/mirror/<owner>/<id>/proof   {"nonce": hex} → {"sha256": hex}
 
 Rules:
 

@@ -175,24 +175,31 @@ def _blob_hashes(data: bytes) -> str | None:
     return None
 
 
-def _remember_challenges(state: MirrorState, name: str, sealed: bytes) -> None:
+def _challenges(sealed: bytes) -> list[list[str]]:
+    """:data:`CHALLENGES` fresh ``[nonce hex, sha256(nonce | sealed) hex]`` pairs (rule 2)."""
     pairs = []
     for _ in range(CHALLENGES):
         nonce = secrets.token_bytes(32)
         pairs.append([nonce.hex(), hashlib.sha256(nonce + sealed).hexdigest()])
-    state.challenges[name] = pairs
+    return pairs
+
+
+def _sealed(cipher: MirrorCipher, name: str, plain: bytes) -> tuple[bytes, str, list[list[str]]]:
+    """``plain`` sealed, the sealed bytes' sha256, and their challenges (CPU work, run off the loop)."""
+    sealed = cipher.seal(name, plain)
+    return sealed, hashlib.sha256(sealed).hexdigest(), _challenges(sealed)
 
 
 async def _store(
     client: MirrorClient, cipher: MirrorCipher, state: MirrorState, name: str, plain: bytes
 ) -> str:
-    sealed = cipher.seal(name, plain)
+    sealed, digest, pairs = await asyncio.to_thread(_sealed, cipher, name, plain)
     if state.quota is not None and state.used + len(sealed) > state.quota:
         raise InvalidValue(f"mirror {state.url}: over the quota of {state.quota} bytes set with --quota")
     answer = await client.put(cipher.object_id(name), sealed)
     state.used = int(answer.get("used", state.used))
-    _remember_challenges(state, name, sealed)
-    return hashlib.sha256(sealed).hexdigest()
+    state.challenges[name] = pairs
+    return digest
 
 
 async def push(
@@ -337,7 +344,7 @@ async def _refill(
     want = _expected_hash(manifest, name)
     if hashlib.sha256(sealed).hexdigest() != want:
         raise MirrorTampered(f"{name}: the mirror serves other bytes than were pushed")
-    _remember_challenges(state, name, sealed)
+    state.challenges[name] = await asyncio.to_thread(_challenges, sealed)
 
 
 def _expected_hash(manifest: Manifest, name: str) -> str:
