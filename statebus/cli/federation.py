@@ -4,7 +4,7 @@
     statebus unfollow PATTERN             stop following it (the replicated data stays)
     statebus peers                        what this node follows, and how each follow is doing
     statebus restore --from URL [PATTERN] take this node's own data back from a follower (node stopped)
-    statebus restore --from-mirror URL    take the whole namespace back from an encrypted mirror
+    statebus restore --from-mirror URL|PUBKEY  take the whole namespace back from an encrypted mirror
     statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
 
 ``statebus.cli`` adds them with ``register(sub)``. ``devnet`` runs each node as ``statebus serve
@@ -148,15 +148,13 @@ async def _restore_mirror(settings: Settings, url: str) -> Any:
 
 
 def cmd_restore_mirror(args: argparse.Namespace, settings: Settings) -> int:
-    url = args.mirror
-    if not url.startswith(("http://", "https://")):
-        raise InvalidValue(
-            "--from-mirror takes the mirror's http(s) URL (finding it by pubkey through the DHT: not yet)"
-        )
+    from statebus.cli.mirror import target_url
+
     if not keystore.exists(settings.data_dir):
         raise InvalidValue(
             f"no identity in {settings.data_dir}: recover it first with `statebus init --recover`"
         )
+    url = target_url(settings, args.mirror, "--from-mirror")
     r = asyncio.run(_restore_mirror(settings, url))
     if r.error:
         print(f"{url}: failed at {r.failed_object or '-'}: {' '.join(r.error.split())}")
@@ -363,7 +361,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--from-mirror",
         dest="mirror",
-        metavar="URL",
+        metavar="URL|PUBKEY",
         help="an encrypted mirror of this namespace (docs/mirror.md): everything, private keys included",
     )
     add_common(p, client=False)

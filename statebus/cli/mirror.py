@@ -1,11 +1,11 @@
 """Mirror commands of the ``statebus`` CLI (docs/mirror.md).
 
-    statebus mirror add URL [--quota SIZE]   check that the node at URL mirrors for us; add it
+    statebus mirror add URL|PUBKEY [--quota SIZE]   check that the node mirrors for us; add it
     statebus mirror list                     the mirrors and what each holds
     statebus mirror remove URL [--purge]     stop pushing there (--purge: delete our objects on it first)
     statebus mirror push                     push to every mirror now and challenge each (node stopped)
     statebus mirror status [--copies N]      last proof, lag and errors per mirror; under-replication
-    statebus restore --from-mirror URL       (in :mod:`statebus.cli.federation`)
+    statebus restore --from-mirror URL|PUBKEY       (in :mod:`statebus.cli.federation`)
 
 A running node pushes and challenges by itself every ``mirror_push_interval``; ``push`` is for a
 stopped node. ``status`` opens the store to count the lag when the node is stopped, and otherwise
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import Any
 
 from statebus.cli.options import add_common
 from statebus.config import Settings, _size
-from statebus.errors import CliError, InvalidValue, RemoteError, StoreInUse
+from statebus.errors import CliError, InvalidValue, RemoteError, StatebusError, StoreInUse
 from statebus.identity import keystore
+from statebus.keys import is_pubkey
 from statebus.mirror.client import MirrorClient
 from statebus.mirror.push import MirrorStatus, MirrorTargets, challenge, check_url, copies, push, status
 
@@ -38,12 +40,53 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
 
 
-def cmd_mirror_add(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.target.startswith(("http://", "https://")):
-        raise InvalidValue(
-            "give the mirror's http(s) URL (finding a mirror by pubkey through the DHT is not supported yet)"
+async def _resolve(settings: Settings, pubkey: str) -> str:
+    """The http(s) address the DHT (``dht_name``, ``dht_secret``, ``dht_bootstrap``) holds for ``pubkey``,
+    looked up by a throwaway DHT node on a free port, checked against the node's own answer."""
+    from statebus.federation.client import PeerClient
+    from statebus.federation.dht import KademliaDirectory
+    from statebus.identity.keys import Identity
+    from statebus.server.running import parse_bootstrap
+
+    bootstrap = parse_bootstrap(settings.dht_bootstrap)
+    if not bootstrap:
+        raise CliError(
+            "to find a mirror by pubkey, give the DHT to ask: dht_bootstrap (and dht_secret, dht_name)"
         )
-    url = check_url(args.target)
+    secret = settings.dht_secret.reveal().encode() if settings.dht_secret is not None else b""
+    directory = KademliaDirectory(os.urandom(32), settings.dht_name, secret, interface=settings.host, port=0)
+    await directory.start(bootstrap)
+    try:
+        record = await directory.resolve(pubkey)
+    finally:
+        await directory.stop()
+    urls = [a for a in (record.addrs if record is not None else ()) if a.startswith(("http://", "https://"))]
+    if not urls:
+        raise CliError(f"the DHT {settings.dht_name!r} holds no address for {pubkey}")
+    client = PeerClient(Identity.generate())
+    try:
+        for url in urls:
+            try:
+                if await client.node_info(url) == pubkey:
+                    return check_url(url)
+            except StatebusError:
+                continue
+    finally:
+        await client.aclose()
+    raise CliError(f"no address the DHT holds for {pubkey} answers as that node: {', '.join(urls)}")
+
+
+def target_url(settings: Settings, target: str, what: str) -> str:
+    """``target`` as a mirror URL: an http(s) URL as given, or a pubkey found through the DHT."""
+    if target.startswith(("http://", "https://")):
+        return check_url(target)
+    if not is_pubkey(target):
+        raise InvalidValue(f"{what} takes the mirror's http(s) URL or its 52-character pubkey")
+    return asyncio.run(_resolve(settings, target))
+
+
+def cmd_mirror_add(args: argparse.Namespace, settings: Settings) -> int:
+    url = target_url(settings, args.target, "mirror add")
     quota = _size(args.quota, "--quota") if args.quota is not None else None
     identity = _identity(settings)
 
@@ -185,7 +228,7 @@ def register(sub: Any) -> None:
     )
     msub = mirror.add_subparsers(dest="mirror_command", metavar="SUBCOMMAND", required=True)
     p = msub.add_parser("add", help="add a mirror (it must list our pubkey in its mirror_for)")
-    p.add_argument("target", metavar="URL")
+    p.add_argument("target", metavar="URL|PUBKEY", help="its URL, or its pubkey to look up in the DHT")
     p.add_argument("--quota", metavar="SIZE", help="push at most this much there (e.g. 500MiB)")
     add_common(p, client=False)
     p.set_defaults(func=cmd_mirror_add)
