@@ -161,12 +161,8 @@ def node_app(
     apps = AppHost(node, access.op_gate, limits=limits)
     node.on_close.append(apps.close)
     service = app_service(node, settings, apps, follow=app_follow)
-    app_routes = AppRoutes(service).routes()
-    mirror_store = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
-    app_routes = [
-        *mirror_routes(mirror_store, access),
-        *app_routes,
-    ]  # refused unless mirror_for names the owner
+    mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    app_routes = [*mirror_routes(mirrors, access), *AppRoutes(service).routes()]
     if federation is None:
         app = build_app(
             node,
