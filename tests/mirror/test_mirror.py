@@ -350,3 +350,36 @@ async def test_an_interrupted_push_resumes_after_the_last_stored_segment(
         assert restored.error == "" and restored.applied == total and restored.duplicates == 0
     finally:
         await node.aclose()
+
+
+async def test_ops_are_verified_after_decryption_even_with_the_mirror_key(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Someone who had the mirror key (not the signing key) adds a well-sealed segment with a forged
+    op and lists it in a well-sealed manifest: the restore still refuses the op."""
+    from statebus.identity import Identity, sign_op
+    from statebus.oplog import Op, encode_op
+
+    phrase, a, m = await _owner(cluster, tmp_path)
+    assert (await _push(a, m)).error == ""
+    cipher = MirrorCipher(a.identity)
+    manifest = MirrorTargets(tmp_path / "a").mirrors[m.url].manifest_of(a.pubkey)
+    forger = Identity.generate()
+    evil = Op(f"/{a.pubkey}/private/evil", "1-forged", (), forger.pubkey, 1, "lww", "set", "pwned")
+    entry = objects.SegmentEntry(len(manifest.segments), 10**6, 10**6 + 1, 1, "", 0, 0)
+    plain = objects.pack_segment(entry.index, entry.after, entry.upto, [encode_op(sign_op(evil, forger))])
+    sealed = cipher.seal(objects.segment_name(entry.index), plain)
+    entry.sealed_sha256 = hashlib.sha256(sealed).hexdigest()
+    manifest.segments.append(entry)
+    async with _mirror_client(a, m) as client:
+        await client.put(cipher.object_id(objects.segment_name(entry.index)), sealed)
+        await client.put(cipher.object_id(objects.MANIFEST), cipher.seal(objects.MANIFEST, manifest.encode()))
+    node, identity = await _lose_and_recover(cluster, tmp_path, phrase)
+    try:
+        restored = await restore_from_mirror(node, identity, m.url)
+        assert restored.error == "" and len(restored.rejected) == 1, restored
+        assert "is not the owner" in restored.rejected[0] or "bad_signature" in restored.rejected[0]
+        assert node.fetch_or_none(f"/{a.pubkey}/private/evil") is None
+        assert node.fetch_or_none(f"/{a.pubkey}/private/{SECRET_KEY}") is not None
+    finally:
+        await node.aclose()
