@@ -35,6 +35,7 @@ from statebus.cli import apps as apps_cli
 from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
+from statebus.cli import mirror as mirror_cli
 from statebus.cli.client import (
     Client,
     client_for,
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     federation_cli.register(sub)
     apps_cli.register(sub)
     backup_cli.register(sub)
+    mirror_cli.register(sub)
     return parser
 
 

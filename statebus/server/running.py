@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -39,6 +40,7 @@ from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, f
 from statebus.federation.service import Federation
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
+from statebus.mirror.push import keep_pushing
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
@@ -204,7 +206,15 @@ async def start(
         settings, identity, node, access, federation, server, app.state.peers, directory, token, task
     )
     await federation.start([running.url])
+    pushes = asyncio.get_running_loop().create_task(
+        keep_pushing(node, identity, settings.data_dir, settings.mirror_push_interval)
+    )
+    node.on_close.append(functools.partial(_cancel, pushes))  # the pusher stops before the store closes
     return running
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 def _app_follower(node: Node) -> Callable[[str, Sequence[str]], Awaitable[None]]:
