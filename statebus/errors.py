@@ -32,6 +32,7 @@
     ├── Incomplete          503   a replica lacks history its owner compacted: it claims no state
     ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
     ├── BadBlob             422   blob bytes do not match their hash or declared size
+    ├── MirrorTampered      422   a mirror object does not authenticate: altered, truncated or swapped
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -249,6 +250,13 @@ class BlobPending(StatebusError):
 class BadBlob(StatebusError):
     """Blob bytes whose sha256 is not the one named (by a signed pointer or a request), or whose
     length is not the declared one: nothing is kept."""
+
+    status_hint = 422
+
+
+class MirrorTampered(StatebusError):
+    """A ciphertext a mirror served back does not authenticate (or its hash is not the one pushed):
+    the detail names the object (``seg/41``), never its content."""
 
     status_hint = 422
 

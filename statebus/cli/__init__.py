@@ -36,6 +36,7 @@ from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import invites as invites_cli
 from statebus.cli import keys as keys_cli
+from statebus.cli import mirror as mirror_cli
 from statebus.cli.client import (
     Client,
     client_for,
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     apps_cli.register(sub)
     invites_cli.register(sub)
     backup_cli.register(sub)
+    mirror_cli.register(sub)
     return parser
 
 

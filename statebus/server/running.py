@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -42,6 +43,7 @@ from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
 from statebus.invites.ledger import DhtAccess
 from statebus.invites.membership import read_membership
+from statebus.mirror.push import keep_pushing
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
@@ -215,7 +217,15 @@ async def start(
     )
     await federation.start([running.url])
     _open_invites(running, network_secret)
+    pushes = asyncio.get_running_loop().create_task(
+        keep_pushing(node, identity, settings.data_dir, settings.mirror_push_interval)
+    )
+    node.on_close.append(functools.partial(_cancel, pushes))  # the pusher stops before the store closes
     return running
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 def _open_invites(running: RunningNode, network_secret: bytes) -> None:
