@@ -49,6 +49,8 @@ from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
+from statebus.invites.ledger import Ledger
+from statebus.invites.routes import InviteRoutes
 from statebus.mirror import MirrorStore
 from statebus.oplog import Op
 from statebus.runtime import Node, highwater
@@ -182,8 +184,13 @@ def node_app(
     fetcher = federation.blobs if federation is not None else None
     failure = fetcher.failures.get if fetcher is not None else None
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
+    ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
     mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
-    app_routes = [*mirror_routes(mirrors, access), *AppRoutes(service).routes()]
+    app_routes = [
+        *mirror_routes(mirrors, access),
+        *AppRoutes(service).routes(),
+        *InviteRoutes(ledger).routes(),
+    ]
     access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
         app = build_app(
@@ -197,6 +204,7 @@ def node_app(
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
+        app.state.invites = ledger
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
@@ -213,6 +221,7 @@ def node_app(
     app.state.federation = federation
     app.state.apps = apps
     app.state.app_registry = service.registry
+    app.state.invites = ledger
     app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
     return app
 
