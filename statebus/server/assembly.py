@@ -43,11 +43,15 @@ from statebus.errors import NotFound, StatebusError
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
+from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
+from statebus.invites.ledger import Ledger
+from statebus.invites.routes import InviteRoutes
+from statebus.mirror import MirrorStore
 from statebus.oplog import Op
 from statebus.runtime import Node, highwater
 from statebus.server.listener import StatebusServer, uvicorn_config
@@ -184,7 +188,13 @@ def node_app(
     fetcher = federation.blobs if federation is not None else None
     failure = fetcher.failures.get if fetcher is not None else None
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
-    app_routes = AppRoutes(service).routes()
+    ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
+    mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    app_routes = [
+        *mirror_routes(mirrors, access),
+        *AppRoutes(service).routes(),
+        *InviteRoutes(ledger).routes(),
+    ]
     access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
         app = build_app(
@@ -198,6 +208,7 @@ def node_app(
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
+        app.state.invites = ledger
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
@@ -214,6 +225,7 @@ def node_app(
     app.state.federation = federation
     app.state.apps = apps
     app.state.app_registry = service.registry
+    app.state.invites = ledger
     app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
     return app
 

@@ -261,6 +261,67 @@
         showApps().catch(() => {})
     })
 
+    // Invite a friend (the owner only): POST the invite routes; the QR code is the node's own SVG.
+    $('invite-form').addEventListener('submit', async (event) => {
+        event.preventDefault()
+        const status = $('invite-status')
+        const body = {uses: Number($('invite-uses').value), expires: $('invite-expires').value.trim()}
+        if ($('invite-app').value) body.app = $('invite-app').value
+        if ($('invite-note').value.trim()) body.note = $('invite-note').value.trim()
+        const res = await fetch('/.well-known/statebus/invites', {
+            method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify(body)})
+        const answer = await res.json()
+        if (!res.ok) {
+            status.textContent = answer.detail || answer.error
+            status.className = 'status error'
+            return
+        }
+        status.textContent = 'Invite ' + answer.id + ', expires ' + new Date(answer.exp * 1000).toLocaleString()
+        status.className = 'status ok'
+        $('invite-link').value = answer.link
+        const svg = new DOMParser().parseFromString(answer.qr_svg, 'image/svg+xml').documentElement
+        $('invite-qr').replaceChildren(document.importNode(svg, true))
+        $('invite-out').hidden = false
+    })
+    // Following: each follow's progress (state, ops applied, blobs pending), from the node's own keys
+    // /~/.follows/<id> and /~/.federation/follows/<id>; refreshed with the apps.
+    async function getJSON(path) {
+        const res = await fetch(path, {credentials: 'same-origin', cache: 'no-store'})
+        return res.ok ? res.json() : null
+    }
+    async function showFollows() {
+        const listing = await getJSON('/~/.follows/')
+        const names = listing ? listing.children.filter(n => !n.endsWith('/')) : []
+        const list = $('follows-list')
+        const rows = []
+        for (const name of names) {
+            const follow = await getJSON('/~/.follows/' + name)
+            const state = (await getJSON('/~/.federation/follows/' + name)) || {}
+            const row = document.createElement('tr')
+            row.dataset.follow = name
+            cell(row, follow ? follow.pattern : name, 'follow-pattern')
+            cell(row, (state.status || 'starting') + (state.reason ? ': ' + state.reason : ''), 'follow-state')
+            cell(row, String(state.applied || 0), 'follow-applied')
+            cell(row, String(state.blobs_pending || 0), 'follow-blobs')
+            cell(row, state.url || '–', 'follow-url')
+            rows.push(row)
+        }
+        list.replaceChildren(...rows)
+        $('follows-count').textContent = `(${rows.length})`
+        $('follows').hidden = rows.length === 0
+    }
+    async function inviteApps() {
+        const res = await fetch('/.well-known/statebus/apps', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return
+        const select = $('invite-app')
+        for (const app of (await res.json()).apps) {
+            const option = document.createElement('option')
+            option.value = option.textContent = app.name
+            select.append(option)
+        }
+    }
+
     async function start() {
         const info = await statebus.ready
         if (info.error) {
@@ -279,8 +340,12 @@
         render()
         if (info.owner) {
             $('apps').hidden = false
+            $('invite').hidden = false
+            inviteApps().catch(() => {})
             showApps().catch(() => {})
             setInterval(() => showApps().catch(() => {}), 5000)
+            showFollows().catch(() => {})
+            setInterval(() => showFollows().catch(() => {}), 1000)
         }
     }
     start()
