@@ -6,8 +6,10 @@ server with the same uvicorn options) and a load generator in its own process
 (every run, the medians, the targets, the machine). ``--profile SCENARIO`` also samples the node
 with py-spy during that scenario (collapsed stacks + a top-functions summary in bench/results/).
 
-Scenarios: ``hello`` (raw-ASGI hello world, the reference), ``writes``, ``hello_put`` (the writes'
-PUTs answered by the hello world: what uvicorn alone costs for them), ``fanout_20``,
+Scenarios: ``hello`` (raw-ASGI hello world, the reference), ``writes`` (durable PUTs, the node's
+default ``power`` durability: fsync before each answer), ``writes_process`` (the same in ``process``
+durability: no fsync per commit), ``hello_put`` (the writes' PUTs answered by the hello world: what
+uvicorn alone costs for them), ``fanout_20``,
 ``fanout_100``, ``pubsub_ref_100`` (Starlette + sse-starlette, the same fan-out), ``many_keys``,
 ``resume``, ``idle``.
 """
@@ -35,6 +37,14 @@ Result = dict[str, Any]
 FULL: dict[str, Result] = {
     "hello": {"scenario": "hello", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "writes": {"scenario": "writes", "server": "node", "conns": 32, "duration": 10, "warmup": 2},
+    "writes_process": {
+        "scenario": "writes",
+        "server": "node",
+        "durability": "process",
+        "conns": 32,
+        "duration": 10,
+        "warmup": 2,
+    },
     "hello_put": {"scenario": "writes", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "fanout_20": {
         "scenario": "fanout",
@@ -75,6 +85,7 @@ FULL: dict[str, Result] = {
 QUICK: dict[str, Result] = {
     "hello": {**FULL["hello"], "duration": 1.0, "warmup": 0.3},
     "writes": {**FULL["writes"], "duration": 1.0, "warmup": 0.3},
+    "writes_process": {**FULL["writes_process"], "duration": 1.0, "warmup": 0.3},
     "hello_put": {**FULL["hello_put"], "duration": 1.0, "warmup": 0.3},
     "fanout_20": {**FULL["fanout_20"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
     "fanout_100": {**FULL["fanout_100"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
@@ -85,9 +96,9 @@ QUICK: dict[str, Result] = {
 }
 
 
-def start_server(kind: str, data: Path, nice: int) -> ServerProcess:
+def start_server(kind: str, data: Path, nice: int, durability: str = "power") -> ServerProcess:
     if kind == "node":
-        return ServerProcess("bench.serve_node", ["--data", str(data)], nice=nice)
+        return ServerProcess("bench.serve_node", ["--data", str(data), "--durability", durability], nice=nice)
     return ServerProcess("bench.reference", [kind], nice=nice)
 
 
@@ -101,7 +112,7 @@ def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float,
     """Start a fresh server, run one scenario's generator against it, stop the server."""
     with tempfile.TemporaryDirectory(prefix="statebus-bench-") as tmp:
         data = Path(tmp) / "node"
-        with start_server(cfg["server"], data, nice) as server:
+        with start_server(cfg["server"], data, nice, cfg.get("durability", "power")) as server:
             env = {**os.environ, "PYTHONPATH": str(RESULTS.parent.parent)}
             if cfg["server"] == "node":
                 deadline = time.monotonic() + 20

@@ -1,6 +1,7 @@
 """Instructions per request of a whole server (uvicorn included), counted by callgrind.
 
     python -m bench.instructions writes      # durable PUTs to a statebus node
+    python -m bench.instructions writes --durability process   # the same, no fsync per commit
     python -m bench.instructions hello       # GETs to the raw-ASGI hello world (the reference)
     python -m bench.instructions hello_put   # the same PUTs to the hello world
 
@@ -35,8 +36,12 @@ HOST = "127.0.0.1"
 REFS = re.compile(rb"Collected\s*:\s*([0-9,]+)")
 
 
-def server_command(kind: str, data: Path) -> list[str]:
-    module = ["bench.serve_node", "--data", str(data)] if kind == "writes" else ["bench.reference", "hello"]
+def server_command(kind: str, data: Path, durability: str = "power") -> list[str]:
+    module = (
+        ["bench.serve_node", "--data", str(data), "--durability", durability]
+        if kind == "writes"
+        else ["bench.reference", "hello"]
+    )
     return [
         "valgrind",
         "--tool=callgrind",
@@ -88,12 +93,15 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=640)
     parser.add_argument("--count", type=int, default=1280)
+    parser.add_argument(
+        "--durability", default="power", help="the node's durability (writes): power or process"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="statebus-instr-") as tmp:
         data = Path(tmp) / "node"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
-            server_command(args.kind, data),
+            server_command(args.kind, data, args.durability),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

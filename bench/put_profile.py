@@ -45,8 +45,12 @@ def show(label: str, row: tuple[float, float, float]) -> str:
     return f"{label}PUT/s {row[0]:7.0f}   loop CPU µs/PUT {row[1]:6.1f}   process CPU µs/PUT {row[2]:6.1f}"
 
 
-async def run(writers: int, count: int, profile: bool, repeat: int, callgrind: bool = False) -> None:
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="statebus-put-")), log_level="warning")
+async def run(
+    writers: int, count: int, profile: bool, repeat: int, callgrind: bool = False, durability: str = "power"
+) -> None:
+    settings = Settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="statebus-put-")), log_level="warning", durability=durability
+    )
     app = create_app(settings)
     token = owner_token(settings)
     body = json.dumps({"v": "x" * 88}).encode()
@@ -90,8 +94,10 @@ async def run(writers: int, count: int, profile: bool, repeat: int, callgrind: b
         await asyncio.gather(*(writer(w) for w in range(writers)))
 
     await loop(count // 2)  # warm-up
+    committer = app.state.node.committer
     rows = []
     for _ in range(repeat):
+        batches = committer.batches
         if callgrind:
             subprocess.run(
                 ["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True
@@ -106,7 +112,7 @@ async def run(writers: int, count: int, profile: bool, repeat: int, callgrind: b
         thread = time.thread_time() - thread
         proc = time.process_time() - proc
         rows.append((count / wall, thread / count * 1e6, proc / count * 1e6))
-        print(show("", rows[-1]))
+        print(show("", rows[-1]) + f"   ops per commit {count / max(1, committer.batches - batches):5.1f}")
     if repeat > 1:
         med = [statistics.median(r[i] for r in rows) for i in range(3)]
         print(show("median ", (med[0], med[1], med[2])))
@@ -134,8 +140,9 @@ def main() -> None:
         action="store_true",
         help="under valgrind --tool=callgrind --instr-atstart=no: count the measured loops only",
     )
+    parser.add_argument("--durability", default="power", help="the node's durability: power or process")
     args = parser.parse_args()
-    main = run(args.writers, args.count, args.profile, args.repeat, args.callgrind)
+    main = run(args.writers, args.count, args.profile, args.repeat, args.callgrind, args.durability)
     try:
         import uvloop
     except ImportError:

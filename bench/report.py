@@ -67,6 +67,14 @@ Check = tuple[str, str, Callable[[dict[str, dict[str, float]]], float | None], s
 
 TARGETS: list[Check] = [
     ("durable writes / hello-world rate", "writes", lambda s: _ratio(s, "writes", "rate"), ">=", 0.7),
+    ("power-durable writes / hello (issue 16)", "writes", lambda s: _ratio(s, "writes", "rate"), ">=", 0.25),
+    (
+        "process-durable writes / hello (issue 16)",
+        "writes_process",
+        lambda s: _ratio(s, "writes_process", "rate"),
+        ">=",
+        0.5,
+    ),
     (
         "fan-out deliveries/s, 1000 subs x 100 msg/s",
         "fanout_100",
@@ -117,6 +125,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("writes", "rate", "writes/s"),
     ("writes", "latency.p50_ms", "p50 ms"),
     ("writes", "latency.p99_ms", "p99 ms"),
+    ("writes_process", "rate", "writes/s"),
+    ("writes_process", "latency.p50_ms", "p50 ms"),
+    ("writes_process", "latency.p99_ms", "p99 ms"),
     ("hello_put", "rate", "req/s"),
     ("fanout_20", "deliveries_per_s", "deliv/s"),
     ("fanout_20", "latency.p50_ms", "p50 ms"),

@@ -1,4 +1,5 @@
-"""Run a statebus node for the benchmark: ``python -m bench.serve_node --data DIR [--keep-ops N]``.
+"""Run a statebus node for the benchmark: ``python -m bench.serve_node --data DIR [--keep-ops N]
+[--durability process]``.
 
 It raises its open-file limit, binds 127.0.0.1 port 0 with a deep accept backlog, prints one JSON line
 ``{"port": …, "pid": …}`` and serves (``statebus.server.make_server``: uvloop + httptools) until
@@ -18,16 +19,31 @@ from bench.serve_common import NODE_UVICORN_OPTIONS, announce, listen
 from statebus.config import Settings
 from statebus.server import make_server, tune_gc
 
+BENCH_CONNECTIONS = 16_000
+"""Connections the benchmark's node takes (all from one address); the open-file limit must allow it."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--keep-ops", type=int, default=None, help="history_keep_ops (default: the node's)")
     parser.add_argument("--buffer", type=int, default=None, help="subscriber_buffer (default: the node's)")
+    parser.add_argument("--durability", default="power", help="power (the default) or process")
     args = parser.parse_args()
     raise_fd_limit()
     os.umask(0o077)
-    settings = replace(Settings(data_dir=args.data), host="127.0.0.1", port=0, log_level="warning")
+    # Every client of the benchmark is on 127.0.0.1: the per-address cap (256) and the default
+    # total (10,000, with its owner's reserve) would refuse the 1000 fan-out and 10,000 idle
+    # subscribers with 503 server_busy.
+    settings = replace(
+        Settings(data_dir=args.data),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        durability=args.durability,
+        max_connections=BENCH_CONNECTIONS,
+        max_connections_per_ip=BENCH_CONNECTIONS,
+    )
     if args.keep_ops is not None:
         settings = replace(settings, history_keep_ops=args.keep_ops)
     if args.buffer is not None:

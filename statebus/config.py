@@ -38,6 +38,8 @@ ENV_PREFIX: Final = "STATEBUS_"
 CONFIG_ENV: Final = "STATEBUS_CONFIG"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("text", "json")
+DURABILITY: Final = ("power", "process")
+"""What an acknowledged write survives: ``power`` (fsync before the answer) or ``process`` (kill -9)."""
 
 
 class Secret:
@@ -255,6 +257,12 @@ class Settings:
     accept_store_loss: bool = _setting(
         False, "bool", "Start over when the store is behind what this node committed (deleted store)."
     )
+    durability: str = _setting(
+        "power",
+        "durability",
+        "What an acknowledged write survives: power (a power cut; fsync per commit) or process "
+        "(a crash or kill -9 of the node; fsync at least every second).",
+    )
     app_bundle_max_bytes: int = _setting(
         8 * MiB, "bytes", "Largest app bundle (the archive) a node packs, fetches or installs.", 1024, 1 * GiB
     )
@@ -459,6 +467,12 @@ def _log_format(raw: Any, label: str) -> str:
     return raw.strip().lower()
 
 
+def _durability(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in DURABILITY:
+        raise InvalidValue(f"{label}: must be one of {', '.join(DURABILITY)}, got {_show(raw)}")
+    return raw.strip().lower()
+
+
 def _path(raw: Any, label: str) -> Path:
     if isinstance(raw, Path):
         return raw
@@ -570,6 +584,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "name": _name,
     "log_level": _log_level,
     "log_format": _log_format,
+    "durability": _durability,
     "path": _path,
     "secret": _secret,
     "list": _list,

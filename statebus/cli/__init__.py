@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="text (default) or json: one JSON object a line, secrets masked",
     )
     p.add_argument(
+        "--durability",
+        dest="durability",
+        help="power (fsync before each answer, the default) or process (survives kill -9, not a power cut)",
+    )
+    p.add_argument(
         "--full-check",
         dest="store_full_check",
         action="store_true",

@@ -16,6 +16,17 @@ Rules:
    taken again when the probe succeeds; without a probe the next write tries storage. A failed
    probe or commit doubles the backoff; a successful one makes the node healthy. The process stays
    up and recovers by itself once space returns.
+4. A storage in ``"process"`` durability (its ``durability`` attribute; SQLite with
+   ``synchronous=NORMAL``) does not fsync per commit. After a commit, its ``sync()`` (an fsync of
+   the WAL) runs in the writer thread within ``SYNC_INTERVAL`` seconds, so what was acknowledged
+   survives a power cut at most that long after its answer; ``aclose`` syncs once more. A failed
+   sync is logged and tried again at the next commit (the process-crash promise does not depend
+   on it).
+5. Such a store's commits run on the event loop's thread, not the writer thread (rule 2): with
+   no fsync a commit is a few SQLite page writes, cheaper than the hand-off to a thread and back
+   (measured in docs/performance.md). The store's checkpoints, which do fsync, run only inside
+   ``sync()``, in the writer thread, which therefore also starts after ``SYNC_OPS`` ops (the WAL
+   stays small); a batch waits for a running sync instead of blocking on the store's lock.
 """
 
 from __future__ import annotations
@@ -41,6 +52,12 @@ RETRY_FIRST = 0.5
 """Seconds writes are refused after the first failed commit; doubled after each failure in a row."""
 RETRY_MAX = 30.0
 """Longest wait between two tries of a failing storage."""
+SYNC_INTERVAL = 1.0
+"""Longest time from a commit to the fsync that makes it survive a power cut, in ``"process"``
+durability (rule 4)."""
+SYNC_OPS = 256
+"""...or sooner, once this many ops were committed since the last sync: each sync checkpoints the
+WAL (rule 5), which stays near SQLite's own 1,000-page checkpoint size."""
 LOST_RANGES = 64
 """How many rolled-back sequence ranges :meth:`GroupCommitter.durable` remembers."""
 
@@ -88,6 +105,20 @@ class GroupCommitter:
         """Called after a rollback with ``(low, high)``: the changes with ``low < seq <= high`` were
         dropped (the durable cursor is ``high`` now)."""
         self._once: list[Callable[[], None]] = []
+        storage = bus.storage
+        self._sync: Callable[[], None] | None = (
+            getattr(storage, "sync", None) if getattr(storage, "durability", "power") == "process" else None
+        )
+        """The storage's fsync when it does not fsync each commit (rule 4), else None."""
+        self._inline = self._sync is not None
+        """Commit on the event loop's thread (rule 5): a ``"process"`` store's commit does not wait
+        for the disk."""
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._unsynced = 0
+        """Ops committed since the last sync started."""
+        self._syncing: asyncio.Task[None] | None = None
+        self.syncs = 0
+        """Completed ``sync()`` calls (``"process"`` durability), since start."""
 
     @property
     def healthy(self) -> bool:
@@ -125,9 +156,14 @@ class GroupCommitter:
                 try:
                     # signing and encoding can fail too (a bug, or a value that slipped past
                     # validation): fail the waiters loudly rather than leave them hanging
+                    if self._inline and self._syncing is not None:
+                        await asyncio.shield(self._syncing)  # it holds the store's write lock
                     stored, snaps = self.bus.take_outbox(self.batch_signer)
                     last = self.bus.taken_seq
-                    await loop.run_in_executor(self._executor, self._write, stored, snaps)
+                    if self._inline:
+                        self._write(stored, snaps)
+                    else:
+                        await loop.run_in_executor(self._executor, self._write, stored, snaps)
                 except BaseException as exc:
                     self._roll_back(exc, stored, snaps)
                     return
@@ -138,6 +174,14 @@ class GroupCommitter:
                     self.backoff = 0.0
                 self.bus.mark_durable(last)
                 self.durable_seq = self.bus.durable_seq
+                if self._sync is not None:
+                    self._unsynced += len(stored)
+                    if self._unsynced >= SYNC_OPS and self._syncing is None:
+                        if self._sync_timer is not None:
+                            self._sync_timer.cancel()
+                        self._start_sync()
+                    elif self._sync_timer is None:
+                        self._sync_timer = loop.call_later(SYNC_INTERVAL, self._start_sync)
                 self._release(last)
         finally:
             self._task = None
@@ -203,6 +247,27 @@ class GroupCommitter:
         self.backoff = 0.0
         log.warning("storage recovered: a probe write succeeded, writes are taken again")
 
+    def _start_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._syncing is None:
+            self._sync_timer = None
+            self._syncing = loop.create_task(self._run_sync())
+        else:  # the last sync still runs and may have started before the newest commit
+            self._sync_timer = loop.call_later(SYNC_INTERVAL / 100, self._start_sync)
+
+    async def _run_sync(self) -> None:
+        """fsync what was committed (rule 4), in the writer thread: between two batches."""
+        sync = self._sync
+        self._unsynced = 0
+        try:
+            if sync is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, sync)
+                self.syncs += 1
+        except Exception as exc:
+            log.error("storage sync failed (%s); tried again after the next commit", failure_reason(exc))
+        finally:
+            self._syncing = None
+
     def _write(self, stored: list[StoredOp], snaps: list[Snapshot]) -> None:
         storage = self.bus.storage
         if stored:
@@ -242,4 +307,12 @@ class GroupCommitter:
             task = self._task
             if task is not None:
                 await task
+        if self._sync_timer is not None or self._syncing is not None:
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
+                self._sync_timer = None
+            if self._syncing is not None:
+                await self._syncing
+            self._syncing = asyncio.get_running_loop().create_task(self._run_sync())
+            await self._syncing
         self._executor.shutdown(wait=True)

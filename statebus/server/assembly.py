@@ -114,7 +114,11 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
     data = Path(settings.data_dir)
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     identity = ensure_identity(data, on_new_identity)
-    storage = SqliteStorage(data / STORE_FILE, check="full" if settings.store_full_check else "quick")
+    storage = SqliteStorage(
+        data / STORE_FILE,
+        check="full" if settings.store_full_check else "quick",
+        durability=settings.durability,
+    )
     bus = Bus(
         storage,
         local=identity.pubkey,

@@ -8,6 +8,8 @@ Rules every adapter keeps:
 
 1. ``append`` writes a whole batch in one transaction and returns only once it is durable
    (it survives ``kill -9`` of the process). Group commit happens above: the caller batches.
+   An adapter whose ``append`` does not fsync (a ``durability`` attribute of ``"process"``) has a
+   ``sync()`` making every returned ``append`` survive a power cut; the committer calls it.
 2. Sequence numbers are given by the caller, strictly increasing across batches.
 3. ``(key, version)`` is unique; appending a duplicate raises ``VersionConflict``, changing nothing.
 4. ``compact`` replaces every op of a key with ``seq <= snapshot.seq`` by the snapshot and frees

@@ -3,8 +3,14 @@
 Layout: the node keeps ``<data>/store.sqlite3`` plus SQLite's ``store.sqlite3-wal`` and
 ``store.sqlite3-shm`` beside it while open (see docs/storage.md).
 
-Durability: WAL journal with ``synchronous=FULL``, so a commit is fsynced to the WAL before
-``append`` returns; an acknowledged batch survives ``kill -9`` and power loss. The database is
+Durability (``durability=``, the node's setting of that name): ``"power"`` (the default) runs the WAL
+journal with ``synchronous=FULL``, so a commit is fsynced to the WAL before ``append`` returns; an
+acknowledged batch survives ``kill -9`` and power loss. ``"process"`` runs it with
+``synchronous=NORMAL``: ``append`` returns once the commit is written to the WAL (in the kernel's
+page cache, no fsync), which survives ``kill -9`` or a crash of the process but not a power cut or a
+kernel crash; :meth:`SqliteStorage.sync` fsyncs the WAL and checkpoints it (the group committer
+calls it at most ``SYNC_INTERVAL`` after a commit; SQLite's automatic checkpoints are off in this
+mode, so a commit never waits for an fsync), and ``close`` checkpoints and fsyncs. The database is
 created with ``auto_vacuum=INCREMENTAL`` and every ``compact`` runs ``incremental_vacuum``, so
 folded ops give their pages back to the file system (at the next WAL checkpoint).
 
@@ -116,6 +122,9 @@ OpRow = tuple[int, str, str, bytes, int]
 CHECKS = {"quick": "quick_check", "full": "integrity_check", "none": ""}
 """The integrity checks an existing store can be opened with (see :class:`SqliteStorage`)."""
 
+DURABILITY = {"power": "FULL", "process": "NORMAL"}
+"""The durability modes a store can be opened with, and the ``synchronous`` pragma of each."""
+
 _SEQ_WALK_MAX = 10_000
 """A subtree scan whose cursor is at most this far behind walks the log by sequence number."""
 _SMALL_SUBTREE = 1_000
@@ -143,11 +152,23 @@ class SqliteStorage:
         StoreInUse: another open store holds its lock.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0, check: str = "quick") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 10.0,
+        check: str = "quick",
+        durability: str = "power",
+    ) -> None:
         if check not in CHECKS:
             raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
+        self.durability = durability
+        """``"power"``: ``append`` fsyncs; ``"process"``: call :meth:`sync` (the committer does)."""
         self.path = Path(path)
         self._timeout = timeout
+        self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
@@ -324,6 +345,27 @@ class SqliteStorage:
                     conn.execute("ROLLBACK")
                 raise
 
+    def sync(self) -> None:
+        """fsync the WAL: every batch ``append`` returned before this call then survives a power cut
+        too. Needed only in ``"process"`` durability (in ``"power"`` each commit is already
+        fsynced), where it then checkpoints the WAL into the database (``PASSIVE``: both files
+        fsynced), so the WAL holds about one interval of commits. Under the write lock, so no
+        commit runs meanwhile. Raises OSError or sqlite3.Error."""
+        with self._write_lock:
+            self._check_open()
+            try:
+                fd = os.open(self._wal_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return  # no WAL: everything is in the main file, which checkpoints fsync
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.durability == "process":
+                # moves the WAL into the database (fsyncing both), so the next commit starts
+                # the WAL over: it holds at most about a second of commits
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def max_seq(self) -> Seq:
         """The highest sequence number ever appended (0 when empty); survives compaction."""
         return self._max_seq
@@ -359,7 +401,9 @@ class SqliteStorage:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreUnsupported(f"{self.path} cannot use WAL mode (journal_mode is {mode})")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        if self.durability == "process":
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # sync() checkpoints instead
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             conn.execute("VACUUM")  # a file made without it: convert once (rewrites the file)
         conn.execute("BEGIN IMMEDIATE")
