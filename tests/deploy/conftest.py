@@ -117,6 +117,15 @@ def _unusable() -> str | None:
     return None
 
 
+DOCKER_LINKS = ("docker", "br-", "veth")
+
+
+def _dockers_link(line: str) -> bool:
+    """``line`` (``ip -o link show``: ``N: name[@peer]: <FLAGS> …``) names a link dockerd would make."""
+    parts = line.split(": ", 2)
+    return len(parts) > 1 and parts[1].split("@")[0].startswith(DOCKER_LINKS)
+
+
 def network_state() -> dict[str, str]:
     """The links and firewall rules of this network namespace, as text (what dockerd must not change)."""
     commands = {
@@ -132,7 +141,10 @@ def network_state() -> dict[str, str]:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         out = done.stdout if done.returncode == 0 else f"exit {done.returncode}"
         if name == "links":  # names and flags, not counters or the carrier's own changes
-            out = "\n".join(sorted(line.split(" link/")[0].split(" qdisc")[0] for line in out.splitlines()))
+            # only the links dockerd makes (docker0, br-…, veth…): other tests on this host (network
+            # namespace tests run by other sessions or in parallel) add and remove their own veths
+            lines = (line.split(" link/")[0].split(" qdisc")[0] for line in out.splitlines())
+            out = "\n".join(sorted(line for line in lines if _dockers_link(line)))
         state[name] = out
     return state
 
