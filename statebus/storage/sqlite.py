@@ -575,6 +575,27 @@ class StoreSnapshot:
             ).fetchall()
         return [(str(k), int(s)) for k, s in rows]
 
+    def snapshots(self, pattern: str, after: Seq = 0) -> list[tuple[Snapshot, StoredOp | None]]:
+        """The compaction snapshots under ``pattern`` with a seq above ``after``, each with the
+        first op of its key after it (None if it has none), by key (for the encrypted mirror)."""
+        bounds = pattern_bounds(pattern) or ("", "\U0010ffff")
+        rows = self._conn.execute(
+            "SELECT key, seq, data FROM snapshots WHERE key > ? AND key < ? AND seq > ? ORDER BY key",
+            (*bounds, after),
+        ).fetchall()
+        out: list[tuple[Snapshot, StoredOp | None]] = []
+        for key, seq, data in rows:
+            first = self._conn.execute(
+                f"SELECT {_OP_COLUMNS} FROM ops WHERE key = ? AND seq > ? ORDER BY seq LIMIT 1", (key, seq)
+            ).fetchone()
+            out.append(
+                (
+                    Snapshot(key=str(key), seq=int(seq), data=bytes(data)),
+                    None if first is None else _op(first),
+                )
+            )
+        return out
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("COMMIT")
