@@ -306,12 +306,8 @@ def _changed_snapshots(node: Node, pushed: dict[str, int]) -> list[tuple[Snapsho
     if path is None:
         return []
     with StoreSnapshot(path) as store:
-        rows = store.snapshots(f"/{node.local}/")
-    return [
-        ((s.key, s.data, None if first is None else first.version), s.seq)
-        for s, first in rows
-        if pushed.get(s.key, -1) < s.seq
-    ]
+        rows = store.snapshots(f"/{node.local}/", lambda key, seq: pushed.get(key, -1) < seq)
+    return [((s.key, s.data, None if first is None else first.version), s.seq) for s, first in rows]
 
 
 async def _push_snapshots(
