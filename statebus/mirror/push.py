@@ -15,8 +15,8 @@ Rules:
    are kept locally; a challenge spends one, so every answer the mirror gives is to a fresh nonce and
    can come only from the bytes themselves. When a segment's nonces are spent, the next challenge
    of it first downloads it and checks its sha256 against the manifest, then makes new ones.
-3. A copy counts towards ``mirror_copies`` when its mirror has every op (lag 0) and its last proof
-   passed; this node itself is one copy.
+3. A mirror is a complete copy (:attr:`MirrorStatus.complete`) when it has every op (lag 0) and its
+   last proof passed; ``statebus.federation.placement`` counts copies against the placement rules.
 4. After the segments, the compaction snapshots of this node's keys that changed since the last
    push go as one new signed batch (``snap/<i>``, :mod:`statebus.mirror.objects` rule 4), so ops
    folded before they were pushed are not lost: restore puts the snapshot in their place.
@@ -437,11 +437,6 @@ def status(node: Node, targets: MirrorTargets) -> list[MirrorStatus]:
             )
         )
     return out
-
-
-def copies(statuses: list[MirrorStatus]) -> int:
-    """Complete copies of the namespace: this node, plus every complete mirror (rule 3)."""
-    return 1 + sum(s.complete for s in statuses)
 
 
 async def keep_pushing(
