@@ -283,6 +283,12 @@ class Settings:
         1,
         100,
     )
+    mirror_placement: tuple[str, ...] = _setting(
+        (), "placements", "SUBTREE=N rules: keep at least N copies of that subtree too (/~/photos/=3)."
+    )
+    mirror_devices: tuple[str, ...] = _setting(
+        (), "devices", "PUBKEY@URL of this owner's devices (delegated keys that follow it): counted copies."
+    )
     mirror_push_interval: float = _setting(
         60 * SECONDS,
         "seconds",
@@ -519,6 +525,29 @@ def _list(raw: Any, label: str) -> tuple[str, ...]:
 
 
 _PUBKEY_RE = re.compile(r"[a-z2-7]{52}", re.ASCII)
+_PLACEMENT_RE = re.compile(r"/(~|[a-z2-7]{52})/([^/=,]+/)*=[0-9]{1,3}", re.ASCII)
+_DEVICE_RE = re.compile(r"[a-z2-7]{52}@https?://[^\s,@]+", re.ASCII)
+
+
+def _entries(raw: Any, label: str, pattern: re.Pattern[str], form: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise InvalidValue(f"{label}: must be a list of {form}, got {_show(raw)}")
+    for item in items:
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise InvalidValue(f"{label}: write each entry as {form}, got {_show(item)}")
+    return tuple(items)
+
+
+def _placements(raw: Any, label: str) -> tuple[str, ...]:
+    return _entries(raw, label, _PLACEMENT_RE, "SUBTREE=N (/~/photos/=3)")
+
+
+def _devices(raw: Any, label: str) -> tuple[str, ...]:
+    return _entries(raw, label, _DEVICE_RE, "PUBKEY@URL (a device node of this owner)")
 
 
 def _pubkeys(raw: Any, label: str) -> tuple[str, ...]:
@@ -588,6 +617,8 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "path": _path,
     "secret": _secret,
     "list": _list,
+    "placements": _placements,
+    "devices": _devices,
     "pubkeys": _pubkeys,
     "origins": _origins,
     "bool": _bool,

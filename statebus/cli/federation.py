@@ -203,7 +203,8 @@ def cmd_restore_mirror(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {r.applied} ops of {r.segments} good segments were restored before it")
         return 1
     print(
-        f"{url}: restored {r.applied} ops from {r.segments} segments and {r.blobs} blobs "
+        f"{url}: restored {r.applied} ops from {r.segments} segments, "
+        f"{r.snapshots} compaction snapshots and {r.blobs} blobs "
         f"({r.duplicates} already here, {len(r.rejected)} refused, {r.bytes_moved} bytes moved)"
     )
     for reason in r.rejected[:5]:

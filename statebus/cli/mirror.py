@@ -27,7 +27,7 @@ from statebus.errors import CliError, InvalidValue, RemoteError, StatebusError, 
 from statebus.identity import keystore
 from statebus.keys import is_pubkey
 from statebus.mirror.client import MirrorClient
-from statebus.mirror.push import MirrorStatus, MirrorTargets, challenge, check_url, copies, push, status
+from statebus.mirror.push import MirrorStatus, MirrorTargets, challenge, check_url, push, status
 
 
 def _identity(settings: Settings) -> Any:
@@ -175,29 +175,38 @@ def cmd_mirror_push(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if any("push failed" in line for line in lines) else 0
 
 
-async def _fresh_status(settings: Settings) -> list[MirrorStatus]:
+async def _fresh_status(settings: Settings, wanted: dict[str, int]) -> tuple[list[MirrorStatus], Any]:
+    from statebus.federation.client import PeerClient
+    from statebus.federation.placement import devices, placement
     from statebus.server.assembly import build_node
 
     node = build_node(settings)
+    client = PeerClient(_identity(settings))
     try:
-        return status(node, MirrorTargets(settings.data_dir))
+        rows = status(node, MirrorTargets(settings.data_dir))
+        return rows, await placement(node, client, wanted, rows, devices(settings.mirror_devices))
     finally:
+        await client.aclose()
         await node.aclose()
 
 
 def cmd_mirror_status(args: argparse.Namespace, settings: Settings) -> int:
+    from statebus.federation.placement import devices, place, rules
+
     targets = MirrorTargets(settings.data_dir)
+    owner = _identity(settings).pubkey
+    wanted = rules(owner, args.copies or settings.mirror_copies, settings.mirror_placement)
+    devices(settings.mirror_devices)  # a malformed entry is refused before anything runs
     try:
-        rows = asyncio.run(_fresh_status(settings))
+        rows, (places, checked) = asyncio.run(_fresh_status(settings, wanted))
         note = ""
     except StoreInUse:
-        owner = _identity(settings).pubkey
         rows = [
             MirrorStatus(m.url, m.manifest_of(owner).ops, -1, m.last_push, m.last_proof, m.last_error, m.used)
             for m in targets.mirrors.values()
         ]
-        note = " (the node is running: lag not counted; last figures recorded by it)"
-    want = args.copies or settings.mirror_copies
+        places, checked = place(wanted, rows, []), []
+        note = " (the node is running: lag and devices not counted; last figures recorded by it)"
     for s in rows:
         lag = "?" if s.lag_ops < 0 else f"{s.lag_ops} ops behind"
         p = s.last_proof
@@ -211,10 +220,20 @@ def cmd_mirror_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  last proof {proof}")
         if s.last_error:
             print(f"  error      {s.last_error}")
-    have = copies(rows)
-    verdict = "ok" if have >= want else f"UNDER-REPLICATED: {want - have} more needed"
-    print(f"copies of /~/: {have} of {want} wanted (this node + complete, proven mirrors): {verdict}{note}")
+    for c in checked:
+        state = c.error or ("holds every op" if c.complete else f"lacks {c.lacking} ops")
+        print(f"device {c.device.pubkey} {c.device.url} {_short(owner, c.subtree)}: {state}")
+    for p in places:
+        verdict = "ok" if not p.short else f"UNDER-REPLICATED: {p.short} more needed"
+        print(
+            f"copies of {_short(owner, p.subtree)}: {p.have} of {p.wanted} wanted "
+            f"({', '.join(p.holders)}): {verdict}{note}"
+        )
     return 0
+
+
+def _short(owner: str, subtree: str) -> str:
+    return "/~/" + subtree[len(owner) + 2 :]
 
 
 def register(sub: Any) -> None:

@@ -11,7 +11,10 @@ then every segment and blob part it names, and:
    (``own=True``): every op is verified against the owner's key and delegation records, so even a
    mirror that knew the key could not add an op the owner did not sign;
 3. stores the blobs the ops point to, each checked against its sha256 (the blob store's ``expect``);
-4. records the mirror in ``mirrors.json`` with the restored manifest and a cursor at the restored
+4. puts back the compaction snapshots (the last pushed one of each key, its batch checked like a
+   segment and signed by the owner's key) in place of the ops they folded, so a key compacted
+   between two pushes comes back whole (:meth:`~statebus.runtime.Node.adopt_snapshots`);
+5. records the mirror in ``mirrors.json`` with the restored manifest and a cursor at the restored
    store's end, so the next push appends new segments after the old ones.
 """
 
@@ -26,10 +29,19 @@ from dataclasses import dataclass, field
 from statebus.access.op_gate import OpGate
 from statebus.errors import MirrorTampered, RemoteError, StatebusError
 from statebus.federation.ingest import Ingest
-from statebus.identity.keys import Identity
+from statebus.identity.keys import Identity, verify_signature
 from statebus.mirror.client import MirrorClient
 from statebus.mirror.crypto import MirrorCipher
-from statebus.mirror.objects import MANIFEST, Manifest, blob_part_name, segment_name, unpack_segment
+from statebus.mirror.objects import (
+    MANIFEST,
+    Manifest,
+    SnapshotRow,
+    blob_part_name,
+    segment_name,
+    snapshots_name,
+    unpack_segment,
+    unpack_snapshots,
+)
 from statebus.mirror.push import MirrorTargets
 from statebus.runtime import Node
 
@@ -46,6 +58,8 @@ class MirrorRestoreReport:
     applied: int = 0
     duplicates: int = 0
     blobs: int = 0
+    snapshots: int = 0
+    """Compaction snapshots put back."""
     rejected: list[str] = field(default_factory=list)
     bytes_moved: int = 0
     error: str = ""
@@ -103,9 +117,31 @@ async def restore_from_mirror(
                 report.blobs += 1
             if progress is not None:
                 progress(f"blob {report.blobs}/{len(manifest.blobs)}")
+        latest: dict[str, SnapshotRow] = {}
+        for index, digest, count in manifest.snapshots:
+            name = snapshots_name(index)
+            sealed = await own.get(cipher.object_id(name))
+            if hashlib.sha256(sealed).hexdigest() != digest:
+                raise MirrorTampered(f"{name}: the mirror serves other bytes than were pushed")
+            rows = unpack_snapshots(
+                name,
+                cipher.open(name, sealed),
+                index,
+                count,
+                lambda body, sig: verify_signature(node.local, body, sig),
+            )
+            latest.update((row[0], row) for row in rows)
+        name = "snapshots"
+        missing = await node.adopt_snapshots(list(latest.values()))
+        report.snapshots = len(latest) - len(missing)
+        if missing:
+            log.warning("restore: %d snapshots name keys with no op on the mirror", len(missing))
+        if progress is not None and latest:
+            progress(f"{report.snapshots} compaction snapshots put back")
         await node.flush()
         if targets is not None:
             state = targets.add(report.url)
+            state.snapshots = _local_snapshots(node)
             state.manifest = manifest.encode().decode()
             state.cursor = node.seq
             state.last_push = manifest.pushed
@@ -123,3 +159,13 @@ async def restore_from_mirror(
     if report.error:
         log.warning("restore from mirror %s failed at %s: %s", report.url, report.failed_object, report.error)
     return report
+
+
+def _local_snapshots(node: Node) -> dict[str, int]:
+    """key → seq of the restored store's snapshots: the mirror holds them already."""
+    from statebus.storage.sqlite import StoreSnapshot
+
+    if node.storage_path is None:
+        return {}
+    with StoreSnapshot(node.storage_path) as store:
+        return {s.key: s.seq for s, _ in store.snapshots(f"/{node.local}/")}

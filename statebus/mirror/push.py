@@ -15,8 +15,11 @@ Rules:
    are kept locally; a challenge spends one, so every answer the mirror gives is to a fresh nonce and
    can come only from the bytes themselves. When a segment's nonces are spent, the next challenge
    of it first downloads it and checks its sha256 against the manifest, then makes new ones.
-3. A copy counts towards ``mirror_copies`` when its mirror has every op (lag 0) and its last proof
-   passed; this node itself is one copy.
+3. A mirror is a complete copy (:attr:`MirrorStatus.complete`) when it has every op (lag 0) and its
+   last proof passed; ``statebus.federation.placement`` counts copies against the placement rules.
+4. After the segments, the compaction snapshots of this node's keys that changed since the last
+   push go as one new signed batch (``snap/<i>``, :mod:`statebus.mirror.objects` rule 4), so ops
+   folded before they were pushed are not lost: restore puts the snapshot in their place.
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ from statebus.mirror.objects import (
     SEGMENT_OPS,
     Manifest,
     SegmentEntry,
+    SnapshotRow,
     blob_part_name,
     pack_segment,
+    pack_snapshots,
     segment_name,
+    snapshots_name,
 )
 from statebus.oplog import decode_op
 from statebus.runtime import Node
@@ -81,6 +87,8 @@ class MirrorState:
     """``{"at", "object", "ok", "detail"}`` of the last challenge."""
     used: int = 0
     """Bytes the mirror said it holds for us, at the last push."""
+    snapshots: dict[str, int] = field(default_factory=dict)
+    """key → seq of its compaction snapshot on the mirror (rule 4)."""
 
     def manifest_of(self, owner: str) -> Manifest:
         return Manifest.decode(self.manifest.encode(), owner) if self.manifest else Manifest(owner)
@@ -155,6 +163,7 @@ class PushReport:
     blobs: int = 0
     bytes_sent: int = 0
     plain_bytes: int = 0
+    snapshots: int = 0
     error: str = ""
 
 
@@ -268,6 +277,8 @@ async def push(
                 report.blobs += 1
                 state.manifest = manifest.encode().decode()
                 targets.save()
+        await _push_snapshots(node, identity, own, cipher, state, manifest, report)
+        targets.save()
         manifest.pushed = round(time.time(), 3)
         sealed = cipher.seal(MANIFEST, manifest.encode())
         answer = await own.put(cipher.object_id(MANIFEST), sealed)
@@ -285,6 +296,44 @@ async def push(
         if client is None:
             await own.aclose()
     return report
+
+
+def _changed_snapshots(node: Node, pushed: dict[str, int]) -> list[tuple[SnapshotRow, int]]:
+    """This node's compaction snapshots not on the mirror yet (rule 4), each with its seq."""
+    from statebus.storage.sqlite import StoreSnapshot
+
+    path = node.storage_path
+    if path is None:
+        return []
+    with StoreSnapshot(path) as store:
+        rows = store.snapshots(f"/{node.local}/", lambda key, seq: pushed.get(key, -1) < seq)
+    return [((s.key, s.data, None if first is None else first.version), s.seq) for s, first in rows]
+
+
+async def _push_snapshots(
+    node: Node,
+    identity: Identity,
+    own: MirrorClient,
+    cipher: MirrorCipher,
+    state: MirrorState,
+    manifest: Manifest,
+    report: PushReport,
+) -> None:
+    changed = await asyncio.to_thread(_changed_snapshots, node, state.snapshots)
+    while changed:
+        take: list[tuple[SnapshotRow, int]] = []
+        size = 0
+        while changed and (not take or size + len(changed[0][0][1]) < SEGMENT_BYTES // 2):
+            take.append(changed.pop(0))
+            size += len(take[-1][0][1]) + len(take[-1][0][0]) + 100
+        index = manifest.snapshots[-1][0] + 1 if manifest.snapshots else 0
+        plain = pack_snapshots(index, [row for row, _ in take], identity.sign)
+        digest = await _store(own, cipher, state, snapshots_name(index), plain)
+        manifest.snapshots.append([index, digest, len(take)])
+        state.snapshots.update({row[0]: seq for row, seq in take})
+        state.manifest = manifest.encode().decode()
+        report.snapshots += len(take)
+        report.plain_bytes += len(plain)
 
 
 async def _remote_manifest(own: MirrorClient, cipher: MirrorCipher, owner: str) -> Manifest:
@@ -310,6 +359,7 @@ async def challenge(
     manifest = state.manifest_of(node.local)
     names = [segment_name(s.index) for s in manifest.segments]
     names += [blob_part_name(h, j) for h, parts in manifest.blobs.items() for j in range(len(parts))]
+    names += [snapshots_name(i) for i, _, _ in manifest.snapshots]
     result: dict[str, Any] = {"at": round(time.time(), 3), "object": "", "ok": False, "detail": ""}
     try:
         if not names:  # no op yet: nothing to hold, nothing to prove
@@ -351,6 +401,8 @@ def _expected_hash(manifest: Manifest, name: str) -> str:
     kind, _, rest = name.partition("/")
     if kind == "seg":
         return next(s.sealed_sha256 for s in manifest.segments if s.index == int(rest))
+    if kind == "snap":
+        return next(str(h) for i, h, _ in manifest.snapshots if i == int(rest))
     h, _, j = rest.partition("/")
     return manifest.blobs[h][int(j)]
 
@@ -385,11 +437,6 @@ def status(node: Node, targets: MirrorTargets) -> list[MirrorStatus]:
             )
         )
     return out
-
-
-def copies(statuses: list[MirrorStatus]) -> int:
-    """Complete copies of the namespace: this node, plus every complete mirror (rule 3)."""
-    return 1 + sum(s.complete for s in statuses)
 
 
 async def keep_pushing(

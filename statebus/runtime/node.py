@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from statebus.oplog.events import Op, Patch
 from statebus.runtime.committer import GroupCommitter
 from statebus.runtime.snapshots import SnapshotPages
 from statebus.runtime.streams import EventStream
-from statebus.storage.base import StoredOp
+from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Key, Seq, Version
 
 PACE_STALL = 0.1
@@ -289,6 +290,31 @@ class Node:
     def horizon(self, pattern: str) -> Seq:
         """The cursor below which the history under ``pattern`` was compacted away."""
         return self.bus.storage.horizon(pattern)
+
+    async def adopt_snapshots(self, snaps: Sequence[tuple[Key, bytes, Version | None]]) -> list[Key]:
+        """Restore only (``statebus restore --from-mirror``, a node that takes no other write): put
+        back the compaction snapshots the owner took, ``(key, snapshot bytes, version of the key's
+        first op after it or None)``. The key's restored ops before that op are the ones the
+        snapshot folded: they are replaced by it, as compaction did on the owner's node, and the key
+        is reloaded from disk. Returns the keys that hold no restored op (nothing to put it on)."""
+        await self.flush()
+        storage = self.bus.storage
+        adopted: list[Key] = []
+        missing: list[Key] = []
+        for key, data, first in snaps:
+            record = storage.load(key)
+            if record is None or not record.ops:
+                missing.append(key)
+                continue
+            at = next((i for i, op in enumerate(record.ops) if op.version == first), len(record.ops))
+            cut = record.ops[at - 1].seq if at else record.ops[0].seq - 1
+            raw = json.loads(data)
+            raw["log"]["seq"] = cut  # the base is at this store's numbering, not the old node's
+            data = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+            await asyncio.to_thread(storage.compact, Snapshot(key=key, seq=cut, data=data))
+            adopted.append(key)
+        self.bus.rollback(adopted)  # nothing is pending: this only drops their cached entries
+        return missing
 
     # ------------------------------------------------------------------ durable writes
 

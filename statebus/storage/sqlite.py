@@ -41,7 +41,7 @@ import importlib.metadata
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -618,6 +618,27 @@ class StoreSnapshot:
                 "SELECT key, seq FROM snapshots WHERE key > ? AND key < ? ORDER BY key", bounds
             ).fetchall()
         return [(str(k), int(s)) for k, s in rows]
+
+    def snapshots(
+        self, pattern: str, want: Callable[[Key, Seq], bool] | None = None
+    ) -> list[tuple[Snapshot, StoredOp | None]]:
+        """The compaction snapshots under ``pattern`` (those ``want(key, seq)`` accepts), each with
+        the first op of its key after it (None if it has none), by key (for the encrypted mirror)."""
+        bounds = pattern_bounds(pattern) or ("", "\U0010ffff")
+        rows = self._conn.execute(
+            "SELECT key, seq FROM snapshots WHERE key > ? AND key < ? ORDER BY key", bounds
+        ).fetchall()
+        out: list[tuple[Snapshot, StoredOp | None]] = []
+        for key, seq in rows:
+            if want is not None and not want(key, seq):
+                continue
+            (data,) = self._conn.execute("SELECT data FROM snapshots WHERE key = ?", (key,)).fetchone()
+            first = self._conn.execute(
+                f"SELECT {_OP_COLUMNS} FROM ops WHERE key = ? AND seq > ? ORDER BY seq LIMIT 1", (key, seq)
+            ).fetchone()
+            snap = Snapshot(key=str(key), seq=int(seq), data=bytes(data))
+            out.append((snap, None if first is None else _op(first)))
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

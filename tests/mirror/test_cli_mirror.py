@@ -81,9 +81,18 @@ async def test_mirror_commands_push_report_and_restore(cluster: Cluster, tmp_pat
     assert code == 1, (out, err)
     assert f"{small.url}: push failed: quota_exceeded" in out and "12288 bytes (mirror_quota_bytes)" in out
     assert f"{good.url}: pushed 40 ops in 1 segments" in out and ": proved" in out
-    code, out, _ = await _cli("mirror", "status", "--copies", "3", *d)
+    placed = {
+        "STATEBUS_MIRROR_PLACEMENT": "/~/journal/=2",
+        "STATEBUS_MIRROR_DEVICES": f"{stranger.pubkey}@{stranger.url}",
+    }
+    code, out, err = await _cli("mirror", "status", "--copies", "3", *d, env=placed)
+    assert code == 0, err
     assert "0 ops behind" in out and "error      quota_exceeded" in out
     assert "copies of /~/: 2 of 3 wanted" in out and "UNDER-REPLICATED: 1 more needed" in out, out
+    assert f"copies of /~/journal/: 2 of 2 wanted (this node, mirror {good.url}): ok" in out, out
+    assert f"device {stranger.pubkey} {stranger.url} /~/journal/: no delegation of ours" in out, out
+    code, _, err = await _cli("mirror", "status", *d, env={"STATEBUS_MIRROR_PLACEMENT": "/~/journal/"})
+    assert code != 0 and "STATEBUS_MIRROR_PLACEMENT: write each entry as SUBTREE=N" in err, err
     shutil.rmtree(data)
     code, out, err = await _cli("init", "--recover", *d, stdin=phrase)
     assert code == 0 and identity.pubkey in out, err

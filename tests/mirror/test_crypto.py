@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from statebus.errors import Forbidden, InvalidValue, MirrorTampered, QuotaExceeded
-from statebus.identity.keys import Identity, identity_from_mnemonic, new_mnemonic
+from statebus.identity.keys import Identity, identity_from_mnemonic, new_mnemonic, verify_signature
 from statebus.mirror.crypto import MAX_SEALED, MirrorCipher, bucket
+from statebus.mirror.objects import pack_snapshots, unpack_snapshots
 from statebus.mirror.store import MirrorStore
 
 
@@ -74,3 +75,22 @@ def test_the_store_keeps_consent_and_quota(tmp_path: Path) -> None:
     assert store.proof(owner, oid, b"n" * 16) == hashlib.sha256(b"n" * 16 + b"b" * 9000).hexdigest()
     assert store.delete(owner, oid) and store.used(owner) == 0
     assert (tmp_path / "mirror" / owner).stat().st_mode & 0o077 == 0
+
+
+def test_a_snapshot_batch_must_carry_the_owners_signature() -> None:
+    owner, other = Identity.generate(), Identity.generate()
+    rows = [(f"/{owner.pubkey}/a", b'{"merge":"lww"}', "3-abc"), (f"/{owner.pubkey}/b", b"{}", None)]
+
+    def by_owner(body: bytes, sig: bytes) -> bool:
+        return verify_signature(owner.pubkey, body, sig)
+
+    good = pack_snapshots(4, rows, owner.sign)
+    assert unpack_snapshots("snap/4", good, 4, 2, by_owner) == rows
+    forged = pack_snapshots(4, rows, other.sign)  # sealed well (a leaked mirror key), signed by another key
+    with pytest.raises(MirrorTampered, match="snap/4: not signed by the owner's key"):
+        unpack_snapshots("snap/4", forged, 4, 2, by_owner)
+    with pytest.raises(MirrorTampered, match="snap/3: malformed"):  # a batch moved to another index
+        unpack_snapshots("snap/3", good, 3, 2, by_owner)
+    body, _, sig = good.rpartition(b"\n")
+    with pytest.raises(MirrorTampered, match="not signed"):
+        unpack_snapshots("snap/4", body.replace(b"3-abc", b"3-abd") + b"\n" + sig, 4, 2, by_owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pycrdt
 import pytest
 
 from statebus.config import Settings
@@ -381,5 +383,64 @@ async def test_ops_are_verified_after_decryption_even_with_the_mirror_key(
         assert "is not the owner" in restored.rejected[0] or "bad_signature" in restored.rejected[0]
         assert node.fetch_or_none(f"/{a.pubkey}/private/evil") is None
         assert node.fetch_or_none(f"/{a.pubkey}/private/{SECRET_KEY}") is not None
+    finally:
+        await node.aclose()
+
+
+def _records(data_dir: Path, owner: str) -> dict[str, Any]:
+    """Every key of the store as it lies on disk: its snapshot's merge state and log base (without
+    its local seq) and its ops after the snapshot, byte for byte."""
+    from statebus.storage.sqlite import StoreSnapshot
+
+    out: dict[str, Any] = {}
+    with StoreSnapshot(data_dir / "store.sqlite3") as store:
+        for snap, _ in store.snapshots(f"/{owner}/"):
+            raw = json.loads(snap.data)
+            raw["log"].pop("seq")
+            out[snap.key] = [raw]
+        for op in store.ops(f"/{owner}/"):
+            out.setdefault(op.key, [None]).append(op.data)
+    return out
+
+
+async def test_history_compacted_between_pushes_comes_back_from_the_snapshots(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    identity, phrase = keystore.init(tmp_path / "a")
+    m = await cluster.add("m", mirror_for=(identity.pubkey,))
+    a = await cluster.add("a", history_keep_ops=4)
+    doc: pycrdt.Doc = pycrdt.Doc()
+    text = doc.get("t", type=pycrdt.Text)
+
+    async def write(n: int) -> None:
+        for _ in range(n):
+            before = doc.get_state()
+            text.insert(len(text), f"{SECRET_VALUE[len(text) % 8]}")
+            await a.node.crdt_update("/~/private/doc", bytes(doc.get_update(before)))
+            await a.node.save("/~/private/counter", {"n": len(text)})
+
+    await write(3)
+    await a.node.flush()
+    assert (await _push(a, m)).error == ""
+    await write(40)  # folded several times over before the next push: those ops never reach the mirror
+    await a.node.flush()
+    report = await _push(a, m)
+    assert report.error == "" and report.snapshots == 2, report
+    assert (await _push(a, m)).snapshots == 0  # only snapshots that changed since are pushed again
+    before, records = _state(a.node), _records(tmp_path / "a", a.pubkey)
+    assert records[f"/{a.pubkey}/private/doc"][0] is not None  # the key really was compacted
+    assert before["values"][f"/{a.pubkey}/private/doc"][1] == {"t": str(text)}
+    node, identity = await _lose_and_recover(cluster, tmp_path, phrase)
+    try:
+        restored = await restore_from_mirror(node, identity, m.url, targets=MirrorTargets(tmp_path / "a"))
+        assert restored.error == "" and restored.rejected == [] and restored.snapshots == 2, restored
+    finally:
+        await node.aclose()
+    assert _records(tmp_path / "a", a.pubkey) == records  # snapshots and later ops, byte for byte
+    node = build_node(Settings(data_dir=tmp_path / "a", history_keep_ops=4))
+    try:
+        assert _state(node) == before  # every value and version, rebuilt from the snapshots
+        change = await node.save("/~/private/counter", {"n": -1})  # carries on from the restored head
+        assert change.op is not None and change.op.parents == before["values"][change.key][2]
     finally:
         await node.aclose()
