@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         StoreInUse,
         StoreUnsupported,
         SubscriberTooSlow,
+        SwarmFailed,
         TooLarge,
         VersionConflict,
     )
@@ -95,6 +96,7 @@ _EXPORTS = {
     "StoreInUse": "statebus.errors",
     "StoreUnsupported": "statebus.errors",
     "SubscriberTooSlow": "statebus.errors",
+    "SwarmFailed": "statebus.errors",
     "Subscription": "statebus.bus",
     "TooLarge": "statebus.errors",
     "VersionConflict": "statebus.errors",

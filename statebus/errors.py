@@ -27,6 +27,7 @@
     ├── Incomplete          503   a replica lacks history its owner compacted: it claims no state
     ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
     ├── BadBlob             422   blob bytes do not match their hash or declared size
+    ├── SwarmFailed         503   a blob's swarm fetch did not finish (no peers, timeout, session closed)
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -201,6 +202,13 @@ class BadBlob(StatebusError):
     length is not the declared one: nothing is kept."""
 
     status_hint = 422
+
+
+class SwarmFailed(StatebusError):
+    """A blob could not be fetched from its swarm (no peer had it in time, the session closed, or it
+    is being fetched already): nothing was kept; the HTTP fetch is the fallback."""
+
+    status_hint = 503
 
 
 class PeerUnavailable(StatebusError):
