@@ -259,8 +259,8 @@ class SwarmSession:
         The store's bytes are verified already, so libtorrent checks each piece only when it is
         first asked for (``seed_mode``); ``check=True`` hashes the whole file before it serves.
         ``once`` (super-seeding) hands each piece out once until a fetcher has passed it on: 50 MB to
-        10 fetchers cost the origin 1.03x the blob instead of 2.64x, in 15.8 s instead of 6.4 s on
-        loopback, where the origin's uplink is no bottleneck (docs/performance.md). It is off by
+        10 fetchers cost the origin 1.02-1.03x the blob instead of 2.6-3.6x, but took 14-16 s instead
+        of 2-6 s on loopback, where the origin's uplink is no bottleneck (docs/performance.md). It is off by
         default: with it on, the test of a fetcher leaving mid-transfer stalled the others (the
         pieces handed only to the leaver were not handed out again in time).
         """
