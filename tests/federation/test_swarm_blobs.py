@@ -5,8 +5,10 @@ Real nodes (uvicorn, port 0, a real DHT) in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import re
 
 import httpx
 import pytest
@@ -24,6 +26,12 @@ SWARM = {"swarm": True, "swarm_min_bytes": 1 << 20}
 def _blob_bytes(node: RunningNode, digest: str) -> bytes | None:
     store = node.node.blobs
     return store.read(digest) if store is not None and store.has(digest) else None
+
+
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
+    assert found is not None, name
+    return float(found.group(1))
 
 
 async def _put_blob(origin: RunningNode, key: str, data: bytes) -> None:
@@ -51,6 +59,15 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     roles = {t.hash: t.role for t in a.federation.swarm.session.stats().torrents}
     assert roles == {digest: "origin"}
     assert [t.role for t in b.federation.swarm.session.stats().torrents] == ["fetched"]  # b serves it now
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {b.token}"}, timeout=10) as http:
+        for _ in range(30):  # libtorrent moves its byte counters once a second
+            metrics = (await http.get(f"{b.url}/metrics")).text
+            if _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data):
+                break
+            await asyncio.sleep(0.2)
+    assert _metric(metrics, 'statebus_swarm_torrents{role="fetched"}') == 1
+    assert _metric(metrics, "statebus_swarm_fetched_total") == 1
+    assert _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data)
     await c.follow(files)
     await wait_until(lambda: _blob_bytes(c, digest) is not None, timeout=60, what="c has the blob")
     assert _blob_bytes(c, digest) == data
