@@ -237,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY", help="/~/path, /<pubkey>/path or path (= /~/path)")
     p.add_argument("--range", metavar="R", help="read part of a JSON value, e.g. .a.b or [0]")
     p.add_argument("--show-version", action="store_true", help="print the Version on stderr")
+    p.add_argument(
+        "--download",
+        metavar="FILE",
+        help="save the value's bytes to FILE ('-': stdout), showing progress on stderr (blobs, large values)",
+    )
     add_common(p, client=True)
     p.set_defaults(func=cmd_get)
 
