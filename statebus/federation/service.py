@@ -229,11 +229,11 @@ class Federation:
         self._opsets[pattern] = (seq, found)
         return found
 
-    async def swarm_offer(self, pointer: BlobPointer, seeder: str) -> dict[str, object]:
+    async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
         """The torrent and seeders of a blob (``statebus.federation.swarm``); NotFound without a swarm."""
         if self.swarm is None:
             raise NotFound("this node does not swarm blobs (setting swarm is off)")
-        return await self.swarm.offer(pointer, seeder)
+        return await self.swarm.offer(pointer, seeder, address)
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept

@@ -10,7 +10,9 @@ Rules:
 
 1. The origin makes a blob's torrent when a peer first asks for it (``offer``) and seeds it from the
    blob store. An offer is ``{"torrent": base64, "seeders": ["host:port", …]}``: the origin first,
-   then the newest swarm addresses of nodes that asked (at most :data:`MAX_SEEDERS`).
+   then the newest swarm addresses of nodes that asked (at most :data:`MAX_SEEDERS`). An asker's
+   address is listed only when its host is the address the request came from, so no peer can send
+   the next fetchers to a third party's host.
 2. A follower trusts nothing in an offer but what it checks: the torrent must describe exactly the
    pointer's hash and size (``TorrentMeta.parse``), and the fetched bytes must hash to the pointer's
    sha256, which the owner signed (``SwarmSession.fetch``). A seeder address that does not parse is
@@ -84,14 +86,15 @@ class SwarmPlane:
     def wants(self, pointer: BlobPointer) -> bool:
         return pointer.size >= self.min_bytes
 
-    async def offer(self, pointer: BlobPointer, seeder: str) -> dict[str, object]:
+    async def offer(self, pointer: BlobPointer, seeder: str, address: str | None = None) -> dict[str, object]:
         """The origin's answer to ``GET /.well-known/statebus/swarm/<hash>`` (rule 1)."""
         if not self.wants(pointer) or not self.blobs.has(pointer.hash):
             raise NotFound(f"blob {pointer.hash} is not offered over the swarm here")
         meta = await self.session.seed(self.blobs.path(pointer.hash))
         known = self._seeders.setdefault(pointer.hash, OrderedDict())
         listed = [self.address, *reversed(known)][: MAX_SEEDERS + 1]
-        if _peer(seeder) is not None and seeder != self.address:
+        asker = _peer(seeder)
+        if asker is not None and asker[0] == address and seeder != self.address:
             known.pop(seeder, None)
             known[seeder] = None
             while len(known) > MAX_SEEDERS:

@@ -114,9 +114,10 @@ class PeerService(Protocol):
         """Answer one anti-entropy round (``statebus.federation.sync.SyncRequest`` bytes)."""
         ...
 
-    async def swarm_offer(self, pointer: BlobPointer, seeder: str) -> dict[str, object]:
+    async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
         """The torrent of a blob and its current seeders (``statebus.federation.swarm``); ``seeder``
-        is the asking node's swarm address (``host:port``, or empty). NotFound when not swarmed."""
+        is the asking node's swarm address (``host:port``, or empty), listed to later askers only
+        when its host is ``address``, the request's own. NotFound when not swarmed."""
         ...
 
 
@@ -378,7 +379,7 @@ class PeerEndpoints:
         """``GET /.well-known/statebus/swarm/<sha256>?key=K&seeder=host:port``: the torrent of the blob
         ``K`` points to and its seeders, for a peer that may read ``K`` (as ``blob``)."""
         try:
-            self.count_address(request)
+            address = self.count_address(request)
             peer = await self.authenticate(request, b"")
             digest = check_hash(request.path_params["hash"])
             raw = request.query_params.get("key", "")
@@ -392,7 +393,7 @@ class PeerEndpoints:
             if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
                 raise NotFound(f"{key} does not point to blob {digest} here (now)")
             offer = await self.service.swarm_offer(
-                BlobPointer.decode(change.value), request.query_params.get("seeder", "")
+                BlobPointer.decode(change.value), request.query_params.get("seeder", ""), address
             )
         except StatebusError as exc:
             return statebus_error_response(exc)

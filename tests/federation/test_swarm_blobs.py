@@ -72,9 +72,15 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     await wait_until(lambda: _blob_bytes(c, digest) is not None, timeout=60, what="c has the blob")
     assert _blob_bytes(c, digest) == data
     assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
-    offer = await a.federation.swarm_offer(BlobPointer.decode(a.node.fetch(files + "picture").value), "")
+    pointer = BlobPointer.decode(a.node.fetch(files + "picture").value)
+    offer = await a.federation.swarm_offer(pointer, "", None)
     assert offer["seeders"][0] == a.federation.swarm.address
     assert b.federation.swarm.address in offer["seeders"] and c.federation.swarm.address in offer["seeders"]
+    # an asker can list only its own host, not send the next fetchers elsewhere
+    await a.federation.swarm_offer(pointer, "10.9.9.9:6881", "127.0.0.1")
+    await a.federation.swarm_offer(pointer, "127.0.0.1:6999", "127.0.0.1")
+    listed = (await a.federation.swarm_offer(pointer, "", None))["seeders"]
+    assert "10.9.9.9:6881" not in listed and "127.0.0.1:6999" in listed
 
 
 async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(cluster: Cluster) -> None:
