@@ -112,6 +112,22 @@ class Settings:
     max_blob_bytes: int = _setting(
         1 * GiB, "bytes", "Largest blob (a binary value stored by its hash).", 1 * KiB, 1024 * GiB
     )
+    swarm: bool = _setting(
+        False, "bool", "Fetch and serve blobs of swarm_min_bytes or more over BitTorrent between nodes."
+    )
+    swarm_min_bytes: int = _setting(
+        1 * MiB, "bytes", "Smallest blob a follower fetches from the swarm (smaller: HTTP).", 1, 1024 * GiB
+    )
+    swarm_seed_seconds: float = _setting(
+        1 * HOURS, "seconds", "How long a node serves a blob it fetched from the swarm.", 0, 30 * 86400
+    )
+    swarm_upload_budget_bytes: int = _setting(
+        10 * GiB,
+        "bytes",
+        "Bytes a node uploads for blobs it fetched before it stops serving them.",
+        0,
+        1 << 50,
+    )
     max_yjs_doc_bytes: int = _setting(
         64 * MiB,
         "bytes",

@@ -33,6 +33,7 @@
     ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
     ├── BadBlob             422   blob bytes do not match their hash or declared size
     ├── MirrorTampered      422   a mirror object does not authenticate: altered, truncated or swapped
+    ├── SwarmFailed         503   a blob's swarm fetch did not finish (no peers, timeout, session closed)
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -259,6 +260,13 @@ class MirrorTampered(StatebusError):
     the detail names the object (``seg/41``), never its content."""
 
     status_hint = 422
+
+
+class SwarmFailed(StatebusError):
+    """A blob could not be fetched from its swarm (no peer had it in time, the session closed, or it
+    is being fetched already): nothing was kept; the HTTP fetch is the fallback."""
+
+    status_hint = 503
 
 
 class PeerUnavailable(StatebusError):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from statebus.cli import main
@@ -477,3 +478,24 @@ def test_watch_reconnects_and_resumes_after_the_node_restarts(tmp_path, capsys):
     assert proc.returncode == 0, err
     assert out == "update /~/r/b 2\n"  # resumed: no snapshot of r/a again
     assert "reconnecting" in err
+
+
+def test_get_download_saves_the_bytes_and_shows_progress(node, capsys, tmp_path):
+    args = ("--url", node.url, "--data", str(node.data))
+    data = os.urandom(3 << 20)
+    token = keystore.load_owner_token(node.data)
+    r = httpx.put(
+        f"{node.url}/~/files/big",
+        content=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    target = tmp_path / "big.png"
+    code, out, err = run(capsys, "get", "files/big", "--download", str(target), *args)
+    assert code == 0, err
+    assert target.read_bytes() == data and out == ""
+    assert err.splitlines()[-1] == f"downloaded {len(data)} of {len(data)} bytes (100%) -> {target}"
+    code, out, err = run(capsys, "get", "files/nothing", "--download", str(tmp_path / "none"), *args)
+    assert code == 1 and "404" in err and err.count("\n") == 1
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.part").exists()

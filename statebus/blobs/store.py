@@ -30,6 +30,7 @@ API (the seam for blob pointers, app bundles, torrents and avatars)::
     store.has(h); store.size(h)                              # bool; int or None
     with store.open(h) as f: f.seek(start); f.read(n)        # range reads; NotFound if absent
     store.read(h, start, end)                                # bytes [start, end)
+    store.adopt(path, expect=h, namespace=ns)                # a finished download, hard-linked in
     store.gc(live_hashes, grace=60.0)                        # → [BlobInfo] removed
 """
 
@@ -207,6 +208,35 @@ class BlobStore:
                 if self.fsync:
                     os.fsync(f.fileno())
             return self._commit(tmp, hashlib.sha256(data).hexdigest(), len(data), expect, namespace)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def adopt(self, path: Path, *, expect: str, namespace: PubKey | None = None) -> BlobInfo:
+        """Keep the finished file at ``path`` (a swarm download) as blob ``expect``, by a hard link.
+
+        The file is hashed first (rule 3: ``BadBlob`` unless its sha256 is ``expect``), the size cap
+        and quota apply as for :meth:`put`, and ``path`` itself is left in place (its owner may go on
+        serving it). Falls back to a copy when ``path`` is on another file system.
+        """
+        check_hash(expect)
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise TooLarge(f"the blob is {size} bytes; the limit is {self.max_bytes}")
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        tmp = self._tmp / f"put-{secrets.token_hex(8)}"
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                with path.open("rb") as src, tmp.open("xb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                    if self.fsync:
+                        os.fsync(dst.fileno())
+            return self._commit(tmp, digest.hexdigest(), size, expect, namespace)
         finally:
             tmp.unlink(missing_ok=True)
 

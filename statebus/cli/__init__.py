@@ -275,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="if the key has no value yet (404), wait up to SECONDS for one (a followed key arriving)",
     )
+    p.add_argument(
+        "--download",
+        metavar="FILE",
+        help="save the value's bytes to FILE ('-': stdout), showing progress on stderr (blobs, large values)",
+    )
     add_common(p, client=True)
     p.set_defaults(func=cmd_get)
 

@@ -151,6 +151,8 @@ def _print_json(value: Any) -> None:
 
 def cmd_get(args: argparse.Namespace, settings: Settings, client: Client) -> int:
     path = key_path(args.key)
+    if args.download:
+        return download(client, path, args.download)
     params = {"range": args.range} if args.range else None
     if args.wait is not None and args.wait < 0:
         raise InvalidValue("--wait is a number of seconds, 0 or more")
@@ -181,6 +183,54 @@ def cmd_get(args: argparse.Namespace, settings: Settings, client: Client) -> int
         sys.stdout.buffer.write(response.content)
         sys.stdout.flush()
     return 0
+
+
+PROGRESS_EVERY = 0.5
+"""Seconds between two progress lines of a download."""
+
+
+def download(client: Client, path: str, target: str) -> int:
+    """``get --download``: stream ``GET path?download`` to ``target`` (written to ``target.part`` and
+    renamed when whole, so a failed download leaves nothing), with progress lines on stderr."""
+    if path.endswith("/"):
+        raise InvalidValue("--download saves one key's value; a subtree has none")
+    out = Path(target)
+    part = out.with_name(out.name + ".part")
+    done = 0
+    try:
+        with client.http.stream("GET", path, params={"download": ""}) as response:
+            if response.status_code >= 400:
+                response.read()
+                check(response)
+            total = int(response.headers.get("content-length", "0") or 0)
+            shown = time.monotonic()
+            sink = sys.stdout.buffer if target == "-" else part.open("wb")
+            try:
+                for chunk in response.iter_bytes(1 << 16):
+                    sink.write(chunk)
+                    done += len(chunk)
+                    if time.monotonic() - shown >= PROGRESS_EVERY:
+                        shown = time.monotonic()
+                        sys.stderr.write(_progress(done, total) + "\n")
+            finally:
+                if sink is not sys.stdout.buffer:
+                    sink.close()
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise transport_error(client.url, exc) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if target != "-":
+        part.replace(out)
+    sys.stderr.write(_progress(done, total) + (f" -> {target}\n" if target != "-" else "\n"))
+    return 0
+
+
+def _progress(done: int, total: int) -> str:
+    if total:
+        return f"downloaded {done} of {total} bytes ({100 * done // total}%)"
+    return f"downloaded {done} bytes"
 
 
 def cmd_put(args: argparse.Namespace, settings: Settings, client: Client) -> int:

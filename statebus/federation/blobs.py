@@ -17,7 +17,10 @@ Rules:
 3. A fetch is skipped when the key no longer points to that blob (a newer write replaced it), or
    when the store already holds it; the bytes count against the namespace's quota
    (``quota_bytes_per_remote_namespace``), and a fetch that would pass it is refused, recorded.
-4. At most ``concurrency`` fetches run at a time; each is a task of its own, so stopping the
+4. With a swarm (``swarm``, setting ``swarm``), a blob of ``swarm_min_bytes`` or more is first
+   fetched over it (``statebus.federation.swarm``: the same sha256 check); any failure there falls
+   back to the HTTP fetch, except a refusal by size or quota, which is final as on HTTP.
+5. At most ``concurrency`` fetches run at a time; each is a task of its own, so stopping the
    federation cancels them (a cancelled fetch keeps nothing).
 """
 
@@ -33,6 +36,7 @@ from typing import Protocol
 
 from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.errors import BadBlob, QuotaExceeded, RemoteError, StatebusError, TooLarge
+from statebus.federation.swarm import OfferClient, SwarmPlane
 from statebus.keys import namespace_of
 from statebus.runtime import Node
 
@@ -71,9 +75,14 @@ class BlobFetcher:
         concurrency: fetches at a time.
     """
 
-    def __init__(self, node: Node, client: BlobClient, *, concurrency: int = 2) -> None:
+    def __init__(
+        self, node: Node, client: BlobClient, *, concurrency: int = 2, swarm: SwarmPlane | None = None
+    ) -> None:
         self.node = node
         self.client = client
+        self.swarm = swarm
+        self.swarmed = 0
+        """Blobs fetched over the swarm (the rest of ``fetched`` came over HTTP)."""
         self.concurrency = concurrency
         self.pending: dict[str, Want] = {}
         """Blobs wanted and not yet stored, by hash."""
@@ -185,6 +194,31 @@ class BlobFetcher:
         want.attempts += 1
         ns = namespace_of(want.key)
         started = time.monotonic()
+        if self.swarm is not None and self.swarm.wants(want.pointer) and isinstance(self.client, OfferClient):
+            try:
+                await self.swarm.fetch(
+                    self.client, want.url, want.key, want.pointer, None if ns == self.node.local else ns
+                )
+            except (TooLarge, QuotaExceeded) as exc:
+                self.pending.pop(digest, None)
+                self._fail(want.key, digest, f"{want.key}: {exc.code}: {exc.detail}")
+                return
+            except StatebusError as exc:
+                log.info(
+                    "swarm fetch of %s failed (%s: %s); fetching over HTTP", digest, exc.code, exc.detail
+                )
+            else:
+                self.pending.pop(digest, None)
+                self.failures.pop(digest, None)
+                self.fetched += 1
+                self.swarmed += 1
+                log.info(
+                    "fetched blob %s for %s over the swarm in %.1f s",
+                    digest,
+                    want.key,
+                    time.monotonic() - started,
+                )
+                return
         try:
             await store.put(
                 self.client.blob(want.url, want.key, digest),

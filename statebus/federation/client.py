@@ -13,6 +13,7 @@ import json
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -31,6 +32,8 @@ MAX_SYNC_ROUNDS = 80
 OnPage = Callable[[list[bytes]], Awaitable[None]]
 """Awaited with each page of ops an exchange brings (``SyncSession.take``), before the next round."""
 MAX_INFO = 64 * 1024
+MAX_OFFER = 4 * 1024 * 1024
+"""Largest swarm offer read (a hybrid torrent of 1 GiB is about 400 KB, base64 a third more)."""
 MAX_RETRY_AFTER = 600.0
 """The longest a peer's ``Retry-After`` is honoured (a hostile peer cannot park a follower for days)."""
 DEFAULT_RETRY_AFTER = 1.0
@@ -235,6 +238,20 @@ class PeerClient:
             raise self._unavailable(base, exc) from None
         finally:
             await response.aclose()
+
+    async def swarm_offer(self, base: str, key: str, digest: str, seeder: str) -> dict[str, Any]:
+        """The torrent and seeders of blob ``digest`` (that ``key`` points to) on the node at ``base``;
+        ``seeder`` is our own swarm address, so the origin lists us to the next fetcher."""
+        url = base.rstrip("/") + f"{WELL_KNOWN}/swarm/{digest}"
+        req = self._signed("GET", url, {"key": key, "seeder": seeder}, b"")
+        body = await self._fetch(base, req, MAX_OFFER)
+        try:
+            offer = json.loads(body)
+        except ValueError:
+            raise InvalidValue("the swarm offer is not JSON") from None
+        if not isinstance(offer, dict):
+            raise InvalidValue("the swarm offer is not an object")
+        return offer
 
     async def sync_round(self, base: str, request: SyncRequest) -> tuple[SyncResponse, int]:
         """One anti-entropy round; returns the answer and its size on the wire."""

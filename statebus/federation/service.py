@@ -18,9 +18,10 @@ import logging
 from collections.abc import Sequence
 
 from statebus.access.op_gate import OpGate
+from statebus.blobs import BlobPointer
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidOp, StatebusError
+from statebus.errors import Forbidden, InvalidOp, NotFound, StatebusError
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
@@ -28,6 +29,7 @@ from statebus.federation.follow import Backoff, FollowClient, FollowContext, Fol
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import OpSet, narrowed, op_set
 from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
+from statebus.federation.swarm import SwarmPlane
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
 from statebus.oplog import decode_op
@@ -93,7 +95,11 @@ class Federation:
         self.urls: tuple[str, ...] = ()
         self.followers: dict[str, Follower] = {}
         self.on_ingest: list[IngestHook] = []
-        self.blobs = BlobFetcher(node, self._own_client) if node.blobs is not None else None
+        self.swarm = (
+            SwarmPlane(settings, blobs=node.blobs) if settings.swarm and node.blobs is not None else None
+        )
+        """The node's swarm (setting ``swarm``): blobs of ``swarm_min_bytes`` or more move over it."""
+        self.blobs = BlobFetcher(node, self._own_client, swarm=self.swarm) if node.blobs is not None else None
         """Fetches the bytes of blob pointers followers take (None: the node stores no blobs)."""
         self.context = FollowContext(
             node,
@@ -119,6 +125,8 @@ class Federation:
         """Start following what the owner follows, then publish ``urls`` in the DHT (if any)."""
         self.urls = tuple(urls)
         self.started = True
+        if self.swarm is not None:
+            await self.swarm.start()
         if self.blobs is not None:
             self.blobs.start()
         prefix = f"/{self.node.local}/{FOLLOWS}/"
@@ -143,6 +151,8 @@ class Federation:
         self.followers.clear()
         if self.blobs is not None:
             await self.blobs.stop()
+        if self.swarm is not None:
+            await self.swarm.stop()
         await self._own_client.aclose()
 
     def _follows_changed(self, change: Change) -> None:
@@ -222,6 +232,12 @@ class Federation:
             self._opsets.clear()
         self._opsets[pattern] = (seq, found)
         return found
+
+    async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
+        """The torrent and seeders of a blob (``statebus.federation.swarm``); NotFound without a swarm."""
+        if self.swarm is None:
+            raise NotFound("this node does not swarm blobs (setting swarm is off)")
+        return await self.swarm.offer(pointer, seeder, address)
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept

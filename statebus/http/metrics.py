@@ -16,7 +16,10 @@ Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
 ``fanout_queued_events`` and ``fanout_queued_events_max`` (fan-out lag, in changes),
 ``http_streams``, ``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation
 ``follows``, ``follows_by_status{status}``, ``federation_known_peers``,
-``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``; plus the
+``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``, and with a
+swarm (setting ``swarm``) ``swarm_torrents{role}``, ``swarm_peers``,
+``swarm_uploaded_bytes_total``, ``swarm_downloaded_bytes_total``, ``swarm_share_ratio``,
+``swarm_fetched_total``, ``swarm_hash_failures_total``, ``swarm_bans_total``; plus the
 ``process_*``/``python_*`` metrics of ``prometheus_client``. deploy/grafana-dashboard.json charts them.
 """
 
@@ -330,6 +333,7 @@ def _federation(fed: Any) -> Iterator[Metric]:
     known = getattr(fed, "known", None)
     if isinstance(known, dict):
         yield _gauge("statebus_federation_known_peers", "Peers whose addresses this node knows.", len(known))
+    yield from _swarm(getattr(getattr(fed, "swarm", None), "session", None))
     neighbours = getattr(getattr(fed, "directory", None), "neighbours", None)
     if callable(neighbours):
         try:
@@ -337,6 +341,40 @@ def _federation(fed: Any) -> Iterator[Metric]:
         except Exception:  # the DHT not started or stopped: leave the metric out
             return
         yield _gauge("statebus_dht_neighbours", "Contacts in the DHT routing table.", count)
+
+
+def _swarm(session: Any) -> Iterator[Metric]:
+    """Metrics of the node's ``statebus.swarm.SwarmSession`` (duck typing, as for federation)."""
+    stats_of = getattr(session, "stats", None)
+    if not callable(stats_of):
+        return
+    try:
+        stats = stats_of()
+    except Exception:  # the session not started or closed: leave the metrics out
+        return
+    torrents = GaugeMetricFamily("statebus_swarm_torrents", "Blobs in the swarm, by role.", labels=["role"])
+    for role in ("origin", "fetched"):
+        torrents.add_metric([role], sum(1 for t in stats.torrents if t.role == role))
+    yield torrents
+    yield _gauge(
+        "statebus_swarm_peers", "Swarm peers connected, over all blobs.", sum(t.peers for t in stats.torrents)
+    )
+    yield _counter("statebus_swarm_uploaded_bytes", "Blob bytes uploaded to swarm peers.", stats.uploaded)
+    yield _counter(
+        "statebus_swarm_downloaded_bytes", "Blob bytes downloaded from swarm peers.", stats.downloaded
+    )
+    size = sum(t.size for t in stats.torrents if t.role == "fetched")
+    up = sum(t.uploaded for t in stats.torrents if t.role == "fetched")
+    yield _gauge(
+        "statebus_swarm_share_ratio",
+        "Uploaded ÷ size of the blobs this node fetched and serves.",
+        up / size if size else 0.0,
+    )
+    yield _counter("statebus_swarm_fetched", "Blobs fetched over the swarm.", stats.fetched)
+    yield _counter(
+        "statebus_swarm_hash_failures", "Swarm pieces that failed their hash check.", stats.hash_failures
+    )
+    yield _counter("statebus_swarm_bans", "Swarm peers banned for bad pieces.", stats.bans)
 
 
 def _connections(guard: Any) -> Iterator[Metric]:

@@ -114,6 +114,12 @@ class PeerService(Protocol):
         """Answer one anti-entropy round (``statebus.federation.sync.SyncRequest`` bytes)."""
         ...
 
+    async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
+        """The torrent of a blob and its current seeders (``statebus.federation.swarm``); ``seeder``
+        is the asking node's swarm address (``host:port``, or empty), listed to later askers only
+        when its host is ``address``, the request's own. NotFound when not swarmed."""
+        ...
+
 
 class StreamSlot:
     """One open ops stream: counted by ``SubscriptionCounter`` (held weakly) until ``closed``, and
@@ -369,6 +375,30 @@ class PeerEndpoints:
         except StatebusError as exc:
             return statebus_error_response(exc)
 
+    async def swarm(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/swarm/<sha256>?key=K&seeder=host:port``: the torrent of the blob
+        ``K`` points to and its seeders, for a peer that may read ``K`` (as ``blob``)."""
+        try:
+            address = self.count_address(request)
+            peer = await self.authenticate(request, b"")
+            digest = check_hash(request.path_params["hash"])
+            raw = request.query_params.get("key", "")
+            key = parse_key(raw, self.node.local) if raw else ""
+            if not key or is_subtree(key):
+                raise InvalidKey("name the one key that points to the blob: ?key=/<pubkey>/…")
+            if not self.service.view(peer).key(key):
+                raise Forbidden(f"node {peer} may not read {key} here")
+            self.node.check_complete(key)
+            change = self.node.fetch(key)
+            if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
+                raise NotFound(f"{key} does not point to blob {digest} here (now)")
+            offer = await self.service.swarm_offer(
+                BlobPointer.decode(change.value), request.query_params.get("seeder", ""), address
+            )
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+        return JSONResponse(offer, headers={"statebus-node": self.node.local})
+
     async def sync(self, request: Request) -> Response:
         try:
             self.count_address(request)
@@ -390,4 +420,5 @@ def routes(node: Node, settings: Settings, service: PeerService, endpoints: Peer
         Route(f"{WELL_KNOWN}/ops", ep.ops, methods=["GET"]),
         Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
         Route(f"{WELL_KNOWN}/blob/{{hash}}", ep.blob, methods=["GET"]),
+        Route(f"{WELL_KNOWN}/swarm/{{hash}}", ep.swarm, methods=["GET"]),
     ]

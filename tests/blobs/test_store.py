@@ -139,3 +139,24 @@ async def test_a_crash_mid_put_leaves_no_blob_and_stale_temp_files_are_swept(tmp
     fresh.write_bytes(b"being written")
     store = BlobStore(root, max_bytes=10)
     assert leftovers(root) == ["put-live"] and list(store.hashes()) == []
+
+
+def test_adopt_links_a_finished_download_in_after_checking_it(tmp_path: Path) -> None:
+    quota = QuotaTracker(limit=1500)
+    store = BlobStore(tmp_path / "blobs", max_bytes=1 << 20, quota=quota, fsync=False)
+    data = os.urandom(1000)
+    digest = hashlib.sha256(data).hexdigest()
+    download = tmp_path / "download"
+    download.write_bytes(data)
+    with pytest.raises(BadBlob):
+        store.adopt(download, expect="0" * 64, namespace=NS)
+    assert not store.has("0" * 64) and not store.has(digest) and quota.used(NS) == 0
+    info = store.adopt(download, expect=digest, namespace=NS)
+    assert info.hash == digest and store.read(digest) == data and quota.used(NS) == 1000
+    assert download.read_bytes() == data  # left in place: the swarm goes on serving it
+    assert os.stat(download).st_ino == os.stat(store.path(digest)).st_ino  # a link, not a copy
+    other = tmp_path / "other"
+    other.write_bytes(os.urandom(1000))
+    with pytest.raises(QuotaExceeded):
+        store.adopt(other, expect=hashlib.sha256(other.read_bytes()).hexdigest(), namespace=NS)
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []

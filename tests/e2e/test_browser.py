@@ -226,3 +226,28 @@ def test_statebus_js_applies_patches_like_the_node(tmp_path):
     assert result["seen"] == ["snapshot", "update", "update", "update", "update"]
     assert result["value"] == result["fresh"] == {"tags": ["a", "b", "c"], "o": {"x": [2]}, "new key": []}
     assert result["missing"] is True  # get() of a key that does not exist gives undefined
+
+
+SWARM_SCRIPT = """(async () => {
+  for (let i = 0; i < 200 && document.getElementById('role').textContent !== 'owner'; i++)
+    await new Promise(r => setTimeout(r, 50));
+  await new Promise(r => setTimeout(r, 1000));
+  const line = document.getElementById('swarm');
+  window.__result = {hidden: line.hidden, text: line.textContent};
+  window.__done = true;
+})()"""
+
+
+@pytest.mark.parametrize("swarm", [True, False])
+def test_page_shows_the_swarm_when_the_node_has_one(tmp_path, swarm):
+    with live_server(tmp_path / "data", timeout=60, swarm=swarm) as srv:
+        out = run_browser(f"{srv.url}/login?token={srv.token}", SWARM_SCRIPT, timeout=60)
+    assert out["ok"], out
+    assert out["page_errors"] == []
+    if swarm:
+        assert out["result"] == {
+            "hidden": False,
+            "text": "swarm: 0 blobs (0 own, 0 fetched) · 0 peers · up 0.0 MB · down 0.0 MB · ratio 0.00",
+        }
+    else:
+        assert out["result"]["hidden"] is True

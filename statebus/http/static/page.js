@@ -322,6 +322,28 @@
         }
     }
 
+    // Swarms (issue 14): read from /metrics (the owner's), shown only when the node has a swarm.
+    async function showSwarm() {
+        try {
+            const r = await fetch('/metrics', {credentials: 'same-origin'})
+            if (!r.ok) return
+            const m = {}
+            for (const line of (await r.text()).split('\n')) {
+                const hit = /^(statebus_swarm_[a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line)
+                if (hit) m[hit[1]] = Number(hit[2])
+            }
+            if (!('statebus_swarm_peers' in m)) return
+            const origin = m['statebus_swarm_torrents{role="origin"}'] || 0
+            const fetched = m['statebus_swarm_torrents{role="fetched"}'] || 0
+            const mb = n => (n / 1e6).toFixed(1) + ' MB'
+            $('swarm').textContent = `swarm: ${origin + fetched} blobs (${origin} own, ${fetched} fetched)`
+                + ` · ${m.statebus_swarm_peers} peers · up ${mb(m.statebus_swarm_uploaded_bytes_total)}`
+                + ` · down ${mb(m.statebus_swarm_downloaded_bytes_total)}`
+                + ` · ratio ${m.statebus_swarm_share_ratio.toFixed(2)}`
+            $('swarm').hidden = false
+        } catch (e) { /* the node is away: the live badge says so */ }
+    }
+
     async function start() {
         const info = await statebus.ready
         if (info.error) {
@@ -346,6 +368,8 @@
             setInterval(() => showApps().catch(() => {}), 5000)
             showFollows().catch(() => {})
             setInterval(() => showFollows().catch(() => {}), 1000)
+            showSwarm()
+            setInterval(showSwarm, 5000)
         }
     }
     start()

@@ -1,0 +1,97 @@
+"""Blobs between real nodes over the swarm (setting ``swarm``): the origin offers a blob's torrent and
+its seeders, a follower fetches it over libtorrent checked against the signed pointer, the next
+follower is told about the first, and a follower of an origin that does not swarm falls back to HTTP.
+Real nodes (uvicorn, port 0, a real DHT) in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+
+import httpx
+import pytest
+
+from statebus.blobs import BlobPointer
+from statebus.server import Cluster, RunningNode
+
+from .support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+SWARM = {"swarm": True, "swarm_min_bytes": 1 << 20}
+
+
+def _blob_bytes(node: RunningNode, digest: str) -> bytes | None:
+    store = node.node.blobs
+    return store.read(digest) if store is not None and store.has(digest) else None
+
+
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
+    assert found is not None, name
+    return float(found.group(1))
+
+
+async def _put_blob(origin: RunningNode, key: str, data: bytes) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {origin.token}"}, timeout=60) as http:
+        r = await http.put(f"{origin.url}{key}", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+
+
+async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_the_first(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.add("a", **SWARM)
+    b = await cluster.add("b", **SWARM)
+    c = await cluster.add("c", **SWARM)
+    await a.share("/~/files/")
+    files = f"/{a.pubkey}/files/"
+    data = os.urandom(3 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    await _put_blob(a, "/~/files/picture", data)
+    await b.follow(files)
+    await wait_until(lambda: _blob_bytes(b, digest) is not None, timeout=60, what="b has the blob")
+    assert _blob_bytes(b, digest) == data
+    assert b.federation.blobs is not None and b.federation.blobs.swarmed == 1
+    assert a.federation.swarm is not None and b.federation.swarm is not None
+    roles = {t.hash: t.role for t in a.federation.swarm.session.stats().torrents}
+    assert roles == {digest: "origin"}
+    assert [t.role for t in b.federation.swarm.session.stats().torrents] == ["fetched"]  # b serves it now
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {b.token}"}, timeout=10) as http:
+        for _ in range(30):  # libtorrent moves its byte counters once a second
+            metrics = (await http.get(f"{b.url}/metrics")).text
+            if _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data):
+                break
+            await asyncio.sleep(0.2)
+    assert _metric(metrics, 'statebus_swarm_torrents{role="fetched"}') == 1
+    assert _metric(metrics, "statebus_swarm_fetched_total") == 1
+    assert _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data)
+    await c.follow(files)
+    await wait_until(lambda: _blob_bytes(c, digest) is not None, timeout=60, what="c has the blob")
+    assert _blob_bytes(c, digest) == data
+    assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
+    pointer = BlobPointer.decode(a.node.fetch(files + "picture").value)
+    offer = await a.federation.swarm_offer(pointer, "", None)
+    assert offer["seeders"][0] == a.federation.swarm.address
+    assert b.federation.swarm.address in offer["seeders"] and c.federation.swarm.address in offer["seeders"]
+    # an asker can list only its own host, not send the next fetchers elsewhere
+    await a.federation.swarm_offer(pointer, "10.9.9.9:6881", "127.0.0.1")
+    await a.federation.swarm_offer(pointer, "127.0.0.1:6999", "127.0.0.1")
+    listed = (await a.federation.swarm_offer(pointer, "", None))["seeders"]
+    assert "10.9.9.9:6881" not in listed and "127.0.0.1:6999" in listed
+
+
+async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(cluster: Cluster) -> None:
+    a = await cluster.add("a")  # swarm off
+    b = await cluster.add("b", **SWARM)
+    await a.share("/~/files/")
+    data = os.urandom(2 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    await _put_blob(a, "/~/files/picture", data)
+    await b.follow(f"/{a.pubkey}/files/")
+    await wait_until(lambda: _blob_bytes(b, digest) is not None, timeout=60, what="b has the blob")
+    assert _blob_bytes(b, digest) == data
+    assert b.federation.blobs is not None
+    assert b.federation.blobs.fetched == 1 and b.federation.blobs.swarmed == 0
