@@ -1,0 +1,290 @@
+"""apps/chirp on a 3-node devnet, used in real headless Chromium (issue 12, "Tests in a real browser").
+
+A, B and C each run a node with chirp installed from its signed bundle and share their chirp/.
+B follows A, A follows B (the author follows the people who answer it: docs/apps/chirp.md), C
+follows B only. In the browser:
+
+* A posts through the compose form, and B's open page shows it live;
+* B replies (keyboard `r`) and likes (keyboard `l`); A's notifications show both;
+* A blocks B: B's next reply is refused by A's node and never shows, and B's earlier reply is
+  hidden;
+* A goes offline, and B's page (reloaded) still shows A's posts from B's replica;
+* C, who does not follow A, sees B's posts and none of A's;
+* B's node, without chirp, takes a 300-character post from its owner over HTTP (signed by B);
+  C's validator refuses it: it is not stored on C and C's page never shows it.
+
+Screenshots of each screen go to $STATEBUS_SCREENSHOTS when set (docs/apps/ holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from statebus.server import Cluster, RunningNode
+from tests.federation.support import wait_until
+from tests.support.chirp import chirp_url, install_chirp, launch
+from tests.support.node_harness import browser_available, run_browser
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium"),
+]
+FAST = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4}
+
+HELPERS = """
+const sleep = ms => new Promise(res => setTimeout(res, ms));
+const until = async (what, f, ms = 40000) => {
+  const t = Date.now();
+  while (!f()) { if (Date.now() - t > ms) throw new Error('timed out waiting for ' + what); await sleep(50) }
+};
+const texts = () => [...document.querySelectorAll('#view article .text')].map(e => e.textContent);
+const article = text => [...document.querySelectorAll('#view article')]
+  .find(a => a.querySelector('.text') && a.querySelector('.text').textContent === text);
+const key = (node, k) => node.dispatchEvent(new KeyboardEvent('keydown', {key: k, bubbles: true}));
+const compose = text => {
+  const f = document.getElementById('compose');
+  f.text.value = text; f.text.dispatchEvent(new Event('input')); f.requestSubmit();
+};
+const fail = e => { window.__result = {error: String(e && e.stack || e)}; window.__done = true };
+"""
+
+# B's page: opens, says it is there (its profile), waits for A's post to arrive live, likes and replies
+# to it with the keyboard.
+B_LIVE = (
+    HELPERS
+    + """
+(async () => {
+  const r = {};
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  r.before = texts();
+  await statebus.put('chirp/profile', {name: 'bob', bio: 'B of the devnet'});
+  await until('A\\'s post', () => texts().includes('hello from A'));
+  r.live = texts();
+  const a = article('hello from A');
+  a.focus(); key(a, 'l');
+  await until('the like', () => article('hello from A').querySelector('.like').textContent === '♥ 1');
+  key(article('hello from A'), 'r');
+  await until('the reply context', () => !document.getElementById('replying').hidden);
+  compose('nice one, A');
+  await until('the reply', () => texts().includes('nice one, A'));
+  r.after = texts();
+  r.ctx = [...document.querySelectorAll('#view article .ctx')].map(e => e.textContent);
+  window.__result = r; window.__done = true;
+})().catch(fail)
+"""
+)
+
+A_POST = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  await statebus.put('chirp/profile', {name: 'ann', bio: 'A of the devnet'});
+  compose('hello from A');
+  await until('the post', () => texts().includes('hello from A'));
+  compose('y'.repeat(281));
+  await until('the refusal', () => document.getElementById('status').textContent !== '');
+  window.__result = {texts: texts(), refused: document.getElementById('status').textContent,
+                     left: document.getElementById('left').textContent};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+A_NOTES = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  location.hash = '#notifications';
+  const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
+  await until('two notifications', () => notes().filter(n => /replied|liked/.test(n)).length >= 2);
+  window.__result = {notes: notes()};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+THREAD = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  await until('A\\'s post', () => texts().includes('hello from A'));
+  key(article('hello from A'), 'Enter');
+  await until('the thread', () => location.hash.startsWith('#post/') && !!document.querySelector('#view h2'));
+  await sleep(800);
+  window.__result = {thread: texts(), replies: document.querySelector('#view h2').textContent};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+B_OFFLINE = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('A\\'s post', () => texts().includes('hello from A'));
+  const names = [...document.querySelectorAll('#view .who a')].map(e => e.textContent);
+  window.__result = {texts: texts(), names};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+C_VIEW = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('B\\'s posts', () => texts().includes('nice one, A'));
+  await sleep(800);
+  window.__result = {texts: texts()};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def devnet(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path / "nodes", dht_secret=os.urandom(16), **FAST)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def browse(node: RunningNode, script: str, shots: Path, name: str, hash_: str = "") -> dict[str, Any]:
+    out = await asyncio.to_thread(
+        run_browser,
+        chirp_url(node.port) + hash_,
+        script,
+        timeout=90,
+        before=launch(node.url, node.token),
+        screenshot=shots / f"{name}.png",
+    )
+    assert out["ok"] and not out["page_errors"], json.dumps(out)[:3000]
+    result: dict[str, Any] = out["result"]
+    assert "error" not in result, result
+    return result
+
+
+async def mark(node: RunningNode, kind: str, pk: str) -> None:
+    """The owner's chirp record ``chirp/<kind>/<pk>`` (what the page's Follow and Block buttons write)."""
+    await node.node.save(f"/~/chirp/{kind}/{pk}", {"at": 1})
+
+
+def posts_of(node: RunningNode, pk: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in node.node.children(f"/{pk}/chirp/posts/", limit=1000):
+        change = node.node.fetch_or_none(f"/{pk}/chirp/posts/{name}")
+        if change is not None and change.exists:
+            out[name] = change.value
+    return out
+
+
+def follow_state(node: RunningNode, pattern: str) -> dict[str, Any]:
+    """The federation's state record of ``node``'s follow of ``pattern`` (``/~/.federation/follows/``)."""
+    for name in node.node.children("/~/.federation/follows/", limit=100):
+        change = node.node.fetch_or_none(f"/~/.federation/follows/{name}")
+        if change is not None and change.exists and change.value.get("pattern") == pattern:
+            return dict(change.value)
+    return {}
+
+
+async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: Path) -> None:
+    a, b, c = await devnet.add("a"), await devnet.add("b"), await devnet.add("c")
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for n in (a, b, c):
+        await install_chirp(n.url, n.token, tmp_path)
+        await n.share("/~/chirp/")
+    await b.follow(f"/{a.pubkey}/chirp/", via=[a.url])
+    await mark(b, "follows", a.pubkey)
+    await a.follow(f"/{b.pubkey}/chirp/", via=[b.url])
+    await mark(a, "follows", b.pubkey)
+    await c.follow(f"/{b.pubkey}/chirp/", via=[b.url])
+    await mark(c, "follows", b.pubkey)
+
+    # A posts while B's page is open: B sees it live, likes it and replies with the keyboard.
+    b_run = asyncio.create_task(browse(b, B_LIVE, shots, "chirp-timeline"))
+    await wait_until(
+        lambda: b.node.fetch_or_none("/~/chirp/profile") is not None, what="B's page", timeout=60
+    )
+    posted = await browse(a, A_POST, shots, "chirp-compose")
+    assert "hello from A" in posted["texts"], posted
+    assert posted["refused"].startswith("app chirp refused chirp/posts/"), posted  # the sandbox's reason
+    assert "at most 280 characters, not 281" in posted["refused"] and posted["left"] == "-1", posted
+    live = await b_run
+    assert "hello from A" not in live["before"] and live["live"] == ["hello from A"], live
+    assert live["after"] == ["nice one, A", "hello from A"], live
+    assert "↩ replying to ann" in live["ctx"], live
+
+    # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).
+    notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
+    assert any(n.startswith("bob replied") for n in notes["notes"]), notes
+    assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
+
+    # A blocks B: B's next reply is refused by A's node (the store enforces it) and never shows.
+    await mark(a, "blocks", b.pubkey)
+    reply_to = next(f"/{a.pubkey}/chirp/posts/{k}" for k, v in posts_of(a, a.pubkey).items())
+    async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as http:
+        r = await http.put(
+            "/~/chirp/posts/zz-blocked",
+            json={"text": "you cannot block me", "at": 9e12, "reply_to": reply_to},
+        )
+        assert r.status_code == 200, r.text
+    await wait_until(
+        lambda: "is blocked here" in follow_state(a, f"/{b.pubkey}/chirp/").get("last_rejection", ""),
+        what="A's node refusing B's reply",
+    )
+    await wait_until(lambda: "zz-blocked" in posts_of(c, b.pubkey), what="the same reply at C")
+    assert "zz-blocked" not in posts_of(a, b.pubkey)
+    thread = await browse(a, THREAD, shots, "chirp-thread")
+    assert thread["thread"] == ["hello from A"] and thread["replies"] == "Replies (0)", thread
+
+    # A goes offline: B's page still shows A's posts, from B's replica.
+    await devnet.stop("a")
+    offline = await browse(b, B_OFFLINE, shots, "chirp-offline-owner")
+    assert "hello from A" in offline["texts"] and "ann" in offline["names"], offline
+
+    # C follows B only: B's posts, none of A's.
+    seen = await browse(c, C_VIEW, shots, "chirp-c")
+    assert "nice one, A" in seen["texts"] and "hello from A" not in seen["texts"], seen
+
+    # B's node without chirp takes a forged 300-character post under B's key; C's validator refuses it.
+    async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as http:
+        (await http.delete("/.well-known/statebus/apps/chirp")).raise_for_status()
+        forged = await http.put("/~/chirp/posts/zz-forged", json={"text": "x" * 300, "at": 9e12 + 1})
+        assert forged.status_code == 200, forged.text
+        (
+            await http.put("/~/chirp/posts/zz-after", json={"text": "after the forgery", "at": 9e12 + 2})
+        ).raise_for_status()
+    await wait_until(lambda: "zz-after" in posts_of(c, b.pubkey), what="B's later post at C")
+    assert "zz-forged" not in posts_of(c, b.pubkey)
+    seen = await browse(c, C_VIEW.replace("nice one, A", "after the forgery"), shots, "chirp-c-forged")
+    assert "x" * 300 not in seen["texts"] and "after the forgery" in seen["texts"], seen
+
+    target = os.environ.get("STATEBUS_SCREENSHOTS")
+    if target:
+        for png in shots.glob("*.png"):
+            shutil.copy(png, Path(target) / png.name)
