@@ -7,6 +7,8 @@
     let selected = null, root = '/~/', pending = false
     const flashed = new Set()
     const collator = new Intl.Collator(undefined, {numeric: true})
+    const BIG = 100              // subtrees with more keys render closed (a click opens them)
+    const opened = new Set()
 
     // A key as statebus.state names it: this node's own keys as /~/… (what statebus.put accepts).
     function displayed(key) {
@@ -36,6 +38,7 @@
         $('version').textContent = versions[key] ? 'version ' + versions[key].join(', ') : ''
         $('put-key').value = key
         if (has && !(v instanceof Uint8Array)) $('put-value').value = JSON.stringify(v, null, 2)
+        if (window.dataBrowser) window.dataBrowser.selected(key, has)
         render()
     }
 
@@ -44,20 +47,39 @@
         pending = true
         requestAnimationFrame(() => {
             pending = false
-            const keys = Object.keys(statebus.state).filter(k => k.startsWith(root)).sort(byPath)
+            const needle = $('search').value.trim().toLowerCase()
+            const keys = Object.keys(statebus.state)
+                .filter(k => k.startsWith(root) && (!needle || k.toLowerCase().includes(needle))).sort(byPath)
             const tree = $('tree')
             tree.textContent = ''
             const dirs = new Set()
+            const sizes = new Map()       // a subtree of more than BIG keys shows closed until clicked
             for (const key of keys) {
+                const parts = key.slice(root.length).split('/')
+                for (let i = 1; i < parts.length; i++) {
+                    const dir = parts.slice(0, i).join('/') + '/'
+                    sizes.set(dir, (sizes.get(dir) || 0) + 1)
+                }
+            }
+            keyLoop: for (const key of keys) {
                 const parts = key.slice(root.length).split('/')
                 for (let i = 0; i < parts.length - 1; i++) {
                     const dir = parts.slice(0, i + 1).join('/') + '/'
-                    if (dirs.has(dir)) continue
+                    const closed = sizes.get(dir) > BIG && !opened.has(dir) && !needle
+                    if (dirs.has(dir)) { if (closed) continue keyLoop; continue }
                     dirs.add(dir)
                     const li = document.createElement('li')
                     li.className = 'dir'
                     li.style.paddingLeft = 10 + 16 * i + 'px'
                     li.textContent = parts[i] + '/'
+                    if (closed) {
+                        li.className = 'dir big'
+                        li.dataset.dir = root + dir
+                        li.textContent = `${parts[i]}/ (${sizes.get(dir)} keys: open)`
+                        li.addEventListener('click', () => { opened.add(dir); render() })
+                        tree.append(li)
+                        continue keyLoop
+                    }
                     tree.append(li)
                 }
                 const li = document.createElement('li')
@@ -161,6 +183,9 @@
         $('apps-count').textContent = apps.length === 1 ? '(1 app)' : `(${apps.length} apps)`
         $('apps').hidden = apps.length === 0
     }
+
+    $('search').addEventListener('input', () => render())
+    window.nodePage = {show, render, displayed}
 
     async function start() {
         const info = await statebus.ready
