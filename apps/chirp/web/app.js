@@ -46,6 +46,7 @@
     return m ? [m[1] === '~' ? me : m[1], m[2]] : null
   }
   const abs = (pk, rest) => `/${pk}/chirp/${rest}`
+  const authorOf = key => key.slice(1, key.indexOf('/', 1))   // of a key this page stored: "/<pk>/chirp/…"
   const myFollows = () => follows.get(me) || new Set()
   const hidden = pk => blocks.has(pk) || (pk !== me && mutes.has(pk))
 
@@ -203,15 +204,23 @@
     const p = profiles.get(pk)
     return p && p.avatar ? el('img', {class: 'avatar', alt: '', src: imgUrl(pk, p.avatar)}) : el('span', {class: 'avatar'})
   }
-  function counts(key) {
-    let replies = 0, reposts = 0, liked = 0
+  // Reply, repost and like counts of every post, counted in one pass per render (not per article).
+  let counted = null
+  function countAll() {
+    const replies = new Map(), reposts = new Map(), liked = new Map()
+    const bump = (m, k) => m.set(k, (m.get(k) || 0) + 1)
     for (const [k, p] of posts) {
-      if (hidden(split(k)[0])) continue
-      if (p.reply_to === key) replies++
-      if (p.repost_of === key) reposts++
+      if (hidden(authorOf(k))) continue
+      if (p.reply_to) bump(replies, p.reply_to)
+      if (p.repost_of) bump(reposts, p.repost_of)
     }
-    for (const [k, l] of likes) if (l.post === key && !hidden(split(k)[0])) liked++
+    for (const [k, l] of likes) if (!hidden(authorOf(k))) bump(liked, l.post)
     return {replies, reposts, liked}
+  }
+  function counts(key) {
+    counted = counted || countAll()
+    return {replies: counted.replies.get(key) || 0, reposts: counted.reposts.get(key) || 0,
+            liked: counted.liked.get(key) || 0}
   }
   function article(key, ctx) {
     const [pk, rest] = split(key)
@@ -250,13 +259,13 @@
   const newest = list => list.sort((a, b) => (b[1].at - a[1].at) || (a[0] < b[0] ? 1 : -1))
   function timeline() {
     const who = myFollows()
-    return newest([...posts].filter(([k]) => { const pk = split(k)[0]; return (pk === me || who.has(pk)) && !hidden(pk) }))
+    return newest([...posts].filter(([k]) => { const pk = authorOf(k); return (pk === me || who.has(pk)) && !hidden(pk) }))
   }
   function notifications() {
     const out = []
     const mineKey = k => typeof k === 'string' && k.startsWith(`/${me}/chirp/posts/`)
     for (const [k, p] of posts) {
-      const pk = split(k)[0]
+      const pk = authorOf(k)
       if (pk === me || hidden(pk)) continue
       if (mineKey(p.reply_to)) out.push({at: p.at, pk, what: 'replied', key: k})
       if (mineKey(p.repost_of)) out.push({at: p.at, pk, what: 'reposted your post', key: p.repost_of})
@@ -264,7 +273,7 @@
       if ((p.mentions || []).includes(me)) out.push({at: p.at, pk, what: 'mentioned you', key: k})
     }
     for (const [k, l] of likes) {
-      const pk = split(k)[0]
+      const pk = authorOf(k)
       if (pk !== me && !hidden(pk) && mineKey(l.post)) out.push({at: l.at, pk, what: 'liked your post', key: l.post})
     }
     for (const [pk, set] of follows) if (pk !== me && !hidden(pk) && set.has(me)) out.push({at: 0, pk, what: 'follows you'})
@@ -334,6 +343,8 @@
   function render() {
     scheduled = false
     if (!me) return
+    const started = performance.now()
+    counted = null
     const route = location.hash.slice(1) || 'home'
     const [view, arg, arg2] = route.split('/')
     document.querySelectorAll('nav a').forEach(a => a.classList.toggle('on', a.dataset.view === view))
@@ -352,13 +363,13 @@
       $('more').hidden = true
     } else if (view === 'me' || view === 'user') {
       const pk = view === 'me' ? me : arg
-      const theirs = newest([...posts].filter(([k]) => split(k)[0] === pk))
+      const theirs = newest([...posts].filter(([k]) => authorOf(k) === pk))
       items = [profileHead(pk), ...(hidden(pk) ? [] : page(theirs, ([k]) => article(k)))]
     } else if (view === 'post') {
       const key = `/${arg}/chirp/posts/${arg2}`
       const chain = []
       for (let k = key; k && posts.has(k) && chain.length < 50; k = posts.get(k).reply_to) chain.unshift(k)
-      const replies = newest([...posts].filter(([k, p]) => p.reply_to === key && !hidden(split(k)[0]))).reverse()
+      const replies = newest([...posts].filter(([k, p]) => p.reply_to === key && !hidden(authorOf(k)))).reverse()
       items = [...chain.map(k => article(k)), el('h2', {text: `Replies (${replies.length})`}), ...replies.map(([k]) => article(k))]
       $('more').hidden = true
     } else {
@@ -366,6 +377,7 @@
     }
     $('view').replaceChildren(...items)
     window.chirp.rendered = document.querySelectorAll('#view article').length
+    window.chirp.lastRender = performance.now() - started
     if (keep) {
       const again = $('view').querySelector(`article[data-key="${CSS.escape(keep)}"]`)
       if (again) again.focus()
