@@ -83,7 +83,7 @@ def signed_post(author: Identity, index: int, clock: int) -> tuple[Op, bytes]:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def timeline(base: Path, users: int, posts: int) -> dict[str, Any]:
