@@ -37,6 +37,7 @@ GiB: Final = 1024 * MiB
 ENV_PREFIX: Final = "STATEBUS_"
 CONFIG_ENV: Final = "STATEBUS_CONFIG"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("text", "json")
 
 
 class Secret:
@@ -94,6 +95,9 @@ class Settings:
         },
     )
     log_level: str = _setting("info", "log_level", "One of debug, info, warning, error, critical.")
+    log_format: str = _setting(
+        "text", "log_format", "text (uvicorn's lines) or json (one JSON object a line, secrets masked)."
+    )
     max_body_bytes: int = _setting(1 * MiB, "bytes", "Largest request body.", 1, 1 * GiB)
     max_value_bytes: int = _setting(1 * MiB, "bytes", "Largest stored value (encoded).", 1, 1 * GiB)
     blob_threshold_bytes: int = _setting(
@@ -428,6 +432,12 @@ def _log_level(raw: Any, label: str) -> str:
     return raw.strip().lower()
 
 
+def _log_format(raw: Any, label: str) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in LOG_FORMATS:
+        raise InvalidValue(f"{label}: must be one of {', '.join(LOG_FORMATS)}, got {_show(raw)}")
+    return raw.strip().lower()
+
+
 def _path(raw: Any, label: str) -> Path:
     if isinstance(raw, Path):
         return raw
@@ -522,6 +532,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "host": _host,
     "name": _name,
     "log_level": _log_level,
+    "log_format": _log_format,
     "path": _path,
     "secret": _secret,
     "list": _list,

@@ -24,6 +24,8 @@
     ├── StoreDamaged        500   the store failed its integrity check; the node refuses it
     ├── StoreBehind         409   the store holds less than this node committed; restore it first
     ├── StoreUnsupported    500   the data folder cannot hold the store (no WAL: a network share?)
+    ├── StoreTooNew         500   the store was written by a newer statebus (its schema version)
+    ├── ArchiveInvalid      422   a backup archive fails a check (hash, signature, member, format)
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
     ├── SubscriberTooSlow   503   a subscriber's buffer overflowed; it was cut off and may resume
@@ -199,6 +201,20 @@ class StoreUnsupported(StatebusError):
     """The data folder's file system cannot hold the store (SQLite's WAL mode is refused there)."""
 
     status_hint = 500
+
+
+class StoreTooNew(StatebusError):
+    """The store's schema version is newer than this statebus reads: it was written by a later
+    release. Nothing is changed; run that release (there is no downgrade)."""
+
+    status_hint = 500
+
+
+class ArchiveInvalid(StatebusError):
+    """A backup archive (``statebus import``) fails one of its checks: not a tar file, an unexpected
+    member, a hash or size that does not match the manifest, a bad signature. Nothing is applied."""
+
+    status_hint = 422
 
 
 class ShuttingDown(StatebusError):

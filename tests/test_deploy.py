@@ -15,7 +15,9 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SETTING_VARS = {env_var(f.name) for f in dataclasses.fields(Settings)} | {CONFIG_ENV}
 
 
-@pytest.mark.parametrize("name", ["compose.yaml", "Dockerfile", "statebus.service", "nginx.conf"])
+@pytest.mark.parametrize(
+    "name", ["compose.yaml", "Dockerfile", "statebus.service", "nginx.conf", "Caddyfile"]
+)
 def test_every_statebus_variable_is_a_setting(name: str) -> None:
     text = (DEPLOY / name).read_text(encoding="utf-8")
     used = set(re.findall(r"\bSTATEBUS_[A-Z_]+\b", text))
@@ -25,10 +27,13 @@ def test_every_statebus_variable_is_a_setting(name: str) -> None:
 def test_compose_environment_parses_as_settings() -> None:
     text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
     pairs = re.findall(r"^\s+(STATEBUS_[A-Z_]+): (.+)$", text, re.MULTILINE)
-    env = {k: v.strip().strip('"') for k, v in pairs if not v.strip().startswith("${")}
+    # compose's ${VAR:-default} takes its default here; a required ${VAR:?…} (the secret) is left out
+    defaults = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v.strip().strip('"')) for k, v in pairs}
+    env = {k: v for k, v in defaults.items() if "${" not in v}
     env["HOME"] = "/nonexistent"
     settings = Settings.load(env=env)
     assert settings.dht_bootstrap and settings.dht_name == "statebus-compose"
+    assert settings.host == "127.0.0.1"  # host networking: nothing listens beyond loopback
 
 
 def test_the_systemd_command_line_parses() -> None:

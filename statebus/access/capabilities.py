@@ -31,6 +31,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -44,6 +45,8 @@ from statebus.keys import namespace_of
 from statebus.runtime import Node
 from statebus.runtime.streams import EventStream, OpenEvents
 from statebus.types import Key, PubKey
+
+log = logging.getLogger("statebus.access")
 
 SECRET_BYTES: Final = 32
 LAUNCH_TTL: Final = 60.0
@@ -85,6 +88,21 @@ class Capability:
         return self.digest.hex()[:8]
 
 
+@dataclass(slots=True)
+class AppUse:
+    """What an app's page did with its capabilities (for /metrics: its writes are the owner's ops,
+    so these counters are where they show as the app's)."""
+
+    reads: int = 0
+    """Reads, listings and streams allowed."""
+    writes: int = 0
+    """Writes allowed (each is signed by the node as the owner)."""
+    refused: int = 0
+    """Requests refused with ``outside_grant``."""
+    launches: int = 0
+    """Capabilities minted."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Launch:
     app: str
@@ -117,6 +135,8 @@ class CapabilityStore:
         self._by_digest: dict[bytes, Capability] = {}
         self._by_app: dict[str, OrderedDict[bytes, Capability]] = {}
         self._launches: OrderedDict[bytes, _Launch] = OrderedDict()
+        self.use: dict[str, AppUse] = {}
+        """Per app, what its pages did (kept across revocations; one entry per app ever launched)."""
 
     def __repr__(self) -> str:
         return f"CapabilityStore(apps={len(self._by_app)}, live={len(self._by_digest)})"
@@ -134,6 +154,7 @@ class CapabilityStore:
             self._drop(old, "a newer launch of the app replaced it")
         held[digest] = cap
         self._by_digest[digest] = cap
+        self.use.setdefault(app, AppUse()).launches += 1
         return secret
 
     def launch_code(self, app: str, install: str, grants: GrantSet) -> str:
@@ -185,8 +206,15 @@ class CapabilityStore:
     def require(self, cap: Capability, action: str, key: Key) -> None:
         """Raise :class:`OutsideGrant` (403) unless ``cap`` allows ``action`` on ``key``."""
         reason = self.why_not(cap, action, key)
+        use = self.use.setdefault(cap.app, AppUse())
         if reason is not None:
+            use.refused += 1
+            log.info("app %s (capability %s) refused: %s", cap.app, cap.tag, reason)
             raise OutsideGrant(reason)
+        if action == "write":
+            use.writes += 1
+        else:
+            use.reads += 1
 
     def opener(self, cap: Capability, events: OpenEvents) -> OpenEvents:
         """``events`` whose streams are cut when ``cap`` is revoked (rule 3)."""

@@ -438,7 +438,8 @@ class AppHost:
             name = app.spec.name
             if kind in ("patch", "crdt") or isinstance(body, bytes | bytearray):
                 raise AppRejected(
-                    f"app {name} validates {rel}: write it whole, as JSON (PUT), not as a {kind}"
+                    f"app {name} validates {rel}: write it whole, as JSON (PUT), not as "
+                    + ("bytes" if isinstance(body, bytes | bytearray) else f"a {kind}")
                 )
             for pattern, validator in app.schemas:
                 if kind != "delete" and pattern.matches(rel):

@@ -9,6 +9,8 @@
     statebus put KEY VALUE|-           write a JSON value (or bytes with --content-type)
     statebus delete KEY                delete a key
     statebus watch KEY|SUBTREE/        print every change live (resumes after a dropped connection)
+    statebus export [--subtree P] FILE write a self-verifying backup archive (while the node serves)
+    statebus import FILE               check an archive, then apply it to this (stopped) node
 
 Settings: CLI flags > ``STATEBUS_*`` environment > ``--config`` TOML file > defaults
 (:meth:`statebus.config.Settings.load`). Client commands talk HTTP to ``--url`` (default: the node
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from statebus.cli import apps as apps_cli
+from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import keys as keys_cli
 from statebus.cli.client import (
@@ -182,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", help="debug, info, warning, error or critical")
     p.add_argument(
+        "--log-format",
+        dest="log_format",
+        help="text (default) or json: one JSON object a line, secrets masked",
+    )
+    p.add_argument(
         "--full-check",
         dest="store_full_check",
         action="store_true",
@@ -300,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     federation_cli.register(sub)
     apps_cli.register(sub)
+    backup_cli.register(sub)
     return parser
 
 

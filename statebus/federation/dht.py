@@ -50,6 +50,8 @@ from statebus.types import PubKey
 log = logging.getLogger(__name__)
 
 TABLE_REFRESH_INTERVAL = 3600.0
+MAX_CACHED_RECORDS = 1024
+"""Records of other nodes :meth:`KademliaDirectory.resolve` keeps (the last good one of each key)."""
 
 
 class Directory(Protocol):
@@ -70,6 +72,10 @@ class Directory(Protocol):
 
     async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
         """The newest valid record of ``pubkey`` the DHT holds, or ``None``."""
+        ...
+
+    def cached(self, pubkey: PubKey) -> NodeRecord | None:
+        """The last record of ``pubkey`` a resolve found, while it has not expired (no network)."""
         ...
 
     async def stop(self) -> None:
@@ -117,7 +123,10 @@ class _DirectoryServer(Server):  # type: ignore[misc]
         return result
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        started = time.monotonic()
         ok, node_id = await self.protocol.ping(addr, self.node.id)
+        if ok:  # time the first replies, so the first lookup's rounds probe with a short timeout
+            self.protocol.observe_rtt(time.monotonic() - started)
         if not ok or not isinstance(node_id, bytes) or len(node_id) != NODE_ID_BYTES:
             return None
         if node_id == self.node.id:
@@ -212,6 +221,7 @@ class KademliaDirectory:
         """How many nodes held the current record at the last self-check."""
         self.early_republishes = 0
         """Republishes a self-check started because too few nodes held the record."""
+        self._cache: dict[PubKey, NodeRecord] = {}
 
     def __repr__(self) -> str:
         return f"KademliaDirectory(dht={self.dht_name!r}, pubkey={self.pubkey[:8]}…, port={self.port})"
@@ -340,12 +350,36 @@ class KademliaDirectory:
         ksize: int = self._server.ksize
         return self.last_holders >= max(1, min(self.last_acks, ksize) // 2)
 
+    def cached(self, pubkey: PubKey) -> NodeRecord | None:
+        """The last good record :meth:`resolve` found for ``pubkey``, until its signed expiry."""
+        record = self._cache.get(pubkey)
+        if record is not None and record.expires <= self.clock():
+            del self._cache[pubkey]
+            return None
+        return record
+
+    def _remember(self, pubkey: PubKey, record: NodeRecord | None) -> NodeRecord | None:
+        """Keep ``record`` as the last good one; with none found, fall back on the cached one."""
+        if record is None:
+            return self.cached(pubkey)
+        old = self._cache.pop(pubkey, None)
+        if old is not None and old.seq > record.seq and old.expires > self.clock():
+            record = old  # a lookup that missed the newest holders does not roll the cache back
+        self._cache[pubkey] = record
+        while len(self._cache) > MAX_CACHED_RECORDS:
+            del self._cache[next(iter(self._cache))]
+        return record
+
     async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
-        """Ask the DHT for ``pubkey``'s newest valid record (the local copy competes by seq).
+        """Ask the DHT for ``pubkey``'s newest valid record (the local copy and the last good record
+        found, until it expires, compete by seq).
 
         Raises:
             InvalidKey: ``pubkey`` is not a 52-character public key.
         """
+        return self._remember(pubkey, await self._resolve(pubkey))
+
+    async def _resolve(self, pubkey: PubKey) -> NodeRecord | None:
         decode_pubkey(pubkey)
         key = dht_key(self.dht_name, pubkey)
         protocol = self.protocol

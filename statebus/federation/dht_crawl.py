@@ -6,6 +6,10 @@ at the first round that returns any value and keeps the *most common* value, it 
 closest nodes (holders send their closest contacts along with the record, so the lookup keeps
 converging), keeps the valid record with the *highest seq*, and repairs nodes that answered with
 nothing or with an older record.
+
+Both run their rounds through ``DirectoryProtocol.probe`` (a round waits a few round-trips for each
+peer, not the whole RPC timeout, and goes on without a peer that has not answered) and skip
+contacts that failed recently, whoever hands them back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,26 @@ from statebus.federation.dht_protocol import DirectoryProtocol, parse_contacts
 from statebus.federation.dht_record import NodeRecord, verify_record
 
 
+async def _probe_round(crawl: Any, rpcmethod: Any) -> Any:
+    """One lookup round (upstream ``SpiderCrawl._find``) with probes instead of a gather that waits
+        for the slowest peer: ``alpha`` uncontacted peers, or all of them when the round before brought
+        nothing closer. A round with no reply in time goes on to the peers not asked yet; with none left
+    and no reply at all in this lookup, it waits for the first reply."""
+    count = crawl.alpha
+    if crawl.nearest.get_ids() == crawl.last_ids_crawled:
+        count = len(crawl.nearest)
+    crawl.last_ids_crawled = crawl.nearest.get_ids()
+    calls = {}
+    for peer in crawl.nearest.get_uncontacted()[:count]:
+        calls[peer.id] = rpcmethod(peer, crawl.node)
+        crawl.nearest.mark_contacted(peer)
+    # wait for a first reply only if this lookup has none yet and nobody else is left to ask
+    patient = not getattr(crawl, "answered", 0) and not crawl.nearest.get_uncontacted()
+    responses = await crawl.protocol.probe(calls, patient=patient)
+    crawl.answered = getattr(crawl, "answered", 0) + sum(1 for r in responses.values() if r[0])
+    return await crawl._nodes_found(responses)
+
+
 class NodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]
     """Find the closest nodes to a key; malformed contacts in replies are skipped.
 
@@ -30,18 +54,23 @@ class NodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]
     among "the k closest" (a publish then stored on nodes that had just timed out).
     """
 
+    protocol: DirectoryProtocol
+
     def __init__(
         self, protocol: DirectoryProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
     ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
+        super().__init__(protocol, node, protocol.live_contacts(peers), ksize, alpha)
         self.failed: set[bytes] = set()
+
+    async def _find(self, rpcmethod: Any) -> Any:
+        return await _probe_round(self, rpcmethod)
 
     async def _nodes_found(self, responses: dict[bytes, Any]) -> list[Node]:
         for peerid, response in responses.items():
             if not response[0]:
                 self.failed.add(peerid)
             else:
-                contacts = parse_contacts(response[1], self.ksize * 2)
+                contacts = self.protocol.live_contacts(parse_contacts(response[1], self.ksize * 2))
                 self.nearest.push([c for c in contacts if c.id not in self.failed])
         self.nearest.remove(list(self.failed))
         if self.nearest.have_contacted_all():
@@ -66,11 +95,14 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         dht_name: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
+        super().__init__(protocol, node, protocol.live_contacts(peers), ksize, alpha)
         self.dht_name = dht_name
         self.clock = clock
         self.found: dict[bytes, tuple[NodeRecord, bytes]] = {}
         self.without_value: list[Node] = []
+
+    async def _find(self, rpcmethod: Any) -> Any:
+        return await _probe_round(self, rpcmethod)
 
     async def find_record(self) -> tuple[NodeRecord, bytes] | None:
         """Crawl, then return the newest valid (record, wire bytes), or ``None``."""
@@ -93,12 +125,14 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
                 toremove.append(peerid)
             elif isinstance(payload, dict):
                 self._take_value(peerid, payload.get("value"))
-                self.nearest.push(parse_contacts(payload.get("nodes"), self.ksize * 2))
+                self.nearest.push(
+                    self.protocol.live_contacts(parse_contacts(payload.get("nodes"), self.ksize * 2))
+                )
             else:
                 peer = self.nearest.get_node(peerid)
                 if peer is not None:
                     self.without_value.append(peer)
-                self.nearest.push(parse_contacts(payload, self.ksize * 2))
+                self.nearest.push(self.protocol.live_contacts(parse_contacts(payload, self.ksize * 2)))
         self.nearest.remove(toremove)
         if not self.nearest.have_contacted_all():
             await self.find()

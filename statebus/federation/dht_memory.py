@@ -110,6 +110,10 @@ class MemoryDirectory:
         self._check_started()
         return self.network.storage.record(dht_key(self.network.dht_name, pubkey))
 
+    def cached(self, pubkey: PubKey) -> NodeRecord | None:
+        """The record of ``pubkey`` the shared store holds (it is its own cache), until it expires."""
+        return self.network.storage.record(dht_key(self.network.dht_name, pubkey))
+
     async def stop(self) -> None:
         self._port = 0
 

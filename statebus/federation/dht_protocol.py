@@ -18,11 +18,19 @@ list of faults this fixes):
   the record nowhere), and it kept the first k met rather than the k closest.
 * :func:`parse_contacts` turns a FIND_NODE reply into nodes, skipping malformed contacts (upstream,
   one ``(id, None, None)`` contact closed the node's socket for good).
+* Healing after a crash (issue 19): a contact whose request timed out is evicted from the routing
+  table *and* remembered as failed for ``FAILED_CONTACT_TTL`` seconds, so lookups skip it when other
+  nodes hand it back in their replies (they keep dead contacts until they contact them themselves;
+  upstream, every lookup waited for them again). A lookup round waits for each peer only
+  :meth:`DirectoryProtocol.probe_timeout` (a few smoothed round-trips, at least ``PROBE_FLOOR``) and
+  goes on without the slow ones; their requests run on to ``wait_timeout`` in the background and
+  evict the contact if they fail; meanwhile later lookups skip them too. A reply clears a contact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import hmac
@@ -48,6 +56,13 @@ MAX_CONTACTS = 64
 HANDOVER_KEYS_PER_SECOND = 2000
 """Held records checked per second when handing records over to new contacts (each check is a
 k-closest search, about 50 µs); past it a new contact gets no hand-over (owners republish)."""
+FAILED_CONTACT_TTL = 600.0
+"""Seconds a contact whose request timed out is skipped by lookups (unless it is heard from)."""
+MAX_FAILED_CONTACTS = 4096
+PROBE_FLOOR = 0.01
+"""The shortest a lookup round waits for a peer, in seconds (loopback round-trips are ~1 ms)."""
+PROBE_RTTS = 4.0
+"""A lookup round waits this many smoothed round-trips for each peer before going on without it."""
 _RPC_ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2}
 
 
@@ -164,6 +179,14 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
         """New contacts that got no hand-over because the hand-over budget was spent."""
         self._handover_budget = float(HANDOVER_KEYS_PER_SECOND)
         self._handover_at = time.monotonic()
+        self.failed: dict[bytes, float] = {}
+        """Contacts whose last request timed out: node id -> monotonic time it failed."""
+        self.suspects: set[bytes] = set()
+        """Contacts that missed a lookup round and whose request is still waiting: skipped meanwhile."""
+        self.srtt: float | None = None
+        """Smoothed round-trip time of answered requests, in seconds (None before the first)."""
+        self.evicted = 0
+        """Contacts evicted because a request to them timed out."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(TaggedTransport(transport, self._tag_key))
@@ -305,15 +328,85 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
     def handle_call_response(self, result: Any, node: Node) -> Any:
         if not result[0]:
             self.router.remove_contact(node)
+            self._mark_failed(node.id)
             return result
+        self.failed.pop(node.id, None)
         self.welcome_if_new(node)
         return result
+
+    def _mark_failed(self, node_id: bytes) -> None:
+        if node_id not in self.failed:
+            self.evicted += 1
+        self.failed.pop(node_id, None)
+        self.failed[node_id] = time.monotonic()
+        while len(self.failed) > MAX_FAILED_CONTACTS:
+            del self.failed[next(iter(self.failed))]
+
+    def is_failed(self, node_id: bytes) -> bool:
+        """True if a request to ``node_id`` timed out within ``FAILED_CONTACT_TTL`` (and it was not
+        heard from since)."""
+        at = self.failed.get(node_id)
+        if at is None:
+            return False
+        if time.monotonic() - at > FAILED_CONTACT_TTL:
+            del self.failed[node_id]
+            return False
+        return True
+
+    def live_contacts(self, nodes: list[Node]) -> list[Node]:
+        """``nodes`` without the contacts that failed recently or are suspected (missed a round)."""
+        if not self.failed and not self.suspects:
+            return nodes
+        return [n for n in nodes if n.id not in self.suspects and not self.is_failed(n.id)]
+
+    def probe_timeout(self) -> float:
+        """How long a lookup round waits for one peer: ``PROBE_RTTS`` smoothed round-trips, at least
+        ``PROBE_FLOOR``, at most ``wait_timeout`` (the whole timeout before any reply was timed)."""
+        if self.srtt is None:
+            return float(self._wait_timeout)
+        return float(min(self._wait_timeout, max(PROBE_FLOOR, PROBE_RTTS * self.srtt)))
+
+    async def probe(
+        self, calls: dict[bytes, Coroutine[Any, Any, Any]], *, patient: bool = False
+    ) -> dict[bytes, Any]:
+        """Run ``calls`` (node id -> request) at once; return the replies that came within
+        :meth:`probe_timeout` and ``(False, None)`` for the others, whose requests go on in the
+        background (a timeout there evicts the contact; until then they are :attr:`suspects`).
+        ``patient`` (a lookup that has no reply at all yet): if none came in time, wait for the
+        first one, so a slow network never makes a lookup give up with nothing."""
+        tasks = {node_id: asyncio.ensure_future(call) for node_id, call in calls.items()}
+        if not tasks:
+            return {}
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.probe_timeout())
+        if not done and patient:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        out: dict[bytes, Any] = {}
+        for node_id, task in tasks.items():
+            if task.done():
+                out[node_id] = task.result()
+            else:
+                self._tasks.add(task)
+                self.suspects.add(node_id)
+                task.add_done_callback(self._task_done)
+                task.add_done_callback(functools.partial(self._cleared, node_id))
+                out[node_id] = (False, None)
+        return out
+
+    def _cleared(self, node_id: bytes, _: asyncio.Task[Any]) -> None:
+        self.suspects.discard(node_id)
 
     async def _call(self, name: str, node: Node, *args: Any) -> Any:
         if not self._node_ok(node) or not valid_address((node.ip, node.port)):
             return (False, None)
+        started = time.monotonic()
         result = await getattr(self, name)((node.ip, node.port), self.source_node.id, *args)
+        if result[0]:
+            self.observe_rtt(time.monotonic() - started)
         return self.handle_call_response(result, node)
+
+    def observe_rtt(self, rtt: float) -> None:
+        """Fold one answered request's round-trip time into :attr:`srtt`."""
+        self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
         return await self._call("find_node", node_to_ask, node_to_find.id)

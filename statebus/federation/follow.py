@@ -2,8 +2,10 @@
 
 One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 
-1. locate the owner: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then
-   the addresses the node was told about; re-located on every (re)connect, so a moved owner is found;
+1. connect to the last server this follow used (kept across restarts) while locating the owner
+   alongside: DHT record first, then the follow's ``via`` addresses (an invite, a relay), then the
+   addresses the node was told about; re-located on every (re)connect, so when the last server
+   fails a moved owner is found;
 2. on each connection, run anti-entropy on ``/<owner>/.keys/``, then on the owner's read rules
    (``/<owner>/.acl/``, as much as the server lets us have, and ``/<owner>/.shares/``), then on the
    pattern (only the ops we lack move), so nothing missed while away is lost even if the cursor is
@@ -22,8 +24,11 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
    in step), then reconnect without growing the backoff.
 
-The follower's state (cursors, status, last reason) is kept at ``/~/.federation/follows/<id>`` so the
-owner's web page and ``statebus peers`` can show it, and so a restarted node resumes.
+The follower's state (cursors, status, last reason, counters, the last server's URL) is kept at
+``/~/.federation/follows/<id>`` so the owner's web page and ``statebus peers`` can show it, and so a
+restarted node resumes: its counters go on from the stored ones, its status is ``syncing`` (stored at
+once, so the pre-crash ``live`` never shows) until the first exchange succeeds, and it reconnects to
+the last server's URL first while the DHT lookup runs alongside (issue 19).
 
 A follower sees the rest of the node only through its :class:`FollowContext` (the node, a
 :class:`FollowClient`, the ingest, ``locate`` and the backoff), so it runs in process against a fake
@@ -67,6 +72,12 @@ MAX_LISTED = 100
 
 def state_key(local: PubKey, fid: str) -> str:
     return f"/{local}/{STATE_SEGMENT}/{fid}"
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a background lookup's outcome as seen (its result may not be needed)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def backoff(attempt: int, base: float, cap: float, rnd: Callable[[], float] = random.random) -> float:
@@ -149,8 +160,8 @@ class Follower:
     def __init__(self, ctx: FollowContext, follow: Follow) -> None:
         self.ctx = ctx
         self.follow = follow
-        self.status = "starting"
-        self.reason = ""
+        self.status = "syncing"
+        self.reason = "starting: no exchange with a server yet"
         self.server: PubKey | None = None
         self.url: str | None = None
         self.cursors: dict[PubKey, Seq] = {}
@@ -195,6 +206,17 @@ class Follower:
             }
         if isinstance(value, dict) and isinstance(value.get("incomplete"), list):
             self._recheck(k for k in value["incomplete"] if isinstance(k, str))
+        if not isinstance(value, dict):
+            return
+        for counter in ("applied", "rejected"):
+            n = value.get(counter)
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+                setattr(self, counter, n)
+        if isinstance(value.get("last_rejection"), str):
+            self.last_rejection = value["last_rejection"]
+        url = value.get("url")
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            self.url = url
 
     def _recheck(self, keys: Iterable[str]) -> None:
         """Whether each of ``keys`` can be rebuilt here now (``Node.incomplete``)."""
@@ -283,6 +305,7 @@ class Follower:
         return self._task is not None and not self._task.done()
 
     async def run(self) -> None:
+        await self.persist(force=True)  # a restarted node's stored state said what it was before
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -312,24 +335,40 @@ class Follower:
     # ------------------------------------------------------------------ one connection
 
     async def _connect_any(self) -> None:
-        urls = await self.ctx.locate(self.follow)
-        if not urls:
-            raise PeerUnavailable(f"no address known for {self.follow.owner} (not in the DHT, no 'via')")
-        last: StatebusError | None = None
-        throttled: RateLimited | None = None
-        for url in urls:
-            try:
-                await self._session(url)
-                return
-            except (QuotaExceeded, asyncio.CancelledError):
-                raise
-            except StatebusError as exc:
-                last = exc
-                if isinstance(exc, RateLimited):
-                    throttled = exc if throttled is None else max(throttled, exc, key=lambda e: e.retry_after)
-                log.info("follow %s via %s: %s", self.follow.pattern, url, exc.detail)
-        assert last is not None
-        raise throttled if throttled is not None else last  # a throttled server asked us to wait
+        """Connect to the last server first (a restart, a reconnect) while ``locate`` runs alongside,
+        then to the addresses ``locate`` found."""
+        locating = asyncio.ensure_future(self.ctx.locate(self.follow))
+        locating.add_done_callback(_retrieved)
+        errors: list[StatebusError] = []
+        first = [self.url] if self.url is not None else []
+        try:
+            for url in first:
+                if await self._try(url, errors):
+                    return
+            urls = [u for u in await locating if u not in first]
+            if not urls and not errors:
+                raise PeerUnavailable(f"no address known for {self.follow.owner} (not in the DHT, no 'via')")
+            for url in urls:
+                if await self._try(url, errors):
+                    return
+        finally:
+            locating.cancel()
+        throttled = [e for e in errors if isinstance(e, RateLimited)]
+        if throttled:  # a throttled server asked us to wait
+            raise max(throttled, key=lambda e: e.retry_after)
+        raise errors[-1]
+
+    async def _try(self, url: str, errors: list[StatebusError]) -> bool:
+        """One session with ``url``: True once it ended normally, False (the error kept) if it failed."""
+        try:
+            await self._session(url)
+            return True
+        except (QuotaExceeded, asyncio.CancelledError):
+            raise
+        except StatebusError as exc:
+            errors.append(exc)
+            log.info("follow %s via %s: %s", self.follow.pattern, url, exc.detail)
+            return False
 
     async def _session(self, url: str) -> None:
         client = self.ctx.client

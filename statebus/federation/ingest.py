@@ -25,6 +25,10 @@ Rules:
    learns the reason. Ops storage could not take (``StorageFailed``) are not refused: the error is
    raised, their quota released, and the caller retries from where it was.
 5. Each op is decoded once and encoded once (the gate); its canonical bytes go on to the bus.
+6. A bulk take (a catch-up of thousands of ops) is applied ``CATCH_UP_CHUNK`` ops at a time; between
+   chunks it waits until the node's own subscribers that keep reading have room for the next one
+   (``Node.paced``), so a plain ``EventStream`` client of this node is paced, never cut off as
+   ``subscriber_too_slow`` by its own node's sync (issue 19).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from statebus.access.acl import acl_prefix
 from statebus.access.op_gate import Admitted, OpGate
 from statebus.blobs import BLOB_TYPE
+from statebus.bus import Change
 from statebus.errors import Forbidden, QuotaExceeded, StatebusError, StorageFailed
 from statebus.federation.policy import SHARES
 from statebus.identity import Keyring
@@ -48,6 +53,8 @@ from statebus.types import PubKey, Seq
 log = logging.getLogger("statebus.federation")
 
 Consent = Callable[[PubKey], bool]
+CATCH_UP_CHUNK = 200
+"""Ops applied (and made durable) at once; local subscribers get to drain between chunks (rule 6)."""
 MAX_REASONS = 20
 """Refusal reasons an :class:`IngestResult` keeps (the first ones)."""
 
@@ -210,12 +217,23 @@ class Ingest:
             except StatebusError as exc:
                 result.refuse(exc)
                 log.info("refused a remote op for %s: %s", op.key, exc.detail)
-        try:
-            outcomes = await self.node.apply_many([(a.op, a.encoded) for a in admitted], peer=peer)
-        except StorageFailed:
-            for a in admitted:  # nothing of this batch is kept: its bytes are not stored
-                self.gate.settle(a, applied=False)
-            raise
+        for start in range(0, len(admitted), CATCH_UP_CHUNK):
+            if start:
+                await self.node.paced(CATCH_UP_CHUNK)
+            chunk = admitted[start : start + CATCH_UP_CHUNK]
+            try:
+                outcomes = await self.node.apply_many([(a.op, a.encoded) for a in chunk], peer=peer)
+            except StorageFailed:
+                for a in admitted[start:]:  # nothing of this chunk is kept: its bytes are not stored
+                    self.gate.settle(a, applied=False)
+                raise
+            self._settle(chunk, outcomes, result)
+        if stop is not None:
+            raise stop
+
+    def _settle(
+        self, admitted: list[Admitted], outcomes: list[Change | StatebusError | None], result: IngestResult
+    ) -> None:
         for a, outcome in zip(admitted, outcomes, strict=True):
             refused = isinstance(outcome, StatebusError)
             self.gate.settle(a, applied=outcome is not None and not refused)
@@ -232,8 +250,6 @@ class Ingest:
                     result.blobs.append((a.op.key, a.op.body))
                 if a.op.key.startswith(keys_prefix(a.namespace)):
                     self._feed(self.keyring(a.namespace), a.op.key)
-        if stop is not None:
-            raise stop
 
 
 def _decoded(item: Op | bytes | tuple[Op, bytes]) -> tuple[Op, bytes | None]:

@@ -116,16 +116,20 @@ class Federation:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, urls: Sequence[str] = ()) -> None:
-        """Publish ``urls`` in the DHT (if any), then start following what the owner follows."""
+        """Start following what the owner follows, then publish ``urls`` in the DHT (if any)."""
         self.urls = tuple(urls)
-        if self.directory is not None and self.urls:
-            await self.directory.publish(list(self.urls))
         self.started = True
         if self.blobs is not None:
             self.blobs.start()
         prefix = f"/{self.node.local}/{FOLLOWS}/"
         self._watch = self.node.observe(prefix, self._follows_changed, snapshot=False)
-        await self.reconcile()
+        await self.reconcile()  # followers first: a restart reconnects while the record is published
+        if self.directory is not None and self.urls:
+            try:
+                await self.directory.publish(list(self.urls))
+            except BaseException:
+                await self.stop()
+                raise
 
     async def stop(self) -> None:
         """Stop every follower (their state is stored) and close the HTTP client."""

@@ -24,7 +24,9 @@ Rules:
        headers (``CSP: sandbox``, attachment) too: values stay data.
     2. A ``Host`` that names no installed app (``evil.localhost``) gets 404: the node's API and page
        are never served on a subdomain.
-    3. The capability reaches the page only through the launch: the owner, logged in on the node's
+    3. No service worker: a request for one (``Service-Worker: script``) gets 403, so nothing an app
+       installs in the browser outlives its removal or serves a later app of the same name.
+    4. The capability reaches the page only through the launch: the owner, logged in on the node's
        page, follows ``/launch/<name>`` there; the node mints a launch code (single use, 60 s) and
        redirects to the app's origin, which sets the capability as an HttpOnly, SameSite=Strict
        cookie without ``Domain`` (``__Host-`` and Secure over TLS).
@@ -223,9 +225,7 @@ class AppOrigins:
     def origin_for(self, scope: Scope, headers: Mapping[str, str], name: str) -> str:
         """The origin of app ``name`` as seen from a request to the node (its scheme and port kept):
         ``<name>.<host>`` when the request reached a public host, else ``<name>.localhost``."""
-        hostname, port = _split_host(headers.get("host", "").lower())
-        if not port and scope.get("server"):
-            port = f":{scope['server'][1]}"
+        hostname, port = _split_host(headers.get("host", "").lower())  # no port: the scheme's default
         secure = self.auth.origins.is_secure(scope, headers)
         scheme = "https" if secure else WEB_SCHEMES.get(str(scope.get("scheme", "http")), "http")
         if port in (":80", ":443") and port == (":443" if scheme == "https" else ":80"):
@@ -267,6 +267,9 @@ class AppOrigins:
         method = str(scope["method"]).upper()
         if method not in ("GET", "HEAD"):
             return error_response(405, "method_not_allowed", "an app's web files are read only"), BASE_POLICY
+        if any(k == b"service-worker" for k, _ in scope["headers"]):
+            detail = "apps may not install service workers (they would outlive the app on its origin)"
+            return error_response(403, "forbidden", detail), BASE_POLICY
         if path == SCRIPT_PATH and self.script is not None and self.script.is_file():
             return FileResponse(self.script, media_type="text/javascript; charset=utf-8"), BASE_POLICY
         rel = path.lstrip("/")

@@ -16,6 +16,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,7 @@ from statebus.http.errors import (
     statebus_error_response,
     wants_html,
 )
+from statebus.http.proofs import PROOF_PARAM, proof_of
 from statebus.http.pump import StreamRegistry
 from statebus.http.subscribe import serve_braid, serve_sse
 from statebus.http.value_headers import (
@@ -425,6 +427,8 @@ class KeyEndpoint:
             else:
                 rng = parse_range_header(_utf8_header(raw, "Range"))
         self.node.check_complete(key)  # never the owner's version with a value that is not the owner's
+        if PROOF_PARAM in query:
+            return self.proven(key)
         want_yjs, json_ok = accepts_yjs(headers.get("accept"))
         if want_yjs:
             answer = self.get_yjs(key, query, headers, json_ok=json_ok, ranged=bool(rng or byte_range))
@@ -533,6 +537,15 @@ class KeyEndpoint:
         return version_list(
             ", ".join(encode_basestring(v.strip()) for v in raw.split(",") if v.strip()), "parents"
         )
+
+    def proven(self, key: Key) -> Response:
+        """``GET /key?proof``: the value with its signature material (:mod:`statebus.http.proofs`)."""
+        change = self.node.fetch(key)
+        body: dict[str, JSON] = {"key": change.key, "version": list(change.version)}
+        if change.content_type is None:
+            body["value"] = change.value
+        body["proof"] = proof_of(self.node, change)
+        return Response(dumps_json(body), media_type=JSON_TYPE, headers=_json_headers())
 
     @staticmethod
     def asked_version(query: QueryParams, headers: Mapping[str, str]) -> tuple[Version, ...]:
@@ -697,6 +710,7 @@ class KeyEndpoint:
             ping_interval=settings.sse_ping_interval,
             client=stream_client(client),
             yjs=yjs_feed,
+            proof=functools.partial(proof_of, self.node) if PROOF_PARAM in conn.query_params else None,
         )
         return None
 

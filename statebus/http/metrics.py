@@ -11,11 +11,13 @@ write path. The only per-request cost is :class:`RequestCounter`, a small ASGI m
 one to a dict entry per HTTP response (method × status class).
 
 Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
-``commit_batches_total``, ``commit_ops_total``, ``storage_healthy``, ``storage_failures_total``,
-``storage_rolled_back_ops_total``, ``event_streams``, ``http_streams``,
-``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation ``follows``,
-``federation_known_peers``, ``federation_ops_applied_total``, ``federation_ops_rejected_total``,
-``dht_neighbours``; plus the ``process_*``/``python_*`` metrics of ``prometheus_client``.
+``commit_batches_total``, ``commit_ops_total`` (ops/s: its rate), ``storage_healthy``,
+``storage_failures_total``, ``storage_rolled_back_ops_total``, ``event_streams`` (subscribers),
+``fanout_queued_events`` and ``fanout_queued_events_max`` (fan-out lag, in changes),
+``http_streams``, ``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation
+``follows``, ``follows_by_status{status}``, ``federation_known_peers``,
+``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``; plus the
+``process_*``/``python_*`` metrics of ``prometheus_client``. deploy/grafana-dashboard.json charts them.
 """
 
 from __future__ import annotations
@@ -202,6 +204,17 @@ class NodeCollector(Collector):
         yield _gauge(
             "statebus_event_streams", "Open event streams (every subscription transport).", node.stream_count
         )
+        queued, deepest = node.stream_backlog()
+        yield _gauge(
+            "statebus_fanout_queued_events",
+            "Fan-out lag: changes committed but not yet taken by their subscribers, all streams together.",
+            queued,
+        )
+        yield _gauge(
+            "statebus_fanout_queued_events_max",
+            "Fan-out lag of the slowest subscriber: the changes its stream holds (cut at max_buffer).",
+            deepest,
+        )
         if m.streams is not None:
             yield _gauge(
                 "statebus_http_streams", "Open streaming HTTP responses (SSE, Braid).", len(m.streams)
@@ -226,6 +239,27 @@ class NodeCollector(Collector):
         yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
         yield from _connections(getattr(m.state, "connections", None) if m.state is not None else None)
         yield from _apps(getattr(m.state, "apps", None) if m.state is not None else None)
+        auth = getattr(m.state, "auth", None) if m.state is not None else None
+        yield from _app_capabilities(getattr(getattr(auth, "access", None), "capabilities", None))
+
+
+def _app_capabilities(store: Any) -> Iterator[Metric]:
+    """What installed apps' pages did with their capabilities (statebus.access.capabilities), by app:
+    their writes are the owner's ops, so this is where they are attributed to the app."""
+    if store is None or not store.use:
+        return
+    used = CounterMetricFamily(
+        "statebus_app_capability_requests",
+        "Key requests made with an app's capability, by app and outcome (read, write, refused).",
+        labels=["app", "outcome"],
+    )
+    live = GaugeMetricFamily("statebus_app_capabilities", "Live capabilities of an app.", labels=["app"])
+    for name, use in sorted(store.use.items()):
+        for outcome in ("read", "write", "refused"):
+            used.add_metric([name, outcome], getattr(use, outcome + "s" if outcome != "refused" else outcome))
+        live.add_metric([name], store.live(name))
+    yield used
+    yield live
 
 
 def _apps(apps: Any) -> Iterator[Metric]:
@@ -275,6 +309,20 @@ def _federation(fed: Any) -> Iterator[Metric]:
     followers = getattr(fed, "followers", None)
     if isinstance(followers, dict):
         yield _gauge("statebus_follows", "Follows this node is running.", len(followers))
+        states = GaugeMetricFamily(
+            "statebus_follows_by_status",
+            "Follows by status (live, syncing, incomplete, …).",
+            labels=["status"],
+        )
+        counts: dict[str, int] = {}
+        for follower in followers.values():
+            status = str(getattr(follower, "status", "unknown"))
+            if status == "live" and getattr(follower, "incomplete", None):
+                status = "incomplete"  # as the follow's own state key says
+            counts[status] = counts.get(status, 0) + 1
+        for status, count in sorted(counts.items()):
+            states.add_metric([status], count)
+        yield states
         applied = sum(int(getattr(f, "applied", 0)) for f in followers.values())
         rejected = sum(int(getattr(f, "rejected", 0)) for f in followers.values())
         yield _counter("statebus_federation_ops_applied", "Ops from followed peers applied.", applied)

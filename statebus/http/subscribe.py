@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.types import Message, Receive, Send
 
@@ -50,9 +50,11 @@ from statebus.http.yjs import YjsFeed
 from statebus.keys import is_subtree
 from statebus.runtime import Node, OpenEvents
 from statebus.runtime.streams import EventStream
-from statebus.types import Key, Version
+from statebus.types import JSON, Key, Version
+from statebus.values import dumps_json
 
 SSE_RETRY_MS = 2000
+DERIVED = "computed by this node (a derived key), not signed by anyone"
 UNBOUNDED = 10**9
 
 
@@ -225,6 +227,25 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+def with_proofs(
+    encode: Callable[[list[Change]], bytes], proof: Callable[[Change], dict[str, JSON]]
+) -> Callable[[list[Change]], bytes]:
+    """``encode``, followed by one ``event: proof`` per value in the batch: ``{"key", "version",
+    "proof"}`` (:mod:`statebus.http.proofs`). A proof may come before the event of its value (a
+    resume's backlog is sent as one block); the client matches them by key and version."""
+
+    def encode_proving(batch: list[Change]) -> bytes:
+        out = [encode(batch)]
+        for change in batch:
+            if change.exists and not is_subtree(change.key):
+                found: JSON = proof(change) if change.kind != "derived" else {"unverifiable": DERIVED}
+                data: dict[str, JSON] = {"key": change.key, "version": [*change.version], "proof": found}
+                out.append(encode_event(dumps_json(data).decode("utf-8"), event="proof"))
+        return b"".join(out)
+
+    return encode_proving
+
+
 def serve_sse(
     send: Send,
     receive: Receive,
@@ -238,11 +259,13 @@ def serve_sse(
     ping_interval: float,
     client: str | None = None,
     yjs: YjsFeed | None = None,
+    proof: Callable[[Change], dict[str, JSON]] | None = None,
 ) -> asyncio.Future[None]:
     """Answer a ``text/event-stream`` GET: current state (or the changes after ``since``), then live.
     The current state is read a page at a time as the client reads it. ``client`` names who the
     stream's unsent bytes count for (:meth:`StreamRegistry.hold`; None: nobody, e.g. the owner).
     ``yjs``: the stream asked for Yjs updates (``?yjs=updates``).
+    ``proof`` (``?proof``): each value's signature material follows it (:func:`with_proofs`).
 
     Returns the future to await until the response has ended (the request's task sleeps on it: no
     coroutine of this module stays suspended per stream).
@@ -261,8 +284,9 @@ def serve_sse(
     paging = stream.pages is not None
     encoder = SseEncoder(cache, 0 if paging else len(stream), reset=reset, paging=paging, yjs=yjs)
     head_message: Message = {"type": "http.response.start", "status": 200, "headers": list(SSE_HEADERS)}
+    encode: Callable[[list[Change]], bytes] = encoder if proof is None else with_proofs(encoder, proof)
     pump = Pump(send, receive, stream, client)
-    return pump.start(registry, head_message, encoder, PING, ping_interval, sse_cut_event, b"".join(head))
+    return pump.start(registry, head_message, encode, PING, ping_interval, sse_cut_event, b"".join(head))
 
 
 def serve_braid(

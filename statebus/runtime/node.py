@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from statebus.runtime.snapshots import SnapshotPages
 from statebus.runtime.streams import EventStream
 from statebus.storage.base import StoredOp
 from statebus.types import Key, Seq, Version
+
+PACE_STALL = 0.1
+"""Seconds :meth:`Node.paced` waits for a stream that drains nothing before it stops waiting for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +441,33 @@ class Node:
     @property
     def stream_count(self) -> int:
         return len(self._streams)
+
+    def stream_backlog(self) -> tuple[int, int]:
+        """Changes committed but not yet taken by their streams: (the sum, the largest one stream
+        holds). Read at scrape time (``/metrics``: the fan-out lag), never on the write path."""
+        sizes = [len(stream) for stream in list(self._streams)]
+        return sum(sizes), max(sizes, default=0)
+
+    async def paced(self, room: int, stall: float = PACE_STALL) -> None:
+        """Wait until every stream someone reads has room for ``room`` more changes, as long as
+        those streams keep draining (a reader that takes nothing for ``stall`` seconds is not waited
+        for: its own buffer bound deals with it). A bulk apply (a federation catch-up) calls this
+        between batches, so the node's own subscribers are paced, not cut off."""
+        loop = asyncio.get_running_loop()
+        last_progress = loop.time()
+        behind: int | None = None
+        while True:
+            lagging = [s for s in self._streams if s.reading and s.room < room]
+            if not lagging:
+                return
+            now = loop.time()
+            total = sum(s.max_buffer - s.room for s in lagging)
+            if behind is None or total < behind:
+                last_progress = now
+            elif now - last_progress > stall:
+                return
+            behind = total
+            await asyncio.sleep(0.001)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -229,6 +229,16 @@ class EventStream:
             on_close(self)
         self._wake_reader()
 
+    @property
+    def room(self) -> int:
+        """How many more changes fit in the buffer before the stream is cut off."""
+        return self.max_buffer - len(self._q)
+
+    @property
+    def reading(self) -> bool:
+        """Someone takes the changes: a transport (:meth:`listen`) or a reader waiting for one."""
+        return not self.closed and (self._listening or self._waiter is not None)
+
     def __len__(self) -> int:
         """The changes buffered, plus one while the starting state is not all handed out."""
         return len(self._q) + (self.pages is not None or bool(self._page))

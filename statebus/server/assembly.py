@@ -172,6 +172,7 @@ def node_app(
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
+        app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     app = build_app(
@@ -187,6 +188,7 @@ def node_app(
     app.state.federation = federation
     app.state.apps = apps
     app.state.app_registry = service.registry
+    app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
     return app
 
 

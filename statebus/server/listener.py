@@ -32,7 +32,7 @@ from statebus.errors import NotFound
 from statebus.http.auth import OwnerAuth
 from statebus.http.connections import ConnectionGuard, OwnerCheck, guarded_protocol
 from statebus.http.forwarded import ForwardedClient
-from statebus.server.logs import install_log_redaction
+from statebus.server.logs import install_log_redaction, log_config
 
 log = logging.getLogger("statebus.server")
 
@@ -157,6 +157,9 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         # closes with 1009 before buffering more), not uvicorn's 16 MiB
         "ws_max_size": 2 * settings.max_body_bytes,
     }
+    json_logs = log_config(settings.log_format, settings.log_level)
+    if json_logs is not None:  # else uvicorn's own (None would configure no logging at all)
+        options["log_config"] = json_logs
     options.update(overrides)
     asgi = ForwardedClient(app, guard.proxies) if guard.proxies else app
     config = uvicorn.Config(asgi, **options)  # configures uvicorn's loggers: add the filter after

@@ -5,6 +5,8 @@ in websocket frames logged at debug level.
     mask_frame(arg)           a logged websocket data frame, its payload hidden when it may hold a token
     RedactTokens              the logging filter doing both
     install_log_redaction()   add it to uvicorn's and websockets' loggers (at start-up, idempotent)
+    JsonFormatter             ``--log-format json``: one JSON object a line, its message redacted again
+    log_config(fmt, level)    uvicorn's ``log_config`` for a format (None: uvicorn's own text lines)
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from typing import Any
 
 _SECRET_RES = (
     (re.compile(r"([?&]token=)[^&\s'\"]*"), r"\1***"),
+    (re.compile(r"(/\.statebus/launch\?(?:[^\s'\"]*&)?code=)[^&\s'\"]*"), r"\1***"),  # an app's launch code
     (
         re.compile(
             r"((?:authorization|proxy-authorization)['\"]?\s*[:,]\s*b?['\"]?\s*\w+ )[^\s'\",)]+", re.I
@@ -28,8 +33,8 @@ DATA_OPCODES = frozenset({"TEXT", "BINARY", "CONT"})
 
 
 def redact(text: str) -> str:
-    """Mask owner tokens in ``text``: ``?token=``, ``Authorization: Bearer …``, the login cookie and
-    a websocket ``{"token": …}`` message."""
+    """Mask owner tokens in ``text``: ``?token=``, ``Authorization: Bearer …``, the login cookie (and an
+    app's capability cookie), an app's launch code and a websocket ``{"token": …}`` message."""
     for pattern, repl in _SECRET_RES:
         text = pattern.sub(repl, text)
     return text
@@ -85,3 +90,60 @@ def install_log_redaction() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+
+
+ACCESS_FIELDS = ("client", "method", "path", "protocol", "status")
+"""The args of a uvicorn access record, in order (its format is ``%s - "%s %s HTTP/%s" %d``)."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601, ms), ``level``, ``logger``, ``message``;
+    an access line adds ``client``, ``method``, ``path`` and ``status``; an exception adds ``error``.
+    Every string goes through :func:`redact`, after the :class:`RedactTokens` filter already ran."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, Any] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == len(ACCESS_FIELDS):
+            for name, value in zip(ACCESS_FIELDS, args, strict=True):
+                entry[name] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["error"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def log_config(fmt: str, level: str) -> dict[str, Any] | None:
+    """uvicorn's ``log_config`` for ``fmt``: None for ``text`` (uvicorn's own), else a dictConfig that
+    sends uvicorn's, websockets' and statebus's loggers through :class:`JsonFormatter`: access lines
+    on stdout, the rest on stderr (as uvicorn does)."""
+    if fmt != "json":
+        return None
+    upper = level.upper()
+
+    def stream(name: str) -> dict[str, Any]:
+        return {"class": "logging.StreamHandler", "formatter": "json", "stream": f"ext://sys.{name}"}
+
+    def logger(handler: str) -> dict[str, Any]:
+        return {"handlers": [handler], "level": upper, "propagate": False}
+
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"default": stream("stderr"), "access": stream("stdout")},
+        "loggers": {
+            "uvicorn": logger("default"),
+            "uvicorn.error": {"level": upper},
+            "uvicorn.access": logger("access"),
+            "websockets": logger("default"),
+            "statebus": logger("default"),
+            "kademlia": logger("default"),
+            "rpcudp": logger("default"),
+        },
+    }

@@ -298,7 +298,9 @@ async def _run_until_signal(
             on_start(running)
         if not await show_phrase_last(settings, stop, confirm=confirm_phrase):
             reminder = phrase_reminder(settings)
-            if reminder is not None:
+            if reminder is not None and settings.log_format == "json":
+                logging.getLogger("statebus.server").warning(reminder.strip())  # no bare line among JSON
+            elif reminder is not None:
                 sys.stderr.write(reminder)
                 sys.stderr.flush()
         await stop.wait()

@@ -13,6 +13,11 @@ One process at a time: while open, the store holds an exclusive ``flock`` on ``s
 Two writers would each number ops from their own sequence counter. The kernel drops the lock when
 the holder dies, ``kill -9`` included, so a stale lock file never blocks a restart.
 
+Schema: ``PRAGMA user_version`` holds the store's schema version (:data:`SCHEMA_VERSION`). Opening
+an older store migrates it in one transaction (:data:`MIGRATIONS`, one step per version); a store
+from a newer statebus is refused with :class:`StoreTooNew`, untouched, naming the statebus that wrote
+it (the ``meta`` table's ``written_by``). Back the data up before an upgrade (``statebus export``).
+
 Integrity: opening an existing store runs ``PRAGMA quick_check`` (about 0.1 s per 100k ops, measured
 in docs/storage.md; ``check="full"`` runs ``integrity_check``) and refuses a damaged file with
 :class:`StoreDamaged`, one line naming the file and the first problem, before anything is served.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import os
 import sqlite3
 import threading
@@ -38,6 +44,7 @@ from statebus.errors import (
     ShuttingDown,
     StoreDamaged,
     StoreInUse,
+    StoreTooNew,
     StoreUnsupported,
     VersionConflict,
 )
@@ -48,7 +55,14 @@ from statebus.types import Key, Seq
 STORE_FILE = "store.sqlite3"
 """The database's file name inside a node's data folder."""
 
-SCHEMA_VERSION = 1
+try:
+    __version__ = importlib.metadata.version("statebus-server")  # storage may not import statebus itself
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare source tree
+    __version__ = "0+unknown"
+
+SCHEMA_VERSION = 2
+"""The store's schema version (``PRAGMA user_version``). 1: ops, snapshots, keys (statebus 0.1.0
+before issue 17); 2: adds ``meta`` (``written_by``: the statebus version that last opened it)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ops (
@@ -72,7 +86,19 @@ CREATE TABLE IF NOT EXISTS keys (
     last_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keys_live ON keys (key) WHERE "exists" = 1;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
+
+MIGRATIONS: dict[int, str] = {
+    1: "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+}
+"""``MIGRATIONS[v]`` takes a store from schema ``v`` to ``v + 1`` (statements split on ``;``)."""
+_SET_META = (
+    "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
 
 _INSERT_OP = 'INSERT INTO ops (seq, key, version, data, "exists") VALUES (?, ?, ?, ?, ?)'
 _UPSERT_KEY = (
@@ -325,6 +351,9 @@ class SqliteStorage:
 
     def _create_schema(self) -> None:
         conn = self._writer
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:  # before any pragma that could change the file
+            raise StoreTooNew(_too_new(conn, self.path, version))
         # auto_vacuum only takes effect before the first table exists: set it first, always.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -335,11 +364,21 @@ class SqliteStorage:
             conn.execute("VACUUM")  # a file made without it: convert once (rewrites the file)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            has_ops = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops'"
+            ).fetchone()
+            if version == 0 and has_ops is not None:
+                version = 1  # made before the version was recorded: schema 1
+            if has_ops is not None:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(_SET_META, ("written_by", f"statebus {__version__}"))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -399,6 +438,20 @@ def _check(conn: sqlite3.Connection, path: Path, pragma: str) -> None:
         raise StoreDamaged(_damaged(path, str(rows[0][0]) if rows else "no answer"))
 
 
+def _too_new(conn: sqlite3.Connection, path: Path, version: int) -> str:
+    """The refusal of a store whose schema is newer than this statebus reads."""
+    writer = "a newer statebus"
+    with contextlib.suppress(sqlite3.DatabaseError):
+        row = conn.execute("SELECT value FROM meta WHERE name = 'written_by'").fetchone()
+        if row is not None:
+            writer = str(row[0])[:60]
+    return (
+        f"the store {path} has schema version {version}, written by {writer}; this statebus "
+        f"{__version__} reads schema {SCHEMA_VERSION} at most. It was not opened or changed: run the "
+        "newer statebus (downgrades are not supported; restore an export made before the upgrade)"
+    )
+
+
 def _damaged(path: Path, problem: str, *, opening: bool = True) -> str:
     first = " ".join(problem.split())[:200]
     what = "it was not opened" if opening else "stop the node"
@@ -453,3 +506,82 @@ def _lock_store(path: Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+class StoreSnapshot:
+    """A consistent, read-only view of a store file, for ``statebus export``: it takes no lock, so
+    the node may go on serving (and writing) from the same file while it is read. WAL gives this
+    reader one snapshot, fixed by its first read, for as long as it is open.
+
+    Args:
+        path: the store file (``<data>/store.sqlite3``).
+
+    Raises:
+        NotFound: there is no store at ``path``.
+        StoreTooNew: the store's schema is newer than this statebus reads.
+        StoreDamaged: the file is not a database.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NotFound(f"no store at {self.path}")
+        uri = f"file:{self.path.resolve().as_posix().replace('?', '%3F').replace('#', '%23')}?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn.execute("PRAGMA query_only = 1")
+            self._conn.execute("BEGIN")
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreTooNew(_too_new(self._conn, self.path, version))
+            row = self._conn.execute("SELECT MAX(last_seq) FROM keys").fetchone()  # fixes the snapshot
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreDamaged(_damaged(self.path, str(exc))) from None
+        except BaseException:
+            self._conn.close()
+            raise
+        self.max_seq: Seq = int(row[0] or 0)
+        """The highest sequence number in the snapshot."""
+
+    def ops(self, pattern: str, chunk: int = 5000) -> Iterator[StoredOp]:
+        """The snapshot's ops under ``pattern`` (``""``: all; a subtree ``/ns/a/``), in seq order."""
+        bounds = pattern_bounds(pattern)
+        after = 0
+        while True:
+            if bounds is None:
+                rows = self._conn.execute(
+                    f"SELECT {_OP_COLUMNS} FROM ops WHERE seq > ? ORDER BY seq LIMIT ?", (after, chunk)
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    f"SELECT {_OP_COLUMNS} FROM ops WHERE key > ? AND key < ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (*bounds, after, chunk),
+                ).fetchall()
+            yield from (_op(r) for r in rows)
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def compacted(self, pattern: str) -> list[tuple[Key, Seq]]:
+        """Keys under ``pattern`` whose earlier ops were folded into a snapshot, with its seq."""
+        bounds = pattern_bounds(pattern)
+        if bounds is None:
+            rows = self._conn.execute("SELECT key, seq FROM snapshots ORDER BY key").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT key, seq FROM snapshots WHERE key > ? AND key < ? ORDER BY key", bounds
+            ).fetchall()
+        return [(str(k), int(s)) for k, s in rows]
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("COMMIT")
+        self._conn.close()
+
+    def __enter__(self) -> StoreSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -34,5 +34,5 @@ function readSecret(op) { return host.get("private/diary") === undefined; }
 function writeOutside(op) { host.put("private/diary", "pwned"); return true; }
 function putInValidate(op) { host.put("gb/last", 1); return true; }
 function coin(op) { return Math.random() < 0.5 || "tails (" + Date.now() + ")"; }
-function chatty(op) { for (let i = 0; i < 100; i++) host.log("line " + i + "\nforged: entry"); return true; }
+function chatty(op) { for (let i = 0; i < 50; i++) host.log("line " + i + "\nforged: entry"); return true; }
 function busyHost(op) { for (let i = 0; i < 1000; i++) { try { host.get("gb/entries/x"); } catch (e) {} } return true; }

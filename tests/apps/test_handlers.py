@@ -20,10 +20,11 @@ from statebus.testing.live_server import LiveServer, live_server
 
 from .support import SOURCE, gb_spec
 
-GET_P99_BOUND = 0.1
-"""Seconds: another client's GET p99 while a hostile handler spins stays under one handler call's
-time budget (100 ms): a GET never waits for a handler (docs/apps.md). Measured here: 4-17 ms; with
-the handler run on the event loop instead, 244 ms (median 110 ms)."""
+GET_P99_BOUND = 0.25
+"""Seconds: another client's GET p99 while a hostile handler spins through a 1 s call budget on every
+write stays under a quarter of that budget: a GET never waits for a handler (docs/apps.md). Measured
+here: 4-17 ms at a 100 ms budget (load average 8-12). With the handler run on the event loop instead,
+each spin blocks every request for the whole budget (at 100 ms: p99 244 ms, median 110 ms)."""
 
 
 def on_loop(srv: LiveServer, fn: Callable[[], Any]) -> Any:
@@ -44,9 +45,13 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None
         time.sleep(0.02)
 
 
+RELAXED = {"app_call_timeout": 1.0}
+"""For the tests that are not about budgets: a loaded CI machine never fails a correct handler."""
+
+
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[LiveServer]:
-    with live_server(tmp_path) as s:
+    with live_server(tmp_path, **RELAXED) as s:
         on_loop(s, lambda: s.running.apps.load(gb_spec(s.local)))
         yield s
 
@@ -74,6 +79,8 @@ def test_validate_refuses_a_local_write_with_the_apps_reason(srv: LiveServer, ow
     # a validated key is written whole: a patch would make a value the validator never saw
     r = owner.patch("/~/gb/entries/1", content=b'"x"', headers={"Content-Range": "json .text"})
     assert r.status_code == 422 and "write it whole" in r.json()["detail"]
+    r = owner.put("/~/gb/entries/1", content=b"<b>hi</b>", headers={"Content-Type": "text/html"})
+    assert r.status_code == 422 and r.json()["detail"].endswith("write it whole, as JSON (PUT), not as bytes")
     # keys no pattern covers are not validated
     assert owner.put("/~/other/x", json={"text": "y" * 1000}).status_code == 200
     [status] = srv.running.apps.status()
@@ -97,7 +104,10 @@ def test_derive_runs_again_when_an_input_changes(srv: LiveServer, owner: httpx.C
 
 
 def test_on_write_writes_inside_its_grants_only(tmp_path: Path) -> None:
-    with live_server(tmp_path) as srv, httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner:
+    with (
+        live_server(tmp_path, **RELAXED) as srv,
+        httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner,
+    ):
         spec = gb_spec(srv.local, derive={}, on_write={"gb/entries/*": "onEntry", "gb/bad/*": "writeOutside"})
         on_loop(srv, lambda: srv.running.apps.load(spec))
         assert owner.put("/~/gb/entries/7", json={"text": "hi"}).status_code == 200
@@ -152,7 +162,10 @@ def test_hostile_validators_are_stopped_and_the_node_keeps_serving(tmp_path: Pat
 
 
 def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
-    with live_server(tmp_path) as srv, httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner:
+    with (
+        live_server(tmp_path, app_call_timeout=1.0) as srv,
+        httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner,
+    ):
         on_loop(srv, lambda: srv.running.apps.load(hostile_spec(srv.local)))
         assert owner.put("/~/plain", json={"a": 1}).status_code == 200
         stop = threading.Event()
@@ -180,25 +193,44 @@ def test_another_clients_get_p99_while_a_handler_spins(tmp_path: Path) -> None:
         print(f"GET p99 while a handler spins: {p99 * 1000:.1f} ms (median {median * 1000:.1f} ms)")
         assert set(spins) == {422} and len(spins) >= 2
         assert p99 < GET_P99_BOUND
-        assert median < GET_P99_BOUND / 5
 
 
-def test_host_log_is_rate_limited_and_one_line(
-    srv: LiveServer, owner: httpx.Client, caplog: pytest.LogCaptureFixture
-) -> None:
-    spec = AppSpec(
-        "talk",
-        "1.0.0",
-        "sha256-test",
-        srv.local,
-        Grants.parse(write=["talk/"]),
-        SOURCE,
-        validate={"talk/*": "chatty"},
-    )
-    on_loop(srv, lambda: srv.running.apps.load(spec))
-    caplog.set_level(logging.INFO, logger="statebus.apps")
-    assert owner.put("/~/talk/x", json=1).status_code == 200
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
-    assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
-    assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
-    assert srv.running.apps.apps["talk"].logs_dropped == 100 - len(lines)
+def test_host_log_is_rate_limited_and_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a budget of 1 s (the app_call_timeout setting): 50 host calls fit in it even on a loaded machine
+    with (
+        live_server(tmp_path, app_call_timeout=1.0) as srv,
+        httpx.Client(base_url=srv.url, headers=srv.auth) as owner,
+    ):
+        spec = AppSpec(
+            "talk",
+            "1.0.0",
+            "sha256-test",
+            srv.local,
+            Grants.parse(write=["talk/"]),
+            SOURCE,
+            validate={"talk/*": "chatty"},
+        )
+        on_loop(srv, lambda: srv.running.apps.load(spec))
+        caplog.set_level(logging.INFO, logger="statebus.apps")
+        assert owner.put("/~/talk/x", json=1).status_code == 200
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("app talk: line")]
+        assert 20 <= len(lines) < 30  # the burst of 20 (and 5 a second after it); the rest are dropped
+        assert all("\n" not in line for line in lines) and lines[0] == "app talk: line 0?forged: entry"
+        assert srv.running.apps.apps["talk"].logs_dropped == 50 - len(lines)
+
+
+def test_unloading_an_app_mid_call_never_blocks_the_node(tmp_path: Path) -> None:
+    with live_server(tmp_path) as srv, httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as owner:
+        on_loop(srv, lambda: srv.running.apps.load(hostile_spec(srv.local)))
+        assert owner.put("/~/h/secret/1", json=1).status_code == 422  # the runtime is up
+        answers: list[int] = []
+        writer = threading.Thread(target=lambda: answers.append(owner.put("/~/h/spin/1", json=1).status_code))
+        writer.start()
+        wait_for(lambda: srv.running.apps.apps["hostile"].runner._running_since is not None, "the spin")
+        t = time.monotonic()
+        on_loop(srv, lambda: srv.running.apps.unload("hostile"))
+        assert time.monotonic() - t < 0.5
+        writer.join(30)
+        assert answers == [422]
+        assert srv.running.apps.status() == []
+        assert owner.put("/~/h/spin/2", json=1).status_code == 200  # no validator any more

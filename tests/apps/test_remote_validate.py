@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_followers_validator_refuses_a_forged_long_post(cluster: Cluster) -> None:
-    a, b = await cluster.add("a"), await cluster.add("b")
+    a, b = await cluster.add("a", app_call_timeout=1.0), await cluster.add("b", app_call_timeout=1.0)
     a.apps.load(gb_spec(b.pubkey, derive={}, on_write={}))  # A runs the app; B does not
     await b.share("/~/gb/")
     gb = f"/{b.pubkey}/gb/entries/"
@@ -49,7 +49,7 @@ async def test_a_followers_validator_refuses_a_forged_long_post(cluster: Cluster
 async def test_every_replica_reaches_the_same_verdict(cluster: Cluster) -> None:
     """A validator that flips a coin (Math.random) still gives an op the same verdict on the writer's
     node and on its follower: the seed comes from the op, never from the replica."""
-    a, b = await cluster.add("a"), await cluster.add("b")
+    a, b = await cluster.add("a", app_call_timeout=1.0), await cluster.add("b", app_call_timeout=1.0)
     for n in (a, b):
         n.apps.load(gb_spec(b.pubkey, validate={"gb/coin/*": "coin"}, derive={}, on_write={}, schemas={}))
     await b.share("/~/gb/")

@@ -7,6 +7,7 @@ capabilities")."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ APP_SCRIPT = """
     ws.onerror = () => resolve(['error']);
     setTimeout(() => resolve(got), 8000);
   });
+  r.sw = await navigator.serviceWorker.register('/app.js').then(() => 'registered', e => String(e));
   r.html = await attempt(async () => (await fetch('/~/guestbook/page', {method: 'PUT',
                                           headers: {'content-type': 'text/html'}, body: PAGE})).status);
   stop();
@@ -126,6 +128,7 @@ def test_an_apps_page_works_inside_its_grants_and_nothing_more(tmp_path: Path) -
     assert out["ok"], out
     assert out["before"][1]["final"] == f"{app}/", out["before"]  # the launch landed on the app's origin
     r = out["result"]
+    assert r["sw"] != "registered" and "403" in r["sw"], r["sw"]  # no service worker outlives the app
     assert r["origin"] == app and r["app_js"] is True and r["inline"] is True, r  # hashed inline script ran
     # statebus.js from the app's origin: GET, PUT and SSE inside the grants, as the owner's writes
     assert r["info"]["node"] == srv.local and r["info"]["owner"] is False, r
@@ -190,15 +193,20 @@ def test_a_revoked_capability_stops_at_once(tmp_path: Path) -> None:
 NODE_PAGE_SCRIPT = """
 (async () => {
   const sleep = ms => new Promise(res => setTimeout(res, ms));
-  for (let i = 0; i < 200 && !document.querySelector('#apps-list tr'); i++) await sleep(50);
-  const row = document.querySelector('#apps-list tr');
+  for (let i = 0; i < 200 && document.querySelectorAll('#apps-list tr').length < 2; i++) await sleep(50);
+  const rows = [...document.querySelectorAll('#apps-list tr')];
   window.__result = {
     hidden: document.getElementById('apps').hidden,
-    cells: row ? [...row.children].map(td => td.textContent) : null,
-    href: row ? row.querySelector('a').getAttribute('href') : null,
+    rows: rows.map(row => [...row.children].map(td => td.textContent)),
+    href: rows.length ? rows[0].querySelector('a').getAttribute('href') : null,
   };
   window.__done = true;
 })()
+"""
+
+SPINNER = """
+function validateEntry(op, current) { for (;;) {} }
+function countEntries(key) { return 0; }
 """
 
 GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
@@ -211,6 +219,10 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         install_guestbook(srv.url, srv.auth, tmp_path, grant)
         entry = {"name": "Ann", "text": "hello from the owner"}
         httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        # a second app whose validator never returns: it traps, the write is refused, the page says why
+        install_guestbook(srv.url, srv.auth, tmp_path, grant, name="spinner", handlers=SPINNER)
+        refused = httpx.put(f"{srv.url}/~/guestbook/entries/b", json=entry, headers=srv.auth, timeout=30)
+        assert 400 <= refused.status_code < 500, refused.text
         app = f"http://guestbook.localhost:{srv.url.rsplit(':', 1)[1]}"
         visits = [
             f"{srv.url}/launch/guestbook",
@@ -230,12 +242,14 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
     assert out["ok"], out
     r = out["result"]
     assert r["hidden"] is False and r["href"] == "/launch/guestbook", r
-    name, granted, state, calls, cost = r["cells"]
+    rows = {cells[0].split(" ", 1)[0]: cells for cells in r["rows"]}
+    name, granted, state, calls, cost = rows["guestbook"]
     assert name.startswith("guestbook 1.0.0") and app in name, name
     assert granted == "read guestbook/; write guestbook/", granted
-    assert state == "no handlers running" and calls == "–" and cost == "–", (
-        r
-    )  # no app runner on this node yet
+    assert state == "running" and int(calls) >= 1, rows  # its validator and derive ran
+    assert re.fullmatch(r"[0-9.]+ ms / [0-9.]+ ms", cost), cost
+    name, granted, state, calls, cost = rows["spinner"]
+    assert state.startswith("trapped: ") and "validateEntry" in state, rows
     (seen,) = out["visits"]
     assert seen["error"] is None and seen["waited"] is True, seen
     assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen

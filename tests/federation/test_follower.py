@@ -4,9 +4,10 @@ does), so verification, resuming, throttling and consent are tested without HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from statebus.access.op_gate import OpGate
 from statebus.bus import Bus
 from statebus.errors import PeerUnavailable, RateLimited, StatebusError
 from statebus.federation.client import StreamItem
-from statebus.federation.follow import Backoff, FollowContext, Follower
+from statebus.federation.follow import Backoff, FollowContext, Follower, state_key
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import op_set, scan_all
 from statebus.federation.policy import Follow
@@ -90,13 +91,20 @@ async def nodes() -> AsyncIterator[tuple[Node, Node]]:
     await owner.aclose()
 
 
-def following(mine: Node, peer: FakePeer, *, consent: bool = True, base: float = 0.01) -> Follower:
+def following(
+    mine: Node,
+    peer: FakePeer,
+    *,
+    consent: bool = True,
+    base: float = 0.01,
+    locate: Callable[[Follow], Awaitable[list[str]]] | None = None,
+) -> Follower:
     ingest = Ingest(mine, OpGate.for_node(mine, 1 << 20), lambda ns: consent and ns == OWNER.pubkey)
 
-    async def locate(follow: Follow) -> list[str]:
+    async def at_url(follow: Follow) -> list[str]:
         return [URL]
 
-    ctx = FollowContext(mine, peer, ingest, locate, Backoff(base, 4 * base, rnd=lambda: 0.0))
+    ctx = FollowContext(mine, peer, ingest, locate or at_url, Backoff(base, 4 * base, rnd=lambda: 0.0))
     return Follower(ctx, Follow("f1", f"/{OWNER.pubkey}/chirp/"))
 
 
@@ -178,3 +186,66 @@ async def test_a_follower_takes_nothing_of_a_namespace_it_does_not_follow(nodes:
     await wait_until(lambda: withdrawn.rejected >= 1)
     assert "does not follow" in withdrawn.last_rejection and not has(mine, f"/{OWNER.pubkey}/chirp/2")
     await withdrawn.stop()
+
+
+async def test_a_restarted_follower_keeps_its_counters_and_says_syncing_until_an_exchange(
+    nodes: tuple[Node, Node],
+) -> None:
+    owner, mine = nodes
+    for i in range(3):
+        await owner.save(f"/~/chirp/{i}", i)
+    peer = FakePeer(owner)
+    follower = following(mine, peer)
+    follower.start()
+    await wait_until(lambda: follower.status == "live" and follower.applied == 3)
+    assert follower._task is not None
+    follower._task.cancel()  # a crash: nothing is stored on the way out
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower._task
+    key = state_key(mine.local, "f1")
+    assert mine.fetch(key).value["status"] == "live"  # what the crashed node stored last
+    hold = asyncio.Event()
+    real_info = peer.node_info
+
+    async def slow_info(base: str) -> PubKey:
+        await hold.wait()  # the server has not answered yet
+        return await real_info(base)
+
+    peer.node_info = slow_info  # type: ignore[method-assign]
+    again = following(mine, peer)  # the restarted node
+    assert (again.status, again.applied, again.url) == ("syncing", 3, URL)
+    again.start()
+    await wait_until(lambda: mine.fetch(key).value["status"] == "syncing", timeout=5)
+    assert mine.fetch(key).value["applied"] == 3  # the counters go on, never from 0 again
+    assert not again.live.is_set()
+    await owner.save("/~/chirp/3", 3)
+    hold.set()
+    await wait_until(lambda: again.status == "live" and again.applied == 4)
+    await again.stop()
+    assert mine.fetch(key).value["applied"] == 4
+
+
+async def test_a_restarted_follower_reconnects_to_its_last_server_while_the_dht_is_slow(
+    nodes: tuple[Node, Node],
+) -> None:
+    owner, mine = nodes
+    await owner.save("/~/chirp/1", 1)
+    peer = FakePeer(owner)
+    follower = following(mine, peer)
+    follower.start()
+    await wait_until(lambda: follower.status == "live")
+    await follower.stop()
+    lookups: list[str] = []
+
+    async def slow_dht(follow: Follow) -> list[str]:
+        lookups.append(follow.owner)
+        await asyncio.sleep(30)  # a DHT full of dead contacts
+        return [URL]
+
+    again = following(mine, peer, locate=slow_dht)
+    began = time.monotonic()
+    again.start()
+    await wait_until(lambda: again.status == "live", timeout=10)
+    assert time.monotonic() - began < 5  # not the DHT's 30 s: the stored URL came first
+    assert lookups == [OWNER.pubkey]  # the lookup still ran alongside (a moved owner is found next time)
+    await again.stop()

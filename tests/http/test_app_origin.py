@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets.exceptions as websockets_exceptions
 
 from statebus.access.capabilities import LAUNCH_TTL, MAX_PER_APP, CapabilityStore
 from statebus.apps.patterns import Grants
@@ -24,6 +25,7 @@ from statebus.http.auth import OwnerAuth
 from statebus.http.origins import OriginPolicy
 from statebus.http.websocket import WS_PATH
 from statebus.oplog import decode_op
+from statebus.server.logs import redact
 from statebus.testing.live_server import LiveServer, SseReader, live_server
 from tests.support.apps import FolderApps, install_guestbook, write_app
 
@@ -87,6 +89,8 @@ def test_the_app_origin_serves_the_apps_files_under_a_strict_policy(node: tuple[
     assert "unsafe-inline" not in csp and page.headers["x-content-type-options"] == "nosniff"
     script = httpx.get(srv.url + "/app.js", headers=on_host(srv, "guestbook"))
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    sw = httpx.get(srv.url + "/app.js", headers={**on_host(srv, "guestbook"), "service-worker": "script"})
+    assert sw.status_code == 403 and "service worker" in sw.json()["detail"]
     lib = httpx.get(srv.url + "/statebus.js", headers=on_host(srv, "guestbook"))
     assert lib.status_code == 200 and "statebus" in lib.text
     assert "content-security-policy" in lib.headers
@@ -158,6 +162,10 @@ def test_a_capability_works_inside_its_grants_only(node: tuple[LiveServer, Any])
         r = app.put("/~/guestbook/entries/2", json=1, headers={"origin": "http://evil.localhost:1"})
         assert r.status_code == 403
     assert srv.node.fetch(f"/{srv.local}/secret/x").value == {"s": "owner only"}
+    metrics = httpx.get(f"{srv.url}/metrics", headers=srv.auth).text  # its writes are attributed to it
+    assert 'statebus_app_capability_requests_total{app="guestbook",outcome="write"} 1.0' in metrics, metrics
+    assert 'statebus_app_capability_requests_total{app="guestbook",outcome="refused"} 8.0' in metrics
+    assert 'statebus_app_capabilities{app="guestbook"} 1.0' in metrics
     # app X's capability on app Y's origin
     with as_app(srv, "guestbook", cap, host="chat") as wrong:
         r = wrong.put("/~/chat/1", json="from guestbook")
@@ -205,9 +213,29 @@ def test_the_websocket_takes_the_capability_within_its_grants(node: tuple[LiveSe
         ws.send(json.dumps({"set": {"key": "secret/ws", "val": "pwned"}}))
         ws.send(json.dumps({"get": "guestbook/ws"}))
         got = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
+        # revoked (the install record changes): the subscription opened with it ends, the socket closes
+        httpx.put(f"{srv.url}/~/.apps/guestbook", json={"removed": True}, headers=srv.auth).raise_for_status()
+        after = []
+        with pytest.raises(websockets_exceptions.ConnectionClosed):
+            while True:
+                after.append(json.loads(ws.recv(timeout=5)))
     assert any("outside" in str(m) for m in got), got
     assert any(m.get("set", {}).get("val") == "over the socket" for m in got), got
     assert srv.node.fetch_or_none(f"/{srv.local}/secret/ws") is None
+    assert after and "revoked" in str(after[-1]), after
+
+
+def test_a_braid_subscription_takes_the_capability_within_its_grants(node: tuple[LiveServer, Any]) -> None:
+    srv, _ = node
+    cap = launch(srv, "guestbook")
+    with as_app(srv, "guestbook", cap) as app:
+        app.put("/~/guestbook/b", json={"n": 1}).raise_for_status()
+        with app.stream("GET", "/~/guestbook/b", headers={"subscribe": "true"}, timeout=10) as sub:
+            assert sub.status_code == 209
+            first = next(sub.iter_raw())
+            assert b'{"n":1}' in first.replace(b" ", b""), first
+        r = app.get("/~/secret/b", headers={"subscribe": "true"})
+        assert r.status_code == 403 and r.json()["error"] == "outside_grant"
 
 
 def test_inline_script_hashes_skip_external_scripts() -> None:
@@ -267,8 +295,13 @@ def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
     auth = OwnerAuth(None, node="c" * 52, origins=OriginPolicy.of(settings))
     origins = AppOrigins(settings, auth)
 
-    def scope(host: str) -> dict[str, Any]:
-        return {"type": "http", "scheme": "http", "headers": [(b"host", host.encode())]}
+    def scope(host: str) -> dict[str, Any]:  # behind the TLS proxy: plain HTTP to port 8765
+        return {
+            "type": "http",
+            "scheme": "http",
+            "server": ("127.0.0.1", 8765),
+            "headers": [(b"host", host.encode())],
+        }
 
     assert origins.app_of(scope("guestbook.node.example.org")) == "guestbook"
     assert origins.app_of(scope("guestbook.localhost:8765")) == "guestbook"
@@ -284,3 +317,9 @@ def test_apps_are_subdomains_of_the_public_host_too(tmp_path: Path) -> None:
     assert (
         auth.app_cookie_name(scope("chat.node.example.org"), app_headers) == "__Host-statebus_app_" + "c" * 16
     )
+
+
+def test_launch_codes_and_capability_cookies_never_reach_the_logs() -> None:
+    line = "GET /.statebus/launch?code=s3cr3t-c0de HTTP/1.1 cookie: statebus_app_abcd=s3cr3t-cap; x=1"
+    out = redact(line)
+    assert "s3cr3t" not in out and "/.statebus/launch?code=***" in out, out

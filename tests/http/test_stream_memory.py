@@ -25,7 +25,7 @@ KEYS = 2000
 VALUE = "x" * 4096
 SNAPSHOT_BYTES = KEYS * len(VALUE)
 SILENT = 8
-STALL = 3.0
+STALL = 5.0  # long enough that opening 8 traced streams on a loaded machine stays well inside it
 BIG = "/~/public/big/"
 
 
@@ -79,7 +79,11 @@ def test_silent_streams_hold_a_page_each_and_are_cut_after_the_stall_timeout(
         time.sleep(1.0)  # every stream has sent what its socket takes, and waits
         grown = tracemalloc.get_traced_memory()[0] - before
         print(f"{SILENT} silent streams of a {SNAPSHOT_BYTES}-byte snapshot: +{grown} bytes")
-        assert len(streams) == SILENT, "a stream was cut before its stall timeout"
+        alive, elapsed = len(streams), time.monotonic() - opened
+        # a stream may only be gone once STALL has passed since it was opened (a loaded machine can be slow)
+        assert alive == SILENT or elapsed >= STALL, (
+            f"a stream was cut after {elapsed:.1f} s, before its stall timeout"
+        )
         # today each stream holds its whole snapshot (SILENT x 8 MB); paged, about a page each
         assert grown < SNAPSHOT_BYTES // 2, f"{SILENT} silent streams hold {grown} bytes"
         tracemalloc.stop()

@@ -14,7 +14,7 @@ import pytest
 import statebus.storage.sqlite as sqlite_module
 from statebus.errors import StoreInUse
 from statebus.storage.base import Snapshot, Storage
-from statebus.storage.sqlite import STORE_FILE, SqliteStorage
+from statebus.storage.sqlite import SCHEMA_VERSION, STORE_FILE, SqliteStorage
 from statebus.testing.storage_suite import NS, StorageSuite, op
 
 
@@ -51,7 +51,7 @@ def test_open_folder_creates_the_layout(tmp_path: Path) -> None:
         assert names == {"store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm", "store.sqlite3.lock"}
         assert _pragma(store.path, "journal_mode") == "wal"
         assert _pragma(store.path, "auto_vacuum") == 2  # incremental
-        assert _pragma(store.path, "user_version") == 1
+        assert _pragma(store.path, "user_version") == SCHEMA_VERSION == 2
         assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()

@@ -94,11 +94,23 @@ def write_app(
     return folder
 
 
-def install_guestbook(base_url: str, owner: dict[str, str], tmp: Path, grant: dict[str, list[str]]) -> str:
-    """apps/guestbook packed, signed, checked and installed on a running node through the owner's
-    app routes (statebus.http.apps) with ``grant``; returns the bundle hash."""
+def install_guestbook(
+    base_url: str,
+    owner: dict[str, str],
+    tmp: Path,
+    grant: dict[str, list[str]],
+    *,
+    name: str = "guestbook",
+    handlers: str | None = None,
+) -> str:
+    """apps/guestbook (renamed ``name``, its handlers' source replaced by ``handlers``) packed, signed,
+    checked and installed on a running node through the owner's app routes (statebus.http.apps) with
+    ``grant``; returns the bundle hash."""
     author = author_key()
-    data = pack(app_copy(tmp / "guestbook", author), MAX)
+    folder = app_copy(tmp / name, author, name=name)
+    if handlers is not None:
+        (folder / "server" / "handlers.js").write_text(handlers)
+    data = pack(folder, MAX)
     sig = base64.b64encode(json.dumps(sign(data, author).to_json()).encode()).decode()
     with httpx.Client(base_url=base_url, headers=owner, timeout=10) as client:
         headers = {"content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}

@@ -38,8 +38,30 @@
         $('version').textContent = versions[key] ? 'version ' + versions[key].join(', ') : ''
         $('put-key').value = key
         if (has && !(v instanceof Uint8Array)) $('put-value').value = JSON.stringify(v, null, 2)
+        badge(key, has ? v : undefined)
         if (window.dataBrowser) window.dataBrowser.selected(key, has)
         render()
+    }
+
+    // The value shown is checked against the signature of its author (statebus.verifyProof).
+    async function badge(key, value) {
+        const el = $('verified')
+        el.hidden = true
+        if (value === undefined || value instanceof Uint8Array) return
+        let result
+        try {
+            const res = await fetch(key.split('/').map(encodeURIComponent).join('/').replace(/^\/%7E\//, '/~/') + '?proof',
+                                    {credentials: 'same-origin', cache: 'no-store'})
+            const data = await res.json()
+            result = await statebus.verifyProof(key, value, data.proof)
+        } catch (e) {
+            result = {verified: false, reason: 'could not get its signature: ' + e.message}
+        }
+        if (key !== selected) return
+        el.textContent = result.verified ? 'verified' : 'not verified'
+        el.title = result.reason
+        el.className = 'badge ' + (result.verified ? 'verified' : 'unverified')
+        el.hidden = false
     }
 
     function render() {

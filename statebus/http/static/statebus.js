@@ -11,7 +11,7 @@
  *   await statebus.put(key, value, {version, parents})    → {version: [own], frontier: [...], seq}
  *   await statebus.patch(key, range, content)   replace part of a JSON value (content undefined removes)
  *   await statebus.delete(key)
- *   const stop = statebus.subscribe(keyOrKeys, (key, value, event) => {...}, {since, onstatus})
+ *   const stop = statebus.subscribe(keyOrKeys, (key, value, event) => {...}, {since, onstatus, verify})
  *                                               live changes over one EventSource; event is
  *                                               {type: 'snapshot'|'update'|'delete'|'reset', version,
  *                                               parents, id}. Reconnects and resumes by itself (no gap, no
@@ -19,8 +19,20 @@
  *                                               and fresh snapshots follow (callback(null, undefined,
  *                                               {type: 'reset'})). onstatus('open'|'connecting'|'closed')
  *                                               reports the connection. stop() unsubscribes.
+ *                                               verify: true asks for each value's signature material
+ *                                               (?proof) and calls back only once it is checked, with
+ *                                               event.verified (true|false) and event.reason; a value
+ *                                               that fails is passed flagged, never put in statebus.state.
  *   statebus.state[key]                         local cache of every value read or followed, by key
  *                                               ("/~/…" for this node's keys)
+ *   await statebus.getVerified(key)             {value, verified: true|false, reason, author}: the value with
+ *                                               its signature material (GET ?proof), checked here: the
+ *                                               author's Ed25519 signature (WebCrypto) over the bytes it
+ *                                               signed, and the owner's delegation if the author is not the
+ *                                               owner. A value that fails is never put in statebus.state.
+ *   await statebus.verifyProof(key, value, proof)   the same check on a {key, value, proof} from elsewhere
+ *   statebus.verified[key]                      {verified, reason, author} of the last check of each key
+ *   statebus.ed25519                            'webcrypto', or 'noble' once the vendored fallback is used
  *   await statebus.info()                       {node, owner, version, keys?} of the node
  *   statebus.ready                              a promise of info(); keys are normalised once it resolves
  *
@@ -109,6 +121,160 @@
         return res.json()
     }
 
+    // ------------------------------------------------------------------ verification (docs/wire-protocol.md, "Proofs")
+
+    statebus.verified = {}
+    statebus.ed25519 = 'webcrypto'
+    const OP_DOMAIN = 'statebus-op-v1\n', COMMIT_DOMAIN = 'statebus-commit-v1\n'
+    const enc = new TextEncoder()
+    const b64 = s => Uint8Array.from(atob(s), c => c.charCodeAt(0))
+    function b32(text) {                  // a 52-character public key → its 32 bytes (RFC 4648, lower case)
+        const alphabet = 'abcdefghijklmnopqrstuvwxyz234567'
+        if (!/^[a-z2-7]{52}$/.test(text)) throw new Error('not a public key: ' + text)
+        const out = new Uint8Array(32)
+        let bits = 0, acc = 0, n = 0
+        for (const c of text) {
+            acc = (acc << 5) | alphabet.indexOf(c)
+            bits += 5
+            if (bits >= 8) { bits -= 8; if (n < 32) out[n++] = (acc >> bits) & 255 }
+        }
+        return out
+    }
+    const concat = (...parts) => {
+        const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+        let at = 0
+        for (const p of parts) { out.set(p, at); at += p.length }
+        return out
+    }
+    const sha256 = async bytes => new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+    const publicKeys = new Map()
+    const NOBLE = '/static/vendor/noble-ed25519-3.2.0.js'    // @noble/ed25519, pinned (vendor/README.md)
+    let noble = null                     // the fallback, loaded once if WebCrypto has no Ed25519
+    async function ed25519(author, message, sig) {
+        if (!(global.crypto && crypto.subtle)) throw new Error('this page has no WebCrypto (not a secure context?)')
+        if (!noble) {
+            let key = publicKeys.get(author)
+            try {
+                if (!key) {
+                    key = await crypto.subtle.importKey('raw', b32(author), {name: 'Ed25519'}, false, ['verify'])
+                    publicKeys.set(author, key)
+                }
+                return await crypto.subtle.verify({name: 'Ed25519'}, key, sig, message)
+            } catch (e) {
+                if (key) throw e
+                noble = import(NOBLE)            // no Ed25519 here: the vendored implementation
+                statebus.ed25519 = 'noble'
+            }
+        }
+        return (await noble).verifyAsync(sig, message, b32(author), {zip215: false})
+    }
+    async function signatureOk(author, signed, sig) {
+        if (sig.length === 64) return ed25519(author, signed, sig)
+        // a batch proof: "C1" | commit signature (64) | n (u32 BE) | i (u32 BE) | Merkle siblings (32 each)
+        if (sig.length < 74 || sig[0] !== 0x43 || sig[1] !== 0x31 || (sig.length - 74) % 32) return false
+        const view = new DataView(sig.buffer, sig.byteOffset, sig.byteLength)
+        const n = view.getUint32(66), i0 = view.getUint32(70)
+        if (!(i0 < n)) return false
+        let h = await sha256(concat(new Uint8Array([0]), await sha256(signed)))
+        let i = i0, width = n, at = 74
+        while (width > 1) {
+            if ((i ^ 1) < width) {
+                if (at + 32 > sig.length) return false
+                const s = sig.subarray(at, at + 32)
+                at += 32
+                h = await sha256(i % 2 === 0 ? concat(new Uint8Array([1]), h, s) : concat(new Uint8Array([1]), s, h))
+            }
+            i = Math.floor(i / 2)
+            width = Math.floor((width + 1) / 2)
+        }
+        if (at !== sig.length) return false
+        const count = new Uint8Array(4)
+        new DataView(count.buffer).setUint32(0, n)
+        const message = concat(enc.encode(COMMIT_DOMAIN), count, h), commitSig = sig.subarray(2, 66)
+        // one commit signs a whole batch: its signature is checked once per author, commit and signature
+        // (the verdict depends on nothing else); an error is not kept
+        const id = author + ':' + btoa(String.fromCharCode(...message, ...commitSig))
+        let ok = commits.get(id)
+        if (ok === undefined) {
+            ok = ed25519(author, message, commitSig)
+            commits.set(id, ok)
+            if (commits.size > 4096) commits.delete(commits.keys().next().value)
+            ok.catch(() => commits.delete(id))
+        }
+        return ok
+    }
+    const commits = new Map()            // author:commit message+signature → promise of the verdict
+    function signedOp(b64text) {
+        const bytes = b64(b64text)
+        const text = new TextDecoder().decode(bytes)
+        if (!text.startsWith(OP_DOMAIN)) throw new Error('the signed bytes are not an op')
+        return {bytes, op: JSON.parse(text.slice(OP_DOMAIN.length))}
+    }
+    function canonical(v) {
+        if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']'
+        if (v && typeof v === 'object')
+            return '{' + Object.keys(v).sort().map(k => JSON.stringify(k) + ':' + canonical(v[k])).join(',') + '}'
+        return JSON.stringify(v)
+    }
+    function fullKey(key) {
+        key = norm(key)
+        return key.startsWith('/~/') && statebus.node ? '/' + statebus.node + key.slice(2) : key
+    }
+    async function check(key, value, proof, now) {
+        if (!proof) return 'no signature material came with the value'
+        if (proof.unverifiable) return proof.unverifiable
+        const {bytes, op} = signedOp(proof.signed)
+        if (op.k !== key) return 'the signed op is for ' + op.k + ', not ' + key
+        if (op.a !== proof.author) return 'the signed op is by ' + op.a + ', not ' + proof.author
+        if (op.t !== 'set' || op.m !== 'lww') return 'the signed op does not set a whole value'
+        if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
+        if (!await signatureOk(op.a, bytes, b64(proof.sig))) return 'the signature does not verify for ' + op.a
+        const owner = key.split('/')[1]
+        if (op.a === owner) return null
+        const d = proof.delegation
+        if (!d) return op.a + ' is not the owner of ' + owner + ' and no delegation came with the value'
+        const rec = signedOp(d.signed)
+        if (rec.op.a !== owner || rec.op.k !== '/' + owner + '/.keys/' + op.a) return 'the delegation record is not the owner\'s record of ' + op.a
+        if (!await signatureOk(owner, rec.bytes, b64(d.sig))) return 'the delegation record\'s signature does not verify for ' + owner
+        const body = rec.op.b || {}
+        if (body.type !== 'statebus/delegation' || body.owner !== owner || body.delegate !== op.a) return 'the owner revoked ' + op.a + ' or the record is not a delegation'
+        if (!(body.scopes || []).some(s => key.startsWith(s))) return 'the delegation of ' + op.a + ' does not cover ' + key
+        if (typeof body.not_before === 'number' && body.not_before > now + 120) return 'the delegation of ' + op.a + ' is not in force yet'
+        if (typeof body.expires === 'number' && body.expires <= now) return 'the delegation of ' + op.a + ' expired'
+        return null
+    }
+    statebus.verifyProof = async function (key, value, proof) {
+        await statebus.ready
+        key = fullKey(key)
+        let reason
+        try {
+            reason = await check(key, value, proof, Date.now() / 1000)
+        } catch (e) {
+            reason = 'the signature material is malformed or cannot be checked: ' + e.message
+        }
+        const author = proof && proof.author
+        const result = reason === null
+            ? {verified: true, reason: 'signed by ' + author + (author === key.split('/')[1] ? ' (the owner)' : ' (a delegate of the owner)'), author}
+            : {verified: false, reason, author}
+        statebus.verified[norm(key)] = result
+        return result
+    }
+    statebus.getVerified = async function (key) {
+        await statebus.ready
+        let res
+        try {
+            res = await request('GET', key, {query: {proof: ''}})
+        } catch (e) {
+            if (e.status === 404) return {value: undefined, verified: false, reason: 'no such key'}
+            throw e
+        }
+        const data = await res.json()
+        const result = await statebus.verifyProof(key, data.value, data.proof)
+        if (result.verified) statebus.state[norm(key)] = data.value
+        else delete statebus.state[norm(key)]   // never kept as the author's
+        return {value: data.value, ...result}
+    }
+
     // ------------------------------------------------------------------ patches (as the server applies them)
 
     function parseRange(r) {
@@ -167,7 +333,7 @@
 
     // ------------------------------------------------------------------ subscriptions
 
-    statebus.subscribe = function (keys, callback, {since, onstatus = () => {}} = {}) {
+    statebus.subscribe = function (keys, callback, {since, onstatus = () => {}, verify = false} = {}) {
         const list = [].concat(keys)
         let es = null, stopped = false
         const mine = new Map()       // this subscription's own values (patches apply to these, so two
@@ -181,10 +347,11 @@
             const q = new URLSearchParams()
             if (rest.length) q.set('keys', rest.join(','))
             if (since !== undefined) q.set('since', String(since))
+            if (verify) q.set('proof', '')
             if ([...q].length) u += '?' + q
             es = new EventSource(u, {withCredentials: true})
             const on = type => es.addEventListener(type, e => handle(type, e))
-            for (const t of ['snapshot', 'update', 'delete', 'reset']) on(t)
+            for (const t of ['snapshot', 'update', 'delete', 'reset', 'proof']) on(t)
             es.addEventListener('open', () => onstatus('open'))
             es.addEventListener('error', e => {
                 onstatus(es.readyState === EventSource.CLOSED ? 'closed' : 'connecting')
@@ -198,8 +365,23 @@
                 }
             })
         }
+        const waiting = new Map()   // verify: key → {value, event, v} until its proof comes
+        const proofs = new Map()    // verify: key → {v, proof} that came before its value
+        async function settle(key, value, event, proof) {
+            const result = await statebus.verifyProof(key, value, proof)
+            if (result.verified) statebus.state[key] = value
+            else delete statebus.state[key]            // never kept as the author's
+            callback(key, value, {...event, verified: result.verified, reason: result.reason})
+        }
         async function handle(type, e) {
             const data = JSON.parse(e.data)
+            if (type === 'proof') {
+                const key = norm(data.key), v = JSON.stringify(data.version)
+                const w = waiting.get(key)
+                if (w && w.v === v) { waiting.delete(key); await settle(key, w.value, w.event, data.proof) }
+                else proofs.set(key, {v, proof: data.proof})
+                return
+            }
             const event = {type, version: data.version, parents: data.parents, id: e.lastEventId}
             if (e.lastEventId) lastId = e.lastEventId
             if (type === 'reset') {
@@ -224,8 +406,15 @@
                         value = await statebus.get(key)    // fall back to reading the whole value
                     }
                 }
-                statebus.state[key] = value
                 mine.set(key, value)
+                if (verify) {
+                    const v = JSON.stringify(data.version), p = proofs.get(key)
+                    proofs.delete(key)
+                    if (p && p.v === v) await settle(key, value, event, p.proof)
+                    else waiting.set(key, {value, event, v})
+                    return
+                }
+                statebus.state[key] = value
             }
             callback(key, value, event)
         }

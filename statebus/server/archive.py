@@ -1,0 +1,353 @@
+"""Backups: ``statebus export`` writes a self-verifying archive of a node's signed ops; ``statebus
+import`` checks one whole and then applies it to a node, verifying every op again.
+
+The archive is a tar file (docs/operations.md, "Back up and restore"):
+
+    manifest.json      what is inside, with hashes; signed by the exporting node's key
+    ops.bin            the signed ops, in the store's order: each a 4-byte big-endian length, then the
+                       op's canonical bytes (``statebus.oplog.encode_op``), exactly as stored
+    blobs/<sha256>     content-addressed blobs, each named by the SHA-256 of its bytes (none yet: the
+                       blob store lands with issue 18; the format and the checks are ready for them)
+
+Rules:
+1. Export reads one consistent snapshot of the store (:class:`~statebus.storage.sqlite.StoreSnapshot`,
+   a read transaction), so it runs while the node serves and writes; it takes no lock.
+2. The manifest names the format and its version, the node, the subtree, the snapshot's seq, and
+   for every member its size and SHA-256; ``signature`` is the node key's Ed25519 signature of the
+   manifest without it (canonical JSON: sorted keys, no spaces, UTF-8).
+3. Import refuses the whole archive, changing nothing, unless every check passes first: only the
+   members above, regular files, no duplicates; the manifest's signature; each member's size and
+   hash; the op count; every op decodes and its own signature verifies for its author.
+4. Then the ops go through :class:`~statebus.federation.ingest.Ingest`, like a restore from a peer:
+   signatures again, delegations, the owner-only rules. Ops already present count as duplicates, so
+   an import can be repeated, and it merges into an existing node.
+5. Ops folded into a compaction snapshot are not ops any more: the manifest lists those keys
+   (``compacted``) and their snapshot's seq, and import reports them (docs/operations.md, "Limits").
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+from statebus import __version__
+from statebus.access.op_gate import OpGate
+from statebus.errors import ArchiveInvalid, BadSignature, CliError, StatebusError
+from statebus.federation.ingest import Ingest
+from statebus.federation.policy import check_pattern
+from statebus.identity import keystore
+from statebus.identity.keys import verify_signature
+from statebus.identity.signing import check_signature
+from statebus.keys import is_pubkey, namespace_of
+from statebus.oplog import decode_op
+from statebus.runtime import Node
+from statebus.storage.sqlite import STORE_FILE, StoreSnapshot
+
+FORMAT: Final = "statebus-archive"
+FORMAT_VERSION: Final = 1
+MANIFEST: Final = "manifest.json"
+OPS: Final = "ops.bin"
+BLOBS: Final = "blobs/"
+_BLOB_NAME = re.compile(r"^blobs/[0-9a-f]{64}$")
+MAX_MANIFEST_BYTES: Final = 16 * 1024 * 1024
+MAX_OP_BYTES: Final = 256 * 1024 * 1024
+"""No single op is larger (a frame claiming more is damage, not data)."""
+APPLY_CHUNK: Final = 2000
+"""Ops handed to :class:`Ingest` at a time (each chunk is made durable before the next)."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    node: str
+    subtree: str
+    seq: int
+    ops: int = 0
+    op_bytes: int = 0
+    compacted: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class Archive:
+    """An archive that passed every check of rule 3 (but not yet Ingest's)."""
+
+    manifest: dict[str, Any]
+    ops: list[bytes]
+    blobs: dict[str, bytes]
+
+
+@dataclass
+class ImportReport:
+    node: str
+    ops: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+    compacted: int = 0
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    """The signed bytes of ``manifest``: itself without ``signature``, as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---------------------------------------------------------------------- export
+
+
+def export_archive(
+    data_dir: str | os.PathLike[str], dest: str | os.PathLike[str], subtree: str | None = None
+) -> ExportReport:
+    """Write the archive of the node in ``data_dir`` (all its ops, or those under ``subtree``) to
+    ``dest``, which must not exist. Safe while the node serves (rule 1).
+
+    Raises:
+        CliError: ``dest`` exists, or there is no node identity in ``data_dir``.
+        InvalidKey / InvalidValue: ``subtree`` is not a subtree (``/~/notes/``, ``/<pubkey>/a/``).
+        NotFound, StoreTooNew, StoreDamaged: the store cannot be read.
+    """
+    data, target = Path(data_dir), Path(dest)
+    if not keystore.exists(data):
+        raise CliError(f"no node identity in {data}: nothing to export")
+    if target.exists():
+        raise CliError(f"{target} exists: choose a new file name (an export never overwrites)")
+    identity = keystore.load(data)
+    pattern = "" if subtree in (None, "") else check_pattern(str(subtree), identity.pubkey)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with StoreSnapshot(data / STORE_FILE) as snap, tempfile.TemporaryFile(dir=target.parent) as spool:
+        report = ExportReport(target, identity.pubkey, pattern, snap.max_seq)
+        digest = hashlib.sha256()
+        for op in snap.ops(pattern):
+            frame = struct.pack(">I", len(op.data)) + op.data
+            spool.write(frame)
+            digest.update(frame)
+            report.ops += 1
+            report.op_bytes += len(frame)
+        report.compacted = snap.compacted(pattern)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "statebus": __version__,
+            "node": identity.pubkey,
+            "subtree": pattern,
+            "seq": snap.max_seq,
+            "ops": {
+                "member": OPS,
+                "count": report.ops,
+                "bytes": report.op_bytes,
+                "sha256": digest.hexdigest(),
+            },
+            "blobs": [],
+            "compacted": [{"key": k, "seq": s} for k, s in report.compacted],
+        }
+        manifest["signature"] = base64.b64encode(identity.sign(canonical(manifest))).decode()
+        spool.seek(0)
+        _write_tar(target, manifest, spool, report.op_bytes)
+    return report
+
+
+def _write_tar(target: Path, manifest: dict[str, Any], ops: IO[bytes], size: int) -> None:
+    """The tar file, written beside ``target``, fsynced, then renamed onto it (never half there)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                body = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+                tar.addfile(_member(MANIFEST, len(body)), io.BytesIO(body))
+                tar.addfile(_member(OPS, size), ops)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(name, 0o600)  # the node's data: the owner's eyes only
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+    return info
+
+
+# ---------------------------------------------------------------------- read and verify
+
+
+def read_archive(path: str | os.PathLike[str]) -> Archive:
+    """Open ``path`` and run every check of rule 3.
+
+    Raises:
+        ArchiveInvalid: the first check that failed, in one line (nothing was applied anywhere).
+    """
+    members: dict[str, bytes] = {}
+    try:
+        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed below; its errors are told apart)
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveInvalid(f"{path} is not a statebus archive (not a tar file: {exc})") from None
+    with tar:
+        try:
+            for info in tar:
+                name = info.name
+                if not info.isfile():
+                    raise ArchiveInvalid(f"{path}: member {name!r} is not a regular file")
+                if name in members:
+                    raise ArchiveInvalid(f"{path}: member {name!r} appears twice")
+                if name not in (MANIFEST, OPS) and not _BLOB_NAME.match(name):
+                    raise ArchiveInvalid(f"{path}: unexpected member {name!r}")
+                limit = MAX_MANIFEST_BYTES if name == MANIFEST else None
+                if limit is not None and info.size > limit:
+                    raise ArchiveInvalid(f"{path}: the manifest is over {limit} bytes")
+                f = tar.extractfile(info)
+                assert f is not None  # a regular file
+                members[name] = f.read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ArchiveInvalid(f"{path}: the tar file is damaged ({exc})") from None
+    manifest = _manifest(path, members)
+    ops = _ops(path, manifest, members.get(OPS, b""))
+    blobs = _blobs(path, manifest, members)
+    for i, raw in enumerate(ops):
+        try:
+            check_signature(decode_op(raw))
+        except StatebusError as exc:
+            raise ArchiveInvalid(
+                f"{path}: op {i + 1} of {len(ops)} is refused ({exc.code}: {exc.detail})"
+            ) from None
+    return Archive(manifest, ops, blobs)
+
+
+def _manifest(path: str | os.PathLike[str], members: dict[str, bytes]) -> dict[str, Any]:
+    if MANIFEST not in members:
+        raise ArchiveInvalid(f"{path}: no {MANIFEST}: not a statebus archive")
+    try:
+        manifest = json.loads(members[MANIFEST])
+    except (ValueError, RecursionError):
+        raise ArchiveInvalid(f"{path}: {MANIFEST} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArchiveInvalid(f"{path}: {MANIFEST} does not describe a {FORMAT}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArchiveInvalid(
+            f"{path}: archive format version {version!r}; this statebus {__version__} reads version "
+            f"{FORMAT_VERSION} (a newer archive needs a newer statebus)"
+        )
+    node, signature = manifest.get("node"), manifest.get("signature")
+    if not isinstance(node, str) or not is_pubkey(node):
+        raise ArchiveInvalid(f"{path}: the manifest names no node key")
+    try:
+        sig = base64.b64decode(str(signature), validate=True)
+    except ValueError:
+        sig = b""
+    if not verify_signature(node, canonical(manifest), sig):
+        raise ArchiveInvalid(f"{path}: the manifest's signature does not verify for node {node} (altered?)")
+    return manifest
+
+
+def _ops(path: str | os.PathLike[str], manifest: dict[str, Any], data: bytes) -> list[bytes]:
+    info = manifest.get("ops")
+    if not isinstance(info, dict) or info.get("member") != OPS:
+        raise ArchiveInvalid(f"{path}: the manifest does not describe {OPS}")
+    if len(data) != info.get("bytes") or hashlib.sha256(data).hexdigest() != info.get("sha256"):
+        raise ArchiveInvalid(
+            f"{path}: {OPS} does not match the manifest's size and SHA-256 (altered or truncated)"
+        )
+    ops = list(_frames(path, data))
+    if len(ops) != info.get("count"):
+        raise ArchiveInvalid(f"{path}: {OPS} holds {len(ops)} ops, the manifest says {info.get('count')}")
+    return ops
+
+
+def _frames(path: str | os.PathLike[str], data: bytes) -> Iterator[bytes]:
+    at = 0
+    while at < len(data):
+        if at + 4 > len(data):
+            raise ArchiveInvalid(f"{path}: {OPS} ends inside a frame header")
+        (size,) = struct.unpack_from(">I", data, at)
+        if size > MAX_OP_BYTES or at + 4 + size > len(data):
+            raise ArchiveInvalid(f"{path}: {OPS} has a frame running past its end")
+        yield data[at + 4 : at + 4 + size]
+        at += 4 + size
+
+
+def _blobs(
+    path: str | os.PathLike[str], manifest: dict[str, Any], members: dict[str, bytes]
+) -> dict[str, bytes]:
+    listed = manifest.get("blobs")
+    if not isinstance(listed, list):
+        raise ArchiveInvalid(f"{path}: the manifest's blobs is not a list")
+    present = {name for name in members if name.startswith(BLOBS)}
+    wanted = {str(b.get("member")) if isinstance(b, dict) else "" for b in listed}
+    if present != wanted:
+        raise ArchiveInvalid(f"{path}: the blobs present do not match the manifest's list")
+    blobs: dict[str, bytes] = {}
+    for entry in listed:
+        name = str(entry["member"])
+        data = members[name]
+        digest = hashlib.sha256(data).hexdigest()
+        if name != BLOBS + digest or len(data) != entry.get("bytes"):
+            raise ArchiveInvalid(f"{path}: blob {name} does not match its SHA-256 name or size")
+        blobs[digest] = data
+    return blobs
+
+
+# ---------------------------------------------------------------------- import
+
+
+async def import_archive(node: Node, archive: Archive, quota_bytes: int) -> ImportReport:
+    """Apply a checked archive to ``node`` (rule 4); durable when this returns. Its blobs are
+    checked but not stored yet: no blob store exists in this release.
+
+    Args:
+        quota_bytes: the quota of other namespaces (``quota_bytes_per_remote_namespace``), as for a
+            follow; the node's own namespace has none.
+
+    Raises:
+        QuotaExceeded: another namespace's ops would go over ``quota_bytes`` (those before are kept).
+    """
+    report = ImportReport(str(archive.manifest["node"]), ops=len(archive.ops))
+    report.compacted = len(archive.manifest.get("compacted") or [])
+    ingest = Ingest(node, OpGate.for_node(node, quota_bytes), own=True)
+    for raw in archive.ops:
+        try:
+            ns = namespace_of(decode_op(raw).key)
+        except (StatebusError, TypeError):
+            continue  # Ingest refuses it with the reason
+        if ns != node.local:
+            ingest.allow_namespace(ns)  # the owner asked for this data: as if followed
+    for start in range(0, len(archive.ops), APPLY_CHUNK):
+        result = await ingest.take(archive.ops[start : start + APPLY_CHUNK])
+        report.applied += result.applied
+        report.duplicates += result.duplicates
+        report.reasons.extend(result.rejected[: 5 - len(report.reasons)])
+    report.rejected = report.ops - report.applied - report.duplicates
+    await node.flush()
+    return report
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Archive",
+    "BadSignature",
+    "ExportReport",
+    "ImportReport",
+    "canonical",
+    "export_archive",
+    "import_archive",
+    "read_archive",
+]
