@@ -11,7 +11,11 @@ follows B only. In the browser:
 * A goes offline, and B's page (reloaded) still shows A's posts from B's replica;
 * C, who does not follow A, sees B's posts and none of A's;
 * B's node, without chirp, takes a 300-character post from its owner over HTTP (signed by B);
-  C's validator refuses it: it is not stored on C and C's page never shows it.
+  C's validator refuses it: it is not stored on C and C's page never shows it;
+* C goes down, B posts five times, C starts again on its data and catches up with all five.
+
+A's post carries an image (a PNG through the form's file input) that B's page shows from B's replica,
+and B's browser checks its signature (statebus.js `verify`): the post shows "✓ signed".
 
 Screenshots of each screen go to $STATEBUS_SCREENSHOTS when set (docs/apps/ holds the committed ones).
 """
@@ -19,6 +23,7 @@ Screenshots of each screen go to $STATEBUS_SCREENSHOTS when set (docs/apps/ hold
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -38,6 +43,10 @@ pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(not browser_available(), reason="needs node, tests/js and /usr/bin/chromium"),
 ]
+# A 1x1 PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
 FAST = {"sse_ping_interval": 0.3, "backoff_base": 0.05, "backoff_cap": 0.4}
 
 HELPERS = """
@@ -70,6 +79,12 @@ B_LIVE = (
   await statebus.put('chirp/profile', {name: 'bob', bio: 'B of the devnet'});
   await until('A\\'s post', () => texts().includes('hello from A'));
   r.live = texts();
+  const img = () => article('hello from A').querySelector('img.img');
+  await until('the image of A', () => img() && img().complete && img().naturalWidth === 1);
+  await until('the signature check', () => article('hello from A').querySelector('.verified'));
+  r.badge = article('hello from A').querySelector('.verified').textContent;
+  r.unverified = chirp.unverified;
+  r.dropped = chirp.dropped;
   const a = article('hello from A');
   a.focus(); key(a, 'l');
   await until('the like', () => article('hello from A').querySelector('.like').textContent === '♥ 1');
@@ -91,8 +106,13 @@ A_POST = (
   await statebus.ready;
   await until('the streams', () => document.getElementById('conn').textContent === 'live');
   await statebus.put('chirp/profile', {name: 'ann', bio: 'A of the devnet'});
+  const png = Uint8Array.from(atob(%(png)s), c => c.charCodeAt(0));
+  const files = new DataTransfer();
+  files.items.add(new File([png], 'dot.png', {type: 'image/png'}));
+  document.getElementById('compose').image.files = files.files;
   compose('hello from A');
   await until('the post', () => texts().includes('hello from A'));
+  await until('the form reset', () => document.getElementById('compose').text.value === '');
   compose('y'.repeat(281));
   await until('the refusal', () => document.getElementById('status').textContent !== '');
   window.__result = {texts: texts(), refused: document.getElementById('status').textContent,
@@ -228,9 +248,14 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     # A posts while B's page is open: B sees it live, likes it and replies with the keyboard.
     b_run = asyncio.create_task(browse(b, B_LIVE, shots, "chirp-timeline"))
     await wait_until(
-        lambda: b.node.fetch_or_none("/~/chirp/profile") is not None, what="B's page", timeout=60
+        lambda: b.node.fetch_or_none("/~/chirp/profile") is not None or b_run.done(),
+        what="B's page",
+        timeout=90,
     )
-    posted = await browse(a, A_POST, shots, "chirp-compose")
+    if b_run.done():
+        await b_run  # B's page failed before it was there: its error
+    png = json.dumps(base64.b64encode(PNG).decode())
+    posted = await browse(a, A_POST.replace("%(png)s", png), shots, "chirp-compose")
     assert "hello from A" in posted["texts"], posted
     assert posted["refused"].startswith("app chirp refused chirp/posts/"), posted  # the sandbox's reason
     assert "at most 280 characters, not 281" in posted["refused"] and posted["left"] == "-1", posted
@@ -238,6 +263,7 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert "hello from A" not in live["before"] and live["live"] == ["hello from A"], live
     assert live["after"] == ["nice one, A", "hello from A"], live
     assert "↩ replying to ann" in live["ctx"], live
+    assert live["badge"] == " ✓ signed" and live["unverified"] == 0, live["dropped"]  # checked in B's browser
 
     # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).
     notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
@@ -283,6 +309,18 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert "zz-forged" not in posts_of(c, b.pubkey)
     seen = await browse(c, C_VIEW.replace("nice one, A", "after the forgery"), shots, "chirp-c-forged")
     assert "x" * 300 not in seen["texts"] and "after the forgery" in seen["texts"], seen
+
+    # C goes down; B posts meanwhile; C, started again on its data, catches up with every post.
+    await devnet.stop("c")
+    async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as http:
+        for i in range(5):
+            post = {"text": f"while C was down {i}", "at": 9e12 + 10 + i}
+            (await http.put(f"/~/chirp/posts/zz-down{i}", json=post)).raise_for_status()
+    c = await devnet.add("c")
+    await wait_until(
+        lambda: all(f"zz-down{i}" in posts_of(c, b.pubkey) for i in range(5)), what="C catching up"
+    )
+    assert "zz-forged" not in posts_of(c, b.pubkey)
 
     target = os.environ.get("STATEBUS_SCREENSHOTS")
     if target:

@@ -38,6 +38,7 @@
   let shown = PAGE, selected = -1, replyTo = null, quoteOf = null, online = false
   let seenNotes = Number(localStorage.getItem('chirp-seen') || 0)
   window.chirp = {posts, likes, profiles, follows, blocks, mutes, rendered: 0}   // for tests and the curious
+  Object.defineProperty(window.chirp, 'unverified', {get: () => unverified})
 
   // ------------------------------------------------------------------ data
 
@@ -50,13 +51,29 @@
   const myFollows = () => follows.get(me) || new Set()
   const hidden = pk => blocks.has(pk) || (pk !== me && mutes.has(pk))
 
-  function onChange(key, value) {
+  // Every stream asks for each value's signature (verify: statebus.js checks the author's Ed25519
+  // signature in this browser, with WebCrypto). A value that fails is dropped and counted, never shown.
+  const verified = new Set()
+  let unverified = 0
+  const dropped = []
+  window.chirp.dropped = dropped
+  function onChange(key, value, event) {
     if (key === null) return   // a reset: fresh snapshots follow
     const s = split(key)
     if (!s) return
     const [pk, rest] = s
-    const gone = value === undefined
     const full = abs(pk, rest)
+    // Images are shown by URL (<img src>), not from the stream; statebus.js does not verify bytes
+    // values yet ("a lww value is merged from many ops"), so they carry no badge.
+    if (rest.startsWith('images/')) return
+    if (event && event.verified === false) {
+      unverified++
+      dropped.push({key: full, reason: event.reason})
+      console.warn('chirp: dropped', full, event.reason)
+      verified.delete(full)
+      value = undefined
+    } else if (event && event.verified) verified.add(full)
+    const gone = value === undefined
     if (rest.startsWith('posts/')) gone ? posts.delete(full) : posts.set(full, value)
     else if (rest.startsWith('likes/')) gone ? likes.delete(full) : likes.set(full, value)
     else if (rest === 'profile') gone ? profiles.delete(pk) : profiles.set(pk, value)
@@ -88,7 +105,8 @@
     const old = theirs
     theirs = []
     for (let i = 0; i < want.length; i += SUBS_PER_STREAM) {
-      theirs.push(statebus.subscribe(want.slice(i, i + SUBS_PER_STREAM).map(pk => `/${pk}/chirp/`), onChange))
+      theirs.push(statebus.subscribe(want.slice(i, i + SUBS_PER_STREAM).map(pk => `/${pk}/chirp/`), onChange,
+                                     {verify: true}))
     }
     old.forEach(stop => stop())
   }
@@ -245,7 +263,8 @@
     if (!context && p.reply_to) context = `↩ replying to ${name(split(p.reply_to)[0])}`
     return el('article', {'data-key': key, tabindex: '-1'},
       avatar(pk),
-      el('div', {class: 'who'}, el('a', {href: '#user/' + pk, text: name(pk)}), ' ', el('small', {text: '· ' + when(p.at)})),
+      el('div', {class: 'who'}, el('a', {href: '#user/' + pk, text: name(pk)}), ' ', el('small', {text: '· ' + when(p.at)}),
+         verified.has(key) ? el('span', {class: 'verified', title: `signed by ${pk}, checked in this browser`, text: ' ✓ signed'}) : null),
       context ? el('div', {class: 'ctx', text: context}) : null,
       text, ...images, quoted,
       el('div', {class: 'acts'},
@@ -417,7 +436,7 @@
     if (!info || !info.node) return   // offline: the saved view stays
     if (me && me !== info.node) { for (const m of [posts, likes, profiles, follows]) m.clear(); blocks.clear(); mutes.clear() }
     me = info.node
-    own = statebus.subscribe('/~/chirp/', onChange, {onstatus})
+    own = statebus.subscribe('/~/chirp/', onChange, {onstatus, verify: true})
     resubscribe()
     schedule()
   })
