@@ -23,6 +23,8 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 
+OTHER = "a" * 52
+
 SCRIPT = """
 (async () => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
@@ -81,10 +83,21 @@ SCRIPT = """
     $('delete-button').click();
     await until(() => $('value').textContent === '(deleted)', 'the delete');
     r.deleted = $('key-status').textContent;
+    r.prefilled = $('follow-pattern').value;              // from #follow=…&via=…
+    $('follow-form').requestSubmit();
     await until(() => document.querySelectorAll('#follows-list tr').length === 1, 'the follow');
+    r.followStatus = $('follow-status').textContent;
+    const state = () => document.querySelector('#follows-list td:nth-child(2)').textContent;
+    await until(() => state().startsWith('retrying'), 'its state');
     r.follows = [...document.querySelectorAll('#follows-list td')].map(td => td.textContent);
+    $('follow-pattern').value = '/nobody/';
+    $('follow-form').requestSubmit();
+    await until(() => $('follow-status').className === 'status error', 'a bad pattern');
+    r.badPattern = $('follow-status').textContent;
     r.rules = [...document.querySelectorAll('#rules li')].map(li => li.textContent);
     r.node = JSON.parse($('node-record').textContent);
+    document.querySelector('#follows-list button').click();
+    await until(() => document.querySelectorAll('#follows-list tr').length === 0, 'the unfollow');
   } catch (e) { r.error = String(e); }
   window.__result = r;
   window.__done = true;
@@ -104,12 +117,12 @@ def test_the_page_browses_renders_edits_and_reads_history(tmp_path: Path) -> Non
             for i in range(120):
                 http.put(f"/~/bulk/{i}", json=i).raise_for_status()
             http.put("/~/.shares/abc", json={"pattern": f"/{srv.node.local}/pics/"}).raise_for_status()
-            other = "a" * 52
-            follow = {"pattern": f"/{other}/chirp/", "added": 1.0, "via": ["http://127.0.0.1:9"]}
-            http.put("/~/.follows/0123456789abcdef", json=follow).raise_for_status()
         shot = tmp_path / "data-browser.png"
-        out = run_browser(f"{srv.url}/login?token={srv.token}", SCRIPT, timeout=90, screenshot=shot)
+        page = f"{srv.url}/#follow=/{OTHER}/chirp/&via=http://127.0.0.1:9"
+        login = [f"{srv.url}/login?token={srv.token}"]
+        out = run_browser(page, SCRIPT, timeout=90, screenshot=shot, before=login)
         gone = httpx.get(f"{srv.url}/~/notes/todo", headers=srv.auth).status_code
+        follows = httpx.get(f"{srv.url}/~/.follows/", headers=srv.auth).json()["children"]
     assert out["ok"], out
     r = out["result"]
     assert "error" not in r, r
@@ -126,7 +139,11 @@ def test_the_page_browses_renders_edits_and_reads_history(tmp_path: Path) -> Non
         "(.default, .deny, .allow, .host, .lists/<name>)"
     ), r
     assert r["deleted"] == "deleted /~/notes/todo" and gone == 404, r
-    assert r["follows"][0] == f"/{'a' * 52}/chirp/" and r["follows"][3] in ("0 / 0",), r
+    assert r["prefilled"] == f"/{OTHER}/chirp/" and r["followStatus"] == f"following /{OTHER}/chirp/", r
+    assert r["follows"][0] == f"/{OTHER}/chirp/" and r["follows"][2] == "http://127.0.0.1:9", r
+    assert r["follows"][1].startswith("retrying: peer_unavailable"), r  # nobody listens there: its state
+    assert r["badPattern"].startswith("a pattern is /<their pubkey>/path/"), r
+    assert follows == [], follows  # unfollowed from the page
     assert any("/.shares/abc" in rule and "/pics/" in rule for rule in r["rules"]), r
     assert r["node"]["pubkey"] == srv.node.local or srv.node.local in str(r["node"]), r
     assert out["page_errors"] == [], out

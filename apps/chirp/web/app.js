@@ -316,7 +316,12 @@
     const person = (pk, ...buttons) => el('div', {class: 'person'}, avatar(pk),
       el('a', {href: '#user/' + pk, text: name(pk)}), el('span', {class: 'pk', text: pk}), ...buttons)
     const button = (text, fn) => el('button', {text, onclick: fn})
+    // The node follows their chirp/ when its owner says so on the node's own page (an app cannot write
+    // /~/.follows/): this link opens that page with the follow filled in, for the owner to confirm.
+    const host = location.hostname.replace(/^chirp\./, '').replace(/^localhost$/, '127.0.0.1')
+    const nodePage = pk => `${location.protocol}//${host}${location.port ? ':' + location.port : ''}/#follow=/${pk}/chirp/`
     const following = [...myFollows()].sort().map(pk => person(pk,
+      el('a', {href: nodePage(pk), target: '_blank', rel: 'noopener', text: 'follow on my node'}),
       button('Unfollow', () => setMark('follows', pk, false)),
       button(mutes.has(pk) ? 'Unmute' : 'Mute', () => setMark('mutes', pk, !mutes.has(pk))),
       button('Block', () => setMark('blocks', pk, true))))

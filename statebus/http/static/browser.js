@@ -3,6 +3,8 @@
 //   * the selected value rendered by its content type: JSON, text, an image, or a download;
 //   * its history (GET <key>?history) and any past version (GET <key>?version=<v>);
 //   * delete, with the node's reason when it refuses;
+//   * follow a subtree (PUT /~/.follows/<id>, as `statebus follow` does; the form is filled from
+//     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
 //   * the follows and their state (/~/.follows/, /~/.federation/follows/), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
 //     (/.well-known/statebus/node); all live (the follows and rules are subscribed).
@@ -135,6 +137,14 @@
                 const tr = row([f.pattern, (s.status || 'starting') + (s.reason ? ': ' + s.reason : ''),
                                 s.url || (f.via || []).join(' ') || '–', `${s.applied || 0} / ${s.rejected || 0}`])
                 tr.dataset.follow = f.pattern
+                const td = document.createElement('td')
+                const stop = document.createElement('button')
+                stop.type = 'button'
+                stop.className = 'danger'
+                stop.textContent = 'Unfollow'
+                stop.addEventListener('click', () => unfollow(id))
+                td.append(stop)
+                tr.append(td)
                 body.append(tr)
             }
             $('follows-count').textContent = `(${follows.size})`
@@ -159,10 +169,47 @@
         })
     }
 
+    // The record id is the first 16 hex digits of sha256(pattern) (federation/policy.py follow_id).
+    async function followId(pattern) {
+        const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(pattern))
+        return [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('').slice(0, 16)
+    }
+    function followStatus(text, ok) {
+        $('follow-status').textContent = text
+        $('follow-status').className = 'status ' + (ok ? 'ok' : 'error')
+    }
+    $('follow-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        let pattern = $('follow-pattern').value.trim()
+        if (!pattern.endsWith('/')) pattern += '/'
+        if (!/^\/[a-z2-7]{52}\//.test(pattern)) {
+            followStatus('a pattern is /<their pubkey>/path/ (52 base32 characters, then a subtree)', false)
+            return
+        }
+        const via = $('follow-via').value.trim()
+        const body = {pattern, added: Date.now() / 1000, via: via ? [via] : []}
+        const res = await fetch('/~/.follows/' + await followId(pattern), {
+            method: 'PUT', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify(body)})
+        if (!res.ok) { followStatus(await problem(res), false); return }
+        followStatus('following ' + pattern, true)
+    })
+    async function unfollow(id) {
+        const res = await fetch('/~/.follows/' + id, {method: 'DELETE', credentials: 'same-origin'})
+        if (!res.ok) followStatus(await problem(res), false)
+        else followStatus('unfollowed (what was replicated stays)', true)
+    }
+    function fromHash() {
+        const q = new URLSearchParams(location.hash.slice(1))
+        if (q.get('follow')) { $('follow-pattern').value = q.get('follow'); $('follow-via').value = q.get('via') || '' }
+    }
+    window.addEventListener('hashchange', fromHash)
+
     async function start() {
         const info = await statebus.ready
         if (!info || !info.owner) return
         $('node-pane').hidden = false
+        fromHash()
         watch('/~/.follows/', follows)
         watch('/~/.federation/follows/', states)
         watch('/~/.shares/', rules)
