@@ -5,7 +5,8 @@ B follows A, A follows B (the author follows the people who answer it: docs/apps
 follows B only. In the browser:
 
 * A posts through the compose form, and B's open page shows it live;
-* B replies (keyboard `r`) and likes (keyboard `l`); A's notifications show both;
+* B likes (keyboard `l`), replies (`r`), quotes (`q`) and reposts (`t`); A's notifications show
+  all four;
 * A blocks B: B's next reply is refused by A's node and never shows, and B's earlier reply is
   hidden;
 * A goes offline, and B's page (reloaded) still shows A's posts from B's replica;
@@ -94,6 +95,17 @@ B_LIVE = (
   await until('the reply', () => texts().includes('nice one, A'));
   r.after = texts();
   r.ctx = [...document.querySelectorAll('#view article .ctx')].map(e => e.textContent);
+  await until('the form reset', () => document.getElementById('compose').text.value === '');
+  key(article('hello from A'), 'q');
+  const quoting = () => document.getElementById('replying').textContent.startsWith('Quoting');
+  await until('the quote context', quoting);
+  compose('quoting A');
+  await until('the quote', () => texts().includes('quoting A'));
+  r.quoted = [...document.querySelectorAll('#view article .quoted')].map(e => e.textContent);
+  key(article('hello from A'), 't');
+  const ctx = () => [...document.querySelectorAll('#view article .ctx')].map(e => e.textContent);
+  await until('the repost', () => ctx().includes('⟲ bob reposted'));
+  r.reposts = [...document.querySelectorAll('#view article .repost')].map(e => e.textContent);
   window.__result = r; window.__done = true;
 })().catch(fail)
 """
@@ -129,7 +141,8 @@ A_NOTES = (
   await statebus.ready;
   location.hash = '#notifications';
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
-  await until('two notifications', () => notes().filter(n => /replied|liked/.test(n)).length >= 2);
+  const four = () => notes().filter(n => /replied|liked|quoted|reposted/.test(n)).length >= 4;
+  await until('four notifications', four);
   window.__result = {notes: notes()};
   window.__done = true;
 })().catch(fail)
@@ -263,12 +276,16 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert "hello from A" not in live["before"] and live["live"] == ["hello from A"], live
     assert live["after"] == ["nice one, A", "hello from A"], live
     assert "↩ replying to ann" in live["ctx"], live
+    assert live["quoted"] == ["ann: hello from A"], live  # the quote post shows the post it quotes
+    assert "⟲ 1" in live["reposts"], live
     assert live["badge"] == " ✓ signed" and live["unverified"] == 0, live["dropped"]  # checked in B's browser
 
     # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).
     notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
     assert any(n.startswith("bob replied") for n in notes["notes"]), notes
     assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
+    assert any(n.startswith("bob quoted your post") for n in notes["notes"]), notes
+    assert any(n.startswith("bob reposted your post") for n in notes["notes"]), notes
 
     # A blocks B: B's next reply is refused by A's node (the store enforces it) and never shows.
     await mark(a, "blocks", b.pubkey)
