@@ -13,7 +13,8 @@ follows B only. In the browser:
 * C, who does not follow A, sees B's posts and none of A's;
 * B's node, without chirp, takes a 300-character post from its owner over HTTP (signed by B);
   C's validator refuses it: it is not stored on C and C's page never shows it;
-* C goes down, B posts five times, C starts again on its data and catches up with all five.
+* C goes down while its page is open: the page says it is offline and keeps showing B's posts; B
+  posts five times, C starts again on its data and catches up with all five.
 
 A's post carries an image (a PNG through the form's file input) that B's page shows from B's replica,
 and B's browser checks its signature (statebus.js `verify`): the post shows "✓ signed".
@@ -192,6 +193,28 @@ C_VIEW = (
 )
 
 
+C_OFFLINE = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  await until('the posts of B', () => texts().includes('after the forgery'));
+  await statebus.put('chirp/profile', {name: 'cy'});
+  await until('the node gone', () => document.getElementById('conn').textContent !== 'live', 60000);
+  await sleep(300);
+  window.__result = {conn: document.getElementById('conn').textContent, texts: texts()};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+
+def has_key(node: RunningNode, key: str) -> bool:
+    change = node.node.fetch_or_none(key)
+    return change is not None and change.exists
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -327,8 +350,15 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     seen = await browse(c, C_VIEW.replace("nice one, A", "after the forgery"), shots, "chirp-c-forged")
     assert "x" * 300 not in seen["texts"] and "after the forgery" in seen["texts"], seen
 
-    # C goes down; B posts meanwhile; C, started again on its data, catches up with every post.
+    # C goes down while its page is open: the page says so and keeps showing what it has. B posts
+    # meanwhile; C, started again on its data, catches up with every post.
+    c_run = asyncio.create_task(browse(c, C_OFFLINE, shots, "chirp-offline-page"))
+    await wait_until(lambda: has_key(c, "/~/chirp/profile") or c_run.done(), what="C's page", timeout=90)
+    if c_run.done():
+        await c_run
     await devnet.stop("c")
+    dropped = await c_run
+    assert dropped["conn"].startswith("offline") and "after the forgery" in dropped["texts"], dropped
     async with httpx.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token}"}) as http:
         for i in range(5):
             post = {"text": f"while C was down {i}", "at": 9e12 + 10 + i}
