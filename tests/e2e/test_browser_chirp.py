@@ -267,6 +267,7 @@ def follow_state(node: RunningNode, pattern: str) -> dict[str, Any]:
     return {}
 
 
+@pytest.mark.timeout(300)  # 35-65 s here; eight Chromium runs on three nodes, on a loaded CI machine
 async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: Path) -> None:
     a, b, c = await devnet.add("a"), await devnet.add("b"), await devnet.add("c")
     shots = tmp_path / "shots"
