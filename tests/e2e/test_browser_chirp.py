@@ -107,6 +107,9 @@ B_LIVE = (
   const ctx = () => [...document.querySelectorAll('#view article .ctx')].map(e => e.textContent);
   await until('the repost', () => ctx().includes('⟲ bob reposted'));
   r.reposts = [...document.querySelectorAll('#view article .repost')].map(e => e.textContent);
+  const face = () => document.querySelector('#view article img.avatar');
+  await until('the avatar of A', () => face() && face().complete && face().naturalWidth === 200);
+  r.avatar = face().naturalWidth;
   window.__result = r; window.__done = true;
 })().catch(fail)
 """
@@ -118,7 +121,23 @@ A_POST = (
 (async () => {
   await statebus.ready;
   await until('the streams', () => document.getElementById('conn').textContent === 'live');
-  await statebus.put('chirp/profile', {name: 'ann', bio: 'A of the devnet'});
+  // the profile, with an avatar of 200x200 noisy pixels: a PNG over the 64 KiB blob threshold
+  location.hash = '#me';
+  await until('the profile form', () => document.getElementById('profile'));
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 200;
+  const g = canvas.getContext('2d'), noise = g.createImageData(200, 200);
+  for (let i = 0; i < noise.data.length; i++) noise.data[i] = i % 4 === 3 ? 255 : Math.random() * 256;
+  g.putImageData(noise, 0, 0);
+  const face = await new Promise(res => canvas.toBlob(res, 'image/png'));
+  const mine = new DataTransfer();
+  mine.items.add(new File([face], 'me.png', {type: 'image/png'}));
+  const f = document.getElementById('profile');
+  f.pname.value = 'ann'; f.bio.value = 'A of the devnet'; f.avatar.files = mine.files;
+  f.requestSubmit();
+  await until('the avatar', () => (chirp.profiles.get(statebus.node) || {}).avatar);
+  const avatarBytes = face.size;
+  location.hash = '#home';
   const png = Uint8Array.from(atob(%(png)s), c => c.charCodeAt(0));
   const files = new DataTransfer();
   files.items.add(new File([png], 'dot.png', {type: 'image/png'}));
@@ -128,7 +147,7 @@ A_POST = (
   await until('the form reset', () => document.getElementById('compose').text.value === '');
   compose('y'.repeat(281));
   await until('the refusal', () => document.getElementById('status').textContent !== '');
-  window.__result = {texts: texts(), refused: document.getElementById('status').textContent,
+  window.__result = {texts: texts(), refused: document.getElementById('status').textContent, avatarBytes,
                      left: document.getElementById('left').textContent};
   window.__done = true;
 })().catch(fail)
@@ -294,6 +313,8 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     png = json.dumps(base64.b64encode(PNG).decode())
     posted = await browse(a, A_POST.replace("%(png)s", png), shots, "chirp-compose")
     assert "hello from A" in posted["texts"], posted
+    assert posted["avatarBytes"] > 64 * 1024, posted  # a blob (over blob_threshold_bytes)
+    assert len(a.node.blob_refs()) == 1, a.node.blob_refs()  # stored as one blob on A
     assert posted["refused"].startswith("app chirp refused chirp/posts/"), posted  # the sandbox's reason
     assert "at most 280 characters, not 281" in posted["refused"] and posted["left"] == "-1", posted
     live = await b_run
@@ -302,6 +323,7 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert "↩ replying to ann" in live["ctx"], live
     assert live["quoted"] == ["ann: hello from A"], live  # the quote post shows the post it quotes
     assert "⟲ 1" in live["reposts"], live
+    assert live["avatar"] == 200, live  # A's avatar, a blob fetched by B's node, shown on B's page
     assert live["badge"] == " ✓ signed" and live["unverified"] == 0, live["dropped"]  # checked in B's browser
 
     # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).

@@ -218,9 +218,17 @@
   const name = pk => (profiles.get(pk) && profiles.get(pk).name) || pk.slice(0, 8) + '…'
   const when = at => new Date(at).toLocaleString()
   const imgUrl = (pk, rel) => (pk === me ? '/~/' : `/${pk}/`) + rel
+  // An image's record can arrive before its bytes (a blob is fetched apart, after its signed pointer):
+  // a failed load is tried again a few times.
+  function image(props) {
+    const img = el('img', props)
+    let tries = 0
+    img.addEventListener('error', () => { if (tries++ < 10) setTimeout(() => { img.src = props.src }, 1000) })
+    return img
+  }
   function avatar(pk) {
     const p = profiles.get(pk)
-    return p && p.avatar ? el('img', {class: 'avatar', alt: '', src: imgUrl(pk, p.avatar)}) : el('span', {class: 'avatar'})
+    return p && p.avatar ? image({class: 'avatar', alt: '', src: imgUrl(pk, p.avatar)}) : el('span', {class: 'avatar'})
   }
   // Reply, repost and like counts of every post, counted in one pass per render (not per article).
   let counted = null
@@ -258,7 +266,7 @@
       quoted = el('div', {class: 'quoted'}, q ? el('b', {text: name(split(p.quote_of)[0]) + ': '}) : null,
                   q ? q.text : 'a post this node does not hold')
     }
-    const images = (p.images || []).map(rel => el('img', {class: 'img', alt: 'image', src: imgUrl(pk, rel)}))
+    const images = (p.images || []).map(rel => image({class: 'img', alt: 'image', src: imgUrl(pk, rel)}))
     let context = ctx || null
     if (!context && p.reply_to) context = `↩ replying to ${name(split(p.reply_to)[0])}`
     return el('article', {'data-key': key, tabindex: '-1'},
