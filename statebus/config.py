@@ -262,6 +262,27 @@ class Settings:
         30.0, "seconds", "How long an install through federation waits for the bundle to arrive.", 0.1, 3600.0
     )
 
+    mirror_for: tuple[str, ...] = _setting(
+        (), "pubkeys", "Pubkeys whose encrypted mirror this node keeps (consent; docs/mirror.md)."
+    )
+    mirror_quota_bytes: int = _setting(
+        1 * GiB, "bytes", "Ciphertext each owner in mirror_for may keep on this node.", 0, 1024 * GiB
+    )
+    mirror_copies: int = _setting(
+        2,
+        "int",
+        "Copies of the namespace to keep (this node + complete mirrors); fewer is under-replicated.",
+        1,
+        100,
+    )
+    mirror_push_interval: float = _setting(
+        60 * SECONDS,
+        "seconds",
+        "How often a running node pushes to its mirrors and challenges one.",
+        0.1,
+        86400,
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.name))
@@ -483,6 +504,22 @@ def _list(raw: Any, label: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+_PUBKEY_RE = re.compile(r"[a-z2-7]{52}", re.ASCII)
+
+
+def _pubkeys(raw: Any, label: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[Any] = [item.strip() for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise InvalidValue(f"{label}: must be a list of pubkeys, got {_show(raw)}")
+    for item in items:
+        if not isinstance(item, str) or not _PUBKEY_RE.fullmatch(item):
+            raise InvalidValue(f"{label}: each entry must be a 52-character pubkey, got {_show(item)}")
+    return tuple(items)
+
+
 _ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.\-]{1,253}|\[[0-9a-f:.]{2,45}\])(:\d{1,5})?", re.ASCII)
 
 
@@ -536,6 +573,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "path": _path,
     "secret": _secret,
     "list": _list,
+    "pubkeys": _pubkeys,
     "origins": _origins,
     "bool": _bool,
     "networks": _networks,

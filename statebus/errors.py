@@ -32,6 +32,7 @@
     ├── Incomplete          503   a replica lacks history its owner compacted: it claims no state
     ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
     ├── BadBlob             422   blob bytes do not match their hash or declared size
+    ├── MirrorTampered      422   a mirror object does not authenticate: altered, truncated or swapped
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -40,7 +41,11 @@
     ├── SandboxViolation    422   a hosted handler broke its limits
     ├── AppRejected         422   a hosted app's validator (or its JSON Schema) refused a write
     ├── AppFailed           422   a hosted app's handler failed (time, memory, a trap, a bad result)
-    └── InvalidBundle       422   an app bundle is malformed, tampered with or mis-signed: nothing installed
+    ├── InvalidBundle       422   an app bundle is malformed, tampered with or mis-signed: nothing installed
+    ├── InvalidInvite             an invite link does not parse, is not signed by its inviter, or names
+    │                             another DHT than the joining node's
+    └── InviteRefused       410   the inviter refuses an invite: expired, spent, revoked, or made before
+                                  the DHT's invite secret was rotated
 
 Every error has a short machine ``code`` (the class name in snake case), a human ``detail`` and a
 ``status_hint`` that the HTTP layer turns into the response status. Secrets never go into ``detail``.
@@ -249,6 +254,13 @@ class BadBlob(StatebusError):
     status_hint = 422
 
 
+class MirrorTampered(StatebusError):
+    """A ciphertext a mirror served back does not authenticate (or its hash is not the one pushed):
+    the detail names the object (``seg/41``), never its content."""
+
+    status_hint = 422
+
+
 class PeerUnavailable(StatebusError):
     status_hint = 502
 
@@ -309,3 +321,15 @@ class InvalidBundle(StatebusError):
     by another key, or holding a path that could leave its folder. Nothing was installed."""
 
     status_hint = 422
+
+
+class InvalidInvite(StatebusError):
+    """An invite link (or its payload) is malformed, tampered with (its signature does not verify), or
+    names another DHT than the one the joining node is in. Nothing changed."""
+
+
+class InviteRefused(StatebusError):
+    """The inviter refuses the invite: it expired, its uses are spent, it was revoked, or it was made
+    before the DHT's invite secret was rotated. Nothing changed."""
+
+    status_hint = 410

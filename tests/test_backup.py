@@ -223,8 +223,8 @@ def test_import_needs_the_node_stopped(
 def test_blob_members_are_checked_by_their_sha256_name(
     exported: tuple[Path, Path, dict[str, object]], tmp_path: Path
 ) -> None:
-    """Blobs slot in as ``blobs/<sha256>`` (the blob store is not released yet): one listed in a
-    manifest the node signed is accepted; one whose bytes do not match its name is refused."""
+    """Blob members are ``blobs/<sha256>``: one whose bytes do not match its name, or one present but
+    not in the signed manifest, is refused; so is one listed that no op's pointer names."""
     data, archive, _ = exported
     identity = keystore.load(data)
     content = members(archive)
@@ -238,7 +238,8 @@ def test_blob_members_are_checked_by_their_sha256_name(
         return {"manifest.json": json.dumps(m).encode(), "ops.bin": content["ops.bin"], **blobs}
 
     write_members(tmp_path / "blob.tar", signed({name: blob}))
-    assert read_archive(tmp_path / "blob.tar").blobs == {name.removeprefix("blobs/"): blob}
+    with pytest.raises(ArchiveInvalid, match="is named by no op's pointer"):
+        read_archive(tmp_path / "blob.tar")
     write_members(tmp_path / "badblob.tar", signed({name: b"other bytes, same length"[: len(blob)]}))
     with pytest.raises(ArchiveInvalid, match="does not match its SHA-256 name"):
         read_archive(tmp_path / "badblob.tar")
@@ -247,3 +248,56 @@ def test_blob_members_are_checked_by_their_sha256_name(
     write_members(tmp_path / "unlisted.tar", unlisted)
     with pytest.raises(ArchiveInvalid, match="do not match the manifest's list"):
         read_archive(tmp_path / "unlisted.tar")
+
+
+def test_a_blob_value_round_trips_and_a_tampered_blob_is_refused(tmp_path: Path) -> None:
+    """Export copies the bytes of every blob an exported pointer names (``blobs/<sha256>``, listed in
+    the signed manifest); import stores them before the ops, so the restored key serves its bytes."""
+    data, archive, fresh = tmp_path / "a", tmp_path / "a.tar", tmp_path / "b"
+    clip = os.urandom(200_000)  # over blob_threshold_bytes (64 KiB): stored as a blob
+    digest = hashlib.sha256(clip).hexdigest()
+    with live_server(data) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        http.headers["Authorization"] = f"Bearer {srv.token}"
+        r = http.put("/~/media/clip", content=clip, headers={"Content-Type": "video/mp4"})
+        assert r.status_code == 200, r.text
+        assert http.put("/~/media/title", json="a clip").status_code == 200
+        done = statebus("export", "--data", str(data), "--subtree", "/~/media/", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("exported 2 ops (") and f"and 1 blobs ({len(clip)} bytes)" in done.stdout
+    content = members(archive)
+    assert content[f"blobs/{digest}"] == clip
+    manifest = json.loads(content["manifest.json"])
+    assert manifest["blobs"] == [{"member": f"blobs/{digest}", "bytes": len(clip)}]
+    assert manifest["blobs_missing"] == []
+
+    # tampered: the blob's bytes changed (same length), the signed manifest kept: refused, nothing applied
+    words = keystore.take_phrase(data)
+    assert statebus("init", "--recover", "--data", str(fresh), stdin=words).returncode == 0
+    bad = dict(content)
+    bad[f"blobs/{digest}"] = bytes([clip[0] ^ 1]) + clip[1:]
+    write_members(tmp_path / "bad.tar", bad)
+    done = statebus("import", "--data", str(fresh), str(tmp_path / "bad.tar"))
+    assert done.returncode == 1 and f"blob blobs/{digest} does not match its SHA-256 name" in done.stderr
+    # a blob no op points to, even under a manifest the node signed, is refused too
+    identity = keystore.load(fresh)
+    stray = b"no pointer names me"
+    stray_name = f"blobs/{hashlib.sha256(stray).hexdigest()}"
+    m = {**manifest, "blobs": [*manifest["blobs"], {"member": stray_name, "bytes": len(stray)}]}
+    m["signature"] = base64.b64encode(identity.sign(canonical(m))).decode()
+    write_members(
+        tmp_path / "stray.tar", {**content, "manifest.json": json.dumps(m).encode(), stray_name: stray}
+    )
+    with pytest.raises(ArchiveInvalid, match="is named by no op's pointer"):
+        read_archive(tmp_path / "stray.tar")
+
+    done = statebus("import", "--data", str(fresh), str(archive))
+    assert done.returncode == 0, done.stderr
+    assert "(0 already here, 0 refused) and 1 blobs from" in done.stdout
+    with live_server(fresh) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        http.headers["Authorization"] = f"Bearer {srv.token}"
+        r = http.get("/~/media/clip")
+        assert (r.status_code, r.headers["content-type"]) == (200, "video/mp4")
+        assert r.content == clip
+        r = http.get("/~/media/clip", headers={"Range": "bytes=-10"})
+        assert (r.status_code, r.content) == (206, clip[-10:])
+        assert http.get("/~/media/title").json() == "a clip"

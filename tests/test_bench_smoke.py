@@ -49,3 +49,17 @@ def test_signing_bench_measures_every_rate() -> None:
     rates = measure(256)
     assert set(rates) >= {"sign_op", "sign_batch(32)", "sign_batch(256)", "verify_op single"}
     assert all(rate > 0 for rate in rates.values())
+
+
+@pytest.mark.timeout(200)
+def test_devnet_dht_bench_kills_real_nodes_and_still_finds_every_record() -> None:
+    """``bench.devnet_dht`` on a small devnet of ``statebus serve`` processes: every lookup after the
+    kill finds its record, and the resolver evicted the dead nodes it had asked (counted only by the
+    healing DHT of issue 19: the old code printed ``evicted=-``)."""
+    from bench.devnet_dht import main
+
+    line = main(4, 1, 4)
+    fields = dict(f.split("=", 1) for f in line.split()[1:])
+    assert fields["nodes"] == "4" and fields["killed"] == "1" and fields["found"] == "8/8", line
+    assert fields["evicted"].isdigit() and int(fields["evicted"]) >= 1, line
+    assert all(fields[k].endswith("ms") for k in ("before_p50", "first_after", "evicted_p50")), line

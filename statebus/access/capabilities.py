@@ -26,17 +26,27 @@ Rules:
        and launch codes, and cuts every stream opened with them, inside the call.
     4. Memory is bounded: at most :data:`MAX_PER_APP` live capabilities per app (a new launch retires
        the oldest) and :data:`MAX_LAUNCH_CODES` pending launch codes in all.
+    5. With :meth:`CapabilityStore.persist` (a node with a data folder), the live capabilities survive a
+       restart: ``<data>/app_capabilities.json`` holds each one's app, install (bundle hash) and the
+       secret's SHA-256, never the secret, rewritten (atomically, fsynced, mode 0600) at every mint
+       and revocation, before the call returns. At start a capability comes back only if its app is
+       still installed from the same bundle with the same grants (an install record changed while
+       the node was stopped revokes, as rule 3 does while it runs). Launch codes and counters are not
+       kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from statebus.bus import Change
@@ -67,6 +77,8 @@ class GrantSet(Protocol):
     def can_read(self, namespace_is_own: bool, rel_path: str) -> bool: ...
 
     def can_write(self, rel_path: str) -> bool: ...
+
+    def to_json(self) -> Any: ...
 
 
 @dataclass(eq=False)
@@ -111,6 +123,13 @@ class _Launch:
     expires: float
 
 
+CAPABILITIES_FILE: Final = "app_capabilities.json"
+"""The file in the data folder that keeps the live capabilities' hashes (rule 5)."""
+
+Resolve = Callable[[str, str], "GrantSet | None"]
+"""``resolve(app, install)``: the grants of ``app`` if it is installed from bundle ``install``, else None."""
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(b"statebus app capability\x00" + secret.encode("utf-8", "replace")).digest()
 
@@ -122,7 +141,8 @@ def relative_path(local: PubKey, key: Key) -> tuple[bool, str]:
 
 
 class CapabilityStore:
-    """The live capabilities and launch codes of one node (in memory; a restart revokes them all).
+    """The live capabilities and launch codes of one node (in memory; kept across restarts once
+    :meth:`persist` names the data folder, rule 5).
 
     Args:
         local: the node owner's namespace.
@@ -137,6 +157,74 @@ class CapabilityStore:
         self._launches: OrderedDict[bytes, _Launch] = OrderedDict()
         self.use: dict[str, AppUse] = {}
         """Per app, what its pages did (kept across revocations; one entry per app ever launched)."""
+        self._file: Path | None = None
+
+    # ------------------------------------------------------------------ persistence (rule 5)
+
+    def persist(self, folder: Path, resolve: Resolve) -> int:
+        """Keep the live capabilities in ``folder``/:data:`CAPABILITIES_FILE` from now on, and bring
+        back those stored there whose app ``resolve`` still finds at the same install; how many."""
+        self._file = Path(folder) / CAPABILITIES_FILE
+        try:
+            stored = json.loads(self._file.read_text(encoding="utf-8"))
+            entries = stored if isinstance(stored, list) else []
+        except FileNotFoundError:
+            entries = []
+        except (OSError, ValueError) as exc:
+            log.warning("app capabilities not restored from %s: %s", self._file, type(exc).__name__)
+            entries = []
+        restored = 0
+        for entry in entries:
+            try:
+                app, install, digest = (
+                    str(entry["app"]),
+                    str(entry["install"]),
+                    bytes.fromhex(entry["digest"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            grants = resolve(app, install)
+            held = self._by_app.setdefault(app, OrderedDict())
+            if (
+                grants is None
+                or grants.to_json() != entry.get("granted")
+                or len(digest) != 32
+                or digest in self._by_digest
+                or len(held) >= MAX_PER_APP
+            ):
+                continue
+            cap = Capability(app, install, grants, digest)
+            held[digest] = cap
+            self._by_digest[digest] = cap
+            restored += 1
+        self._by_app = {app: held for app, held in self._by_app.items() if held}
+        self._save()
+        return restored
+
+    def _save(self) -> None:
+        if self._file is None:
+            return
+        entries = [
+            {
+                "app": cap.app,
+                "install": cap.install,
+                "granted": cap.grants.to_json(),
+                "digest": cap.digest.hex(),
+            }
+            for held in self._by_app.values()
+            for cap in held.values()
+        ]
+        if not entries:
+            self._file.unlink(missing_ok=True)
+            return
+        tmp = self._file.with_name(self._file.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(entries, separators=(",", ":")).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._file)
 
     def __repr__(self) -> str:
         return f"CapabilityStore(apps={len(self._by_app)}, live={len(self._by_digest)})"
@@ -155,6 +243,7 @@ class CapabilityStore:
         held[digest] = cap
         self._by_digest[digest] = cap
         self.use.setdefault(app, AppUse()).launches += 1
+        self._save()
         return secret
 
     def launch_code(self, app: str, install: str, grants: GrantSet) -> str:
@@ -241,6 +330,7 @@ class CapabilityStore:
             return 0
         for cap in held.values():
             self._drop(cap, "the app was removed, upgraded or its grants changed")
+        self._save()
         return len(held)
 
     def live(self, app: str) -> int:

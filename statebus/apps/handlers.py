@@ -381,6 +381,14 @@ class AppHost:
         for task in list(self._tasks):
             task.cancel()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the derive and on_write tasks it cancelled: none is left
+        pending when the node's loop closes (the node awaits this first, ``Node.on_aclose``)."""
+        self.close()
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def status(self) -> list[AppStatus]:
         out = []
         for name in sorted(self.apps):

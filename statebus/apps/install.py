@@ -5,6 +5,7 @@
     bundle = await service.check_published(author, name, via)    the same, through federation
     app = await service.install(bundle.hash, grants)             the owner consented to ``grants``
     await service.remove(name)
+    bundle = await service.publish(data, signature)              the author's node publishes it
 
     data, sig = read_files("guestbook-1.0.0.sbx")                the bundle and ``<file>.sig``
     data, sig = fetch_url("https://…/guestbook-1.0.0.sbx", max_bytes)   and ``<url>.sig``
@@ -20,8 +21,12 @@ Rules:
        delegation is also checked against the author's record this node holds (replicated from the
        author's ``.keys/``): a key revoked since it signed is refused.
     2. Through federation the node follows ``/<author>/.apps/`` (the follow stays, so an upgrade finds
-       the next version) and waits, at most ``app_fetch_timeout``, for the pointer and the bundle
-       bytes it names to arrive in its own replica (every op verified by the federation's ingest).
+       the next version) and waits, at most ``app_fetch_timeout``, for the pointer, the blob pointer
+       of the bundle it names, and the blob's bytes to arrive in its own replica (every op verified by
+       the federation's ingest, the bytes against the blob pointer's sha256 by the blob fetcher). A
+       blob pointer naming other bytes than the app's pointer is refused at once, and so are a
+       pointer naming more than ``app_bundle_max_bytes`` and a fetch the blob fetcher refused
+       (``bad_blob``: a server sent other bytes), with its reason.
     3. Staging keeps at most :data:`MAX_STAGED` checked bundles, newest last; nothing staged is on
        disk or in the store until :meth:`install`.
 """
@@ -38,19 +43,24 @@ import httpx
 
 from statebus.apps.bundle import SIGNATURE_SUFFIX, Bundle, Signature, check_signer, open_bundle
 from statebus.apps.patterns import Grants
-from statebus.apps.publish import Pointer, bundle_key, parse_pointer, pointer_key
+from statebus.apps.publish import Pointer, bundle_key, parse_pointer, pointer_key, publish_writes
 from statebus.apps.registry import AppRegistry, InstalledApp
+from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.config import Settings
-from statebus.errors import InvalidBundle, InvalidValue, NotFound, PeerUnavailable, TooLarge
+from statebus.errors import BadBlob, InvalidBundle, InvalidValue, NotFound, PeerUnavailable, TooLarge
 from statebus.identity import record_key as delegation_key
 from statebus.keys import is_pubkey
 from statebus.types import PubKey
 
 MAX_STAGED = 8
+REFUSALS = ("bad_blob", "too_large", "quota_exceeded")
+"""Blob fetch failures that end an install at once (others, a peer briefly away, are waited out)."""
 POLL = 0.05
 
 Follow = Callable[[str, Sequence[str]], Awaitable[None]]
 """``follow(pattern, via)``: make the node follow ``pattern`` (``/<author>/.apps/``)."""
+BlobFailure = Callable[[str], "str | None"]
+"""``blob_failure(sha256)``: why the federation's blob fetcher last refused that blob, or None."""
 
 
 def read_files(path: str | Path) -> tuple[bytes, Signature]:
@@ -105,10 +115,19 @@ class AppService:
         settings: ``app_bundle_max_bytes``, ``app_fetch_timeout``.
         follow: how the node follows an author's ``/.apps/`` (None: no federation; installing from
             a published key is refused).
+        blob_failure: the federation blob fetcher's last refusal of a blob (rule 2).
     """
 
-    def __init__(self, registry: AppRegistry, settings: Settings, *, follow: Follow | None = None) -> None:
+    def __init__(
+        self,
+        registry: AppRegistry,
+        settings: Settings,
+        *,
+        follow: Follow | None = None,
+        blob_failure: BlobFailure | None = None,
+    ) -> None:
         self.registry = registry
+        self.blob_failure = blob_failure
         self.max_bytes = settings.app_bundle_max_bytes
         self.fetch_timeout = settings.app_fetch_timeout
         self.follow = follow
@@ -142,13 +161,40 @@ class AppService:
                 )
             await self.follow(f"/{author}/.apps/", via)
         pointer = await self._arrived(author, name)
-        change = self.registry.node.fetch_or_none(bundle_key(author, pointer.hash), durable=True)
-        if change is None or not change.exists or not isinstance(change.value, bytes):
+        data = self.registry.bundle_bytes(pointer.hash)
+        if data is None:
             raise NotFound(f"the bundle {pointer.hash} of {pointer_key(author, name)} is not stored")
-        bundle = self.check(change.value, pointer.signature, expect_hash=pointer.hash)
+        bundle = self.check(data, pointer.signature, expect_hash=pointer.hash)
         if bundle.manifest.author != author:
             raise InvalidBundle(f"{pointer_key(author, name)} points at an app by {bundle.manifest.author}")
         return bundle
+
+    def _bundle_blob(self, author: PubKey, name: str, pointer: Pointer) -> str | None:
+        """None once the bytes of ``pointer``'s bundle are in the blob store, else why not (rule 2)."""
+        if pointer.size > self.max_bytes:
+            raise TooLarge(
+                f"{pointer_key(author, name)} names a bundle of {pointer.size} bytes; "
+                f"app_bundle_max_bytes is {self.max_bytes}"
+            )
+        key = bundle_key(author, pointer.hash)
+        change = self.registry.node.fetch_or_none(key, durable=True)
+        if change is None or not change.exists:
+            return f"{key} has not arrived"
+        try:
+            blob = BlobPointer.decode(bytes(change.value)) if change.content_type == BLOB_TYPE else None
+        except BadBlob:
+            blob = None
+        if blob is None or blob.hash != pointer.hash or blob.size != pointer.size:
+            raise InvalidBundle(
+                f"{key} does not point to the {pointer.size} bytes of sha256 {pointer.hash} that "
+                f"{pointer_key(author, name)} names (tampered?)"
+            )
+        if self.registry.blobs.has(pointer.hash):
+            return None
+        failure = self.blob_failure(pointer.hash) if self.blob_failure is not None else None
+        if failure is not None and any(code in failure for code in REFUSALS):
+            raise InvalidBundle(f"the bundle's bytes were refused: {failure}")
+        return f"the bytes of the bundle {pointer.hash[:16]}… ({pointer.size} bytes) have not arrived"
 
     async def _arrived(self, author: PubKey, name: str) -> Pointer:
         node = self.registry.node
@@ -163,16 +209,28 @@ class AppService:
                 except InvalidBundle as exc:
                     reason = f"{key} is not a published app: {exc.detail}"
                 else:
-                    bundle = node.fetch_or_none(bundle_key(author, pointer.hash), durable=True)
-                    if bundle is not None and bundle.exists:
+                    missing = self._bundle_blob(author, name, pointer)
+                    if missing is None:
                         return pointer
-                    reason = f"the bundle {pointer.hash[:16]}… that {key} names has not arrived"
+                    reason = missing
             if time.monotonic() >= deadline:
                 raise PeerUnavailable(
                     f"{reason} after {self.fetch_timeout:g}s (is the author's node reachable? --via URL)",
                     status_hint=504,
                 )
             await asyncio.sleep(POLL)
+
+    async def publish(self, data: bytes, signature: Signature) -> Bundle:
+        """Publish a bundle from its author's node (:mod:`statebus.apps.publish`): check it, put its
+        bytes in the blob store, then write its blob pointer, the app's pointer and the share."""
+        bundle = open_bundle(data, signature, self.max_bytes)
+        node = self.registry.node
+        current = self.registry.record(bundle.manifest.name)
+        for w in publish_writes(bundle, node.local, current):
+            if w.blob is not None:
+                self.registry.blobs.put_bytes(w.blob, expect=bundle.hash)
+            await node.save(w.key, w.value, content_type=w.content_type)
+        return bundle
 
     def staged(self, hash_: str) -> Bundle:
         bundle = self._staged.get(hash_)
@@ -193,4 +251,4 @@ class AppService:
         return self.registry.list()
 
 
-__all__ = ["AppService", "Follow", "fetch_url", "parse_source_key", "read_files"]
+__all__ = ["AppService", "BlobFailure", "Follow", "fetch_url", "parse_source_key", "read_files"]

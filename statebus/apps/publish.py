@@ -5,18 +5,21 @@
 
 The author's node stores, in its own namespace:
 
-    /<author>/.apps/.bundles/<sha256>   the bundle bytes (``application/vnd.statebus.bundle``)
+    /<author>/.apps/.bundles/<sha256>   a blob pointer {hash, size, type: application/vnd.statebus.bundle}
     /<author>/.apps/<name>              {"version", "hash", "size", "signature", "published": true}
     /<author>/.shares/apps              {"pattern": "/<author>/.apps/"}: peers may read and follow it
 
-The bytes are an ordinary bytes value until the blob store lands (then :func:`bundle_key` is the
-one place to change), so a published bundle must also fit ``max_value_bytes``. Every op of these
-keys is signed by the author's node like any other write, and a follower checks the bundle itself
-(hash, signature, contents) before installing it (:mod:`statebus.apps.install`).
+The bundle bytes are a blob (:mod:`statebus.blobs`): the author's node stores them in its blob store
+and the ``.bundles/<sha256>`` key holds the signed pointer, so a bundle is bounded by
+``app_bundle_max_bytes`` (8 MiB), not ``max_value_bytes``. A follower takes the pointer op like any
+other and fetches the bytes apart, keeping them only if their sha256 is the pointer's
+(:mod:`statebus.federation.blobs`); it then checks the bundle itself (hash, signature, contents)
+before installing it (:mod:`statebus.apps.install`).
 
 Rules:
-    1. The bundle bytes are written before the pointer that names them, so a follower that sees the
-       pointer can find the bytes (ops of one node arrive in order).
+    1. The bundle bytes are in the blob store, and their pointer written, before the pointer that
+       names the bundle, so a follower that sees ``/<author>/.apps/<name>`` can find the bytes (ops of
+       one node arrive in order). :class:`Write` ``blob`` carries the bytes to store first.
     2. Publishing never changes what this node runs: when the node has the app installed (the same
        key holds its install record, :mod:`statebus.apps.registry` rule 4), publishing another
        version is refused until the node upgrades to it.
@@ -30,6 +33,7 @@ from typing import Any
 
 from statebus.apps.bundle import Bundle, Signature
 from statebus.apps.registry import APPS
+from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.errors import InvalidBundle, InvalidValue
 from statebus.types import JSON, PubKey
 
@@ -43,7 +47,7 @@ def pointer_key(author: PubKey | str, name: str) -> str:
 
 
 def bundle_key(author: PubKey | str, hash_: str) -> str:
-    """Where the bytes of a published bundle are kept (the one place to switch to the blob store)."""
+    """The key holding the blob pointer of a published bundle's bytes."""
     return f"/{author}/{APPS}/{BUNDLES}/{hash_}"
 
 
@@ -72,12 +76,19 @@ def parse_pointer(value: Any) -> Pointer:
     return Pointer(sig.version, sig.hash, size, sig)
 
 
+def bundle_pointer(bundle: Bundle) -> BlobPointer:
+    """The blob pointer of a bundle's bytes (its sha256 is the bundle id)."""
+    return BlobPointer(bundle.hash, bundle.size, BUNDLE_TYPE)
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     key: str
     """Relative to this node: ``/~/…``."""
     value: JSON | bytes
     content_type: str | None = None
+    blob: bytes | None = None
+    """Bytes to put in the blob store before the write (its value is their pointer)."""
 
 
 def publish_writes(bundle: Bundle, node: PubKey, current: Mapping[str, Any] | None) -> list[Write]:
@@ -106,7 +117,7 @@ def publish_writes(bundle: Bundle, node: PubKey, current: Mapping[str, Any] | No
         }
     )
     return [
-        Write(bundle_key("~", bundle.hash), bundle.data, BUNDLE_TYPE),
+        Write(bundle_key("~", bundle.hash), bundle_pointer(bundle).encode(), BLOB_TYPE, bundle.data),
         Write(pointer_key("~", name), pointer),
         Write(share_key("~"), {"pattern": f"/{node}/{APPS}/"}),
     ]
@@ -117,6 +128,7 @@ __all__ = [
     "Pointer",
     "Write",
     "bundle_key",
+    "bundle_pointer",
     "parse_pointer",
     "pointer_key",
     "publish_writes",

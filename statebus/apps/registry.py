@@ -12,14 +12,18 @@ The record of an install is the owner's key ``/~/.apps/<name>``::
     {"version": "1.0.0", "hash": "<sha256>", "granted": {"read": [...], "write": [...],
      "read_others": [...]}, "installed_at_seq": 42, "size": 1234, "signature": {...}}
 
-The bundle bytes are kept content-addressed in ``<data>/apps/bundles/<sha256>.sbx``
-(:func:`bundle_file`, the one place to switch to the blob store).
+The bundle bytes are a blob in the node's blob store (``<data>/blobs``, :mod:`statebus.blobs`),
+named by their sha256, the bundle id: one copy, shared with the published or fetched pointer of the
+same bundle. Blob GC keeps every hash an install record names (:meth:`AppRegistry.live_hashes`, a
+``Node.blob_roots`` source). A bundle an older version kept in ``<data>/apps/bundles/<sha256>.sbx``
+(:func:`bundle_file`) moves into the blob store the first time it is loaded.
 
 Rules:
     1. A record is written only after its bundle passed :func:`~statebus.apps.bundle.open_bundle` and
-       its bytes are on disk (fsynced): a record never points at a missing or unchecked bundle.
-    2. Loading re-checks every bundle from disk against its record (hash and signature): a bundle
-       file changed behind the node's back is refused (logged) and not run.
+       its bytes are in the blob store (fsynced): a record never points at a missing or unchecked
+       bundle.
+    2. Loading re-checks every bundle from the store against its record (hash and signature): a blob
+       changed behind the node's back is refused (logged) and not run.
     3. The granted patterns are never wider than what the manifest asks (the owner may grant less).
     4. The same key is the author's published pointer (``/<author>/.apps/<name>``, see
        :mod:`statebus.apps.publish`) when the node's owner is the app's author: a record is an install
@@ -42,6 +46,8 @@ from statebus.apps.bundle import BUNDLE_SUFFIX, Bundle, Signature, open_bundle
 from statebus.apps.manifest import NAME_RE, Manifest, check_path
 from statebus.apps.patterns import Grants
 from statebus.apps.spec import AppSpec
+from statebus.blobs import BlobStore, check_hash
+from statebus.blobs.store import HASH_RE
 from statebus.errors import InvalidBundle, InvalidValue, NotFound, StatebusError
 from statebus.runtime import Node
 from statebus.types import JSON
@@ -58,33 +64,24 @@ def record_key(name: str) -> str:
 
 
 def bundle_file(data_dir: str | os.PathLike[str], hash_: str) -> Path:
-    """Where the bytes of bundle ``hash_`` are kept (content-addressed)."""
+    """Where an older version kept the bytes of bundle ``hash_`` (moved to the blob store on load)."""
     return Path(data_dir) / BUNDLES_DIR / f"{hash_}{BUNDLE_SUFFIX}"
 
 
-def store_bundle(data_dir: str | os.PathLike[str], bundle: Bundle) -> Path:
-    """Write the bundle's bytes to :func:`bundle_file` (under a temporary name, fsynced, renamed)."""
-    path = bundle_file(data_dir, bundle.hash)
-    if path.is_file() and path.stat().st_size == bundle.size:
-        return path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, bundle.data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
-
-
-def load_bundle_bytes(data_dir: str | os.PathLike[str], hash_: str) -> bytes | None:
+def _migrate(data_dir: Path, blobs: BlobStore, hash_: str) -> None:
+    """Move an older version's bundle file of ``hash_`` into the blob store (if it is there and
+    hashes to ``hash_``; a file that does not stays, and the bundle is missing)."""
     path = bundle_file(data_dir, hash_)
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
-        return None
+        return
+    try:
+        blobs.put_bytes(data, expect=hash_)
+    except StatebusError as exc:
+        log.warning("the bundle file %s is not moved to the blob store: %s", path, exc.detail)
+        return
+    path.unlink(missing_ok=True)
 
 
 class AppLoader(Protocol):
@@ -162,8 +159,9 @@ class AppRegistry:
     """The installed apps of one node (every rule above).
 
     Args:
-        data_dir: the node's data folder (bundles live in ``apps/bundles/``).
-        node: the node whose ``/~/.apps/`` holds the records.
+        data_dir: the node's data folder.
+        node: the node whose ``/~/.apps/`` holds the records, and whose blob store holds the bundles
+            (a node without one, in memory: a blob store in ``<data_dir>/blobs``).
         max_bytes: the largest bundle (``Settings.app_bundle_max_bytes``).
         host: runs the apps (None: records and bundles only, e.g. the CLI with the node stopped).
     """
@@ -175,7 +173,13 @@ class AppRegistry:
         self.node = node
         self.max_bytes = max_bytes
         self.host = host
+        self.blobs = node.blobs or BlobStore(self.data_dir / "blobs", max_bytes=max(max_bytes, 1))
         self._cache: dict[str, InstalledApp] = {}
+        node.blob_roots.append(self.live_hashes)
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The value at ``/~/.apps/<name>`` (an install record, a published pointer, both), or None."""
+        return self._record(name)
 
     def _record(self, name: str) -> dict[str, Any] | None:
         change = self.node.fetch_or_none(record_key(name), durable=True)
@@ -195,11 +199,9 @@ class AppRegistry:
             return cached
         if not isinstance(hash_, str):
             raise InvalidBundle(f"the record of {name} names no bundle hash")
-        data = load_bundle_bytes(self.data_dir, hash_)
+        data = self.bundle_bytes(hash_)
         if data is None:
-            raise NotFound(
-                f"the bundle {hash_} of {name} is missing from {bundle_file(self.data_dir, hash_)}"
-            )
+            raise NotFound(f"the bundle {hash_} of {name} is missing from the blob store {self.blobs.root}")
         bundle = open_bundle(
             data, Signature.from_json(record.get("signature")), self.max_bytes, expect_hash=hash_
         )
@@ -209,6 +211,30 @@ class AppRegistry:
         app = InstalledApp(bundle, parse_grants(record.get("granted")), seq if isinstance(seq, int) else 0)
         self._cache[name] = app
         return app
+
+    def bundle_bytes(self, hash_: str) -> bytes | None:
+        """The bytes of bundle ``hash_`` from the blob store (None: not stored)."""
+        check_hash(hash_)
+        if not self.blobs.has(hash_):
+            _migrate(self.data_dir, self.blobs, hash_)
+        try:
+            return self.blobs.read(hash_)
+        except NotFound:
+            return None
+
+    def live_hashes(self) -> set[str]:
+        """The bundle hashes the records under ``/~/.apps/`` name (installed or published): blob GC
+        keeps them."""
+        out: set[str] = set()
+        after = ""
+        while page := self.node.children(record_key(""), after=after, limit=100):
+            for child in page:
+                record = self._record(child) if NAME_RE.match(child) else None
+                hash_ = record.get("hash") if record is not None else None
+                if isinstance(hash_, str) and HASH_RE.fullmatch(hash_):
+                    out.add(hash_)
+            after = page[-1]
+        return out
 
     def get(self, name: str) -> InstalledApp | None:
         """The installed app ``name`` (None when not installed). Raises if its bundle fails rule 2."""
@@ -274,7 +300,7 @@ class AppRegistry:
                 self.host.load(spec)
             except InvalidValue as exc:
                 raise InvalidBundle(f"{name} does not start: {exc.detail}") from None
-        store_bundle(self.data_dir, bundle)  # rule 1: bytes first
+        self.blobs.put_bytes(bundle.data, expect=bundle.hash)  # rule 1: bytes first
         app = InstalledApp(bundle, grants, int(self.node.seq))
         value: dict[str, Any] = {k: v for k, v in record.items() if k == "published"}
         value.update(app.record())
@@ -319,7 +345,5 @@ __all__ = [
     "AppRegistry",
     "InstalledApp",
     "bundle_file",
-    "load_bundle_bytes",
     "record_key",
-    "store_bundle",
 ]

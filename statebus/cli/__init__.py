@@ -19,7 +19,7 @@ with the owner token read from the data folder.
 Every expected failure is one line on stderr and exit status 1 (2 for usage errors). The
 federation commands (follow, unfollow, peers, restore, devnet) are in :mod:`statebus.cli.federation`.
 The hosted-app commands (``statebus app pack|publish|install|list|upgrade|remove``) are in
-:mod:`statebus.cli.apps`.
+:mod:`statebus.cli.apps`; ``statebus invite`` and ``statebus join`` in :mod:`statebus.cli.invites`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from typing import Any, NoReturn
 from statebus.cli import apps as apps_cli
 from statebus.cli import backup as backup_cli
 from statebus.cli import federation as federation_cli
+from statebus.cli import invites as invites_cli
 from statebus.cli import keys as keys_cli
+from statebus.cli import mirror as mirror_cli
 from statebus.cli.client import (
     Client,
     client_for,
@@ -127,6 +129,10 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from statebus.cli.serve import run_server  # the server stack: not loaded by the client commands
 
+    if args.join:
+        from statebus.cli.invites import serve_join
+
+        serve_join(args, settings)
     run_server(settings, as_json=args.json, confirm_phrase=not args.yes)
     return 0
 
@@ -211,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--yes",
         action="store_true",
-        help="on first start, show the recovery phrase without waiting for Enter",
+        help="on first start, show the recovery phrase without waiting for Enter (with --join: also accept "
+        "the app's permissions)",
+    )
+    p.add_argument(
+        "--join", metavar="LINK", help="first join with this invite link (`statebus join`), then serve"
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_serve)
@@ -308,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     federation_cli.register(sub)
     apps_cli.register(sub)
+    invites_cli.register(sub)
     backup_cli.register(sub)
+    mirror_cli.register(sub)
     return parser
 
 

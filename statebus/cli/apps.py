@@ -34,13 +34,13 @@ from statebus.apps.bundle import BUNDLE_SUFFIX, SIGNATURE_SUFFIX, Bundle, Signat
 from statebus.apps.install import AppService, fetch_url, parse_source_key, read_files
 from statebus.apps.manifest import permission_lines
 from statebus.apps.patterns import Grants
-from statebus.apps.publish import Write, pointer_key, publish_writes
-from statebus.apps.registry import AppRegistry, record_key
-from statebus.cli.client import INFO_PATH, Client, client_for, key_path
+from statebus.apps.publish import pointer_key
+from statebus.apps.registry import AppRegistry
+from statebus.cli.client import INFO_PATH, Client, client_for
 from statebus.cli.options import add_common
 from statebus.cli.signed import load_key_file
 from statebus.config import Settings
-from statebus.errors import CliError, NotFound, PeerUnavailable, StatebusError
+from statebus.errors import CliError, NotFound, PeerUnavailable
 from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER, app_json, checked_json
 from statebus.identity import Identity, keystore
 from statebus.runtime import Node
@@ -66,9 +66,7 @@ class Backend(Protocol):
 
     async def remove(self, name: str) -> None: ...
 
-    async def current(self, name: str) -> dict[str, Any] | None: ...
-
-    async def write(self, w: Write) -> None: ...
+    async def publish(self, data: bytes, signature: Signature) -> dict[str, Any]: ...
 
 
 class HttpBackend:
@@ -78,9 +76,15 @@ class HttpBackend:
         self.fetch_timeout = fetch_timeout
 
     async def check_bundle(self, data: bytes, signature: Signature) -> dict[str, Any]:
+        return await self._post_bundle("check", data, signature)
+
+    async def publish(self, data: bytes, signature: Signature) -> dict[str, Any]:
+        return await self._post_bundle("publish", data, signature)
+
+    async def _post_bundle(self, route: str, data: bytes, signature: Signature) -> dict[str, Any]:
         sig = base64.b64encode(json.dumps(signature.to_json()).encode()).decode()
         headers = {"Content-Type": BUNDLE_TYPE, SIGNATURE_HEADER: sig}
-        r = self.client.request("POST", f"{APPS_PATH}/check", content=data, headers=headers)
+        r = self.client.request("POST", f"{APPS_PATH}/{route}", content=data, headers=headers)
         return dict(r.json())
 
     async def check_source(self, key: str, via: Sequence[str]) -> dict[str, Any]:
@@ -103,24 +107,6 @@ class HttpBackend:
 
     async def remove(self, name: str) -> None:
         self.client.request("DELETE", f"{APPS_PATH}/{name}")
-
-    async def current(self, name: str) -> dict[str, Any] | None:
-        try:
-            value = self.client.request("GET", key_path(record_key(name))).json()
-        except StatebusError as exc:
-            if exc.status_hint == 404:
-                return None
-            raise
-        return value if isinstance(value, dict) else None
-
-    async def write(self, w: Write) -> None:
-        if w.content_type is not None:
-            assert isinstance(w.value, bytes)
-            self.client.request(
-                "PUT", key_path(w.key), content=w.value, headers={"Content-Type": w.content_type}
-            )
-        else:
-            self.client.request("PUT", key_path(w.key), json=w.value)
 
 
 class FolderBackend:
@@ -154,14 +140,9 @@ class FolderBackend:
     async def remove(self, name: str) -> None:
         await self.service.remove(name)
 
-    async def current(self, name: str) -> dict[str, Any] | None:
-        change = self.node_obj.fetch_or_none(record_key(name), durable=True)
-        return (
-            change.value if change is not None and change.exists and isinstance(change.value, dict) else None
-        )
-
-    async def write(self, w: Write) -> None:
-        await self.node_obj.save(w.key, w.value, content_type=w.content_type)
+    async def publish(self, data: bytes, signature: Signature) -> dict[str, Any]:
+        bundle = await self.service.publish(data, signature)
+        return {"name": bundle.manifest.name, "version": bundle.manifest.version, "hash": bundle.hash}
 
 
 def _with_backend(
@@ -297,8 +278,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             data, signature = read_files(args.source)
             bundle = open_bundle(data, signature, settings.app_bundle_max_bytes)
         name = bundle.manifest.name
-        for w in publish_writes(bundle, backend.node, await backend.current(name)):
-            await backend.write(w)
+        await backend.publish(bundle.data, bundle.signature)
         sys.stdout.write(
             f"published {name} {bundle.manifest.version} at {pointer_key(backend.node, name)}\n"
             f"sha256 {bundle.hash} ({bundle.size} bytes); peers may read and follow /{backend.node}/.apps/\n"

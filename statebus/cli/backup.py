@@ -24,8 +24,15 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     report = export_archive(settings.data_dir, args.file, args.subtree)
     what = report.subtree or "every key"
     print(
-        f"exported {report.ops} ops ({report.op_bytes} bytes) of {what} at seq {report.seq} to {report.path}"
+        f"exported {report.ops} ops ({report.op_bytes} bytes) and {report.blobs} blobs "
+        f"({report.blob_bytes} bytes) of {what} at seq {report.seq} to {report.path}"
     )
+    if report.blobs_missing:
+        print(
+            f"note: {len(report.blobs_missing)} blobs the ops point to are not on this node (still being "
+            "fetched, or damaged): the archive lists them as blobs_missing; their keys will answer "
+            "blob_pending after an import until a peer serves them"
+        )
     if report.compacted:
         print(
             f"note: {len(report.compacted)} keys had ops folded by compaction (history_keep_ops): "
@@ -61,7 +68,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     report = asyncio.run(_import(settings, archive))
     print(
         f"imported {report.applied} ops of node {report.node} ({report.duplicates} already here, "
-        f"{report.rejected} refused) from {args.file}"
+        f"{report.rejected} refused) and {report.blobs} blobs from {args.file}"
     )
     for reason in report.reasons:
         print(f"  refused: {' '.join(reason.split())}")

@@ -4,6 +4,7 @@
     statebus unfollow PATTERN             stop following it (the replicated data stays)
     statebus peers [--wait live]          what this node follows, and how each follow is doing
     statebus restore --from URL [PATTERN] take this node's own data back from a follower (node stopped)
+    statebus restore --from-mirror URL|PUBKEY  take the whole namespace back from an encrypted mirror
     statebus devnet N                     N federated nodes on 127.0.0.1 in one DHT; Ctrl-C stops them
 
 ``statebus.cli`` adds them with ``register(sub)``. ``devnet`` runs each node as ``statebus serve
@@ -166,8 +167,55 @@ async def _restore(settings: Settings, sources: list[str], pattern: str | None) 
         await node.aclose()
 
 
-def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+async def _restore_mirror(settings: Settings, url: str) -> Any:
+    from statebus.federation.mirror_restore import restore_from_mirror
+    from statebus.mirror.push import MirrorTargets
+    from statebus.runtime import highwater
+    from statebus.server.assembly import build_node
 
+    node = build_node(settings)
+    try:
+        report = await restore_from_mirror(
+            node,
+            keystore.load(settings.data_dir),
+            url,
+            targets=MirrorTargets(settings.data_dir),
+            progress=lambda line: print(f"{url}: {line}", file=sys.stderr, flush=True),
+        )
+        if not report.error:
+            highwater.accept(node, settings.data_dir)
+        return report
+    finally:
+        await node.aclose()
+
+
+def cmd_restore_mirror(args: argparse.Namespace, settings: Settings) -> int:
+    from statebus.cli.mirror import target_url
+
+    if not keystore.exists(settings.data_dir):
+        raise InvalidValue(
+            f"no identity in {settings.data_dir}: recover it first with `statebus init --recover`"
+        )
+    url = target_url(settings, args.mirror, "--from-mirror")
+    r = asyncio.run(_restore_mirror(settings, url))
+    if r.error:
+        print(f"{url}: failed at {r.failed_object or '-'}: {' '.join(r.error.split())}")
+        print(f"  {r.applied} ops of {r.segments} good segments were restored before it")
+        return 1
+    print(
+        f"{url}: restored {r.applied} ops from {r.segments} segments and {r.blobs} blobs "
+        f"({r.duplicates} already here, {len(r.rejected)} refused, {r.bytes_moved} bytes moved)"
+    )
+    for reason in r.rejected[:5]:
+        print(f"  refused: {' '.join(reason.split())}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    if args.mirror is not None:
+        if args.sources or args.pattern:
+            raise InvalidValue("--from-mirror restores the whole namespace; give it alone")
+        return cmd_restore_mirror(args, settings)
     sources = list(args.sources or [])
     if not sources or any(not u.startswith(("http://", "https://")) for u in sources):
         raise InvalidValue("--from takes the http(s) URL of a node that holds a copy (repeatable)")
@@ -365,6 +413,12 @@ def register(sub: Any) -> None:
     p.add_argument("pattern", metavar="PATTERN", nargs="?", help="a subtree of your namespace (default /~/)")
     p.add_argument(
         "--from", dest="sources", action="append", metavar="URL", help="a node holding a copy (repeatable)"
+    )
+    p.add_argument(
+        "--from-mirror",
+        dest="mirror",
+        metavar="URL|PUBKEY",
+        help="an encrypted mirror of this namespace (docs/mirror.md): everything, private keys included",
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_restore)

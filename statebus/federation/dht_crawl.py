@@ -14,6 +14,7 @@ contacts that failed recently, whoever hands them back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,7 @@ async def _probe_round(crawl: Any, rpcmethod: Any) -> Any:
         crawl.nearest.mark_contacted(peer)
     # wait for a first reply only if this lookup has none yet and nobody else is left to ask
     patient = not getattr(crawl, "answered", 0) and not crawl.nearest.get_uncontacted()
-    responses = await crawl.protocol.probe(calls, patient=patient)
+    responses = await crawl.protocol.probe(calls, patient=patient, late=getattr(crawl, "late", None))
     crawl.answered = getattr(crawl, "answered", 0) + sum(1 for r in responses.values() if r[0])
     return await crawl._nodes_found(responses)
 
@@ -100,13 +101,30 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         self.clock = clock
         self.found: dict[bytes, tuple[NodeRecord, bytes]] = {}
         self.without_value: list[Node] = []
+        self.late: dict[bytes, asyncio.Task[Any]] = {}
+        """Requests that missed their round and still run (their own RPC timeout bounds them)."""
 
     async def _find(self, rpcmethod: Any) -> Any:
         return await _probe_round(self, rpcmethod)
 
     async def find_record(self) -> tuple[NodeRecord, bytes] | None:
-        """Crawl, then return the newest valid (record, wire bytes), or ``None``."""
+        """Crawl, then return the newest valid (record, wire bytes), or ``None``.
+
+        A crawl that found nothing while some peers' requests still run waits for them before it
+        says "not found": the short probe rounds make lookups fast after a crash, and must not turn a
+        slow (loaded) machine's late replies into a missing record."""
         await self.find()
+        while not self.found and self.late:
+            running = list(self.late.items())
+            self.late.clear()
+            await asyncio.wait([task for _, task in running])
+            replies = {
+                pid: task.result()
+                for pid, task in running
+                if not task.cancelled() and task.exception() is None and task.result()[0]
+            }
+            if replies:
+                await self._nodes_found(replies)
         if not self.found:
             return None
         best = max(self.found.values(), key=lambda found: found[0].seq)

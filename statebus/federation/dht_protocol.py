@@ -25,6 +25,8 @@ list of faults this fixes):
   :meth:`DirectoryProtocol.probe_timeout` (a few smoothed round-trips, at least ``PROBE_FLOOR``) and
   goes on without the slow ones; their requests run on to ``wait_timeout`` in the background and
   evict the contact if they fail; meanwhile later lookups skip them too. A reply clears a contact.
+  A record lookup that found nothing waits for its own late requests before it says "not found"
+  (``RecordCrawl.find_record``).
 """
 
 from __future__ import annotations
@@ -367,13 +369,18 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
         return float(min(self._wait_timeout, max(PROBE_FLOOR, PROBE_RTTS * self.srtt)))
 
     async def probe(
-        self, calls: dict[bytes, Coroutine[Any, Any, Any]], *, patient: bool = False
+        self,
+        calls: dict[bytes, Coroutine[Any, Any, Any]],
+        *,
+        patient: bool = False,
+        late: dict[bytes, asyncio.Task[Any]] | None = None,
     ) -> dict[bytes, Any]:
         """Run ``calls`` (node id -> request) at once; return the replies that came within
         :meth:`probe_timeout` and ``(False, None)`` for the others, whose requests go on in the
         background (a timeout there evicts the contact; until then they are :attr:`suspects`).
         ``patient`` (a lookup that has no reply at all yet): if none came in time, wait for the
-        first one, so a slow network never makes a lookup give up with nothing."""
+        first one, so a slow network never makes a lookup give up with nothing. ``late`` collects
+        the requests still running, for a lookup that must not end empty-handed while they run."""
         tasks = {node_id: asyncio.ensure_future(call) for node_id, call in calls.items()}
         if not tasks:
             return {}
@@ -387,6 +394,8 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             else:
                 self._tasks.add(task)
                 self.suspects.add(node_id)
+                if late is not None:
+                    late[node_id] = task
                 task.add_done_callback(self._task_done)
                 task.add_done_callback(functools.partial(self._cleared, node_id))
                 out[node_id] = (False, None)

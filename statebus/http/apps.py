@@ -5,6 +5,8 @@
                                                     {"source": "/<author>/.apps/<name>", "via": [...]}
                                                     → what it is and what it asks for (staged)
     POST   /.well-known/statebus/apps/install       {"hash": …, "grant": {read, write, read_others}}
+    POST   /.well-known/statebus/apps/publish       a bundle (body) + its signature (header): publish it
+                                                    at /~/.apps/<name>, its bytes as a blob
     DELETE /.well-known/statebus/apps/<name>        uninstall (its data keys stay)
 
 Rules:
@@ -28,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from statebus.apps.bundle import Bundle, Signature
 from statebus.apps.install import AppService, parse_source_key
-from statebus.apps.manifest import NAME_RE
+from statebus.apps.manifest import NAME_RE, permission_lines
 from statebus.apps.registry import InstalledApp, parse_grants
 from statebus.errors import Forbidden, InvalidBundle, InvalidValue, NotFound, StatebusError, TooLarge
 from statebus.http.auth import OwnerAuth
@@ -67,6 +69,7 @@ def checked_json(bundle: Bundle, current: InstalledApp | None) -> dict[str, Any]
         "signer": bundle.signature.signer,
         "description": m.description,
         "permissions": m.permissions.to_json(),
+        "permission_lines": [line.strip() for line in permission_lines(m.permissions)],
         "installed": app_json(current) if current is not None else None,
         "asks_more": current is not None and not current.granted.covers(m.permissions),
     }
@@ -116,20 +119,21 @@ class AppRoutes:
 
         return await self._run(request, run)
 
+    async def _bundle(self, req: Request) -> tuple[bytes, Signature]:
+        """A bundle in the body and its signature in :data:`SIGNATURE_HEADER`."""
+        data = await _body(req, self.service.max_bytes)
+        sig_text = req.headers.get(SIGNATURE_HEADER)
+        if not sig_text:
+            raise InvalidBundle(f"send the bundle's signature in {SIGNATURE_HEADER} (base64 of its JSON)")
+        try:
+            return data, Signature.parse(base64.b64decode(sig_text, validate=True))
+        except (binascii.Error, ValueError):
+            raise InvalidBundle(f"{SIGNATURE_HEADER} is not base64") from None
+
     async def check(self, request: Request) -> Response:
         async def run(req: Request) -> Any:
             if req.headers.get("content-type", "").split(";")[0].strip() == BUNDLE_TYPE:
-                data = await _body(req, self.service.max_bytes)
-                sig_text = req.headers.get(SIGNATURE_HEADER)
-                if not sig_text:
-                    raise InvalidBundle(
-                        f"send the bundle's signature in {SIGNATURE_HEADER} (base64 of its JSON)"
-                    )
-                try:
-                    signature = Signature.parse(base64.b64decode(sig_text, validate=True))
-                except (binascii.Error, ValueError):
-                    raise InvalidBundle(f"{SIGNATURE_HEADER} is not base64") from None
-                bundle = self.service.check(data, signature)
+                bundle = self.service.check(*await self._bundle(req))
             else:
                 body = _json(await _body(req, MAX_JSON))
                 author, name = parse_source_key(str(body.get("source", "")))
@@ -139,6 +143,14 @@ class AppRoutes:
                 bundle = await self.service.check_published(author, name, via)
             current = self.service.registry.get(bundle.manifest.name)
             return checked_json(bundle, current)
+
+        return await self._run(request, run)
+
+    async def publish(self, request: Request) -> Response:
+        async def run(req: Request) -> Any:
+            bundle = await self.service.publish(*await self._bundle(req))
+            m = bundle.manifest
+            return {"name": m.name, "version": m.version, "hash": bundle.hash, "size": bundle.size}
 
         return await self._run(request, run)
 
@@ -168,6 +180,7 @@ class AppRoutes:
             Route(APPS_PATH, self.list_apps, methods=["GET"]),
             Route(f"{APPS_PATH}/check", self.check, methods=["POST"]),
             Route(f"{APPS_PATH}/install", self.install, methods=["POST"]),
+            Route(f"{APPS_PATH}/publish", self.publish, methods=["POST"]),
             Route(APPS_PATH + "/{name}", self.remove, methods=["DELETE"]),
         ]
 

@@ -687,6 +687,7 @@ class KeyEndpoint:
                 ping_interval=settings.sse_ping_interval,
                 client=stream_client(client),
                 yjs=yjs,
+                proof=functools.partial(proof_of, self.node) if PROOF_PARAM in conn.query_params else None,
             )
             return None
         patterns = self.stream_patterns(path, conn.query_params)

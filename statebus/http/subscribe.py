@@ -238,12 +238,25 @@ def with_proofs(
         out = [encode(batch)]
         for change in batch:
             if change.exists and not is_subtree(change.key):
-                found: JSON = proof(change) if change.kind != "derived" else {"unverifiable": DERIVED}
+                found: JSON = proof_of_change(proof, change)
                 data: dict[str, JSON] = {"key": change.key, "version": [*change.version], "proof": found}
                 out.append(encode_event(dumps_json(data).decode("utf-8"), event="proof"))
         return b"".join(out)
 
     return encode_proving
+
+
+def proof_of_change(proof: Callable[[Change], dict[str, JSON]], change: Change) -> dict[str, JSON]:
+    """``proof(change)``, or the derived-key answer for a value this node computed."""
+    return proof(change) if change.kind != "derived" else {"unverifiable": DERIVED}
+
+
+def with_proof_header(update: bytes, found: dict[str, JSON]) -> bytes:
+    """A Braid update (``HTTP 200 OK`` first) with a ``Proof: <JSON>`` header after its status line:
+    the same object as SSE's ``proof`` (ASCII JSON, so it fits a header)."""
+    end = update.index(b"\r\n") + 2
+    header = json.dumps(found, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return b"".join((update[:end], b"Proof: ", header, b"\r\n", update[end:]))
 
 
 def serve_sse(
@@ -305,11 +318,14 @@ def serve_braid(
     ping_interval: float,
     client: str | None = None,
     yjs: YjsFeed | None = None,
+    proof: Callable[[Change], dict[str, JSON]] | None = None,
 ) -> asyncio.Future[None]:
     """Answer a GET with ``Subscribe``: status 209, then Braid updates (research §2). Returns the
     future to await until the response has ended (as :func:`serve_sse`; ``client`` likewise).
     ``yjs``: the subscription asked for Yjs updates (``Accept: application/vnd.yjs.update``): each
     version of a ``yjs`` key carries its update as the body.
+    ``proof`` (``?proof``): each update of a value carries its signature material in a ``Proof``
+    header (:func:`with_proof_header`).
 
     Raises (before anything is sent):
         HistoryCompacted: ``parents`` are unknown or their history was compacted (410).
@@ -344,19 +360,22 @@ def serve_braid(
             if backlog_left > 0:
                 backlog_left -= 1
                 if yjs is not None and yjs.carries(change):
-                    out.append(braid_yjs_update(change, yjs(change)))
+                    piece = braid_yjs_update(change, yjs(change))
                 else:
-                    out.append(braid_update(change))
+                    piece = braid_update(change)
             elif change.kind == "op" and peer is not None and change.peer == peer:
                 continue  # the subscriber wrote this one itself
             elif yjs is not None and yjs.carries(change):
                 update = op_update(change)
                 if update is not None:
-                    out.append(cache.braid_yjs(change, update))
+                    piece = cache.braid_yjs(change, update)
                 else:
-                    out.append(braid_yjs_update(change, yjs(change)))
+                    piece = braid_yjs_update(change, yjs(change))
             else:
-                out.append(cache.braid(change))
+                piece = cache.braid(change)
+            if proof is not None and change.exists:
+                piece = with_proof_header(piece, proof_of_change(proof, change))
+            out.append(piece)
         return b"".join(out)
 
     pump = Pump(send, receive, stream, client)

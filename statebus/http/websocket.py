@@ -4,6 +4,7 @@ One JSON object per text frame. Client → server::
 
     {"get": "notes/1"}                                  subscribe (until forget): current value, then changes
     {"get": "doc", "yjs": "updates", "state_vector"?: "<base64>"}   a Yjs key's updates instead of its view
+    {"get": "notes/1", "proof": true}                   and each value's signature material (below)
     {"set": {"key": "notes/1", "val": {...}}, "version"?: "v2", "parents"?: ["v1"]}
     {"set": "notes/1", "patches": [[".title", "hi"], [".old"]], "version"?, "parents"?}
     {"forget": "notes/1"}                               end the subscription
@@ -15,7 +16,13 @@ Server → client::
     {"set": {"key": "notes/1", "val": {...}}, "version": "v2", "parents": ["v1"]}
     {"set": {"key": "notes/1"}}                         the key does not exist (never written, or deleted)
     {"set": {"key": "doc", "yjs_update": "<base64>"}, "version", "parents"}   (a "yjs": "updates" get)
+    {"set": {"key": "notes/1", "val": {...}}, "version", "parents", "proof": {...}}   (a "proof": true get)
     {"error": "<code>", "detail": "…", "key"?: "notes/1"}   a refused message (statebus extension)
+
+**Proofs.** A ``get`` with ``"proof": true`` puts on every frame of a value (not on a missing or
+deleted key's) its signature material: the same object as ``GET ?proof``'s ``proof`` and SSE's
+``event: proof`` (:mod:`statebus.http.proofs`, docs/wire-protocol.md "Proofs"), so a client checks
+the author's signature itself instead of trusting this node.
 
 **Yjs.** A ``get`` with ``"yjs": "updates"`` follows a ``yjs`` key as Yjs updates (base64 of the
 v1 update bytes in ``yjs_update``): the whole document first (or what ``state_vector`` lacks), then
@@ -49,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -71,6 +79,8 @@ from statebus.errors import (
 )
 from statebus.http.auth import ANONYMOUS, Client, OwnerAuth, require_read, require_write
 from statebus.http.info import routes as info_routes
+from statebus.http.proofs import proof_of
+from statebus.http.subscribe import proof_of_change
 from statebus.http.ws_budget import ConnectionBudget, Rates
 from statebus.http.yjs import YjsFeed, decode_state_vector
 from statebus.keys import is_subtree
@@ -126,6 +136,14 @@ def yjs_feed(node: Node, msg: dict[str, Any]) -> YjsFeed | None:
     if raw is not None and not isinstance(raw, str):
         raise InvalidValue("state_vector is a base64 string")
     return YjsFeed(node, None if raw is None else decode_state_vector(raw, "state_vector"))
+
+
+def wants_proof(msg: dict[str, Any]) -> bool:
+    """Whether a ``get`` asks for signature material (``"proof": true``)."""
+    raw = msg.get("proof", False)
+    if not isinstance(raw, bool):
+        raise InvalidValue("proof is true or false")
+    return raw
 
 
 def yjs_message(key: str, change: Change, update: bytes) -> dict[str, Any]:
@@ -282,7 +300,7 @@ class Connection:
                 raise Unauthorized("the token is not the owner token")
             self.client = self.auth.owner_client(self.client.address)
         elif "get" in msg:
-            self.subscribe(msg["get"], yjs_feed(self.node, msg))
+            self.subscribe(msg["get"], yjs_feed(self.node, msg), wants_proof(msg))
         elif "forget" in msg:
             task = self.subs.pop(msg["forget"], None) if isinstance(msg["forget"], str) else None
             if task is not None:
@@ -341,7 +359,7 @@ class Connection:
             self.node.check_parents(key, opts["parents"], version)
         await self.node.save(key, target["val"], **opts)
 
-    def subscribe(self, name: Any, yjs: YjsFeed | None = None) -> None:
+    def subscribe(self, name: Any, yjs: YjsFeed | None = None, proof: bool = False) -> None:
         if name == CURRENT_USER:
             self.send(
                 {"set": {"key": CURRENT_USER, "val": {"client": self.peer, "owner": self.client.owner}}}
@@ -354,9 +372,11 @@ class Connection:
         if name in self.subs and not self.subs[name].done():
             return
         stream = self.client.open_events(self.node)(key, snapshot=True)
-        self.subs[name] = asyncio.create_task(self.follow(name, key, stream, yjs))
+        self.subs[name] = asyncio.create_task(self.follow(name, key, stream, yjs, proof))
 
-    async def follow(self, name: str, key: Key, stream: Any, yjs: YjsFeed | None = None) -> None:
+    async def follow(
+        self, name: str, key: Key, stream: Any, yjs: YjsFeed | None = None, proof: bool = False
+    ) -> None:
         sent_first = False
         try:
             if len(stream) == 0 and self.node.fetch_or_none(key) is None:
@@ -367,9 +387,12 @@ class Connection:
                     continue
                 sent_first = True
                 if yjs is not None and yjs.carries(change):
-                    self.send(yjs_message(name, change, yjs(change)))
+                    msg = yjs_message(name, change, yjs(change))
                 else:
-                    self.send(set_message(name, change))
+                    msg = set_message(name, change)
+                if proof and change.exists:
+                    msg["proof"] = proof_of_change(functools.partial(proof_of, self.node), change)
+                self.send(msg)
         except StatebusError as exc:
             self.error(exc, name)
             self.close(CLOSE_TOO_SLOW)

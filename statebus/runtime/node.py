@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +81,9 @@ class Node:
         self.blobs = blobs
         """The node's blob store (``<data>/blobs``), where values stored as blobs keep their bytes;
         None: values are never stored as blobs (a node in memory)."""
+        self.blob_roots: list[Callable[[], Iterable[str]]] = []
+        """More blob hashes that are live though no op points to them (installed apps' bundles):
+        :meth:`blob_refs` adds what each returns."""
         self.committer = GroupCommitter(bus, batch_signer=batch_signer)
         self.max_buffer = max_buffer
         self._streams: set[EventStream] = set()
@@ -88,6 +91,9 @@ class Node:
         self.closing = False
         self.on_close: list[Callable[[], None]] = []
         """Called once everything is written, before storage closes."""
+        self.on_aclose: list[Callable[[], Awaitable[None]]] = []
+        """Awaited first when the node closes, before its streams and writes: what runs tasks on the
+        node's loop (the app host) cancels them and waits for them here, so none outlives the loop."""
         self.committer.on_rollback.append(self._cut_unstored)
         self.write_checks: list[WriteCheck] = []
         """Awaited before every local write whose key one of them covers (``save``, ``patch``,
@@ -269,6 +275,8 @@ class Node:
                 if change is not None and change.content_type == BLOB_TYPE:
                     with contextlib.suppress(StatebusError):
                         refs.add(BlobPointer.decode(bytes(change.value)).hash)
+        for roots in self.blob_roots:
+            refs.update(roots())
         return refs
 
     def collect_blobs(self, grace: float = 60.0) -> list[BlobInfo]:
@@ -474,6 +482,8 @@ class Node:
     async def aclose(self) -> None:
         """Close every stream, write everything acknowledged-to-be, close storage."""
         self.closing = True
+        for closer in self.on_aclose:
+            await closer()
         for stream in list(self._streams):
             stream.close()
         await self.committer.aclose()

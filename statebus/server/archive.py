@@ -6,8 +6,8 @@ The archive is a tar file (docs/operations.md, "Back up and restore"):
     manifest.json      what is inside, with hashes; signed by the exporting node's key
     ops.bin            the signed ops, in the store's order: each a 4-byte big-endian length, then the
                        op's canonical bytes (``statebus.oplog.encode_op``), exactly as stored
-    blobs/<sha256>     content-addressed blobs, each named by the SHA-256 of its bytes (none yet: the
-                       blob store lands with issue 18; the format and the checks are ready for them)
+    blobs/<sha256>     the bytes of every blob an exported op's pointer names (``statebus.blobs``),
+                       each named by the SHA-256 of its bytes, copied from the node's blob store
 
 Rules:
 1. Export reads one consistent snapshot of the store (:class:`~statebus.storage.sqlite.StoreSnapshot`,
@@ -17,12 +17,18 @@ Rules:
    manifest without it (canonical JSON: sorted keys, no spaces, UTF-8).
 3. Import refuses the whole archive, changing nothing, unless every check passes first: only the
    members above, regular files, no duplicates; the manifest's signature; each member's size and
-   hash; the op count; every op decodes and its own signature verifies for its author.
+   hash; the op count; every op decodes and its own signature verifies for its author; every blob
+   is named by the SHA-256 of its bytes and by some op's signed pointer, with the pointer's size.
 4. Then the ops go through :class:`~statebus.federation.ingest.Ingest`, like a restore from a peer:
    signatures again, delegations, the owner-only rules. Ops already present count as duplicates, so
    an import can be repeated, and it merges into an existing node.
 5. Ops folded into a compaction snapshot are not ops any more: the manifest lists those keys
    (``compacted``) and their snapshot's seq, and import reports them (docs/operations.md, "Limits").
+6. Blobs: export copies each pointed-to blob once, checking its bytes against its name as it copies
+   (the store's files are written once, so a later write never changes a copy). A blob this node does
+   not hold (a replica still fetching it, or damaged on disk) is left out and listed in the manifest's
+   ``blobs_missing``, and export says so. Import stores the blobs before it applies the ops, so a
+   pointer never lands without its bytes; another namespace's blobs are charged to it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from typing import IO, Any, Final
 
 from statebus import __version__
 from statebus.access.op_gate import OpGate
+from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.errors import ArchiveInvalid, BadSignature, CliError, StatebusError
 from statebus.federation.ingest import Ingest
 from statebus.federation.policy import check_pattern
@@ -54,7 +61,9 @@ from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, namespace_of
 from statebus.oplog import decode_op
 from statebus.runtime import Node
+from statebus.server.assembly import BLOBS_DIR
 from statebus.storage.sqlite import STORE_FILE, StoreSnapshot
+from statebus.types import PubKey
 
 FORMAT: Final = "statebus-archive"
 FORMAT_VERSION: Final = 1
@@ -78,6 +87,9 @@ class ExportReport:
     ops: int = 0
     op_bytes: int = 0
     compacted: list[tuple[str, int]] = field(default_factory=list)
+    blobs: int = 0
+    blob_bytes: int = 0
+    blobs_missing: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +99,8 @@ class Archive:
     manifest: dict[str, Any]
     ops: list[bytes]
     blobs: dict[str, bytes]
+    blob_namespaces: dict[str, set[str]] = field(default_factory=dict)
+    """The namespaces whose ops point to each blob (charged for it on import)."""
 
 
 @dataclass
@@ -98,6 +112,7 @@ class ImportReport:
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
     compacted: int = 0
+    blobs: int = 0
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
@@ -131,13 +146,20 @@ def export_archive(
     with StoreSnapshot(data / STORE_FILE) as snap, tempfile.TemporaryFile(dir=target.parent) as spool:
         report = ExportReport(target, identity.pubkey, pattern, snap.max_seq)
         digest = hashlib.sha256()
+        pointed: dict[str, int] = {}
+        marker = BLOB_TYPE.encode()
         for op in snap.ops(pattern):
             frame = struct.pack(">I", len(op.data)) + op.data
             spool.write(frame)
             digest.update(frame)
             report.ops += 1
             report.op_bytes += len(frame)
+            if marker in op.data:
+                pointer = _pointer(op.data)
+                if pointer is not None:
+                    pointed[pointer.hash] = pointer.size
         report.compacted = snap.compacted(pattern)
+        blobs = _spool_blobs(data / BLOBS_DIR, pointed, spool, report)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -152,24 +174,69 @@ def export_archive(
                 "bytes": report.op_bytes,
                 "sha256": digest.hexdigest(),
             },
-            "blobs": [],
+            "blobs": [{"member": BLOBS + h, "bytes": n} for h, n in blobs],
+            "blobs_missing": report.blobs_missing,
             "compacted": [{"key": k, "seq": s} for k, s in report.compacted],
         }
         manifest["signature"] = base64.b64encode(identity.sign(canonical(manifest))).decode()
         spool.seek(0)
-        _write_tar(target, manifest, spool, report.op_bytes)
+        _write_tar(target, manifest, spool, report.op_bytes, blobs)
     return report
 
 
-def _write_tar(target: Path, manifest: dict[str, Any], ops: IO[bytes], size: int) -> None:
-    """The tar file, written beside ``target``, fsynced, then renamed onto it (never half there)."""
+def _pointer(data: bytes) -> BlobPointer | None:
+    """The blob pointer a stored op's value is, or None (another value, or a malformed pointer)."""
+    try:
+        op = decode_op(data)
+        if op.content_type == BLOB_TYPE and isinstance(op.body, bytes):
+            return BlobPointer.decode(op.body)
+    except StatebusError:
+        pass
+    return None
+
+
+def _spool_blobs(
+    root: Path, pointed: dict[str, int], spool: IO[bytes], report: ExportReport
+) -> list[tuple[str, int]]:
+    """Append each pointed-to blob's bytes to ``spool``, checked against its name (rule 6); return
+    ``(hash, size)`` of those copied, in the order they were appended."""
+    copied: list[tuple[str, int]] = []
+    for h in sorted(pointed):
+        start = spool.tell()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with (root / "sha256" / h[:2] / h).open("rb") as f:  # the BlobStore layout
+                while chunk := f.read(1 << 20):
+                    spool.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            pass
+        if digest.hexdigest() != h or size != pointed[h]:
+            spool.seek(start)
+            spool.truncate()
+            report.blobs_missing.append(h)
+            continue
+        copied.append((h, size))
+        report.blobs += 1
+        report.blob_bytes += size
+    return copied
+
+
+def _write_tar(
+    target: Path, manifest: dict[str, Any], spool: IO[bytes], size: int, blobs: list[tuple[str, int]]
+) -> None:
+    """The tar file, written beside ``target``, fsynced, then renamed onto it (never half there):
+    ``spool`` holds ``ops.bin`` (``size`` bytes), then each blob's bytes in ``blobs``' order."""
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 body = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
                 tar.addfile(_member(MANIFEST, len(body)), io.BytesIO(body))
-                tar.addfile(_member(OPS, size), ops)
+                tar.addfile(_member(OPS, size), spool)
+                for h, n in blobs:
+                    tar.addfile(_member(BLOBS + h, n), spool)
             raw.flush()
             os.fsync(raw.fileno())
         os.chmod(name, 0o600)  # the node's data: the owner's eyes only
@@ -221,14 +288,24 @@ def read_archive(path: str | os.PathLike[str]) -> Archive:
     manifest = _manifest(path, members)
     ops = _ops(path, manifest, members.get(OPS, b""))
     blobs = _blobs(path, manifest, members)
+    namespaces: dict[str, set[str]] = {}
     for i, raw in enumerate(ops):
         try:
-            check_signature(decode_op(raw))
+            op = decode_op(raw)
+            check_signature(op)
         except StatebusError as exc:
             raise ArchiveInvalid(
                 f"{path}: op {i + 1} of {len(ops)} is refused ({exc.code}: {exc.detail})"
             ) from None
-    return Archive(manifest, ops, blobs)
+        pointer = _pointer(raw) if op.content_type == BLOB_TYPE else None
+        if pointer is not None and pointer.hash in blobs:
+            if pointer.size != len(blobs[pointer.hash]):
+                raise ArchiveInvalid(f"{path}: blob {pointer.hash} is not the size op {i + 1}'s pointer says")
+            namespaces.setdefault(pointer.hash, set()).add(namespace_of(op.key))
+    for h in blobs:
+        if h not in namespaces:
+            raise ArchiveInvalid(f"{path}: blob {h} is named by no op's pointer in the archive")
+    return Archive(manifest, ops, blobs, namespaces)
 
 
 def _manifest(path: str | os.PathLike[str], members: dict[str, bytes]) -> dict[str, Any]:
@@ -309,8 +386,8 @@ def _blobs(
 
 
 async def import_archive(node: Node, archive: Archive, quota_bytes: int) -> ImportReport:
-    """Apply a checked archive to ``node`` (rule 4); durable when this returns. Its blobs are
-    checked but not stored yet: no blob store exists in this release.
+    """Apply a checked archive to ``node`` (rule 4): its blobs first, then its ops (rule 6);
+    durable when this returns.
 
     Args:
         quota_bytes: the quota of other namespaces (``quota_bytes_per_remote_namespace``), as for a
@@ -321,6 +398,16 @@ async def import_archive(node: Node, archive: Archive, quota_bytes: int) -> Impo
     """
     report = ImportReport(str(archive.manifest["node"]), ops=len(archive.ops))
     report.compacted = len(archive.manifest.get("compacted") or [])
+    if archive.blobs and node.blobs is None:
+        raise CliError("this node keeps no blobs (no data folder): the archive's blobs cannot be restored")
+    for h, data in archive.blobs.items():
+        charged: list[PubKey | None] = [
+            PubKey(ns) for ns in sorted(archive.blob_namespaces.get(h, ())) if ns != node.local
+        ]
+        for ns in charged or [None]:  # the node's own blobs are charged to nobody
+            assert node.blobs is not None
+            node.blobs.put_bytes(data, expect=h, namespace=ns)
+        report.blobs += 1
     ingest = Ingest(node, OpGate.for_node(node, quota_bytes), own=True)
     for raw in archive.ops:
         try:

@@ -32,21 +32,26 @@ from starlette.applications import Starlette
 
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
-from statebus.apps.install import AppService, Follow
+from statebus.apps.install import AppService, BlobFailure, Follow
+from statebus.apps.patterns import Grants
 from statebus.apps.registry import AppRegistry
 from statebus.apps.sandbox import Limits
 from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
-from statebus.errors import NotFound
+from statebus.errors import NotFound, StatebusError
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
+from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
+from statebus.invites.ledger import Ledger
+from statebus.invites.routes import InviteRoutes
+from statebus.mirror import MirrorStore
 from statebus.oplog import Op
 from statebus.runtime import Node, highwater
 from statebus.server.listener import StatebusServer, uvicorn_config
@@ -131,12 +136,30 @@ def build_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = 
 
 
 def app_service(
-    node: Node, settings: Settings, host: AppHost | None, *, follow: Follow | None = None
+    node: Node,
+    settings: Settings,
+    host: AppHost | None,
+    *,
+    follow: Follow | None = None,
+    blob_failure: BlobFailure | None = None,
 ) -> AppService:
     """The node's installed apps (``<data>/apps/``, ``/~/.apps/``), run by ``host``. Nothing is
     loaded yet: :func:`statebus.server.running.start` calls ``registry.load_all()`` on the loop."""
     registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes, host=host)
-    return AppService(registry, settings, follow=follow)
+    return AppService(registry, settings, follow=follow, blob_failure=blob_failure)
+
+
+def _installed_grants(registry: AppRegistry) -> Callable[[str, str], Grants | None]:
+    """The grants of an app installed from a given bundle (what a stored capability comes back with)."""
+
+    def resolve(name: str, install: str) -> Grants | None:
+        try:
+            app = registry.get(name)
+        except StatebusError:
+            return None
+        return app.granted if app is not None and app.bundle_hash == install else None
+
+    return resolve
 
 
 def node_app(
@@ -157,9 +180,18 @@ def node_app(
     ``app_follow`` is how an install from ``/<author>/.apps/<name>`` follows the author."""
     limits = Limits(memory_bytes=settings.app_memory_bytes, call_seconds=settings.app_call_timeout)
     apps = AppHost(node, access.op_gate, limits=limits)
-    node.on_close.append(apps.close)
-    service = app_service(node, settings, apps, follow=app_follow)
-    app_routes = AppRoutes(service).routes()
+    node.on_aclose.append(apps.aclose)
+    fetcher = federation.blobs if federation is not None else None
+    failure = fetcher.failures.get if fetcher is not None else None
+    service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
+    ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
+    mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    app_routes = [
+        *mirror_routes(mirrors, access),
+        *AppRoutes(service).routes(),
+        *InviteRoutes(ledger).routes(),
+    ]
+    access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
         app = build_app(
             node,
@@ -172,6 +204,7 @@ def node_app(
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
+        app.state.invites = ledger
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
@@ -188,6 +221,7 @@ def node_app(
     app.state.federation = federation
     app.state.apps = apps
     app.state.app_registry = service.registry
+    app.state.invites = ledger
     app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
     return app
 

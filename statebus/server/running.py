@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -28,6 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from statebus.access.control import AccessControl
 from statebus.apps.handlers import AppHost
@@ -39,6 +41,9 @@ from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, f
 from statebus.federation.service import Federation
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
+from statebus.invites.ledger import DhtAccess
+from statebus.invites.membership import read_membership
+from statebus.mirror.push import keep_pushing
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
@@ -123,7 +128,13 @@ class RunningNode:
 
 async def _start_directory(
     settings: Settings, identity: Identity, secret: bytes | None, bootstrap: Sequence[tuple[str, int]] | None
-) -> KademliaDirectory:
+) -> tuple[KademliaDirectory, bytes]:
+    """The started DHT directory and its network secret (held for invites, never logged)."""
+    name = settings.dht_name
+    member = read_membership(settings.data_dir) if secret is None and settings.dht_secret is None else None
+    if member is not None:  # joined by invite (statebus.invites.membership, rule 2)
+        name, secret = member.name, member.secret
+        bootstrap = [*parse_bootstrap(settings.dht_bootstrap), *parse_bootstrap(member.peers)]
     if secret is None:
         secret = settings.dht_secret.reveal().encode() if settings.dht_secret is not None else b""
     if bootstrap is None:
@@ -131,7 +142,7 @@ async def _start_directory(
     seed, _ = identity.export_secret()
     directory = KademliaDirectory(
         seed,
-        settings.dht_name,
+        name,
         secret,
         interface=settings.host,
         port=settings.dht_port,
@@ -140,7 +151,7 @@ async def _start_directory(
         self_check_interval=settings.dht_self_check_interval,
     )
     await directory.start(list(bootstrap))
-    return directory
+    return directory, secret
 
 
 async def start(
@@ -169,12 +180,13 @@ async def start(
     """
     identity, node = open_node(settings, on_new_identity=on_new_identity)
     directory: KademliaDirectory | None = None
+    network_secret = b""
     federation: Federation | None = None
     try:
         token = keystore.load_owner_token(settings.data_dir)
         access = AccessControl(node, settings)
         if dht:
-            directory = await _start_directory(settings, identity, dht_secret, bootstrap)
+            directory, network_secret = await _start_directory(settings, identity, dht_secret, bootstrap)
         federation = Federation(
             node,
             identity,
@@ -204,7 +216,36 @@ async def start(
         settings, identity, node, access, federation, server, app.state.peers, directory, token, task
     )
     await federation.start([running.url])
+    _open_invites(running, network_secret)
+    pushes = asyncio.get_running_loop().create_task(
+        keep_pushing(node, identity, settings.data_dir, settings.mirror_push_interval)
+    )
+    node.on_close.append(functools.partial(_cancel, pushes))  # the pusher stops before the store closes
     return running
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+
+
+def _open_invites(running: RunningNode, network_secret: bytes) -> None:
+    """Tell the node's invite ledger its addresses, its DHT and how to follow back."""
+    ledger = running.server.statebus_app.state.invites
+    ledger.addrs, host = invite_addresses(running.settings, running.url)
+    d = running.directory
+    if d is not None and ledger.addrs:
+        ledger.dht = DhtAccess(d.dht_name, network_secret, f"{host}:{d.port}")
+    ledger.follow = running.follow
+
+
+def invite_addresses(settings: Settings, url: str) -> tuple[tuple[str, ...], str]:
+    """The addresses an invite gives (``public_origins``, then ``url`` unless the node listens on
+    every interface: 0.0.0.0 is no address to give a friend) and the host of its DHT address."""
+    origins = tuple(settings.public_origins)
+    wildcard = settings.host in ("0.0.0.0", "::", "")
+    addrs = origins if wildcard else (*origins, url)
+    host = settings.host if not wildcard else (urlsplit(addrs[0]).hostname or "" if addrs else "")
+    return addrs, f"[{host}]" if ":" in host else host
 
 
 def _app_follower(node: Node) -> Callable[[str, Sequence[str]], Awaitable[None]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from statebus.apps.registry import bundle_file, record_key
+from statebus.apps.registry import record_key
 from statebus.cli import main
 from statebus.http.apps import APPS_PATH
 from statebus.identity import keystore
@@ -80,6 +80,7 @@ def test_refusals_are_one_line(packed: tuple[Path, Path], capsys: pytest.Capture
     assert "is not a bundle file, an http(s) URL or /<author>/.apps/<name>" in capsys.readouterr().err
     assert run("app", "install", "/" + "a" * 52 + "/.apps/guestbook", "--yes", *d) == 1
     assert "start the node" in capsys.readouterr().err
+    assert not [f for f in (data / "blobs").rglob("*") if f.is_file()]  # no bundle stored
     assert not (data / "apps").exists()
 
 
@@ -108,7 +109,7 @@ def test_running_node_from_a_url(packed: tuple[Path, Path], capsys: pytest.Captu
         assert run("app", "install", f"{site}/gb.sbx", "--yes", "--data", str(data), "--url", srv.url) == 0
         assert capsys.readouterr().out.startswith("installed guestbook 1.0.0")
         record = srv.node.fetch(record_key("guestbook")).value
-        assert bundle_file(data, record["hash"]).read_bytes() == out.read_bytes()
+        assert srv.node.blobs is not None and srv.node.blobs.read(record["hash"]) == out.read_bytes()
         listed = httpx.get(srv.url + APPS_PATH, headers=srv.auth).json()["apps"]
         assert [(a["name"], a["hash"]) for a in listed] == [("guestbook", record["hash"])]
         assert (

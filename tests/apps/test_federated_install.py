@@ -13,7 +13,8 @@ import pytest
 
 from statebus.apps.bundle import bundle_hash
 from statebus.apps.publish import BUNDLE_TYPE, bundle_key, pointer_key
-from statebus.apps.registry import bundle_file, record_key
+from statebus.apps.registry import record_key
+from statebus.blobs import BLOB_TYPE, BlobPointer, BlobStore
 from statebus.cli import main
 from statebus.server import Cluster, RunningNode
 from tests.apps.bundles import app_copy
@@ -35,6 +36,11 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         yield c
     finally:
         await c.aclose()
+
+
+def store(node: RunningNode) -> BlobStore:
+    assert node.node.blobs is not None
+    return node.node.blobs
 
 
 def _run(argv: list[str]) -> int:
@@ -73,7 +79,7 @@ async def test_publish_on_a_install_on_b_through_federation(
     assert capsys.readouterr().out == f"installed guestbook 1.0.0 ({h[:16]}…)\n"
     record = b.node.fetch(record_key("guestbook")).value
     assert record["hash"] == h and record["granted"]["write"] == ["guestbook/"]
-    assert bundle_file(b.settings.data_dir, h).read_bytes() == out.read_bytes()
+    assert store(b).read(h) == out.read_bytes()
     app = b.server.statebus_app.state.app_registry.get("guestbook")
     assert app is not None and app.web_file("index.html") is not None
     # B serves it on the app's own origin, from the bundle that came through federation
@@ -110,22 +116,79 @@ async def test_publish_on_a_install_on_b_through_federation(
     assert gone is None or not gone.exists
 
 
+async def test_a_3mb_bundle_publishes_as_a_blob_and_installs_through_federation(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over max_value_bytes (1 MiB): published on A as a blob with a signed pointer, fetched by B's
+    blob fetcher, checked, installed into B's blob store (one copy) and served on the app's origin."""
+    a, b = await cluster.add("a"), await cluster.add("b")
+    folder = app_copy(tmp_path / "guestbook", a.identity)
+    asset = os.urandom(3 * 1024 * 1024)  # a large web asset: incompressible, 3 MiB
+    (folder / "web" / "photo.bin").write_bytes(asset)
+    assert await cli(a, "app", "publish", str(folder)) == 0
+    h = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value["hash"]
+    stored = a.node.fetch_or_none(bundle_key(a.pubkey, h))
+    assert stored is not None and stored.content_type == BLOB_TYPE  # a pointer op, not the bytes
+    blob = BlobPointer.decode(bytes(stored.value))
+    assert (blob.hash, blob.type) == (h, BUNDLE_TYPE) and blob.size > 3 * 1024 * 1024
+    assert store(a).size(h) == blob.size
+
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 0
+    assert capsys.readouterr().out.endswith(f"installed guestbook 1.0.0 ({h[:16]}…)\n")
+    assert store(b).read(h) == store(a).read(h)
+    assert not (Path(b.settings.data_dir) / "apps").exists()  # no second copy
+    async with httpx.AsyncClient(base_url=b.url, trust_env=False) as http:
+        got = await http.get("/photo.bin", headers={"Host": f"guestbook.localhost:{b.port}"})
+    assert got.status_code == 200 and got.content == asset
+    # GC on B keeps it while installed (B's copy of A's pointer op, and B's record, both name it)
+    assert b.node.collect_blobs(grace=0) == [] and store(b).has(h)
+
+
 async def test_a_tampered_published_bundle_is_refused(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A's pointer names an oversized bundle, then A's blob pointer names other bytes than A's app
+    pointer: both refused at once, nothing installed."""
     a, b = await cluster.add("a"), await cluster.add("b")
     folder = app_copy(tmp_path / "guestbook", a.identity)
     assert await cli(a, "app", "publish", str(folder)) == 0
-    h = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value["hash"]
-    good = a.node.fetch(bundle_key(a.pubkey, h)).value
-    bad = good.replace(b"MAX_TEXT = 500", b"MAX_TEXT = 5e9")
-    await a.node.save(bundle_key(a.pubkey, h), bad, content_type=BUNDLE_TYPE)  # the bytes under the id change
+    published = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value
+    h = published["hash"]
+    await a.node.save(pointer_key(a.pubkey, "guestbook"), {**published, "size": 1 << 30})  # oversized
+    capsys.readouterr()
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 1
+    assert "names a bundle of 1073741824 bytes; app_bundle_max_bytes is" in capsys.readouterr().err
+    await a.node.save(pointer_key(a.pubkey, "guestbook"), published)
+    bad = store(a).read(h).replace(b"MAX_TEXT = 500", b"MAX_TEXT = 5e9")
+    forged = store(a).put_bytes(bad)
+    pointer = BlobPointer(forged.hash, forged.size, BUNDLE_TYPE)
+    await a.node.save(bundle_key(a.pubkey, h), pointer.encode(), content_type=BLOB_TYPE)
     capsys.readouterr()
     assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 1
     assert "tampered" in capsys.readouterr().err
     assert b.node.fetch_or_none(record_key("guestbook")) is None
-    assert not bundle_file(b.settings.data_dir, h).exists()
-    assert not (Path(b.settings.data_dir) / "apps").exists()
+    assert b.server.statebus_app.state.app_registry.get("guestbook") is None
+    assert [s.name for s in b.apps.status()] == []  # nothing runs
+
+
+async def test_a_tampered_bundle_blob_is_refused(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A serves other bytes under the bundle's sha256 (its blob changed on disk): B's blob fetcher
+    keeps nothing, and the install fails at once naming the refusal."""
+    a, b = await cluster.add("a"), await cluster.add("b")
+    assert await cli(a, "app", "publish", str(app_copy(tmp_path / "guestbook", a.identity))) == 0
+    h = a.node.fetch(pointer_key(a.pubkey, "guestbook")).value["hash"]
+    path = store(a).path(h)
+    path.write_bytes(path.read_bytes().replace(b"MAX_TEXT = 500", b"MAX_TEXT = 5e9"))
+    capsys.readouterr()
+    started = asyncio.get_running_loop().time()
+    assert await cli(b, "app", "install", pointer_key(a.pubkey, "guestbook"), "--via", a.url, "--yes") == 1
+    err = capsys.readouterr().err
+    assert "the bundle's bytes were refused" in err and "bad_blob" in err, err
+    assert asyncio.get_running_loop().time() - started < FAST["app_fetch_timeout"]
+    assert b.node.fetch_or_none(record_key("guestbook")) is None
+    assert not store(b).has(h)
 
 
 async def test_the_installed_guestbook_validates_derives_and_serves(

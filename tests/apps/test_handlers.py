@@ -234,3 +234,16 @@ def test_unloading_an_app_mid_call_never_blocks_the_node(tmp_path: Path) -> None
         assert answers == [422]
         assert srv.running.apps.status() == []
         assert owner.put("/~/h/spin/2", json=1).status_code == 200  # no validator any more
+
+
+def test_stopping_the_node_mid_derive_leaves_no_pending_task(tmp_path: Path) -> None:
+    # a derive that is still running when the node stops: the host cancels it and waits for it, so the
+    # loop never closes over a task still cancelling ("Task was destroyed but it is pending!")
+    with live_server(tmp_path, app_call_timeout=2.0) as srv:
+        host = srv.running.apps
+        on_loop(srv, lambda: host.load(gb_spec(srv.local, derive={"gb/slow": "spin"}, on_write={})))
+        wait_for(lambda: host.apps["gb"].runner._running_since is not None, "the derive to start")
+        tasks = list(host._tasks)
+        assert tasks and not any(t.done() for t in tasks)
+    assert all(t.done() for t in tasks), tasks
+    assert host._tasks == set()

@@ -1,4 +1,4 @@
-"""The registry: install records at /~/.apps/<name>, bundles in the data folder, loading into a host."""
+"""The registry: install records at /~/.apps/<name>, bundles in the blob store, loading into a host."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def test_install_list_serve_remove(tmp_path: Path, app_dir: Path, author: Identi
                 "read_others": ["guestbook/"],
             }
             assert record["installed_at_seq"] == app.installed_at_seq
-            assert bundle_file(tmp_path / "node", bundle.hash).read_bytes() == bundle.data
+            assert node.blobs is not None and node.blobs.read(bundle.hash) == bundle.data  # one copy, a blob
+            assert not (tmp_path / "node" / "apps").exists()
             assert [a.name for a in reg.list()] == ["guestbook"]
             page = app.web_file("")
             assert page is not None and page[1] == "text/html; charset=utf-8" and b"Guestbook" in page[0]
@@ -96,7 +97,7 @@ def test_grants_wider_than_asked_are_refused(tmp_path: Path, app_dir: Path, auth
             wide = Grants.parse(read=["guestbook/"], write=["guestbook/", "notes/"])
             with pytest.raises(InvalidValue, match="wider"):
                 await reg.install(bundle, wide)
-            assert reg.list() == [] and not bundle_file(tmp_path / "node", bundle.hash).exists()
+            assert reg.list() == [] and node.blobs is not None and not node.blobs.has(bundle.hash)
         finally:
             await node.aclose()
 
@@ -112,7 +113,8 @@ def test_a_bundle_changed_on_disk_is_not_loaded(tmp_path: Path, app_dir: Path, a
             await AppRegistry(tmp_path / "node", node, max_bytes=MAX).install(
                 bundle, bundle.manifest.permissions
             )
-            path = bundle_file(tmp_path / "node", bundle.hash)
+            assert node.blobs is not None
+            path = node.blobs.path(bundle.hash)
             path.write_bytes(path.read_bytes().replace(b"MAX_TEXT = 500", b"MAX_TEXT = 9e9"))
             host = Host()
             assert AppRegistry(tmp_path / "node", node, max_bytes=MAX, host=host).load_all() == []
@@ -157,9 +159,57 @@ def test_an_app_whose_sandbox_does_not_start_is_not_installed(tmp_path: Path, au
                 await reg.install(bundle, bundle.manifest.permissions)
             assert reg.list() == [] and host.status() == []
             assert node.fetch_or_none(record_key("guestbook")) is None
-            assert not bundle_file(tmp_path / "node", bundle.hash).exists()
+            assert node.blobs is not None and not node.blobs.has(bundle.hash)
         finally:
             host.close()
+            await node.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_installed_bundle_survives_blob_gc_until_removed(
+    tmp_path: Path, app_dir: Path, author: Identity
+) -> None:
+    """Installed from a file no op points to the bundle's blob: the install record keeps it live."""
+    bundle = _bundle(app_dir, author)
+
+    async def run() -> None:
+        node = build_node(Settings(data_dir=tmp_path / "node"))
+        reg = AppRegistry(tmp_path / "node", node, max_bytes=MAX)
+        try:
+            await reg.install(bundle, bundle.manifest.permissions)
+            assert node.blobs is not None and node.blobs.has(bundle.hash)
+            assert node.collect_blobs(grace=0) == []
+            assert reg.get("guestbook") is not None and node.blobs.has(bundle.hash)
+            await reg.remove("guestbook")
+            assert [b.hash for b in node.collect_blobs(grace=0)] == [bundle.hash]
+            assert not node.blobs.has(bundle.hash)
+        finally:
+            await node.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_bundle_file_of_an_older_version_moves_into_the_blob_store(
+    tmp_path: Path, app_dir: Path, author: Identity
+) -> None:
+    bundle = _bundle(app_dir, author)
+
+    async def run() -> None:
+        node = build_node(Settings(data_dir=tmp_path / "node"))
+        try:
+            await AppRegistry(tmp_path / "node", node, max_bytes=MAX).install(
+                bundle, bundle.manifest.permissions
+            )
+            assert node.blobs is not None
+            old = bundle_file(tmp_path / "node", bundle.hash)  # as an older node kept it
+            old.parent.mkdir(parents=True)
+            old.write_bytes(node.blobs.read(bundle.hash))
+            node.blobs.delete(bundle.hash)
+            host = Host()
+            assert AppRegistry(tmp_path / "node", node, max_bytes=MAX, host=host).load_all() == ["guestbook"]
+            assert node.blobs.read(bundle.hash) == bundle.data and not old.exists()
+        finally:
             await node.aclose()
 
     asyncio.run(run())

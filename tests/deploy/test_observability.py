@@ -41,6 +41,9 @@ def test_the_dashboard_is_valid_json_with_panels() -> None:
         "statebus_fanout_queued_events",  # fan-out lag
         "statebus_follows_by_status",  # follows and their state
         "statebus_dht_neighbours",  # DHT peers
+        "statebus_app_traps_total",  # sandbox traps (hosted apps' handlers)
+        "statebus_app_calls_total",
+        "statebus_app_call_seconds_bucket",
     }
     assert wanted <= dashboard_metrics()
 
@@ -79,6 +82,10 @@ def test_json_logs_hold_no_secret_and_metrics_cover_the_dashboard(tmp_path: Path
         exported = {sample.name for family in families for sample in family.samples}
         # a labelled counter with no sample yet (no connection closed) is still declared
         exported |= {f"{f.name}_total" for f in families if f.type == "counter"}
+        exported |= {f.name for f in families if f.type == "gauge"}  # the apps' gauges (no app loaded)
+        exported |= {
+            f"{f.name}_{s}" for f in families if f.type == "histogram" for s in ("bucket", "count", "sum")
+        }
         missing = dashboard_metrics() - exported
         assert not missing, f"the dashboard queries metrics /metrics does not export: {sorted(missing)}"
         subscribers = re.search(r"^statebus_event_streams (\S+)$", scrape.text, re.MULTILINE)

@@ -6,6 +6,7 @@ capabilities")."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -15,10 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from statebus.apps.bundle import pack, sign
+from statebus.apps.registry import record_key
+from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
 from statebus.http.auth import cookie_name
 from statebus.http.websocket import WS_PATH
 from statebus.testing.live_server import LiveServer, live_server
 from statebus.testing.planted import SANDBOXED, visit_args
+from tests.apps.bundles import MAX, app_copy, author_key
 from tests.support.apps import FolderApps, install_guestbook, write_app
 from tests.support.node_harness import browser_available, run_browser
 
@@ -210,7 +215,8 @@ function countEntries(key) { return 0; }
 """
 
 GUESTBOOK_PROBE = """(() => ({origin: location.origin, cookie: document.cookie,
-  entries: [...document.querySelectorAll('#entries li')].map(li => li.textContent)}))()"""
+  entries: [...document.querySelectorAll('#entries li')]
+    .map(li => [...li.children].map(c => c.textContent))}))()"""
 
 
 def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path) -> None:
@@ -227,7 +233,7 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         visits = [
             f"{srv.url}/launch/guestbook",
             "--visit-wait",
-            "document.querySelectorAll('#entries li').length > 0",
+            "document.querySelectorAll('#entries li .badge').length > 0",
             "--visit-wait-ms",
             "15000",
             "--visit-probe",
@@ -253,4 +259,104 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
     (seen,) = out["visits"]
     assert seen["error"] is None and seen["waited"] is True, seen
     assert seen["probe"]["origin"] == app and seen["probe"]["cookie"] == "", seen
-    assert seen["probe"]["entries"] == ["Annhello from the owner"], seen
+    assert seen["probe"]["entries"] == [["Ann", "verified", "hello from the owner"]], seen
+
+
+INSTALL_SCRIPT = """
+(async () => {
+  const sleep = ms => new Promise(res => setTimeout(res, ms));
+  const $ = id => document.getElementById(id);
+  const until = async f => { for (let i = 0; i < 400 && !f(); i++) await sleep(50); return f() };
+  const status = () => $('app-check-status').textContent;
+  const choose = list => {
+    const dt = new DataTransfer();
+    for (const [name, b64] of list)
+      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name));
+    $('app-files').files = dt.files;
+  };
+  const check = async () => {
+    $('app-check-form').requestSubmit();
+    await until(() => !$('app-consent').hidden || (status() !== '' && status() !== 'Checking…'));
+    return {shown: !$('app-consent').hidden, title: $('app-consent-title').textContent,
+            more: $('app-consent-more').hidden ? null : $('app-consent-more').textContent,
+            permissions: $('app-consent-permissions').textContent,
+            button: $('app-consent-yes').textContent, status: status()};
+  };
+  const consent = async word => {
+    $('app-consent-yes').click();
+    await until(() => status().startsWith(word) || $('app-check-status').className.includes('error'));
+    return status();
+  };
+  const r = {};
+  await until(() => !$('apps').hidden);
+  choose(V1); r.v1 = await check();
+  $('app-consent-no').click(); r.cancelled = status();
+  choose(V1); await check(); r.installed = await consent('Installed');
+  choose(V1); r.again = await check();
+  choose(V2); r.v2 = await check(); r.upgraded = await consent('Upgraded');
+  $('app-source').value = SOURCE; r.source = await check(); r.source_installed = await consent('Installed');
+  await until(() => document.querySelectorAll('#apps-list tr').length >= 2);
+  r.rows = [...document.querySelectorAll('#apps-list tr')].map(row => row.dataset.app);
+  window.__result = r;
+  window.__done = true;
+})()
+"""
+
+
+def test_the_node_page_installs_and_upgrades_with_consent(tmp_path: Path) -> None:
+    """The node's page shows what an app asks for and installs only on the owner's click, from a
+    bundle file or a published key; an upgrade asking for more says so and asks again."""
+    wider = {"read": ["guestbook/"], "write": ["guestbook/", "profile/"], "read_others": ["guestbook/"]}
+    author = author_key()
+    bundles = []
+    for version, perms in (("1.0.0", None), ("2.0.0", wider)):
+        changes: dict[str, object] = {"version": version} | ({"permissions": perms} if perms else {})
+        data = pack(app_copy(tmp_path / version, author, **changes), MAX)
+        sig = json.dumps(sign(data, author).to_json()).encode()
+        bundles.append(
+            [["gb.sbx", base64.b64encode(data).decode()], ["gb.sbx.sig", base64.b64encode(sig).decode()]]
+        )
+    with live_server(tmp_path / "node", timeout=60) as srv:
+        own = srv.running.identity  # an app this node's owner wrote and published: installed by its key
+        data = pack(app_copy(tmp_path / "board", own, name="board"), MAX)
+        sig = base64.b64encode(json.dumps(sign(data, own).to_json()).encode()).decode()
+        published = httpx.post(
+            srv.url + APPS_PATH + "/publish",
+            content=data,
+            headers={**srv.auth, "content-type": BUNDLE_TYPE, SIGNATURE_HEADER: sig},
+        )
+        assert published.status_code == 200, published.text
+        source = f"/{srv.local}/.apps/board"
+        script = (
+            f"const V1 = {json.dumps(bundles[0])}, V2 = {json.dumps(bundles[1])};"
+            + f"const SOURCE = {json.dumps(source)};"
+            + INSTALL_SCRIPT
+        )
+        out = run_browser(f"{srv.url}/login?token={srv.token}", script, timeout=90)
+        record = srv.node.fetch(record_key("guestbook")).value
+        board = srv.node.fetch(record_key("board")).value
+    assert out["ok"], out
+    r = out["result"]
+    assert r["v1"]["shown"] and r["v1"]["title"] == f"guestbook 1.0.0 by {author.pubkey}", r
+    assert r["v1"]["permissions"].splitlines() == [
+        "It asks to:",
+        "read   your guestbook/",
+        "write  your guestbook/",
+        "read   other people's guestbook/",
+    ], r
+    assert r["v1"]["more"] is None and r["v1"]["button"] == "Install", r
+    assert r["cancelled"] == "Not installed: you did not consent", r
+    assert r["installed"] == "Installed guestbook 1.0.0", r
+    assert r["again"]["shown"] is False and r["again"]["status"] == "guestbook 1.0.0 is installed already", r
+    assert r["v2"]["more"] == "guestbook 2.0.0 asks for more than you granted 1.0.0.", r
+    assert (
+        "write  your profile/" in r["v2"]["permissions"] and r["v2"]["button"] == "Upgrade 1.0.0 → 2.0.0"
+    ), r
+    assert r["upgraded"] == "Upgraded guestbook 2.0.0", r
+    assert record["version"] == "2.0.0" and record["granted"]["write"] == ["guestbook/", "profile/"]
+    assert (
+        r["source"]["title"] == f"board 1.0.0 by {srv.local}"
+        and r["source_installed"] == "Installed board 1.0.0"
+    )
+    assert board["granted"]["write"] == ["guestbook/"] and board["published"] is True
+    assert sorted(r["rows"]) == ["board", "guestbook"], r

@@ -31,7 +31,10 @@ SIGN = """
   await sign('ann', 'hello from the browser');
   await until(() => document.querySelectorAll('#entries li').length === 1
                     && document.getElementById('count').textContent === '1 entry');
-  r.entries = [...document.querySelectorAll('#entries li')].map(li => li.textContent);
+  await until(() => document.querySelector('#entries .badge.verified'));
+  r.entries = [...document.querySelectorAll('#entries li')]
+    .map(li => [...li.children].map(c => c.textContent));
+  r.badge = document.querySelector('#entries .badge').title;
   r.count = document.getElementById('count').textContent;
   document.querySelector('[name=text]').removeAttribute('maxlength');
   await sign('bob', 'x'.repeat(501));
@@ -53,6 +56,7 @@ def test_the_guestbook_page_signs_and_shows_entries(tmp_path: Path) -> None:
         stored = httpx.get(f"{srv.url}/~/guestbook/entries/", headers=srv.auth).json()["children"]
     assert out["ok"], out
     r = out["result"]
-    assert r["entries"] == ["annhello from the browser"] and r["count"] == "1 entry", r
+    assert r["entries"] == [["ann", "verified", "hello from the browser"]] and r["count"] == "1 entry", r
+    assert r["badge"] == "signed by its author", r  # its signature was checked in the page (issue 19)
     assert r["refused"].startswith("app guestbook: guestbook/entries/"), r  # the node's reason, shown
     assert r["after"] == 1 and len(stored) == 1, (r, stored)

@@ -15,6 +15,7 @@ import pytest
 
 from bench.dht_heal import WAIT_TIMEOUT, start_child
 from statebus.federation.dht import KademliaDirectory
+from statebus.federation.dht_record import dht_key
 
 
 @pytest.mark.anyio
@@ -56,5 +57,44 @@ async def test_lookups_are_fast_again_after_kill_9_of_three_nodes() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.anyio
+async def test_a_lookup_waits_for_slow_holders_before_it_says_not_found() -> None:
+    """The short probe rounds must not turn a loaded machine's late replies into a missing record:
+    the only holders answer after the probe timeout (but well within the RPC timeout)."""
+    secret = os.urandom(16)
+    nodes = [KademliaDirectory(os.urandom(32), "slow", secret, ksize=2, wait_timeout=1.0) for _ in range(6)]
+    await nodes[0].start([])
+    for node in nodes[1:]:
+        await node.start([("127.0.0.1", nodes[0].port)])
+    loop = asyncio.get_running_loop()
+    try:
+        for node in nodes:
+            await node.publish([f"http://127.0.0.1:{node.port}"])
+        owner = nodes[0]
+        key = dht_key("slow", owner.pubkey)
+        holders = [n for n in nodes[1:] if n.protocol.storage.get(key, None) is not None]
+        others = [n for n in nodes[1:] if n not in holders]
+        assert len(holders) == 2 and others
+        resolver = others[0]
+        for node in nodes[1:]:  # a few round trips timed: the probe timeout is now tens of ms at most
+            await resolver.resolve(node.pubkey)
+        resolver._cache.clear()
+        assert resolver.protocol.probe_timeout() < 0.15
+        # one holder lost its copy and answers at once (without it); the other copies answer 0.3 s late
+        holders[0].protocol.storage._forget(key)
+        assert holders[0].protocol.storage.get(key, None) is None
+        for holder in [owner, holders[1]]:
+            original = holder.protocol.datagram_received
+
+            def late(data: bytes, addr: object, original: object = original) -> None:
+                loop.call_later(0.3, original, data, addr)  # type: ignore[arg-type]
+
+            holder.protocol.datagram_received = late  # type: ignore[method-assign]
+        assert await resolver.resolve(owner.pubkey) == owner.record
+    finally:
         for node in nodes:
             await node.stop()

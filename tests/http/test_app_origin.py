@@ -323,3 +323,30 @@ def test_launch_codes_and_capability_cookies_never_reach_the_logs() -> None:
     line = "GET /.statebus/launch?code=s3cr3t-c0de HTTP/1.1 cookie: statebus_app_abcd=s3cr3t-cap; x=1"
     out = redact(line)
     assert "s3cr3t" not in out and "/.statebus/launch?code=***" in out, out
+
+
+def test_an_open_app_survives_a_node_restart(tmp_path: Path) -> None:
+    """The capability's hash is kept in the data folder: the app's page goes on after a restart, with
+    the grants of its install; a change of the install revokes it for good."""
+    grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
+    data = tmp_path / "node"
+    with live_server(data) as srv:
+        install_guestbook(srv.url, srv.auth, tmp_path / "v1", grant)
+        cap = launch(srv, "guestbook")
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.put("/~/guestbook/hello", json="hi").status_code == 200
+        stored = data / "app_capabilities.json"
+        (secret,) = cap.values()
+        assert secret not in stored.read_text() and stored.stat().st_mode & 0o777 == 0o600
+    with live_server(data) as srv:
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.get("/~/guestbook/hello").json() == "hi"
+            assert app.put("/~/guestbook/again", json="after the restart").status_code == 200
+            r = app.get(f"/{'a' * 52}/guestbook/x")  # the grants are the install's: no read_others
+            assert r.status_code == 403 and r.json()["error"] == "outside_grant"
+        install_guestbook(srv.url, srv.auth, tmp_path / "v2", {**grant, "read_others": ["guestbook/"]})
+        with as_app(srv, "guestbook", cap) as app:
+            assert app.get("/~/guestbook/hello").status_code == 401
+        assert not stored.exists()
+    with live_server(data) as srv, as_app(srv, "guestbook", cap) as app:
+        assert app.get("/~/guestbook/hello").status_code == 401

@@ -11,14 +11,20 @@
 
   function render() {
     const sorted = [...entries.entries()].sort((a, b) => (a[0] < b[0] ? 1 : -1))
-    list.replaceChildren(...sorted.map(([, e]) => {
+    list.replaceChildren(...sorted.map(([, {value: e, verified, reason}]) => {
       const li = document.createElement('li')
       const name = document.createElement('span')
       name.className = 'name'
       name.textContent = e.name // text, never HTML: entries are other people's data
+      // the author's signature, checked in this page (statebus.js, docs/wire-protocol.md "Proofs"):
+      // an entry that fails is flagged, never shown as its author's
+      const badge = document.createElement('span')
+      badge.className = 'badge ' + (verified ? 'verified' : 'unverified')
+      badge.textContent = verified ? 'verified' : 'not verified'
+      badge.title = verified ? 'signed by its author' : reason
       const text = document.createElement('p')
       text.textContent = e.text
-      li.append(name, text)
+      li.append(name, ' ', badge, text)
       return li
     }))
   }
@@ -26,9 +32,9 @@
   statebus.subscribe('guestbook/entries/', (key, value, event) => {
     if (key === null) { entries.clear(); render(); return } // reset: fresh snapshots follow
     if (event.type === 'delete' || value === undefined) entries.delete(key)
-    else entries.set(key, value)
+    else entries.set(key, {value, verified: event.verified, reason: event.reason})
     render()
-  })
+  }, {verify: true})
   statebus.subscribe('guestbook/count', (key, value) => {
     count.textContent = value === undefined ? '' : `${value} ${value === 1 ? 'entry' : 'entries'}`
   })

@@ -203,7 +203,145 @@
             list.append(row)
         }
         $('apps-count').textContent = apps.length === 1 ? '(1 app)' : `(${apps.length} apps)`
-        $('apps').hidden = apps.length === 0
+    }
+
+    // Install is consent: the node checks the bundle (signature, hash, manifest) and stages it; the page
+    // shows what it asks for, as `statebus app install` does, and installs it only on the owner's click.
+    // An upgrade asking for more than was granted says so first.
+    const APPS = '/.well-known/statebus/apps'
+    function appStatus(text, ok) {
+        $('app-check-status').textContent = text
+        $('app-check-status').className = 'status ' + (ok ? 'ok' : 'error')
+    }
+    async function appCall(path, init) {
+        const res = await fetch(APPS + path, {method: 'POST', credentials: 'same-origin', ...init})
+        const body = await res.json().catch(() => ({}))
+        if (!res.ok) throw new Error(body.detail || body.error || ('HTTP ' + res.status))
+        return body
+    }
+    async function checkApp() {
+        const files = [...$('app-files').files]
+        if (files.length) {
+            const sig = files.find(f => f.name.endsWith('.sig'))
+            const bundle = files.find(f => !f.name.endsWith('.sig'))
+            if (!sig || !bundle) throw new Error('choose the bundle file and its .sig file together')
+            return appCall('/check', {body: bundle, headers: {
+                'content-type': 'application/vnd.statebus.bundle',
+                'statebus-bundle-signature': btoa(await sig.text()),
+            }})
+        }
+        const source = $('app-source').value.trim()
+        if (!source) throw new Error('name a published app (/<author>/.apps/<name>) or choose a bundle')
+        const via = $('app-via').value.trim()
+        return appCall('/check', {headers: {'content-type': 'application/json'},
+                                  body: JSON.stringify({source, via: via ? [via] : []})})
+    }
+    let checked = null
+    $('app-check-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        $('app-consent').hidden = true
+        appStatus('Checking…', true)
+        try {
+            checked = await checkApp()
+        } catch (e) {
+            appStatus(e.message, false)
+            return
+        }
+        const c = checked, now = c.installed
+        if (now && now.hash === c.hash) {
+            appStatus(`${c.name} ${c.version} is installed already`, true)
+            return
+        }
+        appStatus('', true)
+        $('app-consent-title').textContent = `${c.name} ${c.version} by ${c.author}`
+        $('app-consent-about').textContent = (c.description ? c.description + ' · ' : '') +
+            `bundle sha256 ${c.hash} (${c.size} bytes), signed by ${c.signer}`
+        $('app-consent-more').hidden = !c.asks_more
+        $('app-consent-more').textContent = now ? `${c.name} ${c.version} asks for more than you granted ${now.version}.` : ''
+        $('app-consent-permissions').textContent = 'It asks to:\n' + c.permission_lines.join('\n')
+        $('app-consent-yes').textContent = now ? `Upgrade ${now.version} → ${c.version}` : 'Install'
+        $('app-consent').hidden = false
+    })
+    $('app-consent-no').addEventListener('click', () => {
+        checked = null
+        $('app-consent').hidden = true
+        appStatus('Not installed: you did not consent', false)
+    })
+    $('app-consent-yes').addEventListener('click', async () => {
+        const c = checked
+        if (!c) return
+        $('app-consent').hidden = true
+        try {
+            const app = await appCall('/install', {headers: {'content-type': 'application/json'},
+                                                  body: JSON.stringify({hash: c.hash, grant: c.permissions})})
+            appStatus(`${c.installed ? 'Upgraded' : 'Installed'} ${app.name} ${app.version}`, true)
+            $('app-check-form').reset()
+        } catch (e) {
+            appStatus(e.message, false)
+        }
+        checked = null
+        showApps().catch(() => {})
+    })
+
+    // Invite a friend (the owner only): POST the invite routes; the QR code is the node's own SVG.
+    $('invite-form').addEventListener('submit', async (event) => {
+        event.preventDefault()
+        const status = $('invite-status')
+        const body = {uses: Number($('invite-uses').value), expires: $('invite-expires').value.trim()}
+        if ($('invite-app').value) body.app = $('invite-app').value
+        if ($('invite-note').value.trim()) body.note = $('invite-note').value.trim()
+        const res = await fetch('/.well-known/statebus/invites', {
+            method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify(body)})
+        const answer = await res.json()
+        if (!res.ok) {
+            status.textContent = answer.detail || answer.error
+            status.className = 'status error'
+            return
+        }
+        status.textContent = 'Invite ' + answer.id + ', expires ' + new Date(answer.exp * 1000).toLocaleString()
+        status.className = 'status ok'
+        $('invite-link').value = answer.link
+        const svg = new DOMParser().parseFromString(answer.qr_svg, 'image/svg+xml').documentElement
+        $('invite-qr').replaceChildren(document.importNode(svg, true))
+        $('invite-out').hidden = false
+    })
+    // Following: each follow's progress (state, ops applied, blobs pending), from the node's own keys
+    // /~/.follows/<id> and /~/.federation/follows/<id>; refreshed with the apps.
+    async function getJSON(path) {
+        const res = await fetch(path, {credentials: 'same-origin', cache: 'no-store'})
+        return res.ok ? res.json() : null
+    }
+    async function showFollows() {
+        const listing = await getJSON('/~/.follows/')
+        const names = listing ? listing.children.filter(n => !n.endsWith('/')) : []
+        const list = $('follows-list')
+        const rows = []
+        for (const name of names) {
+            const follow = await getJSON('/~/.follows/' + name)
+            const state = (await getJSON('/~/.federation/follows/' + name)) || {}
+            const row = document.createElement('tr')
+            row.dataset.follow = name
+            cell(row, follow ? follow.pattern : name, 'follow-pattern')
+            cell(row, (state.status || 'starting') + (state.reason ? ': ' + state.reason : ''), 'follow-state')
+            cell(row, String(state.applied || 0), 'follow-applied')
+            cell(row, String(state.blobs_pending || 0), 'follow-blobs')
+            cell(row, state.url || '–', 'follow-url')
+            rows.push(row)
+        }
+        list.replaceChildren(...rows)
+        $('follows-count').textContent = `(${rows.length})`
+        $('follows').hidden = rows.length === 0
+    }
+    async function inviteApps() {
+        const res = await fetch('/.well-known/statebus/apps', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return
+        const select = $('invite-app')
+        for (const app of (await res.json()).apps) {
+            const option = document.createElement('option')
+            option.value = option.textContent = app.name
+            select.append(option)
+        }
     }
 
     $('search').addEventListener('input', () => render())
@@ -226,8 +364,13 @@
         statebus.subscribe(root, onChange, {onstatus: setLive})
         render()
         if (info.owner) {
+            $('apps').hidden = false
+            $('invite').hidden = false
+            inviteApps().catch(() => {})
             showApps().catch(() => {})
             setInterval(() => showApps().catch(() => {}), 5000)
+            showFollows().catch(() => {})
+            setInterval(() => showFollows().catch(() => {}), 1000)
         }
     }
     start()
