@@ -6,7 +6,7 @@ follows B only. In the browser:
 
 * A posts through the compose form, and B's open page shows it live;
 * B likes (keyboard `l`), replies (`r`), quotes (`q`) and reposts (`t`); A's notifications show
-  all four;
+  all four; A mutes B (B's reply leaves A's timeline), unmutes, and deletes a post of its own;
 * A blocks B: B's next reply is refused by A's node and never shows, and B's earlier reply is
   hidden;
 * A goes offline, and B's page (reloaded) still shows A's posts from B's replica;
@@ -163,7 +163,28 @@ A_NOTES = (
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
   const four = () => notes().filter(n => /replied|liked|quoted|reposted/.test(n)).length >= 4;
   await until('four notifications', four);
-  window.__result = {notes: notes()};
+  const r = {notes: notes()};
+  // mute bob from the People view: his reply leaves the timeline (it stays stored)
+  location.hash = '#people';
+  const button = text => [...document.querySelectorAll('.person button')].find(b => b.textContent === text);
+  await until('the people view', () => button('Mute'));
+  button('Mute').click();
+  await until('the mute', () => chirp.mutes.size === 1);
+  location.hash = '#home';
+  await until('the timeline without bob', () => texts().length && !texts().includes('nice one, A'));
+  r.muted = texts();
+  // unmute, then write a post and delete it
+  location.hash = '#people';
+  await until('the people view', () => button('Unmute'));
+  button('Unmute').click();
+  await until('the unmute', () => chirp.mutes.size === 0);
+  location.hash = '#home';
+  compose('oops');
+  await until('the post to delete', () => texts().includes('oops'));
+  article('oops').querySelector('button.delete').click();
+  await until('the delete', () => !texts().includes('oops'));
+  r.afterDelete = texts();
+  window.__result = r;
   window.__done = true;
 })().catch(fail)
 """
@@ -333,6 +354,9 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
     assert any(n.startswith("bob quoted your post") for n in notes["notes"]), notes
     assert any(n.startswith("bob reposted your post") for n in notes["notes"]), notes
+    assert "nice one, A" not in notes["muted"] and "hello from A" in notes["muted"], notes  # muted
+    assert "nice one, A" in notes["afterDelete"] and "oops" not in notes["afterDelete"], notes
+    assert all(p.get("text") != "oops" for p in posts_of(a, a.pubkey).values())  # deleted on A's node
 
     # A blocks B: B's next reply is refused by A's node (the store enforces it) and never shows.
     await mark(a, "blocks", b.pubkey)
