@@ -77,7 +77,7 @@ FOLLOWS_SCRIPT = """
     }
     window.__result = {pattern: text('follow-pattern'), state: text('follow-state'),
                        applied: text('follow-applied'), url: text('follow-url'),
-                       hidden: document.getElementById('follows').hidden, seen};
+                       hidden: document.getElementById('node-pane').hidden, seen};
   } catch (e) { window.__result = {error: String(e)}; }
   window.__done = true;
 })()

@@ -7,6 +7,8 @@
     let selected = null, root = '/~/', pending = false
     const flashed = new Set()
     const collator = new Intl.Collator(undefined, {numeric: true})
+    const BIG = 100              // subtrees with more keys render closed (a click opens them)
+    const opened = new Set()
 
     // A key as statebus.state names it: this node's own keys as /~/… (what statebus.put accepts).
     function displayed(key) {
@@ -37,6 +39,7 @@
         $('put-key').value = key
         if (has && !(v instanceof Uint8Array)) $('put-value').value = JSON.stringify(v, null, 2)
         badge(key, has ? v : undefined)
+        if (window.dataBrowser) window.dataBrowser.selected(key, has)
         render()
     }
 
@@ -66,20 +69,39 @@
         pending = true
         requestAnimationFrame(() => {
             pending = false
-            const keys = Object.keys(statebus.state).filter(k => k.startsWith(root)).sort(byPath)
+            const needle = $('search').value.trim().toLowerCase()
+            const keys = Object.keys(statebus.state)
+                .filter(k => k.startsWith(root) && (!needle || k.toLowerCase().includes(needle))).sort(byPath)
             const tree = $('tree')
             tree.textContent = ''
             const dirs = new Set()
+            const sizes = new Map()       // a subtree of more than BIG keys shows closed until clicked
             for (const key of keys) {
+                const parts = key.slice(root.length).split('/')
+                for (let i = 1; i < parts.length; i++) {
+                    const dir = parts.slice(0, i).join('/') + '/'
+                    sizes.set(dir, (sizes.get(dir) || 0) + 1)
+                }
+            }
+            keyLoop: for (const key of keys) {
                 const parts = key.slice(root.length).split('/')
                 for (let i = 0; i < parts.length - 1; i++) {
                     const dir = parts.slice(0, i + 1).join('/') + '/'
-                    if (dirs.has(dir)) continue
+                    const closed = sizes.get(dir) > BIG && !opened.has(dir) && !needle
+                    if (dirs.has(dir)) { if (closed) continue keyLoop; continue }
                     dirs.add(dir)
                     const li = document.createElement('li')
                     li.className = 'dir'
                     li.style.paddingLeft = 10 + 16 * i + 'px'
                     li.textContent = parts[i] + '/'
+                    if (closed) {
+                        li.className = 'dir big'
+                        li.dataset.dir = root + dir
+                        li.textContent = `${parts[i]}/ (${sizes.get(dir)} keys: open)`
+                        li.addEventListener('click', () => { opened.add(dir); render() })
+                        tree.append(li)
+                        continue keyLoop
+                    }
                     tree.append(li)
                 }
                 const li = document.createElement('li')
@@ -284,33 +306,6 @@
         $('invite-qr').replaceChildren(document.importNode(svg, true))
         $('invite-out').hidden = false
     })
-    // Following: each follow's progress (state, ops applied, blobs pending), from the node's own keys
-    // /~/.follows/<id> and /~/.federation/follows/<id>; refreshed with the apps.
-    async function getJSON(path) {
-        const res = await fetch(path, {credentials: 'same-origin', cache: 'no-store'})
-        return res.ok ? res.json() : null
-    }
-    async function showFollows() {
-        const listing = await getJSON('/~/.follows/')
-        const names = listing ? listing.children.filter(n => !n.endsWith('/')) : []
-        const list = $('follows-list')
-        const rows = []
-        for (const name of names) {
-            const follow = await getJSON('/~/.follows/' + name)
-            const state = (await getJSON('/~/.federation/follows/' + name)) || {}
-            const row = document.createElement('tr')
-            row.dataset.follow = name
-            cell(row, follow ? follow.pattern : name, 'follow-pattern')
-            cell(row, (state.status || 'starting') + (state.reason ? ': ' + state.reason : ''), 'follow-state')
-            cell(row, String(state.applied || 0), 'follow-applied')
-            cell(row, String(state.blobs_pending || 0), 'follow-blobs')
-            cell(row, state.url || '–', 'follow-url')
-            rows.push(row)
-        }
-        list.replaceChildren(...rows)
-        $('follows-count').textContent = `(${rows.length})`
-        $('follows').hidden = rows.length === 0
-    }
     async function inviteApps() {
         const res = await fetch('/.well-known/statebus/apps', {credentials: 'same-origin', cache: 'no-store'})
         if (!res.ok) return
@@ -344,6 +339,9 @@
         } catch (e) { /* the node is away: the live badge says so */ }
     }
 
+    $('search').addEventListener('input', () => render())
+    window.nodePage = {show, render, displayed}
+
     async function start() {
         const info = await statebus.ready
         if (info.error) {
@@ -366,8 +364,6 @@
             inviteApps().catch(() => {})
             showApps().catch(() => {})
             setInterval(() => showApps().catch(() => {}), 5000)
-            showFollows().catch(() => {})
-            setInterval(() => showFollows().catch(() => {}), 1000)
             showSwarm()
             setInterval(showSwarm, 5000)
         }

@@ -1,0 +1,233 @@
+// The node page's data browser: what page.js's key tree and value pane do not, through the public HTTP
+// API only (the same requests any client makes, with the owner's login cookie):
+//   * the selected value rendered by its content type: JSON, text, an image, or a download;
+//   * its history (GET <key>?history) and any past version (GET <key>?version=<v>);
+//   * delete, with the node's reason when it refuses;
+//   * follow a subtree (PUT /~/.follows/<id>, as `statebus follow` does; the form is filled from
+//     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
+//   * the follows and their state (/~/.follows/, /~/.federation/follows/), what is shared with every
+//     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
+//     (/.well-known/statebus/node); all live (the follows and rules are subscribed).
+// Everything shown is data: textContent only, never HTML.
+(function () {
+    'use strict'
+    const $ = id => document.getElementById(id)
+    let current = null
+
+    function href(key) {
+        return key.split('/').map(encodeURIComponent).join('/').replace(/^\/%7E\//, '/~/')
+    }
+    async function problem(res) {
+        let detail = res.statusText
+        try { const e = await res.json(); detail = (e.error ? e.error + ': ' : '') + (e.detail || '') } catch (e) {}
+        return `HTTP ${res.status} ${detail}`
+    }
+    function status(text, ok) {
+        $('key-status').textContent = text
+        $('key-status').className = 'status ' + (ok ? 'ok' : 'error')
+    }
+
+    // A value by its content type. JSON is already in page.js's <pre>; others get a view of their own.
+    async function rendered(key, into, query = '') {
+        into.textContent = ''
+        const res = await fetch(href(key) + query, {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) { into.textContent = await problem(res); return null }
+        const type = (res.headers.get('content-type') || '').split(';')[0].trim()
+        const info = document.createElement('div')
+        info.className = 'hint'
+        info.textContent = `${type} · version ${res.headers.get('version') || '?'}`
+        into.append(info)
+        if (type === 'application/json') return res.json()
+        if (type.startsWith('image/')) {        // the same URL again (the page's policy allows 'self' images)
+            const img = document.createElement('img')
+            img.alt = key
+            img.src = href(key) + query
+            into.append(img)
+        } else if (type.startsWith('text/')) {
+            const pre = document.createElement('pre')
+            pre.textContent = await res.text()
+            into.append(pre)
+        } else {
+            const a = document.createElement('a')
+            a.href = href(key) + query
+            a.download = key.split('/').pop() || 'value'
+            a.textContent = `download (${res.headers.get('content-length') || '?'} bytes)`
+            into.append(a)
+        }
+        return undefined
+    }
+
+    async function selected(key, exists) {
+        if (key !== current) {        // a new key; the same key shown again (it changed) keeps its panes
+            $('history').textContent = ''
+            $('past').hidden = true
+            status('', true)
+        }
+        current = key
+        $('key-actions').hidden = false
+        if (!exists) { $('rendered').textContent = ''; return }
+        await rendered(key, $('rendered')).catch(e => { $('rendered').textContent = String(e) })
+    }
+
+    async function history() {
+        const key = current
+        const list = $('history')
+        list.textContent = ''
+        const res = await fetch(href(key) + '?history&limit=1000', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) { status(await problem(res), false); return }
+        const body = await res.json()
+        if (body.horizon && body.horizon.seq) {
+            const li = document.createElement('li')
+            li.textContent = `older versions folded by compaction (up to seq ${body.horizon.seq})`
+            list.append(li)
+        }
+        for (const v of body.versions.slice().reverse()) {       // newest first
+            const li = document.createElement('li')
+            li.dataset.version = v.version
+            li.textContent = `seq ${v.seq} · ${v.kind} · version ${v.version}` +
+                (v.parents.length ? ` · parents ${v.parents.join(', ')}` : ' · no parents') +
+                ` · by ${String(v.author).slice(0, 8)}… `
+            const read = document.createElement('button')
+            read.type = 'button'
+            read.textContent = 'read'
+            read.addEventListener('click', () => past(key, v.version))
+            li.append(read)
+            list.append(li)
+        }
+        status(`${body.versions.length} version${body.versions.length === 1 ? '' : 's'}`, true)
+    }
+
+    async function past(key, version) {
+        $('past').hidden = false
+        $('past-version').textContent = version
+        const out = $('past-value')
+        const holder = document.createElement('div')
+        out.textContent = ''
+        const value = await rendered(key, holder, '?version=' + encodeURIComponent(version))
+        if (value !== undefined && value !== null) out.textContent = JSON.stringify(value, null, 2)
+        else out.append(holder)
+    }
+
+    $('history-button').addEventListener('click', () => history().catch(e => status(String(e), false)))
+    $('delete-button').addEventListener('click', async () => {
+        const key = current
+        const res = await fetch(href(key), {method: 'DELETE', credentials: 'same-origin'})
+        if (!res.ok) { status(await problem(res), false); return }
+        status('deleted ' + key, true)
+    })
+
+    // ------------------------------------------------------------------ the node: follows, rules
+
+    const follows = new Map(), states = new Map(), rules = new Map()
+    function row(cells, classes = []) {
+        const tr = document.createElement('tr')
+        cells.forEach((c, i) => {
+            const td = document.createElement('td')
+            td.textContent = c
+            if (classes[i]) td.className = classes[i]
+            tr.append(td)
+        })
+        return tr
+    }
+    let drawing = false
+    function draw() {
+        if (drawing) return
+        drawing = true
+        requestAnimationFrame(() => {
+            drawing = false
+            const body = $('follows-list')
+            body.textContent = ''
+            for (const [id, f] of [...follows].sort()) {
+                const s = states.get(id) || {}
+                // how far each follow has come (an invite's follows included): ops applied, blobs on their way
+                const tr = row([f.pattern, (s.status || 'starting') + (s.reason ? ': ' + s.reason : ''),
+                                s.url || (f.via || []).join(' ') || '–', String(s.applied || 0),
+                                String(s.rejected || 0), String(s.blobs_pending || 0)],
+                               ['follow-pattern', 'follow-state', 'follow-url', 'follow-applied',
+                                'follow-refused', 'follow-blobs'])
+                tr.dataset.follow = f.pattern
+                const td = document.createElement('td')
+                const stop = document.createElement('button')
+                stop.type = 'button'
+                stop.className = 'danger'
+                stop.textContent = 'Unfollow'
+                stop.addEventListener('click', () => unfollow(id))
+                td.append(stop)
+                tr.append(td)
+                body.append(tr)
+            }
+            $('follows-count').textContent = `(${follows.size})`
+            const ul = $('rules')
+            ul.textContent = ''
+            for (const [key, value] of [...rules].sort()) {
+                const li = document.createElement('li')
+                li.textContent = `${key}  ${JSON.stringify(value)}`
+                ul.append(li)
+            }
+            if (!rules.size) ul.textContent = 'nothing shared; no access rules (everything is private to the owner)'
+        })
+    }
+    const last = key => key.slice(key.lastIndexOf('/') + 1)
+    function watch(prefix, map) {
+        statebus.subscribe(prefix, (key, value) => {
+            if (key === null) { map.clear(); draw(); return }
+            const name = map === rules ? key : last(key)
+            if (value === undefined) map.delete(name)
+            else map.set(name, value)
+            draw()
+        })
+    }
+
+    // The record id is the first 16 hex digits of sha256(pattern) (federation/policy.py follow_id).
+    async function followId(pattern) {
+        const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(pattern))
+        return [...new Uint8Array(digest)].map(b => b.toString(16).padStart(2, '0')).join('').slice(0, 16)
+    }
+    function followStatus(text, ok) {
+        $('follow-status').textContent = text
+        $('follow-status').className = 'status ' + (ok ? 'ok' : 'error')
+    }
+    $('follow-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        let pattern = $('follow-pattern').value.trim()
+        if (!pattern.endsWith('/')) pattern += '/'
+        if (!/^\/[a-z2-7]{52}\//.test(pattern)) {
+            followStatus('a pattern is /<their pubkey>/path/ (52 base32 characters, then a subtree)', false)
+            return
+        }
+        const via = $('follow-via').value.trim()
+        const body = {pattern, added: Date.now() / 1000, via: via ? [via] : []}
+        const res = await fetch('/~/.follows/' + await followId(pattern), {
+            method: 'PUT', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify(body)})
+        if (!res.ok) { followStatus(await problem(res), false); return }
+        followStatus('following ' + pattern, true)
+    })
+    async function unfollow(id) {
+        const res = await fetch('/~/.follows/' + id, {method: 'DELETE', credentials: 'same-origin'})
+        if (!res.ok) followStatus(await problem(res), false)
+        else followStatus('unfollowed (what was replicated stays)', true)
+    }
+    function fromHash() {
+        const q = new URLSearchParams(location.hash.slice(1))
+        if (q.get('follow')) { $('follow-pattern').value = q.get('follow'); $('follow-via').value = q.get('via') || '' }
+    }
+    window.addEventListener('hashchange', fromHash)
+
+    async function start() {
+        const info = await statebus.ready
+        if (!info || !info.owner) return
+        $('node-pane').hidden = false
+        fromHash()
+        watch('/~/.follows/', follows)
+        watch('/~/.federation/follows/', states)
+        watch('/~/.shares/', rules)
+        watch('/~/.acl/', rules)
+        const res = await fetch('/.well-known/statebus/node', {credentials: 'same-origin', cache: 'no-store'})
+        $('node-record').textContent = res.ok ? JSON.stringify(await res.json(), null, 2) : await problem(res)
+        draw()
+    }
+
+    window.dataBrowser = {selected, history, past}
+    start()
+})()
