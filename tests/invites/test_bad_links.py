@@ -6,31 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from statebus.invites.payload import PREFIX
 from statebus.server import Cluster, RunningNode
-from tests.invites.support import FAST, cli, fingerprint, install_guestbook
+from tests.invites.support import cli, fingerprint, install_guestbook
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", dht_name="devnet-bad", dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def invite(node: RunningNode, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, str]:
@@ -88,7 +72,7 @@ async def test_every_bad_link_is_refused_and_writes_nothing(
     config = tmp_path / "other.toml"
     config.write_text('dht_name = "elsewhere"\ndht_secret = "x"\n')
     err = await refused(new, ok["payload"], capsys, "--config", str(config))
-    assert "for the DHT 'devnet-bad'; this node is in 'elsewhere'" in err
+    assert "for the DHT 'devnet-inv'; this node is in 'elsewhere'" in err
 
     c = await cluster.add("c")
     away = await invite(c, capsys)

@@ -5,8 +5,6 @@ entries replicated and a new entry arriving live; the inviter records who joined
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,23 +13,9 @@ import pytest
 from statebus.invites.membership import read_membership
 from statebus.server import Cluster
 from tests.federation.support import has, live, wait_until
-from tests.invites.support import FAST, cli, fingerprint, install_guestbook, start_joined
+from tests.invites.support import cli, fingerprint, install_guestbook, start_joined
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", dht_name="devnet-inv", dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def test_a_friend_joins_with_a_link_and_sees_new_entries_live(

@@ -4,8 +4,6 @@ spent); an invite that says so makes the inviter follow the new user back."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,23 +14,9 @@ from statebus.errors import InvalidValue
 from statebus.server import Cluster
 from statebus.server.running import invite_addresses
 from tests.federation.support import has, wait_until
-from tests.invites.support import FAST, cli, install_guestbook, start_joined
+from tests.invites.support import cli, install_guestbook, start_joined
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path / "nodes", dht_name="devnet-resume", dht_secret=os.urandom(16), **FAST)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def test_a_failed_join_is_undone_and_the_same_command_finishes_it(

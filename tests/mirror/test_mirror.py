@@ -235,7 +235,7 @@ async def test_only_the_owner_or_its_delegated_device_reads_the_mirror(
 async def test_a_restored_node_continues_and_followers_take_its_next_write_without_a_fork(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    from .support import wait_until
+    from tests.federation.support import wait_until
 
     phrase, a, m = await _owner(cluster, tmp_path)
     b = await cluster.add("b")
@@ -270,7 +270,7 @@ def _value(node: RunningNode, key: str) -> Any:
 async def test_a_running_node_pushes_and_challenges_its_mirrors_by_itself(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    from .support import wait_until
+    from tests.federation.support import wait_until
 
     identity, _ = keystore.init(tmp_path / "a")
     m = await cluster.add("m", mirror_for=(identity.pubkey,))
