@@ -47,6 +47,9 @@ from statebus.config import Settings
 from statebus.errors import SIGN_IN_HINT, Forbidden, StatebusError, Unauthorized
 from statebus.http.auth import OwnerAuth
 from statebus.http.errors import statebus_error_response
+from statebus.mirror.push import STATE_FILE as MIRRORS_FILE
+from statebus.mirror.push import MirrorTargets
+from statebus.mirror.push import status as mirror_status
 from statebus.runtime import Node
 
 METRICS_PATH: Final = "/metrics"
@@ -244,6 +247,52 @@ class NodeCollector(Collector):
         yield from _apps(getattr(m.state, "apps", None) if m.state is not None else None)
         auth = getattr(m.state, "auth", None) if m.state is not None else None
         yield from _app_capabilities(getattr(getattr(auth, "access", None), "capabilities", None))
+        yield from _mirrors(node, m.settings.data_dir)
+
+
+def _mirrors(node: Node, data_dir: Any) -> Iterator[Metric]:
+    """The encrypted mirrors of ``mirrors.json`` (statebus.mirror): how far behind each is, when it
+    was last pushed to and last proved it holds our data, and what it says it holds. The families
+    are declared without samples when the node has no mirror, or when ``mirrors.json`` is malformed
+    (``statebus mirror status`` says why)."""
+    try:
+        mirrors = (
+            mirror_status(node, MirrorTargets(data_dir)) if Path(data_dir, MIRRORS_FILE).exists() else []
+        )
+    except StatebusError:
+        mirrors = []
+    families = {
+        "lag": GaugeMetricFamily(
+            "statebus_mirror_lag_ops", "This node's own ops not yet on the mirror.", labels=["mirror"]
+        ),
+        "push": GaugeMetricFamily(
+            "statebus_mirror_last_push_timestamp_seconds",
+            "When the last push ended (0: never).",
+            labels=["mirror"],
+        ),
+        "proof": GaugeMetricFamily(
+            "statebus_mirror_proof_ok",
+            "1 if the mirror's last storage challenge was answered right.",
+            labels=["mirror"],
+        ),
+        "proved": GaugeMetricFamily(
+            "statebus_mirror_last_proof_timestamp_seconds",
+            "When the last challenge was asked (0: never).",
+            labels=["mirror"],
+        ),
+        "used": GaugeMetricFamily(
+            "statebus_mirror_used_bytes",
+            "Bytes of ciphertext the mirror says it holds for this node.",
+            labels=["mirror"],
+        ),
+    }
+    for s in mirrors:
+        families["lag"].add_metric([s.url], s.lag_ops)
+        families["push"].add_metric([s.url], s.last_push)
+        families["proof"].add_metric([s.url], 1 if s.last_proof.get("ok") else 0)
+        families["proved"].add_metric([s.url], float(s.last_proof.get("at", 0) or 0))
+        families["used"].add_metric([s.url], s.used)
+    yield from families.values()
 
 
 def _app_capabilities(store: Any) -> Iterator[Metric]:

@@ -283,6 +283,13 @@ async def test_a_running_node_pushes_and_challenges_its_mirrors_by_itself(
         return bool(state.last_proof.get("ok")) and state.cursor >= a.node.seq
 
     await wait_until(proved, timeout=30, what="a push and a proof")
+    # /metrics shows it (issue 17: mirror lag among the node's metrics)
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(a.url + "/metrics", headers={"authorization": f"Bearer {a.token}"})).text
+    label = f'{{mirror="{m.url}"}}'
+    assert f"statebus_mirror_lag_ops{label} 0.0" in text, text
+    assert f"statebus_mirror_proof_ok{label} 1.0" in text
+    assert f"statebus_mirror_last_push_timestamp_seconds{label}" in text
     await cluster.stop("a")  # the pusher ends with the node
 
 
