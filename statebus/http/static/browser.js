@@ -5,7 +5,7 @@
 //   * delete, with the node's reason when it refuses;
 //   * follow a subtree (PUT /~/.follows/<id>, as `statebus follow` does; the form is filled from
 //     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
-//   * the follows and their state (/~/.follows/, /~/.federation/follows/), what is shared with every
+//   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to /~/), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
 //     (/.well-known/statebus/node); all live (the follows and rules are subscribed).
 // Everything shown is data: textContent only, never HTML.
@@ -168,9 +168,17 @@
         })
     }
     const last = key => key.slice(key.lastIndexOf('/') + 1)
-    function watch(prefix, map) {
-        statebus.subscribe(prefix, (key, value) => {
-            if (key === null) { map.clear(); draw(); return }
+    // One subscription to the whole namespace, routed by prefix: a browser keeps at most 6 HTTP/1.1
+    // connections per host, and one EventSource per watched subtree (four here, with the page's own
+    // and an app's) left none for a PUT, which then waited forever.
+    const routes = [['.follows/', follows], ['.federation/follows/', states], ['.shares/', rules], ['.acl/', rules]]
+    function watchNode() {
+        statebus.subscribe('/~/', (key, value) => {
+            if (key === null) { follows.clear(); states.clear(); rules.clear(); draw(); return }
+            const rest = key.replace(/^\/[^/]+\//, '')  // the path after the namespace
+            const route = routes.find(([prefix]) => rest.startsWith(prefix) && rest.length > prefix.length)
+            if (!route) return
+            const map = route[1]
             const name = map === rules ? key : last(key)
             if (value === undefined) map.delete(name)
             else map.set(name, value)
@@ -219,10 +227,7 @@
         if (!info || !info.owner) return
         $('node-pane').hidden = false
         fromHash()
-        watch('/~/.follows/', follows)
-        watch('/~/.federation/follows/', states)
-        watch('/~/.shares/', rules)
-        watch('/~/.acl/', rules)
+        watchNode()
         const res = await fetch('/.well-known/statebus/node', {credentials: 'same-origin', cache: 'no-store'})
         $('node-record').textContent = res.ok ? JSON.stringify(await res.json(), null, 2) : await problem(res)
         draw()
