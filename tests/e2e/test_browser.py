@@ -120,6 +120,9 @@ def test_page_without_login_says_how_to_log_in(tmp_path):
     assert "statebus serve" in out["result"]["text"] and "login" in out["result"]["text"]
 
 
+PAGE_STREAMS = 2
+"""Streams the node page opens by itself for the owner: its key tree, the data browser's /~/."""
+
 SUBSCRIBE_SCRIPT = """
 (async () => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
@@ -147,16 +150,17 @@ def test_statebus_js_subscribe_resumes_after_the_node_restarts(tmp_path):
 
     def drive() -> None:
         with node_on(data, port) as server:
-            # the page's own tree view opens one stream; wait for the script's subscription too
+            # the page opens two streams of its own (the tree view, the data browser's /~/); wait for
+            # the script's subscription too
             deadline = time.monotonic() + 45  # Chromium can take long to start on a busy machine
-            while streams(server) < 2 and time.monotonic() < deadline:
+            while streams(server) < PAGE_STREAMS + 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
             httpx.put(f"{url}/~/r/1", json="live", headers=auth)
             time.sleep(0.5)  # let it reach the page, then restart the node under the open page
         with node_on(data, port) as server:
             httpx.put(f"{url}/~/r/2", json="while away", headers=auth)
             deadline = time.monotonic() + 45
-            while streams(server) < 2 and time.monotonic() < deadline:
+            while streams(server) < PAGE_STREAMS + 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
             httpx.put(f"{url}/~/r/3", json="after", headers=auth)
             page_done.wait(30)

@@ -78,7 +78,7 @@ async def test_a_lookup_waits_for_slow_holders_before_it_says_not_found() -> Non
         key = dht_key("slow", owner.pubkey)
         holders = [n for n in nodes[1:] if n.protocol.storage.get(key, None) is not None]
         others = [n for n in nodes[1:] if n not in holders]
-        assert len(holders) == 2 and others
+        assert len(holders) >= 2 and others  # the k = 2 closest, or one more a hand-over reached
         resolver = others[0]
         for node in nodes[1:]:  # a few round trips timed: the probe timeout is now tens of ms at most
             await resolver.resolve(node.pubkey)
@@ -87,7 +87,7 @@ async def test_a_lookup_waits_for_slow_holders_before_it_says_not_found() -> Non
         # one holder lost its copy and answers at once (without it); the other copies answer 0.3 s late
         holders[0].protocol.storage._forget(key)
         assert holders[0].protocol.storage.get(key, None) is None
-        for holder in [owner, holders[1]]:
+        for holder in [owner, *holders[1:]]:
             original = holder.protocol.datagram_received
 
             def late(data: bytes, addr: object, original: object = original) -> None:
