@@ -293,7 +293,8 @@ def _read_until(master: int, text: str, seen: bytearray, timeout: float = 60) ->
 
 def test_first_serve_on_a_terminal_shows_the_phrase_last_framed_and_waits_for_enter(tmp_path):
     """Issue 20, item 6: below uvicorn's lines and the banner (where it does not scroll away), in a
-    frame, then Enter. The node already serves while it waits; Enter goes on, and the phrase is gone."""
+    frame, then Enter. The node listens but serves nothing while it waits; Enter goes on serving, and
+    the phrase is gone."""
     import httpx
 
     data = tmp_path / "node"
@@ -307,14 +308,17 @@ def test_first_serve_on_a_terminal_shows_the_phrase_last_framed_and_waits_for_en
         assert shown.index("Uvicorn running") < login < framed_at < shown.index(phrase)  # last
         frame = shown[framed_at:].split("=" * 78)
         assert len(frame) == 3 and phrase in frame[1] and "Press Enter" in frame[2]  # inside the frame
-        assert shown.rstrip().endswith("written down (the node is already serving).")
+        assert shown.rstrip().endswith("written down (the node serves from then on).")
         assert not keystore.phrase_pending(data)  # shown: no copy left
         time.sleep(0.3)
         assert proc.poll() is None and not select.select([master], [], [], 0)[0]  # waiting, quietly
+        url = re.search(r"serving at\s+(http://\S+)/", shown)
+        assert url is not None
+        with pytest.raises(httpx.ReadTimeout):  # before Enter: it listens, but serves nothing
+            httpx.get(url.group(1) + "/.well-known/statebus/node", timeout=1.5)
         os.write(master, b"\n")
         _read_until(master, "\n", seen := bytearray(), timeout=10)
-        url = re.search(r"serving at\s+(http://\S+)/", shown)
-        assert url is not None and proc.poll() is None  # Enter: it goes on serving
+        assert proc.poll() is None  # Enter: it goes on serving
         assert httpx.get(url.group(1) + "/.well-known/statebus/node", timeout=10).status_code == 200
     finally:
         proc.terminate()

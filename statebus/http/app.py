@@ -20,6 +20,7 @@ docs/performance.md, "Durable writes"); every other request takes Starlette's wa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -84,6 +85,9 @@ class NodeApp(Starlette):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, requests wait for it (a first start on a terminal serves
+        nothing until the owner pressed Enter under the recovery phrase; statebus.server.phrase)."""
         self.app_origins = app_origins
         self.keys = keys
         self.key_route = key_route
@@ -95,6 +99,9 @@ class NodeApp(Starlette):
         return self._prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hold = self.hold
+        if hold is not None and scope["type"] != "lifespan" and not hold.is_set():
+            await hold.wait()
         origins = self.app_origins
         if origins is not None and scope["type"] != "lifespan" and APP_SCOPE not in scope:
             name = origins.app_of(scope)  # an installed app's own origin (statebus.http.app_origin)

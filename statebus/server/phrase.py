@@ -37,7 +37,7 @@ def phrase_text(title: str, phrase: str) -> str:
     return f"{title}\n\n    {phrase}\n\n{PHRASE_WARNING}\n"
 
 
-ENTER_PROMPT = "Press Enter once the phrase is written down (the node is already serving). "
+ENTER_PROMPT = "Press Enter once the phrase is written down (the node serves from then on). "
 
 
 FRAME = "=" * 78
@@ -47,6 +47,12 @@ def framed(text: str) -> str:
     """``text`` between two rules of ``=`` (ASCII, 78 wide: any terminal shows it unwrapped; the
     phrase's line is not cut or padded, so it is copied whole)."""
     return f"{FRAME}\n{text.rstrip()}\n{FRAME}\n"
+
+
+def phrase_may_wait(confirm: bool = True) -> bool:
+    """Whether :func:`show_phrase_last` may wait for Enter at this start: ``confirm`` and both
+    standard input and standard error are terminals (the identity may not exist yet)."""
+    return confirm and sys.stderr.isatty() and sys.stdin.isatty()
 
 
 async def show_phrase_last(settings: Settings, stop: asyncio.Event, *, confirm: bool = True) -> bool:

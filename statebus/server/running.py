@@ -39,6 +39,7 @@ from statebus.federation.dht import KademliaDirectory
 from statebus.federation.dht_storage import StorageLimits
 from statebus.federation.policy import FOLLOWS, SHARES, Follow, check_pattern, follow_id, new_follow
 from statebus.federation.service import Federation
+from statebus.http.app import NodeApp
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
 from statebus.invites.ledger import DhtAccess
@@ -47,7 +48,7 @@ from statebus.mirror.push import keep_pushing
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
 from statebus.server.listener import EmbeddedServer, tune_gc, uvicorn_config
-from statebus.server.phrase import phrase_reminder, show_phrase_last
+from statebus.server.phrase import phrase_may_wait, phrase_reminder, show_phrase_last
 from statebus.server.runfile import remove_run_file, write_run_file
 
 START_TIMEOUT = 10.0
@@ -163,6 +164,7 @@ async def start(
     backoff_base: float = 0.25,
     backoff_cap: float = 30.0,
     on_new_identity: NewIdentityHook | None = None,
+    hold: asyncio.Event | None = None,
 ) -> RunningNode:
     """Start the node ``settings`` describes in the running loop: HTTP, peer endpoints, the DHT
     (``settings.dht_*``; none with ``dht=False``) and its followers. The caller owns signals and
@@ -174,6 +176,7 @@ async def start(
         dht_secret, bootstrap: default to ``settings.dht_secret`` and ``settings.dht_bootstrap``.
         backoff_base, backoff_cap: followers' reconnect delays in seconds.
         on_new_identity: shows a new identity's recovery phrase (:mod:`statebus.server.phrase`).
+        hold: requests wait until this event is set (the node listens, but serves nothing yet).
 
     Raises:
         PeerUnavailable: the HTTP server did not start (the port is taken, say).
@@ -207,6 +210,10 @@ async def start(
             app_follow=_app_follower(node),
         )
         app.state.app_registry.load_all()  # every installed app, re-checked, into the AppHost
+        if isinstance(app, NodeApp):
+            app.hold = hold
+        elif hold is not None:
+            raise TypeError("only a NodeApp can hold requests")
         server = EmbeddedServer(uvicorn_config(app, settings, loop="asyncio"), app)
         task = await _listen(server, settings)
     except BaseException:
@@ -327,7 +334,9 @@ async def _run_until_signal(
     options: dict[str, Any],
     confirm_phrase: bool = True,
 ) -> None:
-    running = await start(settings, on_new_identity=on_new_identity, **options)
+    # on a terminal the phrase of a new identity may wait for Enter: serve nothing until then
+    hold = asyncio.Event() if phrase_may_wait(confirm_phrase) else None
+    running = await start(settings, on_new_identity=on_new_identity, hold=hold, **options)
     tune_gc()  # no long full-collection pauses under many streams
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -337,7 +346,10 @@ async def _run_until_signal(
         write_run_file(settings.data_dir, running.url)
         if on_start is not None:
             on_start(running)
-        if not await show_phrase_last(settings, stop, confirm=confirm_phrase):
+        shown = await show_phrase_last(settings, stop, confirm=confirm_phrase)
+        if hold is not None:
+            hold.set()
+        if not shown:
             reminder = phrase_reminder(settings)
             if reminder is not None and settings.log_format == "json":
                 logging.getLogger("statebus.server").warning(reminder.strip())  # no bare line among JSON
