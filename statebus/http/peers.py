@@ -353,24 +353,29 @@ class PeerEndpoints:
             for w in waiters:
                 w.cancel()
 
+    def pointed_blob(self, request: Request, peer: PubKey) -> BlobPointer:
+        """The pointer of the blob ``<sha256>`` (path) that ``?key=`` points to now, for ``peer``, who
+        must be allowed to read that key (the blob and swarm routes)."""
+        digest = check_hash(request.path_params["hash"])
+        raw = request.query_params.get("key", "")
+        key = parse_key(raw, self.node.local) if raw else ""
+        if not key or is_subtree(key):
+            raise InvalidKey("name the one key that points to the blob: ?key=/<pubkey>/…")
+        if not self.service.view(peer).key(key):
+            raise Forbidden(f"node {peer} may not read {key} here")
+        self.node.check_complete(key)
+        change = self.node.fetch(key)
+        if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
+            raise NotFound(f"{key} does not point to blob {digest} here (now)")
+        return BlobPointer.decode(change.value)
+
     async def blob(self, request: Request) -> Response:
         """``GET /.well-known/statebus/blob/<sha256>?key=K``: the bytes of the blob ``K`` points to."""
         try:
             self.count_address(request)
             peer = await self.authenticate(request, b"")
-            digest = check_hash(request.path_params["hash"])
-            raw = request.query_params.get("key", "")
-            key = parse_key(raw, self.node.local) if raw else ""
-            if not key or is_subtree(key):
-                raise InvalidKey("name the one key that points to the blob: ?key=/<pubkey>/…")
-            if not self.service.view(peer).key(key):
-                raise Forbidden(f"node {peer} may not read {key} here")
-            self.node.check_complete(key)
-            change = self.node.fetch(key)
-            if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
-                raise NotFound(f"{key} does not point to blob {digest} here (now)")
+            pointer = self.pointed_blob(request, peer)
             out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
-            pointer = BlobPointer.decode(change.value)
             return serve_blob(self.node.blobs, pointer, FALLBACK_TYPE, out, request.headers.get("range"))
         except StatebusError as exc:
             return statebus_error_response(exc)
@@ -381,19 +386,8 @@ class PeerEndpoints:
         try:
             address = self.count_address(request)
             peer = await self.authenticate(request, b"")
-            digest = check_hash(request.path_params["hash"])
-            raw = request.query_params.get("key", "")
-            key = parse_key(raw, self.node.local) if raw else ""
-            if not key or is_subtree(key):
-                raise InvalidKey("name the one key that points to the blob: ?key=/<pubkey>/…")
-            if not self.service.view(peer).key(key):
-                raise Forbidden(f"node {peer} may not read {key} here")
-            self.node.check_complete(key)
-            change = self.node.fetch(key)
-            if change.content_type != BLOB_TYPE or BlobPointer.decode(change.value).hash != digest:
-                raise NotFound(f"{key} does not point to blob {digest} here (now)")
             offer = await self.service.swarm_offer(
-                BlobPointer.decode(change.value), request.query_params.get("seeder", ""), address
+                self.pointed_blob(request, peer), request.query_params.get("seeder", ""), address
             )
         except StatebusError as exc:
             return statebus_error_response(exc)

@@ -20,14 +20,13 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from statebus.http.websocket import WS_PATH
-from statebus.testing.braid_stream import BraidStreamParser
-from statebus.testing.live_server import LiveServer, SseReader, live_server
+from statebus.testing.live_server import LiveServer, live_server
 from tests.e2e.test_nginx import (
     HOST,
     PROMPT,
     Front,
     _latencies,
-    _reading,
+    _read_feeds,
     _request_stream,
     free_port,
     self_signed,
@@ -129,23 +128,7 @@ def test_caddy_streams_promptly_upgrades_websockets_and_keeps_clients_apart(
         ):
             assert sse.status_code == 200 and braid.status_code == 209
 
-            def read_sse() -> None:
-                reader = SseReader(sse)
-                with contextlib.suppress(Exception):
-                    while True:
-                        value = reader.next_event()["data"]["value"]  # before the clock is read
-                        sse_arrivals[value["i"]] = time.monotonic()
-
-            def read_braid() -> None:
-                parser = BraidStreamParser()
-                with contextlib.suppress(Exception):
-                    for chunk in braid.iter_raw():
-                        for update in parser.feed(chunk):
-                            value = update.json()
-                            if isinstance(value, dict):
-                                braid_arrivals[value["i"]] = time.monotonic()
-
-            _reading(read_sse), _reading(read_braid)
+            _read_feeds(sse, braid, sse_arrivals, braid_arrivals)
             sse_lag = _latencies(srv, "/~/feed/sse", sse_arrivals)
             braid_lag = _latencies(srv, "/~/feed/braid", braid_arrivals)
     report = {

@@ -235,6 +235,33 @@ def _latencies(srv: LiveServer, key: str, arrivals: dict[int, float], count: int
     return out
 
 
+def _read_feeds(
+    sse: httpx.Response,
+    braid: httpx.Response,
+    sse_arrivals: dict[int, float],
+    braid_arrivals: dict[int, float],
+) -> None:
+    """Read an SSE and a Braid stream of ``{"i": n}`` values in threads, noting when each ``n`` arrives."""
+
+    def read_sse() -> None:
+        reader = SseReader(sse)
+        with contextlib.suppress(Exception):
+            while True:
+                value = reader.next_event()["data"]["value"]  # before the clock is read
+                sse_arrivals[value["i"]] = time.monotonic()
+
+    def read_braid() -> None:
+        parser = BraidStreamParser()
+        with contextlib.suppress(Exception):
+            for chunk in braid.iter_raw():
+                for update in parser.feed(chunk):
+                    value = update.json()
+                    if isinstance(value, dict):
+                        braid_arrivals[value["i"]] = time.monotonic()
+
+    _reading(read_sse), _reading(read_braid)
+
+
 def _reading(target: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -255,23 +282,7 @@ def test_sse_and_braid_updates_come_through_promptly(proxied: tuple[LiveServer, 
             assert sse.status_code == 200 and braid.status_code == 209
             assert sse.headers["content-type"].startswith("text/event-stream")
 
-            def read_sse() -> None:
-                reader = SseReader(sse)
-                with contextlib.suppress(Exception):
-                    while True:
-                        value = reader.next_event()["data"]["value"]
-                        sse_arrivals[value["i"]] = time.monotonic()
-
-            def read_braid() -> None:
-                parser = BraidStreamParser()
-                with contextlib.suppress(Exception):
-                    for chunk in braid.iter_raw():
-                        for update in parser.feed(chunk):
-                            value = update.json()
-                            if isinstance(value, dict):
-                                braid_arrivals[value["i"]] = time.monotonic()
-
-            _reading(read_sse), _reading(read_braid)
+            _read_feeds(sse, braid, sse_arrivals, braid_arrivals)
             sse_lag = _latencies(srv, "/~/feed/sse", sse_arrivals)
             braid_lag = _latencies(srv, "/~/feed/braid", braid_arrivals)
     report = {

@@ -14,8 +14,7 @@ import pytest
 from statebus.config import Settings
 from statebus.identity import keystore
 from statebus.server import Cluster, build_node
-
-from .conftest import FAST
+from tests.federation.support import FAST
 
 pytestmark = pytest.mark.anyio
 
