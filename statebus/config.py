@@ -121,6 +121,13 @@ class Settings:
     swarm_seed_seconds: float = _setting(
         1 * HOURS, "seconds", "How long a node serves a blob it fetched from the swarm.", 0, 30 * 86400
     )
+    swarm_announce_ttl: float = _setting(
+        30 * MINUTES,
+        "seconds",
+        "Lifetime of the provider records a seeder announces on the DHT (re-announced every half of it).",
+        60,
+        6 * HOURS,
+    )
     swarm_upload_budget_bytes: int = _setting(
         10 * GiB,
         "bytes",

@@ -33,6 +33,14 @@ from nacl.signing import SigningKey
 from statebus.errors import Forbidden, InvalidValue, StatebusError
 from statebus.federation.dht_crawl import NodeCrawl, RecordCrawl
 from statebus.federation.dht_protocol import NODE_ID_BYTES, DirectoryProtocol, network_tag_key
+from statebus.federation.dht_provider import (
+    ProviderLimits,
+    ProviderRecord,
+    ProviderStorage,
+    make_provider,
+    provider_key,
+    verify_provider,
+)
 from statebus.federation.dht_record import (
     NodeRecord,
     check_addrs,
@@ -89,17 +97,30 @@ class _DirectoryServer(Server):  # type: ignore[misc]
     protocol: DirectoryProtocol
 
     def __init__(
-        self, storage: RecordStorage, *, tag_key: bytes, wait_timeout: float, ksize: int, alpha: int
+        self,
+        storage: RecordStorage,
+        *,
+        tag_key: bytes,
+        wait_timeout: float,
+        ksize: int,
+        alpha: int,
+        providers: ProviderStorage,
     ) -> None:
         super().__init__(ksize=ksize, alpha=alpha, node_id=storage.node_id, storage=storage)
         self.storage = storage  # upstream's ``storage or ForgetfulStorage()`` drops an empty one
+        self.providers = providers
         self._tag_key = tag_key
         self._wait_timeout = wait_timeout
         self._refresh_task: asyncio.Task[None] | None = None
 
     def _create_protocol(self) -> DirectoryProtocol:
         return DirectoryProtocol(
-            self.node, self.storage, self.ksize, tag_key=self._tag_key, wait_timeout=self._wait_timeout
+            self.node,
+            self.storage,
+            self.ksize,
+            tag_key=self._tag_key,
+            wait_timeout=self._wait_timeout,
+            providers=self.providers,
         )
 
     def refresh_table(self, interval: float = TABLE_REFRESH_INTERVAL) -> None:
@@ -165,6 +186,7 @@ class KademliaDirectory:
         self_check_interval: this often the owner looks itself up, and republishes at once when
             fewer than half the nodes that took its last record still hold it.
         limits: how many records this node holds for others (per source address, per key prefix).
+        provider_limits: how many provider records (seeders of blobs) it holds for others.
         clock: unix-seconds clock (tests inject one).
     """
 
@@ -183,6 +205,7 @@ class KademliaDirectory:
         republish_interval: float = 1800.0,
         self_check_interval: float = 300.0,
         limits: StorageLimits | None = None,
+        provider_limits: ProviderLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = signing_key_of(signing_key)
@@ -207,6 +230,7 @@ class KademliaDirectory:
             wait_timeout=wait_timeout,
             ksize=ksize,
             alpha=alpha,
+            providers=ProviderStorage(self.dht_name, clock=clock, limits=provider_limits),
         )
         self._addrs: tuple[str, ...] | None = None
         self._seq = 0
@@ -406,6 +430,62 @@ class KademliaDirectory:
             with contextlib.suppress(StatebusError):
                 self._storage[key] = blob  # we hold this key: keep our copy current
         return record
+
+    # ------------------------------------------------------------------ provider records (the swarm's peers)
+    @property
+    def provider_storage(self) -> ProviderStorage:
+        """The provider records this node holds for others."""
+        storage: ProviderStorage = self._server.providers
+        return storage
+
+    async def announce(self, digest: str, infohash: str, addr: str, ttl: int) -> int:
+        """Sign a provider record "this node seeds blob ``digest`` (torrent ``infohash``) at swarm
+        address ``addr``" for ``ttl`` seconds and store it on the k nodes closest to the blob's
+        provider key (and here). The caller re-announces before ``ttl`` runs out.
+
+        Returns:
+            How many other nodes accepted it.
+
+        Raises:
+            InvalidValue: a field is malformed (``dht_provider``, rule 1).
+        """
+        blob = make_provider(
+            self._key, digest, infohash, addr, expires=int(self.clock()) + ttl, dht_name=self.dht_name
+        )
+        key = provider_key(self.dht_name, digest)
+        self.provider_storage.store(key, blob, "local")
+        protocol = self.protocol
+        nearest = protocol.router.find_neighbors(Node(key))
+        if not nearest:
+            return 0
+        nodes = await NodeCrawl(protocol, Node(key), nearest, self._server.ksize, self._server.alpha).find()
+        results = await asyncio.gather(*(protocol.call_add_provider(n, key, blob) for n in nodes))
+        return sum(1 for ok, accepted in results if ok and accepted is True)
+
+    async def providers(self, digest: str) -> list[ProviderRecord]:
+        """The seeders of blob ``digest`` the DHT knows (the get_peers of our DHT): the records held
+        by the k nodes closest to its provider key, and here, each verified; one per publisher."""
+        key = provider_key(self.dht_name, digest)
+        found: dict[PubKey, ProviderRecord] = {r.pubkey: r for r in self.provider_storage.records(key)}
+        protocol = self.protocol
+        nearest = protocol.router.find_neighbors(Node(key))
+        if nearest:
+            nodes = await NodeCrawl(
+                protocol, Node(key), nearest, self._server.ksize, self._server.alpha
+            ).find()
+            replies = await asyncio.gather(*(protocol.call_get_providers(n, key) for n in nodes))
+            for ok, blobs in replies:
+                if not ok or not isinstance(blobs, list):
+                    continue
+                for blob in blobs[:32]:
+                    try:
+                        record = verify_provider(blob, self.clock(), self.dht_name, key=key)
+                    except StatebusError:
+                        continue
+                    held = found.get(record.pubkey)
+                    if held is None or held.expires < record.expires:
+                        found[record.pubkey] = record
+        return sorted(found.values(), key=lambda r: -r.expires)
 
     async def stop(self) -> None:
         """Stop republishing and close the socket. Idempotent."""

@@ -48,6 +48,7 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
 
 from statebus.errors import StatebusError
+from statebus.federation.dht_provider import MAX_PROVIDERS_PER_REPLY, ProviderStorage
 from statebus.federation.dht_storage import RecordStorage, source_of
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ PROBE_FLOOR = 0.01
 """The shortest a lookup round waits for a peer, in seconds (loopback round-trips are ~1 ms)."""
 PROBE_RTTS = 4.0
 """A lookup round waits this many smoothed round-trips for each peer before going on without it."""
-_RPC_ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2}
+_RPC_ARITY = {"ping": 1, "store": 3, "find_node": 2, "find_value": 2, "add_provider": 3, "get_providers": 2}
 
 
 def network_tag_key(dht_name: str, invite_secret: bytes) -> bytes:
@@ -168,9 +169,20 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
     storage: RecordStorage
 
     def __init__(
-        self, source_node: Node, storage: RecordStorage, ksize: int, *, tag_key: bytes, wait_timeout: float
+        self,
+        source_node: Node,
+        storage: RecordStorage,
+        ksize: int,
+        *,
+        tag_key: bytes,
+        wait_timeout: float,
+        providers: ProviderStorage | None = None,
     ) -> None:
         super().__init__(source_node, storage, ksize)
+        self.providers = (
+            providers if providers is not None else ProviderStorage(storage.dht_name, clock=storage.clock)
+        )
+        """The provider records this node holds (``statebus.federation.dht_provider``)."""
         self.router = ClosestRoutingTable(self, ksize, source_node)
         self._wait_timeout = wait_timeout
         self._tag_key = tag_key
@@ -276,6 +288,21 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             log.debug("refused a STORE from %s:%s: %s", sender[0], sender[1], exc)
             return False
         return True
+
+    def rpc_add_provider(self, sender: Any, nodeid: bytes, key: bytes, value: Any) -> bool:
+        """Hold a provider record, only from the address it names (``dht_provider``, rule 3)."""
+        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        try:
+            self.providers.store(key, value, source_of(sender), sender[0])
+        except StatebusError as exc:
+            log.debug("refused a provider record from %s:%s: %s", sender[0], sender[1], exc)
+            return False
+        return True
+
+    def rpc_get_providers(self, sender: Any, nodeid: bytes, key: bytes) -> Any:
+        """The provider records held under ``key`` (at most ``MAX_PROVIDERS_PER_REPLY``)."""
+        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        return self.providers.providers(key, MAX_PROVIDERS_PER_REPLY)
 
     def rpc_find_value(self, sender: Any, nodeid: bytes, key: bytes) -> Any:
         """The record under ``key`` *and* the closest contacts (upstream sends only the record).
@@ -428,3 +455,9 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> Any:
         return await self._call("store", node_to_ask, key, value)
+
+    async def call_add_provider(self, node_to_ask: Node, key: bytes, value: bytes) -> Any:
+        return await self._call("add_provider", node_to_ask, key, value)
+
+    async def call_get_providers(self, node_to_ask: Node, key: bytes) -> Any:
+        return await self._call("get_providers", node_to_ask, key)

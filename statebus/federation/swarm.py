@@ -19,24 +19,50 @@ Rules:
    skipped.
 3. Any failure of the swarm path (no offer, no peer, a timeout, bad bytes) raises; the caller falls
    back to the HTTP fetch. Nothing is kept from a failed swarm fetch.
+4. Peers through our own DHT (with a directory that keeps provider records,
+   ``statebus.federation.dht_provider``): whoever seeds a blob (the origin once it offers it, a
+   fetcher as soon as its fetch starts) announces "I seed blob h, torrent ih, at my swarm address",
+   signed by its node key, for ``swarm_announce_ttl`` seconds, and re-announces every half of that
+   while its session still holds the torrent. A fetcher looks the blob's providers up besides asking
+   the node it follows for the offer, and connects to both; with no offer (a relay or an origin
+   that does not swarm, an origin that is down) the DHT's info-hash alone is enough: the metadata
+   then comes from the peers and is checked like an offer's (``TorrentRef.check``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-from collections import OrderedDict
+import contextlib
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 from statebus.blobs import BlobInfo, BlobPointer, BlobStore
 from statebus.config import Settings
-from statebus.errors import InvalidValue, NotFound
-from statebus.swarm import SwarmSession, TorrentMeta
+from statebus.errors import InvalidValue, NotFound, StatebusError
+from statebus.federation.dht_provider import ProviderRecord
+from statebus.swarm import SwarmSession, TorrentMeta, TorrentRef
 from statebus.swarm.session import LOOPBACK
 from statebus.types import PubKey
 
+log = logging.getLogger("statebus.federation")
+
 MAX_SEEDERS = 20
 FETCH_TIMEOUT = 600.0
+LOOKUP_TIMEOUT = 5.0
+"""Seconds a fetcher waits for the DHT's providers of a blob."""
+
+
+@runtime_checkable
+class ProviderDirectory(Protocol):
+    """What the plane asks of the DHT (``KademliaDirectory.announce`` and ``.providers``)."""
+
+    async def announce(self, digest: str, infohash: str, addr: str, ttl: int) -> int: ...
+
+    async def providers(self, digest: str) -> list[ProviderRecord]: ...
 
 
 @runtime_checkable
@@ -58,7 +84,7 @@ def _peer(addr: object) -> tuple[str, int] | None:
 class SwarmPlane:
     """The swarm of one node's federation (the node's one libtorrent session)."""
 
-    def __init__(self, settings: Settings, *, blobs: BlobStore) -> None:
+    def __init__(self, settings: Settings, *, blobs: BlobStore, directory: object = None) -> None:
         host = settings.host
         loopback = host.startswith("127.") or host == "localhost"
         self.blobs = blobs
@@ -71,12 +97,109 @@ class SwarmPlane:
             upload_budget=settings.swarm_upload_budget_bytes,
         )
         self._seeders: dict[str, OrderedDict[str, None]] = {}
+        self.directory = directory if isinstance(directory, ProviderDirectory) else None
+        """Where seeders are announced and looked up (rule 4); None: offers only."""
+        self.announce_ttl = int(settings.swarm_announce_ttl)
+        self.announced: dict[str, str] = {}
+        """Blobs this node announces as their seeder: sha256 -> v1 info-hash."""
+        self.announces = 0
+        """Provider records announced (first announces and re-announces)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reannouncer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.session.start()
+        if self.directory is not None:
+            self._reannouncer = asyncio.get_running_loop().create_task(
+                self._reannounce(), name="swarm announce"
+            )
 
     async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._reannouncer] if self._reannouncer is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._reannouncer = None
         await self.session.close()
+
+    # ------------------------------------------------------------------ peers through our DHT (rule 4)
+    def announce(self, digest: str, infohash: str) -> None:
+        """Announce (now, in the background, and again every half TTL) that this node seeds ``digest``."""
+        if self.directory is None:
+            return
+        self.announced[digest] = infohash
+        self._spawn(self._announce(digest, infohash))
+
+    async def _announce(self, digest: str, infohash: str) -> None:
+        assert self.directory is not None
+        try:
+            acks = await self.directory.announce(digest, infohash, self.address, self.announce_ttl)
+        except StatebusError as exc:
+            log.warning("announcing blob %s on the DHT failed: %s", digest, exc.detail)
+            return
+        self.announces += 1
+        log.debug("announced blob %s to %d DHT nodes", digest, acks)
+
+    async def _reannounce(self) -> None:
+        while True:
+            await asyncio.sleep(self.announce_ttl / 2)
+            for digest, infohash in list(self.announced.items()):
+                if self.session.has(digest):
+                    await self._announce(digest, infohash)
+                else:  # no longer seeded here: its record expires on its own
+                    del self.announced[digest]
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def providers(self, digest: str) -> list[ProviderRecord]:
+        """The seeders of ``digest`` on our DHT, not this node (empty without a directory or in time)."""
+        if self.directory is None:
+            return []
+        try:
+            found = await asyncio.wait_for(self.directory.providers(digest), LOOKUP_TIMEOUT)
+        except (TimeoutError, StatebusError) as exc:
+            log.info("looking up the seeders of %s on the DHT failed: %r", digest, exc)
+            return []
+        return [r for r in found if r.addr != self.address]
+
+    async def fetch_from_dht(self, pointer: BlobPointer, namespace: PubKey | None) -> BlobInfo:
+        """Fetch the blob from the seeders our DHT names, knowing nothing else (rule 4).
+
+        Raises:
+            NotFound: the DHT knows no seeder of it; and what ``SwarmSession.fetch`` raises.
+        """
+        return await self._fetch(None, pointer, namespace, await self.providers(pointer.hash))
+
+    async def _fetch(
+        self,
+        meta: TorrentMeta | None,
+        pointer: BlobPointer,
+        namespace: PubKey | None,
+        records: list[ProviderRecord],
+        peers: tuple[tuple[str, int], ...] = (),
+    ) -> BlobInfo:
+        target: TorrentMeta | TorrentRef
+        if meta is not None:
+            target = meta
+        elif records:  # the info-hash most seeders name (a liar's metadata fails TorrentRef.check anyway)
+            infohash = Counter(r.infohash for r in records).most_common(1)[0][0]
+            target = TorrentRef(pointer.hash, pointer.size, infohash)
+        else:
+            raise NotFound(f"no seeder of blob {pointer.hash} is known")
+        everyone = [*peers, *(r.peer for r in records if r.infohash == target.infohash_v1)]
+        self.announce(pointer.hash, target.infohash_v1)  # a partial seed serves the pieces it has
+        try:
+            return await self.session.fetch(
+                target, everyone, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT
+            )
+        except BaseException:
+            self.announced.pop(pointer.hash, None)
+            raise
 
     @property
     def address(self) -> str:
@@ -91,6 +214,8 @@ class SwarmPlane:
         if not self.wants(pointer) or not self.blobs.has(pointer.hash):
             raise NotFound(f"blob {pointer.hash} is not offered over the swarm here")
         meta = await self.session.seed(self.blobs.path(pointer.hash))
+        if pointer.hash not in self.announced:
+            self.announce(pointer.hash, meta.infohash_v1)
         known = self._seeders.setdefault(pointer.hash, OrderedDict())
         listed = [self.address, *reversed(known)][: MAX_SEEDERS + 1]
         asker = _peer(seeder)
@@ -104,13 +229,30 @@ class SwarmPlane:
     async def fetch(
         self, client: OfferClient, url: str, key: str, pointer: BlobPointer, namespace: PubKey | None
     ) -> BlobInfo:
-        """Fetch the blob over the swarm (rules 2, 3): raises on any failure, keeping nothing."""
-        offer = await client.swarm_offer(url, key, pointer.hash, self.address)
+        """Fetch the blob over the swarm (rules 2-4): raises on any failure, keeping nothing."""
+        lookup = asyncio.ensure_future(self.providers(pointer.hash))
+        try:
+            offer = await client.swarm_offer(url, key, pointer.hash, self.address)
+        except StatebusError as exc:
+            records = await lookup
+            if not records:
+                raise
+            log.info(
+                "no swarm offer for %s (%s); fetching from %d DHT seeders",
+                pointer.hash,
+                exc.code,
+                len(records),
+            )
+            return await self._fetch(None, pointer, namespace, records)
+        except BaseException:
+            lookup.cancel()
+            raise
         try:
             data = base64.b64decode(str(offer.get("torrent", "")), validate=True)
         except (binascii.Error, ValueError):
+            lookup.cancel()
             raise InvalidValue("the swarm offer's torrent is not base64") from None
         meta = TorrentMeta.parse(data, hash=pointer.hash, size=pointer.size)
         raw = offer.get("seeders")
         peers = [p for p in (_peer(a) for a in (raw if isinstance(raw, list) else [])) if p is not None]
-        return await self.session.fetch(meta, peers, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT)
+        return await self._fetch(meta, pointer, namespace, await lookup, tuple(peers))

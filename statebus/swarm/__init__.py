@@ -7,6 +7,14 @@ This package does I/O (files, sockets), so the core never imports it.
 """
 
 from statebus.swarm.session import SwarmSession, SwarmStats, TorrentStats, session_settings
-from statebus.swarm.torrent import TorrentMeta, make_torrent
+from statebus.swarm.torrent import TorrentMeta, TorrentRef, make_torrent
 
-__all__ = ["SwarmSession", "SwarmStats", "TorrentMeta", "TorrentStats", "make_torrent", "session_settings"]
+__all__ = [
+    "SwarmSession",
+    "SwarmStats",
+    "TorrentMeta",
+    "TorrentRef",
+    "TorrentStats",
+    "make_torrent",
+    "session_settings",
+]

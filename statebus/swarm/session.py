@@ -50,7 +50,7 @@ import libtorrent as lt
 
 from statebus.blobs import BlobInfo, BlobStore
 from statebus.errors import BadBlob, SwarmFailed, TooLarge
-from statebus.swarm.torrent import TorrentMeta, make_torrent
+from statebus.swarm.torrent import TorrentMeta, TorrentRef, make_torrent
 from statebus.types import PubKey
 
 log = logging.getLogger("statebus.swarm")
@@ -132,6 +132,8 @@ class _Torrent:
     flushed: asyncio.Future[None] | None = None
     seed_until: float | None = None
     download: Path | None = None
+    ref: TorrentRef | None = None
+    """Set while the metadata of a torrent added by info-hash alone has not been checked yet."""
 
 
 class SwarmSession:
@@ -314,7 +316,7 @@ class SwarmSession:
 
     async def fetch(
         self,
-        meta: TorrentMeta,
+        meta: TorrentMeta | TorrentRef,
         peers: Iterable[Peer],
         store: BlobStore,
         *,
@@ -323,6 +325,10 @@ class SwarmSession:
         progress: Progress | None = None,
     ) -> BlobInfo:
         """Fetch blob ``meta.hash`` from the swarm into ``store``; it then seeds it (rule 5).
+
+        ``meta`` is the torrent, or a :class:`TorrentRef` (an info-hash from a provider record on our
+        DHT): then the metadata comes from the peers, and no piece is asked for until it describes
+        exactly this blob (``TorrentRef.check``, else ``BadBlob``).
 
         Raises:
             TooLarge, QuotaExceeded: refused before any byte is written (rule 3).
@@ -342,7 +348,17 @@ class SwarmSession:
             raise SwarmFailed(f"blob {meta.hash} is being fetched already")
         folder = self.work / "fetch"
         folder.mkdir(mode=0o700, exist_ok=True)
-        t = self._add(ses, _params(meta, folder), meta, "fetched", folder / meta.hash)
+        if isinstance(meta, TorrentRef):
+            params = lt.parse_magnet_uri(meta.magnet())
+            params.save_path = str(folder)
+            params.flags &= ~lt.torrent_flags.auto_managed
+            params.flags &= ~lt.torrent_flags.paused
+            params.flags |= lt.torrent_flags.upload_mode  # no piece until the metadata is checked
+            known = TorrentMeta(meta.hash, meta.size, meta.infohash_v1, "", b"")
+            t = self._add(ses, params, known, "fetched", folder / meta.hash)
+            t.ref = meta
+        else:
+            t = self._add(ses, _params(meta, folder), meta, "fetched", folder / meta.hash)
         self.add_peers(meta.hash, peers)
         deadline = time.monotonic() + timeout
         try:
@@ -364,6 +380,8 @@ class SwarmSession:
             if digest != meta.hash:
                 raise BadBlob(f"the swarm's bytes hash to {digest}, not the signed {meta.hash}")
             info = await asyncio.to_thread(store.adopt, path, expect=meta.hash, namespace=namespace)
+            if not t.meta.data:  # fetched by info-hash: the full torrent, for offers made from here
+                t.meta = await asyncio.to_thread(make_torrent, path)
         except BaseException:
             self.drop(meta.hash)
             raise
@@ -454,7 +472,16 @@ class SwarmSession:
         t = self._by_handle.get(alert.handle) if isinstance(alert, lt.torrent_alert) else None
         if t is None:
             return
-        if isinstance(alert, lt.torrent_finished_alert):
+        if isinstance(alert, lt.metadata_received_alert) and t.ref is not None:
+            ref, t.ref = t.ref, None
+            try:
+                ref.check(t.handle.torrent_file())
+            except BadBlob as exc:
+                if not t.finished.done():
+                    t.finished.set_exception(exc)
+                return
+            t.handle.unset_flags(lt.torrent_flags.upload_mode)
+        elif isinstance(alert, lt.torrent_finished_alert):
             if not t.finished.done():
                 t.finished.set_result(None)
         elif isinstance(alert, lt.cache_flushed_alert):

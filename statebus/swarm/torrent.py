@@ -69,6 +69,38 @@ class TorrentMeta:
         return cls(hash, size, str(hashes.v1), str(hashes.v2), data)
 
 
+@dataclass(frozen=True, slots=True)
+class TorrentRef:
+    """A blob's torrent known only by its v1 info-hash (from a provider record on our DHT): the
+    metadata comes from the peers (``ut_metadata``) and must pass :meth:`TorrentRef.check`."""
+
+    hash: str
+    size: int
+    infohash_v1: str
+
+    def magnet(self) -> str:
+        return f"magnet:?xt=urn:btih:{self.infohash_v1}"
+
+    def check(self, ti: lt.torrent_info | None) -> None:
+        """Refuse metadata from peers that is not the one file ``hash`` of ``size`` bytes, hybrid (rule 3)."""
+        if ti is None:
+            raise BadBlob("the peers sent no torrent metadata")
+        try:
+            files = ti.layout()
+            one = (
+                files.num_files() == 1 and files.file_name(0) == self.hash and files.file_size(0) == self.size
+            )
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise BadBlob(f"the peers' torrent metadata does not read: {exc}") from None
+        if not one:
+            raise BadBlob(
+                "the peers' torrent does not describe this blob (one file named by its sha256, of its size)"
+            )
+        hashes = ti.info_hashes()
+        if not (hashes.has_v1() and hashes.has_v2()) or str(hashes.v1) != self.infohash_v1:
+            raise BadBlob("the peers' torrent is not the hybrid torrent of that info-hash")
+
+
 def make_torrent(path: Path) -> TorrentMeta:
     """The torrent of the blob stored at ``path`` (a file named by its sha256; rule 1).
 

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.anyio
 SWARM = {"swarm": True, "swarm_min_bytes": 1 << 20}
 
 
+def _fetched(node: RunningNode, digest: str) -> bool:
+    """The store holds the blob *and* the fetcher has counted it (the store has it a loop turn earlier)."""
+    blobs = node.federation.blobs
+    return _blob_bytes(node, digest) is not None and blobs is not None and blobs.fetched >= 1
+
+
 def _blob_bytes(node: RunningNode, digest: str) -> bytes | None:
     store = node.node.blobs
     return store.read(digest) if store is not None and store.has(digest) else None
@@ -52,7 +58,7 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     digest = hashlib.sha256(data).hexdigest()
     await _put_blob(a, "/~/files/picture", data)
     await b.follow(files)
-    await wait_until(lambda: _blob_bytes(b, digest) is not None, timeout=60, what="b has the blob")
+    await wait_until(lambda: _fetched(b, digest), timeout=60, what="b has the blob")
     assert _blob_bytes(b, digest) == data
     assert b.federation.blobs is not None and b.federation.blobs.swarmed == 1
     assert a.federation.swarm is not None and b.federation.swarm is not None
@@ -69,9 +75,12 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     assert _metric(metrics, "statebus_swarm_fetched_total") == 1
     assert _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data)
     await c.follow(files)
-    await wait_until(lambda: _blob_bytes(c, digest) is not None, timeout=60, what="c has the blob")
+    await wait_until(lambda: _fetched(c, digest), timeout=60, what="c has the blob")
     assert _blob_bytes(c, digest) == data
     assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
+    assert c.directory is not None  # both fetchers announced themselves on the DHT, as the origin did
+    seeders = {r.pubkey: r.addr for r in await c.directory.providers(digest)}
+    assert seeders[a.pubkey] == a.federation.swarm.address and seeders[b.pubkey] == b.federation.swarm.address
     pointer = BlobPointer.decode(a.node.fetch(files + "picture").value)
     offer = await a.federation.swarm_offer(pointer, "", None)
     assert offer["seeders"][0] == a.federation.swarm.address
@@ -91,7 +100,7 @@ async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(clu
     digest = hashlib.sha256(data).hexdigest()
     await _put_blob(a, "/~/files/picture", data)
     await b.follow(f"/{a.pubkey}/files/")
-    await wait_until(lambda: _blob_bytes(b, digest) is not None, timeout=60, what="b has the blob")
+    await wait_until(lambda: _fetched(b, digest), timeout=60, what="b has the blob")
     assert _blob_bytes(b, digest) == data
     assert b.federation.blobs is not None
     assert b.federation.blobs.fetched == 1 and b.federation.blobs.swarmed == 0
