@@ -121,6 +121,13 @@ class Settings:
     swarm_seed_seconds: float = _setting(
         1 * HOURS, "seconds", "How long a node serves a blob it fetched from the swarm.", 0, 30 * 86400
     )
+    swarm_hot_requests: int = _setting(
+        30,
+        "int",
+        "Requests a minute past which a blob under swarm_min_bytes becomes a torrent too (0: never).",
+        0,
+        10**6,
+    )
     swarm_announce_ttl: float = _setting(
         30 * MINUTES,
         "seconds",

@@ -34,6 +34,7 @@
     ├── BadBlob             422   blob bytes do not match their hash or declared size
     ├── MirrorTampered      422   a mirror object does not authenticate: altered, truncated or swapped
     ├── SwarmFailed         503   a blob's swarm fetch did not finish (no peers, timeout, session closed)
+    ├── BlobSwarmed         409   a hot blob: a node that swarms is sent to the swarm, not served the bytes
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
@@ -267,6 +268,14 @@ class SwarmFailed(StatebusError):
     is being fetched already): nothing was kept; the HTTP fetch is the fallback."""
 
     status_hint = 503
+
+
+class BlobSwarmed(StatebusError):
+    """A small blob asked for more often than ``swarm_hot_requests`` a minute became a torrent: a peer
+    that named its swarm address (``?seeder=``) is sent to the swarm offer; asked without it, the
+    node still serves the bytes (the HTTP fallback)."""
+
+    status_hint = 409
 
 
 class PeerUnavailable(StatebusError):

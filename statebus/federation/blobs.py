@@ -19,7 +19,9 @@ Rules:
    (``quota_bytes_per_remote_namespace``), and a fetch that would pass it is refused, recorded.
 4. With a swarm (``swarm``, setting ``swarm``), a blob of ``swarm_min_bytes`` or more is first
    fetched over it (``statebus.federation.swarm``: the same sha256 check); any failure there falls
-   back to the HTTP fetch, except a refusal by size or quota, which is final as on HTTP.
+   back to the HTTP fetch, except a refusal by size or quota, which is final as on HTTP. A smaller
+   blob is asked for over HTTP with our swarm address; a server that answers ``blob_swarmed`` (the
+   blob is hot there) sends it down the swarm path at once, whose HTTP fallback then asks without it.
 5. At most ``concurrency`` fetches run at a time; each is a task of its own, so stopping the
    federation cancels them (a cancelled fetch keeps nothing).
 """
@@ -53,7 +55,7 @@ MAX_FAILURES = 100
 class BlobClient(Protocol):
     """What the fetcher asks of another node (``PeerClient.blob``)."""
 
-    def blob(self, base: str, key: str, digest: str) -> AsyncGenerator[bytes, None]: ...
+    def blob(self, base: str, key: str, digest: str, seeder: str = "") -> AsyncGenerator[bytes, None]: ...
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Want:
     attempts: int = 0
     waits: int = 0
     """Times the server said it is still fetching the blob itself (``blob_pending``)."""
+    hot: bool = False
+    """The server said the blob is hot (``blob_swarmed``): fetch it over the swarm, small as it is."""
 
 
 class BlobFetcher:
@@ -194,10 +198,17 @@ class BlobFetcher:
         want.attempts += 1
         ns = namespace_of(want.key)
         started = time.monotonic()
-        if self.swarm is not None and self.swarm.wants(want.pointer) and isinstance(self.client, OfferClient):
+        offers = self.client if isinstance(self.client, OfferClient) else None
+        swarm = self.swarm if offers is not None else None
+        tried = swarm is not None and (swarm.wants(want.pointer) or want.hot)
+        if swarm is not None and offers is not None and tried:
             try:
-                await self.swarm.fetch(
-                    self.client, want.url, want.key, want.pointer, None if ns == self.node.local else ns
+                await swarm.fetch(
+                    offers,
+                    want.url,
+                    want.key,
+                    want.pointer,
+                    None if ns == self.node.local else ns,
                 )
             except (TooLarge, QuotaExceeded) as exc:
                 self.pending.pop(digest, None)
@@ -220,8 +231,9 @@ class BlobFetcher:
                 )
                 return
         try:
+            seeder = swarm.address if swarm is not None and not tried else ""
             await store.put(
-                self.client.blob(want.url, want.key, digest),
+                self.client.blob(want.url, want.key, digest, seeder),
                 size=want.pointer.size,
                 expect=digest,
                 namespace=None if ns == self.node.local else ns,
@@ -234,6 +246,11 @@ class BlobFetcher:
             self._retry(want, f"bad_blob from {want.url}: {exc.detail}")
             return
         except RemoteError as exc:
+            if exc.remote_code == "blob_swarmed" and swarm is not None:  # hot there: the swarm, now
+                want.hot = True
+                want.attempts -= 1
+                self._queue.put_nowait(digest)
+                return
             if exc.remote_code == "blob_pending":  # a relay still fetching it: wait, never give up
                 want.attempts = min(want.attempts, MAX_ATTEMPTS - 1)
                 want.waits += 1

@@ -215,11 +215,12 @@ class PeerClient:
         finally:
             await response.aclose()
 
-    async def blob(self, base: str, key: str, digest: str) -> AsyncGenerator[bytes, None]:
+    async def blob(self, base: str, key: str, digest: str, seeder: str = "") -> AsyncGenerator[bytes, None]:
         """The bytes of blob ``digest`` that ``key`` points to on the node at ``base``, as they
-        arrive (unverified: the caller checks the sha256 against the signed pointer)."""
+        arrive (unverified: the caller checks the sha256 against the signed pointer). ``seeder``:
+        our swarm address, if we swarm (a hot blob is then answered ``blob_swarmed``)."""
         url = base.rstrip("/") + f"{WELL_KNOWN}/blob/{digest}"
-        request = self._signed("GET", url, {"key": key}, b"")
+        request = self._signed("GET", url, {"key": key, **({"seeder": seeder} if seeder else {})}, b"")
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:

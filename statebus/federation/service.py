@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 
 from statebus.access.op_gate import OpGate
 from statebus.blobs import BlobPointer
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
-from statebus.errors import Forbidden, InvalidOp, NotFound, StatebusError
+from statebus.errors import BlobSwarmed, Forbidden, InvalidOp, NotFound, StatebusError
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
@@ -234,6 +235,14 @@ class Federation:
             self._opsets.clear()
         self._opsets[pattern] = (seq, found)
         return found
+
+    async def blob_asked(self, pointer: BlobPointer, seeder: str) -> None:
+        """Count a peer's request for a blob's bytes; raises BlobSwarmed when the blob is hot and the
+        peer swarms (it named its swarm address, ``seeder``): ``statebus.federation.swarm``, rule 4."""
+        if self.swarm is not None and await self.swarm.asked(pointer, time.monotonic()) and seeder:
+            raise BlobSwarmed(
+                f"blob {pointer.hash} is hot: fetch it over the swarm (the offer lists its seeders)"
+            )
 
     async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
         """The torrent and seeders of a blob (``statebus.federation.swarm``); NotFound without a swarm."""

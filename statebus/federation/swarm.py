@@ -1,6 +1,6 @@
 """The bulk plane of federation: blobs of ``swarm_min_bytes`` or more move over the node's swarm.
 
-    plane = SwarmPlane(settings)            # settings.swarm must be on
+    plane = SwarmPlane(settings, blobs=store, directory=dht)   # settings.swarm must be on
     await plane.start()
     offer = await plane.offer(pointer, "127.0.0.1:6881")          # the origin: torrent + seeders
     info = await plane.fetch(client, url, key, pointer, store, ns)  # a follower; raises to fall back
@@ -19,7 +19,12 @@ Rules:
    skipped.
 3. Any failure of the swarm path (no offer, no peer, a timeout, bad bytes) raises; the caller falls
    back to the HTTP fetch. Nothing is kept from a failed swarm fetch.
-4. Peers through our own DHT (with a directory that keeps provider records,
+4. Hot small blobs: a blob under ``swarm_min_bytes`` that peers ask for (``asked``) more often than
+   ``swarm_hot_requests`` times in :data:`HOT_WINDOW` seconds becomes a torrent too. From then on a
+   peer that names its swarm address is answered ``BlobSwarmed`` (409) instead of the bytes, and its
+   fetcher takes the swarm path (offer and DHT); asked without a swarm address the node still
+   serves the bytes, which is every fetcher's fallback. A blob stays hot while this node seeds it.
+5. Peers through our own DHT (with a directory that keeps provider records,
    ``statebus.federation.dht_provider``): whoever seeds a blob (the origin once it offers it, a
    fetcher as soon as its fetch starts) announces "I seed blob h, torrent ih, at my swarm address",
    signed by its node key, for ``swarm_announce_ttl`` seconds, and re-announces every half of that
@@ -36,7 +41,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Coroutine
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +57,10 @@ log = logging.getLogger("statebus.federation")
 
 MAX_SEEDERS = 20
 FETCH_TIMEOUT = 600.0
+HOT_WINDOW = 60.0
+"""Seconds over which requests for a small blob are counted (``swarm_hot_requests`` per window)."""
+MAX_COUNTED = 4096
+"""Small blobs whose recent requests are counted at once (the least recently asked are forgotten)."""
 LOOKUP_TIMEOUT = 5.0
 """Seconds a fetcher waits for the DHT's providers of a blob."""
 
@@ -100,6 +109,10 @@ class SwarmPlane:
         self.directory = directory if isinstance(directory, ProviderDirectory) else None
         """Where seeders are announced and looked up (rule 4); None: offers only."""
         self.announce_ttl = int(settings.swarm_announce_ttl)
+        self.hot_requests = settings.swarm_hot_requests
+        self.hot: set[str] = set()
+        """Small blobs that became torrents because peers ask for them often (rule 4)."""
+        self._asks: OrderedDict[str, deque[float]] = OrderedDict()
         self.announced: dict[str, str] = {}
         """Blobs this node announces as their seeder: sha256 -> v1 info-hash."""
         self.announces = 0
@@ -207,7 +220,36 @@ class SwarmPlane:
         return f"{host}:{port}"
 
     def wants(self, pointer: BlobPointer) -> bool:
-        return pointer.size >= self.min_bytes
+        """Whether the blob moves over the swarm: big enough, or hot (rule 4)."""
+        if pointer.hash in self.hot and not self.session.has(pointer.hash):
+            self.hot.discard(pointer.hash)  # no longer seeded here (dropped): cold again
+        return pointer.size >= self.min_bytes or pointer.hash in self.hot
+
+    async def asked(self, pointer: BlobPointer, now: float) -> bool:
+        """Count a peer's request for the bytes of ``pointer`` at ``now`` (monotonic seconds); True
+        when the blob is (now) hot, a torrent the asker should fetch over the swarm (rule 4)."""
+        if pointer.size >= self.min_bytes or not self.hot_requests or not self.blobs.has(pointer.hash):
+            return False
+        if pointer.hash in self.hot:
+            return self.wants(pointer)
+        times = self._asks.pop(pointer.hash, None) or deque()
+        times.append(now)
+        while times and times[0] <= now - HOT_WINDOW:
+            times.popleft()
+        self._asks[pointer.hash] = times
+        while len(self._asks) > MAX_COUNTED:
+            self._asks.popitem(last=False)
+        if len(times) <= self.hot_requests:
+            return False
+        del self._asks[pointer.hash]
+        meta = await self.session.seed(self.blobs.path(pointer.hash))  # a torrent now, and seeded
+        self.hot.add(pointer.hash)
+        if pointer.hash not in self.announced:
+            self.announce(pointer.hash, meta.infohash_v1)
+        log.info(
+            "blob %s was asked for %d times in %.0f s: swarming it", pointer.hash, len(times), HOT_WINDOW
+        )
+        return True
 
     async def offer(self, pointer: BlobPointer, seeder: str, address: str | None = None) -> dict[str, object]:
         """The origin's answer to ``GET /.well-known/statebus/swarm/<hash>`` (rule 1)."""

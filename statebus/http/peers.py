@@ -114,6 +114,11 @@ class PeerService(Protocol):
         """Answer one anti-entropy round (``statebus.federation.sync.SyncRequest`` bytes)."""
         ...
 
+    async def blob_asked(self, pointer: BlobPointer, seeder: str) -> None:
+        """Count a peer's request for the bytes of a blob; BlobSwarmed when it is hot and the peer,
+        which named its swarm address ``seeder``, should fetch it over the swarm."""
+        ...
+
     async def swarm_offer(self, pointer: BlobPointer, seeder: str, address: str | None) -> dict[str, object]:
         """The torrent of a blob and its current seeders (``statebus.federation.swarm``); ``seeder``
         is the asking node's swarm address (``host:port``, or empty), listed to later askers only
@@ -375,6 +380,7 @@ class PeerEndpoints:
             self.count_address(request)
             peer = await self.authenticate(request, b"")
             pointer = self.pointed_blob(request, peer)
+            await self.service.blob_asked(pointer, request.query_params.get("seeder", ""))
             out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
             return serve_blob(self.node.blobs, pointer, FALLBACK_TYPE, out, request.headers.get("range"))
         except StatebusError as exc:

@@ -104,3 +104,34 @@ async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(clu
     assert _blob_bytes(b, digest) == data
     assert b.federation.blobs is not None
     assert b.federation.blobs.fetched == 1 and b.federation.blobs.swarmed == 0
+
+
+async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follower_swarms_it(
+    cluster: Cluster,
+) -> None:
+    hot = {**SWARM, "swarm_hot_requests": 2}  # more than 2 requests a minute: hot
+    a = await cluster.add("a", **hot)
+    await a.share("/~/files/")
+    files = f"/{a.pubkey}/files/"
+    data = os.urandom(300_000)  # a blob (over blob_threshold_bytes), far under swarm_min_bytes
+    digest = hashlib.sha256(data).hexdigest()
+    await _put_blob(a, "/~/files/small", data)
+    followers = [await cluster.add(name, **hot) for name in ("b", "c", "d")]
+    for f in followers:
+        await f.follow(files)
+        await wait_until(
+            lambda f=f: _fetched(f, digest), timeout=60, what=f"{f.identity.pubkey} has the blob"
+        )
+        assert _blob_bytes(f, digest) == data
+    swarmed = [f.federation.blobs.swarmed for f in followers if f.federation.blobs is not None]
+    assert swarmed == [0, 0, 1]  # the 3rd request made it hot: d was sent to the swarm
+    assert a.federation.swarm is not None and a.federation.swarm.hot == {digest}
+    assert [t.hash for t in a.federation.swarm.session.stats().torrents] == [digest]
+    d = followers[2]
+    assert d.directory is not None and d.federation.swarm is not None
+    seeders = {r.pubkey for r in await d.directory.providers(digest)}  # the DHT says so too
+    assert {a.pubkey, d.pubkey} <= seeders
+    # a peer that does not swarm (no seeder address) is still served the bytes of a hot blob
+    pointer = BlobPointer.decode(a.node.fetch(files + "small").value)
+    got = b"".join([c async for c in d.federation._own_client.blob(a.url, files + "small", pointer.hash)])
+    assert got == data
