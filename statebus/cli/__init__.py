@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from statebus.cli import apps as apps_cli
 from statebus.cli import backup as backup_cli
+from statebus.cli import blobs as blobs_cli
 from statebus.cli import federation as federation_cli
 from statebus.cli import invites as invites_cli
 from statebus.cli import keys as keys_cli
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     federation_cli.register(sub)
     apps_cli.register(sub)
+    blobs_cli.register(sub)
     invites_cli.register(sub)
     backup_cli.register(sub)
     mirror_cli.register(sub)

@@ -36,11 +36,12 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
-from statebus.blobs import BLOB_TYPE, BlobPointer
-from statebus.errors import BadBlob, QuotaExceeded, RemoteError, StatebusError, TooLarge
+from statebus.blobs import BLOB_TYPE, BlobInfo, BlobPointer
+from statebus.errors import BadBlob, NotFound, QuotaExceeded, RemoteError, StatebusError, TooLarge
 from statebus.federation.swarm import OfferClient, SwarmPlane
 from statebus.keys import namespace_of
 from statebus.runtime import Node
+from statebus.swarm.session import Progress
 
 log = logging.getLogger("statebus.federation")
 
@@ -263,6 +264,58 @@ class BlobFetcher:
         self.failures.pop(digest, None)
         self.fetched += 1
         log.info("fetched blob %s for %s in %.1f s", digest, want.key, time.monotonic() - started)
+
+    async def fetch_now(
+        self, key: str, pointer: BlobPointer, url: str | None, progress: Progress | None = None
+    ) -> tuple[BlobInfo, str]:
+        """Fetch one blob now, for the owner (``statebus blob fetch``): over the swarm first (the offer
+        of ``url``, the node that sent the pointer, and the DHT's seeders), then over HTTP from
+        ``url``, each checked against the pointer; ``progress(done, total, peers)`` as bytes arrive.
+        With ``key`` empty (a fetch by sha256 alone) only the DHT's seeders are asked.
+
+        Returns:
+            The blob and how it came: ``local`` (held already), ``swarm`` or ``http``.
+
+        Raises:
+            NotFound: no seeder and no node to ask; TooLarge, QuotaExceeded, BadBlob: refused as in
+            the background fetches; the HTTP fallback's errors when the swarm failed too.
+        """
+        store = self.node.blobs
+        if store is None:
+            raise NotFound("this node stores no blobs")
+        if store.has(pointer.hash):
+            return BlobInfo(pointer.hash, store.path(pointer.hash).stat().st_size), "local"
+        ns = namespace_of(key) if key else self.node.local
+        owner = None if ns == self.node.local else ns
+        swarm = self.swarm
+        failed: StatebusError | None = None
+        if swarm is not None:
+            try:
+                if key and url is not None and isinstance(self.client, OfferClient):
+                    info = await swarm.fetch(self.client, url, key, pointer, owner, progress)
+                else:
+                    info = await swarm.fetch_from_dht(pointer, owner, progress)
+            except (TooLarge, QuotaExceeded):
+                raise
+            except StatebusError as exc:
+                failed = exc
+                log.info("swarm fetch of %s failed (%s: %s)", pointer.hash, exc.code, exc.detail)
+            else:
+                return info, "swarm"
+        if not key or url is None:
+            raise failed or NotFound(f"no node to fetch blob {pointer.hash} from (and no swarm)")
+        done = 0
+
+        async def counted() -> AsyncGenerator[bytes, None]:
+            nonlocal done
+            async for chunk in self.client.blob(url, key, pointer.hash):
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, pointer.size, 1)
+                yield chunk
+
+        info = await store.put(counted(), size=pointer.size, expect=pointer.hash, namespace=owner)
+        return info, "http"
 
     def _retry(self, want: Want, why: str) -> None:
         digest = want.pointer.hash

@@ -19,10 +19,19 @@ import time
 from collections.abc import Sequence
 
 from statebus.access.op_gate import OpGate
-from statebus.blobs import BlobPointer
+from statebus.blobs import BLOB_TYPE, BlobInfo, BlobPointer
+from statebus.blobs.store import check_hash
 from statebus.bus import Change, Subscription
 from statebus.config import Settings
-from statebus.errors import BlobSwarmed, Forbidden, InvalidOp, NotFound, StatebusError
+from statebus.errors import (
+    BlobSwarmed,
+    Forbidden,
+    InvalidKey,
+    InvalidOp,
+    InvalidValue,
+    NotFound,
+    StatebusError,
+)
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
 from statebus.federation.dht import Directory
@@ -33,8 +42,10 @@ from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, fol
 from statebus.federation.swarm import SwarmPlane
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
+from statebus.keys.paths import is_subtree, key_matches, parse_key
 from statebus.oplog import decode_op
 from statebus.runtime import Node
+from statebus.swarm.session import Progress
 from statebus.types import Key, PubKey
 
 log = logging.getLogger("statebus.federation")
@@ -235,6 +246,45 @@ class Federation:
             self._opsets.clear()
         self._opsets[pattern] = (seq, found)
         return found
+
+    def blob_target(self, target: str) -> tuple[str, BlobPointer, str | None]:
+        """What ``statebus blob fetch TARGET`` names: ``(key, pointer, url)``. ``target`` is a key that
+        points to a blob (``url``: the node it came from, when a follow brought it) or a sha256 (key
+        empty, size 0: the DHT's seeders only).
+
+        Raises:
+            InvalidKey / InvalidValue: ``target`` is neither, or the key does not point to a blob.
+            NotFound: no such key here, or this node stores no blobs.
+        """
+        if self.blobs is None:
+            raise NotFound("this node stores no blobs")
+        if len(target) == 64 and all(c in "0123456789abcdefABCDEF" for c in target):
+            return "", BlobPointer(check_hash(target), 0, ""), None
+        key = parse_key(target, self.node.local)
+        if is_subtree(key):
+            raise InvalidKey("name one key that points to a blob, not a subtree")
+        change = self.node.fetch_or_none(key)
+        if change is None or not change.exists:
+            raise NotFound(f"{key} has no value here")
+        if change.content_type != BLOB_TYPE:
+            raise InvalidValue(f"{key} does not point to a blob (its value is {change.content_type})")
+        url = next(
+            (
+                f.url
+                for f in self.followers.values()
+                if f.url is not None and key_matches(f.follow.pattern, key)
+            ),
+            None,
+        )
+        return key, BlobPointer.decode(change.value), url
+
+    async def fetch_blob(self, target: str, progress: Progress | None = None) -> tuple[BlobInfo, str]:
+        """Fetch the blob ``target`` names (:meth:`blob_target`) now, for the owner: over the swarm
+        first, then over HTTP (``BlobFetcher.fetch_now``). Returns it and how it came (``local``,
+        ``swarm``, ``http``)."""
+        key, pointer, url = self.blob_target(target)
+        assert self.blobs is not None
+        return await self.blobs.fetch_now(key, pointer, url, progress)
 
     async def blob_asked(self, pointer: BlobPointer, seeder: str) -> None:
         """Count a peer's request for a blob's bytes; raises BlobSwarmed when the blob is hot and the

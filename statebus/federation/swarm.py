@@ -50,7 +50,7 @@ from statebus.config import Settings
 from statebus.errors import InvalidValue, NotFound, StatebusError
 from statebus.federation.dht_provider import ProviderRecord
 from statebus.swarm import SwarmSession, TorrentMeta, TorrentRef
-from statebus.swarm.session import LOOPBACK
+from statebus.swarm.session import LOOPBACK, Progress
 from statebus.types import PubKey
 
 log = logging.getLogger("statebus.federation")
@@ -180,13 +180,15 @@ class SwarmPlane:
             return []
         return [r for r in found if r.addr != self.address]
 
-    async def fetch_from_dht(self, pointer: BlobPointer, namespace: PubKey | None) -> BlobInfo:
+    async def fetch_from_dht(
+        self, pointer: BlobPointer, namespace: PubKey | None, progress: Progress | None = None
+    ) -> BlobInfo:
         """Fetch the blob from the seeders our DHT names, knowing nothing else (rule 4).
 
         Raises:
             NotFound: the DHT knows no seeder of it; and what ``SwarmSession.fetch`` raises.
         """
-        return await self._fetch(None, pointer, namespace, await self.providers(pointer.hash))
+        return await self._fetch(None, pointer, namespace, await self.providers(pointer.hash), (), progress)
 
     async def _fetch(
         self,
@@ -195,6 +197,7 @@ class SwarmPlane:
         namespace: PubKey | None,
         records: list[ProviderRecord],
         peers: tuple[tuple[str, int], ...] = (),
+        progress: Progress | None = None,
     ) -> BlobInfo:
         target: TorrentMeta | TorrentRef
         if meta is not None:
@@ -208,7 +211,7 @@ class SwarmPlane:
         self.announce(pointer.hash, target.infohash_v1)  # a partial seed serves the pieces it has
         try:
             return await self.session.fetch(
-                target, everyone, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT
+                target, everyone, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT, progress=progress
             )
         except BaseException:
             self.announced.pop(pointer.hash, None)
@@ -269,7 +272,13 @@ class SwarmPlane:
         return {"torrent": base64.b64encode(meta.data).decode(), "seeders": listed}
 
     async def fetch(
-        self, client: OfferClient, url: str, key: str, pointer: BlobPointer, namespace: PubKey | None
+        self,
+        client: OfferClient,
+        url: str,
+        key: str,
+        pointer: BlobPointer,
+        namespace: PubKey | None,
+        progress: Progress | None = None,
     ) -> BlobInfo:
         """Fetch the blob over the swarm (rules 2-4): raises on any failure, keeping nothing."""
         lookup = asyncio.ensure_future(self.providers(pointer.hash))
@@ -285,7 +294,7 @@ class SwarmPlane:
                 exc.code,
                 len(records),
             )
-            return await self._fetch(None, pointer, namespace, records)
+            return await self._fetch(None, pointer, namespace, records, (), progress)
         except BaseException:
             lookup.cancel()
             raise
@@ -297,4 +306,4 @@ class SwarmPlane:
         meta = TorrentMeta.parse(data, hash=pointer.hash, size=pointer.size)
         raw = offer.get("seeders")
         peers = [p for p in (_peer(a) for a in (raw if isinstance(raw, list) else [])) if p is not None]
-        return await self._fetch(meta, pointer, namespace, await lookup, tuple(peers))
+        return await self._fetch(meta, pointer, namespace, await lookup, tuple(peers), progress)

@@ -43,6 +43,7 @@ from statebus.errors import NotFound, StatebusError
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
+from statebus.http.blob_fetch import blob_fetch_routes
 from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
@@ -217,7 +218,11 @@ def node_app(
         settings,
         owner_token=owner_token,
         access=access,
-        extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
+        extra_routes=[
+            *peer_routes(node, settings, federation, endpoints),
+            *blob_fetch_routes(federation),
+            *app_routes,
+        ],
         close_node=close_node,
         apps=service.registry,
     )

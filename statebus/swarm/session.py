@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -337,7 +338,7 @@ class SwarmSession:
         """
         ses = self._session()
         if store.has(meta.hash):
-            return BlobInfo(meta.hash, meta.size)
+            return BlobInfo(meta.hash, store.path(meta.hash).stat().st_size)
         if meta.size > store.max_bytes:
             raise TooLarge(f"the blob is {meta.size} bytes; the limit is {store.max_bytes}")
         if namespace is not None and store.quota is not None:
@@ -354,6 +355,8 @@ class SwarmSession:
             params.flags &= ~lt.torrent_flags.auto_managed
             params.flags &= ~lt.torrent_flags.paused
             params.flags |= lt.torrent_flags.upload_mode  # no piece until the metadata is checked
+            if not meta.size:  # size unknown (a fetch by sha256 alone): at most the store's limit
+                meta = dataclasses.replace(meta, max_size=store.max_bytes)
             known = TorrentMeta(meta.hash, meta.size, meta.infohash_v1, "", b"")
             t = self._add(ses, params, known, "fetched", folder / meta.hash)
             t.ref = meta
@@ -370,7 +373,7 @@ class SwarmSession:
                     await asyncio.wait_for(asyncio.shield(t.finished), min(left, TICK_SECONDS))
                 if progress is not None:
                     st = t.handle.status()
-                    progress(st.total_wanted_done, meta.size, st.num_peers)
+                    progress(st.total_wanted_done, t.meta.size, st.num_peers)
             t.finished.result()
             t.flushed = asyncio.get_running_loop().create_future()
             t.handle.flush_cache()
@@ -386,7 +389,7 @@ class SwarmSession:
             self.drop(meta.hash)
             raise
         if progress is not None:
-            progress(meta.size, meta.size, t.handle.status().num_peers)
+            progress(t.meta.size, t.meta.size, t.handle.status().num_peers)
         t.seed_until = time.monotonic() + self.seed_seconds
         self.fetched += 1
         return info
@@ -474,12 +477,15 @@ class SwarmSession:
             return
         if isinstance(alert, lt.metadata_received_alert) and t.ref is not None:
             ref, t.ref = t.ref, None
+            ti = t.handle.torrent_file()
             try:
-                ref.check(t.handle.torrent_file())
+                ref.check(ti)
             except BadBlob as exc:
                 if not t.finished.done():
                     t.finished.set_exception(exc)
                 return
+            if not t.meta.size and ti is not None:
+                t.meta = dataclasses.replace(t.meta, size=ti.total_size())
             t.handle.unset_flags(lt.torrent_flags.upload_mode)
         elif isinstance(alert, lt.torrent_finished_alert):
             if not t.finished.done():

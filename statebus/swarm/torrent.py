@@ -76,7 +76,9 @@ class TorrentRef:
 
     hash: str
     size: int
+    """The pointer's size; 0 when unknown (fetched by sha256 alone): then any size up to ``max_size``."""
     infohash_v1: str
+    max_size: int = 0
 
     def magnet(self) -> str:
         return f"magnet:?xt=urn:btih:{self.infohash_v1}"
@@ -87,9 +89,9 @@ class TorrentRef:
             raise BadBlob("the peers sent no torrent metadata")
         try:
             files = ti.layout()
-            one = (
-                files.num_files() == 1 and files.file_name(0) == self.hash and files.file_size(0) == self.size
-            )
+            size = files.file_size(0) if files.num_files() == 1 else -1
+            fits = size == self.size or (not self.size and 0 < size <= self.max_size)
+            one = files.num_files() == 1 and files.file_name(0) == self.hash and fits
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BadBlob(f"the peers' torrent metadata does not read: {exc}") from None
         if not one:
