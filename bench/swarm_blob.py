@@ -9,6 +9,9 @@ fetchers are given the origin and each other as peers (what our DHT and the orig
 them) and each checks the whole blob's sha256 before its store takes it. Reported: the time until all N
 hold the blob, and the origin's upload divided by the blob size (the goal is ≤ 1.3; 1.0 is the floor).
 Two swarm runs: the origin super-seeding (``seed(once=True)``) and plain seeding (the default).
+A third swarm run finds peers only through our DHT: 11 Kademlia nodes, the origin announces a provider
+record, each fetcher knows only the blob's sha256 and size (the signed pointer), looks its seeders up,
+fetches by info-hash (metadata from the peers) and announces itself as it starts (``SwarmPlane``).
 HTTP: the same bytes PUT to a live node, then N concurrent downloads; the origin sends N copies.
 """
 
@@ -26,7 +29,10 @@ from typing import Any
 
 import httpx
 
-from statebus.blobs import BlobStore
+from statebus.blobs import BlobPointer, BlobStore
+from statebus.config import Settings
+from statebus.federation.dht import KademliaDirectory
+from statebus.federation.swarm import SwarmPlane
 from statebus.swarm import SwarmSession
 from statebus.testing.live_server import live_server
 
@@ -60,6 +66,47 @@ async def swarm_run(data: bytes, fetchers: int, root: Path, once: bool) -> dict[
     finally:
         for s in (*sessions, origin):
             await s.close()
+
+
+async def dht_run(data: bytes, fetchers: int, root: Path) -> dict[str, Any]:
+    directories: list[KademliaDirectory] = []
+    planes: list[SwarmPlane] = []
+    secret = os.urandom(16)
+    try:
+        for i in range(fetchers + 1):
+            host = f"127.0.0.{i + 2}"
+            directory = KademliaDirectory(
+                os.urandom(32), "bench", secret, interface=host, ksize=8, wait_timeout=0.5
+            )
+            await directory.start([(directories[0].interface, directories[0].port)] if directories else [])
+            directories.append(directory)
+            settings = Settings(data_dir=root / f"n{i}", host=host, swarm=True)
+            store = BlobStore(root / f"n{i}" / "blobs", max_bytes=1 << 31, fsync=False)
+            plane = SwarmPlane(settings, blobs=store, directory=directory)
+            await plane.start()
+            planes.append(plane)
+        origin = planes[0]
+        info = origin.blobs.put_bytes(data)
+        pointer = BlobPointer(info.hash, info.size, "application/octet-stream")
+        await origin.offer(pointer, seeder="")  # seeds it and announces a provider record
+        while origin.announces < 1:
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(p.fetch_from_dht(pointer, None) for p in planes[1:]))
+        elapsed = time.perf_counter() - t0
+        await asyncio.sleep(1.1)
+        up = origin.session.stats().uploaded
+        return {
+            "seconds_all_done": round(elapsed, 2),
+            "origin_upload_bytes": up,
+            "origin_upload_over_size": round(up / len(data), 2),
+            "fetcher_upload_bytes": sum(p.session.stats().uploaded for p in planes[1:]),
+        }
+    finally:
+        for p in planes:
+            await p.stop()
+        for d in directories:
+            await d.stop()
 
 
 async def http_run(data: bytes, fetchers: int, root: Path) -> dict[str, Any]:
@@ -101,9 +148,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         once = asyncio.run(swarm_run(data, args.fetchers, Path(tmp) / "once", True))
         plain = asyncio.run(swarm_run(data, args.fetchers, Path(tmp) / "plain", False))
+        dht = asyncio.run(dht_run(data, args.fetchers, Path(tmp) / "dht"))
         http = asyncio.run(http_run(data, args.fetchers, Path(tmp) / "http"))
     out = {"blob_bytes": len(data), "fetchers": args.fetchers, "swarm_super_seeding": once}
-    out |= {"swarm_plain": plain, "http": http}
+    out |= {"swarm_plain": plain, "swarm_peers_from_dht": dht, "http": http}
     print(json.dumps(out, indent=2))
 
 

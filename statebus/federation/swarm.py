@@ -31,7 +31,9 @@ Rules:
    while its session still holds the torrent. A fetcher looks the blob's providers up besides asking
    the node it follows for the offer, and connects to both; with no offer (a relay or an origin
    that does not swarm, an origin that is down) the DHT's info-hash alone is enough: the metadata
-   then comes from the peers and is checked like an offer's (``TorrentRef.check``).
+   then comes from the peers and is checked like an offer's (``TorrentRef.check``). While a fetch
+   runs it looks the seeders up again (0.5 s, then doubling up to 15 s), so fetchers that started
+   together find each other.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ HOT_WINDOW = 60.0
 MAX_COUNTED = 4096
 """Small blobs whose recent requests are counted at once (the least recently asked are forgotten)."""
 LOOKUP_TIMEOUT = 5.0
+REFRESH_FIRST = 0.5
+REFRESH_MAX = 15.0
+"""Seconds between two lookups of a blob's seeders while it is being fetched (from 0.5 s, doubling)."""
 """Seconds a fetcher waits for the DHT's providers of a blob."""
 
 
@@ -209,6 +214,7 @@ class SwarmPlane:
             raise NotFound(f"no seeder of blob {pointer.hash} is known")
         everyone = [*peers, *(r.peer for r in records if r.infohash == target.infohash_v1)]
         self.announce(pointer.hash, target.infohash_v1)  # a partial seed serves the pieces it has
+        refresh = asyncio.ensure_future(self._refresh_peers(pointer.hash, target.infohash_v1))
         try:
             return await self.session.fetch(
                 target, everyone, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT, progress=progress
@@ -216,6 +222,23 @@ class SwarmPlane:
         except BaseException:
             self.announced.pop(pointer.hash, None)
             raise
+        finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+
+    async def _refresh_peers(self, digest: str, infohash: str) -> None:
+        """While a fetch runs, look its seeders up again (after :data:`REFRESH_FIRST` seconds, then ever
+        less often): fetchers that started at the same time find each other and share pieces."""
+        if self.directory is None:
+            return
+        delay = REFRESH_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REFRESH_MAX)
+            found = [r.peer for r in await self.providers(digest) if r.infohash == infohash]
+            if self.session.has(digest):
+                self.session.add_peers(digest, found)
 
     @property
     def address(self) -> str:
