@@ -19,7 +19,8 @@ Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
 ``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``, and with a
 swarm (setting ``swarm``) ``swarm_torrents{role}``, ``swarm_peers``,
 ``swarm_uploaded_bytes_total``, ``swarm_downloaded_bytes_total``, ``swarm_share_ratio``,
-``swarm_fetched_total``, ``swarm_hash_failures_total``, ``swarm_bans_total``; plus the
+``swarm_fetched_total``, ``swarm_hash_failures_total``, ``swarm_bans_total``,
+``swarm_announces_total``, ``swarm_hot_blobs``; plus the
 ``process_*``/``python_*`` metrics of ``prometheus_client``. deploy/grafana-dashboard.json charts them.
 """
 
@@ -383,6 +384,7 @@ def _federation(fed: Any) -> Iterator[Metric]:
     if isinstance(known, dict):
         yield _gauge("statebus_federation_known_peers", "Peers whose addresses this node knows.", len(known))
     yield from _swarm(getattr(getattr(fed, "swarm", None), "session", None))
+    yield from _swarm_plane(getattr(fed, "swarm", None))
     neighbours = getattr(getattr(fed, "directory", None), "neighbours", None)
     if callable(neighbours):
         try:
@@ -424,6 +426,17 @@ def _swarm(session: Any) -> Iterator[Metric]:
         "statebus_swarm_hash_failures", "Swarm pieces that failed their hash check.", stats.hash_failures
     )
     yield _counter("statebus_swarm_bans", "Swarm peers banned for bad pieces.", stats.bans)
+
+
+def _swarm_plane(plane: Any) -> Iterator[Metric]:
+    """Provider records and hot blobs of the node's ``statebus.federation.swarm.SwarmPlane``."""
+    announces, hot = getattr(plane, "announces", None), getattr(plane, "hot", None)
+    if isinstance(announces, int):
+        yield _counter("statebus_swarm_announces", "Provider records announced on the DHT.", announces)
+    if isinstance(hot, set):
+        yield _gauge(
+            "statebus_swarm_hot_blobs", "Small blobs swarmed because peers ask for them often.", len(hot)
+        )
 
 
 def _connections(guard: Any) -> Iterator[Metric]:

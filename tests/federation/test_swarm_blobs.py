@@ -127,6 +127,10 @@ async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follo
     assert swarmed == [0, 0, 1]  # the 3rd request made it hot: d was sent to the swarm
     assert a.federation.swarm is not None and a.federation.swarm.hot == {digest}
     assert [t.hash for t in a.federation.swarm.session.stats().torrents] == [digest]
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {a.token}"}, timeout=10) as http:
+        metrics = (await http.get(f"{a.url}/metrics")).text
+    assert _metric(metrics, "statebus_swarm_hot_blobs") == 1
+    assert _metric(metrics, "statebus_swarm_announces_total") >= 1
     d = followers[2]
     assert d.directory is not None and d.federation.swarm is not None
     seeders = {r.pubkey for r in await d.directory.providers(digest)}  # the DHT says so too
