@@ -356,7 +356,9 @@ class SwarmSession:
             params.flags &= ~lt.torrent_flags.paused
             params.flags |= lt.torrent_flags.upload_mode  # no piece until the metadata is checked
             if not meta.size:  # size unknown (a fetch by sha256 alone): at most the store's limit
-                meta = dataclasses.replace(meta, max_size=store.max_bytes)
+                meta = dataclasses.replace(
+                    meta, max_size=min(meta.max_size or store.max_bytes, store.max_bytes)
+                )
             known = TorrentMeta(meta.hash, meta.size, meta.infohash_v1, "", b"")
             t = self._add(ses, params, known, "fetched", folder / meta.hash)
             t.ref = meta

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from kademlia.node import Node
 
 from statebus.blobs import BlobPointer, BlobStore
 from statebus.config import Settings
-from statebus.errors import BadSignature, InvalidValue, NotFound, QuotaExceeded, StatebusError
+from statebus.errors import BadBlob, BadSignature, InvalidValue, NotFound, QuotaExceeded, StatebusError
 from statebus.federation.dht import KademliaDirectory
 from statebus.federation.dht_provider import (
     MAX_PROVIDER_TTL,
@@ -26,6 +27,9 @@ from statebus.federation.dht_provider import (
     provider_key,
 )
 from statebus.federation.swarm import SwarmPlane
+from statebus.swarm import TorrentRef
+
+from .conftest import MakePeer
 
 pytestmark = pytest.mark.anyio
 
@@ -206,3 +210,34 @@ def test_provider_storage_is_bounded_per_blob_publisher_source_and_in_all() -> N
     clock.now += 61
     storage.cull()
     assert len(storage) == 1  # only the 600 s record is left
+
+
+async def test_metadata_from_peers_that_is_not_the_blob_is_refused_before_any_piece(
+    make_peer: MakePeer,
+) -> None:
+    """A provider record only names an info-hash: a liar that announces its own torrent under another
+    blob's sha256 gets its metadata refused (``TorrentRef.check``) before a piece is asked for."""
+    liar, fetcher = await make_peer(), await make_peer()
+    wanted, other = os.urandom(1 << 20), os.urandom(1 << 20)
+    info = liar.store.put_bytes(other)
+    meta = await liar.swarm.seed(liar.store.path(info.hash))
+    digest = hashlib.sha256(wanted).hexdigest()
+    refs = (
+        TorrentRef(digest, len(wanted), meta.infohash_v1),  # another blob's torrent
+        TorrentRef(info.hash, len(other) - 1, meta.infohash_v1),  # the right name, the wrong size
+        TorrentRef(info.hash, 0, meta.infohash_v1, max_size=1000),  # by sha256 alone: over the limit
+    )
+    for ref in refs:
+        fetch = asyncio.ensure_future(fetcher.swarm.fetch(ref, [liar.swarm.address], fetcher.store))
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the loop (which checks the metadata) is held; libtorrent's threads run on
+        with pytest.raises(BadBlob):
+            await asyncio.wait_for(fetch, 20)
+        assert not fetcher.store.has(ref.hash) and not fetcher.swarm.has(ref.hash)
+    assert fetcher.swarm.stats().downloaded == 0
+    assert not any((fetcher.swarm.work / "fetch").iterdir())
+    got = await asyncio.wait_for(  # by sha256 alone within the limit: the size comes from the torrent
+        fetcher.swarm.fetch(TorrentRef(info.hash, 0, meta.infohash_v1), [liar.swarm.address], fetcher.store),
+        20,
+    )
+    assert got.size == len(other) and fetcher.store.read(info.hash) == other
