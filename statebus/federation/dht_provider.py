@@ -222,8 +222,11 @@ class ProviderStorage:
         """Records refused as invalid, from the wrong address, or not newer than the held one."""
         self.refused_full = 0
         """Records refused because a bound was reached."""
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
+        """Records held (those past their expiry are dropped first)."""
+        self._next_sweep = 0.0
         self.cull()
         return self._count
 
@@ -273,8 +276,12 @@ class ProviderStorage:
         return [h.record for h in self._by_key.get(key, {}).values() if h.record.expires > now]
 
     def cull(self) -> None:
-        """Drop every record past its signed expiry."""
+        """Drop every record past its signed expiry (a full sweep at most once a second; reads skip
+        expired records on their own)."""
         now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
         for key, held in list(self._by_key.items()):
             for pk in [pk for pk, h in held.items() if h.record.expires <= now]:
                 self._forget(key, pk)

@@ -323,10 +323,13 @@ class SwarmPlane:
             raise
         try:
             data = base64.b64decode(str(offer.get("torrent", "")), validate=True)
+            meta = TorrentMeta.parse(data, hash=pointer.hash, size=pointer.size)
         except (binascii.Error, ValueError):
             lookup.cancel()
             raise InvalidValue("the swarm offer's torrent is not base64") from None
-        meta = TorrentMeta.parse(data, hash=pointer.hash, size=pointer.size)
+        except BaseException:
+            lookup.cancel()
+            raise
         raw = offer.get("seeders")
         peers = [p for p in (_peer(a) for a in (raw if isinstance(raw, list) else [])) if p is not None]
         return await self._fetch(meta, pointer, namespace, await lookup, tuple(peers), progress)
