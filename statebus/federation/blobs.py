@@ -264,6 +264,11 @@ class BlobFetcher:
         self.failures.pop(digest, None)
         self.fetched += 1
         log.info("fetched blob %s for %s in %.1f s", digest, want.key, time.monotonic() - started)
+        if swarm is not None:  # it serves what it fetched over HTTP too (and says so on the DHT)
+            try:
+                await swarm.serve_fetched(want.pointer)
+            except StatebusError as exc:
+                log.info("not seeding blob %s: %s", digest, exc.detail)
 
     async def fetch_now(
         self, key: str, pointer: BlobPointer, url: str | None, progress: Progress | None = None
@@ -315,6 +320,9 @@ class BlobFetcher:
                 yield chunk
 
         info = await store.put(counted(), size=pointer.size, expect=pointer.hash, namespace=owner)
+        if swarm is not None:
+            with contextlib.suppress(StatebusError):
+                await swarm.serve_fetched(pointer)
         return info, "http"
 
     def _retry(self, want: Want, why: str) -> None:

@@ -185,6 +185,14 @@ class SwarmPlane:
             return []
         return [r for r in found if r.addr != self.address]
 
+    async def serve_fetched(self, pointer: BlobPointer) -> None:
+        """Seed (and announce) a blob this node fetched over HTTP, as a swarm-fetched one: for
+        ``swarm_seed_seconds`` within the upload budget ("everyone who fetched, serves")."""
+        if not self.wants(pointer) or not self.blobs.has(pointer.hash) or self.session.has(pointer.hash):
+            return
+        meta = await self.session.seed(self.blobs.path(pointer.hash), fetched=True)
+        self.announce(pointer.hash, meta.infohash_v1)
+
     async def fetch_from_dht(
         self, pointer: BlobPointer, namespace: PubKey | None, progress: Progress | None = None
     ) -> BlobInfo:

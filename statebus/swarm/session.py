@@ -255,7 +255,13 @@ class SwarmSession:
 
     # ------------------------------------------------------------------ seeding and fetching
     async def seed(
-        self, path: Path, meta: TorrentMeta | None = None, *, check: bool = False, once: bool = False
+        self,
+        path: Path,
+        meta: TorrentMeta | None = None,
+        *,
+        check: bool = False,
+        once: bool = False,
+        fetched: bool = False,
     ) -> TorrentMeta:
         """Seed the blob stored at ``path`` (its torrent is made when not given); idempotent.
 
@@ -266,6 +272,8 @@ class SwarmSession:
         of 2-6 s on loopback, where the origin's uplink is no bottleneck (docs/performance.md). It is off by
         default: with it on, the test of a fetcher leaving mid-transfer stalled the others (the
         pieces handed only to the leaver were not handed out again in time).
+        ``fetched`` seeds a blob this node fetched another way (over HTTP) as a fetched one: for
+        ``seed_seconds``, within the upload budget (rule 5).
         """
         ses = self._session()
         current = self._torrents.get(path.name)
@@ -278,7 +286,9 @@ class SwarmSession:
             params.flags |= lt.torrent_flags.seed_mode
         if once:
             params.flags |= lt.torrent_flags.super_seeding
-        self._add(ses, params, meta, "origin", None)
+        t = self._add(ses, params, meta, "fetched" if fetched else "origin", None)
+        if fetched:  # a blob fetched another way (HTTP) is served like a swarm-fetched one (rule 5)
+            t.seed_until = time.monotonic() + self.seed_seconds
         return meta
 
     def drop(self, hash: str) -> None:

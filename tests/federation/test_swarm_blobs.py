@@ -92,9 +92,12 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     assert "10.9.9.9:6881" not in listed and "127.0.0.1:6999" in listed
 
 
-async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(cluster: Cluster) -> None:
+async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http_and_the_next_from_it(
+    cluster: Cluster,
+) -> None:
     a = await cluster.add("a")  # swarm off
     b = await cluster.add("b", **SWARM)
+    c = await cluster.add("c", **SWARM)
     await a.share("/~/files/")
     data = os.urandom(2 << 20)
     digest = hashlib.sha256(data).hexdigest()
@@ -104,6 +107,15 @@ async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http(clu
     assert _blob_bytes(b, digest) == data
     assert b.federation.blobs is not None
     assert b.federation.blobs.fetched == 1 and b.federation.blobs.swarmed == 0
+    # b serves what it fetched over HTTP, and says so on the DHT: c, whose origin offers no swarm
+    # (404), finds b there alone and fetches from it over the swarm
+    assert b.federation.swarm is not None
+    await wait_until(lambda: b.federation.swarm.announces >= 1, what="b announced the blob")  # type: ignore[union-attr]
+    assert [t.role for t in b.federation.swarm.session.stats().torrents] == ["fetched"]
+    await c.follow(f"/{a.pubkey}/files/")
+    await wait_until(lambda: _fetched(c, digest), timeout=60, what="c has the blob")
+    assert _blob_bytes(c, digest) == data
+    assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
 
 
 async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follower_swarms_it(
