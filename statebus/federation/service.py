@@ -96,7 +96,11 @@ class Federation:
         self.followers: dict[str, Follower] = {}
         self.on_ingest: list[IngestHook] = []
         self.swarm = (
-            SwarmPlane(settings, blobs=node.blobs) if settings.swarm and node.blobs is not None else None
+            SwarmPlane(settings, blobs=node.blobs)
+            if settings.swarm
+            and node.blobs is not None
+            and not node.blobs.sealed  # no plaintext files to seed
+            else None
         )
         """The node's swarm (setting ``swarm``): blobs of ``swarm_min_bytes`` or more move over it."""
         self.blobs = BlobFetcher(node, self._own_client, swarm=self.swarm) if node.blobs is not None else None
