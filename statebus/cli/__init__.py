@@ -105,21 +105,30 @@ def _init_encrypted(args: argparse.Namespace, data: Path) -> int:
         raise CliError(f"the key file {key_file} would be inside the data folder it opens; keep it elsewhere")
     phrase = _read_phrase() if args.recover else None
     identity, phrase, key = keystore.init_encrypted(data, phrase)
-    if key_file is not None:
-        atrest.write_key_file(Path(key_file), key, data)
-        where = f"Its at-rest key is in {key_file} (mode 0600): the node unlocks with it (at_rest_key_file)."
-    elif args.keyring:
-        atrest.keyring_store(identity.pubkey, key)
-        where = "Its at-rest key is in the OS keyring: the node unlocks from it at start."
-    else:
-        where = (
-            "No key file or keyring: the node asks for the recovery phrase at every start (on a terminal)."
-        )
+    failed = ""
+    try:
+        if key_file is not None:
+            atrest.write_key_file(Path(key_file), key, data)
+            where = (
+                f"Its at-rest key is in {key_file} (mode 0600): the node unlocks with it (at_rest_key_file)."
+            )
+        elif args.keyring:
+            atrest.keyring_store(identity.pubkey, key)
+            where = "Its at-rest key is in the OS keyring: the node unlocks from it at start."
+        else:
+            where = (
+                "No key file or keyring: the node asks for the recovery phrase at every start (a terminal)."
+            )
+    except (StatebusError, OSError) as exc:  # the folder exists now: its phrase must still be shown
+        failed = f"the at-rest key could not be stored ({exc}); the folder unlocks with its recovery phrase"
+        where = "The at-rest key could not be stored: the node asks for the recovery phrase at every start."
     head = f"Created node identity {identity.pubkey} in {data}, encrypted at rest.\n{where}"
     if args.recover:
         print(head)
-        return 0
-    print(phrase_text(head, phrase), end="")
+    else:
+        print(phrase_text(head, phrase), end="")
+    if failed:
+        raise CliError(failed)
     return 0
 
 

@@ -142,3 +142,33 @@ def test_a_headless_machine_has_no_keyring() -> None:
         assert not atrest.keyring_available()
     finally:
         keyring.set_keyring(before)
+
+
+def test_init_encrypt_writes_the_key_where_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from keyring.backends import fail
+
+    from statebus.cli import main
+
+    data, key_file = tmp_path / "node", tmp_path / "keys" / "node.key"
+    try:
+        assert main(["init", "--encrypt", "--data", str(data), "--at-rest-key-file", str(key_file)]) == 0
+        out = capsys.readouterr().out
+        assert "encrypted at rest" in out and f"Its at-rest key is in {key_file}" in out
+        key = atrest.read_key_file(key_file, data)
+        assert key.hex() not in out and atrest.encrypted(data)
+        atrest.forget(data)
+        assert atrest.unlock(data, key_file=key_file) == key
+        with pytest.raises(SystemExit):  # a node is there already: nothing is replaced
+            main(["init", "--encrypt", "--data", str(data), "--at-rest-key-file", str(tmp_path / "k2")])
+        assert "holds a node already" in capsys.readouterr().err
+        before = keyring.get_keyring()
+        keyring.set_keyring(fail.Keyring())
+        try:
+            with pytest.raises(SystemExit):
+                main(["init", "--encrypt", "--keyring", "--data", str(tmp_path / "other")])
+        finally:
+            keyring.set_keyring(before)
+        assert "no OS keyring is available here" in capsys.readouterr().err
+        assert not (tmp_path / "other").exists()
+    finally:
+        atrest.forget(data)
