@@ -134,6 +134,10 @@ class BlobStore:
             raise NotFound(f"blob {hash} is sealed at rest on this node: there is no plaintext file of it")
         return self._file(hash)
 
+    def file(self, hash: str) -> Path:
+        """The file on disk holding blob ``hash`` (its plaintext, or sealed), whether or not it exists."""
+        return self._file(hash)
+
     def _file(self, hash: str) -> Path:
         check_hash(hash)
         name = hash if self.sealer is None else self.sealer.name(hash)

@@ -78,6 +78,12 @@ def connect(path: str | os.PathLike[str], key: bytes | None, **kwargs: Any) -> s
     return conn
 
 
+def exporter(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A SQLCipher connection to the plain store at ``path``, without a key: the one that can
+    ``ATTACH … KEY`` an encrypted database and ``sqlcipher_export`` into it (``statebus encrypt``)."""
+    return cast(sqlite3.Connection, sqlcipher3.connect(path, isolation_level=None))
+
+
 def wrong_key(path: Path) -> StoreLocked:
     """The refusal of a store whose pages do not authenticate under the key given."""
     return StoreLocked(

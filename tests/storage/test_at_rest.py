@@ -173,3 +173,56 @@ def test_a_wrong_or_missing_key_is_refused_and_changes_nothing(
     with tarfile.open(tmp_path / "good.tar") as tar:  # an archive is plaintext by design (docs/storage.md)
         ops = tar.extractfile("ops.bin")
         assert ops is not None and VALUE.encode() in ops.read()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_statebus_encrypt_copies_a_stopped_plain_node_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from statebus.blobs import BLOB_TYPE, BlobPointer
+    from statebus.config import Settings
+    from statebus.server import build_node
+
+    old, new, key_file = tmp_path / "old", tmp_path / "new", tmp_path / "keys" / "new.key"
+    keystore.init(old)
+    node = build_node(Settings(data_dir=old, history_keep_ops=2))
+    try:
+        for round_ in range(6):  # compacted: snapshots that an export would not carry
+            for i in range(4):
+                await node.save(f"/~/{KEY_NAME}/{i}", {"text": f"{VALUE}-{i}-{round_}"})
+        assert node.blobs is not None
+        info = node.blobs.put_bytes(BLOB)
+        await node.save(
+            "/~/files/photo", BlobPointer(info.hash, info.size, "image/png").encode(), content_type=BLOB_TYPE
+        )
+        before = {k: node.fetch(k).value for k in node.walk(f"/{node.local}/", 100)}
+        history = node.scan(f"/{node.local}/", 0, 1000)
+        command = ["encrypt", "--data", str(old), "--to", str(new), "--at-rest-key-file", str(key_file)]
+        with pytest.raises(SystemExit):  # the node is running on it (here, in this process)
+            main(command)
+        assert "is open in process" in capsys.readouterr().err and not new.exists()
+    finally:
+        await node.aclose()
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert f"{len(history)} ops, 4 snapshots, 1 blobs" in out, out
+    assert not [
+        p for p in (KEY_NAME.encode(), VALUE.encode(), BLOB[:23]) if p in b"".join(folder_bytes(new).values())
+    ]
+    assert VALUE.encode() in folder_bytes(old)[STORE_FILE]  # the source is left as it was: plaintext
+
+    atrest.forget(new)
+    copy = build_node(Settings(data_dir=new, at_rest_key_file=key_file, history_keep_ops=2))
+    try:
+        assert {k: copy.fetch(k).value for k in copy.walk(f"/{copy.local}/", 100)} == before
+        assert copy.scan(f"/{copy.local}/", 0, 1000) == history  # every stored op, byte for byte
+        assert copy.blobs is not None and copy.blobs.sealed and copy.blobs.read(info.hash) == BLOB
+        await copy.save(f"/~/{KEY_NAME}/0", {"text": "after"})  # and it carries on
+    finally:
+        await copy.aclose()
+        atrest.forget(new)
