@@ -29,7 +29,9 @@ async def test_an_encrypted_node_pushes_and_restores_into_an_encrypted_folder(
     atrest.write_key_file(key_file, key, data)
     atrest.forget(data)
     m = await cluster.add("m", mirror_for=(identity.pubkey,))
-    a = await cluster.add("a", at_rest_key_file=key_file, history_keep_ops=2)
+    a = await cluster.add("a", at_rest_key_file=key_file, history_keep_ops=2, swarm=True)
+    assert a.federation is not None and a.federation.swarm is None  # no plaintext files to seed
+    assert a.node.blobs is not None and a.node.blobs.sealed
     for i in range(6):  # compacted: the push sends a snapshot, read from the encrypted store
         await a.node.save(f"/~/private/{SECRET_KEY}", {"entry": SECRET_VALUE, "n": i})
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {a.token}"}) as http:
