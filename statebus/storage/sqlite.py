@@ -28,6 +28,11 @@ Integrity: opening an existing store runs ``PRAGMA quick_check`` (about 0.1 s pe
 in docs/storage.md; ``check="full"`` runs ``integrity_check``) and refuses a damaged file with
 :class:`StoreDamaged`, one line naming the file and the first problem, before anything is served.
 
+Encryption at rest: ``key=`` (32 bytes) opens or creates the file as a SQLCipher database
+(:mod:`statebus.storage.cipher`): every page of it and of its WAL is encrypted and authenticated. A
+wrong key, no key for an encrypted file, or a key for a plain one is refused with ``StoreLocked``
+before anything is changed; :class:`StoreSnapshot` takes the same ``key=``.
+
 Threads: one write connection behind a lock serves ``append`` and ``compact``; reads borrow a
 connection from a small pool and run in a read transaction, so they see one consistent state and
 never wait for the writer (WAL lets readers and one writer run at once).
