@@ -97,6 +97,8 @@ def test_planted_strings_are_absent_from_an_encrypted_folder(
     if key_file is not None:
         monkeypatch.setenv("STATEBUS_AT_REST_KEY_FILE", str(key_file))
     acked = write_and_kill(data)
+    if key_file is not None:  # the node's log (its stderr, beside the folder) never shows the key
+        assert key_file.read_text().strip() not in (tmp_path / "node-stderr.txt").read_text()
     files = folder_bytes(data)
     assert f"{STORE_FILE}-wal" in files and len(files[f"{STORE_FILE}-wal"]) > 0  # the kill left a WAL
     blob_hash = hashlib.sha256(BLOB).hexdigest()
@@ -226,3 +228,30 @@ async def test_statebus_encrypt_copies_a_stopped_plain_node_whole(
     finally:
         await copy.aclose()
         atrest.forget(new)
+
+
+def test_the_store_refuses_a_wrong_missing_or_needless_key(tmp_path: Path) -> None:
+    from statebus.errors import StoreLocked
+    from statebus.storage.base import StoredOp
+    from statebus.storage.sqlite import SqliteStorage, StoreSnapshot
+
+    key = os.urandom(32)
+    sealed, plain = tmp_path / "sealed.sqlite3", tmp_path / "plain.sqlite3"
+    for path, k in ((sealed, key), (plain, None)):
+        store = SqliteStorage(path, key=k)
+        store.append([StoredOp(seq=1, key=f"/ns/{KEY_NAME}", version="1-a", data=VALUE.encode())])
+        store.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for path, k, reason in (
+        (sealed, None, "encrypted at rest"),
+        (sealed, os.urandom(32), "does not open with the key given"),
+        (plain, key, "is not encrypted, but a key was given"),
+    ):
+        with pytest.raises(StoreLocked, match=reason):
+            SqliteStorage(path, key=k)
+        with pytest.raises(StoreLocked, match=reason):
+            StoreSnapshot(path, key=k)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with StoreSnapshot(sealed, key=key) as snap:
+        assert [op.data for op in snap.ops("")] == [VALUE.encode()]
+    assert VALUE.encode() not in sealed.read_bytes() and VALUE.encode() in plain.read_bytes()
