@@ -8,7 +8,8 @@ with py-spy during that scenario (collapsed stacks + a top-functions summary in 
 
 Scenarios: ``hello`` (raw-ASGI hello world, the reference), ``writes`` (durable PUTs, the node's
 default ``power`` durability: fsync before each answer), ``writes_process`` (the same in ``process``
-durability: no fsync per commit), ``hello_put`` (the writes' PUTs answered by the hello world: what
+durability: no fsync per commit), ``writes_encrypted`` (``writes`` on a data folder encrypted at
+rest), ``hello_put`` (the writes' PUTs answered by the hello world: what
 uvicorn alone costs for them), ``fanout_20``,
 ``fanout_100``, ``pubsub_ref_100`` (Starlette + sse-starlette, the same fan-out), ``many_keys``,
 ``resume``, ``idle``.
@@ -34,6 +35,8 @@ from bench.report import check_targets, machine, medians, table, targets_text
 RESULTS = Path(__file__).resolve().parent / "results"
 Result = dict[str, Any]
 
+FULL_WRITES: Result = {"scenario": "writes", "server": "node", "conns": 32, "duration": 10, "warmup": 2}
+
 FULL: dict[str, Result] = {
     "hello": {"scenario": "hello", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "writes": {"scenario": "writes", "server": "node", "conns": 32, "duration": 10, "warmup": 2},
@@ -45,6 +48,7 @@ FULL: dict[str, Result] = {
         "duration": 10,
         "warmup": 2,
     },
+    "writes_encrypted": {**FULL_WRITES, "encrypt": True},
     "hello_put": {"scenario": "writes", "server": "hello", "conns": 32, "duration": 10, "warmup": 2},
     "fanout_20": {
         "scenario": "fanout",
@@ -86,6 +90,7 @@ QUICK: dict[str, Result] = {
     "hello": {**FULL["hello"], "duration": 1.0, "warmup": 0.3},
     "writes": {**FULL["writes"], "duration": 1.0, "warmup": 0.3},
     "writes_process": {**FULL["writes_process"], "duration": 1.0, "warmup": 0.3},
+    "writes_encrypted": {**FULL["writes_encrypted"], "duration": 1.0, "warmup": 0.3},
     "hello_put": {**FULL["hello_put"], "duration": 1.0, "warmup": 0.3},
     "fanout_20": {**FULL["fanout_20"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
     "fanout_100": {**FULL["fanout_100"], "subscribers": 50, "duration": 1.0, "drain": 2.0},
@@ -96,9 +101,14 @@ QUICK: dict[str, Result] = {
 }
 
 
-def start_server(kind: str, data: Path, nice: int, durability: str = "power") -> ServerProcess:
+def start_server(
+    kind: str, data: Path, nice: int, durability: str = "power", encrypt: bool = False
+) -> ServerProcess:
     if kind == "node":
-        return ServerProcess("bench.serve_node", ["--data", str(data), "--durability", durability], nice=nice)
+        extra = ["--encrypt"] if encrypt else []
+        return ServerProcess(
+            "bench.serve_node", ["--data", str(data), "--durability", durability, *extra], nice=nice
+        )
     return ServerProcess("bench.reference", [kind], nice=nice)
 
 
@@ -112,7 +122,9 @@ def run_one(name: str, cfg: Result, *, profile_dir: Path | None, timeout: float,
     """Start a fresh server, run one scenario's generator against it, stop the server."""
     with tempfile.TemporaryDirectory(prefix="statebus-bench-") as tmp:
         data = Path(tmp) / "node"
-        with start_server(cfg["server"], data, nice, cfg.get("durability", "power")) as server:
+        with start_server(
+            cfg["server"], data, nice, cfg.get("durability", "power"), cfg.get("encrypt", False)
+        ) as server:
             env = {**os.environ, "PYTHONPATH": str(RESULTS.parent.parent)}
             if cfg["server"] == "node":
                 deadline = time.monotonic() + 20

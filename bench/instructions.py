@@ -2,6 +2,7 @@
 
     python -m bench.instructions writes      # durable PUTs to a statebus node
     python -m bench.instructions writes --durability process   # the same, no fsync per commit
+    python -m bench.instructions writes --encrypt              # the same, data encrypted at rest
     python -m bench.instructions hello       # GETs to the raw-ASGI hello world (the reference)
     python -m bench.instructions hello_put   # the same PUTs to the hello world
 
@@ -36,9 +37,16 @@ HOST = "127.0.0.1"
 REFS = re.compile(rb"Collected\s*:\s*([0-9,]+)")
 
 
-def server_command(kind: str, data: Path, durability: str = "power") -> list[str]:
+def server_command(kind: str, data: Path, durability: str = "power", encrypt: bool = False) -> list[str]:
     module = (
-        ["bench.serve_node", "--data", str(data), "--durability", durability]
+        [
+            "bench.serve_node",
+            "--data",
+            str(data),
+            "--durability",
+            durability,
+            *(["--encrypt"] if encrypt else []),
+        ]
         if kind == "writes"
         else ["bench.reference", "hello"]
     )
@@ -96,12 +104,13 @@ def main() -> None:
     parser.add_argument(
         "--durability", default="power", help="the node's durability (writes): power or process"
     )
+    parser.add_argument("--encrypt", action="store_true", help="writes: the data folder encrypted at rest")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="statebus-instr-") as tmp:
         data = Path(tmp) / "node"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
-            server_command(args.kind, data, args.durability),
+            server_command(args.kind, data, args.durability, args.encrypt),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

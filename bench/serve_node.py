@@ -1,5 +1,7 @@
 """Run a statebus node for the benchmark: ``python -m bench.serve_node --data DIR [--keep-ops N]
-[--durability process]``.
+[--durability process] [--encrypt]``.
+
+``--encrypt`` makes a new data folder encrypted at rest (its key file beside it, ``DIR.key``).
 
 It raises its open-file limit, binds 127.0.0.1 port 0 with a deep accept backlog, prints one JSON line
 ``{"port": …, "pid": …}`` and serves (``statebus.server.make_server``: uvloop + httptools) until
@@ -17,6 +19,7 @@ from pathlib import Path
 from bench.procs import raise_fd_limit
 from bench.serve_common import NODE_UVICORN_OPTIONS, announce, listen
 from statebus.config import Settings
+from statebus.identity import atrest, keystore
 from statebus.server import make_server, tune_gc
 
 BENCH_CONNECTIONS = 16_000
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--keep-ops", type=int, default=None, help="history_keep_ops (default: the node's)")
     parser.add_argument("--buffer", type=int, default=None, help="subscriber_buffer (default: the node's)")
     parser.add_argument("--durability", default="power", help="power (the default) or process")
+    parser.add_argument("--encrypt", action="store_true", help="a new data folder encrypted at rest")
     args = parser.parse_args()
     raise_fd_limit()
     os.umask(0o077)
@@ -44,6 +48,12 @@ def main() -> None:
         max_connections=BENCH_CONNECTIONS,
         max_connections_per_ip=BENCH_CONNECTIONS,
     )
+    if args.encrypt:
+        key_file = args.data.with_name(args.data.name + ".key")
+        if not key_file.exists():
+            _, _, key = keystore.init_encrypted(args.data)
+            atrest.write_key_file(key_file, key, args.data)
+        settings = replace(settings, at_rest_key_file=key_file)
     if args.keep_ops is not None:
         settings = replace(settings, history_keep_ops=args.keep_ops)
     if args.buffer is not None:

@@ -300,6 +300,11 @@ class Settings:
         30.0, "seconds", "How long an install through federation waits for the bundle to arrive.", 0.1, 3600.0
     )
 
+    at_rest_key_file: Path | None = _setting(  # noqa: RUF009
+        None,
+        "key_file",
+        "Key file of a data folder encrypted at rest (64 hex digits, mode 0600, outside the folder).",
+    )
     mirror_for: tuple[str, ...] = _setting(
         (), "pubkeys", "Pubkeys whose encrypted mirror this node keeps (consent; docs/mirror.md)."
     )
@@ -520,6 +525,12 @@ def _path(raw: Any, label: str) -> Path:
         raise InvalidValue(f"{label}: {_show(raw)} names the home folder of an unknown user") from None
 
 
+def _key_file(raw: Any, label: str) -> Path | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return _path(raw, label)
+
+
 def _secret(raw: Any, label: str) -> Secret | None:
     if raw is None or isinstance(raw, Secret):
         return raw
@@ -645,6 +656,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "log_format": _log_format,
     "durability": _durability,
     "path": _path,
+    "key_file": _key_file,
     "secret": _secret,
     "list": _list,
     "placements": _placements,

@@ -25,6 +25,7 @@
     ├── StoreBehind         409   the store holds less than this node committed; restore it first
     ├── StoreUnsupported    500   the data folder cannot hold the store (no WAL: a network share?)
     ├── StoreTooNew         500   the store was written by a newer statebus (its schema version)
+    ├── StoreLocked         423   the data folder is encrypted at rest and no key, or a wrong key, was given
     ├── ArchiveInvalid      422   a backup archive fails a check (hash, signature, member, format)
     ├── StorageFailed       503   storage could not take a write (disk full); retried with backoff
     ├── ShuttingDown        503   the node, a server or a store is closing (or closed)
@@ -215,6 +216,13 @@ class StoreTooNew(StatebusError):
     release. Nothing is changed; run that release (there is no downgrade)."""
 
     status_hint = 500
+
+
+class StoreLocked(StatebusError):
+    """The data folder is encrypted at rest and cannot be opened: no key was given, or the key given
+    does not open it (docs/storage.md, "Encryption at rest"). Nothing is read or changed."""
+
+    status_hint = 423
 
 
 class ArchiveInvalid(StatebusError):

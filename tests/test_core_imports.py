@@ -18,6 +18,7 @@ FORBIDDEN = {
     "socket",
     "threading",
     "sqlite3",
+    "sqlcipher3",
     "starlette",
     "uvicorn",
     "nacl",

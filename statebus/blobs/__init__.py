@@ -6,6 +6,16 @@ package does I/O (files), so the core never imports it; it sits beside ``storage
 """
 
 from statebus.blobs.pointer import BLOB_TYPE, BlobPointer, is_pointer
+from statebus.blobs.sealed import BlobSealer
 from statebus.blobs.store import BlobInfo, BlobStore, Quota, check_hash
 
-__all__ = ["BLOB_TYPE", "BlobInfo", "BlobPointer", "BlobStore", "Quota", "check_hash", "is_pointer"]
+__all__ = [
+    "BLOB_TYPE",
+    "BlobInfo",
+    "BlobPointer",
+    "BlobSealer",
+    "BlobStore",
+    "Quota",
+    "check_hash",
+    "is_pointer",
+]

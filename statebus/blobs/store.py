@@ -6,6 +6,11 @@ Layout (under ``<data>/blobs``)::
     sha256/ab/abcdef….ns   the namespaces charged for it, one pubkey a line (absent: none)
     tmp/put-<random>       a blob being written (removed on failure; stale ones at open)
 
+or, in a data folder encrypted at rest (``sealer=``), ``sealed/<n[:2]>/<n>`` (and ``<n>.ns``), where
+``n`` is a keyed hash of the sha256 and the file holds sealed chunks (:mod:`statebus.blobs.sealed`);
+the API is the same, reads decrypt only the chunks they touch, and :meth:`BlobStore.path` is refused
+(a caller that wants a plaintext file on disk, the swarm's seeding, has none to get).
+
 Rules:
 
 1. A blob is only ever visible whole: its bytes go to a temp file in ``tmp/``, which is fsynced,
@@ -47,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from statebus.blobs.sealed import BlobSealer, PlainWriter, SealedWriter, open_sealed, plain_size, read_hash
 from statebus.errors import BadBlob, InvalidValue, NotFound, TooLarge
 from statebus.types import PubKey
 
@@ -86,15 +92,25 @@ class BlobStore:
         quota: the node's quota counter; None counts nothing.
         fsync: False skips fsync (tests, ``durability = "process"``: the rename still makes a blob
             whole or absent after a crash of the process).
+        sealer: seal every blob at rest under these keys (a data folder encrypted at rest).
     """
 
-    def __init__(self, root: Path, *, max_bytes: int, quota: Quota | None = None, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        quota: Quota | None = None,
+        fsync: bool = True,
+        sealer: BlobSealer | None = None,
+    ) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.quota = quota
         self.fsync = fsync
+        self.sealer = sealer
         self._tmp = self.root / "tmp"
-        self._objects = self.root / "sha256"
+        self._objects = self.root / ("sha256" if sealer is None else "sealed")
         for folder in (self.root, self._tmp, self._objects):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         now = time.time()
@@ -106,27 +122,46 @@ class BlobStore:
                 pass
 
     # ------------------------------------------------------------------ reads
+    @property
+    def sealed(self) -> bool:
+        """Whether blobs are sealed at rest (no plaintext file to hand out)."""
+        return self.sealer is not None
+
     def path(self, hash: str) -> Path:
-        """Where blob ``hash`` lives (whether or not it exists)."""
+        """Where blob ``hash``'s plaintext lives (whether or not it exists). Refused (NotFound) in a
+        sealed store, which has no plaintext file."""
+        if self.sealer is not None:
+            raise NotFound(f"blob {hash} is sealed at rest on this node: there is no plaintext file of it")
+        return self._file(hash)
+
+    def file(self, hash: str) -> Path:
+        """The file on disk holding blob ``hash`` (its plaintext, or sealed), whether or not it exists."""
+        return self._file(hash)
+
+    def _file(self, hash: str) -> Path:
         check_hash(hash)
-        return self._objects / hash[:2] / hash
+        name = hash if self.sealer is None else self.sealer.name(hash)
+        return self._objects / name[:2] / name
 
     def has(self, hash: str) -> bool:
-        return self.path(hash).is_file()
+        return self._file(hash).is_file()
 
     def size(self, hash: str) -> int | None:
         """The blob's size in bytes, or None if it is not stored."""
         try:
-            return self.path(hash).stat().st_size
+            on_disk = self._file(hash).stat().st_size
         except FileNotFoundError:
             return None
+        return on_disk if self.sealer is None else plain_size(on_disk)
 
     def open(self, hash: str) -> BinaryIO:
-        """The blob opened for reading (seek for ranges); :class:`NotFound` if it is not stored."""
+        """The blob opened for reading (seek for ranges); :class:`NotFound` if it is not stored,
+        :class:`BadBlob` if a sealed blob does not authenticate."""
         try:
-            return self.path(hash).open("rb")
+            f = self._file(hash).open("rb")
         except FileNotFoundError:
             raise NotFound(f"no blob {hash} on this node") from None
+        return f if self.sealer is None else open_sealed(f, self.sealer, hash)
 
     def read(self, hash: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the blob (``end`` None: to its end)."""
@@ -139,7 +174,13 @@ class BlobStore:
         for sub in self._objects.iterdir():
             for entry in sub.iterdir():
                 if HASH_RE.fullmatch(entry.name):
-                    yield entry.name
+                    if self.sealer is None:
+                        yield entry.name
+                        continue
+                    with entry.open("rb") as f:
+                        named = read_hash(f, self.sealer)
+                    if named is not None:
+                        yield named
 
     # ------------------------------------------------------------------ writes
     async def put(
@@ -175,6 +216,7 @@ class BlobStore:
         total = 0
         try:
             with tmp.open("xb") as f:
+                out = self._writer(f)
                 async for chunk in chunks:
                     total += len(chunk)
                     if total > cap:
@@ -182,7 +224,8 @@ class BlobStore:
                     if size is not None and total > size:
                         raise BadBlob(f"the blob is longer than its declared {size} bytes")
                     digest.update(chunk)
-                    f.write(chunk)
+                    out.write(chunk)
+                out.finish(digest.hexdigest(), total)
                 f.flush()
                 if self.fsync:
                     await asyncio.to_thread(os.fsync, f.fileno())
@@ -201,13 +244,16 @@ class BlobStore:
         if expect is not None:
             check_hash(expect)
         tmp = self._tmp / f"put-{secrets.token_hex(8)}"
+        hash = hashlib.sha256(data).hexdigest()
         try:
             with tmp.open("xb") as f:
-                f.write(data)
+                out = self._writer(f)
+                out.write(data)
+                out.finish(hash, len(data))
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
-            return self._commit(tmp, hashlib.sha256(data).hexdigest(), len(data), expect, namespace)
+            return self._commit(tmp, hash, len(data), expect, namespace)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -229,23 +275,30 @@ class BlobStore:
         tmp = self._tmp / f"put-{secrets.token_hex(8)}"
         try:
             try:
+                if self.sealer is not None:
+                    raise OSError("a sealed store copies (and seals) instead of linking")
                 os.link(path, tmp)
             except OSError:
                 with path.open("rb") as src, tmp.open("xb") as dst:
+                    out = self._writer(dst)
                     while chunk := src.read(1 << 20):
-                        dst.write(chunk)
+                        out.write(chunk)
+                    out.finish(digest.hexdigest(), size)
                     if self.fsync:
                         os.fsync(dst.fileno())
             return self._commit(tmp, digest.hexdigest(), size, expect, namespace)
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _writer(self, f: BinaryIO) -> PlainWriter | SealedWriter:
+        return PlainWriter(f) if self.sealer is None else SealedWriter(f, self.sealer)
+
     def _commit(
         self, tmp: Path, hash: str, size: int, expect: str | None, namespace: PubKey | None
     ) -> BlobInfo:
         if expect is not None and hash != expect:
             raise BadBlob(f"the bytes hash to {hash}, not {expect}")
-        final = self.path(hash)
+        final = self._file(hash)
         final.parent.mkdir(mode=0o700, exist_ok=True)
         if namespace is not None:
             self._charge(final, namespace, size)
@@ -270,8 +323,8 @@ class BlobStore:
         """Bytes of blobs charged per namespace (read from disk: for a quota counter's ``measure``)."""
         used: dict[PubKey, int] = {}
         for hash in self.hashes():
-            final = self.path(hash)
-            size = final.stat().st_size
+            final = self._file(hash)
+            size = self.size(hash) or 0
             for ns in _owners(final):
                 used[ns] = used.get(ns, 0) + size
         return used
@@ -279,10 +332,9 @@ class BlobStore:
     # ------------------------------------------------------------------ garbage collection
     def delete(self, hash: str) -> BlobInfo | None:
         """Remove one blob (releasing its quota charges); None if it was not stored."""
-        final = self.path(hash)
-        try:
-            size = final.stat().st_size
-        except FileNotFoundError:
+        final = self._file(hash)
+        size = self.size(hash)
+        if size is None:
             return None
         owners = _owners(final)
         final.unlink(missing_ok=True)
@@ -300,7 +352,7 @@ class BlobStore:
             if hash in live:
                 continue
             try:
-                if self.path(hash).stat().st_mtime > cutoff:
+                if self._file(hash).stat().st_mtime > cutoff:
                     continue
             except FileNotFoundError:
                 continue

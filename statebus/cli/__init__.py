@@ -1,6 +1,7 @@
 """The ``statebus`` command: set up a node, run it, and read/write/watch its keys over HTTP.
 
     statebus init [--recover]          create (or restore) the node identity and owner token
+                  [--encrypt]          ...in a new data folder encrypted at rest (docs/storage.md)
     statebus serve [--host --port]     run the node; prints its pubkey, URL and login link (--json)
     statebus phrase                    show a new identity's recovery phrase once (made with no terminal)
     statebus token                     print the owner token
@@ -50,7 +51,7 @@ from statebus.cli.client import (
 from statebus.cli.options import add_common
 from statebus.config import Settings
 from statebus.errors import CliError, Forbidden, InvalidValue, StatebusError
-from statebus.identity import keystore
+from statebus.identity import atrest, keystore
 from statebus.server.phrase import phrase_text
 
 EXIT_ERROR = 1
@@ -76,6 +77,8 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _init(args: argparse.Namespace, data: Path) -> int:
+    if args.encrypt:
+        return _init_encrypted(args, data)
     if args.recover:
         phrase = _read_phrase()
         identity = keystore.recover(data, phrase, force=args.force)
@@ -84,6 +87,49 @@ def _init(args: argparse.Namespace, data: Path) -> int:
         return 0
     identity, phrase = keystore.init(data, force=args.force)
     print(phrase_text(f"Created node identity {identity.pubkey} in {data}", phrase), end="")
+    return 0
+
+
+def _init_encrypted(args: argparse.Namespace, data: Path) -> int:
+    """``init --encrypt``: a new data folder encrypted at rest; the key goes to a key file, the OS
+    keyring, or nowhere (the phrase unlocks the node at every start)."""
+    key_file: Path | None = args.at_rest_key_file
+    if key_file is not None and args.keyring:
+        raise CliError("give --at-rest-key-file or --keyring, not both")
+    if args.keyring and not atrest.keyring_available():
+        raise CliError(
+            "no OS keyring is available here (install `keyring` and a backend), use --at-rest-key-file"
+        )
+    if key_file is not None and Path(key_file).exists():
+        raise CliError(f"{key_file} exists: choose a new key file (an existing one is never overwritten)")
+    if key_file is not None and data.resolve() in Path(key_file).resolve().parents:
+        raise CliError(f"the key file {key_file} would be inside the data folder it opens; keep it elsewhere")
+    phrase = _read_phrase() if args.recover else None
+    identity, phrase, key = keystore.init_encrypted(data, phrase)
+    failed = ""
+    try:
+        if key_file is not None:
+            atrest.write_key_file(Path(key_file), key, data)
+            where = (
+                f"Its at-rest key is in {key_file} (mode 0600): the node unlocks with it (at_rest_key_file)."
+            )
+        elif args.keyring:
+            atrest.keyring_store(identity.pubkey, key)
+            where = "Its at-rest key is in the OS keyring: the node unlocks from it at start."
+        else:
+            where = (
+                "No key file or keyring: the node asks for the recovery phrase at every start (a terminal)."
+            )
+    except (StatebusError, OSError) as exc:  # the folder exists now: its phrase must still be shown
+        failed = f"the at-rest key could not be stored ({exc}); the folder unlocks with its recovery phrase"
+        where = "The at-rest key could not be stored: the node asks for the recovery phrase at every start."
+    head = f"Created node identity {identity.pubkey} in {data}, encrypted at rest.\n{where}"
+    if args.recover:
+        print(head)
+    else:
+        print(phrase_text(head, phrase), end="")
+    if failed:
+        raise CliError(failed)
     return 0
 
 
@@ -167,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--force", action="store_true", help="replace an existing, different identity (its keys are lost)"
+    )
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the new data folder at rest (store, blobs, identity) with a key from the phrase",
+    )
+    p.add_argument(
+        "--keyring", action="store_true", help="with --encrypt: keep the at-rest key in the OS keyring"
     )
     add_common(p, client=False)
     p.set_defaults(func=cmd_init)
@@ -354,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             client: Client = client_for(settings, args.url)
             with client:
                 return func(args, settings, client)
+        if func not in (cmd_init, cmd_token) and atrest.encrypted(settings.data_dir):
+            atrest.unlock(settings.data_dir, key_file=settings.at_rest_key_file)  # once, for any reader
         return func(args, settings)
     except StatebusError as exc:
         fail(exc.detail or exc.code)

@@ -2,6 +2,7 @@
 
     statebus export [--subtree P] FILE    write a self-verifying archive (works while the node serves)
     statebus import FILE                  check an archive whole, then apply it (the node stopped)
+    statebus encrypt --to NEW             copy this (stopped) node into a new folder encrypted at rest
 
 ``statebus.cli`` adds them with ``register(sub)``.
 """
@@ -80,6 +81,45 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.rejected else 0
 
 
+def cmd_encrypt(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from statebus.identity import atrest
+    from statebus.server.encrypt import encrypt_folder  # the node stack: not loaded by other commands
+
+    key_file = settings.at_rest_key_file
+    target = Path(args.to)
+    if key_file is not None and args.keyring:
+        raise CliError("give --at-rest-key-file or --keyring, not both")
+    if key_file is None and not args.keyring:
+        raise CliError("say where the at-rest key goes: --at-rest-key-file FILE or --keyring")
+    if args.keyring and not atrest.keyring_available():
+        raise CliError(
+            "no OS keyring is available here (install `keyring` and a backend), use --at-rest-key-file"
+        )
+    if key_file is not None and Path(key_file).exists():
+        raise CliError(f"{key_file} exists: choose a new key file (an existing one is never overwritten)")
+    for folder in (Path(settings.data_dir), target):
+        if key_file is not None and folder.resolve() in Path(key_file).resolve().parents:
+            raise CliError(f"the key file {key_file} would be inside {folder}; keep it elsewhere")
+    report, key = encrypt_folder(Path(settings.data_dir), target)
+    if key_file is not None:
+        atrest.write_key_file(Path(key_file), key, target)
+        where = f"its at-rest key is in {key_file}"
+    else:
+        atrest.keyring_store(report.pubkey, key)
+        where = "its at-rest key is in the OS keyring"
+    print(
+        f"encrypted a copy of node {report.pubkey} into {target}: {report.ops} ops, {report.snapshots} "
+        f"snapshots, {report.blobs} blobs, up to seq {report.seq}; {where}"
+    )
+    print(
+        f"{settings.data_dir} is unchanged and still plaintext: serve from {target} from now on, then "
+        "destroy the old folder (deleting a file does not wipe its blocks: docs/storage.md)"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``export`` and ``import`` to the ``statebus`` subparsers."""
     p = sub.add_parser(
@@ -109,3 +149,18 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="an archive written by `statebus export`")
     add_common(p, client=False)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "encrypt",
+        help="copy this node (stopped) into a new data folder encrypted at rest",
+        description=(
+            "Copy the node in the data folder (stop it first) into NEW, a new folder encrypted at rest: the "
+            "store page by page (compacted history included), the blobs resealed, the identity sealed. The "
+            "data folder is left as it is. The at-rest key derives from the node's identity (the same phrase "
+            "opens it) and is written to --at-rest-key-file or kept in the OS keyring (--keyring)."
+        ),
+    )
+    p.add_argument("--to", metavar="NEW", required=True, help="the new folder (absent or empty)")
+    p.add_argument("--keyring", action="store_true", help="keep the at-rest key in the OS keyring")
+    add_common(p, client=False)
+    p.set_defaults(func=cmd_encrypt)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from statebus.access.op_gate import OpGate
 from statebus.errors import MirrorTampered, RemoteError, StatebusError
 from statebus.federation.ingest import Ingest
+from statebus.identity import atrest
 from statebus.identity.keys import Identity, verify_signature
 from statebus.mirror.client import MirrorClient
 from statebus.mirror.crypto import MirrorCipher
@@ -167,5 +168,5 @@ def _local_snapshots(node: Node) -> dict[str, int]:
 
     if node.storage_path is None:
         return {}
-    with StoreSnapshot(node.storage_path) as store:
+    with StoreSnapshot(node.storage_path, key=atrest.key_for(node.storage_path.parent)) as store:
         return {s.key: s.seq for s, _ in store.snapshots(f"/{node.local}/")}

@@ -109,7 +109,9 @@ class Federation:
         self.on_ingest: list[IngestHook] = []
         self.swarm = (
             SwarmPlane(settings, blobs=node.blobs, directory=directory)
-            if settings.swarm and node.blobs is not None
+            if settings.swarm
+            and node.blobs is not None
+            and not node.blobs.sealed  # no plaintext files to seed
             else None
         )
         """The node's swarm (setting ``swarm``): blobs of ``swarm_min_bytes`` or more move over it."""

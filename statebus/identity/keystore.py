@@ -5,6 +5,9 @@ Files::
     <data>/identity/               0700
         node_key.json              0600  {"v": 1, "secret": b64, "chain_code": b64|null,
                                           "path": "m/44'/7433'/0'", "pubkey": "<52 chars>"}
+                                         or, in a folder encrypted at rest (:mod:`atrest`),
+                                         {"v": 1, "pubkey": …, "sealed": b64}: the same document
+                                         sealed under the at-rest key
         owner_token                0600  43 characters: 32 random bytes, urlsafe base64, no padding
         recovery_phrase            0600  only until shown: the phrase of an identity made where no
                                          terminal could show it (see below)
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from statebus.errors import Forbidden, InvalidValue, NotFound
+from statebus.identity import atrest
 from statebus.identity.keys import ROOT_PATH, Identity, identity_from_mnemonic, new_mnemonic
 
 IDENTITY_DIR = "identity"
@@ -134,12 +138,17 @@ def _b64d(text: Any, what: str) -> bytes:
         raise InvalidValue(f"identity file: {what} is not base64") from None
 
 
-def save(data_dir: str | os.PathLike[str], identity: Identity, *, force: bool = False) -> Path:
-    """Write ``identity`` to ``<data>/identity/node_key.json`` (0600).
+def save(
+    data_dir: str | os.PathLike[str], identity: Identity, *, force: bool = False, key: bytes | None = None
+) -> Path:
+    """Write ``identity`` to ``<data>/identity/node_key.json`` (0600), sealed under the at-rest ``key``
+    when one is given (a folder encrypted at rest).
 
     Raises:
         Forbidden: an identity exists already and ``force`` is false.
     """
+    if key is None:
+        key = atrest.key_for(data_dir)  # a folder encrypted at rest keeps its identity sealed
     d = _ensure_dir(data_dir)
     secret, chain = identity.export_secret()
     doc = {
@@ -150,7 +159,11 @@ def save(data_dir: str | os.PathLike[str], identity: Identity, *, force: bool = 
         "pubkey": identity.pubkey,
     }
     path = d / KEY_FILE
-    _write_secret_file(path, json.dumps(doc, sort_keys=True).encode(), force=force)
+    body = json.dumps(doc, sort_keys=True).encode()
+    if key is not None:
+        sealed = atrest.seal(key, "identity", body)
+        body = json.dumps({"v": FORMAT_VERSION, "pubkey": identity.pubkey, "sealed": _b64e(sealed)}).encode()
+    _write_secret_file(path, body, force=force)
     return path
 
 
@@ -161,10 +174,17 @@ def load(data_dir: str | os.PathLike[str]) -> Identity:
         NotFound: there is none yet.
         Forbidden: the file is readable by others.
         InvalidValue: the file is corrupt (the detail never contains the secret).
+        StoreLocked: the folder is encrypted at rest and this process has not unlocked it
+            (:func:`statebus.identity.atrest.unlock`).
     """
     raw = read_private_file(identity_dir(data_dir) / KEY_FILE)
     try:
         doc = json.loads(raw)
+        if isinstance(doc, dict) and "sealed" in doc:
+            key = atrest.key_for(data_dir)
+            if key is None:
+                raise InvalidValue("identity file is sealed, but the data folder is not encrypted at rest")
+            doc = json.loads(atrest.unseal(key, "identity", _b64d(doc["sealed"], "sealed")))
     except (ValueError, UnicodeDecodeError):
         raise InvalidValue("identity file is not JSON") from None
     if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
@@ -271,6 +291,37 @@ def init(
     return identity, phrase
 
 
+def init_encrypted(
+    data_dir: str | os.PathLike[str], phrase: str | None = None
+) -> tuple[Identity, str, bytes]:
+    """Create a data folder encrypted at rest (:mod:`atrest`): a new identity (or the one ``phrase``
+    gives back), the marker, the identity file sealed under the at-rest key, and a new owner token.
+    The key is kept for this process; the caller stores it where the node will find it (a key file,
+    the keyring) or relies on the phrase.
+
+    Returns:
+        ``(identity, phrase, key)``.
+
+    Raises:
+        Forbidden: the folder has an identity or a store already (encrypt a new folder).
+    """
+    data = Path(data_dir)
+    if exists(data) or (data / "store.sqlite3").exists() or atrest.encrypted(data):
+        raise Forbidden(
+            f"{data} holds a node already: encryption at rest starts with a new, empty data folder"
+        )
+    phrase = new_mnemonic() if phrase is None else phrase
+    identity = identity_from_mnemonic(phrase)
+    key = atrest.derive_key(identity)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _ensure_dir(data)
+    atrest.write_marker(data, identity, key)
+    atrest.remember(data, key)
+    save(data, identity, key=key)
+    new_owner_token(data, force=True)
+    return identity, phrase, key
+
+
 def recover(
     data_dir: str | os.PathLike[str], phrase: str, *, passphrase: str = "", force: bool = False
 ) -> Identity:
@@ -300,6 +351,7 @@ __all__ = [
     "exists",
     "identity_dir",
     "init",
+    "init_encrypted",
     "load",
     "load_owner_token",
     "new_owner_token",

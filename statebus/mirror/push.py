@@ -40,6 +40,7 @@ from typing import Any
 
 from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.errors import InvalidValue, MirrorTampered, RemoteError, StatebusError
+from statebus.identity import atrest
 from statebus.identity.keys import Identity
 from statebus.mirror.client import MirrorClient
 from statebus.mirror.crypto import MirrorCipher, bucket
@@ -99,6 +100,7 @@ class MirrorTargets:
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / STATE_FILE
+        self._key = atrest.key_for(data_dir)  # encrypted at rest: the file names keys and blob hashes
         self.mirrors: dict[str, MirrorState] = self._read()
         self._loaded = set(self.mirrors)
         self._removed: set[str] = set()
@@ -107,7 +109,8 @@ class MirrorTargets:
         if not self.path.exists():
             return {}
         try:
-            raw = json.loads(self.path.read_text())
+            body = self.path.read_bytes()
+            raw = json.loads(body if self._key is None else atrest.unseal(self._key, STATE_FILE, body))
             return {m["url"]: MirrorState(**m) for m in raw["mirrors"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidValue(f"{self.path} is malformed ({exc}); fix or remove it") from None
@@ -123,6 +126,8 @@ class MirrorTargets:
                 self.mirrors[url] = state  # added by the other process
         self._loaded = set(self.mirrors)
         data = json.dumps({"v": 1, "mirrors": [vars(m) for m in self.mirrors.values()]}, indent=1).encode()
+        if self._key is not None:
+            data = atrest.seal(self._key, STATE_FILE, data)
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -305,7 +310,7 @@ def _changed_snapshots(node: Node, pushed: dict[str, int]) -> list[tuple[Snapsho
     path = node.storage_path
     if path is None:
         return []
-    with StoreSnapshot(path) as store:
+    with StoreSnapshot(path, key=atrest.key_for(path.parent)) as store:
         rows = store.snapshots(f"/{node.local}/", lambda key, seq: pushed.get(key, -1) < seq)
     return [((s.key, s.data, None if first is None else first.version), s.seq) for s, first in rows]
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +41,7 @@ from statebus.bus import Bus
 from statebus.bus.bus import BatchSigner
 from statebus.errors import StorageFailed
 from statebus.storage.base import Snapshot, StoredOp
+from statebus.storage.cipher import ERRORS as STORE_ERRORS
 from statebus.types import Seq
 
 __all__ = ["RETRY_FIRST", "RETRY_MAX", "GroupCommitter", "StorageFailed"]
@@ -72,9 +72,9 @@ def failure_reason(exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk full"
-    if isinstance(exc, sqlite3.Error) and ("full" in text or "no space" in text):
+    if isinstance(exc, STORE_ERRORS) and ("full" in text or "no space" in text):
         return "disk full"
-    if isinstance(exc, sqlite3.Error | OSError):
+    if isinstance(exc, (*STORE_ERRORS, OSError)):
         return f"I/O error: {type(exc).__name__}"
     return f"internal error: {type(exc).__name__}"
 

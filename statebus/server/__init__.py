@@ -16,6 +16,8 @@ federation. Its modules:
     logs.py       secrets kept out of uvicorn's and websockets' logs
     phrase.py     the recovery phrase as a person is shown it: one text, one place
     runfile.py    <data>/node.json: where a running node listens, for the client commands
+    archive.py    the backup archive: export, read, import
+    encrypt.py    a stopped plain folder copied into a new one encrypted at rest
 """
 
 from __future__ import annotations

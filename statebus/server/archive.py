@@ -51,11 +51,11 @@ from typing import IO, Any, Final
 
 from statebus import __version__
 from statebus.access.op_gate import OpGate
-from statebus.blobs import BLOB_TYPE, BlobPointer
-from statebus.errors import ArchiveInvalid, BadSignature, CliError, StatebusError
+from statebus.blobs import BLOB_TYPE, BlobPointer, BlobStore
+from statebus.errors import ArchiveInvalid, BadBlob, BadSignature, CliError, NotFound, StatebusError
 from statebus.federation.ingest import Ingest
 from statebus.federation.policy import check_pattern
-from statebus.identity import keystore
+from statebus.identity import atrest, keystore
 from statebus.identity.keys import verify_signature
 from statebus.identity.signing import check_signature
 from statebus.keys import is_pubkey, namespace_of
@@ -143,7 +143,11 @@ def export_archive(
     identity = keystore.load(data)
     pattern = "" if subtree in (None, "") else check_pattern(str(subtree), identity.pubkey)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with StoreSnapshot(data / STORE_FILE) as snap, tempfile.TemporaryFile(dir=target.parent) as spool:
+    key = atrest.key_for(data)  # StoreLocked if encrypted and not unlocked: never exports ciphertext
+    with (
+        StoreSnapshot(data / STORE_FILE, key=key) as snap,
+        tempfile.TemporaryFile(dir=target.parent) as spool,
+    ):
         report = ExportReport(target, identity.pubkey, pattern, snap.max_seq)
         digest = hashlib.sha256()
         pointed: dict[str, int] = {}
@@ -159,7 +163,8 @@ def export_archive(
                 if pointer is not None:
                     pointed[pointer.hash] = pointer.size
         report.compacted = snap.compacted(pattern)
-        blobs = _spool_blobs(data / BLOBS_DIR, pointed, spool, report)
+        store = BlobStore(data / BLOBS_DIR, max_bytes=1, sealer=atrest.blob_sealer(key))  # reads only
+        blobs = _spool_blobs(store, pointed, spool, report)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -196,7 +201,7 @@ def _pointer(data: bytes) -> BlobPointer | None:
 
 
 def _spool_blobs(
-    root: Path, pointed: dict[str, int], spool: IO[bytes], report: ExportReport
+    store: BlobStore, pointed: dict[str, int], spool: IO[bytes], report: ExportReport
 ) -> list[tuple[str, int]]:
     """Append each pointed-to blob's bytes to ``spool``, checked against its name (rule 6); return
     ``(hash, size)`` of those copied, in the order they were appended."""
@@ -205,12 +210,12 @@ def _spool_blobs(
         start = spool.tell()
         digest, size = hashlib.sha256(), 0
         try:
-            with (root / "sha256" / h[:2] / h).open("rb") as f:  # the BlobStore layout
+            with store.open(h) as f:
                 while chunk := f.read(1 << 20):
                     spool.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
-        except FileNotFoundError:
+        except (NotFound, BadBlob):
             pass
         if digest.hexdigest() != h or size != pointed[h]:
             spool.seek(start)

@@ -47,7 +47,7 @@ from statebus.http.blob_fetch import blob_fetch_routes
 from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
-from statebus.identity import keystore
+from statebus.identity import atrest, keystore
 from statebus.identity.keys import Identity
 from statebus.identity.signing import sign_batch
 from statebus.invites.ledger import Ledger
@@ -114,11 +114,13 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
     bus, Node. Ops written on the node are signed by the identity, one signature per group commit."""
     data = Path(settings.data_dir)
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = atrest.unlock(data, key_file=settings.at_rest_key_file)  # None: not encrypted at rest
     identity = ensure_identity(data, on_new_identity)
     storage = SqliteStorage(
         data / STORE_FILE,
         check="full" if settings.store_full_check else "quick",
         durability=settings.durability,
+        key=key,
     )
     bus = Bus(
         storage,
@@ -127,7 +129,7 @@ def open_node(settings: Settings, *, on_new_identity: NewIdentityHook | None = N
         max_doc_bytes=settings.max_yjs_doc_bytes,
         max_value_bytes=settings.max_value_bytes,
     )
-    blobs = BlobStore(data / BLOBS_DIR, max_bytes=settings.max_blob_bytes)
+    blobs = BlobStore(data / BLOBS_DIR, max_bytes=settings.max_blob_bytes, sealer=atrest.blob_sealer(key))
     node = Node(
         bus, batch_signer=batch_signer_for(identity), max_buffer=settings.subscriber_buffer, blobs=blobs
     )

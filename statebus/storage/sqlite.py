@@ -28,6 +28,11 @@ Integrity: opening an existing store runs ``PRAGMA quick_check`` (about 0.1 s pe
 in docs/storage.md; ``check="full"`` runs ``integrity_check``) and refuses a damaged file with
 :class:`StoreDamaged`, one line naming the file and the first problem, before anything is served.
 
+Encryption at rest: ``key=`` (32 bytes) opens or creates the file as a SQLCipher database
+(:mod:`statebus.storage.cipher`): every page of it and of its WAL is encrypted and authenticated. A
+wrong key, no key for an encrypted file, or a key for a plain one is refused with ``StoreLocked``
+before anything is changed; :class:`StoreSnapshot` takes the same ``key=``.
+
 Threads: one write connection behind a lock serves ``append`` and ``compact``; reads borrow a
 connection from a small pool and run in a read transaction, so they see one consistent state and
 never wait for the writer (WAL lets readers and one writer run at once).
@@ -54,6 +59,7 @@ from statebus.errors import (
     StoreUnsupported,
     VersionConflict,
 )
+from statebus.storage import cipher
 from statebus.storage.base import KeyRecord, Snapshot, StoredOp
 from statebus.storage.ranges import check_batch, pattern_bounds, walk_children
 from statebus.types import Key, Seq
@@ -159,6 +165,7 @@ class SqliteStorage:
         timeout: float = 10.0,
         check: str = "quick",
         durability: str = "power",
+        key: bytes | None = None,
     ) -> None:
         if check not in CHECKS:
             raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
@@ -174,16 +181,20 @@ class SqliteStorage:
         self._idle: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._closed = False
+        self._key = key
         self._lock_fd = _lock_store(self.path)
         writer: sqlite3.Connection | None = None
         try:
+            cipher.check_kind(self.path, key)
             is_new = not self.path.exists()
             writer = self._writer = self._connect()
+            if not is_new and key is not None:
+                _check_key(writer, self.path)
             if not is_new and check != "none":
                 _check(writer, self.path, CHECKS[check])
             self._create_schema()
             row = writer.execute("SELECT MAX(last_seq) FROM keys").fetchone()
-        except sqlite3.DatabaseError as exc:
+        except cipher.DATABASE_ERRORS as exc:
             _abandon(writer, self._lock_fd)
             raise StoreDamaged(_damaged(self.path, str(exc))) from None
         except BaseException:
@@ -222,7 +233,7 @@ class SqliteStorage:
                 )
                 conn.executemany(_UPSERT_KEY, list(latest.values()))
                 conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
+            except cipher.INTEGRITY_ERRORS:
                 conn.execute("ROLLBACK")
                 raise VersionConflict(self._conflict_detail(batch)) from None
             except BaseException:
@@ -387,8 +398,8 @@ class SqliteStorage:
                 os.close(self._lock_fd)  # releases the flock
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(
-            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        return cipher.connect(
+            self.path, self._key, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
 
     def _create_schema(self) -> None:
@@ -444,7 +455,7 @@ class SqliteStorage:
             conn.execute("BEGIN")
             try:
                 yield conn
-            except sqlite3.DatabaseError as exc:
+            except cipher.DATABASE_ERRORS as exc:
                 if "malformed" not in str(exc):
                     raise
                 raise StoreDamaged(_damaged(Path(self.path.name), str(exc), opening=False)) from None
@@ -475,6 +486,14 @@ def _abandon(writer: sqlite3.Connection | None, lock_fd: int) -> None:
     os.close(lock_fd)
 
 
+def _check_key(conn: sqlite3.Connection, path: Path) -> None:
+    """Read the first page under the key (SQLCipher checks its HMAC): StoreLocked if it does not open."""
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except cipher.DATABASE_ERRORS:
+        raise cipher.wrong_key(path) from None
+
+
 def _check(conn: sqlite3.Connection, path: Path, pragma: str) -> None:
     """Run ``PRAGMA quick_check``/``integrity_check``; raise StoreDamaged unless it says ok."""
     rows = conn.execute(f"PRAGMA {pragma}(1)").fetchall()
@@ -485,7 +504,7 @@ def _check(conn: sqlite3.Connection, path: Path, pragma: str) -> None:
 def _too_new(conn: sqlite3.Connection, path: Path, version: int) -> str:
     """The refusal of a store whose schema is newer than this statebus reads."""
     writer = "a newer statebus"
-    with contextlib.suppress(sqlite3.DatabaseError):
+    with contextlib.suppress(*cipher.DATABASE_ERRORS):
         row = conn.execute("SELECT value FROM meta WHERE name = 'written_by'").fetchone()
         if row is not None:
             writer = str(row[0])[:60]
@@ -559,27 +578,32 @@ class StoreSnapshot:
 
     Args:
         path: the store file (``<data>/store.sqlite3``).
+        key: the at-rest key of an encrypted store (None: a plain one).
 
     Raises:
         NotFound: there is no store at ``path``.
         StoreTooNew: the store's schema is newer than this statebus reads.
         StoreDamaged: the file is not a database.
+        StoreLocked: the store is encrypted and ``key`` is None or wrong (or plain and a key is given).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, key: bytes | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise NotFound(f"no store at {self.path}")
+        cipher.check_kind(self.path, key)
         uri = f"file:{self.path.resolve().as_posix().replace('?', '%3F').replace('#', '%23')}?mode=ro"
-        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._conn = cipher.connect(uri, key, uri=True, isolation_level=None, check_same_thread=False)
         try:
+            if key is not None:
+                _check_key(self._conn, self.path)
             self._conn.execute("PRAGMA query_only = 1")
             self._conn.execute("BEGIN")
             version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreTooNew(_too_new(self._conn, self.path, version))
             row = self._conn.execute("SELECT MAX(last_seq) FROM keys").fetchone()  # fixes the snapshot
-        except sqlite3.DatabaseError as exc:
+        except cipher.DATABASE_ERRORS as exc:
             self._conn.close()
             raise StoreDamaged(_damaged(self.path, str(exc))) from None
         except BaseException:
@@ -641,7 +665,7 @@ class StoreSnapshot:
         return out
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*cipher.ERRORS):
             self._conn.execute("COMMIT")
         self._conn.close()
 

@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from statebus.storage import cipher
 from statebus.storage.sqlite import STORE_FILE, SqliteStorage
 from tests.support import powerloss
 
@@ -35,7 +35,8 @@ import time
 from statebus.storage.base import StoredOp
 from statebus.storage.sqlite import SqliteStorage
 
-store = SqliteStorage(sys.argv[1], durability=sys.argv[2])
+key = bytes.fromhex(sys.argv[4]) if len(sys.argv) > 4 else None
+store = SqliteStorage(sys.argv[1], durability=sys.argv[2], key=key)
 stop = int(sys.argv[3])
 seq = store.max_seq()
 while stop == 0 or seq < stop:
@@ -69,12 +70,13 @@ def run_and_kill(
     durability: str = "power",
     env: dict[str, str] | None = None,
     stop: int = 0,
+    key: bytes | None = None,
 ) -> list[int]:
     """Run the child until it has acked enough batches (or up to seq ``stop``, then idle), SIGKILL it
-    (mid-write unless ``stop``), return its acks."""
+    (mid-write unless ``stop``), return its acks. With ``key``, the store is encrypted at rest."""
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db), durability, str(stop)],
+        [sys.executable, "-c", CHILD, str(db), durability, str(stop), *([key.hex()] if key else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -101,9 +103,9 @@ def run_and_kill(
     return acked
 
 
-def check_consistent(db: Path, acked: list[int]) -> int:
+def check_consistent(db: Path, acked: list[int], key: bytes | None = None) -> int:
     """Assert every acked op survived and every stored batch is whole; return the highest seq."""
-    store = SqliteStorage(db)
+    store = SqliteStorage(db, key=key)
     try:
         ops = store.scan("", 0, 10**9)
         assert store.max_seq() == ops[-1].seq
@@ -122,7 +124,7 @@ def check_consistent(db: Path, acked: list[int]) -> int:
     for first, sizes in batches.items():
         assert len(sizes) == sizes[0], f"batch {first} is partial: {len(sizes)} of {sizes[0]} ops"
 
-    conn = sqlite3.connect(db)
+    conn = cipher.connect(db, key)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         mismatched = conn.execute(
@@ -149,6 +151,19 @@ def test_kill_9_loses_no_acknowledged_batch(tmp_path: Path, durability: str) -> 
         assert min(acked) > highest, "the child restarted below what was stored"
         highest = check_consistent(db, acked)
         assert highest >= max(acked)
+
+
+@pytest.mark.parametrize("durability", ["power", "process"])
+def test_kill_9_loses_no_acknowledged_batch_when_encrypted(tmp_path: Path, durability: str) -> None:
+    db, key = tmp_path / STORE_FILE, os.urandom(32)
+    rng = random.Random()
+    highest = 0
+    for _ in range(ROUNDS // 2):
+        acked = run_and_kill(db, rng, durability, key=key)
+        assert min(acked) > highest, "the child restarted below what was stored"
+        highest = check_consistent(db, acked, key)
+        assert highest >= max(acked)
+    assert db.read_bytes()[:16] != b"SQLite format 3\x00"  # it was encrypted all along
 
 
 def check_copy(db: Path, acked: list[int], folder: Path) -> int:
