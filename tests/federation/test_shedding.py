@@ -1,0 +1,197 @@
+"""Shedding: an origin whose peer stream slots are full sends new followers to relays (issue 14, item 6).
+
+Real nodes on loopback, a tiny slot cap: the third follower is shed, follows a relay the origin's
+signed list names, and receives new ops live, verified against the owner's key; a relay that forges
+an op is dropped for the other; when that relay goes offline the follower falls back to the origin.
+A relay list that does not verify is refused and nothing it names is contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from statebus.errors import BadSignature, InvalidValue
+from statebus.federation.follow import Follower
+from statebus.federation.relays import MAX_DEPTH, Relay, RelayBook, choose, make_list, verify
+from statebus.identity import Identity, verify_op
+from statebus.oplog import decode_op
+from statebus.server import Cluster, RunningNode
+
+from .support import has, live, wait_until
+
+pytestmark = pytest.mark.anyio
+
+OWNER, STRANGER = Identity.generate(), Identity.generate()
+
+
+def follower_of(node: RunningNode) -> Follower:
+    return next(iter(node.federation.followers.values()))
+
+
+def open_streams(node: RunningNode) -> int:
+    return len(node.endpoints.open_streams())
+
+
+async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_one(cluster: Cluster) -> None:
+    a = await cluster.add("a", max_peer_streams=2)
+    b, c = await cluster.add("b", relay=True), await cluster.add("c", relay=True)
+    d = await cluster.add("d")
+    await a.share("/~/chirp/")
+    for i in range(5):
+        await a.node.save(f"/~/chirp/{i}", {"n": i})
+    chirp = f"/{a.pubkey}/chirp/"
+    for relay in (b, c):
+        await relay.follow(chirp)
+    await wait_until(lambda: live(b) and live(c), what="b and c live on the origin")
+    await wait_until(lambda: len(a.federation.relays) == 2, what="the origin knows its two relays")
+    assert open_streams(a) == 2
+
+    await d.follow(chirp)
+    await wait_until(lambda: live(d), what="d live on a relay")
+    fd = follower_of(d)
+    by_url = {b.url: b, c.url: c}
+    assert fd.url in by_url, "d follows a relay, not the origin"
+    assert (fd.shed, fd.shed_by, fd.depth) == (1, a.pubkey, 2)
+    assert open_streams(a) == 2, "the origin still serves only its two slots"
+    await a.node.save("/~/chirp/new", {"text": "viral"})
+    await wait_until(lambda: has(d, chirp + "new", {"text": "viral"}), what="the new op reaches d live")
+    await d.node.flush()  # scan reads what is on disk
+    stored = next(s for s in d.node.scan(chirp, 0, 100) if s.key == chirp + "new")
+    verify_op(decode_op(stored.data))  # the owner's signature, whoever relayed it (raises if not)
+    assert decode_op(stored.data).author == a.pubkey
+    state = d.node.fetch(f"/~/.federation/follows/{fd.follow.id}").value
+    assert state["depth"] == 2 and state["shed_by"] == a.pubkey and state["url"] == fd.url
+
+    # the relay d is on slips in an op it made from a real one: d leaves it for the other relay
+    liar = by_url[fd.url]
+    other = c if liar is b else b
+    real = decode_op(stored.data)
+    liar.node.bus.apply(dataclasses.replace(real, key=chirp + "evil", body={"text": "forged"}))
+    await liar.node.flush()
+    await wait_until(lambda: fd.url == other.url and fd.live.is_set(), what="d moves to the honest relay")
+    assert liar.url in fd.dropped and "bad_signature" in fd.last_rejection
+    assert not has(d, chirp + "evil")
+    await a.node.save("/~/chirp/after-lie", 1)
+    await wait_until(lambda: has(d, chirp + "after-lie", 1), what="ops flow through the honest relay")
+
+    # that relay goes offline: d falls back to the origin, which has a free slot again
+    await cluster.stop("b" if other is b else "c")
+    await wait_until(lambda: fd.url == a.url and fd.live.is_set(), what="d falls back to the origin")
+    assert fd.depth == 1 and fd.shed_by is None
+    await a.node.save("/~/chirp/direct", 2)
+    await wait_until(lambda: has(d, chirp + "direct", 2), what="the origin streams to d directly")
+
+
+@contextlib.asynccontextmanager
+async def fake_server(routes: list[Route]) -> AsyncIterator[str]:
+    app = Starlette(routes=routes)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.get_running_loop().create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_forged_relay_list_is_refused(cluster: Cluster) -> None:
+    """An 'origin' that claims the owner's key sheds with a list the owner did not sign (altered, or
+    signed by another key): the follower contacts nothing it names. The genuine list is followed
+    (the control: the same test fails if lists were not checked, or never acted on)."""
+    hits: list[str] = []
+
+    async def relay_node(request: Request) -> Response:
+        hits.append(request.url.path)
+        return JSONResponse({"v": 1, "pubkey": STRANGER.pubkey})
+
+    mode = {"list": "altered"}
+
+    async def node(request: Request) -> Response:
+        return JSONResponse({"v": 1, "pubkey": OWNER.pubkey})
+
+    async with fake_server([Route("/.well-known/statebus/node", relay_node)]) as relay_url:
+        pattern = f"/{OWNER.pubkey}/chirp/"
+        relay = Relay(STRANGER.pubkey, relay_url, (pattern,), 0)
+
+        async def sync(request: Request) -> Response:
+            if mode["list"] == "stranger":
+                listed: dict[str, Any] = make_list(STRANGER, OWNER.pubkey, 0, [relay]).to_json()
+            else:
+                listed = make_list(OWNER, OWNER.pubkey, 0, [relay]).to_json()
+                if mode["list"] == "altered":
+                    listed["relays"][0]["url"] = relay_url + "/"  # changed after signing
+            body = {"error": "shed", "detail": "full", "relays": listed}
+            return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
+
+        routes = [
+            Route("/.well-known/statebus/node", node),
+            Route("/.well-known/statebus/sync", sync, methods=["POST"]),
+        ]
+        async with fake_server(routes) as origin_url:
+            b = await cluster.add("b")
+            b.federation.directory = None
+            await b.follow(pattern, via=[origin_url])
+            fb = follower_of(b)
+            await wait_until(lambda: "signature does not verify" in fb.last_rejection, what="altered list")
+            assert fb.status == "retrying" and "relay list was refused" in fb.reason
+            mode["list"] = "stranger"
+            await wait_until(lambda: "not by the node asked" in fb.last_rejection, what="stranger's list")
+            assert hits == [] and fb.shed >= 2
+            mode["list"] = "genuine"
+            await wait_until(lambda: bool(hits), what="the genuine list's relay is contacted")
+
+
+def test_relay_lists_are_checked_and_choices_spread() -> None:
+    pattern = f"/{OWNER.pubkey}/chirp/"
+    relays = [Relay(STRANGER.pubkey, f"http://127.0.0.1:{9000 + i}", (pattern,), i % 2) for i in range(4)]
+    good = make_list(OWNER, OWNER.pubkey, 0, relays).to_json()
+    listed = verify(good, OWNER.pubkey, OWNER.pubkey)
+    assert [r.url for r in listed.relays] == [r.url for r in relays]
+    with pytest.raises(InvalidValue, match="expired"):
+        verify(good, OWNER.pubkey, OWNER.pubkey, now=listed.expires + 1)
+    with pytest.raises(InvalidValue, match="hops"):
+        verify(make_list(OWNER, OWNER.pubkey, MAX_DEPTH, relays).to_json(), OWNER.pubkey, OWNER.pubkey)
+    with pytest.raises(BadSignature):
+        verify({**good, "depth": 1}, OWNER.pubkey, OWNER.pubkey)
+    with pytest.raises(InvalidValue, match="another namespace"):
+        verify(make_list(OWNER, STRANGER.pubkey, 0, []).to_json(), OWNER.pubkey, OWNER.pubkey)
+    # least lagging first, at random among equals; a relay of another subtree is not chosen
+    firsts = {choose(listed, pattern + "x/")[0].url for _ in range(50)}
+    assert firsts == {relays[0].url, relays[2].url}
+    assert choose(listed, f"/{OWNER.pubkey}/other/") == []
+    assert relays[0].url not in {r.url for r in choose(listed, pattern, skip=[relays[0].url])}
+
+
+def test_the_book_lists_open_caught_up_relay_streams_only() -> None:
+    @dataclasses.dataclass
+    class Stream:
+        closed: bool = False
+        live: bool = True
+        seq: int = 10
+
+    book = RelayBook()
+    ns = OWNER.pubkey
+    up, behind, gone = Stream(), Stream(live=False), Stream()
+    book.opened("b" * 51 + "a", "http://127.0.0.1:1", [f"/{ns}/.keys/", f"/{ns}/chirp/"], up)
+    book.opened("c" * 51 + "a", "http://127.0.0.1:2", [f"/{ns}/chirp/"], behind)
+    book.opened("d" * 51 + "a", "http://127.0.0.1:3", [f"/{ns}/chirp/"], gone)
+    book.opened("e" * 51 + "a", "http://127.0.0.1:4", [f"/{ns}/.keys/"], Stream())  # no data: not a relay
+    gone.closed = True
+    listed = book.relays(ns, 15)
+    assert [(r.url, r.patterns, r.lag) for r in listed] == [("http://127.0.0.1:1", (f"/{ns}/chirp/",), 5)]
+    assert book.relays(ns, 15, exclude=["b" * 51 + "a"]) == [] and book.relays(STRANGER.pubkey, 15) == []
