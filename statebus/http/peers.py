@@ -191,6 +191,10 @@ class PeerEndpoints:
         self.stopping = asyncio.Event()
         self.peer_streams: weakref.WeakSet[StreamSlot] = weakref.WeakSet()
         """Open ops streams of other nodes (``max_peer_streams`` caps them)."""
+        self.sent_bytes = 0
+        """Bytes of ops streams and sync answers sent to peers (the node's federation egress)."""
+        self.shed = 0
+        """Peer requests shed (answered 503 ``shed``)."""
 
     def open_streams(self) -> list[StreamSlot]:
         """The ops streams other nodes hold open here now."""
@@ -217,9 +221,9 @@ class PeerEndpoints:
             relays=self.service.relay_list(peer, patterns),
         )
 
-    @staticmethod
-    def shed_response(exc: Shed) -> Response:
+    def shed_response(self, exc: Shed) -> Response:
         """503 ``shed``: ``Retry-After`` and the signed relay list beside the error."""
+        self.shed += 1
         body = {"error": exc.code, "detail": exc.detail, "relays": exc.relays}
         headers = {"retry-after": str(max(1, round(exc.retry_after))), "cache-control": "no-store"}
         return JSONResponse(body, status_code=503, headers=headers)
@@ -371,6 +375,7 @@ class PeerEndpoints:
     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._lines(peer, patterns, since, live, slot.stop, slot):
+                self.sent_bytes += len(chunk)
                 yield chunk
         finally:
             slot.closed = True
@@ -499,6 +504,7 @@ class PeerEndpoints:
             return self.shed_response(exc)
         except StatebusError as exc:
             return statebus_error_response(exc)
+        self.sent_bytes += len(out)
         return Response(out, media_type="application/json", headers={"statebus-node": self.node.local})
 
 

@@ -64,6 +64,7 @@ async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_
     assert fd.url in by_url, "d follows a relay, not the origin"
     assert (fd.shed, fd.shed_by, fd.depth) == (1, a.pubkey, 2)
     assert open_streams(a) == 2, "the origin still serves only its two slots"
+    assert a.endpoints.shed >= 1 and a.endpoints.sent_bytes > 0
     await a.node.save("/~/chirp/new", {"text": "viral"})
     await wait_until(lambda: has(d, chirp + "new", {"text": "viral"}), what="the new op reaches d live")
     await d.node.flush()  # scan reads what is on disk
@@ -195,3 +196,14 @@ def test_the_book_lists_open_caught_up_relay_streams_only() -> None:
     listed = book.relays(ns, 15)
     assert [(r.url, r.patterns, r.lag) for r in listed] == [("http://127.0.0.1:1", (f"/{ns}/chirp/",), 5)]
     assert book.relays(ns, 15, exclude=["b" * 51 + "a"]) == [] and book.relays(STRANGER.pubkey, 15) == []
+
+
+async def test_the_viral_post_bench_runs_capped_and_uncapped_side_by_side() -> None:
+    """``bench.viral_post`` on a small swarm of real nodes: capped at 1 slot, one follower streams from
+    the origin and the others from relays; uncapped, all stream from the origin (a star)."""
+    from bench.viral_post import main
+
+    out = await main(followers=3, slots=1, posts=2, backlog=5)
+    capped, star = (line.split() for line in out.splitlines()[2:4])
+    assert capped[:2] == ["slots=1", "1"] and capped[2] == "1:1" and capped[3] == "2:2"
+    assert star[:3] == ["no", "cap", "3"], out
