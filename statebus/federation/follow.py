@@ -419,6 +419,7 @@ class Follower:
             return await self._shed(url, exc, errors)
         except RelayDropped as exc:
             self.dropped[url] = time.monotonic() + DROP_SECONDS
+            self.last_rejection = f"left relay {url}: {exc.detail}"
             errors.append(exc)
             log.warning("follow %s: left relay %s: %s", self.follow.pattern, url, exc.detail)
             return False

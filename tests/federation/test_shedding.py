@@ -81,7 +81,7 @@ async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_
     liar.node.bus.apply(dataclasses.replace(real, key=chirp + "evil", body={"text": "forged"}))
     await liar.node.flush()
     await wait_until(lambda: fd.url == other.url and fd.live.is_set(), what="d moves to the honest relay")
-    assert liar.url in fd.dropped and "bad_signature" in fd.last_rejection
+    assert liar.url in fd.dropped and "sent a forged op: bad_signature" in fd.last_rejection
     assert not has(d, chirp + "evil")
     await a.node.save("/~/chirp/after-lie", 1)
     await wait_until(lambda: has(d, chirp + "after-lie", 1), what="ops flow through the honest relay")
@@ -92,6 +92,33 @@ async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_
     assert fd.depth == 1 and fd.shed_by is None
     await a.node.save("/~/chirp/direct", 2)
     await wait_until(lambda: has(d, chirp + "direct", 2), what="the origin streams to d directly")
+
+
+async def test_a_stale_relay_is_dropped(cluster: Cluster) -> None:
+    """A relay that keeps its stream to the origin open but does not hold the newest post (here it
+    silently discards it) is left: the origin's signed list names that post as its head."""
+    a = await cluster.add("a", max_peer_streams=1)
+    b, d = await cluster.add("b", relay=True), await cluster.add("d")
+    await a.share("/~/chirp/")
+    chirp = f"/{a.pubkey}/chirp/"
+    await a.node.save("/~/chirp/0", 0)
+    take = b.federation.ingest.take
+
+    async def withholding(ops: Any, **kw: Any) -> Any:  # b drops the post it should relay
+        kept = [op for op in ops if b"withheld" not in (op if isinstance(op, bytes) else b"")]
+        return await take(kept, **kw)
+
+    b.federation.ingest.take = withholding  # type: ignore[method-assign]
+    await b.follow(chirp)
+    await wait_until(lambda: live(b) and len(a.federation.relays) == 1, what="b relays for a")
+    await a.node.save("/~/chirp/withheld", 1)
+    await wait_until(lambda: follower_of(b).cursors.get(a.pubkey, 0) >= a.node.durable_seq, what="b's cursor")
+    assert not has(b, chirp + "withheld")
+    await d.follow(chirp)
+    await wait_until(lambda: bool(d.federation.followers) and b.url in follower_of(d).dropped, what="drop")
+    fd = follower_of(d)
+    assert fd.shed >= 1 and not has(d, chirp + "withheld") and "is stale" in fd.last_rejection
+    assert fd.url != b.url or not fd.live.is_set()
 
 
 @contextlib.asynccontextmanager
