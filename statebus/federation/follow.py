@@ -34,8 +34,9 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    shed to that sends a forged op, or lacks an op its origin held when it named the relay (the
    list's ``head``, still missing :data:`STALE_GRACE` seconds after we connected and caught up), is
    dropped (:class:`~statebus.errors.RelayDropped`) and not picked again for :data:`DROP_SECONDS`.
-   A list that does not verify is refused: nothing it names is contacted, and we wait its
-   ``Retry-After``.
+   A list that does not verify, or a relay's list no deeper than the list that named the relay, is
+   refused: nothing it names is contacted, and we wait its ``Retry-After``. One connect tries at
+   most :data:`MAX_SHED_TRIES` servers.
 
 The follower's state (cursors, status, last reason, counters, the last server's URL) is kept at
 ``/~/.federation/follows/<id>`` so the owner's web page and ``statebus peers`` can show it, and so a
@@ -61,7 +62,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from statebus.access.acl import acl_prefix
-from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, RelayDropped, Shed, StatebusError
+from statebus.errors import (
+    InvalidValue,
+    PeerUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    RelayDropped,
+    Shed,
+    StatebusError,
+)
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import StreamItem
 from statebus.federation.ingest import Ingest, IngestResult
@@ -84,6 +93,9 @@ MAX_LISTED = 100
 """Incomplete keys a follow's state lists (the first, by name)."""
 STALE_GRACE = 2.0
 """Seconds a relay we were shed to has, from our connecting, to bring the op its origin named as head."""
+MAX_SHED_TRIES = 8
+"""Servers one connect tries at most, relays named by relay lists included (a hostile relay's lists
+cannot walk us through a network of addresses)."""
 DROP_SECONDS = 300.0
 """How long a relay that lied (a forged op) or was stale is not picked again."""
 
@@ -432,11 +444,15 @@ class Follower:
 
     async def _shed(self, url: str, exc: Shed, errors: list[StatebusError]) -> bool:
         """Follow at one of the relays the server at ``url`` listed when it shed us (rule 7)."""
-        asked = self.server
+        asked, parent = self.server, self._listed
         try:
             if asked is None:
                 raise StatebusError("the server did not say who it is")
             listed = verify(exc.relays, asked, self.follow.owner)
+            if parent is not None and listed.depth <= parent.depth:
+                raise InvalidValue(
+                    f"a relay's list (depth {listed.depth}) is not below the list that named it"
+                )
         except StatebusError as bad:
             self.last_rejection = f"refused the relay list of {url}: {bad.code}: {bad.detail}"
             log.warning("follow %s: %s", self.follow.pattern, self.last_rejection)
@@ -446,6 +462,8 @@ class Follower:
             return False
         skip = {*self.dropped, *self._tried, *self.ctx.own_urls}
         for relay in choose(listed, self.follow.pattern, skip=skip):
+            if len(self._tried) >= MAX_SHED_TRIES:
+                break
             if await self._try(relay.url, errors, listed):
                 return True
         return False

@@ -140,48 +140,66 @@ async def fake_server(routes: list[Route]) -> AsyncIterator[str]:
 async def test_a_forged_relay_list_is_refused(cluster: Cluster) -> None:
     """An 'origin' that claims the owner's key sheds with a list the owner did not sign (altered, or
     signed by another key): the follower contacts nothing it names. The genuine list is followed
-    (the control: the same test fails if lists were not checked, or never acted on)."""
-    hits: list[str] = []
+    (the control: the same test fails if lists were not checked, or never acted on). The relay it
+    names sheds in turn with a list no deeper than the origin's: refused; one level deeper: followed."""
+    hits: dict[str, int] = {"relay": 0, "third": 0}
+    mode = {"list": "altered", "relay_depth": 0}
+    pattern = f"/{OWNER.pubkey}/chirp/"
+    third_key = Identity.generate().pubkey
 
-    async def relay_node(request: Request) -> Response:
-        hits.append(request.url.path)
-        return JSONResponse({"v": 1, "pubkey": STRANGER.pubkey})
+    def counter(name: str, pubkey: str) -> Any:
+        async def node(request: Request) -> Response:
+            hits[name] += 1
+            return JSONResponse({"v": 1, "pubkey": pubkey})
 
-    mode = {"list": "altered"}
+        return node
 
-    async def node(request: Request) -> Response:
-        return JSONResponse({"v": 1, "pubkey": OWNER.pubkey})
-
-    async with fake_server([Route("/.well-known/statebus/node", relay_node)]) as relay_url:
-        pattern = f"/{OWNER.pubkey}/chirp/"
-        relay = Relay(STRANGER.pubkey, relay_url, (pattern,), 0)
-
+    def shedding(signer: Identity, depth: Any, relay: Relay, alter: Any = None) -> Any:
         async def sync(request: Request) -> Response:
-            if mode["list"] == "stranger":
-                listed: dict[str, Any] = make_list(STRANGER, OWNER.pubkey, 0, [relay]).to_json()
-            else:
-                listed = make_list(OWNER, OWNER.pubkey, 0, [relay]).to_json()
-                if mode["list"] == "altered":
-                    listed["relays"][0]["url"] = relay_url + "/"  # changed after signing
+            mine = mode["list"] if signer is OWNER else ""
+            key = STRANGER if mine == "stranger" else signer
+            listed: dict[str, Any] = make_list(key, OWNER.pubkey, depth(), [relay]).to_json()
+            if mine == "altered":
+                listed["relays"][0]["url"] = relay.url + "/"  # changed after signing
             body = {"error": "shed", "detail": "full", "relays": listed}
             return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
 
-        routes = [
-            Route("/.well-known/statebus/node", node),
-            Route("/.well-known/statebus/sync", sync, methods=["POST"]),
+        return sync
+
+    async with fake_server([Route("/.well-known/statebus/node", counter("third", third_key))]) as third_url:
+        third = Relay(third_key, third_url, (pattern,), 0)
+        relay_routes = [
+            Route("/.well-known/statebus/node", counter("relay", STRANGER.pubkey)),
+            Route(
+                "/.well-known/statebus/sync",
+                shedding(STRANGER, lambda: mode["relay_depth"], third),
+                methods=["POST"],
+            ),
         ]
-        async with fake_server(routes) as origin_url:
-            b = await cluster.add("b")
-            b.federation.directory = None
-            await b.follow(pattern, via=[origin_url])
-            fb = follower_of(b)
-            await wait_until(lambda: "signature does not verify" in fb.last_rejection, what="altered list")
-            assert fb.status == "retrying" and "relay list was refused" in fb.reason
-            mode["list"] = "stranger"
-            await wait_until(lambda: "not by the node asked" in fb.last_rejection, what="stranger's list")
-            assert hits == [] and fb.shed >= 2
-            mode["list"] = "genuine"
-            await wait_until(lambda: bool(hits), what="the genuine list's relay is contacted")
+        async with fake_server(relay_routes) as relay_url:
+            relay = Relay(STRANGER.pubkey, relay_url, (pattern,), 0)
+            routes = [
+                Route("/.well-known/statebus/node", counter("origin", OWNER.pubkey)),
+                Route("/.well-known/statebus/sync", shedding(OWNER, lambda: 0, relay), methods=["POST"]),
+            ]
+            hits["origin"] = 0
+            async with fake_server(routes) as origin_url:
+                b = await cluster.add("b")
+                b.federation.directory = None
+                await b.follow(pattern, via=[origin_url])
+                fb = follower_of(b)
+                await wait_until(lambda: "signature does not verify" in fb.last_rejection, what="altered")
+                assert fb.status == "retrying" and "relay list was refused" in fb.reason
+                mode["list"] = "stranger"
+                await wait_until(lambda: "not by the node asked" in fb.last_rejection, what="stranger's list")
+                assert hits["relay"] == 0 and fb.shed >= 2
+                mode["list"] = "genuine"
+                await wait_until(
+                    lambda: "is not below the list" in fb.last_rejection, what="relay's flat list"
+                )
+                assert hits["relay"] >= 1 and hits["third"] == 0
+                mode["relay_depth"] = 1
+                await wait_until(lambda: hits["third"] > 0, what="the relay's deeper list is followed")
 
 
 def test_relay_lists_are_checked_and_choices_spread() -> None:
