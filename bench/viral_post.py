@@ -5,7 +5,8 @@
 Real nodes in one process (uvicorn on 127.0.0.1 port 0, SQLite stores, ``durability=process`` so the
 figures show the fan-out, not N fsyncs queueing on one disk; no DHT: every follower is given the
 origin's address). The origin holds ``--backlog`` posts; the followers (all with ``relay`` on) follow
-its ``chirp/`` one after the other, each until it is live. Then the origin writes ``--posts`` posts,
+its ``chirp/`` one after the other, each until it is live (``--together``: all at once, the
+moment a post goes viral). Then the origin writes ``--posts`` posts,
 one at a time: each is timed from just before the origin's ``save`` until every follower's node
 applied it (``Node.observe``), and the next post waits until it has.
 
@@ -52,7 +53,9 @@ def _live(node: RunningNode) -> bool:
     return bool(fs) and all(f.live.is_set() for f in fs)
 
 
-async def run(base: Path, followers: int, slots: int, posts: int, backlog: int) -> dict[str, Any]:
+async def run(
+    base: Path, followers: int, slots: int, posts: int, backlog: int, together: bool = False
+) -> dict[str, Any]:
     """One run: the origin capped at ``slots`` peer streams (0: no cap)."""
     opts: dict[str, Any] = {
         "dht_name": None,
@@ -76,8 +79,11 @@ async def run(base: Path, followers: int, slots: int, posts: int, backlog: int) 
 
         joined_at = time.perf_counter()
         egress0 = origin.endpoints.sent_bytes
-        for f in fol:  # one after the other: each is live before the next asks
-            await f.follow(chirp, via=[origin.url])
+        if together:  # everyone at once
+            await asyncio.gather(*(f.follow(chirp, via=[origin.url]) for f in fol))
+        for f in fol:  # else one after the other: each is live before the next asks
+            if not together:
+                await f.follow(chirp, via=[origin.url])
             await _wait(lambda f=f: _live(f), LIVE_TIMEOUT, "a follower to be live")
         join_s = time.perf_counter() - joined_at
         join_egress = origin.endpoints.sent_bytes - egress0
@@ -137,18 +143,19 @@ def _row(name: str, r: dict[str, Any], posts: int, followers: int) -> str:
     )
 
 
-async def main(followers: int, slots: int, posts: int, backlog: int) -> str:
+async def main(followers: int, slots: int, posts: int, backlog: int, together: bool = False) -> str:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        capped = await run(Path(tmp) / "capped", followers, slots, posts, backlog)
-        star = await run(Path(tmp) / "star", followers, 0, posts, backlog)
+        capped = await run(Path(tmp) / "capped", followers, slots, posts, backlog, together)
+        star = await run(Path(tmp) / "star", followers, 0, posts, backlog, together)
     load1 = os.getloadavg()
     head = (
         f"{'run':<12} {'direct':>6} {'depth:n':<10} {'shed':>5} {'join':>7} {'join_egr':>10} "
         f"{'post_egress':>11} {'per_post':>9} {'relays_egr':>10} {'p50ms':>7} {'p99ms':>7} {'p99_all':>8}"
     )
     lines = [
-        f"viral_post followers={followers} posts={posts} backlog={backlog} cpus={os.cpu_count()} "
+        f"viral_post followers={followers} posts={posts} backlog={backlog} "
+        f"joins={'together' if together else 'one by one'} cpus={os.cpu_count()} "
         f"load_before={load0[0]:.1f} load_after={load1[0]:.1f}",
         head,
         _row(f"slots={slots}", capped, posts, followers),
@@ -165,5 +172,6 @@ if __name__ == "__main__":
     parser.add_argument("--slots", type=int, default=5)
     parser.add_argument("--posts", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=200)
+    parser.add_argument("--together", action="store_true", help="all followers follow at once")
     args = parser.parse_args()
-    print(asyncio.run(main(args.followers, args.slots, args.posts, args.backlog)))
+    print(asyncio.run(main(args.followers, args.slots, args.posts, args.backlog, args.together)))

@@ -93,6 +93,10 @@ STREAM_RETRY_AFTER = 5.0
 """Retry-After of an ops stream refused for holding too many open streams."""
 SHED_RETRY_AFTER = 10.0
 """Retry-After of a peer shed because every peer stream slot is taken (``max_peer_streams``)."""
+SHED_RETRY_EMPTY = 3.0
+"""The same when the relay list is empty (relays may be catching up: ask again soon)."""
+JOIN_HOLD = 10.0
+"""Seconds a peer's first sync holds a stream slot for it, until its stream opens."""
 NDJSON = "application/x-ndjson"
 MAX_OP_BYTES = 16 * 1024 * 1024 - 64 * 1024
 """The largest op the ops stream sends (``statebus.federation.sync.MAX_OP_BYTES``, which this module
@@ -195,6 +199,8 @@ class PeerEndpoints:
         """Bytes of ops streams and sync answers sent to peers (the node's federation egress)."""
         self.shed = 0
         """Peer requests shed (answered 503 ``shed``)."""
+        self.joining: dict[PubKey, float] = {}
+        """Peers that synced but have not opened their stream yet: monotonic time their slot is held until."""
 
     def open_streams(self) -> list[StreamSlot]:
         """The ops streams other nodes hold open here now."""
@@ -202,8 +208,10 @@ class PeerEndpoints:
 
     def check_slots(self, peer: PubKey, patterns: list[Key], *, stream: bool) -> None:
         """Shed ``peer`` when every peer stream slot is taken: a new stream always, a sync only when
-        the peer holds no stream here. The node's own key and a peer reading its own namespace are
-        never shed.
+        the peer holds no stream here. A peer's first sync holds a slot for it for
+        :data:`JOIN_HOLD` seconds (until its stream opens), so followers that all come at once are
+        shed before they pull the backlog, not after. The node's own key and a peer reading its own
+        namespace are never shed.
 
         Raises:
             Shed: (503) with ``Retry-After`` and this node's signed relay list.
@@ -212,13 +220,24 @@ class PeerEndpoints:
         if cap <= 0 or peer == self.node.local or all(namespace_of(p) == peer for p in patterns):
             return
         held = self.open_streams()
-        if len(held) < cap or (not stream and any(s.peer == peer for s in held)):
+        streaming = {s.peer for s in held}
+        now = time.monotonic()
+        self.joining = {p: t for p, t in self.joining.items() if t > now and p not in streaming}
+        if not stream and (peer in streaming or peer in self.joining):
             return
+        if len(held) + len(self.joining) - (peer in self.joining) < cap:
+            if stream:
+                self.joining.pop(peer, None)  # its slot is the stream now
+            else:
+                self.joining[peer] = now + JOIN_HOLD
+            return
+        relays = self.service.relay_list(peer, patterns)
+        listed = isinstance(relays, dict) and bool(relays.get("relays"))
         raise Shed(
             f"this node serves {cap} peer streams already (max_peer_streams): follow one of the relays "
             "it lists, or retry later",
-            retry_after=SHED_RETRY_AFTER,
-            relays=self.service.relay_list(peer, patterns),
+            retry_after=SHED_RETRY_AFTER if listed else SHED_RETRY_EMPTY,
+            relays=relays,
         )
 
     def shed_response(self, exc: Shed) -> Response:

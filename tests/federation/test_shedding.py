@@ -121,6 +121,23 @@ async def test_a_stale_relay_is_dropped(cluster: Cluster) -> None:
     assert fd.url != b.url or not fd.live.is_set()
 
 
+async def test_followers_that_come_at_once_are_shed_before_they_pull_the_backlog(cluster: Cluster) -> None:
+    """A first sync holds a slot until the stream opens: of three followers asking at once with one
+    slot, two are shed at their first request and take no op from the origin."""
+    a = await cluster.add("a", max_peer_streams=1)
+    await a.share("/~/chirp/")
+    for i in range(50):
+        a.node.bus.save(f"/~/chirp/{i}", {"text": "x" * 100})
+    await a.node.flush()
+    fs = [await cluster.add(name) for name in ("b", "c", "d")]
+    await asyncio.gather(*(f.follow(f"/{a.pubkey}/chirp/", via=[a.url]) for f in fs))
+    await wait_until(lambda: sum(live(f) for f in fs) == 1, what="one follower live")
+    await asyncio.sleep(0.5)
+    waiting = [follower_of(f) for f in fs if not live(f)]
+    assert len(waiting) == 2 and all(w.shed >= 1 and w.applied == 0 for w in waiting)
+    assert open_streams(a) == 1
+
+
 @contextlib.asynccontextmanager
 async def fake_server(routes: list[Route]) -> AsyncIterator[str]:
     app = Starlette(routes=routes)
