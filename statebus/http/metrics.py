@@ -17,7 +17,7 @@ Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
 ``http_streams``, ``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation
 ``follows``, ``follows_by_status{status}``, ``federation_known_peers``,
 ``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``,
-``peer_streams``, ``peer_sent_bytes_total``, ``peer_shed_total`` (shedding), and with a
+``peer_streams``, ``peer_sent_bytes_total``, ``peer_shed_total``, ``peer_relays`` (shedding), and with a
 swarm (setting ``swarm``) ``swarm_torrents{role}``, ``swarm_peers``,
 ``swarm_uploaded_bytes_total``, ``swarm_downloaded_bytes_total``, ``swarm_share_ratio``,
 ``swarm_fetched_total``, ``swarm_hash_failures_total``, ``swarm_bans_total``; plus the
@@ -381,6 +381,11 @@ def _federation(fed: Any) -> Iterator[Metric]:
         rejected = sum(int(getattr(f, "rejected", 0)) for f in followers.values())
         yield _counter("statebus_federation_ops_applied", "Ops from followed peers applied.", applied)
         yield _counter("statebus_federation_ops_rejected", "Ops from followed peers refused.", rejected)
+    relays = getattr(fed, "relays", None)
+    if relays is not None and hasattr(relays, "__len__"):
+        yield _gauge(
+            "statebus_peer_relays", "Followers streaming from here that offered to relay.", len(relays)
+        )
     known = getattr(fed, "known", None)
     if isinstance(known, dict):
         yield _gauge("statebus_federation_known_peers", "Peers whose addresses this node knows.", len(known))

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from statebus.cli.federation import peer_line
 from statebus.errors import BadSignature, InvalidValue
 from statebus.federation.follow import Follower
 from statebus.federation.relays import MAX_DEPTH, Relay, RelayBook, choose, make_list, verify
@@ -73,6 +74,10 @@ async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_
     assert decode_op(stored.data).author == a.pubkey
     state = d.node.fetch(f"/~/.federation/follows/{fd.follow.id}").value
     assert state["depth"] == 2 and state["shed_by"] == a.pubkey and state["url"] == fd.url
+    line = peer_line({"pattern": chirp, "state": state})  # as `statebus peers` prints it
+    assert f"via {fd.url} (a relay: shed by {a.pubkey[:12]}…, 2 hops from the owner)" in line
+    metrics = a.server.statebus_app.state.metrics.render().decode()
+    assert "statebus_peer_relays 2.0" in metrics and "statebus_peer_streams 2.0" in metrics
 
     # the relay d is on slips in an op it made from a real one: d leaves it for the other relay
     liar = by_url[fd.url]
