@@ -217,6 +217,8 @@ class Follower:
         self.dropped: dict[str, float] = {}
         """Relays we left for lying or being stale: URL → monotonic time until which they are skipped."""
         self._listed: RelayList | None = None
+        self._relay_url: str | None = None
+        self._relay_list: RelayList | None = None
         self._head: tuple[Key, Version] | None = None
         self._connected_at = 0.0
         self._tried: set[str] = set()
@@ -262,8 +264,9 @@ class Follower:
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             self.url = url
         depth = value.get("depth")
-        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
-            self.depth = depth
+        shed_by = value.get("shed_by")
+        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1 and isinstance(shed_by, str):
+            self.depth, self.shed_by, self._relay_url = depth, shed_by, self.url  # on a relay when it stopped
 
     def _recheck(self, keys: Iterable[str]) -> None:
         """Whether each of ``keys`` can be rebuilt here now (``Node.incomplete``)."""
@@ -414,13 +417,17 @@ class Follower:
         """One session with ``url`` (a relay ``listed`` named, or None): True once it ended
         normally, False (the error kept) if it failed."""
         self._tried.add(url)
-        self._listed = listed
         head = listed.head if listed is not None else None
         self._head = head if head is not None and head[0].startswith(self.follow.pattern) else None
-        if listed is None:
-            self.depth, self.shed_by = 1, None
-        else:
+        if listed is not None:  # shed here now
             self.depth, self.shed_by = listed.depth + 2, listed.node
+            self._relay_url, self._relay_list = url, listed
+        elif url == self._relay_url:  # back to the relay we were shed to (a reconnect, a restart)
+            listed = self._relay_list
+        else:
+            self.depth, self.shed_by = 1, None
+            self._relay_url = self._relay_list = None
+        self._listed = listed
         try:
             await self._session(url)
             return True

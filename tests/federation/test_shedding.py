@@ -79,9 +79,15 @@ async def test_the_third_follower_is_shed_to_a_relay_and_leaves_a_lying_or_dead_
     metrics = a.server.statebus_app.state.metrics.render().decode()
     assert "statebus_peer_relays 2.0" in metrics and "statebus_peer_streams 2.0" in metrics
 
-    # the relay d is on slips in an op it made from a real one: d leaves it for the other relay
+    # the relay d is on ends its stream: d comes back to it, still as a relay it was shed to
     liar = by_url[fd.url]
     other = c if liar is b else b
+    connections = fd.connections
+    for slot in liar.endpoints.open_streams():
+        slot.interrupt("test")
+    await wait_until(lambda: fd.connections > connections and fd.live.is_set(), what="d reconnects")
+    assert (fd.url, fd.depth, fd.shed_by) == (liar.url, 2, a.pubkey)
+    # then it slips in an op it made from a real one: d leaves it for the other relay
     real = decode_op(stored.data)
     liar.node.bus.apply(dataclasses.replace(real, key=chirp + "evil", body={"text": "forged"}))
     await liar.node.flush()
