@@ -172,6 +172,19 @@ class Settings:
     max_sync_body_bytes: int = _setting(
         4 * MiB, "bytes", "Largest anti-entropy request a peer node may send.", 1 * KiB, 16 * MiB
     )
+    max_peer_streams: int = _setting(
+        0,
+        "int",
+        "Ops streams other nodes may hold open here at once (0: no cap); past it a new follower is shed "
+        "(503 + Retry-After + this node's signed list of relays).",
+        0,
+        1_000_000,
+    )
+    relay: bool = _setting(
+        False,
+        "bool",
+        "Offer to relay what this node follows: the servers it streams from may send shed followers here.",
+    )
     quota_bytes_per_remote_namespace: int = _setting(
         256 * MiB, "bytes", "Storage a remote namespace may use on this node.", 0, 1024 * GiB
     )

@@ -20,6 +20,8 @@
     ├── TooLarge            413   a body or value is over its limit
     ├── QuotaExceeded       413   a namespace is over its storage quota
     ├── RateLimited         429   too many requests; carries ``retry_after`` seconds
+    │   └── Shed            503   a node's peer stream slots are full; carries ``retry_after`` and
+    │                             the node's signed list of relays to follow instead
     ├── StoreInUse          409   another process has the data folder's store open
     ├── StoreDamaged        500   the store failed its integrity check; the node refuses it
     ├── StoreBehind         409   the store holds less than this node committed; restore it first
@@ -37,6 +39,7 @@
     ├── SwarmFailed         503   a blob's swarm fetch did not finish (no peers, timeout, session closed)
     ├── BlobSwarmed         409   a hot blob: a node that swarms is sent to the swarm, not served the bytes
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
+    ├── RelayDropped        502   a relay a node was shed to lied (a forged op) or is stale: left
     ├── RemoteError        (peer) another node answered with an error: its status, its ``remote_code``
     ├── ReactiveTooDeep           reactive functions nest too deep (a cycle between them?)
     ├── ReactiveFailed      500   a reactive key's function raised (the detail names the key, no secrets)
@@ -180,6 +183,19 @@ class RateLimited(StatebusError):
         self.retry_after = retry_after
 
 
+class Shed(RateLimited):
+    """A node's peer stream slots are all taken (``max_peer_streams``): the follower should stream
+    from one of ``relays`` (the node's signed relay list, ``statebus.federation.relays``), or wait
+    ``retry_after`` seconds. A :class:`RateLimited` so that a follower with no usable relay waits as
+    it does for a 429."""
+
+    status_hint = 503
+
+    def __init__(self, detail: str = "", *, retry_after: float = 10.0, relays: object = None) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.relays = relays
+
+
 class StoreInUse(StatebusError):
     """Another process has this data folder's store open (two writers would corrupt its order)."""
 
@@ -287,6 +303,13 @@ class BlobSwarmed(StatebusError):
 
 
 class PeerUnavailable(StatebusError):
+    status_hint = 502
+
+
+class RelayDropped(StatebusError):
+    """A relay a follower was shed to sent a forged op, or lacks an op its origin already had when
+    it named the relay (stale): the follower leaves it and asks the origin again."""
+
     status_hint = 502
 
 

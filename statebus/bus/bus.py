@@ -724,6 +724,11 @@ class Bus:
         k = self.parse(key, allow_subtree=False)
         return missing_versions(k, self._entry(k), parents)
 
+    def knows(self, key: str, version: Version) -> bool:
+        """Whether this replica holds (or folded) ``version`` of ``key``."""
+        entry = self._entry(self.parse(key, allow_subtree=False))
+        return entry is not None and entry.log.knows(version)
+
     def gap(self, key: str) -> str | None:
         """Why this replica cannot rebuild ``key`` from the ops it holds (its owner compacted
         history it never had), or None (``history.gap``)."""

@@ -134,13 +134,20 @@ def cmd_peers(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("following nothing (statebus follow /<pubkey>/path/)")
     for row in rows:
-        st = row["state"]
-        print(
-            f"{row.get('pattern')}  {_status(row)}  via {st.get('url') or '-'}  "
-            f"applied {st.get('applied', 0)}  refused {st.get('rejected', 0)}"
-            + (f"  ({st['reason']})" if st.get("reason") else "")
-        )
+        print(peer_line(row))
     return 0
+
+
+def peer_line(row: dict[str, Any]) -> str:
+    """One follow as ``statebus peers`` prints it (a relay the origin shed us to says so)."""
+    st = row["state"]
+    shed_by = st.get("shed_by")
+    relayed = f" (a relay: shed by {shed_by[:12]}…, {st.get('depth')} hops from the owner)" if shed_by else ""
+    return (
+        f"{row.get('pattern')}  {_status(row)}  via {st.get('url') or '-'}{relayed}  "
+        f"applied {st.get('applied', 0)}  refused {st.get('rejected', 0)}"
+        + (f"  ({st['reason']})" if st.get("reason") else "")
+    )
 
 
 # ---------------------------------------------------------------------- restore

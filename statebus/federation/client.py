@@ -3,7 +3,10 @@
 Every request is signed with this node's identity (RFC 9421, ``statebus.identity.httpsig``). Nothing a
 peer answers is trusted: ops go to :class:`statebus.federation.ingest.Ingest`, which verifies each one.
 A 429 becomes :class:`~statebus.errors.RateLimited` carrying the peer's ``Retry-After`` (bounded), so a
-follower waits that long instead of counting it as a failure.
+follower waits that long instead of counting it as a failure; a 503 ``shed`` (the peer's stream slots
+are full) becomes :class:`~statebus.errors.Shed`, which carries the peer's relay list as it came
+(unverified: the follower checks its signature). With ``relay_url`` set (setting ``relay``), every
+ops stream this node opens offers to relay at that address.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, RemoteError, TooLarge
+from statebus.errors import InvalidValue, PeerUnavailable, RateLimited, RemoteError, Shed, TooLarge
 from statebus.federation.sync import MAX_MESSAGE_BYTES, MAX_OP_BYTES, SyncRequest, SyncResponse, SyncSession
 from statebus.identity import Identity, sign_request
 from statebus.keys import is_pubkey
@@ -114,6 +117,8 @@ class PeerClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.identity = identity
+        self.relay_url: str | None = None
+        """Our own address, offered on every ops stream as a relay (None: we do not relay)."""
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout, read=read_timeout),
@@ -143,12 +148,17 @@ class PeerClient:
     def _check(response: httpx.Response, body: bytes) -> None:
         if response.status_code != 200:
             detail = code = ""
+            relays: object = None
             try:
                 answer = json.loads(body)
                 detail, code = str(answer.get("detail", "")), str(answer.get("error") or "")
+                relays = answer.get("relays")
             except (ValueError, AttributeError):
                 pass
             text = f"peer answered {response.status_code}: {detail}"[:300]
+            if response.status_code == 503 and code == "shed":
+                wait = retry_after(response.headers.get("retry-after"))
+                raise Shed(text, retry_after=wait, relays=relays)
             if response.status_code == 429:
                 raise RateLimited(text, retry_after=retry_after(response.headers.get("retry-after")))
             raise RemoteError(text, status_hint=response.status_code, remote_code=code)
@@ -193,6 +203,8 @@ class PeerClient:
             "since": str(since),
             "live": "1" if live else "0",
         }
+        if self.relay_url is not None:
+            params["relay"] = self.relay_url
         request = self._signed("GET", base.rstrip("/") + f"{WELL_KNOWN}/ops", params, b"")
         try:
             response = await self._http.send(request, stream=True)

@@ -22,7 +22,21 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
 6. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
    with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
-   in step), then reconnect without growing the backoff.
+   in step), then reconnect without growing the backoff;
+7. a server whose peer stream slots are full sheds us (503, :class:`~statebus.errors.Shed`) with its
+   signed relay list: check the signature against the key of the node we asked (the owner's own key
+   when we asked the owner; ``statebus.federation.relays.verify``), then follow the pattern at one
+   of the relays it names (``relays.choose``: the least lagging, at random), a relay that sheds us
+   in turn leading one list deeper (bounded by ``relays.MAX_DEPTH``). We **stay** on that relay
+   while it serves us (coming back to the origin each time a slot might be free would make it
+   refuse as many requests as it saves streams); when it fails we start over from the last server,
+   then the located addresses (the origin, which lists the relays current then). A relay we were
+   shed to that sends a forged op, or lacks an op its origin held when it named the relay (the
+   list's ``head``, still missing :data:`STALE_GRACE` seconds after we connected and caught up), is
+   dropped (:class:`~statebus.errors.RelayDropped`) and not picked again for :data:`DROP_SECONDS`.
+   A list that does not verify, or a relay's list no deeper than the list that named the relay, is
+   refused: nothing it names is contacted, and we wait its ``Retry-After``. One connect tries at
+   most :data:`MAX_SHED_TRIES` servers.
 
 The follower's state (cursors, status, last reason, counters, the last server's URL) is kept at
 ``/~/.federation/follows/<id>`` so the owner's web page and ``statebus peers`` can show it, and so a
@@ -48,16 +62,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from statebus.access.acl import acl_prefix
-from statebus.errors import PeerUnavailable, QuotaExceeded, RateLimited, StatebusError
+from statebus.errors import (
+    InvalidValue,
+    PeerUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    RelayDropped,
+    Shed,
+    StatebusError,
+)
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import StreamItem
 from statebus.federation.ingest import Ingest, IngestResult
 from statebus.federation.opset import op_set
 from statebus.federation.policy import SHARES, Follow
+from statebus.federation.relays import RelayList, choose, verify
 from statebus.federation.sync import SyncSession
 from statebus.identity.delegation import keys_prefix
 from statebus.runtime import Node
-from statebus.types import JSON, PubKey, Seq
+from statebus.types import JSON, Key, PubKey, Seq, Version
 
 log = logging.getLogger("statebus.federation")
 
@@ -68,6 +91,13 @@ STATE_SEGMENT = ".federation/follows"
 PERSIST_INTERVAL = 1.0
 MAX_LISTED = 100
 """Incomplete keys a follow's state lists (the first, by name)."""
+STALE_GRACE = 2.0
+"""Seconds a relay we were shed to has, from our connecting, to bring the op its origin named as head."""
+MAX_SHED_TRIES = 8
+"""Servers one connect tries at most, relays named by relay lists included (a hostile relay's lists
+cannot walk us through a network of addresses)."""
+DROP_SECONDS = 300.0
+"""How long a relay that lied (a forged op) or was stale is not picked again."""
 
 
 def state_key(local: PubKey, fid: str) -> str:
@@ -152,6 +182,8 @@ class FollowContext:
     on_ingest: list[IngestHook] = field(default_factory=list)
     blobs: BlobFetcher | None = None
     """Where the pointers of blob values go to have their bytes fetched (None: never fetched)."""
+    own_urls: tuple[str, ...] = ()
+    """This node's own addresses: never a relay to follow."""
 
 
 class Follower:
@@ -176,6 +208,20 @@ class Follower:
         """How many times a server answered 429 (we waited its Retry-After)."""
         self.incomplete: dict[str, str] = {}
         """Keys this node cannot rebuild from the ops it was given, with the reason."""
+        self.depth = 1
+        """Hops between this node and the owner: 1 on the owner (or a ``via``), more on a relay."""
+        self.shed_by: PubKey | None = None
+        """The node whose relay list sent us to the server we follow now (None: not shed)."""
+        self.shed = 0
+        """How many times a server shed us (503 ``shed``)."""
+        self.dropped: dict[str, float] = {}
+        """Relays we left for lying or being stale: URL → monotonic time until which they are skipped."""
+        self._listed: RelayList | None = None
+        self._relay_url: str | None = None
+        self._relay_list: RelayList | None = None
+        self._head: tuple[Key, Version] | None = None
+        self._connected_at = 0.0
+        self._tried: set[str] = set()
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -217,6 +263,10 @@ class Follower:
         url = value.get("url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             self.url = url
+        depth = value.get("depth")
+        shed_by = value.get("shed_by")
+        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1 and isinstance(shed_by, str):
+            self.depth, self.shed_by, self._relay_url = depth, shed_by, self.url  # on a relay when it stopped
 
     def _recheck(self, keys: Iterable[str]) -> None:
         """Whether each of ``keys`` can be rebuilt here now (``Node.incomplete``)."""
@@ -257,6 +307,8 @@ class Follower:
             "applied": self.applied,
             "rejected": self.rejected,
             "last_rejection": self.last_rejection,
+            "depth": self.depth,
+            "shed_by": self.shed_by,
             "updated": round(time.time(), 3),
         }
 
@@ -340,7 +392,10 @@ class Follower:
         locating = asyncio.ensure_future(self.ctx.locate(self.follow))
         locating.add_done_callback(_retrieved)
         errors: list[StatebusError] = []
-        first = [self.url] if self.url is not None else []
+        now = time.monotonic()
+        self.dropped = {u: t for u, t in self.dropped.items() if t > now}
+        self._tried = set()
+        first = [self.url] if self.url is not None and self.url not in self.dropped else []
         try:
             for url in first:
                 if await self._try(url, errors):
@@ -358,11 +413,35 @@ class Follower:
             raise max(throttled, key=lambda e: e.retry_after)
         raise errors[-1]
 
-    async def _try(self, url: str, errors: list[StatebusError]) -> bool:
-        """One session with ``url``: True once it ended normally, False (the error kept) if it failed."""
+    async def _try(self, url: str, errors: list[StatebusError], listed: RelayList | None = None) -> bool:
+        """One session with ``url`` (a relay ``listed`` named, or None): True once it ended
+        normally, False (the error kept) if it failed."""
+        self._tried.add(url)
+        head = listed.head if listed is not None else None
+        self._head = head if head is not None and head[0].startswith(self.follow.pattern) else None
+        if listed is not None:  # shed here now
+            self.depth, self.shed_by = listed.depth + 2, listed.node
+            self._relay_url, self._relay_list = url, listed
+        elif url == self._relay_url:  # back to the relay we were shed to (a reconnect, a restart)
+            listed = self._relay_list
+        else:
+            self.depth, self.shed_by = 1, None
+            self._relay_url = self._relay_list = None
+        self._listed = listed
         try:
             await self._session(url)
             return True
+        except Shed as exc:
+            self.shed += 1
+            errors.append(exc)
+            log.info("follow %s: %s sheds us: %s", self.follow.pattern, url, exc.detail)
+            return await self._shed(url, exc, errors)
+        except RelayDropped as exc:
+            self.dropped[url] = time.monotonic() + DROP_SECONDS
+            self.last_rejection = f"left relay {url}: {exc.detail}"
+            errors.append(exc)
+            log.warning("follow %s: left relay %s: %s", self.follow.pattern, url, exc.detail)
+            return False
         except (QuotaExceeded, asyncio.CancelledError):
             raise
         except StatebusError as exc:
@@ -370,9 +449,36 @@ class Follower:
             log.info("follow %s via %s: %s", self.follow.pattern, url, exc.detail)
             return False
 
+    async def _shed(self, url: str, exc: Shed, errors: list[StatebusError]) -> bool:
+        """Follow at one of the relays the server at ``url`` listed when it shed us (rule 7)."""
+        asked, parent = self.server, self._listed
+        try:
+            if asked is None:
+                raise StatebusError("the server did not say who it is")
+            listed = verify(exc.relays, asked, self.follow.owner)
+            if parent is not None and listed.depth <= parent.depth:
+                raise InvalidValue(
+                    f"a relay's list (depth {listed.depth}) is not below the list that named it"
+                )
+        except StatebusError as bad:
+            self.last_rejection = f"refused the relay list of {url}: {bad.code}: {bad.detail}"
+            log.warning("follow %s: %s", self.follow.pattern, self.last_rejection)
+            errors[-1] = Shed(
+                f"{exc.detail}; its relay list was refused: {bad.detail}", retry_after=exc.retry_after
+            )
+            return False
+        skip = {*self.dropped, *self._tried, *self.ctx.own_urls}
+        for relay in choose(listed, self.follow.pattern, skip=skip):
+            if len(self._tried) >= MAX_SHED_TRIES:
+                break
+            if await self._try(relay.url, errors, listed):
+                return True
+        return False
+
     async def _session(self, url: str) -> None:
         client = self.ctx.client
         self.url = url
+        self._connected_at = time.monotonic()
         self.server = await client.node_info(url)
         while not self._stop.is_set():
             await self._set("syncing")
@@ -435,10 +541,25 @@ class Follower:
                         return True
                     if item.kind == "live" and self.status != "live":
                         await self._set("live")
+                if self._head is not None and items:
+                    self._check_head(url)
                 await self.persist()
                 if self._stop.is_set():
                     break
         return False
+
+    def _check_head(self, url: str) -> None:
+        """Forget the list's head once we hold it; raise RelayDropped if the relay has not brought it
+        :data:`STALE_GRACE` seconds after we connected and caught up."""
+        assert self._head is not None
+        key, version = self._head
+        if self.ctx.node.knows(key, version):
+            self._head = None
+        elif self.status == "live" and time.monotonic() - self._connected_at > STALE_GRACE:
+            raise RelayDropped(
+                f"relay {url} is stale: it has not brought {key} version {version}, which its origin "
+                "held when it named the relay"
+            )
 
     async def _ingest(self, ops: list[bytes]) -> set[str]:
         """Take ``ops``; the keys they wrote."""
@@ -461,6 +582,9 @@ class Follower:
             )
             log.warning("follow %s: %s", self.follow.pattern, self.last_rejection)
             await self.persist(force=True)
+            forged = next((r for r in result.rejected if r.startswith("bad_signature")), None)
+            if self._listed is not None and forged is not None:  # a relay we were shed to lies
+                raise RelayDropped(f"relay {self.url} sent a forged op: {forged}")
         for hook in self.ctx.on_ingest:
             await hook(self, result.applied)
         return result.keys

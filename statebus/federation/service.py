@@ -7,7 +7,9 @@
 
 The owner follows by writing ``/~/.follows/<id>`` (``statebus follow``, or the web page); the
 federation watches that subtree and starts or stops :class:`~statebus.federation.follow.Follower`\\ s.
-It implements ``statebus.http.peers.PeerService`` for the server-to-server endpoints.
+It implements ``statebus.http.peers.PeerService`` for the server-to-server endpoints, and keeps the
+book of the followers that offered to relay (``statebus.federation.relays``): when the node's peer
+stream slots are full, the endpoints shed new followers to them with :meth:`Federation.relay_list`.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ from statebus.federation.follow import Backoff, FollowClient, FollowContext, Fol
 from statebus.federation.ingest import Ingest
 from statebus.federation.opset import OpSet, narrowed, op_set
 from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
+from statebus.federation.relays import HEAD_WINDOW, META, RelayBook, StreamState, make_list
 from statebus.federation.swarm import SwarmPlane
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
+from statebus.keys import namespace_of, segments
 from statebus.keys.paths import is_subtree, key_matches, parse_key
 from statebus.oplog import decode_op
 from statebus.runtime import Node
 from statebus.swarm.session import Progress
-from statebus.types import Key, PubKey
+from statebus.types import Key, PubKey, Version
 
 log = logging.getLogger("statebus.federation")
 
@@ -133,6 +137,8 @@ class Federation:
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
         self._opsets: dict[Key, tuple[int, OpSet]] = {}
+        self.relays = RelayBook()
+        """The followers streaming from this node that offered to relay (shedding, setting relay)."""
         self.started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -141,6 +147,9 @@ class Federation:
         """Start following what the owner follows, then publish ``urls`` in the DHT (if any)."""
         self.urls = tuple(urls)
         self.started = True
+        self.context.own_urls = self.urls
+        if self.settings.relay and self.urls:
+            self._own_client.relay_url = self.urls[0]  # our follow streams offer to relay
         if self.swarm is not None:
             await self.swarm.start()
         if self.blobs is not None:
@@ -301,6 +310,39 @@ class Federation:
         if self.swarm is None:
             raise NotFound("this node does not swarm blobs (setting swarm is off)")
         return await self.swarm.offer(pointer, seeder, address)
+
+    def relay_opened(self, peer: PubKey, url: str, patterns: list[Key], stream: StreamState) -> None:
+        """``peer`` streams ``patterns`` from this node and offers to relay them at ``url``."""
+        self.relays.opened(peer, url, patterns, stream)
+
+    def depth(self, namespace: PubKey) -> int:
+        """Hops between this node and the owner of ``namespace`` (0: our own; else our follower's)."""
+        if namespace == self.node.local:
+            return 0
+        hops = [f.depth for f in self.followers.values() if f.follow.owner == namespace]
+        return min(hops) if hops else 1
+
+    def _head(self, peer: PubKey, namespace: PubKey) -> tuple[Key, Version] | None:
+        """The newest op of ``namespace`` among this node's last ``HEAD_WINDOW`` writes that ``peer``
+        may read (not a delegation or rule record), as (key, version); None if there is none."""
+        upto = self.node.durable_seq
+        recent = self.node.scan(f"/{namespace}/", max(0, upto - HEAD_WINDOW), HEAD_WINDOW)
+        view = self.view(peer)
+        for stored in reversed(recent):
+            parts = segments(stored.key)
+            if len(parts) >= 2 and parts[1] in META:
+                continue
+            if view.key(stored.key):
+                return stored.key, decode_op(stored.data).version
+        return None
+
+    def relay_list(self, peer: PubKey, patterns: list[Key]) -> dict[str, object]:
+        """This node's signed list of the relays ``peer`` may follow instead of this node, for the
+        namespace of ``patterns`` (``statebus.federation.relays``)."""
+        namespace = namespace_of(patterns[-1]) if patterns else self.node.local
+        listed = self.relays.relays(namespace, self.node.durable_seq, exclude=(peer,))
+        head = self._head(peer, namespace)
+        return make_list(self.identity, namespace, self.depth(namespace), listed, head).to_json()
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept

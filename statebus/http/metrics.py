@@ -16,7 +16,8 @@ Metrics (all prefixed ``statebus_``): ``seq``, ``durable_seq``, ``pending_ops``,
 ``fanout_queued_events`` and ``fanout_queued_events_max`` (fan-out lag, in changes),
 ``http_streams``, ``http_requests_total{method,code}``, ``store_bytes{file}``, and with federation
 ``follows``, ``follows_by_status{status}``, ``federation_known_peers``,
-``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``, and with a
+``federation_ops_applied_total``, ``federation_ops_rejected_total``, ``dht_neighbours``,
+``peer_streams``, ``peer_sent_bytes_total``, ``peer_shed_total``, ``peer_relays`` (shedding), and with a
 swarm (setting ``swarm``) ``swarm_torrents{role}``, ``swarm_peers``,
 ``swarm_uploaded_bytes_total``, ``swarm_downloaded_bytes_total``, ``swarm_share_ratio``,
 ``swarm_fetched_total``, ``swarm_hash_failures_total``, ``swarm_bans_total``,
@@ -244,6 +245,7 @@ class NodeCollector(Collector):
             store.add_metric([label], size)
         yield store
         yield from _federation(getattr(m.state, "federation", None) if m.state is not None else None)
+        yield from _peers(getattr(m.state, "peers", None) if m.state is not None else None)
         yield from _connections(getattr(m.state, "connections", None) if m.state is not None else None)
         yield from _apps(getattr(m.state, "apps", None) if m.state is not None else None)
         auth = getattr(m.state, "auth", None) if m.state is not None else None
@@ -380,6 +382,11 @@ def _federation(fed: Any) -> Iterator[Metric]:
         rejected = sum(int(getattr(f, "rejected", 0)) for f in followers.values())
         yield _counter("statebus_federation_ops_applied", "Ops from followed peers applied.", applied)
         yield _counter("statebus_federation_ops_rejected", "Ops from followed peers refused.", rejected)
+    relays = getattr(fed, "relays", None)
+    if relays is not None and hasattr(relays, "__len__"):
+        yield _gauge(
+            "statebus_peer_relays", "Followers streaming from here that offered to relay.", len(relays)
+        )
     known = getattr(fed, "known", None)
     if isinstance(known, dict):
         yield _gauge("statebus_federation_known_peers", "Peers whose addresses this node knows.", len(known))
@@ -392,6 +399,18 @@ def _federation(fed: Any) -> Iterator[Metric]:
         except Exception:  # the DHT not started or stopped: leave the metric out
             return
         yield _gauge("statebus_dht_neighbours", "Contacts in the DHT routing table.", count)
+
+
+def _peers(peers: Any) -> Iterator[Metric]:
+    """Metrics of the peer endpoints (``statebus.http.peers.PeerEndpoints``): streams, bytes, shedding."""
+    open_streams = getattr(peers, "open_streams", None)
+    if not callable(open_streams):
+        return
+    yield _gauge("statebus_peer_streams", "Ops streams other nodes hold open here.", len(open_streams()))
+    yield _counter(
+        "statebus_peer_sent_bytes", "Bytes of ops streams and sync answers sent to peers.", peers.sent_bytes
+    )
+    yield _counter("statebus_peer_shed", "Peer requests shed to relays (max_peer_streams).", peers.shed)
 
 
 def _swarm(session: Any) -> Iterator[Metric]:

@@ -22,7 +22,13 @@ each refusal a JSON error that changes nothing:
 * an ops stream holds one open-subscription slot of the calling key and one of its address
   (``ip:<address>``, shared with anonymous clients), each at most ``max_subscriptions_per_client``: 429;
 * a sync body is at most ``max_sync_body_bytes`` (413, before it is read past the limit); a malformed
-  one is 400 with the reason.
+  one is 400 with the reason;
+* all peers together hold at most ``max_peer_streams`` ops streams (0: no cap). Past it a new ops
+  stream, or a sync of a peer that holds no stream here, is **shed**: 503 ``shed`` with
+  ``Retry-After`` and ``relays``, this node's signed list of the followers that relay it
+  (``PeerService.relay_list``; ``statebus.federation.relays``). A peer reading its own namespace is
+  never shed. A follower that offers to relay names its address in ``relay=`` on its ops stream;
+  it is listed only when that address's host is the one its request came from.
 
 The node's own key (the owner) is exempt from the key rate and the stream count, as on key routes.
 
@@ -48,8 +54,10 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -64,13 +72,14 @@ from statebus.errors import (
     InvalidValue,
     NotFound,
     RateLimited,
+    Shed,
     StatebusError,
     TooLarge,
 )
 from statebus.http.blobs import serve_blob
 from statebus.http.errors import statebus_error_response
 from statebus.http.value_headers import FALLBACK_TYPE, NOSNIFF
-from statebus.keys import is_subtree, parse_key
+from statebus.keys import is_subtree, namespace_of, parse_key
 from statebus.runtime import Node
 from statebus.storage.base import StoredOp
 from statebus.types import Key, PubKey, Seq
@@ -82,6 +91,12 @@ MAX_PATTERNS = 8
 SCAN_CHUNK = 500
 STREAM_RETRY_AFTER = 5.0
 """Retry-After of an ops stream refused for holding too many open streams."""
+SHED_RETRY_AFTER = 10.0
+"""Retry-After of a peer shed because every peer stream slot is taken (``max_peer_streams``)."""
+SHED_RETRY_EMPTY = 3.0
+"""The same when the relay list is empty (relays may be catching up: ask again soon)."""
+JOIN_HOLD = 10.0
+"""Seconds a peer's first sync holds a stream slot for it, until its stream opens."""
 NDJSON = "application/x-ndjson"
 MAX_OP_BYTES = 16 * 1024 * 1024 - 64 * 1024
 """The largest op the ops stream sends (``statebus.federation.sync.MAX_OP_BYTES``, which this module
@@ -125,15 +140,27 @@ class PeerService(Protocol):
         when its host is ``address``, the request's own. NotFound when not swarmed."""
         ...
 
+    def relay_list(self, peer: PubKey, patterns: list[Key]) -> dict[str, object]:
+        """This node's signed list of the relays ``peer`` may follow for ``patterns`` instead."""
+        ...
+
+    def relay_opened(self, peer: PubKey, url: str, patterns: list[Key], stream: StreamSlot) -> None:
+        """``peer`` opened an ops stream of ``patterns`` and offers to relay them at ``url``."""
+        ...
+
 
 class StreamSlot:
     """One open ops stream: counted by ``SubscriptionCounter`` (held weakly) until ``closed``, and
-    registered with the app's stream registry, whose :meth:`interrupt` (graceful shutdown) ends it."""
+    registered with the app's stream registry, whose :meth:`interrupt` (graceful shutdown) ends it.
+    ``seq`` is its cursor and ``live`` whether it caught up once (how current a relay is)."""
 
-    __slots__ = ("__weakref__", "closed", "stop")
+    __slots__ = ("__weakref__", "closed", "live", "peer", "seq", "stop")
 
-    def __init__(self) -> None:
+    def __init__(self, peer: PubKey = "", seq: Seq = 0) -> None:
         self.closed = False
+        self.live = False
+        self.peer = peer
+        self.seq = seq
         self.stop = asyncio.Event()
 
     def interrupt(self, why: str) -> None:
@@ -171,6 +198,71 @@ class PeerEndpoints:
         self.service = service
         self.access = access
         self.stopping = asyncio.Event()
+        self.peer_streams: weakref.WeakSet[StreamSlot] = weakref.WeakSet()
+        """Open ops streams of other nodes (``max_peer_streams`` caps them)."""
+        self.sent_bytes = 0
+        """Bytes of ops streams and sync answers sent to peers (the node's federation egress)."""
+        self.shed = 0
+        """Peer requests shed (answered 503 ``shed``)."""
+        self.joining: dict[PubKey, float] = {}
+        """Peers that synced but have not opened their stream yet: monotonic time their slot is held until."""
+
+    def open_streams(self) -> list[StreamSlot]:
+        """The ops streams other nodes hold open here now."""
+        return [s for s in list(self.peer_streams) if not s.closed]
+
+    def check_slots(self, peer: PubKey, patterns: list[Key], *, stream: bool) -> None:
+        """Shed ``peer`` when every peer stream slot is taken: a new stream always, a sync only when
+        the peer holds no stream here. A peer's first sync holds a slot for it for
+        :data:`JOIN_HOLD` seconds (until its stream opens), so followers that all come at once are
+        shed before they pull the backlog, not after. The node's own key and a peer reading its own
+        namespace are never shed.
+
+        Raises:
+            Shed: (503) with ``Retry-After`` and this node's signed relay list.
+        """
+        cap = self.settings.max_peer_streams
+        if cap <= 0 or peer == self.node.local or all(namespace_of(p) == peer for p in patterns):
+            return
+        held = self.open_streams()
+        streaming = {s.peer for s in held}
+        now = time.monotonic()
+        self.joining = {p: t for p, t in self.joining.items() if t > now and p not in streaming}
+        if not stream and (peer in streaming or peer in self.joining):
+            return
+        if len(held) + len(self.joining) - (peer in self.joining) < cap:
+            if stream:
+                self.joining.pop(peer, None)  # its slot is the stream now
+            else:
+                self.joining[peer] = now + JOIN_HOLD
+            return
+        relays = self.service.relay_list(peer, patterns)
+        listed = isinstance(relays, dict) and bool(relays.get("relays"))
+        raise Shed(
+            f"this node serves {cap} peer streams already (max_peer_streams): follow one of the relays "
+            "it lists, or retry later",
+            retry_after=SHED_RETRY_AFTER if listed else SHED_RETRY_EMPTY,
+            relays=relays,
+        )
+
+    def shed_response(self, exc: Shed) -> Response:
+        """503 ``shed``: ``Retry-After`` and the signed relay list beside the error."""
+        self.shed += 1
+        body = {"error": exc.code, "detail": exc.detail, "relays": exc.relays}
+        headers = {"retry-after": str(max(1, round(exc.retry_after))), "cache-control": "no-store"}
+        return JSONResponse(body, status_code=503, headers=headers)
+
+    @staticmethod
+    def relay_address(text: str, address: str | None) -> str | None:
+        """The relay URL a follower offered (``?relay=``), if its host is the request's own address
+        (so no peer can send shed followers to a third party's host). Raises InvalidValue."""
+        if len(text) > 200 or not text.startswith(("http://", "https://")):
+            raise InvalidValue("relay is this node's http(s) URL")
+        try:
+            host = urlsplit(text).hostname
+        except ValueError:
+            raise InvalidValue("relay is this node's http(s) URL") from None
+        return text if address is not None and host == address else None
 
     def close_all(self) -> None:
         """End every open ops stream (call before a graceful shutdown)."""
@@ -231,6 +323,14 @@ class PeerEndpoints:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _sync_pattern(self, body: bytes) -> list[Key]:
+        """The pattern a sync message names (empty when it names none: ``answer_sync`` refuses it)."""
+        try:
+            pattern = json.loads(body).get("pattern")
+            return [parse_key(pattern, self.node.local)] if isinstance(pattern, str) else []
+        except (ValueError, AttributeError, StatebusError):
+            return []
+
     async def node_info(self, request: Request) -> Response:
         try:
             self.count_address(request)
@@ -262,12 +362,17 @@ class PeerEndpoints:
                 raise InvalidValue("since is a cursor (a non-negative integer)")
             since = int(since_text)
             live = request.query_params.get("live", "1") != "0"
+            offered = request.query_params.get("relay")
+            relay = self.relay_address(offered, address) if offered is not None else None
+            self.check_slots(peer, patterns, stream=True)
             slots = self.reserve_stream(peer, address)
+        except Shed as exc:
+            return self.shed_response(exc)
         except StatebusError as exc:
             return statebus_error_response(exc)
         headers = {"statebus-node": self.node.local, "cache-control": "no-store", "x-accel-buffering": "no"}
         registry = getattr(request.app.state, "streams", None)
-        slot = StreamSlot()
+        slot = StreamSlot(peer, since)
         if registry is not None:
             try:
                 registry.check_open()  # 503 while shutting down
@@ -276,6 +381,10 @@ class PeerEndpoints:
             registry.open(slot)  # the app's shutdown ends this stream too
         for name in slots:  # no await since reserve_stream: the counts still hold
             self.access.subscriptions.add(name, slot)
+        if peer != self.node.local:
+            self.peer_streams.add(slot)
+            if relay is not None:
+                self.service.relay_opened(peer, relay, patterns, slot)
         body = self._stream(peer, patterns, since, live, registry, slot)
         return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
@@ -289,7 +398,8 @@ class PeerEndpoints:
         slot: StreamSlot,
     ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._lines(peer, patterns, since, live, slot.stop):
+            async for chunk in self._lines(peer, patterns, since, live, slot.stop, slot):
+                self.sent_bytes += len(chunk)
                 yield chunk
         finally:
             slot.closed = True
@@ -297,7 +407,13 @@ class PeerEndpoints:
                 registry.release(slot)
 
     async def _lines(
-        self, peer: PubKey, patterns: list[Key], since: Seq, live: bool, stop: asyncio.Event | None
+        self,
+        peer: PubKey,
+        patterns: list[Key],
+        since: Seq,
+        live: bool,
+        stop: asyncio.Event | None,
+        slot: StreamSlot | None = None,
     ) -> AsyncIterator[bytes]:
         node = self.node
         horizon = max(node.horizon(p) for p in patterns)
@@ -338,6 +454,8 @@ class PeerEndpoints:
                 cursor = max(cursor, upto)  # nothing under the patterns up to here
                 if not live:
                     return
+                if slot is not None:
+                    slot.seq, slot.live = cursor, True
                 if not announced:
                     announced = True
                     yield _line({"live": True, "seq": cursor})
@@ -404,9 +522,14 @@ class PeerEndpoints:
             self.count_address(request)
             body = await self.read_body(request)
             peer = await self.authenticate(request, body)
+            if self.settings.max_peer_streams > 0:
+                self.check_slots(peer, self._sync_pattern(body), stream=False)
             out = await self.service.answer_sync(peer, body)
+        except Shed as exc:
+            return self.shed_response(exc)
         except StatebusError as exc:
             return statebus_error_response(exc)
+        self.sent_bytes += len(out)
         return Response(out, media_type="application/json", headers={"statebus-node": self.node.local})
 
 

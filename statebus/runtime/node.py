@@ -202,6 +202,10 @@ class Node:
         k = self.bus.parse(key, allow_subtree=False)
         return None if namespace_of(k) == self.local else self.bus.gap(k)
 
+    def knows(self, key: str, version: Version) -> bool:
+        """Whether this replica holds ``version`` of ``key`` (kept in its log, or folded)."""
+        return self.bus.knows(key, version)
+
     def check_complete(self, key: str) -> None:
         """Raise :class:`~statebus.errors.Incomplete` (503, with the reason) if this replica cannot
         rebuild ``key`` (:meth:`incomplete`): it then serves no value and claims no version."""
