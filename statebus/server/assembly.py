@@ -40,9 +40,12 @@ from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound, StatebusError
+from statebus.federation.dht import KademliaDirectory
+from statebus.federation.dht_view import DhtView
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
+from statebus.http.dht import routes as dht_routes
 from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
@@ -212,12 +215,14 @@ def node_app(
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
+    directory = federation.directory
+    dht = DhtView(directory) if isinstance(directory, KademliaDirectory) else None
     app = build_app(
         node,
         settings,
         owner_token=owner_token,
         access=access,
-        extra_routes=[*peer_routes(node, settings, federation, endpoints), *app_routes],
+        extra_routes=[*peer_routes(node, settings, federation, endpoints), *dht_routes(dht), *app_routes],
         close_node=close_node,
         apps=service.registry,
     )

@@ -7,7 +7,9 @@
 //     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
 //   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to /~/), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
-//     (/.well-known/statebus/node); all live (the follows and rules are subscribed).
+//     (/.well-known/statebus/node); all live (the follows and rules are subscribed);
+//   * the node's DHT record as published (GET /.well-known/statebus/dht, read again every 5 s) and a
+//     lookup of another public key's record (GET /.well-known/statebus/dht/<pubkey>).
 // Everything shown is data: textContent only, never HTML.
 (function () {
     'use strict'
@@ -222,6 +224,51 @@
     }
     window.addEventListener('hashchange', fromHash)
 
+    // ------------------------------------------------------------------ the DHT record
+
+    // A record as rows of a table (textContent only: addresses are other people's text).
+    function recordRows(into, doc, extra = []) {
+        const when = s => s ? new Date(s * 1000).toLocaleString() : '–'
+        const rows = [['public key', doc.pubkey], ['addresses', doc.addrs.join(' ')], ['seq', String(doc.seq)],
+                      ['expires', when(doc.expires)], ['signature', doc.signature || '–'], ...extra]
+        into.replaceChildren(...rows.map(([name, value]) => {
+            const tr = row([name, value], ['dht-field', 'dht-value'])
+            tr.dataset.field = name
+            return tr
+        }))
+    }
+    async function showDht() {
+        const res = await fetch('/.well-known/statebus/dht', {credentials: 'same-origin', cache: 'no-store'})
+        const rows = $('dht-own-rows')
+        if (!res.ok) { rows.replaceChildren(row([await problem(res)])); return }
+        const doc = await res.json()
+        $('dht-name').textContent = `(DHT ${doc.dht}, ${doc.neighbours} neighbours)`
+        if (!doc.record) { rows.replaceChildren(row(['not published yet'])); return }
+        const when = s => s ? new Date(s * 1000).toLocaleString() : '–'
+        recordRows(rows, doc.record, [
+            ['published', when(doc.published)],
+            ['stored on', `${doc.stored_on} DHT node${doc.stored_on === 1 ? '' : 's'}`],
+            ['held at last check', doc.holders === null ? 'not checked yet' : `${doc.holders} (${when(doc.checked)})`]])
+    }
+    $('dht-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        const pubkey = $('dht-pubkey').value.trim()
+        $('dht-status').textContent = 'looking up…'
+        $('dht-status').className = 'status'
+        const res = await fetch('/.well-known/statebus/dht/' + encodeURIComponent(pubkey),
+                                {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) {
+            $('dht-found').hidden = true
+            $('dht-status').textContent = await problem(res)
+            $('dht-status').className = 'status error'
+            return
+        }
+        recordRows($('dht-found-rows'), await res.json())
+        $('dht-found').hidden = false
+        $('dht-status').textContent = 'found'
+        $('dht-status').className = 'status ok'
+    })
+
     async function start() {
         const info = await statebus.ready
         if (!info || !info.owner) return
@@ -231,6 +278,11 @@
         const res = await fetch('/.well-known/statebus/node', {credentials: 'same-origin', cache: 'no-store'})
         $('node-record').textContent = res.ok ? JSON.stringify(await res.json(), null, 2) : await problem(res)
         draw()
+        // the record changes when the node republishes (its addresses, every republish interval) and at
+        // each self-check: read it again every few seconds while the page is shown
+        const dht = () => { if (!document.hidden) showDht().catch(() => {}) }
+        dht()
+        setInterval(dht, 5000)
     }
 
     window.dataBrowser = {selected, history, past}
