@@ -1,8 +1,8 @@
 """The node's DHT record over HTTP: what it published, and lookups of other public keys.
 
     GET /.well-known/statebus/dht            this node's record as published, with when and to how
-                                             many DHT nodes it was stored (anyone; 404 ``not_found``
-                                             when the node is in no DHT)
+                                             many DHT nodes it was stored (anyone; ``{"dht": null,
+                                             "record": null}`` when the node is in no DHT)
     GET /.well-known/statebus/dht/<pubkey>   the newest record of ``pubkey`` the DHT holds (anyone,
                                              rate-limited; 400 ``invalid_key`` for a malformed key,
                                              404 when the DHT has none, 429 past the lookup cap)
@@ -47,26 +47,28 @@ class DhtService(Protocol):
 
 
 def routes(service: DhtService | None) -> list[BaseRoute]:
-    """The DHT routes; ``service`` None: the node is in no DHT (both answer 404)."""
+    """The DHT routes; ``service`` None: the node is in no DHT (a null record; lookups 404)."""
 
-    def client(request: Request) -> DhtService:
+    def client(request: Request) -> DhtService | None:
         auth: OwnerAuth = request.app.state.auth
         auth.authenticate(request)  # counts the request against its rate (the owner is exempt)
-        if service is None:
-            raise NotFound("this node is in no DHT (it runs without one)")
         return service
 
     async def own(request: Request) -> Response:
         try:
-            body = client(request).own()
+            dht = client(request)
         except StatebusError as exc:
             return statebus_error_response(exc)
+        body = dht.own() if dht is not None else {"dht": None, "record": None}
         return Response(dumps_json(body), media_type="application/json", headers=_HEADERS)
 
     async def lookup(request: Request) -> Response:
         pubkey = request.path_params["pubkey"]
         try:
-            found = await client(request).lookup(pubkey)
+            dht = client(request)
+            if dht is None:
+                raise NotFound("this node is in no DHT (it runs without one)")
+            found = await dht.lookup(pubkey)
             if found is None:
                 raise NotFound(f"the DHT holds no record of {pubkey}")
         except StatebusError as exc:

@@ -206,7 +206,7 @@ def node_app(
             owner_token=owner_token,
             access=access,
             close_node=close_node,
-            extra_routes=app_routes,
+            extra_routes=[*dht_routes(None), *app_routes],
             apps=service.registry,
         )
         app.state.apps = apps

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from statebus.federation.dht_record import verify_record
 from statebus.federation.dht_view import MAX_LOOKUPS
 from statebus.keys.paths import encode_pubkey
 from statebus.server import Cluster
+from statebus.testing.live_server import live_server
 
 pytestmark = pytest.mark.anyio
 
@@ -75,3 +77,11 @@ async def test_lookups_are_capped_and_rate_limited(cluster: Cluster, monkeypatch
     )
     assert [r.status_code for r in done] == [404] * MAX_LOOKUPS
     assert statuses[-1] == 429 and statuses[0] == 404, statuses  # 8 a minute from one address
+
+
+def test_a_node_in_no_dht_says_so(tmp_path: Path) -> None:
+    with live_server(tmp_path / "solo") as srv:  # started without a DHT
+        own = httpx.get(srv.url + DHT)
+        lookup = httpx.get(f"{srv.url}{DHT}/{srv.node.local}")
+    assert own.status_code == 200 and own.json() == {"dht": None, "record": None}, own.text
+    assert lookup.status_code == 404 and "in no DHT" in lookup.json()["detail"], lookup.text
