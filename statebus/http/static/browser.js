@@ -5,7 +5,7 @@
 //   * delete, with the node's reason when it refuses;
 //   * follow a subtree (PUT /~/.follows/<id>, as `statebus follow` does; the form is filled from
 //     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
-//   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to /~/), what is shared with every
+//   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to the four subtrees), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
 //     (/.well-known/statebus/node); all live (the follows and rules are subscribed);
 //   * the node's DHT record as published (GET /.well-known/statebus/dht, read again every 5 s) and a
@@ -170,12 +170,13 @@
         })
     }
     const last = key => key.slice(key.lastIndexOf('/') + 1)
-    // One subscription to the whole namespace, routed by prefix: a browser keeps at most 6 HTTP/1.1
+    // One subscription for the four subtrees, routed by prefix: a browser keeps at most 6 HTTP/1.1
     // connections per host, and one EventSource per watched subtree (four here, with the page's own
-    // and an app's) left none for a PUT, which then waited forever.
+    // and an app's) left none for a PUT, which then waited forever. It names the subtrees (?keys=), not
+    // /~/, so a namespace of many keys does not stream all of them here (the key tree lists lazily).
     const routes = [['.follows/', follows], ['.federation/follows/', states], ['.shares/', rules], ['.acl/', rules]]
     function watchNode() {
-        statebus.subscribe('/~/', (key, value) => {
+        statebus.subscribe(routes.map(([prefix]) => '/~/' + prefix), (key, value) => {
             if (key === null) { follows.clear(); states.clear(); rules.clear(); draw(); return }
             const rest = key.replace(/^\/[^/]+\//, '')  // the path after the namespace
             const route = routes.find(([prefix]) => rest.startsWith(prefix) && rest.length > prefix.length)
@@ -242,6 +243,7 @@
         const rows = $('dht-own-rows')
         if (!res.ok) { rows.replaceChildren(row([await problem(res)])); return }
         const doc = await res.json()
+        if (!doc.dht) { rows.replaceChildren(row(['this node is in no DHT (it runs without one)'])); return }
         $('dht-name').textContent = `(DHT ${doc.dht}, ${doc.neighbours} neighbours)`
         if (!doc.record) { rows.replaceChildren(row(['not published yet'])); return }
         const when = s => s ? new Date(s * 1000).toLocaleString() : '–'
