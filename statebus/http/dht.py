@@ -59,7 +59,7 @@ def routes(service: DhtService | None) -> list[BaseRoute]:
             dht = client(request)
         except StatebusError as exc:
             return statebus_error_response(exc)
-        body = dht.own() if dht is not None else {"dht": None, "record": None}
+        body: dict[str, Any] = dht.own() if dht is not None else {"dht": None, "record": None}
         return Response(dumps_json(body), media_type="application/json", headers=_HEADERS)
 
     async def lookup(request: Request) -> Response:
