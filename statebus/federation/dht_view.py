@@ -21,7 +21,7 @@ import asyncio
 import base64
 from typing import Any
 
-from statebus.errors import PeerUnavailable, RateLimited
+from statebus.errors import NotFound, PeerUnavailable, RateLimited
 from statebus.federation.dht import KademliaDirectory
 from statebus.federation.dht_record import SIGNATURE_BYTES, NodeRecord
 from statebus.keys.paths import decode_pubkey
@@ -44,15 +44,19 @@ def record_document(record: NodeRecord, signed: bytes | None) -> dict[str, Any]:
 
 
 class DhtView:
-    """Read-only documents of ``directory`` (a started :class:`KademliaDirectory`)."""
+    """Read-only documents of ``directory`` (a started :class:`KademliaDirectory`, or None while the
+    node is in no DHT; a node that enters one by invite points :attr:`directory` at it)."""
 
-    def __init__(self, directory: KademliaDirectory) -> None:
+    def __init__(self, directory: KademliaDirectory | None) -> None:
         self.directory = directory
         self._running = 0
 
     def own(self) -> dict[str, Any]:
-        """The node's own record as last published (``record`` null before the first publish)."""
+        """The node's own record as last published (``record`` null before the first publish; ``dht``
+        null too when the node is in no DHT)."""
         d = self.directory
+        if d is None:
+            return {"dht": None, "record": None}
         doc: dict[str, Any] = {
             "dht": d.dht_name,
             "pubkey": d.pubkey,
@@ -74,15 +78,18 @@ class DhtView:
             PeerUnavailable: the lookup took over :data:`LOOKUP_TIMEOUT` seconds (502).
         """
         decode_pubkey(pubkey)
+        directory = self.directory
+        if directory is None:
+            raise NotFound("this node is in no DHT (it runs without one)")
         if self._running >= MAX_LOOKUPS:
             raise RateLimited(f"{MAX_LOOKUPS} DHT lookups are running; try again in a moment")
         self._running += 1
         try:
-            record = await asyncio.wait_for(self.directory.resolve(pubkey), LOOKUP_TIMEOUT)
+            record = await asyncio.wait_for(directory.resolve(pubkey), LOOKUP_TIMEOUT)
         except TimeoutError:
             raise PeerUnavailable(f"the DHT lookup took over {LOOKUP_TIMEOUT:g} s") from None
         finally:
             self._running -= 1
         if record is None:
             return None
-        return record_document(record, self.directory.signed_record(record.pubkey))
+        return record_document(record, directory.signed_record(record.pubkey))

@@ -193,10 +193,11 @@ def node_app(
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
     ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
     mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    invite_routes = InviteRoutes(ledger)
     app_routes = [
         *mirror_routes(mirrors, access),
         *AppRoutes(service).routes(),
-        *InviteRoutes(ledger).routes(),
+        *invite_routes.routes(),
     ]
     access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
@@ -212,11 +213,12 @@ def node_app(
         app.state.apps = apps
         app.state.app_registry = service.registry
         app.state.invites = ledger
+        app.state.invite_routes = invite_routes
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
     directory = federation.directory
-    dht = DhtView(directory) if isinstance(directory, KademliaDirectory) else None
+    dht = DhtView(directory if isinstance(directory, KademliaDirectory) else None)
     app = build_app(
         node,
         settings,
@@ -228,6 +230,8 @@ def node_app(
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    app.state.dht_view = dht
+    app.state.invite_routes = invite_routes
     app.state.apps = apps
     app.state.app_registry = service.registry
     app.state.invites = ledger
