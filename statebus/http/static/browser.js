@@ -8,6 +8,8 @@
 //   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to the four subtrees), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
 //     (/.well-known/statebus/node); all live (the follows and rules are subscribed);
+//   * the joins this node runs with invite links (GET /.well-known/statebus/invites/joins): the app's
+//     bundle as it arrives (bytes of total) and each step, read every 2 s (0.3 s while one runs);
 //   * the node's DHT record as published (GET /.well-known/statebus/dht, read again every 5 s) and a
 //     lookup of another public key's record (GET /.well-known/statebus/dht/<pubkey>).
 // Everything shown is data: textContent only, never HTML.
@@ -271,6 +273,35 @@
         $('dht-status').className = 'status ok'
     })
 
+    // ------------------------------------------------------------------ joins (issue 13)
+
+    // The joins this node runs (GET /.well-known/statebus/invites/joins: the same progress events
+    // `statebus join` prints), read every 2 s, and every 0.3 s while one is under way.
+    let joinedSeen = 0
+    const settled = state => state === 'joined' || state.startsWith('failed')
+    async function showJoins() {
+        const res = await fetch('/.well-known/statebus/invites/joins', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return false
+        const {joins} = await res.json()
+        const kib = n => (n / 1024).toFixed(0) + ' KiB'
+        $('joins-list').replaceChildren(...joins.slice().reverse().map(j => {
+            const bundle = j.total ? `${kib(j.done)} of ${kib(j.total)} (${Math.floor(100 * j.done / j.total)}%)` : '–'
+            const tr = row([j.id, j.by.slice(0, 12) + '…', j.app || '(none)', j.state, bundle],
+                           ['join-id', 'join-by', 'join-app', 'join-state', 'join-bundle'])
+            tr.dataset.join = j.id
+            return tr
+        }))
+        $('joins-count').textContent = `(${joins.length})`
+        const joined = joins.filter(j => j.state === 'joined').length
+        if (joined !== joinedSeen) { joinedSeen = joined; showDht().catch(() => {}) }  // it may be in a new DHT
+        return joins.some(j => !settled(j.state))
+    }
+    async function watchJoins() {
+        let busy = false
+        try { if (!document.hidden) busy = await showJoins() } catch (e) { /* the node is away */ }
+        setTimeout(watchJoins, busy ? 300 : 2000)
+    }
+
     async function start() {
         const info = await statebus.ready
         if (!info || !info.owner) return
@@ -282,6 +313,7 @@
         draw()
         // the record changes when the node republishes (its addresses, every republish interval) and at
         // each self-check: read it again every few seconds while the page is shown
+        watchJoins()
         const dht = () => { if (!document.hidden) showDht().catch(() => {}) }
         dht()
         setInterval(dht, 5000)
