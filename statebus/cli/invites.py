@@ -5,13 +5,17 @@
     statebus invite list                  every invite: id, uses, expiry, state, who joined
     statebus invite revoke ID             the invite stops working at once
     statebus invite rotate                a new invite secret: every earlier link stops
-    statebus join LINK [--yes]            the (stopped) node of the data folder joins with LINK
+    statebus join LINK [--yes]            the node of the data folder joins with LINK (a running
+                                          node joins itself: the command hands it the link)
     statebus serve --join LINK [--yes]    the same, then serve (a new node: empty data folder)
 
 ``invite`` talks to the running node (it is the first peer). ``join`` checks the link, asks the
 inviter whether it is live, fetches and checks the app's bundle (with progress), shows its
 permissions and asks for consent (``--yes`` for scripts), redeems the invite, and only then writes
-the data folder: identity (a new one if none), the DHT membership, the app, the follows.
+the data folder: identity (a new one if none), the DHT membership, the app, the follows. When the
+node of the data folder runs (its run file, ``<data>/node.json``), ``join`` hands the link to it
+(``POST /.well-known/statebus/invites/join``, :mod:`statebus.invites.node_join`): the node does the
+same checks and steps, streams the bundle's progress back, and waits for the consent given here.
 
 Rules:
     1. A link that is refused (tampered, expired, spent, revoked, foreign DHT, unreachable inviter,
@@ -29,9 +33,21 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import httpx
+
 from statebus.cli.client import client_for
 from statebus.cli.options import add_common
 from statebus.config import Settings
+from statebus.errors import (
+    CliError,
+    InvalidBundle,
+    InvalidInvite,
+    InviteRefused,
+    PeerUnavailable,
+    RemoteError,
+    StatebusError,
+)
+from statebus.server.runfile import running_url
 
 INVITES_PATH = "/.well-known/statebus/invites"
 """The node's invite routes (:mod:`statebus.invites.routes`; not imported here: the client commands
@@ -114,12 +130,104 @@ def _when(t: float) -> str:
 
 
 def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
+    url = running_url(settings.data_dir)
+    if url is not None:  # the node runs: it joins itself, and says how far it got
+        return join_running(args.link, settings, url, yes=args.yes)
     from statebus.cli.joining import join, print_joined
 
     result = join(args.link, settings, yes=args.yes)
     print_joined(result)
     print("Run `statebus serve` to start the node.")
     return 0
+
+
+def join_running(link: str, settings: Settings, url: str, *, yes: bool) -> int:
+    """``statebus join`` against the running node of the data folder: the node checks the link, fetches
+    the app (its progress printed here), waits for the consent given here, then joins."""
+    from statebus.cli.client import check, client_for, transport_error
+    from statebus.cli.progress import Bar
+
+    ready: dict[str, Any] | None = None
+    with client_for(settings, url) as client:
+        bar: Bar | None = None
+        try:
+            with client.http.stream("POST", f"{INVITES_PATH}/join", json={"link": link}) as r:
+                if r.status_code >= 400:
+                    _refusal(r)
+                    check(r)
+                for line in r.iter_lines():
+                    event = json.loads(line)
+                    if "error" in event:
+                        raise _error(str(event["error"]), str(event.get("detail", "")))
+                    if event.get("state") == "fetching":
+                        bar = bar or Bar("fetching the app")
+                        bar(int(event["done"]), int(event["total"]))
+                    elif event.get("state") == "ready":
+                        ready = event
+        except httpx.HTTPError as exc:
+            raise transport_error(client.url, exc) from None
+        if ready is None:
+            raise PeerUnavailable(f"the node at {client.url} ended the join without an answer")
+        if ready.get("app"):
+            consent(ready["app"], yes)
+        done = client.request("POST", f"{INVITES_PATH}/join/{ready['ticket']}").json()
+    lines = [f"the node at {url} joined with invite {done['invite']} from {done['by']} as {done['pubkey']}"]
+    if done.get("dht"):
+        lines.append(f"  DHT {done['dht']['name']!r}, first peer {', '.join(done['dht']['peers'])}")
+    if done.get("app"):
+        app = done["app"]
+        lines.append(f"  installed {app['name']} {app['version']} ({app['hash'][:16]}…)")
+    lines += [f"  following {p}" for p in done.get("follow", [])]
+    if done.get("back"):
+        lines.append("  the inviter follows you back")
+    lines.append(f"  invite used {done['used']} of {done['uses']} times")
+    print("\n".join(lines))
+    return 0
+
+
+def _error(code: str, detail: str) -> StatebusError:
+    """A refusal the node passed on, as the error a stopped node's join raises (the same one line)."""
+    kinds: dict[str, type[StatebusError]] = {
+        "invalid_invite": InvalidInvite,
+        "invite_refused": InviteRefused,
+        "invalid_bundle": InvalidBundle,
+        "peer_unavailable": PeerUnavailable,
+    }
+    kind = kinds.get(code)
+    return kind(detail) if kind is not None else RemoteError(detail or code, remote_code=code)
+
+
+def _refusal(r: httpx.Response) -> None:
+    try:
+        r.read()
+        body = r.json()
+    except ValueError:
+        return
+    if isinstance(body, dict) and body.get("error") in (
+        "invalid_invite",
+        "invite_refused",
+        "peer_unavailable",
+    ):
+        raise _error(str(body["error"]), str(body.get("detail", "")))
+
+
+def consent(app: dict[str, Any], yes: bool) -> None:
+    """Show what the app asks for (as a stopped node's join does), and ask unless ``yes``."""
+    sys.stderr.write(f"{app['name']} {app['version']} by {app['author']}\n")
+    if app.get("description"):
+        sys.stderr.write(f"  {app['description']}\n")
+    sys.stderr.write(f"  bundle sha256 {app['hash']} ({app['size']} bytes), signed by {app['signer']}\n")
+    sys.stderr.write("It asks to:\n" + "".join(line + "\n" for line in app["permissions"]))
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(
+            "install asks for your consent: run it in a terminal, or pass --yes to accept these permissions"
+        )
+    sys.stderr.write(f"Install {app['name']} {app['version']} with these permissions and join? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CliError("not joined: you did not consent")
 
 
 def serve_join(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -170,7 +278,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "join",
-        help="join a node (stopped) with an invite link",
+        help="join this node with an invite link (a running node joins itself)",
         description=(
             "Check LINK, fetch and check the app it shares (asking consent for its permissions), redeem it "
             "at the inviter, then write the node's DHT membership, the app and the follows. Nothing is "

@@ -18,41 +18,17 @@ from typing import Any
 from statebus.apps.bundle import Bundle
 from statebus.apps.manifest import permission_lines
 from statebus.apps.registry import AppRegistry
+from statebus.cli.progress import Bar
 from statebus.config import Settings
-from statebus.errors import CliError, InvalidInvite, StatebusError
-from statebus.federation.policy import FOLLOWS, new_follow
+from statebus.errors import CliError, InvalidInvite
 from statebus.identity import Identity, keystore
 from statebus.identity.keys import identity_from_mnemonic, new_mnemonic
+from statebus.invites.apply import apply_join
 from statebus.invites.join import Inviter
-from statebus.invites.ledger import INVITED_LIST, app_subtrees
-from statebus.invites.membership import Membership, read_membership, write_membership
+from statebus.invites.membership import read_membership
 from statebus.invites.payload import Invite, parse_link
 from statebus.server.assembly import STORE_FILE, open_node
 from statebus.server.runfile import running_url
-
-PROGRESS_AFTER = 0.3
-"""Seconds a transfer runs before its progress is shown."""
-
-
-class Bar:
-    """Progress of a transfer on stderr, shown once it has run :data:`PROGRESS_AFTER` seconds."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.start = time.monotonic()
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if time.monotonic() - self.start < PROGRESS_AFTER and done < total:
-            return
-        if not self.shown and done >= total and time.monotonic() - self.start < PROGRESS_AFTER:
-            return
-        self.shown = True
-        pct = 100 * done // total if total else 100
-        sys.stderr.write(f"\r{self.what}: {done // 1024} KiB of {total // 1024} KiB ({pct}%)")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def _consent(bundle: Bundle, yes: bool) -> None:
@@ -145,56 +121,11 @@ def _installed(settings: Settings, invite: Invite) -> Bundle | None:
 
 
 async def _write(settings: Settings, invite: Invite, answer: dict[str, Any], bundle: Bundle | None) -> None:
-    """Write the membership, the app, the follows; undo them all if one fails (rule 2)."""
-    data = Path(settings.data_dir)
-    had_member = read_membership(data)
+    """Write what the join brings into the stopped node's data folder (:func:`apply_join`, rule 2)."""
     _, node = open_node(settings)
-    registry = AppRegistry(data, node, max_bytes=settings.app_bundle_max_bytes)
-    done: list[str] = []
-    step = "the DHT membership"
     try:
-        dht = answer.get("dht")
-        if dht is not None and had_member is None:
-            write_membership(data, Membership(dht["name"], bytes.fromhex(dht["secret"]), tuple(dht["peers"])))
-            done.append("membership")
-        if bundle is not None:
-            step = f"installing {bundle.manifest.name}"
-            current = registry.get(bundle.manifest.name)
-            if current is None or current.bundle_hash != bundle.hash:  # install, or upgrade to the invite's
-                await registry.install(bundle, bundle.manifest.permissions)
-                done.append("app" if current is None else "upgraded")
-        step = "following the inviter"
-        for pattern in answer.get("follow", []):
-            f = new_follow(node.local, pattern, tuple(answer.get("addrs", []))[:8])
-            await node.save(f"/~/{FOLLOWS}/{f.id}", f.to_json())
-            done.append(f"/~/{FOLLOWS}/{f.id}")
-        if invite.back and bundle is not None:  # let the inviter read what it follows back
-            step = "opening the app's data to the inviter"
-            await node.save(f"/~/.acl/.lists/{INVITED_LIST}", [invite.by])
-            for p in app_subtrees(bundle.manifest):
-                await node.save(f"/~/.acl/{p.strip('/')}", {"read": [f"@{INVITED_LIST}"]})
-        await node.save(
-            f"/~/.joined/{invite.id}",
-            {"by": invite.by, "at": int(time.time()), "dht": (dht or {}).get("name")},
-        )
-    except (StatebusError, OSError) as exc:
-        reason = exc.detail or exc.code if isinstance(exc, StatebusError) else str(exc)
-        for item in reversed(done):
-            try:
-                if item == "membership":
-                    (data / "dht.json").unlink(missing_ok=True)
-                elif item == "app" and bundle is not None:
-                    await registry.remove(bundle.manifest.name)
-                elif item == "upgraded":  # an upgrade the owner consented to stays; the rerun keeps it
-                    continue
-                else:
-                    await node.delete(item)
-            except StatebusError:
-                pass
-        raise CliError(
-            f"the join stopped at {step}: {reason}; what it wrote was undone: "
-            "run the same command again to finish"
-        ) from None
+        registry = AppRegistry(settings.data_dir, node, max_bytes=settings.app_bundle_max_bytes)
+        await apply_join(node, registry, settings.data_dir, invite, answer, bundle)
     finally:
         await node.aclose()
 

@@ -239,13 +239,20 @@ class KademliaDirectory:
         self._publishing = asyncio.Lock()
         self.record: NodeRecord | None = None
         """The record this node last published."""
+        self.signed: bytes | None = None
+        """The wire bytes (signature || body) of :attr:`record`."""
+        self.published_at: float | None = None
+        """When :attr:`record` was published (unix seconds, :attr:`clock`)."""
         self.last_acks = 0
         """How many nodes accepted the last publish."""
         self.last_holders: int | None = None
         """How many nodes held the current record at the last self-check."""
+        self.checked_at: float | None = None
+        """When the last self-check ran (unix seconds)."""
         self.early_republishes = 0
         """Republishes a self-check started because too few nodes held the record."""
         self._cache: dict[PubKey, NodeRecord] = {}
+        self._signed: dict[PubKey, bytes] = {}
 
     def __repr__(self) -> str:
         return f"KademliaDirectory(dht={self.dht_name!r}, pubkey={self.pubkey[:8]}…, port={self.port})"
@@ -321,7 +328,8 @@ class KademliaDirectory:
             nodes = await crawl.find()
             results = await asyncio.gather(*(protocol.call_store(n, key, blob) for n in nodes))
             acks = sum(1 for ok, accepted in results if ok and accepted is True)
-        self._addrs, self.record, self.last_acks = addrs, record, acks
+        self._addrs, self.record, self.signed, self.last_acks = addrs, record, blob, acks
+        self.published_at, self.last_holders = self.clock(), None
         self._published_at = asyncio.get_running_loop().time()
         if self._republisher is None:
             self._republisher = asyncio.ensure_future(self._republish_loop())
@@ -371,6 +379,7 @@ class KademliaDirectory:
         )
         await crawl.find_record()
         self.last_holders = sum(1 for found, _ in crawl.found.values() if found.seq >= record.seq)
+        self.checked_at = self.clock()
         ksize: int = self._server.ksize
         return self.last_holders >= max(1, min(self.last_acks, ksize) // 2)
 
@@ -379,19 +388,28 @@ class KademliaDirectory:
         record = self._cache.get(pubkey)
         if record is not None and record.expires <= self.clock():
             del self._cache[pubkey]
+            self._signed.pop(pubkey, None)
             return None
         return record
 
-    def _remember(self, pubkey: PubKey, record: NodeRecord | None) -> NodeRecord | None:
-        """Keep ``record`` as the last good one; with none found, fall back on the cached one."""
-        if record is None:
+    def signed_record(self, pubkey: PubKey) -> bytes | None:
+        """The wire bytes (signature || body) of :meth:`cached`'s record, so anyone can check it."""
+        return self._signed.get(pubkey) if self.cached(pubkey) is not None else None
+
+    def _remember(self, pubkey: PubKey, found: tuple[NodeRecord, bytes] | None) -> NodeRecord | None:
+        """Keep ``found`` as the last good one; with none found, fall back on the cached one."""
+        if found is None:
             return self.cached(pubkey)
+        record, blob = found
         old = self._cache.pop(pubkey, None)
         if old is not None and old.seq > record.seq and old.expires > self.clock():
-            record = old  # a lookup that missed the newest holders does not roll the cache back
+            record, blob = old, self._signed[pubkey]  # a lookup that missed the newest holders keeps it
         self._cache[pubkey] = record
+        self._signed[pubkey] = blob
         while len(self._cache) > MAX_CACHED_RECORDS:
-            del self._cache[next(iter(self._cache))]
+            oldest = next(iter(self._cache))
+            del self._cache[oldest]
+            self._signed.pop(oldest, None)
         return record
 
     async def resolve(self, pubkey: PubKey) -> NodeRecord | None:
@@ -403,11 +421,12 @@ class KademliaDirectory:
         """
         return self._remember(pubkey, await self._resolve(pubkey))
 
-    async def _resolve(self, pubkey: PubKey) -> NodeRecord | None:
+    async def _resolve(self, pubkey: PubKey) -> tuple[NodeRecord, bytes] | None:
         decode_pubkey(pubkey)
         key = dht_key(self.dht_name, pubkey)
         protocol = self.protocol
-        local = self._storage.record(key)
+        held = self._storage.record(key)
+        local = (held, self._storage[key]) if held is not None else None
         nearest = protocol.router.find_neighbors(Node(key))
         if not nearest:
             return local
@@ -424,12 +443,12 @@ class KademliaDirectory:
         if found is None:
             return local
         record, blob = found
-        if local is not None and local.seq >= record.seq:
+        if local is not None and local[0].seq >= record.seq:
             return local
         if local is not None:
             with contextlib.suppress(StatebusError):
                 self._storage[key] = blob  # we hold this key: keep our copy current
-        return record
+        return record, blob
 
     # ------------------------------------------------------------------ provider records (the swarm's peers)
     @property

@@ -1,7 +1,8 @@
 """HTTP on keys: the URL path is the key (percent-decoded; ``/~/…`` is the local namespace).
 
     GET     a key → its value (JSON, or bytes with their content type), ``Version`` and ``ETag``;
-            a subtree (path ending in ``/``) → its children, paginated; with ``Accept:
+            a subtree (path ending in ``/``) → its children, paginated, and ``seq``, the node's cursor as
+            of the listing (a stream opened with ``?since=<seq>`` gets every change after it); with ``Accept:
             text/event-stream`` or ``Subscribe`` → a live stream (see :mod:`statebus.http.subscribe`);
             with ``Version`` (or ``?version=``) → the value at that past version, 410 once compacted;
             ``?history`` → the key's versions, paginated; ``Range: bytes=…`` on a binary value →
@@ -618,13 +619,19 @@ class KeyEndpoint:
         limit = int(raw)
         if len(after.encode("utf-8", "replace")) > 1024:
             raise InvalidValue("after is at most 1024 bytes")
+        seq = self.node.durable_seq  # read first: the names hold at least every change up to it
         if client is not None and client.access is not None:
             names = client.access.children(client.pubkey, key, after, limit + 1)
         else:
             names = self.node.children(key, after, limit + 1)
         more = len(names) > limit
         names = names[:limit]
-        body: dict[str, Any] = {"key": key, "children": names, "next": names[-1] if more else None}
+        body: dict[str, Any] = {
+            "key": key,
+            "children": names,
+            "next": names[-1] if more else None,
+            "seq": seq,
+        }
         if not key.startswith(f"/{self.node.local}/"):  # a replica: name the keys it cannot rebuild
             gaps = [n for n in names if not n.endswith("/") and self.node.incomplete(key + n) is not None]
             if gaps:

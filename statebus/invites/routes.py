@@ -11,6 +11,14 @@
     POST   /.well-known/statebus/invites/bundle     {invite, joiner?} → the app's bundle bytes,
                                                     its signature (base64 JSON) in a header
     POST   /.well-known/statebus/invites/redeem     {invite, joiner, sig, addrs?} → the DHT, follows
+    POST   /.well-known/statebus/invites/join       owner: {link} → this running node joins with it:
+                                                    4xx for a refused link, else NDJSON events
+                                                    {"state": "fetching", "done", "total"} …, then
+                                                    {"state": "ready", "ticket", "app"} (or {"error"})
+    POST   /.well-known/statebus/invites/join/<t>   owner: the owner consented: redeem and write
+                                                    (:mod:`statebus.invites.node_join`) → what it did
+    GET    /.well-known/statebus/invites/joins      owner: {"joins": [{id, by, app, state, done,
+                                                    total, at}, …]}, the joins' progress (the page)
 
 Rules:
     1. Owner routes answer 403 ``forbidden`` to anyone else before reading a body.
@@ -23,11 +31,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from statebus.errors import Forbidden, InvalidValue, NotFound, StatebusError, TooLarge
@@ -82,9 +91,24 @@ def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | No
     return value
 
 
+class NodeJoins(Protocol):
+    """How a running node joins with a link (``statebus.invites.node_join.NodeJoins``, which this
+    module does not import: it imports ``join``, which imports this module's constants)."""
+
+    progress: dict[str, dict[str, Any]]
+
+    async def prepare(self, link: str) -> Any: ...
+
+    def fetch(self, pending: Any) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def finish(self, ticket: str) -> dict[str, Any]: ...
+
+
 class InviteRoutes:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self.joins: NodeJoins | None = None
+        """How this node joins with a link while it runs (set once the node runs; None: 404)."""
 
     def _owner(self, request: Request) -> None:
         auth: OwnerAuth = request.app.state.auth
@@ -181,6 +205,42 @@ class InviteRoutes:
 
         return await self._run(request, run, owner=False)
 
+    def _joins(self) -> NodeJoins:
+        if self.joins is None:
+            raise NotFound("this node does not join with links while it runs (it has no DHT or federation)")
+        return self.joins
+
+    async def join(self, request: Request) -> Response:
+        async def run(req: Request) -> Any:
+            body = await _json(req)
+            joins = self._joins()
+            pending = await joins.prepare(str(_text(body, "link")))
+
+            async def lines() -> AsyncIterator[bytes]:
+                try:
+                    async for event in joins.fetch(pending):
+                        yield json.dumps(event).encode() + b"\n"
+                except StatebusError as exc:
+                    yield json.dumps({"error": exc.code, "detail": exc.detail or exc.code}).encode() + b"\n"
+
+            return StreamingResponse(
+                lines(), media_type="application/x-ndjson", headers={"cache-control": "no-store"}
+            )
+
+        return await self._run(request, run, owner=True)
+
+    async def join_progress(self, request: Request) -> Response:
+        async def run(_: Request) -> Any:
+            return {"joins": list(self.joins.progress.values()) if self.joins is not None else []}
+
+        return await self._run(request, run, owner=True)
+
+    async def join_finish(self, request: Request) -> Response:
+        async def run(req: Request) -> Any:
+            return await self._joins().finish(req.path_params["ticket"])
+
+        return await self._run(request, run, owner=True)
+
     async def page(self, request: Request) -> Response:
         name = "join.js" if request.url.path.endswith(".js") else "join.html"
         path = STATIC / name
@@ -199,6 +259,9 @@ class InviteRoutes:
             Route(f"{INVITES_PATH}/check", self.check, methods=["POST"]),
             Route(f"{INVITES_PATH}/bundle", self.bundle, methods=["POST"]),
             Route(f"{INVITES_PATH}/redeem", self.redeem, methods=["POST"]),
+            Route(f"{INVITES_PATH}/join", self.join, methods=["POST"]),
+            Route(f"{INVITES_PATH}/joins", self.join_progress, methods=["GET"]),
+            Route(INVITES_PATH + "/join/{ticket}", self.join_finish, methods=["POST"]),
             Route(INVITES_PATH + "/{id}", self.revoke, methods=["DELETE"]),
         ]
 

@@ -40,10 +40,13 @@ from statebus.blobs import BlobStore
 from statebus.bus import Bus
 from statebus.config import Settings
 from statebus.errors import NotFound, StatebusError
+from statebus.federation.dht import KademliaDirectory
+from statebus.federation.dht_view import DhtView
 from statebus.federation.service import Federation
 from statebus.http.app import build_app
 from statebus.http.apps import AppRoutes
 from statebus.http.blob_fetch import blob_fetch_routes
+from statebus.http.dht import routes as dht_routes
 from statebus.http.mirror import routes as mirror_routes
 from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
@@ -193,10 +196,11 @@ def node_app(
     service = app_service(node, settings, apps, follow=app_follow, blob_failure=failure)
     ledger = Ledger(node, keystore.load(settings.data_dir), settings.data_dir, service.registry)
     mirrors = MirrorStore(settings.data_dir, settings.mirror_for, settings.mirror_quota_bytes)
+    invite_routes = InviteRoutes(ledger)
     app_routes = [
         *mirror_routes(mirrors, access),
         *AppRoutes(service).routes(),
-        *InviteRoutes(ledger).routes(),
+        *invite_routes.routes(),
     ]
     access.capabilities.persist(Path(settings.data_dir), _installed_grants(service.registry))
     if federation is None:
@@ -206,15 +210,18 @@ def node_app(
             owner_token=owner_token,
             access=access,
             close_node=close_node,
-            extra_routes=app_routes,
+            extra_routes=[*dht_routes(None), *app_routes],
             apps=service.registry,
         )
         app.state.apps = apps
         app.state.app_registry = service.registry
         app.state.invites = ledger
+        app.state.invite_routes = invite_routes
         app.state.app_origins.use(service.registry, apps)  # the node page shows its handlers' state
         return app
     endpoints = PeerEndpoints(node, settings, federation, access)
+    directory = federation.directory
+    dht = DhtView(directory if isinstance(directory, KademliaDirectory) else None)
     app = build_app(
         node,
         settings,
@@ -223,6 +230,7 @@ def node_app(
         extra_routes=[
             *peer_routes(node, settings, federation, endpoints),
             *blob_fetch_routes(federation),
+            *dht_routes(dht),
             *app_routes,
         ],
         close_node=close_node,
@@ -230,6 +238,8 @@ def node_app(
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    app.state.dht_view = dht
+    app.state.invite_routes = invite_routes
     app.state.apps = apps
     app.state.app_registry = service.registry
     app.state.invites = ledger

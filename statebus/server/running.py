@@ -43,7 +43,8 @@ from statebus.http.app import NodeApp
 from statebus.http.peers import PeerEndpoints
 from statebus.identity import Identity, keystore
 from statebus.invites.ledger import DhtAccess
-from statebus.invites.membership import read_membership
+from statebus.invites.membership import Membership, read_membership
+from statebus.invites.node_join import NodeJoins
 from statebus.mirror.push import keep_pushing
 from statebus.runtime import Node
 from statebus.server.assembly import NewIdentityHook, node_app, open_node
@@ -224,6 +225,7 @@ async def start(
     )
     await federation.start([running.url])
     _open_invites(running, network_secret)
+    _open_joins(running)
     pushes = asyncio.get_running_loop().create_task(
         keep_pushing(node, identity, settings.data_dir, settings.mirror_push_interval)
     )
@@ -243,6 +245,49 @@ def _open_invites(running: RunningNode, network_secret: bytes) -> None:
     if d is not None and ledger.addrs:
         ledger.dht = DhtAccess(d.dht_name, network_secret, f"{host}:{d.port}")
     ledger.follow = running.follow
+
+
+def _open_joins(running: RunningNode) -> None:
+    """Let the owner join with a link while the node runs (``statebus join`` hands it over)."""
+    app = running.server.statebus_app
+    s = running.settings
+    bound = s.dht_name if s.dht_secret is not None else None  # a node given a DHT secret stays in it
+    enter = functools.partial(_enter_dht, running)
+    app.state.invite_routes.joins = NodeJoins(
+        app.state.invites, max_bytes=s.app_bundle_max_bytes, bound_dht=bound, enter=enter
+    )
+
+
+async def _enter_dht(running: RunningNode, member: Membership) -> None:
+    """The running node leaves its DHT for the one an invite made it a member of (the inviter its
+    first peer), publishes its addresses there, and points its federation, DHT routes and invites at it."""
+    s = running.settings
+    seed, _ = running.identity.export_secret()
+    old = running.directory
+    if old is not None:
+        await old.stop()
+    directory = KademliaDirectory(
+        seed,
+        member.name,
+        member.secret,
+        interface=s.host,
+        port=s.dht_port,
+        wait_timeout=0.5,
+        limits=StorageLimits.from_settings(s),
+        self_check_interval=s.dht_self_check_interval,
+    )
+    await directory.start(parse_bootstrap(member.peers))
+    running.directory = directory
+    running.federation.directory = directory
+    app = running.server.statebus_app
+    if getattr(app.state, "dht_view", None) is not None:
+        app.state.dht_view.directory = directory
+    if running.federation.urls:
+        await directory.publish(list(running.federation.urls))
+    ledger = app.state.invites
+    addrs, host = invite_addresses(s, running.url)
+    if addrs:
+        ledger.dht = DhtAccess(member.name, member.secret, f"{host}:{directory.port}")
 
 
 def invite_addresses(settings: Settings, url: str) -> tuple[tuple[str, ...], str]:

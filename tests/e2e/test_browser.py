@@ -121,7 +121,8 @@ def test_page_without_login_says_how_to_log_in(tmp_path):
 
 
 PAGE_STREAMS = 2
-"""Streams the node page opens by itself for the owner: its key tree, the data browser's /~/."""
+"""Streams the node page opens by itself for the owner: its key tree (/~/ from the listing's cursor), the data
+browser's (its four subtrees: follows, follow states, shares, rules)."""
 
 SUBSCRIBE_SCRIPT = """
 (async () => {
@@ -150,7 +151,7 @@ def test_statebus_js_subscribe_resumes_after_the_node_restarts(tmp_path):
 
     def drive() -> None:
         with node_on(data, port) as server:
-            # the page opens two streams of its own (the tree view, the data browser's /~/); wait for
+            # the page opens two streams of its own (the tree view, the data browser's); wait for
             # the script's subscription too
             deadline = time.monotonic() + 45  # Chromium can take long to start on a busy machine
             while streams(server) < PAGE_STREAMS + 1 and time.monotonic() < deadline:

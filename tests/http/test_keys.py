@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from statebus.testing.live_server import LiveServer
+from statebus.testing.live_server import LiveServer, SseReader, sse_headers
 
 
 def err(r: httpx.Response, status: int, code: str | None = None) -> dict[str, str]:
@@ -113,13 +113,35 @@ def test_yjs_patch(client: httpx.Client) -> None:
     assert client.get("/~/doc").json() == value
 
 
+def test_a_listing_gives_the_cursor_a_stream_resumes_from(client: httpx.Client, srv: LiveServer) -> None:
+    """A lazy tree lists a subtree, then streams every change after the listing (and no snapshot)."""
+    for i in range(3):
+        client.put(f"/~/lazy/{i}", json=i)
+    listing = client.get("/~/lazy/", params={"limit": 2}).json()
+    client.put("/~/lazy/after", json="later")
+    url = srv.url + f"/~/lazy/?since={listing['seq']}"
+    with httpx.stream("GET", url, headers=sse_headers(srv), timeout=10) as r:
+        event = SseReader(r).next_event()
+    assert listing["children"] == ["0", "1"] and listing["seq"] >= 3, listing
+    assert (event["event"], event["data"]["key"], event["data"]["value"]) == (
+        "update",
+        f"/{srv.local}/lazy/after",
+        "later",
+    ), event
+
+
 def test_subtree_listing_paginates(client: httpx.Client, srv: LiveServer) -> None:
     for name in ("a", "b", "c", "d/e"):
         client.put(f"/~/t/{name}", json=name)
     r = client.get("/~/t/", params={"limit": 2})
     assert r.status_code == 200
     body = r.json()
-    assert body == {"key": f"/{srv.local}/t/", "children": ["a", "b"], "next": "b"}
+    assert body == {
+        "key": f"/{srv.local}/t/",
+        "children": ["a", "b"],
+        "next": "b",
+        "seq": srv.node.durable_seq,
+    }
     r = client.get("/~/t/", params={"limit": 2, "after": "b"})
     assert r.json()["children"] == ["c", "d/"] and r.json()["next"] is None
     err(client.get("/~/t/", params={"limit": 0}), 400, "invalid_value")

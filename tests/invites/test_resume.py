@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import statebus.cli.joining as joining
+import statebus.invites.apply as joining  # the steps a join writes (stopped or running node)
 from statebus.config import Settings
 from statebus.errors import InvalidValue
 from statebus.server import Cluster

@@ -5,9 +5,13 @@
 //   * delete, with the node's reason when it refuses;
 //   * follow a subtree (PUT /~/.follows/<id>, as `statebus follow` does; the form is filled from
 //     #follow=<pattern>&via=<url>, the link an app such as chirp gives) and unfollow (DELETE);
-//   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to /~/), what is shared with every
+//   * the follows and their state (/~/.follows/, /~/.federation/follows/, read from one subscription to the four subtrees), what is shared with every
 //     peer (/~/.shares/), the access rules (/~/.acl/), and the node's record as peers read it
-//     (/.well-known/statebus/node); all live (the follows and rules are subscribed).
+//     (/.well-known/statebus/node); all live (the follows and rules are subscribed);
+//   * the joins this node runs with invite links (GET /.well-known/statebus/invites/joins): the app's
+//     bundle as it arrives (bytes of total) and each step, read every 2 s (0.3 s while one runs);
+//   * the node's DHT record as published (GET /.well-known/statebus/dht, read again every 5 s) and a
+//     lookup of another public key's record (GET /.well-known/statebus/dht/<pubkey>).
 // Everything shown is data: textContent only, never HTML.
 (function () {
     'use strict'
@@ -168,12 +172,13 @@
         })
     }
     const last = key => key.slice(key.lastIndexOf('/') + 1)
-    // One subscription to the whole namespace, routed by prefix: a browser keeps at most 6 HTTP/1.1
+    // One subscription for the four subtrees, routed by prefix: a browser keeps at most 6 HTTP/1.1
     // connections per host, and one EventSource per watched subtree (four here, with the page's own
-    // and an app's) left none for a PUT, which then waited forever.
+    // and an app's) left none for a PUT, which then waited forever. It names the subtrees (?keys=), not
+    // /~/, so a namespace of many keys does not stream all of them here (the key tree lists lazily).
     const routes = [['.follows/', follows], ['.federation/follows/', states], ['.shares/', rules], ['.acl/', rules]]
     function watchNode() {
-        statebus.subscribe('/~/', (key, value) => {
+        statebus.subscribe(routes.map(([prefix]) => '/~/' + prefix), (key, value) => {
             if (key === null) { follows.clear(); states.clear(); rules.clear(); draw(); return }
             const rest = key.replace(/^\/[^/]+\//, '')  // the path after the namespace
             const route = routes.find(([prefix]) => rest.startsWith(prefix) && rest.length > prefix.length)
@@ -222,6 +227,81 @@
     }
     window.addEventListener('hashchange', fromHash)
 
+    // ------------------------------------------------------------------ the DHT record
+
+    // A record as rows of a table (textContent only: addresses are other people's text).
+    function recordRows(into, doc, extra = []) {
+        const when = s => s ? new Date(s * 1000).toLocaleString() : '–'
+        const rows = [['public key', doc.pubkey], ['addresses', doc.addrs.join(' ')], ['seq', String(doc.seq)],
+                      ['expires', when(doc.expires)], ['signature', doc.signature || '–'], ...extra]
+        into.replaceChildren(...rows.map(([name, value]) => {
+            const tr = row([name, value], ['dht-field', 'dht-value'])
+            tr.dataset.field = name
+            return tr
+        }))
+    }
+    async function showDht() {
+        const res = await fetch('/.well-known/statebus/dht', {credentials: 'same-origin', cache: 'no-store'})
+        const rows = $('dht-own-rows')
+        if (!res.ok) { rows.replaceChildren(row([await problem(res)])); return }
+        const doc = await res.json()
+        if (!doc.dht) { rows.replaceChildren(row(['this node is in no DHT (it runs without one)'])); return }
+        $('dht-name').textContent = `(DHT ${doc.dht}, ${doc.neighbours} neighbours)`
+        if (!doc.record) { rows.replaceChildren(row(['not published yet'])); return }
+        const when = s => s ? new Date(s * 1000).toLocaleString() : '–'
+        recordRows(rows, doc.record, [
+            ['published', when(doc.published)],
+            ['stored on', `${doc.stored_on} DHT node${doc.stored_on === 1 ? '' : 's'}`],
+            ['held at last check', doc.holders === null ? 'not checked yet' : `${doc.holders} (${when(doc.checked)})`]])
+    }
+    $('dht-form').addEventListener('submit', async ev => {
+        ev.preventDefault()
+        const pubkey = $('dht-pubkey').value.trim()
+        $('dht-status').textContent = 'looking up…'
+        $('dht-status').className = 'status'
+        const res = await fetch('/.well-known/statebus/dht/' + encodeURIComponent(pubkey),
+                                {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) {
+            $('dht-found').hidden = true
+            $('dht-status').textContent = await problem(res)
+            $('dht-status').className = 'status error'
+            return
+        }
+        recordRows($('dht-found-rows'), await res.json())
+        $('dht-found').hidden = false
+        $('dht-status').textContent = 'found'
+        $('dht-status').className = 'status ok'
+    })
+
+    // ------------------------------------------------------------------ joins (issue 13)
+
+    // The joins this node runs (GET /.well-known/statebus/invites/joins: the same progress events
+    // `statebus join` prints), read every 2 s, and every 0.3 s while one is under way.
+    let joinedSeen = 0
+    const settled = state => state === 'joined' || state.startsWith('failed')
+    async function showJoins() {
+        const res = await fetch('/.well-known/statebus/invites/joins', {credentials: 'same-origin', cache: 'no-store'})
+        if (!res.ok) return false
+        const {joins} = await res.json()
+        const kib = n => (n / 1024).toFixed(0) + ' KiB'
+        $('joins-list').replaceChildren(...joins.slice().reverse().map(j => {
+            const bundle = j.total ? `${kib(j.done)} of ${kib(j.total)} (${Math.floor(100 * j.done / j.total)}%)` : '–'
+            const tr = row([j.id, j.by.slice(0, 12) + '…', j.app || '(none)', j.state, bundle],
+                           ['join-id', 'join-by', 'join-app', 'join-state', 'join-bundle'])
+            tr.dataset.join = j.id
+            return tr
+        }))
+        $('joins-count').textContent = `(${joins.length})`
+        const joined = joins.filter(j => j.state === 'joined').length
+        if (joined !== joinedSeen) { joinedSeen = joined; showDht().catch(() => {}) }  // it may be in a new DHT
+        return joins.some(j => !settled(j.state))
+    }
+    async function watchJoins() {
+        let busy = false
+        try { if (!document.hidden) busy = await showJoins() } catch (e) { /* the node is away */ }
+        setTimeout(watchJoins, busy ? 300 : 2000)
+    }
+
     async function start() {
         const info = await statebus.ready
         if (!info || !info.owner) return
@@ -231,6 +311,12 @@
         const res = await fetch('/.well-known/statebus/node', {credentials: 'same-origin', cache: 'no-store'})
         $('node-record').textContent = res.ok ? JSON.stringify(await res.json(), null, 2) : await problem(res)
         draw()
+        // the record changes when the node republishes (its addresses, every republish interval) and at
+        // each self-check: read it again every few seconds while the page is shown
+        watchJoins()
+        const dht = () => { if (!document.hidden) showDht().catch(() => {}) }
+        dht()
+        setInterval(dht, 5000)
     }
 
     window.dataBrowser = {selected, history, past}

@@ -7,8 +7,14 @@
     let selected = null, root = '/~/', pending = false
     const flashed = new Set()
     const collator = new Intl.Collator(undefined, {numeric: true})
-    const BIG = 100              // subtrees with more keys render closed (a click opens them)
-    const opened = new Set()
+    // The tree is lazy: a subtree's names are listed (GET <subtree>/?limit=&after=) a page at a time, only
+    // when it is shown, and one stream on the root, opened from the root listing's cursor (?since=<seq>),
+    // keeps what is listed live. Nothing of a closed subtree is held but the names of its first page.
+    const PAGE = 200             // names per listing request ("more…" asks for the next page)
+    const BIG = 100              // a subtree with more names than this shows closed until clicked
+    const BUDGET = 1000          // names listed by themselves at start: small subtrees open by themselves
+    const dirs = new Map()       // subtree path ('/~/', '/~/notes/') → {names, next, loaded, open}
+    let listedAtStart = 0, keyCount = null
 
     // A key as statebus.state names it: this node's own keys as /~/… (what statebus.put accepts).
     function displayed(key) {
@@ -16,46 +22,122 @@
         const own = '/' + statebus.node + '/'
         return statebus.node && key.startsWith(own) ? '/~/' + key.slice(own.length) : key
     }
-
-    // Keys in natural order, segment by segment: notes/2 before notes/10, a dir's keys together.
-    function byPath(a, b) {
-        const x = a.split('/'), y = b.split('/')
-        for (let i = 0; i < Math.min(x.length, y.length); i++) {
-            const c = collator.compare(x[i], y[i]) || (x[i] < y[i] ? -1 : x[i] > y[i] ? 1 : 0)
-            if (c) return c
-        }
-        return x.length - y.length
+    function href(key) {
+        return key.split('/').map(encodeURIComponent).join('/').replace(/^\/%7E\//, '/~/')
     }
 
-    function show(key) {
+    // Names in natural order: notes/2 before notes/10 (pages come in the node's order: code points).
+    function byName(a, b) {
+        return collator.compare(a, b) || (a < b ? -1 : a > b ? 1 : 0)
+    }
+
+    function dir(path) {
+        let d = dirs.get(path)
+        if (!d) dirs.set(path, d = {names: new Set(), next: null, loaded: false, open: false, loading: null})
+        return d
+    }
+
+    // One page of a subtree's names after those already listed; returns the listing's body.
+    function list(path, limit) {
+        const d = dir(path)
+        if (d.loading) return d.loading
+        d.loading = (async () => {
+            const q = new URLSearchParams({limit: String(limit)})
+            if (d.next) q.set('after', d.next)
+            const res = await fetch(href(path) + '?' + q, {credentials: 'same-origin', cache: 'no-store'})
+            if (!res.ok) throw new Error(`listing ${path}: HTTP ${res.status}`)
+            const body = await res.json()
+            for (const name of body.children) d.names.add(name)
+            d.next = body.next
+            d.loaded = true
+            return body
+        })().finally(() => { d.loading = null })
+        return d.loading
+    }
+
+    // At start: the root's first page, then small subtrees open by themselves (breadth first) until
+    // BUDGET names are listed; a subtree whose first BIG names are not all of it stays closed.
+    async function openSmall() {
+        const queue = [root]
+        while (queue.length && listedAtStart < BUDGET) {
+            const path = queue.shift()
+            for (const name of [...dir(path).names].sort(byName)) {
+                if (!name.endsWith('/') || listedAtStart >= BUDGET) continue
+                const sub = dir(path + name)
+                const body = await list(path + name, BIG)
+                listedAtStart += body.children.length
+                if (body.next === null) { sub.open = true; queue.push(path + name) }
+            }
+            render()
+        }
+    }
+
+    // A live change: its name goes into each listed subtree on its path (a name past a subtree's
+    // listed pages waits for "more…"); a deleted key leaves its subtree.
+    function place(key, exists) {
+        if (!key.startsWith(root)) return
+        const parts = key.slice(root.length).split('/')
+        let path = root
+        for (let i = 0; i < parts.length; i++) {
+            const d = dirs.get(path)
+            if (!d || !d.loaded) return
+            const last = i === parts.length - 1
+            const name = last ? parts[i] : parts[i] + '/'
+            if (last && !exists) { d.names.delete(name); return }
+            if (!d.names.has(name)) {
+                if (d.next !== null && name > d.next) return        // not listed yet: "more…" brings it
+                d.names.add(name)
+                if (!last) Object.assign(dir(path + name), {loaded: true, open: true})  // a new subtree: empty until now
+            }
+            path += name
+        }
+    }
+
+    // The value of a key: from the tree's stream when it changed since the page listed it, else read
+    // with its signature material (GET ?proof, statebus.getVerified), so what is shown is what was checked.
+    async function show(key) {
         selected = key
         $('selected').textContent = key
         $('selected').className = ''
-        const has = key in statebus.state
-        const v = statebus.state[key]
-        $('value').textContent = !has ? '(deleted)'
-            : v instanceof Uint8Array ? `<${v.length} bytes>` : JSON.stringify(v, null, 2)
+        $('verified').hidden = true              // the last key's badge goes at once; this key's comes checked
+        $('put-key').value = key                 // at once: a put made while the value is read goes here
+        const typed = $('put-value').value       // what the form held, to leave alone if edited meanwhile
+        let has = key in statebus.state, v = statebus.state[key], checked = null
+        if (!has) {
+            try {
+                checked = await statebus.getVerified(key)
+                if (checked.value !== undefined) { has = true; v = checked.value }
+                else if (checked.reason !== 'no such key') {            // bytes: no value in a ?proof answer
+                    checked = null
+                    v = await statebus.get(key)
+                    has = v !== undefined
+                }
+            } catch (e) { checked = null }
+            if (key !== selected) return
+        }
+        const bytes = v instanceof Uint8Array || v instanceof Blob
+        $('value').textContent = !has ? '(deleted)' : bytes ? `<${v.length || v.size} bytes>` : JSON.stringify(v, null, 2)
         $('version').textContent = versions[key] ? 'version ' + versions[key].join(', ') : ''
-        $('put-key').value = key
-        if (has && !(v instanceof Uint8Array)) $('put-value').value = JSON.stringify(v, null, 2)
-        badge(key, has ? v : undefined)
+        if (has && !bytes && $('put-value').value === typed) $('put-value').value = JSON.stringify(v, null, 2)
+        badge(key, has && !bytes ? v : undefined, checked)
         if (window.dataBrowser) window.dataBrowser.selected(key, has)
         render()
     }
 
     // The value shown is checked against the signature of its author (statebus.verifyProof).
-    async function badge(key, value) {
+    async function badge(key, value, checked) {
         const el = $('verified')
         el.hidden = true
-        if (value === undefined || value instanceof Uint8Array) return
-        let result
-        try {
-            const res = await fetch(key.split('/').map(encodeURIComponent).join('/').replace(/^\/%7E\//, '/~/') + '?proof',
-                                    {credentials: 'same-origin', cache: 'no-store'})
-            const data = await res.json()
-            result = await statebus.verifyProof(key, value, data.proof)
-        } catch (e) {
-            result = {verified: false, reason: 'could not get its signature: ' + e.message}
+        if (value === undefined) return
+        let result = checked
+        if (!result) {
+            try {
+                const res = await fetch(href(key) + '?proof', {credentials: 'same-origin', cache: 'no-store'})
+                const data = await res.json()
+                result = await statebus.verifyProof(key, value, data.proof)
+            } catch (e) {
+                result = {verified: false, reason: 'could not get its signature: ' + e.message}
+            }
         }
         if (key !== selected) return
         el.textContent = result.verified ? 'verified' : 'not verified'
@@ -64,68 +146,105 @@
         el.hidden = false
     }
 
+    function item(text, depth, className) {
+        const li = document.createElement('li')
+        if (className) li.className = className
+        li.style.paddingLeft = 10 + 16 * depth + 'px'
+        li.textContent = text
+        return li
+    }
+    function keyItem(key, text, depth) {
+        const li = item(text, depth)
+        li.dataset.key = key
+        li.title = key
+        if (key === selected) li.classList.add('selected')
+        if (flashed.has(key)) li.classList.add('flash')
+        li.addEventListener('click', () => show(key))
+        return li
+    }
+    function toggle(path) {
+        const d = dir(path)
+        d.open = !d.open
+        if (d.open && !d.loaded) list(path, PAGE).then(render, e => status(e.message))
+        render()
+    }
+    function status(text) { $('count').textContent = text }
+
+    // What is open, as listed: a closed subtree is one line; an open one its names, then "more…" when
+    // the node has more. A search keeps the listed keys whose path holds the text.
+    function draw(tree, path, depth) {
+        const d = dir(path)
+        for (const name of [...d.names].sort(byName)) {
+            const full = path + name
+            if (!name.endsWith('/')) { tree.append(keyItem(full, name, depth)); continue }
+            const sub = dir(full)
+            const li = item(name, depth, 'dir')
+            li.dataset.dir = full
+            if (!sub.open) {
+                li.className = sub.loaded && sub.next !== null ? 'dir closed big' : 'dir closed'
+                li.textContent = sub.loaded && sub.next !== null ? `${name} (more than ${sub.names.size} keys: open)`
+                    : sub.loaded ? `${name} (${sub.names.size} keys: open)` : `${name} (open)`
+            }
+            li.addEventListener('click', () => toggle(full))
+            tree.append(li)
+            if (sub.open) draw(tree, full, depth + 1)
+        }
+        if (d.loaded && d.next !== null && (path === root || d.open)) {
+            const more = item('more…', depth, 'dir more')
+            more.dataset.more = path
+            more.addEventListener('click', () => list(path, PAGE).then(render, e => status(e.message)))
+            tree.append(more)
+        }
+    }
+    function listedKeys(path, out) {
+        for (const name of dir(path).names) {
+            if (name.endsWith('/')) listedKeys(path + name, out)
+            else out.push(path + name)
+        }
+        return out
+    }
+
     function render() {
         if (pending) return
         pending = true
         requestAnimationFrame(() => {
             pending = false
             const needle = $('search').value.trim().toLowerCase()
-            const keys = Object.keys(statebus.state)
-                .filter(k => k.startsWith(root) && (!needle || k.toLowerCase().includes(needle))).sort(byPath)
             const tree = $('tree')
             tree.textContent = ''
-            const dirs = new Set()
-            const sizes = new Map()       // a subtree of more than BIG keys shows closed until clicked
-            for (const key of keys) {
-                const parts = key.slice(root.length).split('/')
-                for (let i = 1; i < parts.length; i++) {
-                    const dir = parts.slice(0, i).join('/') + '/'
-                    sizes.set(dir, (sizes.get(dir) || 0) + 1)
-                }
-            }
-            keyLoop: for (const key of keys) {
-                const parts = key.slice(root.length).split('/')
-                for (let i = 0; i < parts.length - 1; i++) {
-                    const dir = parts.slice(0, i + 1).join('/') + '/'
-                    const closed = sizes.get(dir) > BIG && !opened.has(dir) && !needle
-                    if (dirs.has(dir)) { if (closed) continue keyLoop; continue }
-                    dirs.add(dir)
-                    const li = document.createElement('li')
-                    li.className = 'dir'
-                    li.style.paddingLeft = 10 + 16 * i + 'px'
-                    li.textContent = parts[i] + '/'
-                    if (closed) {
-                        li.className = 'dir big'
-                        li.dataset.dir = root + dir
-                        li.textContent = `${parts[i]}/ (${sizes.get(dir)} keys: open)`
-                        li.addEventListener('click', () => { opened.add(dir); render() })
-                        tree.append(li)
-                        continue keyLoop
-                    }
-                    tree.append(li)
-                }
-                const li = document.createElement('li')
-                li.dataset.key = key
-                li.title = key
-                li.style.paddingLeft = 10 + 16 * (parts.length - 1) + 'px'
-                li.textContent = parts[parts.length - 1]
-                if (key === selected) li.classList.add('selected')
-                if (flashed.has(key)) li.classList.add('flash')
-                li.addEventListener('click', () => show(key))
-                tree.append(li)
+            if (needle) {
+                const keys = listedKeys(root, []).filter(k => k.toLowerCase().includes(needle))
+                for (const key of keys.sort((a, b) => byName(a, b))) tree.append(keyItem(key, key.slice(root.length), 0))
+            } else {
+                draw(tree, root, 0)
             }
             flashed.clear()
-            $('count').textContent = keys.length === 1 ? '(1 key)' : `(${keys.length} keys)`
-            $('empty').hidden = keys.length > 0
+            if (keyCount !== null) status(keyCount === 1 ? '(1 key)' : `(${keyCount} keys)`)
+            $('empty').hidden = dir(root).names.size > 0 || !dir(root).loaded
         })
     }
 
     function onChange(key, value, event) {
-        if (event.type === 'reset') { render(); return }
+        if (event.type === 'reset') {            // the stream could not resume: list what is open again
+            for (const [path, d] of dirs) if (d.loaded) { d.names.clear(); d.next = null; d.loaded = false; if (path === root || d.open) list(path, PAGE).then(render) }
+            return
+        }
         versions[key] = event.version
         if (event.type !== 'snapshot') flashed.add(key)
+        place(key, value !== undefined)
+        counted()
         if (key === selected) show(key)
         else render()
+    }
+
+    // The key count (the owner's /.well-known/statebus), read again at most every 5 s while keys change.
+    let counting = null
+    function counted() {
+        if (counting) return
+        counting = setTimeout(async () => {
+            counting = null
+            try { const info = await statebus.info(); if (info.keys !== undefined) { keyCount = info.keys; render() } } catch (e) {}
+        }, 5000)
     }
 
     function setLive(state) {
@@ -356,8 +475,12 @@
         $('root').textContent = root
         document.title = 'statebus node ' + info.node.slice(0, 8) + '…'
         setLive('connecting')
-        statebus.subscribe(root, onChange, {onstatus: setLive})
+        if (info.keys !== undefined) keyCount = info.keys
+        const first = await list(root, PAGE).catch(e => { status(e.message); return null })
         render()
+        // the stream resumes from the listing's cursor: every change after the listing, and no snapshot
+        statebus.subscribe(root, onChange, {onstatus: setLive, since: first ? first.seq : undefined})
+        if (first) openSmall().catch(e => status(e.message))
         if (info.owner) {
             $('apps').hidden = false
             $('invite').hidden = false
