@@ -27,7 +27,12 @@ def cluster(docker_engine: Engine, statebus_image: str) -> Iterator[tuple[dict[s
         if os.environ.get("CI"):
             pytest.fail("CI must run the compose test: apt-get install docker-compose")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    env = {**docker_engine.env(), "STATEBUS_DHT_SECRET": secrets.token_urlsafe(24)}
+    # docker-compose gives up on a slow daemon after 60 s by default; a loaded machine needs longer
+    env = {
+        **docker_engine.env(),
+        "STATEBUS_DHT_SECRET": secrets.token_urlsafe(24),
+        "COMPOSE_HTTP_TIMEOUT": "240",
+    }
     ports: list[int] = []
     for node in ("A", "B", "C"):
         http, dht = free_port(), free_port(socket.SOCK_DGRAM)
