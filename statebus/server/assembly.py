@@ -223,6 +223,7 @@ def node_app(
     )
     app.state.peers = endpoints
     app.state.federation = federation
+    apps.courier = federation.courier  # apps with a send grant deliver notices through it
     app.state.apps = apps
     app.state.app_registry = service.registry
     app.state.invites = ledger
