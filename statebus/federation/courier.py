@@ -19,8 +19,9 @@ Rules:
    it: the DHT record first, then addresses this node knows (invites, follows' ``via``).
 3. The receiver decides: its rules (the owner opens an inbox with ``{"write": "signed"}``), its
    guest rates and quota (:mod:`statebus.access.guests`) and its apps' validators. A refusal (4xx
-   other than 429) is final: counted in :attr:`CourierStats.refused` and logged, never retried.
-   An unreachable node or a 429 is retried with backoff, :data:`ATTEMPTS` times, then dropped
+   other than 429 and ``app_failed``) is final: counted in :attr:`CourierStats.refused` and logged,
+   never retried. An unreachable node, a 5xx, a 429 or an ``app_failed`` (a validator that ran out
+   of time gave no verdict) is retried with backoff, :data:`ATTEMPTS` times, then dropped
    (:attr:`CourierStats.failed`).
 4. The queue is in memory and bounded (:data:`MAX_QUEUED`; over it :meth:`send` raises
    ``RateLimited``): notices waiting when the node stops are not sent after it starts again.
@@ -50,6 +51,8 @@ MAX_NOTICE_BYTES = 4096
 MAX_QUEUED = 256
 ATTEMPTS = 6
 CONCURRENCY = 4
+RETRIED = frozenset({"app_failed"})
+"""Error codes that are no verdict on the notice (the receiver's validator ran out of time): retried."""
 
 Addresses = Callable[[PubKey], Awaitable[list[str]]]
 """Where a namespace's owner can be reached, best first."""
@@ -113,6 +116,8 @@ class NoticeCourier:
                         except RemoteError as exc:
                             if exc.status_hint >= 500:
                                 continue
+                            if exc.remote_code in RETRIED:
+                                break
                             self.stats.refused += 1
                             self.stats.last_refusal = f"{op.key}: {exc.detail}"
                             log.info("notice %s refused: %s", op.key, exc.detail)

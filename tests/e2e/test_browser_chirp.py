@@ -5,6 +5,8 @@ B follows A, A follows B (the author follows the people who answer it: docs/apps
 follows B only. In the browser:
 
 * A posts through the compose form, and B's open page shows it live;
+* C, whom A does not follow, replies to A's post: C's node delivers a signed notice to A's open
+  inbox, and A's notifications show the reply;
 * B likes (keyboard `l`), replies (`r`), quotes (`q`) and reposts (`t`); A's notifications show
   all four; A mutes B (B's reply leaves A's timeline), unmutes, and deletes a post of its own;
 * A blocks B: B's next reply is refused by A's node and never shows, and B's earlier reply is
@@ -163,6 +165,7 @@ A_NOTES = (
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
   const four = () => notes().filter(n => /replied|liked|quoted|reposted/.test(n)).length >= 4;
   await until('four notifications', four);
+  await until('the reply of a stranger', () => notes().some(n => n.includes('a stranger says hi')));
   const r = {notes: notes()};
   // mute bob from the People view: his reply leaves the timeline (it stays stored)
   location.hash = '#people';
@@ -321,6 +324,7 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     await mark(a, "follows", b.pubkey)
     await c.follow(f"/{b.pubkey}/chirp/", via=[b.url])
     await mark(c, "follows", b.pubkey)
+    await a.node.save("/~/.acl/inbox", {"write": "signed"})  # A's inbox takes notices signed by anyone
 
     # A posts while B's page is open: B sees it live, likes it and replies with the keyboard.
     blobs_before = a.node.blob_refs()
@@ -348,8 +352,15 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert live["avatar"] == 200, live  # A's avatar, a blob fetched by B's node, shown on B's page
     assert live["badge"] == " ✓ signed" and live["unverified"] == 0, live["dropped"]  # checked in B's browser
 
-    # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).
+    # C, whom A does not follow, replies to A's post: C's node delivers a notice to A's open inbox.
+    first = next(f"/{a.pubkey}/chirp/posts/{k}" for k, v in posts_of(a, a.pubkey).items())
+    await c.node.save(
+        "/~/chirp/posts/zz-stranger", {"text": "a stranger says hi", "at": 8e12, "reply_to": first}
+    )
+
+    # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/), C's by the inbox.
     notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
+    assert any(n.endswith("replieda stranger says hi") for n in notes["notes"]), notes
     assert any(n.startswith("bob replied") for n in notes["notes"]), notes
     assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
     assert any(n.startswith("bob quoted your post") for n in notes["notes"]), notes

@@ -89,6 +89,22 @@
     saveSoon()
   }
 
+  // The inbox: notices other people's nodes delivered to this node (/<me>/inbox/chirp/<sender>/<name>,
+  // each signed by its sender), so a reply or like from someone the owner does not follow shows too.
+  const notices = new Map()    // "/<me>/inbox/chirp/<sender>/<name>" -> notice with its sender
+  window.chirp.notices = notices
+  function onInbox(key, value, event) {
+    if (key === null) return
+    const m = /^\/(?:[a-z2-7]{52}|~)\/inbox\/chirp\/([a-z2-7]{52})\/[A-Za-z0-9_-]+$/.exec(key)
+    if (!m) return
+    // a notice is signed by its sender, not by the owner: statebus.js names the key that signed it
+    const signed = event && (event.verified || event.signer === m[1])
+    if (value !== undefined && !signed) { unverified++; dropped.push({key, reason: event && event.reason}) }
+    if (value === undefined || !signed || typeof value !== 'object' || value === null) notices.delete(key)
+    else notices.set(key, {...value, sender: m[1]})
+    schedule()
+  }
+
   // One stream for the owner's chirp/, and one per SUBS_PER_STREAM followed people (a stream follows at
   // most 256 keys). Reopened when the follow set changes; the new streams open before the old close.
   let own = null, theirs = [], followKey = ''
@@ -288,6 +304,8 @@
     const who = myFollows()
     return newest([...posts].filter(([k]) => { const pk = authorOf(k); return (pk === me || who.has(pk)) && !hidden(pk) }))
   }
+  const WHAT = {reply: 'replied', like: 'liked your post', repost: 'reposted your post', quote: 'quoted your post',
+                mention: 'mentioned you', follow: 'follows you'}
   function notifications() {
     const out = []
     const mineKey = k => typeof k === 'string' && k.startsWith(`/${me}/chirp/posts/`)
@@ -304,6 +322,13 @@
       if (pk !== me && !hidden(pk) && mineKey(l.post)) out.push({at: l.at, pk, what: 'liked your post', key: l.post})
     }
     for (const [pk, set] of follows) if (pk !== me && !hidden(pk) && set.has(me)) out.push({at: 0, pk, what: 'follows you'})
+    // notices from the inbox, unless this node holds the record itself (then it is counted above)
+    for (const n of notices.values()) {
+      const pk = n.sender
+      if (hidden(pk) || !WHAT[n.type]) continue
+      if (posts.has(n.from) || likes.has(n.from) || (n.type === 'follow' && (follows.get(pk) || new Set()).has(me))) continue
+      out.push({at: n.at, pk, what: WHAT[n.type], key: n.type === 'like' || n.type === 'repost' ? n.post : n.from, text: n.text})
+    }
     return out.sort((a, b) => b.at - a.at)
   }
 
@@ -389,7 +414,8 @@
     if (view === 'notifications') {
       if (notes.length && notes[0].at > seenNotes) { seenNotes = notes[0].at; localStorage.setItem('chirp-seen', String(seenNotes)) }
       items = page(notes, n => el('div', {class: 'note'}, el('a', {href: '#user/' + n.pk, text: name(n.pk)}), ` ${n.what}`,
-        n.key && posts.has(n.key) ? el('div', {class: 'ctx', text: posts.get(n.key).text || ''}) : null))
+        n.key && posts.has(n.key) ? el('div', {class: 'ctx', text: posts.get(n.key).text || ''})
+          : n.text ? el('div', {class: 'ctx', text: n.text}) : null))
     } else if (view === 'people') {
       items = peopleView()
       $('more').hidden = true
@@ -449,7 +475,9 @@
     if (!info || !info.node) return   // offline: the saved view stays
     if (me && me !== info.node) { for (const m of [posts, likes, profiles, follows]) m.clear(); blocks.clear(); mutes.clear() }
     me = info.node
-    own = statebus.subscribe('/~/chirp/', onChange, {onstatus, verify: true})
+    // one stream for the owner's chirp/ and inbox (a browser keeps 6 connections per host)
+    const mine = (key, value, event) => key !== null && /^\/[^/]+\/inbox\//.test(key) ? onInbox(key, value, event) : onChange(key, value, event)
+    own = statebus.subscribe(['/~/chirp/', '/~/inbox/chirp/'], mine, {onstatus, verify: true})
     resubscribe()
     schedule()
   })

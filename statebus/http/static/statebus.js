@@ -23,6 +23,10 @@
  *                                               (?proof) and calls back only once it is checked, with
  *                                               event.verified (true|false) and event.reason; a value
  *                                               that fails is passed flagged, never put in statebus.state.
+ *                                               event.signer is the key whose Ed25519 signature over this
+ *                                               very value was checked (null if none), also when the
+ *                                               value fails for not being the owner's: a guest's signed
+ *                                               write, such as a notice in an inbox.
  *   statebus.state[key]                         local cache of every value read or followed, by key
  *                                               ("/~/…" for this node's keys)
  *   await statebus.getVerified(key)             {value, verified: true|false, reason, author}: the value with
@@ -31,7 +35,7 @@
  *                                               signed, and the owner's delegation if the author is not the
  *                                               owner. A value that fails is never put in statebus.state.
  *   await statebus.verifyProof(key, value, proof)   the same check on a {key, value, proof} from elsewhere
- *   statebus.verified[key]                      {verified, reason, author} of the last check of each key
+ *   statebus.verified[key]                      {verified, reason, author, signer} of the last check of each key
  *   statebus.ed25519                            'webcrypto', or 'noble' once the vendored fallback is used
  *   await statebus.info()                       {node, owner, version, keys?} of the node
  *   statebus.ready                              a promise of info(); keys are normalised once it resolves
@@ -220,7 +224,7 @@
         key = norm(key)
         return key.startsWith('/~/') && statebus.node ? '/' + statebus.node + key.slice(2) : key
     }
-    async function check(key, value, proof, now) {
+    async function check(key, value, proof, now, seen = {}) {
         if (!proof) return 'no signature material came with the value'
         if (proof.unverifiable) return proof.unverifiable
         const {bytes, op} = signedOp(proof.signed)
@@ -229,6 +233,7 @@
         if (op.t !== 'set' || op.m !== 'lww') return 'the signed op does not set a whole value'
         if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
         if (!await signatureOk(op.a, bytes, b64(proof.sig))) return 'the signature does not verify for ' + op.a
+        seen.signer = op.a   // this key signed this very value, whether or not it may write here
         const owner = key.split('/')[1]
         if (op.a === owner) return null
         const d = proof.delegation
@@ -247,15 +252,17 @@
         await statebus.ready
         key = fullKey(key)
         let reason
+        const seen = {}
         try {
-            reason = await check(key, value, proof, Date.now() / 1000)
+            reason = await check(key, value, proof, Date.now() / 1000, seen)
         } catch (e) {
             reason = 'the signature material is malformed or cannot be checked: ' + e.message
         }
         const author = proof && proof.author
+        const signer = seen.signer || null
         const result = reason === null
-            ? {verified: true, reason: 'signed by ' + author + (author === key.split('/')[1] ? ' (the owner)' : ' (a delegate of the owner)'), author}
-            : {verified: false, reason, author}
+            ? {verified: true, reason: 'signed by ' + author + (author === key.split('/')[1] ? ' (the owner)' : ' (a delegate of the owner)'), author, signer}
+            : {verified: false, reason, author, signer}
         statebus.verified[norm(key)] = result
         return result
     }
@@ -371,7 +378,7 @@
             const result = await statebus.verifyProof(key, value, proof)
             if (result.verified) statebus.state[key] = value
             else delete statebus.state[key]            // never kept as the author's
-            callback(key, value, {...event, verified: result.verified, reason: result.reason})
+            callback(key, value, {...event, verified: result.verified, reason: result.reason, signer: result.signer})
         }
         async function handle(type, e) {
             const data = JSON.parse(e.data)
