@@ -432,3 +432,63 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     if target:
         for png in shots.glob("*.png"):
             shutil.copy(png, Path(target) / png.name)
+
+
+IMAGES = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the post', () => article('a picture'));
+  const img = () => article('a picture').querySelector('img.img');
+  await until('the image checked', () => img() && (img().classList.contains('unverified') || (img().complete && img().naturalWidth === 1)));
+  window.__result = {unverified: chirp.unverified, dropped: chirp.dropped, src: img().getAttribute('src') || '',
+                     bad: img().classList.contains('unverified'), alt: img().alt, width: img().naturalWidth};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+# Between the node and the page, flip one bit of every image's bytes (a tampering proxy or host): the
+# signature material (?proof) is left alone, so the page's check must catch the change itself.
+TAMPER = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (input, init) => {
+  const res = await realFetch(input, init);
+  const u = String(input && input.url || input);
+  if (!u.includes('/chirp/images/') || u.includes('proof')) return res;
+  const b = new Uint8Array(await res.arrayBuffer());
+  b[b.length - 1] ^= 1;
+  return new Response(b, {status: res.status, statusText: res.statusText, headers: res.headers});
+};
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_chirp_shows_an_image_only_if_its_author_signed_its_bytes(
+    devnet: Cluster, tmp_path: Path
+) -> None:
+    a = await devnet.add("a")
+    await install_chirp(a.url, a.token, tmp_path)
+    async with httpx.AsyncClient(base_url=a.url, headers={"Authorization": f"Bearer {a.token}"}) as http:
+        r = await http.put("/~/chirp/images/dot.png", content=PNG, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        post = {"text": "a picture", "at": 1, "images": ["chirp/images/dot.png"]}
+        assert (await http.put("/~/chirp/posts/p1", json=post)).status_code == 200
+    runs = []
+    for extra in ((), ("--init-script", TAMPER)):
+        out = await asyncio.to_thread(
+            run_browser,
+            chirp_url(a.port),
+            IMAGES,
+            timeout=60,
+            before=launch(a.url, a.token),
+            extra_args=extra,
+        )
+        assert out["ok"] and not out["page_errors"], json.dumps(out)[:3000]
+        runs.append(out["result"])
+    honest, tampered = runs
+    assert not honest["bad"] and honest["width"] == 1 and honest["src"].startswith("blob:"), honest
+    assert honest["unverified"] == 0, honest
+    assert tampered["bad"] and tampered["src"] == "" and tampered["unverified"] == 1, tampered
+    assert "the bytes differ from the ones their author signed" in tampered["alt"], tampered

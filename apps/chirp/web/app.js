@@ -63,8 +63,7 @@
     if (!s) return
     const [pk, rest] = s
     const full = abs(pk, rest)
-    // Images are shown by URL (<img src>), not from the stream; statebus.js does not verify bytes
-    // values yet ("a lww value is merged from many ops"), so they carry no badge.
+    // Images are not taken from the stream: each is fetched and checked when shown (image() below).
     if (rest.startsWith('images/')) return
     if (event && event.verified === false) {
       unverified++
@@ -236,15 +235,38 @@
   const imgUrl = (pk, rel) => (pk === me ? '/~/' : `/${pk}/`) + rel
   // An image's record can arrive before its bytes (a blob is fetched apart, after its signed pointer):
   // a failed load is tried again a few times.
-  function image(props) {
+  // Images are checked like every other value: statebus.getVerifiedBytes fetches the bytes with their
+  // signature material, and an image is shown only if its author signed these very bytes (a blob: their
+  // sha256). One that fails is not shown: it is marked "unverified" and counted, with the reason.
+  const imageChecks = new Map()   // key -> promise of {url} or {reason}
+  const badImages = new Set()
+  function checkedImage(key) {
+    let p = imageChecks.get(key)
+    if (!p) {
+      p = statebus.getVerifiedBytes(key).then(r => r.verified ? {url: URL.createObjectURL(r.blob)} : {reason: r.reason})
+      p.catch(() => imageChecks.delete(key))
+      imageChecks.set(key, p)
+    }
+    return p
+  }
+  function image(props, key) {
     const img = el('img', props)
     let tries = 0
-    img.addEventListener('error', () => { if (tries++ < 10) setTimeout(() => { img.src = props.src }, 1000) })
+    const retry = () => { imageChecks.delete(key); if (tries++ < 10) setTimeout(load, 1000) }
+    const load = () => checkedImage(key).then(r => {
+      if (r.url) { img.src = r.url; img.title = 'signed by its author'; return }
+      if (r.reason === 'no such key') return retry()   // its bytes are not on this node yet
+      img.classList.add('unverified')
+      img.alt = 'unverified image: ' + r.reason
+      img.title = img.alt
+      if (!badImages.has(key)) { badImages.add(key); unverified++; dropped.push({key, reason: r.reason}) }
+    }, retry)
+    load()
     return img
   }
   function avatar(pk) {
     const p = profiles.get(pk)
-    return p && p.avatar ? image({class: 'avatar', alt: '', src: imgUrl(pk, p.avatar)}) : el('span', {class: 'avatar'})
+    return p && p.avatar ? image({class: 'avatar', alt: ''}, imgUrl(pk, p.avatar)) : el('span', {class: 'avatar'})
   }
   // Reply, repost and like counts of every post, counted in one pass per render (not per article).
   let counted = null
@@ -282,7 +304,7 @@
       quoted = el('div', {class: 'quoted'}, q ? el('b', {text: name(split(p.quote_of)[0]) + ': '}) : null,
                   q ? q.text : 'a post this node does not hold')
     }
-    const images = (p.images || []).map(rel => image({class: 'img', alt: 'image', src: imgUrl(pk, rel)}))
+    const images = (p.images || []).map(rel => image({class: 'img', alt: 'image'}, imgUrl(pk, rel)))
     let context = ctx || null
     if (!context && p.reply_to) context = `↩ replying to ${name(split(p.reply_to)[0])}`
     return el('article', {'data-key': key, tabindex: '-1'},

@@ -34,7 +34,12 @@
  *                                               author's Ed25519 signature (WebCrypto) over the bytes it
  *                                               signed, and the owner's delegation if the author is not the
  *                                               owner. A value that fails is never put in statebus.state.
+ *   await statebus.getVerifiedBytes(key)        {blob, type, verified, reason, author}: a bytes value (or
+ *                                               a blob) and its signature material, checked here: the
+ *                                               author signed these very bytes (or, for a blob, their
+ *                                               sha256 and size). Show blob only when verified.
  *   await statebus.verifyProof(key, value, proof)   the same check on a {key, value, proof} from elsewhere
+ *                                               (value: JSON, or a Uint8Array of a bytes value)
  *   statebus.verified[key]                      {verified, reason, author, signer} of the last check of each key
  *   statebus.ed25519                            'webcrypto', or 'noble' once the vendored fallback is used
  *   await statebus.info()                       {node, owner, version, keys?} of the node
@@ -224,6 +229,22 @@
         key = norm(key)
         return key.startsWith('/~/') && statebus.node ? '/' + statebus.node + key.slice(2) : key
     }
+    // A bytes value (a single PUT of bytes) is signed as its bytes (base64 "bb"); a blob as a pointer
+    // {"hash", "size", "type"} with the sha256 of its bytes (content type BLOB_TYPE).
+    const BLOB_TYPE = 'application/vnd.statebus.blob+json'
+    async function bytesDiffer(op, bytes) {
+        if (op.bb === undefined) return 'the signed op sets a JSON value, not bytes'
+        const body = b64(op.bb)
+        if (op.ct === BLOB_TYPE) {
+            let p
+            try { p = JSON.parse(new TextDecoder().decode(body)) } catch (e) { return 'the signed blob pointer is malformed' }
+            if (p.size !== bytes.length) return 'the bytes are ' + bytes.length + ' long; their author signed ' + p.size
+            const h = [...await sha256(bytes)].map(b => b.toString(16).padStart(2, '0')).join('')
+            return h === p.hash ? null : 'the bytes differ from the ones their author signed (sha256)'
+        }
+        if (body.length !== bytes.length || body.some((b, i) => b !== bytes[i])) return 'the bytes differ from the ones their author signed'
+        return null
+    }
     async function check(key, value, proof, now, seen = {}) {
         if (!proof) return 'no signature material came with the value'
         if (proof.unverifiable) return proof.unverifiable
@@ -231,7 +252,11 @@
         if (op.k !== key) return 'the signed op is for ' + op.k + ', not ' + key
         if (op.a !== proof.author) return 'the signed op is by ' + op.a + ', not ' + proof.author
         if (op.t !== 'set' || op.m !== 'lww') return 'the signed op does not set a whole value'
-        if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
+        if (value instanceof Uint8Array) {
+            const why = await bytesDiffer(op, value)
+            if (why) return why
+        } else if (op.bb !== undefined) return 'the signed op sets bytes, not a JSON value'
+        else if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
         if (!await signatureOk(op.a, bytes, b64(proof.sig))) return 'the signature does not verify for ' + op.a
         seen.signer = op.a   // this key signed this very value, whether or not it may write here
         const owner = key.split('/')[1]
@@ -280,6 +305,26 @@
         if (result.verified) statebus.state[norm(key)] = data.value
         else delete statebus.state[norm(key)]   // never kept as the author's
         return {value: data.value, ...result}
+    }
+
+    statebus.getVerifiedBytes = async function (key) {
+        await statebus.ready
+        for (let attempt = 0; ; attempt++) {
+            let res, proved
+            try {
+                [res, proved] = await Promise.all([request('GET', key), request('GET', key, {query: {proof: ''}})])
+            } catch (e) {
+                if (e.status === 404) return {blob: undefined, verified: false, reason: 'no such key'}
+                throw e
+            }
+            const type = (res.headers.get('content-type') || '').split(';')[0].trim()
+            const bytes = new Uint8Array(await res.arrayBuffer())
+            const data = await proved.json()
+            const result = await statebus.verifyProof(key, bytes, data.proof)
+            // the two reads may straddle a write: read both again once before calling it a mismatch
+            if (!result.verified && attempt === 0) continue
+            return {blob: new Blob([bytes], {type}), type, ...result}
+        }
     }
 
     // ------------------------------------------------------------------ patches (as the server applies them)
