@@ -441,9 +441,10 @@ IMAGES = (
   await statebus.ready;
   await until('the post', () => article('a picture'));
   const img = () => article('a picture').querySelector('img.img');
-  await until('the image checked', () => img() && (img().classList.contains('unverified') || (img().complete && img().naturalWidth === 1)));
-  window.__result = {unverified: chirp.unverified, dropped: chirp.dropped, src: img().getAttribute('src') || '',
-                     bad: img().classList.contains('unverified'), alt: img().alt, width: img().naturalWidth};
+  const bad = () => img().classList.contains('unverified');
+  await until('the image checked', () => img() && (bad() || (img().complete && img().naturalWidth === 1)));
+  window.__result = {unverified: chirp.unverified, dropped: chirp.dropped, bad: bad(), alt: img().alt,
+                     src: img().getAttribute('src') || '', width: img().naturalWidth};
   window.__done = true;
 })().catch(fail)
 """
