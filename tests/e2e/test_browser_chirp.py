@@ -493,3 +493,101 @@ async def test_chirp_shows_an_image_only_if_its_author_signed_its_bytes(
     assert honest["unverified"] == 0, honest
     assert tampered["bad"] and tampered["src"] == "" and tampered["unverified"] == 1, tampered
     assert "the bytes differ from the ones their author signed" in tampered["alt"], tampered
+
+
+# A's page: 60 posts, 50 at first and "Load more" for the rest; a post mentioning @bob (by name) and C
+# (by pubkey); then, once the page has saved its view, a reload with the node's data unreachable.
+A_MORE = (
+    HELPERS
+    + """
+(async () => {
+  const r = {};
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  await until('the first page', () => texts().length === 50);
+  r.first = texts().length;
+  r.moreShown = !document.getElementById('more').hidden;
+  document.getElementById('more').click();
+  await until('the next page', () => texts().length > 50);
+  r.after = texts().length;
+  r.moreHidden = document.getElementById('more').hidden;
+  await until('bob\\'s profile', () => [...chirp.profiles.values()].some(p => p && p.name === 'bob'));
+  compose('hi @bob and @%(c)s');
+  await until('the mention', () => texts().some(t => t.startsWith('hi @bob')));
+  r.mentions = [...chirp.posts.values()].find(p => (p.text || '').startsWith('hi @bob')).mentions;
+  await until('the saved view', () => (localStorage.getItem('chirp-cache-v1') || '').includes('hi @bob'));
+  sessionStorage.setItem('cut', '1');
+  sessionStorage.setItem('before', JSON.stringify(r));
+  location.reload();
+})().catch(fail)
+"""
+)
+
+# Runs before the page's own scripts on every load: after the reload above, the node answers none of
+# the page's data requests (fetch fails as with no network; no stream can open). What the page shows
+# then comes from what it saved, painted at load.
+CUT = """
+if (sessionStorage.getItem('cut') === '1') {
+  window.fetch = () => Promise.reject(new TypeError('Failed to fetch'));
+  window.EventSource = class { constructor() { throw new Error('the node is unreachable') } };
+  window.addEventListener('load', () => requestAnimationFrame(() => requestAnimationFrame(() => {
+    const texts = [...document.querySelectorAll('#view article .text')].map(e => e.textContent);
+    window.__result = {...JSON.parse(sessionStorage.getItem('before')), offline: texts,
+                       conn: document.getElementById('conn').textContent};
+    window.__done = true;
+  })));
+}
+"""
+
+C_MENTIONED = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  location.hash = '#notifications';
+  const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
+  await until('the mention', () => notes().some(n => n.includes('mentioned you')));
+  window.__result = {notes: notes()};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+
+@pytest.mark.timeout(180)
+async def test_chirp_load_more_mentions_and_offline_first_paint(devnet: Cluster, tmp_path: Path) -> None:
+    a, b, c = await devnet.add("a"), await devnet.add("b"), await devnet.add("c")
+    for n in (a, b, c):
+        await install_chirp(n.url, n.token, tmp_path)
+        await n.share("/~/chirp/")
+        await n.node.save("/~/.acl/inbox", {"write": "signed"})
+    await b.node.save("/~/chirp/profile", {"name": "bob"})
+    await a.follow(f"/{b.pubkey}/chirp/", via=[b.url])
+    await mark(a, "follows", b.pubkey)
+    for i in range(60):
+        await a.node.save(f"/~/chirp/posts/p{i:02d}", {"text": f"post {i}", "at": 1_000 + i})
+    await wait_until(lambda: has_key(a, f"/{b.pubkey}/chirp/profile"), what="bob's profile on A")
+    out = await asyncio.to_thread(
+        run_browser,
+        chirp_url(a.port),
+        A_MORE.replace("%(c)s", c.pubkey),
+        timeout=90,
+        before=launch(a.url, a.token),
+        extra_args=("--init-script", CUT),
+    )
+    assert out["ok"] and not out["page_errors"], json.dumps(out)[:3000]
+    r = out["result"]
+    assert r["first"] == 50 and r["moreShown"] and r["after"] == 60 and r["moreHidden"], r
+    assert sorted(r["mentions"]) == sorted([b.pubkey, c.pubkey]), r  # @bob by name, C by pubkey
+    # the reload with the node unreachable: the saved view, painted at load, newest first
+    assert r["offline"][:2] == [f"hi @bob and @{c.pubkey}", "post 59"] and len(r["offline"]) == 50, r
+    assert r["conn"] == "offline: showing what this page saved", r
+    # C, a stranger to A, gets the mention through its inbox; so does B, who does not follow A
+    await wait_until(
+        lambda: bool(b.node.children(f"/~/inbox/chirp/{a.pubkey}/", limit=10)), what="B's notice"
+    )
+    notes = await browse(c, C_MENTIONED, tmp_path, "chirp-mention")
+    assert any(
+        n.startswith(a.pubkey[:8]) and n.endswith("mentioned you" + f"hi @bob and @{c.pubkey}")
+        for n in notes["notes"]
+    ), notes

@@ -176,6 +176,12 @@
     const id = newId()
     const text = fields.text || ''
     const mentions = [...new Set((text.match(/@[a-z2-7]{52}/g) || []).map(m => m.slice(1)))]
+    // @name: the one person this page knows by that display name (the people followed, and oneself)
+    for (const m of text.match(/@[\w.-]{1,32}/g) || []) {
+      const want = m.slice(1).toLowerCase()
+      const found = [...profiles].filter(([pk, p]) => p && typeof p.name === 'string' && p.name.toLowerCase() === want)
+      if (found.length === 1 && !mentions.includes(found[0][0])) mentions.push(found[0][0])
+    }
     const value = {at: Date.now(), ...fields}
     if (mentions.length) value.mentions = mentions
     await statebus.put('chirp/posts/' + id, value)
