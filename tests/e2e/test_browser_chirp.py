@@ -163,7 +163,8 @@ A_NOTES = (
   await statebus.ready;
   location.hash = '#notifications';
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
-  const four = () => notes().filter(n => /replied|liked|quoted|reposted/.test(n)).length >= 4;
+  // by bob's name: a notice can reach A's inbox before bob's profile reaches A's replica
+  const four = () => notes().filter(n => /^bob (replied|liked|quoted|reposted)/.test(n)).length >= 4;
   await until('four notifications', four);
   await until('the reply of a stranger', () => notes().some(n => n.includes('a stranger says hi')));
   const r = {notes: notes()};
@@ -187,6 +188,8 @@ A_NOTES = (
   article('oops').querySelector('button.delete').click();
   await until('the delete', () => !texts().includes('oops'));
   r.afterDelete = texts();
+  location.hash = '#notifications';  // the screen the screenshot shows
+  await until('the notifications again', () => document.querySelectorAll('#view .note').length >= 5);
   window.__result = r;
   window.__done = true;
 })().catch(fail)
