@@ -518,6 +518,15 @@ A_MORE = (
   compose('hi @bob and @%(c)s');
   await until('the mention', () => texts().some(t => t.startsWith('hi @bob')));
   r.mentions = [...chirp.posts.values()].find(p => (p.text || '').startsWith('hi @bob')).mentions;
+  // the owner narrows the inbox from the profile view
+  location.hash = '#me';
+  await until('the inbox setting', () => document.getElementById('inbox'));
+  const select = document.getElementById('inbox');
+  r.inboxBefore = select.value;
+  select.value = 'follows';
+  select.dispatchEvent(new Event('change'));
+  await until('the setting saved', () => chirp.settings.inbox === 'follows');
+  location.hash = '#home';
   await until('the saved view', () => (localStorage.getItem('chirp-cache-v1') || '').includes('hi @bob'));
   sessionStorage.setItem('cut', '1');
   sessionStorage.setItem('before', JSON.stringify(r));
@@ -582,6 +591,7 @@ async def test_chirp_load_more_mentions_and_offline_first_paint(devnet: Cluster,
     r = out["result"]
     assert r["first"] == 50 and r["moreShown"] and r["after"] == 60 and r["moreHidden"], r
     assert sorted(r["mentions"]) == sorted([b.pubkey, c.pubkey]), r  # @bob by name, C by pubkey
+    assert r["inboxBefore"] == "anyone" and a.node.fetch("/~/chirp/settings").value == {"inbox": "follows"}, r
     # the reload with the node unreachable: the saved view, painted at load, newest first
     assert r["offline"][:2] == [f"hi @bob and @{c.pubkey}", "post 59"] and len(r["offline"]) == 50, r
     assert r["conn"] == "offline: showing what this page saved", r

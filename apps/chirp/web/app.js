@@ -35,10 +35,12 @@
   const profiles = new Map()   // pk -> profile
   const follows = new Map()    // pk -> Set of the pks they follow
   const blocks = new Set(), mutes = new Set()
+  let settings = {}            // chirp/settings: {inbox: 'anyone' | 'follows' | 'closed'}
   let shown = PAGE, selected = -1, replyTo = null, quoteOf = null, online = false
   let seenNotes = Number(localStorage.getItem('chirp-seen') || 0)
   window.chirp = {posts, likes, profiles, follows, blocks, mutes, rendered: 0}   // for tests and the curious
   Object.defineProperty(window.chirp, 'unverified', {get: () => unverified})
+  Object.defineProperty(window.chirp, 'settings', {get: () => settings})
 
   // ------------------------------------------------------------------ data
 
@@ -81,7 +83,8 @@
       gone ? set.delete(rest.slice(8)) : set.add(rest.slice(8))
       follows.set(pk, set)
       if (pk === me) resubscribe()
-    } else if (pk === me && rest.startsWith('blocks/')) gone ? blocks.delete(rest.slice(7)) : blocks.add(rest.slice(7))
+    } else if (pk === me && rest === 'settings') settings = gone || value === null || typeof value !== 'object' ? {} : value
+    else if (pk === me && rest.startsWith('blocks/')) gone ? blocks.delete(rest.slice(7)) : blocks.add(rest.slice(7))
     else if (pk === me && rest.startsWith('mutes/')) gone ? mutes.delete(rest.slice(6)) : mutes.add(rest.slice(6))
     else return
     schedule()
@@ -412,7 +415,13 @@
          el('input', {type: 'text', name: 'bio', 'aria-label': 'bio', placeholder: 'bio', value: p.bio || ''}),
          el('input', {type: 'file', name: 'avatar', accept: 'image/*', 'aria-label': 'avatar'}),
          el('button', {text: 'Save profile'}))
-      head.append(f)
+      // who may leave notices in this node's inbox (checked by chirp's validator on this node)
+      const modes = [['anyone', 'Notices from anyone'], ['follows', 'Notices from people I follow and people they follow'],
+                     ['closed', 'No notices (replies of people I follow still show)']]
+      const inbox = el('select', {id: 'inbox', 'aria-label': 'who may send you notices',
+        onchange: ev => act(() => statebus.put('chirp/settings', {...settings, inbox: ev.target.value}))},
+        ...modes.map(([v, t]) => { const o = el('option', {value: v, text: t}); o.selected = (settings.inbox || 'anyone') === v; return o }))
+      head.append(f, el('label', {text: 'Inbox '}, inbox))
     } else if (!myFollows().has(pk)) {
       head.append(el('button', {text: 'Follow', onclick: () => setMark('follows', pk, true)}))
     }
