@@ -556,10 +556,13 @@ C_MENTIONED = (
     + """
 (async () => {
   await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
   location.hash = '#notifications';
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
-  await until('the mention', () => notes().some(n => n.includes('mentioned you')));
-  window.__result = {notes: notes()};
+  const before = notes();
+  await statebus.put('chirp/profile', {name: 'carol'});  // tells the test this page is open
+  await until('the mention', () => notes().some(n => n.includes('mentioned you')), 80000);
+  window.__result = {before, notes: notes()};
   window.__done = true;
 })().catch(fail)
 """
@@ -579,6 +582,11 @@ async def test_chirp_load_more_mentions_and_offline_first_paint(devnet: Cluster,
     for i in range(60):
         await a.node.save(f"/~/chirp/posts/p{i:02d}", {"text": f"post {i}", "at": 1_000 + i})
     await wait_until(lambda: has_key(a, f"/{b.pubkey}/chirp/profile"), what="bob's profile on A")
+    # C's notifications are open before A mentions C: the mention shows there live
+    c_run = asyncio.create_task(browse(c, C_MENTIONED, tmp_path, "chirp-mention"))
+    await wait_until(lambda: has_key(c, "/~/chirp/profile") or c_run.done(), what="C's page", timeout=90)
+    if c_run.done():
+        await c_run  # C's page failed before it was there: its error
     out = await asyncio.to_thread(
         run_browser,
         chirp_url(a.port),
@@ -599,7 +607,8 @@ async def test_chirp_load_more_mentions_and_offline_first_paint(devnet: Cluster,
     await wait_until(
         lambda: bool(b.node.children(f"/~/inbox/chirp/{a.pubkey}/", limit=10)), what="B's notice"
     )
-    notes = await browse(c, C_MENTIONED, tmp_path, "chirp-mention")
+    notes = await c_run
+    assert not any("mentioned you" in n for n in notes["before"]), notes
     assert any(
         n.startswith(a.pubkey[:8]) and n.endswith("mentioned you" + f"hi @bob and @{c.pubkey}")
         for n in notes["notes"]
