@@ -188,6 +188,15 @@ class Settings:
     quota_bytes_per_remote_namespace: int = _setting(
         256 * MiB, "bytes", "Storage a remote namespace may use on this node.", 0, 1024 * GiB
     )
+    guest_write_rate: str = _setting(
+        "20/minute", "rate", "Ops one other key may write into this node's own namespace (an inbox)."
+    )
+    guest_write_rate_per_ip: str = _setting(
+        "60/minute", "rate", "Ops other keys may write into this node's own namespace from one IP address."
+    )
+    guest_quota_bytes: int = _setting(
+        256 * KiB, "bytes", "Storage one other key's ops may use in this node's own namespace.", 0, 1 * GiB
+    )
     signature_max_age: float = _setting(
         300 * SECONDS, "seconds", "Oldest signed request accepted (its nonce is kept this long).", 1, 86400
     )

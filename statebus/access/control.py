@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 from statebus.access.acl import acl_prefix, check_acl_value
 from statebus.access.capabilities import CapabilityStore
 from statebus.access.gate import SignatureGate
+from statebus.access.guests import GuestLimits
 from statebus.access.limits import RateLimiter, SubscriptionCounter
 from statebus.access.op_gate import OpGate
 from statebus.access.policy import AccessPolicy
@@ -97,6 +98,8 @@ class AccessControl:
         self.node.handle(acl_prefix(self.local), to_save=_check_acl_op)
         self.node.handle(keys_prefix(self.local), to_save=_check_keys_op)
         self.local_policy = self.policy(self.local)
+        self.guests = GuestLimits(node, settings)
+        """Rates and quota of other keys' writes into this node's namespace (an inbox)."""
 
     def __repr__(self) -> str:
         return f"AccessControl({self.local!r}, namespaces={len(self._policies)})"
@@ -303,7 +306,13 @@ class AccessControl:
                 raise TooLarge(f"the value is {size} bytes; the limit is {limit}")
 
     async def submit(
-        self, submitter: PubKey | None, method: str, content_type: str | None, key: Key, body: bytes
+        self,
+        submitter: PubKey | None,
+        method: str,
+        content_type: str | None,
+        key: Key,
+        body: bytes,
+        address: str | None = None,
     ) -> Change:
         """A write sent by a client that is not the node owner (or any client sending an op): the body
         must be a signed op (``PUT``/``PATCH`` with ``Content-Type: application/vnd.statebus.op+json``).
@@ -316,21 +325,40 @@ class AccessControl:
                 f"a client other than the node owner writes by sending its signed op: PUT with "
                 f"Content-Type: {OP_MEDIA_TYPE} (a delete is an op of kind 'delete'); see docs/trust-model.md"
             )
-        return await self.apply_op(submitter, key, body)
+        return await self.apply_op(submitter, key, body, address)
 
-    async def apply_op(self, submitter: PubKey | None, key: Key, body: bytes) -> Change:
+    def _guest(self, submitter: PubKey | None, key: Key) -> PubKey | None:
+        """``submitter`` when its write of ``key`` is a guest write (:mod:`statebus.access.guests`)."""
+        if submitter is None or submitter == self.local or namespace_of(key) != self.local:
+            return None
+        return None if self.local_policy.is_delegate(submitter, key) else submitter
+
+    async def apply_op(
+        self, submitter: PubKey | None, key: Key, body: bytes, address: str | None = None
+    ) -> Change:
         """Verify and store a signed op (``application/vnd.statebus.op+json``) sent for ``key``:
         it passes the node's :class:`~statebus.access.op_gate.OpGate` as every remote op does.
+        Another key writing into this node's own namespace (where a rule lets it) is a guest write:
+        first its rates, then after the gate its quota (:mod:`statebus.access.guests`).
 
         Returns the change (the current state when the op was already stored). Nothing is stored
-        when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace).
+        when it raises (see :meth:`check_op`; also :class:`QuotaExceeded` for a remote namespace
+        or a guest over its quota, :class:`RateLimited` for a guest over its rate).
         """
+        guest = self._guest(submitter, key)
+        if guest is not None and self.local_policy.why_not("write", guest, key) is None:
+            self.guests.hit(guest, address)  # only writes a rule admits count: a refusal is 403
         admitted = await self.op_gate.admit_async(body, _ClientDoor(self, submitter, key))
         change: Change | None = None
+        charged = 0
         try:
+            if guest is not None:
+                charged = self.guests.charge(admitted.op.author, len(admitted.encoded))
             change = await self.node.apply(admitted.op, peer=submitter, encoded=admitted.encoded)
         finally:
             self.op_gate.settle(admitted, applied=change is not None)
+            if change is None and guest is not None:
+                self.guests.release(admitted.op.author, charged)
         if change is None:
             current = self.node.fetch_or_none(key)
             if current is None:

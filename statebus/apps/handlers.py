@@ -25,6 +25,10 @@ Rules:
    aside: it is busy running the on_write). Chains of on_write calls stop at :data:`MAX_CHAIN`.
 5. Every host call is checked against the app's grants in the host; a refusal throws inside the
    handler and is counted (``denied``). Host calls hop to the event loop to read or write.
+6. ``host.put`` of a key in *another* namespace inside the app's ``send`` grant (on_write only)
+   stores nothing here: it hands the value to the node's :class:`Courier`, which signs it with the
+   node's key and delivers it to that namespace's node (:mod:`statebus.federation.courier`). The
+   receiving node decides whether to store it, by its rules, speed bumps and validators.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema_rs
 
@@ -183,6 +187,13 @@ class App:
         return True
 
 
+class Courier(Protocol):
+    """Where an app's notices to other namespaces go (rule 6)."""
+
+    def send(self, key: Key, value: JSON) -> None:
+        """Queue ``value`` for ``key`` (in another namespace); raise a StatebusError to refuse it."""
+
+
 class CallHost:
     """The host API of one handler call (rule 5): runs on the app's thread, hops to the loop."""
 
@@ -272,6 +283,15 @@ class CallHost:
         if not self.writable:
             self._deny("host.put: only on_write handlers write")
         k, own, rel = self._resolve("put", key)
+        if not own and self.app.grants.can_send(rel):
+            courier = self.app.host.courier
+            if courier is None:
+                raise HostDenied(f"host.put: {key}: this node sends no notices (it has no federation)")
+            try:
+                self._on_loop(lambda: courier.send(k, value))
+            except StatebusError as exc:
+                raise HostDenied(f"host.put: {key} refused: {exc.detail or exc.code}") from None
+            return
         if not own or not self.app.grants.can_write(rel):
             self._deny(f"host.put: {key} is outside the app's write grant")
         loop = self.app.host.loop
@@ -309,6 +329,8 @@ class AppHost:
         self.gate = gate
         self.limits = limits or Limits()
         self.apps: dict[str, App] = {}
+        self.courier: Courier | None = None
+        """Delivers notices of apps with a ``send`` grant (rule 6); None: the node sends none."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._writing: dict[Key, tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -526,6 +548,7 @@ class AppHost:
         kind = op.kind if op is not None else "set"
         payload = {
             "key": rel,
+            "namespace": self.node.local,
             "author": author,
             "kind": kind,
             "value": change.value if change.exists else None,

@@ -49,7 +49,7 @@ FUNCTION_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}$")
 _PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_PATH = 200
 _TOP = {"name", "version", "description", "author", "permissions", "handlers", "schemas", "web"}
-_PERMS = ("read", "write", "read_others")
+_PERMS = ("read", "write", "read_others", "send")
 _HANDLERS = {"source", "validate", "derive", "on_write"}
 
 
@@ -94,7 +94,9 @@ def parse_permissions(value: object, where: str = "permissions") -> Grants:
         if not isinstance(items, list) or len(items) > MAX_PATTERNS:
             raise InvalidBundle(f"{where}.{kind} is a list of at most {MAX_PATTERNS} patterns")
         lists[kind] = sorted({check_pattern(p, f"{where}.{kind}") for p in items})
-    return Grants.parse(read=lists["read"], write=lists["write"], read_others=lists["read_others"])
+    return Grants.parse(
+        read=lists["read"], write=lists["write"], read_others=lists["read_others"], send=lists["send"]
+    )
 
 
 def permission_lines(grants: Grants) -> list[str]:
@@ -102,6 +104,7 @@ def permission_lines(grants: Grants) -> list[str]:
     out = [f"  read   your {p.text}" for p in grants.read]
     out += [f"  write  your {p.text}" for p in grants.write]
     out += [f"  read   other people's {p.text}" for p in grants.read_others]
+    out += [f"  send   notices to other people's {p.text}" for p in grants.send]
     return out or ["  (no access to any key)"]
 
 

@@ -13,8 +13,10 @@ Rules:
    segment, no leading ``/``, no ``~``, no empty segment, no ``*`` inside a segment (``a*``).
 2. A relative path (what a pattern is matched against) is a key with its ``/<namespace>/`` cut off:
    never empty, no leading or trailing ``/``.
-3. Grants never widen: ``write`` implies nothing about other namespaces; ``read_others`` is read only.
-   A key outside every pattern is outside the grant.
+3. Grants never widen: ``write`` implies nothing about other namespaces; ``read_others`` is read only;
+   ``send`` only hands a small signed notice to the node's courier for another namespace's owner
+   (it writes nothing here, and the receiving node decides whether to take it). A key outside every
+   pattern is outside the grant.
 
 Pure: no I/O; it imports only :mod:`statebus.errors`, :mod:`statebus.keys` and :mod:`statebus.types`.
 """
@@ -108,40 +110,54 @@ def matches_any(patterns: Iterable[Pattern], rel_path: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class Grants:
     """What an app may touch: ``read`` and ``write`` in the user's own namespace, ``read_others``
-    in every other namespace (rule 3)."""
+    in every other namespace, ``send`` notices to other namespaces (rule 3)."""
 
     read: tuple[Pattern, ...] = ()
     write: tuple[Pattern, ...] = ()
     read_others: tuple[Pattern, ...] = ()
+    send: tuple[Pattern, ...] = ()
 
     @classmethod
     def parse(
-        cls, *, read: Iterable[str] = (), write: Iterable[str] = (), read_others: Iterable[str] = ()
+        cls,
+        *,
+        read: Iterable[str] = (),
+        write: Iterable[str] = (),
+        read_others: Iterable[str] = (),
+        send: Iterable[str] = (),
     ) -> Grants:
         return cls(
             parse_patterns(read, "read"),
             parse_patterns(write, "write"),
             parse_patterns(read_others, "read_others"),
+            parse_patterns(send, "send"),
         )
 
     @classmethod
     def from_json(cls, data: object) -> Grants:
-        """From the manifest's ``permissions`` object (lists ``read``, ``write``, ``read_others``)."""
+        """From the manifest's ``permissions`` object (lists ``read``, ``write``, ``read_others``,
+        ``send``)."""
         if not isinstance(data, dict):
             raise InvalidValue("permissions is an object with 'read', 'write' and 'read_others' lists")
-        unknown = set(data) - {"read", "write", "read_others"}
+        unknown = set(data) - {"read", "write", "read_others", "send"}
         if unknown:
             raise InvalidValue(f"permissions: unknown field {sorted(unknown)[0]!r}")
         return cls.parse(
-            read=data.get("read", []), write=data.get("write", []), read_others=data.get("read_others", [])
+            read=data.get("read", []),
+            write=data.get("write", []),
+            read_others=data.get("read_others", []),
+            send=data.get("send", []),
         )
 
     def to_json(self) -> dict[str, list[str]]:
-        return {
+        out = {
             "read": [p.text for p in self.read],
             "write": [p.text for p in self.write],
             "read_others": [p.text for p in self.read_others],
         }
+        if self.send:  # absent when empty: grants stored before ``send`` existed read the same
+            out["send"] = [p.text for p in self.send]
+        return out
 
     def can_read(self, namespace_is_own: bool, rel_path: str) -> bool:
         """May the app read ``rel_path`` in the user's namespace (``namespace_is_own``) or another's?
@@ -154,10 +170,15 @@ class Grants:
         """May the app write ``rel_path`` in the user's own namespace? (Never in another's.)"""
         return matches_any(self.write, rel_path)
 
+    def can_send(self, rel_path: str) -> bool:
+        """May the app send a notice to ``rel_path`` in another namespace (rule 3)?"""
+        return matches_any(self.send, rel_path)
+
     def covers(self, other: Grants) -> bool:
         """Does every pattern of ``other`` appear in this grant (an upgrade asking nothing new)?"""
         return (
             {p.text for p in other.read} <= {p.text for p in self.read}
             and {p.text for p in other.write} <= {p.text for p in self.write}
             and {p.text for p in other.read_others} <= {p.text for p in self.read_others}
+            and {p.text for p in other.send} <= {p.text for p in self.send}
         )

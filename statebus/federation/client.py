@@ -181,6 +181,17 @@ class PeerClient:
         self._check(response, body)
         return body
 
+    async def put_op(self, base: str, key: str, encoded: bytes) -> None:
+        """PUT a signed op (its canonical bytes) at ``key`` on the node at ``base``, as a signed
+        client of that node (``application/vnd.statebus.op+json``); its error answer is raised."""
+        url = base.rstrip("/") + key
+        headers = {"content-type": "application/vnd.statebus.op+json"}
+        request = self._http.build_request("PUT", url, content=encoded, headers=headers)
+        request.headers.update(
+            sign_request(request.method, str(request.url), request.headers, encoded, self.identity)
+        )
+        await self._fetch(base, request, MAX_INFO)
+
     async def node_info(self, base: str) -> PubKey:
         """The public key the node at ``base`` says it has (unverified: a hint, not a proof)."""
         request = self._http.build_request("GET", base.rstrip("/") + f"{WELL_KNOWN}/node")

@@ -36,6 +36,7 @@ from statebus.errors import (
 )
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
+from statebus.federation.courier import NoticeCourier
 from statebus.federation.dht import Directory
 from statebus.federation.follow import Backoff, FollowClient, FollowContext, Follower, IngestHook
 from statebus.federation.ingest import Ingest
@@ -131,6 +132,8 @@ class Federation:
             self.blobs,
         )
         """What each follower sees of this federation."""
+        self.courier = NoticeCourier(identity, self._own_client, self.addresses)
+        """Delivers hosted apps' notices to other namespaces' nodes (``send`` grants)."""
         self._followed: set[PubKey] = set()
         self._watch: Subscription | None = None
         self._reconcile_lock = asyncio.Lock()
@@ -178,6 +181,7 @@ class Federation:
             await self.blobs.stop()
         if self.swarm is not None:
             await self.swarm.stop()
+        await self.courier.aclose()
         await self._own_client.aclose()
 
     def _follows_changed(self, change: Change) -> None:
@@ -223,17 +227,25 @@ class Federation:
 
     async def locate(self, follow: Follow) -> list[str]:
         """Where to fetch ``follow`` from, best first: the owner (DHT), ``via``, known addresses."""
+        return await self.addresses(follow.owner, follow.via)
+
+    async def addresses(self, owner: PubKey, via: Sequence[str] = ()) -> list[str]:
+        """Where ``owner``'s node is, best first: its DHT record, ``via``, then addresses this node
+        knows (invites, and the ``via`` of any follow of ``owner``); never this node's own."""
         urls: list[str] = []
         if self.directory is not None:
             try:
-                record = await asyncio.wait_for(self.directory.resolve(follow.owner), RESOLVE_TIMEOUT)
+                record = await asyncio.wait_for(self.directory.resolve(owner), RESOLVE_TIMEOUT)
             except (TimeoutError, StatebusError, OSError) as exc:
-                log.info("DHT lookup of %s failed: %s", follow.owner, type(exc).__name__)
+                log.info("DHT lookup of %s failed: %s", owner, type(exc).__name__)
                 record = None
             if record is not None:
                 urls.extend(as_url(a) for a in record.addrs)
-        urls.extend(follow.via)
-        urls.extend(self.known.get(follow.owner, ()))
+        urls.extend(via)
+        urls.extend(self.known.get(owner, ()))
+        for follower in self.followers.values():
+            if follower.follow.owner == owner:
+                urls.extend(follower.follow.via)
         own = set(self.urls)
         return [u for u in dict.fromkeys(urls) if u not in own]
 

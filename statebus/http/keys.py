@@ -374,7 +374,9 @@ class KeyEndpoint:
             body = await read_body(receive, headers, self.settings.max_body_bytes)
             if conditional:
                 check_preconditions(self.node.fetch_or_none(key), headers)
-            return WrittenResponse(await client.access.submit(client.pubkey, method, ctype, key, body))
+            return WrittenResponse(
+                await client.access.submit(client.pubkey, method, ctype, key, body, client.address)
+            )
         if method == "DELETE":
             opts = self.write_options(headers, merge=False)
             self.check_parents(key, opts)

@@ -7,9 +7,10 @@ and shows a value as the author's only if it verifies (docs/wire-protocol.md, "P
 Rules:
 
 1. A proof is offered for a value that is the body of one op: a last-writer-wins ``set`` whose
-   version is the key's whole frontier. Anything else (patches, Yjs updates, concurrent versions,
-   a deleted key, bytes) answers ``{"unverifiable": <reason>}``: the browser then says the value is
-   not verified, with that reason, and never shows it as the author's.
+   version is the key's whole frontier, JSON or bytes (the signed op carries the bytes as ``bb``,
+   or, for a blob, the pointer with the bytes' sha256). Anything else (patches, Yjs updates,
+   concurrent versions, a deleted key) answers ``{"unverifiable": <reason>}``: the browser then
+   says the value is not verified, with that reason, and never shows it as the author's.
 2. The proof carries the signed bytes themselves (``signing_bytes``: the domain line and the op's
    canonical JSON, signature left out), never a re-encoding: the browser verifies the signature over
    them, then reads the key, author and body from them and compares them with what it shows. No
@@ -46,8 +47,8 @@ def _signed(node: Node, key: Key, version: Version) -> dict[str, JSON] | str:
     if not found:
         return "the op that wrote this value is not stored here (compacted, or not yet on disk)"
     op = decode_op(found[-1].data)
-    if op.kind != "set" or op.merge != "lww" or op.content_type is not None:
-        return f"the value was written by a {op.merge} {op.kind} op, not a whole JSON value"
+    if op.kind != "set" or op.merge != "lww":
+        return f"the value was written by a {op.merge} {op.kind} op, not a whole value"
     if not op.sig:
         return "the op that wrote this value is unsigned"
     return {
@@ -61,7 +62,7 @@ def proof_of(node: Node, change: Change) -> dict[str, JSON]:
     """The signature material of ``change``'s value (rules 1-4)."""
     if not change.exists:
         return {"unverifiable": "the key has no value"}
-    if change.merge != "lww" or change.content_type is not None:
+    if change.merge != "lww":
         return {
             "unverifiable": f"a {change.merge} value is merged from many ops; it is not verified op by op"
         }

@@ -240,6 +240,7 @@ def node_app(
     app.state.federation = federation
     app.state.dht_view = dht
     app.state.invite_routes = invite_routes
+    apps.courier = federation.courier  # apps with a send grant deliver notices through it
     app.state.apps = apps
     app.state.app_registry = service.registry
     app.state.invites = ledger

@@ -47,11 +47,12 @@ def test_two_commands_per_person(tmp_path: Path) -> None:
             assert out.returncode == 0, out.stderr
             assert "read   other people's chirp/" in out.stderr  # what chirp asks for is shown
         lines = out_ann.stdout.splitlines()
-        assert lines[0].startswith("installed chirp 1.0.0 (") and len(lines) == 5, lines
+        assert lines[0].startswith("installed chirp 1.1.0 (") and len(lines) == 6, lines
         assert lines[1] == f"sharing /{pk['ann']}/chirp/ with every peer"
-        assert lines[2] == f"following /{pk['bob']}/chirp/"
+        assert lines[2].startswith(f"your inbox /{pk['ann']}/inbox/ takes notices signed by anyone"), lines
+        assert lines[3] == f"following /{pk['bob']}/chirp/"
         assert (
-            lines[4]
+            lines[5]
             == f"open chirp: log in with the link statebus serve printed, then {ann.url}/launch/chirp"
         )
         a = httpx.Client(

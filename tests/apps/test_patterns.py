@@ -65,3 +65,14 @@ def test_spec_checks_its_patterns() -> None:
         AppSpec("gb", "1.0.0", "h", NS, g, "x", validate={"gb/*": "a.b"})
     with pytest.raises(InvalidValue, match="need a handlers source"):
         AppSpec("gb", "1.0.0", "h", NS, g, None, validate={"gb/*": "v"})
+
+
+def test_send_grants_only_name_other_namespaces_notices() -> None:
+    g = Grants.from_json({"read": ["chirp/"], "write": ["chirp/"], "send": ["inbox/chirp/"]})
+    assert g.can_send("inbox/chirp/alice/reply-1") and not g.can_send("chirp/posts/1")
+    assert not g.can_write("inbox/chirp/alice/reply-1")  # sending writes nothing here
+    assert g.to_json()["send"] == ["inbox/chirp/"]
+    assert "send" not in Grants.parse(read=["a/"]).to_json()  # grants stored before send read the same
+    assert not Grants.parse(read=["chirp/"], write=["chirp/"]).covers(g)  # an upgrade asking send is new
+    with pytest.raises(InvalidValue, match="unknown field"):
+        Grants.from_json({"sends": ["inbox/"]})

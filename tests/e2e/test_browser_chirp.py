@@ -5,6 +5,8 @@ B follows A, A follows B (the author follows the people who answer it: docs/apps
 follows B only. In the browser:
 
 * A posts through the compose form, and B's open page shows it live;
+* C, whom A does not follow, replies to A's post: C's node delivers a signed notice to A's open
+  inbox, and A's notifications show the reply;
 * B likes (keyboard `l`), replies (`r`), quotes (`q`) and reposts (`t`); A's notifications show
   all four; A mutes B (B's reply leaves A's timeline), unmutes, and deletes a post of its own;
 * A blocks B: B's next reply is refused by A's node and never shows, and B's earlier reply is
@@ -161,8 +163,10 @@ A_NOTES = (
   await statebus.ready;
   location.hash = '#notifications';
   const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
-  const four = () => notes().filter(n => /replied|liked|quoted|reposted/.test(n)).length >= 4;
+  // by bob's name: a notice can reach A's inbox before bob's profile reaches A's replica
+  const four = () => notes().filter(n => /^bob (replied|liked|quoted|reposted)/.test(n)).length >= 4;
   await until('four notifications', four);
+  await until('the reply of a stranger', () => notes().some(n => n.includes('a stranger says hi')));
   const r = {notes: notes()};
   // mute bob from the People view: his reply leaves the timeline (it stays stored)
   location.hash = '#people';
@@ -184,6 +188,8 @@ A_NOTES = (
   article('oops').querySelector('button.delete').click();
   await until('the delete', () => !texts().includes('oops'));
   r.afterDelete = texts();
+  location.hash = '#notifications';  // the screen the screenshot shows
+  await until('the notifications again', () => document.querySelectorAll('#view .note').length >= 5);
   window.__result = r;
   window.__done = true;
 })().catch(fail)
@@ -321,6 +327,7 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     await mark(a, "follows", b.pubkey)
     await c.follow(f"/{b.pubkey}/chirp/", via=[b.url])
     await mark(c, "follows", b.pubkey)
+    await a.node.save("/~/.acl/inbox", {"write": "signed"})  # A's inbox takes notices signed by anyone
 
     # A posts while B's page is open: B sees it live, likes it and replies with the keyboard.
     blobs_before = a.node.blob_refs()
@@ -348,8 +355,15 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert live["avatar"] == 200, live  # A's avatar, a blob fetched by B's node, shown on B's page
     assert live["badge"] == " ✓ signed" and live["unverified"] == 0, live["dropped"]  # checked in B's browser
 
-    # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/).
+    # C, whom A does not follow, replies to A's post: C's node delivers a notice to A's open inbox.
+    first = next(f"/{a.pubkey}/chirp/posts/{k}" for k, v in posts_of(a, a.pubkey).items())
+    await c.node.save(
+        "/~/chirp/posts/zz-stranger", {"text": "a stranger says hi", "at": 8e12, "reply_to": first}
+    )
+
+    # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/), C's by the inbox.
     notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
+    assert any(n.endswith("replieda stranger says hi") for n in notes["notes"]), notes
     assert any(n.startswith("bob replied") for n in notes["notes"]), notes
     assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
     assert any(n.startswith("bob quoted your post") for n in notes["notes"]), notes
@@ -421,3 +435,181 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     if target:
         for png in shots.glob("*.png"):
             shutil.copy(png, Path(target) / png.name)
+
+
+IMAGES = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the post', () => article('a picture'));
+  const img = () => article('a picture').querySelector('img.img');
+  const bad = () => img().classList.contains('unverified');
+  await until('the image checked', () => img() && (bad() || (img().complete && img().naturalWidth === 1)));
+  window.__result = {unverified: chirp.unverified, dropped: chirp.dropped, bad: bad(), alt: img().alt,
+                     src: img().getAttribute('src') || '', width: img().naturalWidth};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+# Between the node and the page, flip one bit of every image's bytes (a tampering proxy or host): the
+# signature material (?proof) is left alone, so the page's check must catch the change itself.
+TAMPER = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (input, init) => {
+  const res = await realFetch(input, init);
+  const u = String(input && input.url || input);
+  if (!u.includes('/chirp/images/') || u.includes('proof')) return res;
+  const b = new Uint8Array(await res.arrayBuffer());
+  b[b.length - 1] ^= 1;
+  return new Response(b, {status: res.status, statusText: res.statusText, headers: res.headers});
+};
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_chirp_shows_an_image_only_if_its_author_signed_its_bytes(
+    devnet: Cluster, tmp_path: Path
+) -> None:
+    a = await devnet.add("a")
+    await install_chirp(a.url, a.token, tmp_path)
+    async with httpx.AsyncClient(base_url=a.url, headers={"Authorization": f"Bearer {a.token}"}) as http:
+        r = await http.put("/~/chirp/images/dot.png", content=PNG, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        post = {"text": "a picture", "at": 1, "images": ["chirp/images/dot.png"]}
+        assert (await http.put("/~/chirp/posts/p1", json=post)).status_code == 200
+    runs = []
+    for extra in ((), ("--init-script", TAMPER)):
+        out = await asyncio.to_thread(
+            run_browser,
+            chirp_url(a.port),
+            IMAGES,
+            timeout=60,
+            before=launch(a.url, a.token),
+            extra_args=extra,
+        )
+        assert out["ok"] and not out["page_errors"], json.dumps(out)[:3000]
+        runs.append(out["result"])
+    honest, tampered = runs
+    assert not honest["bad"] and honest["width"] == 1 and honest["src"].startswith("blob:"), honest
+    assert honest["unverified"] == 0, honest
+    assert tampered["bad"] and tampered["src"] == "" and tampered["unverified"] == 1, tampered
+    assert "the bytes differ from the ones their author signed" in tampered["alt"], tampered
+
+
+# A's page: 60 posts, 50 at first and "Load more" for the rest; a post mentioning @bob (by name) and C
+# (by pubkey); then, once the page has saved its view, a reload with the node's data unreachable.
+A_MORE = (
+    HELPERS
+    + """
+(async () => {
+  const r = {};
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  await until('the first page', () => texts().length === 50);
+  r.first = texts().length;
+  r.moreShown = !document.getElementById('more').hidden;
+  document.getElementById('more').click();
+  await until('the next page', () => texts().length > 50);
+  r.after = texts().length;
+  r.moreHidden = document.getElementById('more').hidden;
+  await until('bob\\'s profile', () => [...chirp.profiles.values()].some(p => p && p.name === 'bob'));
+  compose('hi @bob and @%(c)s');
+  await until('the mention', () => texts().some(t => t.startsWith('hi @bob')));
+  r.mentions = [...chirp.posts.values()].find(p => (p.text || '').startsWith('hi @bob')).mentions;
+  // the owner narrows the inbox from the profile view
+  location.hash = '#me';
+  await until('the inbox setting', () => document.getElementById('inbox'));
+  const select = document.getElementById('inbox');
+  r.inboxBefore = select.value;
+  select.value = 'follows';
+  select.dispatchEvent(new Event('change'));
+  await until('the setting saved', () => chirp.settings.inbox === 'follows');
+  location.hash = '#home';
+  await until('the saved view', () => (localStorage.getItem('chirp-cache-v1') || '').includes('hi @bob'));
+  sessionStorage.setItem('cut', '1');
+  sessionStorage.setItem('before', JSON.stringify(r));
+  location.reload();
+})().catch(fail)
+"""
+)
+
+# Runs before the page's own scripts on every load: after the reload above, the node answers none of
+# the page's data requests (fetch fails as with no network; no stream can open). What the page shows
+# then comes from what it saved, painted at load.
+CUT = """
+if (sessionStorage.getItem('cut') === '1') {
+  window.fetch = () => Promise.reject(new TypeError('Failed to fetch'));
+  window.EventSource = class { constructor() { throw new Error('the node is unreachable') } };
+  window.addEventListener('load', () => requestAnimationFrame(() => requestAnimationFrame(() => {
+    const texts = [...document.querySelectorAll('#view article .text')].map(e => e.textContent);
+    window.__result = {...JSON.parse(sessionStorage.getItem('before')), offline: texts,
+                       conn: document.getElementById('conn').textContent};
+    window.__done = true;
+  })));
+}
+"""
+
+C_MENTIONED = (
+    HELPERS
+    + """
+(async () => {
+  await statebus.ready;
+  await until('the streams', () => document.getElementById('conn').textContent === 'live');
+  location.hash = '#notifications';
+  const notes = () => [...document.querySelectorAll('#view .note')].map(e => e.textContent);
+  const before = notes();
+  await statebus.put('chirp/profile', {name: 'carol'});  // tells the test this page is open
+  await until('the mention', () => notes().some(n => n.includes('mentioned you')), 80000);
+  window.__result = {before, notes: notes()};
+  window.__done = true;
+})().catch(fail)
+"""
+)
+
+
+@pytest.mark.timeout(180)
+async def test_chirp_load_more_mentions_and_offline_first_paint(devnet: Cluster, tmp_path: Path) -> None:
+    a, b, c = await devnet.add("a"), await devnet.add("b"), await devnet.add("c")
+    for n in (a, b, c):
+        await install_chirp(n.url, n.token, tmp_path)
+        await n.share("/~/chirp/")
+        await n.node.save("/~/.acl/inbox", {"write": "signed"})
+    await b.node.save("/~/chirp/profile", {"name": "bob"})
+    await a.follow(f"/{b.pubkey}/chirp/", via=[b.url])
+    await mark(a, "follows", b.pubkey)
+    for i in range(60):
+        await a.node.save(f"/~/chirp/posts/p{i:02d}", {"text": f"post {i}", "at": 1_000 + i})
+    await wait_until(lambda: has_key(a, f"/{b.pubkey}/chirp/profile"), what="bob's profile on A")
+    # C's notifications are open before A mentions C: the mention shows there live
+    c_run = asyncio.create_task(browse(c, C_MENTIONED, tmp_path, "chirp-mention"))
+    await wait_until(lambda: has_key(c, "/~/chirp/profile") or c_run.done(), what="C's page", timeout=90)
+    if c_run.done():
+        await c_run  # C's page failed before it was there: its error
+    out = await asyncio.to_thread(
+        run_browser,
+        chirp_url(a.port),
+        A_MORE.replace("%(c)s", c.pubkey),
+        timeout=90,
+        before=launch(a.url, a.token),
+        extra_args=("--init-script", CUT),
+    )
+    assert out["ok"] and not out["page_errors"], json.dumps(out)[:3000]
+    r = out["result"]
+    assert r["first"] == 50 and r["moreShown"] and r["after"] == 60 and r["moreHidden"], r
+    assert sorted(r["mentions"]) == sorted([b.pubkey, c.pubkey]), r  # @bob by name, C by pubkey
+    assert r["inboxBefore"] == "anyone" and a.node.fetch("/~/chirp/settings").value == {"inbox": "follows"}, r
+    # the reload with the node unreachable: the saved view, painted at load, newest first
+    assert r["offline"][:2] == [f"hi @bob and @{c.pubkey}", "post 59"] and len(r["offline"]) == 50, r
+    assert r["conn"] == "offline: showing what this page saved", r
+    # C, a stranger to A, gets the mention through its inbox; so does B, who does not follow A
+    await wait_until(
+        lambda: bool(b.node.children(f"/~/inbox/chirp/{a.pubkey}/", limit=10)), what="B's notice"
+    )
+    notes = await c_run
+    assert not any("mentioned you" in n for n in notes["before"]), notes
+    assert any(
+        n.startswith(a.pubkey[:8]) and n.endswith("mentioned you" + f"hi @bob and @{c.pubkey}")
+        for n in notes["notes"]
+    ), notes

@@ -80,3 +80,14 @@ async def test_values_that_are_not_one_ops_body_say_why(node: Node) -> None:
     deleted = node.fetch_or_none(key)
     assert deleted is not None and not deleted.exists
     assert proof_of(node, deleted) == {"unverifiable": "the key has no value"}
+
+
+async def test_a_bytes_value_comes_with_the_bytes_its_author_signed(node: Node) -> None:
+    key = f"/{OWNER.pubkey}/chirp/images/a.png"
+    await node.save(key, b"\x89PNG not really", content_type="image/png")
+    await node.flush()
+    proof = proof_of(node, node.fetch(key))
+    assert proof["author"] == OWNER.pubkey, proof
+    op = opened(proof)
+    assert (op["k"], op["t"], op["m"], op["ct"]) == (key, "set", "lww", "image/png")
+    assert base64.b64decode(str(op["bb"])) == b"\x89PNG not really"

@@ -16,7 +16,12 @@ from statebus.http.apps import APPS_PATH, BUNDLE_TYPE, SIGNATURE_HEADER
 from tests.apps.bundles import MAX, author_key
 
 CHIRP = Path(__file__).resolve().parents[2] / "apps" / "chirp"
-GRANT = {"read": ["chirp/"], "write": ["chirp/"], "read_others": ["chirp/"]}
+GRANT = {
+    "read": ["chirp/", "inbox/chirp/"],
+    "write": ["chirp/", "inbox/chirp/"],
+    "read_others": ["chirp/"],
+    "send": ["inbox/chirp/"],
+}
 
 
 def chirp_bundle(tmp: Path) -> tuple[bytes, str]:

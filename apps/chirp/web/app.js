@@ -35,10 +35,12 @@
   const profiles = new Map()   // pk -> profile
   const follows = new Map()    // pk -> Set of the pks they follow
   const blocks = new Set(), mutes = new Set()
+  let settings = {}            // chirp/settings: {inbox: 'anyone' | 'follows' | 'closed'}
   let shown = PAGE, selected = -1, replyTo = null, quoteOf = null, online = false
   let seenNotes = Number(localStorage.getItem('chirp-seen') || 0)
   window.chirp = {posts, likes, profiles, follows, blocks, mutes, rendered: 0}   // for tests and the curious
   Object.defineProperty(window.chirp, 'unverified', {get: () => unverified})
+  Object.defineProperty(window.chirp, 'settings', {get: () => settings})
 
   // ------------------------------------------------------------------ data
 
@@ -63,8 +65,7 @@
     if (!s) return
     const [pk, rest] = s
     const full = abs(pk, rest)
-    // Images are shown by URL (<img src>), not from the stream; statebus.js does not verify bytes
-    // values yet ("a lww value is merged from many ops"), so they carry no badge.
+    // Images are not taken from the stream: each is fetched and checked when shown (image() below).
     if (rest.startsWith('images/')) return
     if (event && event.verified === false) {
       unverified++
@@ -82,11 +83,28 @@
       gone ? set.delete(rest.slice(8)) : set.add(rest.slice(8))
       follows.set(pk, set)
       if (pk === me) resubscribe()
-    } else if (pk === me && rest.startsWith('blocks/')) gone ? blocks.delete(rest.slice(7)) : blocks.add(rest.slice(7))
+    } else if (pk === me && rest === 'settings') settings = gone || value === null || typeof value !== 'object' ? {} : value
+    else if (pk === me && rest.startsWith('blocks/')) gone ? blocks.delete(rest.slice(7)) : blocks.add(rest.slice(7))
     else if (pk === me && rest.startsWith('mutes/')) gone ? mutes.delete(rest.slice(6)) : mutes.add(rest.slice(6))
     else return
     schedule()
     saveSoon()
+  }
+
+  // The inbox: notices other people's nodes delivered to this node (/<me>/inbox/chirp/<sender>/<name>,
+  // each signed by its sender), so a reply or like from someone the owner does not follow shows too.
+  const notices = new Map()    // "/<me>/inbox/chirp/<sender>/<name>" -> notice with its sender
+  window.chirp.notices = notices
+  function onInbox(key, value, event) {
+    if (key === null) return
+    const m = /^\/(?:[a-z2-7]{52}|~)\/inbox\/chirp\/([a-z2-7]{52})\/[A-Za-z0-9_-]+$/.exec(key)
+    if (!m) return
+    // a notice is signed by its sender, not by the owner: statebus.js names the key that signed it
+    const signed = event && (event.verified || event.signer === m[1])
+    if (value !== undefined && !signed) { unverified++; dropped.push({key, reason: event && event.reason}) }
+    if (value === undefined || !signed || typeof value !== 'object' || value === null) notices.delete(key)
+    else notices.set(key, {...value, sender: m[1]})
+    schedule()
   }
 
   // One stream for the owner's chirp/, and one per SUBS_PER_STREAM followed people (a stream follows at
@@ -161,6 +179,12 @@
     const id = newId()
     const text = fields.text || ''
     const mentions = [...new Set((text.match(/@[a-z2-7]{52}/g) || []).map(m => m.slice(1)))]
+    // @name: the one person this page knows by that display name (the people followed, and oneself)
+    for (const m of text.match(/@[\w.-]{1,32}/g) || []) {
+      const want = m.slice(1).toLowerCase()
+      const found = [...profiles].filter(([pk, p]) => p && typeof p.name === 'string' && p.name.toLowerCase() === want)
+      if (found.length === 1 && !mentions.includes(found[0][0])) mentions.push(found[0][0])
+    }
     const value = {at: Date.now(), ...fields}
     if (mentions.length) value.mentions = mentions
     await statebus.put('chirp/posts/' + id, value)
@@ -220,15 +244,38 @@
   const imgUrl = (pk, rel) => (pk === me ? '/~/' : `/${pk}/`) + rel
   // An image's record can arrive before its bytes (a blob is fetched apart, after its signed pointer):
   // a failed load is tried again a few times.
-  function image(props) {
+  // Images are checked like every other value: statebus.getVerifiedBytes fetches the bytes with their
+  // signature material, and an image is shown only if its author signed these very bytes (a blob: their
+  // sha256). One that fails is not shown: it is marked "unverified" and counted, with the reason.
+  const imageChecks = new Map()   // key -> promise of {url} or {reason}
+  const badImages = new Set()
+  function checkedImage(key) {
+    let p = imageChecks.get(key)
+    if (!p) {
+      p = statebus.getVerifiedBytes(key).then(r => r.verified ? {url: URL.createObjectURL(r.blob)} : {reason: r.reason})
+      p.catch(() => imageChecks.delete(key))
+      imageChecks.set(key, p)
+    }
+    return p
+  }
+  function image(props, key) {
     const img = el('img', props)
     let tries = 0
-    img.addEventListener('error', () => { if (tries++ < 10) setTimeout(() => { img.src = props.src }, 1000) })
+    const retry = () => { imageChecks.delete(key); if (tries++ < 10) setTimeout(load, 1000) }
+    const load = () => checkedImage(key).then(r => {
+      if (r.url) { img.src = r.url; img.title = 'signed by its author'; return }
+      if (r.reason === 'no such key') return retry()   // its bytes are not on this node yet
+      img.classList.add('unverified')
+      img.alt = 'unverified image: ' + r.reason
+      img.title = img.alt
+      if (!badImages.has(key)) { badImages.add(key); unverified++; dropped.push({key, reason: r.reason}) }
+    }, retry)
+    load()
     return img
   }
   function avatar(pk) {
     const p = profiles.get(pk)
-    return p && p.avatar ? image({class: 'avatar', alt: '', src: imgUrl(pk, p.avatar)}) : el('span', {class: 'avatar'})
+    return p && p.avatar ? image({class: 'avatar', alt: ''}, imgUrl(pk, p.avatar)) : el('span', {class: 'avatar'})
   }
   // Reply, repost and like counts of every post, counted in one pass per render (not per article).
   let counted = null
@@ -266,7 +313,7 @@
       quoted = el('div', {class: 'quoted'}, q ? el('b', {text: name(split(p.quote_of)[0]) + ': '}) : null,
                   q ? q.text : 'a post this node does not hold')
     }
-    const images = (p.images || []).map(rel => image({class: 'img', alt: 'image', src: imgUrl(pk, rel)}))
+    const images = (p.images || []).map(rel => image({class: 'img', alt: 'image'}, imgUrl(pk, rel)))
     let context = ctx || null
     if (!context && p.reply_to) context = `↩ replying to ${name(split(p.reply_to)[0])}`
     return el('article', {'data-key': key, tabindex: '-1'},
@@ -288,6 +335,8 @@
     const who = myFollows()
     return newest([...posts].filter(([k]) => { const pk = authorOf(k); return (pk === me || who.has(pk)) && !hidden(pk) }))
   }
+  const WHAT = {reply: 'replied', like: 'liked your post', repost: 'reposted your post', quote: 'quoted your post',
+                mention: 'mentioned you', follow: 'follows you'}
   function notifications() {
     const out = []
     const mineKey = k => typeof k === 'string' && k.startsWith(`/${me}/chirp/posts/`)
@@ -304,6 +353,13 @@
       if (pk !== me && !hidden(pk) && mineKey(l.post)) out.push({at: l.at, pk, what: 'liked your post', key: l.post})
     }
     for (const [pk, set] of follows) if (pk !== me && !hidden(pk) && set.has(me)) out.push({at: 0, pk, what: 'follows you'})
+    // notices from the inbox, unless this node holds the record itself (then it is counted above)
+    for (const n of notices.values()) {
+      const pk = n.sender
+      if (hidden(pk) || !WHAT[n.type]) continue
+      if (posts.has(n.from) || likes.has(n.from) || (n.type === 'follow' && (follows.get(pk) || new Set()).has(me))) continue
+      out.push({at: n.at, pk, what: WHAT[n.type], key: n.type === 'like' || n.type === 'repost' ? n.post : n.from, text: n.text})
+    }
     return out.sort((a, b) => b.at - a.at)
   }
 
@@ -359,7 +415,13 @@
          el('input', {type: 'text', name: 'bio', 'aria-label': 'bio', placeholder: 'bio', value: p.bio || ''}),
          el('input', {type: 'file', name: 'avatar', accept: 'image/*', 'aria-label': 'avatar'}),
          el('button', {text: 'Save profile'}))
-      head.append(f)
+      // who may leave notices in this node's inbox (checked by chirp's validator on this node)
+      const modes = [['anyone', 'Notices from anyone'], ['follows', 'Notices from people I follow and people they follow'],
+                     ['closed', 'No notices (replies of people I follow still show)']]
+      const inbox = el('select', {id: 'inbox', 'aria-label': 'who may send you notices',
+        onchange: ev => act(() => statebus.put('chirp/settings', {...settings, inbox: ev.target.value}))},
+        ...modes.map(([v, t]) => { const o = el('option', {value: v, text: t}); o.selected = (settings.inbox || 'anyone') === v; return o }))
+      head.append(f, el('label', {text: 'Inbox '}, inbox))
     } else if (!myFollows().has(pk)) {
       head.append(el('button', {text: 'Follow', onclick: () => setMark('follows', pk, true)}))
     }
@@ -389,7 +451,8 @@
     if (view === 'notifications') {
       if (notes.length && notes[0].at > seenNotes) { seenNotes = notes[0].at; localStorage.setItem('chirp-seen', String(seenNotes)) }
       items = page(notes, n => el('div', {class: 'note'}, el('a', {href: '#user/' + n.pk, text: name(n.pk)}), ` ${n.what}`,
-        n.key && posts.has(n.key) ? el('div', {class: 'ctx', text: posts.get(n.key).text || ''}) : null))
+        n.key && posts.has(n.key) ? el('div', {class: 'ctx', text: posts.get(n.key).text || ''})
+          : n.text ? el('div', {class: 'ctx', text: n.text}) : null))
     } else if (view === 'people') {
       items = peopleView()
       $('more').hidden = true
@@ -449,7 +512,9 @@
     if (!info || !info.node) return   // offline: the saved view stays
     if (me && me !== info.node) { for (const m of [posts, likes, profiles, follows]) m.clear(); blocks.clear(); mutes.clear() }
     me = info.node
-    own = statebus.subscribe('/~/chirp/', onChange, {onstatus, verify: true})
+    // one stream for the owner's chirp/ and inbox (a browser keeps 6 connections per host)
+    const mine = (key, value, event) => key !== null && /^\/[^/]+\/inbox\//.test(key) ? onInbox(key, value, event) : onChange(key, value, event)
+    own = statebus.subscribe(['/~/chirp/', '/~/inbox/chirp/'], mine, {onstatus, verify: true})
     resubscribe()
     schedule()
   })

@@ -23,6 +23,10 @@
  *                                               (?proof) and calls back only once it is checked, with
  *                                               event.verified (true|false) and event.reason; a value
  *                                               that fails is passed flagged, never put in statebus.state.
+ *                                               event.signer is the key whose Ed25519 signature over this
+ *                                               very value was checked (null if none), also when the
+ *                                               value fails for not being the owner's: a guest's signed
+ *                                               write, such as a notice in an inbox.
  *   statebus.state[key]                         local cache of every value read or followed, by key
  *                                               ("/~/…" for this node's keys)
  *   await statebus.getVerified(key)             {value, verified: true|false, reason, author}: the value with
@@ -30,8 +34,13 @@
  *                                               author's Ed25519 signature (WebCrypto) over the bytes it
  *                                               signed, and the owner's delegation if the author is not the
  *                                               owner. A value that fails is never put in statebus.state.
+ *   await statebus.getVerifiedBytes(key)        {blob, type, verified, reason, author}: a bytes value (or
+ *                                               a blob) and its signature material, checked here: the
+ *                                               author signed these very bytes (or, for a blob, their
+ *                                               sha256 and size). Show blob only when verified.
  *   await statebus.verifyProof(key, value, proof)   the same check on a {key, value, proof} from elsewhere
- *   statebus.verified[key]                      {verified, reason, author} of the last check of each key
+ *                                               (value: JSON, or a Uint8Array of a bytes value)
+ *   statebus.verified[key]                      {verified, reason, author, signer} of the last check of each key
  *   statebus.ed25519                            'webcrypto', or 'noble' once the vendored fallback is used
  *   await statebus.info()                       {node, owner, version, keys?} of the node
  *   statebus.ready                              a promise of info(); keys are normalised once it resolves
@@ -220,15 +229,36 @@
         key = norm(key)
         return key.startsWith('/~/') && statebus.node ? '/' + statebus.node + key.slice(2) : key
     }
-    async function check(key, value, proof, now) {
+    // A bytes value (a single PUT of bytes) is signed as its bytes (base64 "bb"); a blob as a pointer
+    // {"hash", "size", "type"} with the sha256 of its bytes (content type BLOB_TYPE).
+    const BLOB_TYPE = 'application/vnd.statebus.blob+json'
+    async function bytesDiffer(op, bytes) {
+        if (op.bb === undefined) return 'the signed op sets a JSON value, not bytes'
+        const body = b64(op.bb)
+        if (op.ct === BLOB_TYPE) {
+            let p
+            try { p = JSON.parse(new TextDecoder().decode(body)) } catch (e) { return 'the signed blob pointer is malformed' }
+            if (p.size !== bytes.length) return 'the bytes are ' + bytes.length + ' long; their author signed ' + p.size
+            const h = [...await sha256(bytes)].map(b => b.toString(16).padStart(2, '0')).join('')
+            return h === p.hash ? null : 'the bytes differ from the ones their author signed (sha256)'
+        }
+        if (body.length !== bytes.length || body.some((b, i) => b !== bytes[i])) return 'the bytes differ from the ones their author signed'
+        return null
+    }
+    async function check(key, value, proof, now, seen = {}) {
         if (!proof) return 'no signature material came with the value'
         if (proof.unverifiable) return proof.unverifiable
         const {bytes, op} = signedOp(proof.signed)
         if (op.k !== key) return 'the signed op is for ' + op.k + ', not ' + key
         if (op.a !== proof.author) return 'the signed op is by ' + op.a + ', not ' + proof.author
         if (op.t !== 'set' || op.m !== 'lww') return 'the signed op does not set a whole value'
-        if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
+        if (value instanceof Uint8Array) {
+            const why = await bytesDiffer(op, value)
+            if (why) return why
+        } else if (op.bb !== undefined) return 'the signed op sets bytes, not a JSON value'
+        else if (canonical(op.b) !== canonical(value)) return 'the value differs from the one its author signed'
         if (!await signatureOk(op.a, bytes, b64(proof.sig))) return 'the signature does not verify for ' + op.a
+        seen.signer = op.a   // this key signed this very value, whether or not it may write here
         const owner = key.split('/')[1]
         if (op.a === owner) return null
         const d = proof.delegation
@@ -247,15 +277,17 @@
         await statebus.ready
         key = fullKey(key)
         let reason
+        const seen = {}
         try {
-            reason = await check(key, value, proof, Date.now() / 1000)
+            reason = await check(key, value, proof, Date.now() / 1000, seen)
         } catch (e) {
             reason = 'the signature material is malformed or cannot be checked: ' + e.message
         }
         const author = proof && proof.author
+        const signer = seen.signer || null
         const result = reason === null
-            ? {verified: true, reason: 'signed by ' + author + (author === key.split('/')[1] ? ' (the owner)' : ' (a delegate of the owner)'), author}
-            : {verified: false, reason, author}
+            ? {verified: true, reason: 'signed by ' + author + (author === key.split('/')[1] ? ' (the owner)' : ' (a delegate of the owner)'), author, signer}
+            : {verified: false, reason, author, signer}
         statebus.verified[norm(key)] = result
         return result
     }
@@ -273,6 +305,26 @@
         if (result.verified) statebus.state[norm(key)] = data.value
         else delete statebus.state[norm(key)]   // never kept as the author's
         return {value: data.value, ...result}
+    }
+
+    statebus.getVerifiedBytes = async function (key) {
+        await statebus.ready
+        for (let attempt = 0; ; attempt++) {
+            let res, proved
+            try {
+                [res, proved] = await Promise.all([request('GET', key), request('GET', key, {query: {proof: ''}})])
+            } catch (e) {
+                if (e.status === 404) return {blob: undefined, verified: false, reason: 'no such key'}
+                throw e
+            }
+            const type = (res.headers.get('content-type') || '').split(';')[0].trim()
+            const bytes = new Uint8Array(await res.arrayBuffer())
+            const data = await proved.json()
+            const result = await statebus.verifyProof(key, bytes, data.proof)
+            // the two reads may straddle a write: read both again once before calling it a mismatch
+            if (!result.verified && attempt === 0) continue
+            return {blob: new Blob([bytes], {type}), type, ...result}
+        }
     }
 
     // ------------------------------------------------------------------ patches (as the server applies them)
@@ -371,7 +423,7 @@
             const result = await statebus.verifyProof(key, value, proof)
             if (result.verified) statebus.state[key] = value
             else delete statebus.state[key]            // never kept as the author's
-            callback(key, value, {...event, verified: result.verified, reason: result.reason})
+            callback(key, value, {...event, verified: result.verified, reason: result.reason, signer: result.signer})
         }
         async function handle(type, e) {
             const data = JSON.parse(e.data)
