@@ -290,6 +290,7 @@
         if (g.read.length) parts.push('read ' + g.read.join(', '))
         if (g.write.length) parts.push('write ' + g.write.join(', '))
         if (g.read_others.length) parts.push("read others' " + g.read_others.join(', '))
+        if (g.send && g.send.length) parts.push("send notices to others' " + g.send.join(', '))
         return parts.join('; ') || 'nothing'
     }
     function ms(seconds) { return (seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1) + ' ms' }
