@@ -253,6 +253,12 @@ class PeerClient:
             raise InvalidValue("the swarm offer is not an object")
         return offer
 
+    async def snapshot(self, base: str, pattern: str, limit: int) -> bytes:
+        """The newest signed snapshot of ``pattern`` the node at ``base`` holds (at most ``limit``
+        bytes; unverified: ``statebus.federation.subtree.unpack`` checks it)."""
+        url = base.rstrip("/") + f"{WELL_KNOWN}/snapshot"
+        return await self._fetch(base, self._signed("GET", url, {"pattern": pattern}, b""), limit)
+
     async def sync_round(self, base: str, request: SyncRequest) -> tuple[SyncResponse, int]:
         """One anti-entropy round; returns the answer and its size on the wire."""
         body = request.encode()

@@ -4,6 +4,7 @@
     GET  /.well-known/statebus/ops?pattern=P&since=N      NDJSON stream of signed ops (signed request)
     POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
     GET  /.well-known/statebus/blob/<sha256>?key=K        a blob's bytes, ranges too (signed request)
+    GET  /.well-known/statebus/snapshot?pattern=P         the newest signed snapshot of P (signed request)
 
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
 by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
@@ -118,6 +119,11 @@ class PeerService(Protocol):
         """The torrent of a blob and its current seeders (``statebus.federation.swarm``); ``seeder``
         is the asking node's swarm address (``host:port``, or empty), listed to later askers only
         when its host is ``address``, the request's own. NotFound when not swarmed."""
+        ...
+
+    async def subtree_snapshot(self, peer: PubKey, pattern: Key) -> BlobPointer:
+        """The blob of the newest signed snapshot of ``pattern`` (``statebus.federation.snapshots``),
+        for ``peer``, who must be allowed to read every key it holds. NotFound when there is none."""
         ...
 
 
@@ -393,6 +399,23 @@ class PeerEndpoints:
             return statebus_error_response(exc)
         return JSONResponse(offer, headers={"statebus-node": self.node.local})
 
+    async def snapshot(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/snapshot?pattern=P``: the newest signed snapshot of the subtree
+        ``P`` (``statebus.federation.subtree``), served from the blob store (ranges too)."""
+        try:
+            self.count_address(request)
+            peer = await self.authenticate(request, b"")
+            pattern = parse_key(request.query_params.get("pattern", ""), self.node.local)
+            if not is_subtree(pattern):
+                raise InvalidValue("a snapshot's pattern is a subtree: it ends in '/'")
+            if not self.service.view(peer).pattern(pattern):
+                raise Forbidden(f"node {peer} may not read {pattern} here")
+            pointer = await self.service.subtree_snapshot(peer, pattern)
+            out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
+            return serve_blob(self.node.blobs, pointer, pointer.type, out, request.headers.get("range"))
+        except StatebusError as exc:
+            return statebus_error_response(exc)
+
     async def sync(self, request: Request) -> Response:
         try:
             self.count_address(request)
@@ -415,4 +438,5 @@ def routes(node: Node, settings: Settings, service: PeerService, endpoints: Peer
         Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
         Route(f"{WELL_KNOWN}/blob/{{hash}}", ep.blob, methods=["GET"]),
         Route(f"{WELL_KNOWN}/swarm/{{hash}}", ep.swarm, methods=["GET"]),
+        Route(f"{WELL_KNOWN}/snapshot", ep.snapshot, methods=["GET"]),
     ]
