@@ -270,7 +270,12 @@ class Follower:
             "blobs_pending": pending,
             "snapshot": None
             if self.snapshot is None
-            else {"seq": self.snapshot.seq, "bytes": self.snapshot.size, "keys": len(self.snapshot.keys)},
+            else {
+                "seq": self.snapshot.seq,
+                "bytes": self.snapshot.size,
+                "keys": len(self.snapshot.keys),
+                "via": self.snapshot.via,
+            },
             "blob_failures": failed,
             "server": self.server,
             "url": self.url,
@@ -450,8 +455,9 @@ class Follower:
         if not keys or not isinstance(client, SnapshotClient):
             return False
         try:
+            swarm = self.ctx.blobs.swarm if self.ctx.blobs is not None else None
             done = await install_snapshot(
-                self.ctx.node, self.ctx.ingest, client, url, pattern, keys, self.ctx.snapshots
+                self.ctx.node, self.ctx.ingest, client, url, pattern, keys, self.ctx.snapshots, swarm
             )
         except BadSnapshot as exc:
             self.rejected += 1

@@ -21,6 +21,9 @@ Rules:
    snapshot (``BadSnapshot``) and changes nothing. It then takes the op tail again by anti-entropy.
 4. A follower keeps the snapshot it installed (a relay serves it to its own followers as is; it
    cannot sign one).
+5. Its bytes move as a blob: over HTTP from the server's blob store, or, when both nodes swarm and
+   it is at least ``swarm_min_bytes``, as a torrent (``statebus.federation.swarm``: the server's
+   offer, then the nodes that fetched it before), falling back to HTTP on any failure.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ import asyncio
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from statebus.blobs import BlobPointer
-from statebus.errors import BadSnapshot, NotFound
+from statebus.blobs import BlobPointer, check_hash
+from statebus.errors import BadSnapshot, NotFound, StatebusError
 from statebus.federation.ingest import Ingest
 from statebus.federation.subtree import (
     CONTENT_TYPE,
@@ -43,6 +46,7 @@ from statebus.federation.subtree import (
     pack,
     unpack,
 )
+from statebus.federation.swarm import OfferClient, SwarmPlane
 from statebus.identity import Identity
 from statebus.identity.keys import verify_signature
 from statebus.keys import namespace_of
@@ -76,6 +80,13 @@ class SnapshotClient(Protocol):
     """What a follower asks of another node (``PeerClient.snapshot``)."""
 
     async def snapshot(self, base: str, pattern: str, limit: int) -> bytes: ...
+
+
+@runtime_checkable
+class SwarmSnapshotClient(SnapshotClient, OfferClient, Protocol):
+    """A client that can also ask what the newest snapshot is, to fetch it over the swarm."""
+
+    async def snapshot_info(self, base: str, pattern: str) -> dict[str, Any]: ...
 
 
 class SnapshotKeeper:
@@ -222,6 +233,31 @@ class Installed:
     seq: Seq = 0
     size: int = 0
     keys: list[Key] = field(default_factory=list)
+    via: str = "http"
+    """How its bytes came: ``http`` or ``swarm``."""
+
+
+async def fetch_snapshot(
+    node: Node, client: SnapshotClient, url: str, pattern: Key, swarm: SwarmPlane | None = None
+) -> tuple[bytes, str]:
+    """The bytes of the newest snapshot of ``pattern`` at ``url`` (unverified) and how they came:
+    over the swarm when it is at least ``swarm_min_bytes`` and both nodes swarm (the swarm checks
+    the bytes against the hash the server named; the signature and root are checked after), else,
+    or when that fails, over HTTP (rule 5)."""
+    limit = node.blobs.max_bytes if node.blobs is not None else DEFAULT_MAX_BYTES
+    if swarm is not None and node.blobs is not None and isinstance(client, SwarmSnapshotClient):
+        try:
+            info = await client.snapshot_info(url, pattern)
+            size = info.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadSnapshot("the snapshot info names no size")
+            pointer = BlobPointer(check_hash(str(info.get("hash"))), size, CONTENT_TYPE)
+            if swarm.wants(pointer) and size <= limit:
+                await swarm.fetch(client, url, "", pointer, namespace_of(pattern), pattern=pattern)
+                return await asyncio.to_thread(node.blobs.read, pointer.hash), "swarm"
+        except StatebusError as exc:
+            log.info("the snapshot of %s did not come over the swarm (%s): over HTTP", pattern, exc.detail)
+    return await client.snapshot(url, pattern, limit), "http"
 
 
 async def install_snapshot(
@@ -232,6 +268,7 @@ async def install_snapshot(
     pattern: Key,
     incomplete: Collection[Key],
     keeper: SnapshotKeeper | None = None,
+    swarm: SwarmPlane | None = None,
 ) -> Installed:
     """Fetch the newest snapshot of ``pattern`` from ``url``, check it and install the bases of the
     keys of ``incomplete`` it holds (rule 3); the caller then runs anti-entropy on ``pattern``.
@@ -241,8 +278,7 @@ async def install_snapshot(
         RemoteError, PeerUnavailable: from the peer (404: it holds none).
     """
     owner = namespace_of(pattern)
-    limit = node.blobs.max_bytes if node.blobs is not None else DEFAULT_MAX_BYTES
-    data = await client.snapshot(url, pattern, limit)
+    data, via = await fetch_snapshot(node, client, url, pattern, swarm)
     snap = unpack(data, owner=owner, pattern=pattern, verify=verify_signature)
     ring = ingest.keyring(owner)
     for row in snap.rows:
@@ -251,7 +287,7 @@ async def install_snapshot(
             raise BadSnapshot(f"the snapshot's signer may not write {row.key}: {why}")
     wanted = set(incomplete)
     rows = [(r.key, r.data) for r in snap.rows if r.key in wanted and node.incomplete(r.key) is not None]
-    done = Installed(pattern, snap.seq, len(data))
+    done = Installed(pattern, snap.seq, len(data), via=via)
     if rows:
         done.keys = await node.install_bases(rows)
     if keeper is not None:

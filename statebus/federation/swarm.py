@@ -43,7 +43,9 @@ FETCH_TIMEOUT = 600.0
 class OfferClient(Protocol):
     """What the plane asks of another node (``PeerClient.swarm_offer``)."""
 
-    async def swarm_offer(self, base: str, key: str, digest: str, seeder: str) -> dict[str, Any]: ...
+    async def swarm_offer(
+        self, base: str, key: str, digest: str, seeder: str, *, pattern: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 def _peer(addr: object) -> tuple[str, int] | None:
@@ -102,10 +104,18 @@ class SwarmPlane:
         return {"torrent": base64.b64encode(meta.data).decode(), "seeders": listed}
 
     async def fetch(
-        self, client: OfferClient, url: str, key: str, pointer: BlobPointer, namespace: PubKey | None
+        self,
+        client: OfferClient,
+        url: str,
+        key: str,
+        pointer: BlobPointer,
+        namespace: PubKey | None,
+        *,
+        pattern: str | None = None,
     ) -> BlobInfo:
-        """Fetch the blob over the swarm (rules 2, 3): raises on any failure, keeping nothing."""
-        offer = await client.swarm_offer(url, key, pointer.hash, self.address)
+        """Fetch the blob over the swarm (rules 2, 3): raises on any failure, keeping nothing. With
+        ``pattern``, the blob is the newest signed snapshot of that subtree (``key`` is unused)."""
+        offer = await client.swarm_offer(url, key, pointer.hash, self.address, pattern=pattern)
         try:
             data = base64.b64decode(str(offer.get("torrent", "")), validate=True)
         except (binascii.Error, ValueError):

@@ -5,6 +5,7 @@
     POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
     GET  /.well-known/statebus/blob/<sha256>?key=K        a blob's bytes, ranges too (signed request)
     GET  /.well-known/statebus/snapshot?pattern=P         the newest signed snapshot of P (signed request)
+    GET  /.well-known/statebus/swarm/<sha256>?key=K       a blob's torrent, seeders (?pattern=P: a snapshot's)
 
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
 by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
@@ -392,25 +393,40 @@ class PeerEndpoints:
         try:
             address = self.count_address(request)
             peer = await self.authenticate(request, b"")
-            offer = await self.service.swarm_offer(
-                self.pointed_blob(request, peer), request.query_params.get("seeder", ""), address
-            )
+            if "pattern" in request.query_params:  # the newest signed snapshot of a subtree
+                pointer = await self.snapshot_pointer(request, peer)
+                if pointer.hash != check_hash(request.path_params["hash"]):
+                    raise NotFound(
+                        f"blob {request.path_params['hash']} is not the newest snapshot here (now)"
+                    )
+            else:
+                pointer = self.pointed_blob(request, peer)
+            offer = await self.service.swarm_offer(pointer, request.query_params.get("seeder", ""), address)
         except StatebusError as exc:
             return statebus_error_response(exc)
         return JSONResponse(offer, headers={"statebus-node": self.node.local})
 
+    async def snapshot_pointer(self, request: Request, peer: PubKey) -> BlobPointer:
+        """The blob of the newest signed snapshot of ``?pattern=`` for ``peer`` (the snapshot and
+        swarm routes)."""
+        pattern = parse_key(request.query_params.get("pattern", ""), self.node.local)
+        if not is_subtree(pattern):
+            raise InvalidValue("a snapshot's pattern is a subtree: it ends in '/'")
+        if not self.service.view(peer).pattern(pattern):
+            raise Forbidden(f"node {peer} may not read {pattern} here")
+        return await self.service.subtree_snapshot(peer, pattern)
+
     async def snapshot(self, request: Request) -> Response:
         """``GET /.well-known/statebus/snapshot?pattern=P``: the newest signed snapshot of the subtree
-        ``P`` (``statebus.federation.subtree``), served from the blob store (ranges too)."""
+        ``P`` (``statebus.federation.subtree``), served from the blob store (ranges too); with
+        ``&info=1`` only ``{"hash", "size", "type"}`` (what a swarm fetch asks for first)."""
         try:
             self.count_address(request)
             peer = await self.authenticate(request, b"")
-            pattern = parse_key(request.query_params.get("pattern", ""), self.node.local)
-            if not is_subtree(pattern):
-                raise InvalidValue("a snapshot's pattern is a subtree: it ends in '/'")
-            if not self.service.view(peer).pattern(pattern):
-                raise Forbidden(f"node {peer} may not read {pattern} here")
-            pointer = await self.service.subtree_snapshot(peer, pattern)
+            pointer = await self.snapshot_pointer(request, peer)
+            if request.query_params.get("info") == "1":
+                info = {"hash": pointer.hash, "size": pointer.size, "type": pointer.type}
+                return JSONResponse(info, headers={"statebus-node": self.node.local})
             out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
             return serve_blob(self.node.blobs, pointer, pointer.type, out, request.headers.get("range"))
         except StatebusError as exc:
