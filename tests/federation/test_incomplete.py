@@ -86,7 +86,7 @@ async def test_a_late_follower_completes_compacted_keys_from_the_owners_signed_s
     """A busy Yjs document and an lww key patched by ranges, each compacted ~50 times before the
     follower starts: the follower installs the owner's signed bases, takes the op tail, and serves
     both byte-identical to the owner (same body, same Version), live ops included."""
-    a = await cluster.add("a", history_keep_ops=KEEP)
+    a = await cluster.add("a", history_keep_ops=KEEP, snapshot_interval=0.1)
     b = await cluster.add("b")
     await a.share("/~/lc/")
     await a.share("/~/yc/")
@@ -139,6 +139,11 @@ async def test_a_late_follower_completes_compacted_keys_from_the_owners_signed_s
 
     await wait_until(doc_caught_up, what="the live Yjs ops")
     await same_as_owner()
+    keeper = a.federation.snapshots  # compaction folded under subtrees asked for: signed again, unasked
+    await wait_until(
+        lambda: all(keeper.kept[p][0].seq >= a.node.horizon(p) for p in (lc, yc)), what="a remake"
+    )
+    assert keeper.made >= 4 and len(keeper.kept[lc]) >= 2
 
 
 @pytest.mark.parametrize("how", ["tampered", "stranger"])
