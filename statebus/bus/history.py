@@ -16,9 +16,10 @@ Rules:
    never had raises :class:`NotFound`. The current frontier is the current state.
 5. A base the owner signed (a subtree snapshot, ``statebus.federation.subtree``) replaces a key's
    base (:func:`rebased`): the ops this replica holds that it folded are dropped, the others stay
-   on top of it (or, when the two are interleaved, all are dropped and come back through
-   anti-entropy: they are the owner's); later ops the base folded are recognised as on the owner
-   (its folded versions, its horizon). A base of another merge type is refused.
+   on top of it (or, when the two are interleaved or this replica had compacted the key itself,
+   all are dropped and come back through anti-entropy: they are the owner's); later ops the base
+   folded are recognised as on the owner (its folded versions, its horizon). A base of another
+   merge type is refused.
 """
 
 from __future__ import annotations
@@ -277,7 +278,9 @@ def rebased(key: Key, entry: Entry, data: bytes) -> Entry:
 
     The ops this replica holds that the base did not fold stay on top of it when they all come
     after the ones it folded (the usual case: the ops a follower was given are the ones its owner
-    kept); otherwise every op is dropped and the caller fetches the unfolded ones again.
+    kept); otherwise, or when this replica compacted the key itself (the ops it folded are not in
+    its log: they would come back after the newer ones it kept), every op is dropped and the
+    caller fetches the unfolded ones again, in their order.
 
     Raises:
         BadSnapshot: ``data`` is not a base of this key's merge type, or does not load.
@@ -301,8 +304,10 @@ def rebased(key: Key, entry: Entry, data: bytes) -> Entry:
                 folded.append(s)
             else:
                 fresh.append((s, op))
-        if folded and fresh and max(folded) > fresh[0][0]:
-            fresh = []  # interleaved: one cursor cannot cut them apart
+        if entry.log.base_seq or (folded and fresh and max(folded) > fresh[0][0]):
+            # this replica folded ops of its own (they come back, in order, by anti-entropy), or
+            # the two are interleaved (one cursor cannot cut them apart): keep none
+            fresh = []
         cut = fresh[0][0] - 1 if fresh else entry.last_seq
         new = Entry(merge, load_state(merge, base), OpLog({**log, "seq": cut, "gap": False}), base)
         for s, op in fresh:
