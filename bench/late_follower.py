@@ -63,8 +63,13 @@ async def run(ops: int, compactions: int) -> dict[str, Any]:
         t1 = time.perf_counter()
         await b.follow(yc)
         doc_key = yc + "doc"
+        phases: dict[str, float] = {}
         while time.perf_counter() - t1 < 300:
             fs = list(b.federation.followers.values())
+            if fs and fs[0].incomplete and "ops_synced_doc_incomplete" not in phases:
+                phases["ops_synced_doc_incomplete"] = round(time.perf_counter() - t1, 3)
+            if fs and fs[0].snapshot is not None and "snapshot_installed" not in phases:
+                phases["snapshot_installed"] = round(time.perf_counter() - t1, 3)
             theirs = b.node.fetch_or_none(doc_key)
             if (
                 fs
@@ -74,7 +79,7 @@ async def run(ops: int, compactions: int) -> dict[str, Any]:
                 and theirs.version == mine.version
             ):
                 break
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
         live_s = time.perf_counter() - t1
         follower = next(iter(b.federation.followers.values()))
         theirs = b.node.fetch_or_none(doc_key)
@@ -89,6 +94,7 @@ async def run(ops: int, compactions: int) -> dict[str, Any]:
             "owner_write_seconds": round(write_s, 1),
             "ops_kept_by_owner": len(kept),
             "seconds_until_live": round(live_s, 3),
+            "seconds_at": phases,
             "complete_and_identical": same and b.node.incomplete(doc_key) is None,
             "follow_state": {k: follower.state()[k] for k in ("status", "reason", "snapshot", "incomplete")},
             "snapshot_bytes": follower.snapshot_bytes,

@@ -269,3 +269,34 @@ async def test_streams_and_listings_claim_no_state_of_an_incomplete_key(cluster:
         assert lc + "counter" in keys and patched not in keys and doc not in keys
     finally:
         stream.close()
+
+
+async def test_a_follower_that_fell_behind_its_owners_compaction_completes_from_the_snapshot(
+    cluster: Cluster,
+) -> None:
+    """Too far behind, not new: the follower was live, stopped, and its owner folded the ops it missed;
+    on restart the follower's key is incomplete until it installs the owner's snapshot."""
+    a = await cluster.add("a", history_keep_ops=KEEP)
+    b = await cluster.add("b")
+    await a.share("/~/yc/")
+    await _owner_writes(a, 6)
+    doc = f"/{a.pubkey}/yc/doc"
+
+    def same() -> bool:
+        mine, theirs = a.node.fetch_or_none(doc), b.node.fetch_or_none(doc)
+        return theirs is not None and mine is not None and theirs.version == mine.version
+
+    await b.follow(f"/{a.pubkey}/yc/")
+    await wait_until(lambda: live(b) and same(), what="b to follow")
+    await cluster.stop("b")
+    for i in range(40):  # ten compactions b never sees
+        update = Doc()
+        update.get("t", type=Text).insert(0, f"{i % 10}")
+        await a.node.crdt_update("/~/yc/doc", bytes(update.get_update()))
+    b = await cluster.add("b")  # the same data folder: it resumes its follow
+    await wait_until(lambda: live(b) and same() and b.node.incomplete(doc) is None, what="b to complete")
+    follower = next(iter(b.federation.followers.values()))
+    assert follower.snapshot is not None and follower.snapshot.keys == [doc]
+    assert b.node.yjs_update(doc, a.node.fetch(doc).version) == a.node.yjs_update(
+        doc, a.node.fetch(doc).version
+    )
