@@ -20,6 +20,7 @@ import pytest
 from pycrdt import Doc, Text
 from websockets.asyncio.client import connect
 
+from statebus.errors import RemoteError
 from statebus.federation.snapshots import Kept
 from statebus.federation.subtree import BaseRow, SubtreeSnapshot, pack
 from statebus.http.websocket import WS_PATH
@@ -300,3 +301,32 @@ async def test_a_follower_that_fell_behind_its_owners_compaction_completes_from_
     assert b.node.yjs_update(doc, a.node.fetch(doc).version) == a.node.yjs_update(
         doc, a.node.fetch(doc).version
     )
+
+
+async def test_the_snapshot_route_refuses_what_it_must_with_a_reason(cluster: Cluster) -> None:
+    """Unsigned: 401. A subtree the peer may not read: 403. Nothing compacted under it: 404. Not a
+    subtree: 400. Each a JSON error with a code; a good request gets the signed bytes."""
+    a = await cluster.add("a", history_keep_ops=KEEP)
+    b = await cluster.add("b")
+    await a.share("/~/lc/")
+    await a.share("/~/fresh/")
+    await _owner_writes(a, 12)
+    await a.node.save("/~/fresh/x", 1)
+    await a.node.save("/~/private/x", 1)
+    for i in range(12):
+        await a.node.save("/~/private/x", i)
+    client = b.federation.client
+    ns = a.pubkey
+    for pattern, status, code in (
+        (f"/{ns}/private/", 403, "forbidden"),
+        (f"/{ns}/fresh/", 404, "not_found"),
+        (f"/{ns}/lc/patched", 400, "invalid_value"),
+    ):
+        with pytest.raises(RemoteError) as caught:
+            await client.snapshot(a.url, pattern, 1 << 20)
+        assert (caught.value.status_hint, caught.value.remote_code) == (status, code), caught.value.detail
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{a.url}/.well-known/statebus/snapshot", params={"pattern": f"/{ns}/lc/"})
+        assert r.status_code == 401 and r.json()["error"] == "bad_signature"
+    data = await client.snapshot(a.url, f"/{ns}/lc/", 1 << 20)
+    assert data.startswith(b'{"author":"' + ns.encode())
