@@ -1,6 +1,6 @@
 """A follower that joins late: after N Yjs ops on one busy document, compacted C times by its owner.
 
-    python -m bench.late_follower [--ops 50000] [--compactions 20]
+    python -m bench.late_follower [--ops 50000] [--compactions 20] [--swarm]
 
 Node A (``history_keep_ops`` = N / (C + 1): the document is compacted once it holds ``2 * keep``
 ops, then every ``keep`` ops)
@@ -9,7 +9,8 @@ afterwards and follows ``yc/``: anti-entropy brings the ops A still holds, the d
 incomplete, B fetches A's signed subtree snapshot, checks it, installs the base and takes the op
 tail again. Reported: the time from ``follow`` until B serves the document byte-identical to A
 (same Yjs state, same Version), the bytes moved (anti-entropy both ways + the snapshot), what
-sending every op would have been, and the machine's load average.
+sending every op would have been, and the machine's load average. ``--swarm``: both nodes swarm
+(``swarm_min_bytes`` 64 KiB), so the snapshot moves as a torrent.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from statebus.server.cluster import Cluster
 BATCH = 250
 
 
-async def run(ops: int, compactions: int) -> dict[str, Any]:
+async def run(ops: int, compactions: int, swarm: bool = False) -> dict[str, Any]:
     keep = max(1, ops // (compactions + 1))  # compacted at 2 * keep ops, then every keep ops
     base = Path(tempfile.mkdtemp(prefix="late-follower-"))
-    cluster = Cluster(base, dht_secret=os.urandom(16), durability="process")
+    extra: dict[str, Any] = {"swarm": True, "swarm_min_bytes": 64 * 1024} if swarm else {}
+    cluster = Cluster(base, dht_secret=os.urandom(16), durability="process", **extra)
     try:
         a = await cluster.add("a", history_keep_ops=keep)
         await a.share("/~/yc/")
@@ -112,8 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=50_000)
     parser.add_argument("--compactions", type=int, default=20)
+    parser.add_argument("--swarm", action="store_true", help="both nodes swarm: the snapshot is a torrent")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.ops, args.compactions)), indent=2))
+    print(json.dumps(asyncio.run(run(args.ops, args.compactions, args.swarm)), indent=2))
 
 
 if __name__ == "__main__":

@@ -722,6 +722,8 @@ class Bus:
         """Put the owner's signed base ``data`` (a subtree snapshot's row) in place of everything
         this replica holds of another node's ``key`` (history rule 5); the snapshot is queued for
         storage like a compaction's. Subscribers get the key's new state as a ``snapshot`` change.
+        An op it dropped may be applied again only once that snapshot is stored (storage still holds
+        the op until then): ``Node.install_bases`` waits for it.
 
         Raises:
             NotFound: this replica holds nothing of ``key``.

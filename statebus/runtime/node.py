@@ -315,7 +315,7 @@ class Node:
                 self.bus.install(key, data)
                 done.append(self.bus.parse(key, allow_subtree=False))
         finally:
-            while self.bus.pending and self.committer.failures == failures:
+            while self.bus.pending and self.committer.failures == failures and not self.closing:
                 self.committer.kick()
                 await asyncio.sleep(0.002)
         if self.committer.failures != failures:
