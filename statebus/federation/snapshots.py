@@ -165,7 +165,7 @@ class SnapshotKeeper:
         node = self.node
         assert node.blobs is not None
         seq = node.durable_seq
-        bases = node.stored_bases(pattern, MAX_ROWS)
+        bases = await node.stored_bases(pattern, MAX_ROWS)
         rows = tuple(BaseRow(s.key, base_versions(s.data), s.data) for s in bases)
         snap = SubtreeSnapshot(node.local, pattern, seq, self.identity.pubkey, rows)
         data = await asyncio.to_thread(pack, snap, self.identity.sign)

@@ -291,15 +291,22 @@ class Node:
         """The cursor below which the history under ``pattern`` was compacted away."""
         return self.bus.storage.horizon(pattern)
 
-    def stored_bases(self, pattern: str, limit: int) -> list[Snapshot]:
+    async def stored_bases(self, pattern: str, limit: int) -> list[Snapshot]:
         """The compaction snapshots on disk of up to ``limit`` keys under the subtree ``pattern``, by
-        key (what a signed subtree snapshot carries: ``statebus.federation.snapshots``)."""
-        out: list[Snapshot] = []
-        for key in self.bus.walk(self.bus.parse(pattern), limit):
-            record = self.bus.storage.load(key)
-            if record is not None and record.snapshot is not None:
-                out.append(record.snapshot)
-        return out
+        key (what a signed subtree snapshot carries: ``statebus.federation.snapshots``); read off
+        the event loop."""
+        keys = self.bus.walk(self.bus.parse(pattern), limit)
+        storage = self.bus.storage
+
+        def read() -> list[Snapshot]:
+            out: list[Snapshot] = []
+            for key in keys:
+                record = storage.load(key)
+                if record is not None and record.snapshot is not None:
+                    out.append(record.snapshot)
+            return out
+
+        return await asyncio.to_thread(read)
 
     async def install_bases(self, bases: Sequence[tuple[Key, bytes]]) -> list[Key]:
         """Put the owner's signed bases in place of what this replica holds of each key

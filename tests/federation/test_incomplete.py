@@ -90,7 +90,7 @@ async def test_a_late_follower_completes_compacted_keys_from_the_owners_signed_s
     both byte-identical to the owner (same body, same Version), live ops included."""
     # the owner keeps more ops than a follower that compacts too remembers folding (2 * 4 + 64)
     keep_a = KEEP if keep_b is None else 20 * KEEP
-    a = await cluster.add("a", history_keep_ops=keep_a, snapshot_interval=0.1)
+    a = await cluster.add("a", history_keep_ops=keep_a, snapshot_interval=0.1, durability="process")
     b = await cluster.add("b", **({} if keep_b is None else {"history_keep_ops": keep_b}))
     await a.share("/~/lc/")
     await a.share("/~/yc/")
