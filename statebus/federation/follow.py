@@ -56,8 +56,8 @@ from statebus.errors import (
     PeerUnavailable,
     QuotaExceeded,
     RateLimited,
-    RemoteError,
     StatebusError,
+    StorageFailed,
 )
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import StreamItem
@@ -190,7 +190,7 @@ class Follower:
         self.incomplete: dict[str, str] = {}
         """Keys this node cannot rebuild from the ops it was given, with the reason."""
         self.snapshot: Installed | None = None
-        """The last signed subtree snapshot this follower installed (or tried)."""
+        """The last signed subtree snapshot this follower installed."""
         self.snapshot_bytes = 0
         self.snapshot_keys = 0
         """Keys whose base came from signed snapshots (since start)."""
@@ -465,8 +465,10 @@ class Follower:
             log.warning("follow %s: %s", pattern, self.last_rejection)
             await self.persist(force=True)
             return False
-        except (RemoteError, PeerUnavailable) as exc:
-            log.info("follow %s: no snapshot from %s: %s", pattern, url, exc.detail)
+        except StorageFailed:
+            raise
+        except StatebusError as exc:  # none there, too large, unreachable: the keys stay incomplete
+            log.info("follow %s: no snapshot from %s: %s: %s", pattern, url, exc.code, exc.detail)
             return False
         self.snapshot = done
         self.snapshot_bytes += done.size
