@@ -49,6 +49,7 @@ from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Computed, Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
 from statebus.errors import (
+    BadSnapshot,
     DerivedKey,
     Forbidden,
     HistoryCompacted,
@@ -725,19 +726,30 @@ class Bus:
         An op it dropped may be applied again only once that snapshot is stored (storage still holds
         the op until then): ``Node.install_bases`` waits for it.
 
+        A key this replica never held starts with the base (a new follower takes the snapshot
+        before the ops).
+
         Raises:
-            NotFound: this replica holds nothing of ``key``.
             BadSnapshot: ``data`` is not a base of the key's merge type.
         """
         k = self.parse(key, allow_subtree=False)
         if namespace_of(k) == self.local:
             raise Forbidden("a node's own keys are never rebased on another node's snapshot")
         entry = self._entry(k)
+        starts = entry is None
         if entry is None:
-            raise NotFound(f"no history of {k} here to install a base on")
+            try:
+                merge = json.loads(data)["merge"]
+                entry = Entry(merge, new_state(merge), OpLog(), None)
+            except Exception:  # signed bytes from another node; any failure refuses them
+                raise BadSnapshot(f"the base of {k} names no merge type this node knows") from None
+            entry.last_seq = self._seq
         new = rebased(k, entry, data)
         self._entries[k] = new
-        self.outbox.snapshots.append(Snapshot(k, new.log.base_seq, encode_snapshot(new)))
+        exists = new.state.exists if starts else None
+        if starts:
+            self.outbox.fresh[k] = new.state.exists
+        self.outbox.snapshots.append(Snapshot(k, new.log.base_seq, encode_snapshot(new), exists))
         change = dataclasses.replace(self._snapshot(k, new), seq=self._seq, kind="snapshot")
         self.subscriptions.deliver(change)
         self._notify_derived(k)

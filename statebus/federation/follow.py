@@ -21,7 +21,9 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    version); the key leaves the list when later ops rebuild it, or when the owner's signed subtree
    snapshot (``statebus.federation.snapshots``: fetched once a session while keys of the pattern are
    incomplete, checked, its bases installed) and a second anti-entropy round on the pattern rebuild
-   it; a snapshot that does not check is refused whole (``last_rejection`` says why);
+   it; a snapshot that does not check is refused whole (``last_rejection`` says why). A new
+   follower (nothing held under the pattern) takes the snapshot before its first round, so only
+   the ops after the bases move;
 6. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
    with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
@@ -406,6 +408,8 @@ class Follower:
             unsure = False  # an exchange that could not bring everything claims no cursor
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
+                if pattern == self.follow.pattern and self._new():
+                    await self._rebase(url, new=True)  # the bases first: then only the op tail moves
                 try:
                     seq, partial = await self._sync(url, pattern)
                 except StatebusError as exc:
@@ -446,13 +450,19 @@ class Follower:
         self.sync_bytes += session.bytes_sent + session.bytes_received
         return session.server_seq, session.partial
 
-    async def _rebase(self, url: str) -> bool:
-        """While keys of the pattern are incomplete, install the bases the server's newest signed
-        snapshot holds for them (rule 5); True when it installed any (the caller syncs again)."""
+    def _new(self) -> bool:
+        """This node holds nothing under the pattern yet (no op, no base)."""
+        node, pattern = self.ctx.node, self.follow.pattern
+        return not node.scan(pattern, 0, 1) and node.horizon(pattern) == 0
+
+    async def _rebase(self, url: str, *, new: bool = False) -> bool:
+        """While keys of the pattern are incomplete (or, ``new``, before the first exchange of a node
+        that holds nothing under it), install the bases the server's newest signed snapshot holds
+        for them (rule 5); True when it installed any (the caller syncs again)."""
         pattern = self.follow.pattern
-        keys = [k for k in self.incomplete if k.startswith(pattern)]
+        keys: list[str] | None = None if new else [k for k in self.incomplete if k.startswith(pattern)]
         client = self.ctx.client
-        if not keys or not isinstance(client, SnapshotClient):
+        if keys == [] or not isinstance(client, SnapshotClient):
             return False
         try:
             swarm = self.ctx.blobs.swarm if self.ctx.blobs is not None else None
@@ -473,7 +483,7 @@ class Follower:
         self.snapshot = done
         self.snapshot_bytes += done.size
         self.snapshot_keys += len(done.keys)
-        self._recheck(keys)
+        self._recheck(done.keys)
         log.info("follow %s: installed %d bases from the snapshot at %d", pattern, len(done.keys), done.seq)
         return bool(done.keys)
 

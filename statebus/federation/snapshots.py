@@ -15,10 +15,12 @@ Rules:
    the node's blob store (counted live for blob GC), kept newest first, ``keep`` per subtree.
 2. A snapshot is served only to a peer that may read every key it holds (the rows are bound to the
    signed root, so none can be left out); otherwise 403.
-3. A follower installs a snapshot only for keys it cannot rebuild (``Node.incomplete``), only after
-   it checks (``subtree.unpack``: signature, Merkle root, rows) and only if its author may write every
-   key it installs (the owner, or a live delegation, as for ops). Anything else refuses the whole
-   snapshot (``BadSnapshot``) and changes nothing. It then takes the op tail again by anti-entropy.
+3. A follower installs a snapshot only for keys it cannot rebuild (``Node.incomplete``), or, when it
+   is new (it holds nothing under the pattern), for keys it holds nothing of, before its first
+   anti-entropy round; only after it checks (``subtree.unpack``: signature, Merkle root, rows)
+   and only if its author may write every key it installs (the owner, or a live delegation, as
+   for ops). Anything else refuses the whole snapshot (``BadSnapshot``) and changes nothing. It
+   then takes the op tail by anti-entropy.
 4. A follower keeps the snapshot it installed (a relay serves it to its own followers as is; it
    cannot sign one).
 5. Its bytes move as a blob: over HTTP from the server's blob store, or, when both nodes swarm and
@@ -266,12 +268,14 @@ async def install_snapshot(
     client: SnapshotClient,
     url: str,
     pattern: Key,
-    incomplete: Collection[Key],
+    incomplete: Collection[Key] | None,
     keeper: SnapshotKeeper | None = None,
     swarm: SwarmPlane | None = None,
 ) -> Installed:
     """Fetch the newest snapshot of ``pattern`` from ``url``, check it and install the bases of the
-    keys of ``incomplete`` it holds (rule 3); the caller then runs anti-entropy on ``pattern``.
+    keys of ``incomplete`` it holds (rule 3), or, with None (a new follower, before its first
+    anti-entropy), of every key it holds that this node holds nothing of; the caller then runs
+    anti-entropy on ``pattern``.
 
     Raises:
         BadSnapshot: (422) it does not check, or its author may not write a key it installs.
@@ -285,8 +289,11 @@ async def install_snapshot(
         why = ring.why_not(snap.author, row.key)
         if why is not None:
             raise BadSnapshot(f"the snapshot's signer may not write {row.key}: {why}")
-    wanted = set(incomplete)
-    rows = [(r.key, r.data) for r in snap.rows if r.key in wanted and node.incomplete(r.key) is not None]
+    if incomplete is None:
+        rows = [(r.key, r.data) for r in snap.rows if node.fetch_or_none(r.key) is None]
+    else:
+        wanted = set(incomplete)
+        rows = [(r.key, r.data) for r in snap.rows if r.key in wanted and node.incomplete(r.key) is not None]
     done = Installed(pattern, snap.seq, len(data), via=via)
     if rows:
         done.keys = await node.install_bases(rows)

@@ -92,3 +92,23 @@ def test_a_replica_that_compacted_the_key_itself_drops_its_ops_and_takes_them_ag
         owner.fetch(DOC).value,
         owner.fetch(DOC).version,
     )
+
+
+def test_a_key_never_held_starts_with_the_base_and_takes_the_ops_after_it() -> None:
+    owner = _owner()
+    follower = Bus(MemoryStorage(), FOLLOWER)
+    follower.install(DOC, _base(owner, DOC))  # a new follower: the base before any op
+    follower.flush()
+    assert follower.children(f"/{OWNER}/app/", durable=True) == ["doc"]
+    for stored in owner.storage.scan(f"/{OWNER}/app/doc", 0, 10_000):  # then the op tail
+        follower.apply(decode_op(stored.data))
+    follower.flush()
+    follower._entries.clear()  # from storage: the base and the ops after it
+    assert follower.gap(DOC) is None
+    assert (follower.fetch(DOC).value, follower.fetch(DOC).version) == (
+        owner.fetch(DOC).value,
+        owner.fetch(DOC).version,
+    )
+    with pytest.raises(BadSnapshot, match="merge type"):
+        follower.install(f"/{OWNER}/app/new", b'{"merge": "nope", "state": {}, "log": {}}')
+    assert follower.fetch_or_none(f"/{OWNER}/app/new") is None
