@@ -1,6 +1,7 @@
-"""A signed subtree snapshot moves as a torrent between nodes that swarm (issue 14, item 5 with item 2):
-the late follower fetches it over libtorrent, checks it and completes the compacted document; the next
-follower is offered the first as a seeder. Real nodes (uvicorn, port 0, a real DHT) in this process."""
+"""A signed subtree snapshot moves like a blob (issue 14, item 5 with items 2 and 4): as a torrent
+between nodes that swarm (the late follower fetches it over libtorrent, checks it and completes the
+compacted document; the next follower is offered the first as a seeder), and from a relay that
+installed it, as the owner signed it. Real nodes (uvicorn, port 0, a real DHT) in this process."""
 
 from __future__ import annotations
 
@@ -61,3 +62,26 @@ async def test_a_snapshot_travels_over_the_swarm_and_the_next_follower_is_offere
     offer = await a.federation.swarm_offer(kept.pointer, "", None)
     assert offer["seeders"][0] == a.federation.swarm.address
     assert b.federation.swarm.address in offer["seeders"] and c.federation.swarm.address in offer["seeders"]
+
+
+async def test_a_relay_serves_the_owners_snapshot_to_a_new_follower_while_the_owner_is_away(
+    cluster: Cluster,
+) -> None:
+    """A relay cannot sign a snapshot; it serves the owner's, as it got it (``snapshots`` rule 4)."""
+    a = await cluster.add("a", history_keep_ops=4)
+    relay, c = await cluster.add("relay"), await cluster.add("c")
+    await a.share("/~/yc/")
+    await _busy_doc(a, 40)
+    yc = f"/{a.pubkey}/yc/"
+    doc = yc + "doc"
+    await relay.follow(yc)
+    await wait_until(lambda: live(relay) and _complete(relay, a, doc), what="the relay completes")
+    assert relay.federation.snapshots.kept[yc][0].hash == a.federation.snapshots.kept[yc][0].hash
+    mine = a.node.fetch(doc).version
+    theirs = a.node.yjs_update(doc, mine)
+    await cluster.stop("a")
+    await c.follow(yc, via=[relay.url])
+    await wait_until(lambda: live(c) and c.node.incomplete(doc) is None, what="c completes via the relay")
+    follower = next(iter(c.federation.followers.values()))
+    assert follower.url == relay.url and follower.snapshot is not None and follower.snapshot.keys == [doc]
+    assert c.node.fetch(doc).version == mine and c.node.yjs_update(doc, mine) == theirs
