@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from statebus.blobs import BlobPointer, check_hash
-from statebus.errors import BadSnapshot, NotFound, StatebusError
+from statebus.errors import BadSnapshot, NotFound, RemoteError, StatebusError
 from statebus.federation.ingest import Ingest
 from statebus.federation.subtree import (
     CONTENT_TYPE,
@@ -258,6 +258,8 @@ async def fetch_snapshot(
                 await swarm.fetch(client, url, "", pointer, namespace_of(pattern), pattern=pattern)
                 return await asyncio.to_thread(node.blobs.read, pointer.hash), "swarm"
         except StatebusError as exc:
+            if isinstance(exc, RemoteError) and exc.status_hint in (403, 404):
+                raise  # there is none for us: asking again over HTTP would say the same
             log.info("the snapshot of %s did not come over the swarm (%s): over HTTP", pattern, exc.detail)
     return await client.snapshot(url, pattern, limit), "http"
 
