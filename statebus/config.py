@@ -242,6 +242,20 @@ class Settings:
     history_keep_ops: int = _setting(
         1000, "int", "Ops kept per key after compaction, for resuming.", 0, 10**9
     )
+    snapshot_keep: int = _setting(
+        3,
+        "int",
+        "Signed subtree snapshots kept per subtree (newest first) for followers that lack history.",
+        1,
+        100,
+    )
+    snapshot_interval: float = _setting(
+        10.0,
+        "seconds",
+        "Least time between two snapshots of a subtree remade because compaction folded.",
+        0,
+        86400,
+    )
     group_commit_max_batch: int = _setting(
         256, "int", "Most writes committed in one transaction.", 1, 100_000
     )

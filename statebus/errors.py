@@ -36,6 +36,7 @@
     ├── BlobPending         503   a key's blob is still on its way to this replica (retry shortly)
     ├── BadBlob             422   blob bytes do not match their hash or declared size
     ├── MirrorTampered      422   a mirror object does not authenticate: altered, truncated or swapped
+    ├── BadSnapshot         422   a subtree snapshot fails a check (signature, signer, Merkle root)
     ├── SwarmFailed         503   a blob's swarm fetch did not finish (no peers, timeout, session closed)
     ├── BlobSwarmed         409   a hot blob: a node that swarms is sent to the swarm, not served the bytes
     ├── PeerUnavailable     502   a remote node could not be reached (or a node we started did not)
@@ -283,6 +284,13 @@ class BadBlob(StatebusError):
 class MirrorTampered(StatebusError):
     """A ciphertext a mirror served back does not authenticate (or its hash is not the one pushed):
     the detail names the object (``seg/41``), never its content."""
+
+    status_hint = 422
+
+
+class BadSnapshot(StatebusError):
+    """A signed subtree snapshot does not check (its signature, its signer, its Merkle root, its
+    rows): nothing of it is installed; the detail says which check failed."""
 
     status_hint = 422
 

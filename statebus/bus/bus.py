@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from statebus.bus.changes import Change
-from statebus.bus.entry import Entry, rebuild
+from statebus.bus.entry import Entry, encode_snapshot, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.history import (
     HistoryPage,
@@ -40,6 +40,7 @@ from statebus.bus.history import (
     history_page,
     missing_changes,
     missing_versions,
+    rebased,
     state_at,
     yjs_update_at,
     yjs_updates_after,
@@ -48,7 +49,9 @@ from statebus.bus.outbox import Outbox
 from statebus.bus.reactive import Computed, Reactive, ReactiveFn
 from statebus.bus.subscriptions import Callback, Subscription, Subscriptions
 from statebus.errors import (
+    BadSnapshot,
     DerivedKey,
+    Forbidden,
     HistoryCompacted,
     InvalidKey,
     InvalidOp,
@@ -61,7 +64,7 @@ from statebus.errors import (
     StoreDamaged,
     VersionConflict,
 )
-from statebus.keys import KeyMemo, is_subtree, parse_key
+from statebus.keys import KeyMemo, is_subtree, namespace_of, parse_key
 from statebus.merge import MergeState, default_merge, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
 from statebus.oplog.events import DELETE, Op, Patch
@@ -715,6 +718,42 @@ class Bus:
         if snap is not None:
             self.outbox.snapshots.append(snap)
         return snap
+
+    def install(self, key: str, data: bytes) -> Change:
+        """Put the owner's signed base ``data`` (a subtree snapshot's row) in place of everything
+        this replica holds of another node's ``key`` (history rule 5); the snapshot is queued for
+        storage like a compaction's. Subscribers get the key's new state as a ``snapshot`` change.
+        An op it dropped may be applied again only once that snapshot is stored (storage still holds
+        the op until then): ``Node.install_bases`` waits for it.
+
+        A key this replica never held starts with the base (a new follower takes the snapshot
+        before the ops).
+
+        Raises:
+            BadSnapshot: ``data`` is not a base of the key's merge type.
+        """
+        k = self.parse(key, allow_subtree=False)
+        if namespace_of(k) == self.local:
+            raise Forbidden("a node's own keys are never rebased on another node's snapshot")
+        entry = self._entry(k)
+        starts = entry is None
+        if entry is None:
+            try:
+                merge = json.loads(data)["merge"]
+                entry = Entry(merge, new_state(merge), OpLog(), None)
+            except Exception:  # signed bytes from another node; any failure refuses them
+                raise BadSnapshot(f"the base of {k} names no merge type this node knows") from None
+            entry.last_seq = self._seq
+        new = rebased(k, entry, data)
+        self._entries[k] = new
+        exists = new.state.exists if starts else None
+        if starts:
+            self.outbox.fresh[k] = new.state.exists
+        self.outbox.snapshots.append(Snapshot(k, new.log.base_seq, encode_snapshot(new), exists))
+        change = dataclasses.replace(self._snapshot(k, new), seq=self._seq, kind="snapshot")
+        self.subscriptions.deliver(change)
+        self._notify_derived(k)
+        return change
 
     # ------------------------------------------------------------------ history and resume
 

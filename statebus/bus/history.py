@@ -14,19 +14,28 @@ Rules:
    version that is not in the log (compacted, or whose history reaches below the base on a
    branch the base folded) raises :class:`HistoryCompacted` with the horizon; one that this key
    never had raises :class:`NotFound`. The current frontier is the current state.
+5. A base the owner signed (a subtree snapshot, ``statebus.federation.subtree``) replaces a key's
+   base (:func:`rebased`): the ops this replica holds that it folded are dropped, the others stay
+   on top of it (or, when the two are interleaved or this replica had compacted the key itself,
+   all are dropped and come back through anti-entropy: they are the owner's); later ops the base
+   folded are recognised as on the owner (its folded versions, its horizon). A base of another
+   merge type is refused.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from statebus.bus.changes import Change
 from statebus.bus.entry import Entry, encode_snapshot, replay
-from statebus.errors import HistoryCompacted, NotAcceptable, NotFound
+from statebus.errors import BadSnapshot, HistoryCompacted, NotAcceptable, NotFound
 from statebus.merge import MergeState, load_state, new_state
 from statebus.merge.base import Order
 from statebus.merge.yjs import YjsState, merged_updates
+from statebus.oplog.events import Op
+from statebus.oplog.log import OpLog
 from statebus.storage.base import Snapshot, StoredOp
 from statebus.types import Key, Seq, Version
 
@@ -261,3 +270,52 @@ def fold(key: Key, entry: Entry, taken: Seq, keep: int) -> Snapshot | None:
     entry.log.gap = incomplete
     entry.base = entry.state.encode()
     return Snapshot(key, seq, encode_snapshot(entry))
+
+
+def rebased(key: Key, entry: Entry, data: bytes) -> Entry:
+    """The entry of ``key`` on another replica's base ``data`` (its stored snapshot bytes, as
+    ``encode_snapshot`` wrote them), numbered at this replica's cursors (rule 5).
+
+    The ops this replica holds that the base did not fold stay on top of it when they all come
+    after the ones it folded (the usual case: the ops a follower was given are the ones its owner
+    kept); otherwise, or when this replica compacted the key itself (the ops it folded are not in
+    its log: they would come back after the newer ones it kept), every op is dropped and the
+    caller fetches the unfolded ones again, in their order.
+
+    Raises:
+        BadSnapshot: ``data`` is not a base of this key's merge type, or does not load.
+    """
+    try:
+        raw = json.loads(data)
+        merge, base, log = raw["merge"], raw["state"], raw["log"]
+        if merge != entry.merge:
+            raise BadSnapshot(f"{key} is a {entry.merge} key here, the snapshot's base is {merge!r}")
+        if not isinstance(log, dict):
+            raise TypeError("its log base is not an object")
+        probe, horizon = OpLog(log), load_state(merge, base).horizon
+        folded: list[Seq] = []
+        fresh: list[tuple[Seq, Op]] = []
+        for s, op in entry.log.ops():
+            if (
+                probe.folded(op.version)
+                or op.version in probe.base_frontier
+                or (horizon is not None and op.order <= horizon)
+            ):
+                folded.append(s)
+            else:
+                fresh.append((s, op))
+        if entry.log.base_seq or (folded and fresh and max(folded) > fresh[0][0]):
+            # this replica folded ops of its own (they come back, in order, by anti-entropy), or
+            # the two are interleaved (one cursor cannot cut them apart): keep none
+            fresh = []
+        cut = fresh[0][0] - 1 if fresh else entry.last_seq
+        new = Entry(merge, load_state(merge, base), OpLog({**log, "seq": cut, "gap": False}), base)
+        for s, op in fresh:
+            new.state.apply(op)
+            new.log.add(op, s)
+    except BadSnapshot:
+        raise
+    except Exception as exc:  # signed bytes from another node; any failure refuses them
+        raise BadSnapshot(f"the base of {key} does not load ({type(exc).__name__})") from None
+    new.last_seq = entry.last_seq
+    return new

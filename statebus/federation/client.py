@@ -263,11 +263,15 @@ class PeerClient:
         finally:
             await response.aclose()
 
-    async def swarm_offer(self, base: str, key: str, digest: str, seeder: str) -> dict[str, Any]:
-        """The torrent and seeders of blob ``digest`` (that ``key`` points to) on the node at ``base``;
-        ``seeder`` is our own swarm address, so the origin lists us to the next fetcher."""
+    async def swarm_offer(
+        self, base: str, key: str, digest: str, seeder: str, *, pattern: str | None = None
+    ) -> dict[str, Any]:
+        """The torrent and seeders of blob ``digest`` (that ``key`` points to, or the newest signed
+        snapshot of ``pattern`` is) on the node at ``base``; ``seeder`` is our own swarm address, so
+        the origin lists us to the next fetcher."""
         url = base.rstrip("/") + f"{WELL_KNOWN}/swarm/{digest}"
-        req = self._signed("GET", url, {"key": key, "seeder": seeder}, b"")
+        which = {"pattern": pattern} if pattern is not None else {"key": key}
+        req = self._signed("GET", url, {**which, "seeder": seeder}, b"")
         body = await self._fetch(base, req, MAX_OFFER)
         try:
             offer = json.loads(body)
@@ -276,6 +280,27 @@ class PeerClient:
         if not isinstance(offer, dict):
             raise InvalidValue("the swarm offer is not an object")
         return offer
+
+    async def snapshot(self, base: str, pattern: str, limit: int) -> bytes:
+        """The newest signed snapshot of ``pattern`` the node at ``base`` holds (at most ``limit``
+        bytes; unverified: ``statebus.federation.subtree.unpack`` checks it)."""
+        url = base.rstrip("/") + f"{WELL_KNOWN}/snapshot"
+        return await self._fetch(base, self._signed("GET", url, {"pattern": pattern}, b""), limit)
+
+    async def snapshot_info(self, base: str, pattern: str) -> dict[str, Any]:
+        """``{"hash", "size", "type"}`` of the newest signed snapshot of ``pattern`` at ``base``
+        (unverified: a hint of what to fetch over the swarm)."""
+        url = base.rstrip("/") + f"{WELL_KNOWN}/snapshot"
+        body = await self._fetch(
+            base, self._signed("GET", url, {"pattern": pattern, "info": "1"}, b""), MAX_INFO
+        )
+        try:
+            info = json.loads(body)
+        except ValueError:
+            raise InvalidValue("the snapshot info is not JSON") from None
+        if not isinstance(info, dict):
+            raise InvalidValue("the snapshot info is not an object")
+        return info
 
     async def sync_round(self, base: str, request: SyncRequest) -> tuple[SyncResponse, int]:
         """One anti-entropy round; returns the answer and its size on the wire."""

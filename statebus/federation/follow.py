@@ -18,7 +18,12 @@ One :class:`Follower` per ``/~/.follows/<id>`` record. Its loop:
    a key whose owner compacted history this node never had cannot be rebuilt from the ops given
    (``Node.incomplete``); the follow lists it under ``incomplete`` and, while any is, reports the
    status ``incomplete`` with the reason (the node serves such a key as 503 ``incomplete``, with no
-   version); the key leaves the list when later ops rebuild it;
+   version); the key leaves the list when later ops rebuild it, or when the owner's signed subtree
+   snapshot (``statebus.federation.snapshots``: fetched once a session while keys of the pattern are
+   incomplete, checked, its bases installed) and a second anti-entropy round on the pattern rebuild
+   it; a snapshot that does not check is refused whole (``last_rejection`` says why). A new
+   follower (nothing held under the pattern) takes the snapshot before its first round, so only
+   the ops after the bases move;
 6. on any failure reconnect with exponential backoff and jitter; on ``QuotaExceeded`` stop for good
    with the reason. A server that throttles us (429, :class:`~statebus.errors.RateLimited`) is not a
    failure: wait its ``Retry-After`` (plus up to a quarter more, so throttled followers do not return
@@ -63,6 +68,7 @@ from typing import Any, Protocol
 
 from statebus.access.acl import acl_prefix
 from statebus.errors import (
+    BadSnapshot,
     InvalidValue,
     PeerUnavailable,
     QuotaExceeded,
@@ -70,6 +76,7 @@ from statebus.errors import (
     RelayDropped,
     Shed,
     StatebusError,
+    StorageFailed,
 )
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import StreamItem
@@ -77,6 +84,7 @@ from statebus.federation.ingest import Ingest, IngestResult
 from statebus.federation.opset import op_set
 from statebus.federation.policy import SHARES, Follow
 from statebus.federation.relays import RelayList, choose, verify
+from statebus.federation.snapshots import Installed, SnapshotClient, SnapshotKeeper, install_snapshot
 from statebus.federation.sync import SyncSession
 from statebus.identity.delegation import keys_prefix
 from statebus.runtime import Node
@@ -184,6 +192,8 @@ class FollowContext:
     """Where the pointers of blob values go to have their bytes fetched (None: never fetched)."""
     own_urls: tuple[str, ...] = ()
     """This node's own addresses: never a relay to follow."""
+    snapshots: SnapshotKeeper | None = None
+    """Keeps the signed subtree snapshots installed (a relay serves them on); None keeps none."""
 
 
 class Follower:
@@ -222,6 +232,12 @@ class Follower:
         self._head: tuple[Key, Version] | None = None
         self._connected_at = 0.0
         self._tried: set[str] = set()
+
+        self.snapshot: Installed | None = None
+        """The last signed subtree snapshot this follower installed."""
+        self.snapshot_bytes = 0
+        self.snapshot_keys = 0
+        """Keys whose base came from signed snapshots (since start)."""
         self.live = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -300,6 +316,14 @@ class Follower:
             "reason": reason,
             "incomplete": listed,
             "blobs_pending": pending,
+            "snapshot": None
+            if self.snapshot is None
+            else {
+                "seq": self.snapshot.seq,
+                "bytes": self.snapshot.size,
+                "keys": len(self.snapshot.keys),
+                "via": self.snapshot.via,
+            },
             "blob_failures": failed,
             "server": self.server,
             "url": self.url,
@@ -486,15 +510,10 @@ class Follower:
             unsure = False  # an exchange that could not bring everything claims no cursor
             patterns = self.patterns
             for pattern in list(patterns):  # delegation records first
-                local = op_set(self.ctx.node, pattern)
-                taken: set[str] = set()
-
-                async def page(ops: list[bytes], taken: set[str] = taken) -> None:
-                    taken |= await self._ingest(ops)  # kept page by page: a broken exchange resumes
-                    self.synced_ops += len(ops)
-
+                if pattern == self.follow.pattern and self._new():
+                    await self._rebase(url, new=True)  # the bases first: then only the op tail moves
                 try:
-                    session = await client.sync(url, SyncSession(pattern, local.index), page)
+                    seq, partial = await self._sync(url, pattern)
                 except StatebusError as exc:
                     if pattern not in self.rules or exc.status_hint != 403:
                         raise
@@ -503,14 +522,12 @@ class Follower:
                     log.info("follow %s: %s refuses %s: %s", self.follow.pattern, url, pattern, exc.detail)
                     patterns.remove(pattern)
                     continue
-                await page(session.take())  # a client that ignored on_page
-                self._recheck(taken)
-                self.sync_bytes += session.bytes_sent + session.bytes_received
-                unsure = unsure or session.partial
-                if session.server_seq is not None:
-                    synced_to = (
-                        session.server_seq if synced_to is None else min(synced_to, session.server_seq)
-                    )
+                if pattern == self.follow.pattern and await self._rebase(url):
+                    seq, again = await self._sync(url, pattern)  # the op tail after the bases
+                    partial = partial or again
+                unsure = unsure or partial
+                if seq is not None:
+                    synced_to = seq if synced_to is None else min(synced_to, seq)
             self.connections += 1
             if self.ctx.blobs is not None:
                 self.ctx.blobs.rescan(self.follow.pattern, url)
@@ -518,6 +535,59 @@ class Follower:
             self.cursors[self.server] = cursor
             if not await self._stream(url, cursor, patterns):
                 return
+
+    async def _sync(self, url: str, pattern: str) -> tuple[Seq | None, bool]:
+        """One anti-entropy exchange on ``pattern``: the server's cursor it names (or None), and
+        whether it could not bring everything."""
+        local = op_set(self.ctx.node, pattern)
+        taken: set[str] = set()
+
+        async def page(ops: list[bytes]) -> None:
+            taken.update(await self._ingest(ops))  # kept page by page: a broken exchange resumes
+            self.synced_ops += len(ops)
+
+        session = await self.ctx.client.sync(url, SyncSession(pattern, local.index), page)
+        await page(session.take())  # a client that ignored on_page
+        self._recheck(taken)
+        self.sync_bytes += session.bytes_sent + session.bytes_received
+        return session.server_seq, session.partial
+
+    def _new(self) -> bool:
+        """This node holds nothing under the pattern yet (no op, no base)."""
+        node, pattern = self.ctx.node, self.follow.pattern
+        return not node.scan(pattern, 0, 1) and node.horizon(pattern) == 0
+
+    async def _rebase(self, url: str, *, new: bool = False) -> bool:
+        """While keys of the pattern are incomplete (or, ``new``, before the first exchange of a node
+        that holds nothing under it), install the bases the server's newest signed snapshot holds
+        for them (rule 5); True when it installed any (the caller syncs again)."""
+        pattern = self.follow.pattern
+        keys: list[str] | None = None if new else [k for k in self.incomplete if k.startswith(pattern)]
+        client = self.ctx.client
+        if keys == [] or not isinstance(client, SnapshotClient):
+            return False
+        try:
+            swarm = self.ctx.blobs.swarm if self.ctx.blobs is not None else None
+            done = await install_snapshot(
+                self.ctx.node, self.ctx.ingest, client, url, pattern, keys, self.ctx.snapshots, swarm
+            )
+        except BadSnapshot as exc:
+            self.rejected += 1
+            self.last_rejection = f"refused a snapshot of {pattern} from {url}: {exc.detail}"
+            log.warning("follow %s: %s", pattern, self.last_rejection)
+            await self.persist(force=True)
+            return False
+        except StorageFailed:
+            raise
+        except StatebusError as exc:  # none there, too large, unreachable: the keys stay incomplete
+            log.info("follow %s: no snapshot from %s: %s: %s", pattern, url, exc.code, exc.detail)
+            return False
+        self.snapshot = done
+        self.snapshot_bytes += done.size
+        self.snapshot_keys += len(done.keys)
+        self._recheck(done.keys)
+        log.info("follow %s: installed %d bases from the snapshot at %d", pattern, len(done.keys), done.seq)
+        return bool(done.keys)
 
     async def _stream(self, url: str, cursor: Seq, patterns: list[str]) -> bool:
         """Apply the ops stream from ``cursor``; True when the server asked for a new anti-entropy

@@ -43,6 +43,7 @@ from statebus.federation.ingest import Ingest
 from statebus.federation.opset import OpSet, narrowed, op_set
 from statebus.federation.policy import FOLLOWS, Follow, PeerView, ReadCheck, follows
 from statebus.federation.relays import HEAD_WINDOW, META, RelayBook, StreamState, make_list
+from statebus.federation.snapshots import SnapshotKeeper
 from statebus.federation.swarm import SwarmPlane
 from statebus.federation.sync import SyncRequest, answer
 from statebus.identity import Identity
@@ -122,6 +123,11 @@ class Federation:
         """The node's swarm (setting ``swarm``): blobs of ``swarm_min_bytes`` or more move over it."""
         self.blobs = BlobFetcher(node, self._own_client, swarm=self.swarm) if node.blobs is not None else None
         """Fetches the bytes of blob pointers followers take (None: the node stores no blobs)."""
+        self.snapshots = SnapshotKeeper(
+            node, identity, keep=settings.snapshot_keep, interval=settings.snapshot_interval
+        )
+        """The signed subtree snapshots this node keeps: its own, and those it installed."""
+        node.blob_roots.append(self.snapshots.hashes)
         self.context = FollowContext(
             node,
             self.client,
@@ -130,6 +136,7 @@ class Federation:
             Backoff(backoff_base, backoff_cap),
             self.on_ingest,
             self.blobs,
+            snapshots=self.snapshots,
         )
         """What each follower sees of this federation."""
         self.courier = NoticeCourier(identity, self._own_client, self.addresses)
@@ -179,6 +186,7 @@ class Federation:
         self.followers.clear()
         if self.blobs is not None:
             await self.blobs.stop()
+        await self.snapshots.aclose()
         if self.swarm is not None:
             await self.swarm.stop()
         await self.courier.aclose()
@@ -355,6 +363,19 @@ class Federation:
         listed = self.relays.relays(namespace, self.node.durable_seq, exclude=(peer,))
         head = self._head(peer, namespace)
         return make_list(self.identity, namespace, self.depth(namespace), listed, head).to_json()
+
+    async def subtree_snapshot(self, peer: PubKey, pattern: Key) -> BlobPointer:
+        """The newest signed snapshot of ``pattern`` (``statebus.federation.snapshots`` rules 1, 2).
+
+        Raises:
+            NotFound: (404) nothing under it was compacted, or none is held here.
+            Forbidden: (403) ``peer`` may not read every key it holds.
+        """
+        kept = await self.snapshots.newest(pattern)
+        view = self.view(peer)
+        if view.filters_keys and not all(view.key(k) for k in kept.keys):
+            raise Forbidden(f"the snapshot of {pattern} holds keys node {peer} may not read here")
+        return kept.pointer
 
     async def answer_sync(self, peer: PubKey, body: bytes) -> bytes:
         """One anti-entropy round for ``peer``. Pushed ops are taken only if this node would accept

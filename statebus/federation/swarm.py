@@ -83,7 +83,9 @@ class ProviderDirectory(Protocol):
 class OfferClient(Protocol):
     """What the plane asks of another node (``PeerClient.swarm_offer``)."""
 
-    async def swarm_offer(self, base: str, key: str, digest: str, seeder: str) -> dict[str, Any]: ...
+    async def swarm_offer(
+        self, base: str, key: str, digest: str, seeder: str, *, pattern: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 def _peer(addr: object) -> tuple[str, int] | None:
@@ -310,11 +312,14 @@ class SwarmPlane:
         pointer: BlobPointer,
         namespace: PubKey | None,
         progress: Progress | None = None,
+        *,
+        pattern: str | None = None,
     ) -> BlobInfo:
-        """Fetch the blob over the swarm (rules 2-4): raises on any failure, keeping nothing."""
+        """Fetch the blob over the swarm (rules 2-4): raises on any failure, keeping nothing. With
+        ``pattern``, the blob is the newest signed snapshot of that subtree (``key`` is unused)."""
         lookup = asyncio.ensure_future(self.providers(pointer.hash))
         try:
-            offer = await client.swarm_offer(url, key, pointer.hash, self.address)
+            offer = await client.swarm_offer(url, key, pointer.hash, self.address, pattern=pattern)
         except StatebusError as exc:
             records = await lookup
             if not records:

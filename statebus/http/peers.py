@@ -4,6 +4,8 @@
     GET  /.well-known/statebus/ops?pattern=P&since=N      NDJSON stream of signed ops (signed request)
     POST /.well-known/statebus/sync                       one anti-entropy round    (signed request)
     GET  /.well-known/statebus/blob/<sha256>?key=K        a blob's bytes, ranges too (signed request)
+    GET  /.well-known/statebus/snapshot?pattern=P         the newest signed snapshot of P (signed request)
+    GET  /.well-known/statebus/swarm/<sha256>?key=K       a blob's torrent, seeders (?pattern=P: a snapshot's)
 
 Every request but ``node`` carries an HTTP Message Signature (RFC 9421, ``statebus.identity.httpsig``)
 by the calling node's key, checked by the node's one request verifier (``AccessControl.signatures``:
@@ -146,6 +148,10 @@ class PeerService(Protocol):
 
     def relay_opened(self, peer: PubKey, url: str, patterns: list[Key], stream: StreamSlot) -> None:
         """``peer`` opened an ops stream of ``patterns`` and offers to relay them at ``url``."""
+
+    async def subtree_snapshot(self, peer: PubKey, pattern: Key) -> BlobPointer:
+        """The blob of the newest signed snapshot of ``pattern`` (``statebus.federation.snapshots``),
+        for ``peer``, who must be allowed to read every key it holds. NotFound when there is none."""
         ...
 
 
@@ -510,12 +516,44 @@ class PeerEndpoints:
         try:
             address = self.count_address(request)
             peer = await self.authenticate(request, b"")
-            offer = await self.service.swarm_offer(
-                self.pointed_blob(request, peer), request.query_params.get("seeder", ""), address
-            )
+            if "pattern" in request.query_params:  # the newest signed snapshot of a subtree
+                pointer = await self.snapshot_pointer(request, peer)
+                if pointer.hash != check_hash(request.path_params["hash"]):
+                    raise NotFound(
+                        f"blob {request.path_params['hash']} is not the newest snapshot here (now)"
+                    )
+            else:
+                pointer = self.pointed_blob(request, peer)
+            offer = await self.service.swarm_offer(pointer, request.query_params.get("seeder", ""), address)
         except StatebusError as exc:
             return statebus_error_response(exc)
         return JSONResponse(offer, headers={"statebus-node": self.node.local})
+
+    async def snapshot_pointer(self, request: Request, peer: PubKey) -> BlobPointer:
+        """The blob of the newest signed snapshot of ``?pattern=`` for ``peer`` (the snapshot and
+        swarm routes)."""
+        pattern = parse_key(request.query_params.get("pattern", ""), self.node.local)
+        if not is_subtree(pattern):
+            raise InvalidValue("a snapshot's pattern is a subtree: it ends in '/'")
+        if not self.service.view(peer).pattern(pattern):
+            raise Forbidden(f"node {peer} may not read {pattern} here")
+        return await self.service.subtree_snapshot(peer, pattern)
+
+    async def snapshot(self, request: Request) -> Response:
+        """``GET /.well-known/statebus/snapshot?pattern=P``: the newest signed snapshot of the subtree
+        ``P`` (``statebus.federation.subtree``), served from the blob store (ranges too); with
+        ``&info=1`` only ``{"hash", "size", "type"}`` (what a swarm fetch asks for first)."""
+        try:
+            self.count_address(request)
+            peer = await self.authenticate(request, b"")
+            pointer = await self.snapshot_pointer(request, peer)
+            if request.query_params.get("info") == "1":
+                info = {"hash": pointer.hash, "size": pointer.size, "type": pointer.type}
+                return JSONResponse(info, headers={"statebus-node": self.node.local})
+            out = {"statebus-node": self.node.local, "accept-ranges": "bytes", NOSNIFF[0]: NOSNIFF[1]}
+            return serve_blob(self.node.blobs, pointer, pointer.type, out, request.headers.get("range"))
+        except StatebusError as exc:
+            return statebus_error_response(exc)
 
     async def sync(self, request: Request) -> Response:
         try:
@@ -544,4 +582,5 @@ def routes(node: Node, settings: Settings, service: PeerService, endpoints: Peer
         Route(f"{WELL_KNOWN}/sync", ep.sync, methods=["POST"]),
         Route(f"{WELL_KNOWN}/blob/{{hash}}", ep.blob, methods=["GET"]),
         Route(f"{WELL_KNOWN}/swarm/{{hash}}", ep.swarm, methods=["GET"]),
+        Route(f"{WELL_KNOWN}/snapshot", ep.snapshot, methods=["GET"]),
     ]

@@ -295,6 +295,44 @@ class Node:
         """The cursor below which the history under ``pattern`` was compacted away."""
         return self.bus.storage.horizon(pattern)
 
+    async def stored_bases(self, pattern: str, limit: int) -> list[Snapshot]:
+        """The compaction snapshots on disk of up to ``limit`` keys under the subtree ``pattern``, by
+        key (what a signed subtree snapshot carries: ``statebus.federation.snapshots``); read off
+        the event loop."""
+        keys = self.bus.walk(self.bus.parse(pattern), limit)
+        storage = self.bus.storage
+
+        def read() -> list[Snapshot]:
+            out: list[Snapshot] = []
+            for key in keys:
+                record = storage.load(key)
+                if record is not None and record.snapshot is not None:
+                    out.append(record.snapshot)
+            return out
+
+        return await asyncio.to_thread(read)
+
+    async def install_bases(self, bases: Sequence[tuple[Key, bytes]]) -> list[Key]:
+        """Put the owner's signed bases in place of what this replica holds of each key
+        (``Bus.install``, history rule 5) and return once they are on disk; the keys installed.
+        Ops a base did not fold stay on top of it, unless they interleave with ones it folded: then
+        they are dropped too, and the caller fetches them again (anti-entropy). Raises BadSnapshot
+        (a base that does not load: the bases before it are installed) or StorageFailed."""
+        await self.flush()
+        failures = self.committer.failures
+        done: list[Key] = []
+        try:
+            for key, data in bases:
+                self.bus.install(key, data)
+                done.append(self.bus.parse(key, allow_subtree=False))
+        finally:
+            while self.bus.pending and self.committer.failures == failures and not self.closing:
+                self.committer.kick()
+                await asyncio.sleep(0.002)
+        if self.committer.failures != failures:
+            raise StorageFailed("the installed bases could not be stored; nothing of them was kept")
+        return done
+
     async def adopt_snapshots(self, snaps: Sequence[tuple[Key, bytes, Version | None]]) -> list[Key]:
         """Restore only (``statebus restore --from-mirror``, a node that takes no other write): put
         back the compaction snapshots the owner took, ``(key, snapshot bytes, version of the key's

@@ -13,7 +13,9 @@ Rules every adapter keeps:
 2. Sequence numbers are given by the caller, strictly increasing across batches.
 3. ``(key, version)`` is unique; appending a duplicate raises ``VersionConflict``, changing nothing.
 4. ``compact`` replaces every op of a key with ``seq <= snapshot.seq`` by the snapshot and frees
-   their space; ``load`` then returns the snapshot plus the ops after it.
+   their space; ``load`` then returns the snapshot plus the ops after it. A snapshot of a key never
+   written is refused (``NotFound``) unless it says whether the key exists (``Snapshot.exists``: a
+   base taken from another replica), which then starts the key with it.
 5. Methods are called from more than one thread (reads on the event loop, ``append`` and
    ``compact`` in a writer thread); adapters make that safe.
 """
@@ -45,6 +47,9 @@ class Snapshot:
     """Every op of ``key`` with a sequence number up to this one is folded into ``data``."""
     data: bytes
     """The merge state, opaque to storage."""
+    exists: bool | None = None
+    """Whether the key holds a value in it: given only for a base from another replica, which may
+    start a key this store never saw (rule 4)."""
 
 
 @dataclass(slots=True)

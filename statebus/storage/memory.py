@@ -92,14 +92,17 @@ class MemoryStorage:
     def compact(self, snapshot: Snapshot) -> None:
         """Replace the ops of ``snapshot.key`` up to ``snapshot.seq`` by the snapshot.
 
-        A snapshot older than the one already stored changes nothing.
+        A snapshot older than the one already stored changes nothing; one that says whether its
+        key exists starts a key never written.
 
         Raises:
-            NotFound: the key was never written.
+            NotFound: the key was never written (and the snapshot does not say whether it exists).
         """
         with self._lock:
             if snapshot.key not in self._exists:
-                raise NotFound(f"cannot compact {snapshot.key!r}: it was never written")
+                if snapshot.exists is None:
+                    raise NotFound(f"cannot compact {snapshot.key!r}: it was never written")
+                self._set_exists(snapshot.key, snapshot.exists)
             current = self._snapshots.get(snapshot.key)
             if current is not None and current.seq > snapshot.seq:
                 return

@@ -300,10 +300,10 @@ class SqliteStorage:
     def compact(self, snapshot: Snapshot) -> None:
         """Replace the ops of ``snapshot.key`` up to ``snapshot.seq`` by the snapshot and give
         their pages back (``incremental_vacuum``). An older snapshot than the stored one changes
-        nothing.
+        nothing. A snapshot that says whether its key exists starts a key never written.
 
         Raises:
-            NotFound: the key was never written.
+            NotFound: the key was never written (and the snapshot does not say whether it exists).
         """
         with self._write_lock:
             self._check_open()
@@ -311,7 +311,9 @@ class SqliteStorage:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if conn.execute("SELECT 1 FROM keys WHERE key = ?", (snapshot.key,)).fetchone() is None:
-                    raise NotFound(f"cannot compact {snapshot.key!r}: it was never written")
+                    if snapshot.exists is None:
+                        raise NotFound(f"cannot compact {snapshot.key!r}: it was never written")
+                    conn.execute(_UPSERT_KEY, (snapshot.key, int(snapshot.exists), snapshot.seq))
                 row = conn.execute("SELECT seq FROM snapshots WHERE key = ?", (snapshot.key,)).fetchone()
                 if row is None or row[0] <= snapshot.seq:
                     conn.execute(_UPSERT_SNAPSHOT, (snapshot.key, snapshot.seq, snapshot.data))

@@ -230,6 +230,23 @@ class StorageSuite(abc.ABC):
         assert store.load(f"{NS}/never") is None
         assert store.horizon("") == 0
 
+    def test_a_base_from_another_replica_starts_a_key_never_written(self, store: Storage) -> None:
+        store.append([op(1, f"{NS}/a")])
+        store.compact(Snapshot(f"{NS}/b", 1, b"their base", exists=True))
+        store.compact(Snapshot(f"{NS}/c", 1, b"a deleted key's base", exists=False))
+        record = store.load(f"{NS}/b")
+        assert record is not None and record.snapshot is not None and record.ops == []
+        assert (record.snapshot.key, record.snapshot.seq, record.snapshot.data) == (
+            f"{NS}/b",
+            1,
+            b"their base",
+        )
+        assert store.children(f"{NS}/", "", 10) == ["a", "b"]  # c holds no value
+        assert store.horizon(f"{NS}/") == 1 and store.max_seq() == 1
+        store.append([op(2, f"{NS}/b")])  # ops go on after it
+        record = store.load(f"{NS}/b")
+        assert record is not None and seqs(record.ops) == [2]
+
     def test_horizon_by_pattern(self, store: Storage) -> None:
         self._scan_fixture(store)
         store.compact(Snapshot(f"{NS}/a", 1, b"s"))
