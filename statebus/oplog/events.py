@@ -2,12 +2,16 @@
 
 Rules:
 
-1. An op never changes once made; replicas exchange ops, never states.
+1. An op never changes once made, but for its signature (rule 5); replicas exchange ops, never
+   states.
 2. ``(key, version)`` identifies an op on every replica. Applying the same op twice is a no-op;
    a different op reusing a version is a :class:`VersionConflict`.
 3. ``parents`` are the versions the writer had seen of that key (its frontier), sorted.
 4. ``clock`` is a Lamport clock: greater than the clock of every parent.
-5. ``sig`` is opaque here: the identity layer fills and checks it over :func:`signing_bytes`.
+5. ``sig`` is opaque here: the identity layer fills and checks it over :func:`signing_bytes`. A
+   local write's op is made once (``codec.new_op``) and the node's commit fills its ``sig`` in place
+   (``identity.signing.seal_batch``), before the op is stored or sent to any peer; ``sig`` is not
+   part of an op's equality or hash.
 """
 
 from __future__ import annotations
