@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from statebus.bus.changes import Change
+from statebus.bus.changes import Change, op_change
 from statebus.bus.entry import Entry, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.history import (
@@ -593,10 +593,9 @@ class Bus:
         self._evict()
         outbox.ops.append((seq, op, exists))
         outbox.fresh[key] = exists
-        change = Change(
+        change = op_change(
             key,
             seq,
-            "op",
             exists,
             entry.state.value,
             entry.state.content_type,
@@ -604,8 +603,8 @@ class Bus:
             before,
             entry.merge,
             op,
-            linear=in_order and op.parents == before,
-            peer=peer,
+            in_order and op.parents == before,
+            peer,
         )
         self._notify(change)
         if len(entry.log) >= 2 * self.keep_ops:

@@ -32,7 +32,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from statebus.errors import InvalidOp, InvalidValue, TooLarge
-from statebus.oplog.events import DELETE, KINDS, Op, Patch
+from statebus.oplog.events import DELETE, KINDS, Op, Patch, fresh_op
 from statebus.types import Version
 from statebus.values.json import DEFAULT_MAX_DEPTH, loads_json
 
@@ -214,7 +214,7 @@ def new_op(
     storage). An empty ``version`` is minted (:func:`mint_version`) from that encoding before the
     op is returned. ``parents`` must be sorted. Raises InvalidOp if the body is not canonical JSON.
     """
-    op = Op(key, version, parents, author, clock, merge, kind, body, content_type)
+    op = fresh_op(key, version, parents, author, clock, merge, kind, body, content_type)
     data = _dumps(_fields(op))
     if not version:  # the minting hash covers the op with "v": "" (what mint_version hashes)
         version = f"{clock}-{_b32_80(hashlib.sha256(SIGNING_DOMAIN + data).digest())}"

@@ -8,10 +8,16 @@ batch signature or its proofs changes these bytes (and federation and stored dat
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from statebus.bus import Bus
+from statebus.bus.changes import Change, op_change
 from statebus.identity import check_signature
 from statebus.identity.keys import Identity
 from statebus.oplog import DELETE, Patch, decode_op, encode_op
+from statebus.oplog.events import fresh_op
 from statebus.server.assembly import batch_signer_for
 from statebus.storage.memory import MemoryStorage
 
@@ -73,3 +79,14 @@ def test_one_op_object_per_write() -> None:
     assert change.op.sig != b""
     check_signature(change.op)
     assert encode_op(change.op) == bus.storage.scan(change.key, 0, 10)[0].data
+
+
+@pytest.mark.parametrize("swaps", [True, False], ids=["slots-swapped", "constructor (compiled Change)"])
+def test_op_change_is_the_change_the_constructor_makes(swaps: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("statebus.bus.changes._SWAPS", swaps)
+    op = fresh_op("/k", "1-x", (), "a" * 52, 1, "lww", "set", "v", None)
+    made = op_change("/k", 7, True, "v", None, ("1-x",), (), "lww", op, True, "peer")
+    plain = Change("/k", 7, "op", True, "v", None, ("1-x",), (), "lww", op, linear=True, peer="peer")
+    assert type(made) is Change and made == plain and repr(made) == repr(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.value = "w"  # type: ignore[misc]
