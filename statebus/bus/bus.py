@@ -66,7 +66,7 @@ from statebus.merge import MergeState, default_merge, new_state
 from statebus.oplog.codec import check_version, decode_op, encode_op, new_op
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import Snapshot, Storage, StoredOp
+from statebus.storage.base import Snapshot, Storage, StoredOp, stored_op
 from statebus.types import Key, PubKey, Seq, Version
 from statebus.values import DEFAULT_MAX_BYTES, CheckedJSON, check_json, dumps_json, get_range
 
@@ -646,7 +646,7 @@ class Bus:
                     entry.log.add(signed, found[0])
             ops = signed_ops
         stored = [
-            StoredOp(seq, op.key, op.version, encode_op(op), exists)
+            stored_op(seq, op.key, op.version, encode_op(op), exists)
             for (seq, _, exists), op in zip(items, ops, strict=True)
         ]
         if items:

@@ -19,6 +19,7 @@ from statebus.identity.keys import Identity
 from statebus.oplog import DELETE, Patch, decode_op, encode_op
 from statebus.oplog.events import fresh_op
 from statebus.server.assembly import batch_signer_for
+from statebus.storage.base import StoredOp, stored_op
 from statebus.storage.memory import MemoryStorage
 
 # fmt: off
@@ -90,3 +91,12 @@ def test_op_change_is_the_change_the_constructor_makes(swaps: bool, monkeypatch:
     assert type(made) is Change and made == plain and repr(made) == repr(plain)
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.value = "w"  # type: ignore[misc]
+
+
+def test_stored_op_is_the_stored_op_the_constructor_makes() -> None:
+    made, plain = stored_op(3, "/k", "1-x", b"{}", False), StoredOp(3, "/k", "1-x", b"{}", False)
+    assert (
+        type(made) is StoredOp and made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"[]"  # type: ignore[misc]
