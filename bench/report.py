@@ -93,6 +93,10 @@ TARGETS: list[Check] = [
     ("p99 ms, 1000 subs x 20 msg/s", "fanout_20", lambda s: _get(s, "fanout_20", "latency.p99_ms"), "<=", 30),
     ("bytes per idle subscriber", "idle", lambda s: _get(s, "idle", "bytes_per_subscriber"), "<=", 20 * 1024),
     ("resume catch-up seconds", "resume", lambda s: _get(s, "resume", "catch_up_s"), "<", 1.0),
+    # a catch-up is only one if it replayed every op: a reset (a fresh snapshot instead) is not met
+    ("resume missing ops", "resume", lambda s: _get(s, "resume", "missing"), "<=", 0),
+    ("resume duplicated ops", "resume", lambda s: _get(s, "resume", "duplicated"), "<=", 0),
+    ("resume resets", "resume", lambda s: _get(s, "resume", "resets"), "<=", 0),
 ]
 
 
@@ -152,6 +156,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("resume", "catch_up_s", "seconds"),
     ("resume", "events", "events"),
     ("resume", "resets", "resets"),
+    ("resume", "missing", "missing"),
     ("idle", "bytes_per_subscriber", "bytes/sub"),
     ("idle", "write_reached", "reached"),
 ]

@@ -149,4 +149,7 @@ class RequestVerifier:
 
 def is_signed(scope: Mapping[str, Any]) -> bool:
     """Whether the request carries a ``Signature-Input`` header (then it must verify)."""
-    return any(bytes(k).lower() == b"signature-input" for k, _ in scope.get("headers") or ())
+    for name, _ in scope.get("headers") or ():
+        if len(name) == 15 and name.lower() == b"signature-input":  # len() first: most names differ
+            return True
+    return False

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from statebus.bus.changes import Change
+from statebus.bus.changes import Change, op_change
 from statebus.bus.entry import Entry, encode_snapshot, rebuild
 from statebus.bus.handlers import Handler, Handlers, OnSave, ToFetch, ToSave
 from statebus.bus.history import (
@@ -66,10 +66,10 @@ from statebus.errors import (
 )
 from statebus.keys import KeyMemo, is_subtree, namespace_of, parse_key
 from statebus.merge import MergeState, default_merge, new_state
-from statebus.oplog.codec import check_version, decode_op, encode_op, with_minted_version, with_version
+from statebus.oplog.codec import check_version, decode_op, encode_op, new_op
 from statebus.oplog.events import DELETE, Op, Patch
 from statebus.oplog.log import OpLog
-from statebus.storage.base import Snapshot, Storage, StoredOp
+from statebus.storage.base import Snapshot, Storage, StoredOp, stored_op
 from statebus.types import Key, PubKey, Seq, Version
 from statebus.values import DEFAULT_MAX_BYTES, CheckedJSON, check_json, dumps_json, get_range
 
@@ -238,7 +238,11 @@ class Bus:
             version = (f"derived-{computed.generation}",)
             return Change(k, self._seq, "derived", computed.exists, computed.value, None, version, ())
         if durable and k in self.outbox.stable:
-            return self.outbox.stable[k]
+            held = self.outbox.stable[k]
+            if held is None:
+                return None
+            seq, exists, value, content_type, frontier, merge = held
+            return Change(k, seq, "snapshot", exists, value, content_type, frontier, (), merge)
         entry = self._entry(k)
         if entry is None:
             return None
@@ -274,7 +278,7 @@ class Bus:
         for key, exists in self.outbox.fresh.items():
             if durable and key in stables:
                 stable = stables[key]
-                exists = stable is not None and stable.exists
+                exists = stable is not None and stable[1]
             if exists and key.startswith(p):
                 rest = key[len(p) :]
                 cut = rest.find("/")
@@ -428,8 +432,7 @@ class Bus:
         clock = (entry.log.clock if entry else 0) + 1
         if clock >= 2**53:
             raise InvalidOp("this key's Lamport clock is exhausted")
-        op = Op(k, "", ps, author or self.local, clock, merge, kind, body, content_type)
-        op = with_version(op, version) if version else with_minted_version(op)
+        op = new_op(k, version or "", ps, author or self.local, clock, merge, kind, body, content_type)
         if entry is not None and op.version in entry.log:
             return self._snapshot(k, entry)  # a minted version repeats only for the same op
         if self.handlers:
@@ -570,12 +573,18 @@ class Bus:
 
     def _commit(self, key: Key, entry: Entry | None, state: MergeState, op: Op, peer: str | None) -> Change:
         outbox = self.outbox
-        if key not in outbox.stable:  # its first op not durable yet: keep what disk holds (rule 5)
-            outbox.stable[key] = None if entry is None else self._snapshot(key, entry)
+        stable = outbox.stable
         if entry is None:
+            if key not in stable:
+                stable[key] = None  # its first op not durable yet: disk holds nothing (rule 5)
             entry = Entry(op.merge, state, OpLog(), None)
             self._entries[key] = entry
-        before = entry.log.sorted_frontier()
+            before: tuple[Version, ...] = ()
+        else:
+            before = entry.log.sorted_frontier()
+            if key not in stable:  # its first op not durable yet: keep what disk holds (rule 5)
+                st = entry.state
+                stable[key] = (entry.last_seq, st.exists, st.value, st.content_type, before, entry.merge)
         in_order = entry.state.apply(op)
         self._seq += 1
         seq = self._seq
@@ -587,10 +596,9 @@ class Bus:
         self._evict()
         outbox.ops.append((seq, op, exists))
         outbox.fresh[key] = exists
-        change = Change(
+        change = op_change(
             key,
             seq,
-            "op",
             exists,
             entry.state.value,
             entry.state.content_type,
@@ -598,8 +606,8 @@ class Bus:
             before,
             entry.merge,
             op,
-            linear=in_order and op.parents == before,
-            peer=peer,
+            in_order and op.parents == before,
+            peer,
         )
         self._notify(change)
         if len(entry.log) >= 2 * self.keep_ops:
@@ -626,18 +634,22 @@ class Bus:
     def take_outbox(self, batch_signer: BatchSigner | None = None) -> tuple[list[StoredOp], list[Snapshot]]:
         """Hand the ops (and compaction snapshots) waiting for disk to the caller, who must store
         them in this order and then call :meth:`mark_durable`. ``batch_signer`` may sign the ops
-        as one commit; the signed ops replace the unsigned ones in memory too."""
+        as one commit, in place (the node's: the ops returned are the ones given) or as new ops,
+        which then replace the unsigned ones in memory too."""
         items, snaps = self.outbox.take()
         ops = [op for _, op, _ in items]
         if batch_signer is not None and ops:
-            ops = batch_signer(ops)
-            for signed in ops:
+            signed_ops = batch_signer(ops)
+            for signed, op in zip(signed_ops, ops, strict=True):
+                if signed is op:
+                    continue  # signed in place: the log already holds it
                 entry = self._entries.get(signed.key)
                 found = entry.log.get(signed.version) if entry else None
                 if entry is not None and found is not None:
                     entry.log.add(signed, found[0])
+            ops = signed_ops
         stored = [
-            StoredOp(seq, op.key, op.version, encode_op(op), exists)
+            stored_op(seq, op.key, op.version, encode_op(op), exists)
             for (seq, _, exists), op in zip(items, ops, strict=True)
         ]
         if items:

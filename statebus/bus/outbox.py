@@ -4,7 +4,7 @@ Rules:
 
 1. Ops leave in seq order, each exactly once (:meth:`Outbox.take`), and compaction snapshots
    leave with them, after the ops they fold; the bus never writes to storage itself.
-2. While a key has an op that is not durable, ``stable`` holds the change disk holds of it (None:
+2. While a key has an op that is not durable, ``stable`` holds the state disk holds of it (None:
    disk holds nothing), so a read with ``durable=True`` never serves an op that may yet fail.
 3. ``fresh`` holds whether each key written since everything was last durable exists now, so a
    listing sees keys storage does not hold yet.
@@ -14,13 +14,18 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from statebus.bus.changes import Change
 from statebus.bus.entry import Entry
 from statebus.keys import key_matches
 from statebus.oplog.events import Op
 from statebus.storage.base import Snapshot, StoredOp
-from statebus.types import Key, Seq
+from statebus.types import Key, Seq, Version
+
+Stable = tuple[Seq, bool, Any, str | None, tuple[Version, ...], str]
+"""What disk holds of a key: ``(seq, exists, value, content_type, frontier, merge)``, the fields of
+its ``snapshot`` change, which is built only when a durable read asks for it (a plain tuple costs
+a write ~30,000 fewer instructions than a :class:`~statebus.bus.changes.Change`)."""
 
 
 class Outbox:
@@ -33,7 +38,7 @@ class Outbox:
         """``(seq, op, exists after it)`` in seq order."""
         self.snapshots: list[Snapshot] = []
         self.fresh: dict[Key, bool] = {}
-        self.stable: dict[Key, Change | None] = {}
+        self.stable: dict[Key, Stable | None] = {}
         """The durable state of every key with an op not durable yet (None: it had none)."""
 
     def __len__(self) -> int:

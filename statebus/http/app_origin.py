@@ -142,11 +142,8 @@ def app_policy(script_hashes: Iterable[str] = ()) -> str:
 BASE_POLICY: Final = app_policy()
 
 
-def _host_header(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return str(value.decode("latin-1")).lower()
-    return None
+HOST_MEMO = 256
+"""How many distinct ``Host`` values :meth:`AppOrigins.app_of` remembers (then it starts over)."""
 
 
 def _split_host(host: str) -> tuple[str, str]:
@@ -185,6 +182,9 @@ class AppOrigins:
         names = {h.lower() for h in hosts if h and ":" not in h and not h.replace(".", "").isdigit()}
         self.suffixes: tuple[str, ...] = tuple(sorted("." + h for h in names))
         self._policies: dict[tuple[str, str, str], str] = {}
+        self._hosts: dict[bytes, str | None] = {}
+        """What :meth:`app_of` answered for each raw ``Host`` value seen (at most ``HOST_MEMO``):
+        a node is reached under a few names, and every request asks."""
 
     def use(self, apps: AppDirectory, runner: AppRunner | None = None) -> None:
         """Serve ``apps`` from now on (the registry, once the node has one); ``runner`` reports
@@ -207,8 +207,23 @@ class AppOrigins:
     def app_of(self, scope: Scope) -> str | None:
         """The app whose origin ``scope`` reached (``""`` for a subdomain that is no valid app name),
         or None for the node's own origin."""
-        host = _host_header(scope)
-        if host is None or "." not in host:
+        value: bytes | None = None
+        for name, raw in scope["headers"]:
+            if name == b"host":
+                value = raw if type(raw) is bytes else bytes(raw)
+                break
+        if value is None:
+            return None
+        hosts = self._hosts
+        if value in hosts:
+            return hosts[value]
+        if len(hosts) >= HOST_MEMO:
+            hosts.clear()
+        found = hosts[value] = self._app_of_host(value.decode("latin-1").lower())
+        return found
+
+    def _app_of_host(self, host: str) -> str | None:
+        if "." not in host:
             return None
         hostname = _split_host(host)[0].rstrip(".")
         if hostname.endswith("." + LOCALHOST):

@@ -99,24 +99,47 @@ def _root_from_proof(leaf: bytes, n: int, i: int, siblings: list[bytes]) -> byte
     return h
 
 
-def sign_batch(ops: Sequence[Op], identity: Identity) -> list[Op]:
-    """Sign ``ops`` with one commit signature; each returned op carries its own Merkle proof.
+def batch_proofs(ops: Sequence[Op], identity: Identity) -> list[bytes]:
+    """The batch proof (``Op.sig``) of each of ``ops`` under one commit signature by ``identity``.
 
     Raises:
         InvalidOp: an op's author is not ``identity``, the batch is empty or too large.
     """
     if not ops or len(ops) > MAX_BATCH:
         raise InvalidOp(f"a signed batch has 1 to {MAX_BATCH} ops")
-    if any(op.author != identity.pubkey for op in ops):
-        raise InvalidOp("an op is signed by its author: an op's author differs from the signing identity")
+    pubkey = identity.pubkey
+    for op in ops:
+        if op.author != pubkey:
+            raise InvalidOp("an op is signed by its author: an op's author differs from the signing identity")
     levels = merkle_levels([_leaf(op_hash(op)) for op in ops])
     n = len(ops)
-    commit_sig = identity.sign(_commit_message(n, levels[-1][0]))
-    head = BATCH_TAG + commit_sig + struct.pack(">I", n)
-    return [
-        with_signature(op, head + struct.pack(">I", i) + b"".join(_proof(levels, i)))
-        for i, op in enumerate(ops)
-    ]
+    head = BATCH_TAG + identity.sign(_commit_message(n, levels[-1][0])) + struct.pack(">I", n)
+    if n == 1:
+        return [head + b"\0\0\0\0"]
+    return [head + struct.pack(">I", i) + b"".join(_proof(levels, i)) for i in range(n)]
+
+
+def sign_batch(ops: Sequence[Op], identity: Identity) -> list[Op]:
+    """Sign ``ops`` with one commit signature; each returned op (a copy) carries its own Merkle proof.
+
+    Raises:
+        InvalidOp: an op's author is not ``identity``, the batch is empty or too large.
+    """
+    return [with_signature(op, sig) for op, sig in zip(ops, batch_proofs(ops, identity), strict=True)]
+
+
+def seal_batch(ops: Sequence[Op], identity: Identity) -> None:
+    """Sign ``ops`` as :func:`sign_batch` does, filling each op's ``sig`` in place (events rule 5):
+    a local op is made once, and the node signs it at its commit, before it is stored or sent.
+
+    Raises:
+        InvalidOp: as :func:`sign_batch`; or an op is signed already (nothing is changed then).
+    """
+    for op in ops:
+        if op.sig:
+            raise InvalidOp("an op that carries a signature is not signed again")
+    for op, sig in zip(ops, batch_proofs(ops, identity), strict=True):
+        object.__setattr__(op, "sig", sig)
 
 
 @lru_cache(maxsize=1024)

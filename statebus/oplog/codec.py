@@ -32,7 +32,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from statebus.errors import InvalidOp, InvalidValue, TooLarge
-from statebus.oplog.events import DELETE, KINDS, Op, Patch
+from statebus.oplog.events import DELETE, KINDS, Op, Patch, fresh_op
 from statebus.types import Version
 from statebus.values.json import DEFAULT_MAX_DEPTH, loads_json
 
@@ -197,6 +197,31 @@ def with_minted_version(op: Op) -> Op:
     new = _copy(op, version, op.sig)
     _remember(new, _replace_version(data, version))
     return new
+
+
+def new_op(
+    key: str,
+    version: Version,
+    parents: tuple[Version, ...],
+    author: str,
+    clock: int,
+    merge: str,
+    kind: str,
+    body: Any,
+    content_type: str | None,
+) -> Op:
+    """A local op, made once: one ``Op``, one encoding (kept for the hash, the signature and
+    storage). An empty ``version`` is minted (:func:`mint_version`) from that encoding before the
+    op is returned. ``parents`` must be sorted. Raises InvalidOp if the body is not canonical JSON.
+    """
+    op = fresh_op(key, version, parents, author, clock, merge, kind, body, content_type)
+    data = _dumps(_fields(op))
+    if not version:  # the minting hash covers the op with "v": "" (what mint_version hashes)
+        version = f"{clock}-{_b32_80(hashlib.sha256(SIGNING_DOMAIN + data).digest())}"
+        object.__setattr__(op, "version", version)  # not yet returned: nobody has seen the op
+        data = data[:-3] + encode_basestring(version).encode() + b"}"  # data ends with '"v":""}'
+    _remember(op, data)
+    return op
 
 
 def with_version(op: Op, version: Version) -> Op:

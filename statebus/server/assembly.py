@@ -52,7 +52,7 @@ from statebus.http.peers import PeerEndpoints
 from statebus.http.peers import routes as peer_routes
 from statebus.identity import atrest, keystore
 from statebus.identity.keys import Identity
-from statebus.identity.signing import sign_batch
+from statebus.identity.signing import seal_batch
 from statebus.invites.ledger import Ledger
 from statebus.invites.routes import InviteRoutes
 from statebus.mirror import MirrorStore
@@ -97,17 +97,14 @@ def owner_token(settings: Settings) -> str:
 
 
 def batch_signer_for(identity: Identity) -> Callable[[list[Op]], list[Op]]:
-    """Sign each commit's local, unsigned ops with one signature; ops of other authors pass as they are."""
+    """Sign each commit's local, unsigned ops with one signature, in place (``seal_batch``: the op
+    the write made is the op stored and sent); ops of other authors pass as they are."""
 
     def sign(ops: list[Op]) -> list[Op]:
-        mine = [i for i, op in enumerate(ops) if op.author == identity.pubkey and not op.sig]
-        if not mine:
-            return ops
-        signed = sign_batch([ops[i] for i in mine], identity)
-        out = list(ops)
-        for i, op in zip(mine, signed, strict=True):
-            out[i] = op
-        return out
+        mine = [op for op in ops if op.author == identity.pubkey and not op.sig]
+        if mine:
+            seal_batch(mine, identity)
+        return ops
 
     return sign
 

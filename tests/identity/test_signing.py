@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from statebus.errors import BadSignature, Forbidden, InvalidOp
 from statebus.identity.delegation import Keyring, delegate, record_key, revoke
 from statebus.identity.keys import Identity
-from statebus.identity.signing import check_signature, sign_batch, sign_op, verify_op
+from statebus.identity.signing import check_signature, seal_batch, sign_batch, sign_op, verify_op
 from statebus.oplog.codec import decode_op, encode_op
 from statebus.oplog.events import Op
 
@@ -214,3 +214,21 @@ def test_forgotten_delegation_loses_rights() -> None:
     ring.forget(OWNER.pubkey, DEVICE.pubkey)
     with pytest.raises(Forbidden):
         verify_op(op, ring, NOW)
+
+
+def test_seal_batch_fills_the_proofs_sign_batch_makes_in_place() -> None:
+    ops = [make(OWNER, k(f"app/s{i}"), i) for i in range(5)]
+    copies = sign_batch(ops, OWNER)
+    seal_batch(ops, OWNER)
+    assert [op.sig for op in ops] == [c.sig for c in copies]
+    assert [encode_op(op) for op in ops] == [encode_op(c) for c in copies]
+    for op in ops:
+        verify_op(op)
+
+
+def test_seal_batch_refuses_a_signed_op_and_changes_nothing() -> None:
+    fresh = make(OWNER, k("app/fresh"))
+    signed = sign_op(make(OWNER, k("app/signed")), OWNER)
+    with pytest.raises(InvalidOp):
+        seal_batch([fresh, signed], OWNER)
+    assert fresh.sig == b""

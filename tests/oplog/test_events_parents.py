@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from statebus.oplog.events import Op
+import dataclasses
+
+import pytest
+
+from statebus.oplog.events import Op, fresh_op
 
 
 def op(parents: object) -> Op:
@@ -27,3 +31,14 @@ def test_a_short_tuple_is_kept_as_it_is() -> None:
         pass
 
     assert type(op(Sub(["a"])).parents) is Sub  # equal to its sorted tuple: kept, as before
+
+
+def test_fresh_op_is_the_op_the_constructor_makes() -> None:
+    """``fresh_op`` (the write path's cheap constructor) makes an Op equal to ``Op(...)``, with the
+    same hash and repr, and as frozen."""
+    args = ("/k", "2-x", ("1-a", "1-b"), "a" * 52, 2, "lww", "set", "v", None)
+    made, plain = fresh_op(*args), Op(*args)
+    assert type(made) is Op
+    assert (made, hash(made), repr(made), made.sig) == (plain, hash(plain), repr(plain), b"")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.body = "w"  # type: ignore[misc]
