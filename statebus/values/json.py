@@ -244,7 +244,7 @@ def _plain(value: object) -> bool:
                     return False
             children = mapping.values()
         else:
-            children = cast("list[object]", item)
+            children = cast("Iterable[object]", item)  # a list or a tuple (mypyc checks a list cast)
         for child in children:
             if _is_container(type(child)):
                 stack.append((child, depth + 1))
