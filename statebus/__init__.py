@@ -11,7 +11,37 @@ True
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import os
 from typing import TYPE_CHECKING, Any
+
+
+def _refuse_stale_build() -> None:
+    """Refuse a compiled module older than its source (setup.py, rule 4).
+
+    An editable install of the compiled build keeps each module's extension beside its ``.py``,
+    and the extension wins on import: after an edit (or a ``git checkout``) the old code would run.
+    A pure install has no ``statebus__mypyc`` library beside the package and pays one ``stat``.
+    Two seconds of slack: a wheel's files are written one after the other at install time.
+    """
+    here = os.path.dirname(__file__)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    if not os.path.exists(os.path.join(os.path.dirname(here), "statebus__mypyc" + suffix)):
+        return
+    for folder in [here, *(entry.path for entry in os.scandir(here) if entry.is_dir())]:
+        for entry in os.scandir(folder):
+            if not entry.name.endswith(suffix):
+                continue
+            source = entry.path[: -len(suffix)] + ".py"
+            if os.path.exists(source) and os.stat(source).st_mtime > entry.stat().st_mtime + 2:
+                raise ImportError(
+                    f"{source} changed after it was compiled: rebuild (pip install -e .), or remove the"
+                    " compiled modules to run pure Python (find statebus -name '*.so' -delete; rm"
+                    " statebus__mypyc*.so)"
+                )
+
+
+_refuse_stale_build()
 
 if TYPE_CHECKING:
     from statebus.bus import Bus, Change, Subscription

@@ -135,8 +135,8 @@ class Reactive:
             value, exists = fn(key, get), True
         except ReactiveTooDeep as exc:
             error = exc
-        except Exception as exc:  # a broken function must not break the write that triggered it
-            code = exc.code if isinstance(exc, StatebusError) else type(exc).__name__
+        except Exception as failure:  # a broken function must not break the write that triggered it
+            code = failure.code if isinstance(failure, StatebusError) else type(failure).__name__
             error = ReactiveFailed(f"the function of derived key {key} raised {code}")
         finally:
             self._depth -= 1

@@ -65,7 +65,7 @@ def is_pubkey(text: str) -> bool:
     return text[-1] in "aq"
 
 
-def parse_key(path: str, local: PubKey | None = None, *, allow_subtree: bool = True) -> Key:
+def parse_key(path: object, local: PubKey | None = None, *, allow_subtree: bool = True) -> Key:
     """Validate ``path`` and return the normalised key.
 
     ``/~/…`` is rewritten to the local namespace ``local``. Percent-decoding is the transport's

@@ -34,7 +34,7 @@ from typing import Any
 from statebus.errors import InvalidOp, InvalidValue, TooLarge
 from statebus.oplog.events import DELETE, KINDS, Op, Patch, fresh_op
 from statebus.types import Version
-from statebus.values.json import DEFAULT_MAX_DEPTH, loads_json
+from statebus.values.json import DEFAULT_MAX_DEPTH, fast_dumps, loads_json
 
 SIGNING_DOMAIN = b"statebus-op-v1\n"
 MAX_VERSION_CHARS = 128
@@ -58,6 +58,9 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 
 def _dumps(obj: Any) -> bytes:
+    fast = fast_dumps(obj, sort_keys=True)  # orjson: the same bytes, or None for the encoder below
+    if fast is not None:
+        return fast
     try:
         text = _ENCODER.encode(obj)
         return text.encode()

@@ -17,7 +17,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from statebus.types import JSON, Key, PubKey, Version
 
@@ -25,7 +25,7 @@ from statebus.types import JSON, Key, PubKey, Version
 class _Delete:
     """Patch content that removes the addressed field or element (JavaScript's ``undefined``)."""
 
-    _instance: _Delete | None = None
+    _instance: ClassVar[_Delete | None] = None  # ClassVar: mypyc compiles a class attribute set through cls
 
     def __new__(cls) -> _Delete:
         if cls._instance is None:

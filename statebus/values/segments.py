@@ -90,7 +90,7 @@ class Slice:
 Segment: TypeAlias = Field | Index | Slice
 
 
-def parse_range(text: str) -> tuple[Segment, ...]:
+def parse_range(text: object) -> tuple[Segment, ...]:
     """Parse range text into segments.
 
     Args:
