@@ -197,6 +197,26 @@ class Settings:
     guest_quota_bytes: int = _setting(
         256 * KiB, "bytes", "Storage one other key's ops may use in this node's own namespace.", 0, 1 * GiB
     )
+    notice_queue_max: int = _setting(
+        256, "int", "Notices this node's courier keeps waiting for one other namespace's node.", 1, 1_000_000
+    )
+    notice_queue_bytes: int = _setting(
+        256 * KiB,
+        "bytes",
+        "Bytes of notices the courier keeps waiting for one other namespace's node.",
+        1,
+        1 * GiB,
+    )
+    notice_expiry: float = _setting(
+        7 * 86400 * SECONDS,
+        "seconds",
+        "How long the courier retries a notice before it drops it (logged).",
+        1,
+        365 * 86400,
+    )
+    notice_retry_max: float = _setting(
+        5 * MINUTES, "seconds", "The longest wait between two attempts at delivering a notice.", 0.1, 86400
+    )
     signature_max_age: float = _setting(
         300 * SECONDS, "seconds", "Oldest signed request accepted (its nonce is kept this long).", 1, 86400
     )

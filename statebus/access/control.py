@@ -348,6 +348,7 @@ class AccessControl:
         guest = self._guest(submitter, key)
         if guest is not None and self.local_policy.why_not("write", guest, key) is None:
             self.guests.hit(guest, address)  # only writes a rule admits count: a refusal is 403
+            self.guests.check_own(guest, key)  # a guest changes only what it wrote
         admitted = await self.op_gate.admit_async(body, _ClientDoor(self, submitter, key))
         change: Change | None = None
         charged = 0

@@ -20,6 +20,10 @@ Rules:
    not free its bytes until the next start (the op stays in the log until compaction).
 4. The rules (``.acl``) and the deny-list decide first; apps' validators decide after (chirp's
    block list and notice shape); nothing here widens what a rule admits.
+5. A guest changes only what it wrote: a guest write of a key whose current version (any head of
+   it) was written by another key, the owner's included, is refused with 403 before any signature
+   is checked (:meth:`GuestLimits.check_own`). So a sender may overwrite or delete (retract) its
+   own notice, and no other guest's, whatever the rule admits.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import threading
 
 from statebus.access.limits import QuotaTracker, RateLimiter
 from statebus.config import Settings
-from statebus.errors import QuotaExceeded
+from statebus.errors import Forbidden, QuotaExceeded
 from statebus.oplog import decode_op
 from statebus.runtime import Node
-from statebus.types import PubKey
+from statebus.types import Key, PubKey
 
 SCAN_BATCH = 10_000
 
@@ -64,6 +68,26 @@ class GuestLimits:
     def release(self, author: PubKey, nbytes: int) -> None:
         if nbytes:
             self.quota.release(author, nbytes)
+
+    def check_own(self, author: PubKey, key: Key) -> None:
+        """Refuse ``author``'s guest write of ``key`` when another key wrote its current state (rule 5)."""
+        current = self.node.fetch_or_none(key, durable=True)
+        if current is None:
+            return
+        heads = set(current.version)
+        writers: dict[str, str] = {}
+        after = 0
+        while heads - writers.keys():
+            page = self.node.history_page(key, after, 200)
+            writers.update((v.version, v.author) for v in page.versions)
+            if not page.more or not page.versions:
+                break
+            after = page.versions[-1].seq
+        for head in sorted(heads):
+            writer = writers.get(head)
+            if writer != author:
+                by = "another key" if writer is None else writer
+                raise Forbidden(f"{key} was written by {by}: a guest changes only what it wrote")
 
     def used(self, author: PubKey) -> int:
         return self.quota.used(author)

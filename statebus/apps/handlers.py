@@ -28,7 +28,9 @@ Rules:
 6. ``host.put`` of a key in *another* namespace inside the app's ``send`` grant (on_write only)
    stores nothing here: it hands the value to the node's :class:`Courier`, which signs it with the
    node's key and delivers it to that namespace's node (:mod:`statebus.federation.courier`). The
-   receiving node decides whether to store it, by its rules, speed bumps and validators.
+   receiving node decides whether to store it, by its rules, speed bumps and validators. When the
+   key whose write sent notices is deleted (an unlike, a deleted post, an unfollow), the courier
+   retracts them: a signed delete of each notice at its receiver (:meth:`Courier.retract`).
 """
 
 from __future__ import annotations
@@ -190,15 +192,23 @@ class App:
 class Courier(Protocol):
     """Where an app's notices to other namespaces go (rule 6)."""
 
-    def send(self, key: Key, value: JSON) -> None:
-        """Queue ``value`` for ``key`` (in another namespace); raise a StatebusError to refuse it."""
+    def send(self, key: Key, value: JSON, source: Key | None = None) -> None:
+        """Queue ``value`` for ``key`` (in another namespace), sent because of the write to ``source``;
+        raise a StatebusError to refuse it."""
+
+    def retract(self, source: Key) -> None:
+        """Take back the notices sent because of writes to ``source`` (it was deleted)."""
 
 
 class CallHost:
     """The host API of one handler call (rule 5): runs on the app's thread, hops to the loop."""
 
-    def __init__(self, app: App, *, writable: bool = False, chain: int = 0) -> None:
+    def __init__(
+        self, app: App, *, writable: bool = False, chain: int = 0, source: Key | None = None
+    ) -> None:
         self.app = app
+        self.source = source
+        """The key whose write this on_write call follows: notices it sends are retracted with it."""
         self.node = app.host.node
         self.local: PubKey = app.host.node.local
         self.writable = writable
@@ -288,7 +298,7 @@ class CallHost:
             if courier is None:
                 raise HostDenied(f"host.put: {key}: this node sends no notices (it has no federation)")
             try:
-                self._on_loop(lambda: courier.send(k, value))
+                self._on_loop(lambda: courier.send(k, value, self.source))
             except StatebusError as exc:
                 raise HostDenied(f"host.put: {key} refused: {exc.detail or exc.code}") from None
             return
@@ -546,6 +556,8 @@ class AppHost:
         author = op.author if op is not None else self.node.local
         body = op.body if op is not None else change.value
         kind = op.kind if op is not None else "set"
+        if kind == "delete" and self.courier is not None and app.grants.send:
+            self.courier.retract(change.key)  # rule 6: the record's notices go with it
         payload = {
             "key": rel,
             "namespace": self.node.local,
@@ -555,11 +567,15 @@ class AppHost:
         }
         for fn in fns:
             seed = seed_of(change.key, kind, author, body)
-            self._spawn(self._on_write(app, fn, payload, seed, chain))
+            self._spawn(self._on_write(app, fn, payload, seed, chain, change.key))
 
-    async def _on_write(self, app: App, fn: str, payload: dict[str, Any], seed: int, chain: int) -> None:
+    async def _on_write(
+        self, app: App, fn: str, payload: dict[str, Any], seed: int, chain: int, source: Key
+    ) -> None:
         try:
-            await self._call(app, fn, [payload], seed, CallHost(app, writable=True, chain=chain))
+            await self._call(
+                app, fn, [payload], seed, CallHost(app, writable=True, chain=chain, source=source)
+            )
         except StatebusError as exc:
             log.warning("app %s: on_write %s failed: %s", app.spec.name, fn, exc.detail)
 

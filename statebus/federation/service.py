@@ -36,7 +36,7 @@ from statebus.errors import (
 )
 from statebus.federation.blobs import BlobFetcher
 from statebus.federation.client import PeerClient
-from statebus.federation.courier import NoticeCourier
+from statebus.federation.courier import NoticeCourier, QueueLimits
 from statebus.federation.dht import Directory
 from statebus.federation.follow import Backoff, FollowClient, FollowContext, Follower, IngestHook
 from statebus.federation.ingest import Ingest
@@ -139,7 +139,19 @@ class Federation:
             snapshots=self.snapshots,
         )
         """What each follower sees of this federation."""
-        self.courier = NoticeCourier(identity, self._own_client, self.addresses)
+        self.courier = NoticeCourier(
+            identity,
+            self._own_client,
+            self.addresses,
+            node,
+            QueueLimits(
+                settings.notice_queue_max,
+                settings.notice_queue_bytes,
+                settings.notice_expiry,
+                settings.notice_retry_max,
+            ),
+            backoff_base=backoff_base,
+        )
         """Delivers hosted apps' notices to other namespaces' nodes (``send`` grants)."""
         self._followed: set[PubKey] = set()
         self._watch: Subscription | None = None
@@ -167,6 +179,7 @@ class Federation:
         prefix = f"/{self.node.local}/{FOLLOWS}/"
         self._watch = self.node.observe(prefix, self._follows_changed, snapshot=False)
         await self.reconcile()  # followers first: a restart reconnects while the record is published
+        await self.courier.start()  # the notices an earlier run left waiting
         if self.directory is not None and self.urls:
             try:
                 await self.directory.publish(list(self.urls))

@@ -189,6 +189,11 @@ A_NOTES = (
   await until('the delete', () => !texts().includes('oops'));
   r.afterDelete = texts();
   location.hash = '#notifications';  // the screen the screenshot shows
+  // C deleted its reply meanwhile (the test does, once the mute is stored): its notice is retracted
+  const stranger = () => notes().some(n => n.includes('a stranger says hi'));
+  const bobReplied = () => notes().some(n => n.startsWith('bob replied'));
+  await until('the reply of the stranger retracted', () => bobReplied() && !stranger(), 60000);
+  r.retracted = notes();
   await until('the notifications again', () => document.querySelectorAll('#view .note').length >= 5);
   window.__result = r;
   window.__done = true;
@@ -295,6 +300,11 @@ async def mark(node: RunningNode, kind: str, pk: str) -> None:
     await node.node.save(f"/~/chirp/{kind}/{pk}", {"at": 1})
 
 
+def inbox_of(node: RunningNode, sender: str) -> list[str]:
+    """The names of the notices ``sender`` has in ``node``'s inbox."""
+    return list(node.node.children(f"/~/inbox/chirp/{sender}/", limit=1000))
+
+
 def posts_of(node: RunningNode, pk: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in node.node.children(f"/{pk}/chirp/posts/", limit=1000):
@@ -362,7 +372,15 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     )
 
     # A's notifications: B's reply and like crossed to A's node (A follows B's chirp/), C's by the inbox.
-    notes = await browse(a, A_NOTES, shots, "chirp-notifications", "#notifications")
+    notes_run = asyncio.create_task(browse(a, A_NOTES, shots, "chirp-notifications", "#notifications"))
+    # the page has seen C's notice once it mutes bob; then C deletes its reply, retracting the notice
+    await wait_until(
+        lambda: a.node.fetch_or_none(f"/~/chirp/mutes/{b.pubkey}") is not None or notes_run.done(),
+        what="A's page muting bob",
+        timeout=90,
+    )
+    await c.node.delete("/~/chirp/posts/zz-stranger")
+    notes = await notes_run
     assert any(n.endswith("replieda stranger says hi") for n in notes["notes"]), notes
     assert any(n.startswith("bob replied") for n in notes["notes"]), notes
     assert any(n.startswith("bob liked your post") for n in notes["notes"]), notes
@@ -370,6 +388,9 @@ async def test_chirp_across_three_nodes_in_chromium(devnet: Cluster, tmp_path: P
     assert any(n.startswith("bob reposted your post") for n in notes["notes"]), notes
     assert "nice one, A" not in notes["muted"] and "hello from A" in notes["muted"], notes  # muted
     assert "nice one, A" in notes["afterDelete"] and "oops" not in notes["afterDelete"], notes
+    assert not any("a stranger says hi" in n for n in notes["retracted"]), notes  # retracted live
+    assert any(n.startswith("bob replied") for n in notes["retracted"]), notes
+    assert inbox_of(a, c.pubkey) == []  # the notice is gone from A's node too
     assert all(p.get("text") != "oops" for p in posts_of(a, a.pubkey).values())  # deleted on A's node
 
     # A blocks B: B's next reply is refused by A's node (the store enforces it) and never shows.
