@@ -41,7 +41,9 @@ Rules:
    (the metadata from the peers must have both signed info-hashes, ``TorrentRef.check``) and asks the
    offer's seeders and the DHT's providers of that info-hash (hints: the torrent check makes them
    harmless); with none, the ``BadBlob`` goes up and the caller falls back to HTTP. A pointer without
-   info-hashes is fetched as before (rules 2 and 5).
+   info-hashes is fetched as before (rules 2 and 5). A node whose own torrent of a blob is not the
+   one its pointer signs (made by another torrent maker) offers none: 404, and its followers fetch
+   over HTTP.
 """
 
 from __future__ import annotations
@@ -317,6 +319,12 @@ class SwarmPlane:
         if not self.wants(pointer) or not self.blobs.has(pointer.hash):
             raise NotFound(f"blob {pointer.hash} is not offered over the swarm here")
         meta = await self.session.seed(self.blobs.path(pointer.hash))
+        try:
+            check_signed(pointer, meta.infohash_v1, meta.infohash_v2)
+        except BadBlob as exc:  # every fetcher would refuse it (rule 6): offer nothing, seed nothing
+            self.session.drop(pointer.hash)
+            log.warning("not offering blob %s: %s", pointer.hash, exc.detail)
+            raise NotFound(f"blob {pointer.hash} is not offered over the swarm here: {exc.detail}") from None
         if pointer.hash not in self.announced:
             self.announce(pointer.hash, meta.infohash_v1)
         known = self._seeders.setdefault(pointer.hash, OrderedDict())

@@ -18,7 +18,7 @@ import pytest
 
 from statebus.blobs import BlobPointer, BlobStore
 from statebus.config import Settings
-from statebus.errors import BadBlob, SwarmFailed
+from statebus.errors import BadBlob, NotFound, SwarmFailed
 from statebus.federation.swarm import SwarmPlane
 from statebus.swarm import TorrentMeta, TorrentRef, make_torrent, signed_pointer
 
@@ -154,6 +154,15 @@ async def test_a_pointer_without_info_hashes_still_fetches_over_the_offer(planes
     offers.offers[info.hash] = await origin.offer(old, seeder="")
     await asyncio.wait_for(fetcher.fetch(offers, "http://origin", "/k", old, None), 20)
     assert fetcher.blobs.read(info.hash) == data and fetcher.refused == 0
+
+
+async def test_a_node_whose_torrent_is_not_the_signed_one_offers_none(planes: list[SwarmPlane]) -> None:
+    origin = planes[0]
+    info = origin.blobs.put_bytes(os.urandom(MB))
+    signed_elsewhere = BlobPointer(info.hash, info.size, "image/png", "ab" * 20, "cd" * 32)
+    with pytest.raises(NotFound, match="not the one its owner signed"):
+        await origin.offer(signed_elsewhere, seeder="")
+    assert not origin.session.has(info.hash) and not origin.announced  # nothing seeded or announced
 
 
 def test_metadata_from_peers_must_have_the_signed_v2_info_hash_too(tmp_path: Path) -> None:
