@@ -34,6 +34,16 @@ Rules:
    then comes from the peers and is checked like an offer's (``TorrentRef.check``). While a fetch
    runs it looks the seeders up again (0.5 s, then doubling up to 15 s), so fetchers that started
    together find each other.
+6. The owner-signed torrent: a pointer that names its torrent's info-hashes (a blob written at
+   ``swarm_min_bytes`` or more) is fetched only by that torrent. An offer whose torrent has other
+   info-hashes (another blob's bytes, another piece size) is refused (``bad_blob``, logged, counted in
+   ``refused``) before a piece is asked for; the fetch then adds the torrent by its signed info-hash
+   (the metadata from the peers must have both signed info-hashes, ``TorrentRef.check``) and asks the
+   offer's seeders and the DHT's providers of that info-hash (hints: the torrent check makes them
+   harmless); with none, the ``BadBlob`` goes up and the caller falls back to HTTP. A pointer without
+   info-hashes is fetched as before (rules 2 and 5). A node whose own torrent of a blob is not the
+   one its pointer signs (made by another torrent maker) offers none: 404, and its followers fetch
+   over HTTP.
 """
 
 from __future__ import annotations
@@ -49,9 +59,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from statebus.blobs import BlobInfo, BlobPointer, BlobStore
 from statebus.config import Settings
-from statebus.errors import InvalidValue, NotFound, StatebusError
+from statebus.errors import BadBlob, InvalidValue, NotFound, StatebusError
 from statebus.federation.dht_provider import ProviderRecord
-from statebus.swarm import SwarmSession, TorrentMeta, TorrentRef
+from statebus.swarm import SwarmSession, TorrentMeta, TorrentRef, check_signed
 from statebus.swarm.session import LOOPBACK, Progress
 from statebus.types import PubKey
 
@@ -63,6 +73,8 @@ HOT_WINDOW = 60.0
 """Seconds over which requests for a small blob are counted (``swarm_hot_requests`` per window)."""
 MAX_COUNTED = 4096
 """Small blobs whose recent requests are counted at once (the least recently asked are forgotten)."""
+METADATA_TIMEOUT = 30.0
+"""Seconds a fetch by info-hash alone waits for a peer to send the torrent before it gives up."""
 LOOKUP_TIMEOUT = 5.0
 REFRESH_FIRST = 0.5
 REFRESH_MAX = 15.0
@@ -124,6 +136,9 @@ class SwarmPlane:
         """Blobs this node announces as their seeder: sha256 -> v1 info-hash."""
         self.announces = 0
         """Provider records announced (first announces and re-announces)."""
+        self.metadata_timeout = METADATA_TIMEOUT
+        self.refused = 0
+        """Offers refused because their torrent is not the one the owner signed (rule 6)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._reannouncer: asyncio.Task[None] | None = None
 
@@ -217,17 +232,29 @@ class SwarmPlane:
         target: TorrentMeta | TorrentRef
         if meta is not None:
             target = meta
+        elif pointer.infohash_v1 and (peers or records):  # the torrent the owner signed (rule 6)
+            target = TorrentRef(
+                pointer.hash, pointer.size, pointer.infohash_v1, infohash_v2=pointer.infohash_v2
+            )
         elif records:  # the info-hash most seeders name (a liar's metadata fails TorrentRef.check anyway)
             infohash = Counter(r.infohash for r in records).most_common(1)[0][0]
             target = TorrentRef(pointer.hash, pointer.size, infohash)
         else:
             raise NotFound(f"no seeder of blob {pointer.hash} is known")
         everyone = [*peers, *(r.peer for r in records if r.infohash == target.infohash_v1)]
+        if not everyone and meta is None:
+            raise NotFound(f"no seeder of the signed torrent of blob {pointer.hash} is known")
         self.announce(pointer.hash, target.infohash_v1)  # a partial seed serves the pieces it has
         refresh = asyncio.ensure_future(self._refresh_peers(pointer.hash, target.infohash_v1))
         try:
             return await self.session.fetch(
-                target, everyone, self.blobs, namespace=namespace, timeout=FETCH_TIMEOUT, progress=progress
+                target,
+                everyone,
+                self.blobs,
+                namespace=namespace,
+                timeout=FETCH_TIMEOUT,
+                progress=progress,
+                metadata_timeout=self.metadata_timeout,
             )
         except BaseException:
             self.announced.pop(pointer.hash, None)
@@ -292,6 +319,12 @@ class SwarmPlane:
         if not self.wants(pointer) or not self.blobs.has(pointer.hash):
             raise NotFound(f"blob {pointer.hash} is not offered over the swarm here")
         meta = await self.session.seed(self.blobs.path(pointer.hash))
+        try:
+            check_signed(pointer, meta.infohash_v1, meta.infohash_v2)
+        except BadBlob as exc:  # every fetcher would refuse it (rule 6): offer nothing, seed nothing
+            self.session.drop(pointer.hash)
+            log.warning("not offering blob %s: %s", pointer.hash, exc.detail)
+            raise NotFound(f"blob {pointer.hash} is not offered over the swarm here: {exc.detail}") from None
         if pointer.hash not in self.announced:
             self.announce(pointer.hash, meta.infohash_v1)
         known = self._seeders.setdefault(pointer.hash, OrderedDict())
@@ -334,15 +367,31 @@ class SwarmPlane:
         except BaseException:
             lookup.cancel()
             raise
+        raw = offer.get("seeders")
+        peers = [p for p in (_peer(a) for a in (raw if isinstance(raw, list) else [])) if p is not None]
+        meta: TorrentMeta | None = None
+        refused: BadBlob | None = None
         try:
             data = base64.b64decode(str(offer.get("torrent", "")), validate=True)
             meta = TorrentMeta.parse(data, hash=pointer.hash, size=pointer.size)
+            check_signed(pointer, meta.infohash_v1, meta.infohash_v2)
+        except BadBlob as exc:
+            if not pointer.infohash_v1:
+                lookup.cancel()
+                raise
+            meta, refused = None, exc  # rule 6: the signed torrent, from the same seeders and the DHT's
         except (binascii.Error, ValueError):
             lookup.cancel()
             raise InvalidValue("the swarm offer's torrent is not base64") from None
         except BaseException:
             lookup.cancel()
             raise
-        raw = offer.get("seeders")
-        peers = [p for p in (_peer(a) for a in (raw if isinstance(raw, list) else [])) if p is not None]
-        return await self._fetch(meta, pointer, namespace, await lookup, tuple(peers), progress)
+        records = await lookup
+        if refused is not None:
+            self.refused += 1
+            log.warning(
+                "swarm: refused the offer of %s from %s: bad_blob: %s", pointer.hash, url, refused.detail
+            )
+            if not peers and not any(r.infohash == pointer.infohash_v1 for r in records):
+                raise refused
+        return await self._fetch(meta, pointer, namespace, records, tuple(peers), progress)

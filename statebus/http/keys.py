@@ -16,6 +16,7 @@ Every failure is a 4xx JSON error raised before anything changes (see :mod:`stat
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -872,6 +873,11 @@ class KeyEndpoint:
         )
         if isinstance(got, BlobInfo):
             pointer = BlobPointer(got.hash, got.size, ctype)
+            if got.size >= self.settings.swarm_min_bytes and not self.node.blobs.sealed:
+                from statebus.swarm.torrent import signed_pointer  # libtorrent, for big blobs only
+
+                path = self.node.blobs.path(got.hash)  # the signed pointer names its torrent too
+                pointer = await asyncio.to_thread(signed_pointer, pointer, path)
             change = await self.node.save(key, pointer.encode(), content_type=BLOB_TYPE, **opts)
         else:
             change = await self.node.save(key, got, content_type=ctype, **opts)

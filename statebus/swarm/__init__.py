@@ -7,7 +7,7 @@ This package does I/O (files, sockets), so the core never imports it.
 """
 
 from statebus.swarm.session import SwarmSession, SwarmStats, TorrentStats, session_settings
-from statebus.swarm.torrent import TorrentMeta, TorrentRef, make_torrent
+from statebus.swarm.torrent import TorrentMeta, TorrentRef, check_signed, make_torrent, signed_pointer
 
 __all__ = [
     "SwarmSession",
@@ -15,6 +15,8 @@ __all__ = [
     "TorrentMeta",
     "TorrentRef",
     "TorrentStats",
+    "check_signed",
     "make_torrent",
     "session_settings",
+    "signed_pointer",
 ]

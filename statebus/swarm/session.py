@@ -334,12 +334,14 @@ class SwarmSession:
         namespace: PubKey | None = None,
         timeout: float = 300.0,
         progress: Progress | None = None,
+        metadata_timeout: float | None = None,
     ) -> BlobInfo:
         """Fetch blob ``meta.hash`` from the swarm into ``store``; it then seeds it (rule 5).
 
         ``meta`` is the torrent, or a :class:`TorrentRef` (an info-hash from a provider record on our
         DHT): then the metadata comes from the peers, and no piece is asked for until it describes
-        exactly this blob (``TorrentRef.check``, else ``BadBlob``).
+        exactly this blob (``TorrentRef.check``, else ``BadBlob``); with ``metadata_timeout``, peers
+        that have not sent it within that many seconds fail the fetch (``SwarmFailed``).
 
         Raises:
             TooLarge, QuotaExceeded: refused before any byte is written (rule 3).
@@ -376,11 +378,14 @@ class SwarmSession:
             t = self._add(ses, _params(meta, folder), meta, "fetched", folder / meta.hash)
         self.add_peers(meta.hash, peers)
         deadline = time.monotonic() + timeout
+        no_metadata = None if metadata_timeout is None else time.monotonic() + metadata_timeout
         try:
             while not t.finished.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SwarmFailed(f"blob {meta.hash} did not finish in {timeout:.0f} s")
+                if t.ref is not None and no_metadata is not None and time.monotonic() >= no_metadata:
+                    raise SwarmFailed(f"no peer sent the torrent of blob {meta.hash} in {metadata_timeout} s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(t.finished), min(left, TICK_SECONDS))
                 if progress is not None:

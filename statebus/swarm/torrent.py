@@ -9,6 +9,10 @@ Rules:
    share, large enough to keep the metadata small (about 20 KB for 50 MB).
 3. :func:`TorrentMeta.parse` refuses metadata that is not one file of the declared sha256 name and size
    (``BadBlob``): a torrent can only ever name the blob it claims.
+4. The owner computes the torrent once, when the blob is written (:func:`signed_pointer`), and its
+   pointer carries both info-hashes under the op's signature; a fetcher then takes only that torrent
+   (:func:`check_signed`, before any piece is asked for). A pointer without them (a hot small blob, or
+   one written before) leaves only the whole-sha256 check.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Final
 
 import libtorrent as lt
 
+from statebus.blobs import BlobPointer
 from statebus.errors import BadBlob
 
 PIECE_BYTES: Final = 256 * 1024
@@ -79,6 +84,8 @@ class TorrentRef:
     """The pointer's size; 0 when unknown (fetched by sha256 alone): then any size up to ``max_size``."""
     infohash_v1: str
     max_size: int = 0
+    infohash_v2: str = ""
+    """The owner-signed v2 info-hash, when the pointer names one: the metadata must have it too."""
 
     def magnet(self) -> str:
         return f"magnet:?xt=urn:btih:{self.infohash_v1}"
@@ -101,6 +108,20 @@ class TorrentRef:
         hashes = ti.info_hashes()
         if not (hashes.has_v1() and hashes.has_v2()) or str(hashes.v1) != self.infohash_v1:
             raise BadBlob("the peers' torrent is not the hybrid torrent of that info-hash")
+        if self.infohash_v2 and str(hashes.v2) != self.infohash_v2:
+            raise BadBlob("the peers' torrent is not the one the owner signed (its v2 info-hash differs)")
+
+
+def check_signed(pointer: BlobPointer, infohash_v1: str, infohash_v2: str) -> None:
+    """Refuse a torrent whose info-hashes are not the ones the owner signed in ``pointer`` (rule 4);
+    a pointer that names none accepts any (its fetch relies on the whole sha256)."""
+    if not pointer.infohash_v1:
+        return
+    if infohash_v1 != pointer.infohash_v1 or infohash_v2 != pointer.infohash_v2:
+        raise BadBlob(
+            f"the offered torrent of blob {pointer.hash} (info-hash {infohash_v1}) is not the one "
+            f"its owner signed ({pointer.infohash_v1})"
+        )
 
 
 def make_torrent(path: Path) -> TorrentMeta:
@@ -119,3 +140,10 @@ def make_torrent(path: Path) -> TorrentMeta:
     ti = lt.torrent_info(decoded)
     hashes = ti.info_hashes()
     return TorrentMeta(path.name, size, str(hashes.v1), str(hashes.v2), bytes(data))
+
+
+def signed_pointer(pointer: BlobPointer, path: Path) -> BlobPointer:
+    """``pointer`` naming the torrent of the blob stored at ``path`` (rule 4): what the owner writes,
+    and signs, for a blob of ``swarm_min_bytes`` or more. Hashes the whole file; call it in a thread."""
+    meta = make_torrent(path)
+    return BlobPointer(pointer.hash, pointer.size, pointer.type, meta.infohash_v1, meta.infohash_v2)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from statebus.blobs import BLOB_TYPE, BlobPointer
+from statebus.swarm import make_torrent
 from statebus.testing.live_server import LiveServer, live_server
 
 THRESHOLD = 64 * 1024
@@ -34,7 +35,11 @@ def test_a_large_binary_put_is_a_blob_and_the_op_holds_its_pointer(node: LiveSer
     assert node.node.blobs is not None and node.node.blobs.read(digest) == data
     stored = node.node.fetch_or_none(f"/{node.local}/files/big.bin")
     assert stored is not None and stored.content_type == BLOB_TYPE
-    assert BlobPointer.decode(stored.value) == BlobPointer(digest, len(data), "image/png")
+    torrent = make_torrent(
+        node.node.blobs.path(digest)
+    )  # swarm_min_bytes (1 MiB) or more: it names its torrent
+    signed = BlobPointer(digest, len(data), "image/png", torrent.infohash_v1, torrent.infohash_v2)
+    assert BlobPointer.decode(stored.value) == signed
     got = httpx.get(f"{node.url}/~/files/big.bin", headers=node.auth)
     assert got.status_code == 200 and got.content == data
     assert got.headers["content-type"] == "image/png" and got.headers["accept-ranges"] == "bytes"

@@ -13,6 +13,7 @@ import pytest
 
 from statebus.blobs import BLOB_TYPE, BlobPointer
 from statebus.server import Cluster, RunningNode
+from statebus.swarm import make_torrent
 
 from .support import has, wait_until
 
@@ -64,7 +65,10 @@ async def test_a_50_mb_blob_does_not_hold_up_a_small_write_and_arrives_verified(
     print(f"small write on the follower {time.monotonic() - written:.3f} s after its ack")
     movie = b.node.fetch_or_none(files + "movie")
     assert movie is not None and movie.content_type == BLOB_TYPE
-    assert BlobPointer.decode(movie.value) == BlobPointer(digest, len(data), "video/mp4")
+    assert a.node.blobs is not None  # the signed pointer names the blob's torrent (swarm_min_bytes or more)
+    torrent = make_torrent(a.node.blobs.path(digest))
+    signed = BlobPointer(digest, len(data), "video/mp4", torrent.infohash_v1, torrent.infohash_v2)
+    assert BlobPointer.decode(movie.value) == signed
     await wait_until(lambda: _blob_bytes(b, digest) is not None, timeout=60, what="the blob's bytes")
     assert _blob_bytes(b, digest) == data
     assert b.federation.ingest.usage(a.pubkey) >= len(data)  # counted against a's quota on b

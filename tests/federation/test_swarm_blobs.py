@@ -15,6 +15,7 @@ import pytest
 
 from statebus.blobs import BlobPointer
 from statebus.server import Cluster, RunningNode
+from statebus.swarm import make_torrent
 
 from .support import wait_until
 
@@ -82,6 +83,12 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     seeders = {r.pubkey: r.addr for r in await c.directory.providers(digest)}
     assert seeders[a.pubkey] == a.federation.swarm.address and seeders[b.pubkey] == b.federation.swarm.address
     pointer = BlobPointer.decode(a.node.fetch(files + "picture").value)
+    assert (
+        a.node.blobs is not None
+    )  # the owner signed the blob's torrent in its pointer, and it is the offer's
+    meta = make_torrent(a.node.blobs.path(digest))
+    assert (pointer.infohash_v1, pointer.infohash_v2) == (meta.infohash_v1, meta.infohash_v2)
+    assert b.federation.swarm.refused == 0 and c.federation.swarm.refused == 0
     offer = await a.federation.swarm_offer(pointer, "", None)
     assert offer["seeders"][0] == a.federation.swarm.address
     assert b.federation.swarm.address in offer["seeders"] and c.federation.swarm.address in offer["seeders"]
@@ -116,6 +123,8 @@ async def test_a_follower_of_an_origin_that_does_not_swarm_fetches_over_http_and
     await wait_until(lambda: _fetched(c, digest), timeout=60, what="c has the blob")
     assert _blob_bytes(c, digest) == data
     assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
+    pointer = BlobPointer.decode(c.node.fetch(f"/{a.pubkey}/files/picture").value)
+    assert pointer.infohash_v1  # an origin that does not swarm signs the torrent too: c took that one
 
 
 async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follower_swarms_it(
@@ -149,5 +158,6 @@ async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follo
     assert {a.pubkey, d.pubkey} <= seeders
     # a peer that does not swarm (no seeder address) is still served the bytes of a hot blob
     pointer = BlobPointer.decode(a.node.fetch(files + "small").value)
+    assert not pointer.infohash_v1  # made a torrent later: its fetchers rely on the signed sha256
     got = b"".join([c async for c in d.federation._own_client.blob(a.url, files + "small", pointer.hash)])
     assert got == data
