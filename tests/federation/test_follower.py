@@ -200,12 +200,18 @@ async def test_a_restarted_follower_keeps_its_counters_and_says_syncing_until_an
     peer = FakePeer(owner)
     follower = following(mine, peer)
     follower.start()
-    await wait_until(lambda: follower.status == "live" and follower.applied == 3)
+    key = state_key(mine.local, "f1")
+
+    def stored() -> Any:
+        change = mine.fetch_or_none(key)
+        return change.value["status"] if change is not None and change.exists else None
+
+    # the status is set before it is stored (an await later): crash only once it is stored
+    await wait_until(lambda: follower.status == "live" and follower.applied == 3 and stored() == "live")
     assert follower._task is not None
     follower._task.cancel()  # a crash: nothing is stored on the way out
     with contextlib.suppress(asyncio.CancelledError):
         await follower._task
-    key = state_key(mine.local, "f1")
     assert mine.fetch(key).value["status"] == "live"  # what the crashed node stored last
     hold = asyncio.Event()
     real_info = peer.node_info
