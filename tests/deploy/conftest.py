@@ -43,6 +43,11 @@ DEBOOTSTRAP = shutil.which("debootstrap") or next(
 BASE_RECIPE = ("debootstrap", "--variant=minbase", "bookworm")
 BASE_TAG = "statebus-base:bookworm"
 IMAGE_TAG = "statebus:local"
+DAEMON_TIMEOUT = 300.0
+"""Seconds one docker CLI call may take before the daemon counts as hung. Its storage driver is vfs:
+creating a container copies the image's whole file system and removing one deletes it, which took
+docker-compose past its default 60 s under load 13 (test_compose.py: COMPOSE_HTTP_TIMEOUT 240, within
+this); ``docker run`` and ``rm`` had 120 s here."""
 DOCKERD_FLAGS = ("--storage-driver=vfs", "--iptables=false", "--ip-masq=false", "--bridge=none")
 """No firewall rules, no NAT, no bridge (by default dockerd sets FORWARD to DROP and adds docker0)."""
 DOCKERD_FLAGS = ("--storage-driver=vfs", "--iptables=false", "--ip-masq=false", "--bridge=none")
@@ -78,7 +83,11 @@ class Engine:
         return {**env, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "0"}
 
     def docker(
-        self, *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = DAEMON_TIMEOUT,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         assert DOCKER is not None
         done = subprocess.run(
@@ -212,7 +221,7 @@ def _stop(engine: Engine) -> None:
         with contextlib.suppress(Exception):
             ids = engine.docker("ps", "-aq", check=False, timeout=30).stdout.split()
             if ids:
-                engine.docker("rm", "-f", "-v", *ids, check=False, timeout=120)
+                engine.docker("rm", "-f", "-v", *ids, check=False)
         proc.terminate()
         try:
             proc.wait(30)
@@ -256,7 +265,7 @@ def base_tarball() -> Path:
 @pytest.fixture(scope="session")
 def statebus_image(docker_engine: Engine) -> str:
     """deploy/Dockerfile built by deploy/build-image.sh on the debootstrap base; its tag."""
-    docker_engine.docker("import", str(base_tarball()), BASE_TAG, timeout=300)
+    docker_engine.docker("import", str(base_tarball()), BASE_TAG)
     done = subprocess.run(
         [str(DEPLOY / "build-image.sh"), IMAGE_TAG, BASE_TAG],
         capture_output=True,

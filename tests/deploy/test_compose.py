@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.deploy.conftest import DEPLOY, Engine, free_port, wait_until
+from tests.deploy.conftest import DAEMON_TIMEOUT, DEPLOY, Engine, free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 COMPOSE = shutil.which("docker-compose")
@@ -40,11 +40,15 @@ def cluster(docker_engine: Engine, statebus_image: str) -> Iterator[tuple[dict[s
         ports.append(http)
     base = [str(COMPOSE), "-f", str(DEPLOY / "compose.yaml"), "-p", PROJECT]
     try:
-        up = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, env=env, timeout=300)
+        up = subprocess.run(
+            [*base, "up", "-d"], capture_output=True, text=True, env=env, timeout=DAEMON_TIMEOUT
+        )
         assert up.returncode == 0, up.stderr[-3000:]
         yield env, [f"http://127.0.0.1:{p}" for p in ports]
     finally:
-        subprocess.run([*base, "down", "-v", "-t", "30"], capture_output=True, env=env, timeout=300)
+        subprocess.run(
+            [*base, "down", "-v", "-t", "30"], capture_output=True, env=env, timeout=DAEMON_TIMEOUT
+        )
 
 
 def test_a_follow_works_across_the_containers(

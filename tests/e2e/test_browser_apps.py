@@ -224,7 +224,9 @@ def test_the_node_page_lists_apps_and_launches_the_real_guestbook(tmp_path: Path
         grant = {"read": ["guestbook/"], "write": ["guestbook/"], "read_others": []}
         install_guestbook(srv.url, srv.auth, tmp_path, grant)
         entry = {"name": "Ann", "text": "hello from the owner"}
-        httpx.put(f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth).raise_for_status()
+        httpx.put(
+            f"{srv.url}/~/guestbook/entries/a", json=entry, headers=srv.auth, timeout=30
+        ).raise_for_status()
         # a second app whose validator never returns: it traps, the write is refused, the page says why
         install_guestbook(srv.url, srv.auth, tmp_path, grant, name="spinner", handlers=SPINNER)
         refused = httpx.put(f"{srv.url}/~/guestbook/entries/b", json=entry, headers=srv.auth, timeout=30)

@@ -121,7 +121,8 @@ async def test_a_follower_refuses_a_forged_op_and_keeps_the_good_ones(nodes: tup
     peer.slipped = [encode_op(dataclasses.replace(good, version="forged", body="changed by a relay"))]
     follower = following(mine, peer)
     follower.start()
-    await wait_until(lambda: follower.rejected == 1 and has(mine, good.key))
+    # the stream's batch (the forged op, then the live mark) is applied an op at a time: wait for its end
+    await wait_until(lambda: follower.rejected == 1 and has(mine, good.key) and follower.status == "live")
     assert "bad_signature" in follower.last_rejection
     assert mine.fetch(good.key).value == "hello" and follower.status == "live"
     await follower.stop()
@@ -146,7 +147,9 @@ async def test_a_follower_resumes_from_its_cursor_after_a_reconnect_and_a_restar
     await owner.save("/~/chirp/3", 3)  # written while this node is down
     again = following(mine, peer)  # a restarted node: the cursor comes from the stored state
     again.start()
-    await wait_until(lambda: has(mine, f"/{OWNER.pubkey}/chirp/3"))
+    # each connection runs anti-entropy before it streams, and that exchange alone brings chirp/3:
+    # wait for the stream too, whose cursor is what this test is about
+    await wait_until(lambda: len(peer.cursors) == 3 and has(mine, f"/{OWNER.pubkey}/chirp/3"))
     assert peer.cursors == [0, first, second]  # never from the start again
     assert again.rejected == 0
     await again.stop()
@@ -197,12 +200,18 @@ async def test_a_restarted_follower_keeps_its_counters_and_says_syncing_until_an
     peer = FakePeer(owner)
     follower = following(mine, peer)
     follower.start()
-    await wait_until(lambda: follower.status == "live" and follower.applied == 3)
+    key = state_key(mine.local, "f1")
+
+    def stored() -> Any:
+        change = mine.fetch_or_none(key)
+        return change.value["status"] if change is not None and change.exists else None
+
+    # the status is set before it is stored (an await later): crash only once it is stored
+    await wait_until(lambda: follower.status == "live" and follower.applied == 3 and stored() == "live")
     assert follower._task is not None
     follower._task.cancel()  # a crash: nothing is stored on the way out
     with contextlib.suppress(asyncio.CancelledError):
         await follower._task
-    key = state_key(mine.local, "f1")
     assert mine.fetch(key).value["status"] == "live"  # what the crashed node stored last
     hold = asyncio.Event()
     real_info = peer.node_info

@@ -5,7 +5,6 @@ Real nodes (uvicorn, port 0, a real DHT) in this process."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
@@ -66,12 +65,11 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     roles = {t.hash: t.role for t in a.federation.swarm.session.stats().torrents}
     assert roles == {digest: "origin"}
     assert [t.role for t in b.federation.swarm.session.stats().torrents] == ["fetched"]  # b serves it now
+    swarm = b.federation.swarm
+    # libtorrent moves its byte counters on its own tick (once a second, later on a loaded machine)
+    await wait_until(lambda: swarm.session.stats().downloaded >= len(data), what="b's byte counters")
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {b.token}"}, timeout=10) as http:
-        for _ in range(30):  # libtorrent moves its byte counters once a second
-            metrics = (await http.get(f"{b.url}/metrics")).text
-            if _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data):
-                break
-            await asyncio.sleep(0.2)
+        metrics = (await http.get(f"{b.url}/metrics")).text
     assert _metric(metrics, 'statebus_swarm_torrents{role="fetched"}') == 1
     assert _metric(metrics, "statebus_swarm_fetched_total") == 1
     assert _metric(metrics, "statebus_swarm_downloaded_bytes_total") >= len(data)
@@ -80,6 +78,9 @@ async def test_a_blob_travels_over_the_swarm_and_the_next_follower_is_told_of_th
     assert _blob_bytes(c, digest) == data
     assert c.federation.blobs is not None and c.federation.blobs.swarmed == 1
     assert c.directory is not None  # both fetchers announced themselves on the DHT, as the origin did
+    # in the background: an announce can end after the fetch that started it (on a slow DHT)
+    await wait_until(lambda: a.federation.swarm.announces >= 1, what="a announced the blob")  # type: ignore[union-attr]
+    await wait_until(lambda: swarm.announces >= 1, what="b announced the blob")
     seeders = {r.pubkey: r.addr for r in await c.directory.providers(digest)}
     assert seeders[a.pubkey] == a.federation.swarm.address and seeders[b.pubkey] == b.federation.swarm.address
     pointer = BlobPointer.decode(a.node.fetch(files + "picture").value)
@@ -148,12 +149,15 @@ async def test_a_small_blob_asked_for_often_becomes_a_torrent_and_the_next_follo
     assert swarmed == [0, 0, 1]  # the 3rd request made it hot: d was sent to the swarm
     assert a.federation.swarm is not None and a.federation.swarm.hot == {digest}
     assert [t.hash for t in a.federation.swarm.session.stats().torrents] == [digest]
+    d = followers[2]
+    assert d.directory is not None and d.federation.swarm is not None
+    # a (once the blob is hot) and d (as its fetch starts) announce in the background
+    await wait_until(lambda: a.federation.swarm.announces >= 1, what="a announced the blob")  # type: ignore[union-attr]
+    await wait_until(lambda: d.federation.swarm.announces >= 1, what="d announced the blob")  # type: ignore[union-attr]
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {a.token}"}, timeout=10) as http:
         metrics = (await http.get(f"{a.url}/metrics")).text
     assert _metric(metrics, "statebus_swarm_hot_blobs") == 1
     assert _metric(metrics, "statebus_swarm_announces_total") >= 1
-    d = followers[2]
-    assert d.directory is not None and d.federation.swarm is not None
     seeders = {r.pubkey for r in await d.directory.providers(digest)}  # the DHT says so too
     assert {a.pubkey, d.pubkey} <= seeders
     # a peer that does not swarm (no seeder address) is still served the bytes of a hot blob

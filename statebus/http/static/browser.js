@@ -61,7 +61,9 @@
         return undefined
     }
 
+    let rendering = 0
     async function selected(key, exists) {
+        const mine = ++rendering     // a later call (another key, or this one changed) supersedes this one
         if (key !== current) {        // a new key; the same key shown again (it changed) keeps its panes
             $('history').textContent = ''
             $('past').hidden = true
@@ -70,7 +72,9 @@
         current = key
         $('key-actions').hidden = false
         if (!exists) { $('rendered').textContent = ''; return }
-        await rendered(key, $('rendered')).catch(e => { $('rendered').textContent = String(e) })
+        const holder = document.createElement('div')
+        await rendered(key, holder).catch(e => { holder.textContent = String(e) })
+        if (mine === rendering) $('rendered').replaceChildren(...holder.childNodes)  // never an older read's view
     }
 
     async function history() {

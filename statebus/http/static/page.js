@@ -4,7 +4,7 @@
     'use strict'
     const $ = id => document.getElementById(id)
     const versions = {}          // key -> version list of the last event
-    let selected = null, root = '/~/', pending = false
+    let selected = null, root = '/~/', pending = false, shown = 0
     const flashed = new Set()
     const collator = new Intl.Collator(undefined, {numeric: true})
     // The tree is lazy: a subtree's names are listed (GET <subtree>/?limit=&after=) a page at a time, only
@@ -96,6 +96,7 @@
     // The value of a key: from the tree's stream when it changed since the page listed it, else read
     // with its signature material (GET ?proof, statebus.getVerified), so what is shown is what was checked.
     async function show(key) {
+        const mine = ++shown         // a later show (a click, the put form, the stream) supersedes this one
         selected = key
         $('selected').textContent = key
         $('selected').className = ''
@@ -113,19 +114,21 @@
                     has = v !== undefined
                 }
             } catch (e) { checked = null }
-            if (key !== selected) return
+            // a read answered after a newer show (the put's own, or the stream's) is stale: it must not
+            // put the old value back (the pane would keep it, since nothing else changes after it)
+            if (mine !== shown) return
         }
         const bytes = v instanceof Uint8Array || v instanceof Blob
         $('value').textContent = !has ? '(deleted)' : bytes ? `<${v.length || v.size} bytes>` : JSON.stringify(v, null, 2)
         $('version').textContent = versions[key] ? 'version ' + versions[key].join(', ') : ''
         if (has && !bytes && $('put-value').value === typed) $('put-value').value = JSON.stringify(v, null, 2)
-        badge(key, has && !bytes ? v : undefined, checked)
+        badge(mine, key, has && !bytes ? v : undefined, checked)
         if (window.dataBrowser) window.dataBrowser.selected(key, has)
         render()
     }
 
     // The value shown is checked against the signature of its author (statebus.verifyProof).
-    async function badge(key, value, checked) {
+    async function badge(mine, key, value, checked) {
         const el = $('verified')
         el.hidden = true
         if (value === undefined) return
@@ -139,7 +142,7 @@
                 result = {verified: false, reason: 'could not get its signature: ' + e.message}
             }
         }
-        if (key !== selected) return
+        if (mine !== shown) return               // a newer show has its own badge
         el.textContent = result.verified ? 'verified' : 'not verified'
         el.title = result.reason
         el.className = 'badge ' + (result.verified ? 'verified' : 'unverified')

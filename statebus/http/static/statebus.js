@@ -51,6 +51,10 @@
     'use strict'
     const statebus = {state: {}, node: null, owner: false}
     const RETRY_MS = 2000
+    // Writes to statebus.state by key (a put, a delete, a stream's event): a read answered after one of
+    // them may be older than what it wrote, so it leaves statebus.state alone (a stale value never wins).
+    const writes = {}
+    const wrote = key => { writes[key] = (writes[key] || 0) + 1 }
 
     // ------------------------------------------------------------------ keys
 
@@ -97,16 +101,21 @@
     statebus.ready = statebus.info().catch(e => ({error: String(e)}))
 
     statebus.get = async function (key, {range} = {}) {
+        const seen = writes[norm(key)]
         let res
         try {
             res = await request('GET', key, {query: range !== undefined ? {range} : undefined})
         } catch (e) {
-            if (e.status === 404) { if (range === undefined) delete statebus.state[norm(key)]; return undefined }
+            if (e.status === 404) {
+                if (range === undefined && writes[norm(key)] === seen) delete statebus.state[norm(key)]
+                return undefined
+            }
             throw e
         }
         const type = (res.headers.get('content-type') || '').split(';')[0].trim()
         const value = type === 'application/json' ? await res.json() : await res.blob()
-        if (range === undefined && !norm(key).endsWith('/')) statebus.state[norm(key)] = value
+        const fresh = writes[norm(key)] === seen          // not written meanwhile: else this read is older
+        if (range === undefined && !norm(key).endsWith('/') && fresh) statebus.state[norm(key)] = value
         return value
     }
     statebus.put = async function (key, value, opts = {}) {
@@ -114,6 +123,7 @@
             headers: {'Content-Type': 'application/json', ...versionHeaders(opts)},
             body: JSON.stringify(value),
         })
+        wrote(norm(key))
         statebus.state[norm(key)] = value
         return res.json()
     }
@@ -126,6 +136,7 @@
     }
     statebus.delete = async function (key, opts = {}) {
         const res = await request('DELETE', key, {headers: versionHeaders(opts)})
+        wrote(norm(key))
         delete statebus.state[norm(key)]
         return res.json()
     }
@@ -293,6 +304,7 @@
     }
     statebus.getVerified = async function (key) {
         await statebus.ready
+        const seen = writes[norm(key)]
         let res
         try {
             res = await request('GET', key, {query: {proof: ''}})
@@ -302,8 +314,10 @@
         }
         const data = await res.json()
         const result = await statebus.verifyProof(key, data.value, data.proof)
-        if (result.verified) statebus.state[norm(key)] = data.value
-        else delete statebus.state[norm(key)]   // never kept as the author's
+        if (writes[norm(key)] === seen) {       // not written meanwhile (by a put, the stream): else this read is older
+            if (result.verified) statebus.state[norm(key)] = data.value
+            else delete statebus.state[norm(key)]   // never kept as the author's
+        }
         return {value: data.value, ...result}
     }
 
@@ -421,6 +435,7 @@
         const proofs = new Map()    // verify: key → {v, proof} that came before its value
         async function settle(key, value, event, proof) {
             const result = await statebus.verifyProof(key, value, proof)
+            wrote(key)
             if (result.verified) statebus.state[key] = value
             else delete statebus.state[key]            // never kept as the author's
             callback(key, value, {...event, verified: result.verified, reason: result.reason, signer: result.signer})
@@ -437,13 +452,14 @@
             const event = {type, version: data.version, parents: data.parents, id: e.lastEventId}
             if (e.lastEventId) lastId = e.lastEventId
             if (type === 'reset') {
-                for (const k of mine.keys()) delete statebus.state[k]
+                for (const k of mine.keys()) { wrote(k); delete statebus.state[k] }
                 mine.clear()
                 callback(null, undefined, {...event, reason: data.reason})
                 return
             }
             const key = norm(data.key)
             let value
+            wrote(key)
             if (data.deleted) {
                 delete statebus.state[key]
                 mine.delete(key)
