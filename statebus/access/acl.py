@@ -310,6 +310,13 @@ class AclRules:
             r.read.admits(who, self.lists) or r.list.admits(who, self.lists) for r in self.rules.values()
         )
 
+    def names(self, action: str, client: PubKey, key: Key) -> bool:
+        """Whether the rule governing ``key`` names ``client`` for ``action`` itself (its key, or an
+        ``@list`` holding it), rather than admitting it as one of ``"signed"`` or ``"public"``."""
+        _path, rule = self.rule_for(key)
+        grant = rule.grant(action)
+        return client in grant.keys or any(client in self.lists.get(n, ()) for n in grant.lists)
+
     def decide(self, action: str, client: PubKey | None, key: Key, delegate_ok: bool = False) -> str | None:
         """None when ``client`` (None: anonymous) may ``action`` (read, write, list) ``key``; else why not.
 

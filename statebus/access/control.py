@@ -331,7 +331,9 @@ class AccessControl:
         """``submitter`` when its write of ``key`` is a guest write (:mod:`statebus.access.guests`)."""
         if submitter is None or submitter == self.local or namespace_of(key) != self.local:
             return None
-        return None if self.local_policy.is_delegate(submitter, key) else submitter
+        if self.local_policy.is_delegate(submitter, key) or self.local_policy.names("write", submitter, key):
+            return None  # a delegate, or a writer the rule names: a collaborator, not a guest
+        return submitter
 
     async def apply_op(
         self, submitter: PubKey | None, key: Key, body: bytes, address: str | None = None

@@ -9,7 +9,10 @@
 Rules:
 
 1. A guest write is an op whose key is in the local namespace and whose author is neither the
-   node's key nor a live delegate of it. The owner and delegates pay nothing here.
+   node's key, nor a live delegate of it, nor named by the rule that governs the key (its key or an
+   ``@list`` holding it): a guest is one that a ``"signed"`` (or ``"public"``) rule admits. The
+   owner, delegates and the collaborators a rule names pay nothing here and may change what others
+   wrote, as the rule says.
 2. Rates: ``guest_write_rate`` per author key and ``guest_write_rate_per_ip`` per remote address
    (many fresh keys from one address share one budget), on top of the node's request rates. Over
    either: :class:`~statebus.errors.RateLimited` (429 with ``Retry-After``), before any signature

@@ -120,6 +120,11 @@ class AccessPolicy:
         probe = key + "_" if is_subtree(key) else key
         return self.keyring.why_not(client, probe, self.clock()) is None
 
+    def names(self, action: str, client: PubKey, key: Key) -> bool:
+        """Whether the rule governing ``key`` names ``client`` for ``action`` (``AclRules.names``): a
+        collaborator the owner chose, not anyone who signs."""
+        return self.rules.names(action, client, key)
+
     def why_not(self, action: str, client: PubKey | None, key: Key) -> str | None:
         """None when ``client`` may ``action`` (``read``, ``write`` or ``list``) ``key``; else the reason."""
         reason = self.rules.decide(action, client, key, self.is_delegate(client, key))

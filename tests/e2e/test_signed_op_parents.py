@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from statebus.access.limits import parse_rate
 from statebus.identity import Identity, sign_op, sign_request
 from statebus.oplog import Op, encode_op, mint_version
 from statebus.testing.live_server import LiveServer, live_server
@@ -78,3 +79,20 @@ def test_known_parents_and_a_resent_op_still_pass(srv: LiveServer, owner: httpx.
         assert r.status_code == 200, r.text
     assert srv.node.bus.fetch(key).value == "second"
     assert send_op(srv, alice, key, "third", ()).status_code == 200  # no parents named: on top, as before
+
+
+def test_a_writer_the_rule_names_is_a_collaborator_not_a_guest(srv: LiveServer, owner: httpx.Client) -> None:
+    """Guest limits (per-key rate, quota, "changes only what it wrote") are for keys a ``"signed"``
+    rule admits, such as chirp's inbox; a key the rule names may overwrite the owner's value, and
+    more often than ``guest_write_rate`` allows a guest."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    assert owner.put("/~/.acl/team", json={"read": "signed", "write": [alice.pubkey]}).status_code == 200
+    assert owner.put("/~/.acl/open", json={"read": "signed", "write": "signed"}).status_code == 200
+    for path, who in (("team", alice), ("open", mallory)):
+        assert owner.put(f"/~/{path}/doc", json="by the owner").status_code == 200
+        head = owner.get(f"/~/{path}/doc").headers["version"].strip('"')
+        answer = send_op(srv, who, f"/{srv.local}/{path}/doc", "edited", (head,))
+        assert answer.status_code == (200 if who is alice else 403), answer.text
+    rate = parse_rate(srv.settings.guest_write_rate).amount  # what one guest key may write per window
+    statuses = {send_op(srv, alice, f"/{srv.local}/team/k{i}", i, ()).status_code for i in range(rate + 5)}
+    assert statuses == {200}
