@@ -31,7 +31,7 @@ from statebus.errors import StatebusError
 from statebus.federation.dht_protocol import DirectoryProtocol, parse_contacts
 from statebus.federation.dht_record import NodeRecord, verify_record
 
-LATE_SHARE = 0.5
+LATE_SHARE = 0.4
 """A lookup that has found a record takes late replies until this share of the RPC timeout after it
 began: a dead contact among the closest costs at most that, once (then it is suspected, then failed,
 and skipped)."""

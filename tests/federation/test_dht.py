@@ -161,7 +161,7 @@ async def test_a_lookup_takes_the_newest_record_from_a_holder_that_answers_late(
     original = holders[0].protocol.datagram_received
 
     def late(data: bytes, addr: object) -> None:
-        loop.call_later(0.3, original, data, addr)  # type: ignore[arg-type]
+        loop.call_later(0.25, original, data, addr)  # type: ignore[arg-type]
 
     holders[0].protocol.datagram_received = late  # type: ignore[method-assign]
     record = await asker.resolve(owner.pubkey)
