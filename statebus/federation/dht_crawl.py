@@ -10,6 +10,11 @@ nothing or with an older record.
 Both run their rounds through ``DirectoryProtocol.probe`` (a round waits a few round-trips for each
 peer, not the whole RPC timeout, and goes on without a peer that has not answered) and skip
 contacts that failed recently, whoever hands them back.
+
+A record lookup does not end while a node it asked is still to answer (BEP 44's get): replies that
+come after their round's probe timeout are still taken, until ``LATE_SHARE`` of the RPC timeout
+after the lookup began (with no record found yet, until each request's own timeout). On a loaded
+machine the closest holder, the one with the newest record, is often the late one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from kademlia.node import Node
 from statebus.errors import StatebusError
 from statebus.federation.dht_protocol import DirectoryProtocol, parse_contacts
 from statebus.federation.dht_record import NodeRecord, verify_record
+
+LATE_SHARE = 0.4
+"""A lookup that has found a record takes late replies until this share of the RPC timeout after it
+began: a dead contact among the closest costs at most that, once (then it is suspected, then failed,
+and skipped)."""
 
 
 async def _probe_round(crawl: Any, rpcmethod: Any) -> Any:
@@ -103,32 +113,45 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         self.without_value: list[Node] = []
         self.late: dict[bytes, asyncio.Task[Any]] = {}
         """Requests that missed their round and still run (their own RPC timeout bounds them)."""
+        self.asked: dict[bytes, Node] = {}
+        """Every node this lookup asked (a late one is no longer in ``nearest``, yet may need a repair)."""
 
     async def _find(self, rpcmethod: Any) -> Any:
-        return await _probe_round(self, rpcmethod)
+        def ask(peer: Node, node: Node) -> Any:
+            self.asked[peer.id] = peer
+            return rpcmethod(peer, node)
+
+        return await _probe_round(self, ask)
 
     async def find_record(self) -> tuple[NodeRecord, bytes] | None:
         """Crawl, then return the newest valid (record, wire bytes), or ``None``.
 
-        A crawl that found nothing while some peers' requests still run waits for them before it
-        says "not found": the short probe rounds make lookups fast after a crash, and must not turn a
-        slow (loaded) machine's late replies into a missing record."""
+        The lookup does not end while a node it asked is still to answer: a late reply may hold a
+        newer record (on a loaded machine the closest holder's often comes after the probe timeout).
+        Once a record is found, late replies are taken until ``LATE_SHARE`` of the RPC timeout after
+        the lookup began; with none found, until each request's own timeout (the short probe rounds
+        must not turn a slow machine's late replies into a missing record)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LATE_SHARE * self.protocol.wait_timeout
         await self.find()
-        while not self.found and self.late:
-            running = list(self.late.items())
-            self.late.clear()
-            await asyncio.wait([task for _, task in running])
-            replies = {
-                pid: task.result()
-                for pid, task in running
-                if not task.cancelled() and task.exception() is None and task.result()[0]
-            }
+        while self.late:
+            timeout = max(0.0, deadline - loop.time()) if self.found else None
+            if timeout == 0.0:
+                break  # the requests still running go on in the background, and evict a dead contact
+            running = dict(self.late)
+            await asyncio.wait(running.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            replies = {}
+            for pid, task in running.items():
+                if task.done():
+                    del self.late[pid]
+                    if not task.cancelled() and task.exception() is None and task.result()[0]:
+                        replies[pid] = task.result()
             if replies:
                 await self._nodes_found(replies)
         if not self.found:
             return None
         best = max(self.found.values(), key=lambda found: found[0].seq)
-        stale = [self.nearest.get_node(pid) for pid, (rec, _) in self.found.items() if rec.seq < best[0].seq]
+        stale = [self.asked.get(pid) for pid, (rec, _) in self.found.items() if rec.seq < best[0].seq]
         closest_empty = sorted(self.without_value, key=self.node.distance_to)[:1]
         for peer in [*closest_empty, *stale]:
             if peer is not None:
@@ -147,7 +170,7 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
                     self.protocol.live_contacts(parse_contacts(payload.get("nodes"), self.ksize * 2))
                 )
             else:
-                peer = self.nearest.get_node(peerid)
+                peer = self.asked.get(peerid)
                 if peer is not None:
                     self.without_value.append(peer)
                 self.nearest.push(self.protocol.live_contacts(parse_contacts(payload, self.ksize * 2)))

@@ -388,6 +388,11 @@ class DirectoryProtocol(KademliaProtocol):  # type: ignore[misc]
             return nodes
         return [n for n in nodes if n.id not in self.suspects and not self.is_failed(n.id)]
 
+    @property
+    def wait_timeout(self) -> float:
+        """Seconds one request waits for its reply before it is given up (and the contact evicted)."""
+        return float(self._wait_timeout)
+
     def probe_timeout(self) -> float:
         """How long a lookup round waits for one peer: ``PROBE_RTTS`` smoothed round-trips, at least
         ``PROBE_FLOOR``, at most ``wait_timeout`` (the whole timeout before any reply was timed)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -129,6 +130,44 @@ async def test_lookup_keeps_the_highest_seq_and_repairs_stale_holders(make_netwo
     assert found is not None and found[1] == newer
     await _sleep(0.1)  # repairs are sent in the background
     assert {n.protocol.storage.record(key).seq for n in holders[:4]} == {owner.record.seq + 1}  # type: ignore[union-attr]
+
+
+async def test_a_lookup_takes_the_newest_record_from_a_holder_that_answers_late(
+    make_network: MakeNetwork,
+) -> None:
+    """The race behind the 1-in-10 failure above at load 15: the closest holder, the only one with
+    the newest record, answers after its round's probe timeout while the others answer at once with
+    an older one. The lookup must take the late reply (within the RPC timeout), not end on seq N."""
+    seed = os.urandom(32)
+    nodes = await make_network(8, seeds=[os.urandom(32) for _ in range(7)] + [seed], wait_timeout=1.0)
+    await _publish_all(nodes)
+    owner = nodes[-1]
+    assert owner.record is not None
+    key = owner.record.key
+    holders = sorted(
+        (n for n in nodes if key in n.protocol.storage.records and n is not owner),
+        key=lambda n: _distance(n, key),
+    )
+    assert len(holders) >= 2
+    asker = next(n for n in nodes if n not in holders and n is not owner)
+    for node in nodes:  # a few round trips timed: the probe timeout is now tens of ms at most
+        await asker.resolve(node.pubkey)
+    asker._cache.clear()
+    assert asker.protocol.probe_timeout() < 0.15
+    newer = make_record(seed, ["http://127.0.0.1:7778"], seq=owner.record.seq + 1,
+                        expires=int(time.time()) + 600, dht_name="alpha")  # fmt: skip
+    holders[0].protocol.storage[key] = newer
+    loop = asyncio.get_running_loop()
+    original = holders[0].protocol.datagram_received
+
+    def late(data: bytes, addr: object) -> None:
+        loop.call_later(0.25, original, data, addr)  # type: ignore[arg-type]
+
+    holders[0].protocol.datagram_received = late  # type: ignore[method-assign]
+    record = await asker.resolve(owner.pubkey)
+    assert record is not None and record.seq == owner.record.seq + 1, record
+    await _sleep(0.1)  # the second closest holder, stale, is repaired in the background
+    assert holders[1].protocol.storage.record(key).seq == owner.record.seq + 1  # type: ignore[union-attr]
 
 
 def _distance(node: KademliaDirectory, key: bytes) -> int:
